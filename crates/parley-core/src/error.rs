@@ -1,0 +1,91 @@
+//! The core's error type. Every error that reaches a client carries a stable
+//! kind (mapped to a wire code by each front door) and a human message.
+
+use crate::store::StoreError;
+
+/// Stable error kinds. Front doors map each to their own wire code; the names
+/// match the native protocol's `ErrorCode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    NotAuthenticated,
+    AlreadyAuthenticated,
+    AuthFailed,
+    InvalidName,
+    NameTaken,
+    NoSuchUser,
+    MessageTooLarge,
+    InvalidPattern,
+    UnsupportedMechanism,
+    Busy,
+    ShuttingDown,
+    AccountDeleted,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The stable name, as written in docs/PROTOCOL.md.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "INVALID_REQUEST",
+            ErrorKind::NotAuthenticated => "NOT_AUTHENTICATED",
+            ErrorKind::AlreadyAuthenticated => "ALREADY_AUTHENTICATED",
+            ErrorKind::AuthFailed => "AUTH_FAILED",
+            ErrorKind::InvalidName => "INVALID_NAME",
+            ErrorKind::NameTaken => "NAME_TAKEN",
+            ErrorKind::NoSuchUser => "NO_SUCH_USER",
+            ErrorKind::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorKind::InvalidPattern => "INVALID_PATTERN",
+            ErrorKind::UnsupportedMechanism => "UNSUPPORTED_MECHANISM",
+            ErrorKind::Busy => "BUSY",
+            ErrorKind::ShuttingDown => "SHUTTING_DOWN",
+            ErrorKind::AccountDeleted => "ACCOUNT_DELETED",
+            ErrorKind::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// An error answered to one request.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{}: {message}", kind.as_str())]
+pub struct CoreError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// With [`ErrorKind::Busy`]: how long the client should wait.
+    pub retry_after_ms: Option<u32>,
+}
+
+impl CoreError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        CoreError { kind, message: message.into(), retry_after_ms: None }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        CoreError::new(ErrorKind::InvalidRequest, message)
+    }
+
+    /// The one answer to every failed login, whatever the cause, so that a
+    /// client cannot tell an unknown user from a wrong password.
+    pub fn auth_failed() -> Self {
+        CoreError::new(ErrorKind::AuthFailed, "authentication failed")
+    }
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken => CoreError::new(ErrorKind::NameTaken, "that name is taken"),
+            StoreError::NoSuchUser => CoreError::new(ErrorKind::NoSuchUser, "no such user"),
+            StoreError::Busy { retry_after_ms } => CoreError {
+                kind: ErrorKind::Busy,
+                message: "server busy, retry later".into(),
+                retry_after_ms: Some(retry_after_ms),
+            },
+            StoreError::Closed => CoreError::new(ErrorKind::ShuttingDown, "server is shutting down"),
+            StoreError::Backend(detail) => {
+                tracing::error!(%detail, "store failure");
+                CoreError::new(ErrorKind::Internal, "internal storage error")
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The core's limits, each a named default that configuration may override.
+//! `parleyd --help` and docs/CONFIG list them with the server's own limits.
+
+/// Default maximum message body, in bytes of UTF-8.
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 64 * 1024;
+/// Maximum length of a sender's idempotency key, in bytes.
+pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
+/// Messages returned by a fetch when the request does not say.
+pub const DEFAULT_FETCH_LIMIT: u32 = 100;
+/// Most messages one fetch may return.
+pub const MAX_FETCH_LIMIT: u32 = 1000;
+/// Accounts per page when the request does not say.
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+/// Most accounts one page may hold.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Most seqs one ack or message ids one delete may name.
+pub const MAX_IDS_PER_REQUEST: usize = 1000;
+/// Events a session may have queued before new pushes to it are dropped
+/// (the messages stay in the mailbox and are caught up from storage).
+pub const DEFAULT_SESSION_QUEUE: usize = 1024;
+/// Messages one catch-up read from storage pushes at a time.
+pub const CATCH_UP_BATCH: u32 = 256;
+/// Default PBKDF2 iteration count required of new registrations.
+pub const DEFAULT_SCRAM_ITERATIONS: u32 = 4096;
+/// Lowest iteration count the server can be configured to accept.
+pub const MIN_SCRAM_ITERATIONS: u32 = 4096;
+
+/// Limits the core enforces on every request.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest message body accepted, in bytes.
+    pub max_body_bytes: u32,
+    /// Capacity of each session's event queue.
+    pub session_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: DEFAULT_MAX_BODY_BYTES, session_queue: DEFAULT_SESSION_QUEUE }
+    }
+}

@@ -1,0 +1,192 @@
+//! The storage boundary. The core reaches accounts and mailboxes only through
+//! [`Store`]; `parley-store` implements it (memory, SQLite).
+//!
+//! **Ordering contract.** A store operation is *submitted* when the trait
+//! method is called, not when its [`StoreReply`] is first polled. Two calls
+//! made one after the other from the same task take effect in that order,
+//! even if their replies are awaited later or concurrently. Connections rely
+//! on this to pipeline sends while keeping per-sender order.
+//!
+//! **Durability contract.** A reply that reports a write as done means the
+//! write is durable to the store's configured level; for a read, that what it
+//! returns is committed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use crate::ids::{MessageId, Seq, UserId};
+use crate::name::NamePattern;
+use crate::scram::StoredCredentials;
+
+/// Why a store operation failed.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("name taken")]
+    NameTaken,
+    #[error("no such user")]
+    NoSuchUser,
+    /// The write queue is full; nothing was done.
+    #[error("store busy")]
+    Busy { retry_after_ms: u32 },
+    /// The store is shutting down or has stopped.
+    #[error("store closed")]
+    Closed,
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The eventual answer to a submitted store operation.
+///
+/// A concrete future rather than a boxed one: in-memory stores answer at
+/// once ([`StoreReply::ready`]), threaded stores answer through a oneshot
+/// channel ([`StoreReply::pending`]).
+#[must_use = "a store reply carries the operation's result"]
+pub struct StoreReply<T> {
+    state: ReplyState<T>,
+}
+
+enum ReplyState<T> {
+    Ready(Option<StoreResult<T>>),
+    Pending(oneshot::Receiver<StoreResult<T>>),
+}
+
+impl<T> StoreReply<T> {
+    pub fn ready(result: StoreResult<T>) -> Self {
+        StoreReply { state: ReplyState::Ready(Some(result)) }
+    }
+
+    pub fn pending(receiver: oneshot::Receiver<StoreResult<T>>) -> Self {
+        StoreReply { state: ReplyState::Pending(receiver) }
+    }
+}
+
+impl<T> Unpin for StoreReply<T> {}
+
+impl<T> Future for StoreReply<T> {
+    type Output = StoreResult<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            ReplyState::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(StoreError::Closed))),
+            // A dropped sender means the store stopped before answering.
+            ReplyState::Pending(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(StoreError::Closed))),
+        }
+    }
+}
+
+/// An account as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub id: UserId,
+    /// The name as registered (display case).
+    pub name: String,
+    pub credentials: StoredCredentials,
+}
+
+/// A new account to create.
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    pub name: String,
+    /// Lowercase lookup key; unique among live accounts.
+    pub name_key: String,
+    pub credentials: StoredCredentials,
+}
+
+/// One row of an account listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountSummary {
+    pub id: UserId,
+    pub name: String,
+    pub name_key: String,
+}
+
+/// A message to store in a recipient's mailbox.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub sender: UserId,
+    pub sender_name: String,
+    /// Lowercase key of the recipient's name; the store resolves it in the
+    /// same step as the insert, so that a send is one ordered operation.
+    pub recipient_key: String,
+    pub client_msg_id: String,
+    pub body: String,
+    pub timestamp_ms: u64,
+}
+
+/// A message as stored in one mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub recipient: UserId,
+    pub seq: Seq,
+    pub sender: UserId,
+    pub sender_name: String,
+    pub client_msg_id: String,
+    pub body: String,
+    pub timestamp_ms: u64,
+    pub acked: bool,
+}
+
+/// The result of an append.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub message: Arc<StoredMessage>,
+    /// True when the sender's client_msg_id was already stored: nothing new
+    /// was written and `message` is the original.
+    pub duplicate: bool,
+}
+
+/// A mailbox's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MailboxState {
+    /// Highest seq ever assigned (0 if none).
+    pub last_seq: Seq,
+    /// Messages not yet acknowledged.
+    pub unread: u64,
+}
+
+/// Which messages an ack covers.
+#[derive(Clone, Debug, Default)]
+pub struct AckRange {
+    /// Every message with seq <= this (0: none).
+    pub up_to: Seq,
+    /// And each of these.
+    pub seqs: Vec<Seq>,
+}
+
+/// Accounts, mailboxes and idempotency keys.
+///
+/// Implementations must honour the ordering and durability contracts in
+/// the module documentation, and must never panic on any input.
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account; [`StoreError::NameTaken`] if a live account has the key.
+    fn create_account(&self, account: NewAccount) -> StoreReply<Account>;
+    /// Looks an account up by name key.
+    fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>>;
+    /// Deletes an account, its mailbox and its idempotency keys. Messages it
+    /// sent that sit in other mailboxes stay there.
+    fn delete_account(&self, user: UserId) -> StoreReply<()>;
+    /// Accounts whose key matches, in key order, after `after` (exclusive).
+    fn list_accounts(&self, pattern: &NamePattern, after: &str, limit: u32) -> StoreReply<Vec<AccountSummary>>;
+    /// Stores a message durably, assigning id and seq; idempotent on
+    /// (sender, client_msg_id). [`StoreError::NoSuchUser`] if the recipient
+    /// does not exist.
+    fn append(&self, message: NewMessage) -> StoreReply<Appended>;
+    /// Messages of `user` with seq > `after`, oldest first, at most `limit`.
+    fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>>;
+    /// Marks messages acknowledged; returns how many were newly acked and
+    /// the mailbox state afterwards.
+    fn ack(&self, user: UserId, range: AckRange) -> StoreReply<(u64, MailboxState)>;
+    /// Deletes messages from `user`'s mailbox; returns the ids deleted.
+    fn delete_messages(&self, user: UserId, ids: Vec<MessageId>) -> StoreReply<Vec<MessageId>>;
+    /// The mailbox's counters; [`StoreError::NoSuchUser`] if the account is gone.
+    fn mailbox_state(&self, user: UserId) -> StoreReply<MailboxState>;
+    /// Finishes queued work, makes it durable and stops accepting more.
+    fn close(&self) -> StoreReply<()>;
+}

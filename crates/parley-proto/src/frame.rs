@@ -1,0 +1,140 @@
+//! Length-prefixed framing: a 4-byte big-endian payload length, then the
+//! payload, one protobuf message.
+//!
+//! The decoder works on a growable buffer the caller fills from its socket.
+//! "Not enough bytes yet" is `Ok(None)`, not an error, so the caller can read
+//! more and try again; a length above the limit is an error before a single
+//! payload byte is buffered.
+
+use bytes::{Buf, BufMut, BytesMut};
+use prost::Message;
+
+/// Bytes in the length prefix that precedes every payload.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// Why a frame could not be decoded or encoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix announces a payload larger than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// The payload is not a valid protobuf message of the expected type.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Decodes one frame from the front of `buf`, consuming it.
+///
+/// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case
+/// nothing is consumed. The caller may use [`needed`] to size its next read.
+pub fn decode_frame<M: Message + Default>(
+    buf: &mut BytesMut,
+    max_frame_bytes: usize,
+) -> Result<Option<M>, FrameError> {
+    if buf.len() < LENGTH_PREFIX_BYTES {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLarge { len, max: max_frame_bytes });
+    }
+    if buf.len() < LENGTH_PREFIX_BYTES + len {
+        buf.reserve(LENGTH_PREFIX_BYTES + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LENGTH_PREFIX_BYTES);
+    let payload = buf.split_to(len);
+    M::decode(payload.freeze())
+        .map(Some)
+        .map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Appends `message` to `buf` as one frame.
+///
+/// Fails without touching `buf` when the encoded message would exceed
+/// `max_frame_bytes`, so an oversized reply is never half-written.
+pub fn encode_frame<M: Message>(
+    message: &M,
+    buf: &mut BytesMut,
+    max_frame_bytes: usize,
+) -> Result<(), FrameError> {
+    let len = message.encoded_len();
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLarge { len, max: max_frame_bytes });
+    }
+    buf.reserve(LENGTH_PREFIX_BYTES + len);
+    buf.put_u32(len as u32);
+    message
+        .encode(buf)
+        .map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{self, client_frame, server_frame};
+
+    fn ping(request_id: u64, nonce: u64) -> v1::ClientFrame {
+        v1::ClientFrame {
+            request_id,
+            body: Some(client_frame::Body::Ping(v1::Ping { nonce })),
+        }
+    }
+
+    /// Byte-exact vector: a Ping with request_id 1 and nonce 7 is
+    /// length 6, then field 1 varint 1, then field 40 (tag 0x142 0x02) holding
+    /// a 2-byte message with field 1 varint 7.
+    #[test]
+    fn ping_frame_is_byte_exact() {
+        let mut buf = BytesMut::new();
+        encode_frame(&ping(1, 7), &mut buf, 1024).unwrap();
+        assert_eq!(
+            &buf[..],
+            &[0, 0, 0, 7, 0x08, 0x01, 0xc2, 0x02, 0x02, 0x08, 0x07]
+        );
+    }
+
+    #[test]
+    fn partial_frames_need_more_bytes_and_consume_nothing() {
+        let mut whole = BytesMut::new();
+        encode_frame(&ping(5, 9), &mut whole, 1024).unwrap();
+        for cut in 0..whole.len() {
+            let mut part = BytesMut::from(&whole[..cut]);
+            let got: Option<v1::ClientFrame> = decode_frame(&mut part, 1024).unwrap();
+            assert!(got.is_none());
+            assert_eq!(part.len(), cut);
+        }
+        let got: v1::ClientFrame = decode_frame(&mut whole, 1024).unwrap().unwrap();
+        assert_eq!(got, ping(5, 9));
+        assert!(whole.is_empty());
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_buffering() {
+        let mut buf = BytesMut::from(&[0u8, 0x10, 0, 0][..]);
+        let err = decode_frame::<v1::ClientFrame>(&mut buf, 1024).unwrap_err();
+        assert_eq!(err, FrameError::TooLarge { len: 0x10_0000, max: 1024 });
+    }
+
+    #[test]
+    fn garbage_payload_is_malformed() {
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        let err = decode_frame::<v1::ClientFrame>(&mut buf, 1024).unwrap_err();
+        assert!(matches!(err, FrameError::Malformed(_)));
+    }
+
+    #[test]
+    fn encoding_over_the_limit_leaves_buffer_untouched() {
+        let frame = v1::ServerFrame {
+            request_id: 0,
+            body: Some(server_frame::Body::Error(v1::Error {
+                code: v1::ErrorCode::Internal as i32,
+                message: "x".repeat(100),
+                retry_after_ms: 0,
+            })),
+        };
+        let mut buf = BytesMut::new();
+        assert!(encode_frame(&frame, &mut buf, 50).is_err());
+        assert!(buf.is_empty());
+    }
+}
