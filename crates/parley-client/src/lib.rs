@@ -1,0 +1,431 @@
+//! Async client for the Parley native protocol.
+//!
+//! One [`Client`] is one connection. A background task owns the socket: it
+//! writes requests in the order they are made, matches replies to requests by
+//! `request_id`, and hands pushes and server notices to [`Client::next_event`].
+//! Requests may be issued concurrently from several tasks (`&self`); the
+//! server answers them in any order, and this library pairs them up.
+//!
+//! The password never leaves the client: registration sends SCRAM keys
+//! derived here, and login is a SCRAM exchange whose server signature is
+//! verified before the login counts as done.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use parley_core::Mechanism;
+use parley_core::scram::{ClientExchange, StoredCredentials, random_salt};
+use parley_proto::v1::{self, client_frame, server_frame};
+use parley_proto::{ClientFrame, ServerFrame, decode_frame, encode_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+pub use parley_proto::ErrorCode;
+pub use parley_proto::v1::{AccountEntry, AccountPage, Message, Welcome};
+
+/// Frame limit the client accepts from a server before it has said its own.
+const CLIENT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Requests queued for the writer before callers wait.
+const REQUEST_QUEUE: usize = 1024;
+/// Server events queued for the application before the reader stops reading
+/// (which in turn makes the server hold pushes back).
+const EVENT_QUEUE: usize = 1024;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{message} ({})", code.as_str_name())]
+    Server { code: ErrorCode, message: String, retry_after_ms: u32 },
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server said something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection is gone.
+    #[error("disconnected{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Disconnected(Option<String>),
+}
+
+impl ClientError {
+    /// The server's error code, if the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Something the server sent on its own.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Live delivery; acknowledge with [`Client::ack`].
+    Messages(Vec<Message>),
+    /// The server is closing the connection, and why.
+    Goodbye { code: ErrorCode, message: String },
+    /// The connection ended.
+    Disconnected,
+}
+
+/// What a successful login returns.
+#[derive(Debug, Clone)]
+pub struct LoginInfo {
+    pub name: String,
+    pub user_id: u64,
+    pub session_id: u64,
+    pub unread: u64,
+    pub last_seq: u64,
+}
+
+/// The server's receipt for a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub client_msg_id: String,
+    pub message_id: u64,
+    pub seq: u64,
+    pub timestamp_ms: u64,
+    pub duplicate: bool,
+}
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ServerFrame>>>>>;
+
+/// One connection to a Parley server.
+pub struct Client {
+    /// Encoded requests, for the writer task.
+    requests: mpsc::Sender<BytesMut>,
+    /// Replies awaited, by request id; None once the connection is gone.
+    pending: Pending,
+    /// Source of request ids.
+    next_id: AtomicU64,
+    /// Pushes and notices from the server.
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    /// What the server said when we connected.
+    welcome: Welcome,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A random idempotency key for a send.
+pub fn new_client_msg_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Client {
+    /// Connects and reads the server's Welcome.
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut reader, writer) = stream.into_split();
+        let mut input = BytesMut::with_capacity(4096);
+        let welcome = loop {
+            match decode_frame::<ServerFrame>(&mut input, CLIENT_MAX_FRAME_BYTES) {
+                Ok(Some(ServerFrame { body: Some(server_frame::Body::Welcome(w)), .. })) => break w,
+                Ok(Some(ServerFrame { body: Some(server_frame::Body::Error(e)), .. })) => {
+                    return Err(server_error(e));
+                }
+                Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+                Ok(None) => {
+                    if reader.read_buf(&mut input).await? == 0 {
+                        return Err(ClientError::Disconnected(Some("closed before Welcome".into())));
+                    }
+                }
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+        };
+        if welcome.protocol_version != parley_proto::PROTOCOL_VERSION {
+            return Err(ClientError::Protocol(format!(
+                "server speaks protocol version {}, this client {}",
+                welcome.protocol_version,
+                parley_proto::PROTOCOL_VERSION
+            )));
+        }
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(write_loop(writer, request_rx));
+        tokio::spawn(read_loop(reader, input, Arc::clone(&pending), event_tx));
+        Ok(Client { requests, pending, next_id: AtomicU64::new(1), events: tokio::sync::Mutex::new(events), welcome })
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Sends one request and waits for its reply frame, whatever it is.
+    pub async fn request(&self, body: client_frame::Body) -> Result<ServerFrame> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match lock(&self.pending).as_mut() {
+            Some(map) => map.insert(request_id, tx),
+            None => return Err(ClientError::Disconnected(None)),
+        };
+        let mut buf = BytesMut::new();
+        encode_frame(&ClientFrame { request_id, body: Some(body) }, &mut buf, CLIENT_MAX_FRAME_BYTES)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.send_raw(buf).await?;
+        rx.await.map_err(|_| ClientError::Disconnected(None))
+    }
+
+    /// Writes bytes to the server as they are (for tests of bad input).
+    pub async fn send_raw(&self, bytes: BytesMut) -> Result<()> {
+        self.requests.send(bytes).await.map_err(|_| ClientError::Disconnected(None))
+    }
+
+    /// Sends a request and unwraps the expected reply body.
+    async fn call<T>(&self, body: client_frame::Body, pick: impl FnOnce(server_frame::Body) -> Option<T>) -> Result<T> {
+        let frame = self.request(body).await?;
+        match frame.body {
+            Some(server_frame::Body::Error(e)) => Err(server_error(e)),
+            Some(body) => {
+                let text = format!("{body:?}");
+                pick(body).ok_or_else(|| ClientError::Protocol(format!("unexpected reply {text}")))
+            }
+            None => Err(ClientError::Protocol("empty reply".into())),
+        }
+    }
+
+    /// Creates an account. The password is turned into SCRAM keys here.
+    pub async fn register(&self, name: &str, password: &str) -> Result<v1::Registered> {
+        let mechanism = self
+            .welcome
+            .mechanisms
+            .iter()
+            .find_map(|m| Mechanism::from_name(m))
+            .ok_or_else(|| ClientError::Protocol("server offers no known SCRAM mechanism".into()))?;
+        let iterations = self.welcome.scram_iterations.max(parley_core::limits::MIN_SCRAM_ITERATIONS);
+        let creds = StoredCredentials::derive(mechanism, password, &random_salt(), iterations);
+        self.call(
+            client_frame::Body::Register(v1::Register {
+                name: name.to_owned(),
+                mechanism: mechanism.name().to_owned(),
+                salt: creds.salt,
+                iterations: creds.iterations,
+                stored_key: creds.stored_key,
+                server_key: creds.server_key,
+            }),
+            |b| match b {
+                server_frame::Body::Registered(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Logs in with SCRAM and checks the server's signature.
+    pub async fn login(&self, name: &str, password: &str) -> Result<LoginInfo> {
+        let mut exchange = ClientExchange::new(name, password);
+        let challenge = self
+            .call(client_frame::Body::AuthStart(v1::AuthStart { client_first: exchange.client_first().into_bytes() }), |b| {
+                match b {
+                    server_frame::Body::AuthChallenge(c) => Some(c),
+                    _ => None,
+                }
+            })
+            .await?;
+        let mechanism = Mechanism::from_name(&challenge.mechanism)
+            .ok_or_else(|| ClientError::Protocol(format!("unknown mechanism {:?}", challenge.mechanism)))?;
+        let client_final = exchange
+            .client_final(mechanism, &challenge.server_first)
+            .map_err(|e| ClientError::Protocol(e.message))?;
+        let ok = self
+            .call(client_frame::Body::AuthContinue(v1::AuthContinue { client_final: client_final.into_bytes() }), |b| match b {
+                server_frame::Body::AuthOk(ok) => Some(ok),
+                _ => None,
+            })
+            .await?;
+        exchange
+            .verify_server_final(&ok.server_final)
+            .map_err(|e| ClientError::Protocol(e.message))?;
+        Ok(LoginInfo { name: ok.name, user_id: ok.user_id, session_id: ok.session_id, unread: ok.unread, last_seq: ok.last_seq })
+    }
+
+    /// Sends a message with a fresh idempotency key.
+    pub async fn send(&self, to: &str, body: &str) -> Result<SendReceipt> {
+        self.send_with_id(to, &new_client_msg_id(), body).await
+    }
+
+    /// Sends a message with the caller's idempotency key; resending the same
+    /// key returns the first receipt with `duplicate` set.
+    pub async fn send_with_id(&self, to: &str, client_msg_id: &str, body: &str) -> Result<SendReceipt> {
+        self.call(
+            client_frame::Body::Send(v1::SendMessage { to: to.to_owned(), client_msg_id: client_msg_id.to_owned(), body: body.to_owned() }),
+            |b| match b {
+                server_frame::Body::Sent(s) => Some(SendReceipt {
+                    client_msg_id: s.client_msg_id,
+                    message_id: s.message_id,
+                    seq: s.seq,
+                    timestamp_ms: s.timestamp_ms,
+                    duplicate: s.duplicate,
+                }),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Messages with seq > `after_seq`, oldest first; `more` says whether
+    /// another page follows.
+    pub async fn fetch(&self, after_seq: u64, limit: u32, include_acked: bool) -> Result<v1::MessageBatch> {
+        self.call(client_frame::Body::Fetch(v1::Fetch { after_seq, limit, include_acked }), |b| match b {
+            server_frame::Body::Messages(m) => Some(m),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Acknowledges every message up to `up_to_seq` and each of `seqs`.
+    pub async fn ack(&self, up_to_seq: u64, seqs: Vec<u64>) -> Result<v1::Acked> {
+        self.call(client_frame::Body::Ack(v1::Ack { up_to_seq, seqs }), |b| match b {
+            server_frame::Body::Acked(a) => Some(a),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Deletes messages from one's own mailbox.
+    pub async fn delete_messages(&self, message_ids: Vec<u64>) -> Result<v1::Deleted> {
+        self.call(client_frame::Body::DeleteMessages(v1::DeleteMessages { message_ids }), |b| match b {
+            server_frame::Body::Deleted(d) => Some(d),
+            _ => None,
+        })
+        .await
+    }
+
+    /// One page of accounts matching `pattern`.
+    pub async fn list_accounts(&self, pattern: &str, after: &str, limit: u32) -> Result<AccountPage> {
+        self.call(
+            client_frame::Body::ListAccounts(v1::ListAccounts { pattern: pattern.to_owned(), after: after.to_owned(), limit }),
+            |b| match b {
+                server_frame::Body::Accounts(p) => Some(p),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Starts live delivery of unacknowledged messages after `after_seq`.
+    pub async fn subscribe(&self, after_seq: u64) -> Result<v1::Subscribed> {
+        self.call(client_frame::Body::Subscribe(v1::Subscribe { after_seq }), |b| match b {
+            server_frame::Body::Subscribed(s) => Some(s),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Deletes the logged-in account.
+    pub async fn delete_account(&self) -> Result<()> {
+        self.call(client_frame::Body::DeleteAccount(v1::DeleteAccount {}), |b| match b {
+            server_frame::Body::AccountDeleted(_) => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn logout(&self) -> Result<()> {
+        self.call(client_frame::Body::Logout(v1::Logout {}), |b| match b {
+            server_frame::Body::LoggedOut(_) => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.call(client_frame::Body::Ping(v1::Ping { nonce: 1 }), |b| match b {
+            server_frame::Body::Pong(_) => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next push or notice; `None` once the connection has ended and
+    /// every event was taken.
+    pub async fn next_event(&self) -> Option<Event> {
+        self.events.lock().await.recv().await
+    }
+}
+
+fn server_error(e: v1::Error) -> ClientError {
+    ClientError::Server {
+        code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+        message: e.message,
+        retry_after_ms: e.retry_after_ms,
+    }
+}
+
+async fn write_loop(mut writer: OwnedWriteHalf, mut requests: mpsc::Receiver<BytesMut>) {
+    let mut out = BytesMut::new();
+    while let Some(first) = requests.recv().await {
+        out.extend_from_slice(&first);
+        // Coalesce whatever else is queued into one write.
+        while out.len() < 64 * 1024 {
+            match requests.try_recv() {
+                Ok(more) => out.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn read_loop(mut reader: OwnedReadHalf, mut input: BytesMut, pending: Pending, events: mpsc::Sender<Event>) {
+    'outer: loop {
+        loop {
+            match decode_frame::<ServerFrame>(&mut input, CLIENT_MAX_FRAME_BYTES) {
+                Ok(Some(frame)) => {
+                    if frame.request_id != 0 {
+                        let waiter = lock(&pending).as_mut().and_then(|m| m.remove(&frame.request_id));
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(frame);
+                        }
+                        continue;
+                    }
+                    let event = match frame.body {
+                        Some(server_frame::Body::Push(p)) => Event::Messages(p.messages),
+                        Some(server_frame::Body::Goodbye(g)) => Event::Goodbye {
+                            code: ErrorCode::try_from(g.code).unwrap_or(ErrorCode::Unspecified),
+                            message: g.message,
+                        },
+                        Some(server_frame::Body::Error(e)) => Event::Goodbye {
+                            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                            message: e.message,
+                        },
+                        _ => continue,
+                    };
+                    if events.send(event).await.is_err() {
+                        // Nobody listens for events; keep serving replies.
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad frame from server");
+                    break 'outer;
+                }
+            }
+        }
+        input.reserve(4096);
+        match reader.read_buf(&mut input).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    // Fail every waiting request and refuse new ones.
+    lock(&pending).take();
+    let _ = events.send(Event::Disconnected).await;
+}

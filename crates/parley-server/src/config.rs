@@ -1,0 +1,393 @@
+//! Configuration: one place that knows every setting, its default, its
+//! environment variable and its flag.
+//!
+//! Precedence, lowest first: built-in default, TOML file (`--config`),
+//! environment (`PARLEY_*`), command-line flag. Every value is parsed and
+//! checked here, and every error is reported at once; nothing later in the
+//! server parses configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use parley_core::Mechanism;
+use parley_store::sqlite::Synchronous;
+
+/// Native protocol listener address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// Data directory (SQLite database, server secret), relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "parley-data";
+/// Storage backend.
+pub const DEFAULT_STORE: &str = "sqlite";
+/// Log filter (tracing EnvFilter syntax).
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Most simultaneous connections; one more gets a BUSY error and is closed.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Largest frame payload accepted or sent, in bytes.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = parley_proto::DEFAULT_MAX_FRAME_BYTES;
+/// Largest message body, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: u32 = parley_core::limits::DEFAULT_MAX_BODY_BYTES;
+/// Time a connection may stay unauthenticated before it is closed.
+pub const DEFAULT_AUTH_TIMEOUT_SECS: u64 = 30;
+/// Time allowed for a graceful shutdown before connections are cut.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// PBKDF2 iterations required of new registrations.
+pub const DEFAULT_SCRAM_ITERATIONS: u32 = parley_core::limits::DEFAULT_SCRAM_ITERATIONS;
+/// SCRAM mechanisms for new registrations, preferred first.
+pub const DEFAULT_SCRAM_MECHANISMS: &str = "SCRAM-SHA-256,SCRAM-SHA-512";
+/// SQLite durability: full, normal or off.
+pub const DEFAULT_SQLITE_SYNCHRONOUS: &str = "full";
+/// Storage operations that may wait for the writer; past this, BUSY.
+pub const DEFAULT_WRITE_QUEUE: usize = parley_store::sqlite::DEFAULT_WRITE_QUEUE;
+/// Most operations committed in one SQLite transaction.
+pub const DEFAULT_MAX_BATCH: usize = parley_store::sqlite::DEFAULT_MAX_BATCH;
+/// Events queued per session before pushes spill to storage.
+pub const DEFAULT_SESSION_QUEUE: usize = parley_core::limits::DEFAULT_SESSION_QUEUE;
+/// Requests one connection may have in flight at once.
+pub const DEFAULT_PIPELINE_WINDOW: usize = 256;
+/// Bytes of replies and pushes buffered for one connection before the server
+/// stops reading its requests and pushing to it until the client drains them.
+pub const DEFAULT_OUTBOUND_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Which store backs the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Sqlite,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store: StoreKind,
+    pub log_level: String,
+    pub max_connections: usize,
+    pub max_frame_bytes: u32,
+    pub max_body_bytes: u32,
+    pub auth_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub scram_iterations: u32,
+    pub scram_mechanisms: Vec<Mechanism>,
+    pub sqlite_synchronous: Synchronous,
+    pub write_queue: usize,
+    pub max_batch: usize,
+    pub session_queue: usize,
+    pub pipeline_window: usize,
+    pub outbound_buffer_bytes: usize,
+}
+
+/// Raw values from flags and environment (clap fills both), before the file
+/// is merged in. Every field is a string so that parse errors are collected
+/// here rather than aborting at the first.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct SettingArgs {
+    /// TOML configuration file. Keys are the setting names below, with underscores.
+    #[arg(long, env = "PARLEY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Native protocol listen address [default: 127.0.0.1:7878]
+    #[arg(long, env = "PARLEY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Data directory [default: ./parley-data]
+    #[arg(long, env = "PARLEY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// Storage backend: sqlite or memory (nothing survives a restart) [default: sqlite]
+    #[arg(long, env = "PARLEY_STORE", value_name = "KIND")]
+    pub store: Option<String>,
+    /// Log filter, e.g. info, debug, parley_server=trace [default: info]
+    #[arg(long, env = "PARLEY_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Most simultaneous connections [default: 10000]
+    #[arg(long, env = "PARLEY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Largest frame payload in bytes, 1024 to 16777216 [default: 262144]
+    #[arg(long, env = "PARLEY_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<String>,
+    /// Largest message body in bytes; must fit in a frame [default: 65536]
+    #[arg(long, env = "PARLEY_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<String>,
+    /// Seconds a connection may stay unauthenticated [default: 30]
+    #[arg(long, env = "PARLEY_AUTH_TIMEOUT_SECS", value_name = "SECS")]
+    pub auth_timeout_secs: Option<String>,
+    /// Seconds allowed for graceful shutdown [default: 10]
+    #[arg(long, env = "PARLEY_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
+    pub shutdown_grace_secs: Option<String>,
+    /// PBKDF2 iterations required of new registrations, at least 4096 [default: 4096]
+    #[arg(long, env = "PARLEY_SCRAM_ITERATIONS", value_name = "N")]
+    pub scram_iterations: Option<String>,
+    /// SCRAM mechanisms for new registrations, preferred first [default: SCRAM-SHA-256,SCRAM-SHA-512]
+    #[arg(long, env = "PARLEY_SCRAM_MECHANISMS", value_name = "LIST")]
+    pub scram_mechanisms: Option<String>,
+    /// SQLite durability: full (every acked message survives power loss), normal
+    /// (survives a crash of parleyd; the last commits may be lost on power loss), off [default: full]
+    #[arg(long, env = "PARLEY_SQLITE_SYNCHRONOUS", value_name = "MODE")]
+    pub sqlite_synchronous: Option<String>,
+    /// Storage operations queued for the writer before new work gets BUSY [default: 4096]
+    #[arg(long, env = "PARLEY_WRITE_QUEUE", value_name = "N")]
+    pub write_queue: Option<String>,
+    /// Most operations committed in one transaction (group commit) [default: 512]
+    #[arg(long, env = "PARLEY_MAX_BATCH", value_name = "N")]
+    pub max_batch: Option<String>,
+    /// Events queued per session before live pushes spill to storage [default: 1024]
+    #[arg(long, env = "PARLEY_SESSION_QUEUE", value_name = "N")]
+    pub session_queue: Option<String>,
+    /// Requests one connection may have in flight [default: 256]
+    #[arg(long, env = "PARLEY_PIPELINE_WINDOW", value_name = "N")]
+    pub pipeline_window: Option<String>,
+    /// Outbound bytes buffered per connection before it is paused [default: 262144]
+    #[arg(long, env = "PARLEY_OUTBOUND_BUFFER_BYTES", value_name = "BYTES")]
+    pub outbound_buffer_bytes: Option<String>,
+}
+
+/// Every setting's key, in the order `--help` lists them.
+const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "store",
+    "log_level",
+    "max_connections",
+    "max_frame_bytes",
+    "max_body_bytes",
+    "auth_timeout_secs",
+    "shutdown_grace_secs",
+    "scram_iterations",
+    "scram_mechanisms",
+    "sqlite_synchronous",
+    "write_queue",
+    "max_batch",
+    "session_queue",
+    "pipeline_window",
+    "outbound_buffer_bytes",
+];
+
+/// Every problem found in the configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl SettingArgs {
+    fn flag_or_env(&self, key: &str) -> Option<String> {
+        match key {
+            "listen" => self.listen.clone(),
+            "data_dir" => self.data_dir.clone(),
+            "store" => self.store.clone(),
+            "log_level" => self.log_level.clone(),
+            "max_connections" => self.max_connections.clone(),
+            "max_frame_bytes" => self.max_frame_bytes.clone(),
+            "max_body_bytes" => self.max_body_bytes.clone(),
+            "auth_timeout_secs" => self.auth_timeout_secs.clone(),
+            "shutdown_grace_secs" => self.shutdown_grace_secs.clone(),
+            "scram_iterations" => self.scram_iterations.clone(),
+            "scram_mechanisms" => self.scram_mechanisms.clone(),
+            "sqlite_synchronous" => self.sqlite_synchronous.clone(),
+            "write_queue" => self.write_queue.clone(),
+            "max_batch" => self.max_batch.clone(),
+            "session_queue" => self.session_queue.clone(),
+            "pipeline_window" => self.pipeline_window.clone(),
+            "outbound_buffer_bytes" => self.outbound_buffer_bytes.clone(),
+            _ => None,
+        }
+    }
+
+    /// Merges file, environment and flags and validates the result.
+    pub fn resolve(&self) -> Result<Settings, ConfigErrors> {
+        let mut errors = Vec::new();
+        let file = match &self.config {
+            None => toml::Table::new(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => {
+                    errors.push(format!("config file {}: {e}", path.display()));
+                    toml::Table::new()
+                }
+                Ok(text) => match text.parse::<toml::Table>() {
+                    Ok(table) => table,
+                    Err(e) => {
+                        errors.push(format!("config file {}: {e}", path.display()));
+                        toml::Table::new()
+                    }
+                },
+            },
+        };
+        for key in file.keys() {
+            if !KEYS.contains(&key.as_str()) {
+                errors.push(format!("config file: unknown setting {key:?}"));
+            }
+        }
+        let raw = |key: &str| -> Option<String> {
+            self.flag_or_env(key).or_else(|| {
+                file.get(key).map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Array(items) => items
+                        .iter()
+                        .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                })
+            })
+        };
+        let get = |key: &str, default: &str| raw(key).unwrap_or_else(|| default.to_owned());
+
+        fn num<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+            errors: &mut Vec<String>,
+            key: &str,
+            value: &str,
+            range: std::ops::RangeInclusive<T>,
+            fallback: T,
+        ) -> T {
+            match value.trim().parse::<T>() {
+                Ok(n) if range.contains(&n) => n,
+                _ => {
+                    errors.push(format!("{key}: {value:?} is not a number from {} to {}", range.start(), range.end()));
+                    fallback
+                }
+            }
+        }
+
+        let listen_raw = get("listen", DEFAULT_LISTEN);
+        let listen = listen_raw.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(format!("listen: {listen_raw:?} is not an address like 127.0.0.1:7878"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        let data_dir = PathBuf::from(get("data_dir", DEFAULT_DATA_DIR));
+        let store_raw = get("store", DEFAULT_STORE);
+        let store = match store_raw.as_str() {
+            "sqlite" => StoreKind::Sqlite,
+            "memory" => StoreKind::Memory,
+            other => {
+                errors.push(format!("store: {other:?} is not one of sqlite, memory"));
+                StoreKind::Memory
+            }
+        };
+        let log_level = get("log_level", DEFAULT_LOG_LEVEL);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            errors.push(format!("log_level: {log_level:?}: {e}"));
+        }
+        let max_connections = num(&mut errors, "max_connections", &get("max_connections", &DEFAULT_MAX_CONNECTIONS.to_string()), 1..=1_000_000, 1);
+        let max_frame_bytes = num(&mut errors, "max_frame_bytes", &get("max_frame_bytes", &DEFAULT_MAX_FRAME_BYTES.to_string()), 1024..=16 * 1024 * 1024, 1024);
+        let max_body_bytes = num(&mut errors, "max_body_bytes", &get("max_body_bytes", &DEFAULT_MAX_BODY_BYTES.to_string()), 1..=16 * 1024 * 1024, 1);
+        // A body must fit in a frame with room for the envelope around it.
+        if max_body_bytes as u64 + 1024 > max_frame_bytes as u64 {
+            errors.push(format!(
+                "max_body_bytes ({max_body_bytes}) must be at least 1024 bytes below max_frame_bytes ({max_frame_bytes})"
+            ));
+        }
+        let auth_timeout = Duration::from_secs(num(&mut errors, "auth_timeout_secs", &get("auth_timeout_secs", &DEFAULT_AUTH_TIMEOUT_SECS.to_string()), 1..=3600, 1));
+        let shutdown_grace =
+            Duration::from_secs(num(&mut errors, "shutdown_grace_secs", &get("shutdown_grace_secs", &DEFAULT_SHUTDOWN_GRACE_SECS.to_string()), 0..=3600, 0));
+        let scram_iterations = num(
+            &mut errors,
+            "scram_iterations",
+            &get("scram_iterations", &DEFAULT_SCRAM_ITERATIONS.to_string()),
+            parley_core::limits::MIN_SCRAM_ITERATIONS..=parley_core::scram::MAX_ITERATIONS,
+            parley_core::limits::MIN_SCRAM_ITERATIONS,
+        );
+        let mechanisms_raw = get("scram_mechanisms", DEFAULT_SCRAM_MECHANISMS);
+        let mut scram_mechanisms = Vec::new();
+        for name in mechanisms_raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match Mechanism::from_name(name) {
+                Some(m) if !scram_mechanisms.contains(&m) => scram_mechanisms.push(m),
+                Some(_) => {}
+                None => errors.push(format!("scram_mechanisms: {name:?} is not SCRAM-SHA-256 or SCRAM-SHA-512")),
+            }
+        }
+        if scram_mechanisms.is_empty() {
+            errors.push("scram_mechanisms: at least one mechanism is needed".into());
+            scram_mechanisms.push(Mechanism::Sha256);
+        }
+        let sync_raw = get("sqlite_synchronous", DEFAULT_SQLITE_SYNCHRONOUS);
+        let sqlite_synchronous = match sync_raw.as_str() {
+            "full" => Synchronous::Full,
+            "normal" => Synchronous::Normal,
+            "off" => Synchronous::Off,
+            other => {
+                errors.push(format!("sqlite_synchronous: {other:?} is not one of full, normal, off"));
+                Synchronous::Full
+            }
+        };
+        let write_queue = num(&mut errors, "write_queue", &get("write_queue", &DEFAULT_WRITE_QUEUE.to_string()), 1..=1_000_000, 1);
+        let max_batch = num(&mut errors, "max_batch", &get("max_batch", &DEFAULT_MAX_BATCH.to_string()), 1..=100_000, 1);
+        let session_queue = num(&mut errors, "session_queue", &get("session_queue", &DEFAULT_SESSION_QUEUE.to_string()), 1..=1_000_000, 1);
+        let pipeline_window = num(&mut errors, "pipeline_window", &get("pipeline_window", &DEFAULT_PIPELINE_WINDOW.to_string()), 1..=100_000, 1);
+        let outbound_buffer_bytes =
+            num(&mut errors, "outbound_buffer_bytes", &get("outbound_buffer_bytes", &DEFAULT_OUTBOUND_BUFFER_BYTES.to_string()), 4096..=1 << 30, 4096);
+        if (outbound_buffer_bytes as u64) < max_frame_bytes as u64 {
+            errors.push(format!(
+                "outbound_buffer_bytes ({outbound_buffer_bytes}) must be at least max_frame_bytes ({max_frame_bytes})"
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Settings {
+            listen,
+            data_dir,
+            store,
+            log_level,
+            max_connections,
+            max_frame_bytes,
+            max_body_bytes,
+            auth_timeout,
+            shutdown_grace,
+            scram_iterations,
+            scram_mechanisms,
+            sqlite_synchronous,
+            write_queue,
+            max_batch,
+            session_queue,
+            pipeline_window,
+            outbound_buffer_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = SettingArgs::default().resolve().unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.store, StoreKind::Sqlite);
+        assert_eq!(s.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+        assert_eq!(s.pipeline_window, DEFAULT_PIPELINE_WINDOW);
+        assert_eq!(s.outbound_buffer_bytes, DEFAULT_OUTBOUND_BUFFER_BYTES);
+        assert_eq!(s.write_queue, DEFAULT_WRITE_QUEUE);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let args = SettingArgs {
+            listen: Some("nowhere".into()),
+            store: Some("oracle".into()),
+            max_frame_bytes: Some("12".into()),
+            scram_mechanisms: Some("MD5".into()),
+            ..Default::default()
+        };
+        let errors = args.resolve().unwrap_err().0;
+        assert!(errors.len() >= 4, "{errors:?}");
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nstore = \"memory\"\nmax_connections = 7\n").unwrap();
+        let args = SettingArgs { config: Some(path), listen: Some("127.0.0.1:9001".into()), ..Default::default() };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.listen.port(), 9001);
+        assert_eq!(s.store, StoreKind::Memory);
+        assert_eq!(s.max_connections, 7);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let args = SettingArgs { config: Some(path), ..Default::default() };
+        assert!(args.resolve().unwrap_err().0[0].contains("lisen"));
+    }
+}

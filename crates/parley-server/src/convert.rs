@@ -1,0 +1,72 @@
+//! Translation between the core's types and the native protocol's messages.
+//! The only place that knows both.
+
+use parley_core::store::StoredMessage;
+use parley_core::{CoreError, ErrorKind};
+use parley_proto::v1::{self, server_frame::Body};
+use parley_proto::{ErrorCode, ServerFrame};
+
+pub fn error_code(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::InvalidRequest => ErrorCode::InvalidRequest,
+        ErrorKind::NotAuthenticated => ErrorCode::NotAuthenticated,
+        ErrorKind::AlreadyAuthenticated => ErrorCode::AlreadyAuthenticated,
+        ErrorKind::AuthFailed => ErrorCode::AuthFailed,
+        ErrorKind::InvalidName => ErrorCode::InvalidName,
+        ErrorKind::NameTaken => ErrorCode::NameTaken,
+        ErrorKind::NoSuchUser => ErrorCode::NoSuchUser,
+        ErrorKind::MessageTooLarge => ErrorCode::MessageTooLarge,
+        ErrorKind::InvalidPattern => ErrorCode::InvalidPattern,
+        ErrorKind::UnsupportedMechanism => ErrorCode::UnsupportedMechanism,
+        ErrorKind::Busy => ErrorCode::Busy,
+        ErrorKind::ShuttingDown => ErrorCode::ShuttingDown,
+        ErrorKind::AccountDeleted => ErrorCode::AccountDeleted,
+        ErrorKind::Internal => ErrorCode::Internal,
+    }
+}
+
+pub fn frame(request_id: u64, body: Body) -> ServerFrame {
+    ServerFrame { request_id, body: Some(body) }
+}
+
+pub fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+    frame(request_id, Body::Error(v1::Error { code: code as i32, message: message.into(), retry_after_ms: 0 }))
+}
+
+pub fn core_error_frame(request_id: u64, error: &CoreError) -> ServerFrame {
+    frame(
+        request_id,
+        Body::Error(v1::Error {
+            code: error_code(error.kind) as i32,
+            message: error.message.clone(),
+            retry_after_ms: error.retry_after_ms.unwrap_or(0),
+        }),
+    )
+}
+
+pub fn goodbye(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+    frame(0, Body::Goodbye(v1::Goodbye { code: code as i32, message: message.into() }))
+}
+
+pub fn message(m: &StoredMessage) -> v1::Message {
+    v1::Message {
+        message_id: m.id.0,
+        seq: m.seq.0,
+        from: m.sender_name.clone(),
+        timestamp_ms: m.timestamp_ms,
+        body: m.body.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        acked: m.acked,
+    }
+}
+
+/// Bytes a message adds to a frame that carries a repeated `Message` field:
+/// the message, its field tag and its length prefix.
+pub fn message_frame_cost(m: &v1::Message) -> usize {
+    use prost::Message as _;
+    let len = m.encoded_len();
+    len + 1 + prost::length_delimiter_len(len)
+}
+
+/// Room kept in every frame for the envelope around repeated messages.
+pub const FRAME_ENVELOPE_BYTES: usize = 64;

@@ -1,0 +1,15 @@
+//! `parleyd`, the Parley server: configuration, storage selection, the
+//! native-protocol listener and graceful shutdown.
+//!
+//! This crate is the only one that reads files, the environment and
+//! sockets. It turns bytes into calls on `parley_core::Service` and back; the
+//! rules of the chat service live in the core, never here.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod convert;
+pub mod native;
+pub mod server;
+
+pub use config::{SettingArgs, Settings, StoreKind};
+pub use server::{open_store, run};

@@ -1,0 +1,92 @@
+//! `parleyd`: the Parley server binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use parley_server::config::SettingArgs;
+
+/// The Parley instant-messaging server.
+///
+/// With no arguments it serves the native protocol on 127.0.0.1:7878 with a
+/// SQLite database in ./parley-data. Every setting can come from a TOML file
+/// (--config), from a PARLEY_* environment variable, or from a flag; flags win
+/// over the environment, which wins over the file.
+#[derive(Parser, Debug)]
+#[command(name = "parleyd", version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    settings: SettingArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.settings.resolve() {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("parleyd: {errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("parleyd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("parleyd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: parley_server::Settings) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (store, secret) = parley_server::open_store(&settings)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, store = ?settings.store, data_dir = %settings.data_dir.display(), "parleyd listening");
+    // One machine-readable line on stdout: scripts and tests read the port
+    // from it when listening on port 0.
+    println!("parleyd listening native={addr}");
+    run_until_signal(settings, listener, store, secret).await
+}
+
+async fn run_until_signal(
+    settings: parley_server::Settings,
+    listener: tokio::net::TcpListener,
+    store: std::sync::Arc<dyn parley_core::Store>,
+    secret: [u8; 32],
+) -> anyhow::Result<()> {
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("signal received");
+    };
+    parley_server::run(settings, listener, store, secret, shutdown).await
+}

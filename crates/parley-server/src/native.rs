@@ -1,0 +1,460 @@
+//! The native-protocol front door: one task per connection.
+//!
+//! A connection task owns its socket, its input and output buffers, its
+//! in-flight requests and its [`Session`]. It is a single loop that reads
+//! frames, starts requests, writes replies and pushes, and reacts to
+//! shutdown, in one `select!` — no second task and no channel per
+//! connection, which keeps idle connections small.
+//!
+//! Backpressure: the task stops reading requests while `pipeline_window`
+//! requests are in flight or while more than `outbound_buffer_bytes` wait to
+//! be written, and stops taking pushes while output is congested, so a client
+//! that does not read never makes the server buffer without bound; messages
+//! meant for it wait in its mailbox (see `Session::next_push`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::stream::{FuturesUnordered, StreamExt};
+use parley_core::scram::StoredCredentials;
+use parley_core::store::AckRange;
+use parley_core::{AuthPending, CoreError, ErrorKind, Mechanism, MessageId, PushEvent, Seq, Service, Session};
+use parley_proto::v1::{self, client_frame, server_frame::Body};
+use parley_proto::{ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::convert::{self, FRAME_ENVELOPE_BYTES, core_error_frame, error_frame, frame, goodbye};
+
+/// Bytes reserved for each socket read.
+const READ_CHUNK: usize = 4096;
+/// Input buffer capacity kept between frames; a larger buffer (after a big
+/// frame) is released so idle connections stay small.
+const IDLE_INPUT_CAPACITY: usize = 16 * 1024;
+/// Longest time the final frames of a closing connection may take to write.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection of the native listener shares.
+pub struct NativeContext {
+    /// The chat service.
+    pub service: Arc<Service>,
+    /// Hard limit on a frame's payload, both directions.
+    pub max_frame_bytes: usize,
+    /// How long a connection may go without authenticating.
+    pub auth_timeout: Duration,
+    /// Requests one connection may have in flight.
+    pub pipeline_window: usize,
+    /// Output bytes buffered before the connection is paused.
+    pub outbound_buffer_bytes: usize,
+    /// The Welcome frame, built once.
+    pub welcome: ServerFrame,
+}
+
+impl NativeContext {
+    pub fn welcome_frame(service: &Service, max_frame_bytes: u32) -> ServerFrame {
+        let config = service.config();
+        frame(
+            0,
+            Body::Welcome(v1::Welcome {
+                protocol_version: parley_proto::PROTOCOL_VERSION,
+                server: format!("parleyd {}", env!("CARGO_PKG_VERSION")),
+                mechanisms: config.auth.mechanisms.iter().map(|m| m.name().to_owned()).collect(),
+                scram_iterations: config.auth.iterations,
+                max_frame_bytes,
+                max_body_bytes: config.limits.max_body_bytes,
+            }),
+        )
+    }
+}
+
+type Reply = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Boxes a request's future into a reply frame (or its error frame).
+fn reply<T, F>(request_id: u64, future: F, make: impl FnOnce(T) -> Body + Send + 'static) -> Reply
+where
+    F: Future<Output = Result<T, CoreError>> + Send + 'static,
+{
+    Box::pin(async move {
+        match future.await {
+            Ok(value) => frame(request_id, make(value)),
+            Err(e) => core_error_frame(request_id, &e),
+        }
+    })
+}
+
+/// Whether the connection still takes requests.
+enum Phase {
+    Open,
+    /// Finishing in-flight requests; then `last` (if any) is written and the
+    /// connection closed.
+    Draining { last: Option<ServerFrame> },
+}
+
+struct Connection {
+    /// Shared settings and the service.
+    ctx: Arc<NativeContext>,
+    /// Bytes read but not yet decoded.
+    input: BytesMut,
+    /// Encoded frames not yet written.
+    output: BytesMut,
+    /// Requests started and not yet answered.
+    in_flight: FuturesUnordered<Reply>,
+    /// The logged-in session, if any.
+    session: Option<Session>,
+    /// A login between its two SCRAM messages.
+    pending_auth: Option<AuthPending>,
+    /// Open or draining.
+    phase: Phase,
+    /// When an unauthenticated connection is closed.
+    auth_deadline: Instant,
+    /// Pushes paused (storage busy) until then.
+    push_paused_until: Option<Instant>,
+    /// For logs.
+    peer: SocketAddr,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<R, W>(mut reader: R, mut writer: W, ctx: Arc<NativeContext>, mut shutdown: watch::Receiver<bool>, peer: SocketAddr)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let auth_deadline = Instant::now() + ctx.auth_timeout;
+    let mut conn = Connection {
+        ctx,
+        input: BytesMut::new(),
+        output: BytesMut::new(),
+        in_flight: FuturesUnordered::new(),
+        session: None,
+        pending_auth: None,
+        phase: Phase::Open,
+        auth_deadline,
+        push_paused_until: None,
+        peer,
+    };
+    let welcome = conn.ctx.welcome.clone();
+    conn.encode(&welcome);
+    if *shutdown.borrow() {
+        conn.phase = Phase::Draining { last: Some(goodbye(ErrorCode::ShuttingDown, "server is shutting down")) };
+    }
+    loop {
+        conn.decode_buffered().await;
+        if let Phase::Draining { last } = &mut conn.phase {
+            if conn.in_flight.is_empty() {
+                if let Some(last) = last.take() {
+                    conn.encode(&last);
+                }
+                let flush = async {
+                    writer.write_all(&conn.output).await?;
+                    writer.shutdown().await
+                };
+                let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
+                tracing::debug!(peer = %conn.peer, "connection closed");
+                return;
+            }
+        }
+        let open = matches!(conn.phase, Phase::Open);
+        let congested = conn.output.len() >= conn.ctx.outbound_buffer_bytes;
+        let can_read = open && !congested && conn.in_flight.len() < conn.ctx.pipeline_window;
+        let can_push = open && !congested && conn.session.is_some() && conn.push_paused_until.is_none();
+        if can_read && conn.input.capacity() - conn.input.len() < READ_CHUNK {
+            conn.input.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = reader.read_buf(&mut conn.input), if can_read => match read {
+                Ok(0) => conn.phase = Phase::Draining { last: None },
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %conn.peer, error = %e, "read failed");
+                    return;
+                }
+            },
+            Some(done) = conn.in_flight.next(), if !conn.in_flight.is_empty() => conn.encode(&done),
+            event = next_push(&mut conn.session), if can_push => conn.on_push(event),
+            written = writer.write_buf(&mut conn.output), if !conn.output.is_empty() => match written {
+                Ok(0) | Err(_) => {
+                    tracing::debug!(peer = %conn.peer, "write failed; closing");
+                    return;
+                }
+                Ok(_) => {}
+            },
+            _ = shutdown.changed(), if open => {
+                conn.phase = Phase::Draining { last: Some(goodbye(ErrorCode::ShuttingDown, "server is shutting down")) };
+            }
+            _ = tokio::time::sleep_until(conn.auth_deadline), if open && conn.session.is_none() => {
+                conn.phase = Phase::Draining { last: Some(goodbye(ErrorCode::NotAuthenticated, "no login within the time allowed")) };
+            }
+            _ = sleep_until_opt(conn.push_paused_until), if conn.push_paused_until.is_some() => conn.push_paused_until = None,
+        }
+        if conn.input.is_empty() && conn.input.capacity() > IDLE_INPUT_CAPACITY {
+            conn.input = BytesMut::new();
+        }
+        if conn.output.is_empty() && conn.output.capacity() > IDLE_INPUT_CAPACITY {
+            conn.output = BytesMut::new();
+        }
+    }
+}
+
+async fn next_push(session: &mut Option<Session>) -> Result<PushEvent, CoreError> {
+    match session {
+        Some(s) => s.next_push().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(when: Option<Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    fn encode(&mut self, frame: &ServerFrame) {
+        if let Err(e) = encode_frame(frame, &mut self.output, self.ctx.max_frame_bytes) {
+            // Replies are sized to fit (see `fit_messages`); this is a bug,
+            // answered as an internal error rather than a broken stream.
+            tracing::error!(peer = %self.peer, error = %e, "reply does not fit in a frame");
+            let fallback = error_frame(frame.request_id, ErrorCode::Internal, "reply too large");
+            let _ = encode_frame(&fallback, &mut self.output, self.ctx.max_frame_bytes);
+        }
+    }
+
+    fn close_with(&mut self, last: ServerFrame) {
+        self.phase = Phase::Draining { last: Some(last) };
+    }
+
+    /// Decodes and starts every complete request already buffered, as far
+    /// as the window and the output buffer allow.
+    async fn decode_buffered(&mut self) {
+        while matches!(self.phase, Phase::Open)
+            && self.in_flight.len() < self.ctx.pipeline_window
+            && self.output.len() < self.ctx.outbound_buffer_bytes
+        {
+            match decode_frame::<ClientFrame>(&mut self.input, self.ctx.max_frame_bytes) {
+                Ok(Some(request)) => self.handle(request).await,
+                Ok(None) => break,
+                Err(FrameError::TooLarge { len, max }) => {
+                    tracing::info!(peer = %self.peer, len, max, "frame too large; closing");
+                    self.close_with(error_frame(0, ErrorCode::FrameTooLarge, format!("frame of {len} bytes exceeds the limit of {max}")));
+                }
+                Err(FrameError::Malformed(detail)) => {
+                    tracing::info!(peer = %self.peer, %detail, "malformed frame; closing");
+                    self.close_with(error_frame(0, ErrorCode::BadFrame, format!("malformed frame: {detail}")));
+                }
+            }
+        }
+    }
+
+    fn on_push(&mut self, event: Result<PushEvent, CoreError>) {
+        match event {
+            Ok(PushEvent::Messages(batch)) => {
+                let messages: Vec<v1::Message> = batch.iter().map(|m| convert::message(m)).collect();
+                let budget = self.ctx.max_frame_bytes - FRAME_ENVELOPE_BYTES;
+                let mut chunk = Vec::new();
+                let mut size = 0;
+                for m in messages {
+                    let cost = convert::message_frame_cost(&m);
+                    if !chunk.is_empty() && size + cost > budget {
+                        let full = std::mem::take(&mut chunk);
+                        self.encode(&frame(0, Body::Push(v1::Push { messages: full })));
+                        size = 0;
+                    }
+                    size += cost;
+                    chunk.push(m);
+                }
+                if !chunk.is_empty() {
+                    self.encode(&frame(0, Body::Push(v1::Push { messages: chunk })));
+                }
+            }
+            Ok(PushEvent::Closed(reason)) => {
+                self.session = None;
+                self.close_with(goodbye(convert::error_code(reason.kind), reason.message));
+            }
+            Err(e) if e.kind == ErrorKind::Busy => {
+                let wait = Duration::from_millis(e.retry_after_ms.unwrap_or(50).max(1) as u64);
+                self.push_paused_until = Some(Instant::now() + wait);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "live delivery failed; closing");
+                self.session = None;
+                self.close_with(core_error_frame(0, &e));
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: ClientFrame) {
+        use client_frame::Body as B;
+        let id = request.request_id;
+        let Some(body) = request.body else {
+            self.close_with(error_frame(id, ErrorCode::UnknownType, "unknown or missing request type"));
+            return;
+        };
+        let service = Arc::clone(&self.ctx.service);
+        match body {
+            B::Ping(p) => self.encode(&frame(id, Body::Pong(v1::Pong { nonce: p.nonce }))),
+            B::Register(r) => {
+                let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
+                    let e = CoreError::new(ErrorKind::UnsupportedMechanism, format!("unknown mechanism {:?}", r.mechanism));
+                    return self.encode(&core_error_frame(id, &e));
+                };
+                let credentials = StoredCredentials {
+                    mechanism,
+                    salt: r.salt,
+                    iterations: r.iterations,
+                    stored_key: r.stored_key,
+                    server_key: r.server_key,
+                };
+                match service.register(&r.name, credentials) {
+                    Err(e) => self.encode(&core_error_frame(id, &e)),
+                    Ok(future) => {
+                        let service = Arc::clone(&service);
+                        self.in_flight.push(reply(id, future, move |(user, name)| {
+                            service.note_registration();
+                            Body::Registered(v1::Registered { name, user_id: user.0 })
+                        }))
+                    }
+                }
+            }
+            B::AuthStart(a) => {
+                if self.session.is_some() {
+                    let e = CoreError::new(ErrorKind::AlreadyAuthenticated, "already logged in; log out first");
+                    return self.encode(&core_error_frame(id, &e));
+                }
+                match service.auth_start(&a.client_first).await {
+                    Ok(pending) => {
+                        let challenge = v1::AuthChallenge {
+                            mechanism: pending.mechanism().name().to_owned(),
+                            server_first: pending.server_first().as_bytes().to_vec(),
+                        };
+                        self.pending_auth = Some(pending);
+                        self.encode(&frame(id, Body::AuthChallenge(challenge)));
+                    }
+                    Err(e) => self.encode(&core_error_frame(id, &e)),
+                }
+            }
+            B::AuthContinue(c) => {
+                let Some(pending) = self.pending_auth.take() else {
+                    return self.encode(&core_error_frame(id, &CoreError::invalid("no login in progress: send AuthStart first")));
+                };
+                match service.auth_finish(pending, &c.client_final).await {
+                    Ok((session, outcome)) => {
+                        tracing::info!(peer = %self.peer, user = %outcome.name, session = %outcome.session, "login");
+                        self.session = Some(session);
+                        self.encode(&frame(
+                            id,
+                            Body::AuthOk(v1::AuthOk {
+                                server_final: outcome.server_final.into_bytes(),
+                                name: outcome.name,
+                                user_id: outcome.user.0,
+                                session_id: outcome.session.0,
+                                unread: outcome.mailbox.unread,
+                                last_seq: outcome.mailbox.last_seq.0,
+                            }),
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %self.peer, "login failed");
+                        self.encode(&core_error_frame(id, &e))
+                    }
+                }
+            }
+            other => self.handle_authenticated(id, other).await,
+        }
+    }
+
+    async fn handle_authenticated(&mut self, id: u64, body: client_frame::Body) {
+        use client_frame::Body as B;
+        let max_frame = self.ctx.max_frame_bytes;
+        let Some(session) = self.session.as_mut() else {
+            return self.encode(&core_error_frame(id, &CoreError::new(ErrorKind::NotAuthenticated, "log in first")));
+        };
+        let started: Result<Reply, CoreError> = match body {
+            B::Send(s) => session.send(&s.to, &s.client_msg_id, s.body).map(|f| {
+                reply(id, f, |a| {
+                    let m = &a.message;
+                    Body::Sent(v1::Sent {
+                        client_msg_id: m.client_msg_id.clone(),
+                        message_id: m.id.0,
+                        seq: m.seq.0,
+                        timestamp_ms: m.timestamp_ms,
+                        duplicate: a.duplicate,
+                    })
+                })
+            }),
+            B::Fetch(f) => session.fetch(Seq(f.after_seq), f.limit, f.include_acked).map(|fut| {
+                reply(id, fut, move |(messages, more)| {
+                    let (messages, trimmed) = fit_messages(messages.iter().map(convert::message), max_frame);
+                    Body::Messages(v1::MessageBatch { messages, more: more || trimmed })
+                })
+            }),
+            B::Ack(a) => session
+                .ack(AckRange { up_to: Seq(a.up_to_seq), seqs: a.seqs.into_iter().map(Seq).collect() })
+                .map(|f| reply(id, f, |(acked, state)| Body::Acked(v1::Acked { acked, unread: state.unread }))),
+            B::DeleteMessages(d) => session.delete_messages(d.message_ids.into_iter().map(MessageId).collect()).map(|f| {
+                reply(id, f, |(deleted, not_found)| {
+                    Body::Deleted(v1::Deleted {
+                        deleted: deleted.into_iter().map(|m| m.0).collect(),
+                        not_found: not_found.into_iter().map(|m| m.0).collect(),
+                    })
+                })
+            }),
+            B::ListAccounts(l) => session.list_accounts(&l.pattern, &l.after, l.limit).map(|f| {
+                reply(id, f, |page| {
+                    Body::Accounts(v1::AccountPage {
+                        accounts: page.accounts.into_iter().map(|(name, online)| v1::AccountEntry { name, online }).collect(),
+                        next_after: page.next_after.unwrap_or_default(),
+                    })
+                })
+            }),
+            B::Subscribe(s) => Ok(reply(id, session.subscribe(Seq(s.after_seq)), |state| {
+                Body::Subscribed(v1::Subscribed { last_seq: state.last_seq.0, unread: state.unread })
+            })),
+            B::DeleteAccount(_) => {
+                let result = session.delete_account().await;
+                match result {
+                    Ok(()) => {
+                        tracing::info!(peer = %self.peer, user = %session.name(), "account deleted");
+                        self.session = None;
+                        self.encode(&frame(id, Body::AccountDeleted(v1::AccountDeleted {})));
+                    }
+                    Err(e) => self.encode(&core_error_frame(id, &e)),
+                }
+                return;
+            }
+            B::Logout(_) => {
+                self.session = None;
+                self.pending_auth = None;
+                self.auth_deadline = Instant::now() + self.ctx.auth_timeout;
+                self.encode(&frame(id, Body::LoggedOut(v1::LoggedOut {})));
+                return;
+            }
+            B::Ping(_) | B::Register(_) | B::AuthStart(_) | B::AuthContinue(_) => return,
+        };
+        match started {
+            Ok(future) => self.in_flight.push(future),
+            Err(e) => self.encode(&core_error_frame(id, &e)),
+        }
+    }
+}
+
+/// Keeps as many messages as fit in one frame; says whether any were cut.
+fn fit_messages(messages: impl Iterator<Item = v1::Message>, max_frame_bytes: usize) -> (Vec<v1::Message>, bool) {
+    let budget = max_frame_bytes - FRAME_ENVELOPE_BYTES;
+    let mut kept = Vec::new();
+    let mut size = 0;
+    for m in messages {
+        let cost = convert::message_frame_cost(&m);
+        if size + cost > budget {
+            return (kept, true);
+        }
+        size += cost;
+        kept.push(m);
+    }
+    (kept, false)
+}

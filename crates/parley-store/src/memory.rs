@@ -1,0 +1,384 @@
+//! The in-memory store, for tests and `--store memory`: nothing survives the
+//! process. It follows exactly the semantics of the crate documentation, so
+//! that a test passing against it says something about SQLite too.
+//!
+//! All state sits behind one [`Mutex`]. Every operation takes the lock, does
+//! its work and releases it before returning a ready [`StoreReply`], so
+//! operations take effect in call order and the lock is never held across an
+//! `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+
+use parley_core::store::{
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult,
+    StoredMessage,
+};
+use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
+
+use crate::convert::clamp;
+
+/// A [`Store`] that keeps everything in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    /// Everything the store holds; see [`State`].
+    state: Mutex<State>,
+}
+
+/// The store's contents, mirroring the SQLite tables.
+#[derive(Debug, Default)]
+struct State {
+    /// Set by `close`; every later operation answers `Closed`.
+    closed: bool,
+    /// The highest user id ever handed out, so ids are never reused (as
+    /// SQLite's AUTOINCREMENT guarantees).
+    last_user_id: u64,
+    /// The highest message id ever handed out, for the same reason.
+    last_message_id: u64,
+    /// Live accounts with their mailboxes.
+    accounts: HashMap<UserId, AccountEntry>,
+    /// Name key to user id, ordered for listing.
+    by_key: BTreeMap<String, UserId>,
+    /// Idempotency records by sender, then client message id. Kept apart from
+    /// the mailboxes so that a retry is recognised even after the recipient
+    /// deleted the message.
+    sent_ids: HashMap<UserId, HashMap<String, SentRecord>>,
+}
+
+/// One live account and its mailbox.
+#[derive(Debug)]
+struct AccountEntry {
+    /// The account as created.
+    account: Account,
+    /// Its lookup key, to remove it from `by_key` on deletion.
+    name_key: String,
+    /// Highest seq ever assigned in this mailbox.
+    last_seq: Seq,
+    /// Messages not yet acknowledged, kept so `mailbox_state` is O(1).
+    unread: u64,
+    /// The mailbox, by seq.
+    messages: BTreeMap<Seq, StoredMessage>,
+    /// Message id to seq, for deletions by id.
+    seq_by_id: HashMap<MessageId, Seq>,
+}
+
+/// What an idempotency key remembers of the message it stored.
+#[derive(Clone, Copy, Debug)]
+struct SentRecord {
+    /// The message's id.
+    message_id: MessageId,
+    /// Whose mailbox it went to.
+    recipient: UserId,
+    /// Its seq there.
+    seq: Seq,
+    /// Its original timestamp.
+    timestamp_ms: u64,
+}
+
+impl MemoryStore {
+    /// An empty, open store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Runs `op` on the state under the lock, unless the store is closed.
+    fn run<T>(&self, op: impl FnOnce(&mut State) -> StoreResult<T>) -> StoreReply<T> {
+        // A poisoned lock means a panic in the middle of an update, which
+        // may have left the state inconsistent: refuse rather than guess.
+        let Ok(mut state) = self.state.lock() else {
+            return StoreReply::ready(Err(StoreError::Backend(
+                "memory store lock poisoned".into(),
+            )));
+        };
+        if state.closed {
+            return StoreReply::ready(Err(StoreError::Closed));
+        }
+        StoreReply::ready(op(&mut state))
+    }
+}
+
+impl State {
+    fn create_account(&mut self, new: NewAccount) -> StoreResult<Account> {
+        if self.by_key.contains_key(&new.name_key) {
+            return Err(StoreError::NameTaken);
+        }
+        let id = UserId(next_id(self.last_user_id)?);
+        self.last_user_id = id.0;
+        let account = Account {
+            id,
+            name: new.name,
+            credentials: new.credentials,
+        };
+        self.by_key.insert(new.name_key.clone(), id);
+        self.accounts.insert(
+            id,
+            AccountEntry {
+                account: account.clone(),
+                name_key: new.name_key,
+                last_seq: Seq(0),
+                unread: 0,
+                messages: BTreeMap::new(),
+                seq_by_id: HashMap::new(),
+            },
+        );
+        Ok(account)
+    }
+
+    fn find_account(&self, name_key: &str) -> Option<Account> {
+        let id = self.by_key.get(name_key)?;
+        self.accounts.get(id).map(|entry| entry.account.clone())
+    }
+
+    fn delete_account(&mut self, user: UserId) -> StoreResult<()> {
+        let entry = self.accounts.remove(&user).ok_or(StoreError::NoSuchUser)?;
+        self.by_key.remove(&entry.name_key);
+        self.sent_ids.remove(&user);
+        Ok(())
+    }
+
+    fn list_accounts(&self, pattern: &NamePattern, after: &str, limit: u32) -> Vec<AccountSummary> {
+        // Start at whichever is later, `after` or the pattern's literal
+        // prefix, and stop once keys no longer start with the prefix: the
+        // same range scan the SQLite store does.
+        let prefix = pattern.literal_prefix();
+        let start = if after >= prefix {
+            Bound::Excluded(after)
+        } else {
+            Bound::Included(prefix)
+        };
+        self.by_key
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(key, _)| pattern.matches(key))
+            .filter_map(|(key, id)| {
+                let entry = self.accounts.get(id)?;
+                Some(AccountSummary {
+                    id: *id,
+                    name: entry.account.name.clone(),
+                    name_key: key.clone(),
+                })
+            })
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+    }
+
+    fn append(&mut self, new: NewMessage) -> StoreResult<Appended> {
+        let sender = UserId(clamp(new.sender.0));
+        if let Some(record) = self
+            .sent_ids
+            .get(&sender)
+            .and_then(|ids| ids.get(&new.client_msg_id))
+        {
+            let original = self
+                .accounts
+                .get(&record.recipient)
+                .and_then(|entry| entry.messages.get(&record.seq))
+                .filter(|message| message.id == record.message_id)
+                .cloned()
+                .unwrap_or_else(|| StoredMessage {
+                    id: record.message_id,
+                    recipient: record.recipient,
+                    seq: record.seq,
+                    sender,
+                    sender_name: new.sender_name.clone(),
+                    client_msg_id: new.client_msg_id.clone(),
+                    body: new.body.clone(),
+                    timestamp_ms: record.timestamp_ms,
+                    acked: false,
+                });
+            return Ok(Appended {
+                message: Arc::new(original),
+                duplicate: true,
+            });
+        }
+        let recipient = *self
+            .by_key
+            .get(&new.recipient_key)
+            .ok_or(StoreError::NoSuchUser)?;
+        let message_id = MessageId(next_id(self.last_message_id)?);
+        let entry = self
+            .accounts
+            .get_mut(&recipient)
+            .ok_or(StoreError::NoSuchUser)?;
+        let seq = Seq(next_id(entry.last_seq.0)?);
+        let timestamp_ms = clamp(new.timestamp_ms);
+        let message = StoredMessage {
+            id: message_id,
+            recipient,
+            seq,
+            sender,
+            sender_name: new.sender_name,
+            client_msg_id: new.client_msg_id,
+            body: new.body,
+            timestamp_ms,
+            acked: false,
+        };
+        // Nothing below can fail, so the write is all or nothing.
+        self.last_message_id = message_id.0;
+        entry.last_seq = seq;
+        entry.unread += 1;
+        entry.messages.insert(seq, message.clone());
+        entry.seq_by_id.insert(message_id, seq);
+        self.sent_ids.entry(sender).or_default().insert(
+            message.client_msg_id.clone(),
+            SentRecord {
+                message_id,
+                recipient,
+                seq,
+                timestamp_ms,
+            },
+        );
+        Ok(Appended {
+            message: Arc::new(message),
+            duplicate: false,
+        })
+    }
+
+    fn fetch(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+    ) -> Vec<StoredMessage> {
+        let Some(entry) = self.accounts.get(&user) else {
+            return Vec::new();
+        };
+        entry
+            .messages
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .map(|(_, message)| message)
+            .filter(|message| include_acked || !message.acked)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .cloned()
+            .collect()
+    }
+
+    fn ack(&mut self, user: UserId, range: AckRange) -> StoreResult<(u64, MailboxState)> {
+        let entry = self.accounts.get_mut(&user).ok_or(StoreError::NoSuchUser)?;
+        let mut newly = 0u64;
+        if range.up_to.0 > 0 {
+            for message in entry.messages.range_mut(..=range.up_to).map(|(_, m)| m) {
+                if !message.acked {
+                    message.acked = true;
+                    newly += 1;
+                }
+            }
+        }
+        for seq in range.seqs {
+            match entry.messages.get_mut(&seq) {
+                Some(message) if !message.acked => {
+                    message.acked = true;
+                    newly += 1;
+                }
+                _ => {}
+            }
+        }
+        entry.unread = entry.unread.saturating_sub(newly);
+        Ok((newly, entry.state()))
+    }
+
+    fn delete_messages(&mut self, user: UserId, ids: Vec<MessageId>) -> Vec<MessageId> {
+        let Some(entry) = self.accounts.get_mut(&user) else {
+            return Vec::new();
+        };
+        let mut deleted = Vec::new();
+        for id in ids {
+            // Removing from the index first makes a repeated id a no-op.
+            let Some(seq) = entry.seq_by_id.remove(&id) else {
+                continue;
+            };
+            if let Some(message) = entry.messages.remove(&seq) {
+                if !message.acked {
+                    entry.unread = entry.unread.saturating_sub(1);
+                }
+                deleted.push(id);
+            }
+        }
+        deleted
+    }
+
+    fn mailbox_state(&self, user: UserId) -> StoreResult<MailboxState> {
+        self.accounts
+            .get(&user)
+            .map(AccountEntry::state)
+            .ok_or(StoreError::NoSuchUser)
+    }
+}
+
+impl AccountEntry {
+    fn state(&self) -> MailboxState {
+        MailboxState {
+            last_seq: self.last_seq,
+            unread: self.unread,
+        }
+    }
+}
+
+/// The id after `last`, within what SQLite could store.
+fn next_id(last: u64) -> StoreResult<u64> {
+    last.checked_add(1)
+        .filter(|&next| next == clamp(next))
+        .ok_or_else(|| StoreError::Backend("id space exhausted".into()))
+}
+
+impl Store for MemoryStore {
+    fn create_account(&self, account: NewAccount) -> StoreReply<Account> {
+        self.run(|state| state.create_account(account))
+    }
+
+    fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>> {
+        self.run(|state| Ok(state.find_account(name_key)))
+    }
+
+    fn delete_account(&self, user: UserId) -> StoreReply<()> {
+        self.run(|state| state.delete_account(user))
+    }
+
+    fn list_accounts(
+        &self,
+        pattern: &NamePattern,
+        after: &str,
+        limit: u32,
+    ) -> StoreReply<Vec<AccountSummary>> {
+        self.run(|state| Ok(state.list_accounts(pattern, after, limit)))
+    }
+
+    fn append(&self, message: NewMessage) -> StoreReply<Appended> {
+        self.run(|state| state.append(message))
+    }
+
+    fn fetch(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+    ) -> StoreReply<Vec<StoredMessage>> {
+        self.run(|state| Ok(state.fetch(user, after, limit, include_acked)))
+    }
+
+    fn ack(&self, user: UserId, range: AckRange) -> StoreReply<(u64, MailboxState)> {
+        self.run(|state| state.ack(user, range))
+    }
+
+    fn delete_messages(&self, user: UserId, ids: Vec<MessageId>) -> StoreReply<Vec<MessageId>> {
+        self.run(|state| Ok(state.delete_messages(user, ids)))
+    }
+
+    fn mailbox_state(&self, user: UserId) -> StoreReply<MailboxState> {
+        self.run(|state| state.mailbox_state(user))
+    }
+
+    fn close(&self) -> StoreReply<()> {
+        let Ok(mut state) = self.state.lock() else {
+            return StoreReply::ready(Err(StoreError::Backend(
+                "memory store lock poisoned".into(),
+            )));
+        };
+        // Closing twice is fine: the store has stopped either way.
+        state.closed = true;
+        StoreReply::ready(Ok(()))
+    }
+}

@@ -1,0 +1,389 @@
+//! The SQLite store: one dedicated writer thread owns the connection and
+//! commits queued operations in groups.
+//!
+//! Every operation, reads included, becomes an [`Op`](ops::Op) sent into one
+//! bounded queue at call time, so operations take effect in call order (the
+//! ordering contract). The writer blocks for the first queued op, takes up to
+//! `max_batch - 1` more that are already waiting, runs them all in one
+//! transaction and answers them only after the COMMIT succeeded (the
+//! durability contract): one fsync covers the whole group. A full queue is
+//! answered at once with `Busy`, which is the store's admission control.
+//!
+//! Closing drops the queue's only sender: the writer then finishes every
+//! queued op, checkpoints the WAL into the database file and closes the
+//! connection. Dropping the store without closing it does the same, but
+//! nobody waits for it.
+
+mod ops;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use parley_core::store::{
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult,
+    StoredMessage,
+};
+use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
+use tokio::sync::oneshot;
+
+use ops::Op;
+
+/// Default capacity of the operation queue in front of the writer thread.
+/// Beyond it, operations are refused with `Busy` instead of piling up.
+pub const DEFAULT_WRITE_QUEUE: usize = 4096;
+/// Default largest number of operations committed in one transaction.
+pub const DEFAULT_MAX_BATCH: usize = 512;
+/// What a `Busy` answer tells the caller to wait before retrying, in
+/// milliseconds: about the time a few group commits take on a slow disk.
+pub const BUSY_RETRY_AFTER_MS: u32 = 50;
+
+/// How hard SQLite works to make commits durable (`PRAGMA synchronous`; the
+/// database always runs in WAL mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Every acknowledged write survives a power loss: each commit waits for
+    /// an fsync of the WAL. The default.
+    #[default]
+    Full,
+    /// Every acknowledged write survives a crash of the process, but the
+    /// last commits before a power loss or OS crash may be lost (the
+    /// database itself stays consistent).
+    Normal,
+    /// No fsync at all: fastest, and a power loss may lose acknowledged
+    /// writes or corrupt the database. For tests and benchmarks only.
+    Off,
+}
+
+impl Synchronous {
+    /// The name used in configuration and in the pragma: `full`, `normal`
+    /// or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
+            Synchronous::Off => "off",
+        }
+    }
+
+    /// Parses a configuration value, ignoring ASCII case.
+    pub fn from_name(name: &str) -> Option<Synchronous> {
+        [Synchronous::Full, Synchronous::Normal, Synchronous::Off]
+            .into_iter()
+            .find(|level| level.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Settings of a [`SqliteStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Durability of acknowledged writes; default [`Synchronous::Full`].
+    pub synchronous: Synchronous,
+    /// Operations that may wait for the writer before new ones are refused
+    /// with `Busy`; default [`DEFAULT_WRITE_QUEUE`]. Must be at least 1.
+    pub queue_capacity: usize,
+    /// Most operations committed in one transaction; default
+    /// [`DEFAULT_MAX_BATCH`]. Must be at least 1.
+    pub max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            queue_capacity: DEFAULT_WRITE_QUEUE,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+/// Why a SQLite store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    /// An option is out of range.
+    #[error("invalid SQLite store option: {0}")]
+    InvalidOptions(&'static str),
+    /// The database's directory did not exist and could not be created.
+    #[error("cannot create directory {}: {source}", .path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// SQLite refused to open, configure or migrate the database.
+    #[error("cannot open database {}: {source}", .path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer Parley; opening it could damage it.
+    #[error(
+        "database {} has schema version {found}, but this build of Parley knows only versions up to {supported}; \
+         it was written by a newer Parley",
+        .path.display()
+    )]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its `PRAGMA user_version`.
+        found: i64,
+        /// The newest version this build can migrate to.
+        supported: i64,
+    },
+    /// `PRAGMA user_version` holds a value no Parley ever writes.
+    #[error("database {} has an invalid schema version {found}", .path.display())]
+    SchemaInvalid {
+        /// The database file.
+        path: PathBuf,
+        /// Its `PRAGMA user_version`.
+        found: i64,
+    },
+    /// The database cannot use write-ahead logging (an in-memory database or
+    /// a file system without shared memory), which the durability levels of
+    /// [`Synchronous`] assume.
+    #[error("database {} cannot use WAL journaling (journal mode is {mode:?})", .path.display())]
+    NoWal {
+        /// The database file.
+        path: PathBuf,
+        /// The journal mode SQLite chose instead.
+        mode: String,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the SQLite writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A snapshot of the writer's counters, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Transactions committed (one per batch of operations).
+    pub commits: u64,
+    /// Operations answered from committed transactions, including reads and
+    /// operations that failed with a domain error such as `NameTaken`.
+    pub ops_committed: u64,
+    /// Batches whose transaction failed; all their operations got `Backend`.
+    pub failed_batches: u64,
+    /// Operations refused with `Busy` because the queue was full.
+    pub busy_rejections: u64,
+}
+
+/// The writer's counters, updated with relaxed atomics: they are statistics,
+/// not synchronisation.
+#[derive(Debug, Default)]
+struct Counters {
+    /// See [`BatchStats::commits`].
+    commits: AtomicU64,
+    /// See [`BatchStats::ops_committed`].
+    ops_committed: AtomicU64,
+    /// See [`BatchStats::failed_batches`].
+    failed_batches: AtomicU64,
+    /// See [`BatchStats::busy_rejections`].
+    busy_rejections: AtomicU64,
+}
+
+/// Where `close` callers wait for the writer thread to stop.
+#[derive(Debug, Default)]
+struct Shutdown {
+    /// How the writer stopped, once it has.
+    outcome: Option<StoreResult<()>>,
+    /// Callers of `close` waiting for `outcome`.
+    waiters: Vec<oneshot::Sender<StoreResult<()>>>,
+}
+
+/// State shared by the store handle and its writer thread.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Statistics the writer updates.
+    counters: Counters,
+    /// The close handshake.
+    shutdown: Mutex<Shutdown>,
+}
+
+impl Shared {
+    /// Records how the writer stopped and answers every waiting `close`.
+    /// Only the first outcome counts.
+    fn finish(&self, outcome: StoreResult<()>) {
+        let mut shutdown = self.shutdown.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcome = shutdown.outcome.get_or_insert(outcome).clone();
+        for waiter in shutdown.waiters.drain(..) {
+            // A caller that stopped waiting does not need the answer.
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+}
+
+/// A [`Store`] backed by one SQLite database file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    /// The sending end of the writer's queue; `None` once `close` was called.
+    /// Operations take the read lock only around a non-blocking `try_send`;
+    /// `close` takes the write lock to drop the sender, which is what tells
+    /// the writer to finish.
+    queue: RwLock<Option<SyncSender<Op>>>,
+    /// Counters and the close handshake, shared with the writer thread.
+    shared: Arc<Shared>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, creating its
+    /// directory if missing, migrates its schema to the current version and
+    /// starts the writer thread.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreOpenError> {
+        if options.queue_capacity == 0 {
+            return Err(StoreOpenError::InvalidOptions(
+                "queue_capacity must be at least 1",
+            ));
+        }
+        if options.max_batch == 0 {
+            return Err(StoreOpenError::InvalidOptions(
+                "max_batch must be at least 1",
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreOpenError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let conn = schema::open(path, options.synchronous)?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel(options.queue_capacity);
+        let shared = Arc::new(Shared::default());
+        let writer_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("parley-store-writer".into())
+            .spawn(move || writer::run(conn, receiver, options.max_batch, writer_shared))
+            .map_err(StoreOpenError::Spawn)?;
+        Ok(SqliteStore {
+            queue: RwLock::new(Some(sender)),
+            shared,
+        })
+    }
+
+    /// The writer's counters so far.
+    pub fn batch_stats(&self) -> BatchStats {
+        let counters = &self.shared.counters;
+        BatchStats {
+            commits: counters.commits.load(Ordering::Relaxed),
+            ops_committed: counters.ops_committed.load(Ordering::Relaxed),
+            failed_batches: counters.failed_batches.load(Ordering::Relaxed),
+            busy_rejections: counters.busy_rejections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues the op `make` builds around a fresh reply channel, at once and
+    /// without blocking.
+    fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
+        let (reply, answer) = oneshot::channel();
+        // The lock only guards an Option; a poisoned one holds valid data.
+        let queue = self.queue.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(sender) = queue.as_ref() else {
+            return StoreReply::ready(Err(StoreError::Closed));
+        };
+        match sender.try_send(make(reply)) {
+            Ok(()) => StoreReply::pending(answer),
+            Err(TrySendError::Full(_)) => {
+                self.shared
+                    .counters
+                    .busy_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+                StoreReply::ready(Err(StoreError::Busy {
+                    retry_after_ms: BUSY_RETRY_AFTER_MS,
+                }))
+            }
+            Err(TrySendError::Disconnected(_)) => StoreReply::ready(Err(StoreError::Closed)),
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_account(&self, account: NewAccount) -> StoreReply<Account> {
+        self.submit(|reply| Op::CreateAccount { account, reply })
+    }
+
+    fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>> {
+        let name_key = name_key.to_owned();
+        self.submit(|reply| Op::FindAccount { name_key, reply })
+    }
+
+    fn delete_account(&self, user: UserId) -> StoreReply<()> {
+        self.submit(|reply| Op::DeleteAccount { user, reply })
+    }
+
+    fn list_accounts(
+        &self,
+        pattern: &NamePattern,
+        after: &str,
+        limit: u32,
+    ) -> StoreReply<Vec<AccountSummary>> {
+        let (pattern, after) = (pattern.clone(), after.to_owned());
+        self.submit(|reply| Op::ListAccounts {
+            pattern,
+            after,
+            limit,
+            reply,
+        })
+    }
+
+    fn append(&self, message: NewMessage) -> StoreReply<Appended> {
+        self.submit(|reply| Op::Append { message, reply })
+    }
+
+    fn fetch(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+    ) -> StoreReply<Vec<StoredMessage>> {
+        self.submit(|reply| Op::Fetch {
+            user,
+            after,
+            limit,
+            include_acked,
+            reply,
+        })
+    }
+
+    fn ack(&self, user: UserId, range: AckRange) -> StoreReply<(u64, MailboxState)> {
+        self.submit(|reply| Op::Ack { user, range, reply })
+    }
+
+    fn delete_messages(&self, user: UserId, ids: Vec<MessageId>) -> StoreReply<Vec<MessageId>> {
+        self.submit(|reply| Op::DeleteMessages { user, ids, reply })
+    }
+
+    fn mailbox_state(&self, user: UserId) -> StoreReply<MailboxState> {
+        self.submit(|reply| Op::MailboxState { user, reply })
+    }
+
+    fn close(&self) -> StoreReply<()> {
+        let (waiter, answer) = oneshot::channel();
+        {
+            let mut shutdown = self
+                .shared
+                .shutdown
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(outcome) = &shutdown.outcome {
+                return StoreReply::ready(outcome.clone());
+            }
+            shutdown.waiters.push(waiter);
+        }
+        // Dropping the only sender is the close signal: it cannot be refused
+        // for a full queue, and the writer sees it only after everything
+        // queued before it. Later operations find no sender and get `Closed`.
+        let sender = self
+            .queue
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(sender);
+        StoreReply::pending(answer)
+    }
+}

@@ -1,0 +1,588 @@
+//! The operations the writer thread runs, and their SQL.
+//!
+//! Every function here runs inside the writer's open transaction and assumes
+//! nothing about what else is in it. Domain checks (name taken, no such user)
+//! come before any write, and the writer wraps each writing op in a SAVEPOINT,
+//! so a failed op leaves nothing behind while the rest of its batch commits.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parley_core::scram::StoredCredentials;
+use parley_core::store::{
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult,
+    StoredMessage,
+};
+use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::oneshot;
+
+use crate::convert::{clamp, exact_sql, saturating_sql};
+
+/// Where an operation's answer goes.
+pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// One queued store operation with its reply channel.
+#[derive(Debug)]
+pub(super) enum Op {
+    CreateAccount {
+        account: NewAccount,
+        reply: Reply<Account>,
+    },
+    FindAccount {
+        name_key: String,
+        reply: Reply<Option<Account>>,
+    },
+    DeleteAccount {
+        user: UserId,
+        reply: Reply<()>,
+    },
+    ListAccounts {
+        pattern: NamePattern,
+        after: String,
+        limit: u32,
+        reply: Reply<Vec<AccountSummary>>,
+    },
+    Append {
+        message: NewMessage,
+        reply: Reply<Appended>,
+    },
+    Fetch {
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+        reply: Reply<Vec<StoredMessage>>,
+    },
+    Ack {
+        user: UserId,
+        range: AckRange,
+        reply: Reply<(u64, MailboxState)>,
+    },
+    DeleteMessages {
+        user: UserId,
+        ids: Vec<MessageId>,
+        reply: Reply<Vec<MessageId>>,
+    },
+    MailboxState {
+        user: UserId,
+        reply: Reply<MailboxState>,
+    },
+}
+
+/// An operation that has run, holding its answer until the batch commits.
+pub(super) trait Outcome: Send {
+    /// Whether the operation failed, so its writes must be rolled back.
+    fn failed(&self) -> bool;
+    /// Sends the answer, or `error` instead when the batch did not commit.
+    fn deliver(self: Box<Self>, error: Option<&StoreError>);
+}
+
+/// The [`Outcome`] of an operation answering `T`.
+struct Answer<T> {
+    /// The caller's reply channel.
+    reply: Reply<T>,
+    /// What the operation produced inside the transaction.
+    result: StoreResult<T>,
+}
+
+impl<T: Send> Outcome for Answer<T> {
+    fn failed(&self) -> bool {
+        self.result.is_err()
+    }
+
+    fn deliver(self: Box<Self>, error: Option<&StoreError>) {
+        let result = match error {
+            None => self.result,
+            Some(error) => Err(error.clone()),
+        };
+        // A caller that dropped its reply no longer wants the answer.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Boxes an operation's result with its reply channel.
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> Box<dyn Outcome> {
+    Box::new(Answer {
+        reply,
+        result: result.map_err(StoreError::from),
+    })
+}
+
+/// Why an operation failed inside the writer.
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    /// A domain answer such as `NameTaken` or `NoSuchUser`.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl From<OpError> for StoreError {
+    fn from(error: OpError) -> StoreError {
+        match error {
+            OpError::Store(error) => error,
+            OpError::Sqlite(error) => StoreError::Backend(error.to_string()),
+        }
+    }
+}
+
+type OpResult<T> = Result<T, OpError>;
+
+impl Op {
+    /// Whether the operation may write, and so needs a savepoint.
+    pub(super) fn writes(&self) -> bool {
+        match self {
+            Op::CreateAccount { .. }
+            | Op::DeleteAccount { .. }
+            | Op::Append { .. }
+            | Op::Ack { .. }
+            | Op::DeleteMessages { .. } => true,
+            Op::FindAccount { .. }
+            | Op::ListAccounts { .. }
+            | Op::Fetch { .. }
+            | Op::MailboxState { .. } => false,
+        }
+    }
+
+    /// Runs the operation in the current transaction.
+    pub(super) fn execute(self, conn: &Connection) -> Box<dyn Outcome> {
+        match self {
+            Op::CreateAccount { account, reply } => answer(reply, create_account(conn, account)),
+            Op::FindAccount { name_key, reply } => answer(reply, find_account(conn, &name_key)),
+            Op::DeleteAccount { user, reply } => answer(reply, delete_account(conn, user)),
+            Op::ListAccounts {
+                pattern,
+                after,
+                limit,
+                reply,
+            } => answer(reply, list_accounts(conn, &pattern, &after, limit)),
+            Op::Append { message, reply } => answer(reply, append(conn, message)),
+            Op::Fetch {
+                user,
+                after,
+                limit,
+                include_acked,
+                reply,
+            } => answer(reply, fetch(conn, user, after, limit, include_acked)),
+            Op::Ack { user, range, reply } => answer(reply, ack(conn, user, range)),
+            Op::DeleteMessages { user, ids, reply } => {
+                answer(reply, delete_messages(conn, user, ids))
+            }
+            Op::MailboxState { user, reply } => answer(reply, mailbox_state(conn, user)),
+        }
+    }
+
+    /// Answers `error` without running the operation.
+    pub(super) fn fail(self, error: StoreError) {
+        match self {
+            Op::CreateAccount { reply, .. } => refuse(reply, error),
+            Op::FindAccount { reply, .. } => refuse(reply, error),
+            Op::DeleteAccount { reply, .. } => refuse(reply, error),
+            Op::ListAccounts { reply, .. } => refuse(reply, error),
+            Op::Append { reply, .. } => refuse(reply, error),
+            Op::Fetch { reply, .. } => refuse(reply, error),
+            Op::Ack { reply, .. } => refuse(reply, error),
+            Op::DeleteMessages { reply, .. } => refuse(reply, error),
+            Op::MailboxState { reply, .. } => refuse(reply, error),
+        }
+    }
+}
+
+/// Answers `error` on `reply`.
+fn refuse<T>(reply: Reply<T>, error: StoreError) {
+    // A caller that dropped its reply no longer wants the answer.
+    let _ = reply.send(Err(error));
+}
+
+/// Milliseconds since the Unix epoch, for `accounts.created_ms`; 0 if the
+/// clock is before the epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Whether an account with this id exists; never for ids SQLite cannot hold.
+fn account_exists(conn: &Connection, user: UserId) -> OpResult<bool> {
+    let Some(id) = exact_sql(user.0) else {
+        return Ok(false);
+    };
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?;
+    Ok(stmt.exists([id])?)
+}
+
+/// Reads an account from a row of `id, name, mechanism, salt, iterations,
+/// stored_key, server_key`.
+fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
+    let mechanism: String = row.get(2)?;
+    let mechanism = Mechanism::from_name(&mechanism).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            2,
+            Type::Text,
+            format!("unknown mechanism {mechanism:?}").into(),
+        )
+    })?;
+    Ok(Account {
+        id: UserId(row.get(0)?),
+        name: row.get(1)?,
+        credentials: StoredCredentials {
+            mechanism,
+            salt: row.get(3)?,
+            iterations: row.get(4)?,
+            stored_key: row.get(5)?,
+            server_key: row.get(6)?,
+        },
+    })
+}
+
+/// `SELECT` of the columns [`message_from_row`] reads, in its order; a macro
+/// so that whole statements can be built with `concat!` at compile time.
+macro_rules! select_message {
+    () => {
+        "SELECT id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms, acked \
+         FROM messages "
+    };
+}
+
+/// Reads a message from a row selected by `select_message!`.
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: MessageId(row.get(0)?),
+        recipient: UserId(row.get(1)?),
+        seq: Seq(row.get(2)?),
+        sender: UserId(row.get(3)?),
+        sender_name: row.get(4)?,
+        client_msg_id: row.get(5)?,
+        body: row.get(6)?,
+        timestamp_ms: row.get(7)?,
+        acked: row.get(8)?,
+    })
+}
+
+fn create_account(conn: &Connection, new: NewAccount) -> OpResult<Account> {
+    let mut taken = conn.prepare_cached("SELECT 1 FROM accounts WHERE name_key = ?1")?;
+    if taken.exists([&new.name_key])? {
+        return Err(StoreError::NameTaken.into());
+    }
+    let credentials = &new.credentials;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO accounts
+             (name, name_key, mechanism, salt, iterations, stored_key, server_key, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         RETURNING id",
+    )?;
+    let id: u64 = insert.query_row(
+        params![
+            new.name,
+            new.name_key,
+            credentials.mechanism.name(),
+            credentials.salt,
+            credentials.iterations,
+            credentials.stored_key,
+            credentials.server_key,
+            now_ms(),
+        ],
+        |row| row.get(0),
+    )?;
+    Ok(Account {
+        id: UserId(id),
+        name: new.name,
+        credentials: new.credentials,
+    })
+}
+
+fn find_account(conn: &Connection, name_key: &str) -> OpResult<Option<Account>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, mechanism, salt, iterations, stored_key, server_key
+         FROM accounts WHERE name_key = ?1",
+    )?;
+    Ok(stmt.query_row([name_key], account_from_row).optional()?)
+}
+
+fn delete_account(conn: &Connection, user: UserId) -> OpResult<()> {
+    let Some(id) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    if !account_exists(conn, user)? {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    conn.prepare_cached("DELETE FROM messages WHERE recipient = ?1")?
+        .execute([id])?;
+    conn.prepare_cached("DELETE FROM sent_ids WHERE sender = ?1")?
+        .execute([id])?;
+    conn.prepare_cached("DELETE FROM accounts WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// The smallest string greater than every string starting with `prefix`, or
+/// `None` if there is no bound (empty prefix). Name characters are ASCII
+/// below `~`, so bumping the last one is enough.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut bound = prefix.to_owned();
+    let last = bound.pop()?;
+    bound.push(char::from_u32(u32::from(last) + 1)?);
+    Some(bound)
+}
+
+fn list_accounts(
+    conn: &Connection,
+    pattern: &NamePattern,
+    after: &str,
+    limit: u32,
+) -> OpResult<Vec<AccountSummary>> {
+    // The literal prefix turns the GLOB into an index range scan; the GLOB
+    // itself (same syntax and meaning as `NamePattern`) filters within it.
+    // The scan starts at whichever is later, `after` or the prefix: a single
+    // lower bound, so that SQLite cannot pick the looser one for the index.
+    let prefix = pattern.literal_prefix();
+    let glob = pattern.as_str();
+    let accounts = match prefix_upper_bound(prefix) {
+        None => {
+            let mut stmt = conn.prepare_cached(LIST_AFTER)?;
+            let rows = stmt.query_map(params![after, glob, limit], summary_from_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        }
+        Some(upper) => {
+            let (sql, lower) = if after >= prefix {
+                (LIST_AFTER_BELOW, after)
+            } else {
+                (LIST_FROM_BELOW, prefix)
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![lower, upper, glob, limit], summary_from_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        }
+    };
+    Ok(accounts)
+}
+
+/// Listing without a literal prefix: everything after `?1`.
+const LIST_AFTER: &str = "SELECT id, name, name_key FROM accounts
+     WHERE name_key > ?1 AND name_key GLOB ?2
+     ORDER BY name_key LIMIT ?3";
+/// Listing within a prefix's range `[.., ?2)`, after a key `?1` at or past
+/// the prefix.
+const LIST_AFTER_BELOW: &str = "SELECT id, name, name_key FROM accounts
+     WHERE name_key > ?1 AND name_key < ?2 AND name_key GLOB ?3
+     ORDER BY name_key LIMIT ?4";
+/// Listing within a prefix's range `[?1, ?2)`, from its start.
+const LIST_FROM_BELOW: &str = "SELECT id, name, name_key FROM accounts
+     WHERE name_key >= ?1 AND name_key < ?2 AND name_key GLOB ?3
+     ORDER BY name_key LIMIT ?4";
+
+/// Reads a row of `id, name, name_key`.
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
+    Ok(AccountSummary {
+        id: UserId(row.get(0)?),
+        name: row.get(1)?,
+        name_key: row.get(2)?,
+    })
+}
+
+fn append(conn: &Connection, new: NewMessage) -> OpResult<Appended> {
+    let sender = clamp(new.sender.0);
+    let timestamp_ms = clamp(new.timestamp_ms);
+
+    // Idempotency comes first: a retry gets the original answer whatever
+    // happened to the recipient since.
+    let mut sent = conn.prepare_cached(
+        "SELECT message_id, recipient, seq, timestamp_ms FROM sent_ids
+         WHERE sender = ?1 AND client_msg_id = ?2",
+    )?;
+    let record = sent
+        .query_row(params![sender, new.client_msg_id], |row| {
+            Ok((
+                row.get::<_, u64>(0)?,
+                row.get::<_, u64>(1)?,
+                row.get::<_, u64>(2)?,
+                row.get::<_, u64>(3)?,
+            ))
+        })
+        .optional()?;
+    if let Some((message_id, recipient, seq, original_ms)) = record {
+        let mut original = conn.prepare_cached(concat!(select_message!(), "WHERE id = ?1"))?;
+        let message = match original
+            .query_row([message_id], message_from_row)
+            .optional()?
+        {
+            Some(message) => message,
+            // The recipient deleted it: rebuild the answer from the record.
+            None => StoredMessage {
+                id: MessageId(message_id),
+                recipient: UserId(recipient),
+                seq: Seq(seq),
+                sender: UserId(sender),
+                sender_name: new.sender_name,
+                client_msg_id: new.client_msg_id,
+                body: new.body,
+                timestamp_ms: original_ms,
+                acked: false,
+            },
+        };
+        return Ok(Appended {
+            message: Arc::new(message),
+            duplicate: true,
+        });
+    }
+
+    let mut next_seq = conn.prepare_cached(
+        "UPDATE accounts SET last_seq = last_seq + 1 WHERE name_key = ?1 RETURNING id, last_seq",
+    )?;
+    let Some((recipient, seq)) = next_seq
+        .query_row([&new.recipient_key], |row| {
+            Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?))
+        })
+        .optional()?
+    else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO messages (recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         RETURNING id",
+    )?;
+    let message_id: u64 = insert.query_row(
+        params![
+            recipient,
+            seq,
+            sender,
+            new.sender_name,
+            new.client_msg_id,
+            new.body,
+            timestamp_ms
+        ],
+        |row| row.get(0),
+    )?;
+    let mut record = conn.prepare_cached(
+        "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    record.execute(params![
+        sender,
+        new.client_msg_id,
+        message_id,
+        recipient,
+        seq,
+        timestamp_ms
+    ])?;
+    let message = StoredMessage {
+        id: MessageId(message_id),
+        recipient: UserId(recipient),
+        seq: Seq(seq),
+        sender: UserId(sender),
+        sender_name: new.sender_name,
+        client_msg_id: new.client_msg_id,
+        body: new.body,
+        timestamp_ms,
+        acked: false,
+    };
+    Ok(Appended {
+        message: Arc::new(message),
+        duplicate: false,
+    })
+}
+
+fn fetch(
+    conn: &Connection,
+    user: UserId,
+    after: Seq,
+    limit: u32,
+    include_acked: bool,
+) -> OpResult<Vec<StoredMessage>> {
+    let Some(recipient) = exact_sql(user.0) else {
+        return Ok(Vec::new());
+    };
+    let after = saturating_sql(after.0);
+    // Two statements rather than `(?4 OR acked = 0)`, so that the unread
+    // case can use the partial index.
+    let sql = if include_acked {
+        concat!(
+            select_message!(),
+            "WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        )
+    } else {
+        concat!(
+            select_message!(),
+            "WHERE recipient = ?1 AND seq > ?2 AND acked = 0 ORDER BY seq LIMIT ?3"
+        )
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let messages = stmt
+        .query_map(params![recipient, after, limit], message_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(messages)
+}
+
+fn ack(conn: &Connection, user: UserId, range: AckRange) -> OpResult<(u64, MailboxState)> {
+    let Some(recipient) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    if !account_exists(conn, user)? {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    let mut newly = 0usize;
+    if range.up_to.0 > 0 {
+        let mut stmt = conn.prepare_cached(
+            "UPDATE messages SET acked = 1 WHERE recipient = ?1 AND seq <= ?2 AND acked = 0",
+        )?;
+        newly += stmt.execute(params![recipient, saturating_sql(range.up_to.0)])?;
+    }
+    let mut one = conn.prepare_cached(
+        "UPDATE messages SET acked = 1 WHERE recipient = ?1 AND seq = ?2 AND acked = 0",
+    )?;
+    // Seqs SQLite cannot hold cannot exist.
+    for seq in range.seqs.iter().filter_map(|seq| exact_sql(seq.0)) {
+        newly += one.execute(params![recipient, seq])?;
+    }
+    let state = mailbox_state(conn, user)?;
+    Ok((u64::try_from(newly).unwrap_or(u64::MAX), state))
+}
+
+fn delete_messages(
+    conn: &Connection,
+    user: UserId,
+    ids: Vec<MessageId>,
+) -> OpResult<Vec<MessageId>> {
+    let Some(recipient) = exact_sql(user.0) else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn.prepare_cached("DELETE FROM messages WHERE id = ?1 AND recipient = ?2")?;
+    let mut deleted = Vec::new();
+    for id in ids {
+        // An id SQLite cannot hold cannot exist; a repeated id finds its row
+        // already gone, so each id is reported once.
+        let Some(sql_id) = exact_sql(id.0) else {
+            continue;
+        };
+        if stmt.execute(params![sql_id, recipient])? > 0 {
+            deleted.push(id);
+        }
+    }
+    Ok(deleted)
+}
+
+fn mailbox_state(conn: &Connection, user: UserId) -> OpResult<MailboxState> {
+    let Some(id) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    let mut last = conn.prepare_cached("SELECT last_seq FROM accounts WHERE id = ?1")?;
+    let Some(last_seq) = last
+        .query_row([id], |row| row.get::<_, u64>(0))
+        .optional()?
+    else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    let mut unread =
+        conn.prepare_cached("SELECT count(*) FROM messages WHERE recipient = ?1 AND acked = 0")?;
+    let unread: u64 = unread.query_row([id], |row| row.get(0))?;
+    Ok(MailboxState {
+        last_seq: Seq(last_seq),
+        unread,
+    })
+}

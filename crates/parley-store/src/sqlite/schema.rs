@@ -1,0 +1,150 @@
+//! Opening the database: connection settings and schema migrations.
+//!
+//! The schema version is `PRAGMA user_version`: version N means the first N
+//! entries of [`MIGRATIONS`] have been applied. Each migration runs in its own
+//! transaction together with the version bump, so a crash leaves the database
+//! at one version or the next, never in between. Migrations are only ever
+//! appended; an applied one is never edited.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{StoreOpenError, Synchronous};
+
+/// How long a statement waits for a lock held by another connection (a
+/// backup tool, an operator's `sqlite3` shell) before failing.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per connection; comfortably more than the
+/// store's distinct statements, so none is ever re-prepared.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// The schema, as ordered steps; step `i` takes the database from version
+/// `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    //
+    // AUTOINCREMENT on both id columns so that ids are never reused after a
+    // deletion (plain rowids would hand out max(id) + 1 again).
+    // `accounts.last_seq` is the mailbox's seq counter, kept on the account
+    // rather than derived from messages so that seqs are not reused after
+    // messages are deleted.
+    // `sent_ids` is the idempotency table, apart from `messages` so that a
+    // retry is recognised even after the recipient deleted the message.
+    "CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        name_key TEXT NOT NULL UNIQUE,
+        mechanism TEXT NOT NULL,
+        salt BLOB NOT NULL,
+        iterations INTEGER NOT NULL,
+        stored_key BLOB NOT NULL,
+        server_key BLOB NOT NULL,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        recipient INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        sender INTEGER NOT NULL,
+        sender_name TEXT NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        acked INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (recipient, seq)
+    );
+    CREATE INDEX messages_unacked ON messages (recipient, seq) WHERE acked = 0;
+    CREATE TABLE sent_ids (
+        sender INTEGER NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        message_id INTEGER NOT NULL,
+        recipient INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender, client_msg_id)
+    ) WITHOUT ROWID;",
+];
+
+/// The schema version this build creates and understands.
+fn supported_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// Opens and configures the connection and brings the schema up to date.
+pub(super) fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreOpenError> {
+    let sqlite = |source| StoreOpenError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(sqlite)?;
+    conn.busy_timeout(LOCK_WAIT).map_err(sqlite)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+
+    // Check the version before changing anything, the journal mode included,
+    // so that a database from a newer Parley is left exactly as it was.
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sqlite)?;
+    let supported = supported_version();
+    if found < 0 {
+        return Err(StoreOpenError::SchemaInvalid {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    if found > supported {
+        return Err(StoreOpenError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            supported,
+        });
+    }
+
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+        .map_err(sqlite)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreOpenError::NoWal {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", synchronous.name())
+        .map_err(sqlite)?;
+
+    // The version is read again inside each migration's write transaction,
+    // so two processes opening the same file cannot apply a step twice.
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite)?;
+        let current: i64 = tx
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sqlite)?;
+        if current > supported {
+            // A newer Parley migrated the file since the check above.
+            return Err(StoreOpenError::SchemaTooNew {
+                path: path.to_owned(),
+                found: current,
+                supported,
+            });
+        }
+        let Some(step) = usize::try_from(current)
+            .ok()
+            .and_then(|done| MIGRATIONS.get(done))
+        else {
+            break;
+        };
+        let version = current.saturating_add(1);
+        tx.execute_batch(step).map_err(sqlite)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
+        tracing::info!(path = %path.display(), version, "migrated store schema");
+    }
+    Ok(conn)
+}

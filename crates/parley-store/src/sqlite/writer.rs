@@ -1,0 +1,169 @@
+//! The writer thread: the only owner of the SQLite connection.
+//!
+//! It runs queued operations in batches, one transaction per batch (group
+//! commit), and answers each operation only after its batch committed. It
+//! stops when every sender of the queue is gone (the store was closed or
+//! dropped), after finishing everything queued.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+
+use parley_core::StoreError;
+use rusqlite::Connection;
+
+use super::Shared;
+use super::ops::{Op, Outcome};
+
+/// Answers waiting `close` callers even if the thread ends abnormally, so
+/// that nobody waits forever.
+struct FinishOnExit(Arc<Shared>);
+
+impl Drop for FinishOnExit {
+    fn drop(&mut self) {
+        // A no-op when the thread already reported how it stopped.
+        self.0.finish(Err(StoreError::Backend(
+            "the SQLite writer thread stopped unexpectedly".into(),
+        )));
+    }
+}
+
+/// The thread's body.
+pub(super) fn run(conn: Connection, queue: Receiver<Op>, max_batch: usize, shared: Arc<Shared>) {
+    let guard = FinishOnExit(shared);
+    let shared = &guard.0;
+    let mut batch = Vec::new();
+    // `recv` fails only once the queue is empty and every sender is gone.
+    while let Ok(first) = queue.recv() {
+        batch.push(first);
+        // Take what is already waiting, without waiting for more: the batch
+        // is as large as the load makes it, and a lone op is not delayed.
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, &mut batch, shared);
+    }
+    drop(queue);
+    let outcome = shut_down(conn);
+    if let Err(error) = &outcome {
+        tracing::error!(%error, "SQLite store did not close cleanly");
+    }
+    shared.finish(outcome);
+}
+
+/// Runs a statement that returns no rows, through the statement cache.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Runs `batch` (leaving it empty) in one transaction, then answers every op.
+fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
+    let size = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+    let mut ops = batch.drain(..);
+    if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
+        let error = StoreError::Backend(error.to_string());
+        tracing::error!(%error, "cannot begin a store transaction");
+        shared
+            .counters
+            .failed_batches
+            .fetch_add(1, Ordering::Relaxed);
+        ops.for_each(|op| op.fail(error.clone()));
+        return;
+    }
+
+    let mut outcomes: Vec<Box<dyn Outcome>> = Vec::with_capacity(ops.len());
+    // Set when the transaction is in an unknown state: nothing of the batch
+    // may then be committed.
+    let mut broken: Option<StoreError> = None;
+    for op in ops.by_ref() {
+        match run_op(conn, op) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err((outcome, error)) => {
+                outcomes.extend(outcome);
+                broken = Some(error);
+                break;
+            }
+        }
+    }
+
+    let failure = match broken {
+        Some(error) => Some(error),
+        None => exec(conn, "COMMIT")
+            .err()
+            .map(|error| StoreError::Backend(error.to_string())),
+    };
+    match &failure {
+        None => {
+            shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .ops_committed
+                .fetch_add(size, Ordering::Relaxed);
+        }
+        Some(error) => {
+            tracing::error!(%error, ops = size, "store batch failed; rolling it back");
+            shared
+                .counters
+                .failed_batches
+                .fetch_add(1, Ordering::Relaxed);
+            // SQLite may already have rolled back on its own (disk full, I/O
+            // error), in which case this fails harmlessly.
+            if let Err(rollback) = exec(conn, "ROLLBACK") {
+                tracing::debug!(%rollback, "rollback after a failed batch");
+            }
+            ops.for_each(|op| op.fail(error.clone()));
+        }
+    }
+    for outcome in outcomes {
+        outcome.deliver(failure.as_ref());
+    }
+}
+
+/// What [`run_op`] returns when the transaction can no longer be trusted: the
+/// op's outcome if it ran, and the error.
+type Broken = (Option<Box<dyn Outcome>>, StoreError);
+
+/// Runs one op; a writing op inside its own savepoint, rolled back if the op
+/// failed, so that it leaves no partial writes in the batch.
+fn run_op(conn: &Connection, op: Op) -> Result<Box<dyn Outcome>, Broken> {
+    let backend = |error: rusqlite::Error| StoreError::Backend(error.to_string());
+    if !op.writes() {
+        return Ok(op.execute(conn));
+    }
+    if let Err(error) = exec(conn, "SAVEPOINT op") {
+        let error = backend(error);
+        op.fail(error.clone());
+        return Err((None, error));
+    }
+    let outcome = op.execute(conn);
+    let end = if outcome.failed() {
+        exec(conn, "ROLLBACK TO op").and_then(|()| exec(conn, "RELEASE op"))
+    } else {
+        exec(conn, "RELEASE op")
+    };
+    match end {
+        Ok(()) => Ok(outcome),
+        Err(error) => Err((Some(outcome), backend(error))),
+    }
+}
+
+/// Makes everything durable in the main database file and closes it.
+fn shut_down(conn: Connection) -> Result<(), StoreError> {
+    let backend = |error: rusqlite::Error| StoreError::Backend(error.to_string());
+    // TRUNCATE moves the WAL into the database file and empties it, so the
+    // file alone is a complete copy (for backups) and the next open starts
+    // without recovery work.
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .map_err(backend)?;
+    if busy != 0 {
+        // Another connection (a backup, a shell) kept a read open; the WAL
+        // stays and SQLite replays it on the next open. Nothing is lost.
+        tracing::warn!("WAL checkpoint at close was blocked by another connection");
+    }
+    conn.close().map_err(|(_, error)| backend(error))
+}

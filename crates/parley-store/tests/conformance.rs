@@ -1,0 +1,797 @@
+//! One suite, run against every store: each behaviour in the crate
+//! documentation is a case here, and the `conformance!` macro at the bottom
+//! runs every case against the memory store and against SQLite.
+
+mod common;
+
+use parley_core::store::{AckRange, MailboxState, NewMessage};
+use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, UserId};
+
+use common::{Harness, credentials, message, new_account, register, send};
+
+fn seqs(messages: &[parley_core::store::StoredMessage]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq.0).collect()
+}
+
+fn keys(accounts: &[parley_core::store::AccountSummary]) -> Vec<&str> {
+    accounts.iter().map(|a| a.name_key.as_str()).collect()
+}
+
+fn pattern(raw: &str) -> NamePattern {
+    NamePattern::parse(raw).expect("pattern")
+}
+
+async fn accounts_round_trip(store: &dyn Store) {
+    let alice = register(store, "Alice").await;
+    assert_eq!(alice.name, "Alice");
+    assert_eq!(alice.credentials, credentials("Alice"));
+    let found = store.find_account("alice").await.unwrap().expect("found");
+    assert_eq!(found, alice);
+    assert_eq!(
+        store.find_account("Alice").await.unwrap(),
+        None,
+        "lookups are by key"
+    );
+    assert_eq!(store.find_account("nobody").await.unwrap(), None);
+}
+
+async fn names_are_unique_by_key(store: &dyn Store) {
+    let alice = register(store, "Alice").await;
+    for clash in ["alice", "ALICE", "aLiCe"] {
+        assert_eq!(
+            store.create_account(new_account(clash)).await,
+            Err(StoreError::NameTaken),
+            "{clash}"
+        );
+    }
+    let bob = register(store, "bob").await;
+    assert!(bob.id > alice.id);
+    // A refused registration uses up no id.
+    let carol = register(store, "carol").await;
+    assert_eq!(carol.id.0, bob.id.0 + 1);
+}
+
+async fn user_ids_are_never_reused(store: &dyn Store) {
+    let a = register(store, "a").await;
+    let b = register(store, "b").await;
+    store.delete_account(b.id).await.unwrap();
+    let c = register(store, "c").await;
+    assert!(c.id > b.id && b.id > a.id);
+    store.delete_account(c.id).await.unwrap();
+    let again = register(store, "c").await;
+    assert!(again.id > c.id, "re-registering a name gives a new id");
+}
+
+async fn append_assigns_seqs_and_ids(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "Bob").await;
+    let first = send(store, &alice, "bob", "m1", "hello").await.message;
+    assert_eq!(
+        (first.recipient, first.seq, first.sender),
+        (bob.id, Seq(1), alice.id)
+    );
+    assert_eq!(
+        (
+            first.sender_name.as_str(),
+            first.client_msg_id.as_str(),
+            first.body.as_str()
+        ),
+        ("alice", "m1", "hello")
+    );
+    assert_eq!(
+        first.timestamp_ms,
+        message(&alice, "bob", "m1", "hello").timestamp_ms
+    );
+    assert!(!first.acked);
+    let to_alice = send(store, &bob, "ALICE", "m1", "hi").await.message;
+    assert_eq!(
+        (to_alice.recipient, to_alice.seq),
+        (alice.id, Seq(1)),
+        "seqs are per mailbox"
+    );
+    let second = send(store, &alice, "bob", "m2", "again").await.message;
+    assert_eq!(second.seq, Seq(2));
+    assert!(
+        first.id < to_alice.id && to_alice.id < second.id,
+        "message ids are global and increasing"
+    );
+    let stored = store.fetch(bob.id, Seq(0), 10, true).await.unwrap();
+    assert_eq!(stored, vec![(*first).clone(), (*second).clone()]);
+}
+
+async fn seqs_keep_rising_after_deletions(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(
+            send(store, &alice, "bob", &format!("m{n}"), "x")
+                .await
+                .message
+                .id,
+        );
+    }
+    assert_eq!(
+        store.delete_messages(bob.id, vec![ids[2]]).await.unwrap(),
+        vec![ids[2]]
+    );
+    let fourth = send(store, &alice, "bob", "m4", "x").await.message;
+    assert_eq!(fourth.seq, Seq(4));
+    assert!(fourth.id > ids[2], "message ids are not reused either");
+    let all = vec![ids[0], ids[1], fourth.id];
+    assert_eq!(
+        store.delete_messages(bob.id, all.clone()).await.unwrap(),
+        all
+    );
+    assert_eq!(
+        send(store, &alice, "bob", "m5", "x").await.message.seq,
+        Seq(5)
+    );
+    assert_eq!(
+        store.mailbox_state(bob.id).await.unwrap(),
+        MailboxState {
+            last_seq: Seq(5),
+            unread: 1
+        }
+    );
+}
+
+async fn append_is_idempotent(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let carol = register(store, "carol").await;
+    let original = send(store, &alice, "bob", "same", "first body")
+        .await
+        .message;
+
+    // A retry, even with another body, returns the original and stores nothing.
+    let mut retry = message(&alice, "bob", "same", "second body");
+    retry.timestamp_ms += 5000;
+    let again = store.append(retry).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(*again.message, *original);
+    // The key is the sender's: another sender may use the same client id.
+    let other = send(store, &carol, "bob", "same", "from carol")
+        .await
+        .message;
+    assert_eq!(other.seq, Seq(2));
+    assert_eq!(
+        store.fetch(bob.id, Seq(0), 10, true).await.unwrap().len(),
+        2
+    );
+
+    // After the recipient acked and deleted it, a retry is still a duplicate
+    // with the original id, seq and timestamp, and is not stored again.
+    store
+        .ack(
+            bob.id,
+            AckRange {
+                up_to: Seq(1),
+                seqs: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .delete_messages(bob.id, vec![original.id])
+        .await
+        .unwrap();
+    let mut late = message(&alice, "bob", "same", "third body");
+    late.timestamp_ms += 9000;
+    let late = store.append(late).await.unwrap();
+    assert!(late.duplicate);
+    let rebuilt = &late.message;
+    assert_eq!(
+        (rebuilt.id, rebuilt.recipient, rebuilt.seq),
+        (original.id, bob.id, Seq(1))
+    );
+    assert_eq!(
+        (rebuilt.sender, rebuilt.timestamp_ms),
+        (alice.id, original.timestamp_ms)
+    );
+    assert_eq!(
+        (
+            rebuilt.client_msg_id.as_str(),
+            rebuilt.body.as_str(),
+            rebuilt.acked
+        ),
+        ("same", "third body", false)
+    );
+    assert_eq!(
+        seqs(&store.fetch(bob.id, Seq(0), 10, true).await.unwrap()),
+        vec![2]
+    );
+    assert_eq!(store.mailbox_state(bob.id).await.unwrap().last_seq, Seq(2));
+
+    // Idempotency is checked before the recipient: a retry after the
+    // recipient's account is gone still gets the original answer.
+    let to_carol = send(store, &alice, "carol", "to-carol", "hi").await.message;
+    store.delete_account(carol.id).await.unwrap();
+    let retry = store
+        .append(message(&alice, "carol", "to-carol", "hi"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.message.id, retry.message.seq),
+        (to_carol.id, to_carol.seq)
+    );
+}
+
+async fn unknown_users(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let ghost = UserId(alice.id.0 + 100);
+    assert_eq!(
+        store
+            .append(message(&alice, "nobody", "m1", "x"))
+            .await
+            .unwrap_err(),
+        StoreError::NoSuchUser
+    );
+    assert_eq!(
+        store.mailbox_state(ghost).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store.delete_account(ghost).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store
+            .ack(
+                ghost,
+                AckRange {
+                    up_to: Seq(1),
+                    seqs: vec![Seq(2)]
+                }
+            )
+            .await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(store.fetch(ghost, Seq(0), 10, true).await, Ok(vec![]));
+    assert_eq!(
+        store.delete_messages(ghost, vec![MessageId(1)]).await,
+        Ok(vec![])
+    );
+    // A refused append wrote nothing, not even its idempotency key.
+    register(store, "nobody").await;
+    assert!(
+        !store
+            .append(message(&alice, "nobody", "m1", "x"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+}
+
+async fn fetch_pages_and_filters(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    for n in 1..=6 {
+        send(store, &alice, "bob", &format!("m{n}"), &format!("body {n}")).await;
+    }
+    assert_eq!(
+        seqs(&store.fetch(bob.id, Seq(0), 100, false).await.unwrap()),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        seqs(&store.fetch(bob.id, Seq(2), 3, false).await.unwrap()),
+        vec![3, 4, 5]
+    );
+    assert_eq!(
+        seqs(&store.fetch(bob.id, Seq(5), 3, false).await.unwrap()),
+        vec![6]
+    );
+    assert_eq!(
+        seqs(&store.fetch(bob.id, Seq(6), 3, false).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(&store.fetch(bob.id, Seq(0), 0, true).await.unwrap()),
+        Vec::<u64>::new()
+    );
+
+    store
+        .ack(
+            bob.id,
+            AckRange {
+                up_to: Seq(2),
+                seqs: vec![Seq(4)],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&store.fetch(bob.id, Seq(0), 100, false).await.unwrap()),
+        vec![3, 5, 6]
+    );
+    assert_eq!(
+        seqs(&store.fetch(bob.id, Seq(0), 2, false).await.unwrap()),
+        vec![3, 5],
+        "limit counts unread only"
+    );
+    let all = store.fetch(bob.id, Seq(0), 100, true).await.unwrap();
+    assert_eq!(seqs(&all), vec![1, 2, 3, 4, 5, 6]);
+    let acked: Vec<bool> = all.iter().map(|m| m.acked).collect();
+    assert_eq!(acked, vec![true, true, false, true, false, false]);
+    assert_eq!(
+        store.fetch(alice.id, Seq(0), 100, true).await.unwrap(),
+        vec![],
+        "other mailboxes are separate"
+    );
+}
+
+async fn ack_is_cumulative_and_listed(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    for n in 1..=6 {
+        send(store, &alice, "bob", &format!("m{n}"), "x").await;
+    }
+    let ack = |up_to: u64, list: &[u64]| AckRange {
+        up_to: Seq(up_to),
+        seqs: list.iter().map(|&s| Seq(s)).collect(),
+    };
+    let state = |unread| MailboxState {
+        last_seq: Seq(6),
+        unread,
+    };
+    assert_eq!(store.ack(bob.id, ack(0, &[])).await, Ok((0, state(6))));
+    assert_eq!(store.ack(bob.id, ack(2, &[])).await, Ok((2, state(4))));
+    assert_eq!(
+        store.ack(bob.id, ack(2, &[])).await,
+        Ok((0, state(4))),
+        "acking again changes nothing"
+    );
+    assert_eq!(
+        store.ack(bob.id, ack(0, &[5, 5, 99])).await,
+        Ok((1, state(3))),
+        "listed seqs, duplicates and gaps"
+    );
+    assert_eq!(
+        store.ack(bob.id, ack(4, &[1, 6])).await,
+        Ok((3, state(0))),
+        "range and list together"
+    );
+    // Another user's ack touches only their own mailbox.
+    send(store, &bob, "alice", "back", "x").await;
+    assert_eq!(store.ack(bob.id, ack(10, &[])).await, Ok((0, state(0))));
+    assert_eq!(
+        store.mailbox_state(alice.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(1),
+            unread: 1
+        })
+    );
+}
+
+async fn unread_counts(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(0),
+            unread: 0
+        })
+    );
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        ids.push(
+            send(store, &alice, "bob", &format!("m{n}"), "x")
+                .await
+                .message
+                .id,
+        );
+    }
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(4),
+            unread: 4
+        })
+    );
+    store
+        .ack(
+            bob.id,
+            AckRange {
+                up_to: Seq(1),
+                seqs: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    // Deleting an acked message leaves the count; deleting an unread one lowers it.
+    store.delete_messages(bob.id, vec![ids[0]]).await.unwrap();
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(4),
+            unread: 3
+        })
+    );
+    store.delete_messages(bob.id, vec![ids[3]]).await.unwrap();
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(4),
+            unread: 2
+        })
+    );
+}
+
+async fn delete_only_own_messages(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let to_bob = send(store, &alice, "bob", "m1", "x").await.message;
+    let to_alice = send(store, &bob, "alice", "m1", "y").await.message;
+    assert_eq!(
+        store.delete_messages(alice.id, vec![to_bob.id]).await,
+        Ok(vec![]),
+        "the sender cannot delete it"
+    );
+    assert_eq!(
+        store.fetch(bob.id, Seq(0), 10, true).await.unwrap().len(),
+        1
+    );
+    let asked = vec![to_bob.id, to_alice.id, to_bob.id, MessageId(9999)];
+    assert_eq!(
+        store.delete_messages(bob.id, asked).await,
+        Ok(vec![to_bob.id])
+    );
+    assert_eq!(
+        store.delete_messages(bob.id, vec![to_bob.id]).await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        store.fetch(alice.id, Seq(0), 10, true).await.unwrap(),
+        vec![(*to_alice).clone()]
+    );
+    // Order given is kept.
+    let ids: Vec<MessageId> = {
+        let mut ids = Vec::new();
+        for n in 2..=4 {
+            ids.push(
+                send(store, &bob, "alice", &format!("m{n}"), "z")
+                    .await
+                    .message
+                    .id,
+            );
+        }
+        ids
+    };
+    let reversed: Vec<MessageId> = ids.iter().rev().copied().collect();
+    assert_eq!(
+        store.delete_messages(alice.id, reversed.clone()).await,
+        Ok(reversed)
+    );
+}
+
+async fn delete_account_effects(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "Bob").await;
+    send(store, &alice, "bob", "a1", "to bob").await;
+    let from_bob = send(store, &bob, "alice", "b1", "to alice").await.message;
+
+    store.delete_account(bob.id).await.unwrap();
+    assert_eq!(
+        store.delete_account(bob.id).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(store.find_account("bob").await, Ok(None));
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store.fetch(bob.id, Seq(0), 10, true).await,
+        Ok(vec![]),
+        "the mailbox is gone"
+    );
+    assert_eq!(
+        store.fetch(alice.id, Seq(0), 10, true).await,
+        Ok(vec![(*from_bob).clone()]),
+        "sent messages stay"
+    );
+    assert_eq!(
+        keys(&store.list_accounts(&pattern("*"), "", 10).await.unwrap()),
+        vec!["alice"]
+    );
+
+    // The old id's idempotency keys are gone with it.
+    let replay = store
+        .append(message(&bob, "alice", "b1", "to alice"))
+        .await
+        .unwrap();
+    assert!(!replay.duplicate);
+
+    // The name is free again: new id, empty mailbox, seqs from 1.
+    let bob2 = register(store, "bob").await;
+    assert!(bob2.id > bob.id);
+    assert_eq!(
+        store.mailbox_state(bob2.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(0),
+            unread: 0
+        })
+    );
+    assert_eq!(store.fetch(bob2.id, Seq(0), 10, true).await, Ok(vec![]));
+    assert_eq!(
+        send(store, &alice, "bob", "a2", "welcome back")
+            .await
+            .message
+            .seq,
+        Seq(1)
+    );
+    // The old sender's idempotency key still answers for the old message.
+    let old = store
+        .append(message(&alice, "bob", "a1", "to bob"))
+        .await
+        .unwrap();
+    assert!(old.duplicate);
+    assert_eq!((old.message.recipient, old.message.seq), (bob.id, Seq(1)));
+}
+
+async fn list_matches_patterns(store: &dyn Store) {
+    for name in ["bob", "Alice", "albert", "xbab", "Bib", "bobby", "carol"] {
+        register(store, name).await;
+    }
+    let list =
+        |p: &'static str| async move { store.list_accounts(&pattern(p), "", 100).await.unwrap() };
+    let everyone = list("*").await;
+    assert_eq!(
+        keys(&everyone),
+        vec!["albert", "alice", "bib", "bob", "bobby", "carol", "xbab"]
+    );
+    let alice = everyone.iter().find(|a| a.name_key == "alice").unwrap();
+    assert_eq!(alice.name, "Alice");
+    assert_eq!(
+        Some(alice.id),
+        store.find_account("alice").await.unwrap().map(|a| a.id)
+    );
+    assert_eq!(
+        keys(&list("").await),
+        keys(&everyone),
+        "empty pattern means everything"
+    );
+    assert_eq!(keys(&list("al*").await), vec!["albert", "alice"]);
+    assert_eq!(keys(&list("AL*").await), vec!["albert", "alice"]);
+    assert_eq!(keys(&list("*b?b").await), vec!["bib", "bob", "xbab"]);
+    assert_eq!(keys(&list("b?b*").await), vec!["bib", "bob", "bobby"]);
+    assert_eq!(keys(&list("bob").await), vec!["bob"]);
+    assert_eq!(keys(&list("z*").await), Vec::<&str>::new());
+    assert_eq!(keys(&list("*o*").await), vec!["bob", "bobby", "carol"]);
+}
+
+async fn list_pages(store: &dyn Store) {
+    let names: Vec<String> = (0..10).map(|n| format!("user{n:02}")).collect();
+    for name in names.iter().rev() {
+        register(store, name).await;
+    }
+    register(store, "other").await;
+    let all = pattern("user*");
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store.list_accounts(&all, &after, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.name_key.clone();
+        seen.extend(page.into_iter().map(|a| a.name_key));
+    }
+    assert_eq!(seen, names);
+    assert_eq!(store.list_accounts(&all, "", 0).await, Ok(vec![]));
+    assert_eq!(
+        keys(&store.list_accounts(&all, "user07", 100).await.unwrap()),
+        vec!["user08", "user09"]
+    );
+    // `after` before the pattern's prefix, and past every key.
+    assert_eq!(store.list_accounts(&all, "a", 2).await.unwrap().len(), 2);
+    assert_eq!(store.list_accounts(&all, "zzz", 10).await, Ok(vec![]));
+    let everyone = store
+        .list_accounts(&pattern("*"), "user05", u32::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&everyone),
+        vec!["user06", "user07", "user08", "user09"]
+    );
+}
+
+async fn ordering_follows_calls(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    // Submit without awaiting, then await in reverse: each op took effect
+    // when it was called.
+    let first = store.append(message(&alice, "bob", "m1", "one"));
+    let state_between = store.mailbox_state(bob.id);
+    let second = store.append(message(&alice, "bob", "m2", "two"));
+    let ack = store.ack(
+        bob.id,
+        AckRange {
+            up_to: Seq(1),
+            seqs: vec![],
+        },
+    );
+    let fetched = store.fetch(bob.id, Seq(0), 10, false);
+    assert_eq!(seqs(&fetched.await.unwrap()), vec![2]);
+    assert_eq!(ack.await.unwrap().0, 1);
+    assert_eq!(second.await.unwrap().message.seq, Seq(2));
+    assert_eq!(
+        state_between.await,
+        Ok(MailboxState {
+            last_seq: Seq(1),
+            unread: 1
+        })
+    );
+    assert_eq!(first.await.unwrap().message.seq, Seq(1));
+}
+
+async fn closed_store_refuses_everything(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let pending = store.append(message(&alice, "alice", "before", "queued before close"));
+    store.close().await.unwrap();
+    assert!(
+        !pending.await.unwrap().duplicate,
+        "work queued before close is done"
+    );
+    let closed = Err::<(), _>(StoreError::Closed);
+    assert_eq!(
+        store.create_account(new_account("bob")).await.map(drop),
+        closed
+    );
+    assert_eq!(store.find_account("alice").await.map(drop), closed);
+    assert_eq!(store.delete_account(alice.id).await.map(drop), closed);
+    assert_eq!(
+        store.list_accounts(&pattern("*"), "", 10).await.map(drop),
+        closed
+    );
+    assert_eq!(
+        store
+            .append(message(&alice, "alice", "after", "x"))
+            .await
+            .map(drop),
+        closed
+    );
+    assert_eq!(
+        store.fetch(alice.id, Seq(0), 10, true).await.map(drop),
+        closed
+    );
+    assert_eq!(
+        store.ack(alice.id, AckRange::default()).await.map(drop),
+        closed
+    );
+    assert_eq!(
+        store.delete_messages(alice.id, vec![]).await.map(drop),
+        closed
+    );
+    assert_eq!(store.mailbox_state(alice.id).await.map(drop), closed);
+    assert_eq!(store.close().await, Ok(()), "closing again is fine");
+}
+
+async fn huge_values_do_not_panic(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let huge = NewMessage {
+        timestamp_ms: u64::MAX,
+        ..message(&alice, "alice", "huge", "x")
+    };
+    let stored = store.append(huge).await.unwrap().message;
+    assert_eq!(
+        stored.timestamp_ms,
+        i64::MAX as u64,
+        "timestamps are clamped to what SQLite holds"
+    );
+    let odd_sender = NewMessage {
+        sender: UserId(u64::MAX),
+        ..message(&alice, "alice", "odd", "x")
+    };
+    assert_eq!(
+        store.append(odd_sender).await.unwrap().message.sender,
+        UserId(i64::MAX as u64)
+    );
+    assert_eq!(
+        store.fetch(alice.id, Seq(u64::MAX), u32::MAX, true).await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        store
+            .fetch(alice.id, Seq(0), u32::MAX, true)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store.fetch(UserId(u64::MAX), Seq(0), u32::MAX, true).await,
+        Ok(vec![])
+    );
+    let all = AckRange {
+        up_to: Seq(u64::MAX),
+        seqs: vec![Seq(u64::MAX), Seq(i64::MAX as u64)],
+    };
+    assert_eq!(
+        store.ack(alice.id, all).await,
+        Ok((
+            2,
+            MailboxState {
+                last_seq: Seq(2),
+                unread: 0
+            }
+        ))
+    );
+    assert_eq!(
+        store.ack(UserId(u64::MAX), AckRange::default()).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store
+            .delete_messages(alice.id, vec![MessageId(u64::MAX)])
+            .await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        store
+            .delete_messages(UserId(u64::MAX), vec![stored.id])
+            .await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        store.mailbox_state(UserId(u64::MAX)).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store.delete_account(UserId(u64::MAX)).await,
+        Err(StoreError::NoSuchUser)
+    );
+    let long_key = "k".repeat(10_000);
+    assert_eq!(store.find_account(&long_key).await, Ok(None));
+    assert_eq!(
+        store.list_accounts(&pattern("*"), &long_key, 10).await,
+        Ok(vec![])
+    );
+}
+
+/// Runs every case against one store kind, each on a fresh store.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let harness = super::Harness::memory();
+                    super::$case(&*harness.store).await;
+                    harness.finish().await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let harness = super::Harness::sqlite();
+                    super::$case(&*harness.store).await;
+                    harness.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    accounts_round_trip,
+    names_are_unique_by_key,
+    user_ids_are_never_reused,
+    append_assigns_seqs_and_ids,
+    seqs_keep_rising_after_deletions,
+    append_is_idempotent,
+    unknown_users,
+    fetch_pages_and_filters,
+    ack_is_cumulative_and_listed,
+    unread_counts,
+    delete_only_own_messages,
+    delete_account_effects,
+    list_matches_patterns,
+    list_pages,
+    ordering_follows_calls,
+    closed_store_refuses_everything,
+    huge_values_do_not_panic,
+);

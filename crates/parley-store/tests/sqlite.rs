@@ -1,0 +1,365 @@
+//! What only the SQLite store has: persistence, group commit, admission
+//! control and schema versions.
+
+mod common;
+
+use parley_core::store::{AckRange, MailboxState};
+use parley_core::{Seq, Store, StoreError};
+use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
+
+use common::{db_path, message, new_account, register, send};
+
+fn open(dir: &tempfile::TempDir, options: SqliteOptions) -> SqliteStore {
+    SqliteStore::open(&db_path(dir.path()), options).expect("open")
+}
+
+#[tokio::test]
+async fn everything_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "Alice").await;
+    let bob = register(&store, "bob").await;
+    let carol = register(&store, "carol").await;
+    let m1 = send(&store, &alice, "bob", "m1", "one").await.message;
+    let m2 = send(&store, &alice, "bob", "m2", "two").await.message;
+    let m3 = send(&store, &carol, "bob", "m3", "three").await.message;
+    store
+        .ack(
+            bob.id,
+            AckRange {
+                up_to: Seq(1),
+                seqs: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    store.delete_messages(bob.id, vec![m3.id]).await.unwrap();
+    store.delete_account(carol.id).await.unwrap();
+    store.close().await.unwrap();
+    // The checkpoint emptied the WAL into the database file.
+    let wal = db_path(dir.path()).with_extension("db-wal");
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
+
+    let store = open(&dir, SqliteOptions::default());
+    assert_eq!(
+        store.find_account("alice").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(store.find_account("carol").await.unwrap(), None);
+    let stored = store.fetch(bob.id, Seq(0), 10, true).await.unwrap();
+    let mut m1_acked = (*m1).clone();
+    m1_acked.acked = true;
+    assert_eq!(stored, vec![m1_acked, (*m2).clone()]);
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(3),
+            unread: 1
+        })
+    );
+    // Counters carry on where they were: seq, message id and user id.
+    let m4 = send(&store, &alice, "bob", "m4", "four").await.message;
+    assert_eq!(m4.seq, Seq(4));
+    assert!(m4.id > m3.id);
+    assert!(register(&store, "carol").await.id > carol.id);
+    // Idempotency keys persist too.
+    let retry = store
+        .append(message(&alice, "bob", "m1", "one"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message.id, m1.id);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn queued_appends_share_commits_and_keep_call_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    let bob = register(&store, "bob").await;
+    let before = store.batch_stats();
+    let replies: Vec<_> = (0..200)
+        .map(|n| {
+            store.append(message(
+                &alice,
+                "bob",
+                &format!("m{n}"),
+                &format!("body {n}"),
+            ))
+        })
+        .collect();
+    let mut last_id = 0;
+    for (n, reply) in replies.into_iter().enumerate() {
+        let appended = reply.await.expect("append");
+        assert_eq!(
+            appended.message.seq,
+            Seq(n as u64 + 1),
+            "seqs follow call order"
+        );
+        assert_eq!(appended.message.client_msg_id, format!("m{n}"));
+        assert!(appended.message.id.0 > last_id);
+        last_id = appended.message.id.0;
+    }
+    let after = store.batch_stats();
+    let commits = after.commits - before.commits;
+    assert_eq!(after.ops_committed - before.ops_committed, 200);
+    assert!(commits <= 20, "200 queued appends took {commits} commits");
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(200),
+            unread: 200
+        })
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_op_does_not_spoil_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    // Queued together, so very likely in one batch; each must get its own answer.
+    let taken = store.create_account(new_account("ALICE"));
+    let to_nobody = store.append(message(&alice, "nobody", "x", "lost"));
+    let ok = store.append(message(&alice, "alice", "note", "to self"));
+    let created = store.create_account(new_account("bob"));
+    assert_eq!(taken.await, Err(StoreError::NameTaken));
+    assert_eq!(to_nobody.await.unwrap_err(), StoreError::NoSuchUser);
+    assert_eq!(ok.await.unwrap().message.seq, Seq(1));
+    assert!(created.await.unwrap().id > alice.id);
+    assert_eq!(store.batch_stats().failed_batches, 0);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_busy_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        queue_capacity: 2,
+        max_batch: 2,
+        synchronous: Synchronous::Full,
+    };
+    let store = open(&dir, options);
+    let alice = register(&store, "alice").await;
+    // Submit without awaiting until the queue has refused something (the
+    // counter tells at once, since a refusal is answered at call time).
+    let mut replies = Vec::new();
+    for n in 0..5000 {
+        replies.push((
+            n,
+            store.append(message(&alice, "alice", &format!("m{n}"), "x")),
+        ));
+        if n >= 100 && store.batch_stats().busy_rejections > 0 {
+            break;
+        }
+    }
+    let mut stored = Vec::new();
+    let mut refused = Vec::new();
+    for (n, reply) in replies {
+        match reply.await {
+            Ok(appended) => stored.push((n, appended.message.seq)),
+            Err(StoreError::Busy { retry_after_ms }) => {
+                assert_eq!(retry_after_ms, parley_store::BUSY_RETRY_AFTER_MS);
+                refused.push(n);
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert!(!refused.is_empty(), "a queue of 2 never filled up");
+    assert_eq!(store.batch_stats().busy_rejections, refused.len() as u64);
+    // Accepted ops got consecutive seqs in call order; refused ones left no trace.
+    let seqs: Vec<u64> = stored.iter().map(|(_, seq)| seq.0).collect();
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
+    let in_mailbox: Vec<String> = store
+        .fetch(alice.id, Seq(0), u32::MAX, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.client_msg_id)
+        .collect();
+    let expected: Vec<String> = stored.iter().map(|(n, _)| format!("m{n}")).collect();
+    assert_eq!(in_mailbox, expected);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_is_never_busy_and_finishes_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        queue_capacity: 4,
+        max_batch: 4,
+        synchronous: Synchronous::Full,
+    };
+    let store = open(&dir, options);
+    let alice = register(&store, "alice").await;
+    let mut replies = Vec::new();
+    for n in 0..200 {
+        replies.push(store.append(message(&alice, "alice", &format!("m{n}"), "x")));
+    }
+    store.close().await.expect("close with a full queue");
+    let mut accepted = 0;
+    for reply in replies {
+        match reply.await {
+            Ok(_) => accepted += 1,
+            Err(StoreError::Busy { .. }) => {}
+            Err(other) => panic!("queued work must finish before close, got {other}"),
+        }
+    }
+    assert_eq!(
+        store
+            .append(message(&alice, "alice", "late", "x"))
+            .await
+            .unwrap_err(),
+        StoreError::Closed
+    );
+    let store = open(&dir, SqliteOptions::default());
+    assert_eq!(
+        store.mailbox_state(alice.id).await.unwrap().last_seq,
+        Seq(accepted)
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_durability_level_opens() {
+    for synchronous in [Synchronous::Full, Synchronous::Normal, Synchronous::Off] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(
+            &dir,
+            SqliteOptions {
+                synchronous,
+                ..SqliteOptions::default()
+            },
+        );
+        register(&store, "alice").await;
+        store.close().await.unwrap();
+        assert_eq!(
+            Synchronous::from_name(&synchronous.name().to_uppercase()),
+            Some(synchronous)
+        );
+    }
+    assert_eq!(Synchronous::from_name("sometimes"), None);
+}
+
+#[test]
+fn invalid_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for options in [
+        SqliteOptions {
+            queue_capacity: 0,
+            ..SqliteOptions::default()
+        },
+        SqliteOptions {
+            max_batch: 0,
+            ..SqliteOptions::default()
+        },
+    ] {
+        let result = SqliteStore::open(&db_path(dir.path()), options);
+        assert!(matches!(result, Err(StoreOpenError::InvalidOptions(_))));
+    }
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    store.close().await.unwrap();
+    let path = db_path(dir.path());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+    }
+    match SqliteStore::open(&path, SqliteOptions::default()) {
+        Err(
+            error @ StoreOpenError::SchemaTooNew {
+                found: 99,
+                supported: 1,
+                ..
+            },
+        ) => {
+            assert!(error.to_string().contains("newer Parley"), "{error}");
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 99, "the refused database is left as it was");
+}
+
+#[tokio::test]
+async fn reopening_does_not_migrate_again() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let store = open(&dir, SqliteOptions::default());
+        let me = match store.find_account("alice").await.unwrap() {
+            Some(account) => account,
+            None => register(&store, "alice").await,
+        };
+        assert_eq!(
+            send(&store, &me, "alice", &format!("r{round}"), "x")
+                .await
+                .message
+                .seq,
+            Seq(round + 1)
+        );
+        store.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dropping_without_close_still_keeps_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    send(&store, &alice, "alice", "m1", "x").await;
+    drop(store);
+    let store = open(&dir, SqliteOptions::default());
+    assert_eq!(
+        store.mailbox_state(alice.id).await.unwrap().last_seq,
+        Seq(1)
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usable_through_a_trait_object_from_many_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(open(&dir, SqliteOptions::default()));
+    let bob = register(&*store, "bob").await;
+    let mut tasks = Vec::new();
+    for sender in 0..8 {
+        let store = std::sync::Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let me = register(&*store, &format!("sender{sender}")).await;
+            let replies: Vec<_> = (0..50)
+                .map(|n| store.append(message(&me, "bob", &format!("m{n}"), "x")))
+                .collect();
+            let mut last = 0;
+            for reply in replies {
+                let seq = reply.await.expect("append").message.seq.0;
+                assert!(seq > last, "one task's sends keep their order");
+                last = seq;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(400),
+            unread: 400
+        })
+    );
+    store.close().await.unwrap();
+}

@@ -1,0 +1,198 @@
+//! Test support shared by the workspace's integration tests: start the real
+//! `parleyd` binary on port 0, learn its address from its first stdout line,
+//! connect clients, stop it gracefully or kill it, restart it on the same
+//! data directory.
+//!
+//! Every server started here is killed when its handle is dropped, so a
+//! failing test never leaves a process behind.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use parley_client::Client;
+
+/// How long a server may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful stop may take before the test fails.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which store a test server uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Memory,
+    Sqlite,
+}
+
+impl Store {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Store::Memory => "memory",
+            Store::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Path of a binary built from this workspace (`parleyd`, `parley`), found
+/// next to the running test executable's `deps` directory.
+pub fn binary(name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
+
+/// A running `parleyd`.
+pub struct TestServer {
+    /// The server process.
+    child: Option<Child>,
+    /// `host:port` of the native listener.
+    pub addr: String,
+    /// Data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    /// Owns the temporary data directory, when the kit made it.
+    _temp: Option<tempfile::TempDir>,
+    /// Store kind and extra flags, for restarts.
+    store: Store,
+    extra: Vec<String>,
+    /// Everything the server wrote to stderr goes to this file.
+    pub log_path: PathBuf,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh data directory.
+    pub fn start(store: Store) -> TestServer {
+        TestServer::start_with(store, &[])
+    }
+
+    /// Starts a server with extra command-line flags.
+    pub fn start_with(store: Store, extra: &[&str]) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().to_path_buf();
+        let mut server = TestServer {
+            child: None,
+            addr: String::new(),
+            log_path: data_dir.join("parleyd.log"),
+            data_dir,
+            _temp: Some(temp),
+            store,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn(None);
+        server
+    }
+
+    /// Launches the process; `port` pins the port (for restarts).
+    fn spawn(&mut self, port: Option<u16>) {
+        let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let mut child = Command::new(binary("parleyd"))
+            .args(["--listen", &listen, "--store", self.store.as_str(), "--log-level", "debug"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start parleyd (is it built? run the tests through cargo)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("parleyd did not start; log:\n{}", std::fs::read_to_string(&self.log_path).unwrap_or_default())
+        });
+        self.addr = line.rsplit("native=").next().unwrap_or_default().trim().to_owned();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// A connected, not yet logged-in client.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr).await.expect("connect")
+    }
+
+    /// A client registered (if needed) and logged in as `name`.
+    pub async fn user(&self, name: &str) -> Client {
+        let client = self.client().await;
+        let password = format!("pw-{name}");
+        match client.register(name, &password).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(parley_client::ErrorCode::NameTaken) => {}
+            Err(e) => panic!("register {name}: {e}"),
+        }
+        client.login(name, &password).await.expect("login");
+        client
+    }
+
+    /// Stops the server with SIGTERM and waits for it; returns its exit status
+    /// and asserts it stopped within the timeout.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("parleyd did not stop within {STOP_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server with SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        let port = self.addr.rsplit(':').next().and_then(|p| p.parse().ok());
+        // The old port can linger briefly; fall back to any port.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let taken = std::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).is_err();
+            if !taken || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.spawn(port);
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
