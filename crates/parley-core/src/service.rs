@@ -109,6 +109,15 @@ pub enum PushEvent {
     Closed(CloseReason),
 }
 
+/// What a delete did.
+#[derive(Clone, Debug)]
+pub struct DeleteOutcome {
+    /// Ids deleted from the caller's mailbox.
+    pub deleted: Vec<MessageId>,
+    /// Ids not in the caller's mailbox; nothing happened to them.
+    pub not_found: Vec<MessageId>,
+}
+
 /// One page of an account listing.
 #[derive(Clone, Debug)]
 pub struct AccountPage {
@@ -359,7 +368,7 @@ impl Session {
     pub fn delete_messages(
         &self,
         ids: Vec<MessageId>,
-    ) -> Result<impl Future<Output = Result<(Vec<MessageId>, Vec<MessageId>), CoreError>> + Send + 'static, CoreError> {
+    ) -> Result<impl Future<Output = Result<DeleteOutcome, CoreError>> + Send + 'static, CoreError> {
         if ids.is_empty() || ids.len() > MAX_IDS_PER_REQUEST {
             return Err(CoreError::invalid(format!("name 1 to {MAX_IDS_PER_REQUEST} message ids")));
         }
@@ -368,7 +377,7 @@ impl Session {
             let deleted = reply.await?;
             let mut not_found: Vec<MessageId> = ids.into_iter().filter(|id| !deleted.contains(id)).collect();
             not_found.dedup();
-            Ok((deleted, not_found))
+            Ok(DeleteOutcome { deleted, not_found })
         })
     }
 

@@ -144,19 +144,19 @@ where
     }
     loop {
         conn.decode_buffered().await;
-        if let Phase::Draining { last } = &mut conn.phase {
-            if conn.in_flight.is_empty() {
-                if let Some(last) = last.take() {
-                    conn.encode(&last);
-                }
-                let flush = async {
-                    writer.write_all(&conn.output).await?;
-                    writer.shutdown().await
-                };
-                let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
-                tracing::debug!(peer = %conn.peer, "connection closed");
-                return;
+        if let Phase::Draining { last } = &mut conn.phase
+            && conn.in_flight.is_empty()
+        {
+            if let Some(last) = last.take() {
+                conn.encode(&last);
             }
+            let flush = async {
+                writer.write_all(&conn.output).await?;
+                writer.shutdown().await
+            };
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
+            tracing::debug!(peer = %conn.peer, "connection closed");
+            return;
         }
         let open = matches!(conn.phase, Phase::Open);
         let congested = conn.output.len() >= conn.ctx.outbound_buffer_bytes;
@@ -397,10 +397,10 @@ impl Connection {
                 .ack(AckRange { up_to: Seq(a.up_to_seq), seqs: a.seqs.into_iter().map(Seq).collect() })
                 .map(|f| reply(id, f, |(acked, state)| Body::Acked(v1::Acked { acked, unread: state.unread }))),
             B::DeleteMessages(d) => session.delete_messages(d.message_ids.into_iter().map(MessageId).collect()).map(|f| {
-                reply(id, f, |(deleted, not_found)| {
+                reply(id, f, |outcome| {
                     Body::Deleted(v1::Deleted {
-                        deleted: deleted.into_iter().map(|m| m.0).collect(),
-                        not_found: not_found.into_iter().map(|m| m.0).collect(),
+                        deleted: outcome.deleted.into_iter().map(|m| m.0).collect(),
+                        not_found: outcome.not_found.into_iter().map(|m| m.0).collect(),
                     })
                 })
             }),

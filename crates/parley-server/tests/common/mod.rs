@@ -27,13 +27,11 @@ macro_rules! both_stores {
 
 /// Waits for the next pushed messages, failing the test after [`WAIT`].
 pub async fn next_messages(client: &Client) -> Vec<Message> {
-    loop {
-        match tokio::time::timeout(WAIT, client.next_event()).await {
-            Ok(Some(Event::Messages(m))) => return m,
-            Ok(Some(other)) => panic!("expected messages, got {other:?}"),
-            Ok(None) => panic!("connection ended"),
-            Err(_) => panic!("no push within {WAIT:?}"),
-        }
+    match tokio::time::timeout(WAIT, client.next_event()).await {
+        Ok(Some(Event::Messages(m))) => m,
+        Ok(Some(other)) => panic!("expected messages, got {other:?}"),
+        Ok(None) => panic!("connection ended"),
+        Err(_) => panic!("no push within {WAIT:?}"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The SQLite store: one dedicated writer thread owns the connection and
 //! commits queued operations in groups.
 //!
-//! Every operation, reads included, becomes an [`Op`](ops::Op) sent into one
+//! Every operation, reads included, becomes an `Op` sent into one
 //! bounded queue at call time, so operations take effect in call order (the
 //! ordering contract). The writer blocks for the first queued op, takes up to
 //! `max_batch - 1` more that are already waiting, runs them all in one

@@ -23,7 +23,10 @@ use crate::convert::{clamp, exact_sql, saturating_sql};
 /// Where an operation's answer goes.
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
-/// One queued store operation with its reply channel.
+/// One queued store operation: the arguments of the [`Store`] method of the
+/// same name, and the channel its answer goes to.
+///
+/// [`Store`]: parley_core::Store
 #[derive(Debug)]
 pub(super) enum Op {
     CreateAccount {

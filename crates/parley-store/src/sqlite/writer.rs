@@ -17,7 +17,10 @@ use super::ops::{Op, Outcome};
 
 /// Answers waiting `close` callers even if the thread ends abnormally, so
 /// that nobody waits forever.
-struct FinishOnExit(Arc<Shared>);
+struct FinishOnExit(
+    /// The state whose `close` waiters must be answered.
+    Arc<Shared>,
+);
 
 impl Drop for FinishOnExit {
     fn drop(&mut self) {
