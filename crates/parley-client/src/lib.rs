@@ -41,7 +41,11 @@ const EVENT_QUEUE: usize = 1024;
 pub enum ClientError {
     /// The server answered with an error.
     #[error("{message} ({})", code.as_str_name())]
-    Server { code: ErrorCode, message: String, retry_after_ms: u32 },
+    Server {
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: u32,
+    },
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
     /// The server said something this client does not understand.
@@ -132,8 +136,14 @@ impl Client {
         let mut input = BytesMut::with_capacity(4096);
         let welcome = loop {
             match decode_frame::<ServerFrame>(&mut input, CLIENT_MAX_FRAME_BYTES) {
-                Ok(Some(ServerFrame { body: Some(server_frame::Body::Welcome(w)), .. })) => break w,
-                Ok(Some(ServerFrame { body: Some(server_frame::Body::Error(e)), .. })) => {
+                Ok(Some(ServerFrame {
+                    body: Some(server_frame::Body::Welcome(w)),
+                    ..
+                })) => break w,
+                Ok(Some(ServerFrame {
+                    body: Some(server_frame::Body::Error(e)),
+                    ..
+                })) => {
                     return Err(server_error(e));
                 }
                 Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
@@ -157,7 +167,13 @@ impl Client {
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         tokio::spawn(write_loop(writer, request_rx));
         tokio::spawn(read_loop(reader, input, Arc::clone(&pending), event_tx));
-        Ok(Client { requests, pending, next_id: AtomicU64::new(1), events: tokio::sync::Mutex::new(events), welcome })
+        Ok(Client {
+            requests,
+            pending,
+            next_id: AtomicU64::new(1),
+            events: tokio::sync::Mutex::new(events),
+            welcome,
+        })
     }
 
     pub fn welcome(&self) -> &Welcome {
@@ -173,15 +189,25 @@ impl Client {
             None => return Err(ClientError::Disconnected(None)),
         };
         let mut buf = BytesMut::new();
-        encode_frame(&ClientFrame { request_id, body: Some(body) }, &mut buf, CLIENT_MAX_FRAME_BYTES)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        encode_frame(
+            &ClientFrame {
+                request_id,
+                body: Some(body),
+            },
+            &mut buf,
+            CLIENT_MAX_FRAME_BYTES,
+        )
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.send_raw(buf).await?;
         rx.await.map_err(|_| ClientError::Disconnected(None))
     }
 
     /// Writes bytes to the server as they are (for tests of bad input).
     pub async fn send_raw(&self, bytes: BytesMut) -> Result<()> {
-        self.requests.send(bytes).await.map_err(|_| ClientError::Disconnected(None))
+        self.requests
+            .send(bytes)
+            .await
+            .map_err(|_| ClientError::Disconnected(None))
     }
 
     /// Sends a request and unwraps the expected reply body.
@@ -205,7 +231,10 @@ impl Client {
             .iter()
             .find_map(|m| Mechanism::from_name(m))
             .ok_or_else(|| ClientError::Protocol("server offers no known SCRAM mechanism".into()))?;
-        let iterations = self.welcome.scram_iterations.max(parley_core::limits::MIN_SCRAM_ITERATIONS);
+        let iterations = self
+            .welcome
+            .scram_iterations
+            .max(parley_core::limits::MIN_SCRAM_ITERATIONS);
         let creds = StoredCredentials::derive(mechanism, password, &random_salt(), iterations);
         self.call(
             client_frame::Body::Register(v1::Register {
@@ -228,12 +257,15 @@ impl Client {
     pub async fn login(&self, name: &str, password: &str) -> Result<LoginInfo> {
         let mut exchange = ClientExchange::new(name, password);
         let challenge = self
-            .call(client_frame::Body::AuthStart(v1::AuthStart { client_first: exchange.client_first().into_bytes() }), |b| {
-                match b {
+            .call(
+                client_frame::Body::AuthStart(v1::AuthStart {
+                    client_first: exchange.client_first().into_bytes(),
+                }),
+                |b| match b {
                     server_frame::Body::AuthChallenge(c) => Some(c),
                     _ => None,
-                }
-            })
+                },
+            )
             .await?;
         let mechanism = Mechanism::from_name(&challenge.mechanism)
             .ok_or_else(|| ClientError::Protocol(format!("unknown mechanism {:?}", challenge.mechanism)))?;
@@ -241,15 +273,26 @@ impl Client {
             .client_final(mechanism, &challenge.server_first)
             .map_err(|e| ClientError::Protocol(e.message))?;
         let ok = self
-            .call(client_frame::Body::AuthContinue(v1::AuthContinue { client_final: client_final.into_bytes() }), |b| match b {
-                server_frame::Body::AuthOk(ok) => Some(ok),
-                _ => None,
-            })
+            .call(
+                client_frame::Body::AuthContinue(v1::AuthContinue {
+                    client_final: client_final.into_bytes(),
+                }),
+                |b| match b {
+                    server_frame::Body::AuthOk(ok) => Some(ok),
+                    _ => None,
+                },
+            )
             .await?;
         exchange
             .verify_server_final(&ok.server_final)
             .map_err(|e| ClientError::Protocol(e.message))?;
-        Ok(LoginInfo { name: ok.name, user_id: ok.user_id, session_id: ok.session_id, unread: ok.unread, last_seq: ok.last_seq })
+        Ok(LoginInfo {
+            name: ok.name,
+            user_id: ok.user_id,
+            session_id: ok.session_id,
+            unread: ok.unread,
+            last_seq: ok.last_seq,
+        })
     }
 
     /// Sends a message with a fresh idempotency key.
@@ -261,7 +304,11 @@ impl Client {
     /// key returns the first receipt with `duplicate` set.
     pub async fn send_with_id(&self, to: &str, client_msg_id: &str, body: &str) -> Result<SendReceipt> {
         self.call(
-            client_frame::Body::Send(v1::SendMessage { to: to.to_owned(), client_msg_id: client_msg_id.to_owned(), body: body.to_owned() }),
+            client_frame::Body::Send(v1::SendMessage {
+                to: to.to_owned(),
+                client_msg_id: client_msg_id.to_owned(),
+                body: body.to_owned(),
+            }),
             |b| match b {
                 server_frame::Body::Sent(s) => Some(SendReceipt {
                     client_msg_id: s.client_msg_id,
@@ -279,10 +326,17 @@ impl Client {
     /// Messages with seq > `after_seq`, oldest first; `more` says whether
     /// another page follows.
     pub async fn fetch(&self, after_seq: u64, limit: u32, include_acked: bool) -> Result<v1::MessageBatch> {
-        self.call(client_frame::Body::Fetch(v1::Fetch { after_seq, limit, include_acked }), |b| match b {
-            server_frame::Body::Messages(m) => Some(m),
-            _ => None,
-        })
+        self.call(
+            client_frame::Body::Fetch(v1::Fetch {
+                after_seq,
+                limit,
+                include_acked,
+            }),
+            |b| match b {
+                server_frame::Body::Messages(m) => Some(m),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -297,17 +351,24 @@ impl Client {
 
     /// Deletes messages from one's own mailbox.
     pub async fn delete_messages(&self, message_ids: Vec<u64>) -> Result<v1::Deleted> {
-        self.call(client_frame::Body::DeleteMessages(v1::DeleteMessages { message_ids }), |b| match b {
-            server_frame::Body::Deleted(d) => Some(d),
-            _ => None,
-        })
+        self.call(
+            client_frame::Body::DeleteMessages(v1::DeleteMessages { message_ids }),
+            |b| match b {
+                server_frame::Body::Deleted(d) => Some(d),
+                _ => None,
+            },
+        )
         .await
     }
 
     /// One page of accounts matching `pattern`.
     pub async fn list_accounts(&self, pattern: &str, after: &str, limit: u32) -> Result<AccountPage> {
         self.call(
-            client_frame::Body::ListAccounts(v1::ListAccounts { pattern: pattern.to_owned(), after: after.to_owned(), limit }),
+            client_frame::Body::ListAccounts(v1::ListAccounts {
+                pattern: pattern.to_owned(),
+                after: after.to_owned(),
+                limit,
+            }),
             |b| match b {
                 server_frame::Body::Accounts(p) => Some(p),
                 _ => None,
@@ -318,10 +379,13 @@ impl Client {
 
     /// Starts live delivery of unacknowledged messages after `after_seq`.
     pub async fn subscribe(&self, after_seq: u64) -> Result<v1::Subscribed> {
-        self.call(client_frame::Body::Subscribe(v1::Subscribe { after_seq }), |b| match b {
-            server_frame::Body::Subscribed(s) => Some(s),
-            _ => None,
-        })
+        self.call(
+            client_frame::Body::Subscribe(v1::Subscribe { after_seq }),
+            |b| match b {
+                server_frame::Body::Subscribed(s) => Some(s),
+                _ => None,
+            },
+        )
         .await
     }
 

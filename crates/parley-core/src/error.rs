@@ -57,7 +57,11 @@ pub struct CoreError {
 
 impl CoreError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        CoreError { kind, message: message.into(), retry_after_ms: None }
+        CoreError {
+            kind,
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

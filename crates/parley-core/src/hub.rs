@@ -97,7 +97,13 @@ impl Hub {
     }
 
     /// Adds a session. Returns true if it is the user's first.
-    pub fn register(&self, user: UserId, session: SessionId, tx: mpsc::Sender<SessionEvent>, flags: Arc<SessionFlags>) -> bool {
+    pub fn register(
+        &self,
+        user: UserId,
+        session: SessionId,
+        tx: mpsc::Sender<SessionEvent>,
+        flags: Arc<SessionFlags>,
+    ) -> bool {
         let mut shard = lock(self.shard(user));
         let list = shard.entry(user).or_default();
         list.push(Entry { session, tx, flags });
@@ -138,7 +144,9 @@ impl Hub {
     /// Never blocks.
     pub fn deliver(&self, message: &Arc<StoredMessage>) {
         let shard = lock(self.shard(message.recipient));
-        let Some(list) = shard.get(&message.recipient) else { return };
+        let Some(list) = shard.get(&message.recipient) else {
+            return;
+        };
         for entry in list {
             if !entry.flags.subscribed.load(Ordering::Acquire) {
                 continue;

@@ -36,6 +36,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: DEFAULT_MAX_BODY_BYTES, session_queue: DEFAULT_SESSION_QUEUE }
+        Limits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            session_queue: DEFAULT_SESSION_QUEUE,
+        }
     }
 }

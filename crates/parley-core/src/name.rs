@@ -41,7 +41,10 @@ impl UserName {
         if !raw.starts_with(|c: char| c.is_ascii_alphabetic()) {
             return Err(invalid("it must start with a letter"));
         }
-        Ok(UserName { display: raw.to_owned(), key: raw.to_ascii_lowercase() })
+        Ok(UserName {
+            display: raw.to_owned(),
+            key: raw.to_ascii_lowercase(),
+        })
     }
 
     /// The name as registered.
@@ -77,7 +80,11 @@ impl NamePattern {
         if !raw.chars().all(|c| is_name_char(c) || c == '*' || c == '?') {
             return Err(invalid("only name characters, '*' and '?' are allowed"));
         }
-        let folded = if raw.is_empty() { "*".to_owned() } else { raw.to_ascii_lowercase() };
+        let folded = if raw.is_empty() {
+            "*".to_owned()
+        } else {
+            raw.to_ascii_lowercase()
+        };
         Ok(NamePattern { folded })
     }
 

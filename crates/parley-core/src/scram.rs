@@ -131,7 +131,10 @@ impl StoredCredentials {
         }
         let len = self.mechanism.output_len();
         if self.stored_key.len() != len || self.server_key.len() != len {
-            return Err(CoreError::invalid(format!("{} keys must be {len} bytes", self.mechanism.name())));
+            return Err(CoreError::invalid(format!(
+                "{} keys must be {len} bytes",
+                self.mechanism.name()
+            )));
         }
         Ok(())
     }
@@ -183,10 +186,17 @@ impl ClientFirst {
             .ok_or_else(|| bad("expected gs2 header \"n,,\" (no channel binding, no authzid)"))?;
         let values = attributes(bare, &['n', 'r'])?;
         let (username, client_nonce) = (values[0], values[1]);
-        if username.contains('=') || client_nonce.is_empty() || !client_nonce.chars().all(|c| c.is_ascii_graphic() && c != ',') {
+        if username.contains('=')
+            || client_nonce.is_empty()
+            || !client_nonce.chars().all(|c| c.is_ascii_graphic() && c != ',')
+        {
             return Err(bad("invalid username or nonce"));
         }
-        Ok(ClientFirst { username: username.to_owned(), client_nonce: client_nonce.to_owned(), bare: bare.to_owned() })
+        Ok(ClientFirst {
+            username: username.to_owned(),
+            client_nonce: client_nonce.to_owned(),
+            bare: bare.to_owned(),
+        })
     }
 }
 
@@ -204,8 +214,17 @@ impl ServerExchange {
     /// salt and iteration count.
     pub fn start(client_first: ClientFirst, credentials: StoredCredentials) -> ServerExchange {
         let nonce = format!("{}{}", client_first.client_nonce, random_nonce());
-        let server_first = format!("r={nonce},s={},i={}", B64.encode(&credentials.salt), credentials.iterations);
-        ServerExchange { credentials, client_first_bare: client_first.bare, server_first, nonce }
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&credentials.salt),
+            credentials.iterations
+        );
+        ServerExchange {
+            credentials,
+            client_first_bare: client_first.bare,
+            server_first,
+            nonce,
+        }
     }
 
     pub fn server_first(&self) -> &str {
@@ -321,13 +340,22 @@ impl ClientExchange {
 
     /// Checks the server-final-message: proof that the server knew our keys.
     pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), CoreError> {
-        let expected = self.server_signature.as_ref().ok_or_else(|| bad("exchange not started"))?;
+        let expected = self
+            .server_signature
+            .as_ref()
+            .ok_or_else(|| bad("exchange not started"))?;
         let text = std::str::from_utf8(server_final).map_err(|_| bad("server-final not UTF-8"))?;
-        let got = text.strip_prefix("v=").and_then(|v| B64.decode(v).ok()).ok_or_else(|| bad("server-final"))?;
+        let got = text
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or_else(|| bad("server-final"))?;
         if bool::from(got.ct_eq(expected)) {
             Ok(())
         } else {
-            Err(CoreError::new(ErrorKind::AuthFailed, "the server's signature is wrong: it does not know this account's keys"))
+            Err(CoreError::new(
+                ErrorKind::AuthFailed,
+                "the server's signature is wrong: it does not know this account's keys",
+            ))
         }
     }
 }
@@ -383,7 +411,14 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused() {
-        for bad in ["", "n=alice,r=x", "y,,n=alice,r=x", "n,,r=x,n=alice", "n,,n=al=ice,r=x", "n,,n=alice,r="] {
+        for bad in [
+            "",
+            "n=alice,r=x",
+            "y,,n=alice,r=x",
+            "n,,r=x,n=alice",
+            "n,,n=al=ice,r=x",
+            "n,,n=alice,r=",
+        ] {
             assert!(ClientFirst::parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }

@@ -129,7 +129,13 @@ pub struct AccountPage {
 
 impl Service {
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Arc<Service> {
-        Arc::new(Service { store, hub: Hub::default(), config, next_session: AtomicU64::new(1), counters: Counters::default() })
+        Arc::new(Service {
+            store,
+            hub: Hub::default(),
+            config,
+            next_session: AtomicU64::new(1),
+            counters: Counters::default(),
+        })
     }
 
     pub fn hub(&self) -> &Hub {
@@ -190,22 +196,46 @@ impl Service {
         let (credentials, account) = match account {
             Some(a) => (a.credentials, Some((a.id, a.name))),
             None => {
-                let mechanism = self.config.auth.mechanisms.first().copied().unwrap_or(Mechanism::Sha256);
-                (decoy_credentials(&self.config.auth.secret, &key, mechanism, self.config.auth.iterations), None)
+                let mechanism = self
+                    .config
+                    .auth
+                    .mechanisms
+                    .first()
+                    .copied()
+                    .unwrap_or(Mechanism::Sha256);
+                (
+                    decoy_credentials(&self.config.auth.secret, &key, mechanism, self.config.auth.iterations),
+                    None,
+                )
             }
         };
-        Ok(AuthPending { exchange: ServerExchange::start(first, credentials), account })
+        Ok(AuthPending {
+            exchange: ServerExchange::start(first, credentials),
+            account,
+        })
     }
 
     /// Verifies the client-final-message and opens a session.
-    pub async fn auth_finish(self: &Arc<Self>, pending: AuthPending, client_final: &[u8]) -> Result<(Session, LoginOutcome), CoreError> {
+    pub async fn auth_finish(
+        self: &Arc<Self>,
+        pending: AuthPending,
+        client_final: &[u8],
+    ) -> Result<(Session, LoginOutcome), CoreError> {
         let result = self.verify(pending, client_final).await;
-        let counter = if result.is_ok() { &self.counters.logins_ok } else { &self.counters.logins_failed };
+        let counter = if result.is_ok() {
+            &self.counters.logins_ok
+        } else {
+            &self.counters.logins_failed
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         result
     }
 
-    async fn verify(self: &Arc<Self>, pending: AuthPending, client_final: &[u8]) -> Result<(Session, LoginOutcome), CoreError> {
+    async fn verify(
+        self: &Arc<Self>,
+        pending: AuthPending,
+        client_final: &[u8],
+    ) -> Result<(Session, LoginOutcome), CoreError> {
         let server_final = pending.exchange.finish(client_final)?;
         let (user, name) = pending.account.ok_or_else(CoreError::auth_failed)?;
         let mailbox = match self.store.mailbox_state(user).await {
@@ -215,7 +245,13 @@ impl Service {
             Err(e) => return Err(e.into()),
         };
         let session = self.open_session(user, name.clone());
-        let outcome = LoginOutcome { server_final, user, name, session: session.id, mailbox };
+        let outcome = LoginOutcome {
+            server_final,
+            user,
+            name,
+            session: session.id,
+            mailbox,
+        };
         Ok((session, outcome))
     }
 
@@ -224,12 +260,24 @@ impl Service {
         let (tx, events) = mpsc::channel(self.config.limits.session_queue.max(1));
         let flags = Arc::new(SessionFlags::default());
         self.hub.register(user, id, tx, Arc::clone(&flags));
-        Session { service: Arc::clone(self), user, name, id, events, flags, last_pushed: Seq(0), catch_up: false }
+        Session {
+            service: Arc::clone(self),
+            user,
+            name,
+            id,
+            events,
+            flags,
+            last_pushed: Seq(0),
+            catch_up: false,
+        }
     }
 
     /// Asks every session to end (server shutdown).
     pub fn close_all_sessions(&self) {
-        self.hub.close_all(CloseReason { kind: ErrorKind::ShuttingDown, message: "server is shutting down".into() });
+        self.hub.close_all(CloseReason {
+            kind: ErrorKind::ShuttingDown,
+            message: "server is shutting down".into(),
+        });
     }
 }
 
@@ -264,7 +312,9 @@ fn check_limit(limit: u32, default: u32, max: u32, what: &str) -> Result<u32, Co
     match limit {
         0 => Ok(default),
         n if n <= max => Ok(n),
-        _ => Err(CoreError::invalid(format!("{what} limit must be 1 to {max} (0 for the default {default})"))),
+        _ => Err(CoreError::invalid(format!(
+            "{what} limit must be 1 to {max} (0 for the default {default})"
+        ))),
     }
 }
 
@@ -289,9 +339,12 @@ impl Session {
         client_msg_id: &str,
         body: String,
     ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
-        let recipient = UserName::parse(to).map_err(|_| CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")))?;
+        let recipient =
+            UserName::parse(to).map_err(|_| CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")))?;
         if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
-            return Err(CoreError::invalid(format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes")));
+            return Err(CoreError::invalid(format!(
+                "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"
+            )));
         }
         let max = self.service.config.limits.max_body_bytes;
         if body.is_empty() {
@@ -319,7 +372,9 @@ impl Session {
         let to = to.to_owned();
         Ok(async move {
             let appended = reply.await.map_err(|e| match e {
-                crate::store::StoreError::NoSuchUser => CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")),
+                crate::store::StoreError::NoSuchUser => {
+                    CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}"))
+                }
                 other => other.into(),
             })?;
             if appended.duplicate {
@@ -351,9 +406,14 @@ impl Session {
     }
 
     /// Acknowledges messages; returns (newly acked, mailbox state).
-    pub fn ack(&self, range: AckRange) -> Result<impl Future<Output = Result<(u64, MailboxState), CoreError>> + Send + 'static, CoreError> {
+    pub fn ack(
+        &self,
+        range: AckRange,
+    ) -> Result<impl Future<Output = Result<(u64, MailboxState), CoreError>> + Send + 'static, CoreError> {
         if range.seqs.len() > MAX_IDS_PER_REQUEST {
-            return Err(CoreError::invalid(format!("at most {MAX_IDS_PER_REQUEST} seqs per ack")));
+            return Err(CoreError::invalid(format!(
+                "at most {MAX_IDS_PER_REQUEST} seqs per ack"
+            )));
         }
         let reply = self.service.store.ack(self.user, range);
         let service = Arc::clone(&self.service);
@@ -370,7 +430,9 @@ impl Session {
         ids: Vec<MessageId>,
     ) -> Result<impl Future<Output = Result<DeleteOutcome, CoreError>> + Send + 'static, CoreError> {
         if ids.is_empty() || ids.len() > MAX_IDS_PER_REQUEST {
-            return Err(CoreError::invalid(format!("name 1 to {MAX_IDS_PER_REQUEST} message ids")));
+            return Err(CoreError::invalid(format!(
+                "name 1 to {MAX_IDS_PER_REQUEST} message ids"
+            )));
         }
         let reply = self.service.store.delete_messages(self.user, ids.clone());
         Ok(async move {
@@ -400,7 +462,10 @@ impl Session {
             } else {
                 None
             };
-            let accounts = rows.into_iter().map(|r| (r.name, service.hub.is_online(r.id))).collect();
+            let accounts = rows
+                .into_iter()
+                .map(|r| (r.name, service.hub.is_online(r.id)))
+                .collect();
             Ok(AccountPage { accounts, next_after })
         })
     }
@@ -418,7 +483,10 @@ impl Session {
         self.service.hub.close_user(
             self.user,
             Some(self.id),
-            CloseReason { kind: ErrorKind::AccountDeleted, message: "this account was deleted".into() },
+            CloseReason {
+                kind: ErrorKind::AccountDeleted,
+                message: "this account was deleted".into(),
+            },
         );
         Ok(())
     }
@@ -451,7 +519,11 @@ impl Session {
             }
             if self.catch_up {
                 self.service.counters.catch_up_reads.fetch_add(1, Ordering::Relaxed);
-                let batch = self.service.store.fetch(self.user, self.last_pushed, CATCH_UP_BATCH, false).await?;
+                let batch = self
+                    .service
+                    .store
+                    .fetch(self.user, self.last_pushed, CATCH_UP_BATCH, false)
+                    .await?;
                 if batch.len() < CATCH_UP_BATCH as usize {
                     self.catch_up = false;
                 }
@@ -462,7 +534,10 @@ impl Session {
                 continue;
             }
             let Some(event) = self.events.recv().await else {
-                return Ok(PushEvent::Closed(CloseReason { kind: ErrorKind::ShuttingDown, message: "server is shutting down".into() }));
+                return Ok(PushEvent::Closed(CloseReason {
+                    kind: ErrorKind::ShuttingDown,
+                    message: "server is shutting down".into(),
+                }));
             };
             let SessionEvent::Message(first) = event else { continue };
             if first.seq <= self.last_pushed {
@@ -495,7 +570,10 @@ impl Session {
     }
 
     fn pushed(&self, batch: Vec<Arc<StoredMessage>>) -> PushEvent {
-        self.service.counters.messages_pushed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.service
+            .counters
+            .messages_pushed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         PushEvent::Messages(batch)
     }
 }

@@ -58,11 +58,15 @@ enum ReplyState<T> {
 
 impl<T> StoreReply<T> {
     pub fn ready(result: StoreResult<T>) -> Self {
-        StoreReply { state: ReplyState::Ready(Some(result)) }
+        StoreReply {
+            state: ReplyState::Ready(Some(result)),
+        }
     }
 
     pub fn pending(receiver: oneshot::Receiver<StoreResult<T>>) -> Self {
-        StoreReply { state: ReplyState::Pending(receiver) }
+        StoreReply {
+            state: ReplyState::Pending(receiver),
+        }
     }
 }
 

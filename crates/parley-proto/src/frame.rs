@@ -27,16 +27,16 @@ pub enum FrameError {
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case
 /// nothing is consumed. The caller may use [`needed`] to size its next read.
-pub fn decode_frame<M: Message + Default>(
-    buf: &mut BytesMut,
-    max_frame_bytes: usize,
-) -> Result<Option<M>, FrameError> {
+pub fn decode_frame<M: Message + Default>(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<M>, FrameError> {
     if buf.len() < LENGTH_PREFIX_BYTES {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > max_frame_bytes {
-        return Err(FrameError::TooLarge { len, max: max_frame_bytes });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
     }
     if buf.len() < LENGTH_PREFIX_BYTES + len {
         buf.reserve(LENGTH_PREFIX_BYTES + len - buf.len());
@@ -53,20 +53,17 @@ pub fn decode_frame<M: Message + Default>(
 ///
 /// Fails without touching `buf` when the encoded message would exceed
 /// `max_frame_bytes`, so an oversized reply is never half-written.
-pub fn encode_frame<M: Message>(
-    message: &M,
-    buf: &mut BytesMut,
-    max_frame_bytes: usize,
-) -> Result<(), FrameError> {
+pub fn encode_frame<M: Message>(message: &M, buf: &mut BytesMut, max_frame_bytes: usize) -> Result<(), FrameError> {
     let len = message.encoded_len();
     if len > max_frame_bytes {
-        return Err(FrameError::TooLarge { len, max: max_frame_bytes });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
     }
     buf.reserve(LENGTH_PREFIX_BYTES + len);
     buf.put_u32(len as u32);
-    message
-        .encode(buf)
-        .map_err(|e| FrameError::Malformed(e.to_string()))
+    message.encode(buf).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -88,10 +85,7 @@ mod tests {
     fn ping_frame_is_byte_exact() {
         let mut buf = BytesMut::new();
         encode_frame(&ping(1, 7), &mut buf, 1024).unwrap();
-        assert_eq!(
-            &buf[..],
-            &[0, 0, 0, 7, 0x08, 0x01, 0xc2, 0x02, 0x02, 0x08, 0x07]
-        );
+        assert_eq!(&buf[..], &[0, 0, 0, 7, 0x08, 0x01, 0xc2, 0x02, 0x02, 0x08, 0x07]);
     }
 
     #[test]
@@ -113,7 +107,13 @@ mod tests {
     fn oversized_length_is_rejected_before_buffering() {
         let mut buf = BytesMut::from(&[0u8, 0x10, 0, 0][..]);
         let err = decode_frame::<v1::ClientFrame>(&mut buf, 1024).unwrap_err();
-        assert_eq!(err, FrameError::TooLarge { len: 0x10_0000, max: 1024 });
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                len: 0x10_0000,
+                max: 1024
+            }
+        );
     }
 
     #[test]

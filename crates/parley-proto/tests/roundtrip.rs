@@ -9,39 +9,74 @@ use proptest::prelude::*;
 const MAX: usize = 1 << 20;
 
 fn arb_message() -> impl Strategy<Value = v1::Message> {
-    (any::<u64>(), any::<u64>(), "[a-z]{1,32}", any::<u64>(), ".{0,200}", "[a-z0-9]{0,64}", any::<bool>())
-        .prop_map(|(message_id, seq, from, timestamp_ms, body, client_msg_id, acked)| v1::Message {
-            message_id,
-            seq,
-            from,
-            timestamp_ms,
-            body,
-            client_msg_id,
-            acked,
-        })
+    (
+        any::<u64>(),
+        any::<u64>(),
+        "[a-z]{1,32}",
+        any::<u64>(),
+        ".{0,200}",
+        "[a-z0-9]{0,64}",
+        any::<bool>(),
+    )
+        .prop_map(
+            |(message_id, seq, from, timestamp_ms, body, client_msg_id, acked)| v1::Message {
+                message_id,
+                seq,
+                from,
+                timestamp_ms,
+                body,
+                client_msg_id,
+                acked,
+            },
+        )
 }
 
 fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
     prop_oneof![
-        ("[a-zA-Z0-9._-]{0,40}", ".{0,20}", prop::collection::vec(any::<u8>(), 0..64), any::<u32>(),
-            prop::collection::vec(any::<u8>(), 0..64), prop::collection::vec(any::<u8>(), 0..64))
-            .prop_map(|(name, mechanism, salt, iterations, stored_key, server_key)| client_frame::Body::Register(
-                v1::Register { name, mechanism, salt, iterations, stored_key, server_key })),
+        (
+            "[a-zA-Z0-9._-]{0,40}",
+            ".{0,20}",
+            prop::collection::vec(any::<u8>(), 0..64),
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(name, mechanism, salt, iterations, stored_key, server_key)| {
+                client_frame::Body::Register(v1::Register {
+                    name,
+                    mechanism,
+                    salt,
+                    iterations,
+                    stored_key,
+                    server_key,
+                })
+            }),
         prop::collection::vec(any::<u8>(), 0..128)
             .prop_map(|client_first| client_frame::Body::AuthStart(v1::AuthStart { client_first })),
         prop::collection::vec(any::<u8>(), 0..128)
             .prop_map(|client_final| client_frame::Body::AuthContinue(v1::AuthContinue { client_final })),
-        (".{0,40}", ".{0,64}", ".{0,500}")
-            .prop_map(|(to, client_msg_id, body)| client_frame::Body::Send(v1::SendMessage { to, client_msg_id, body })),
-        (any::<u64>(), any::<u32>(), any::<bool>())
-            .prop_map(|(after_seq, limit, include_acked)| client_frame::Body::Fetch(v1::Fetch { after_seq, limit, include_acked })),
+        (".{0,40}", ".{0,64}", ".{0,500}").prop_map(|(to, client_msg_id, body)| client_frame::Body::Send(
+            v1::SendMessage {
+                to,
+                client_msg_id,
+                body
+            }
+        )),
+        (any::<u64>(), any::<u32>(), any::<bool>()).prop_map(|(after_seq, limit, include_acked)| {
+            client_frame::Body::Fetch(v1::Fetch {
+                after_seq,
+                limit,
+                include_acked,
+            })
+        }),
         (any::<u64>(), prop::collection::vec(any::<u64>(), 0..20))
             .prop_map(|(up_to_seq, seqs)| client_frame::Body::Ack(v1::Ack { up_to_seq, seqs })),
         prop::collection::vec(any::<u64>(), 0..20)
             .prop_map(|message_ids| client_frame::Body::DeleteMessages(v1::DeleteMessages { message_ids })),
         any::<u64>().prop_map(|after_seq| client_frame::Body::Subscribe(v1::Subscribe { after_seq })),
-        (".{0,40}", ".{0,40}", any::<u32>())
-            .prop_map(|(pattern, after, limit)| client_frame::Body::ListAccounts(v1::ListAccounts { pattern, after, limit })),
+        (".{0,40}", ".{0,40}", any::<u32>()).prop_map(|(pattern, after, limit)| client_frame::Body::ListAccounts(
+            v1::ListAccounts { pattern, after, limit }
+        )),
         Just(client_frame::Body::DeleteAccount(v1::DeleteAccount {})),
         Just(client_frame::Body::Logout(v1::Logout {})),
         any::<u64>().prop_map(|nonce| client_frame::Body::Ping(v1::Ping { nonce })),
@@ -50,28 +85,82 @@ fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
 
 fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
     prop_oneof![
-        (any::<u32>(), ".{0,30}", prop::collection::vec("[A-Z0-9-]{1,20}", 0..3), any::<u32>(), any::<u32>(), any::<u32>())
-            .prop_map(|(protocol_version, server, mechanisms, scram_iterations, max_frame_bytes, max_body_bytes)|
-                server_frame::Body::Welcome(v1::Welcome { protocol_version, server, mechanisms, scram_iterations, max_frame_bytes, max_body_bytes })),
-        (0i32..40, ".{0,80}", any::<u32>())
-            .prop_map(|(code, message, retry_after_ms)| server_frame::Body::Error(v1::Error { code, message, retry_after_ms })),
-        (".{0,20}", prop::collection::vec(any::<u8>(), 0..128))
-            .prop_map(|(mechanism, server_first)| server_frame::Body::AuthChallenge(v1::AuthChallenge { mechanism, server_first })),
-        (prop::collection::vec(any::<u8>(), 0..64), ".{0,32}", any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
-            .prop_map(|(server_final, name, user_id, session_id, unread, last_seq)|
-                server_frame::Body::AuthOk(v1::AuthOk { server_final, name, user_id, session_id, unread, last_seq })),
-        (".{0,64}", any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>())
-            .prop_map(|(client_msg_id, message_id, seq, timestamp_ms, duplicate)|
-                server_frame::Body::Sent(v1::Sent { client_msg_id, message_id, seq, timestamp_ms, duplicate })),
+        (
+            any::<u32>(),
+            ".{0,30}",
+            prop::collection::vec("[A-Z0-9-]{1,20}", 0..3),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(protocol_version, server, mechanisms, scram_iterations, max_frame_bytes, max_body_bytes)| {
+                    server_frame::Body::Welcome(v1::Welcome {
+                        protocol_version,
+                        server,
+                        mechanisms,
+                        scram_iterations,
+                        max_frame_bytes,
+                        max_body_bytes,
+                    })
+                }
+            ),
+        (0i32..40, ".{0,80}", any::<u32>()).prop_map(|(code, message, retry_after_ms)| server_frame::Body::Error(
+            v1::Error {
+                code,
+                message,
+                retry_after_ms
+            }
+        )),
+        (".{0,20}", prop::collection::vec(any::<u8>(), 0..128)).prop_map(|(mechanism, server_first)| {
+            server_frame::Body::AuthChallenge(v1::AuthChallenge {
+                mechanism,
+                server_first,
+            })
+        }),
+        (
+            prop::collection::vec(any::<u8>(), 0..64),
+            ".{0,32}",
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(server_final, name, user_id, session_id, unread, last_seq)| server_frame::Body::AuthOk(v1::AuthOk {
+                    server_final,
+                    name,
+                    user_id,
+                    session_id,
+                    unread,
+                    last_seq
+                })
+            ),
+        (".{0,64}", any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(client_msg_id, message_id, seq, timestamp_ms, duplicate)| server_frame::Body::Sent(v1::Sent {
+                client_msg_id,
+                message_id,
+                seq,
+                timestamp_ms,
+                duplicate
+            })
+        ),
         (prop::collection::vec(arb_message(), 0..8), any::<bool>())
             .prop_map(|(messages, more)| server_frame::Body::Messages(v1::MessageBatch { messages, more })),
-        prop::collection::vec(arb_message(), 0..8)
-            .prop_map(|messages| server_frame::Body::Push(v1::Push { messages })),
-        (prop::collection::vec((".{0,32}", any::<bool>()), 0..8), ".{0,32}")
-            .prop_map(|(entries, next_after)| server_frame::Body::Accounts(v1::AccountPage {
-                accounts: entries.into_iter().map(|(name, online)| v1::AccountEntry { name, online }).collect(),
-                next_after })),
-        (prop::collection::vec(any::<u64>(), 0..8), prop::collection::vec(any::<u64>(), 0..8))
+        prop::collection::vec(arb_message(), 0..8).prop_map(|messages| server_frame::Body::Push(v1::Push { messages })),
+        (prop::collection::vec((".{0,32}", any::<bool>()), 0..8), ".{0,32}").prop_map(|(entries, next_after)| {
+            server_frame::Body::Accounts(v1::AccountPage {
+                accounts: entries
+                    .into_iter()
+                    .map(|(name, online)| v1::AccountEntry { name, online })
+                    .collect(),
+                next_after,
+            })
+        }),
+        (
+            prop::collection::vec(any::<u64>(), 0..8),
+            prop::collection::vec(any::<u64>(), 0..8)
+        )
             .prop_map(|(deleted, not_found)| server_frame::Body::Deleted(v1::Deleted { deleted, not_found })),
     ]
 }

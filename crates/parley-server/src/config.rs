@@ -239,7 +239,11 @@ impl SettingArgs {
             match value.trim().parse::<T>() {
                 Ok(n) if range.contains(&n) => n,
                 _ => {
-                    errors.push(format!("{key}: {value:?} is not a number from {} to {}", range.start(), range.end()));
+                    errors.push(format!(
+                        "{key}: {value:?} is not a number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ));
                     fallback
                 }
             }
@@ -264,18 +268,47 @@ impl SettingArgs {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             errors.push(format!("log_level: {log_level:?}: {e}"));
         }
-        let max_connections = num(&mut errors, "max_connections", &get("max_connections", &DEFAULT_MAX_CONNECTIONS.to_string()), 1..=1_000_000, 1);
-        let max_frame_bytes = num(&mut errors, "max_frame_bytes", &get("max_frame_bytes", &DEFAULT_MAX_FRAME_BYTES.to_string()), 1024..=16 * 1024 * 1024, 1024);
-        let max_body_bytes = num(&mut errors, "max_body_bytes", &get("max_body_bytes", &DEFAULT_MAX_BODY_BYTES.to_string()), 1..=16 * 1024 * 1024, 1);
+        let max_connections = num(
+            &mut errors,
+            "max_connections",
+            &get("max_connections", &DEFAULT_MAX_CONNECTIONS.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let max_frame_bytes = num(
+            &mut errors,
+            "max_frame_bytes",
+            &get("max_frame_bytes", &DEFAULT_MAX_FRAME_BYTES.to_string()),
+            1024..=16 * 1024 * 1024,
+            1024,
+        );
+        let max_body_bytes = num(
+            &mut errors,
+            "max_body_bytes",
+            &get("max_body_bytes", &DEFAULT_MAX_BODY_BYTES.to_string()),
+            1..=16 * 1024 * 1024,
+            1,
+        );
         // A body must fit in a frame with room for the envelope around it.
         if max_body_bytes as u64 + 1024 > max_frame_bytes as u64 {
             errors.push(format!(
                 "max_body_bytes ({max_body_bytes}) must be at least 1024 bytes below max_frame_bytes ({max_frame_bytes})"
             ));
         }
-        let auth_timeout = Duration::from_secs(num(&mut errors, "auth_timeout_secs", &get("auth_timeout_secs", &DEFAULT_AUTH_TIMEOUT_SECS.to_string()), 1..=3600, 1));
-        let shutdown_grace =
-            Duration::from_secs(num(&mut errors, "shutdown_grace_secs", &get("shutdown_grace_secs", &DEFAULT_SHUTDOWN_GRACE_SECS.to_string()), 0..=3600, 0));
+        let auth_timeout = Duration::from_secs(num(
+            &mut errors,
+            "auth_timeout_secs",
+            &get("auth_timeout_secs", &DEFAULT_AUTH_TIMEOUT_SECS.to_string()),
+            1..=3600,
+            1,
+        ));
+        let shutdown_grace = Duration::from_secs(num(
+            &mut errors,
+            "shutdown_grace_secs",
+            &get("shutdown_grace_secs", &DEFAULT_SHUTDOWN_GRACE_SECS.to_string()),
+            0..=3600,
+            0,
+        ));
         let scram_iterations = num(
             &mut errors,
             "scram_iterations",
@@ -289,7 +322,9 @@ impl SettingArgs {
             match Mechanism::from_name(name) {
                 Some(m) if !scram_mechanisms.contains(&m) => scram_mechanisms.push(m),
                 Some(_) => {}
-                None => errors.push(format!("scram_mechanisms: {name:?} is not SCRAM-SHA-256 or SCRAM-SHA-512")),
+                None => errors.push(format!(
+                    "scram_mechanisms: {name:?} is not SCRAM-SHA-256 or SCRAM-SHA-512"
+                )),
             }
         }
         if scram_mechanisms.is_empty() {
@@ -306,12 +341,41 @@ impl SettingArgs {
                 Synchronous::Full
             }
         };
-        let write_queue = num(&mut errors, "write_queue", &get("write_queue", &DEFAULT_WRITE_QUEUE.to_string()), 1..=1_000_000, 1);
-        let max_batch = num(&mut errors, "max_batch", &get("max_batch", &DEFAULT_MAX_BATCH.to_string()), 1..=100_000, 1);
-        let session_queue = num(&mut errors, "session_queue", &get("session_queue", &DEFAULT_SESSION_QUEUE.to_string()), 1..=1_000_000, 1);
-        let pipeline_window = num(&mut errors, "pipeline_window", &get("pipeline_window", &DEFAULT_PIPELINE_WINDOW.to_string()), 1..=100_000, 1);
-        let outbound_buffer_bytes =
-            num(&mut errors, "outbound_buffer_bytes", &get("outbound_buffer_bytes", &DEFAULT_OUTBOUND_BUFFER_BYTES.to_string()), 4096..=1 << 30, 4096);
+        let write_queue = num(
+            &mut errors,
+            "write_queue",
+            &get("write_queue", &DEFAULT_WRITE_QUEUE.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let max_batch = num(
+            &mut errors,
+            "max_batch",
+            &get("max_batch", &DEFAULT_MAX_BATCH.to_string()),
+            1..=100_000,
+            1,
+        );
+        let session_queue = num(
+            &mut errors,
+            "session_queue",
+            &get("session_queue", &DEFAULT_SESSION_QUEUE.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let pipeline_window = num(
+            &mut errors,
+            "pipeline_window",
+            &get("pipeline_window", &DEFAULT_PIPELINE_WINDOW.to_string()),
+            1..=100_000,
+            1,
+        );
+        let outbound_buffer_bytes = num(
+            &mut errors,
+            "outbound_buffer_bytes",
+            &get("outbound_buffer_bytes", &DEFAULT_OUTBOUND_BUFFER_BYTES.to_string()),
+            4096..=1 << 30,
+            4096,
+        );
         if (outbound_buffer_bytes as u64) < max_frame_bytes as u64 {
             errors.push(format!(
                 "outbound_buffer_bytes ({outbound_buffer_bytes}) must be at least max_frame_bytes ({max_frame_bytes})"
@@ -374,8 +438,16 @@ mod tests {
     fn flags_win_over_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nstore = \"memory\"\nmax_connections = 7\n").unwrap();
-        let args = SettingArgs { config: Some(path), listen: Some("127.0.0.1:9001".into()), ..Default::default() };
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nstore = \"memory\"\nmax_connections = 7\n",
+        )
+        .unwrap();
+        let args = SettingArgs {
+            config: Some(path),
+            listen: Some("127.0.0.1:9001".into()),
+            ..Default::default()
+        };
         let s = args.resolve().unwrap();
         assert_eq!(s.listen.port(), 9001);
         assert_eq!(s.store, StoreKind::Memory);
@@ -387,7 +459,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
-        let args = SettingArgs { config: Some(path), ..Default::default() };
+        let args = SettingArgs {
+            config: Some(path),
+            ..Default::default()
+        };
         assert!(args.resolve().unwrap_err().0[0].contains("lisen"));
     }
 }

@@ -26,11 +26,21 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
 }
 
 pub fn frame(request_id: u64, body: Body) -> ServerFrame {
-    ServerFrame { request_id, body: Some(body) }
+    ServerFrame {
+        request_id,
+        body: Some(body),
+    }
 }
 
 pub fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
-    frame(request_id, Body::Error(v1::Error { code: code as i32, message: message.into(), retry_after_ms: 0 }))
+    frame(
+        request_id,
+        Body::Error(v1::Error {
+            code: code as i32,
+            message: message.into(),
+            retry_after_ms: 0,
+        }),
+    )
 }
 
 pub fn core_error_frame(request_id: u64, error: &CoreError) -> ServerFrame {
@@ -45,7 +55,13 @@ pub fn core_error_frame(request_id: u64, error: &CoreError) -> ServerFrame {
 }
 
 pub fn goodbye(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
-    frame(0, Body::Goodbye(v1::Goodbye { code: code as i32, message: message.into() }))
+    frame(
+        0,
+        Body::Goodbye(v1::Goodbye {
+            code: code as i32,
+            message: message.into(),
+        }),
+    )
 }
 
 pub fn message(m: &StoredMessage) -> v1::Message {

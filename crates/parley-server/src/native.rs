@@ -92,7 +92,9 @@ enum Phase {
     Open,
     /// Finishing in-flight requests; then `last` (if any) is written and the
     /// connection closed.
-    Draining { last: Option<ServerFrame> },
+    Draining {
+        last: Option<ServerFrame>,
+    },
 }
 
 struct Connection {
@@ -119,8 +121,13 @@ struct Connection {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve<R, W>(mut reader: R, mut writer: W, ctx: Arc<NativeContext>, mut shutdown: watch::Receiver<bool>, peer: SocketAddr)
-where
+pub async fn serve<R, W>(
+    mut reader: R,
+    mut writer: W,
+    ctx: Arc<NativeContext>,
+    mut shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -140,7 +147,9 @@ where
     let welcome = conn.ctx.welcome.clone();
     conn.encode(&welcome);
     if *shutdown.borrow() {
-        conn.phase = Phase::Draining { last: Some(goodbye(ErrorCode::ShuttingDown, "server is shutting down")) };
+        conn.phase = Phase::Draining {
+            last: Some(goodbye(ErrorCode::ShuttingDown, "server is shutting down")),
+        };
     }
     loop {
         conn.decode_buffered().await;
@@ -241,11 +250,19 @@ impl Connection {
                 Ok(None) => break,
                 Err(FrameError::TooLarge { len, max }) => {
                     tracing::info!(peer = %self.peer, len, max, "frame too large; closing");
-                    self.close_with(error_frame(0, ErrorCode::FrameTooLarge, format!("frame of {len} bytes exceeds the limit of {max}")));
+                    self.close_with(error_frame(
+                        0,
+                        ErrorCode::FrameTooLarge,
+                        format!("frame of {len} bytes exceeds the limit of {max}"),
+                    ));
                 }
                 Err(FrameError::Malformed(detail)) => {
                     tracing::info!(peer = %self.peer, %detail, "malformed frame; closing");
-                    self.close_with(error_frame(0, ErrorCode::BadFrame, format!("malformed frame: {detail}")));
+                    self.close_with(error_frame(
+                        0,
+                        ErrorCode::BadFrame,
+                        format!("malformed frame: {detail}"),
+                    ));
                 }
             }
         }
@@ -292,7 +309,11 @@ impl Connection {
         use client_frame::Body as B;
         let id = request.request_id;
         let Some(body) = request.body else {
-            self.close_with(error_frame(id, ErrorCode::UnknownType, "unknown or missing request type"));
+            self.close_with(error_frame(
+                id,
+                ErrorCode::UnknownType,
+                "unknown or missing request type",
+            ));
             return;
         };
         let service = Arc::clone(&self.ctx.service);
@@ -300,7 +321,10 @@ impl Connection {
             B::Ping(p) => self.encode(&frame(id, Body::Pong(v1::Pong { nonce: p.nonce }))),
             B::Register(r) => {
                 let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
-                    let e = CoreError::new(ErrorKind::UnsupportedMechanism, format!("unknown mechanism {:?}", r.mechanism));
+                    let e = CoreError::new(
+                        ErrorKind::UnsupportedMechanism,
+                        format!("unknown mechanism {:?}", r.mechanism),
+                    );
                     return self.encode(&core_error_frame(id, &e));
                 };
                 let credentials = StoredCredentials {
@@ -340,7 +364,10 @@ impl Connection {
             }
             B::AuthContinue(c) => {
                 let Some(pending) = self.pending_auth.take() else {
-                    return self.encode(&core_error_frame(id, &CoreError::invalid("no login in progress: send AuthStart first")));
+                    return self.encode(&core_error_frame(
+                        id,
+                        &CoreError::invalid("no login in progress: send AuthStart first"),
+                    ));
                 };
                 match service.auth_finish(pending, &c.client_final).await {
                     Ok((session, outcome)) => {
@@ -372,7 +399,10 @@ impl Connection {
         use client_frame::Body as B;
         let max_frame = self.ctx.max_frame_bytes;
         let Some(session) = self.session.as_mut() else {
-            return self.encode(&core_error_frame(id, &CoreError::new(ErrorKind::NotAuthenticated, "log in first")));
+            return self.encode(&core_error_frame(
+                id,
+                &CoreError::new(ErrorKind::NotAuthenticated, "log in first"),
+            ));
         };
         let started: Result<Reply, CoreError> = match body {
             B::Send(s) => session.send(&s.to, &s.client_msg_id, s.body).map(|f| {
@@ -390,30 +420,52 @@ impl Connection {
             B::Fetch(f) => session.fetch(Seq(f.after_seq), f.limit, f.include_acked).map(|fut| {
                 reply(id, fut, move |(messages, more)| {
                     let (messages, trimmed) = fit_messages(messages.iter().map(convert::message), max_frame);
-                    Body::Messages(v1::MessageBatch { messages, more: more || trimmed })
-                })
-            }),
-            B::Ack(a) => session
-                .ack(AckRange { up_to: Seq(a.up_to_seq), seqs: a.seqs.into_iter().map(Seq).collect() })
-                .map(|f| reply(id, f, |(acked, state)| Body::Acked(v1::Acked { acked, unread: state.unread }))),
-            B::DeleteMessages(d) => session.delete_messages(d.message_ids.into_iter().map(MessageId).collect()).map(|f| {
-                reply(id, f, |outcome| {
-                    Body::Deleted(v1::Deleted {
-                        deleted: outcome.deleted.into_iter().map(|m| m.0).collect(),
-                        not_found: outcome.not_found.into_iter().map(|m| m.0).collect(),
+                    Body::Messages(v1::MessageBatch {
+                        messages,
+                        more: more || trimmed,
                     })
                 })
             }),
+            B::Ack(a) => session
+                .ack(AckRange {
+                    up_to: Seq(a.up_to_seq),
+                    seqs: a.seqs.into_iter().map(Seq).collect(),
+                })
+                .map(|f| {
+                    reply(id, f, |(acked, state)| {
+                        Body::Acked(v1::Acked {
+                            acked,
+                            unread: state.unread,
+                        })
+                    })
+                }),
+            B::DeleteMessages(d) => session
+                .delete_messages(d.message_ids.into_iter().map(MessageId).collect())
+                .map(|f| {
+                    reply(id, f, |outcome| {
+                        Body::Deleted(v1::Deleted {
+                            deleted: outcome.deleted.into_iter().map(|m| m.0).collect(),
+                            not_found: outcome.not_found.into_iter().map(|m| m.0).collect(),
+                        })
+                    })
+                }),
             B::ListAccounts(l) => session.list_accounts(&l.pattern, &l.after, l.limit).map(|f| {
                 reply(id, f, |page| {
                     Body::Accounts(v1::AccountPage {
-                        accounts: page.accounts.into_iter().map(|(name, online)| v1::AccountEntry { name, online }).collect(),
+                        accounts: page
+                            .accounts
+                            .into_iter()
+                            .map(|(name, online)| v1::AccountEntry { name, online })
+                            .collect(),
                         next_after: page.next_after.unwrap_or_default(),
                     })
                 })
             }),
             B::Subscribe(s) => Ok(reply(id, session.subscribe(Seq(s.after_seq)), |state| {
-                Body::Subscribed(v1::Subscribed { last_seq: state.last_seq.0, unread: state.unread })
+                Body::Subscribed(v1::Subscribed {
+                    last_seq: state.last_seq.0,
+                    unread: state.unread,
+                })
             })),
             B::DeleteAccount(_) => {
                 let result = session.delete_account().await;

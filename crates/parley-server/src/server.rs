@@ -63,7 +63,10 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
         if let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice()) {
             return Ok(secret);
         }
-        anyhow::bail!("{} is not a 32-byte secret; delete it to make a new one", path.display());
+        anyhow::bail!(
+            "{} is not a 32-byte secret; delete it to make a new one",
+            path.display()
+        );
     }
     let secret = random_secret();
     let mut options = std::fs::OpenOptions::new();
@@ -88,12 +91,25 @@ pub struct ServerCounters {
 /// Serves on `listener` until `shutdown` resolves, then shuts down
 /// gracefully: stop accepting, tell every connection, let in-flight requests
 /// finish within the grace period, close the store.
-pub async fn run(settings: Settings, listener: TcpListener, store: Arc<dyn Store>, secret: [u8; 32], shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    secret: [u8; 32],
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let service = Service::new(
         Arc::clone(&store),
         ServiceConfig {
-            limits: Limits { max_body_bytes: settings.max_body_bytes, session_queue: settings.session_queue },
-            auth: AuthSettings { mechanisms: settings.scram_mechanisms.clone(), iterations: settings.scram_iterations, secret },
+            limits: Limits {
+                max_body_bytes: settings.max_body_bytes,
+                session_queue: settings.session_queue,
+            },
+            auth: AuthSettings {
+                mechanisms: settings.scram_mechanisms.clone(),
+                iterations: settings.scram_iterations,
+                secret,
+            },
         },
     );
     let ctx = Arc::new(NativeContext {
@@ -143,9 +159,15 @@ pub async fn run(settings: Settings, listener: TcpListener, store: Arc<dyn Store
     tracing::info!(connections = tasks.len(), grace = ?settings.shutdown_grace, "shutting down");
     let _ = shutdown_tx.send(true);
     service.close_all_sessions();
-    let drained = tokio::time::timeout(settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        tracing::warn!(remaining = tasks.len(), "grace period over; closing remaining connections");
+        tracing::warn!(
+            remaining = tasks.len(),
+            "grace period over; closing remaining connections"
+        );
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }

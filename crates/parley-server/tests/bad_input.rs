@@ -26,12 +26,17 @@ async fn raw_exchange(addr: &str, bytes: &[u8]) -> Vec<ServerFrame> {
             }
         }
     };
-    tokio::time::timeout(WAIT, read_all).await.expect("server closes the connection");
+    tokio::time::timeout(WAIT, read_all)
+        .await
+        .expect("server closes the connection");
     let mut frames = Vec::new();
     while let Some(f) = decode_frame::<ServerFrame>(&mut buf, 1 << 24).unwrap() {
         frames.push(f);
     }
-    assert!(matches!(frames.first().and_then(|f| f.body.as_ref()), Some(server_frame::Body::Welcome(_))));
+    assert!(matches!(
+        frames.first().and_then(|f| f.body.as_ref()),
+        Some(server_frame::Body::Welcome(_))
+    ));
     frames.remove(0);
     frames
 }
@@ -48,7 +53,10 @@ fn error_code(frame: &ServerFrame) -> ErrorCode {
 async fn assert_still_serving(server: &TestServer, bystander: &Client) {
     bystander.ping().await.expect("bystander still served");
     let fresh = server.user("fresh").await;
-    fresh.send("bystander", "still here").await.expect("server still accepts work");
+    fresh
+        .send("bystander", "still here")
+        .await
+        .expect("server still accepts work");
 }
 
 async fn transport_garbage_closes_only_that_connection(store: Store) {
@@ -74,7 +82,10 @@ async fn transport_garbage_closes_only_that_connection(store: Store) {
 
     assert_still_serving(&server, &bystander).await;
 }
-both_stores!(transport_garbage_closes_only_that_connection, transport_garbage_closes_only_that_connection);
+both_stores!(
+    transport_garbage_closes_only_that_connection,
+    transport_garbage_closes_only_that_connection
+);
 
 async fn raw_exchange_then_half_close(addr: &str, bytes: &[u8]) -> Vec<ServerFrame> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -106,9 +117,16 @@ async fn request_errors_keep_the_connection(store: Store) {
 
     // Duplicate account (case-insensitively) and invalid names.
     let c = server.client().await;
-    assert_eq!(c.register("ALICE", "x").await.unwrap_err().code(), Some(ErrorCode::NameTaken));
+    assert_eq!(
+        c.register("ALICE", "x").await.unwrap_err().code(),
+        Some(ErrorCode::NameTaken)
+    );
     for bad in ["", "9lives", "has space", "x".repeat(33).as_str(), "al*ce"] {
-        assert_eq!(c.register(bad, "x").await.unwrap_err().code(), Some(ErrorCode::InvalidName), "{bad:?}");
+        assert_eq!(
+            c.register(bad, "x").await.unwrap_err().code(),
+            Some(ErrorCode::InvalidName),
+            "{bad:?}"
+        );
     }
     // Wrong password and unknown user look the same.
     let wrong = c.login("alice", "nope").await.unwrap_err();
@@ -117,13 +135,31 @@ async fn request_errors_keep_the_connection(store: Store) {
     assert_eq!(unknown.code(), Some(ErrorCode::AuthFailed));
     assert_eq!(wrong.to_string(), unknown.to_string());
     // Requests before login.
-    assert_eq!(c.send("alice", "hi").await.unwrap_err().code(), Some(ErrorCode::NotAuthenticated));
+    assert_eq!(
+        c.send("alice", "hi").await.unwrap_err().code(),
+        Some(ErrorCode::NotAuthenticated)
+    );
     // Unknown recipient, oversized and empty bodies, bad limits.
-    assert_eq!(alice.send("nobody", "hi").await.unwrap_err().code(), Some(ErrorCode::NoSuchUser));
-    assert_eq!(alice.send("bystander", &"x".repeat(2049)).await.unwrap_err().code(), Some(ErrorCode::MessageTooLarge));
-    assert_eq!(alice.send("bystander", "").await.unwrap_err().code(), Some(ErrorCode::InvalidRequest));
-    assert_eq!(alice.fetch(0, 5000, false).await.unwrap_err().code(), Some(ErrorCode::InvalidRequest));
-    assert_eq!(alice.login("alice", "pw-alice").await.unwrap_err().code(), Some(ErrorCode::AlreadyAuthenticated));
+    assert_eq!(
+        alice.send("nobody", "hi").await.unwrap_err().code(),
+        Some(ErrorCode::NoSuchUser)
+    );
+    assert_eq!(
+        alice.send("bystander", &"x".repeat(2049)).await.unwrap_err().code(),
+        Some(ErrorCode::MessageTooLarge)
+    );
+    assert_eq!(
+        alice.send("bystander", "").await.unwrap_err().code(),
+        Some(ErrorCode::InvalidRequest)
+    );
+    assert_eq!(
+        alice.fetch(0, 5000, false).await.unwrap_err().code(),
+        Some(ErrorCode::InvalidRequest)
+    );
+    assert_eq!(
+        alice.login("alice", "pw-alice").await.unwrap_err().code(),
+        Some(ErrorCode::AlreadyAuthenticated)
+    );
     // A register with keys of the wrong size.
     let frame = c
         .request(client_frame::Body::Register(v1::Register {
@@ -151,9 +187,19 @@ async fn request_errors_keep_the_connection(store: Store) {
         .unwrap();
     assert_eq!(error_code(&frame), ErrorCode::UnsupportedMechanism);
     // A malformed SCRAM message.
-    let frame = c.request(client_frame::Body::AuthStart(v1::AuthStart { client_first: b"hello".to_vec() })).await.unwrap();
+    let frame = c
+        .request(client_frame::Body::AuthStart(v1::AuthStart {
+            client_first: b"hello".to_vec(),
+        }))
+        .await
+        .unwrap();
     assert_eq!(error_code(&frame), ErrorCode::AuthFailed);
-    let frame = c.request(client_frame::Body::AuthContinue(v1::AuthContinue { client_final: b"c=biws".to_vec() })).await.unwrap();
+    let frame = c
+        .request(client_frame::Body::AuthContinue(v1::AuthContinue {
+            client_final: b"c=biws".to_vec(),
+        }))
+        .await
+        .unwrap();
     assert_eq!(error_code(&frame), ErrorCode::InvalidRequest);
 
     // Nothing changed: no account "zed", nothing stored for bystander.
@@ -171,7 +217,9 @@ async fn connections_past_the_limit_get_busy() {
     let server = TestServer::start_with(Store::Memory, &["--max-connections", "3"]);
     let held: Vec<Client> = futures_vec(&server, 3).await;
     match Client::connect(&server.addr).await {
-        Err(parley_client::ClientError::Server { code, retry_after_ms, .. }) => {
+        Err(parley_client::ClientError::Server {
+            code, retry_after_ms, ..
+        }) => {
             assert_eq!(code, ErrorCode::Busy);
             assert!(retry_after_ms > 0);
         }
@@ -226,4 +274,3 @@ fn invalid_configuration_reports_every_error_and_exits_2() {
     }
     assert!(!err.contains("panicked"));
 }
-

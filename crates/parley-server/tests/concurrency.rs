@@ -74,7 +74,10 @@ async fn receive(client: &Client, n: usize) -> HashMap<String, Vec<usize>> {
             assert_eq!(m.seq, last_seq + 1, "seqs are gap-free");
             last_seq = m.seq;
             let (sender, number) = m.body.split_once(':').unwrap();
-            per_sender.entry(sender.to_owned()).or_default().push(number.parse().unwrap());
+            per_sender
+                .entry(sender.to_owned())
+                .or_default()
+                .push(number.parse().unwrap());
         }
         got += batch.len();
         client.ack(last_seq, vec![]).await.unwrap();

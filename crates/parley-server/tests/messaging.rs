@@ -79,7 +79,10 @@ async fn unacked_messages_are_pushed_again_on_next_login(store: Store) {
     bob2.subscribe(again[0].seq).await.unwrap();
     assert_no_push(&bob2).await;
 }
-both_stores!(unacked_messages_are_pushed_again_on_next_login, unacked_messages_are_pushed_again_on_next_login);
+both_stores!(
+    unacked_messages_are_pushed_again_on_next_login,
+    unacked_messages_are_pushed_again_on_next_login
+);
 
 async fn resend_is_idempotent(store: Store) {
     let server = TestServer::start(store);
@@ -90,7 +93,10 @@ async fn resend_is_idempotent(store: Store) {
     assert!(!first.duplicate);
     let again = alice.send_with_id("bob", "m-1", "once").await.unwrap();
     assert!(again.duplicate);
-    assert_eq!((again.message_id, again.seq, again.timestamp_ms), (first.message_id, first.seq, first.timestamp_ms));
+    assert_eq!(
+        (again.message_id, again.seq, again.timestamp_ms),
+        (first.message_id, first.seq, first.timestamp_ms)
+    );
     assert_eq!(bodies(&next_messages(&bob).await), ["once"]);
     assert_no_push(&bob).await;
     assert_eq!(bob.fetch(0, 10, true).await.unwrap().messages.len(), 1);
@@ -120,7 +126,10 @@ async fn order_per_sender_holds_under_pipelining(store: Store) {
     assert_eq!(numbers, (0..200).collect::<Vec<_>>(), "pushed in the order sent");
     assert!(got.windows(2).all(|w| w[1].seq == w[0].seq + 1), "no gaps");
 }
-both_stores!(order_per_sender_holds_under_pipelining, order_per_sender_holds_under_pipelining);
+both_stores!(
+    order_per_sender_holds_under_pipelining,
+    order_per_sender_holds_under_pipelining
+);
 
 /// join_all without pulling in the futures crate: polls in order, so the
 /// requests are written in order.
@@ -142,7 +151,11 @@ async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Ite
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
     for r in results {
@@ -158,20 +171,32 @@ async fn delete_messages_only_from_own_mailbox(store: Store) {
     let to_bob = alice.send("bob", "for bob").await.unwrap();
     let to_alice = bob.send("alice", "for alice").await.unwrap();
     // Alice cannot delete Bob's message, nor ack or read it.
-    let d = alice.delete_messages(vec![to_bob.message_id, to_alice.message_id]).await.unwrap();
-    assert_eq!((d.deleted, d.not_found), (vec![to_alice.message_id], vec![to_bob.message_id]));
+    let d = alice
+        .delete_messages(vec![to_bob.message_id, to_alice.message_id])
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.deleted, d.not_found),
+        (vec![to_alice.message_id], vec![to_bob.message_id])
+    );
     assert_eq!(alice.ack(to_bob.seq + 10, vec![]).await.unwrap().acked, 0);
     assert!(alice.fetch(0, 10, true).await.unwrap().messages.is_empty());
     assert_eq!(bodies(&bob.fetch(0, 10, true).await.unwrap().messages), ["for bob"]);
     // A set at once; seqs are never reused after deletion.
     let a = alice.send("bob", "a").await.unwrap();
     let b = alice.send("bob", "b").await.unwrap();
-    let d = bob.delete_messages(vec![a.message_id, b.message_id, to_bob.message_id]).await.unwrap();
+    let d = bob
+        .delete_messages(vec![a.message_id, b.message_id, to_bob.message_id])
+        .await
+        .unwrap();
     assert_eq!(d.deleted.len(), 3);
     assert!(bob.fetch(0, 10, true).await.unwrap().messages.is_empty());
     assert_eq!(alice.send("bob", "c").await.unwrap().seq, b.seq + 1);
 }
-both_stores!(delete_messages_only_from_own_mailbox, delete_messages_only_from_own_mailbox);
+both_stores!(
+    delete_messages_only_from_own_mailbox,
+    delete_messages_only_from_own_mailbox
+);
 
 async fn list_accounts_by_wildcard_and_page(store: Store) {
     let server = TestServer::start(store);
@@ -181,11 +206,21 @@ async fn list_accounts_by_wildcard_and_page(store: Store) {
     }
     let names = |p: &parley_client::AccountPage| p.accounts.iter().map(|a| a.name.clone()).collect::<Vec<_>>();
     let all = alice.list_accounts("", "", 0).await.unwrap();
-    assert_eq!(names(&all), ["albert", "Alfred", "alice", "bob", "bobby", "carol", "xbobz"]);
+    assert_eq!(
+        names(&all),
+        ["albert", "Alfred", "alice", "bob", "bobby", "carol", "xbobz"]
+    );
     assert!(all.next_after.is_empty());
     let al = alice.list_accounts("AL*", "", 0).await.unwrap();
     assert_eq!(names(&al), ["albert", "Alfred", "alice"]);
-    assert_eq!(al.accounts.iter().filter(|a| a.online).map(|a| a.name.as_str()).collect::<Vec<_>>(), ["alice"]);
+    assert_eq!(
+        al.accounts
+            .iter()
+            .filter(|a| a.online)
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        ["alice"]
+    );
     let bob_q = alice.list_accounts("*bob?", "", 0).await.unwrap();
     assert_eq!(names(&bob_q), ["xbobz"]);
     let bob_star = alice.list_accounts("*bob*", "", 0).await.unwrap();
@@ -226,9 +261,15 @@ async fn account_deletion_semantics(store: Store) {
     let held = carol.fetch(0, 10, true).await.unwrap();
     assert_eq!(held.messages[0].from, "bob");
     // Sending to a deleted account: no such user. Logging in: auth failed.
-    assert_eq!(alice.send("bob", "hello?").await.unwrap_err().code(), Some(ErrorCode::NoSuchUser));
+    assert_eq!(
+        alice.send("bob", "hello?").await.unwrap_err().code(),
+        Some(ErrorCode::NoSuchUser)
+    );
     let again = server.client().await;
-    assert_eq!(again.login("bob", "pw-bob").await.unwrap_err().code(), Some(ErrorCode::AuthFailed));
+    assert_eq!(
+        again.login("bob", "pw-bob").await.unwrap_err().code(),
+        Some(ErrorCode::AuthFailed)
+    );
     // The name can be registered again: a new account with an empty mailbox.
     let new_bob = server.user("bob").await;
     let info = new_bob.fetch(0, 10, true).await.unwrap();
@@ -241,7 +282,10 @@ async fn logout_then_login_again(store: Store) {
     let server = TestServer::start(store);
     let alice = server.user("alice").await;
     alice.logout().await.unwrap();
-    assert_eq!(alice.send("alice", "x").await.unwrap_err().code(), Some(ErrorCode::NotAuthenticated));
+    assert_eq!(
+        alice.send("alice", "x").await.unwrap_err().code(),
+        Some(ErrorCode::NotAuthenticated)
+    );
     alice.login("alice", "pw-alice").await.unwrap();
     alice.send("alice", "note to self").await.unwrap();
     assert_eq!(alice.fetch(0, 10, false).await.unwrap().messages.len(), 1);
@@ -270,7 +314,11 @@ async fn everything_survives_a_restart() {
     let all = bob.fetch(0, 10, true).await.unwrap();
     assert_eq!(bodies(&all.messages), ["keep me", "unread"]);
     assert!(all.messages[0].acked);
-    assert_eq!(bob.list_accounts("*", "", 0).await.unwrap().accounts.len(), 2, "carol stays deleted");
+    assert_eq!(
+        bob.list_accounts("*", "", 0).await.unwrap().accounts.len(),
+        2,
+        "carol stays deleted"
+    );
     // Seqs continue where they were.
     let alice = server.client().await;
     alice.login("alice", "pw-alice").await.unwrap();

@@ -12,8 +12,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult,
-    StoredMessage,
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult, StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 
@@ -87,9 +86,7 @@ impl MemoryStore {
         // A poisoned lock means a panic in the middle of an update, which
         // may have left the state inconsistent: refuse rather than guess.
         let Ok(mut state) = self.state.lock() else {
-            return StoreReply::ready(Err(StoreError::Backend(
-                "memory store lock poisoned".into(),
-            )));
+            return StoreReply::ready(Err(StoreError::Backend("memory store lock poisoned".into())));
         };
         if state.closed {
             return StoreReply::ready(Err(StoreError::Closed));
@@ -165,11 +162,7 @@ impl State {
 
     fn append(&mut self, new: NewMessage) -> StoreResult<Appended> {
         let sender = UserId(clamp(new.sender.0));
-        if let Some(record) = self
-            .sent_ids
-            .get(&sender)
-            .and_then(|ids| ids.get(&new.client_msg_id))
-        {
+        if let Some(record) = self.sent_ids.get(&sender).and_then(|ids| ids.get(&new.client_msg_id)) {
             let original = self
                 .accounts
                 .get(&record.recipient)
@@ -192,15 +185,9 @@ impl State {
                 duplicate: true,
             });
         }
-        let recipient = *self
-            .by_key
-            .get(&new.recipient_key)
-            .ok_or(StoreError::NoSuchUser)?;
+        let recipient = *self.by_key.get(&new.recipient_key).ok_or(StoreError::NoSuchUser)?;
         let message_id = MessageId(next_id(self.last_message_id)?);
-        let entry = self
-            .accounts
-            .get_mut(&recipient)
-            .ok_or(StoreError::NoSuchUser)?;
+        let entry = self.accounts.get_mut(&recipient).ok_or(StoreError::NoSuchUser)?;
         let seq = Seq(next_id(entry.last_seq.0)?);
         let timestamp_ms = clamp(new.timestamp_ms);
         let message = StoredMessage {
@@ -235,13 +222,7 @@ impl State {
         })
     }
 
-    fn fetch(
-        &self,
-        user: UserId,
-        after: Seq,
-        limit: u32,
-        include_acked: bool,
-    ) -> Vec<StoredMessage> {
+    fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> Vec<StoredMessage> {
         let Some(entry) = self.accounts.get(&user) else {
             return Vec::new();
         };
@@ -336,12 +317,7 @@ impl Store for MemoryStore {
         self.run(|state| state.delete_account(user))
     }
 
-    fn list_accounts(
-        &self,
-        pattern: &NamePattern,
-        after: &str,
-        limit: u32,
-    ) -> StoreReply<Vec<AccountSummary>> {
+    fn list_accounts(&self, pattern: &NamePattern, after: &str, limit: u32) -> StoreReply<Vec<AccountSummary>> {
         self.run(|state| Ok(state.list_accounts(pattern, after, limit)))
     }
 
@@ -349,13 +325,7 @@ impl Store for MemoryStore {
         self.run(|state| state.append(message))
     }
 
-    fn fetch(
-        &self,
-        user: UserId,
-        after: Seq,
-        limit: u32,
-        include_acked: bool,
-    ) -> StoreReply<Vec<StoredMessage>> {
+    fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {
         self.run(|state| Ok(state.fetch(user, after, limit, include_acked)))
     }
 
@@ -373,9 +343,7 @@ impl Store for MemoryStore {
 
     fn close(&self) -> StoreReply<()> {
         let Ok(mut state) = self.state.lock() else {
-            return StoreReply::ready(Err(StoreError::Backend(
-                "memory store lock poisoned".into(),
-            )));
+            return StoreReply::ready(Err(StoreError::Backend("memory store lock poisoned".into())));
         };
         // Closing twice is fine: the store has stopped either way.
         state.closed = true;

@@ -27,11 +27,7 @@ async fn accounts_round_trip(store: &dyn Store) {
     assert_eq!(alice.credentials, credentials("Alice"));
     let found = store.find_account("alice").await.unwrap().expect("found");
     assert_eq!(found, alice);
-    assert_eq!(
-        store.find_account("Alice").await.unwrap(),
-        None,
-        "lookups are by key"
-    );
+    assert_eq!(store.find_account("Alice").await.unwrap(), None, "lookups are by key");
     assert_eq!(store.find_account("nobody").await.unwrap(), None);
 }
 
@@ -66,10 +62,7 @@ async fn append_assigns_seqs_and_ids(store: &dyn Store) {
     let alice = register(store, "alice").await;
     let bob = register(store, "Bob").await;
     let first = send(store, &alice, "bob", "m1", "hello").await.message;
-    assert_eq!(
-        (first.recipient, first.seq, first.sender),
-        (bob.id, Seq(1), alice.id)
-    );
+    assert_eq!((first.recipient, first.seq, first.sender), (bob.id, Seq(1), alice.id));
     assert_eq!(
         (
             first.sender_name.as_str(),
@@ -78,10 +71,7 @@ async fn append_assigns_seqs_and_ids(store: &dyn Store) {
         ),
         ("alice", "m1", "hello")
     );
-    assert_eq!(
-        first.timestamp_ms,
-        message(&alice, "bob", "m1", "hello").timestamp_ms
-    );
+    assert_eq!(first.timestamp_ms, message(&alice, "bob", "m1", "hello").timestamp_ms);
     assert!(!first.acked);
     let to_alice = send(store, &bob, "ALICE", "m1", "hi").await.message;
     assert_eq!(
@@ -104,29 +94,15 @@ async fn seqs_keep_rising_after_deletions(store: &dyn Store) {
     let bob = register(store, "bob").await;
     let mut ids = Vec::new();
     for n in 1..=3 {
-        ids.push(
-            send(store, &alice, "bob", &format!("m{n}"), "x")
-                .await
-                .message
-                .id,
-        );
+        ids.push(send(store, &alice, "bob", &format!("m{n}"), "x").await.message.id);
     }
-    assert_eq!(
-        store.delete_messages(bob.id, vec![ids[2]]).await.unwrap(),
-        vec![ids[2]]
-    );
+    assert_eq!(store.delete_messages(bob.id, vec![ids[2]]).await.unwrap(), vec![ids[2]]);
     let fourth = send(store, &alice, "bob", "m4", "x").await.message;
     assert_eq!(fourth.seq, Seq(4));
     assert!(fourth.id > ids[2], "message ids are not reused either");
     let all = vec![ids[0], ids[1], fourth.id];
-    assert_eq!(
-        store.delete_messages(bob.id, all.clone()).await.unwrap(),
-        all
-    );
-    assert_eq!(
-        send(store, &alice, "bob", "m5", "x").await.message.seq,
-        Seq(5)
-    );
+    assert_eq!(store.delete_messages(bob.id, all.clone()).await.unwrap(), all);
+    assert_eq!(send(store, &alice, "bob", "m5", "x").await.message.seq, Seq(5));
     assert_eq!(
         store.mailbox_state(bob.id).await.unwrap(),
         MailboxState {
@@ -140,9 +116,7 @@ async fn append_is_idempotent(store: &dyn Store) {
     let alice = register(store, "alice").await;
     let bob = register(store, "bob").await;
     let carol = register(store, "carol").await;
-    let original = send(store, &alice, "bob", "same", "first body")
-        .await
-        .message;
+    let original = send(store, &alice, "bob", "same", "first body").await.message;
 
     // A retry, even with another body, returns the original and stores nothing.
     let mut retry = message(&alice, "bob", "same", "second body");
@@ -151,14 +125,9 @@ async fn append_is_idempotent(store: &dyn Store) {
     assert!(again.duplicate);
     assert_eq!(*again.message, *original);
     // The key is the sender's: another sender may use the same client id.
-    let other = send(store, &carol, "bob", "same", "from carol")
-        .await
-        .message;
+    let other = send(store, &carol, "bob", "same", "from carol").await.message;
     assert_eq!(other.seq, Seq(2));
-    assert_eq!(
-        store.fetch(bob.id, Seq(0), 10, true).await.unwrap().len(),
-        2
-    );
+    assert_eq!(store.fetch(bob.id, Seq(0), 10, true).await.unwrap().len(), 2);
 
     // After the recipient acked and deleted it, a retry is still a duplicate
     // with the original id, seq and timestamp, and is not stored again.
@@ -172,10 +141,7 @@ async fn append_is_idempotent(store: &dyn Store) {
         )
         .await
         .unwrap();
-    store
-        .delete_messages(bob.id, vec![original.id])
-        .await
-        .unwrap();
+    store.delete_messages(bob.id, vec![original.id]).await.unwrap();
     let mut late = message(&alice, "bob", "same", "third body");
     late.timestamp_ms += 9000;
     let late = store.append(late).await.unwrap();
@@ -190,52 +156,30 @@ async fn append_is_idempotent(store: &dyn Store) {
         (alice.id, original.timestamp_ms)
     );
     assert_eq!(
-        (
-            rebuilt.client_msg_id.as_str(),
-            rebuilt.body.as_str(),
-            rebuilt.acked
-        ),
+        (rebuilt.client_msg_id.as_str(), rebuilt.body.as_str(), rebuilt.acked),
         ("same", "third body", false)
     );
-    assert_eq!(
-        seqs(&store.fetch(bob.id, Seq(0), 10, true).await.unwrap()),
-        vec![2]
-    );
+    assert_eq!(seqs(&store.fetch(bob.id, Seq(0), 10, true).await.unwrap()), vec![2]);
     assert_eq!(store.mailbox_state(bob.id).await.unwrap().last_seq, Seq(2));
 
     // Idempotency is checked before the recipient: a retry after the
     // recipient's account is gone still gets the original answer.
     let to_carol = send(store, &alice, "carol", "to-carol", "hi").await.message;
     store.delete_account(carol.id).await.unwrap();
-    let retry = store
-        .append(message(&alice, "carol", "to-carol", "hi"))
-        .await
-        .unwrap();
+    let retry = store.append(message(&alice, "carol", "to-carol", "hi")).await.unwrap();
     assert!(retry.duplicate);
-    assert_eq!(
-        (retry.message.id, retry.message.seq),
-        (to_carol.id, to_carol.seq)
-    );
+    assert_eq!((retry.message.id, retry.message.seq), (to_carol.id, to_carol.seq));
 }
 
 async fn unknown_users(store: &dyn Store) {
     let alice = register(store, "alice").await;
     let ghost = UserId(alice.id.0 + 100);
     assert_eq!(
-        store
-            .append(message(&alice, "nobody", "m1", "x"))
-            .await
-            .unwrap_err(),
+        store.append(message(&alice, "nobody", "m1", "x")).await.unwrap_err(),
         StoreError::NoSuchUser
     );
-    assert_eq!(
-        store.mailbox_state(ghost).await,
-        Err(StoreError::NoSuchUser)
-    );
-    assert_eq!(
-        store.delete_account(ghost).await,
-        Err(StoreError::NoSuchUser)
-    );
+    assert_eq!(store.mailbox_state(ghost).await, Err(StoreError::NoSuchUser));
+    assert_eq!(store.delete_account(ghost).await, Err(StoreError::NoSuchUser));
     assert_eq!(
         store
             .ack(
@@ -249,10 +193,7 @@ async fn unknown_users(store: &dyn Store) {
         Err(StoreError::NoSuchUser)
     );
     assert_eq!(store.fetch(ghost, Seq(0), 10, true).await, Ok(vec![]));
-    assert_eq!(
-        store.delete_messages(ghost, vec![MessageId(1)]).await,
-        Ok(vec![])
-    );
+    assert_eq!(store.delete_messages(ghost, vec![MessageId(1)]).await, Ok(vec![]));
     // A refused append wrote nothing, not even its idempotency key.
     register(store, "nobody").await;
     assert!(
@@ -278,10 +219,7 @@ async fn fetch_pages_and_filters(store: &dyn Store) {
         seqs(&store.fetch(bob.id, Seq(2), 3, false).await.unwrap()),
         vec![3, 4, 5]
     );
-    assert_eq!(
-        seqs(&store.fetch(bob.id, Seq(5), 3, false).await.unwrap()),
-        vec![6]
-    );
+    assert_eq!(seqs(&store.fetch(bob.id, Seq(5), 3, false).await.unwrap()), vec![6]);
     assert_eq!(
         seqs(&store.fetch(bob.id, Seq(6), 3, false).await.unwrap()),
         Vec::<u64>::new()
@@ -376,12 +314,7 @@ async fn unread_counts(store: &dyn Store) {
     );
     let mut ids = Vec::new();
     for n in 1..=4 {
-        ids.push(
-            send(store, &alice, "bob", &format!("m{n}"), "x")
-                .await
-                .message
-                .id,
-        );
+        ids.push(send(store, &alice, "bob", &format!("m{n}"), "x").await.message.id);
     }
     assert_eq!(
         store.mailbox_state(bob.id).await,
@@ -429,19 +362,10 @@ async fn delete_only_own_messages(store: &dyn Store) {
         Ok(vec![]),
         "the sender cannot delete it"
     );
-    assert_eq!(
-        store.fetch(bob.id, Seq(0), 10, true).await.unwrap().len(),
-        1
-    );
+    assert_eq!(store.fetch(bob.id, Seq(0), 10, true).await.unwrap().len(), 1);
     let asked = vec![to_bob.id, to_alice.id, to_bob.id, MessageId(9999)];
-    assert_eq!(
-        store.delete_messages(bob.id, asked).await,
-        Ok(vec![to_bob.id])
-    );
-    assert_eq!(
-        store.delete_messages(bob.id, vec![to_bob.id]).await,
-        Ok(vec![])
-    );
+    assert_eq!(store.delete_messages(bob.id, asked).await, Ok(vec![to_bob.id]));
+    assert_eq!(store.delete_messages(bob.id, vec![to_bob.id]).await, Ok(vec![]));
     assert_eq!(
         store.fetch(alice.id, Seq(0), 10, true).await.unwrap(),
         vec![(*to_alice).clone()]
@@ -450,20 +374,12 @@ async fn delete_only_own_messages(store: &dyn Store) {
     let ids: Vec<MessageId> = {
         let mut ids = Vec::new();
         for n in 2..=4 {
-            ids.push(
-                send(store, &bob, "alice", &format!("m{n}"), "z")
-                    .await
-                    .message
-                    .id,
-            );
+            ids.push(send(store, &bob, "alice", &format!("m{n}"), "z").await.message.id);
         }
         ids
     };
     let reversed: Vec<MessageId> = ids.iter().rev().copied().collect();
-    assert_eq!(
-        store.delete_messages(alice.id, reversed.clone()).await,
-        Ok(reversed)
-    );
+    assert_eq!(store.delete_messages(alice.id, reversed.clone()).await, Ok(reversed));
 }
 
 async fn delete_account_effects(store: &dyn Store) {
@@ -473,15 +389,9 @@ async fn delete_account_effects(store: &dyn Store) {
     let from_bob = send(store, &bob, "alice", "b1", "to alice").await.message;
 
     store.delete_account(bob.id).await.unwrap();
-    assert_eq!(
-        store.delete_account(bob.id).await,
-        Err(StoreError::NoSuchUser)
-    );
+    assert_eq!(store.delete_account(bob.id).await, Err(StoreError::NoSuchUser));
     assert_eq!(store.find_account("bob").await, Ok(None));
-    assert_eq!(
-        store.mailbox_state(bob.id).await,
-        Err(StoreError::NoSuchUser)
-    );
+    assert_eq!(store.mailbox_state(bob.id).await, Err(StoreError::NoSuchUser));
     assert_eq!(
         store.fetch(bob.id, Seq(0), 10, true).await,
         Ok(vec![]),
@@ -498,10 +408,7 @@ async fn delete_account_effects(store: &dyn Store) {
     );
 
     // The old id's idempotency keys are gone with it.
-    let replay = store
-        .append(message(&bob, "alice", "b1", "to alice"))
-        .await
-        .unwrap();
+    let replay = store.append(message(&bob, "alice", "b1", "to alice")).await.unwrap();
     assert!(!replay.duplicate);
 
     // The name is free again: new id, empty mailbox, seqs from 1.
@@ -516,17 +423,11 @@ async fn delete_account_effects(store: &dyn Store) {
     );
     assert_eq!(store.fetch(bob2.id, Seq(0), 10, true).await, Ok(vec![]));
     assert_eq!(
-        send(store, &alice, "bob", "a2", "welcome back")
-            .await
-            .message
-            .seq,
+        send(store, &alice, "bob", "a2", "welcome back").await.message.seq,
         Seq(1)
     );
     // The old sender's idempotency key still answers for the old message.
-    let old = store
-        .append(message(&alice, "bob", "a1", "to bob"))
-        .await
-        .unwrap();
+    let old = store.append(message(&alice, "bob", "a1", "to bob")).await.unwrap();
     assert!(old.duplicate);
     assert_eq!((old.message.recipient, old.message.seq), (bob.id, Seq(1)));
 }
@@ -535,8 +436,7 @@ async fn list_matches_patterns(store: &dyn Store) {
     for name in ["bob", "Alice", "albert", "xbab", "Bib", "bobby", "carol"] {
         register(store, name).await;
     }
-    let list =
-        |p: &'static str| async move { store.list_accounts(&pattern(p), "", 100).await.unwrap() };
+    let list = |p: &'static str| async move { store.list_accounts(&pattern(p), "", 100).await.unwrap() };
     let everyone = list("*").await;
     assert_eq!(
         keys(&everyone),
@@ -544,15 +444,8 @@ async fn list_matches_patterns(store: &dyn Store) {
     );
     let alice = everyone.iter().find(|a| a.name_key == "alice").unwrap();
     assert_eq!(alice.name, "Alice");
-    assert_eq!(
-        Some(alice.id),
-        store.find_account("alice").await.unwrap().map(|a| a.id)
-    );
-    assert_eq!(
-        keys(&list("").await),
-        keys(&everyone),
-        "empty pattern means everything"
-    );
+    assert_eq!(Some(alice.id), store.find_account("alice").await.unwrap().map(|a| a.id));
+    assert_eq!(keys(&list("").await), keys(&everyone), "empty pattern means everything");
     assert_eq!(keys(&list("al*").await), vec!["albert", "alice"]);
     assert_eq!(keys(&list("AL*").await), vec!["albert", "alice"]);
     assert_eq!(keys(&list("*b?b").await), vec!["bib", "bob", "xbab"]);
@@ -587,14 +480,8 @@ async fn list_pages(store: &dyn Store) {
     // `after` before the pattern's prefix, and past every key.
     assert_eq!(store.list_accounts(&all, "a", 2).await.unwrap().len(), 2);
     assert_eq!(store.list_accounts(&all, "zzz", 10).await, Ok(vec![]));
-    let everyone = store
-        .list_accounts(&pattern("*"), "user05", u32::MAX)
-        .await
-        .unwrap();
-    assert_eq!(
-        keys(&everyone),
-        vec!["user06", "user07", "user08", "user09"]
-    );
+    let everyone = store.list_accounts(&pattern("*"), "user05", u32::MAX).await.unwrap();
+    assert_eq!(keys(&everyone), vec!["user06", "user07", "user08", "user09"]);
 }
 
 async fn ordering_follows_calls(store: &dyn Store) {
@@ -630,40 +517,19 @@ async fn closed_store_refuses_everything(store: &dyn Store) {
     let alice = register(store, "alice").await;
     let pending = store.append(message(&alice, "alice", "before", "queued before close"));
     store.close().await.unwrap();
-    assert!(
-        !pending.await.unwrap().duplicate,
-        "work queued before close is done"
-    );
+    assert!(!pending.await.unwrap().duplicate, "work queued before close is done");
     let closed = Err::<(), _>(StoreError::Closed);
-    assert_eq!(
-        store.create_account(new_account("bob")).await.map(drop),
-        closed
-    );
+    assert_eq!(store.create_account(new_account("bob")).await.map(drop), closed);
     assert_eq!(store.find_account("alice").await.map(drop), closed);
     assert_eq!(store.delete_account(alice.id).await.map(drop), closed);
+    assert_eq!(store.list_accounts(&pattern("*"), "", 10).await.map(drop), closed);
     assert_eq!(
-        store.list_accounts(&pattern("*"), "", 10).await.map(drop),
+        store.append(message(&alice, "alice", "after", "x")).await.map(drop),
         closed
     );
-    assert_eq!(
-        store
-            .append(message(&alice, "alice", "after", "x"))
-            .await
-            .map(drop),
-        closed
-    );
-    assert_eq!(
-        store.fetch(alice.id, Seq(0), 10, true).await.map(drop),
-        closed
-    );
-    assert_eq!(
-        store.ack(alice.id, AckRange::default()).await.map(drop),
-        closed
-    );
-    assert_eq!(
-        store.delete_messages(alice.id, vec![]).await.map(drop),
-        closed
-    );
+    assert_eq!(store.fetch(alice.id, Seq(0), 10, true).await.map(drop), closed);
+    assert_eq!(store.ack(alice.id, AckRange::default()).await.map(drop), closed);
+    assert_eq!(store.delete_messages(alice.id, vec![]).await.map(drop), closed);
     assert_eq!(store.mailbox_state(alice.id).await.map(drop), closed);
     assert_eq!(store.close().await, Ok(()), "closing again is fine");
 }
@@ -688,22 +554,9 @@ async fn huge_values_do_not_panic(store: &dyn Store) {
         store.append(odd_sender).await.unwrap().message.sender,
         UserId(i64::MAX as u64)
     );
-    assert_eq!(
-        store.fetch(alice.id, Seq(u64::MAX), u32::MAX, true).await,
-        Ok(vec![])
-    );
-    assert_eq!(
-        store
-            .fetch(alice.id, Seq(0), u32::MAX, true)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
-    assert_eq!(
-        store.fetch(UserId(u64::MAX), Seq(0), u32::MAX, true).await,
-        Ok(vec![])
-    );
+    assert_eq!(store.fetch(alice.id, Seq(u64::MAX), u32::MAX, true).await, Ok(vec![]));
+    assert_eq!(store.fetch(alice.id, Seq(0), u32::MAX, true).await.unwrap().len(), 2);
+    assert_eq!(store.fetch(UserId(u64::MAX), Seq(0), u32::MAX, true).await, Ok(vec![]));
     let all = AckRange {
         up_to: Seq(u64::MAX),
         seqs: vec![Seq(u64::MAX), Seq(i64::MAX as u64)],
@@ -723,31 +576,21 @@ async fn huge_values_do_not_panic(store: &dyn Store) {
         Err(StoreError::NoSuchUser)
     );
     assert_eq!(
-        store
-            .delete_messages(alice.id, vec![MessageId(u64::MAX)])
-            .await,
+        store.delete_messages(alice.id, vec![MessageId(u64::MAX)]).await,
         Ok(vec![])
     );
     assert_eq!(
-        store
-            .delete_messages(UserId(u64::MAX), vec![stored.id])
-            .await,
+        store.delete_messages(UserId(u64::MAX), vec![stored.id]).await,
         Ok(vec![])
     );
-    assert_eq!(
-        store.mailbox_state(UserId(u64::MAX)).await,
-        Err(StoreError::NoSuchUser)
-    );
+    assert_eq!(store.mailbox_state(UserId(u64::MAX)).await, Err(StoreError::NoSuchUser));
     assert_eq!(
         store.delete_account(UserId(u64::MAX)).await,
         Err(StoreError::NoSuchUser)
     );
     let long_key = "k".repeat(10_000);
     assert_eq!(store.find_account(&long_key).await, Ok(None));
-    assert_eq!(
-        store.list_accounts(&pattern("*"), &long_key, 10).await,
-        Ok(vec![])
-    );
+    assert_eq!(store.list_accounts(&pattern("*"), &long_key, 10).await, Ok(vec![]));
 }
 
 /// Runs every case against one store kind, each on a fresh store.

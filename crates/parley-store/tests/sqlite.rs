@@ -41,10 +41,7 @@ async fn everything_survives_close_and_reopen() {
     assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
 
     let store = open(&dir, SqliteOptions::default());
-    assert_eq!(
-        store.find_account("alice").await.unwrap(),
-        Some(alice.clone())
-    );
+    assert_eq!(store.find_account("alice").await.unwrap(), Some(alice.clone()));
     assert_eq!(store.find_account("carol").await.unwrap(), None);
     let stored = store.fetch(bob.id, Seq(0), 10, true).await.unwrap();
     let mut m1_acked = (*m1).clone();
@@ -63,10 +60,7 @@ async fn everything_survives_close_and_reopen() {
     assert!(m4.id > m3.id);
     assert!(register(&store, "carol").await.id > carol.id);
     // Idempotency keys persist too.
-    let retry = store
-        .append(message(&alice, "bob", "m1", "one"))
-        .await
-        .unwrap();
+    let retry = store.append(message(&alice, "bob", "m1", "one")).await.unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.message.id, m1.id);
     store.close().await.unwrap();
@@ -80,23 +74,12 @@ async fn queued_appends_share_commits_and_keep_call_order() {
     let bob = register(&store, "bob").await;
     let before = store.batch_stats();
     let replies: Vec<_> = (0..200)
-        .map(|n| {
-            store.append(message(
-                &alice,
-                "bob",
-                &format!("m{n}"),
-                &format!("body {n}"),
-            ))
-        })
+        .map(|n| store.append(message(&alice, "bob", &format!("m{n}"), &format!("body {n}"))))
         .collect();
     let mut last_id = 0;
     for (n, reply) in replies.into_iter().enumerate() {
         let appended = reply.await.expect("append");
-        assert_eq!(
-            appended.message.seq,
-            Seq(n as u64 + 1),
-            "seqs follow call order"
-        );
+        assert_eq!(appended.message.seq, Seq(n as u64 + 1), "seqs follow call order");
         assert_eq!(appended.message.client_msg_id, format!("m{n}"));
         assert!(appended.message.id.0 > last_id);
         last_id = appended.message.id.0;
@@ -147,10 +130,7 @@ async fn a_full_queue_answers_busy_and_stores_nothing() {
     // counter tells at once, since a refusal is answered at call time).
     let mut replies = Vec::new();
     for n in 0..5000 {
-        replies.push((
-            n,
-            store.append(message(&alice, "alice", &format!("m{n}"), "x")),
-        ));
+        replies.push((n, store.append(message(&alice, "alice", &format!("m{n}"), "x"))));
         if n >= 100 && store.batch_stats().busy_rejections > 0 {
             break;
         }
@@ -208,17 +188,11 @@ async fn close_is_never_busy_and_finishes_the_queue() {
         }
     }
     assert_eq!(
-        store
-            .append(message(&alice, "alice", "late", "x"))
-            .await
-            .unwrap_err(),
+        store.append(message(&alice, "alice", "late", "x")).await.unwrap_err(),
         StoreError::Closed
     );
     let store = open(&dir, SqliteOptions::default());
-    assert_eq!(
-        store.mailbox_state(alice.id).await.unwrap().last_seq,
-        Seq(accepted)
-    );
+    assert_eq!(store.mailbox_state(alice.id).await.unwrap().last_seq, Seq(accepted));
     store.close().await.unwrap();
 }
 
@@ -269,9 +243,7 @@ async fn a_newer_schema_is_refused_untouched() {
     let path = db_path(dir.path());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
         assert_eq!(version, 1);
         conn.pragma_update(None, "user_version", 99).unwrap();
     }
@@ -288,9 +260,7 @@ async fn a_newer_schema_is_refused_untouched() {
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
     assert_eq!(version, 99, "the refused database is left as it was");
 }
 
@@ -304,10 +274,7 @@ async fn reopening_does_not_migrate_again() {
             None => register(&store, "alice").await,
         };
         assert_eq!(
-            send(&store, &me, "alice", &format!("r{round}"), "x")
-                .await
-                .message
-                .seq,
+            send(&store, &me, "alice", &format!("r{round}"), "x").await.message.seq,
             Seq(round + 1)
         );
         store.close().await.unwrap();
@@ -322,18 +289,14 @@ async fn dropping_without_close_still_keeps_acknowledged_writes() {
     send(&store, &alice, "alice", "m1", "x").await;
     drop(store);
     let store = open(&dir, SqliteOptions::default());
-    assert_eq!(
-        store.mailbox_state(alice.id).await.unwrap().last_seq,
-        Seq(1)
-    );
+    assert_eq!(store.mailbox_state(alice.id).await.unwrap().last_seq, Seq(1));
     store.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn usable_through_a_trait_object_from_many_tasks() {
     let dir = tempfile::tempdir().unwrap();
-    let store: std::sync::Arc<dyn Store> =
-        std::sync::Arc::new(open(&dir, SqliteOptions::default()));
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(open(&dir, SqliteOptions::default()));
     let bob = register(&*store, "bob").await;
     let mut tasks = Vec::new();
     for sender in 0..8 {

@@ -92,9 +92,20 @@ impl TestServer {
     /// Launches the process; `port` pins the port (for restarts).
     fn spawn(&mut self, port: Option<u16>) {
         let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
         let mut child = Command::new(binary("parleyd"))
-            .args(["--listen", &listen, "--store", self.store.as_str(), "--log-level", "debug"])
+            .args([
+                "--listen",
+                &listen,
+                "--store",
+                self.store.as_str(),
+                "--log-level",
+                "debug",
+            ])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
@@ -115,7 +126,10 @@ impl TestServer {
         });
         let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
             let _ = child.kill();
-            panic!("parleyd did not start; log:\n{}", std::fs::read_to_string(&self.log_path).unwrap_or_default())
+            panic!(
+                "parleyd did not start; log:\n{}",
+                std::fs::read_to_string(&self.log_path).unwrap_or_default()
+            )
         });
         self.addr = line.rsplit("native=").next().unwrap_or_default().trim().to_owned();
         self.child = Some(child);

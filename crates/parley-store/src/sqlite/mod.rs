@@ -24,8 +24,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult,
-    StoredMessage,
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult, StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 use tokio::sync::oneshot;
@@ -236,14 +235,10 @@ impl SqliteStore {
     /// starts the writer thread.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreOpenError> {
         if options.queue_capacity == 0 {
-            return Err(StoreOpenError::InvalidOptions(
-                "queue_capacity must be at least 1",
-            ));
+            return Err(StoreOpenError::InvalidOptions("queue_capacity must be at least 1"));
         }
         if options.max_batch == 0 {
-            return Err(StoreOpenError::InvalidOptions(
-                "max_batch must be at least 1",
-            ));
+            return Err(StoreOpenError::InvalidOptions("max_batch must be at least 1"));
         }
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreOpenError::CreateDir {
@@ -288,10 +283,7 @@ impl SqliteStore {
         match sender.try_send(make(reply)) {
             Ok(()) => StoreReply::pending(answer),
             Err(TrySendError::Full(_)) => {
-                self.shared
-                    .counters
-                    .busy_rejections
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.busy_rejections.fetch_add(1, Ordering::Relaxed);
                 StoreReply::ready(Err(StoreError::Busy {
                     retry_after_ms: BUSY_RETRY_AFTER_MS,
                 }))
@@ -315,12 +307,7 @@ impl Store for SqliteStore {
         self.submit(|reply| Op::DeleteAccount { user, reply })
     }
 
-    fn list_accounts(
-        &self,
-        pattern: &NamePattern,
-        after: &str,
-        limit: u32,
-    ) -> StoreReply<Vec<AccountSummary>> {
+    fn list_accounts(&self, pattern: &NamePattern, after: &str, limit: u32) -> StoreReply<Vec<AccountSummary>> {
         let (pattern, after) = (pattern.clone(), after.to_owned());
         self.submit(|reply| Op::ListAccounts {
             pattern,
@@ -334,13 +321,7 @@ impl Store for SqliteStore {
         self.submit(|reply| Op::Append { message, reply })
     }
 
-    fn fetch(
-        &self,
-        user: UserId,
-        after: Seq,
-        limit: u32,
-        include_acked: bool,
-    ) -> StoreReply<Vec<StoredMessage>> {
+    fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {
         self.submit(|reply| Op::Fetch {
             user,
             after,
@@ -365,11 +346,7 @@ impl Store for SqliteStore {
     fn close(&self) -> StoreReply<()> {
         let (waiter, answer) = oneshot::channel();
         {
-            let mut shutdown = self
-                .shared
-                .shutdown
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut shutdown = self.shared.shutdown.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(outcome) = &shutdown.outcome {
                 return StoreReply::ready(outcome.clone());
             }
@@ -378,11 +355,7 @@ impl Store for SqliteStore {
         // Dropping the only sender is the close signal: it cannot be refused
         // for a full queue, and the writer sees it only after everything
         // queued before it. Later operations find no sender and get `Closed`.
-        let sender = self
-            .queue
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let sender = self.queue.write().unwrap_or_else(PoisonError::into_inner).take();
         drop(sender);
         StoreReply::pending(answer)
     }

@@ -10,8 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult,
-    StoredMessage,
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult, StoredMessage,
 };
 use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
 use rusqlite::types::Type;
@@ -144,10 +143,7 @@ impl Op {
             | Op::Append { .. }
             | Op::Ack { .. }
             | Op::DeleteMessages { .. } => true,
-            Op::FindAccount { .. }
-            | Op::ListAccounts { .. }
-            | Op::Fetch { .. }
-            | Op::MailboxState { .. } => false,
+            Op::FindAccount { .. } | Op::ListAccounts { .. } | Op::Fetch { .. } | Op::MailboxState { .. } => false,
         }
     }
 
@@ -172,9 +168,7 @@ impl Op {
                 reply,
             } => answer(reply, fetch(conn, user, after, limit, include_acked)),
             Op::Ack { user, range, reply } => answer(reply, ack(conn, user, range)),
-            Op::DeleteMessages { user, ids, reply } => {
-                answer(reply, delete_messages(conn, user, ids))
-            }
+            Op::DeleteMessages { user, ids, reply } => answer(reply, delete_messages(conn, user, ids)),
             Op::MailboxState { user, reply } => answer(reply, mailbox_state(conn, user)),
         }
     }
@@ -224,11 +218,7 @@ fn account_exists(conn: &Connection, user: UserId) -> OpResult<bool> {
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let mechanism: String = row.get(2)?;
     let mechanism = Mechanism::from_name(&mechanism).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            2,
-            Type::Text,
-            format!("unknown mechanism {mechanism:?}").into(),
-        )
+        rusqlite::Error::FromSqlConversionFailure(2, Type::Text, format!("unknown mechanism {mechanism:?}").into())
     })?;
     Ok(Account {
         id: UserId(row.get(0)?),
@@ -333,12 +323,7 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     Some(bound)
 }
 
-fn list_accounts(
-    conn: &Connection,
-    pattern: &NamePattern,
-    after: &str,
-    limit: u32,
-) -> OpResult<Vec<AccountSummary>> {
+fn list_accounts(conn: &Connection, pattern: &NamePattern, after: &str, limit: u32) -> OpResult<Vec<AccountSummary>> {
     // The literal prefix turns the GLOB into an index range scan; the GLOB
     // itself (same syntax and meaning as `NamePattern`) filters within it.
     // The scan starts at whichever is later, `after` or the prefix: a single
@@ -410,10 +395,7 @@ fn append(conn: &Connection, new: NewMessage) -> OpResult<Appended> {
         .optional()?;
     if let Some((message_id, recipient, seq, original_ms)) = record {
         let mut original = conn.prepare_cached(concat!(select_message!(), "WHERE id = ?1"))?;
-        let message = match original
-            .query_row([message_id], message_from_row)
-            .optional()?
-        {
+        let message = match original.query_row([message_id], message_from_row).optional()? {
             Some(message) => message,
             // The recipient deleted it: rebuild the answer from the record.
             None => StoredMessage {
@@ -434,9 +416,8 @@ fn append(conn: &Connection, new: NewMessage) -> OpResult<Appended> {
         });
     }
 
-    let mut next_seq = conn.prepare_cached(
-        "UPDATE accounts SET last_seq = last_seq + 1 WHERE name_key = ?1 RETURNING id, last_seq",
-    )?;
+    let mut next_seq =
+        conn.prepare_cached("UPDATE accounts SET last_seq = last_seq + 1 WHERE name_key = ?1 RETURNING id, last_seq")?;
     let Some((recipient, seq)) = next_seq
         .query_row([&new.recipient_key], |row| {
             Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?))
@@ -491,13 +472,7 @@ fn append(conn: &Connection, new: NewMessage) -> OpResult<Appended> {
     })
 }
 
-fn fetch(
-    conn: &Connection,
-    user: UserId,
-    after: Seq,
-    limit: u32,
-    include_acked: bool,
-) -> OpResult<Vec<StoredMessage>> {
+fn fetch(conn: &Connection, user: UserId, after: Seq, limit: u32, include_acked: bool) -> OpResult<Vec<StoredMessage>> {
     let Some(recipient) = exact_sql(user.0) else {
         return Ok(Vec::new());
     };
@@ -531,14 +506,12 @@ fn ack(conn: &Connection, user: UserId, range: AckRange) -> OpResult<(u64, Mailb
     }
     let mut newly = 0usize;
     if range.up_to.0 > 0 {
-        let mut stmt = conn.prepare_cached(
-            "UPDATE messages SET acked = 1 WHERE recipient = ?1 AND seq <= ?2 AND acked = 0",
-        )?;
+        let mut stmt =
+            conn.prepare_cached("UPDATE messages SET acked = 1 WHERE recipient = ?1 AND seq <= ?2 AND acked = 0")?;
         newly += stmt.execute(params![recipient, saturating_sql(range.up_to.0)])?;
     }
-    let mut one = conn.prepare_cached(
-        "UPDATE messages SET acked = 1 WHERE recipient = ?1 AND seq = ?2 AND acked = 0",
-    )?;
+    let mut one =
+        conn.prepare_cached("UPDATE messages SET acked = 1 WHERE recipient = ?1 AND seq = ?2 AND acked = 0")?;
     // Seqs SQLite cannot hold cannot exist.
     for seq in range.seqs.iter().filter_map(|seq| exact_sql(seq.0)) {
         newly += one.execute(params![recipient, seq])?;
@@ -547,11 +520,7 @@ fn ack(conn: &Connection, user: UserId, range: AckRange) -> OpResult<(u64, Mailb
     Ok((u64::try_from(newly).unwrap_or(u64::MAX), state))
 }
 
-fn delete_messages(
-    conn: &Connection,
-    user: UserId,
-    ids: Vec<MessageId>,
-) -> OpResult<Vec<MessageId>> {
+fn delete_messages(conn: &Connection, user: UserId, ids: Vec<MessageId>) -> OpResult<Vec<MessageId>> {
     let Some(recipient) = exact_sql(user.0) else {
         return Ok(Vec::new());
     };
@@ -575,14 +544,10 @@ fn mailbox_state(conn: &Connection, user: UserId) -> OpResult<MailboxState> {
         return Err(StoreError::NoSuchUser.into());
     };
     let mut last = conn.prepare_cached("SELECT last_seq FROM accounts WHERE id = ?1")?;
-    let Some(last_seq) = last
-        .query_row([id], |row| row.get::<_, u64>(0))
-        .optional()?
-    else {
+    let Some(last_seq) = last.query_row([id], |row| row.get::<_, u64>(0)).optional()? else {
         return Err(StoreError::NoSuchUser.into());
     };
-    let mut unread =
-        conn.prepare_cached("SELECT count(*) FROM messages WHERE recipient = ?1 AND acked = 0")?;
+    let mut unread = conn.prepare_cached("SELECT count(*) FROM messages WHERE recipient = ?1 AND acked = 0")?;
     let unread: u64 = unread.query_row([id], |row| row.get(0))?;
     Ok(MailboxState {
         last_seq: Seq(last_seq),

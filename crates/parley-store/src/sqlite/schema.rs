@@ -133,16 +133,12 @@ pub(super) fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, 
                 supported,
             });
         }
-        let Some(step) = usize::try_from(current)
-            .ok()
-            .and_then(|done| MIGRATIONS.get(done))
-        else {
+        let Some(step) = usize::try_from(current).ok().and_then(|done| MIGRATIONS.get(done)) else {
             break;
         };
         let version = current.saturating_add(1);
         tx.execute_batch(step).map_err(sqlite)?;
-        tx.pragma_update(None, "user_version", version)
-            .map_err(sqlite)?;
+        tx.pragma_update(None, "user_version", version).map_err(sqlite)?;
         tx.commit().map_err(sqlite)?;
         tracing::info!(path = %path.display(), version, "migrated store schema");
     }

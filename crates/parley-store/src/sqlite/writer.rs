@@ -70,10 +70,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
     if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
         let error = StoreError::Backend(error.to_string());
         tracing::error!(%error, "cannot begin a store transaction");
-        shared
-            .counters
-            .failed_batches
-            .fetch_add(1, Ordering::Relaxed);
+        shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
         ops.for_each(|op| op.fail(error.clone()));
         return;
     }
@@ -102,17 +99,11 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
     match &failure {
         None => {
             shared.counters.commits.fetch_add(1, Ordering::Relaxed);
-            shared
-                .counters
-                .ops_committed
-                .fetch_add(size, Ordering::Relaxed);
+            shared.counters.ops_committed.fetch_add(size, Ordering::Relaxed);
         }
         Some(error) => {
             tracing::error!(%error, ops = size, "store batch failed; rolling it back");
-            shared
-                .counters
-                .failed_batches
-                .fetch_add(1, Ordering::Relaxed);
+            shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             // SQLite may already have rolled back on its own (disk full, I/O
             // error), in which case this fails harmlessly.
             if let Err(rollback) = exec(conn, "ROLLBACK") {

@@ -31,8 +31,7 @@ impl Harness {
 
     pub fn sqlite() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store =
-            SqliteStore::open(&db_path(dir.path()), SqliteOptions::default()).expect("open");
+        let store = SqliteStore::open(&db_path(dir.path()), SqliteOptions::default()).expect("open");
         Harness {
             store: Arc::new(store),
             dir: Some(dir),
@@ -73,10 +72,7 @@ pub fn new_account(name: &str) -> NewAccount {
 
 /// Creates an account that must not exist yet.
 pub async fn register(store: &dyn Store, name: &str) -> Account {
-    store
-        .create_account(new_account(name))
-        .await
-        .expect("create account")
+    store.create_account(new_account(name)).await.expect("create account")
 }
 
 pub fn message(sender: &Account, to: &str, client_msg_id: &str, body: &str) -> NewMessage {
@@ -91,13 +87,7 @@ pub fn message(sender: &Account, to: &str, client_msg_id: &str, body: &str) -> N
 }
 
 /// Sends a message that must be stored.
-pub async fn send(
-    store: &dyn Store,
-    sender: &Account,
-    to: &str,
-    client_msg_id: &str,
-    body: &str,
-) -> Appended {
+pub async fn send(store: &dyn Store, sender: &Account, to: &str, client_msg_id: &str, body: &str) -> Appended {
     let appended = store
         .append(message(sender, to, client_msg_id, body))
         .await

@@ -1,0 +1,187 @@
+//! The command line: global connection flags and one subcommand per action.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::EXIT_CODES_HELP;
+use crate::settings::Given;
+
+/// Largest page the server accepts for fetch and list (parley-core's limit).
+const MAX_PAGE: i64 = 1000;
+
+/// Command-line client for the Parley chat server.
+///
+/// With a subcommand, does one thing and exits (for scripts: add --json for
+/// one JSON document on stdout). Without one, logs in and opens an
+/// interactive shell that shows incoming messages as they arrive.
+///
+/// Connection settings come from flags, then PARLEY_* environment variables,
+/// then the config file (TOML with the keys `server`, `user`, `password`),
+/// then defaults. A missing password is asked for on the terminal, or read as
+/// the first line of stdin when stdin is not a terminal.
+#[derive(Parser, Debug)]
+#[command(name = "parley", version, about, long_about, after_long_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// Server address, host:port [default: 127.0.0.1:7878]
+    #[arg(long, global = true, env = "PARLEY_SERVER", value_name = "ADDR")]
+    pub server: Option<String>,
+    /// Account name
+    #[arg(long, global = true, env = "PARLEY_USER", value_name = "NAME")]
+    pub user: Option<String>,
+    /// Password. Discouraged: other users can see command lines and
+    /// environments; prefer the prompt, a piped line on stdin, or a config
+    /// file only you can read
+    #[arg(
+        long,
+        global = true,
+        env = "PARLEY_PASSWORD",
+        value_name = "PW",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Config file [default: $XDG_CONFIG_HOME/parley/config.toml or ~/.config/parley/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document on stdout (JSON Lines for `watch`); errors
+    /// also as {"error": {"code", "message"}}
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl GlobalArgs {
+    pub fn given(&self) -> Given {
+        Given {
+            server: self.server.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the account (--user) with the password
+    Register,
+    /// Log in and show how many messages are unread
+    Login,
+    /// Send a message
+    Send(SendArgs),
+    /// Show unread messages, oldest first, and mark them read
+    Read(ReadArgs),
+    /// List accounts matching a wildcard pattern (* any run, ? one character)
+    List(ListArgs),
+    /// Delete messages from your own mailbox
+    Delete(DeleteArgs),
+    /// Delete your account and its mailbox, for good
+    DeleteAccount(DeleteAccountArgs),
+    /// Print messages as they arrive, until interrupted
+    Watch(WatchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Recipient account name
+    pub to: String,
+    /// Message text; the words are joined by spaces. A single `-` reads the
+    /// text from stdin (after the password line, if the password is piped
+    /// too). Put `--` before text that starts with a dash
+    #[arg(required = true, num_args = 1..)]
+    pub text: Vec<String>,
+    /// Idempotency key: sending again with the same id stores nothing new
+    /// and reports the first result, so a retry after a lost reply is safe
+    #[arg(long, value_name = "CLIENT_MSG_ID")]
+    pub id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    /// How many messages to show
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE))]
+    pub limit: u32,
+    /// Only messages with a seq above this
+    #[arg(long, default_value_t = 0, value_name = "SEQ")]
+    pub after: u64,
+    /// Include messages already read (and mark nothing read)
+    #[arg(long)]
+    pub all: bool,
+    /// Do not mark the shown messages read
+    #[arg(long)]
+    pub no_ack: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Wildcard pattern, case-insensitive; all accounts when omitted
+    #[arg(default_value = "")]
+    pub pattern: String,
+    /// Accounts per page
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE))]
+    pub limit: u32,
+    /// Print every page without pausing (always so when not on a terminal)
+    #[arg(long)]
+    pub all_pages: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Message ids (the `[id N]` that `read` shows)
+    #[arg(required = true, num_args = 1.., value_name = "MSG_ID")]
+    pub ids: Vec<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteAccountArgs {
+    /// Confirm: the account and every message in its mailbox are deleted
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Exit after this many messages
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Only messages with a seq above this
+    #[arg(long, default_value_t = 0, value_name = "SEQ")]
+    pub after: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn send_text_words_and_stdin_marker() {
+        let cli = Cli::try_parse_from(["parley", "send", "bob", "-", "--id", "k1"]).unwrap();
+        match cli.command {
+            Some(Command::Send(s)) => {
+                assert_eq!(
+                    (s.to.as_str(), s.text, s.id.as_deref()),
+                    ("bob", vec!["-".to_owned()], Some("k1"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["parley", "--json", "send", "bob", "hello", "there"]).unwrap();
+        assert!(cli.global.json);
+        let cli = Cli::try_parse_from(["parley", "send", "bob", "--", "-1", "is", "negative"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Send(s)) if s.text.join(" ") == "-1 is negative"));
+        assert!(Cli::try_parse_from(["parley", "read", "--limit", "0"]).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! How messages and other results look on the terminal and in `--json`.
+//!
+//! Times are printed in UTC with a trailing `Z` (`2025-11-25 19:34:07Z`): the
+//! same on every machine, sortable, and free of a time-zone database.
+//! Message bodies are printed on one line with control characters escaped,
+//! so a sender cannot move the cursor or recolour someone else's terminal,
+//! and so `grep` and `cut` keep working; `--json` carries the body verbatim.
+
+use std::borrow::Cow;
+use std::io::Write;
+
+use parley_client::Message;
+use serde_json::{Value, json};
+
+/// `#SEQ [id ID] YYYY-MM-DD HH:MM:SSZ FROM: BODY`
+pub fn message_line(m: &Message) -> String {
+    format!(
+        "#{} [id {}] {} {}: {}",
+        m.seq,
+        m.message_id,
+        utc_timestamp(m.timestamp_ms),
+        printable(&m.from),
+        printable(&m.body)
+    )
+}
+
+/// The JSON object for one message, shared by `read` and `watch`.
+pub fn message_json(m: &Message) -> Value {
+    json!({
+        "id": m.message_id,
+        "seq": m.seq,
+        "from": m.from,
+        "timestamp_ms": m.timestamp_ms,
+        "body": m.body,
+    })
+}
+
+/// `text` with every control character (newlines included) escaped.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// "1 unread message", "3 unread messages".
+pub fn count(n: u64, singular: &str) -> String {
+    if n == 1 {
+        format!("{n} {singular}")
+    } else {
+        format!("{n} {singular}s")
+    }
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ` in UTC.
+pub fn utc_timestamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days`, restricted to dates after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Writes one line to stdout and flushes it, so readers on a pipe see each
+/// line as soon as it is printed. A failed write (a closed pipe) is an error
+/// for the caller: messages that were not shown must not be acknowledged.
+pub fn out(line: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Writes one compact JSON document as one line.
+pub fn out_json(value: &Value) -> anyhow::Result<()> {
+    out(&value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc() {
+        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_timestamp(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(utc_timestamp(1_764_099_247_999), "2025-11-25 19:34:07Z");
+        assert_eq!(utc_timestamp(4_107_542_399_000), "2100-02-28 23:59:59Z");
+        assert_eq!(utc_timestamp(4_107_542_400_000), "2100-03-01 00:00:00Z");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain text"), "plain text");
+        assert_eq!(printable("two\nlines"), "two\\nlines");
+        assert_eq!(printable("\u{1b}[31mred"), "\\u{1b}[31mred");
+    }
+
+    #[test]
+    fn message_line_format() {
+        let m = Message {
+            message_id: 7,
+            seq: 3,
+            from: "alice".into(),
+            timestamp_ms: 0,
+            body: "hi\tthere".into(),
+            client_msg_id: String::new(),
+            acked: false,
+        };
+        assert_eq!(message_line(&m), "#3 [id 7] 1970-01-01 00:00:00Z alice: hi\\tthere");
+        assert_eq!(message_json(&m)["body"], "hi\tthere");
+        assert_eq!(count(1, "unread message"), "1 unread message");
+        assert_eq!(count(3, "unread message"), "3 unread messages");
+    }
+}

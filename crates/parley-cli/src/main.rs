@@ -1,0 +1,96 @@
+//! `parley`: the command-line client for Parley.
+//!
+//! This crate owns the user-facing side of a client: the command line and
+//! its exit codes, where settings come from (flags, `PARLEY_*` variables,
+//! the config file), prompting, output formats (human text and `--json`),
+//! and the interactive shell. It must never speak the wire protocol itself
+//! (every request goes through `parley-client`), never print a password or
+//! put one in the history, and never acknowledge a message before it has
+//! been printed.
+//!
+//! Exit codes (also in `parley --help`): 0 ok, 1 other error, 2 usage or
+//! missing input, 3 authentication failed, 4 not found, 5 name taken,
+//! 6 input refused by the server, 7 server unavailable; see [`exit`].
+//!
+//! Codemap: `cli` (flags), `settings` (config file and precedence),
+//! `session` (connect and log in), `commands` (one-shot commands), `shell`
+//! (interactive), `format` (how things look), `exit` (exit codes),
+//! `terminal` (questions on the terminal).
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod exit;
+mod format;
+mod session;
+mod settings;
+mod shell;
+mod terminal;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::json;
+
+use crate::cli::{Cli, Command};
+use crate::commands::Invocation;
+use crate::exit::{Exit, Failure, classify};
+use crate::settings::Settings;
+
+/// How long leftover background work may run after the command is done.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(200);
+
+fn main() -> ExitCode {
+    // clap exits with 2 on usage errors and 0 after --help/--version.
+    let cli = Cli::parse();
+    let json = cli.global.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return report(anyhow::Error::new(e).context("cannot start the async runtime"), json);
+        }
+    };
+    let result = run(cli, &runtime);
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match result {
+        Ok(exit) => exit.into(),
+        Err(err) => report(err, json),
+    }
+}
+
+fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
+    let settings = Settings::resolve(&cli.global.given())?;
+    let json = cli.global.json;
+    let Some(command) = cli.command else {
+        if json {
+            return Err(Failure::usage("--json is for commands; the interactive shell prints text").into());
+        }
+        return shell::run(runtime, settings);
+    };
+    let mut ctx = Invocation { settings, json };
+    runtime.block_on(async {
+        match &command {
+            Command::Register => commands::register(&mut ctx).await,
+            Command::Login => commands::login(&mut ctx).await,
+            Command::Send(args) => commands::send(&mut ctx, args).await,
+            Command::Read(args) => commands::read(&mut ctx, args).await,
+            Command::List(args) => commands::list(&mut ctx, args).await,
+            Command::Delete(args) => commands::delete(&mut ctx, args).await,
+            Command::DeleteAccount(args) => commands::delete_account(&mut ctx, args).await,
+            Command::Watch(args) => commands::watch(&mut ctx, args).await,
+        }
+    })
+}
+
+/// Prints an error (stderr; with `--json` also a JSON error on stdout) and
+/// turns it into the exit code.
+fn report(err: anyhow::Error, json: bool) -> ExitCode {
+    let report = classify(&err);
+    eprintln!("parley: {}", report.message);
+    if json {
+        // Nothing more can be done if stdout is gone as well.
+        let _ = format::out_json(&json!({ "error": { "code": report.code, "message": report.message } }));
+    }
+    report.exit.into()
+}

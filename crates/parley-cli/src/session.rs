@@ -1,0 +1,79 @@
+//! Connecting and logging in, with bounded waits and errors that say what
+//! the user can do about them. Both the one-shot commands and the shell
+//! start here.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use parley_client::{Client, ErrorCode, LoginInfo};
+
+use crate::exit::{Exit, Failure, server_code};
+use crate::settings::Settings;
+
+/// How long connecting (TCP plus the server's Welcome) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may wait for its answer before we call the server
+/// unavailable. Login is one of these; SCRAM's key derivation is client-side.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Awaits one request with [`REQUEST_TIMEOUT`]; `what` names it in errors.
+pub async fn timed<T>(what: &str, request: impl Future<Output = parley_client::Result<T>>) -> anyhow::Result<T> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => result.with_context(|| what.to_owned()),
+        Err(_) => Err(Failure::unavailable(format!(
+            "{what}: no answer from the server within {}s",
+            REQUEST_TIMEOUT.as_secs()
+        ))
+        .into()),
+    }
+}
+
+/// Opens a connection to `addr`.
+pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(addr)).await {
+        Ok(result) => result.with_context(|| format!("cannot connect to {addr}")),
+        Err(_) => Err(Failure::unavailable(format!(
+            "cannot connect to {addr}: timed out after {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))
+        .into()),
+    }
+}
+
+/// Logs in on an open connection. A failed login gets one message for both
+/// causes, as the server deliberately does not say which it was.
+pub async fn login(client: &Client, user: &str, password: &str) -> anyhow::Result<LoginInfo> {
+    match timed("logging in", client.login(user, password)).await {
+        Err(e) if server_code(&e) == Some(ErrorCode::AuthFailed) => Err(Failure::new(
+            Exit::Auth,
+            "AUTH_FAILED",
+            format!("login failed for {user} (wrong password, or no such account — `parley register` creates one)"),
+        )
+        .into()),
+        other => other,
+    }
+}
+
+/// A user name and password, resolved before any connection is made so that
+/// prompts never race the network.
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl Credentials {
+    /// Asks for whatever the settings do not have.
+    pub fn obtain(settings: &mut Settings) -> anyhow::Result<Credentials> {
+        let user = settings.user()?;
+        let password = settings.password(&user)?;
+        Ok(Credentials { user, password })
+    }
+}
+
+/// Connects and logs in.
+pub async fn open(server: &str, credentials: &Credentials) -> anyhow::Result<(Client, LoginInfo)> {
+    let client = connect(server).await?;
+    let info = login(&client, &credentials.user, &credentials.password).await?;
+    Ok((client, info))
+}

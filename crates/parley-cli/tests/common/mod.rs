@@ -1,0 +1,223 @@
+//! Scenario helpers: a real `parleyd` on port 0, a private HOME so no real
+//! config or history is touched, and the real `parley` binary run with a
+//! time limit.
+#![allow(dead_code)] // Each test file uses a different part of this module.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use parley_client::Client;
+use parley_testkit::{Store, TestServer, binary};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// Longest any single `parley` run may take.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for one expected line or event.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// `cargo test -p parley-cli` builds `parley` but not `parleyd`, which
+/// lives in another package. When it is missing, build it once per test
+/// process. An existing binary is used as it is: rebuilding it here with
+/// another feature set would replace it under tests of other packages that
+/// are running it (`cargo nextest run --workspace` builds it up to date
+/// anyway). PARLEYD_BIN, if set, names the binary to use instead.
+fn ensure_parleyd() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let parleyd = binary("parleyd");
+        if std::env::var_os("PARLEYD_BIN").is_some() || parleyd.exists() {
+            return;
+        }
+        let Some(profile_dir) = parleyd.parent() else {
+            return;
+        };
+        let Some(target_dir) = profile_dir.parent() else {
+            return;
+        };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "parley-server",
+            "--bin",
+            "parleyd",
+            "--manifest-path",
+        ]);
+        build.arg(&manifest).arg("--target-dir").arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo to build parleyd");
+        assert!(status.success(), "building parleyd failed");
+    });
+}
+
+/// What a finished `parley` run left behind.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:#?}"))
+    }
+
+    /// Asserts the exit code, showing everything on failure.
+    pub fn expect_code(self, code: i32) -> Out {
+        assert_eq!(self.code, code, "unexpected exit code: {self:#?}");
+        self
+    }
+}
+
+/// One server and one private home directory.
+pub struct Harness {
+    pub server: TestServer,
+    /// HOME for every `parley` run; XDG_CONFIG_HOME is `home/config`.
+    pub home: tempfile::TempDir,
+}
+
+impl Harness {
+    pub fn start(store: Store) -> Harness {
+        ensure_parleyd();
+        Harness {
+            server: TestServer::start(store),
+            home: tempfile::tempdir().expect("temp home"),
+        }
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.home.path().join("config")
+    }
+
+    /// A library client registered and logged in as `name` (password `pw-NAME`).
+    pub async fn user(&self, name: &str) -> Client {
+        self.server.user(name).await
+    }
+
+    /// `parley` with a clean environment: no PARLEY_* variables, the private
+    /// home, stdin empty (so it is not a terminal and holds no password).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(binary("parley"));
+        for var in ["PARLEY_SERVER", "PARLEY_USER", "PARLEY_PASSWORD"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.config_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// `parley --server ADDR --user NAME ARGS...` with PARLEY_PASSWORD=pw-NAME.
+    pub fn command_as(&self, user: &str, args: &[&str]) -> Command {
+        let mut cmd = self.command();
+        cmd.args(["--server", &self.server.addr, "--user", user])
+            .args(args)
+            .env("PARLEY_PASSWORD", format!("pw-{user}"));
+        cmd
+    }
+
+    /// Runs `command_as` to completion.
+    pub async fn run(&self, user: &str, args: &[&str]) -> Out {
+        finish(self.command_as(user, args), None).await
+    }
+}
+
+/// Runs a command to completion within [`RUN_TIMEOUT`], feeding `stdin`.
+pub async fn finish(mut cmd: Command, stdin: Option<&str>) -> Out {
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("start parley");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(text.as_bytes()).await.expect("write stdin");
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("parley did not finish in time")
+        .expect("wait for parley");
+    Out {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A `parley` process that keeps running (`watch`), read line by line.
+pub struct Running {
+    pub child: Child,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+    pub stderr: Lines<BufReader<ChildStderr>>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd.spawn().expect("start parley");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        Running { child, stdout, stderr }
+    }
+
+    pub async fn stdout_line(&mut self) -> String {
+        match tokio::time::timeout(WAIT, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => panic!("no line on stdout: {other:?}"),
+        }
+    }
+
+    pub async fn stderr_line(&mut self) -> String {
+        match tokio::time::timeout(WAIT, self.stderr.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => panic!("no line on stderr: {other:?}"),
+        }
+    }
+
+    /// Waits for the exit code.
+    pub async fn exit_code(&mut self) -> i32 {
+        let status = tokio::time::timeout(RUN_TIMEOUT, self.child.wait())
+            .await
+            .expect("parley did not exit in time")
+            .expect("wait for parley");
+        status.code().unwrap_or(-1)
+    }
+
+    /// Sends a signal by name (INT, TERM).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+/// Waits until `observer` sees `name` online (or offline): the server
+/// notices connections and disconnections asynchronously.
+pub async fn wait_presence(observer: &Client, name: &str, online: bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = observer.list_accounts(name, "", 10).await.expect("list");
+        if page.accounts.iter().any(|a| a.name == name && a.online == online) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never became online={online}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

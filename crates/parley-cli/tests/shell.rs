@@ -1,0 +1,329 @@
+//! The interactive shell, driven through a real terminal: `parley` runs in
+//! a detached tmux session, keys are typed with `send-keys` and the screen
+//! is read with `capture-pane`.
+//!
+//! Without tmux these tests say why and pass, unless PARLEY_REQUIRE_SERVICES=1
+//! (CI sets it), where a missing tmux fails them.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command as StdCommand;
+use std::time::Duration;
+
+use common::{Harness, WAIT, finish};
+use parley_client::{Client, Event};
+use parley_testkit::{Store, binary};
+
+/// Whether the tests can run; panics when they must and cannot.
+fn tmux_available(test: &str) -> bool {
+    let found = StdCommand::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("PARLEY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "{test}: tmux is required (PARLEY_REQUIRE_SERVICES=1) but not installed (apt-get install tmux)"
+        );
+        eprintln!("{test}: skipped: tmux is not installed (apt-get install tmux)");
+    }
+    found
+}
+
+/// Quotes for `sh`.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// A private tmux server with one session; killed on drop, pass or fail.
+struct Tmux {
+    /// Socket name (`tmux -L`), unique per test so tests never share a server.
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `command` (a shell command line) in a 200x50 session.
+    fn start(test: &str, command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("parley-{test}-{}", std::process::id()),
+        };
+        let status = tmux
+            .cmd()
+            .args(["new-session", "-d", "-s", "main", "-x", "200", "-y", "50", command])
+            .status()
+            .expect("run tmux");
+        assert!(status.success(), "tmux new-session failed");
+        tmux
+    }
+
+    fn cmd(&self) -> StdCommand {
+        let mut cmd = StdCommand::new("tmux");
+        // -f /dev/null: the user's tmux.conf must not change key handling.
+        cmd.args(["-f", "/dev/null", "-L", &self.socket]);
+        cmd
+    }
+
+    fn capture(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "main"])
+            .output()
+            .expect("capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types text as it is (no key names).
+    fn type_text(&self, text: &str) {
+        assert!(
+            self.cmd()
+                .args(["send-keys", "-t", "main", "-l", text])
+                .status()
+                .expect("send-keys")
+                .success()
+        );
+    }
+
+    fn press(&self, key: &str) {
+        assert!(
+            self.cmd()
+                .args(["send-keys", "-t", "main", key])
+                .status()
+                .expect("send-keys")
+                .success()
+        );
+    }
+
+    /// Polls the screen until `ready` holds; panics with the screen after [`WAIT`].
+    async fn wait_for(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let screen = self.capture();
+            if ready(&screen) {
+                return screen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited for {what}; the screen shows:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+/// The last non-empty line on the screen (where the prompt is).
+fn last_line(screen: &str) -> &str {
+    screen.lines().map(str::trim_end).rfind(|l| !l.is_empty()).unwrap_or("")
+}
+
+/// The shell command line that runs `parley --server ADDR --user USER ARGS`
+/// with the harness's private home (and PARLEY_PASSWORD when given), then
+/// reports its exit code and keeps the pane open so the test can read it.
+fn parley_command(h: &Harness, user: &str, password: Option<&str>, args: &[&str]) -> String {
+    let q = |p: &Path| quote(&p.to_string_lossy());
+    let password = password
+        .map(|pw| format!("PARLEY_PASSWORD={}", quote(pw)))
+        .unwrap_or_default();
+    let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
+    format!(
+        "env -u PARLEY_SERVER -u PARLEY_USER -u PARLEY_PASSWORD HOME={} XDG_CONFIG_HOME={} {password} {} --server {} --user {} {}; \
+         echo PARLEY-EXIT=$?; sleep 60",
+        q(h.home.path()),
+        q(&h.config_dir()),
+        q(&binary("parley")),
+        quote(&h.server.addr),
+        quote(user),
+        args.join(" ")
+    )
+}
+
+/// The interactive shell as `user` with the right password.
+fn shell_command(h: &Harness, user: &str) -> String {
+    parley_command(h, user, Some(&format!("pw-{user}")), &[])
+}
+
+async fn next_bodies(client: &Client) -> Vec<(String, String)> {
+    match tokio::time::timeout(WAIT, client.next_event()).await {
+        Ok(Some(Event::Messages(batch))) => batch.into_iter().map(|m| (m.from, m.body)).collect(),
+        other => panic!("expected pushed messages, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_prints_incoming_while_typing_and_sends() {
+    if !tmux_available("shell_prints_incoming_while_typing_and_sends") {
+        return;
+    }
+    let h = Harness::start(Store::Memory);
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    bob.send("alice", "sent before the shell").await.expect("send");
+    bob.subscribe(0).await.expect("subscribe");
+
+    let tmux = Tmux::start("typing", &shell_command(&h, "alice"));
+    tmux.wait_for("the prompt", |s| {
+        s.contains("logged in as alice; 1 unread message") && last_line(s) == "alice>"
+    })
+    .await;
+
+    // Half a command typed, then a message arrives: it is printed above the
+    // prompt and the half-typed line is kept.
+    tmux.type_text("/send bob par");
+    tmux.wait_for("the typed text", |s| last_line(s) == "alice> /send bob par")
+        .await;
+    bob.send("alice", "hello while you type").await.expect("send");
+    let screen = tmux
+        .wait_for("the pushed message", |s| {
+            s.contains("bob: hello while you type") && last_line(s) == "alice> /send bob par"
+        })
+        .await;
+    let pushed = screen
+        .lines()
+        .find(|l| l.contains("hello while you type"))
+        .unwrap_or_default();
+    assert!(
+        pushed.starts_with("#2 [id 2] ") && pushed.contains("Z bob: "),
+        "{screen}"
+    );
+
+    tmux.type_text("tial");
+    tmux.press("Enter");
+    assert_eq!(next_bodies(&bob).await, [("alice".to_owned(), "partial".to_owned())]);
+    tmux.wait_for("the receipt", |s| {
+        s.contains("sent to bob (id ") && last_line(s) == "alice>"
+    })
+    .await;
+
+    tmux.type_text("@bob at sign");
+    tmux.press("Enter");
+    assert_eq!(next_bodies(&bob).await, [("alice".to_owned(), "at sign".to_owned())]);
+
+    // The live message was acknowledged once shown; the older one waits for /read.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while alice.ack(0, Vec::new()).await.expect("unread").unread != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pushed message was not acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tmux.type_text("/read");
+    tmux.press("Enter");
+    tmux.wait_for("/read output", |s| {
+        s.contains("bob: sent before the shell") && last_line(s) == "alice>"
+    })
+    .await;
+    assert_eq!(alice.ack(0, Vec::new()).await.expect("unread").unread, 0);
+
+    tmux.type_text("/list");
+    tmux.press("Enter");
+    tmux.wait_for("/list output", |s| s.contains("* alice") && s.contains("* bob"))
+        .await;
+
+    tmux.type_text("/quit");
+    tmux.press("Enter");
+    tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
+
+    let history = std::fs::read_to_string(h.config_dir().join("parley/history.txt")).expect("history file");
+    assert!(
+        history.contains("/send bob partial") && history.contains("/quit"),
+        "{history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_exits_when_the_server_goes_away() {
+    if !tmux_available("shell_exits_when_the_server_goes_away") {
+        return;
+    }
+    let mut h = Harness::start(Store::Sqlite);
+    drop(h.user("alice").await);
+    let tmux = Tmux::start("gone", &shell_command(&h, "alice"));
+    tmux.wait_for("the prompt", |s| last_line(s) == "alice>").await;
+    h.server.stop();
+    let screen = tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=7")).await;
+    assert!(screen.contains("disconnected"), "{screen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_login_failure_and_no_terminal() {
+    let h = Harness::start(Store::Memory);
+    drop(h.user("alice").await);
+    // Without a terminal the shell refuses to start.
+    let mut cmd = h.command();
+    cmd.args(["--server", &h.server.addr, "--user", "alice", "--password", "pw-alice"]);
+    let out = finish(cmd, None).await.expect_code(2);
+    assert!(out.stderr.contains("needs a terminal"), "{out:#?}");
+
+    if !tmux_available("shell_login_failure_and_no_terminal") {
+        return;
+    }
+    let command = shell_command(&h, "alice").replace("PARLEY_PASSWORD='pw-alice'", "PARLEY_PASSWORD='wrong'");
+    let tmux = Tmux::start("authfail", &command);
+    let screen = tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=3")).await;
+    assert!(
+        screen.contains("login failed for alice (wrong password, or no such account"),
+        "{screen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_prompts_for_password_login_instead_and_pages() {
+    if !tmux_available("terminal_prompts_for_password_login_instead_and_pages") {
+        return;
+    }
+    let h = Harness::start(Store::Memory);
+    for name in ["alice", "amber", "anna"] {
+        drop(h.user(name).await);
+    }
+
+    // The password is asked for without echo.
+    let tmux = Tmux::start("password", &parley_command(&h, "alice", None, &["login"]));
+    tmux.wait_for("the password prompt", |s| last_line(s) == "password for alice:")
+        .await;
+    tmux.type_text("pw-alice");
+    tmux.press("Enter");
+    let screen = tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
+    assert!(
+        screen.contains("logged in as alice; 0 unread messages") && !screen.contains("pw-alice"),
+        "{screen}"
+    );
+    drop(tmux);
+
+    // Registering a taken name offers to log in instead.
+    let tmux = Tmux::start("taken", &parley_command(&h, "alice", Some("pw-alice"), &["register"]));
+    tmux.wait_for("the question", |s| {
+        s.contains("account alice already exists") && last_line(s) == "Log in instead? [y/N]"
+    })
+    .await;
+    tmux.type_text("y");
+    tmux.press("Enter");
+    let screen = tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
+    assert!(screen.contains("logged in as alice"), "{screen}");
+    drop(tmux);
+
+    // On a terminal, `list` pauses between pages; q stops.
+    let tmux = Tmux::start(
+        "pager",
+        &parley_command(&h, "alice", Some("pw-alice"), &["list", "a*", "--limit", "1"]),
+    );
+    tmux.wait_for("the first page", |s| {
+        s.contains("* alice") && last_line(s).starts_with("-- more (Enter for next page, q to quit) --")
+    })
+    .await;
+    tmux.press("Enter");
+    tmux.wait_for("the second page", |s| {
+        s.contains("  amber") && last_line(s).starts_with("-- more")
+    })
+    .await;
+    tmux.type_text("q");
+    tmux.press("Enter");
+    let screen = tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
+    assert!(!screen.contains("anna"), "{screen}");
+}
