@@ -369,6 +369,7 @@ pub async fn watch(ctx: &mut Invocation, args: &WatchArgs) -> anyhow::Result<Exi
                 )
                 .into());
             }
+            Some(Event::Presence { .. }) => {}
             Some(Event::Disconnected) | None => {
                 return Err(Failure::unavailable("the server closed the connection").into());
             }

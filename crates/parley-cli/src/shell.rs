@@ -229,6 +229,7 @@ async fn deliver(client: Arc<Client>, printer: SyncSender<String>, closed: Close
                 closed.close(format!("{message} ({})", code.as_str_name()));
                 return;
             }
+            Some(Event::Presence { .. }) => {}
             Some(Event::Disconnected) | None => {
                 closed.close("the server closed the connection".to_owned());
                 return;

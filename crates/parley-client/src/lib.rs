@@ -68,6 +68,25 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+fn login_info(ok: v1::AuthOk) -> LoginInfo {
+    LoginInfo {
+        name: ok.name,
+        user_id: ok.user_id,
+        session_id: ok.session_id,
+        unread: ok.unread,
+        last_seq: ok.last_seq,
+        resume_token: ok.resume_token,
+        resume_expires_ms: ok.resume_expires_ms,
+    }
+}
+
+/// Most times a request refused with BUSY is sent again.
+pub const BUSY_RETRIES: u32 = 5;
+/// Longest wait before a retry, whatever the server's hint.
+const MAX_RETRY_WAIT_MS: u32 = 5_000;
+/// Keep-alive pings go out this many times per keep-alive period.
+const PINGS_PER_KEEPALIVE: u32 = 3;
+
 /// Something the server sent on its own.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -75,6 +94,8 @@ pub enum Event {
     Messages(Vec<Message>),
     /// The server is closing the connection, and why.
     Goodbye { code: ErrorCode, message: String },
+    /// A contact's first session came online, or its last went away.
+    Presence { name: String, online: bool },
     /// The connection ended.
     Disconnected,
 }
@@ -87,6 +108,11 @@ pub struct LoginInfo {
     pub session_id: u64,
     pub unread: u64,
     pub last_seq: u64,
+    /// Secret for [`Client::resume`] after a reconnect; empty after a resume
+    /// (the token used stays valid until its expiry).
+    pub resume_token: Vec<u8>,
+    /// When the token stops working, ms since the Unix epoch (0 after a resume).
+    pub resume_expires_ms: u64,
 }
 
 /// The server's receipt for a stored message.
@@ -165,7 +191,9 @@ impl Client {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
-        tokio::spawn(write_loop(writer, request_rx));
+        let ping_every = (welcome.keepalive_secs > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(welcome.keepalive_secs)) / PINGS_PER_KEEPALIVE);
+        tokio::spawn(write_loop(writer, request_rx, ping_every));
         tokio::spawn(read_loop(reader, input, Arc::clone(&pending), event_tx));
         Ok(Client {
             requests,
@@ -211,8 +239,22 @@ impl Client {
     }
 
     /// Sends a request and unwraps the expected reply body.
+    /// Every request of this library is safe to repeat after BUSY (the
+    /// server did nothing), so it is sent again after the server's
+    /// retry-after hint, up to [`BUSY_RETRIES`] times.
     async fn call<T>(&self, body: client_frame::Body, pick: impl FnOnce(server_frame::Body) -> Option<T>) -> Result<T> {
-        let frame = self.request(body).await?;
+        let mut attempt = 0;
+        let frame = loop {
+            let frame = self.request(body.clone()).await?;
+            match &frame.body {
+                Some(server_frame::Body::Error(e)) if e.code == ErrorCode::Busy as i32 && attempt < BUSY_RETRIES => {
+                    attempt += 1;
+                    let wait = e.retry_after_ms.clamp(1, MAX_RETRY_WAIT_MS);
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(wait))).await;
+                }
+                _ => break frame,
+            }
+        };
         match frame.body {
             Some(server_frame::Body::Error(e)) => Err(server_error(e)),
             Some(body) => {
@@ -286,13 +328,49 @@ impl Client {
         exchange
             .verify_server_final(&ok.server_final)
             .map_err(|e| ClientError::Protocol(e.message))?;
-        Ok(LoginInfo {
-            name: ok.name,
-            user_id: ok.user_id,
-            session_id: ok.session_id,
-            unread: ok.unread,
-            last_seq: ok.last_seq,
+        Ok(login_info(ok))
+    }
+
+    /// Logs in again with the resume token of an earlier login.
+    pub async fn resume(&self, token: &[u8]) -> Result<LoginInfo> {
+        let ok = self
+            .call(
+                client_frame::Body::Resume(v1::Resume { token: token.to_vec() }),
+                |b| match b {
+                    server_frame::Body::AuthOk(ok) => Some(ok),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(login_info(ok))
+    }
+
+    /// Follows `name`'s presence; returns the contact list afterwards.
+    pub async fn add_contact(&self, name: &str) -> Result<Vec<AccountEntry>> {
+        self.contacts(client_frame::Body::AddContact(v1::AddContact { name: name.to_owned() }))
+            .await
+    }
+
+    /// Stops following `name`; returns the contact list afterwards.
+    pub async fn remove_contact(&self, name: &str) -> Result<Vec<AccountEntry>> {
+        self.contacts(client_frame::Body::RemoveContact(v1::RemoveContact {
+            name: name.to_owned(),
+        }))
+        .await
+    }
+
+    /// The contacts with their online state.
+    pub async fn list_contacts(&self) -> Result<Vec<AccountEntry>> {
+        self.contacts(client_frame::Body::ListContacts(v1::ListContacts {}))
+            .await
+    }
+
+    async fn contacts(&self, body: client_frame::Body) -> Result<Vec<AccountEntry>> {
+        self.call(body, |b| match b {
+            server_frame::Body::Contacts(c) => Some(c.contacts),
+            _ => None,
         })
+        .await
     }
 
     /// Sends a message with a fresh idempotency key.
@@ -421,6 +499,18 @@ impl Client {
     }
 }
 
+/// A keep-alive Ping; request_id 0, so its Pong is not matched to anything.
+fn ping_frame() -> BytesMut {
+    let mut buf = BytesMut::new();
+    let ping = ClientFrame {
+        request_id: 0,
+        body: Some(client_frame::Body::Ping(v1::Ping { nonce: 0 })),
+    };
+    // A Ping is a few bytes; it always fits.
+    let _ = encode_frame(&ping, &mut buf, CLIENT_MAX_FRAME_BYTES);
+    buf
+}
+
 fn server_error(e: v1::Error) -> ClientError {
     ClientError::Server {
         code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
@@ -429,9 +519,22 @@ fn server_error(e: v1::Error) -> ClientError {
     }
 }
 
-async fn write_loop(mut writer: OwnedWriteHalf, mut requests: mpsc::Receiver<BytesMut>) {
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut requests: mpsc::Receiver<BytesMut>,
+    ping_every: Option<std::time::Duration>,
+) {
     let mut out = BytesMut::new();
-    while let Some(first) = requests.recv().await {
+    loop {
+        let next = match ping_every {
+            // Quiet for a while: tell the server we are still here.
+            Some(every) => match tokio::time::timeout(every, requests.recv()).await {
+                Ok(next) => next,
+                Err(_) => Some(ping_frame()),
+            },
+            None => requests.recv().await,
+        };
+        let Some(first) = next else { break };
         out.extend_from_slice(&first);
         // Coalesce whatever else is queued into one write.
         while out.len() < 64 * 1024 {
@@ -462,6 +565,10 @@ async fn read_loop(mut reader: OwnedReadHalf, mut input: BytesMut, pending: Pend
                     }
                     let event = match frame.body {
                         Some(server_frame::Body::Push(p)) => Event::Messages(p.messages),
+                        Some(server_frame::Body::Presence(p)) => Event::Presence {
+                            name: p.name,
+                            online: p.online,
+                        },
                         Some(server_frame::Body::Goodbye(g)) => Event::Goodbye {
                             code: ErrorCode::try_from(g.code).unwrap_or(ErrorCode::Unspecified),
                             message: g.message,

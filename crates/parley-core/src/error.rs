@@ -21,6 +21,9 @@ pub enum ErrorKind {
     ShuttingDown,
     AccountDeleted,
     Internal,
+    Timeout,
+    RateLimited,
+    LimitReached,
 }
 
 impl ErrorKind {
@@ -41,6 +44,9 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "SHUTTING_DOWN",
             ErrorKind::AccountDeleted => "ACCOUNT_DELETED",
             ErrorKind::Internal => "INTERNAL",
+            ErrorKind::Timeout => "TIMEOUT",
+            ErrorKind::RateLimited => "RATE_LIMITED",
+            ErrorKind::LimitReached => "LIMIT_REACHED",
         }
     }
 }
@@ -85,6 +91,7 @@ impl From<StoreError> for CoreError {
                 message: "server busy, retry later".into(),
                 retry_after_ms: Some(retry_after_ms),
             },
+            StoreError::LimitReached(what) => CoreError::new(ErrorKind::LimitReached, what),
             StoreError::Closed => CoreError::new(ErrorKind::ShuttingDown, "server is shutting down"),
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "store failure");

@@ -6,8 +6,16 @@
 //! lock is ever held across an `.await`, and delivery never blocks: a full
 //! session queue drops the notification and marks the session *lagged*, and
 //! the session catches up from storage (see [`crate::service::Session`]).
+//!
+//! Presence: the hub also knows, for every user with a session, which users
+//! they follow (their contacts), and so for every user who follows them. When
+//! a user's first session arrives or last session leaves, each follower's
+//! subscribed sessions get a presence event. Only online followers are
+//! tracked, so this state is bounded by the sessions online. Lock order:
+//! a `watching` shard may be held while taking a `watched_by` shard, never
+//! the reverse; session shards are never held together with either.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -32,6 +40,8 @@ pub struct CloseReason {
 pub enum SessionEvent {
     /// A message was stored in this session's mailbox.
     Message(Arc<StoredMessage>),
+    /// A followed user's first session came online, or last went away.
+    Presence { name: Arc<str>, online: bool },
     /// Look at the shared flags (a close was requested).
     Wake,
 }
@@ -55,6 +65,8 @@ impl SessionFlags {
 }
 
 struct Entry {
+    /// The user's display name, for presence events about them.
+    name: Arc<str>,
     /// Which session this is, for removal.
     session: SessionId,
     /// The session's bounded event queue.
@@ -64,6 +76,17 @@ struct Entry {
 }
 
 type Shard = Mutex<HashMap<UserId, Vec<Entry>>>;
+/// Followed user → online followers.
+type WatchedByShard = Mutex<HashMap<UserId, HashSet<UserId>>>;
+
+/// What an online user follows.
+#[derive(Default)]
+struct Watching {
+    /// Sessions of the follower that registered interest.
+    sessions: u32,
+    /// The followed users.
+    contacts: HashSet<UserId>,
+}
 
 /// Online sessions by user.
 pub struct Hub {
@@ -73,6 +96,12 @@ pub struct Hub {
     online_sessions: AtomicU64,
     /// Notifications dropped because a session's queue was full.
     lag_events: AtomicU64,
+    /// Online followers and whom they follow, sharded by follower.
+    watching: Box<[Mutex<HashMap<UserId, Watching>>]>,
+    /// Followed user → online followers, sharded by followed user.
+    watched_by: Box<[WatchedByShard]>,
+    /// Presence events sent.
+    presence_events: AtomicU64,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it:
@@ -87,6 +116,9 @@ impl Default for Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             online_sessions: AtomicU64::new(0),
             lag_events: AtomicU64::new(0),
+            watching: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            watched_by: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            presence_events: AtomicU64::new(0),
         }
     }
 }
@@ -96,35 +128,153 @@ impl Hub {
         &self.shards[(user.0 as usize) % SHARDS]
     }
 
-    /// Adds a session. Returns true if it is the user's first.
+    /// Adds a session; when it is the user's first, tells their followers.
     pub fn register(
         &self,
         user: UserId,
+        name: Arc<str>,
         session: SessionId,
         tx: mpsc::Sender<SessionEvent>,
         flags: Arc<SessionFlags>,
     ) -> bool {
-        let mut shard = lock(self.shard(user));
-        let list = shard.entry(user).or_default();
-        list.push(Entry { session, tx, flags });
+        let first = {
+            let mut shard = lock(self.shard(user));
+            let list = shard.entry(user).or_default();
+            list.push(Entry {
+                name: Arc::clone(&name),
+                session,
+                tx,
+                flags,
+            });
+            list.len() == 1
+        };
         self.online_sessions.fetch_add(1, Ordering::Relaxed);
-        list.len() == 1
+        if first {
+            self.announce(user, &name, true);
+        }
+        first
     }
 
-    /// Removes a session. Returns true if it was the user's last.
+    /// Removes a session; when it was the user's last, tells their followers.
     pub fn unregister(&self, user: UserId, session: SessionId) -> bool {
-        let mut shard = lock(self.shard(user));
-        let Some(list) = shard.get_mut(&user) else { return false };
-        let before = list.len();
-        list.retain(|e| e.session != session);
-        if list.len() < before {
+        let (removed, last_name) = {
+            let mut shard = lock(self.shard(user));
+            let Some(list) = shard.get_mut(&user) else { return false };
+            let before = list.len();
+            let name = list.first().map(|e| Arc::clone(&e.name));
+            list.retain(|e| e.session != session);
+            let removed = list.len() < before;
+            let last = removed && list.is_empty();
+            if list.is_empty() {
+                shard.remove(&user);
+            }
+            (removed, if last { name } else { None })
+        };
+        if removed {
             self.online_sessions.fetch_sub(1, Ordering::Relaxed);
         }
-        if list.is_empty() {
-            shard.remove(&user);
-            return before > 0;
+        match last_name {
+            Some(name) => {
+                self.announce(user, &name, false);
+                true
+            }
+            None => false,
         }
-        false
+    }
+
+    /// Sends a presence event about `user` to every subscribed session of
+    /// every online follower.
+    fn announce(&self, user: UserId, name: &Arc<str>, online: bool) {
+        let followers: Vec<UserId> = match lock(self.watched_by_shard(user)).get(&user) {
+            Some(set) => set.iter().copied().collect(),
+            None => return,
+        };
+        for follower in followers {
+            let shard = lock(self.shard(follower));
+            let Some(list) = shard.get(&follower) else { continue };
+            for entry in list.iter().filter(|e| e.flags.subscribed.load(Ordering::Acquire)) {
+                let event = SessionEvent::Presence {
+                    name: Arc::clone(name),
+                    online,
+                };
+                if entry.tx.try_send(event).is_err() {
+                    self.lag_events.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.presence_events.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn watching_shard(&self, user: UserId) -> &Mutex<HashMap<UserId, Watching>> {
+        &self.watching[(user.0 as usize) % SHARDS]
+    }
+
+    fn watched_by_shard(&self, user: UserId) -> &WatchedByShard {
+        &self.watched_by[(user.0 as usize) % SHARDS]
+    }
+
+    /// A session of `follower` starts following `contacts` (loaded from
+    /// storage at login). The first session's list is kept; later sessions
+    /// only count, since contact changes are applied as they happen.
+    pub fn watch_start(&self, follower: UserId, contacts: &[UserId]) {
+        let mut shard = lock(self.watching_shard(follower));
+        let watching = shard.entry(follower).or_default();
+        watching.sessions += 1;
+        if watching.sessions == 1 {
+            watching.contacts = contacts.iter().copied().collect();
+            for &c in contacts {
+                lock(self.watched_by_shard(c)).entry(c).or_default().insert(follower);
+            }
+        }
+    }
+
+    /// A session of `follower` ends; the last one stops following.
+    pub fn watch_end(&self, follower: UserId) {
+        let mut shard = lock(self.watching_shard(follower));
+        let Some(watching) = shard.get_mut(&follower) else {
+            return;
+        };
+        watching.sessions = watching.sessions.saturating_sub(1);
+        if watching.sessions > 0 {
+            return;
+        }
+        if let Some(watching) = shard.remove(&follower) {
+            for c in watching.contacts {
+                let mut by = lock(self.watched_by_shard(c));
+                if let Some(set) = by.get_mut(&c) {
+                    set.remove(&follower);
+                    if set.is_empty() {
+                        by.remove(&c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `follower` added or removed a contact while online.
+    pub fn watch_change(&self, follower: UserId, contact: UserId, follow: bool) {
+        let mut shard = lock(self.watching_shard(follower));
+        let Some(watching) = shard.get_mut(&follower) else {
+            return;
+        };
+        let mut by = lock(self.watched_by_shard(contact));
+        if follow {
+            watching.contacts.insert(contact);
+            by.entry(contact).or_default().insert(follower);
+        } else {
+            watching.contacts.remove(&contact);
+            if let Some(set) = by.get_mut(&contact) {
+                set.remove(&follower);
+                if set.is_empty() {
+                    by.remove(&contact);
+                }
+            }
+        }
+    }
+
+    pub fn presence_events(&self) -> u64 {
+        self.presence_events.load(Ordering::Relaxed)
     }
 
     /// Whether the user has at least one session.

@@ -20,6 +20,7 @@ pub mod name;
 pub mod scram;
 pub mod service;
 pub mod store;
+pub mod throttle;
 
 pub use error::{CoreError, ErrorKind};
 pub use ids::{MessageId, Seq, SessionId, UserId};

@@ -20,6 +20,11 @@ pub const MAX_IDS_PER_REQUEST: usize = 1000;
 pub const DEFAULT_SESSION_QUEUE: usize = 1024;
 /// Messages one catch-up read from storage pushes at a time.
 pub const CATCH_UP_BATCH: u32 = 256;
+/// Contacts one account may follow.
+pub const DEFAULT_MAX_CONTACTS: u32 = 1000;
+/// Pushed messages one session may have unacknowledged before pushing
+/// pauses (the rest wait in the mailbox).
+pub const DEFAULT_MAX_UNACKED: usize = 1024;
 /// Default PBKDF2 iteration count required of new registrations.
 pub const DEFAULT_SCRAM_ITERATIONS: u32 = 4096;
 /// Lowest iteration count the server can be configured to accept.
@@ -32,6 +37,10 @@ pub struct Limits {
     pub max_body_bytes: u32,
     /// Capacity of each session's event queue.
     pub session_queue: usize,
+    /// Contacts per account.
+    pub max_contacts: u32,
+    /// Unacknowledged pushes per session.
+    pub max_unacked: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +48,8 @@ impl Default for Limits {
         Limits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             session_queue: DEFAULT_SESSION_QUEUE,
+            max_contacts: DEFAULT_MAX_CONTACTS,
+            max_unacked: DEFAULT_MAX_UNACKED,
         }
     }
 }

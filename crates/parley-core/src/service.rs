@@ -8,9 +8,15 @@
 //! a front door may pipeline requests by calling methods in the order
 //! requests arrive and awaiting the futures concurrently.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use sha2::Digest;
 
 use tokio::sync::mpsc;
 
@@ -20,7 +26,47 @@ use crate::ids::{MessageId, Seq, SessionId, UserId};
 use crate::limits::*;
 use crate::name::{NamePattern, UserName, name_key};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
-use crate::store::{AckRange, Appended, MailboxState, NewAccount, NewMessage, Store, StoredMessage};
+use crate::store::{
+    AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, Store, StoreError,
+    StoredMessage,
+};
+use crate::throttle::{Throttle, ThrottleSettings};
+
+/// Bytes of randomness in a resume token.
+pub const RESUME_TOKEN_BYTES: usize = 32;
+/// How long a resume token works, by default.
+pub const DEFAULT_RESUME_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Live resume tokens one account keeps (one per device or login).
+pub const DEFAULT_RESUME_TOKENS_PER_USER: u32 = 32;
+
+/// How resume tokens work.
+#[derive(Clone, Debug)]
+pub struct ResumeSettings {
+    /// Lifetime of a token from the login that made it.
+    pub ttl: Duration,
+    /// Live tokens kept per account; more drop the oldest.
+    pub max_per_user: u32,
+}
+
+impl Default for ResumeSettings {
+    fn default() -> Self {
+        ResumeSettings {
+            ttl: DEFAULT_RESUME_TTL,
+            max_per_user: DEFAULT_RESUME_TOKENS_PER_USER,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn token_hash(token: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(token).into()
+}
 
 /// How accounts authenticate.
 #[derive(Clone, Debug)]
@@ -41,6 +87,8 @@ pub struct AuthSettings {
 pub struct ServiceConfig {
     pub limits: Limits,
     pub auth: AuthSettings,
+    pub resume: ResumeSettings,
+    pub throttle: ThrottleSettings,
 }
 
 /// Monotonic counters, read by metrics and the shutdown log line.
@@ -54,6 +102,10 @@ pub struct Counters {
     pub messages_pushed: AtomicU64,
     pub messages_acked: AtomicU64,
     pub catch_up_reads: AtomicU64,
+    pub messages_resent: AtomicU64,
+    pub resumes_ok: AtomicU64,
+    pub resumes_failed: AtomicU64,
+    pub logins_rate_limited: AtomicU64,
 }
 
 /// The service shared by every connection of every front door.
@@ -68,6 +120,8 @@ pub struct Service {
     next_session: AtomicU64,
     /// Counters for metrics.
     counters: Counters,
+    /// Failed-login counters.
+    throttle: Throttle,
 }
 
 /// A login between its two SCRAM messages.
@@ -76,6 +130,10 @@ pub struct AuthPending {
     exchange: ServerExchange,
     /// The account being logged into, or None for a decoy.
     account: Option<(UserId, String)>,
+    /// The name key tried, for the throttle.
+    key: String,
+    /// Where the attempt comes from, for the throttle.
+    peer: Option<IpAddr>,
 }
 
 impl AuthPending {
@@ -98,6 +156,9 @@ pub struct LoginOutcome {
     pub name: String,
     pub session: SessionId,
     pub mailbox: MailboxState,
+    /// Secret for a later `resume`; only its hash is stored.
+    pub resume_token: Vec<u8>,
+    pub resume_expires_ms: u64,
 }
 
 /// What [`Session::next_push`] yields.
@@ -105,6 +166,8 @@ pub struct LoginOutcome {
 pub enum PushEvent {
     /// Messages to push, in seq order, continuing the previous batch.
     Messages(Vec<Arc<StoredMessage>>),
+    /// A contact's first session came online, or last went away.
+    Presence { name: Arc<str>, online: bool },
     /// The server ends this session.
     Closed(CloseReason),
 }
@@ -129,12 +192,14 @@ pub struct AccountPage {
 
 impl Service {
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Arc<Service> {
+        let throttle = Throttle::new(config.throttle.clone());
         Arc::new(Service {
             store,
             hub: Hub::default(),
             config,
             next_session: AtomicU64::new(1),
             counters: Counters::default(),
+            throttle,
         })
     }
 
@@ -186,9 +251,13 @@ impl Service {
 
     /// Takes a client-first-message and answers with a challenge. Unknown
     /// and invalid names get a decoy challenge that can never succeed.
-    pub async fn auth_start(&self, client_first: &[u8]) -> Result<AuthPending, CoreError> {
+    pub async fn auth_start(&self, client_first: &[u8], peer: Option<IpAddr>) -> Result<AuthPending, CoreError> {
         let first = ClientFirst::parse(client_first)?;
         let key = name_key(&first.username);
+        if let Err(e) = self.throttle.check(Some(&key), peer, Instant::now()) {
+            self.counters.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let account = match UserName::parse(&first.username) {
             Ok(_) => self.store.find_account(&key).await?,
             Err(_) => None,
@@ -203,15 +272,15 @@ impl Service {
                     .first()
                     .copied()
                     .unwrap_or(Mechanism::Sha256);
-                (
-                    decoy_credentials(&self.config.auth.secret, &key, mechanism, self.config.auth.iterations),
-                    None,
-                )
+                let decoy = decoy_credentials(&self.config.auth.secret, &key, mechanism, self.config.auth.iterations);
+                (decoy, None)
             }
         };
         Ok(AuthPending {
             exchange: ServerExchange::start(first, credentials),
             account,
+            key,
+            peer,
         })
     }
 
@@ -221,13 +290,17 @@ impl Service {
         pending: AuthPending,
         client_final: &[u8],
     ) -> Result<(Session, LoginOutcome), CoreError> {
+        let (key, peer) = (pending.key.clone(), pending.peer);
         let result = self.verify(pending, client_final).await;
-        let counter = if result.is_ok() {
-            &self.counters.logins_ok
-        } else {
-            &self.counters.logins_failed
+        match &result {
+            Ok(_) => self.counters.logins_ok.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                if e.kind == ErrorKind::AuthFailed {
+                    self.throttle.record_failure(Some(&key), peer, Instant::now());
+                }
+                self.counters.logins_failed.fetch_add(1, Ordering::Relaxed)
+            }
         };
-        counter.fetch_add(1, Ordering::Relaxed);
         result
     }
 
@@ -238,28 +311,107 @@ impl Service {
     ) -> Result<(Session, LoginOutcome), CoreError> {
         let server_final = pending.exchange.finish(client_final)?;
         let (user, name) = pending.account.ok_or_else(CoreError::auth_failed)?;
-        let mailbox = match self.store.mailbox_state(user).await {
+        self.login(user, name, server_final, None).await
+    }
+
+    /// Opens a session with a resume token from an earlier login, without
+    /// the password exchange. Every failure is AUTH_FAILED.
+    pub async fn resume(
+        self: &Arc<Self>,
+        token: &[u8],
+        peer: Option<IpAddr>,
+    ) -> Result<(Session, LoginOutcome), CoreError> {
+        if let Err(e) = self.throttle.check(None, peer, Instant::now()) {
+            self.counters.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        let hash = token_hash(token);
+        let account = if token.len() == RESUME_TOKEN_BYTES {
+            self.store.resume(hash, now_ms()).await?
+        } else {
+            None
+        };
+        let result = match account {
+            Some(a) => {
+                self.login(a.id, a.name, String::new(), Some((token.to_vec(), hash)))
+                    .await
+            }
+            None => Err(CoreError::auth_failed()),
+        };
+        match &result {
+            Ok(_) => self.counters.resumes_ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => {
+                self.throttle.record_failure(None, peer, Instant::now());
+                self.counters.resumes_failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        result
+    }
+
+    /// Opens a session for an authenticated user: a fresh resume token
+    /// unless resuming with one, the mailbox counters, the contacts whose
+    /// presence the session follows.
+    async fn login(
+        self: &Arc<Self>,
+        user: UserId,
+        name: String,
+        server_final: String,
+        resumed: Option<(Vec<u8>, [u8; 32])>,
+    ) -> Result<(Session, LoginOutcome), CoreError> {
+        let (token, hash, expires_ms) = match resumed {
+            // The client keeps the token it resumed with; AuthOk carries none.
+            Some((_, hash)) => (Vec::new(), hash, 0),
+            None => {
+                let mut token = vec![0u8; RESUME_TOKEN_BYTES];
+                rand::rng().fill_bytes(&mut token);
+                let hash = token_hash(&token);
+                let ttl_ms = u64::try_from(self.config.resume.ttl.as_millis()).unwrap_or(u64::MAX);
+                let expires_ms = now_ms().saturating_add(ttl_ms);
+                let created = self.store.create_resume_token(NewResumeToken {
+                    user,
+                    hash,
+                    expires_ms,
+                    max_per_user: self.config.resume.max_per_user,
+                });
+                created.await?;
+                (token, hash, expires_ms)
+            }
+        };
+        let mailbox = self.store.mailbox_state(user);
+        let contacts = self.store.list_contacts(user);
+        let mailbox = match mailbox.await {
             Ok(m) => m,
-            // Deleted between the two messages.
-            Err(crate::store::StoreError::NoSuchUser) => return Err(CoreError::auth_failed()),
+            // Deleted meanwhile.
+            Err(StoreError::NoSuchUser) => return Err(CoreError::auth_failed()),
             Err(e) => return Err(e.into()),
         };
-        let session = self.open_session(user, name.clone());
+        let contacts: Vec<UserId> = contacts.await?.into_iter().map(|c| c.id).collect();
+        let session = self.open_session(user, name.clone(), hash, &contacts);
         let outcome = LoginOutcome {
             server_final,
             user,
             name,
             session: session.id,
             mailbox,
+            resume_token: token,
+            resume_expires_ms: expires_ms,
         };
         Ok((session, outcome))
     }
 
-    fn open_session(self: &Arc<Self>, user: UserId, name: String) -> Session {
+    fn open_session(
+        self: &Arc<Self>,
+        user: UserId,
+        name: String,
+        token_hash: [u8; 32],
+        contacts: &[UserId],
+    ) -> Session {
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         let (tx, events) = mpsc::channel(self.config.limits.session_queue.max(1));
         let flags = Arc::new(SessionFlags::default());
-        self.hub.register(user, id, tx, Arc::clone(&flags));
+        self.hub.watch_start(user, contacts);
+        self.hub
+            .register(user, Arc::from(name.as_str()), id, tx, Arc::clone(&flags));
         Session {
             service: Arc::clone(self),
             user,
@@ -269,6 +421,8 @@ impl Service {
             flags,
             last_pushed: Seq(0),
             catch_up: false,
+            token_hash,
+            unacked: BTreeSet::new(),
         }
     }
 
@@ -300,11 +454,18 @@ pub struct Session {
     /// Whether pushes must next come from storage: after subscribing, after
     /// a gap in notifications, or after the hub dropped some.
     catch_up: bool,
+    /// Hash of the resume token this session logged in with or was given;
+    /// revoked at logout.
+    token_hash: [u8; 32],
+    /// Seqs pushed on this session and not yet acknowledged by it; bounded
+    /// by `Limits::max_unacked`, since pushing stops when it is full.
+    unacked: BTreeSet<Seq>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.service.hub.unregister(self.user, self.id);
+        self.service.hub.watch_end(self.user);
     }
 }
 
@@ -407,13 +568,21 @@ impl Session {
 
     /// Acknowledges messages; returns (newly acked, mailbox state).
     pub fn ack(
-        &self,
+        &mut self,
         range: AckRange,
     ) -> Result<impl Future<Output = Result<(u64, MailboxState), CoreError>> + Send + 'static, CoreError> {
         if range.seqs.len() > MAX_IDS_PER_REQUEST {
             return Err(CoreError::invalid(format!(
                 "at most {MAX_IDS_PER_REQUEST} seqs per ack"
             )));
+        }
+        // What this session pushed and now sees acknowledged no longer
+        // waits for the ack timer.
+        if range.up_to.0 > 0 {
+            self.unacked = self.unacked.split_off(&range.up_to.next());
+        }
+        for seq in &range.seqs {
+            self.unacked.remove(seq);
         }
         let reply = self.service.store.ack(self.user, range);
         let service = Arc::clone(&self.service);
@@ -491,6 +660,92 @@ impl Session {
         Ok(())
     }
 
+    /// Ends the session's login: its resume token stops working. The caller
+    /// drops the session when the future resolves.
+    pub fn logout(&self) -> impl Future<Output = Result<(), CoreError>> + Send + 'static {
+        let reply = self.service.store.revoke_resume_token(self.token_hash);
+        async move { Ok(reply.await?) }
+    }
+
+    /// Follows `name`'s presence; returns its display name and online state.
+    pub fn add_contact(
+        &self,
+        name: &str,
+    ) -> Result<impl Future<Output = Result<(String, bool), CoreError>> + Send + 'static, CoreError> {
+        let no_such_user = |name: &str| CoreError::new(ErrorKind::NoSuchUser, format!("no such user {name:?}"));
+        let contact = UserName::parse(name).map_err(|_| no_such_user(name))?;
+        let max = self.service.config.limits.max_contacts;
+        let reply = self.service.store.add_contact(self.user, contact.key(), max);
+        let service = Arc::clone(&self.service);
+        let user = self.user;
+        let name = name.to_owned();
+        Ok(async move {
+            let added: AccountSummary = reply.await.map_err(|e| match e {
+                StoreError::NoSuchUser => no_such_user(&name),
+                other => other.into(),
+            })?;
+            service.hub.watch_change(user, added.id, true);
+            Ok((added.name, service.hub.is_online(added.id)))
+        })
+    }
+
+    /// Stops following `name`; returns whether it was a contact.
+    pub fn remove_contact(&self, name: &str) -> impl Future<Output = Result<bool, CoreError>> + Send + 'static {
+        let key = name_key(name);
+        let removed = self.service.store.remove_contact(self.user, &key);
+        let lookup = self.service.store.find_account(&key);
+        let service = Arc::clone(&self.service);
+        let user = self.user;
+        async move {
+            let removed = removed.await?;
+            if let Some(account) = lookup.await? {
+                service.hub.watch_change(user, account.id, false);
+            }
+            Ok(removed)
+        }
+    }
+
+    /// The contacts, in name order, with their online state.
+    pub fn list_contacts(&self) -> impl Future<Output = Result<Vec<(String, bool)>, CoreError>> + Send + 'static {
+        let reply = self.service.store.list_contacts(self.user);
+        let service = Arc::clone(&self.service);
+        async move {
+            let contacts = reply.await?;
+            Ok(contacts
+                .into_iter()
+                .map(|c| (c.name, service.hub.is_online(c.id)))
+                .collect())
+        }
+    }
+
+    /// Whether more pushes may go out: false while `max_unacked` pushed
+    /// messages wait for their ack. Messages meanwhile wait in the mailbox.
+    pub fn can_push(&self) -> bool {
+        self.unacked.len() < self.service.config.limits.max_unacked
+    }
+
+    /// Whether pushed messages wait for an ack on this session.
+    pub fn has_unacked(&self) -> bool {
+        !self.unacked.is_empty()
+    }
+
+    /// The ack timeout expired: push again, from storage, every message
+    /// from the oldest one unacknowledged on this session that is still
+    /// unacknowledged (acks from other sessions count). Returns how many
+    /// pushes are being retried.
+    pub fn redeliver(&mut self) -> usize {
+        let Some(&oldest) = self.unacked.first() else { return 0 };
+        let count = self.unacked.len();
+        self.unacked.clear();
+        self.last_pushed = Seq(oldest.0.saturating_sub(1));
+        self.catch_up = true;
+        self.service
+            .counters
+            .messages_resent
+            .fetch_add(count as u64, Ordering::Relaxed);
+        count
+    }
+
     /// Starts live delivery: every unacknowledged message with seq > `after`
     /// is pushed first, then new messages as they are stored.
     pub fn subscribe(&mut self, after: Seq) -> impl Future<Output = Result<MailboxState, CoreError>> + Send + 'static {
@@ -539,7 +794,11 @@ impl Session {
                     message: "server is shutting down".into(),
                 }));
             };
-            let SessionEvent::Message(first) = event else { continue };
+            let first = match event {
+                SessionEvent::Message(m) => m,
+                SessionEvent::Presence { name, online } => return Ok(PushEvent::Presence { name, online }),
+                SessionEvent::Wake => continue,
+            };
             if first.seq <= self.last_pushed {
                 continue;
             }
@@ -561,7 +820,7 @@ impl Session {
                         self.catch_up = true;
                         break;
                     }
-                    Ok(SessionEvent::Wake) => break,
+                    Ok(SessionEvent::Presence { .. }) | Ok(SessionEvent::Wake) => break,
                     Err(_) => break,
                 }
             }
@@ -569,11 +828,12 @@ impl Session {
         }
     }
 
-    fn pushed(&self, batch: Vec<Arc<StoredMessage>>) -> PushEvent {
+    fn pushed(&mut self, batch: Vec<Arc<StoredMessage>>) -> PushEvent {
         self.service
             .counters
             .messages_pushed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.unacked.extend(batch.iter().map(|m| m.seq));
         PushEvent::Messages(batch)
     }
 }

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// The store is shutting down or has stopped.
     #[error("store closed")]
     Closed,
+    /// A per-account limit is reached; nothing was done.
+    #[error("limit reached: {0}")]
+    LimitReached(String),
     #[error("store backend error: {0}")]
     Backend(String),
 }
@@ -164,7 +167,20 @@ pub struct AckRange {
     pub seqs: Vec<Seq>,
 }
 
-/// Accounts, mailboxes and idempotency keys.
+/// A resume token to remember. Only its hash is stored.
+#[derive(Clone, Debug)]
+pub struct NewResumeToken {
+    pub user: UserId,
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// When it stops working, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// Most live tokens one account keeps; creating one more drops the
+    /// oldest (and every expired one).
+    pub max_per_user: u32,
+}
+
+/// Accounts, mailboxes, contacts, resume tokens and idempotency keys.
 ///
 /// Implementations must honour the ordering and durability contracts in
 /// the module documentation, and must never panic on any input.
@@ -173,8 +189,9 @@ pub trait Store: Send + Sync + 'static {
     fn create_account(&self, account: NewAccount) -> StoreReply<Account>;
     /// Looks an account up by name key.
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>>;
-    /// Deletes an account, its mailbox and its idempotency keys. Messages it
-    /// sent that sit in other mailboxes stay there.
+    /// Deletes an account, its mailbox, its idempotency keys, its resume
+    /// tokens, its contacts and its place in others' contact lists. Messages
+    /// it sent that sit in other mailboxes stay there.
     fn delete_account(&self, user: UserId) -> StoreReply<()>;
     /// Accounts whose key matches, in key order, after `after` (exclusive).
     fn list_accounts(&self, pattern: &NamePattern, after: &str, limit: u32) -> StoreReply<Vec<AccountSummary>>;
@@ -191,6 +208,20 @@ pub trait Store: Send + Sync + 'static {
     fn delete_messages(&self, user: UserId, ids: Vec<MessageId>) -> StoreReply<Vec<MessageId>>;
     /// The mailbox's counters; [`StoreError::NoSuchUser`] if the account is gone.
     fn mailbox_state(&self, user: UserId) -> StoreReply<MailboxState>;
+    /// Adds the account `contact_key` to `user`'s contacts; adding one twice
+    /// is not an error. [`StoreError::NoSuchUser`] if either account does not
+    /// exist; [`StoreError::LimitReached`] if `user` already has `max` contacts.
+    fn add_contact(&self, user: UserId, contact_key: &str, max: u32) -> StoreReply<AccountSummary>;
+    /// Removes a contact; returns whether it was there.
+    fn remove_contact(&self, user: UserId, contact_key: &str) -> StoreReply<bool>;
+    /// `user`'s contacts in name-key order (empty for an unknown user).
+    fn list_contacts(&self, user: UserId) -> StoreReply<Vec<AccountSummary>>;
+    /// Remembers a resume token's hash.
+    fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()>;
+    /// The account a live (unexpired) token belongs to, or None.
+    fn resume(&self, hash: [u8; 32], now_ms: u64) -> StoreReply<Option<Account>>;
+    /// Forgets a token (logout); unknown tokens are not an error.
+    fn revoke_resume_token(&self, hash: [u8; 32]) -> StoreReply<()>;
     /// Finishes queued work, makes it durable and stops accepting more.
     fn close(&self) -> StoreReply<()>;
 }

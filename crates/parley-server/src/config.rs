@@ -49,6 +49,27 @@ pub const DEFAULT_PIPELINE_WINDOW: usize = 256;
 /// stops reading its requests and pushing to it until the client drains them.
 pub const DEFAULT_OUTBOUND_BUFFER_BYTES: usize = 256 * 1024;
 
+/// Seconds of silence after which a connection is closed; clients ping within it.
+pub const DEFAULT_KEEPALIVE_SECS: u64 = 60;
+/// Milliseconds to wait for an ack before pushing a message again; the wait doubles up to max_ack_backoff_ms.
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 10_000;
+/// Longest wait between re-pushes, in milliseconds.
+pub const DEFAULT_MAX_ACK_BACKOFF_MS: u64 = 120_000;
+/// Pushed messages a session may leave unacknowledged before pushing pauses.
+pub const DEFAULT_MAX_UNACKED: usize = parley_core::limits::DEFAULT_MAX_UNACKED;
+/// Contacts per account.
+pub const DEFAULT_MAX_CONTACTS: u32 = parley_core::limits::DEFAULT_MAX_CONTACTS;
+/// Simultaneous connections from one source address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 4096;
+/// Requests in flight across all connections before new work is answered BUSY.
+pub const DEFAULT_MAX_BACKLOG: usize = 16_384;
+/// Failed logins per account name per minute before logins to it are refused with RATE_LIMITED.
+pub const DEFAULT_LOGIN_FAILURES_PER_ACCOUNT: u32 = parley_core::throttle::DEFAULT_FAILURES_PER_ACCOUNT;
+/// Failed logins and resumes per source address per minute before it is refused with RATE_LIMITED.
+pub const DEFAULT_LOGIN_FAILURES_PER_IP: u32 = parley_core::throttle::DEFAULT_FAILURES_PER_IP;
+/// Lifetime of a resume token, in seconds.
+pub const DEFAULT_RESUME_TTL_SECS: u64 = 7 * 24 * 3600;
+
 /// Which store backs the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -76,6 +97,16 @@ pub struct Settings {
     pub session_queue: usize,
     pub pipeline_window: usize,
     pub outbound_buffer_bytes: usize,
+    pub keepalive: Duration,
+    pub ack_timeout: Duration,
+    pub max_ack_backoff: Duration,
+    pub max_unacked: usize,
+    pub max_contacts: u32,
+    pub max_connections_per_ip: usize,
+    pub max_backlog: usize,
+    pub login_failures_per_account: u32,
+    pub login_failures_per_ip: u32,
+    pub resume_ttl: Duration,
 }
 
 /// Raw values from flags and environment (clap fills both), before the file
@@ -138,6 +169,36 @@ pub struct SettingArgs {
     /// Outbound bytes buffered per connection before it is paused [default: 262144]
     #[arg(long, env = "PARLEY_OUTBOUND_BUFFER_BYTES", value_name = "BYTES")]
     pub outbound_buffer_bytes: Option<String>,
+    /// Seconds of silence after which a connection is closed; clients ping within it [default: 60]
+    #[arg(long, env = "PARLEY_KEEPALIVE_SECS", value_name = "N")]
+    pub keepalive_secs: Option<String>,
+    /// Milliseconds to wait for an ack before pushing a message again; the wait doubles up to max_ack_backoff_ms [default: 10000]
+    #[arg(long, env = "PARLEY_ACK_TIMEOUT_MS", value_name = "N")]
+    pub ack_timeout_ms: Option<String>,
+    /// Longest wait between re-pushes, in milliseconds [default: 120000]
+    #[arg(long, env = "PARLEY_MAX_ACK_BACKOFF_MS", value_name = "N")]
+    pub max_ack_backoff_ms: Option<String>,
+    /// Pushed messages a session may leave unacknowledged before pushing pauses [default: 1024]
+    #[arg(long, env = "PARLEY_MAX_UNACKED", value_name = "N")]
+    pub max_unacked: Option<String>,
+    /// Contacts per account [default: 1000]
+    #[arg(long, env = "PARLEY_MAX_CONTACTS", value_name = "N")]
+    pub max_contacts: Option<String>,
+    /// Simultaneous connections from one source address [default: 4096]
+    #[arg(long, env = "PARLEY_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<String>,
+    /// Requests in flight across all connections before new work is answered BUSY [default: 16384]
+    #[arg(long, env = "PARLEY_MAX_BACKLOG", value_name = "N")]
+    pub max_backlog: Option<String>,
+    /// Failed logins per account name per minute before logins to it are refused with RATE_LIMITED [default: 10]
+    #[arg(long, env = "PARLEY_LOGIN_FAILURES_PER_ACCOUNT", value_name = "N")]
+    pub login_failures_per_account: Option<String>,
+    /// Failed logins and resumes per source address per minute before it is refused with RATE_LIMITED [default: 30]
+    #[arg(long, env = "PARLEY_LOGIN_FAILURES_PER_IP", value_name = "N")]
+    pub login_failures_per_ip: Option<String>,
+    /// Lifetime of a resume token, in seconds [default: 604800]
+    #[arg(long, env = "PARLEY_RESUME_TTL_SECS", value_name = "N")]
+    pub resume_ttl_secs: Option<String>,
 }
 
 /// Every setting's key, in the order `--help` lists them.
@@ -159,6 +220,16 @@ const KEYS: &[&str] = &[
     "session_queue",
     "pipeline_window",
     "outbound_buffer_bytes",
+    "keepalive_secs",
+    "ack_timeout_ms",
+    "max_ack_backoff_ms",
+    "max_unacked",
+    "max_contacts",
+    "max_connections_per_ip",
+    "max_backlog",
+    "login_failures_per_account",
+    "login_failures_per_ip",
+    "resume_ttl_secs",
 ];
 
 /// Every problem found in the configuration, one per line.
@@ -186,6 +257,17 @@ impl SettingArgs {
             "session_queue" => self.session_queue.clone(),
             "pipeline_window" => self.pipeline_window.clone(),
             "outbound_buffer_bytes" => self.outbound_buffer_bytes.clone(),
+            "keepalive_secs" => self.keepalive_secs.clone(),
+            "ack_timeout_ms" => self.ack_timeout_ms.clone(),
+            "max_ack_backoff_ms" => self.max_ack_backoff_ms.clone(),
+            "max_unacked" => self.max_unacked.clone(),
+            "max_contacts" => self.max_contacts.clone(),
+            "max_connections_per_ip" => self.max_connections_per_ip.clone(),
+            "max_backlog" => self.max_backlog.clone(),
+            "login_failures_per_account" => self.login_failures_per_account.clone(),
+            "login_failures_per_ip" => self.login_failures_per_ip.clone(),
+            "resume_ttl_secs" => self.resume_ttl_secs.clone(),
+
             _ => None,
         }
     }
@@ -381,6 +463,84 @@ impl SettingArgs {
                 "outbound_buffer_bytes ({outbound_buffer_bytes}) must be at least max_frame_bytes ({max_frame_bytes})"
             ));
         }
+        let keepalive_secs: u64 = num(
+            &mut errors,
+            "keepalive_secs",
+            &get("keepalive_secs", &DEFAULT_KEEPALIVE_SECS.to_string()),
+            1..=3600,
+            1,
+        );
+        let ack_timeout_ms: u64 = num(
+            &mut errors,
+            "ack_timeout_ms",
+            &get("ack_timeout_ms", &DEFAULT_ACK_TIMEOUT_MS.to_string()),
+            10..=3_600_000,
+            10,
+        );
+        let max_ack_backoff_ms: u64 = num(
+            &mut errors,
+            "max_ack_backoff_ms",
+            &get("max_ack_backoff_ms", &DEFAULT_MAX_ACK_BACKOFF_MS.to_string()),
+            10..=86_400_000,
+            10,
+        );
+        let max_unacked: usize = num(
+            &mut errors,
+            "max_unacked",
+            &get("max_unacked", &DEFAULT_MAX_UNACKED.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let max_contacts: u32 = num(
+            &mut errors,
+            "max_contacts",
+            &get("max_contacts", &DEFAULT_MAX_CONTACTS.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let max_connections_per_ip: usize = num(
+            &mut errors,
+            "max_connections_per_ip",
+            &get("max_connections_per_ip", &DEFAULT_MAX_CONNECTIONS_PER_IP.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let max_backlog: usize = num(
+            &mut errors,
+            "max_backlog",
+            &get("max_backlog", &DEFAULT_MAX_BACKLOG.to_string()),
+            1..=10_000_000,
+            1,
+        );
+        let login_failures_per_account: u32 = num(
+            &mut errors,
+            "login_failures_per_account",
+            &get(
+                "login_failures_per_account",
+                &DEFAULT_LOGIN_FAILURES_PER_ACCOUNT.to_string(),
+            ),
+            1..=1_000_000,
+            1,
+        );
+        let login_failures_per_ip: u32 = num(
+            &mut errors,
+            "login_failures_per_ip",
+            &get("login_failures_per_ip", &DEFAULT_LOGIN_FAILURES_PER_IP.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let resume_ttl_secs: u64 = num(
+            &mut errors,
+            "resume_ttl_secs",
+            &get("resume_ttl_secs", &DEFAULT_RESUME_TTL_SECS.to_string()),
+            60..=31_536_000,
+            60,
+        );
+        if ack_timeout_ms > max_ack_backoff_ms {
+            errors.push(format!(
+                "ack_timeout_ms ({ack_timeout_ms}) must not exceed max_ack_backoff_ms ({max_ack_backoff_ms})"
+            ));
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -402,6 +562,16 @@ impl SettingArgs {
             session_queue,
             pipeline_window,
             outbound_buffer_bytes,
+            keepalive: Duration::from_secs(keepalive_secs),
+            ack_timeout: Duration::from_millis(ack_timeout_ms),
+            max_ack_backoff: Duration::from_millis(max_ack_backoff_ms),
+            max_unacked,
+            max_contacts,
+            max_connections_per_ip,
+            max_backlog,
+            login_failures_per_account,
+            login_failures_per_ip,
+            resume_ttl: Duration::from_secs(resume_ttl_secs),
         })
     }
 }

@@ -22,6 +22,9 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::ShuttingDown => ErrorCode::ShuttingDown,
         ErrorKind::AccountDeleted => ErrorCode::AccountDeleted,
         ErrorKind::Internal => ErrorCode::Internal,
+        ErrorKind::Timeout => ErrorCode::Timeout,
+        ErrorKind::RateLimited => ErrorCode::RateLimited,
+        ErrorKind::LimitReached => ErrorCode::LimitReached,
     }
 }
 

@@ -16,13 +16,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::stream::{FuturesUnordered, StreamExt};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::AckRange;
-use parley_core::{AuthPending, CoreError, ErrorKind, Mechanism, MessageId, PushEvent, Seq, Service, Session};
+use parley_core::{
+    AuthPending, CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, PushEvent, Seq, Service, Session,
+};
 use parley_proto::v1::{self, client_frame, server_frame::Body};
 use parley_proto::{ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -53,10 +56,39 @@ pub struct NativeContext {
     pub outbound_buffer_bytes: usize,
     /// The Welcome frame, built once.
     pub welcome: ServerFrame,
+    /// A connection silent for this long is closed.
+    pub keepalive: Duration,
+    /// First wait for an ack before pushing again.
+    pub ack_timeout: Duration,
+    /// Longest wait between re-pushes (the wait doubles up to this).
+    pub max_ack_backoff: Duration,
+    /// Requests in flight across all connections past which new work is
+    /// answered BUSY at once (admission control).
+    pub max_backlog: usize,
+    /// Requests in flight across all connections now.
+    pub backlog: AtomicUsize,
+    /// Counters for metrics.
+    pub counters: NativeCounters,
 }
 
+/// The front door's own counters.
+#[derive(Debug, Default)]
+pub struct NativeCounters {
+    /// Requests refused with BUSY (backlog or storage queue).
+    pub busy_replies: AtomicU64,
+    /// Times a connection's output filled up and it was paused.
+    pub slow_consumer_pauses: AtomicU64,
+    /// Connections closed for keep-alive silence.
+    pub keepalive_timeouts: AtomicU64,
+}
+
+/// Retry hint sent with BUSY when the backlog is over its high-water mark.
+const BACKLOG_RETRY_MS: u32 = 100;
+/// Retry hint when live delivery finds the store busy and no hint was given.
+const PUSH_RETRY_MS: u64 = 50;
+
 impl NativeContext {
-    pub fn welcome_frame(service: &Service, max_frame_bytes: u32) -> ServerFrame {
+    pub fn welcome_frame(service: &Service, max_frame_bytes: u32, keepalive_secs: u32) -> ServerFrame {
         let config = service.config();
         frame(
             0,
@@ -67,6 +99,7 @@ impl NativeContext {
                 scram_iterations: config.auth.iterations,
                 max_frame_bytes,
                 max_body_bytes: config.limits.max_body_bytes,
+                keepalive_secs,
             }),
         )
     }
@@ -116,6 +149,15 @@ struct Connection {
     auth_deadline: Instant,
     /// Pushes paused (storage busy) until then.
     push_paused_until: Option<Instant>,
+    /// When the oldest unacknowledged push on this session is pushed again.
+    ack_deadline: Option<Instant>,
+    /// The current wait for acks; doubles with each re-push.
+    ack_backoff: Duration,
+    /// When the client was last heard from.
+    last_heard: Instant,
+    /// Whether the output was congested after the last loop turn (to count
+    /// pauses once each).
+    was_congested: bool,
     /// For logs.
     peer: SocketAddr,
 }
@@ -142,8 +184,13 @@ pub async fn serve<R, W>(
         phase: Phase::Open,
         auth_deadline,
         push_paused_until: None,
+        ack_deadline: None,
+        ack_backoff: Duration::ZERO,
+        last_heard: Instant::now(),
+        was_congested: false,
         peer,
     };
+    conn.ack_backoff = conn.ctx.ack_timeout;
     let welcome = conn.ctx.welcome.clone();
     conn.encode(&welcome);
     if *shutdown.borrow() {
@@ -170,14 +217,22 @@ pub async fn serve<R, W>(
         let open = matches!(conn.phase, Phase::Open);
         let congested = conn.output.len() >= conn.ctx.outbound_buffer_bytes;
         let can_read = open && !congested && conn.in_flight.len() < conn.ctx.pipeline_window;
-        let can_push = open && !congested && conn.session.is_some() && conn.push_paused_until.is_none();
+        if congested && !conn.was_congested {
+            conn.ctx.counters.slow_consumer_pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        conn.was_congested = congested;
+        let can_push = open
+            && !congested
+            && conn.push_paused_until.is_none()
+            && conn.session.as_ref().is_some_and(Session::can_push);
+        let keepalive_deadline = conn.last_heard + conn.ctx.keepalive;
         if can_read && conn.input.capacity() - conn.input.len() < READ_CHUNK {
             conn.input.reserve(READ_CHUNK);
         }
         tokio::select! {
             read = reader.read_buf(&mut conn.input), if can_read => match read {
                 Ok(0) => conn.phase = Phase::Draining { last: None },
-                Ok(_) => {}
+                Ok(_) => conn.last_heard = Instant::now(),
                 Err(e) => {
                     tracing::debug!(peer = %conn.peer, error = %e, "read failed");
                     return;
@@ -199,6 +254,13 @@ pub async fn serve<R, W>(
                 conn.phase = Phase::Draining { last: Some(goodbye(ErrorCode::NotAuthenticated, "no login within the time allowed")) };
             }
             _ = sleep_until_opt(conn.push_paused_until), if conn.push_paused_until.is_some() => conn.push_paused_until = None,
+            _ = sleep_until_opt(conn.ack_deadline), if open && conn.ack_deadline.is_some() => conn.on_ack_timeout(),
+            _ = tokio::time::sleep_until(keepalive_deadline), if open => {
+                conn.ctx.counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %conn.peer, "keep-alive timeout");
+                conn.session = None;
+                conn.close_with(goodbye(ErrorCode::Timeout, "nothing heard within the keep-alive time"));
+            }
         }
         if conn.input.is_empty() && conn.input.capacity() > IDLE_INPUT_CAPACITY {
             conn.input = BytesMut::new();
@@ -232,6 +294,64 @@ impl Connection {
             let fallback = error_frame(frame.request_id, ErrorCode::Internal, "reply too large");
             let _ = encode_frame(&fallback, &mut self.output, self.ctx.max_frame_bytes);
         }
+    }
+
+    /// No ack came in time: push the unacknowledged messages again and
+    /// wait twice as long next time.
+    fn on_ack_timeout(&mut self) {
+        self.ack_deadline = None;
+        if let Some(session) = self.session.as_mut() {
+            let count = session.redeliver();
+            if count > 0 {
+                tracing::debug!(peer = %self.peer, count, "re-pushing unacknowledged messages");
+                self.ack_backoff = (self.ack_backoff * 2).min(self.ctx.max_ack_backoff);
+            }
+        }
+    }
+
+    /// Starts the ack timer after a push, unless it already runs.
+    fn arm_ack_timer(&mut self) {
+        if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(Instant::now() + self.ack_backoff);
+        }
+    }
+
+    /// After an ack: progress resets the timer and the backoff.
+    fn on_acked(&mut self) {
+        let waiting = self.session.as_ref().is_some_and(Session::has_unacked);
+        self.ack_backoff = self.ctx.ack_timeout;
+        self.ack_deadline = waiting.then(|| Instant::now() + self.ack_backoff);
+    }
+
+    /// Starts a request's future, under the server-wide backlog limit.
+    fn start(&mut self, request_id: u64, started: Result<Reply, CoreError>) {
+        match started {
+            Ok(future) => {
+                let ctx = Arc::clone(&self.ctx);
+                ctx.backlog.fetch_add(1, Ordering::Relaxed);
+                self.in_flight.push(Box::pin(async move {
+                    let frame = future.await;
+                    ctx.backlog.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(Body::Error(e)) = &frame.body
+                        && e.code == ErrorCode::Busy as i32
+                    {
+                        ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
+                    }
+                    frame
+                }));
+            }
+            Err(e) => {
+                if e.kind == ErrorKind::Busy {
+                    self.ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
+                }
+                self.encode(&core_error_frame(request_id, &e))
+            }
+        }
+    }
+
+    /// Whether the server-wide backlog is over its high-water mark.
+    fn overloaded(&self) -> bool {
+        self.ctx.backlog.load(Ordering::Relaxed) >= self.ctx.max_backlog
     }
 
     fn close_with(&mut self, last: ServerFrame) {
@@ -288,13 +408,23 @@ impl Connection {
                 if !chunk.is_empty() {
                     self.encode(&frame(0, Body::Push(v1::Push { messages: chunk })));
                 }
+                self.arm_ack_timer();
+            }
+            Ok(PushEvent::Presence { name, online }) => {
+                self.encode(&frame(
+                    0,
+                    Body::Presence(v1::Presence {
+                        name: name.to_string(),
+                        online,
+                    }),
+                ));
             }
             Ok(PushEvent::Closed(reason)) => {
                 self.session = None;
                 self.close_with(goodbye(convert::error_code(reason.kind), reason.message));
             }
             Err(e) if e.kind == ErrorKind::Busy => {
-                let wait = Duration::from_millis(e.retry_after_ms.unwrap_or(50).max(1) as u64);
+                let wait = Duration::from_millis(e.retry_after_ms.map(u64::from).unwrap_or(PUSH_RETRY_MS).max(1));
                 self.push_paused_until = Some(Instant::now() + wait);
             }
             Err(e) => {
@@ -320,12 +450,15 @@ impl Connection {
         match body {
             B::Ping(p) => self.encode(&frame(id, Body::Pong(v1::Pong { nonce: p.nonce }))),
             B::Register(r) => {
+                if self.overloaded() {
+                    return self.start(id, Err(busy()));
+                }
                 let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
-                    let e = CoreError::new(
-                        ErrorKind::UnsupportedMechanism,
-                        format!("unknown mechanism {:?}", r.mechanism),
-                    );
-                    return self.encode(&core_error_frame(id, &e));
+                    let message = format!("unknown mechanism {:?}", r.mechanism);
+                    return self.encode(&core_error_frame(
+                        id,
+                        &CoreError::new(ErrorKind::UnsupportedMechanism, message),
+                    ));
                 };
                 let credentials = StoredCredentials {
                     mechanism,
@@ -334,23 +467,24 @@ impl Connection {
                     stored_key: r.stored_key,
                     server_key: r.server_key,
                 };
-                match service.register(&r.name, credentials) {
-                    Err(e) => self.encode(&core_error_frame(id, &e)),
-                    Ok(future) => {
-                        let service = Arc::clone(&service);
-                        self.in_flight.push(reply(id, future, move |(user, name)| {
-                            service.note_registration();
-                            Body::Registered(v1::Registered { name, user_id: user.0 })
-                        }))
-                    }
-                }
+                let started = service.register(&r.name, credentials).map(|future| {
+                    let service = Arc::clone(&service);
+                    reply(id, future, move |(user, name)| {
+                        service.note_registration();
+                        Body::Registered(v1::Registered { name, user_id: user.0 })
+                    })
+                });
+                self.start(id, started);
             }
             B::AuthStart(a) => {
                 if self.session.is_some() {
                     let e = CoreError::new(ErrorKind::AlreadyAuthenticated, "already logged in; log out first");
                     return self.encode(&core_error_frame(id, &e));
                 }
-                match service.auth_start(&a.client_first).await {
+                if self.overloaded() {
+                    return self.start(id, Err(busy()));
+                }
+                match service.auth_start(&a.client_first, Some(self.peer.ip())).await {
                     Ok(pending) => {
                         let challenge = v1::AuthChallenge {
                             mechanism: pending.mechanism().name().to_owned(),
@@ -364,46 +498,69 @@ impl Connection {
             }
             B::AuthContinue(c) => {
                 let Some(pending) = self.pending_auth.take() else {
-                    return self.encode(&core_error_frame(
-                        id,
-                        &CoreError::invalid("no login in progress: send AuthStart first"),
-                    ));
+                    let e = CoreError::invalid("no login in progress: send AuthStart first");
+                    return self.encode(&core_error_frame(id, &e));
                 };
-                match service.auth_finish(pending, &c.client_final).await {
-                    Ok((session, outcome)) => {
-                        tracing::info!(peer = %self.peer, user = %outcome.name, session = %outcome.session, "login");
-                        self.session = Some(session);
-                        self.encode(&frame(
-                            id,
-                            Body::AuthOk(v1::AuthOk {
-                                server_final: outcome.server_final.into_bytes(),
-                                name: outcome.name,
-                                user_id: outcome.user.0,
-                                session_id: outcome.session.0,
-                                unread: outcome.mailbox.unread,
-                                last_seq: outcome.mailbox.last_seq.0,
-                            }),
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::info!(peer = %self.peer, "login failed");
-                        self.encode(&core_error_frame(id, &e))
-                    }
+                let result = service.auth_finish(pending, &c.client_final).await;
+                self.logged_in(id, result);
+            }
+            B::Resume(r) => {
+                if self.session.is_some() {
+                    let e = CoreError::new(ErrorKind::AlreadyAuthenticated, "already logged in; log out first");
+                    return self.encode(&core_error_frame(id, &e));
                 }
+                if self.overloaded() {
+                    return self.start(id, Err(busy()));
+                }
+                self.pending_auth = None;
+                let result = service.resume(&r.token, Some(self.peer.ip())).await;
+                self.logged_in(id, result);
             }
             other => self.handle_authenticated(id, other).await,
+        }
+    }
+
+    /// Answers a login or resume.
+    fn logged_in(&mut self, id: u64, result: Result<(Session, LoginOutcome), CoreError>) {
+        match result {
+            Ok((session, outcome)) => {
+                tracing::info!(peer = %self.peer, user = %outcome.name, session = %outcome.session, "login");
+                self.session = Some(session);
+                self.ack_deadline = None;
+                self.ack_backoff = self.ctx.ack_timeout;
+                self.encode(&frame(
+                    id,
+                    Body::AuthOk(v1::AuthOk {
+                        server_final: outcome.server_final.into_bytes(),
+                        name: outcome.name,
+                        user_id: outcome.user.0,
+                        session_id: outcome.session.0,
+                        unread: outcome.mailbox.unread,
+                        last_seq: outcome.mailbox.last_seq.0,
+                        resume_token: outcome.resume_token,
+                        resume_expires_ms: outcome.resume_expires_ms,
+                    }),
+                ));
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.peer, code = e.kind.as_str(), "login failed");
+                self.encode(&core_error_frame(id, &e))
+            }
         }
     }
 
     async fn handle_authenticated(&mut self, id: u64, body: client_frame::Body) {
         use client_frame::Body as B;
         let max_frame = self.ctx.max_frame_bytes;
+        let overloaded = self.overloaded();
         let Some(session) = self.session.as_mut() else {
-            return self.encode(&core_error_frame(
-                id,
-                &CoreError::new(ErrorKind::NotAuthenticated, "log in first"),
-            ));
+            let e = CoreError::new(ErrorKind::NotAuthenticated, "log in first");
+            return self.encode(&core_error_frame(id, &e));
         };
+        // Acks and logouts always go through: they shrink the load.
+        if overloaded && !matches!(body, B::Ack(_) | B::Logout(_)) {
+            return self.start(id, Err(busy()));
+        }
         let started: Result<Reply, CoreError> = match body {
             B::Send(s) => session.send(&s.to, &s.client_msg_id, s.body).map(|f| {
                 reply(id, f, |a| {
@@ -426,19 +583,22 @@ impl Connection {
                     })
                 })
             }),
-            B::Ack(a) => session
-                .ack(AckRange {
+            B::Ack(a) => {
+                let range = AckRange {
                     up_to: Seq(a.up_to_seq),
                     seqs: a.seqs.into_iter().map(Seq).collect(),
-                })
-                .map(|f| {
+                };
+                let started = session.ack(range).map(|f| {
                     reply(id, f, |(acked, state)| {
                         Body::Acked(v1::Acked {
                             acked,
                             unread: state.unread,
                         })
                     })
-                }),
+                });
+                self.on_acked();
+                started
+            }
             B::DeleteMessages(d) => session
                 .delete_messages(d.message_ids.into_iter().map(MessageId).collect())
                 .map(|f| {
@@ -467,12 +627,37 @@ impl Connection {
                     unread: state.unread,
                 })
             })),
+            B::AddContact(c) => session.add_contact(&c.name).map(|added| {
+                let list = session.list_contacts();
+                reply(
+                    id,
+                    async move {
+                        added.await.map(|_| ())?;
+                        list.await
+                    },
+                    contact_list,
+                )
+            }),
+            B::RemoveContact(c) => {
+                let removed = session.remove_contact(&c.name);
+                let list = session.list_contacts();
+                Ok(reply(
+                    id,
+                    async move {
+                        removed.await.map(|_| ())?;
+                        list.await
+                    },
+                    contact_list,
+                ))
+            }
+            B::ListContacts(_) => Ok(reply(id, session.list_contacts(), contact_list)),
             B::DeleteAccount(_) => {
                 let result = session.delete_account().await;
                 match result {
                     Ok(()) => {
                         tracing::info!(peer = %self.peer, user = %session.name(), "account deleted");
                         self.session = None;
+                        self.ack_deadline = None;
                         self.encode(&frame(id, Body::AccountDeleted(v1::AccountDeleted {})));
                     }
                     Err(e) => self.encode(&core_error_frame(id, &e)),
@@ -480,19 +665,34 @@ impl Connection {
                 return;
             }
             B::Logout(_) => {
+                let revoked = session.logout();
                 self.session = None;
                 self.pending_auth = None;
+                self.ack_deadline = None;
                 self.auth_deadline = Instant::now() + self.ctx.auth_timeout;
-                self.encode(&frame(id, Body::LoggedOut(v1::LoggedOut {})));
-                return;
+                Ok(reply(id, revoked, |()| Body::LoggedOut(v1::LoggedOut {})))
             }
-            B::Ping(_) | B::Register(_) | B::AuthStart(_) | B::AuthContinue(_) => return,
+            B::Ping(_) | B::Register(_) | B::AuthStart(_) | B::AuthContinue(_) | B::Resume(_) => return,
         };
-        match started {
-            Ok(future) => self.in_flight.push(future),
-            Err(e) => self.encode(&core_error_frame(id, &e)),
-        }
+        self.start(id, started);
     }
+}
+
+fn busy() -> CoreError {
+    CoreError {
+        kind: ErrorKind::Busy,
+        message: "server busy, retry later".into(),
+        retry_after_ms: Some(BACKLOG_RETRY_MS),
+    }
+}
+
+fn contact_list(contacts: Vec<(String, bool)>) -> Body {
+    Body::Contacts(v1::ContactList {
+        contacts: contacts
+            .into_iter()
+            .map(|(name, online)| v1::AccountEntry { name, online })
+            .collect(),
+    })
 }
 
 /// Keeps as many messages as fit in one frame; says whether any were cut.

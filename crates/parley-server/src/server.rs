@@ -1,14 +1,18 @@
 //! Startup, the accept loop and shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::Context;
 use bytes::BytesMut;
-use parley_core::service::{AuthSettings, ServiceConfig};
+use parley_core::service::{AuthSettings, ResumeSettings, ServiceConfig};
+use parley_core::throttle::ThrottleSettings;
 use parley_core::{Limits, Service, Store};
 use parley_proto::{ErrorCode, encode_frame};
 use parley_store::memory::MemoryStore;
@@ -20,7 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Settings, StoreKind};
 use crate::convert::error_frame;
-use crate::native::{self, NativeContext};
+use crate::native::{self, NativeContext, NativeCounters};
 
 /// File name of the SQLite database inside the data directory.
 pub const DATABASE_FILE: &str = "parley.db";
@@ -88,6 +92,49 @@ pub struct ServerCounters {
     pub connections_refused_busy: AtomicU64,
 }
 
+/// Open connections per source address, for `max_connections_per_ip`.
+/// A slot is released when its guard drops, however the connection ends.
+struct PerIp {
+    /// The limit.
+    max: usize,
+    /// Open connections by address; entries at zero are removed.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct IpSlot {
+    /// The table to release the slot in.
+    table: Arc<PerIp>,
+    /// Whose slot.
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn acquire(table: &Arc<PerIp>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = table.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= table.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            table: Arc::clone(table),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves, then shuts down
 /// gracefully: stop accepting, tell every connection, let in-flight requests
 /// finish within the grace period, close the store.
@@ -104,24 +151,46 @@ pub async fn run(
             limits: Limits {
                 max_body_bytes: settings.max_body_bytes,
                 session_queue: settings.session_queue,
+                max_contacts: settings.max_contacts,
+                max_unacked: settings.max_unacked,
             },
             auth: AuthSettings {
                 mechanisms: settings.scram_mechanisms.clone(),
                 iterations: settings.scram_iterations,
                 secret,
             },
+            resume: ResumeSettings {
+                ttl: settings.resume_ttl,
+                max_per_user: parley_core::service::DEFAULT_RESUME_TOKENS_PER_USER,
+            },
+            throttle: ThrottleSettings {
+                failures_per_account: settings.login_failures_per_account,
+                failures_per_ip: settings.login_failures_per_ip,
+                window: parley_core::throttle::DEFAULT_WINDOW,
+            },
         },
     );
+    let keepalive_secs = u32::try_from(settings.keepalive.as_secs()).unwrap_or(u32::MAX);
     let ctx = Arc::new(NativeContext {
-        welcome: NativeContext::welcome_frame(&service, settings.max_frame_bytes),
+        welcome: NativeContext::welcome_frame(&service, settings.max_frame_bytes, keepalive_secs),
         service: Arc::clone(&service),
         max_frame_bytes: settings.max_frame_bytes as usize,
         auth_timeout: settings.auth_timeout,
         pipeline_window: settings.pipeline_window,
         outbound_buffer_bytes: settings.outbound_buffer_bytes,
+        keepalive: settings.keepalive,
+        ack_timeout: settings.ack_timeout,
+        max_ack_backoff: settings.max_ack_backoff,
+        max_backlog: settings.max_backlog,
+        backlog: AtomicUsize::new(0),
+        counters: NativeCounters::default(),
     });
     let counters = ServerCounters::default();
     let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let per_ip = Arc::new(PerIp {
+        max: settings.max_connections_per_ip,
+        open: Mutex::new(HashMap::new()),
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -132,16 +201,17 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
                     let _ = stream.set_nodelay(true);
-                    match Arc::clone(&permits).try_acquire_owned() {
-                        Ok(permit) => {
+                    let slot = PerIp::acquire(&per_ip, peer.ip());
+                    match (Arc::clone(&permits).try_acquire_owned(), slot) {
+                        (Ok(permit), Some(slot)) => {
                             let ctx = Arc::clone(&ctx);
                             let shutdown = shutdown_rx.clone();
                             tasks.spawn(async move {
-                                let _permit = permit;
+                                let _permit = (permit, slot);
                                 serve_tcp(stream, ctx, shutdown, peer).await;
                             });
                         }
-                        Err(_) => {
+                        _ => {
                             counters.connections_refused_busy.fetch_add(1, Ordering::Relaxed);
                             tasks.spawn(refuse_busy(stream, settings.max_frame_bytes as usize));
                         }
@@ -182,6 +252,13 @@ pub async fn run(
         duplicates = c.messages_duplicate.load(Ordering::Relaxed),
         pushed = c.messages_pushed.load(Ordering::Relaxed),
         acked = c.messages_acked.load(Ordering::Relaxed),
+        resent = c.messages_resent.load(Ordering::Relaxed),
+        resumes = c.resumes_ok.load(Ordering::Relaxed),
+        rate_limited = c.logins_rate_limited.load(Ordering::Relaxed),
+        busy = ctx.counters.busy_replies.load(Ordering::Relaxed),
+        slow_consumer_pauses = ctx.counters.slow_consumer_pauses.load(Ordering::Relaxed),
+        keepalive_timeouts = ctx.counters.keepalive_timeouts.load(Ordering::Relaxed),
+        lagged_notifications = service.hub().lag_events(),
         "stopped"
     );
     Ok(())

@@ -37,7 +37,7 @@ async fn sigterm_tells_clients_and_keeps_every_acked_message() {
                 told = true;
             }
             Event::Disconnected => break,
-            Event::Messages(_) => {}
+            Event::Messages(_) | Event::Presence { .. } => {}
         }
     }
     assert!(told, "watcher got a goodbye");

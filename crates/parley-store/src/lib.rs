@@ -1,6 +1,6 @@
 //! Implementations of `parley-core`'s [`Store`](parley_core::Store): accounts,
-//! mailboxes and idempotency keys, kept in memory ([`MemoryStore`]) or in
-//! SQLite ([`SqliteStore`]).
+//! mailboxes, idempotency keys, contact lists and resume tokens, kept in
+//! memory ([`MemoryStore`]) or in SQLite ([`SqliteStore`]).
 //!
 //! This crate owns the durable state of the service and nothing else. It must
 //! never decide policy (name rules, size limits, who may do what: the core
@@ -10,17 +10,21 @@
 //! # Semantics shared by both stores
 //!
 //! Both stores behave identically in every observable way; one conformance
-//! suite (`tests/conformance.rs`) runs against both.
+//! suite (`tests/conformance.rs`) runs against both. Name keys (`name_key`,
+//! `recipient_key`, `contact_key`) are matched exactly: the core lowercases
+//! names into keys before calling.
 //!
 //! - **create_account**: `NameTaken` if a live account has the same
 //!   `name_key`. New user ids start at 1 and strictly increase; an id is never
 //!   handed out again, even after its account is deleted.
 //! - **find_account**: the account with that `name_key`, or `None`.
-//! - **delete_account**: removes the account, every message in its mailbox and
-//!   the idempotency keys it holds as a sender. Messages it sent that sit in
-//!   other mailboxes stay. `NoSuchUser` if there is no such account. The name
-//!   can then be registered again: the new account gets a new id and an empty
-//!   mailbox whose seqs start at 1.
+//! - **delete_account**: removes the account, every message in its mailbox,
+//!   the idempotency keys it holds as a sender, its resume tokens, its contact
+//!   list and its place in every other account's contact list. Messages it
+//!   sent that sit in other mailboxes stay. `NoSuchUser` if there is no such
+//!   account. The name can then be registered again: the new account gets a
+//!   new id, an empty mailbox whose seqs start at 1, no contacts, and appears
+//!   in nobody's contact list; no token of the old account resumes it.
 //! - **list_accounts**: accounts whose `name_key` matches the pattern and is
 //!   greater than `after` (a `name_key`; `""` starts at the beginning), in
 //!   byte order of `name_key`, at most `limit` of them.
@@ -47,6 +51,32 @@
 //!   the order given, each once. An unknown user deletes nothing.
 //! - **mailbox_state**: the highest seq ever assigned and the number of
 //!   unacknowledged messages; `NoSuchUser` if there is no such account.
+//! - **add_contact**: `NoSuchUser` if the owner does not exist or no account
+//!   has `contact_key` (checked in that order). If the contact is already in
+//!   the list, nothing changes and the answer is the same as the first time,
+//!   even when the list is full. Otherwise `LimitReached("at most N
+//!   contacts")` if the owner already has `max` contacts (so `max = 0` refuses
+//!   every new one), else the contact is added. Adding oneself is allowed.
+//!   The answer is the contact's listing row. Contact lists are one-way:
+//!   adding Bob to Alice's list does not touch Bob's.
+//! - **remove_contact**: whether `contact_key` was in the list (and is no
+//!   longer); an unknown owner or key answers `false`.
+//! - **list_contacts**: the owner's contacts in byte order of `name_key`, with
+//!   their current names; empty for an unknown owner.
+//! - **create_resume_token**: `NoSuchUser` if the user does not exist. Stores
+//!   only the hash with its (clamped) expiry. First, a token with the same
+//!   hash is replaced, whoever held it; then the user's tokens with
+//!   `expires_ms <=` the current system time are deleted; then, if more than
+//!   `max_per_user - 1` of the user's tokens remain, those expiring first
+//!   (ties: created first) are deleted until that many remain; finally the
+//!   new token is stored. The new token is always kept, even if it expires
+//!   before the others or has already expired, so `max_per_user = 0` behaves
+//!   like 1.
+//! - **resume**: the account of the token with that hash if its `expires_ms`
+//!   is greater than `now_ms`; a token that is not is deleted, and the answer
+//!   is `None`, as for an unknown hash.
+//! - **revoke_resume_token**: deletes the token; an unknown hash is not an
+//!   error.
 //! - **close**: finishes queued work, makes it durable and stops; every later
 //!   operation answers `Closed`. Calling it again answers `Ok(())` once the
 //!   store has stopped.
@@ -58,8 +88,10 @@
 //! exists (an `after` or `up_to` that large means "beyond" or "all").
 #![forbid(unsafe_code)]
 
+mod clock;
 mod convert;
 pub mod memory;
+mod rules;
 pub mod sqlite;
 
 pub use memory::MemoryStore;

@@ -7,16 +7,22 @@
 //! operations take effect in call order and the lock is never held across an
 //! `.await`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult, StoredMessage,
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, StoreResult,
+    StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 
+use crate::clock;
 use crate::convert::clamp;
+use crate::rules::{contact_limit_message, other_tokens_kept};
+
+/// The hash of a resume token, as the trait passes it.
+type TokenHash = [u8; 32];
 
 /// A [`Store`] that keeps everything in memory.
 #[derive(Debug, Default)]
@@ -43,6 +49,11 @@ struct State {
     /// the mailboxes so that a retry is recognised even after the recipient
     /// deleted the message.
     sent_ids: HashMap<UserId, HashMap<String, SentRecord>>,
+    /// Resume tokens by hash; each is also listed in its user's entry.
+    tokens: HashMap<TokenHash, TokenRecord>,
+    /// The highest token sequence number handed out: the insertion order
+    /// that breaks ties between tokens expiring at the same time.
+    last_token_seq: u64,
 }
 
 /// One live account and its mailbox.
@@ -60,6 +71,25 @@ struct AccountEntry {
     messages: BTreeMap<Seq, StoredMessage>,
     /// Message id to seq, for deletions by id.
     seq_by_id: HashMap<MessageId, Seq>,
+    /// The ids of this account's contacts.
+    contacts: HashSet<UserId>,
+    /// The ids of the accounts that have this one as a contact, so that
+    /// deleting it can remove it from their lists (SQLite's index on
+    /// `contacts.contact`).
+    listed_by: HashSet<UserId>,
+    /// The hashes of this account's resume tokens.
+    tokens: HashSet<TokenHash>,
+}
+
+/// One stored resume token.
+#[derive(Clone, Copy, Debug)]
+struct TokenRecord {
+    /// Whose token it is.
+    user: UserId,
+    /// When it stops working, clamped like every written value.
+    expires_ms: u64,
+    /// Insertion order, for pruning.
+    seq: u64,
 }
 
 /// What an idempotency key remembers of the message it stored.
@@ -117,6 +147,9 @@ impl State {
                 unread: 0,
                 messages: BTreeMap::new(),
                 seq_by_id: HashMap::new(),
+                contacts: HashSet::new(),
+                listed_by: HashSet::new(),
+                tokens: HashSet::new(),
             },
         );
         Ok(account)
@@ -131,6 +164,20 @@ impl State {
         let entry = self.accounts.remove(&user).ok_or(StoreError::NoSuchUser)?;
         self.by_key.remove(&entry.name_key);
         self.sent_ids.remove(&user);
+        for hash in &entry.tokens {
+            self.tokens.remove(hash);
+        }
+        // A contact of itself is already gone with its entry.
+        for owner in &entry.listed_by {
+            if let Some(owner) = self.accounts.get_mut(owner) {
+                owner.contacts.remove(&user);
+            }
+        }
+        for contact in &entry.contacts {
+            if let Some(contact) = self.accounts.get_mut(contact) {
+                contact.listed_by.remove(&user);
+            }
+        }
         Ok(())
     }
 
@@ -286,6 +333,118 @@ impl State {
             .map(AccountEntry::state)
             .ok_or(StoreError::NoSuchUser)
     }
+
+    /// The listing row of a live account.
+    fn summary(&self, id: UserId) -> Option<AccountSummary> {
+        let entry = self.accounts.get(&id)?;
+        Some(AccountSummary {
+            id,
+            name: entry.account.name.clone(),
+            name_key: entry.name_key.clone(),
+        })
+    }
+
+    fn add_contact(&mut self, user: UserId, contact_key: &str, max: u32) -> StoreResult<AccountSummary> {
+        let owner = self.accounts.get(&user).ok_or(StoreError::NoSuchUser)?;
+        let contact = *self.by_key.get(contact_key).ok_or(StoreError::NoSuchUser)?;
+        let summary = self.summary(contact).ok_or(StoreError::NoSuchUser)?;
+        // Adding again is not an error, and is allowed at the limit: it adds nothing.
+        if owner.contacts.contains(&contact) {
+            return Ok(summary);
+        }
+        if u64::try_from(owner.contacts.len()).unwrap_or(u64::MAX) >= u64::from(max) {
+            return Err(StoreError::LimitReached(contact_limit_message(max)));
+        }
+        if let Some(owner) = self.accounts.get_mut(&user) {
+            owner.contacts.insert(contact);
+        }
+        if let Some(contact) = self.accounts.get_mut(&contact) {
+            contact.listed_by.insert(user);
+        }
+        Ok(summary)
+    }
+
+    fn remove_contact(&mut self, user: UserId, contact_key: &str) -> bool {
+        let Some(&contact) = self.by_key.get(contact_key) else {
+            return false;
+        };
+        let removed = self
+            .accounts
+            .get_mut(&user)
+            .is_some_and(|owner| owner.contacts.remove(&contact));
+        if removed && let Some(contact) = self.accounts.get_mut(&contact) {
+            contact.listed_by.remove(&user);
+        }
+        removed
+    }
+
+    fn list_contacts(&self, user: UserId) -> Vec<AccountSummary> {
+        let Some(owner) = self.accounts.get(&user) else {
+            return Vec::new();
+        };
+        let mut contacts: Vec<AccountSummary> = owner.contacts.iter().filter_map(|&id| self.summary(id)).collect();
+        contacts.sort_by(|a, b| a.name_key.cmp(&b.name_key));
+        contacts
+    }
+
+    /// Forgets the token with this hash, if any.
+    fn remove_token(&mut self, hash: &TokenHash) {
+        if let Some(record) = self.tokens.remove(hash)
+            && let Some(entry) = self.accounts.get_mut(&record.user)
+        {
+            entry.tokens.remove(hash);
+        }
+    }
+
+    fn create_resume_token(&mut self, token: NewResumeToken) -> StoreResult<()> {
+        if !self.accounts.contains_key(&token.user) {
+            return Err(StoreError::NoSuchUser);
+        }
+        let seq = next_id(self.last_token_seq)?;
+        let now = clock::now_ms();
+        // A token with the same hash is replaced, whoever held it.
+        self.remove_token(&token.hash);
+        // The user's other tokens, expired ones first, then the rest in the
+        // order they are dropped to make room: expiring first, then oldest.
+        let mut held: Vec<(u64, u64, TokenHash)> = self
+            .accounts
+            .get(&token.user)
+            .map(|entry| {
+                entry
+                    .tokens
+                    .iter()
+                    .filter_map(|hash| self.tokens.get(hash).map(|r| (r.expires_ms, r.seq, *hash)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        held.sort_unstable();
+        let live = held.iter().filter(|(expires_ms, _, _)| *expires_ms > now).count();
+        let kept = usize::try_from(other_tokens_kept(token.max_per_user)).unwrap_or(usize::MAX);
+        let dropped = (held.len() - live) + live.saturating_sub(kept);
+        for (_, _, hash) in held.into_iter().take(dropped) {
+            self.remove_token(&hash);
+        }
+        let record = TokenRecord {
+            user: token.user,
+            expires_ms: clamp(token.expires_ms),
+            seq,
+        };
+        self.last_token_seq = seq;
+        self.tokens.insert(token.hash, record);
+        if let Some(entry) = self.accounts.get_mut(&token.user) {
+            entry.tokens.insert(token.hash);
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self, hash: TokenHash, now_ms: u64) -> Option<Account> {
+        let record = *self.tokens.get(&hash)?;
+        if record.expires_ms <= now_ms {
+            self.remove_token(&hash);
+            return None;
+        }
+        self.accounts.get(&record.user).map(|entry| entry.account.clone())
+    }
 }
 
 impl AccountEntry {
@@ -339,6 +498,33 @@ impl Store for MemoryStore {
 
     fn mailbox_state(&self, user: UserId) -> StoreReply<MailboxState> {
         self.run(|state| state.mailbox_state(user))
+    }
+
+    fn add_contact(&self, user: UserId, contact_key: &str, max: u32) -> StoreReply<AccountSummary> {
+        self.run(|state| state.add_contact(user, contact_key, max))
+    }
+
+    fn remove_contact(&self, user: UserId, contact_key: &str) -> StoreReply<bool> {
+        self.run(|state| Ok(state.remove_contact(user, contact_key)))
+    }
+
+    fn list_contacts(&self, user: UserId) -> StoreReply<Vec<AccountSummary>> {
+        self.run(|state| Ok(state.list_contacts(user)))
+    }
+
+    fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {
+        self.run(|state| state.create_resume_token(token))
+    }
+
+    fn resume(&self, hash: [u8; 32], now_ms: u64) -> StoreReply<Option<Account>> {
+        self.run(|state| Ok(state.resume(hash, now_ms)))
+    }
+
+    fn revoke_resume_token(&self, hash: [u8; 32]) -> StoreReply<()> {
+        self.run(|state| {
+            state.remove_token(&hash);
+            Ok(())
+        })
     }
 
     fn close(&self) -> StoreReply<()> {

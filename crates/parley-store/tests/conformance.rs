@@ -7,7 +7,9 @@ mod common;
 use parley_core::store::{AckRange, MailboxState, NewMessage};
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, UserId};
 
-use common::{Harness, credentials, message, new_account, register, send};
+use common::{
+    HOUR_MS, Harness, create_token, credentials, hash, live_tokens, message, new_account, now_ms, register, send, token,
+};
 
 fn seqs(messages: &[parley_core::store::StoredMessage]) -> Vec<u64> {
     messages.iter().map(|m| m.seq.0).collect()
@@ -511,6 +513,25 @@ async fn ordering_follows_calls(store: &dyn Store) {
         })
     );
     assert_eq!(first.await.unwrap().message.seq, Seq(1));
+
+    // Contacts and tokens follow call order too.
+    let now = now_ms();
+    let added = store.add_contact(alice.id, "bob", ROOMY);
+    let listed_with = store.list_contacts(alice.id);
+    let removed = store.remove_contact(alice.id, "bob");
+    let listed_without = store.list_contacts(alice.id);
+    let created = store.create_resume_token(token(&alice, 1, now + HOUR_MS, 5));
+    let resumed = store.resume(hash(1), now);
+    let revoked = store.revoke_resume_token(hash(1));
+    let resumed_after = store.resume(hash(1), now);
+    assert_eq!(resumed_after.await, Ok(None));
+    assert_eq!(revoked.await, Ok(()));
+    assert_eq!(resumed.await, Ok(Some(alice.clone())));
+    assert_eq!(created.await, Ok(()));
+    assert_eq!(listed_without.await, Ok(vec![]));
+    assert_eq!(removed.await, Ok(true));
+    assert_eq!(keys(&listed_with.await.unwrap()), vec!["bob"]);
+    assert_eq!(added.await.unwrap().id, bob.id);
 }
 
 async fn closed_store_refuses_everything(store: &dyn Store) {
@@ -531,6 +552,15 @@ async fn closed_store_refuses_everything(store: &dyn Store) {
     assert_eq!(store.ack(alice.id, AckRange::default()).await.map(drop), closed);
     assert_eq!(store.delete_messages(alice.id, vec![]).await.map(drop), closed);
     assert_eq!(store.mailbox_state(alice.id).await.map(drop), closed);
+    assert_eq!(store.add_contact(alice.id, "alice", ROOMY).await.map(drop), closed);
+    assert_eq!(store.remove_contact(alice.id, "alice").await.map(drop), closed);
+    assert_eq!(store.list_contacts(alice.id).await.map(drop), closed);
+    assert_eq!(
+        store.create_resume_token(token(&alice, 1, u64::MAX, 5)).await.map(drop),
+        closed
+    );
+    assert_eq!(store.resume(hash(1), 0).await.map(drop), closed);
+    assert_eq!(store.revoke_resume_token(hash(1)).await.map(drop), closed);
     assert_eq!(store.close().await, Ok(()), "closing again is fine");
 }
 
@@ -591,6 +621,330 @@ async fn huge_values_do_not_panic(store: &dyn Store) {
     let long_key = "k".repeat(10_000);
     assert_eq!(store.find_account(&long_key).await, Ok(None));
     assert_eq!(store.list_accounts(&pattern("*"), &long_key, 10).await, Ok(vec![]));
+
+    let nobody = UserId(u64::MAX);
+    assert_eq!(
+        store.add_contact(nobody, "alice", u32::MAX).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(store.remove_contact(nobody, "alice").await, Ok(false));
+    assert_eq!(store.list_contacts(nobody).await, Ok(vec![]));
+    assert_eq!(
+        store.add_contact(alice.id, &long_key, u32::MAX).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store.add_contact(alice.id, "alice", u32::MAX).await.unwrap().id,
+        alice.id
+    );
+    let ghost_token = parley_core::store::NewResumeToken {
+        user: nobody,
+        ..token(&alice, 1, u64::MAX, u32::MAX)
+    };
+    assert_eq!(
+        store.create_resume_token(ghost_token).await,
+        Err(StoreError::NoSuchUser)
+    );
+    // Expiries are clamped like timestamps.
+    create_token(store, &alice, 1, u64::MAX, u32::MAX).await;
+    assert_eq!(
+        store.resume(hash(1), i64::MAX as u64 - 1).await,
+        Ok(Some(alice.clone()))
+    );
+    assert_eq!(store.resume(hash(1), u64::MAX).await, Ok(None));
+    assert_eq!(store.resume(hash(1), 0).await, Ok(None), "deleted as expired");
+}
+
+/// A contact limit no test reaches unless it means to.
+const ROOMY: u32 = 100;
+
+async fn contacts_add_list_remove(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "Bob").await;
+    let carol = register(store, "carol").await;
+    assert_eq!(store.list_contacts(alice.id).await, Ok(vec![]));
+    let added = store.add_contact(alice.id, "carol", ROOMY).await.unwrap();
+    assert_eq!(
+        (added.id, added.name.as_str(), added.name_key.as_str()),
+        (carol.id, "carol", "carol")
+    );
+    let added = store.add_contact(alice.id, "bob", ROOMY).await.unwrap();
+    assert_eq!((added.id, added.name.as_str()), (bob.id, "Bob"));
+    let listed = store.list_contacts(alice.id).await.unwrap();
+    assert_eq!(keys(&listed), vec!["bob", "carol"], "in key order, not insertion order");
+    assert_eq!(listed[0], added);
+    assert_eq!(store.list_contacts(bob.id).await, Ok(vec![]), "lists are one-way");
+
+    assert_eq!(store.remove_contact(alice.id, "bob").await, Ok(true));
+    assert_eq!(store.remove_contact(alice.id, "bob").await, Ok(false), "already gone");
+    assert_eq!(store.remove_contact(alice.id, "nobody").await, Ok(false));
+    assert_eq!(
+        store.remove_contact(bob.id, "carol").await,
+        Ok(false),
+        "not in bob's list"
+    );
+    assert_eq!(keys(&store.list_contacts(alice.id).await.unwrap()), vec!["carol"]);
+
+    // Adding oneself is allowed.
+    store.add_contact(alice.id, "alice", ROOMY).await.unwrap();
+    assert_eq!(
+        keys(&store.list_contacts(alice.id).await.unwrap()),
+        vec!["alice", "carol"]
+    );
+}
+
+async fn contacts_add_is_idempotent(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    register(store, "bob").await;
+    let first = store.add_contact(alice.id, "bob", ROOMY).await.unwrap();
+    let again = store.add_contact(alice.id, "bob", ROOMY).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(store.list_contacts(alice.id).await, Ok(vec![first]));
+    // One removal undoes any number of adds.
+    assert_eq!(store.remove_contact(alice.id, "bob").await, Ok(true));
+    assert_eq!(store.list_contacts(alice.id).await, Ok(vec![]));
+}
+
+async fn contacts_of_unknown_accounts(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let ghost = UserId(alice.id.0 + 100);
+    assert_eq!(
+        store.add_contact(alice.id, "nobody", ROOMY).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store.add_contact(ghost, "alice", ROOMY).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store.add_contact(ghost, "nobody", 0).await,
+        Err(StoreError::NoSuchUser),
+        "existence comes before the limit"
+    );
+    assert_eq!(store.remove_contact(ghost, "alice").await, Ok(false));
+    assert_eq!(store.list_contacts(ghost).await, Ok(vec![]));
+    // Refused adds left nothing behind: the names registered later are new.
+    assert_eq!(store.list_contacts(alice.id).await, Ok(vec![]));
+    register(store, "nobody").await;
+    assert_eq!(store.remove_contact(alice.id, "nobody").await, Ok(false));
+}
+
+async fn contacts_limit(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    for name in ["bob", "carol", "dave"] {
+        register(store, name).await;
+    }
+    store.add_contact(alice.id, "bob", 2).await.unwrap();
+    store.add_contact(alice.id, "carol", 2).await.unwrap();
+    match store.add_contact(alice.id, "dave", 2).await {
+        Err(StoreError::LimitReached(why)) => assert_eq!(why, "at most 2 contacts"),
+        other => panic!("expected LimitReached, got {other:?}"),
+    }
+    assert_eq!(
+        keys(&store.list_contacts(alice.id).await.unwrap()),
+        vec!["bob", "carol"]
+    );
+    // A contact already in a full list can be added again.
+    assert_eq!(store.add_contact(alice.id, "carol", 2).await.unwrap().name_key, "carol");
+    // A lower limit than the list's size refuses new contacts but keeps the list.
+    assert!(matches!(
+        store.add_contact(alice.id, "dave", 1).await,
+        Err(StoreError::LimitReached(_))
+    ));
+    assert!(store.add_contact(alice.id, "bob", 1).await.is_ok());
+    // Removing one makes room.
+    assert_eq!(store.remove_contact(alice.id, "bob").await, Ok(true));
+    store.add_contact(alice.id, "dave", 2).await.unwrap();
+    assert_eq!(
+        keys(&store.list_contacts(alice.id).await.unwrap()),
+        vec!["carol", "dave"]
+    );
+    // The limit is per owner; 0 refuses everything new.
+    let bob = store.find_account("bob").await.unwrap().unwrap();
+    assert_eq!(
+        store.add_contact(bob.id, "alice", 0).await,
+        Err(StoreError::LimitReached("at most 0 contacts".into()))
+    );
+    assert_eq!(store.add_contact(bob.id, "alice", 1).await.unwrap().id, alice.id);
+}
+
+async fn contacts_use_keys(store: &dyn Store) {
+    let alice = register(store, "ALICE").await;
+    register(store, "Bob").await;
+    register(store, "cArOl").await;
+    // Keys are the lowercase names, whatever case the names were registered in.
+    assert_eq!(store.add_contact(alice.id, "bob", ROOMY).await.unwrap().name, "Bob");
+    store.add_contact(alice.id, "carol", ROOMY).await.unwrap();
+    store.add_contact(alice.id, "alice", ROOMY).await.unwrap();
+    let listed = store.list_contacts(alice.id).await.unwrap();
+    assert_eq!(keys(&listed), vec!["alice", "bob", "carol"]);
+    let names: Vec<&str> = listed.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["ALICE", "Bob", "cArOl"], "display names as registered");
+    // Like every lookup, keys match exactly: the core lowercases them.
+    assert_eq!(
+        store.add_contact(alice.id, "BOB", ROOMY).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(store.remove_contact(alice.id, "Bob").await, Ok(false));
+    assert_eq!(store.remove_contact(alice.id, "bob").await, Ok(true));
+}
+
+async fn delete_account_removes_contacts(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let carol = register(store, "carol").await;
+    for (owner, contact) in [
+        (&alice, "bob"),
+        (&alice, "carol"),
+        (&alice, "alice"),
+        (&bob, "alice"),
+        (&bob, "carol"),
+        (&carol, "alice"),
+    ] {
+        store.add_contact(owner.id, contact, ROOMY).await.unwrap();
+    }
+    store.delete_account(alice.id).await.unwrap();
+    assert_eq!(keys(&store.list_contacts(bob.id).await.unwrap()), vec!["carol"]);
+    assert_eq!(store.list_contacts(carol.id).await, Ok(vec![]));
+    assert_eq!(store.list_contacts(alice.id).await, Ok(vec![]), "its own list is gone");
+    assert_eq!(
+        store.add_contact(alice.id, "bob", ROOMY).await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store.add_contact(bob.id, "alice", ROOMY).await,
+        Err(StoreError::NoSuchUser)
+    );
+
+    // The name registered again is a new account in nobody's list, with an
+    // empty list of its own, and can be added anew.
+    let alice2 = register(store, "alice").await;
+    assert_eq!(store.list_contacts(alice2.id).await, Ok(vec![]));
+    assert_eq!(store.list_contacts(carol.id).await, Ok(vec![]));
+    assert_eq!(store.add_contact(carol.id, "alice", ROOMY).await.unwrap().id, alice2.id);
+    // Bob's list was emptied down to one, so his limit counts only that.
+    store.add_contact(bob.id, "alice", 2).await.unwrap();
+    assert_eq!(
+        keys(&store.list_contacts(bob.id).await.unwrap()),
+        vec!["alice", "carol"]
+    );
+    // Deleting a contact, rather than an owner, empties others' lists too.
+    store.delete_account(carol.id).await.unwrap();
+    assert_eq!(keys(&store.list_contacts(bob.id).await.unwrap()), vec!["alice"]);
+}
+
+async fn tokens_create_and_resume(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let now = now_ms();
+    create_token(store, &alice, 1, now + HOUR_MS, 5).await;
+    create_token(store, &bob, 2, now + HOUR_MS, 5).await;
+    assert_eq!(store.resume(hash(1), now).await, Ok(Some(alice.clone())));
+    assert_eq!(store.resume(hash(2), now).await, Ok(Some(bob.clone())));
+    assert_eq!(
+        store.resume(hash(1), now).await,
+        Ok(Some(alice.clone())),
+        "a token is reusable"
+    );
+    assert_eq!(store.resume(hash(3), now).await, Ok(None), "unknown token");
+    // A token created again with the same hash is replaced, owner included.
+    create_token(store, &bob, 1, now + HOUR_MS, 5).await;
+    assert_eq!(store.resume(hash(1), now).await, Ok(Some(bob)));
+    // Unknown users get no tokens.
+    let ghost = UserId(alice.id.0 + 100);
+    assert_eq!(
+        store
+            .create_resume_token(parley_core::store::NewResumeToken {
+                user: ghost,
+                ..token(&alice, 4, now + HOUR_MS, 5)
+            })
+            .await,
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(store.resume(hash(4), now).await, Ok(None));
+}
+
+async fn tokens_expire(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let expires = now_ms() + HOUR_MS;
+    create_token(store, &alice, 1, expires, 5).await;
+    assert_eq!(store.resume(hash(1), expires - 1).await, Ok(Some(alice.clone())));
+    assert_eq!(store.resume(hash(1), expires).await, Ok(None), "expiry is exclusive");
+    assert_eq!(
+        store.resume(hash(1), expires - 1).await,
+        Ok(None),
+        "an expired token is deleted when found"
+    );
+
+    // A token created already expired is still stored (it only resumes with
+    // an earlier `now_ms`), and the next creation deletes it.
+    let past = now_ms() - 1000;
+    create_token(store, &alice, 2, past, 5).await;
+    create_token(store, &alice, 3, past + 2 * HOUR_MS, 5).await;
+    assert_eq!(live_tokens(store, [2, 3], 0).await, vec![3]);
+}
+
+async fn tokens_revoke(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let now = now_ms();
+    create_token(store, &alice, 1, now + HOUR_MS, 5).await;
+    create_token(store, &alice, 2, now + HOUR_MS, 5).await;
+    assert_eq!(store.revoke_resume_token(hash(1)).await, Ok(()));
+    assert_eq!(store.resume(hash(1), now).await, Ok(None));
+    assert_eq!(store.revoke_resume_token(hash(1)).await, Ok(()), "revoking twice");
+    assert_eq!(store.revoke_resume_token(hash(9)).await, Ok(()), "unknown token");
+    assert_eq!(live_tokens(store, [1, 2], now).await, vec![2], "only that token");
+}
+
+async fn tokens_max_per_user_prunes_the_oldest(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let base = now_ms() + HOUR_MS;
+    let all = || 1..=9;
+    // Oldest means expiring first.
+    create_token(store, &alice, 1, base + 5000, 3).await;
+    create_token(store, &alice, 2, base + 1000, 3).await;
+    create_token(store, &alice, 3, base + 3000, 3).await;
+    assert_eq!(live_tokens(store, all(), 0).await, vec![1, 2, 3]);
+    create_token(store, &alice, 4, base + 4000, 3).await;
+    assert_eq!(live_tokens(store, all(), 0).await, vec![1, 3, 4]);
+    // Among equal expiries, the one created first goes.
+    create_token(store, &bob, 5, base, 2).await;
+    create_token(store, &bob, 6, base, 2).await;
+    create_token(store, &bob, 7, base, 2).await;
+    assert_eq!(live_tokens(store, all(), 0).await, vec![1, 3, 4, 6, 7], "per user");
+    // The new token stays even when it expires before the others.
+    create_token(store, &bob, 8, base - 500, 2).await;
+    assert_eq!(live_tokens(store, all(), 0).await, vec![1, 3, 4, 7, 8]);
+    // A lower limit prunes down to it at the next creation; 0 acts as 1.
+    create_token(store, &alice, 9, base, 0).await;
+    assert_eq!(live_tokens(store, all(), 0).await, vec![7, 8, 9]);
+    // Revoked and expired tokens do not count against the limit.
+    store.revoke_resume_token(hash(7)).await.unwrap();
+    create_token(store, &bob, 1, base, 2).await;
+    assert_eq!(live_tokens(store, all(), 0).await, vec![1, 8, 9]);
+}
+
+async fn delete_account_revokes_tokens(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let now = now_ms();
+    create_token(store, &alice, 1, now + HOUR_MS, 5).await;
+    create_token(store, &alice, 2, now + 2 * HOUR_MS, 5).await;
+    create_token(store, &bob, 3, now + HOUR_MS, 5).await;
+    store.delete_account(alice.id).await.unwrap();
+    assert_eq!(live_tokens(store, [1, 2, 3], now).await, vec![3]);
+    assert_eq!(
+        store.create_resume_token(token(&alice, 4, now + HOUR_MS, 5)).await,
+        Err(StoreError::NoSuchUser)
+    );
+    // The name registered again is another account: old tokens stay dead,
+    // and the old account's limit does not carry over.
+    let alice2 = register(store, "alice").await;
+    assert_eq!(live_tokens(store, [1, 2, 4], now).await, Vec::<u8>::new());
+    create_token(store, &alice2, 5, now + HOUR_MS, 1).await;
+    assert_eq!(store.resume(hash(5), now).await, Ok(Some(alice2)));
+    assert_eq!(live_tokens(store, [1, 2, 3, 4], now).await, vec![3]);
 }
 
 /// Runs every case against one store kind, each on a fresh store.
@@ -637,4 +991,15 @@ conformance!(
     ordering_follows_calls,
     closed_store_refuses_everything,
     huge_values_do_not_panic,
+    contacts_add_list_remove,
+    contacts_add_is_idempotent,
+    contacts_of_unknown_accounts,
+    contacts_limit,
+    contacts_use_keys,
+    delete_account_removes_contacts,
+    tokens_create_and_resume,
+    tokens_expire,
+    tokens_revoke,
+    tokens_max_per_user_prunes_the_oldest,
+    delete_account_revokes_tokens,
 );

@@ -7,7 +7,26 @@ use parley_core::store::{AckRange, MailboxState};
 use parley_core::{Seq, Store, StoreError};
 use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
 
-use common::{db_path, message, new_account, register, send};
+use common::{HOUR_MS, create_token, db_path, hash, live_tokens, message, new_account, now_ms, register, send};
+
+/// The schema version this build writes.
+const CURRENT_VERSION: i64 = 2;
+
+/// The `PRAGMA user_version` of the database file.
+fn schema_version(conn: &rusqlite::Connection) -> i64 {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap()
+}
+
+/// The names of the tables in the database file, sorted.
+fn tables(conn: &rusqlite::Connection) -> Vec<String> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
 
 fn open(dir: &tempfile::TempDir, options: SqliteOptions) -> SqliteStore {
     SqliteStore::open(&db_path(dir.path()), options).expect("open")
@@ -243,15 +262,14 @@ async fn a_newer_schema_is_refused_untouched() {
     let path = db_path(dir.path());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(schema_version(&conn), CURRENT_VERSION);
         conn.pragma_update(None, "user_version", 99).unwrap();
     }
     match SqliteStore::open(&path, SqliteOptions::default()) {
         Err(
             error @ StoreOpenError::SchemaTooNew {
                 found: 99,
-                supported: 1,
+                supported: CURRENT_VERSION,
                 ..
             },
         ) => {
@@ -260,8 +278,7 @@ async fn a_newer_schema_is_refused_untouched() {
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
-    assert_eq!(version, 99, "the refused database is left as it was");
+    assert_eq!(schema_version(&conn), 99, "the refused database is left as it was");
 }
 
 #[tokio::test]
@@ -324,5 +341,113 @@ async fn usable_through_a_trait_object_from_many_tasks() {
             unread: 400
         })
     );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn contacts_and_tokens_survive_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    let bob = register(&store, "Bob").await;
+    register(&store, "carol").await;
+    store.add_contact(alice.id, "carol", 10).await.unwrap();
+    store.add_contact(alice.id, "bob", 10).await.unwrap();
+    store.add_contact(bob.id, "alice", 10).await.unwrap();
+    let expires = now_ms() + HOUR_MS;
+    // Same expiry: only insertion order tells them apart.
+    for n in 1..=3 {
+        create_token(&store, &alice, n, expires, 3).await;
+    }
+    create_token(&store, &bob, 4, expires, 3).await;
+    store.close().await.unwrap();
+
+    let store = open(&dir, SqliteOptions::default());
+    let listed = store.list_contacts(alice.id).await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|c| c.name_key.as_str()).collect();
+    assert_eq!(keys, vec!["bob", "carol"]);
+    assert_eq!(listed[0].name, "Bob");
+    assert_eq!(store.list_contacts(bob.id).await.unwrap().len(), 1);
+    assert_eq!(store.resume(hash(1), 0).await, Ok(Some(alice.clone())));
+    assert_eq!(store.resume(hash(4), 0).await, Ok(Some(bob.clone())));
+    // Insertion order persisted: the first token is the one pruned.
+    create_token(&store, &alice, 5, expires, 3).await;
+    assert_eq!(live_tokens(&store, 1..=5, 0).await, vec![2, 3, 4, 5]);
+    // The limit counts the persisted rows.
+    assert!(matches!(
+        store.add_contact(alice.id, "alice", 2).await,
+        Err(StoreError::LimitReached(_))
+    ));
+    store.revoke_resume_token(hash(2)).await.unwrap();
+    store.remove_contact(alice.id, "carol").await.unwrap();
+    drop(store);
+
+    // Acknowledged removals persist even without a close.
+    let store = open(&dir, SqliteOptions::default());
+    assert_eq!(live_tokens(&store, 1..=5, 0).await, vec![3, 4, 5]);
+    assert_eq!(store.list_contacts(alice.id).await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "Alice").await;
+    let bob = register(&store, "bob").await;
+    let m1 = send(&store, &alice, "bob", "m1", "one").await.message;
+    send(&store, &bob, "alice", "b1", "back").await;
+    store.close().await.unwrap();
+    // Turn it into what version 1 wrote: the same tables minus the ones
+    // migration 2 adds (their indexes go with them).
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        assert_eq!(schema_version(&conn), CURRENT_VERSION);
+        conn.execute_batch(
+            "BEGIN;
+             DROP TABLE contacts;
+             DROP TABLE resume_tokens;
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )
+        .unwrap();
+        assert_eq!(tables(&conn), vec!["accounts", "messages", "sent_ids"]);
+        assert_eq!(schema_version(&conn), 1);
+    }
+
+    let store = open(&dir, SqliteOptions::default());
+    // The old data is all there.
+    assert_eq!(store.find_account("alice").await.unwrap(), Some(alice.clone()));
+    assert_eq!(
+        store.fetch(bob.id, Seq(0), 10, true).await.unwrap(),
+        vec![(*m1).clone()]
+    );
+    assert!(
+        store
+            .append(message(&alice, "bob", "m1", "one"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(send(&store, &alice, "bob", "m2", "two").await.message.seq, Seq(2));
+    assert!(register(&store, "carol").await.id > bob.id);
+    // The new tables work.
+    store.add_contact(alice.id, "bob", 10).await.unwrap();
+    create_token(&store, &alice, 1, now_ms() + HOUR_MS, 3).await;
+    store.close().await.unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        assert_eq!(schema_version(&conn), CURRENT_VERSION);
+        assert_eq!(
+            tables(&conn),
+            vec!["accounts", "contacts", "messages", "resume_tokens", "sent_ids"]
+        );
+    }
+
+    // And the upgraded file reopens as is.
+    let store = open(&dir, SqliteOptions::default());
+    assert_eq!(store.list_contacts(alice.id).await.unwrap().len(), 1);
+    assert_eq!(store.resume(hash(1), 0).await, Ok(Some(alice)));
     store.close().await.unwrap();
 }

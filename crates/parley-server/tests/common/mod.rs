@@ -55,3 +55,93 @@ pub async fn assert_no_push(client: &Client) {
 pub fn bodies(messages: &[Message]) -> Vec<&str> {
     messages.iter().map(|m| m.body.as_str()).collect()
 }
+
+/// A logged-in connection driven by hand, frame by frame: for tests that
+/// need to stop reading or withhold acks at the socket level.
+pub struct RawSession {
+    pub stream: tokio::net::TcpStream,
+    pub input: bytes::BytesMut,
+    next_id: u64,
+}
+
+impl RawSession {
+    pub async fn login(addr: &str, name: &str, password: &str) -> RawSession {
+        use parley_proto::v1::{self, client_frame, server_frame};
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut raw = RawSession {
+            stream,
+            input: bytes::BytesMut::new(),
+            next_id: 1,
+        };
+        let welcome = raw.read_frame().await;
+        assert!(matches!(welcome.body, Some(server_frame::Body::Welcome(_))));
+        let mut exchange = parley_core::scram::ClientExchange::new(name, password);
+        raw.send(client_frame::Body::AuthStart(v1::AuthStart {
+            client_first: exchange.client_first().into_bytes(),
+        }))
+        .await;
+        let Some(server_frame::Body::AuthChallenge(c)) = raw.read_frame().await.body else {
+            panic!("no challenge")
+        };
+        let mechanism = parley_core::Mechanism::from_name(&c.mechanism).unwrap();
+        let client_final = exchange.client_final(mechanism, &c.server_first).unwrap();
+        raw.send(client_frame::Body::AuthContinue(v1::AuthContinue {
+            client_final: client_final.into_bytes(),
+        }))
+        .await;
+        let Some(server_frame::Body::AuthOk(_)) = raw.read_frame().await.body else {
+            panic!("login failed")
+        };
+        raw
+    }
+
+    pub async fn send(&mut self, body: parley_proto::v1::client_frame::Body) -> u64 {
+        use tokio::io::AsyncWriteExt;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut buf = bytes::BytesMut::new();
+        let frame = parley_proto::ClientFrame {
+            request_id: id,
+            body: Some(body),
+        };
+        parley_proto::encode_frame(&frame, &mut buf, 1 << 20).unwrap();
+        self.stream.write_all(&buf).await.unwrap();
+        id
+    }
+
+    pub async fn read_frame(&mut self) -> parley_proto::ServerFrame {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(f) = parley_proto::decode_frame(&mut self.input, 1 << 24).unwrap() {
+                return f;
+            }
+            self.input.reserve(64 * 1024);
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.input))
+                .await
+                .expect("frame in time")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+        }
+    }
+
+    /// Reads frames until one satisfies `pick`, discarding others.
+    pub async fn read_until<T>(&mut self, mut pick: impl FnMut(&parley_proto::ServerFrame) -> Option<T>) -> T {
+        loop {
+            let f = self.read_frame().await;
+            if let Some(t) = pick(&f) {
+                return t;
+            }
+        }
+    }
+}
+
+/// The resident set size of a process, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -24,7 +24,8 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult, StoredMessage,
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, StoreResult,
+    StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 use tokio::sync::oneshot;
@@ -341,6 +342,41 @@ impl Store for SqliteStore {
 
     fn mailbox_state(&self, user: UserId) -> StoreReply<MailboxState> {
         self.submit(|reply| Op::MailboxState { user, reply })
+    }
+
+    fn add_contact(&self, user: UserId, contact_key: &str, max: u32) -> StoreReply<AccountSummary> {
+        let contact_key = contact_key.to_owned();
+        self.submit(|reply| Op::AddContact {
+            user,
+            contact_key,
+            max,
+            reply,
+        })
+    }
+
+    fn remove_contact(&self, user: UserId, contact_key: &str) -> StoreReply<bool> {
+        let contact_key = contact_key.to_owned();
+        self.submit(|reply| Op::RemoveContact {
+            user,
+            contact_key,
+            reply,
+        })
+    }
+
+    fn list_contacts(&self, user: UserId) -> StoreReply<Vec<AccountSummary>> {
+        self.submit(|reply| Op::ListContacts { user, reply })
+    }
+
+    fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {
+        self.submit(|reply| Op::CreateResumeToken { token, reply })
+    }
+
+    fn resume(&self, hash: [u8; 32], now_ms: u64) -> StoreReply<Option<Account>> {
+        self.submit(|reply| Op::Resume { hash, now_ms, reply })
+    }
+
+    fn revoke_resume_token(&self, hash: [u8; 32]) -> StoreReply<()> {
+        self.submit(|reply| Op::RevokeResumeToken { hash, reply })
     }
 
     fn close(&self) -> StoreReply<()> {

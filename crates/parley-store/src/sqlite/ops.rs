@@ -6,18 +6,20 @@
 //! so a failed op leaves nothing behind while the rest of its batch commits.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, StoreResult, StoredMessage,
+    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, StoreResult,
+    StoredMessage,
 };
 use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
 
+use crate::clock;
 use crate::convert::{clamp, exact_sql, saturating_sql};
+use crate::rules::{contact_limit_message, other_tokens_kept};
 
 /// Where an operation's answer goes.
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -70,6 +72,34 @@ pub(super) enum Op {
     MailboxState {
         user: UserId,
         reply: Reply<MailboxState>,
+    },
+    AddContact {
+        user: UserId,
+        contact_key: String,
+        max: u32,
+        reply: Reply<AccountSummary>,
+    },
+    RemoveContact {
+        user: UserId,
+        contact_key: String,
+        reply: Reply<bool>,
+    },
+    ListContacts {
+        user: UserId,
+        reply: Reply<Vec<AccountSummary>>,
+    },
+    CreateResumeToken {
+        token: NewResumeToken,
+        reply: Reply<()>,
+    },
+    Resume {
+        hash: [u8; 32],
+        now_ms: u64,
+        reply: Reply<Option<Account>>,
+    },
+    RevokeResumeToken {
+        hash: [u8; 32],
+        reply: Reply<()>,
     },
 }
 
@@ -142,8 +172,18 @@ impl Op {
             | Op::DeleteAccount { .. }
             | Op::Append { .. }
             | Op::Ack { .. }
-            | Op::DeleteMessages { .. } => true,
-            Op::FindAccount { .. } | Op::ListAccounts { .. } | Op::Fetch { .. } | Op::MailboxState { .. } => false,
+            | Op::DeleteMessages { .. }
+            | Op::AddContact { .. }
+            | Op::RemoveContact { .. }
+            | Op::CreateResumeToken { .. }
+            // A resume deletes the token it finds expired.
+            | Op::Resume { .. }
+            | Op::RevokeResumeToken { .. } => true,
+            Op::FindAccount { .. }
+            | Op::ListAccounts { .. }
+            | Op::Fetch { .. }
+            | Op::MailboxState { .. }
+            | Op::ListContacts { .. } => false,
         }
     }
 
@@ -170,6 +210,21 @@ impl Op {
             Op::Ack { user, range, reply } => answer(reply, ack(conn, user, range)),
             Op::DeleteMessages { user, ids, reply } => answer(reply, delete_messages(conn, user, ids)),
             Op::MailboxState { user, reply } => answer(reply, mailbox_state(conn, user)),
+            Op::AddContact {
+                user,
+                contact_key,
+                max,
+                reply,
+            } => answer(reply, add_contact(conn, user, &contact_key, max)),
+            Op::RemoveContact {
+                user,
+                contact_key,
+                reply,
+            } => answer(reply, remove_contact(conn, user, &contact_key)),
+            Op::ListContacts { user, reply } => answer(reply, list_contacts(conn, user)),
+            Op::CreateResumeToken { token, reply } => answer(reply, create_resume_token(conn, token)),
+            Op::Resume { hash, now_ms, reply } => answer(reply, resume(conn, hash, now_ms)),
+            Op::RevokeResumeToken { hash, reply } => answer(reply, revoke_resume_token(conn, hash)),
         }
     }
 
@@ -185,6 +240,12 @@ impl Op {
             Op::Ack { reply, .. } => refuse(reply, error),
             Op::DeleteMessages { reply, .. } => refuse(reply, error),
             Op::MailboxState { reply, .. } => refuse(reply, error),
+            Op::AddContact { reply, .. } => refuse(reply, error),
+            Op::RemoveContact { reply, .. } => refuse(reply, error),
+            Op::ListContacts { reply, .. } => refuse(reply, error),
+            Op::CreateResumeToken { reply, .. } => refuse(reply, error),
+            Op::Resume { reply, .. } => refuse(reply, error),
+            Op::RevokeResumeToken { reply, .. } => refuse(reply, error),
         }
     }
 }
@@ -193,15 +254,6 @@ impl Op {
 fn refuse<T>(reply: Reply<T>, error: StoreError) {
     // A caller that dropped its reply no longer wants the answer.
     let _ = reply.send(Err(error));
-}
-
-/// Milliseconds since the Unix epoch, for `accounts.created_ms`; 0 if the
-/// clock is before the epoch.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Whether an account with this id exists; never for ids SQLite cannot hold.
@@ -278,7 +330,7 @@ fn create_account(conn: &Connection, new: NewAccount) -> OpResult<Account> {
             credentials.iterations,
             credentials.stored_key,
             credentials.server_key,
-            now_ms(),
+            clock::now_ms(),
         ],
         |row| row.get(0),
     )?;
@@ -307,6 +359,12 @@ fn delete_account(conn: &Connection, user: UserId) -> OpResult<()> {
     conn.prepare_cached("DELETE FROM messages WHERE recipient = ?1")?
         .execute([id])?;
     conn.prepare_cached("DELETE FROM sent_ids WHERE sender = ?1")?
+        .execute([id])?;
+    conn.prepare_cached("DELETE FROM resume_tokens WHERE user = ?1")?
+        .execute([id])?;
+    conn.prepare_cached("DELETE FROM contacts WHERE owner = ?1")?
+        .execute([id])?;
+    conn.prepare_cached("DELETE FROM contacts WHERE contact = ?1")?
         .execute([id])?;
     conn.prepare_cached("DELETE FROM accounts WHERE id = ?1")?
         .execute([id])?;
@@ -553,4 +611,124 @@ fn mailbox_state(conn: &Connection, user: UserId) -> OpResult<MailboxState> {
         last_seq: Seq(last_seq),
         unread,
     })
+}
+
+/// The account with this name key, as a listing row.
+fn find_summary(conn: &Connection, name_key: &str) -> OpResult<Option<AccountSummary>> {
+    let mut stmt = conn.prepare_cached("SELECT id, name, name_key FROM accounts WHERE name_key = ?1")?;
+    Ok(stmt.query_row([name_key], summary_from_row).optional()?)
+}
+
+fn add_contact(conn: &Connection, user: UserId, contact_key: &str, max: u32) -> OpResult<AccountSummary> {
+    let Some(owner) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    if !account_exists(conn, user)? {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    let Some(contact) = find_summary(conn, contact_key)? else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    let mut present = conn.prepare_cached("SELECT 1 FROM contacts WHERE owner = ?1 AND contact = ?2")?;
+    // Adding again is not an error, and is allowed at the limit: it adds nothing.
+    if present.exists(params![owner, contact.id.0])? {
+        return Ok(contact);
+    }
+    let mut count = conn.prepare_cached("SELECT count(*) FROM contacts WHERE owner = ?1")?;
+    let held: u64 = count.query_row([owner], |row| row.get(0))?;
+    if held >= u64::from(max) {
+        return Err(StoreError::LimitReached(contact_limit_message(max)).into());
+    }
+    conn.prepare_cached("INSERT INTO contacts (owner, contact) VALUES (?1, ?2)")?
+        .execute(params![owner, contact.id.0])?;
+    Ok(contact)
+}
+
+fn remove_contact(conn: &Connection, user: UserId, contact_key: &str) -> OpResult<bool> {
+    let Some(owner) = exact_sql(user.0) else {
+        return Ok(false);
+    };
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM contacts
+         WHERE owner = ?1 AND contact = (SELECT id FROM accounts WHERE name_key = ?2)",
+    )?;
+    Ok(stmt.execute(params![owner, contact_key])? > 0)
+}
+
+fn list_contacts(conn: &Connection, user: UserId) -> OpResult<Vec<AccountSummary>> {
+    let Some(owner) = exact_sql(user.0) else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT accounts.id, accounts.name, accounts.name_key
+         FROM contacts JOIN accounts ON accounts.id = contacts.contact
+         WHERE contacts.owner = ?1
+         ORDER BY accounts.name_key",
+    )?;
+    let contacts = stmt
+        .query_map([owner], summary_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(contacts)
+}
+
+fn create_resume_token(conn: &Connection, token: NewResumeToken) -> OpResult<()> {
+    let Some(user) = exact_sql(token.user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    if !account_exists(conn, token.user)? {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    let hash = &token.hash[..];
+    let now = clock::now_ms();
+    // A token with the same hash is replaced, whoever held it.
+    conn.prepare_cached("DELETE FROM resume_tokens WHERE hash = ?1")?
+        .execute([hash])?;
+    conn.prepare_cached("DELETE FROM resume_tokens WHERE user = ?1 AND expires_ms <= ?2")?
+        .execute(params![user, now])?;
+    // Make room for the new token, which is always kept: drop the tokens
+    // expiring first (in insertion order among equals).
+    let mut count = conn.prepare_cached("SELECT count(*) FROM resume_tokens WHERE user = ?1")?;
+    let held: u64 = count.query_row([user], |row| row.get(0))?;
+    let excess = held.saturating_sub(u64::from(other_tokens_kept(token.max_per_user)));
+    if excess > 0 {
+        conn.prepare_cached(
+            "DELETE FROM resume_tokens WHERE hash IN (
+                 SELECT hash FROM resume_tokens WHERE user = ?1
+                 ORDER BY expires_ms, created_seq LIMIT ?2)",
+        )?
+        .execute(params![user, excess])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO resume_tokens (hash, user, expires_ms, created_seq)
+         SELECT ?1, ?2, ?3, coalesce(max(created_seq), 0) + 1 FROM resume_tokens WHERE user = ?2",
+    )?
+    .execute(params![hash, user, clamp(token.expires_ms)])?;
+    Ok(())
+}
+
+fn resume(conn: &Connection, hash: [u8; 32], now_ms: u64) -> OpResult<Option<Account>> {
+    let hash = &hash[..];
+    let mut token = conn.prepare_cached("SELECT user, expires_ms FROM resume_tokens WHERE hash = ?1")?;
+    let Some((user, expires_ms)) = token
+        .query_row([hash], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?)))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    if expires_ms <= now_ms {
+        conn.prepare_cached("DELETE FROM resume_tokens WHERE hash = ?1")?
+            .execute([hash])?;
+        return Ok(None);
+    }
+    let mut account = conn.prepare_cached(
+        "SELECT id, name, mechanism, salt, iterations, stored_key, server_key
+         FROM accounts WHERE id = ?1",
+    )?;
+    Ok(account.query_row([user], account_from_row).optional()?)
+}
+
+fn revoke_resume_token(conn: &Connection, hash: [u8; 32]) -> OpResult<()> {
+    conn.prepare_cached("DELETE FROM resume_tokens WHERE hash = ?1")?
+        .execute([&hash[..]])?;
+    Ok(())
 }

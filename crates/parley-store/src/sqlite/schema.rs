@@ -19,7 +19,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Prepared statements kept per connection; comfortably more than the
 /// store's distinct statements, so none is ever re-prepared.
-const STATEMENT_CACHE_CAPACITY: usize = 64;
+const STATEMENT_CACHE_CAPACITY: usize = 128;
 
 /// The schema, as ordered steps; step `i` takes the database from version
 /// `i` to `i + 1`.
@@ -67,6 +67,30 @@ const MIGRATIONS: &[&str] = &[
         timestamp_ms INTEGER NOT NULL,
         PRIMARY KEY (sender, client_msg_id)
     ) WITHOUT ROWID;",
+    // Version 2: contact lists and resume tokens.
+    //
+    // `contacts` is keyed by owner, which serves listing, adding and
+    // removing; the index on `contact` serves deleting an account from
+    // everyone else's list. Rows refer to accounts by id without foreign
+    // keys, like the rest of the schema: `delete_account` removes them.
+    // `resume_tokens` holds only SHA-256 hashes of the tokens.
+    // `created_seq` records insertion order within one user's tokens (a
+    // per-user counter), the tie-break when pruning tokens that expire at the
+    // same time. The index on `(user, expires_ms, created_seq)` serves
+    // deleting expired tokens, pruning the oldest and deleting an account.
+    "CREATE TABLE contacts (
+        owner INTEGER NOT NULL,
+        contact INTEGER NOT NULL,
+        PRIMARY KEY (owner, contact)
+    ) WITHOUT ROWID;
+    CREATE INDEX contacts_contact ON contacts (contact);
+    CREATE TABLE resume_tokens (
+        hash BLOB PRIMARY KEY,
+        user INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        created_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX resume_tokens_user ON resume_tokens (user, expires_ms, created_seq);",
 ];
 
 /// The schema version this build creates and understands.

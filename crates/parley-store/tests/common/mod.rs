@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parley_core::scram::StoredCredentials;
-use parley_core::store::{Account, Appended, NewAccount, NewMessage};
+use parley_core::store::{Account, Appended, NewAccount, NewMessage, NewResumeToken};
 use parley_core::{Mechanism, Store};
 use parley_store::{MemoryStore, SqliteOptions, SqliteStore};
 use tempfile::TempDir;
@@ -94,4 +94,51 @@ pub async fn send(store: &dyn Store, sender: &Account, to: &str, client_msg_id: 
         .expect("append");
     assert!(!appended.duplicate, "{client_msg_id} stored as new");
     appended
+}
+
+/// An hour in milliseconds: how long test tokens live unless a test says
+/// otherwise.
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// The current system time in ms, as the stores read it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after the epoch")
+        .as_millis() as u64
+}
+
+/// A distinct token hash per number.
+pub fn hash(n: u8) -> [u8; 32] {
+    let mut hash = [0x5A; 32];
+    hash[0] = n;
+    hash
+}
+
+pub fn token(user: &Account, n: u8, expires_ms: u64, max_per_user: u32) -> NewResumeToken {
+    NewResumeToken {
+        user: user.id,
+        hash: hash(n),
+        expires_ms,
+        max_per_user,
+    }
+}
+
+/// Stores a token that must be accepted.
+pub async fn create_token(store: &dyn Store, user: &Account, n: u8, expires_ms: u64, max_per_user: u32) {
+    store
+        .create_resume_token(token(user, n, expires_ms, max_per_user))
+        .await
+        .expect("create resume token");
+}
+
+/// Which of the tokens numbered `ns` resume at `now`, by number.
+pub async fn live_tokens(store: &dyn Store, ns: impl IntoIterator<Item = u8>, now: u64) -> Vec<u8> {
+    let mut live = Vec::new();
+    for n in ns {
+        if store.resume(hash(n), now).await.expect("resume").is_some() {
+            live.push(n);
+        }
+    }
+    live
 }

@@ -1,0 +1,280 @@
+//! Reliability: resume tokens, keep-alive, re-push of unacknowledged
+//! messages, contacts and presence, login throttling, per-address limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use parley_client::{Client, ErrorCode, Event};
+use parley_proto::v1::{self, client_frame, server_frame};
+use parley_testkit::{Store, TestServer};
+
+async fn resume_skips_the_password_and_restores_the_session(store: Store) {
+    let server = TestServer::start(store);
+    let alice = server.user("alice").await;
+    let bob = server.client().await;
+    bob.register("bob", "pw-bob").await.unwrap();
+    let login = bob.login("bob", "pw-bob").await.unwrap();
+    assert_eq!(login.resume_token.len(), 32);
+    assert!(login.resume_expires_ms > 0);
+    bob.subscribe(0).await.unwrap();
+    alice.send("bob", "one").await.unwrap();
+    let got = next_messages(&bob).await;
+    // Bob's connection drops before he acks; a message arrives meanwhile.
+    drop(bob);
+    alice.send("bob", "two").await.unwrap();
+    let again = server.client().await;
+    let resumed = again.resume(&login.resume_token).await.unwrap();
+    assert_eq!((resumed.name.as_str(), resumed.unread), ("bob", 2));
+    assert!(resumed.resume_token.is_empty(), "the same token stays valid");
+    // Pending and unacked messages are delivered, nothing twice.
+    again.subscribe(0).await.unwrap();
+    let pushed = collect_pushes(&again, 2).await;
+    assert_eq!(bodies(&pushed), ["one", "two"]);
+    assert_eq!(pushed[0].message_id, got[0].message_id);
+    again.ack(pushed[1].seq, vec![]).await.unwrap();
+    assert_no_push(&again).await;
+    // The token works again (another reconnect), until logout revokes it.
+    let third = server.client().await;
+    third.resume(&login.resume_token).await.unwrap();
+    third.logout().await.unwrap();
+    let fourth = server.client().await;
+    assert_eq!(
+        fourth.resume(&login.resume_token).await.unwrap_err().code(),
+        Some(ErrorCode::AuthFailed)
+    );
+    // Garbage tokens fail the same way.
+    assert_eq!(
+        fourth.resume(b"nonsense").await.unwrap_err().code(),
+        Some(ErrorCode::AuthFailed)
+    );
+    assert_eq!(
+        fourth.resume(&[7u8; 32]).await.unwrap_err().code(),
+        Some(ErrorCode::AuthFailed)
+    );
+}
+both_stores!(
+    resume_skips_the_password_and_restores_the_session,
+    resume_skips_the_password_and_restores_the_session
+);
+
+async fn deleting_the_account_revokes_its_tokens(store: Store) {
+    let server = TestServer::start(store);
+    let bob = server.client().await;
+    bob.register("bob", "pw").await.unwrap();
+    let token = bob.login("bob", "pw").await.unwrap().resume_token;
+    bob.delete_account().await.unwrap();
+    // Even after the name is taken again.
+    server.user("bob").await;
+    let c = server.client().await;
+    assert_eq!(c.resume(&token).await.unwrap_err().code(), Some(ErrorCode::AuthFailed));
+}
+both_stores!(
+    deleting_the_account_revokes_its_tokens,
+    deleting_the_account_revokes_its_tokens
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_survive_a_restart() {
+    let mut server = TestServer::start(Store::Sqlite);
+    server.user("bob").await;
+    let c = server.client().await;
+    let token = c.login("bob", "pw-bob").await.unwrap().resume_token;
+    drop(c);
+    server.stop();
+    server.restart();
+    let c = server.client().await;
+    assert_eq!(c.resume(&token).await.unwrap().name, "bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_go_offline() {
+    let server = TestServer::start_with(Store::Memory, &["--keepalive-secs", "1"]);
+    let alice = server.user("alice").await;
+    alice.add_contact("bob").await.unwrap_err();
+    let bob_client = server.user("bob").await;
+    drop(bob_client);
+    alice.add_contact("bob").await.unwrap();
+    alice.subscribe(0).await.unwrap();
+    // Bob logs in by hand and then says nothing at all.
+    let mut bob = RawSession::login(&server.addr, "bob", "pw-bob").await;
+    match tokio::time::timeout(WAIT, alice.next_event()).await.unwrap() {
+        Some(Event::Presence { name, online }) => assert_eq!((name.as_str(), online), ("bob", true)),
+        other => panic!("expected presence, got {other:?}"),
+    }
+    let goodbye = bob
+        .read_until(|f| match &f.body {
+            Some(server_frame::Body::Goodbye(g)) => Some(g.code),
+            _ => None,
+        })
+        .await;
+    assert_eq!(goodbye, ErrorCode::Timeout as i32);
+    match tokio::time::timeout(WAIT, alice.next_event()).await.unwrap() {
+        Some(Event::Presence { name, online }) => assert_eq!((name.as_str(), online), ("bob", false)),
+        other => panic!("expected presence, got {other:?}"),
+    }
+    // The library client pings by itself, so Alice stays connected.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    alice.ping().await.unwrap();
+}
+
+async fn unacked_pushes_are_pushed_again_until_acked(store: Store) {
+    let server = TestServer::start_with(store, &["--ack-timeout-ms", "200", "--max-ack-backoff-ms", "400"]);
+    let alice = server.user("alice").await;
+    server.user("bob").await;
+    // A client that withholds its acks.
+    let mut bob = RawSession::login(&server.addr, "bob", "pw-bob").await;
+    bob.send(client_frame::Body::Subscribe(v1::Subscribe { after_seq: 0 }))
+        .await;
+    let sent = alice.send("bob", "ack me").await.unwrap();
+    let mut deliveries = 0;
+    while deliveries < 3 {
+        let ids = bob
+            .read_until(|f| match &f.body {
+                Some(server_frame::Body::Push(p)) => Some(p.messages.iter().map(|m| m.message_id).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(ids, vec![sent.message_id], "the same message, again");
+        deliveries += 1;
+    }
+    // Once acked, it stops.
+    bob.send(client_frame::Body::Ack(v1::Ack {
+        up_to_seq: sent.seq,
+        seqs: vec![],
+    }))
+    .await;
+    let acked = bob
+        .read_until(|f| match &f.body {
+            Some(server_frame::Body::Acked(a)) => Some(a.unread),
+            _ => None,
+        })
+        .await;
+    assert_eq!(acked, 0);
+    let quiet = tokio::time::timeout(Duration::from_millis(800), async {
+        loop {
+            let f = bob.read_frame().await;
+            if matches!(f.body, Some(server_frame::Body::Push(_))) {
+                return f;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "no push after the ack: {quiet:?}");
+}
+both_stores!(
+    unacked_pushes_are_pushed_again_until_acked,
+    unacked_pushes_are_pushed_again_until_acked
+);
+
+async fn contacts_and_presence(store: Store) {
+    let server = TestServer::start_with(store, &["--max-contacts", "2"]);
+    let alice = server.user("alice").await;
+    for name in ["bob", "carol", "dave"] {
+        server
+            .client()
+            .await
+            .register(name, &format!("pw-{name}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        alice.add_contact("nobody").await.unwrap_err().code(),
+        Some(ErrorCode::NoSuchUser)
+    );
+    alice.add_contact("BOB").await.unwrap();
+    let list = alice.add_contact("carol").await.unwrap();
+    assert_eq!(
+        list.iter().map(|c| (c.name.as_str(), c.online)).collect::<Vec<_>>(),
+        [("bob", false), ("carol", false)]
+    );
+    assert_eq!(
+        alice.add_contact("dave").await.unwrap_err().code(),
+        Some(ErrorCode::LimitReached)
+    );
+    assert_eq!(
+        alice.add_contact("bob").await.unwrap().len(),
+        2,
+        "adding twice is fine at the limit"
+    );
+    alice.subscribe(0).await.unwrap();
+    // Bob's first session: one event; his second: none.
+    let bob1 = server.user("bob").await;
+    match tokio::time::timeout(WAIT, alice.next_event()).await.unwrap() {
+        Some(Event::Presence { name, online }) => assert_eq!((name.as_str(), online), ("bob", true)),
+        other => panic!("expected presence, got {other:?}"),
+    }
+    let bob2 = server.user("bob").await;
+    assert_no_push(&alice).await;
+    assert!(alice.list_contacts().await.unwrap()[0].online);
+    // Dave is not a contact: his presence is not announced.
+    let _dave = server.user("dave").await;
+    assert_no_push(&alice).await;
+    drop(bob1);
+    assert_no_push(&alice).await;
+    drop(bob2);
+    match tokio::time::timeout(WAIT, alice.next_event()).await.unwrap() {
+        Some(Event::Presence { name, online }) => assert_eq!((name.as_str(), online), ("bob", false)),
+        other => panic!("expected presence, got {other:?}"),
+    }
+    // After removing him, Bob's comings and goings are not announced.
+    let list = alice.remove_contact("bob").await.unwrap();
+    assert_eq!(list.len(), 1);
+    let _bob3 = server.user("bob").await;
+    assert_no_push(&alice).await;
+    // Contacts persist across logins.
+    let alice2 = server.user("alice").await;
+    assert_eq!(alice2.list_contacts().await.unwrap()[0].name, "carol");
+}
+both_stores!(contacts_and_presence, contacts_and_presence);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_throttled() {
+    let server = TestServer::start_with(Store::Memory, &["--login-failures-per-account", "3"]);
+    server.user("alice").await;
+    let c = server.client().await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.login("alice", "guess").await.unwrap_err().code(),
+            Some(ErrorCode::AuthFailed)
+        );
+    }
+    // Even the right password is refused now, with a hint when to retry.
+    match c.login("alice", "pw-alice").await.unwrap_err() {
+        parley_client::ClientError::Server {
+            code, retry_after_ms, ..
+        } => {
+            assert_eq!(code, ErrorCode::RateLimited);
+            assert!(retry_after_ms > 0 && retry_after_ms <= 60_000);
+        }
+        other => panic!("expected RATE_LIMITED, got {other}"),
+    }
+    // Other accounts are not affected.
+    server.user("bob").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped() {
+    let server = TestServer::start_with(Store::Memory, &["--max-connections-per-ip", "2"]);
+    let _a = server.client().await;
+    let _b = server.client().await;
+    match Client::connect(&server.addr).await {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::Busy)),
+        Ok(_) => panic!("third connection from one address accepted"),
+    }
+    // Another loopback address still gets in.
+    let port: u16 = server.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        use tokio::io::AsyncReadExt;
+        if let Some(f) = parley_proto::decode_frame::<parley_proto::ServerFrame>(&mut buf, 1 << 20).unwrap() {
+            assert!(matches!(f.body, Some(server_frame::Body::Welcome(_))), "{f:?}");
+            break;
+        }
+        assert!(stream.read_buf(&mut buf).await.unwrap() > 0);
+    }
+}
