@@ -135,9 +135,196 @@ impl Drop for IpSlot {
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves, then shuts down
-/// gracefully: stop accepting, tell every connection, let in-flight requests
-/// finish within the grace period, close the store.
+/// A configured server, ready to run; [`Server::stats`] reads its counters
+/// at any time, also while it runs.
+pub struct Server {
+    /// The validated configuration.
+    settings: Settings,
+    /// The store, closed at the end of `run`.
+    store: Arc<dyn Store>,
+    /// The chat service.
+    service: Arc<Service>,
+    /// What every native connection shares.
+    ctx: Arc<NativeContext>,
+    /// Accept-loop counters.
+    counters: Arc<ServerCounters>,
+}
+
+/// A snapshot of every counter, for metrics, status and the shutdown log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connections_accepted: u64,
+    pub connections_refused_busy: u64,
+    pub sessions_online: u64,
+    pub registrations: u64,
+    pub logins_ok: u64,
+    pub logins_failed: u64,
+    pub logins_rate_limited: u64,
+    pub resumes_ok: u64,
+    pub resumes_failed: u64,
+    pub messages_stored: u64,
+    pub messages_duplicate: u64,
+    pub messages_pushed: u64,
+    pub messages_acked: u64,
+    pub messages_resent: u64,
+    pub busy_replies: u64,
+    pub slow_consumer_pauses: u64,
+    pub keepalive_timeouts: u64,
+    pub lagged_notifications: u64,
+    pub presence_events: u64,
+}
+
+impl Server {
+    pub fn new(settings: Settings, store: Arc<dyn Store>, secret: [u8; 32]) -> Server {
+        let service = Service::new(
+            Arc::clone(&store),
+            ServiceConfig {
+                limits: Limits {
+                    max_body_bytes: settings.max_body_bytes,
+                    session_queue: settings.session_queue,
+                    max_contacts: settings.max_contacts,
+                    max_unacked: settings.max_unacked,
+                },
+                auth: AuthSettings {
+                    mechanisms: settings.scram_mechanisms.clone(),
+                    iterations: settings.scram_iterations,
+                    secret,
+                },
+                resume: ResumeSettings {
+                    ttl: settings.resume_ttl,
+                    max_per_user: parley_core::service::DEFAULT_RESUME_TOKENS_PER_USER,
+                },
+                throttle: ThrottleSettings {
+                    failures_per_account: settings.login_failures_per_account,
+                    failures_per_ip: settings.login_failures_per_ip,
+                    window: parley_core::throttle::DEFAULT_WINDOW,
+                },
+            },
+        );
+        let keepalive_secs = u32::try_from(settings.keepalive.as_secs()).unwrap_or(u32::MAX);
+        let ctx = Arc::new(NativeContext {
+            welcome: NativeContext::welcome_frame(&service, settings.max_frame_bytes, keepalive_secs),
+            service: Arc::clone(&service),
+            max_frame_bytes: settings.max_frame_bytes as usize,
+            auth_timeout: settings.auth_timeout,
+            pipeline_window: settings.pipeline_window,
+            outbound_buffer_bytes: settings.outbound_buffer_bytes,
+            keepalive: settings.keepalive,
+            ack_timeout: settings.ack_timeout,
+            max_ack_backoff: settings.max_ack_backoff,
+            max_backlog: settings.max_backlog,
+            backlog: AtomicUsize::new(0),
+            counters: NativeCounters::default(),
+        });
+        Server {
+            settings,
+            store,
+            service,
+            ctx,
+            counters: Arc::new(ServerCounters::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = self.service.counters();
+        let n = &self.ctx.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            connections_accepted: get(&self.counters.connections_accepted),
+            connections_refused_busy: get(&self.counters.connections_refused_busy),
+            sessions_online: self.service.hub().online_sessions(),
+            registrations: get(&c.registrations),
+            logins_ok: get(&c.logins_ok),
+            logins_failed: get(&c.logins_failed),
+            logins_rate_limited: get(&c.logins_rate_limited),
+            resumes_ok: get(&c.resumes_ok),
+            resumes_failed: get(&c.resumes_failed),
+            messages_stored: get(&c.messages_stored),
+            messages_duplicate: get(&c.messages_duplicate),
+            messages_pushed: get(&c.messages_pushed),
+            messages_acked: get(&c.messages_acked),
+            messages_resent: get(&c.messages_resent),
+            busy_replies: get(&n.busy_replies),
+            slow_consumer_pauses: get(&n.slow_consumer_pauses),
+            keepalive_timeouts: get(&n.keepalive_timeouts),
+            lagged_notifications: self.service.hub().lag_events(),
+            presence_events: self.service.hub().presence_events(),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then shuts down
+    /// gracefully: stop accepting, tell every connection, let in-flight
+    /// requests finish within the grace period, close the store.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Server {
+            settings,
+            store,
+            service,
+            ctx,
+            counters,
+        } = &self;
+        let permits = Arc::new(Semaphore::new(settings.max_connections));
+        let per_ip = Arc::new(PerIp {
+            max: settings.max_connections_per_ip,
+            open: Mutex::new(HashMap::new()),
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.set_nodelay(true);
+                        let slot = PerIp::acquire(&per_ip, peer.ip());
+                        match (Arc::clone(&permits).try_acquire_owned(), slot) {
+                            (Ok(permit), Some(slot)) => {
+                                let ctx = Arc::clone(ctx);
+                                let shutdown = shutdown_rx.clone();
+                                tasks.spawn(async move {
+                                    let _permit = (permit, slot);
+                                    serve_tcp(stream, ctx, shutdown, peer).await;
+                                });
+                            }
+                            _ => {
+                                counters.connections_refused_busy.fetch_add(1, Ordering::Relaxed);
+                                tasks.spawn(refuse_busy(stream, settings.max_frame_bytes as usize));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        drop(listener);
+        tracing::info!(connections = tasks.len(), grace = ?settings.shutdown_grace, "shutting down");
+        let _ = shutdown_tx.send(true);
+        service.close_all_sessions();
+        let drained = tokio::time::timeout(settings.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = tasks.len(),
+                "grace period over; closing remaining connections"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        store.close().await.context("closing the store")?;
+        tracing::info!(stats = ?self.stats(), "stopped");
+        Ok(())
+    }
+}
+
+/// Builds a [`Server`] and runs it; see [`Server::run`].
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -145,123 +332,7 @@ pub async fn run(
     secret: [u8; 32],
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let service = Service::new(
-        Arc::clone(&store),
-        ServiceConfig {
-            limits: Limits {
-                max_body_bytes: settings.max_body_bytes,
-                session_queue: settings.session_queue,
-                max_contacts: settings.max_contacts,
-                max_unacked: settings.max_unacked,
-            },
-            auth: AuthSettings {
-                mechanisms: settings.scram_mechanisms.clone(),
-                iterations: settings.scram_iterations,
-                secret,
-            },
-            resume: ResumeSettings {
-                ttl: settings.resume_ttl,
-                max_per_user: parley_core::service::DEFAULT_RESUME_TOKENS_PER_USER,
-            },
-            throttle: ThrottleSettings {
-                failures_per_account: settings.login_failures_per_account,
-                failures_per_ip: settings.login_failures_per_ip,
-                window: parley_core::throttle::DEFAULT_WINDOW,
-            },
-        },
-    );
-    let keepalive_secs = u32::try_from(settings.keepalive.as_secs()).unwrap_or(u32::MAX);
-    let ctx = Arc::new(NativeContext {
-        welcome: NativeContext::welcome_frame(&service, settings.max_frame_bytes, keepalive_secs),
-        service: Arc::clone(&service),
-        max_frame_bytes: settings.max_frame_bytes as usize,
-        auth_timeout: settings.auth_timeout,
-        pipeline_window: settings.pipeline_window,
-        outbound_buffer_bytes: settings.outbound_buffer_bytes,
-        keepalive: settings.keepalive,
-        ack_timeout: settings.ack_timeout,
-        max_ack_backoff: settings.max_ack_backoff,
-        max_backlog: settings.max_backlog,
-        backlog: AtomicUsize::new(0),
-        counters: NativeCounters::default(),
-    });
-    let counters = ServerCounters::default();
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
-    let per_ip = Arc::new(PerIp {
-        max: settings.max_connections_per_ip,
-        open: Mutex::new(HashMap::new()),
-    });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
-                    let _ = stream.set_nodelay(true);
-                    let slot = PerIp::acquire(&per_ip, peer.ip());
-                    match (Arc::clone(&permits).try_acquire_owned(), slot) {
-                        (Ok(permit), Some(slot)) => {
-                            let ctx = Arc::clone(&ctx);
-                            let shutdown = shutdown_rx.clone();
-                            tasks.spawn(async move {
-                                let _permit = (permit, slot);
-                                serve_tcp(stream, ctx, shutdown, peer).await;
-                            });
-                        }
-                        _ => {
-                            counters.connections_refused_busy.fetch_add(1, Ordering::Relaxed);
-                            tasks.spawn(refuse_busy(stream, settings.max_frame_bytes as usize));
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
-    }
-    drop(listener);
-    tracing::info!(connections = tasks.len(), grace = ?settings.shutdown_grace, "shutting down");
-    let _ = shutdown_tx.send(true);
-    service.close_all_sessions();
-    let drained = tokio::time::timeout(settings.shutdown_grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            remaining = tasks.len(),
-            "grace period over; closing remaining connections"
-        );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
-    store.close().await.context("closing the store")?;
-    let c = service.counters();
-    tracing::info!(
-        connections = counters.connections_accepted.load(Ordering::Relaxed),
-        refused_busy = counters.connections_refused_busy.load(Ordering::Relaxed),
-        logins_ok = c.logins_ok.load(Ordering::Relaxed),
-        logins_failed = c.logins_failed.load(Ordering::Relaxed),
-        stored = c.messages_stored.load(Ordering::Relaxed),
-        duplicates = c.messages_duplicate.load(Ordering::Relaxed),
-        pushed = c.messages_pushed.load(Ordering::Relaxed),
-        acked = c.messages_acked.load(Ordering::Relaxed),
-        resent = c.messages_resent.load(Ordering::Relaxed),
-        resumes = c.resumes_ok.load(Ordering::Relaxed),
-        rate_limited = c.logins_rate_limited.load(Ordering::Relaxed),
-        busy = ctx.counters.busy_replies.load(Ordering::Relaxed),
-        slow_consumer_pauses = ctx.counters.slow_consumer_pauses.load(Ordering::Relaxed),
-        keepalive_timeouts = ctx.counters.keepalive_timeouts.load(Ordering::Relaxed),
-        lagged_notifications = service.hub().lag_events(),
-        "stopped"
-    );
-    Ok(())
+    Server::new(settings, store, secret).run(listener, shutdown).await
 }
 
 async fn serve_tcp(mut stream: TcpStream, ctx: Arc<NativeContext>, shutdown: watch::Receiver<bool>, peer: SocketAddr) {
