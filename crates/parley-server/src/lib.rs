@@ -12,4 +12,4 @@ pub mod native;
 pub mod server;
 
 pub use config::{SettingArgs, Settings, StoreKind};
-pub use server::{Server, Stats, open_store, run};
+pub use server::{Server, Stats, StatsHandle, open_store, run};

@@ -225,7 +225,35 @@ impl Server {
         }
     }
 
+    /// The counters now.
     pub fn stats(&self) -> Stats {
+        self.stats_handle().snapshot()
+    }
+
+    /// A handle that reads the counters, also while [`Server::run`] owns the server.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle {
+            service: Arc::clone(&self.service),
+            ctx: Arc::clone(&self.ctx),
+            counters: Arc::clone(&self.counters),
+        }
+    }
+}
+
+/// Reads a server's counters from anywhere.
+#[derive(Clone)]
+pub struct StatsHandle {
+    /// Service counters and the hub.
+    service: Arc<Service>,
+    /// Front-door counters.
+    ctx: Arc<NativeContext>,
+    /// Accept-loop counters.
+    counters: Arc<ServerCounters>,
+}
+
+impl StatsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> Stats {
         let c = self.service.counters();
         let n = &self.ctx.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -251,7 +279,9 @@ impl Server {
             presence_events: self.service.hub().presence_events(),
         }
     }
+}
 
+impl Server {
     /// Serves on `listener` until `shutdown` resolves, then shuts down
     /// gracefully: stop accepting, tell every connection, let in-flight
     /// requests finish within the grace period, close the store.
