@@ -20,6 +20,13 @@ const MAX_PAGE: i64 = 1000;
 /// then the config file (TOML with the keys `server`, `user`, `password`),
 /// then defaults. A missing password is asked for on the terminal, or read as
 /// the first line of stdin when stdin is not a terminal.
+///
+/// `watch` and the shell reconnect when the server goes away: they resume
+/// the session, pick up delivery after the last message shown (nothing lost,
+/// nothing shown twice), and retry with capped exponential backoff and full
+/// jitter: before attempt n (0, 1, 2, ...) a random wait between 0 and
+/// min(10 s, 250 ms * 2^n), i.e. at most 0.25, 0.5, 1, 2, 4, 8, then 10 s,
+/// until connected (or Ctrl-C). --no-reconnect exits with code 7 instead.
 #[derive(Parser, Debug)]
 #[command(name = "parley", version, about, long_about, after_long_help = EXIT_CODES_HELP)]
 pub struct Cli {
@@ -55,6 +62,11 @@ pub struct GlobalArgs {
     /// also as {"error": {"code", "message"}}
     #[arg(long, global = true)]
     pub json: bool,
+    /// `watch` and the shell: exit (code 7) when the connection is lost
+    /// instead of reconnecting with backoff (random 0 to min(10 s, 250 ms * 2^n)
+    /// before attempt n)
+    #[arg(long, global = true)]
+    pub no_reconnect: bool,
 }
 
 impl GlobalArgs {
@@ -84,8 +96,14 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Delete your account and its mailbox, for good
     DeleteAccount(DeleteAccountArgs),
-    /// Print messages as they arrive, until interrupted
+    /// Print messages (and contacts coming and going) as they arrive, until
+    /// interrupted; reconnects when the server goes away
     Watch(WatchArgs),
+    /// List, add or remove contacts: the accounts whose presence you follow
+    /// (* marks who is online). Without a subcommand: list
+    Contacts(ContactsArgs),
+    /// Show which of your contacts are online
+    Who,
 }
 
 #[derive(Args, Debug)]
@@ -147,8 +165,31 @@ pub struct DeleteAccountArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ContactsArgs {
+    #[command(subcommand)]
+    pub action: Option<ContactsAction>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContactsAction {
+    /// List your contacts (the default)
+    List,
+    /// Follow an account's presence, then list your contacts
+    Add {
+        /// Account name
+        name: String,
+    },
+    /// Stop following an account's presence, then list your contacts
+    Remove {
+        /// Account name
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
 pub struct WatchArgs {
-    /// Exit after this many messages
+    /// Exit after this many messages (counted across reconnects; presence
+    /// lines do not count)
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// Only messages with a seq above this
@@ -183,5 +224,23 @@ mod tests {
         let cli = Cli::try_parse_from(["parley", "send", "bob", "--", "-1", "is", "negative"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Send(s)) if s.text.join(" ") == "-1 is negative"));
         assert!(Cli::try_parse_from(["parley", "read", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn contacts_default_to_list_and_no_reconnect_is_global() {
+        let cli = Cli::try_parse_from(["parley", "contacts"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Contacts(ContactsArgs { action: None }))
+        ));
+        let cli = Cli::try_parse_from(["parley", "contacts", "add", "bob", "--json"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Contacts(ContactsArgs { action: Some(ContactsAction::Add { name }) })) if name == "bob")
+        );
+        let cli = Cli::try_parse_from(["parley", "watch", "--no-reconnect"]).unwrap();
+        assert!(cli.global.no_reconnect);
+        let cli = Cli::try_parse_from(["parley", "--no-reconnect"]).unwrap();
+        assert!(cli.global.no_reconnect && cli.command.is_none());
+        assert!(Cli::try_parse_from(["parley", "contacts", "remove"]).is_err());
     }
 }

@@ -10,12 +10,15 @@
 use std::io::Read;
 
 use anyhow::Context;
-use parley_client::{Client, ErrorCode, Event, LoginInfo, Message};
+use parley_client::{AccountEntry, Client, ErrorCode, Event, LoginInfo};
 use serde_json::json;
 
-use crate::cli::{DeleteAccountArgs, DeleteArgs, ListArgs, ReadArgs, SendArgs, WatchArgs};
+use crate::cli::{
+    ContactsAction, ContactsArgs, DeleteAccountArgs, DeleteArgs, ListArgs, ReadArgs, SendArgs, WatchArgs,
+};
 use crate::exit::{Exit, Failure, server_code};
-use crate::format::{count, message_json, message_line, out, out_json, printable};
+use crate::format::{account_line, count, message_json, message_line, out, out_json, presence_json, presence_line};
+use crate::reconnect::{Delivery, End, Link, is_disconnect};
 use crate::session::{self, Credentials, timed};
 use crate::settings::Settings;
 use crate::terminal;
@@ -27,6 +30,8 @@ const MAX_IDS_PER_REQUEST: usize = 1000;
 pub struct Invocation {
     pub settings: Settings,
     pub json: bool,
+    /// Whether `watch` reconnects when the connection is lost.
+    pub reconnect: bool,
 }
 
 impl Invocation {
@@ -143,25 +148,32 @@ pub async fn send(ctx: &mut Invocation, args: &SendArgs) -> anyhow::Result<Exit>
     Ok(Exit::Ok)
 }
 
-/// Acknowledges messages that were shown. With `contiguous`, everything up
-/// to the last one was either shown or already read, so a cumulative ack is
-/// exact and small; otherwise the seqs are listed one by one so that unread
-/// messages the user never saw stay unread. Returns the unread count left.
-pub async fn ack_shown(client: &Client, shown: &[Message], contiguous: bool) -> anyhow::Result<u64> {
-    let Some(last) = shown.last() else {
+/// Acknowledges the seqs (ascending) of messages that were shown. With
+/// `contiguous`, everything up to the last one was either shown or already
+/// read, so a cumulative ack is exact and small; otherwise the seqs are
+/// listed one by one so that unread messages the user never saw stay
+/// unread. Returns the unread count left.
+pub async fn ack_shown(client: &Client, seqs: &[u64], contiguous: bool) -> anyhow::Result<u64> {
+    let Some(&last) = seqs.last() else {
         return unread(client).await;
     };
     if contiguous {
-        return Ok(timed("marking messages read", client.ack(last.seq, Vec::new()))
+        return Ok(timed("marking messages read", client.ack(last, Vec::new()))
             .await?
             .unread);
     }
     let mut left = 0;
-    for chunk in shown.chunks(MAX_IDS_PER_REQUEST) {
-        let seqs = chunk.iter().map(|m| m.seq).collect();
-        left = timed("marking messages read", client.ack(0, seqs)).await?.unread;
+    for chunk in seqs.chunks(MAX_IDS_PER_REQUEST) {
+        left = timed("marking messages read", client.ack(0, chunk.to_vec()))
+            .await?
+            .unread;
     }
     Ok(left)
+}
+
+/// The seqs of messages, for [`ack_shown`].
+pub fn seqs_of(messages: &[parley_client::Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
 }
 
 /// The unread count, asked with an ack that acknowledges nothing.
@@ -188,7 +200,7 @@ pub async fn read(ctx: &mut Invocation, args: &ReadArgs) -> anyhow::Result<Exit>
     }
     let acknowledge = !args.no_ack && !args.all;
     let left = if acknowledge {
-        ack_shown(&client, &messages, args.after == 0).await?
+        ack_shown(&client, &seqs_of(&messages), args.after == 0).await?
     } else {
         unread(&client).await?
     };
@@ -246,7 +258,7 @@ pub async fn list(ctx: &mut Invocation, args: &ListArgs) -> anyhow::Result<Exit>
             );
         } else {
             for a in &page.accounts {
-                out(&format!("{} {}", if a.online { '*' } else { ' ' }, printable(&a.name)))?;
+                out(&account_line(&a.name, a.online))?;
             }
         }
         shown += page.accounts.len();
@@ -315,10 +327,88 @@ pub async fn delete_account(ctx: &mut Invocation, args: &DeleteAccountArgs) -> a
     Ok(Exit::Ok)
 }
 
-/// `parley watch`
+/// `parley contacts [list | add NAME | remove NAME]`
+pub async fn contacts(ctx: &mut Invocation, args: &ContactsArgs) -> anyhow::Result<Exit> {
+    let (client, _info) = ctx.open().await?;
+    let contacts = match &args.action {
+        None | Some(ContactsAction::List) => timed("listing contacts", client.list_contacts()).await?,
+        Some(ContactsAction::Add { name }) => add_contact(&client, name).await?,
+        Some(ContactsAction::Remove { name }) => remove_contact(&client, name).await?,
+    };
+    if ctx.json {
+        let list: Vec<_> = contacts
+            .iter()
+            .map(|c| json!({ "name": c.name, "online": c.online }))
+            .collect();
+        out_json(&json!({ "contacts": list }))?;
+    } else if contacts.is_empty() {
+        eprintln!("no contacts (parley contacts add NAME adds one)");
+    } else {
+        for c in &contacts {
+            out(&account_line(&c.name, c.online))?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// `parley who`: the contacts that are online.
+pub async fn who(ctx: &mut Invocation) -> anyhow::Result<Exit> {
+    let (client, _info) = ctx.open().await?;
+    let online = online_contacts(&client).await?;
+    if ctx.json {
+        out_json(&json!({ "online": online }))?;
+    } else if online.is_empty() {
+        eprintln!("none of your contacts is online");
+    } else {
+        for name in &online {
+            out(&account_line(name, true))?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Follows `name`; returns the contacts afterwards. An unknown account is
+/// the server's NO_SUCH_USER (exit 4), too many contacts its LIMIT_REACHED.
+pub async fn add_contact(client: &Client, name: &str) -> anyhow::Result<Vec<AccountEntry>> {
+    timed(&format!("adding {name} to your contacts"), client.add_contact(name)).await
+}
+
+/// Stops following `name`; returns the contacts afterwards. The server
+/// answers the same whether or not `name` was a contact, so the list is
+/// checked first and a name that is not on it is NOT_A_CONTACT (exit 4):
+/// a typo is reported instead of silently doing nothing.
+pub async fn remove_contact(client: &Client, name: &str) -> anyhow::Result<Vec<AccountEntry>> {
+    let before = timed("listing contacts", client.list_contacts()).await?;
+    // Names are unique regardless of (ASCII) case.
+    if !before.iter().any(|c| c.name.eq_ignore_ascii_case(name)) {
+        return Err(Failure::new(
+            Exit::NotFound,
+            "NOT_A_CONTACT",
+            format!("{name} is not one of your contacts"),
+        )
+        .into());
+    }
+    timed(
+        &format!("removing {name} from your contacts"),
+        client.remove_contact(name),
+    )
+    .await
+}
+
+/// The names of the contacts that are online.
+pub async fn online_contacts(client: &Client) -> anyhow::Result<Vec<String>> {
+    let contacts = timed("listing contacts", client.list_contacts()).await?;
+    Ok(contacts.into_iter().filter(|c| c.online).map(|c| c.name).collect())
+}
+
+/// `parley watch`: prints pushed messages and presence changes; when the
+/// connection is lost, reconnects (see [`crate::reconnect`]) and goes on
+/// where it stopped, so `--count` counts distinct messages across
+/// connections.
 pub async fn watch(ctx: &mut Invocation, args: &WatchArgs) -> anyhow::Result<Exit> {
     let mut stop = StopSignals::install()?;
-    let (client, info) = ctx.open().await?;
+    let credentials = Credentials::obtain(&mut ctx.settings)?;
+    let (mut link, mut client, info) = Link::open(&ctx.settings.server, credentials).await?;
     let subscribed = timed("subscribing", client.subscribe(args.after)).await?;
     if !ctx.json {
         eprintln!(
@@ -328,53 +418,76 @@ pub async fn watch(ctx: &mut Invocation, args: &WatchArgs) -> anyhow::Result<Exi
         );
     }
     let mut remaining = args.count;
-    if remaining == Some(0) {
-        return Ok(Exit::Ok);
-    }
-    loop {
+    let mut delivery = Delivery::new(args.after);
+    // Catch-up and live pushes arrive in seq order after `after`, so with
+    // no gap before them a cumulative ack is exact; a reconnect subscribes
+    // after the last seq shown, which keeps it so.
+    let contiguous = args.after == 0;
+    while remaining != Some(0) {
         let event = tokio::select! {
-            _ = stop.recv() => return Ok(Exit::Ok),
+            _ = stop.recv() => break,
             event = client.next_event() => event,
         };
-        match event {
-            Some(Event::Messages(mut batch)) => {
-                if batch.is_empty() {
-                    continue;
-                }
-                if let Some(left) = remaining {
-                    batch.truncate(usize::try_from(left).unwrap_or(usize::MAX));
-                }
-                for m in &batch {
+        let end = match event {
+            Some(Event::Messages(batch)) => {
+                let sorted = delivery.sort(batch, remaining);
+                for m in &sorted.new {
                     if ctx.json {
                         out_json(&message_json(m))?
                     } else {
                         out(&message_line(m))?
                     }
                 }
-                // Catch-up and live pushes arrive in seq order after
-                // `after`, so with no gap before them a cumulative ack is exact.
-                ack_shown(&client, &batch, args.after == 0).await?;
                 if let Some(left) = remaining.as_mut() {
-                    *left = left.saturating_sub(batch.len() as u64);
-                    if *left == 0 {
-                        return Ok(Exit::Ok);
+                    *left = left.saturating_sub(sorted.new.len() as u64);
+                }
+                let seqs = sorted.seqs_to_ack();
+                if seqs.is_empty() {
+                    continue;
+                }
+                match ack_shown(&client, &seqs, contiguous && !sorted.cut).await {
+                    Ok(_) => continue,
+                    Err(e) if is_disconnect(&e) => {
+                        delivery.ack_failed(&seqs);
+                        End::request_failed(&e)
                     }
+                    Err(e) => return Err(e),
                 }
             }
-            Some(Event::Goodbye { code, message }) => {
-                return Err(Failure::new(
-                    Exit::Unavailable,
-                    code.as_str_name(),
-                    format!("the server closed the connection: {message} ({})", code.as_str_name()),
-                )
-                .into());
+            Some(Event::Presence { name, online }) => {
+                if ctx.json {
+                    out_json(&presence_json(&name, online))?
+                } else {
+                    out(&presence_line(&name, online))?
+                }
+                continue;
             }
-            Some(Event::Presence { .. }) => {}
-            Some(Event::Disconnected) | None => {
-                return Err(Failure::unavailable("the server closed the connection").into());
-            }
+            Some(Event::Goodbye { code, message }) => End::from_goodbye(Some((code, message))),
+            Some(Event::Disconnected) | None => End::from_goodbye(None),
+        };
+        let lost = match end {
+            End::Fatal(failure) => return Err(failure.into()),
+            End::Lost(failure) => failure,
+        };
+        if remaining == Some(0) {
+            // Everything asked for was shown; only an acknowledgement was lost.
+            return Ok(Exit::Ok);
         }
+        if !ctx.reconnect {
+            return Err(lost.into());
+        }
+        eprintln!("connection lost; reconnecting…");
+        let pending = delivery.pending_acks();
+        let mut status = |line: String| eprintln!("{line}");
+        client = tokio::select! {
+            _ = stop.recv() => return Ok(Exit::Ok),
+            client = link.reconnect(delivery.last_seq_seen(), &pending, &mut status) => client?,
+        };
+        delivery.acked(&pending);
+        eprintln!("reconnected");
     }
+    session::logout(&client).await;
+    Ok(Exit::Ok)
 }
 
 /// SIGINT and SIGTERM, installed before anything slow happens so that an

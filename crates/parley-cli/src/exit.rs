@@ -8,11 +8,11 @@
 //! | 0 | success |
 //! | 1 | any other error (protocol error, internal server error, local I/O) |
 //! | 2 | usage error or missing input (bad flags, no user/password, refused without `--yes`) |
-//! | 3 | authentication failed (wrong password or no such account; account deleted) |
-//! | 4 | not found (`NO_SUCH_USER`, or message ids not in the mailbox) |
+//! | 3 | authentication failed (wrong password or no such account; account deleted, also while connected) |
+//! | 4 | not found (`NO_SUCH_USER`, `NOT_A_CONTACT`, or message ids not in the mailbox) |
 //! | 5 | name taken (`NAME_TAKEN`) |
-//! | 6 | input refused by the server (`INVALID_NAME`, `INVALID_REQUEST`, `MESSAGE_TOO_LARGE`, `INVALID_PATTERN`) |
-//! | 7 | server unavailable (connect failed, disconnected, `BUSY`, `SHUTTING_DOWN`) |
+//! | 6 | input refused by the server (`INVALID_NAME`, `INVALID_REQUEST`, `MESSAGE_TOO_LARGE`, `INVALID_PATTERN`, `LIMIT_REACHED`) |
+//! | 7 | server unavailable (connect failed, disconnected with `--no-reconnect`, `BUSY`, `SHUTTING_DOWN`, `TIMEOUT`, `RATE_LIMITED`) |
 
 use std::fmt;
 
@@ -24,11 +24,13 @@ Exit codes:
   0  success
   1  any other error
   2  usage error or missing input (no user or password, delete-account without --yes)
-  3  authentication failed (wrong password, or no such account)
-  4  not found (no such user; message ids not in the mailbox)
+  3  authentication failed (wrong password, or no such account; account deleted)
+  4  not found (no such user; not a contact; message ids not in the mailbox)
   5  name taken
-  6  input refused by the server (invalid name, request, pattern; message too large)
-  7  server unavailable (cannot connect, disconnected, busy, shutting down)";
+  6  input refused by the server (invalid name, request, pattern; message too large;
+     a limit such as the number of contacts reached)
+  7  server unavailable (cannot connect, busy, shutting down, rate limited;
+     disconnected, with --no-reconnect)";
 
 /// What the process tells its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +61,9 @@ pub fn exit_for_server_code(code: ErrorCode) -> Exit {
         | ErrorCode::InvalidRequest
         | ErrorCode::MessageTooLarge
         | ErrorCode::InvalidPattern
-        | ErrorCode::UnsupportedMechanism => Exit::Refused,
-        ErrorCode::Busy | ErrorCode::ShuttingDown => Exit::Unavailable,
+        | ErrorCode::UnsupportedMechanism
+        | ErrorCode::LimitReached => Exit::Refused,
+        ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::Timeout | ErrorCode::RateLimited => Exit::Unavailable,
         _ => Exit::Other,
     }
 }
@@ -195,6 +198,9 @@ mod tests {
             (ErrorCode::InvalidPattern, Exit::Refused, "INVALID_PATTERN"),
             (ErrorCode::Busy, Exit::Unavailable, "BUSY"),
             (ErrorCode::ShuttingDown, Exit::Unavailable, "SHUTTING_DOWN"),
+            (ErrorCode::LimitReached, Exit::Refused, "LIMIT_REACHED"),
+            (ErrorCode::RateLimited, Exit::Unavailable, "RATE_LIMITED"),
+            (ErrorCode::AccountDeleted, Exit::Auth, "ACCOUNT_DELETED"),
             (ErrorCode::Internal, Exit::Other, "INTERNAL"),
         ];
         for (code, exit, name) in cases {

@@ -35,6 +35,23 @@ pub fn message_json(m: &Message) -> Value {
     })
 }
 
+/// `* NAME` for an account that is online, `  NAME` for one that is not;
+/// shared by `list`, `contacts` and `who`.
+pub fn account_line(name: &str, online: bool) -> String {
+    format!("{} {}", if online { '*' } else { ' ' }, printable(name))
+}
+
+/// `* NAME is online` or `* NAME went offline`, for a contact's presence.
+pub fn presence_line(name: &str, online: bool) -> String {
+    let change = if online { "is online" } else { "went offline" };
+    format!("* {} {change}", printable(name))
+}
+
+/// The JSON Lines object `watch` prints for a contact's presence.
+pub fn presence_json(name: &str, online: bool) -> Value {
+    json!({ "presence": { "name": name, "online": online } })
+}
+
 /// `text` with every control character (newlines included) escaped.
 pub fn printable(text: &str) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
@@ -138,5 +155,17 @@ mod tests {
         assert_eq!(message_json(&m)["body"], "hi\tthere");
         assert_eq!(count(1, "unread message"), "1 unread message");
         assert_eq!(count(3, "unread message"), "3 unread messages");
+    }
+
+    #[test]
+    fn accounts_and_presence() {
+        assert_eq!(account_line("bob", true), "* bob");
+        assert_eq!(account_line("bob", false), "  bob");
+        assert_eq!(presence_line("bob", true), "* bob is online");
+        assert_eq!(presence_line("bob", false), "* bob went offline");
+        assert_eq!(
+            presence_json("bob", false).to_string(),
+            r#"{"presence":{"name":"bob","online":false}}"#
+        );
     }
 }

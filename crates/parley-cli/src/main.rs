@@ -12,8 +12,22 @@
 //! missing input, 3 authentication failed, 4 not found, 5 name taken,
 //! 6 input refused by the server, 7 server unavailable; see [`exit`].
 //!
+//! Reconnecting (also in `parley --help`): `watch` and the shell outlive the
+//! server going away (the connection drops, or a Goodbye says the server is
+//! shutting down or timed the connection out). They say "connection lost;
+//! reconnecting…", then retry with capped exponential backoff and full
+//! jitter: before attempt n (0, 1, 2, ...) a random wait between 0 and
+//! min(10 s, 250 ms * 2^n), i.e. at most 0.25, 0.5, 1, 2, 4, 8, then 10 s,
+//! until connected. They resume the session with the token of the last
+//! login (falling back to the password when it expired or was revoked; a
+//! refused password exits with 3, as does a deleted account), subscribe
+//! after the last message shown, and drop repeated message ids, so nothing
+//! is lost and nothing is shown twice. `--no-reconnect` exits with 7
+//! instead. See [`reconnect`].
+//!
 //! Codemap: `cli` (flags), `settings` (config file and precedence),
-//! `session` (connect and log in), `commands` (one-shot commands), `shell`
+//! `session` (connect and log in), `reconnect` (backoff, resume, what was
+//! shown), `commands` (one-shot commands and `watch`), `shell`
 //! (interactive), `format` (how things look), `exit` (exit codes),
 //! `terminal` (questions on the terminal).
 #![forbid(unsafe_code)]
@@ -22,6 +36,7 @@ mod cli;
 mod commands;
 mod exit;
 mod format;
+mod reconnect;
 mod session;
 mod settings;
 mod shell;
@@ -62,13 +77,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
     let settings = Settings::resolve(&cli.global.given())?;
     let json = cli.global.json;
+    let reconnect = !cli.global.no_reconnect;
     let Some(command) = cli.command else {
         if json {
             return Err(Failure::usage("--json is for commands; the interactive shell prints text").into());
         }
-        return shell::run(runtime, settings);
+        return shell::run(runtime, settings, reconnect);
     };
-    let mut ctx = Invocation { settings, json };
+    let mut ctx = Invocation {
+        settings,
+        json,
+        reconnect,
+    };
     runtime.block_on(async {
         match &command {
             Command::Register => commands::register(&mut ctx).await,
@@ -79,6 +99,8 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
             Command::Delete(args) => commands::delete(&mut ctx, args).await,
             Command::DeleteAccount(args) => commands::delete_account(&mut ctx, args).await,
             Command::Watch(args) => commands::watch(&mut ctx, args).await,
+            Command::Contacts(args) => commands::contacts(&mut ctx, args).await,
+            Command::Who => commands::who(&mut ctx).await,
         }
     })
 }

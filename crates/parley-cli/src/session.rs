@@ -16,6 +16,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request may wait for its answer before we call the server
 /// unavailable. Login is one of these; SCRAM's key derivation is client-side.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the goodbye (logout) may take on the way out.
+pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Awaits one request with [`REQUEST_TIMEOUT`]; `what` names it in errors.
 pub async fn timed<T>(what: &str, request: impl Future<Output = parley_client::Result<T>>) -> anyhow::Result<T> {
@@ -76,4 +78,10 @@ pub async fn open(server: &str, credentials: &Credentials) -> anyhow::Result<(Cl
     let client = connect(server).await?;
     let info = login(&client, &credentials.user, &credentials.password).await?;
     Ok((client, info))
+}
+
+/// Logs out on the way out, best effort and bounded: the session's resume
+/// token stops working, so it cannot be used after this process is gone.
+pub async fn logout(client: &Client) {
+    let _ = tokio::time::timeout(LOGOUT_TIMEOUT, client.logout()).await;
 }

@@ -2,11 +2,18 @@
 //!
 //! Two owners share the terminal. The main thread runs reedline (line
 //! editing, history) and executes commands by blocking on the runtime. A
-//! background task owns the subscription: it takes every pushed message,
+//! background task, the supervisor, owns the subscription and the
+//! connection's life: it takes every pushed message and presence change,
 //! hands it to reedline's `ExternalPrinter` (which prints it above the line
-//! being edited, without disturbing it), and only then acknowledges it. When
-//! the connection ends, the task raises reedline's break signal so the
-//! prompt returns and the shell exits with the "unavailable" code.
+//! being edited, without disturbing it), and only then acknowledges it.
+//!
+//! When the connection is lost, the supervisor takes it away from the
+//! commands (which then answer "not connected (reconnecting)"), reconnects
+//! as [`crate::reconnect`] describes, and hands the new one back. A command
+//! that finds the connection dead first tells the supervisor so. Only when
+//! reconnecting cannot help (account deleted, password refused, or
+//! `--no-reconnect`) does it raise reedline's break signal, so the prompt
+//! returns and the shell exits with the error's code.
 //!
 //! Live delivery starts after the last seq the login reported, so messages
 //! that were unread before the shell started stay unread until `/read`;
@@ -16,8 +23,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use parley_client::{Client, Event};
@@ -26,10 +32,12 @@ use reedline::{
     PromptHistorySearchStatus, Reedline, Signal,
 };
 use tokio::runtime::Runtime;
+use tokio::sync::Notify;
 
-use crate::commands::{ack_shown, unread};
+use crate::commands::{ack_shown, add_contact, online_contacts, remove_contact, seqs_of, unread};
 use crate::exit::{Exit, Failure, describe};
-use crate::format::{count, message_line, out, printable};
+use crate::format::{account_line, count, message_line, out, presence_line};
+use crate::reconnect::{Delivery, End, Link, is_disconnect};
 use crate::session::{self, Credentials, timed};
 use crate::settings::{Settings, config_dir};
 use crate::terminal;
@@ -45,8 +53,8 @@ const PRINTER_QUEUE: usize = 64;
 const DEFAULT_READ: u32 = 10;
 /// Largest `/read` count (the server's fetch limit).
 const MAX_READ: u32 = 1000;
-/// How long the goodbye (logout) may take on the way out.
-const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a command says while there is no connection.
+const NOT_CONNECTED: &str = "not connected (reconnecting)";
 
 const HELP: &str = "\
 commands:
@@ -55,9 +63,14 @@ commands:
   /list [PATTERN]   list accounts (* marks who is online); * and ? are wildcards
   /delete ID...     delete messages from your mailbox
   /unread           how many messages are unread
+  /contacts         list your contacts (* marks who is online)
+  /add NAME         add a contact: its coming and going is shown
+  /remove NAME      remove a contact
+  /who              which contacts are online
   /help             this text
   /quit             leave (also Ctrl-D)
 incoming messages are printed as they arrive and marked read.
+when the connection is lost the shell reconnects by itself.
 lines starting with a space are not kept in the history.";
 
 /// `NAME> `
@@ -92,39 +105,102 @@ impl Prompt for ShellPrompt {
     }
 }
 
-/// Why the connection ended, set once by whoever notices first.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why the shell must end, set once by the supervisor.
 #[derive(Clone, Default)]
 struct Closed {
     /// Raised for reedline, which then returns `Signal::ExternalBreak`.
     flag: Arc<AtomicBool>,
-    /// The human-readable reason.
-    reason: Arc<Mutex<Option<String>>>,
+    /// What to report.
+    reason: Arc<Mutex<Option<Failure>>>,
 }
 
 impl Closed {
-    fn close(&self, reason: String) {
-        let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(reason);
+    fn close(&self, failure: Failure) {
+        lock(&self.reason).get_or_insert(failure);
         self.flag.store(true, Ordering::SeqCst);
     }
 
-    fn reason(&self) -> String {
-        let slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        slot.clone()
-            .unwrap_or_else(|| "the server closed the connection".to_owned())
+    /// The error the shell exits with.
+    fn failure(&self) -> Failure {
+        let failure = lock(&self.reason)
+            .take()
+            .unwrap_or_else(|| Failure::unavailable("the server closed the connection"));
+        Failure::new(failure.exit, failure.code, format!("disconnected: {}", failure.message))
     }
 }
 
-/// Runs the shell until `/quit`, Ctrl-D or the end of the connection.
-pub fn run(runtime: &Runtime, mut settings: Settings) -> anyhow::Result<Exit> {
+/// One connection, as the commands see it.
+#[derive(Clone)]
+struct Connection {
+    /// The connection itself, shared with the command running now.
+    client: Arc<Client>,
+    /// Raised by a command whose request found this connection dead, for
+    /// the supervisor; one per connection, so a late report cannot end the
+    /// next one.
+    lost: Arc<Notify>,
+}
+
+impl Connection {
+    fn new(client: Client) -> Connection {
+        Connection {
+            client: Arc::new(client),
+            lost: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// The connection the commands use: `None` while reconnecting. The lock is
+/// only held to copy or replace the handle, never across an await.
+#[derive(Clone, Default)]
+struct Current(Arc<Mutex<Option<Connection>>>);
+
+impl Current {
+    fn get(&self) -> Option<Connection> {
+        lock(&self.0).clone()
+    }
+
+    fn set(&self, connection: Option<Connection>) {
+        *lock(&self.0) = connection;
+    }
+
+    /// A command found `connection` dead: stop handing it out and tell the
+    /// supervisor, unless it already moved on.
+    fn report_lost(&self, connection: &Connection) {
+        let mut slot = lock(&self.0);
+        if slot
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.client, &connection.client))
+        {
+            *slot = None;
+            connection.lost.notify_one();
+        }
+    }
+}
+
+/// What the supervisor and the commands share.
+#[derive(Clone)]
+struct Shared {
+    /// The connection to use, if there is one.
+    current: Current,
+    /// What was shown, so that `/read` and live delivery never show a
+    /// message twice and a reconnect starts after the last one shown.
+    delivery: Arc<Mutex<Delivery>>,
+}
+
+/// Runs the shell until `/quit`, Ctrl-D, or an end of the connection that
+/// reconnecting cannot mend (any, with `reconnect` false).
+pub fn run(runtime: &Runtime, mut settings: Settings, reconnect: bool) -> anyhow::Result<Exit> {
     if !terminal::interactive() || !terminal::stdout_is_terminal() {
         return Err(
             Failure::usage("the interactive shell needs a terminal; give a command instead (parley --help)").into(),
         );
     }
     let credentials = Credentials::obtain(&mut settings)?;
-    let (client, info) = runtime.block_on(session::open(&settings.server, &credentials))?;
-    let client = Arc::new(client);
+    let (link, client, info) = runtime.block_on(Link::open(&settings.server, credentials))?;
     let hint = if info.unread > 0 { " (/read shows them)" } else { "" };
     out(&format!(
         "logged in as {}; {}{hint}",
@@ -134,9 +210,20 @@ pub fn run(runtime: &Runtime, mut settings: Settings) -> anyhow::Result<Exit> {
     runtime.block_on(timed("subscribing", client.subscribe(info.last_seq)))?;
     out("/help lists the commands")?;
 
+    let shared = Shared {
+        current: Current::default(),
+        delivery: Arc::new(Mutex::new(Delivery::new(info.last_seq))),
+    };
+    shared.current.set(Some(Connection::new(client)));
     let printer = ExternalPrinter::new(PRINTER_QUEUE);
     let closed = Closed::default();
-    runtime.spawn(deliver(Arc::clone(&client), printer.sender(), closed.clone()));
+    runtime.spawn(supervise(
+        link,
+        shared.clone(),
+        printer.sender(),
+        closed.clone(),
+        reconnect,
+    ));
 
     let mut editor = Reedline::create()
         .with_history(history())
@@ -149,20 +236,20 @@ pub fn run(runtime: &Runtime, mut settings: Settings) -> anyhow::Result<Exit> {
     loop {
         match editor.read_line(&prompt).context("reading input")? {
             Signal::Success(line) => {
-                if let Flow::Quit = runtime.block_on(execute(&client, &line)) {
+                if let Flow::Quit = runtime.block_on(execute(&shared, &line)) {
                     break;
                 }
             }
             Signal::CtrlD => break,
-            Signal::ExternalBreak(_) => {
-                return Err(Failure::unavailable(format!("disconnected: {}", closed.reason())).into());
-            }
+            Signal::ExternalBreak(_) => return Err(closed.failure().into()),
             // Ctrl-C clears the line being edited; other signals are not used here.
             _ => {}
         }
     }
-    // Built inside the runtime: a timeout needs the runtime's timer.
-    let _ = runtime.block_on(async { tokio::time::timeout(LOGOUT_TIMEOUT, client.logout()).await });
+    if let Some(connection) = shared.current.get() {
+        // Built inside the runtime: a timeout needs the runtime's timer.
+        runtime.block_on(session::logout(&connection.client));
+    }
     Ok(Exit::Ok)
 }
 
@@ -202,38 +289,107 @@ fn prepare_private_file(path: &Path) {
     let _ = options.open(path);
 }
 
-/// Prints pushed messages through the printer, then acknowledges them.
-async fn deliver(client: Arc<Client>, printer: SyncSender<String>, closed: Closed) {
+/// Hands a line to the printer, waiting for room; false once the editor
+/// is gone.
+async fn show(printer: &SyncSender<String>, text: String) -> bool {
+    let sender = printer.clone();
+    // The printer's queue is a blocking std channel: wait for room on a
+    // blocking thread, not on a runtime worker.
+    tokio::task::spawn_blocking(move || sender.send(text).is_ok())
+        .await
+        .unwrap_or(false)
+}
+
+/// Owns the subscription: delivers on each connection until it ends, then
+/// reconnects, until the end cannot be mended or the editor is gone.
+async fn supervise(mut link: Link, shared: Shared, printer: SyncSender<String>, closed: Closed, reconnect: bool) {
     loop {
-        match client.next_event().await {
-            Some(Event::Messages(batch)) => {
-                if batch.is_empty() {
-                    continue;
-                }
-                let text = batch.iter().map(message_line).collect::<Vec<_>>().join("\n");
-                let sender = printer.clone();
-                // The printer's queue is a blocking std channel: wait for
-                // room on a blocking thread, not on a runtime worker.
-                let printed = tokio::task::spawn_blocking(move || sender.send(text).is_ok())
-                    .await
-                    .unwrap_or(false);
-                if !printed {
-                    // The editor is gone; nothing was shown, so nothing is acknowledged.
+        let Some(connection) = shared.current.get() else {
+            return;
+        };
+        let lost = match deliver(&connection, &shared, &printer).await {
+            None => return,
+            Some(End::Fatal(failure)) => {
+                shared.current.set(None);
+                return closed.close(failure);
+            }
+            Some(End::Lost(failure)) => failure,
+        };
+        shared.current.set(None);
+        if !reconnect {
+            return closed.close(lost);
+        }
+        if !show(&printer, "connection lost; reconnecting…".to_owned()).await {
+            return;
+        }
+        let (after, pending) = {
+            let delivery = lock(&shared.delivery);
+            (delivery.last_seq_seen(), delivery.pending_acks())
+        };
+        let mut status = |line: String| {
+            // Progress notes only: dropped when the printer is full.
+            let _ = printer.try_send(line);
+        };
+        match link.reconnect(after, &pending, &mut status).await {
+            Ok(client) => {
+                lock(&shared.delivery).acked(&pending);
+                shared.current.set(Some(Connection::new(client)));
+                if !show(&printer, "reconnected".to_owned()).await {
                     return;
                 }
-                if let Err(e) = ack_shown(&client, &batch, false).await {
-                    let _ = printer.try_send(format!("(could not mark messages read: {})", describe(&e)));
+            }
+            Err(e) => {
+                let report = crate::exit::classify(&e);
+                return closed.close(Failure::new(report.exit, report.code, report.message));
+            }
+        }
+    }
+}
+
+/// Prints pushed messages and presence changes through the printer, then
+/// acknowledges the messages; returns how the connection ended (`None`:
+/// the editor is gone).
+async fn deliver(connection: &Connection, shared: &Shared, printer: &SyncSender<String>) -> Option<End> {
+    let client = &connection.client;
+    loop {
+        let event = tokio::select! {
+            _ = connection.lost.notified() => {
+                return Some(End::Lost(Failure::unavailable("the connection stopped answering")));
+            }
+            event = client.next_event() => event,
+        };
+        match event {
+            Some(Event::Messages(batch)) => {
+                let sorted = lock(&shared.delivery).sort(batch, None);
+                if !sorted.new.is_empty() {
+                    let text = sorted.new.iter().map(message_line).collect::<Vec<_>>().join("\n");
+                    if !show(printer, text).await {
+                        // The editor is gone; nothing was shown, so nothing is acknowledged.
+                        return None;
+                    }
+                }
+                let seqs = sorted.seqs_to_ack();
+                if seqs.is_empty() {
+                    continue;
+                }
+                match ack_shown(client, &seqs, false).await {
+                    Ok(_) => {}
+                    Err(e) if is_disconnect(&e) => {
+                        lock(&shared.delivery).ack_failed(&seqs);
+                        return Some(End::request_failed(&e));
+                    }
+                    Err(e) => {
+                        let _ = printer.try_send(format!("(could not mark messages read: {})", describe(&e)));
+                    }
                 }
             }
-            Some(Event::Goodbye { code, message }) => {
-                closed.close(format!("{message} ({})", code.as_str_name()));
-                return;
+            Some(Event::Presence { name, online }) => {
+                if !show(printer, presence_line(&name, online)).await {
+                    return None;
+                }
             }
-            Some(Event::Presence { .. }) => {}
-            Some(Event::Disconnected) | None => {
-                closed.close("the server closed the connection".to_owned());
-                return;
-            }
+            Some(Event::Goodbye { code, message }) => return Some(End::from_goodbye(Some((code, message)))),
+            Some(Event::Disconnected) | None => return Some(End::from_goodbye(None)),
         }
     }
 }
@@ -244,8 +400,21 @@ enum Flow {
     Quit,
 }
 
+/// Commands that talk to the server (besides `@USER TEXT`).
+const CONNECTED_COMMANDS: &[&str] = &[
+    "/send",
+    "/read",
+    "/list",
+    "/delete",
+    "/unread",
+    "/contacts",
+    "/add",
+    "/remove",
+    "/who",
+];
+
 /// Runs one input line; errors are printed and the shell goes on.
-async fn execute(client: &Client, line: &str) -> Flow {
+async fn execute(shared: &Shared, line: &str) -> Flow {
     let line = line.trim();
     let (command, rest) = match line.split_once(char::is_whitespace) {
         Some((command, rest)) => (command, rest.trim()),
@@ -253,17 +422,26 @@ async fn execute(client: &Client, line: &str) -> Flow {
     };
     let result = match command {
         "" => Ok(()),
-        _ if command.starts_with('@') => send(client, line.strip_prefix('@').unwrap_or(line)).await,
         "/quit" | "/exit" => return Flow::Quit,
         "/help" => out(HELP),
-        "/send" => send(client, rest).await,
-        "/read" => read(client, rest).await,
-        "/list" => list(client, rest).await,
-        "/delete" => delete(client, rest).await,
-        "/unread" => match unread(client).await {
-            Ok(n) => out(&count(n, "unread message")),
-            Err(e) => Err(e),
-        },
+        _ if command.starts_with('@') || CONNECTED_COMMANDS.contains(&command) => {
+            let Some(connection) = shared.current.get() else {
+                eprintln!("{NOT_CONNECTED}");
+                return Flow::Continue;
+            };
+            match execute_connected(&connection.client, &shared.delivery, command, rest, line).await {
+                Err(e) if is_disconnect(&e) => {
+                    shared.current.report_lost(&connection);
+                    if command.starts_with('@') || command == "/send" {
+                        eprintln!("{NOT_CONNECTED}; the message may not have been sent");
+                    } else {
+                        eprintln!("{NOT_CONNECTED}");
+                    }
+                    return Flow::Continue;
+                }
+                result => result,
+            }
+        }
         _ if command.starts_with('/') => Err(anyhow::anyhow!("unknown command {command}; /help lists the commands")),
         _ => Err(anyhow::anyhow!(
             "to send, type @USER TEXT or /send USER TEXT; /help lists the commands"
@@ -273,6 +451,51 @@ async fn execute(client: &Client, line: &str) -> Flow {
         eprintln!("error: {}", describe(&e));
     }
     Flow::Continue
+}
+
+/// The commands that need the connection.
+async fn execute_connected(
+    client: &Client,
+    delivery: &Mutex<Delivery>,
+    command: &str,
+    rest: &str,
+    line: &str,
+) -> anyhow::Result<()> {
+    match command {
+        _ if command.starts_with('@') => send(client, line.strip_prefix('@').unwrap_or(line)).await,
+        "/send" => send(client, rest).await,
+        "/read" => read(client, delivery, rest).await,
+        "/list" => list(client, rest).await,
+        "/delete" => delete(client, rest).await,
+        "/unread" => out(&count(unread(client).await?, "unread message")),
+        "/contacts" => show_contacts(&timed("listing contacts", client.list_contacts()).await?),
+        "/add" => show_contacts(&add_contact(client, one_name(rest, "/add NAME")?).await?),
+        "/remove" => show_contacts(&remove_contact(client, one_name(rest, "/remove NAME")?).await?),
+        "/who" => {
+            let online = online_contacts(client).await?;
+            if online.is_empty() {
+                return out("none of your contacts is online");
+            }
+            online.iter().try_for_each(|name| out(&account_line(name, true)))
+        }
+        _ => Err(anyhow::anyhow!("unknown command {command}; /help lists the commands")),
+    }
+}
+
+/// The single account name a command takes.
+fn one_name<'a>(rest: &'a str, usage: &str) -> anyhow::Result<&'a str> {
+    match rest.split_whitespace().collect::<Vec<_>>()[..] {
+        [name] => Ok(name),
+        _ => Err(anyhow::anyhow!("usage: {usage}")),
+    }
+}
+
+/// The contact list, `* NAME` for those online.
+fn show_contacts(contacts: &[parley_client::AccountEntry]) -> anyhow::Result<()> {
+    if contacts.is_empty() {
+        return out("no contacts (/add NAME adds one)");
+    }
+    contacts.iter().try_for_each(|c| out(&account_line(&c.name, c.online)))
 }
 
 /// `/send USER TEXT` and `@USER TEXT`.
@@ -291,8 +514,10 @@ async fn send(client: &Client, rest: &str) -> anyhow::Result<()> {
     ))
 }
 
-/// `/read [N]`: the oldest unread messages, then marked read.
-async fn read(client: &Client, rest: &str) -> anyhow::Result<()> {
+/// `/read [N]`: the oldest unread messages, then marked read. A message
+/// already shown live (pushed, its acknowledgement still on the way) is
+/// not shown again.
+async fn read(client: &Client, delivery: &Mutex<Delivery>, rest: &str) -> anyhow::Result<()> {
     let limit = if rest.is_empty() {
         DEFAULT_READ
     } else {
@@ -302,17 +527,18 @@ async fn read(client: &Client, rest: &str) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("usage: /read [N], N from 1 to {MAX_READ}"))?
     };
     let batch = timed("fetching messages", client.fetch(0, limit, false)).await?;
-    if batch.messages.is_empty() {
-        return out("no unread messages");
-    }
-    for m in &batch.messages {
+    let seqs = seqs_of(&batch.messages);
+    let new = lock(delivery).unseen(batch.messages);
+    for m in &new {
         out(&message_line(m))?;
     }
     // Fetched from seq 0 without read ones: nothing unread lies before
     // the last shown, so the cumulative ack is exact.
-    let left = ack_shown(client, &batch.messages, true).await?;
+    let left = ack_shown(client, &seqs, true).await?;
     if left > 0 {
         out(&format!("({left} more unread)"))?;
+    } else if new.is_empty() {
+        out("no unread messages")?;
     }
     Ok(())
 }
@@ -324,7 +550,7 @@ async fn list(client: &Client, pattern: &str) -> anyhow::Result<()> {
     loop {
         let page = timed("listing accounts", client.list_accounts(pattern, &after, 0)).await?;
         for a in &page.accounts {
-            out(&format!("{} {}", if a.online { '*' } else { ' ' }, printable(&a.name)))?;
+            out(&account_line(&a.name, a.online))?;
         }
         shown += page.accounts.len();
         if page.next_after.is_empty() {

@@ -326,7 +326,7 @@ async fn watch_json_lines_catch_up_and_sigterm() {
 async fn watch_reports_server_shutdown_as_unavailable() {
     let mut h = Harness::start(Store::Memory);
     h.user("alice").await;
-    let mut watch = Running::spawn(h.command_as("alice", &["watch"]));
+    let mut watch = Running::spawn(h.command_as("alice", &["watch", "--no-reconnect"]));
     watch.stderr_line().await;
     h.server.stop();
     assert_eq!(watch.exit_code().await, 7);
@@ -458,4 +458,70 @@ async fn pushes_reach_a_library_subscriber_from_cli_send() {
         Ok(Some(Event::Messages(m))) => assert_eq!(m[0].body, "live one"),
         other => panic!("expected a push, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_add_list_remove_and_who() {
+    let h = Harness::start_with(Store::Memory, &["--max-contacts", "2"]);
+    let alice = h.user("alice").await;
+    // bob stays online; carol and dave exist but are offline.
+    let _bob = h.user("bob").await;
+    for name in ["carol", "dave"] {
+        drop(h.user(name).await);
+        wait_presence(&alice, name, false).await;
+    }
+
+    let out = h.run("alice", &["contacts"]).await.expect_code(0);
+    assert!(out.stdout.is_empty() && out.stderr.contains("no contacts"), "{out:#?}");
+    let out = h.run("alice", &["contacts", "add", "bob"]).await.expect_code(0);
+    assert_eq!(out.stdout, "* bob\n", "{out:#?}");
+    let out = h.run("alice", &["contacts", "add", "Carol"]).await.expect_code(0);
+    assert_eq!(out.stdout, "* bob\n  carol\n", "{out:#?}");
+    let out = h.run("alice", &["contacts", "list"]).await.expect_code(0);
+    assert_eq!(out.stdout, "* bob\n  carol\n", "{out:#?}");
+    let json = h.run("alice", &["--json", "contacts"]).await.expect_code(0).json();
+    assert_eq!(
+        json,
+        serde_json::json!({ "contacts": [
+            { "name": "bob", "online": true },
+            { "name": "carol", "online": false },
+        ] })
+    );
+
+    let out = h.run("alice", &["who"]).await.expect_code(0);
+    assert_eq!(out.stdout, "* bob\n", "{out:#?}");
+    let json = h.run("alice", &["who", "--json"]).await.expect_code(0).json();
+    assert_eq!(json, serde_json::json!({ "online": ["bob"] }));
+
+    // Unknown accounts, the server's limit, and names that are not contacts.
+    let out = h.run("alice", &["contacts", "add", "nobody"]).await.expect_code(4);
+    assert!(out.stderr.contains("NO_SUCH_USER"), "{out:#?}");
+    let out = h
+        .run("alice", &["--json", "contacts", "add", "dave"])
+        .await
+        .expect_code(6);
+    assert_eq!(out.json()["error"]["code"], "LIMIT_REACHED");
+    let out = h.run("alice", &["contacts", "remove", "dave"]).await.expect_code(4);
+    assert!(out.stderr.contains("dave is not one of your contacts"), "{out:#?}");
+    let out = h
+        .run("alice", &["--json", "contacts", "remove", "dave"])
+        .await
+        .expect_code(4);
+    assert_eq!(out.json()["error"]["code"], "NOT_A_CONTACT");
+
+    let out = h.run("alice", &["contacts", "remove", "CAROL"]).await.expect_code(0);
+    assert_eq!(out.stdout, "* bob\n", "{out:#?}");
+    let json = h
+        .run("alice", &["--json", "contacts", "remove", "bob"])
+        .await
+        .expect_code(0)
+        .json();
+    assert_eq!(json, serde_json::json!({ "contacts": [] }));
+    let out = h.run("alice", &["who"]).await.expect_code(0);
+    assert!(
+        out.stdout.is_empty() && out.stderr.contains("none of your contacts is online"),
+        "{out:#?}"
+    );
+    let json = h.run("alice", &["--json", "who"]).await.expect_code(0).json();
+    assert_eq!(json, serde_json::json!({ "online": [] }));
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::Duration;
 
-use common::{Harness, WAIT, finish};
+use common::{Harness, WAIT, finish, wait_presence};
 use parley_client::{Client, Event};
 use parley_testkit::{Store, binary};
 
@@ -244,7 +244,10 @@ async fn shell_exits_when_the_server_goes_away() {
     }
     let mut h = Harness::start(Store::Sqlite);
     drop(h.user("alice").await);
-    let tmux = Tmux::start("gone", &shell_command(&h, "alice"));
+    let tmux = Tmux::start(
+        "gone",
+        &parley_command(&h, "alice", Some("pw-alice"), &["--no-reconnect"]),
+    );
     tmux.wait_for("the prompt", |s| last_line(s) == "alice>").await;
     h.server.stop();
     let screen = tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=7")).await;
@@ -326,4 +329,56 @@ async fn terminal_prompts_for_password_login_instead_and_pages() {
     tmux.press("Enter");
     let screen = tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
     assert!(!screen.contains("anna"), "{screen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_shows_presence_and_reconnects_after_a_restart() {
+    if !tmux_available("shell_shows_presence_and_reconnects_after_a_restart") {
+        return;
+    }
+    let mut h = Harness::start(Store::Sqlite);
+    drop(h.user("bob").await);
+    let alice = h.user("alice").await;
+    alice.add_contact("bob").await.expect("add contact");
+    wait_presence(&alice, "bob", false).await;
+    drop(alice);
+
+    let tmux = Tmux::start("reconnect", &shell_command(&h, "alice"));
+    tmux.wait_for("the prompt", |s| last_line(s) == "alice>").await;
+    let bob = h.user("bob").await;
+    tmux.wait_for("bob online", |s| s.contains("* bob is online")).await;
+    tmux.type_text("/who");
+    tmux.press("Enter");
+    tmux.wait_for("/who output", |s| s.lines().any(|l| l.trim_end() == "* bob"))
+        .await;
+    drop(bob);
+    tmux.wait_for("bob offline", |s| s.contains("* bob went offline")).await;
+
+    // The server goes away; a command typed meanwhile is answered, not fatal.
+    h.server.stop();
+    tmux.wait_for("the reconnect notice", |s| s.contains("connection lost; reconnecting…"))
+        .await;
+    tmux.type_text("/contacts");
+    tmux.press("Enter");
+    tmux.wait_for("the not-connected answer", |s| {
+        s.contains("not connected (reconnecting)") && last_line(s) == "alice>"
+    })
+    .await;
+
+    h.server.restart();
+    tmux.wait_for("the reconnection", |s| s.contains("reconnected")).await;
+    let bob = h.user("bob").await;
+    bob.send("alice", "after the restart").await.expect("send");
+    tmux.wait_for("the new message", |s| s.contains("bob: after the restart"))
+        .await;
+    tmux.type_text("/contacts");
+    tmux.press("Enter");
+    tmux.wait_for("/contacts output", |s| {
+        s.lines().filter(|l| l.trim_end() == "* bob").count() == 2
+    })
+    .await;
+
+    tmux.type_text("/quit");
+    tmux.press("Enter");
+    tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
 }

@@ -79,6 +79,10 @@ fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
         )),
         Just(client_frame::Body::DeleteAccount(v1::DeleteAccount {})),
         Just(client_frame::Body::Logout(v1::Logout {})),
+        Just(client_frame::Body::ListContacts(v1::ListContacts {})),
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(|token| client_frame::Body::Resume(v1::Resume { token })),
+        ".{0,40}".prop_map(|name| client_frame::Body::AddContact(v1::AddContact { name })),
+        ".{0,40}".prop_map(|name| client_frame::Body::RemoveContact(v1::RemoveContact { name })),
         any::<u64>().prop_map(|nonce| client_frame::Body::Ping(v1::Ping { nonce })),
     ]
 }
@@ -102,6 +106,7 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
                         scram_iterations,
                         max_frame_bytes,
                         max_body_bytes,
+                        keepalive_secs: scram_iterations.rotate_left(7),
                     })
                 }
             ),
@@ -128,12 +133,14 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
         )
             .prop_map(
                 |(server_final, name, user_id, session_id, unread, last_seq)| server_frame::Body::AuthOk(v1::AuthOk {
-                    server_final,
                     name,
                     user_id,
                     session_id,
                     unread,
-                    last_seq
+                    last_seq,
+                    resume_token: server_final.iter().rev().copied().collect(),
+                    resume_expires_ms: user_id ^ last_seq,
+                    server_final,
                 })
             ),
         (".{0,64}", any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(

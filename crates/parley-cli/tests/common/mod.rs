@@ -87,9 +87,14 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(store: Store) -> Harness {
+        Harness::start_with(store, &[])
+    }
+
+    /// A harness whose server gets extra flags (`--max-contacts 2`).
+    pub fn start_with(store: Store, flags: &[&str]) -> Harness {
         ensure_parleyd();
         Harness {
-            server: TestServer::start(store),
+            server: TestServer::start_with(store, flags),
             home: tempfile::tempdir().expect("temp home"),
         }
     }
@@ -185,6 +190,16 @@ impl Running {
         }
     }
 
+    /// Every remaining stdout line, until the process closes it.
+    pub async fn rest_of_stdout(&mut self) -> Vec<String> {
+        rest(&mut self.stdout).await
+    }
+
+    /// Every remaining stderr line, until the process closes it.
+    pub async fn rest_of_stderr(&mut self) -> Vec<String> {
+        rest(&mut self.stderr).await
+    }
+
     /// Waits for the exit code.
     pub async fn exit_code(&mut self) -> i32 {
         let status = tokio::time::timeout(RUN_TIMEOUT, self.child.wait())
@@ -203,6 +218,20 @@ impl Running {
             .expect("kill");
         assert!(status.success());
     }
+}
+
+/// Reads lines until the end of the stream, within [`RUN_TIMEOUT`].
+async fn rest<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> Vec<String> {
+    let mut all = Vec::new();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push(line);
+        }
+    };
+    tokio::time::timeout(RUN_TIMEOUT, read)
+        .await
+        .expect("the stream did not end in time");
+    all
 }
 
 /// Waits until `observer` sees `name` online (or offline): the server
