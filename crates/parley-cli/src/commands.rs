@@ -8,6 +8,7 @@
 //! [`Exit`] instead of an error.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use anyhow::Context;
 use parley_client::{AccountEntry, Client, ErrorCode, Event, LoginInfo};
@@ -32,12 +33,30 @@ pub struct Invocation {
     pub json: bool,
     /// Whether `watch` reconnects when the connection is lost.
     pub reconnect: bool,
+    /// The connection a one-shot command logged in on, kept so that
+    /// [`Invocation::finish`] can log it out.
+    pub opened: Option<Arc<Client>>,
 }
 
 impl Invocation {
-    async fn open(&mut self) -> anyhow::Result<(Client, LoginInfo)> {
+    async fn open(&mut self) -> anyhow::Result<(Arc<Client>, LoginInfo)> {
         let credentials = Credentials::obtain(&mut self.settings)?;
-        session::open(&self.settings.server, &credentials).await
+        self.open_with(&credentials).await
+    }
+
+    async fn open_with(&mut self, credentials: &Credentials) -> anyhow::Result<(Arc<Client>, LoginInfo)> {
+        let (client, info) = session::open(&self.settings.server, credentials).await?;
+        let client = Arc::new(client);
+        self.opened = Some(Arc::clone(&client));
+        Ok((client, info))
+    }
+
+    /// Logs out the one-shot command's session, so the resume token its
+    /// login made stops working at once instead of lingering for days.
+    pub async fn finish(&mut self) {
+        if let Some(client) = self.opened.take() {
+            session::logout(&client).await;
+        }
     }
 }
 
@@ -118,7 +137,7 @@ pub async fn send(ctx: &mut Invocation, args: &SendArgs) -> anyhow::Result<Exit>
     if body.is_empty() {
         return Err(Failure::usage("the message is empty").into());
     }
-    let (client, _info) = session::open(&ctx.settings.server, &credentials).await?;
+    let (client, _info) = ctx.open_with(&credentials).await?;
     let client_msg_id = args.id.clone().unwrap_or_else(parley_client::new_client_msg_id);
     let receipt = timed(
         &format!("sending to {}", args.to),

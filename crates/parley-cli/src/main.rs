@@ -88,9 +88,10 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
         settings,
         json,
         reconnect,
+        opened: None,
     };
     runtime.block_on(async {
-        match &command {
+        let result = match &command {
             Command::Register => commands::register(&mut ctx).await,
             Command::Login => commands::login(&mut ctx).await,
             Command::Send(args) => commands::send(&mut ctx, args).await,
@@ -101,7 +102,9 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
             Command::Watch(args) => commands::watch(&mut ctx, args).await,
             Command::Contacts(args) => commands::contacts(&mut ctx, args).await,
             Command::Who => commands::who(&mut ctx).await,
-        }
+        };
+        ctx.finish().await;
+        result
     })
 }
 
