@@ -26,7 +26,8 @@ pub enum FrameError {
 /// Decodes one frame from the front of `buf`, consuming it.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case
-/// nothing is consumed. The caller may use [`needed`] to size its next read.
+/// nothing is consumed, and once the length is known `buf` has room reserved
+/// for the rest of the frame.
 pub fn decode_frame<M: Message + Default>(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<M>, FrameError> {
     if buf.len() < LENGTH_PREFIX_BYTES {
         return Ok(None);

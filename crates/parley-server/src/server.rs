@@ -225,6 +225,12 @@ impl Server {
         }
     }
 
+    /// What the native front door's connections share; lets a harness (the
+    /// fuzz target) serve a connection without a listener.
+    pub fn native_context(&self) -> Arc<NativeContext> {
+        Arc::clone(&self.ctx)
+    }
+
     /// The counters now.
     pub fn stats(&self) -> Stats {
         self.stats_handle().snapshot()
