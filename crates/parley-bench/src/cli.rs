@@ -1,0 +1,216 @@
+//! The command line: common flags, one subcommand per scenario, and every
+//! default as a named constant.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Where parleyd listens unless told otherwise (its own default).
+pub const DEFAULT_SERVER: &str = "127.0.0.1:7878";
+/// Where NATS listens for `--compare-nats` unless `--target` names it.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Length of each measured phase, seconds.
+pub const DEFAULT_DURATION_SECS: f64 = 10.0;
+/// Sender→receiver pairs in relay and overload.
+pub const DEFAULT_PAIRS: usize = 8;
+/// Message body size, bytes.
+pub const DEFAULT_SIZE: usize = 256;
+/// Sends in flight per sender connection (relay, offline): parleyd's
+/// default pipeline window, the most one connection gets processed at once.
+pub const DEFAULT_WINDOW: usize = 256;
+/// How long after the sending stops relay waits for stored messages to arrive.
+pub const DEFAULT_DRAIN_SECS: f64 = 5.0;
+/// Idle connections opened.
+pub const DEFAULT_CONNECTIONS: usize = 1000;
+/// Seconds idle connections are held once all are open.
+pub const DEFAULT_HOLD_SECS: f64 = 5.0;
+/// Idle connections sharing one account.
+pub const DEFAULT_CONNECTIONS_PER_ACCOUNT: usize = 100;
+/// Handshakes in progress at once per process (idle, login).
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Most connections one process opens: the machine caps open files at
+/// 20,000 per process, and the bench needs a few dozen for itself.
+pub const MAX_CONNECTIONS_PER_PROCESS: usize = 19_900;
+/// Connections in the login storm.
+pub const DEFAULT_LOGIN_CLIENTS: usize = 16;
+/// Offline recipients and messages.
+pub const DEFAULT_USERS: usize = 100;
+pub const DEFAULT_MESSAGES: usize = 20_000;
+/// Sender connections storing offline messages.
+pub const DEFAULT_SENDERS: usize = 4;
+/// Longest the offline drain may take, seconds.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: f64 = 60.0;
+/// Overload: sender→receiver pairs. Enough connections that their
+/// pipelines together (100 × 256 requests) exceed parleyd's default backlog
+/// limit (16,384), so admission control, not TCP backpressure alone, is
+/// what meets the excess.
+pub const DEFAULT_OVERLOAD_PAIRS: usize = 100;
+/// Overload: multiple of capacity offered, and the capacity probe's length.
+pub const DEFAULT_MULTIPLE: f64 = 2.0;
+pub const DEFAULT_PROBE_SECS: f64 = 3.0;
+/// Overload: requests a sender connection may have outstanding before the
+/// generator itself sheds load (counted, never hidden).
+pub const DEFAULT_MAX_OUTSTANDING: usize = 8192;
+
+/// Load generator for parleyd (and NATS core, for comparison).
+///
+/// Drives a running server with one scenario and prints a summary table,
+/// or with --json one JSON object holding every number. Accounts are created
+/// on the server with a fresh random prefix per run.
+#[derive(Parser, Debug)]
+#[command(name = "parley-bench", version, about, long_about)]
+pub struct Cli {
+    /// parleyd native-protocol address
+    #[arg(long, global = true, default_value = DEFAULT_SERVER, value_name = "ADDR")]
+    pub server: String,
+    /// Length of each measured phase, seconds
+    #[arg(long, global = true, default_value_t = DEFAULT_DURATION_SECS, value_name = "SECS")]
+    pub duration: f64,
+    /// parleyd's process id: report its CPU time and RSS (sampled every 100 ms)
+    #[arg(long, global = true, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Repeat the scenario N times and report median and range
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
+    pub runs: u32,
+    /// Print one JSON object with every number instead of the table
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Write an SVG picture: latency percentiles and throughput over time
+    #[arg(long, global = true, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Internal: run as a child process of `idle`, job on stdin
+    #[arg(long, global = true, hide = true)]
+    pub worker: bool,
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// Sender→receiver pairs: throughput, end-to-end latency, loss, duplicates
+    Relay(RelayArgs),
+    /// Many logged-in idle connections: server memory per connection
+    Idle(IdleArgs),
+    /// Login storm: SCRAM and resume-token logins per second
+    Login(LoginArgs),
+    /// Store messages for offline users, then log them in and drain
+    Offline(OfflineArgs),
+    /// Offer a multiple of capacity, open loop: admitted, BUSY, latency, memory trend
+    Overload(OverloadArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RelayArgs {
+    /// Sender→receiver connection pairs
+    #[arg(long, default_value_t = DEFAULT_PAIRS)]
+    pub pairs: usize,
+    /// Message body size in bytes (at least 32: sequence and timestamp)
+    #[arg(long, default_value_t = DEFAULT_SIZE, value_name = "BYTES")]
+    pub size: usize,
+    /// Total messages per second over all pairs [default: as fast as possible]
+    #[arg(long, value_name = "MSGS_PER_SEC")]
+    pub rate: Option<f64>,
+    /// Sends in flight per sender connection
+    #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "W")]
+    pub window: usize,
+    /// Seconds to wait after sending for stored messages to be delivered
+    #[arg(long, default_value_t = DEFAULT_DRAIN_SECS, value_name = "SECS")]
+    pub drain: f64,
+    /// Run against this instead of parleyd: `parley` or `nats://HOST:PORT`
+    #[arg(long, value_name = "TARGET")]
+    pub target: Option<String>,
+    /// Run against parleyd, then NATS (--target's URL or nats://127.0.0.1:4222), and compare
+    #[arg(long)]
+    pub compare_nats: bool,
+    /// NATS server's process id, for its CPU and RSS
+    #[arg(long, value_name = "PID")]
+    pub nats_pid: Option<u32>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    /// Connections to open, log in and hold
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS, value_name = "N")]
+    pub connections: usize,
+    /// Seconds to hold them once all are open
+    #[arg(long, default_value_t = DEFAULT_HOLD_SECS, value_name = "SECS")]
+    pub hold: f64,
+    /// Processes to spread the connections over [default: 1, more above 19,900 connections]
+    #[arg(long, value_name = "P")]
+    pub processes: Option<usize>,
+    /// Bind client sockets to 127.0.0.1 … 127.0.0.K, round robin
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub source_addrs: u8,
+    /// Connections sharing one account (each is its own session)
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS_PER_ACCOUNT, value_name = "N")]
+    pub per_account: usize,
+    /// Handshakes in progress at once, per process
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// How each connection logs in
+    #[arg(long, value_enum, default_value_t = AuthMode::Scram)]
+    pub auth: AuthMode,
+}
+
+/// How an idle connection authenticates.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AuthMode {
+    /// Full SCRAM exchange (the client computes PBKDF2 for each)
+    Scram,
+    /// Resume token of one SCRAM login per account
+    Resume,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LoginArgs {
+    /// Concurrent clients, each with its own account
+    #[arg(long, default_value_t = DEFAULT_LOGIN_CLIENTS, value_name = "C")]
+    pub clients: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OfflineArgs {
+    /// Offline recipients
+    #[arg(long, default_value_t = DEFAULT_USERS, value_name = "U")]
+    pub users: usize,
+    /// Messages stored, spread round robin over the recipients
+    #[arg(long, default_value_t = DEFAULT_MESSAGES, value_name = "M")]
+    pub messages: usize,
+    /// Message body size in bytes
+    #[arg(long, default_value_t = DEFAULT_SIZE, value_name = "BYTES")]
+    pub size: usize,
+    /// Sender connections (sessions of one sending account)
+    #[arg(long, default_value_t = DEFAULT_SENDERS)]
+    pub senders: usize,
+    /// Sends in flight per sender connection
+    #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "W")]
+    pub window: usize,
+    /// Recipients draining at once
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Longest the drain may take, seconds
+    #[arg(long, default_value_t = DEFAULT_DRAIN_TIMEOUT_SECS, value_name = "SECS")]
+    pub drain_timeout: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OverloadArgs {
+    /// Offered load as a multiple of capacity
+    #[arg(long, default_value_t = DEFAULT_MULTIPLE, value_name = "X")]
+    pub multiple: f64,
+    /// Capacity in messages per second [default: measured by a short relay first]
+    #[arg(long, value_name = "MSGS_PER_SEC")]
+    pub capacity: Option<f64>,
+    /// Seconds of the capacity probe
+    #[arg(long, default_value_t = DEFAULT_PROBE_SECS, value_name = "SECS")]
+    pub probe: f64,
+    /// Sender→receiver connection pairs
+    #[arg(long, default_value_t = DEFAULT_OVERLOAD_PAIRS)]
+    pub pairs: usize,
+    /// Message body size in bytes
+    #[arg(long, default_value_t = DEFAULT_SIZE, value_name = "BYTES")]
+    pub size: usize,
+    /// Outstanding requests per sender before the generator sheds load itself
+    #[arg(long, default_value_t = DEFAULT_MAX_OUTSTANDING)]
+    pub max_outstanding: usize,
+}

@@ -1,0 +1,189 @@
+//! Pieces every scenario uses: account names, registration, the payload
+//! format that carries a send time, and per-second counters.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use parley_client::{Client, ErrorCode};
+use rand::Rng;
+
+/// Registrations in flight at once. Each costs the bench one PBKDF2
+/// derivation, so more would only queue on the two cores.
+const REGISTER_CONCURRENCY: usize = 16;
+/// Bytes of the payload header: 16 hex digits of sequence, 16 of send time.
+pub const PAYLOAD_HEADER: usize = 32;
+
+/// A fresh account-name prefix: `b` and eight random hex digits, so runs
+/// never collide with each other or with real accounts (names must start
+/// with a letter and stay within 32 characters).
+pub fn run_prefix() -> String {
+    let n: u32 = rand::rng().random();
+    format!("b{n:08x}")
+}
+
+/// The password of every account of a run. Benchmark accounts are
+/// throwaway; a per-run value keeps them from being guessable across runs.
+pub fn password(prefix: &str) -> String {
+    format!("pw-{prefix}-bench")
+}
+
+/// Registers `names` with `password`, a few at a time over a few
+/// connections. The iteration count is the one the server's Welcome asks
+/// for (the client library reads it from there).
+pub async fn register_all(server: &str, names: &[String], password: &str) -> anyhow::Result<()> {
+    let connections = names.len().clamp(1, 4);
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(
+            Client::connect(server)
+                .await
+                .with_context(|| format!("connecting to {server}"))?,
+        );
+    }
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(names.iter().enumerate())
+        .map(|(i, name)| {
+            let client = &clients[i % connections];
+            async move {
+                match client.register(name, password).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.code() == Some(ErrorCode::NameTaken) => Ok(()),
+                    Err(e) => Err(anyhow::anyhow!("registering {name}: {e}")),
+                }
+            }
+        })
+        .buffer_unordered(REGISTER_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// A connected client logged in as `name`.
+pub async fn login_client(server: &str, name: &str, password: &str) -> anyhow::Result<Client> {
+    let client = Client::connect(server)
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    client
+        .login(name, password)
+        .await
+        .with_context(|| format!("logging in as {name}"))?;
+    Ok(client)
+}
+
+/// The instant all in-process timestamps count from, so a sender and a
+/// receiver in the same process agree on time without wall clocks.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since the common origin.
+pub fn now_ns() -> u64 {
+    instant_ns(Instant::now())
+}
+
+pub fn instant_ns(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(origin()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A message body of `size` bytes (at least the header) carrying the
+/// sender's sequence number and send time.
+pub fn payload(seq: u64, sent_ns: u64, size: usize) -> String {
+    let mut body = format!("{seq:016x}{sent_ns:016x}");
+    let pad = size.saturating_sub(body.len());
+    body.extend(std::iter::repeat_n('x', pad));
+    body
+}
+
+/// Sequence number and send time from a payload made by [`payload`].
+pub fn parse_payload(body: &[u8]) -> Option<(u64, u64)> {
+    let header = std::str::from_utf8(body.get(..PAYLOAD_HEADER)?).ok()?;
+    let seq = u64::from_str_radix(&header[..16], 16).ok()?;
+    let sent_ns = u64::from_str_radix(&header[16..], 16).ok()?;
+    Some((seq, sent_ns))
+}
+
+/// Events counted per whole second since a start instant.
+pub struct PerSecond {
+    /// When second 0 began.
+    start: Instant,
+    /// One counter per second; events past the end land in the last one.
+    buckets: Vec<AtomicU64>,
+}
+
+impl PerSecond {
+    pub fn new(start: Instant, span: Duration) -> PerSecond {
+        let seconds = span.as_secs() as usize + 2;
+        PerSecond {
+            start,
+            buckets: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn add(&self, at: Instant, n: u64) {
+        let second = at.saturating_duration_since(self.start).as_secs() as usize;
+        let index = second.min(self.buckets.len() - 1);
+        self.buckets[index].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts for the seconds up to `until` (a partial last second is
+    /// scaled up to a per-second rate).
+    pub fn rates(&self, until: Instant) -> Vec<f64> {
+        let elapsed = until.saturating_duration_since(self.start).as_secs_f64();
+        let whole = elapsed.floor() as usize;
+        let mut out: Vec<f64> = self
+            .buckets
+            .iter()
+            .take(whole.min(self.buckets.len()))
+            .map(|b| b.load(Ordering::Relaxed) as f64)
+            .collect();
+        let partial = elapsed - whole as f64;
+        if partial > 0.2 && whole < self.buckets.len() {
+            out.push(self.buckets[whole].load(Ordering::Relaxed) as f64 / partial);
+        }
+        out
+    }
+}
+
+/// Seconds from a command-line value, refusing nonsense.
+pub fn secs(value: f64, what: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        value.is_finite() && (0.0..1e7).contains(&value),
+        "{what} must be a number of seconds"
+    );
+    Ok(Duration::from_secs_f64(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trip() {
+        let body = payload(42, 123_456_789, 100);
+        assert_eq!(body.len(), 100);
+        assert_eq!(parse_payload(body.as_bytes()), Some((42, 123_456_789)));
+        assert_eq!(payload(1, 2, 3).len(), PAYLOAD_HEADER);
+        assert_eq!(parse_payload(b"short"), None);
+    }
+
+    #[test]
+    fn prefixes_are_valid_names() {
+        let prefix = run_prefix();
+        assert_eq!(prefix.len(), 9);
+        assert!(prefix.starts_with('b'));
+    }
+
+    #[test]
+    fn per_second_buckets() {
+        let start = Instant::now();
+        let counts = PerSecond::new(start, Duration::from_secs(2));
+        counts.add(start, 5);
+        counts.add(start + Duration::from_millis(1500), 3);
+        counts.add(start + Duration::from_secs(60), 1);
+        let rates = counts.rates(start + Duration::from_secs(2));
+        assert_eq!(rates, vec![5.0, 3.0]);
+    }
+}

@@ -1,0 +1,303 @@
+//! The login storm: how many password (SCRAM) logins and how many
+//! resume-token logins the server completes per second, each phase for the
+//! run's duration with C concurrent clients.
+//!
+//! SCRAM logins reuse each connection (login → logout → login …): a fresh
+//! connection per login would run one source address out of ephemeral
+//! ports within seconds. Resume logins cannot do that, because a logout
+//! revokes the token it used, so each resume opens a fresh connection and
+//! closes it without logging out; on loopback the kernel reuses ports in
+//! TIME_WAIT (`net.ipv4.tcp_tw_reuse = 2`, the default).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use parley_client::Client;
+
+use crate::cli::LoginArgs;
+use crate::common;
+use crate::procmon::{self, Monitor};
+use crate::progress::Progress;
+use crate::report::{Metrics, RunReport};
+use crate::stats::{self, Latency};
+
+/// Logins in flight while setting up.
+const SETUP_CONCURRENCY: usize = 16;
+
+/// Results of one phase.
+struct Phase {
+    /// Request → AuthOk latency.
+    latency: Latency,
+    /// Connect → AuthOk latency (resume phase only).
+    with_connect: Latency,
+    logins: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    bench_cpu_secs: f64,
+}
+
+/// Per-task tallies of a phase.
+struct Tally {
+    latency: Latency,
+    with_connect: Latency,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        Ok(Tally {
+            latency: Latency::new()?,
+            with_connect: Latency::new()?,
+            errors: 0,
+            first_error: None,
+        })
+    }
+
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e.to_string());
+        }
+    }
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Tally>>>,
+    started: Instant,
+    cpu_before: f64,
+) -> anyhow::Result<Phase> {
+    let mut phase = Phase {
+        latency: Latency::new()?,
+        with_connect: Latency::new()?,
+        logins: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        bench_cpu_secs: 0.0,
+    };
+    for task in tasks {
+        let tally = task.await.context("login task")??;
+        phase.latency.merge(&tally.latency)?;
+        phase.with_connect.merge(&tally.with_connect)?;
+        phase.errors += tally.errors;
+        if phase.first_error.is_none() {
+            phase.first_error = tally.first_error;
+        }
+    }
+    phase.logins = phase.latency.count();
+    phase.elapsed = started.elapsed();
+    phase.bench_cpu_secs = procmon::own_cpu_secs() - cpu_before;
+    Ok(phase)
+}
+
+fn progress(phase: &str, length: Duration, done: &Arc<AtomicU64>) -> Progress {
+    let done = Arc::clone(done);
+    Progress::start(phase, length, move || {
+        format!("logins {}", done.load(Ordering::Relaxed))
+    })
+}
+
+async fn scram_phase(
+    clients: &[Arc<Client>],
+    names: &[String],
+    password: &str,
+    duration: Duration,
+) -> anyhow::Result<Phase> {
+    let done = Arc::new(AtomicU64::new(0));
+    let _progress = progress("scram", duration, &done);
+    let cpu_before = procmon::own_cpu_secs();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks = clients
+        .iter()
+        .zip(names)
+        .map(|(client, name)| {
+            let client = Arc::clone(client);
+            let name = name.clone();
+            let password = password.to_owned();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut tally = Tally::new()?;
+                while Instant::now() < deadline {
+                    let begun = Instant::now();
+                    match client.login(&name, &password).await {
+                        Ok(_) => {
+                            tally.latency.record(begun.elapsed());
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tally.error(format!("login: {e}"));
+                            continue;
+                        }
+                    }
+                    if let Err(e) = client.logout().await {
+                        tally.error(format!("logout: {e}"));
+                        break;
+                    }
+                }
+                Ok(tally)
+            })
+        })
+        .collect();
+    collect(tasks, started, cpu_before).await
+}
+
+async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> anyhow::Result<Phase> {
+    let done = Arc::new(AtomicU64::new(0));
+    let _progress = progress("resume", duration, &done);
+    let cpu_before = procmon::own_cpu_secs();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks = tokens
+        .iter()
+        .map(|token| {
+            let token = token.clone();
+            let server = server.to_owned();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut tally = Tally::new()?;
+                while Instant::now() < deadline {
+                    let begun = Instant::now();
+                    let client = match Client::connect(&server).await {
+                        Ok(client) => client,
+                        Err(e) => {
+                            tally.error(format!("connect: {e}"));
+                            // A refused connection comes back at once; pause
+                            // so a failing server is not spun against.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let requested = Instant::now();
+                    match client.resume(&token).await {
+                        Ok(_) => {
+                            tally.latency.record(requested.elapsed());
+                            tally.with_connect.record(begun.elapsed());
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tally.error(format!("resume: {e}")),
+                    }
+                    // Dropping the client closes the connection without a
+                    // logout, so the token stays valid.
+                    drop(client);
+                }
+                Ok(tally)
+            })
+        })
+        .collect();
+    collect(tasks, started, cpu_before).await
+}
+
+/// One login-storm run.
+pub async fn run(
+    server: &str,
+    duration: Duration,
+    server_pid: Option<u32>,
+    args: &LoginArgs,
+) -> anyhow::Result<RunReport> {
+    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    let prefix = common::run_prefix();
+    let password = common::password(&prefix);
+    let names: Vec<String> = (0..args.clients).map(|i| format!("{prefix}-{i}")).collect();
+    common::register_all(server, &names, &password).await?;
+    let clients: Vec<anyhow::Result<Client>> = futures::stream::iter(0..args.clients)
+        .map(|_| async { Client::connect(server).await.context("connecting") })
+        .buffered(SETUP_CONCURRENCY)
+        .collect()
+        .await;
+    let clients: Vec<Arc<Client>> = clients
+        .into_iter()
+        .collect::<anyhow::Result<Vec<Client>>>()?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let iterations = clients.first().map(|c| c.welcome().scram_iterations).unwrap_or(0);
+    let monitor = server_pid.map(Monitor::start).transpose()?;
+    let scram = scram_phase(&clients, &names, &password, duration).await?;
+    // One SCRAM login per client makes its resume token; that session stays
+    // logged in so the token stays valid.
+    let mut tokens = Vec::with_capacity(clients.len());
+    for (client, name) in clients.iter().zip(&names) {
+        let info = client
+            .login(name, &password)
+            .await
+            .with_context(|| format!("logging in as {name}"))?;
+        tokens.push(info.resume_token);
+    }
+    let resume = resume_phase(server, &tokens, duration).await?;
+    let usage = monitor.zip(server_pid).map(|(m, pid)| m.finish(pid));
+    drop(clients);
+
+    let mut m = Metrics::default();
+    m.push("clients", "clients", "", args.clients as f64);
+    m.push(
+        "scram_iterations",
+        "SCRAM iterations (server's Welcome)",
+        "",
+        f64::from(iterations),
+    );
+    m.push("scram_logins", "SCRAM logins", "", scram.logins as f64);
+    m.push(
+        "scram_logins_per_sec",
+        "SCRAM logins",
+        "1/s",
+        stats::rate(scram.logins, scram.elapsed),
+    );
+    m.push("scram_p50_ms", "SCRAM login p50", "ms", scram.latency.quantile_ms(0.50));
+    m.push("scram_p99_ms", "SCRAM login p99", "ms", scram.latency.quantile_ms(0.99));
+    m.push("scram_errors", "SCRAM errors", "", scram.errors as f64);
+    m.push(
+        "scram_bench_cpu_secs",
+        "bench CPU during SCRAM",
+        "s",
+        scram.bench_cpu_secs,
+    );
+    m.push("resume_logins", "resume logins", "", resume.logins as f64);
+    m.push(
+        "resume_logins_per_sec",
+        "resume logins",
+        "1/s",
+        stats::rate(resume.logins, resume.elapsed),
+    );
+    m.push("resume_p50_ms", "resume p50", "ms", resume.latency.quantile_ms(0.50));
+    m.push("resume_p99_ms", "resume p99", "ms", resume.latency.quantile_ms(0.99));
+    m.push(
+        "resume_connect_p99_ms",
+        "connect+resume p99",
+        "ms",
+        resume.with_connect.quantile_ms(0.99),
+    );
+    m.push("resume_errors", "resume errors", "", resume.errors as f64);
+    m.push(
+        "resume_bench_cpu_secs",
+        "bench CPU during resume",
+        "s",
+        resume.bench_cpu_secs,
+    );
+    if let Some(usage) = &usage {
+        usage.add_to(&mut m, "server");
+    }
+    let mut notes = vec![
+        format!(
+            "SCRAM: each client reuses its connection, login → logout → login; the rate includes the logouts, the latency does not; the bench computes PBKDF2 ({iterations} iterations) for every login on the same cores as the server"
+        ),
+        "resume: each login on a fresh connection, closed without logout (a logout revokes the token); latency is Resume → AuthOk, connect+resume adds TCP connect and Welcome".into(),
+    ];
+    for (phase, error) in [("SCRAM", &scram.first_error), ("resume", &resume.first_error)] {
+        if let Some(error) = error {
+            notes.push(format!("first {phase} error: {error}"));
+        }
+    }
+    Ok(RunReport {
+        metrics: m,
+        notes,
+        latency_curve: resume.latency.percentile_curve(),
+        per_second: Vec::new(),
+        extra: serde_json::Map::new(),
+    })
+}

@@ -1,0 +1,242 @@
+//! Watching a process from outside: CPU time and resident memory read from
+//! `/proc/PID/stat` and `/proc/PID/status`, sampled every 100 ms on a thread
+//! of its own so that a saturated async runtime cannot delay the samples.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::report::Metrics;
+use crate::stats;
+
+/// Time between samples.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Clock ticks per second in `/proc/PID/stat`. The kernel reports these in
+/// USER_HZ, which is 100 on every Linux architecture the bench runs on; it
+/// is fixed ABI, unlike the kernel's internal HZ.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// One reading of a process.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Seconds since the monitor started.
+    pub at_secs: f64,
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+    /// User plus system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+/// Reads the CPU ticks and RSS of `pid` (`None` for this process).
+pub fn read(pid: Option<u32>) -> anyhow::Result<(u64, u64)> {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}"),
+        None => "/proc/self".to_owned(),
+    };
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).with_context(|| format!("reading {dir}/stat"))?;
+    // The command name (field 2) is in parentheses and may contain spaces,
+    // so fields are counted from the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')' come field 3 (state) onwards; utime is field 14, stime 15.
+    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).context("no utime")?;
+    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).context("no stime")?;
+    let status = std::fs::read_to_string(format!("{dir}/status")).with_context(|| format!("reading {dir}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok((utime + stime, rss_kib))
+}
+
+/// CPU seconds this process has used so far.
+pub fn own_cpu_secs() -> f64 {
+    read(None).map(|(ticks, _)| ticks as f64 / TICKS_PER_SEC).unwrap_or(0.0)
+}
+
+/// A sampling thread for one process.
+pub struct Monitor {
+    /// Samples so far, shared with the thread.
+    samples: Arc<Mutex<Vec<Sample>>>,
+    /// Tells the thread to stop.
+    stop: Arc<AtomicBool>,
+    /// The thread, joined at `finish`.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a monitored process used during a run.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    pub cpu_secs: f64,
+    pub wall_secs: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub rss_max_kib: u64,
+    /// (seconds, KiB) for every sample.
+    pub rss_timeline: Vec<(f64, u64)>,
+}
+
+impl Monitor {
+    /// Starts sampling `pid`; fails at once if the process cannot be read.
+    pub fn start(pid: u32) -> anyhow::Result<Monitor> {
+        let origin = Instant::now();
+        let (cpu_ticks, rss_kib) = read(Some(pid)).with_context(|| format!("watching server process {pid}"))?;
+        let samples = Arc::new(Mutex::new(vec![Sample {
+            at_secs: 0.0,
+            rss_kib,
+            cpu_ticks,
+        }]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let samples = Arc::clone(&samples);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("procmon".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(SAMPLE_EVERY);
+                        // A process that went away simply stops producing samples.
+                        if let Ok((cpu_ticks, rss_kib)) = read(Some(pid)) {
+                            let sample = Sample {
+                                at_secs: origin.elapsed().as_secs_f64(),
+                                rss_kib,
+                                cpu_ticks,
+                            };
+                            lock(&samples).push(sample);
+                        }
+                    }
+                })
+                .context("starting the sampling thread")?
+        };
+        Ok(Monitor {
+            samples,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Takes one last sample, stops the thread and summarises.
+    pub fn finish(mut self, pid: u32) -> Usage {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let mut samples = std::mem::take(&mut *lock(&self.samples));
+        if let (Ok((cpu_ticks, rss_kib)), Some(last)) = (read(Some(pid)), samples.last()) {
+            let at_secs = last.at_secs + 0.001;
+            samples.push(Sample {
+                at_secs,
+                rss_kib,
+                cpu_ticks,
+            });
+        }
+        summarise(&samples)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn summarise(samples: &[Sample]) -> Usage {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Usage::default();
+    };
+    Usage {
+        cpu_secs: last.cpu_ticks.saturating_sub(first.cpu_ticks) as f64 / TICKS_PER_SEC,
+        wall_secs: last.at_secs - first.at_secs,
+        rss_before_kib: first.rss_kib,
+        rss_after_kib: last.rss_kib,
+        rss_max_kib: samples.iter().map(|s| s.rss_kib).max().unwrap_or(0),
+        rss_timeline: samples.iter().map(|s| (s.at_secs, s.rss_kib)).collect(),
+    }
+}
+
+impl Usage {
+    /// Least-squares RSS growth over the second half of the samples, KiB/s:
+    /// the first half holds warm-up (buffers, caches filling), the second
+    /// half shows whether memory keeps growing under steady load.
+    pub fn rss_slope_kib_per_sec(&self) -> f64 {
+        let Some(&(end, _)) = self.rss_timeline.last() else {
+            return 0.0;
+        };
+        let half = end / 2.0;
+        let points: Vec<(f64, f64)> = self
+            .rss_timeline
+            .iter()
+            .filter(|(t, _)| *t >= half)
+            .map(|&(t, kib)| (t, kib as f64))
+            .collect();
+        stats::slope(&points)
+    }
+
+    /// Adds the server's numbers to a run's metrics.
+    pub fn add_to(&self, metrics: &mut Metrics, prefix: &'static str) {
+        let keys: [(&'static str, &'static str); 5] = match prefix {
+            "nats" => [
+                ("nats_cpu_secs", "NATS CPU time"),
+                ("nats_cpu_percent", "NATS CPU (of one core)"),
+                ("nats_rss_before_kib", "NATS RSS before"),
+                ("nats_rss_after_kib", "NATS RSS after"),
+                ("nats_rss_max_kib", "NATS RSS max"),
+            ],
+            _ => [
+                ("server_cpu_secs", "server CPU time"),
+                ("server_cpu_percent", "server CPU (of one core)"),
+                ("server_rss_before_kib", "server RSS before"),
+                ("server_rss_after_kib", "server RSS after"),
+                ("server_rss_max_kib", "server RSS max"),
+            ],
+        };
+        let percent = if self.wall_secs > 0.0 {
+            100.0 * self.cpu_secs / self.wall_secs
+        } else {
+            0.0
+        };
+        metrics.push(keys[0].0, keys[0].1, "s", self.cpu_secs);
+        metrics.push(keys[1].0, keys[1].1, "%", percent);
+        metrics.push(keys[2].0, keys[2].1, "KiB", self.rss_before_kib as f64);
+        metrics.push(keys[3].0, keys[3].1, "KiB", self.rss_after_kib as f64);
+        metrics.push(keys[4].0, keys[4].1, "KiB", self.rss_max_kib as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() -> anyhow::Result<()> {
+        let (_, rss) = read(None)?;
+        assert!(rss > 0);
+        Ok(())
+    }
+
+    #[test]
+    fn summary_and_slope() {
+        let samples: Vec<Sample> = (0..20)
+            .map(|i| Sample {
+                at_secs: i as f64,
+                rss_kib: 1000 + if i >= 10 { 2 * i } else { 100 * i },
+                cpu_ticks: 10 * i,
+            })
+            .collect();
+        let usage = summarise(&samples);
+        assert_eq!(usage.rss_before_kib, 1000);
+        assert!((usage.cpu_secs - 1.9).abs() < 1e-9);
+        assert!((usage.rss_slope_kib_per_sec() - 2.0).abs() < 1e-9);
+    }
+}

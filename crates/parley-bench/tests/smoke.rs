@@ -1,0 +1,292 @@
+//! Smoke runs of every scenario: a real `parleyd` on port 0 and the real
+//! `parley-bench` binary with `--json`, checked for sane numbers. Each run
+//! lasts a second or two with a handful of connections; the point is that
+//! every scenario works end to end, not what the numbers are.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use parley_testkit::{Store, TestServer, binary};
+use serde_json::Value;
+
+/// Longest one bench run may take before the test fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where the NATS smoke test looks for a server.
+const NATS_ADDR: &str = "127.0.0.1:4222";
+
+/// `cargo test -p parley-bench` builds `parley-bench` but not `parleyd`,
+/// which lives in another package: build it once when it is missing
+/// (`cargo nextest run --workspace` has it built already).
+fn ensure_parleyd() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let parleyd = binary("parleyd");
+        if std::env::var_os("PARLEYD_BIN").is_some() || parleyd.exists() {
+            return;
+        }
+        let profile_dir = parleyd.parent().expect("profile dir");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "parley-server",
+            "--bin",
+            "parleyd",
+            "--manifest-path",
+        ]);
+        build.arg(&manifest).arg("--target-dir").arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        assert!(build.status().expect("run cargo").success(), "building parleyd failed");
+    });
+}
+
+fn server(store: Store) -> TestServer {
+    ensure_parleyd();
+    TestServer::start(store)
+}
+
+/// Runs the bench with `args` and returns its JSON output.
+async fn bench(args: &[&str]) -> Value {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-bench"));
+    command
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(RUN_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("parley-bench {args:?} did not finish within {RUN_TIMEOUT:?}"))
+        .expect("run parley-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "parley-bench {args:?} failed: {stderr}");
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("parley-bench {args:?} printed no JSON ({e}); stderr: {stderr}"))
+}
+
+/// The first run's numbers of the first target.
+fn first_run(report: &Value) -> &Value {
+    &report["results"][0]["runs"][0]
+}
+
+fn number(run: &Value, key: &str) -> f64 {
+    run[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {run}"))
+}
+
+fn assert_clean_relay(run: &Value) {
+    assert!(number(run, "delivered") > 0.0, "nothing delivered: {run}");
+    assert_eq!(number(run, "lost"), 0.0, "lost messages: {run}");
+    assert_eq!(number(run, "duplicates"), 0.0, "duplicates: {run}");
+    assert_eq!(number(run, "delivered"), number(run, "stored"), "{run}");
+    assert!(number(run, "latency_p99_ms") > 0.0, "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_memory_with_runs_server_usage_and_plot() {
+    let server = server(Store::Memory);
+    let pid = server.pid().to_string();
+    let dir = tempfile_dir();
+    let plot = dir.join("relay.svg");
+    let report = bench(&[
+        "--server",
+        &server.addr,
+        "--server-pid",
+        &pid,
+        "--duration",
+        "1",
+        "--runs",
+        "2",
+        "--plot",
+        plot.to_str().expect("utf-8 path"),
+        "relay",
+        "--pairs",
+        "2",
+        "--size",
+        "64",
+    ])
+    .await;
+    assert_eq!(report["scenario"], "relay");
+    let runs = report["results"][0]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        assert_clean_relay(run);
+        assert!(number(run, "server_rss_max_kib") > 0.0, "{run}");
+        assert!(number(run, "server_cpu_secs") >= 0.0, "{run}");
+    }
+    assert!(report["results"][0]["median"]["delivered_per_sec"].as_f64().is_some());
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_sqlite_paced() {
+    let server = server(Store::Sqlite);
+    let report = bench(&[
+        "--server",
+        &server.addr,
+        "--duration",
+        "1",
+        "relay",
+        "--pairs",
+        "2",
+        "--rate",
+        "400",
+    ])
+    .await;
+    let run = first_run(&report);
+    assert_clean_relay(run);
+    assert_eq!(number(run, "target_rate"), 400.0);
+    // Paced at 400/s for a second: roughly that many, never a flood.
+    assert!(number(run, "sent") <= 420.0, "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_against_nats() {
+    let reachable = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(NATS_ADDR))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !reachable {
+        assert!(
+            std::env::var("PARLEY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "NATS is required (PARLEY_REQUIRE_SERVICES=1) but {NATS_ADDR} does not accept connections"
+        );
+        println!("skipped: no NATS server accepts connections at {NATS_ADDR}");
+        return;
+    }
+    let report = bench(&[
+        "--duration",
+        "1",
+        "relay",
+        "--pairs",
+        "2",
+        "--target",
+        &format!("nats://{NATS_ADDR}"),
+    ])
+    .await;
+    assert_eq!(report["results"][0]["target"], "nats");
+    let run = first_run(&report);
+    assert!(number(run, "delivered") > 0.0, "{run}");
+    assert_eq!(number(run, "duplicates"), 0.0, "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_reports_memory_per_connection() {
+    let server = server(Store::Memory);
+    let pid = server.pid().to_string();
+    let report = bench(&[
+        "--server",
+        &server.addr,
+        "--server-pid",
+        &pid,
+        "idle",
+        "--connections",
+        "30",
+        "--per-account",
+        "10",
+        "--hold",
+        "0.5",
+    ])
+    .await;
+    let run = first_run(&report);
+    assert_eq!(number(run, "opened"), 30.0, "{run}");
+    assert_eq!(number(run, "failed"), 0.0, "{run}");
+    assert_eq!(number(run, "alive_at_end"), 30.0, "{run}");
+    assert_eq!(number(run, "accounts"), 3.0, "{run}");
+    number(run, "rss_per_connection_kib");
+    assert!(number(run, "login_p99_ms") > 0.0, "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_splits_into_processes_and_source_addresses() {
+    let server = server(Store::Memory);
+    let report = bench(&[
+        "--server",
+        &server.addr,
+        "idle",
+        "--connections",
+        "40",
+        "--processes",
+        "2",
+        "--source-addrs",
+        "2",
+        "--hold",
+        "0.5",
+    ])
+    .await;
+    let run = first_run(&report);
+    assert_eq!(number(run, "processes"), 2.0, "{run}");
+    assert_eq!(number(run, "source_addrs"), 2.0, "{run}");
+    assert_eq!(number(run, "opened"), 40.0, "{run}");
+    assert_eq!(number(run, "alive_at_end"), 40.0, "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_storm_measures_both_kinds() {
+    let server = server(Store::Memory);
+    let report = bench(&["--server", &server.addr, "--duration", "1", "login", "--clients", "2"]).await;
+    let run = first_run(&report);
+    assert!(number(run, "scram_logins_per_sec") > 0.0, "{run}");
+    assert!(number(run, "resume_logins_per_sec") > 0.0, "{run}");
+    assert!(number(run, "scram_iterations") >= 4096.0, "{run}");
+    assert_eq!(number(run, "scram_errors"), 0.0, "{run}");
+    assert_eq!(number(run, "resume_errors"), 0.0, "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_drains_everything_stored() {
+    let server = server(Store::Sqlite);
+    let report = bench(&["--server", &server.addr, "offline", "--users", "5", "--messages", "300"]).await;
+    let run = first_run(&report);
+    assert_eq!(number(run, "stored"), 300.0, "{run}");
+    assert_eq!(number(run, "drained"), number(run, "stored"), "{run}");
+    assert_eq!(number(run, "unread_after"), 0.0, "{run}");
+    assert_eq!(number(run, "duplicates"), 0.0, "{run}");
+    assert!(
+        number(run, "store_per_sec") > 0.0 && number(run, "drain_per_sec") > 0.0,
+        "{run}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_reports_admitted_and_busy() {
+    let server = server(Store::Memory);
+    let pid = server.pid().to_string();
+    let report = bench(&[
+        "--server",
+        &server.addr,
+        "--server-pid",
+        &pid,
+        "--duration",
+        "1",
+        "overload",
+        "--probe",
+        "1",
+        "--pairs",
+        "3",
+    ])
+    .await;
+    let run = first_run(&report);
+    assert!(number(run, "capacity_per_sec") > 0.0, "{run}");
+    assert!(number(run, "admitted") + number(run, "busy") > 0.0, "{run}");
+    assert!(number(run, "issued") > 0.0, "{run}");
+    number(run, "rss_slope_kib_per_sec");
+    number(run, "admitted_p99_ms");
+}
+
+/// A fresh directory for files a test writes.
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("parley-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
