@@ -67,6 +67,10 @@ struct AccountEntry {
     last_seq: Seq,
     /// Messages not yet acknowledged, kept so `mailbox_state` is O(1).
     unread: u64,
+    /// Every message with a seq up to this one is acknowledged (cumulative
+    /// acks move it), so acks and unread fetches skip that prefix instead of
+    /// walking the whole mailbox each time.
+    acked_through: Seq,
     /// The mailbox, by seq.
     messages: BTreeMap<Seq, StoredMessage>,
     /// Message id to seq, for deletions by id.
@@ -141,6 +145,7 @@ impl State {
         self.accounts.insert(
             id,
             AccountEntry {
+                acked_through: Seq(0),
                 account: account.clone(),
                 name_key: new.name_key,
                 last_seq: Seq(0),
@@ -273,9 +278,15 @@ impl State {
         let Some(entry) = self.accounts.get(&user) else {
             return Vec::new();
         };
+        // Unread messages all lie past the acknowledged prefix.
+        let start = if include_acked {
+            after
+        } else {
+            after.max(entry.acked_through)
+        };
         entry
             .messages
-            .range((Bound::Excluded(after), Bound::Unbounded))
+            .range((Bound::Excluded(start), Bound::Unbounded))
             .map(|(_, message)| message)
             .filter(|message| include_acked || !message.acked)
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
@@ -286,13 +297,17 @@ impl State {
     fn ack(&mut self, user: UserId, range: AckRange) -> StoreResult<(u64, MailboxState)> {
         let entry = self.accounts.get_mut(&user).ok_or(StoreError::NoSuchUser)?;
         let mut newly = 0u64;
-        if range.up_to.0 > 0 {
-            for message in entry.messages.range_mut(..=range.up_to).map(|(_, m)| m) {
+        if range.up_to > entry.acked_through {
+            let prefix = (Bound::Excluded(entry.acked_through), Bound::Included(range.up_to));
+            for message in entry.messages.range_mut(prefix).map(|(_, m)| m) {
                 if !message.acked {
                     message.acked = true;
                     newly += 1;
                 }
             }
+            // Acks name only messages that exist: a later message with a
+            // seq below `up_to` is still unread.
+            entry.acked_through = range.up_to.min(entry.last_seq);
         }
         for seq in range.seqs {
             match entry.messages.get_mut(&seq) {

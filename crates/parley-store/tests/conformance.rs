@@ -948,6 +948,42 @@ async fn delete_account_revokes_tokens(store: &dyn Store) {
 }
 
 /// Runs every case against one store kind, each on a fresh store.
+/// An ack past the end of the mailbox covers only what exists: later
+/// messages are unread, and an unread fetch from the start finds them.
+async fn acks_do_not_cover_future_messages(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    send(store, &alice, "bob", "m1", "x").await;
+    send(store, &alice, "bob", "m2", "x").await;
+    let (acked, state) = store
+        .ack(
+            bob.id,
+            AckRange {
+                up_to: Seq(100),
+                seqs: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((acked, state.unread), (2, 0));
+    send(store, &alice, "bob", "m3", "later").await;
+    assert_eq!(store.mailbox_state(bob.id).await.unwrap().unread, 1);
+    let unread = store.fetch(bob.id, Seq(0), 10, false).await.unwrap();
+    assert_eq!(unread.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![Seq(3)]);
+    let (acked, state) = store
+        .ack(
+            bob.id,
+            AckRange {
+                up_to: Seq(3),
+                seqs: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((acked, state.unread), (1, 0));
+    assert!(store.fetch(bob.id, Seq(0), 10, false).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -975,6 +1011,7 @@ macro_rules! conformance {
 
 conformance!(
     accounts_round_trip,
+    acks_do_not_cover_future_messages,
     names_are_unique_by_key,
     user_ids_are_never_reused,
     append_assigns_seqs_and_ids,
