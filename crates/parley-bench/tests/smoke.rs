@@ -3,12 +3,10 @@
 //! lasts a second or two with a handful of connections; the point is that
 //! every scenario works end to end, not what the numbers are.
 
-use std::path::Path;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use parley_testkit::{Store, TestServer, binary};
+use parley_testkit::{Store, TestServer};
 use serde_json::Value;
 
 /// Longest one bench run may take before the test fails.
@@ -16,39 +14,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the NATS smoke test looks for a server.
 const NATS_ADDR: &str = "127.0.0.1:4222";
 
-/// `cargo test -p parley-bench` builds `parley-bench` but not `parleyd`,
-/// which lives in another package: build it once when it is missing
-/// (`cargo nextest run --workspace` has it built already).
-fn ensure_parleyd() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let parleyd = binary("parleyd");
-        if std::env::var_os("PARLEYD_BIN").is_some() || parleyd.exists() {
-            return;
-        }
-        let profile_dir = parleyd.parent().expect("profile dir");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-        let mut build = std::process::Command::new(env!("CARGO"));
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "parley-server",
-            "--bin",
-            "parleyd",
-            "--manifest-path",
-        ]);
-        build.arg(&manifest).arg("--target-dir").arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        assert!(build.status().expect("run cargo").success(), "building parleyd failed");
-    });
-}
-
 fn server(store: Store) -> TestServer {
-    ensure_parleyd();
     TestServer::start(store)
 }
 

@@ -10,6 +10,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parley_client::Client;
@@ -47,6 +48,41 @@ pub fn binary(name: &str) -> PathBuf {
         dir.pop();
     }
     dir.join(name)
+}
+
+/// Builds `parleyd` once per test process when it is missing: `cargo test -p
+/// X` builds only package X's binaries, and `parleyd` lives in
+/// `parley-server`. An existing binary is used as it is — rebuilding it here
+/// could replace it under other packages' running tests (`cargo nextest run
+/// --workspace` builds it up to date anyway). PARLEYD_BIN, if set, names the
+/// binary to use instead.
+pub fn ensure_parleyd() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let parleyd = binary("parleyd");
+        if std::env::var_os("PARLEYD_BIN").is_some() || parleyd.exists() {
+            return;
+        }
+        let Some(profile_dir) = parleyd.parent() else { return };
+        let Some(target_dir) = profile_dir.parent() else { return };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let mut build = Command::new(env!("CARGO"));
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "parley-server",
+            "--bin",
+            "parleyd",
+            "--manifest-path",
+        ]);
+        build.arg(&manifest).arg("--target-dir").arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo to build parleyd");
+        assert!(status.success(), "building parleyd failed");
+    });
 }
 
 /// A running `parleyd`.
@@ -91,6 +127,7 @@ impl TestServer {
 
     /// Launches the process; `port` pins the port (for restarts).
     fn spawn(&mut self, port: Option<u16>) {
+        ensure_parleyd();
         let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
         let log = std::fs::OpenOptions::new()
             .create(true)

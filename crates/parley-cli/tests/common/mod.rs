@@ -3,9 +3,8 @@
 //! time limit.
 #![allow(dead_code)] // Each test file uses a different part of this module.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use parley_client::Client;
@@ -17,45 +16,6 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one expected line or event.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// `cargo test -p parley-cli` builds `parley` but not `parleyd`, which
-/// lives in another package. When it is missing, build it once per test
-/// process. An existing binary is used as it is: rebuilding it here with
-/// another feature set would replace it under tests of other packages that
-/// are running it (`cargo nextest run --workspace` builds it up to date
-/// anyway). PARLEYD_BIN, if set, names the binary to use instead.
-fn ensure_parleyd() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let parleyd = binary("parleyd");
-        if std::env::var_os("PARLEYD_BIN").is_some() || parleyd.exists() {
-            return;
-        }
-        let Some(profile_dir) = parleyd.parent() else {
-            return;
-        };
-        let Some(target_dir) = profile_dir.parent() else {
-            return;
-        };
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-        let mut build = std::process::Command::new(env!("CARGO"));
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "parley-server",
-            "--bin",
-            "parleyd",
-            "--manifest-path",
-        ]);
-        build.arg(&manifest).arg("--target-dir").arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo to build parleyd");
-        assert!(status.success(), "building parleyd failed");
-    });
-}
 
 /// What a finished `parley` run left behind.
 #[derive(Debug)]
@@ -92,7 +52,6 @@ impl Harness {
 
     /// A harness whose server gets extra flags (`--max-contacts 2`).
     pub fn start_with(store: Store, flags: &[&str]) -> Harness {
-        ensure_parleyd();
         Harness {
             server: TestServer::start_with(store, flags),
             home: tempfile::tempdir().expect("temp home"),
