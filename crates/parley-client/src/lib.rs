@@ -242,7 +242,11 @@ impl Client {
     /// Every request of this library is safe to repeat after BUSY (the
     /// server did nothing), so it is sent again after the server's
     /// retry-after hint, up to [`BUSY_RETRIES`] times.
-    async fn call<T>(&self, body: client_frame::Body, pick: impl FnOnce(server_frame::Body) -> Option<T>) -> Result<T> {
+    async fn call<T>(
+        &self,
+        body: client_frame::Body,
+        pick: impl FnOnce(server_frame::Body) -> std::result::Result<T, server_frame::Body>,
+    ) -> Result<T> {
         let mut attempt = 0;
         let frame = loop {
             let frame = self.request(body.clone()).await?;
@@ -257,10 +261,8 @@ impl Client {
         };
         match frame.body {
             Some(server_frame::Body::Error(e)) => Err(server_error(e)),
-            Some(body) => {
-                let text = format!("{body:?}");
-                pick(body).ok_or_else(|| ClientError::Protocol(format!("unexpected reply {text}")))
-            }
+            // Formatted only when it is wrong: replies can be large.
+            Some(body) => pick(body).map_err(|other| ClientError::Protocol(format!("unexpected reply {other:?}"))),
             None => Err(ClientError::Protocol("empty reply".into())),
         }
     }
@@ -288,8 +290,8 @@ impl Client {
                 server_key: creds.server_key,
             }),
             |b| match b {
-                server_frame::Body::Registered(r) => Some(r),
-                _ => None,
+                server_frame::Body::Registered(r) => Ok(r),
+                other => Err(other),
             },
         )
         .await
@@ -304,8 +306,8 @@ impl Client {
                     client_first: exchange.client_first().into_bytes(),
                 }),
                 |b| match b {
-                    server_frame::Body::AuthChallenge(c) => Some(c),
-                    _ => None,
+                    server_frame::Body::AuthChallenge(c) => Ok(c),
+                    other => Err(other),
                 },
             )
             .await?;
@@ -320,8 +322,8 @@ impl Client {
                     client_final: client_final.into_bytes(),
                 }),
                 |b| match b {
-                    server_frame::Body::AuthOk(ok) => Some(ok),
-                    _ => None,
+                    server_frame::Body::AuthOk(ok) => Ok(ok),
+                    other => Err(other),
                 },
             )
             .await?;
@@ -337,8 +339,8 @@ impl Client {
             .call(
                 client_frame::Body::Resume(v1::Resume { token: token.to_vec() }),
                 |b| match b {
-                    server_frame::Body::AuthOk(ok) => Some(ok),
-                    _ => None,
+                    server_frame::Body::AuthOk(ok) => Ok(ok),
+                    other => Err(other),
                 },
             )
             .await?;
@@ -367,8 +369,8 @@ impl Client {
 
     async fn contacts(&self, body: client_frame::Body) -> Result<Vec<AccountEntry>> {
         self.call(body, |b| match b {
-            server_frame::Body::Contacts(c) => Some(c.contacts),
-            _ => None,
+            server_frame::Body::Contacts(c) => Ok(c.contacts),
+            other => Err(other),
         })
         .await
     }
@@ -388,14 +390,14 @@ impl Client {
                 body: body.to_owned(),
             }),
             |b| match b {
-                server_frame::Body::Sent(s) => Some(SendReceipt {
+                server_frame::Body::Sent(s) => Ok(SendReceipt {
                     client_msg_id: s.client_msg_id,
                     message_id: s.message_id,
                     seq: s.seq,
                     timestamp_ms: s.timestamp_ms,
                     duplicate: s.duplicate,
                 }),
-                _ => None,
+                other => Err(other),
             },
         )
         .await
@@ -411,8 +413,8 @@ impl Client {
                 include_acked,
             }),
             |b| match b {
-                server_frame::Body::Messages(m) => Some(m),
-                _ => None,
+                server_frame::Body::Messages(m) => Ok(m),
+                other => Err(other),
             },
         )
         .await
@@ -421,8 +423,8 @@ impl Client {
     /// Acknowledges every message up to `up_to_seq` and each of `seqs`.
     pub async fn ack(&self, up_to_seq: u64, seqs: Vec<u64>) -> Result<v1::Acked> {
         self.call(client_frame::Body::Ack(v1::Ack { up_to_seq, seqs }), |b| match b {
-            server_frame::Body::Acked(a) => Some(a),
-            _ => None,
+            server_frame::Body::Acked(a) => Ok(a),
+            other => Err(other),
         })
         .await
     }
@@ -432,8 +434,8 @@ impl Client {
         self.call(
             client_frame::Body::DeleteMessages(v1::DeleteMessages { message_ids }),
             |b| match b {
-                server_frame::Body::Deleted(d) => Some(d),
-                _ => None,
+                server_frame::Body::Deleted(d) => Ok(d),
+                other => Err(other),
             },
         )
         .await
@@ -448,8 +450,8 @@ impl Client {
                 limit,
             }),
             |b| match b {
-                server_frame::Body::Accounts(p) => Some(p),
-                _ => None,
+                server_frame::Body::Accounts(p) => Ok(p),
+                other => Err(other),
             },
         )
         .await
@@ -460,8 +462,8 @@ impl Client {
         self.call(
             client_frame::Body::Subscribe(v1::Subscribe { after_seq }),
             |b| match b {
-                server_frame::Body::Subscribed(s) => Some(s),
-                _ => None,
+                server_frame::Body::Subscribed(s) => Ok(s),
+                other => Err(other),
             },
         )
         .await
@@ -470,24 +472,24 @@ impl Client {
     /// Deletes the logged-in account.
     pub async fn delete_account(&self) -> Result<()> {
         self.call(client_frame::Body::DeleteAccount(v1::DeleteAccount {}), |b| match b {
-            server_frame::Body::AccountDeleted(_) => Some(()),
-            _ => None,
+            server_frame::Body::AccountDeleted(_) => Ok(()),
+            other => Err(other),
         })
         .await
     }
 
     pub async fn logout(&self) -> Result<()> {
         self.call(client_frame::Body::Logout(v1::Logout {}), |b| match b {
-            server_frame::Body::LoggedOut(_) => Some(()),
-            _ => None,
+            server_frame::Body::LoggedOut(_) => Ok(()),
+            other => Err(other),
         })
         .await
     }
 
     pub async fn ping(&self) -> Result<()> {
         self.call(client_frame::Body::Ping(v1::Ping { nonce: 1 }), |b| match b {
-            server_frame::Body::Pong(_) => Some(()),
-            _ => None,
+            server_frame::Body::Pong(_) => Ok(()),
+            other => Err(other),
         })
         .await
     }

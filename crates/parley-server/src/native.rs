@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::AckRange;
@@ -155,6 +156,10 @@ struct Connection {
     ack_backoff: Duration,
     /// When the client was last heard from.
     last_heard: Instant,
+    /// When the keep-alive is next checked. Reads only move `last_heard`;
+    /// the check re-arms itself from it, so the connection's one timer is
+    /// not reset on every read (see [`Connection::next_deadline`]).
+    keepalive_check: Instant,
     /// Whether the output was congested after the last loop turn (to count
     /// pauses once each).
     was_congested: bool,
@@ -173,7 +178,9 @@ pub async fn serve<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let auth_deadline = Instant::now() + ctx.auth_timeout;
+    let now = Instant::now();
+    let auth_deadline = now + ctx.auth_timeout;
+    let keepalive_check = now + ctx.keepalive;
     let mut conn = Connection {
         ctx,
         input: BytesMut::new(),
@@ -186,7 +193,8 @@ pub async fn serve<R, W>(
         push_paused_until: None,
         ack_deadline: None,
         ack_backoff: Duration::ZERO,
-        last_heard: Instant::now(),
+        last_heard: now,
+        keepalive_check,
         was_congested: false,
         peer,
     };
@@ -198,6 +206,10 @@ pub async fn serve<R, W>(
             last: Some(goodbye(ErrorCode::ShuttingDown, "server is shutting down")),
         };
     }
+    // One timer per connection, aimed at the earliest of its deadlines and
+    // moved only when that changes.
+    let timer = tokio::time::sleep_until(keepalive_check);
+    tokio::pin!(timer);
     loop {
         conn.decode_buffered().await;
         if let Phase::Draining { last } = &mut conn.phase
@@ -214,6 +226,7 @@ pub async fn serve<R, W>(
             tracing::debug!(peer = %conn.peer, "connection closed");
             return;
         }
+        conn.take_ready(Instant::now());
         let open = matches!(conn.phase, Phase::Open);
         let congested = conn.output.len() >= conn.ctx.outbound_buffer_bytes;
         let can_read = open && !congested && conn.in_flight.len() < conn.ctx.pipeline_window;
@@ -225,7 +238,12 @@ pub async fn serve<R, W>(
             && !congested
             && conn.push_paused_until.is_none()
             && conn.session.as_ref().is_some_and(Session::can_push);
-        let keepalive_deadline = conn.last_heard + conn.ctx.keepalive;
+        let deadline = conn.next_deadline();
+        if let Some(deadline) = deadline
+            && timer.deadline() != deadline
+        {
+            timer.as_mut().reset(deadline);
+        }
         if can_read && conn.input.capacity() - conn.input.len() < READ_CHUNK {
             conn.input.reserve(READ_CHUNK);
         }
@@ -250,17 +268,7 @@ pub async fn serve<R, W>(
             _ = shutdown.changed(), if open => {
                 conn.phase = Phase::Draining { last: Some(goodbye(ErrorCode::ShuttingDown, "server is shutting down")) };
             }
-            _ = tokio::time::sleep_until(conn.auth_deadline), if open && conn.session.is_none() => {
-                conn.phase = Phase::Draining { last: Some(goodbye(ErrorCode::NotAuthenticated, "no login within the time allowed")) };
-            }
-            _ = sleep_until_opt(conn.push_paused_until), if conn.push_paused_until.is_some() => conn.push_paused_until = None,
-            _ = sleep_until_opt(conn.ack_deadline), if open && conn.ack_deadline.is_some() => conn.on_ack_timeout(),
-            _ = tokio::time::sleep_until(keepalive_deadline), if open => {
-                conn.ctx.counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(peer = %conn.peer, "keep-alive timeout");
-                conn.session = None;
-                conn.close_with(goodbye(ErrorCode::Timeout, "nothing heard within the keep-alive time"));
-            }
+            () = &mut timer, if deadline.is_some() => conn.on_timer(Instant::now()),
         }
         if conn.input.is_empty() && conn.input.capacity() > IDLE_INPUT_CAPACITY {
             conn.input = BytesMut::new();
@@ -278,13 +286,6 @@ async fn next_push(session: &mut Option<Session>) -> Result<PushEvent, CoreError
     }
 }
 
-async fn sleep_until_opt(when: Option<Instant>) {
-    match when {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Connection {
     fn encode(&mut self, frame: &ServerFrame) {
         if let Err(e) = encode_frame(frame, &mut self.output, self.ctx.max_frame_bytes) {
@@ -293,6 +294,70 @@ impl Connection {
             tracing::error!(peer = %self.peer, error = %e, "reply does not fit in a frame");
             let fallback = error_frame(frame.request_id, ErrorCode::Internal, "reply too large");
             let _ = encode_frame(&fallback, &mut self.output, self.ctx.max_frame_bytes);
+        }
+    }
+
+    /// Encodes every reply that is already done and one batch of pushes
+    /// that is already waiting, without blocking, so the write that follows
+    /// carries all of them: under load one system call then writes many
+    /// frames, instead of one frame per turn of the loop.
+    fn take_ready(&mut self, now: Instant) {
+        let mut budget = self.ctx.pipeline_window;
+        while budget > 0
+            && !self.in_flight.is_empty()
+            && let Some(Some(done)) = self.in_flight.next().now_or_never()
+        {
+            self.encode(&done);
+            budget -= 1;
+        }
+        let can_push = matches!(self.phase, Phase::Open)
+            && self.output.len() < self.ctx.outbound_buffer_bytes
+            && self.push_paused_until.is_none_or(|t| t <= now)
+            && self.session.as_ref().is_some_and(Session::can_push);
+        if can_push && let Some(event) = next_push(&mut self.session).now_or_never() {
+            self.on_push(event);
+        }
+    }
+
+    /// The earliest moment something must happen without input: the login
+    /// deadline, the end of a push pause, an ack timeout, the keep-alive
+    /// check.
+    fn next_deadline(&self) -> Option<Instant> {
+        let open = matches!(self.phase, Phase::Open);
+        let auth = (open && self.session.is_none()).then_some(self.auth_deadline);
+        let ack = self.ack_deadline.filter(|_| open);
+        let keepalive = open.then_some(self.keepalive_check);
+        [auth, ack, self.push_paused_until, keepalive]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The timer fired: handle every deadline that is due.
+    fn on_timer(&mut self, now: Instant) {
+        if self.push_paused_until.is_some_and(|t| t <= now) {
+            self.push_paused_until = None;
+        }
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        if self.session.is_none() && self.auth_deadline <= now {
+            self.close_with(goodbye(ErrorCode::NotAuthenticated, "no login within the time allowed"));
+            return;
+        }
+        if self.ack_deadline.is_some_and(|t| t <= now) {
+            self.on_ack_timeout();
+        }
+        if self.keepalive_check <= now {
+            let due = self.last_heard + self.ctx.keepalive;
+            if due <= now {
+                self.ctx.counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %self.peer, "keep-alive timeout");
+                self.session = None;
+                self.close_with(goodbye(ErrorCode::Timeout, "nothing heard within the keep-alive time"));
+            } else {
+                self.keepalive_check = due;
+            }
         }
     }
 
