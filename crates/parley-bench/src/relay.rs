@@ -200,8 +200,9 @@ async fn parley_receiver(
     let mut latency = Latency::new()?;
     let mut seen: HashSet<u64> = HashSet::new();
     // Acks go out from their own task so the receiver never waits for a
-    // reply; while one is in flight, newer positions replace older ones, so
-    // each push batch is acknowledged cumulatively without piling up acks.
+    // reply; while [`ACKS_IN_FLIGHT`] are in flight, newer positions replace
+    // older ones, so push batches are acknowledged cumulatively without
+    // piling up acks.
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let acker = tokio::spawn(ack_loop(Arc::clone(&client), ack_rx));
     loop {
@@ -247,17 +248,36 @@ async fn parley_receiver(
 }
 
 pub async fn ack_loop(client: Arc<Client>, mut positions: watch::Receiver<u64>) {
+    let client = &client;
     let mut acked = 0;
-    while positions.changed().await.is_ok() {
-        let up_to = *positions.borrow_and_update();
-        if up_to > acked {
-            if client.ack(up_to, Vec::new()).await.is_err() {
-                return;
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            changed = positions.changed(), if open && in_flight.len() < ACKS_IN_FLIGHT => {
+                if changed.is_err() {
+                    open = false;
+                    continue;
+                }
+                let up_to = *positions.borrow_and_update();
+                if up_to > acked {
+                    in_flight.push(client.ack(up_to, Vec::new()));
+                    acked = up_to;
+                }
             }
-            acked = up_to;
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                if result.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
+
+/// Cumulative acks a receiver sends without waiting for their replies: a
+/// client that waited for each reply would let its pushes pile up behind a
+/// slow store's queue (the server stops pushing at its unacked limit).
+const ACKS_IN_FLIGHT: usize = 4;
 
 /// Sends paced by `schedule`, at most `window` in flight, until `deadline`.
 async fn parley_sender(

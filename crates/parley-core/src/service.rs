@@ -28,7 +28,7 @@ use crate::name::{NamePattern, UserName, name_key};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
     AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, Store, StoreError,
-    StoredMessage,
+    StoreReply, StoredMessage,
 };
 use crate::throttle::{Throttle, ThrottleSettings};
 
@@ -421,6 +421,7 @@ impl Service {
             flags,
             last_pushed: Seq(0),
             catch_up: false,
+            catch_up_read: None,
             token_hash,
             unacked: BTreeSet::new(),
         }
@@ -454,6 +455,11 @@ pub struct Session {
     /// Whether pushes must next come from storage: after subscribing, after
     /// a gap in notifications, or after the hub dropped some.
     catch_up: bool,
+    /// The catch-up read in progress, kept across calls of `next_push`: the
+    /// connection re-creates that future on every turn of its loop, and a
+    /// read re-submitted each time would flood a threaded store with reads
+    /// whose answers are thrown away.
+    catch_up_read: Option<StoreReply<Vec<StoredMessage>>>,
     /// Hash of the resume token this session logged in with or was given;
     /// revoked at logout.
     token_hash: [u8; 32],
@@ -739,6 +745,7 @@ impl Session {
         self.unacked.clear();
         self.last_pushed = Seq(oldest.0.saturating_sub(1));
         self.catch_up = true;
+        self.catch_up_read = None;
         self.service
             .counters
             .messages_resent
@@ -755,6 +762,7 @@ impl Session {
         self.flags.subscribed.store(true, Ordering::Release);
         self.last_pushed = after;
         self.catch_up = true;
+        self.catch_up_read = None;
         self.mailbox_state()
     }
 
@@ -773,12 +781,20 @@ impl Session {
                 self.catch_up = true;
             }
             if self.catch_up {
-                self.service.counters.catch_up_reads.fetch_add(1, Ordering::Relaxed);
-                let batch = self
-                    .service
-                    .store
-                    .fetch(self.user, self.last_pushed, CATCH_UP_BATCH, false)
-                    .await?;
+                let read = match &mut self.catch_up_read {
+                    Some(read) => read,
+                    empty => {
+                        self.service.counters.catch_up_reads.fetch_add(1, Ordering::Relaxed);
+                        let read = self
+                            .service
+                            .store
+                            .fetch(self.user, self.last_pushed, CATCH_UP_BATCH, false);
+                        empty.insert(read)
+                    }
+                };
+                let result = read.await;
+                self.catch_up_read = None;
+                let batch = result?;
                 if batch.len() < CATCH_UP_BATCH as usize {
                     self.catch_up = false;
                 }

@@ -122,11 +122,20 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
 type Broken = (Option<Box<dyn Outcome>>, StoreError);
 
 /// Runs one op; a writing op inside its own savepoint, rolled back if the op
-/// failed, so that it leaves no partial writes in the batch.
+/// failed, so that it leaves no partial writes in the batch — except ops
+/// that fail before writing anything (see `Op::fails_before_writing`), whose
+/// SQLite errors break the batch instead.
 fn run_op(conn: &Connection, op: Op) -> Result<Box<dyn Outcome>, Broken> {
     let backend = |error: rusqlite::Error| StoreError::Backend(error.to_string());
     if !op.writes() {
         return Ok(op.execute(conn));
+    }
+    if op.fails_before_writing() {
+        let outcome = op.execute(conn);
+        return match outcome.backend_error() {
+            Some(error) => Err((Some(outcome), error)),
+            None => Ok(outcome),
+        };
     }
     if let Err(error) = exec(conn, "SAVEPOINT op") {
         let error = backend(error);
