@@ -35,11 +35,17 @@ use tokio::time::Instant;
 
 use crate::convert::{self, FRAME_ENVELOPE_BYTES, core_error_frame, error_frame, frame, goodbye};
 
-/// Bytes reserved for each socket read.
-const READ_CHUNK: usize = 4096;
-/// Input buffer capacity kept between frames; a larger buffer (after a big
-/// frame) is released so idle connections stay small.
-const IDLE_INPUT_CAPACITY: usize = 16 * 1024;
+/// Smallest space reserved for a socket read: what an idle connection
+/// holds while it waits for its next request.
+const MIN_READ: usize = 256;
+/// Largest space reserved for a socket read. The reservation doubles each
+/// time a read fills it (data is streaming in) and halves after one that
+/// did not, so a busy connection reads in large chunks while an idle one
+/// keeps 256 bytes instead of kilobytes.
+const MAX_READ: usize = 16 * 1024;
+/// Output buffer capacity kept while empty; a larger buffer (after a big
+/// reply) is released so idle connections stay small.
+const IDLE_OUTPUT_CAPACITY: usize = 16 * 1024;
 /// Longest time the final frames of a closing connection may take to write.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -127,7 +133,7 @@ enum Phase {
     /// Finishing in-flight requests; then `last` (if any) is written and the
     /// connection closed.
     Draining {
-        last: Option<ServerFrame>,
+        last: Option<Box<ServerFrame>>,
     },
 }
 
@@ -142,8 +148,11 @@ struct Connection {
     in_flight: FuturesUnordered<Reply>,
     /// The logged-in session, if any.
     session: Option<Session>,
-    /// A login between its two SCRAM messages.
-    pending_auth: Option<AuthPending>,
+    /// A login between its two SCRAM messages (boxed: most connections
+    /// hold none most of the time).
+    pending_auth: Option<Box<AuthPending>>,
+    /// Bytes to reserve for the next read (see [`MAX_READ`]).
+    read_size: usize,
     /// Open or draining.
     phase: Phase,
     /// When an unauthenticated connection is closed.
@@ -188,6 +197,7 @@ pub async fn serve<R, W>(
         in_flight: FuturesUnordered::new(),
         session: None,
         pending_auth: None,
+        read_size: MIN_READ,
         phase: Phase::Open,
         auth_deadline,
         push_paused_until: None,
@@ -203,7 +213,7 @@ pub async fn serve<R, W>(
     conn.encode(&welcome);
     if *shutdown.borrow() {
         conn.phase = Phase::Draining {
-            last: Some(goodbye(ErrorCode::ShuttingDown, "server is shutting down")),
+            last: Some(Box::new(goodbye(ErrorCode::ShuttingDown, "server is shutting down"))),
         };
     }
     // One timer per connection, aimed at the earliest of its deadlines and
@@ -244,13 +254,22 @@ pub async fn serve<R, W>(
         {
             timer.as_mut().reset(deadline);
         }
-        if can_read && conn.input.capacity() - conn.input.len() < READ_CHUNK {
-            conn.input.reserve(READ_CHUNK);
+        let spare = conn.input.capacity() - conn.input.len();
+        if can_read && spare < conn.read_size {
+            conn.input.reserve(conn.read_size);
         }
+        let spare = conn.input.capacity() - conn.input.len();
         tokio::select! {
             read = reader.read_buf(&mut conn.input), if can_read => match read {
                 Ok(0) => conn.phase = Phase::Draining { last: None },
-                Ok(_) => conn.last_heard = Instant::now(),
+                Ok(n) => {
+                    conn.last_heard = Instant::now();
+                    conn.read_size = if n >= spare {
+                        (conn.read_size * 2).min(MAX_READ)
+                    } else {
+                        (conn.read_size / 2).max(MIN_READ)
+                    };
+                }
                 Err(e) => {
                     tracing::debug!(peer = %conn.peer, error = %e, "read failed");
                     return;
@@ -266,14 +285,14 @@ pub async fn serve<R, W>(
                 Ok(_) => {}
             },
             _ = shutdown.changed(), if open => {
-                conn.phase = Phase::Draining { last: Some(goodbye(ErrorCode::ShuttingDown, "server is shutting down")) };
+                conn.phase = Phase::Draining { last: Some(Box::new(goodbye(ErrorCode::ShuttingDown, "server is shutting down"))) };
             }
             () = &mut timer, if deadline.is_some() => conn.on_timer(Instant::now()),
         }
-        if conn.input.is_empty() && conn.input.capacity() > IDLE_INPUT_CAPACITY {
+        if conn.input.is_empty() && conn.input.capacity() > conn.read_size {
             conn.input = BytesMut::new();
         }
-        if conn.output.is_empty() && conn.output.capacity() > IDLE_INPUT_CAPACITY {
+        if conn.output.is_empty() && conn.output.capacity() > IDLE_OUTPUT_CAPACITY {
             conn.output = BytesMut::new();
         }
     }
@@ -420,7 +439,9 @@ impl Connection {
     }
 
     fn close_with(&mut self, last: ServerFrame) {
-        self.phase = Phase::Draining { last: Some(last) };
+        self.phase = Phase::Draining {
+            last: Some(Box::new(last)),
+        };
     }
 
     /// Decodes and starts every complete request already buffered, as far
@@ -431,7 +452,13 @@ impl Connection {
             && self.output.len() < self.ctx.outbound_buffer_bytes
         {
             match decode_frame::<ClientFrame>(&mut self.input, self.ctx.max_frame_bytes) {
-                Ok(Some(request)) => self.handle(request).await,
+                // Requests that wait for the store before answering run
+                // boxed: they come once or twice per connection, and their
+                // state inline would enlarge every connection's task.
+                Ok(Some(request)) if request.body.as_ref().is_some_and(waits) => {
+                    Box::pin(self.handle_waiting(request)).await
+                }
+                Ok(Some(request)) => self.handle(request),
                 Ok(None) => break,
                 Err(FrameError::TooLarge { len, max }) => {
                     tracing::info!(peer = %self.peer, len, max, "frame too large; closing");
@@ -500,7 +527,9 @@ impl Connection {
         }
     }
 
-    async fn handle(&mut self, request: ClientFrame) {
+    /// Answers a request that needs no waiting here: it is answered at
+    /// once or becomes an in-flight reply.
+    fn handle(&mut self, request: ClientFrame) {
         use client_frame::Body as B;
         let id = request.request_id;
         let Some(body) = request.body else {
@@ -541,6 +570,19 @@ impl Connection {
                 });
                 self.start(id, started);
             }
+            other => self.handle_authenticated(id, other),
+        }
+    }
+
+    /// Answers the requests that wait for the store before their answer
+    /// changes the connection: the login steps and account deletion (see
+    /// [`waits`]).
+    async fn handle_waiting(&mut self, request: ClientFrame) {
+        use client_frame::Body as B;
+        let id = request.request_id;
+        let Some(body) = request.body else { return };
+        let service = Arc::clone(&self.ctx.service);
+        match body {
             B::AuthStart(a) => {
                 if self.session.is_some() {
                     let e = CoreError::new(ErrorKind::AlreadyAuthenticated, "already logged in; log out first");
@@ -555,14 +597,14 @@ impl Connection {
                             mechanism: pending.mechanism().name().to_owned(),
                             server_first: pending.server_first().as_bytes().to_vec(),
                         };
-                        self.pending_auth = Some(pending);
+                        self.pending_auth = Some(Box::new(pending));
                         self.encode(&frame(id, Body::AuthChallenge(challenge)));
                     }
                     Err(e) => self.encode(&core_error_frame(id, &e)),
                 }
             }
             B::AuthContinue(c) => {
-                let Some(pending) = self.pending_auth.take() else {
+                let Some(pending) = self.pending_auth.take().map(|pending| *pending) else {
                     let e = CoreError::invalid("no login in progress: send AuthStart first");
                     return self.encode(&core_error_frame(id, &e));
                 };
@@ -581,7 +623,26 @@ impl Connection {
                 let result = service.resume(&r.token, Some(self.peer.ip())).await;
                 self.logged_in(id, result);
             }
-            other => self.handle_authenticated(id, other).await,
+            B::DeleteAccount(_) => {
+                let Some(session) = self.session.as_mut() else {
+                    let e = CoreError::new(ErrorKind::NotAuthenticated, "log in first");
+                    return self.encode(&core_error_frame(id, &e));
+                };
+                if self.ctx.backlog.load(Ordering::Relaxed) >= self.ctx.max_backlog {
+                    return self.start(id, Err(busy()));
+                }
+                let result = session.delete_account().await;
+                match result {
+                    Ok(()) => {
+                        tracing::info!(peer = %self.peer, user = %session.name(), "account deleted");
+                        self.session = None;
+                        self.ack_deadline = None;
+                        self.encode(&frame(id, Body::AccountDeleted(v1::AccountDeleted {})));
+                    }
+                    Err(e) => self.encode(&core_error_frame(id, &e)),
+                }
+            }
+            _ => {}
         }
     }
 
@@ -614,7 +675,7 @@ impl Connection {
         }
     }
 
-    async fn handle_authenticated(&mut self, id: u64, body: client_frame::Body) {
+    fn handle_authenticated(&mut self, id: u64, body: client_frame::Body) {
         use client_frame::Body as B;
         let max_frame = self.ctx.max_frame_bytes;
         let overloaded = self.overloaded();
@@ -716,19 +777,6 @@ impl Connection {
                 ))
             }
             B::ListContacts(_) => Ok(reply(id, session.list_contacts(), contact_list)),
-            B::DeleteAccount(_) => {
-                let result = session.delete_account().await;
-                match result {
-                    Ok(()) => {
-                        tracing::info!(peer = %self.peer, user = %session.name(), "account deleted");
-                        self.session = None;
-                        self.ack_deadline = None;
-                        self.encode(&frame(id, Body::AccountDeleted(v1::AccountDeleted {})));
-                    }
-                    Err(e) => self.encode(&core_error_frame(id, &e)),
-                }
-                return;
-            }
             B::Logout(_) => {
                 let revoked = session.logout();
                 self.session = None;
@@ -737,10 +785,22 @@ impl Connection {
                 self.auth_deadline = Instant::now() + self.ctx.auth_timeout;
                 Ok(reply(id, revoked, |()| Body::LoggedOut(v1::LoggedOut {})))
             }
-            B::Ping(_) | B::Register(_) | B::AuthStart(_) | B::AuthContinue(_) | B::Resume(_) => return,
+            // Answered by `handle` or `handle_waiting`.
+            B::Ping(_) | B::Register(_) | B::AuthStart(_) | B::AuthContinue(_) | B::Resume(_) | B::DeleteAccount(_) => {
+                return;
+            }
         };
         self.start(id, started);
     }
+}
+
+/// Whether a request is answered by [`Connection::handle_waiting`].
+fn waits(body: &client_frame::Body) -> bool {
+    use client_frame::Body as B;
+    matches!(
+        body,
+        B::AuthStart(_) | B::AuthContinue(_) | B::Resume(_) | B::DeleteAccount(_)
+    )
 }
 
 fn busy() -> CoreError {
