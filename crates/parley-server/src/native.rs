@@ -153,6 +153,8 @@ struct Connection {
     pending_auth: Option<Box<AuthPending>>,
     /// Bytes to reserve for the next read (see [`MAX_READ`]).
     read_size: usize,
+    /// The client closed its side; buffered requests are still answered.
+    input_closed: bool,
     /// Open or draining.
     phase: Phase,
     /// When an unauthenticated connection is closed.
@@ -198,6 +200,7 @@ pub async fn serve<R, W>(
         session: None,
         pending_auth: None,
         read_size: MIN_READ,
+        input_closed: false,
         phase: Phase::Open,
         auth_deadline,
         push_paused_until: None,
@@ -222,6 +225,8 @@ pub async fn serve<R, W>(
     tokio::pin!(timer);
     loop {
         conn.decode_buffered().await;
+        // Before the draining check: a push may end the session.
+        conn.take_ready(Instant::now());
         if let Phase::Draining { last } = &mut conn.phase
             && conn.in_flight.is_empty()
         {
@@ -236,10 +241,11 @@ pub async fn serve<R, W>(
             tracing::debug!(peer = %conn.peer, "connection closed");
             return;
         }
-        conn.take_ready(Instant::now());
+        // Open, the shutdown branch is enabled; draining, `in_flight` is not
+        // empty: some branch below can always fire.
         let open = matches!(conn.phase, Phase::Open);
         let congested = conn.output.len() >= conn.ctx.outbound_buffer_bytes;
-        let can_read = open && !congested && conn.in_flight.len() < conn.ctx.pipeline_window;
+        let can_read = open && !conn.input_closed && !congested && conn.in_flight.len() < conn.ctx.pipeline_window;
         if congested && !conn.was_congested {
             conn.ctx.counters.slow_consumer_pauses.fetch_add(1, Ordering::Relaxed);
         }
@@ -261,7 +267,7 @@ pub async fn serve<R, W>(
         let spare = conn.input.capacity() - conn.input.len();
         tokio::select! {
             read = reader.read_buf(&mut conn.input), if can_read => match read {
-                Ok(0) => conn.phase = Phase::Draining { last: None },
+                Ok(0) => conn.input_closed = true,
                 Ok(n) => {
                     conn.last_heard = Instant::now();
                     conn.read_size = if n >= spare {
@@ -446,6 +452,10 @@ impl Connection {
 
     /// Decodes and starts every complete request already buffered, as far
     /// as the window and the output buffer allow.
+    ///
+    /// Once the client has closed its side, the connection drains when no
+    /// complete request is left: requests it sent before closing are all
+    /// answered, however many the window held back.
     async fn decode_buffered(&mut self) {
         while matches!(self.phase, Phase::Open)
             && self.in_flight.len() < self.ctx.pipeline_window
@@ -459,7 +469,12 @@ impl Connection {
                     Box::pin(self.handle_waiting(request)).await
                 }
                 Ok(Some(request)) => self.handle(request),
-                Ok(None) => break,
+                Ok(None) => {
+                    if self.input_closed {
+                        self.phase = Phase::Draining { last: None };
+                    }
+                    break;
+                }
                 Err(FrameError::TooLarge { len, max }) => {
                     tracing::info!(peer = %self.peer, len, max, "frame too large; closing");
                     self.close_with(error_frame(

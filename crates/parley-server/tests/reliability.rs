@@ -96,6 +96,16 @@ async fn silent_connections_are_closed_and_go_offline() {
     let bob_client = server.user("bob").await;
     drop(bob_client);
     alice.add_contact("bob").await.unwrap();
+    // That connection closes on its own time; its "offline" must not be
+    // taken for the one this test waits for.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while alice.list_contacts().await.unwrap()[0].online {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's first connection never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     alice.subscribe(0).await.unwrap();
     // Bob logs in by hand and then says nothing at all.
     let mut bob = RawSession::login(&server.addr, "bob", "pw-bob").await;
