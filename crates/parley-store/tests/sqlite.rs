@@ -117,6 +117,40 @@ async fn queued_appends_share_commits_and_keep_call_order() {
     store.close().await.unwrap();
 }
 
+/// Appends in a batch write their mailbox's `last_seq` back once; every
+/// other operation queued between them, and the database after reopening,
+/// must still see exact values.
+#[tokio::test]
+async fn seqs_assigned_in_a_batch_are_exact_for_everything_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    let bob = register(&store, "bob").await;
+    // Queued without awaiting, so they share batches.
+    let first: Vec<_> = (0..5)
+        .map(|n| store.append(message(&alice, "bob", &format!("a{n}"), "x")))
+        .collect();
+    let state = store.mailbox_state(bob.id);
+    let to_alice = store.append(message(&bob, "alice", "b0", "y"));
+    let second: Vec<_> = (5..8)
+        .map(|n| store.append(message(&alice, "bob", &format!("a{n}"), "x")))
+        .collect();
+    let unread = store.fetch(bob.id, Seq(0), 100, false);
+    for (n, reply) in first.into_iter().chain(second).enumerate() {
+        assert_eq!(reply.await.unwrap().message.seq, Seq(n as u64 + 1));
+    }
+    assert_eq!(state.await.unwrap().last_seq, Seq(5));
+    assert_eq!(to_alice.await.unwrap().message.seq, Seq(1));
+    assert_eq!(unread.await.unwrap().len(), 8);
+    store.close().await.unwrap();
+
+    let store = open(&dir, SqliteOptions::default());
+    assert_eq!(store.mailbox_state(bob.id).await.unwrap().last_seq, Seq(8));
+    let next = store.append(message(&alice, "bob", "a8", "x")).await.unwrap();
+    assert_eq!(next.message.seq, Seq(9));
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_failing_op_does_not_spoil_its_batch() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 //! come before any write, and the writer wraps each writing op in a SAVEPOINT,
 //! so a failed op leaves nothing behind while the rest of its batch commits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parley_core::scram::StoredCredentials;
@@ -207,8 +208,14 @@ impl Op {
         matches!(self, Op::Append { .. } | Op::Ack { .. })
     }
 
+    /// Whether the operation is an append, the one kind that may run with
+    /// mailbox seqs not yet written back (see [`PendingSeqs`]).
+    pub(super) fn is_append(&self) -> bool {
+        matches!(self, Op::Append { .. })
+    }
+
     /// Runs the operation in the current transaction.
-    pub(super) fn execute(self, conn: &Connection) -> Box<dyn Outcome> {
+    pub(super) fn execute(self, conn: &Connection, seqs: &mut PendingSeqs) -> Box<dyn Outcome> {
         match self {
             Op::CreateAccount { account, reply } => answer(reply, create_account(conn, account)),
             Op::FindAccount { name_key, reply } => answer(reply, find_account(conn, &name_key)),
@@ -219,7 +226,7 @@ impl Op {
                 limit,
                 reply,
             } => answer(reply, list_accounts(conn, &pattern, &after, limit)),
-            Op::Append { message, reply } => answer(reply, append(conn, message)),
+            Op::Append { message, reply } => answer(reply, append(conn, message, seqs)),
             Op::Fetch {
                 user,
                 after,
@@ -451,7 +458,39 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
     })
 }
 
-fn append(conn: &Connection, new: NewMessage) -> OpResult<Appended> {
+/// Mailbox seqs assigned by appends in the current transaction and not yet
+/// written to `accounts.last_seq`. A run of appends to a few mailboxes — the
+/// common batch — then updates each account row once instead of once per
+/// message. The writer writes them back before any other kind of operation
+/// runs and before COMMIT, and forgets them when a batch fails, so every
+/// other operation and every committed state see exact values.
+#[derive(Debug, Default)]
+pub(super) struct PendingSeqs {
+    /// Account id to its last assigned seq.
+    last: HashMap<u64, u64>,
+}
+
+impl PendingSeqs {
+    /// Writes every pending seq back to its account row.
+    pub(super) fn write_back(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.last.is_empty() {
+            return Ok(());
+        }
+        let mut update = conn.prepare_cached("UPDATE accounts SET last_seq = ?2 WHERE id = ?1")?;
+        for (&id, &seq) in &self.last {
+            update.execute(params![id, seq])?;
+        }
+        self.last.clear();
+        Ok(())
+    }
+
+    /// Forgets pending seqs after a rolled-back transaction.
+    pub(super) fn forget(&mut self) {
+        self.last.clear();
+    }
+}
+
+fn append(conn: &Connection, new: NewMessage, seqs: &mut PendingSeqs) -> OpResult<Appended> {
     let sender = clamp(new.sender.0);
     let timestamp_ms = clamp(new.timestamp_ms);
 
@@ -506,11 +545,10 @@ fn append(conn: &Connection, new: NewMessage) -> OpResult<Appended> {
     else {
         return Err(StoreError::NoSuchUser.into());
     };
+    let last_seq = seqs.last.get(&recipient).copied().unwrap_or(last_seq);
     let seq = last_seq
         .checked_add(1)
         .ok_or_else(|| StoreError::Backend("mailbox seq overflow".into()))?;
-    conn.prepare_cached("UPDATE accounts SET last_seq = ?2 WHERE id = ?1")?
-        .execute(params![recipient, seq])?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO messages (recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -526,6 +564,7 @@ fn append(conn: &Connection, new: NewMessage) -> OpResult<Appended> {
     ])?;
     let message_id =
         u64::try_from(conn.last_insert_rowid()).map_err(|_| StoreError::Backend("negative message id".into()))?;
+    seqs.last.insert(recipient, seq);
     let mut record = conn.prepare_cached(
         "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -13,7 +13,7 @@ use parley_core::StoreError;
 use rusqlite::Connection;
 
 use super::Shared;
-use super::ops::{Op, Outcome};
+use super::ops::{Op, Outcome, PendingSeqs};
 
 /// Answers waiting `close` callers even if the thread ends abnormally, so
 /// that nobody waits forever.
@@ -36,6 +36,7 @@ pub(super) fn run(conn: Connection, queue: Receiver<Op>, max_batch: usize, share
     let guard = FinishOnExit(shared);
     let shared = &guard.0;
     let mut batch = Vec::new();
+    let mut seqs = PendingSeqs::default();
     // `recv` fails only once the queue is empty and every sender is gone.
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -47,7 +48,7 @@ pub(super) fn run(conn: Connection, queue: Receiver<Op>, max_batch: usize, share
                 Err(_) => break,
             }
         }
-        run_batch(&conn, &mut batch, shared);
+        run_batch(&conn, &mut batch, &mut seqs, shared);
     }
     drop(queue);
     let outcome = shut_down(conn);
@@ -64,7 +65,7 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Runs `batch` (leaving it empty) in one transaction, then answers every op.
-fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
+fn run_batch(conn: &Connection, batch: &mut Vec<Op>, seqs: &mut PendingSeqs, shared: &Shared) {
     let size = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let mut ops = batch.drain(..);
     if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
@@ -80,7 +81,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
     // may then be committed.
     let mut broken: Option<StoreError> = None;
     for op in ops.by_ref() {
-        match run_op(conn, op) {
+        match run_op(conn, op, seqs) {
             Ok(outcome) => outcomes.push(outcome),
             Err((outcome, error)) => {
                 outcomes.extend(outcome);
@@ -92,7 +93,9 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
 
     let failure = match broken {
         Some(error) => Some(error),
-        None => exec(conn, "COMMIT")
+        None => seqs
+            .write_back(conn)
+            .and_then(|()| exec(conn, "COMMIT"))
             .err()
             .map(|error| StoreError::Backend(error.to_string())),
     };
@@ -103,6 +106,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
         }
         Some(error) => {
             tracing::error!(%error, ops = size, "store batch failed; rolling it back");
+            seqs.forget();
             shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             // SQLite may already have rolled back on its own (disk full, I/O
             // error), in which case this fails harmlessly.
@@ -125,13 +129,21 @@ type Broken = (Option<Box<dyn Outcome>>, StoreError);
 /// failed, so that it leaves no partial writes in the batch — except ops
 /// that fail before writing anything (see `Op::fails_before_writing`), whose
 /// SQLite errors break the batch instead.
-fn run_op(conn: &Connection, op: Op) -> Result<Box<dyn Outcome>, Broken> {
+fn run_op(conn: &Connection, op: Op, seqs: &mut PendingSeqs) -> Result<Box<dyn Outcome>, Broken> {
     let backend = |error: rusqlite::Error| StoreError::Backend(error.to_string());
+    // Anything but an append sees exact `last_seq` values.
+    if !op.is_append()
+        && let Err(error) = seqs.write_back(conn)
+    {
+        let error = backend(error);
+        op.fail(error.clone());
+        return Err((None, error));
+    }
     if !op.writes() {
-        return Ok(op.execute(conn));
+        return Ok(op.execute(conn, seqs));
     }
     if op.fails_before_writing() {
-        let outcome = op.execute(conn);
+        let outcome = op.execute(conn, seqs);
         return match outcome.backend_error() {
             Some(error) => Err((Some(outcome), error)),
             None => Ok(outcome),
@@ -142,7 +154,7 @@ fn run_op(conn: &Connection, op: Op) -> Result<Box<dyn Outcome>, Broken> {
         op.fail(error.clone());
         return Err((None, error));
     }
-    let outcome = op.execute(conn);
+    let outcome = op.execute(conn, seqs);
     let end = if outcome.failed() {
         exec(conn, "ROLLBACK TO op").and_then(|()| exec(conn, "RELEASE op"))
     } else {
