@@ -591,6 +591,36 @@ mod tests {
         assert_eq!(s.write_queue, DEFAULT_WRITE_QUEUE);
     }
 
+    /// deploy/parleyd.toml names every setting, and its values are the
+    /// defaults: uncommented, it configures exactly what no file does.
+    #[test]
+    fn the_sample_config_lists_every_setting_at_its_default() {
+        let sample = include_str!("../../../deploy/parleyd.toml");
+        for key in KEYS {
+            assert!(
+                sample.lines().any(|line| line.starts_with(&format!("# {key} = "))),
+                "deploy/parleyd.toml does not mention {key}"
+            );
+        }
+        let uncommented: String = sample
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| KEYS.iter().any(|key| line.starts_with(&format!("{key} = "))))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parleyd.toml");
+        std::fs::write(&path, uncommented).unwrap();
+        let from_file = SettingArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let defaults = SettingArgs::default().resolve().unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
     #[test]
     fn every_error_is_reported_at_once() {
         let args = SettingArgs {
