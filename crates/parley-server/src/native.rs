@@ -226,7 +226,7 @@ pub async fn serve<R, W>(
     loop {
         conn.decode_buffered().await;
         // Before the draining check: a push may end the session.
-        conn.take_ready(Instant::now());
+        conn.take_ready();
         if let Phase::Draining { last } = &mut conn.phase
             && conn.in_flight.is_empty()
         {
@@ -250,18 +250,14 @@ pub async fn serve<R, W>(
             conn.ctx.counters.slow_consumer_pauses.fetch_add(1, Ordering::Relaxed);
         }
         conn.was_congested = congested;
-        let can_push = open
-            && !congested
-            && conn.push_paused_until.is_none()
-            && conn.session.as_ref().is_some_and(Session::can_push);
+        let can_push = conn.can_push();
         let deadline = conn.next_deadline();
         if let Some(deadline) = deadline
             && timer.deadline() != deadline
         {
             timer.as_mut().reset(deadline);
         }
-        let spare = conn.input.capacity() - conn.input.len();
-        if can_read && spare < conn.read_size {
+        if can_read && conn.input.capacity() - conn.input.len() < conn.read_size {
             conn.input.reserve(conn.read_size);
         }
         let spare = conn.input.capacity() - conn.input.len();
@@ -326,7 +322,7 @@ impl Connection {
     /// that is already waiting, without blocking, so the write that follows
     /// carries all of them: under load one system call then writes many
     /// frames, instead of one frame per turn of the loop.
-    fn take_ready(&mut self, now: Instant) {
+    fn take_ready(&mut self) {
         let mut budget = self.ctx.pipeline_window;
         while budget > 0
             && !self.in_flight.is_empty()
@@ -335,13 +331,20 @@ impl Connection {
             self.encode(&done);
             budget -= 1;
         }
-        let can_push = matches!(self.phase, Phase::Open)
-            && self.output.len() < self.ctx.outbound_buffer_bytes
-            && self.push_paused_until.is_none_or(|t| t <= now)
-            && self.session.as_ref().is_some_and(Session::can_push);
-        if can_push && let Some(event) = next_push(&mut self.session).now_or_never() {
+        if self.can_push()
+            && let Some(event) = next_push(&mut self.session).now_or_never()
+        {
             self.on_push(event);
         }
+    }
+
+    /// Whether a push may be taken now: open, output not congested, pushes
+    /// not paused, and the session's unacked window not full.
+    fn can_push(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+            && self.output.len() < self.ctx.outbound_buffer_bytes
+            && self.push_paused_until.is_none()
+            && self.session.as_ref().is_some_and(Session::can_push)
     }
 
     /// The earliest moment something must happen without input: the login
@@ -465,9 +468,10 @@ impl Connection {
                 // Requests that wait for the store before answering run
                 // boxed: they come once or twice per connection, and their
                 // state inline would enlarge every connection's task.
-                Ok(Some(request)) if request.body.as_ref().is_some_and(waits) => {
-                    Box::pin(self.handle_waiting(request)).await
-                }
+                Ok(Some(ClientFrame {
+                    request_id,
+                    body: Some(body),
+                })) if waits(&body) => Box::pin(self.handle_waiting(request_id, body)).await,
                 Ok(Some(request)) => self.handle(request),
                 Ok(None) => {
                     if self.input_closed {
@@ -592,10 +596,8 @@ impl Connection {
     /// Answers the requests that wait for the store before their answer
     /// changes the connection: the login steps and account deletion (see
     /// [`waits`]).
-    async fn handle_waiting(&mut self, request: ClientFrame) {
+    async fn handle_waiting(&mut self, id: u64, body: client_frame::Body) {
         use client_frame::Body as B;
-        let id = request.request_id;
-        let Some(body) = request.body else { return };
         let service = Arc::clone(&self.ctx.service);
         match body {
             B::AuthStart(a) => {
@@ -639,11 +641,11 @@ impl Connection {
                 self.logged_in(id, result);
             }
             B::DeleteAccount(_) => {
+                let overloaded = self.overloaded();
                 let Some(session) = self.session.as_mut() else {
-                    let e = CoreError::new(ErrorKind::NotAuthenticated, "log in first");
-                    return self.encode(&core_error_frame(id, &e));
+                    return self.encode(&core_error_frame(id, &not_logged_in()));
                 };
-                if self.ctx.backlog.load(Ordering::Relaxed) >= self.ctx.max_backlog {
+                if overloaded {
                     return self.start(id, Err(busy()));
                 }
                 let result = session.delete_account().await;
@@ -657,6 +659,7 @@ impl Connection {
                     Err(e) => self.encode(&core_error_frame(id, &e)),
                 }
             }
+            // Only the requests `waits` names come here.
             _ => {}
         }
     }
@@ -695,8 +698,7 @@ impl Connection {
         let max_frame = self.ctx.max_frame_bytes;
         let overloaded = self.overloaded();
         let Some(session) = self.session.as_mut() else {
-            let e = CoreError::new(ErrorKind::NotAuthenticated, "log in first");
-            return self.encode(&core_error_frame(id, &e));
+            return self.encode(&core_error_frame(id, &not_logged_in()));
         };
         // Acks and logouts always go through: they shrink the load.
         if overloaded && !matches!(body, B::Ack(_) | B::Logout(_)) {
@@ -816,6 +818,11 @@ fn waits(body: &client_frame::Body) -> bool {
         body,
         B::AuthStart(_) | B::AuthContinue(_) | B::Resume(_) | B::DeleteAccount(_)
     )
+}
+
+/// The answer to a request that needs a login, on a connection without one.
+fn not_logged_in() -> CoreError {
+    CoreError::new(ErrorKind::NotAuthenticated, "log in first")
 }
 
 fn busy() -> CoreError {

@@ -329,9 +329,9 @@ impl State {
         let mut newly = 0u64;
         if range.up_to > entry.acked_through {
             let prefix = (Bound::Excluded(entry.acked_through), Bound::Included(range.up_to));
-            for message in entry.messages.range_mut(prefix).map(|(_, slot)| slot) {
-                if !message.acked {
-                    message.acked = true;
+            for slot in entry.messages.range_mut(prefix).map(|(_, slot)| slot) {
+                if !slot.acked {
+                    slot.acked = true;
                     newly += 1;
                 }
             }
@@ -341,8 +341,8 @@ impl State {
         }
         for seq in range.seqs {
             match entry.messages.get_mut(&seq) {
-                Some(message) if !message.acked => {
-                    message.acked = true;
+                Some(slot) if !slot.acked => {
+                    slot.acked = true;
                     newly += 1;
                 }
                 _ => {}
@@ -362,8 +362,8 @@ impl State {
             let Some(seq) = entry.seq_by_id.remove(&id) else {
                 continue;
             };
-            if let Some(message) = entry.messages.remove(&seq) {
-                if !message.acked {
+            if let Some(slot) = entry.messages.remove(&seq) {
+                if !slot.acked {
                     entry.unread = entry.unread.saturating_sub(1);
                 }
                 deleted.push(id);

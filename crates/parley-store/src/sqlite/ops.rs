@@ -462,7 +462,7 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
 /// written to `accounts.last_seq`. A run of appends to a few mailboxes — the
 /// common batch — then updates each account row once instead of once per
 /// message. The writer writes them back before any other kind of operation
-/// runs and before COMMIT, and forgets them when a batch fails, so every
+/// runs and before COMMIT; a failed batch drops them with itself, so every
 /// other operation and every committed state see exact values.
 #[derive(Debug, Default)]
 pub(super) struct PendingSeqs {
@@ -482,11 +482,6 @@ impl PendingSeqs {
         }
         self.last.clear();
         Ok(())
-    }
-
-    /// Forgets pending seqs after a rolled-back transaction.
-    pub(super) fn forget(&mut self) {
-        self.last.clear();
     }
 }
 

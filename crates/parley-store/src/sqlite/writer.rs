@@ -36,7 +36,6 @@ pub(super) fn run(conn: Connection, queue: Receiver<Op>, max_batch: usize, share
     let guard = FinishOnExit(shared);
     let shared = &guard.0;
     let mut batch = Vec::new();
-    let mut seqs = PendingSeqs::default();
     // `recv` fails only once the queue is empty and every sender is gone.
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -48,7 +47,7 @@ pub(super) fn run(conn: Connection, queue: Receiver<Op>, max_batch: usize, share
                 Err(_) => break,
             }
         }
-        run_batch(&conn, &mut batch, &mut seqs, shared);
+        run_batch(&conn, &mut batch, shared);
     }
     drop(queue);
     let outcome = shut_down(conn);
@@ -65,7 +64,7 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Runs `batch` (leaving it empty) in one transaction, then answers every op.
-fn run_batch(conn: &Connection, batch: &mut Vec<Op>, seqs: &mut PendingSeqs, shared: &Shared) {
+fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
     let size = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let mut ops = batch.drain(..);
     if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
@@ -76,6 +75,9 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, seqs: &mut PendingSeqs, sha
         return;
     }
 
+    // Seqs the batch's appends assigned and did not write back yet; dropped
+    // with the batch, so a rolled-back batch leaves none behind.
+    let seqs = &mut PendingSeqs::default();
     let mut outcomes: Vec<Box<dyn Outcome>> = Vec::with_capacity(ops.len());
     // Set when the transaction is in an unknown state: nothing of the batch
     // may then be committed.
@@ -106,7 +108,6 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, seqs: &mut PendingSeqs, sha
         }
         Some(error) => {
             tracing::error!(%error, ops = size, "store batch failed; rolling it back");
-            seqs.forget();
             shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             // SQLite may already have rolled back on its own (disk full, I/O
             // error), in which case this fails harmlessly.
