@@ -23,7 +23,7 @@ use crate::cli::OverloadArgs;
 use crate::common::{self, PerSecond};
 use crate::procmon::{self, Monitor};
 use crate::progress::Progress;
-use crate::relay::{self, Counters, ParleyPairs, RelayParams, Schedule};
+use crate::relay::{self, Counters, Pacer, ParleyPairs, RelayParams, Schedule};
 use crate::report::{Metrics, RunReport};
 use crate::stats::{self, Latency};
 
@@ -98,12 +98,13 @@ async fn overload_sender(
     let schedule = plan.schedule;
     let mut outstanding = FuturesUnordered::new();
     let mut seq = 0u64;
+    let mut pacer = Pacer::new(schedule, plan.deadline);
     loop {
         let now = Instant::now();
         if now >= plan.deadline {
             break;
         }
-        let due = schedule.due(now);
+        let due = pacer.release(now).unwrap_or(seq);
         while seq < due {
             let scheduled = schedule.at(seq);
             if outstanding.len() >= plan.max_outstanding {
@@ -120,10 +121,14 @@ async fn overload_sender(
             tallies.issued.fetch_add(1, Ordering::Relaxed);
             seq += 1;
         }
-        let wake = schedule.at(seq).min(plan.deadline);
+        // Sheds instead of holding back, so only the timer releases.
+        pacer.released(seq, seq);
         tokio::select! {
-            Some((scheduled, reply)) = outstanding.next(), if !outstanding.is_empty() => record(scheduled, reply),
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            Some((scheduled, reply)) = outstanding.next(), if !outstanding.is_empty() => {
+                record(scheduled, reply);
+                pacer.on_reply();
+            }
+            _ = tokio::time::sleep_until(pacer.wake().into()) => pacer.on_timer(),
         }
     }
     let give_up = Instant::now() + OUTSTANDING_GRACE;

@@ -131,6 +131,70 @@ impl Schedule {
     }
 }
 
+/// Decides when a paced sender issues what has fallen due.
+///
+/// Paced, sends go out when the pacing timer fires (or when the window had
+/// held due sends back), never merely because a reply woke the sender. The
+/// NATS sender publishes only then too, so both targets see the same
+/// arrivals: what fell due since the last tick, together. Were every reply
+/// to release the one send that fell due since the previous reply, Parley
+/// alone would get one TCP segment per message. Latency still counts from
+/// each send's scheduled time, so waiting for the tick is measured.
+/// Unpaced, every wake-up releases.
+pub struct Pacer {
+    schedule: Schedule,
+    /// Whether the next turn issues what is due.
+    release: bool,
+    /// The window held due sends back at the last release: the next reply
+    /// releases them.
+    held_back: bool,
+    /// When the pacing timer fires; moved only by a release.
+    wake: Instant,
+    /// End of the send phase.
+    deadline: Instant,
+}
+
+impl Pacer {
+    pub fn new(schedule: Schedule, deadline: Instant) -> Pacer {
+        Pacer {
+            schedule,
+            release: true,
+            held_back: false,
+            wake: deadline,
+            deadline,
+        }
+    }
+
+    /// How many sends should have been issued by `now`, if this turn
+    /// issues; then [`Pacer::released`] must follow.
+    pub fn release(&self, now: Instant) -> Option<u64> {
+        (self.release || self.schedule.rate.is_none()).then(|| self.schedule.due(now))
+    }
+
+    /// Sends up to `seq` were issued of the `due`.
+    pub fn released(&mut self, seq: u64, due: u64) {
+        self.held_back = seq < due;
+        self.wake = if self.held_back {
+            self.deadline
+        } else {
+            self.schedule.at(seq).min(self.deadline)
+        };
+    }
+
+    pub fn on_reply(&mut self) {
+        self.release = self.held_back;
+    }
+
+    pub fn on_timer(&mut self) {
+        self.release = true;
+    }
+
+    /// When to wake without a reply.
+    pub fn wake(&self) -> Instant {
+        self.wake
+    }
+}
+
 /// Logged-in sender and receiver connections of one Parley run.
 pub struct ParleyPairs {
     /// (sender connection, receiver's account name).
@@ -293,29 +357,30 @@ async fn parley_sender(
     let to = to.as_str();
     let mut in_flight = FuturesUnordered::new();
     let mut seq = 0u64;
+    let mut pacer = Pacer::new(schedule, deadline);
     loop {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        let due = schedule.due(now);
-        while seq < due && in_flight.len() < window {
-            let body = common::payload(seq, schedule.stamp(seq), size);
-            // The sequence is a unique idempotency key within this run's
-            // sender account, and cheaper than a random one.
-            let id = seq.to_string();
-            in_flight.push(async move { client.send_with_id(to, &id, &body).await });
-            counters.sent.fetch_add(1, Ordering::Relaxed);
-            seq += 1;
+        if let Some(due) = pacer.release(now) {
+            while seq < due && in_flight.len() < window {
+                let body = common::payload(seq, schedule.stamp(seq), size);
+                // The sequence is a unique idempotency key within this run's
+                // sender account, and cheaper than a random one.
+                let id = seq.to_string();
+                in_flight.push(async move { client.send_with_id(to, &id, &body).await });
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                seq += 1;
+            }
+            pacer.released(seq, due);
         }
-        let wake = if seq < due {
-            deadline
-        } else {
-            schedule.at(seq).min(deadline)
-        };
         tokio::select! {
-            Some(result) = in_flight.next(), if !in_flight.is_empty() => record_send(&counters, result),
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                record_send(&counters, result);
+                pacer.on_reply();
+            }
+            _ = tokio::time::sleep_until(pacer.wake().into()) => pacer.on_timer(),
         }
     }
     while let Some(result) = in_flight.next().await {

@@ -36,8 +36,9 @@ id_type!(
 );
 
 impl Seq {
-    /// The sequence number after this one.
+    /// The sequence number after this one (saturating: stores never hand
+    /// out u64::MAX, and a seq from a client must not overflow).
     pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
+        Seq(self.0.saturating_add(1))
     }
 }

@@ -585,7 +585,11 @@ impl Session {
         // What this session pushed and now sees acknowledged no longer
         // waits for the ack timer.
         if range.up_to.0 > 0 {
-            self.unacked = self.unacked.split_off(&range.up_to.next());
+            // The client chooses `up_to`; u64::MAX acknowledges everything.
+            self.unacked = match range.up_to.0.checked_add(1) {
+                Some(after) => self.unacked.split_off(&Seq(after)),
+                None => BTreeSet::new(),
+            };
         }
         for seq in &range.seqs {
             self.unacked.remove(seq);

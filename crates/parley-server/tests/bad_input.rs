@@ -156,6 +156,10 @@ async fn request_errors_keep_the_connection(store: Store) {
         alice.fetch(0, 5000, false).await.unwrap_err().code(),
         Some(ErrorCode::InvalidRequest)
     );
+    // Extreme seqs are only numbers: acking "everything up to u64::MAX" and
+    // an ack of a seq that cannot exist change nothing and break nothing.
+    bystander.ack(u64::MAX, vec![u64::MAX]).await.unwrap();
+    bystander.ping().await.unwrap();
     assert_eq!(
         alice.login("alice", "pw-alice").await.unwrap_err().code(),
         Some(ErrorCode::AlreadyAuthenticated)

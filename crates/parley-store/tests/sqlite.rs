@@ -218,6 +218,82 @@ async fn a_full_queue_answers_busy_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn new_work_leaves_room_in_the_queue_for_acks_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        queue_capacity: 8,
+        max_batch: 8,
+        synchronous: Synchronous::Full,
+    };
+    let store = open(&dir, options);
+    let alice = register(&store, "alice").await;
+    send(&store, &alice, "alice", "m0", "first").await;
+    // Another connection holds the write lock, so the writer waits in its
+    // BEGIN and whatever is submitted meanwhile stays queued.
+    let blocker = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let first = store.append(message(&alice, "alice", "m1", "x"));
+    // Wait until the writer took that one and is stuck on the lock.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut appends = Vec::new();
+    for n in 2..20 {
+        appends.push(store.append(message(&alice, "alice", &format!("m{n}"), "x")));
+        if store.batch_stats().busy_rejections > 0 {
+            break;
+        }
+    }
+    // Three quarters of the queue: 6 appends, the 7th refused.
+    assert_eq!(appends.len(), 7);
+    // Acks and reads still get in.
+    let ack = store.ack(
+        alice.id,
+        AckRange {
+            up_to: Seq(1),
+            seqs: vec![],
+        },
+    );
+    let read = store.fetch(alice.id, Seq(0), 100, true);
+    assert_eq!(store.batch_stats().busy_rejections, 1);
+    blocker.execute_batch("COMMIT").unwrap();
+    first.await.unwrap();
+    let mut results = Vec::new();
+    for reply in appends {
+        results.push(reply.await.map(|a| a.message.seq.0));
+    }
+    assert_eq!(
+        results.pop(),
+        Some(Err(StoreError::Busy {
+            retry_after_ms: parley_store::BUSY_RETRY_AFTER_MS
+        }))
+    );
+    assert_eq!(results, (3..=8).map(Ok).collect::<Vec<_>>());
+    assert_eq!(ack.await.unwrap().0, 1);
+    assert_eq!(read.await.unwrap().len(), 8);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn commits_reach_the_database_file_without_the_writer_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    for n in 0..200 {
+        send(&store, &alice, "alice", &format!("m{n}"), "x").await;
+    }
+    // Far below the writer's own checkpoint threshold: only the
+    // checkpointer thread copies the WAL into the database file.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(db_path(dir.path()), &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let count: i64 = conn
+        .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(count, 200, "the database file alone holds every committed message");
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn close_is_never_busy_and_finishes_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteOptions {

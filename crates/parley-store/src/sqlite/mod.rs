@@ -14,12 +14,13 @@
 //! connection. Dropping the store without closing it does the same, but
 //! nobody waits for it.
 
+mod checkpoint;
 mod ops;
 mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -37,6 +38,15 @@ use ops::Op;
 pub const DEFAULT_WRITE_QUEUE: usize = 4096;
 /// Default largest number of operations committed in one transaction.
 pub const DEFAULT_MAX_BATCH: usize = 512;
+/// The share of the queue, in quarters, that new work (appends and account
+/// creations) may fill. The remaining quarter only takes operations that
+/// finish work already admitted or shed load — acks, the reads that
+/// deliver stored messages, deletions, logouts — so that under a flood of
+/// sends recipients can still acknowledge and catch up. Without it a full
+/// queue refused their acks, their unacked windows filled, live delivery
+/// stopped and every message had to be read back from the database, which
+/// halved what the writer admitted (docs/BENCHMARKS.md, overload).
+pub const NEW_WORK_QUEUE_QUARTERS: usize = 3;
 /// What a `Busy` answer tells the caller to wait before retrying, in
 /// milliseconds: about the time a few group commits take on a slow disk.
 pub const BUSY_RETRY_AFTER_MS: u32 = 50;
@@ -201,6 +211,12 @@ struct Shutdown {
 struct Shared {
     /// Statistics the writer updates.
     counters: Counters,
+    /// Operations queued and not yet taken by the writer: incremented before
+    /// a send, decremented as the writer takes each op. The channel's own
+    /// capacity stays the hard bound; this count only decides, slightly
+    /// approximately under races, whether new work still fits in its share
+    /// ([`NEW_WORK_QUEUE_QUARTERS`]).
+    queued: AtomicUsize,
     /// The close handshake.
     shutdown: Mutex<Shutdown>,
 }
@@ -226,6 +242,9 @@ pub struct SqliteStore {
     /// `close` takes the write lock to drop the sender, which is what tells
     /// the writer to finish.
     queue: RwLock<Option<SyncSender<Op>>>,
+    /// Queued operations past which new work is refused (see
+    /// [`NEW_WORK_QUEUE_QUARTERS`]); at least 1.
+    new_work_limit: usize,
     /// Counters and the close handshake, shared with the writer thread.
     shared: Arc<Shared>,
 }
@@ -248,15 +267,24 @@ impl SqliteStore {
             })?;
         }
         let conn = schema::open(path, options.synchronous)?;
+        // Checkpoints run on their own thread; the writer's own automatic
+        // checkpoint stays only as a backstop (see `checkpoint`).
+        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
+            .map_err(|source| StoreOpenError::Sqlite {
+                path: path.to_owned(),
+                source,
+            })?;
+        let checkpointer = checkpoint::Checkpointer::start(path, options.synchronous)?;
         let (sender, receiver) = std::sync::mpsc::sync_channel(options.queue_capacity);
         let shared = Arc::new(Shared::default());
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("parley-store-writer".into())
-            .spawn(move || writer::run(conn, receiver, options.max_batch, writer_shared))
+            .spawn(move || writer::run(conn, receiver, options.max_batch, writer_shared, checkpointer))
             .map_err(StoreOpenError::Spawn)?;
         Ok(SqliteStore {
             queue: RwLock::new(Some(sender)),
+            new_work_limit: (options.queue_capacity / 4 * NEW_WORK_QUEUE_QUARTERS).max(1),
             shared,
         })
     }
@@ -272,6 +300,23 @@ impl SqliteStore {
         }
     }
 
+    /// Queues an op that brings new work: refused while the queue holds its
+    /// share of such work (see [`NEW_WORK_QUEUE_QUARTERS`]), before anything
+    /// is built, since under a flood most of these calls are refused.
+    fn submit_new<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
+        if self.shared.queued.load(Ordering::Relaxed) >= self.new_work_limit {
+            return self.busy();
+        }
+        self.submit(make)
+    }
+
+    fn busy<T>(&self) -> StoreReply<T> {
+        self.shared.counters.busy_rejections.fetch_add(1, Ordering::Relaxed);
+        StoreReply::ready(Err(StoreError::Busy {
+            retry_after_ms: BUSY_RETRY_AFTER_MS,
+        }))
+    }
+
     /// Queues the op `make` builds around a fresh reply channel, at once and
     /// without blocking.
     fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
@@ -281,22 +326,23 @@ impl SqliteStore {
         let Some(sender) = queue.as_ref() else {
             return StoreReply::ready(Err(StoreError::Closed));
         };
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         match sender.try_send(make(reply)) {
             Ok(()) => StoreReply::pending(answer),
-            Err(TrySendError::Full(_)) => {
-                self.shared.counters.busy_rejections.fetch_add(1, Ordering::Relaxed);
-                StoreReply::ready(Err(StoreError::Busy {
-                    retry_after_ms: BUSY_RETRY_AFTER_MS,
-                }))
+            Err(error) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                match error {
+                    TrySendError::Full(_) => self.busy(),
+                    TrySendError::Disconnected(_) => StoreReply::ready(Err(StoreError::Closed)),
+                }
             }
-            Err(TrySendError::Disconnected(_)) => StoreReply::ready(Err(StoreError::Closed)),
         }
     }
 }
 
 impl Store for SqliteStore {
     fn create_account(&self, account: NewAccount) -> StoreReply<Account> {
-        self.submit(|reply| Op::CreateAccount { account, reply })
+        self.submit_new(|reply| Op::CreateAccount { account, reply })
     }
 
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>> {
@@ -319,7 +365,7 @@ impl Store for SqliteStore {
     }
 
     fn append(&self, message: NewMessage) -> StoreReply<Appended> {
-        self.submit(|reply| Op::Append { message, reply })
+        self.submit_new(|reply| Op::Append { message, reply })
     }
 
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {

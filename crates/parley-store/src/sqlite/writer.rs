@@ -13,6 +13,7 @@ use parley_core::StoreError;
 use rusqlite::Connection;
 
 use super::Shared;
+use super::checkpoint::Checkpointer;
 use super::ops::{Op, Outcome, PendingSeqs};
 
 /// Answers waiting `close` callers even if the thread ends abnormally, so
@@ -32,7 +33,13 @@ impl Drop for FinishOnExit {
 }
 
 /// The thread's body.
-pub(super) fn run(conn: Connection, queue: Receiver<Op>, max_batch: usize, shared: Arc<Shared>) {
+pub(super) fn run(
+    conn: Connection,
+    queue: Receiver<Op>,
+    max_batch: usize,
+    shared: Arc<Shared>,
+    mut checkpointer: Checkpointer,
+) {
     let guard = FinishOnExit(shared);
     let shared = &guard.0;
     let mut batch = Vec::new();
@@ -47,9 +54,15 @@ pub(super) fn run(conn: Connection, queue: Receiver<Op>, max_batch: usize, share
                 Err(_) => break,
             }
         }
+        shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let commits = shared.counters.commits.load(Ordering::Relaxed);
         run_batch(&conn, &mut batch, shared);
+        if shared.counters.commits.load(Ordering::Relaxed) != commits {
+            checkpointer.committed();
+        }
     }
     drop(queue);
+    checkpointer.stop();
     let outcome = shut_down(conn);
     if let Err(error) = &outcome {
         tracing::error!(%error, "SQLite store did not close cleanly");
