@@ -191,3 +191,51 @@ impl Api {
 pub fn server(extra: &[&str]) -> TestServer {
     TestServer::start_with(Store::Memory, extra)
 }
+
+/// Whether a test that needs an outside tool must run: with
+/// `PARLEY_REQUIRE_SERVICES=1` (as in CI) a missing tool fails the test;
+/// otherwise the test prints why it skips and passes.
+pub fn require_or_skip(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("PARLEY_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("{what} is required (PARLEY_REQUIRE_SERVICES=1) but missing");
+    }
+    println!("skipped: {what} is not installed (set PARLEY_REQUIRE_SERVICES=1 to fail instead)");
+    false
+}
+
+/// Whether `program --version` runs.
+pub fn runs(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs a command with a time limit; returns whether it succeeded, with
+/// its output printed (the test harness shows it on failure).
+pub fn run_bounded(mut command: std::process::Command, limit: Duration) -> bool {
+    use std::process::Stdio;
+    let mut child = command
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the command");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            println!("killed after {limit:?}");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
