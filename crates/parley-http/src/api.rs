@@ -459,7 +459,9 @@ pub struct Acked {
 
 pub async fn ack(auth: Authed, JsonBody(r): JsonBody<AckRequest>) -> ApiResult<axum::Json<Acked>> {
     let range = AckRange {
-        up_to: Seq(r.up_to_seq),
+        // No seq ever reaches u64::MAX, so acking up to the one below it
+        // acks the same messages (and keeps the core's seq arithmetic in range).
+        up_to: Seq(r.up_to_seq.min(u64::MAX - 1)),
         seqs: r.seqs.into_iter().map(Seq).collect(),
     };
     let (acked, state) = start!(auth, |s| s.ack(range))??.await?;

@@ -157,9 +157,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(JsonBody(value)),
-            Err(rejection) => Err(json_problem(&rejection)),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_problem(&rejection)),
+        };
+        // Every request body is an object; serde would also take an array
+        // for a struct, which the document does not allow.
+        if !value.is_object() {
+            return Err(Problem::invalid("the request body must be a JSON object"));
+        }
+        match serde_json::from_value(value) {
+            Ok(value) => Ok(JsonBody(value)),
+            Err(e) => Err(Problem::invalid(format!("invalid request body: {e}"))),
         }
     }
 }

@@ -139,6 +139,15 @@ async fn errors_are_problems_with_the_native_codes() {
         .await
         .problem(400, "INVALID_PATTERN");
 
+    // Bodies that are not objects; the largest seq.
+    api.post("/v1/messages/ack", Some(&token), json!([]))
+        .await
+        .problem(400, "INVALID_REQUEST");
+    let all = api
+        .post("/v1/messages/ack", Some(&token), json!({ "up_to_seq": u64::MAX }))
+        .await;
+    assert_eq!(all.ok()["unread"], 0);
+
     // Sending to nobody; a body over the limit.
     api.post(
         "/v1/messages",
