@@ -7,6 +7,7 @@
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 
 const base = process.env.PARLEY_URL;
 const out = process.env.PARLEY_E2E_OUT || ".";
@@ -72,6 +73,25 @@ async function waitMessage(page, text) {
   await page.waitForSelector(`#messages li.msg >> text=${text}`);
 }
 
+// Asks the test runner to restart parleyd (same data, same ports) and
+// waits until it has.
+const stdin = createInterface({ input: process.stdin });
+const lines = stdin[Symbol.asyncIterator]();
+async function restartServer() {
+  process.stdout.write("PARLEY_RESTART\n");
+  const { value } = await lines.next();
+  if (value !== "restarted") throw new Error("the server was not restarted: " + value);
+}
+
+// Records every state the connection indicator shows.
+async function watchIndicator(page) {
+  await page.evaluate(() => {
+    const pill = document.getElementById("connection");
+    window.parleyStates = [pill.dataset.state];
+    new MutationObserver(() => window.parleyStates.push(pill.dataset.state)).observe(pill, { attributes: true });
+  });
+}
+
 let failed = false;
 try {
   const a = await open("ann");
@@ -125,11 +145,30 @@ try {
   await a.screenshot({ path: join(out, "ann.png") });
   await b.screenshot({ path: join(out, "ben.png") });
 
+  // The server restarts: both show that they reconnect, resume, and the
+  // conversation goes on live.
+  await watchIndicator(a);
+  await restartServer();
+  await a.waitForFunction(() => window.parleyStates.includes("reconnecting"));
+  await online(a);
+  await online(b);
+  await b.fill("#composer-input", "after the restart");
+  await b.press("#composer-input", "Enter");
+  await waitMessage(a, "after the restart");
+
   // Ben logs out; Ann sees him go offline.
   await b.click("#logout-button");
   await b.waitForSelector("#auth-view:not([hidden])");
   await a.waitForSelector(`#contact-list li[data-peer="${ben}"] .dot:not(.online)`);
   await a.screenshot({ path: join(out, "ann-after-logout.png") });
+
+  // Ann deletes her account; she is back at the login form and cannot log in.
+  await a.click("#delete-account-button");
+  await a.waitForSelector("#auth-view:not([hidden])");
+  await a.fill("#auth-name", ann);
+  await a.fill("#auth-password", "correct horse " + ann);
+  await a.click("#login-button");
+  await a.waitForSelector('#auth-error >> text="Wrong name or password."');
 
   if (outside.length) throw new Error("requests left parleyd: " + outside.join(", "));
   console.log("browser chat scenario passed; screenshots in " + out);
@@ -143,5 +182,6 @@ try {
   }
 } finally {
   await browser.close();
+  stdin.close();
 }
 process.exit(failed ? 1 : 0);
