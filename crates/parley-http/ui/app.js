@@ -524,6 +524,7 @@
   function openConversation(key) {
     state.current = key;
     $("chat-view").classList.remove("show-sidebar");
+    $("chat-view").classList.add("has-current");
     render();
     ackVisible();
     const list = $("messages");
@@ -601,6 +602,7 @@
     state.received.clear();
     state.lastSeq = 0;
     state.current = null;
+    $("chat-view").classList.remove("has-current", "show-sidebar");
     loadSent();
     for (const s of state.sent) peer(s.to).lastTs = Math.max(peer(s.to).lastTs, s.timestamp_ms);
     try {
