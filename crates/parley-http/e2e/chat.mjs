@@ -156,6 +156,21 @@ try {
   await b.press("#composer-input", "Enter");
   await waitMessage(a, "after the restart");
 
+  // A visitor without an account leaves Ben a message on the pager form;
+  // it shows as a pager conversation, with no reply box.
+  const visitor = await open("visitor");
+  await visitor.goto(base + "/pager?to=" + ben);
+  await visitor.fill("#pager-name", "Vera");
+  await visitor.fill("#pager-contact", "vera@example.org");
+  await visitor.fill("#pager-body", "paging Ben");
+  await visitor.click("#pager-send");
+  await visitor.waitForSelector('#pager-status >> text="Message left for ' + ben + '."');
+  const pagerPeer = "pager:Vera <vera@example.org>";
+  await b.click(`#contact-list li[data-peer="${pagerPeer}"]`);
+  await waitMessage(b, "paging Ben");
+  if (!(await b.locator("#composer").isHidden())) throw new Error("pager conversations take no replies");
+  await b.screenshot({ path: join(out, "ben-pager.png") });
+
   // Ben logs out; Ann sees him go offline.
   await b.click("#logout-button");
   await b.waitForSelector("#auth-view:not([hidden])");

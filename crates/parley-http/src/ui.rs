@@ -2,6 +2,7 @@
 //! it works offline and needs no build step. It logs in with SCRAM computed
 //! by WebCrypto (`scram.js`), talks JSON to `/v1` for accounts and history,
 //! and native frames over `/v1/ws` for live delivery (`proto.js`).
+//! `/pager` is the web pager's form for visitors without an account.
 
 use std::sync::Arc;
 
@@ -15,6 +16,12 @@ use crate::HttpContext;
 /// Every asset: path, media type, contents.
 pub const ASSETS: &[(&str, &str, &str)] = &[
     ("/", "text/html; charset=utf-8", include_str!("../ui/index.html")),
+    ("/pager", "text/html; charset=utf-8", include_str!("../ui/pager.html")),
+    (
+        "/ui/pager.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../ui/pager.js"),
+    ),
     ("/ui/app.css", "text/css; charset=utf-8", include_str!("../ui/app.css")),
     (
         "/ui/app.js",

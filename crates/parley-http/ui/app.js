@@ -410,6 +410,7 @@
   }
 
   function presenceDot(p) {
+    if (isPager(p.key)) return el("span", { class: "dot none" });
     return el("span", { class: "dot" + (p.online ? " online" : ""), title: p.online ? "online" : p.online === false ? "offline" : "" });
   }
 
@@ -438,7 +439,11 @@
             onkeydown: listKeys(() => openConversation(p.key)),
           },
           presenceDot(p),
-          el("span", { class: "name" }, isPager(p.key) ? p.name.slice(PAGER_PREFIX.length) || "anonymous" : p.name),
+          el(
+            "span",
+            { class: "name", title: p.name },
+            isPager(p.key) ? p.name.slice(PAGER_PREFIX.length) || "anonymous" : p.name,
+          ),
           isPager(p.key) ? el("span", { class: "tag" }, "pager") : null,
           unread ? el("span", { class: "badge", "data-unread": unread }, String(unread)) : null,
         ),
