@@ -219,3 +219,96 @@ impl HttpSessions {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_url_safe() {
+        let (a, b) = (random_token(), random_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    #[test]
+    fn unknown_tokens_name_no_session() {
+        let sessions = HttpSessions::new(Duration::from_secs(60), 2);
+        assert!(sessions.get("nope").is_none());
+        assert!(sessions.remove("nope").is_none());
+        assert!(sessions.is_empty());
+    }
+
+    /// A service on a memory store with one account, "ann".
+    async fn service() -> Arc<parley_core::Service> {
+        use parley_core::scram::{Mechanism, StoredCredentials};
+        use parley_core::service::{AuthSettings, ResumeSettings, ServiceConfig};
+        let service = parley_core::Service::new(
+            Arc::new(parley_store::memory::MemoryStore::new()),
+            ServiceConfig {
+                limits: parley_core::Limits::default(),
+                auth: AuthSettings {
+                    mechanisms: vec![Mechanism::Sha256],
+                    iterations: 4096,
+                    secret: [7; 32],
+                },
+                resume: ResumeSettings::default(),
+                throttle: parley_core::throttle::ThrottleSettings::default(),
+            },
+        );
+        let credentials = StoredCredentials::derive(Mechanism::Sha256, "pw", &[1; 16], 4096);
+        service.register("ann", credentials).unwrap().await.unwrap();
+        service
+    }
+
+    async fn login(service: &Arc<parley_core::Service>) -> (AuthPending, String) {
+        let mut client = parley_core::scram::ClientExchange::new("ann", "pw");
+        let pending = service
+            .auth_start(client.client_first().as_bytes(), None)
+            .await
+            .unwrap();
+        let last = client
+            .client_final(pending.mechanism(), pending.server_first().as_bytes())
+            .unwrap();
+        (pending, last)
+    }
+
+    #[tokio::test]
+    async fn sessions_are_bounded_expire_when_idle_and_go_offline() {
+        let service = service().await;
+        let sessions = HttpSessions::new(Duration::from_millis(50), 1);
+        let (pending, last) = login(&service).await;
+        let (session, outcome) = service.auth_finish(pending, last.as_bytes()).await.unwrap();
+        let token = sessions.insert(session).unwrap();
+        assert!(service.hub().is_online(outcome.user));
+        assert!(sessions.get(&token).is_some());
+        // Full of a session in use: the next login is refused (and its
+        // session dropped).
+        let (pending, last) = login(&service).await;
+        let (second, _) = service.auth_finish(pending, last.as_bytes()).await.unwrap();
+        assert!(sessions.insert(second).is_none());
+        // Idle past the limit: gone, offline, and its place is free.
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(sessions.get(&token).is_none());
+        assert!(sessions.is_empty());
+        assert!(!service.hub().is_online(outcome.user));
+    }
+
+    #[tokio::test]
+    async fn a_login_id_works_once_and_expires() {
+        let service = service().await;
+        let logins = PendingLogins::new(Duration::from_secs(60), 1);
+        let (pending, _) = login(&service).await;
+        let id = logins.insert(pending).unwrap();
+        let (another, _) = login(&service).await;
+        assert!(logins.insert(another).is_none(), "the table is full");
+        assert!(logins.take(&id).is_some());
+        assert!(logins.take(&id).is_none(), "used once");
+
+        let expiring = PendingLogins::new(Duration::ZERO, 1);
+        let (pending, _) = login(&service).await;
+        let id = expiring.insert(pending).unwrap();
+        assert!(expiring.take(&id).is_none(), "expired");
+    }
+}
