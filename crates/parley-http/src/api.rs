@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -547,6 +548,7 @@ pub async fn pager(
         return Err(Problem::not_found("the pager is switched off on this server"));
     }
     if let Err(wait_ms) = ctx.pager.check(peer.ip(), Instant::now()) {
+        ctx.counters.pager_rate_limited.fetch_add(1, Ordering::Relaxed);
         return Err(Problem::rate_limited(
             "too many pager messages from this address",
             wait_ms,
@@ -581,10 +583,8 @@ pub async fn pager(
         StoreError::NoSuchUser => no_such_user(),
         other => Problem::from(CoreError::from(other)),
     })?;
-    let counters = ctx.service.counters();
-    counters
-        .messages_stored
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.service.counters().messages_stored.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.pager_messages.fetch_add(1, Ordering::Relaxed);
     ctx.service.hub().deliver(&appended.message);
     Ok((StatusCode::ACCEPTED, axum::Json(PagerAccepted { status: "accepted" })).into_response())
 }

@@ -22,6 +22,7 @@ pub mod ws;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -117,6 +118,21 @@ pub struct HttpContext {
     native: ws::NativeHandler,
     /// Bridged WebSockets, so that shutdown can wait for them.
     websockets: TaskTracker,
+    /// Counters for metrics.
+    pub counters: HttpCounters,
+}
+
+/// The HTTP front door's counters.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Requests answered (any status).
+    pub requests: AtomicU64,
+    /// Requests refused BUSY by the in-flight limit.
+    pub busy_replies: AtomicU64,
+    /// Messages left with the pager.
+    pub pager_messages: AtomicU64,
+    /// Pager posts refused RATE_LIMITED.
+    pub pager_rate_limited: AtomicU64,
 }
 
 impl HttpContext {
@@ -130,12 +146,18 @@ impl HttpContext {
             settings,
             native,
             websockets: TaskTracker::new(),
+            counters: HttpCounters::default(),
         })
     }
 
     /// The bridged WebSockets (the server waits for them on shutdown).
     pub fn websockets(&self) -> &TaskTracker {
         &self.websockets
+    }
+
+    /// WebSockets open now.
+    pub fn websockets_open(&self) -> usize {
+        self.websockets.len()
     }
 }
 
@@ -198,7 +220,9 @@ async fn method_not_allowed() -> Problem {
 
 /// Admission control: past `max_in_flight` requests, answer BUSY at once.
 async fn admission(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
+    ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
     let Ok(permit) = Arc::clone(&ctx.in_flight).try_acquire_owned() else {
+        ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
         return Problem::busy("too many requests in progress", IN_FLIGHT_RETRY_MS).into_response();
     };
     let response = next.run(request).await;

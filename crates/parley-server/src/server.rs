@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::Context;
 use bytes::BytesMut;
@@ -148,6 +148,8 @@ pub struct Server {
     ctx: Arc<NativeContext>,
     /// Accept-loop counters.
     counters: Arc<ServerCounters>,
+    /// The HTTP front door, once `run_with_http` has started it.
+    http: Arc<OnceLock<Arc<parley_http::HttpContext>>>,
 }
 
 /// A snapshot of every counter, for metrics, status and the shutdown log.
@@ -172,6 +174,12 @@ pub struct Stats {
     pub keepalive_timeouts: u64,
     pub lagged_notifications: u64,
     pub presence_events: u64,
+    pub http_requests: u64,
+    pub http_busy_replies: u64,
+    pub http_sessions: u64,
+    pub websockets_open: u64,
+    pub pager_messages: u64,
+    pub pager_rate_limited: u64,
 }
 
 impl Server {
@@ -222,6 +230,7 @@ impl Server {
             service,
             ctx,
             counters: Arc::new(ServerCounters::default()),
+            http: Arc::new(OnceLock::new()),
         }
     }
 
@@ -242,6 +251,7 @@ impl Server {
             service: Arc::clone(&self.service),
             ctx: Arc::clone(&self.ctx),
             counters: Arc::clone(&self.counters),
+            http: Arc::clone(&self.http),
         }
     }
 }
@@ -255,6 +265,8 @@ pub struct StatsHandle {
     ctx: Arc<NativeContext>,
     /// Accept-loop counters.
     counters: Arc<ServerCounters>,
+    /// HTTP front-door counters, when it runs.
+    http: Arc<OnceLock<Arc<parley_http::HttpContext>>>,
 }
 
 impl StatsHandle {
@@ -263,6 +275,7 @@ impl StatsHandle {
         let c = self.service.counters();
         let n = &self.ctx.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let http = self.http.get();
         Stats {
             connections_accepted: get(&self.counters.connections_accepted),
             connections_refused_busy: get(&self.counters.connections_refused_busy),
@@ -283,6 +296,12 @@ impl StatsHandle {
             keepalive_timeouts: get(&n.keepalive_timeouts),
             lagged_notifications: self.service.hub().lag_events(),
             presence_events: self.service.hub().presence_events(),
+            http_requests: http.map_or(0, |h| get(&h.counters.requests)),
+            http_busy_replies: http.map_or(0, |h| get(&h.counters.busy_replies)),
+            http_sessions: http.map_or(0, |h| h.sessions.len() as u64),
+            websockets_open: http.map_or(0, |h| h.websockets_open() as u64),
+            pager_messages: http.map_or(0, |h| get(&h.counters.pager_messages)),
+            pager_rate_limited: http.map_or(0, |h| get(&h.counters.pager_rate_limited)),
         }
     }
 }
@@ -310,6 +329,7 @@ impl Server {
             service,
             ctx,
             counters,
+            http: http_slot,
         } = &self;
         let permits = Arc::new(Semaphore::new(settings.max_connections));
         let per_ip = Arc::new(PerIp {
@@ -331,6 +351,7 @@ impl Server {
                 max_frame_bytes: settings.max_frame_bytes as usize,
             };
             let http_ctx = parley_http::HttpContext::new(Arc::clone(service), http_settings(settings), gate.handler());
+            let _ = http_slot.set(Arc::clone(&http_ctx));
             let mut stop = shutdown_rx.clone();
             let stopped = async move {
                 let _ = stop.wait_for(|stop| *stop).await;
