@@ -2,7 +2,6 @@
 //! the core's `Service` or `Session` and the result back; the rules live in
 //! the core.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use parley_core::{CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, Seq,
 use serde::{Deserialize, Serialize};
 
 use crate::HttpContext;
+use crate::listener::Peer;
 use crate::pager;
 use crate::problem::{JsonBody, PathParam, Problem, QueryParams};
 use crate::sessions::HttpSession;
@@ -248,7 +248,7 @@ pub struct Challenge {
 
 pub async fn login_start(
     State(ctx): Ctx,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     JsonBody(r): JsonBody<LoginStart>,
 ) -> ApiResult<axum::Json<Challenge>> {
     let pending = ctx
@@ -307,7 +307,7 @@ pub struct ResumeRequest {
 
 pub async fn login_resume(
     State(ctx): Ctx,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     JsonBody(r): JsonBody<ResumeRequest>,
 ) -> ApiResult<axum::Json<LoginOk>> {
     // A token that is not base64 is a failed resume like any other.
@@ -540,7 +540,7 @@ pub struct PagerAccepted {
 
 pub async fn pager(
     State(ctx): Ctx,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     PathParam(user): PathParam<String>,
     JsonBody(r): JsonBody<PagerRequest>,
 ) -> ApiResult<Response> {

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod listener;
 pub mod openapi;
 pub mod pager;
 pub mod problem;
@@ -20,7 +21,6 @@ pub mod ui;
 pub mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::listener::{LimitedListener, Peer};
 use crate::problem::Problem;
 use crate::sessions::{HttpSessions, PendingLogins};
 
@@ -56,6 +57,8 @@ pub const DEFAULT_HTTP_MAX_PENDING_LOGINS: usize = 10_000;
 pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = 1024;
 /// Largest HTTP request body, in bytes.
 pub const DEFAULT_HTTP_MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// Most HTTP connections open at once (WebSockets included).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
 /// How often expired sessions and logins are dropped.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Retry hint when the in-flight limit is reached.
@@ -80,6 +83,8 @@ pub struct HttpSettings {
     pub max_in_flight: usize,
     /// Largest request body.
     pub max_request_bytes: usize,
+    /// Most connections open at once.
+    pub max_connections: usize,
     /// Largest native frame, which bounds a WebSocket message.
     pub max_frame_bytes: usize,
 }
@@ -95,6 +100,7 @@ impl Default for HttpSettings {
             login_timeout: Duration::from_secs(30),
             max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
             max_request_bytes: DEFAULT_HTTP_MAX_REQUEST_BYTES,
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             max_frame_bytes: 256 * 1024,
         }
     }
@@ -244,7 +250,7 @@ async fn common_headers(request: Request, next: Next) -> Response {
 /// `GET /v1/ws`: upgrade, then serve the native protocol over the socket.
 async fn websocket(
     State(ctx): State<Arc<HttpContext>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let upgrade = match upgrade {
@@ -290,7 +296,8 @@ pub async fn serve(
             }
         })
     };
-    let app = router(Arc::clone(&ctx)).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(Arc::clone(&ctx)).into_make_service_with_connect_info::<Peer>();
+    let listener = LimitedListener::new(listener, ctx.settings.max_connections);
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     sweeper.abort();
     ctx.sessions.clear();

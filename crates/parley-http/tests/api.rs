@@ -438,3 +438,23 @@ async fn the_web_ui_is_served_from_the_binary() {
         assert_eq!(r.status, 200, "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_capped() {
+    let s = server(&["--http-max-connections", "1"]);
+    let api = Api::new(&s);
+    let addr = s.http_addr.clone().unwrap();
+    // One idle connection takes the only slot...
+    let idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let waiting = api
+        .http
+        .get(api.url("/healthz"))
+        .timeout(std::time::Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(waiting.is_err(), "answered over the cap: {waiting:?}");
+    // ...and when it closes, the next one is served.
+    drop(idle);
+    assert_eq!(api.get("/healthz", None).await.ok()["status"], "ok");
+}

@@ -85,6 +85,8 @@ pub const DEFAULT_HTTP_MAX_PENDING_LOGINS: usize = parley_http::DEFAULT_HTTP_MAX
 pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = parley_http::DEFAULT_HTTP_MAX_IN_FLIGHT;
 /// Largest HTTP request body, in bytes.
 pub const DEFAULT_HTTP_MAX_REQUEST_BYTES: usize = parley_http::DEFAULT_HTTP_MAX_REQUEST_BYTES;
+/// Most HTTP connections open at once (WebSockets included).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = parley_http::DEFAULT_HTTP_MAX_CONNECTIONS;
 
 /// Which store backs the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +134,7 @@ pub struct Settings {
     pub http_max_pending_logins: usize,
     pub http_max_in_flight: usize,
     pub http_max_request_bytes: usize,
+    pub http_max_connections: usize,
 }
 
 /// Raw values from flags and environment (clap fills both), before the file
@@ -248,6 +251,9 @@ pub struct SettingArgs {
     /// Largest HTTP request body in bytes [default: 262144]
     #[arg(long, env = "PARLEY_HTTP_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub http_max_request_bytes: Option<String>,
+    /// Most HTTP connections open at once, WebSockets included; more wait to be accepted [default: 4096]
+    #[arg(long, env = "PARLEY_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<String>,
 }
 
 /// Every setting's key, in the order `--help` lists them.
@@ -287,6 +293,7 @@ const KEYS: &[&str] = &[
     "http_max_pending_logins",
     "http_max_in_flight",
     "http_max_request_bytes",
+    "http_max_connections",
 ];
 
 /// Every problem found in the configuration, one per line.
@@ -332,6 +339,7 @@ impl SettingArgs {
             "http_max_pending_logins" => self.http_max_pending_logins.clone(),
             "http_max_in_flight" => self.http_max_in_flight.clone(),
             "http_max_request_bytes" => self.http_max_request_bytes.clone(),
+            "http_max_connections" => self.http_max_connections.clone(),
 
             _ => None,
         }
@@ -671,6 +679,13 @@ impl SettingArgs {
             4096..=64 * 1024 * 1024,
             4096,
         );
+        let http_max_connections: usize = num(
+            &mut errors,
+            "http_max_connections",
+            &get("http_max_connections", &DEFAULT_HTTP_MAX_CONNECTIONS.to_string()),
+            1..=1_000_000,
+            1,
+        );
         if ack_timeout_ms > max_ack_backoff_ms {
             errors.push(format!(
                 "ack_timeout_ms ({ack_timeout_ms}) must not exceed max_ack_backoff_ms ({max_ack_backoff_ms})"
@@ -715,6 +730,7 @@ impl SettingArgs {
             http_max_pending_logins,
             http_max_in_flight,
             http_max_request_bytes,
+            http_max_connections,
         })
     }
 }

@@ -456,6 +456,7 @@ fn http_settings(settings: &Settings) -> parley_http::HttpSettings {
         login_timeout: settings.auth_timeout,
         max_in_flight: settings.http_max_in_flight,
         max_request_bytes: settings.http_max_request_bytes,
+        max_connections: settings.http_max_connections,
         max_frame_bytes: settings.max_frame_bytes as usize,
     }
 }
