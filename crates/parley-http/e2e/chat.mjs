@@ -107,6 +107,13 @@ try {
   await a.waitForSelector('#messages li.msg.mine .status >> text="sent"');
   await a.click("#add-contact-button");
 
+  // Ctrl+K jumps to the search box from anywhere.
+  await b.click("#messages");
+  await b.keyboard.press("Control+k");
+  if (!(await b.evaluate(() => document.activeElement.id === "search-input"))) {
+    throw new Error("Ctrl+K does not focus the search box");
+  }
+
   // Ben sees it live with an unread count, opens it, answers.
   await b.waitForSelector(`#contact-list li[data-peer="${ann}"] .badge[data-unread="1"]`);
   await openPeer(b, ann);

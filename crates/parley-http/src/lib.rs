@@ -231,8 +231,11 @@ async fn admission(State(ctx): State<Arc<HttpContext>>, request: Request, next: 
         ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
         return Problem::busy("too many requests in progress", IN_FLIGHT_RETRY_MS).into_response();
     };
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
     drop(permit);
+    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "http request");
     response
 }
 
