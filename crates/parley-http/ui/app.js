@@ -163,6 +163,7 @@
   }
 
   function showAuth() {
+    document.title = "Parley";
     $("chat-view").hidden = true;
     $("auth-view").hidden = false;
     $("auth-name").focus();
@@ -417,6 +418,9 @@
   function render() {
     renderPeers();
     renderConversation();
+    let unread = 0;
+    for (const m of state.received.values()) if (!m.acked) unread++;
+    document.title = unread ? `(${unread}) Parley` : "Parley";
   }
 
   function renderPeers() {
