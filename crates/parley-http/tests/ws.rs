@@ -272,3 +272,21 @@ async fn shutdown_says_goodbye_over_websocket_and_exits_cleanly() {
     let (_s, status) = stopping.await.unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pager_messages_are_pushed_live_and_marked() {
+    let s = server(&[]);
+    let api = Api::new(&s);
+    api.register("fay", "pw").await.ok();
+    let token = resume_token(&api, "fay", "pw").await;
+    let mut fay = Ws::connect(s.http_addr.as_deref().unwrap()).await;
+    fay.resume(&token).await;
+    fay.subscribe(0).await;
+    let posted = api
+        .post("/v1/pager/fay", None, json!({ "body": "ring ring", "name": "Gus" }))
+        .await;
+    assert_eq!(posted.status, 202, "{posted:?}");
+    let pushed = fay.next_push().await;
+    assert_eq!(pushed[0].from, "pager:Gus");
+    assert_eq!(pushed[0].body, "ring ring");
+}
