@@ -69,6 +69,24 @@ pub const DEFAULT_LOGIN_FAILURES_PER_ACCOUNT: u32 = parley_core::throttle::DEFAU
 pub const DEFAULT_LOGIN_FAILURES_PER_IP: u32 = parley_core::throttle::DEFAULT_FAILURES_PER_IP;
 /// Lifetime of a resume token, in seconds.
 pub const DEFAULT_RESUME_TTL_SECS: u64 = 7 * 24 * 3600;
+/// HTTP listener (JSON API, WebSocket, pager, web UI); "off" disables it.
+pub const DEFAULT_HTTP_LISTEN: &str = parley_http::DEFAULT_HTTP_LISTEN;
+/// Whether the web pager takes messages.
+pub const DEFAULT_PAGER: bool = parley_http::DEFAULT_PAGER;
+/// Pager posts per source address per minute.
+pub const DEFAULT_PAGER_PER_IP_PER_MINUTE: u32 = parley_http::DEFAULT_PAGER_PER_IP_PER_MINUTE;
+/// Seconds an HTTP session (bearer token) may go unused before it expires.
+pub const DEFAULT_HTTP_SESSION_IDLE_SECS: u64 = parley_http::DEFAULT_HTTP_SESSION_IDLE_SECS;
+/// Most HTTP sessions at once.
+pub const DEFAULT_HTTP_MAX_SESSIONS: usize = parley_http::DEFAULT_HTTP_MAX_SESSIONS;
+/// Most HTTP logins waiting between their two SCRAM steps.
+pub const DEFAULT_HTTP_MAX_PENDING_LOGINS: usize = parley_http::DEFAULT_HTTP_MAX_PENDING_LOGINS;
+/// Most HTTP requests served at once.
+pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = parley_http::DEFAULT_HTTP_MAX_IN_FLIGHT;
+/// Largest HTTP request body, in bytes.
+pub const DEFAULT_HTTP_MAX_REQUEST_BYTES: usize = parley_http::DEFAULT_HTTP_MAX_REQUEST_BYTES;
+/// Most HTTP connections open at once (WebSockets included).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = parley_http::DEFAULT_HTTP_MAX_CONNECTIONS;
 
 /// Which store backs the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +125,16 @@ pub struct Settings {
     pub login_failures_per_account: u32,
     pub login_failures_per_ip: u32,
     pub resume_ttl: Duration,
+    /// None when the HTTP listener is off.
+    pub http_listen: Option<SocketAddr>,
+    pub pager: bool,
+    pub pager_per_ip_per_minute: u32,
+    pub http_session_idle: Duration,
+    pub http_max_sessions: usize,
+    pub http_max_pending_logins: usize,
+    pub http_max_in_flight: usize,
+    pub http_max_request_bytes: usize,
+    pub http_max_connections: usize,
 }
 
 /// Raw values from flags and environment (clap fills both), before the file
@@ -199,6 +227,33 @@ pub struct SettingArgs {
     /// Lifetime of a resume token, in seconds [default: 604800]
     #[arg(long, env = "PARLEY_RESUME_TTL_SECS", value_name = "N")]
     pub resume_ttl_secs: Option<String>,
+    /// HTTP listen address (JSON API, WebSocket, pager, web UI), or "off" [default: 127.0.0.1:7880]
+    #[arg(long, env = "PARLEY_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Whether the web pager (POST /v1/pager/USER) takes messages: true or false [default: true]
+    #[arg(long, env = "PARLEY_PAGER", value_name = "BOOL")]
+    pub pager: Option<String>,
+    /// Pager posts per source address per minute [default: 10]
+    #[arg(long, env = "PARLEY_PAGER_PER_IP_PER_MINUTE", value_name = "N")]
+    pub pager_per_ip_per_minute: Option<String>,
+    /// Seconds an HTTP session (bearer token) may go unused before it expires [default: 1800]
+    #[arg(long, env = "PARLEY_HTTP_SESSION_IDLE_SECS", value_name = "SECS")]
+    pub http_session_idle_secs: Option<String>,
+    /// Most HTTP sessions at once; more logins get BUSY [default: 10000]
+    #[arg(long, env = "PARLEY_HTTP_MAX_SESSIONS", value_name = "N")]
+    pub http_max_sessions: Option<String>,
+    /// Most HTTP logins between their two SCRAM steps [default: 10000]
+    #[arg(long, env = "PARLEY_HTTP_MAX_PENDING_LOGINS", value_name = "N")]
+    pub http_max_pending_logins: Option<String>,
+    /// Most HTTP requests served at once; more get BUSY [default: 1024]
+    #[arg(long, env = "PARLEY_HTTP_MAX_IN_FLIGHT", value_name = "N")]
+    pub http_max_in_flight: Option<String>,
+    /// Largest HTTP request body in bytes [default: 262144]
+    #[arg(long, env = "PARLEY_HTTP_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub http_max_request_bytes: Option<String>,
+    /// Most HTTP connections open at once, WebSockets included; more wait to be accepted [default: 4096]
+    #[arg(long, env = "PARLEY_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<String>,
 }
 
 /// Every setting's key, in the order `--help` lists them.
@@ -230,6 +285,15 @@ const KEYS: &[&str] = &[
     "login_failures_per_account",
     "login_failures_per_ip",
     "resume_ttl_secs",
+    "http_listen",
+    "pager",
+    "pager_per_ip_per_minute",
+    "http_session_idle_secs",
+    "http_max_sessions",
+    "http_max_pending_logins",
+    "http_max_in_flight",
+    "http_max_request_bytes",
+    "http_max_connections",
 ];
 
 /// Every problem found in the configuration, one per line.
@@ -267,6 +331,15 @@ impl SettingArgs {
             "login_failures_per_account" => self.login_failures_per_account.clone(),
             "login_failures_per_ip" => self.login_failures_per_ip.clone(),
             "resume_ttl_secs" => self.resume_ttl_secs.clone(),
+            "http_listen" => self.http_listen.clone(),
+            "pager" => self.pager.clone(),
+            "pager_per_ip_per_minute" => self.pager_per_ip_per_minute.clone(),
+            "http_session_idle_secs" => self.http_session_idle_secs.clone(),
+            "http_max_sessions" => self.http_max_sessions.clone(),
+            "http_max_pending_logins" => self.http_max_pending_logins.clone(),
+            "http_max_in_flight" => self.http_max_in_flight.clone(),
+            "http_max_request_bytes" => self.http_max_request_bytes.clone(),
+            "http_max_connections" => self.http_max_connections.clone(),
 
             _ => None,
         }
@@ -536,6 +609,83 @@ impl SettingArgs {
             60..=31_536_000,
             60,
         );
+        let http_raw = get("http_listen", DEFAULT_HTTP_LISTEN);
+        let http_listen = match http_raw.trim() {
+            "off" | "" => None,
+            raw => match raw.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(format!(
+                        "http_listen: {raw:?} is not an address like 127.0.0.1:7880, or \"off\""
+                    ));
+                    None
+                }
+            },
+        };
+        if let Some(http) = http_listen
+            && http == listen
+            && http.port() != 0
+        {
+            errors.push(format!("http_listen: {http} is also the native listen address"));
+        }
+        let pager_raw = get("pager", &DEFAULT_PAGER.to_string());
+        let pager = match pager_raw.trim() {
+            "true" | "on" | "1" => true,
+            "false" | "off" | "0" => false,
+            other => {
+                errors.push(format!("pager: {other:?} is not true or false"));
+                DEFAULT_PAGER
+            }
+        };
+        let pager_per_ip_per_minute: u32 = num(
+            &mut errors,
+            "pager_per_ip_per_minute",
+            &get("pager_per_ip_per_minute", &DEFAULT_PAGER_PER_IP_PER_MINUTE.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let http_session_idle_secs: u64 = num(
+            &mut errors,
+            "http_session_idle_secs",
+            &get("http_session_idle_secs", &DEFAULT_HTTP_SESSION_IDLE_SECS.to_string()),
+            10..=31_536_000,
+            10,
+        );
+        let http_max_sessions: usize = num(
+            &mut errors,
+            "http_max_sessions",
+            &get("http_max_sessions", &DEFAULT_HTTP_MAX_SESSIONS.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let http_max_pending_logins: usize = num(
+            &mut errors,
+            "http_max_pending_logins",
+            &get("http_max_pending_logins", &DEFAULT_HTTP_MAX_PENDING_LOGINS.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let http_max_in_flight: usize = num(
+            &mut errors,
+            "http_max_in_flight",
+            &get("http_max_in_flight", &DEFAULT_HTTP_MAX_IN_FLIGHT.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let http_max_request_bytes: usize = num(
+            &mut errors,
+            "http_max_request_bytes",
+            &get("http_max_request_bytes", &DEFAULT_HTTP_MAX_REQUEST_BYTES.to_string()),
+            4096..=64 * 1024 * 1024,
+            4096,
+        );
+        let http_max_connections: usize = num(
+            &mut errors,
+            "http_max_connections",
+            &get("http_max_connections", &DEFAULT_HTTP_MAX_CONNECTIONS.to_string()),
+            1..=1_000_000,
+            1,
+        );
         if ack_timeout_ms > max_ack_backoff_ms {
             errors.push(format!(
                 "ack_timeout_ms ({ack_timeout_ms}) must not exceed max_ack_backoff_ms ({max_ack_backoff_ms})"
@@ -572,6 +722,15 @@ impl SettingArgs {
             login_failures_per_account,
             login_failures_per_ip,
             resume_ttl: Duration::from_secs(resume_ttl_secs),
+            http_listen,
+            pager,
+            pager_per_ip_per_minute,
+            http_session_idle: Duration::from_secs(http_session_idle_secs),
+            http_max_sessions,
+            http_max_pending_logins,
+            http_max_in_flight,
+            http_max_request_bytes,
+            http_max_connections,
         })
     }
 }
@@ -589,6 +748,29 @@ mod tests {
         assert_eq!(s.pipeline_window, DEFAULT_PIPELINE_WINDOW);
         assert_eq!(s.outbound_buffer_bytes, DEFAULT_OUTBOUND_BUFFER_BYTES);
         assert_eq!(s.write_queue, DEFAULT_WRITE_QUEUE);
+        assert_eq!(
+            s.http_listen.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_HTTP_LISTEN)
+        );
+        assert!(s.pager);
+    }
+
+    #[test]
+    fn the_http_listener_can_be_switched_off() {
+        let args = SettingArgs {
+            http_listen: Some("off".into()),
+            pager: Some("false".into()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.http_listen, None);
+        assert!(!s.pager);
+        let bad = SettingArgs {
+            http_listen: Some("nowhere".into()),
+            pager: Some("maybe".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.resolve().unwrap_err().0.len(), 2);
     }
 
     /// deploy/parleyd.toml names every setting, and its values are the

@@ -13,8 +13,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The Parley instant-messaging server.
 ///
-/// With no arguments it serves the native protocol on 127.0.0.1:7878 with a
-/// SQLite database in ./parley-data. Every setting can come from a TOML file
+/// With no arguments it serves the native protocol on 127.0.0.1:7878, the
+/// HTTP API, WebSocket and web UI on http://127.0.0.1:7880/, with a SQLite
+/// database in ./parley-data. Every setting can come from a TOML file
 /// (--config), from a PARLEY_* environment variable, or from a flag; flags win
 /// over the environment, which wins over the file.
 #[derive(Parser, Debug)]
@@ -64,16 +65,32 @@ async fn serve(settings: parley_server::Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, store = ?settings.store, data_dir = %settings.data_dir.display(), "parleyd listening");
-    // One machine-readable line on stdout: scripts and tests read the port
-    // from it when listening on port 0.
-    println!("parleyd listening native={addr}");
-    run_until_signal(settings, listener, store, secret).await
+    let http = match settings.http_listen {
+        Some(http_addr) => Some(
+            tokio::net::TcpListener::bind(http_addr)
+                .await
+                .with_context(|| format!("binding the HTTP listener {http_addr}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    tracing::info!(%addr, http = ?http_addr, store = ?settings.store, data_dir = %settings.data_dir.display(), "parleyd listening");
+    // One machine-readable line on stdout: scripts and tests read the ports
+    // from it when listening on port 0. `http=` is absent when it is off.
+    match http_addr {
+        Some(http_addr) => println!("parleyd listening native={addr} http={http_addr}"),
+        None => println!("parleyd listening native={addr}"),
+    }
+    run_until_signal(settings, listener, http, store, secret).await
 }
 
 async fn run_until_signal(
     settings: parley_server::Settings,
     listener: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
     store: std::sync::Arc<dyn parley_core::Store>,
     secret: [u8; 32],
 ) -> anyhow::Result<()> {
@@ -99,5 +116,7 @@ async fn run_until_signal(
         }
         tracing::info!("signal received");
     };
-    parley_server::run(settings, listener, store, secret, shutdown).await
+    parley_server::Server::new(settings, store, secret)
+        .run_with_http(listener, http, shutdown)
+        .await
 }

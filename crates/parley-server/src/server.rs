@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::Context;
 use bytes::BytesMut;
@@ -148,6 +148,8 @@ pub struct Server {
     ctx: Arc<NativeContext>,
     /// Accept-loop counters.
     counters: Arc<ServerCounters>,
+    /// The HTTP front door, once `run_with_http` has started it.
+    http: Arc<OnceLock<Arc<parley_http::HttpContext>>>,
 }
 
 /// A snapshot of every counter, for metrics, status and the shutdown log.
@@ -172,6 +174,12 @@ pub struct Stats {
     pub keepalive_timeouts: u64,
     pub lagged_notifications: u64,
     pub presence_events: u64,
+    pub http_requests: u64,
+    pub http_busy_replies: u64,
+    pub http_sessions: u64,
+    pub websockets_open: u64,
+    pub pager_messages: u64,
+    pub pager_rate_limited: u64,
 }
 
 impl Server {
@@ -222,6 +230,7 @@ impl Server {
             service,
             ctx,
             counters: Arc::new(ServerCounters::default()),
+            http: Arc::new(OnceLock::new()),
         }
     }
 
@@ -242,6 +251,7 @@ impl Server {
             service: Arc::clone(&self.service),
             ctx: Arc::clone(&self.ctx),
             counters: Arc::clone(&self.counters),
+            http: Arc::clone(&self.http),
         }
     }
 }
@@ -255,6 +265,8 @@ pub struct StatsHandle {
     ctx: Arc<NativeContext>,
     /// Accept-loop counters.
     counters: Arc<ServerCounters>,
+    /// HTTP front-door counters, when it runs.
+    http: Arc<OnceLock<Arc<parley_http::HttpContext>>>,
 }
 
 impl StatsHandle {
@@ -263,6 +275,7 @@ impl StatsHandle {
         let c = self.service.counters();
         let n = &self.ctx.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let http = self.http.get();
         Stats {
             connections_accepted: get(&self.counters.connections_accepted),
             connections_refused_busy: get(&self.counters.connections_refused_busy),
@@ -283,6 +296,12 @@ impl StatsHandle {
             keepalive_timeouts: get(&n.keepalive_timeouts),
             lagged_notifications: self.service.hub().lag_events(),
             presence_events: self.service.hub().presence_events(),
+            http_requests: http.map_or(0, |h| get(&h.counters.requests)),
+            http_busy_replies: http.map_or(0, |h| get(&h.counters.busy_replies)),
+            http_sessions: http.map_or(0, |h| h.sessions.len() as u64),
+            websockets_open: http.map_or(0, |h| h.websockets_open() as u64),
+            pager_messages: http.map_or(0, |h| get(&h.counters.pager_messages)),
+            pager_rate_limited: http.map_or(0, |h| get(&h.counters.pager_rate_limited)),
         }
     }
 }
@@ -292,12 +311,25 @@ impl Server {
     /// gracefully: stop accepting, tell every connection, let in-flight
     /// requests finish within the grace period, close the store.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_with_http(listener, None, shutdown).await
+    }
+
+    /// Like [`Server::run`], with the HTTP front door (JSON API, WebSocket,
+    /// pager, web UI) on `http` as well. Both share the service, the
+    /// connection caps and the shutdown.
+    pub async fn run_with_http(
+        self,
+        listener: TcpListener,
+        http: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let Server {
             settings,
             store,
             service,
             ctx,
             counters,
+            http: http_slot,
         } = &self;
         let permits = Arc::new(Semaphore::new(settings.max_connections));
         let per_ip = Arc::new(PerIp {
@@ -305,6 +337,28 @@ impl Server {
             open: Mutex::new(HashMap::new()),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Fires when the grace period is over, for connections that are
+        // not tasks of this loop (WebSockets, spawned by the HTTP server).
+        let (cut_tx, cut_rx) = watch::channel(false);
+        let http = http.map(|listener| {
+            let gate = ConnectionGate {
+                ctx: Arc::clone(ctx),
+                permits: Arc::clone(&permits),
+                per_ip: Arc::clone(&per_ip),
+                counters: Arc::clone(counters),
+                shutdown: shutdown_rx.clone(),
+                cut: cut_rx.clone(),
+                max_frame_bytes: settings.max_frame_bytes as usize,
+            };
+            let http_ctx = parley_http::HttpContext::new(Arc::clone(service), http_settings(settings), gate.handler());
+            let _ = http_slot.set(Arc::clone(&http_ctx));
+            let mut stop = shutdown_rx.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            let task = tokio::spawn(parley_http::serve(listener, Arc::clone(&http_ctx), stopped));
+            (http_ctx, task)
+        });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -342,8 +396,24 @@ impl Server {
         tracing::info!(connections = tasks.len(), grace = ?settings.shutdown_grace, "shutting down");
         let _ = shutdown_tx.send(true);
         service.close_all_sessions();
+        let (http_ctx, mut http_task) = match http {
+            Some((c, t)) => (Some(c), Some(t)),
+            None => (None, None),
+        };
         let drained = tokio::time::timeout(settings.shutdown_grace, async {
             while tasks.join_next().await.is_some() {}
+            if let Some(task) = http_task.as_mut() {
+                match task.await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server failed"),
+                    Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+                    Ok(Ok(())) => {}
+                }
+                http_task = None;
+            }
+            if let Some(c) = &http_ctx {
+                c.websockets().close();
+                c.websockets().wait().await;
+            }
         })
         .await;
         if drained.is_err() {
@@ -353,10 +423,87 @@ impl Server {
             );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
+            let _ = cut_tx.send(true);
+            if let Some(task) = http_task.take() {
+                task.abort();
+                let _ = task.await;
+            }
+            if let Some(c) = &http_ctx {
+                let _ = tokio::time::timeout(CUT_WAIT, c.websockets().wait()).await;
+            }
         }
+        if let Some(c) = &http_ctx {
+            c.sessions.clear();
+        }
+        drop(http_ctx);
         store.close().await.context("closing the store")?;
         tracing::info!(stats = ?self.stats(), "stopped");
         Ok(())
+    }
+}
+
+/// Longest wait for WebSockets after they were cut at the end of the grace period.
+const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The HTTP front door's settings, from the server's.
+fn http_settings(settings: &Settings) -> parley_http::HttpSettings {
+    parley_http::HttpSettings {
+        pager_enabled: settings.pager,
+        pager_per_ip_per_minute: settings.pager_per_ip_per_minute,
+        session_idle: settings.http_session_idle,
+        max_sessions: settings.http_max_sessions,
+        max_pending_logins: settings.http_max_pending_logins,
+        login_timeout: settings.auth_timeout,
+        max_in_flight: settings.http_max_in_flight,
+        max_request_bytes: settings.http_max_request_bytes,
+        max_connections: settings.http_max_connections,
+        max_frame_bytes: settings.max_frame_bytes as usize,
+    }
+}
+
+/// Admits WebSocket connections under the same caps as TCP ones and serves
+/// them with the native handler.
+#[derive(Clone)]
+struct ConnectionGate {
+    /// What every native connection shares.
+    ctx: Arc<NativeContext>,
+    /// `max_connections`, shared with the TCP listener.
+    permits: Arc<Semaphore>,
+    /// `max_connections_per_ip`, shared with the TCP listener.
+    per_ip: Arc<PerIp>,
+    /// Accept counters.
+    counters: Arc<ServerCounters>,
+    /// The graceful shutdown signal.
+    shutdown: watch::Receiver<bool>,
+    /// The end of the grace period.
+    cut: watch::Receiver<bool>,
+    /// For the BUSY refusal.
+    max_frame_bytes: usize,
+}
+
+impl ConnectionGate {
+    fn handler(self) -> parley_http::ws::NativeHandler {
+        Arc::new(move |stream: tokio::io::DuplexStream, peer: SocketAddr| {
+            let gate = self.clone();
+            Box::pin(async move { gate.serve(stream, peer).await })
+        })
+    }
+
+    async fn serve(self, stream: tokio::io::DuplexStream, peer: SocketAddr) {
+        self.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        let slot = PerIp::acquire(&self.per_ip, peer.ip());
+        let (Ok(permit), Some(slot)) = (Arc::clone(&self.permits).try_acquire_owned(), slot) else {
+            self.counters.connections_refused_busy.fetch_add(1, Ordering::Relaxed);
+            refuse_busy(stream, self.max_frame_bytes).await;
+            return;
+        };
+        let _permit = (permit, slot);
+        let (reader, writer) = tokio::io::split(stream);
+        let mut cut = self.cut;
+        tokio::select! {
+            () = native::serve(reader, writer, self.ctx, self.shutdown, peer) => {}
+            _ = cut.wait_for(|cut| *cut) => {}
+        }
     }
 }
 
@@ -377,7 +524,7 @@ async fn serve_tcp(mut stream: TcpStream, ctx: Arc<NativeContext>, shutdown: wat
 }
 
 /// Answers a connection over the limit with BUSY and closes it.
-async fn refuse_busy(mut stream: TcpStream, max_frame_bytes: usize) {
+async fn refuse_busy<S: tokio::io::AsyncWrite + Unpin>(mut stream: S, max_frame_bytes: usize) {
     let mut refusal = error_frame(0, ErrorCode::Busy, "too many connections; retry later");
     if let Some(parley_proto::v1::server_frame::Body::Error(e)) = refusal.body.as_mut() {
         e.retry_after_ms = CONNECTION_BUSY_RETRY_MS;

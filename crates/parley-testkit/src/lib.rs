@@ -91,6 +91,9 @@ pub struct TestServer {
     child: Option<Child>,
     /// `host:port` of the native listener.
     pub addr: String,
+    /// `host:port` of the HTTP listener (None when a test turned it off
+    /// with `--http-listen off`).
+    pub http_addr: Option<String>,
     /// Data directory (kept across restarts).
     pub data_dir: PathBuf,
     /// Owns the temporary data directory, when the kit made it.
@@ -115,6 +118,7 @@ impl TestServer {
         let mut server = TestServer {
             child: None,
             addr: String::new(),
+            http_addr: None,
             log_path: data_dir.join("parleyd.log"),
             data_dir,
             _temp: Some(temp),
@@ -125,10 +129,18 @@ impl TestServer {
         server
     }
 
-    /// Launches the process; `port` pins the port (for restarts).
-    fn spawn(&mut self, port: Option<u16>) {
+    /// Launches the process; `ports` pins the native and HTTP ports (for restarts).
+    fn spawn(&mut self, ports: Option<(u16, u16)>) {
         ensure_parleyd();
-        let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let (port, http_port) = ports.unwrap_or((0, 0));
+        let listen = format!("127.0.0.1:{port}");
+        // Every test server gets its own HTTP port unless the test says
+        // otherwise: the default port would collide between servers.
+        let http = if self.extra.iter().any(|a| a == "--http-listen") {
+            Vec::new()
+        } else {
+            vec!["--http-listen".to_owned(), format!("127.0.0.1:{http_port}")]
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -145,6 +157,7 @@ impl TestServer {
             ])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&http)
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -168,8 +181,21 @@ impl TestServer {
                 std::fs::read_to_string(&self.log_path).unwrap_or_default()
             )
         });
-        self.addr = line.rsplit("native=").next().unwrap_or_default().trim().to_owned();
+        // "parleyd listening native=ADDR [http=ADDR]"
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        self.addr = field("native=").unwrap_or_default();
+        self.http_addr = field("http=");
         self.child = Some(child);
+    }
+
+    /// Base URL of the HTTP listener, e.g. `http://127.0.0.1:41234`.
+    pub fn http_url(&self) -> String {
+        let addr = self.http_addr.as_deref().expect("the HTTP listener is on");
+        format!("http://{addr}")
     }
 
     pub fn pid(&self) -> u32 {
@@ -223,17 +249,19 @@ impl TestServer {
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the server first");
-        let port = self.addr.rsplit(':').next().and_then(|p| p.parse().ok());
-        // The old port can linger briefly; fall back to any port.
+        let port_of = |addr: &str| addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+        let port = port_of(&self.addr).unwrap_or(0);
+        let http_port = self.http_addr.as_deref().and_then(port_of).unwrap_or(0);
+        // The old ports can linger briefly.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let taken = std::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).is_err();
-            if !taken || Instant::now() > deadline {
+            let taken = |p: u16| p != 0 && std::net::TcpListener::bind(("127.0.0.1", p)).is_err();
+            if !(taken(port) || taken(http_port)) || Instant::now() > deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.spawn(port);
+        self.spawn(Some((port, http_port)));
     }
 
     /// The server's log so far.

@@ -1,0 +1,590 @@
+//! The `/v1` JSON handlers. Each one translates its JSON into one call on
+//! the core's `Service` or `Session` and the result back; the rules live in
+//! the core.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::{StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use parley_core::scram::StoredCredentials;
+use parley_core::store::{AckRange, NewMessage, StoreError, StoredMessage};
+use parley_core::{CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, Seq, Session, UserName};
+use serde::{Deserialize, Serialize};
+
+use crate::HttpContext;
+use crate::listener::Peer;
+use crate::pager;
+use crate::problem::{JsonBody, PathParam, Problem, QueryParams};
+use crate::sessions::HttpSession;
+
+type Ctx = State<Arc<HttpContext>>;
+type ApiResult<T> = Result<T, Problem>;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn decode_b64(field: &str, value: &str) -> ApiResult<Vec<u8>> {
+    B64.decode(value.as_bytes())
+        .map_err(|_| Problem::invalid(format!("{field} is not valid base64")))
+}
+
+/// The caller's session, from `Authorization: Bearer TOKEN`.
+pub struct Authed {
+    /// The token as sent (to end the session at logout).
+    pub token: String,
+    /// The session it names.
+    pub entry: Arc<HttpSession>,
+}
+
+/// Starts a request on the caller's session with its lock held, and
+/// releases the lock before anything is awaited: the core's methods only
+/// submit work and return `'static` futures.
+macro_rules! start {
+    ($auth:expr, |$s:ident| $body:expr) => {{
+        let mut guard = $auth.entry.lock();
+        match guard.as_mut() {
+            Some($s) => {
+                let started = $body;
+                drop(guard);
+                Ok(started)
+            }
+            None => Err(session_gone()),
+        }
+    }};
+}
+
+fn session_gone() -> Problem {
+    Problem::not_authenticated("this session has ended; log in again")
+}
+
+impl FromRequestParts<Arc<HttpContext>> for Authed {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<HttpContext>) -> Result<Self, Problem> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(Problem::not_authenticated(
+                "send Authorization: Bearer TOKEN (from login)",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .unwrap_or_default();
+        match ctx.sessions.get(token) {
+            Some(entry) => Ok(Authed {
+                token: token.to_owned(),
+                entry,
+            }),
+            None => Err(Problem::not_authenticated("unknown or expired token; log in again")),
+        }
+    }
+}
+
+// ------------------------------------------------------------ health
+
+#[derive(Serialize)]
+pub struct Status {
+    status: &'static str,
+}
+
+pub async fn healthz() -> axum::Json<Status> {
+    axum::Json(Status { status: "ok" })
+}
+
+/// Longest a readiness probe waits for the store.
+pub const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn readyz(State(ctx): Ctx) -> ApiResult<axum::Json<Status>> {
+    // A lookup of a name no account can have goes through the store's
+    // queue (and, for SQLite, its thread) without changing anything.
+    let probe = ctx.service.store().find_account("");
+    match tokio::time::timeout(READINESS_TIMEOUT, probe).await {
+        Ok(Ok(_)) => Ok(axum::Json(Status { status: "ready" })),
+        Ok(Err(StoreError::Busy { retry_after_ms })) => Err(Problem::busy("store busy", retry_after_ms)),
+        Ok(Err(e)) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SHUTTING_DOWN",
+            format!("store unavailable: {e}"),
+        )),
+        Err(_) => Err(Problem::busy("store did not answer in time", 1000)),
+    }
+}
+
+// ------------------------------------------------------------ server info
+
+#[derive(Serialize)]
+pub struct ServerInfo {
+    server: String,
+    protocol_version: u32,
+    mechanisms: Vec<&'static str>,
+    scram_iterations: u32,
+    max_body_bytes: u32,
+    pager: bool,
+    session_idle_secs: u64,
+}
+
+pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
+    let config = ctx.service.config();
+    axum::Json(ServerInfo {
+        server: format!("parleyd {}", env!("CARGO_PKG_VERSION")),
+        protocol_version: 1,
+        mechanisms: config.auth.mechanisms.iter().map(|m| m.name()).collect(),
+        scram_iterations: config.auth.iterations,
+        max_body_bytes: config.limits.max_body_bytes,
+        pager: ctx.settings.pager_enabled,
+        session_idle_secs: ctx.sessions.idle().as_secs(),
+    })
+}
+
+// ------------------------------------------------------------ accounts
+
+#[derive(Deserialize)]
+pub struct RegisterRequest {
+    name: String,
+    mechanism: String,
+    salt: String,
+    iterations: u32,
+    stored_key: String,
+    server_key: String,
+}
+
+#[derive(Serialize)]
+pub struct Registered {
+    name: String,
+    user_id: u64,
+}
+
+pub async fn register(State(ctx): Ctx, JsonBody(r): JsonBody<RegisterRequest>) -> ApiResult<Response> {
+    let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
+        return Err(CoreError::new(
+            ErrorKind::UnsupportedMechanism,
+            format!("unknown mechanism {:?}", r.mechanism),
+        )
+        .into());
+    };
+    let credentials = StoredCredentials {
+        mechanism,
+        salt: decode_b64("salt", &r.salt)?,
+        iterations: r.iterations,
+        stored_key: decode_b64("stored_key", &r.stored_key)?,
+        server_key: decode_b64("server_key", &r.server_key)?,
+    };
+    let (user, name) = ctx.service.register(&r.name, credentials)?.await?;
+    ctx.service.note_registration();
+    Ok((StatusCode::CREATED, axum::Json(Registered { name, user_id: user.0 })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    pattern: String,
+    #[serde(default)]
+    after: String,
+    #[serde(default)]
+    limit: u32,
+}
+
+#[derive(Serialize)]
+pub struct AccountEntry {
+    name: String,
+    online: bool,
+}
+
+#[derive(Serialize)]
+pub struct AccountPage {
+    accounts: Vec<AccountEntry>,
+    next_after: Option<String>,
+}
+
+pub async fn list_accounts(auth: Authed, QueryParams(q): QueryParams<ListQuery>) -> ApiResult<axum::Json<AccountPage>> {
+    let page = start!(auth, |s| s.list_accounts(&q.pattern, &q.after, q.limit))??.await?;
+    Ok(axum::Json(AccountPage {
+        accounts: entries(page.accounts),
+        next_after: page.next_after,
+    }))
+}
+
+fn entries(list: Vec<(String, bool)>) -> Vec<AccountEntry> {
+    list.into_iter()
+        .map(|(name, online)| AccountEntry { name, online })
+        .collect()
+}
+
+pub async fn delete_account(State(ctx): Ctx, auth: Authed) -> ApiResult<StatusCode> {
+    let session = auth.entry.take().ok_or_else(session_gone)?;
+    match session.delete_account().await {
+        Ok(()) => {
+            tracing::info!(user = %session.name(), "account deleted over HTTP");
+            drop(ctx.sessions.remove(&auth.token));
+            drop(session);
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(e) => {
+            auth.entry.restore(session);
+            Err(e.into())
+        }
+    }
+}
+
+// ------------------------------------------------------------ login
+
+#[derive(Deserialize)]
+pub struct LoginStart {
+    client_first: String,
+}
+
+#[derive(Serialize)]
+pub struct Challenge {
+    login_id: String,
+    mechanism: &'static str,
+    server_first: String,
+    expires_secs: u64,
+}
+
+pub async fn login_start(
+    State(ctx): Ctx,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    JsonBody(r): JsonBody<LoginStart>,
+) -> ApiResult<axum::Json<Challenge>> {
+    let pending = ctx
+        .service
+        .auth_start(r.client_first.as_bytes(), Some(peer.ip()))
+        .await?;
+    let mechanism = pending.mechanism().name();
+    let server_first = pending.server_first().to_owned();
+    let login_id = ctx
+        .logins
+        .insert(pending)
+        .ok_or_else(|| Problem::busy("too many logins in progress", 1000))?;
+    Ok(axum::Json(Challenge {
+        login_id,
+        mechanism,
+        server_first,
+        expires_secs: ctx.settings.login_timeout.as_secs(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct LoginFinish {
+    login_id: String,
+    client_final: String,
+}
+
+#[derive(Serialize)]
+pub struct LoginOk {
+    token: String,
+    token_type: &'static str,
+    idle_expires_secs: u64,
+    server_final: String,
+    name: String,
+    user_id: u64,
+    session_id: u64,
+    unread: u64,
+    last_seq: u64,
+    resume_token: String,
+    resume_expires_ms: u64,
+}
+
+pub async fn login_finish(State(ctx): Ctx, JsonBody(r): JsonBody<LoginFinish>) -> ApiResult<axum::Json<LoginOk>> {
+    let Some(pending) = ctx.logins.take(&r.login_id) else {
+        return Err(Problem::invalid(
+            "no login in progress with this login_id (expired or used); start again",
+        ));
+    };
+    let result = ctx.service.auth_finish(pending, r.client_final.as_bytes()).await;
+    logged_in(&ctx, result)
+}
+
+#[derive(Deserialize)]
+pub struct ResumeRequest {
+    resume_token: String,
+}
+
+pub async fn login_resume(
+    State(ctx): Ctx,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    JsonBody(r): JsonBody<ResumeRequest>,
+) -> ApiResult<axum::Json<LoginOk>> {
+    // A token that is not base64 is a failed resume like any other.
+    let token = B64.decode(r.resume_token.as_bytes()).unwrap_or_default();
+    let result = ctx.service.resume(&token, Some(peer.ip())).await;
+    logged_in(&ctx, result)
+}
+
+fn logged_in(ctx: &HttpContext, result: Result<(Session, LoginOutcome), CoreError>) -> ApiResult<axum::Json<LoginOk>> {
+    let (session, outcome) = result?;
+    tracing::info!(user = %outcome.name, session = %outcome.session, "login over HTTP");
+    let token = ctx
+        .sessions
+        .insert(session)
+        .ok_or_else(|| Problem::busy("too many HTTP sessions", 1000))?;
+    Ok(axum::Json(LoginOk {
+        token,
+        token_type: "Bearer",
+        idle_expires_secs: ctx.sessions.idle().as_secs(),
+        server_final: outcome.server_final,
+        name: outcome.name,
+        user_id: outcome.user.0,
+        session_id: outcome.session.0,
+        unread: outcome.mailbox.unread,
+        last_seq: outcome.mailbox.last_seq.0,
+        resume_token: if outcome.resume_token.is_empty() {
+            String::new()
+        } else {
+            B64.encode(&outcome.resume_token)
+        },
+        resume_expires_ms: outcome.resume_expires_ms,
+    }))
+}
+
+pub async fn logout(State(ctx): Ctx, auth: Authed) -> ApiResult<StatusCode> {
+    let revoked = start!(auth, |s| s.logout())?;
+    drop(ctx.sessions.remove(&auth.token));
+    revoked.await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------ messages
+
+#[derive(Serialize)]
+pub struct Mailbox {
+    last_seq: u64,
+    unread: u64,
+}
+
+pub async fn mailbox(auth: Authed) -> ApiResult<axum::Json<Mailbox>> {
+    let state = start!(auth, |s| s.mailbox_state())?.await?;
+    Ok(axum::Json(Mailbox {
+        last_seq: state.last_seq.0,
+        unread: state.unread,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct SendRequest {
+    to: String,
+    client_msg_id: String,
+    body: String,
+}
+
+#[derive(Serialize)]
+pub struct Sent {
+    client_msg_id: String,
+    message_id: u64,
+    seq: u64,
+    timestamp_ms: u64,
+    duplicate: bool,
+}
+
+pub async fn send(auth: Authed, JsonBody(r): JsonBody<SendRequest>) -> ApiResult<axum::Json<Sent>> {
+    let appended = start!(auth, |s| s.send(&r.to, &r.client_msg_id, r.body))??.await?;
+    let m = &appended.message;
+    Ok(axum::Json(Sent {
+        client_msg_id: m.client_msg_id.clone(),
+        message_id: m.id.0,
+        seq: m.seq.0,
+        timestamp_ms: m.timestamp_ms,
+        duplicate: appended.duplicate,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct FetchQuery {
+    #[serde(default)]
+    after_seq: u64,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    include_acked: bool,
+}
+
+#[derive(Serialize)]
+pub struct MessageView {
+    message_id: u64,
+    seq: u64,
+    from: String,
+    pager: bool,
+    timestamp_ms: u64,
+    body: String,
+    client_msg_id: String,
+    acked: bool,
+}
+
+impl From<&StoredMessage> for MessageView {
+    fn from(m: &StoredMessage) -> MessageView {
+        MessageView {
+            message_id: m.id.0,
+            seq: m.seq.0,
+            from: m.sender_name.clone(),
+            pager: m.sender == pager::PAGER_SENDER,
+            timestamp_ms: m.timestamp_ms,
+            body: m.body.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            acked: m.acked,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct MessageBatch {
+    messages: Vec<MessageView>,
+    more: bool,
+}
+
+pub async fn fetch(auth: Authed, QueryParams(q): QueryParams<FetchQuery>) -> ApiResult<axum::Json<MessageBatch>> {
+    let (messages, more) = start!(auth, |s| s.fetch(Seq(q.after_seq), q.limit, q.include_acked))??.await?;
+    Ok(axum::Json(MessageBatch {
+        messages: messages.iter().map(MessageView::from).collect(),
+        more,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct AckRequest {
+    #[serde(default)]
+    up_to_seq: u64,
+    #[serde(default)]
+    seqs: Vec<u64>,
+}
+
+#[derive(Serialize)]
+pub struct Acked {
+    acked: u64,
+    unread: u64,
+}
+
+pub async fn ack(auth: Authed, JsonBody(r): JsonBody<AckRequest>) -> ApiResult<axum::Json<Acked>> {
+    let range = AckRange {
+        // No seq ever reaches u64::MAX, so acking up to the one below it
+        // acks the same messages (and keeps the core's seq arithmetic in range).
+        up_to: Seq(r.up_to_seq.min(u64::MAX - 1)),
+        seqs: r.seqs.into_iter().map(Seq).collect(),
+    };
+    let (acked, state) = start!(auth, |s| s.ack(range))??.await?;
+    Ok(axum::Json(Acked {
+        acked,
+        unread: state.unread,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct DeleteRequest {
+    message_ids: Vec<u64>,
+}
+
+#[derive(Serialize)]
+pub struct Deleted {
+    deleted: Vec<u64>,
+    not_found: Vec<u64>,
+}
+
+pub async fn delete_messages(auth: Authed, JsonBody(r): JsonBody<DeleteRequest>) -> ApiResult<axum::Json<Deleted>> {
+    let ids = r.message_ids.into_iter().map(MessageId).collect();
+    let outcome = start!(auth, |s| s.delete_messages(ids))??.await?;
+    Ok(axum::Json(Deleted {
+        deleted: outcome.deleted.into_iter().map(|m| m.0).collect(),
+        not_found: outcome.not_found.into_iter().map(|m| m.0).collect(),
+    }))
+}
+
+// ------------------------------------------------------------ contacts
+
+#[derive(Serialize)]
+pub struct ContactList {
+    contacts: Vec<AccountEntry>,
+}
+
+pub async fn list_contacts(auth: Authed) -> ApiResult<axum::Json<ContactList>> {
+    let contacts = start!(auth, |s| s.list_contacts())?.await?;
+    Ok(axum::Json(ContactList {
+        contacts: entries(contacts),
+    }))
+}
+
+pub async fn add_contact(auth: Authed, PathParam(name): PathParam<String>) -> ApiResult<axum::Json<ContactList>> {
+    let (added, list) = start!(auth, |s| (s.add_contact(&name), s.list_contacts()))?;
+    added?.await?;
+    Ok(axum::Json(ContactList {
+        contacts: entries(list.await?),
+    }))
+}
+
+pub async fn remove_contact(auth: Authed, PathParam(name): PathParam<String>) -> ApiResult<axum::Json<ContactList>> {
+    let (removed, list) = start!(auth, |s| (s.remove_contact(&name), s.list_contacts()))?;
+    removed.await?;
+    Ok(axum::Json(ContactList {
+        contacts: entries(list.await?),
+    }))
+}
+
+// ------------------------------------------------------------ pager
+
+#[derive(Deserialize)]
+pub struct PagerRequest {
+    body: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    contact: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct PagerAccepted {
+    status: &'static str,
+}
+
+pub async fn pager(
+    State(ctx): Ctx,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    PathParam(user): PathParam<String>,
+    JsonBody(r): JsonBody<PagerRequest>,
+) -> ApiResult<Response> {
+    if !ctx.settings.pager_enabled {
+        return Err(Problem::not_found("the pager is switched off on this server"));
+    }
+    if let Err(wait_ms) = ctx.pager.check(peer.ip(), Instant::now()) {
+        ctx.counters.pager_rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(Problem::rate_limited(
+            "too many pager messages from this address",
+            wait_ms,
+        ));
+    }
+    let no_such_user = || Problem::from(CoreError::new(ErrorKind::NoSuchUser, format!("no such user {user:?}")));
+    let recipient = UserName::parse(&user).map_err(|_| no_such_user())?;
+    let max = ctx.service.config().limits.max_body_bytes;
+    if r.body.is_empty() {
+        return Err(Problem::invalid("message body is empty"));
+    }
+    if r.body.len() > max as usize {
+        return Err(CoreError::new(
+            ErrorKind::MessageTooLarge,
+            format!("message body is {} bytes; the limit is {max}", r.body.len()),
+        )
+        .into());
+    }
+    let timestamp_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let reply = ctx.service.store().append(NewMessage {
+        sender: pager::PAGER_SENDER,
+        sender_name: pager::sender_name(r.name.as_deref(), r.contact.as_deref()),
+        recipient_key: recipient.key().to_owned(),
+        client_msg_id: format!("pager-{}", crate::sessions::random_token()),
+        body: r.body,
+        timestamp_ms,
+    });
+    let appended = reply.await.map_err(|e| match e {
+        StoreError::NoSuchUser => no_such_user(),
+        other => Problem::from(CoreError::from(other)),
+    })?;
+    ctx.service.counters().messages_stored.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.pager_messages.fetch_add(1, Ordering::Relaxed);
+    ctx.service.hub().deliver(&appended.message);
+    Ok((StatusCode::ACCEPTED, axum::Json(PagerAccepted { status: "accepted" })).into_response())
+}

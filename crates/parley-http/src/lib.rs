@@ -1,0 +1,309 @@
+//! Parley's HTTP front door: the `/v1` JSON API, the WebSocket transport
+//! (`/v1/ws`), the web pager, health probes, the OpenAPI document and the
+//! embedded web UI, all on one listener.
+//!
+//! It owns HTTP sessions (bearer tokens), logins between their two SCRAM
+//! steps and the pager's rate limiter. Like every front door it translates
+//! its wire format into calls on the core's `Service` and `Session`; it
+//! never decides a rule of the chat service, never reads files or the
+//! environment (its settings come from the server crate), and never
+//! depends on the server crate: the native connection handler that serves
+//! WebSockets is handed to it as a [`ws::NativeHandler`].
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod listener;
+pub mod openapi;
+pub mod pager;
+pub mod problem;
+pub mod sessions;
+pub mod ui;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use parley_core::Service;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::listener::{LimitedListener, Peer};
+use crate::problem::Problem;
+use crate::sessions::{HttpSessions, PendingLogins};
+
+/// Default HTTP listen address (loopback; a port no common service uses).
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7880";
+/// Whether the pager is on by default.
+pub const DEFAULT_PAGER: bool = true;
+/// Pager posts per source address per minute.
+pub const DEFAULT_PAGER_PER_IP_PER_MINUTE: u32 = 10;
+/// Seconds an HTTP session may go unused before it expires.
+pub const DEFAULT_HTTP_SESSION_IDLE_SECS: u64 = 1800;
+/// Most HTTP sessions at once.
+pub const DEFAULT_HTTP_MAX_SESSIONS: usize = 10_000;
+/// Most logins waiting between their two SCRAM steps.
+pub const DEFAULT_HTTP_MAX_PENDING_LOGINS: usize = 10_000;
+/// Most HTTP requests served at once; more are answered BUSY.
+pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = 1024;
+/// Largest HTTP request body, in bytes.
+pub const DEFAULT_HTTP_MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// Most HTTP connections open at once (WebSockets included).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
+/// How often expired sessions and logins are dropped.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Retry hint when the in-flight limit is reached.
+const IN_FLIGHT_RETRY_MS: u32 = 100;
+
+/// The HTTP front door's settings (parsed by the server crate).
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Whether `POST /v1/pager/{user}` takes messages.
+    pub pager_enabled: bool,
+    /// Pager posts per source address per minute.
+    pub pager_per_ip_per_minute: u32,
+    /// Idle lifetime of a bearer token's session.
+    pub session_idle: Duration,
+    /// Most bearer sessions at once.
+    pub max_sessions: usize,
+    /// Most logins between their two steps.
+    pub max_pending_logins: usize,
+    /// Longest time between the two login steps (the native auth timeout).
+    pub login_timeout: Duration,
+    /// Most requests served at once.
+    pub max_in_flight: usize,
+    /// Largest request body.
+    pub max_request_bytes: usize,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Largest native frame, which bounds a WebSocket message.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            pager_enabled: DEFAULT_PAGER,
+            pager_per_ip_per_minute: DEFAULT_PAGER_PER_IP_PER_MINUTE,
+            session_idle: Duration::from_secs(DEFAULT_HTTP_SESSION_IDLE_SECS),
+            max_sessions: DEFAULT_HTTP_MAX_SESSIONS,
+            max_pending_logins: DEFAULT_HTTP_MAX_PENDING_LOGINS,
+            login_timeout: Duration::from_secs(30),
+            max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
+            max_request_bytes: DEFAULT_HTTP_MAX_REQUEST_BYTES,
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            max_frame_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// What every HTTP request shares.
+pub struct HttpContext {
+    /// The chat service, shared with the other front doors.
+    pub service: Arc<Service>,
+    /// Settings.
+    pub settings: HttpSettings,
+    /// Sessions by bearer token.
+    pub sessions: HttpSessions,
+    /// Logins between their two steps.
+    pub logins: PendingLogins,
+    /// The pager's per-address limiter.
+    pub pager: pager::PagerLimiter,
+    /// Requests being served; at zero permits, new ones are answered BUSY.
+    in_flight: Arc<Semaphore>,
+    /// Serves a WebSocket as a native connection.
+    native: ws::NativeHandler,
+    /// Bridged WebSockets, so that shutdown can wait for them.
+    websockets: TaskTracker,
+    /// Counters for metrics.
+    pub counters: HttpCounters,
+}
+
+/// The HTTP front door's counters.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Requests answered (any status).
+    pub requests: AtomicU64,
+    /// Requests refused BUSY by the in-flight limit.
+    pub busy_replies: AtomicU64,
+    /// Messages left with the pager.
+    pub pager_messages: AtomicU64,
+    /// Pager posts refused RATE_LIMITED.
+    pub pager_rate_limited: AtomicU64,
+}
+
+impl HttpContext {
+    pub fn new(service: Arc<Service>, settings: HttpSettings, native: ws::NativeHandler) -> Arc<HttpContext> {
+        Arc::new(HttpContext {
+            service,
+            sessions: HttpSessions::new(settings.session_idle, settings.max_sessions),
+            logins: PendingLogins::new(settings.login_timeout, settings.max_pending_logins),
+            pager: pager::PagerLimiter::new(settings.pager_per_ip_per_minute),
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            settings,
+            native,
+            websockets: TaskTracker::new(),
+            counters: HttpCounters::default(),
+        })
+    }
+
+    /// The bridged WebSockets (the server waits for them on shutdown).
+    pub fn websockets(&self) -> &TaskTracker {
+        &self.websockets
+    }
+
+    /// WebSockets open now.
+    pub fn websockets_open(&self) -> usize {
+        self.websockets.len()
+    }
+}
+
+/// Every API route: method, path (as in the OpenAPI document) and handler.
+/// The router is built from this list, and a test checks it against the
+/// OpenAPI document in both directions.
+pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HttpContext>>)> {
+    vec![
+        (Method::GET, "/healthz", get(api::healthz)),
+        (Method::GET, "/readyz", get(api::readyz)),
+        (Method::GET, "/v1/openapi.json", get(openapi::document)),
+        (Method::GET, "/v1/server", get(api::server_info)),
+        (Method::POST, "/v1/accounts", post(api::register)),
+        (Method::GET, "/v1/accounts", get(api::list_accounts)),
+        (Method::DELETE, "/v1/account", delete(api::delete_account)),
+        (Method::POST, "/v1/login/start", post(api::login_start)),
+        (Method::POST, "/v1/login/finish", post(api::login_finish)),
+        (Method::POST, "/v1/login/resume", post(api::login_resume)),
+        (Method::POST, "/v1/logout", post(api::logout)),
+        (Method::GET, "/v1/mailbox", get(api::mailbox)),
+        (Method::GET, "/v1/messages", get(api::fetch)),
+        (Method::POST, "/v1/messages", post(api::send)),
+        (Method::POST, "/v1/messages/ack", post(api::ack)),
+        (Method::POST, "/v1/messages/delete", post(api::delete_messages)),
+        (Method::GET, "/v1/contacts", get(api::list_contacts)),
+        (Method::PUT, "/v1/contacts/{name}", put(api::add_contact)),
+        (Method::DELETE, "/v1/contacts/{name}", delete(api::remove_contact)),
+        (Method::POST, "/v1/pager/{user}", post(api::pager)),
+        (Method::GET, "/v1/ws", get(websocket)),
+    ]
+}
+
+/// The whole application: API, WebSocket, UI, problem fallbacks.
+pub fn router(ctx: Arc<HttpContext>) -> Router {
+    let mut router: Router<Arc<HttpContext>> = Router::new();
+    for (_, path, handler) in api_routes() {
+        // Several methods on one path merge into one route.
+        router = router.route(path, handler);
+    }
+    let router = ui::routes(router)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(ctx.settings.max_request_bytes))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), admission))
+        .layer(axum::middleware::from_fn(common_headers));
+    router.with_state(ctx)
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such resource")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this resource",
+    )
+}
+
+/// Admission control: past `max_in_flight` requests, answer BUSY at once.
+async fn admission(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
+    ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let Ok(permit) = Arc::clone(&ctx.in_flight).try_acquire_owned() else {
+        ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
+        return Problem::busy("too many requests in progress", IN_FLIGHT_RETRY_MS).into_response();
+    };
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    drop(permit);
+    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "http request");
+    response
+}
+
+/// Headers on every response: no caching of API answers, no sniffing.
+async fn common_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /v1/ws`: upgrade, then serve the native protocol over the socket.
+async fn websocket(
+    State(ctx): State<Arc<HttpContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            return Problem::invalid(format!(
+                "a WebSocket upgrade is required here: {}",
+                rejection.body_text()
+            ))
+            .into_response();
+        }
+    };
+    // A message holds one frame; a little slack lets the native handler
+    // answer an oversized frame with FRAME_TOO_LARGE itself.
+    let max_message = ctx.settings.max_frame_bytes.saturating_mul(2);
+    let native = Arc::clone(&ctx.native);
+    let tracker = ctx.websockets.clone();
+    upgrade
+        .protocols([ws::SUBPROTOCOL])
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| tracker.track_future(ws::bridge(socket, native, peer)))
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves; then stops
+/// accepting, lets requests in progress finish, and ends every HTTP
+/// session. Bridged WebSockets end through the native handler's own
+/// shutdown signal; wait for them with [`HttpContext::websockets`].
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<HttpContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = {
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                ctx.sessions.sweep();
+                ctx.logins.sweep();
+            }
+        })
+    };
+    let app = router(Arc::clone(&ctx)).into_make_service_with_connect_info::<Peer>();
+    let listener = LimitedListener::new(listener, ctx.settings.max_connections);
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    sweeper.abort();
+    ctx.sessions.clear();
+    ctx.websockets.close();
+    served
+}

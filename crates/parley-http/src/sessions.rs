@@ -1,0 +1,314 @@
+//! Server-side state of the HTTP API: logins between their two SCRAM steps,
+//! and the sessions that bearer tokens name.
+//!
+//! Both tables are bounded and expire idle entries. Each is one
+//! `std::sync::Mutex` held only for a map operation, never across an
+//! `.await`: a request takes what it needs out of the table (an
+//! `Arc<HttpSession>`, or the pending login itself) and awaits afterwards.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use parley_core::{AuthPending, Session};
+use rand::RngCore;
+use sha2::Digest;
+
+/// Bytes of randomness in a bearer token and in a login id.
+pub const TOKEN_BYTES: usize = 32;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the map consistent, so a poisoned lock
+    // is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A random token, as URL-safe base64 without padding.
+pub fn random_token() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Logins between `login/start` and `login/finish`.
+pub struct PendingLogins {
+    /// Longest time between the two steps.
+    ttl: Duration,
+    /// Most logins waiting at once.
+    max: usize,
+    /// By login id.
+    table: Mutex<HashMap<String, (Instant, Box<AuthPending>)>>,
+}
+
+impl PendingLogins {
+    pub fn new(ttl: Duration, max: usize) -> PendingLogins {
+        PendingLogins {
+            ttl,
+            max,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Keeps a login until its second step; None when the table is full
+    /// of logins that have not expired.
+    pub fn insert(&self, pending: AuthPending) -> Option<String> {
+        let now = Instant::now();
+        let mut table = lock(&self.table);
+        if table.len() >= self.max {
+            let ttl = self.ttl;
+            table.retain(|_, (created, _)| now.duration_since(*created) < ttl);
+            if table.len() >= self.max {
+                return None;
+            }
+        }
+        let id = random_token();
+        table.insert(id.clone(), (now, Box::new(pending)));
+        Some(id)
+    }
+
+    /// Takes a login out for its second step (a login id works once).
+    pub fn take(&self, id: &str) -> Option<AuthPending> {
+        let (created, pending) = lock(&self.table).remove(id)?;
+        (created.elapsed() < self.ttl).then_some(*pending)
+    }
+
+    /// Drops expired logins.
+    pub fn sweep(&self) {
+        let ttl = self.ttl;
+        lock(&self.table).retain(|_, (created, _)| created.elapsed() < ttl);
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One login over HTTP, named by a bearer token.
+pub struct HttpSession {
+    /// The core session. Taken out (None) while the account is being
+    /// deleted, since that call awaits with the session borrowed.
+    pub session: Mutex<Option<Session>>,
+    /// When a request last used it, for idle expiry.
+    last_used: Mutex<Instant>,
+}
+
+impl HttpSession {
+    /// The session, locked: hold the guard only to *start* a request (the
+    /// core's methods return `'static` futures), never across an await.
+    pub fn lock(&self) -> MutexGuard<'_, Option<Session>> {
+        lock(&self.session)
+    }
+
+    /// Takes the session out of the table entry (for account deletion).
+    pub fn take(&self) -> Option<Session> {
+        lock(&self.session).take()
+    }
+
+    /// Puts a session back after a failed deletion.
+    pub fn restore(&self, session: Session) {
+        *lock(&self.session) = Some(session);
+    }
+}
+
+/// Sessions by bearer token (the table keys are SHA-256 of the tokens, so a
+/// memory dump does not hand out working tokens).
+pub struct HttpSessions {
+    /// A session unused this long expires (and goes offline).
+    idle: Duration,
+    /// Most sessions at once.
+    max: usize,
+    table: Mutex<HashMap<[u8; 32], Arc<HttpSession>>>,
+}
+
+impl HttpSessions {
+    pub fn new(idle: Duration, max: usize) -> HttpSessions {
+        HttpSessions {
+            idle,
+            max,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long an unused session lives.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// Stores a new session and returns its bearer token; None when the
+    /// table is full of sessions in use (the session is dropped, offline).
+    pub fn insert(&self, session: Session) -> Option<String> {
+        let token = random_token();
+        let entry = Arc::new(HttpSession {
+            session: Mutex::new(Some(session)),
+            last_used: Mutex::new(Instant::now()),
+        });
+        let expired = {
+            let mut table = lock(&self.table);
+            let expired = if table.len() >= self.max {
+                self.take_expired(&mut table)
+            } else {
+                Vec::new()
+            };
+            if table.len() >= self.max {
+                return None;
+            }
+            table.insert(token_key(&token), entry);
+            expired
+        };
+        // Sessions are dropped (and go offline) outside the table's lock.
+        drop(expired);
+        Some(token)
+    }
+
+    /// The live session a token names, marked as used now.
+    pub fn get(&self, token: &str) -> Option<Arc<HttpSession>> {
+        let key = token_key(token);
+        let entry = lock(&self.table).get(&key).cloned()?;
+        let mut last = lock(&entry.last_used);
+        if last.elapsed() >= self.idle {
+            drop(last);
+            self.remove(token);
+            return None;
+        }
+        *last = Instant::now();
+        drop(last);
+        Some(entry)
+    }
+
+    /// Ends a session (logout, account deletion).
+    pub fn remove(&self, token: &str) -> Option<Arc<HttpSession>> {
+        lock(&self.table).remove(&token_key(token))
+    }
+
+    fn take_expired(&self, table: &mut HashMap<[u8; 32], Arc<HttpSession>>) -> Vec<Arc<HttpSession>> {
+        let idle = self.idle;
+        let keys: Vec<[u8; 32]> = table
+            .iter()
+            .filter(|(_, s)| lock(&s.last_used).elapsed() >= idle)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| table.remove(k)).collect()
+    }
+
+    /// Drops idle sessions; they go offline.
+    pub fn sweep(&self) {
+        let expired = self.take_expired(&mut lock(&self.table));
+        drop(expired);
+    }
+
+    /// Ends every session (shutdown).
+    pub fn clear(&self) {
+        let all: Vec<_> = lock(&self.table).drain().collect();
+        drop(all);
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_url_safe() {
+        let (a, b) = (random_token(), random_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    #[test]
+    fn unknown_tokens_name_no_session() {
+        let sessions = HttpSessions::new(Duration::from_secs(60), 2);
+        assert!(sessions.get("nope").is_none());
+        assert!(sessions.remove("nope").is_none());
+        assert!(sessions.is_empty());
+    }
+
+    /// A service on a memory store with one account, "ann".
+    async fn service() -> Arc<parley_core::Service> {
+        use parley_core::scram::{Mechanism, StoredCredentials};
+        use parley_core::service::{AuthSettings, ResumeSettings, ServiceConfig};
+        let service = parley_core::Service::new(
+            Arc::new(parley_store::memory::MemoryStore::new()),
+            ServiceConfig {
+                limits: parley_core::Limits::default(),
+                auth: AuthSettings {
+                    mechanisms: vec![Mechanism::Sha256],
+                    iterations: 4096,
+                    secret: [7; 32],
+                },
+                resume: ResumeSettings::default(),
+                throttle: parley_core::throttle::ThrottleSettings::default(),
+            },
+        );
+        let credentials = StoredCredentials::derive(Mechanism::Sha256, "pw", &[1; 16], 4096);
+        service.register("ann", credentials).unwrap().await.unwrap();
+        service
+    }
+
+    async fn login(service: &Arc<parley_core::Service>) -> (AuthPending, String) {
+        let mut client = parley_core::scram::ClientExchange::new("ann", "pw");
+        let pending = service
+            .auth_start(client.client_first().as_bytes(), None)
+            .await
+            .unwrap();
+        let last = client
+            .client_final(pending.mechanism(), pending.server_first().as_bytes())
+            .unwrap();
+        (pending, last)
+    }
+
+    #[tokio::test]
+    async fn sessions_are_bounded_expire_when_idle_and_go_offline() {
+        let service = service().await;
+        let sessions = HttpSessions::new(Duration::from_millis(50), 1);
+        let (pending, last) = login(&service).await;
+        let (session, outcome) = service.auth_finish(pending, last.as_bytes()).await.unwrap();
+        let token = sessions.insert(session).unwrap();
+        assert!(service.hub().is_online(outcome.user));
+        assert!(sessions.get(&token).is_some());
+        // Full of a session in use: the next login is refused (and its
+        // session dropped).
+        let (pending, last) = login(&service).await;
+        let (second, _) = service.auth_finish(pending, last.as_bytes()).await.unwrap();
+        assert!(sessions.insert(second).is_none());
+        // Idle past the limit: gone, offline, and its place is free.
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(sessions.get(&token).is_none());
+        assert!(sessions.is_empty());
+        assert!(!service.hub().is_online(outcome.user));
+    }
+
+    #[tokio::test]
+    async fn a_login_id_works_once_and_expires() {
+        let service = service().await;
+        let logins = PendingLogins::new(Duration::from_secs(60), 1);
+        let (pending, _) = login(&service).await;
+        let id = logins.insert(pending).unwrap();
+        let (another, _) = login(&service).await;
+        assert!(logins.insert(another).is_none(), "the table is full");
+        assert!(logins.take(&id).is_some());
+        assert!(logins.take(&id).is_none(), "used once");
+
+        let expiring = PendingLogins::new(Duration::ZERO, 1);
+        let (pending, _) = login(&service).await;
+        let id = expiring.insert(pending).unwrap();
+        assert!(expiring.take(&id).is_none(), "expired");
+    }
+}
