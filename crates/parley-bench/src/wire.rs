@@ -171,6 +171,12 @@ impl Handshake {
     pub fn into_stream(self) -> TcpStream {
         self.stream
     }
+
+    /// The logged-in connection with what was read past the login and the
+    /// server's frame limit, for a sender that speaks the rest itself.
+    pub fn into_parts(self) -> (TcpStream, BytesMut, usize) {
+        (self.stream, self.input, self.max_frame)
+    }
 }
 
 /// A keep-alive Ping with request_id 0, whose Pong is not awaited.

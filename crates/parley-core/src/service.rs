@@ -285,32 +285,39 @@ impl Service {
     }
 
     /// Verifies the client-final-message and opens a session.
+    ///
+    /// The login is only borrowed: when the answer is `BUSY` nothing was
+    /// done, and a front door keeps `pending` so that the client can send
+    /// the same client-final-message again (BUSY is always safe to retry).
     pub async fn auth_finish(
         self: &Arc<Self>,
-        pending: AuthPending,
+        pending: &AuthPending,
         client_final: &[u8],
     ) -> Result<(Session, LoginOutcome), CoreError> {
-        let (key, peer) = (pending.key.clone(), pending.peer);
         let result = self.verify(pending, client_final).await;
         match &result {
-            Ok(_) => self.counters.logins_ok.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => {
+                self.counters.logins_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.kind == ErrorKind::Busy => {}
             Err(e) => {
                 if e.kind == ErrorKind::AuthFailed {
-                    self.throttle.record_failure(Some(&key), peer, Instant::now());
+                    self.throttle
+                        .record_failure(Some(&pending.key), pending.peer, Instant::now());
                 }
-                self.counters.logins_failed.fetch_add(1, Ordering::Relaxed)
+                self.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
             }
-        };
+        }
         result
     }
 
     async fn verify(
         self: &Arc<Self>,
-        pending: AuthPending,
+        pending: &AuthPending,
         client_final: &[u8],
     ) -> Result<(Session, LoginOutcome), CoreError> {
         let server_final = pending.exchange.finish(client_final)?;
-        let (user, name) = pending.account.ok_or_else(CoreError::auth_failed)?;
+        let (user, name) = pending.account.clone().ok_or_else(CoreError::auth_failed)?;
         self.login(user, name, server_final, None).await
     }
 
@@ -379,13 +386,29 @@ impl Service {
         };
         let mailbox = self.store.mailbox_state(user);
         let contacts = self.store.list_contacts(user);
-        let mailbox = match mailbox.await {
-            Ok(m) => m,
-            // Deleted meanwhile.
-            Err(StoreError::NoSuchUser) => return Err(CoreError::auth_failed()),
-            Err(e) => return Err(e.into()),
+        let state = async {
+            let mailbox = match mailbox.await {
+                Ok(m) => m,
+                // Deleted meanwhile.
+                Err(StoreError::NoSuchUser) => return Err(CoreError::auth_failed()),
+                Err(e) => return Err(CoreError::from(e)),
+            };
+            let contacts: Vec<UserId> = contacts.await?.into_iter().map(|c| c.id).collect();
+            Ok((mailbox, contacts))
         };
-        let contacts: Vec<UserId> = contacts.await?.into_iter().map(|c| c.id).collect();
+        let (mailbox, contacts) = match state.await {
+            Ok(state) => state,
+            Err(e) => {
+                // The token made for this login would never be handed out
+                // (and a BUSY login must leave nothing behind). The
+                // revocation is submitted when called; its answer does not
+                // matter.
+                if !token.is_empty() {
+                    drop(self.store.revoke_resume_token(hash));
+                }
+                return Err(e);
+            }
+        };
         let session = self.open_session(user, name.clone(), hash, &contacts);
         let outcome = LoginOutcome {
             server_final,
@@ -523,6 +546,9 @@ impl Session {
                 format!("message body is {} bytes; the limit is {max}", body.len()),
             ));
         }
+        // Under a flood most sends are refused: refuse before building the
+        // append (after validation, so bad input still gets its own error).
+        self.service.store.check_new_work()?;
         let timestamp_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -199,6 +199,14 @@ pub trait Store: Send + Sync + 'static {
     /// (sender, client_msg_id). [`StoreError::NoSuchUser`] if the recipient
     /// does not exist.
     fn append(&self, message: NewMessage) -> StoreReply<Appended>;
+    /// Whether an append submitted now would be taken or refused
+    /// [`StoreError::Busy`]: checked before a request is turned into an
+    /// append, so that refusing a flood costs little. Only a hint (the
+    /// append itself still decides); a store without a queue always takes
+    /// new work.
+    fn check_new_work(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Messages of `user` with seq > `after`, oldest first, at most `limit`.
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>>;
     /// Marks messages acknowledged; returns how many were newly acked and

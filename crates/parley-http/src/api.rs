@@ -291,12 +291,16 @@ pub struct LoginOk {
 }
 
 pub async fn login_finish(State(ctx): Ctx, JsonBody(r): JsonBody<LoginFinish>) -> ApiResult<axum::Json<LoginOk>> {
-    let Some(pending) = ctx.logins.take(&r.login_id) else {
+    let Some(taken) = ctx.logins.take(&r.login_id) else {
         return Err(Problem::invalid(
             "no login in progress with this login_id (expired or used); start again",
         ));
     };
-    let result = ctx.service.auth_finish(pending, r.client_final.as_bytes()).await;
+    let result = ctx.service.auth_finish(&taken.pending, r.client_final.as_bytes()).await;
+    // BUSY changed nothing: the same login/finish may come again.
+    if matches!(&result, Err(e) if e.kind == ErrorKind::Busy) {
+        ctx.logins.restore(r.login_id, taken);
+    }
     logged_in(&ctx, result)
 }
 

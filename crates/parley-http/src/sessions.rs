@@ -35,6 +35,14 @@ fn token_key(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
+/// A login taken out of [`PendingLogins`] for its second step.
+pub struct TakenLogin {
+    /// When its first step happened, for its expiry if it is restored.
+    created: Instant,
+    /// The login.
+    pub pending: Box<AuthPending>,
+}
+
 /// Logins between `login/start` and `login/finish`.
 pub struct PendingLogins {
     /// Longest time between the two steps.
@@ -71,10 +79,18 @@ impl PendingLogins {
         Some(id)
     }
 
-    /// Takes a login out for its second step (a login id works once).
-    pub fn take(&self, id: &str) -> Option<AuthPending> {
+    /// Takes a login out for its second step (a login id works once,
+    /// unless [`PendingLogins::restore`] puts it back).
+    pub fn take(&self, id: &str) -> Option<TakenLogin> {
         let (created, pending) = lock(&self.table).remove(id)?;
-        (created.elapsed() < self.ttl).then_some(*pending)
+        (created.elapsed() < self.ttl).then_some(TakenLogin { created, pending })
+    }
+
+    /// Puts a login back under its id after its second step was answered
+    /// `BUSY`, which changed nothing, so the client may retry it. It keeps
+    /// its original expiry.
+    pub fn restore(&self, id: String, taken: TakenLogin) {
+        lock(&self.table).insert(id, (taken.created, taken.pending));
     }
 
     /// Drops expired logins.
@@ -279,14 +295,14 @@ mod tests {
         let service = service().await;
         let sessions = HttpSessions::new(Duration::from_millis(50), 1);
         let (pending, last) = login(&service).await;
-        let (session, outcome) = service.auth_finish(pending, last.as_bytes()).await.unwrap();
+        let (session, outcome) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
         let token = sessions.insert(session).unwrap();
         assert!(service.hub().is_online(outcome.user));
         assert!(sessions.get(&token).is_some());
         // Full of a session in use: the next login is refused (and its
         // session dropped).
         let (pending, last) = login(&service).await;
-        let (second, _) = service.auth_finish(pending, last.as_bytes()).await.unwrap();
+        let (second, _) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
         assert!(sessions.insert(second).is_none());
         // Idle past the limit: gone, offline, and its place is free.
         std::thread::sleep(Duration::from_millis(80));

@@ -625,7 +625,11 @@ impl Connection {
                     let e = CoreError::invalid("no login in progress: send AuthStart first");
                     return self.encode(&core_error_frame(id, &e));
                 };
-                let result = service.auth_finish(pending, &c.client_final).await;
+                let result = service.auth_finish(&pending, &c.client_final).await;
+                // BUSY changed nothing: the same AuthContinue may come again.
+                if matches!(&result, Err(e) if e.kind == ErrorKind::Busy) {
+                    self.pending_auth = Some(Box::new(pending));
+                }
                 self.logged_in(id, result);
             }
             B::Resume(r) => {

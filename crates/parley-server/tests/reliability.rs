@@ -288,3 +288,75 @@ async fn connections_per_address_are_capped() {
         assert!(stream.read_buf(&mut buf).await.unwrap() > 0);
     }
 }
+
+/// BUSY means nothing was done, also in the middle of a login: the same
+/// AuthContinue may be sent again and completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_step_answered_busy_can_be_sent_again() {
+    use parley_core::Mechanism;
+    use parley_core::scram::ClientExchange;
+    let server = TestServer::start_with(Store::Sqlite, &["--write-queue", "2"]);
+    let alice = std::sync::Arc::new(server.user("alice").await);
+    let bob = server.client().await;
+    bob.register("bob", "pw-bob").await.unwrap();
+    let mut exchange = ClientExchange::new("bob", "pw-bob");
+    let challenge = match bob
+        .request(client_frame::Body::AuthStart(v1::AuthStart {
+            client_first: exchange.client_first().into_bytes(),
+        }))
+        .await
+        .unwrap()
+        .body
+    {
+        Some(server_frame::Body::AuthChallenge(c)) => c,
+        other => panic!("expected a challenge, got {other:?}"),
+    };
+    let mechanism = Mechanism::from_name(&challenge.mechanism).unwrap();
+    let client_final = exchange.client_final(mechanism, &challenge.server_first).unwrap();
+    let continue_login = || {
+        client_frame::Body::AuthContinue(v1::AuthContinue {
+            client_final: client_final.clone().into_bytes(),
+        })
+    };
+
+    // Another connection to the database holds its write lock, so the
+    // writer waits with one op in hand and two more fill its queue.
+    let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let fetch = |alice: &std::sync::Arc<Client>| {
+        let alice = std::sync::Arc::clone(alice);
+        tokio::spawn(async move {
+            alice
+                .request(client_frame::Body::Fetch(v1::Fetch {
+                    after_seq: 0,
+                    limit: 10,
+                    include_acked: true,
+                }))
+                .await
+        })
+    };
+    let held = fetch(&alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = [fetch(&alice), fetch(&alice)];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = bob.request(continue_login()).await.unwrap();
+    match refused.body {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::Busy as i32, "{e:?}"),
+        other => panic!("expected BUSY, got {other:?}"),
+    }
+    blocker.execute_batch("COMMIT").unwrap();
+    held.await.unwrap().unwrap();
+    for fetch in queued {
+        fetch.await.unwrap().unwrap();
+    }
+
+    // The same step again: the login was kept.
+    match bob.request(continue_login()).await.unwrap().body {
+        Some(server_frame::Body::AuthOk(ok)) => {
+            exchange.verify_server_final(&ok.server_final).unwrap();
+            assert_eq!(ok.name, "bob");
+        }
+        other => panic!("expected AuthOk, got {other:?}"),
+    }
+    bob.ping().await.unwrap();
+}

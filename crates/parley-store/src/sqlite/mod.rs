@@ -304,17 +304,25 @@ impl SqliteStore {
     /// share of such work (see [`NEW_WORK_QUEUE_QUARTERS`]), before anything
     /// is built, since under a flood most of these calls are refused.
     fn submit_new<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
-        if self.shared.queued.load(Ordering::Relaxed) >= self.new_work_limit {
-            return self.busy();
+        match self.new_work_room() {
+            Ok(()) => self.submit(make),
+            Err(busy) => StoreReply::ready(Err(busy)),
         }
-        self.submit(make)
     }
 
-    fn busy<T>(&self) -> StoreReply<T> {
+    /// Whether the queue has room for new work; a refusal is counted.
+    fn new_work_room(&self) -> StoreResult<()> {
+        if self.shared.queued.load(Ordering::Relaxed) >= self.new_work_limit {
+            return Err(self.busy_error());
+        }
+        Ok(())
+    }
+
+    fn busy_error(&self) -> StoreError {
         self.shared.counters.busy_rejections.fetch_add(1, Ordering::Relaxed);
-        StoreReply::ready(Err(StoreError::Busy {
+        StoreError::Busy {
             retry_after_ms: BUSY_RETRY_AFTER_MS,
-        }))
+        }
     }
 
     /// Queues the op `make` builds around a fresh reply channel, at once and
@@ -332,7 +340,7 @@ impl SqliteStore {
             Err(error) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 match error {
-                    TrySendError::Full(_) => self.busy(),
+                    TrySendError::Full(_) => StoreReply::ready(Err(self.busy_error())),
                     TrySendError::Disconnected(_) => StoreReply::ready(Err(StoreError::Closed)),
                 }
             }
@@ -366,6 +374,10 @@ impl Store for SqliteStore {
 
     fn append(&self, message: NewMessage) -> StoreReply<Appended> {
         self.submit_new(|reply| Op::Append { message, reply })
+    }
+
+    fn check_new_work(&self) -> StoreResult<()> {
+        self.new_work_room()
     }
 
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {
