@@ -30,6 +30,45 @@ pub fn password(prefix: &str) -> String {
     format!("pw-{prefix}-bench")
 }
 
+/// The fresh accounts of N sender → receiver pairs.
+pub struct PairAccounts {
+    /// Every account's password.
+    pub password: String,
+    /// `PREFIX-sN`.
+    pub senders: Vec<String>,
+    /// `PREFIX-rN`, the recipient of sender N.
+    pub receivers: Vec<String>,
+}
+
+/// Registers 2×`pairs` fresh accounts under a new run prefix.
+pub async fn register_pairs(server: &str, pairs: usize) -> anyhow::Result<PairAccounts> {
+    let prefix = run_prefix();
+    let password = password(&prefix);
+    let senders: Vec<String> = (0..pairs).map(|i| format!("{prefix}-s{i}")).collect();
+    let receivers: Vec<String> = (0..pairs).map(|i| format!("{prefix}-r{i}")).collect();
+    let all: Vec<String> = senders.iter().chain(&receivers).cloned().collect();
+    register_all(server, &all, &password).await?;
+    Ok(PairAccounts {
+        password,
+        senders,
+        receivers,
+    })
+}
+
+/// Logs each of `names` in on its own client-library connection, a few at
+/// a time.
+pub async fn login_all(server: &str, names: &[String], password: &str) -> anyhow::Result<Vec<Client>> {
+    let clients: Vec<anyhow::Result<Client>> = futures::stream::iter(names)
+        .map(|name| login_client(server, name, password))
+        .buffered(LOGIN_CONCURRENCY)
+        .collect()
+        .await;
+    clients.into_iter().collect()
+}
+
+/// Logins in flight while setting up connections.
+pub const LOGIN_CONCURRENCY: usize = 16;
+
 /// Registers `names` with `password`, a few at a time over a few
 /// connections. The iteration count is the one the server's Welcome asks
 /// for (the client library reads it from there).

@@ -24,9 +24,6 @@ use crate::progress::Progress;
 use crate::report::{Metrics, RunReport};
 use crate::stats::{self, Latency};
 
-/// Logins in flight while setting up.
-const SETUP_CONCURRENCY: usize = 16;
-
 /// Results of one phase.
 struct Phase {
     /// Request → AuthOk latency.
@@ -207,7 +204,7 @@ pub async fn run(
     common::register_all(server, &names, &password).await?;
     let clients: Vec<anyhow::Result<Client>> = futures::stream::iter(0..args.clients)
         .map(|_| async { Client::connect(server).await.context("connecting") })
-        .buffered(SETUP_CONCURRENCY)
+        .buffered(common::LOGIN_CONCURRENCY)
         .collect()
         .await;
     let clients: Vec<Arc<Client>> = clients

@@ -47,8 +47,6 @@ const OUTSTANDING_GRACE: Duration = Duration::from_secs(10);
 const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 /// Read reservation of a lean sender's socket.
 const READ_CHUNK: usize = 64 * 1024;
-/// Logins in flight while setting up the pairs.
-const SETUP_CONCURRENCY: usize = 16;
 
 /// Counts of one overload phase.
 #[derive(Default)]
@@ -249,12 +247,11 @@ async fn lean_sender(
 /// sockets and the receivers through the client library, subscribed.
 async fn setup_pairs(server: &str, pairs: usize) -> anyhow::Result<(Vec<(LeanConnection, String)>, Vec<Arc<Client>>)> {
     use futures::StreamExt;
-    let prefix = common::run_prefix();
-    let password = common::password(&prefix);
-    let senders: Vec<String> = (0..pairs).map(|i| format!("{prefix}-s{i}")).collect();
-    let receivers: Vec<String> = (0..pairs).map(|i| format!("{prefix}-r{i}")).collect();
-    let all: Vec<String> = senders.iter().chain(&receivers).cloned().collect();
-    common::register_all(server, &all, &password).await?;
+    let common::PairAccounts {
+        password,
+        senders,
+        receivers,
+    } = common::register_pairs(server, pairs).await?;
     let address: SocketAddr = tokio::net::lookup_host(server)
         .await
         .with_context(|| format!("resolving {server}"))?
@@ -275,18 +272,12 @@ async fn setup_pairs(server: &str, pairs: usize) -> anyhow::Result<(Vec<(LeanCon
                 })
             }
         })
-        .buffered(SETUP_CONCURRENCY)
+        .buffered(common::LOGIN_CONCURRENCY)
         .collect()
         .await;
     let lean = lean.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    let clients: Vec<anyhow::Result<Client>> = futures::stream::iter(&receivers)
-        .map(|name| common::login_client(server, name, &password))
-        .buffered(SETUP_CONCURRENCY)
-        .collect()
-        .await;
-    let clients: Vec<Arc<Client>> = clients
-        .into_iter()
-        .collect::<anyhow::Result<Vec<Client>>>()?
+    let clients: Vec<Arc<Client>> = common::login_all(server, &receivers, &password)
+        .await?
         .into_iter()
         .map(Arc::new)
         .collect();

@@ -24,8 +24,6 @@ use crate::progress::Progress;
 use crate::report::{Metrics, RunReport};
 use crate::stats::{self, Latency};
 
-/// Logins in flight while setting up the pairs.
-const SETUP_CONCURRENCY: usize = 16;
 /// How often the drain checks whether everything has arrived.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Messages a NATS subscription buffers in the client before it drops them.
@@ -205,21 +203,12 @@ pub struct ParleyPairs {
 impl ParleyPairs {
     /// Registers 2×`pairs` fresh accounts and logs each in on its own connection.
     pub async fn setup(server: &str, pairs: usize) -> anyhow::Result<ParleyPairs> {
-        let prefix = common::run_prefix();
-        let password = common::password(&prefix);
-        let senders: Vec<String> = (0..pairs).map(|i| format!("{prefix}-s{i}")).collect();
-        let receivers: Vec<String> = (0..pairs).map(|i| format!("{prefix}-r{i}")).collect();
-        let all: Vec<String> = senders.iter().chain(&receivers).cloned().collect();
-        common::register_all(server, &all, &password).await?;
-        let clients: Vec<anyhow::Result<Client>> = futures::stream::iter(&all)
-            .map(|name| common::login_client(server, name, &password))
-            .buffered(SETUP_CONCURRENCY)
-            .collect()
-            .await;
-        let mut clients = clients.into_iter().collect::<anyhow::Result<Vec<Client>>>()?;
+        let accounts = common::register_pairs(server, pairs).await?;
+        let all: Vec<String> = accounts.senders.iter().chain(&accounts.receivers).cloned().collect();
+        let mut clients = common::login_all(server, &all, &accounts.password).await?;
         let receiver_clients: Vec<Arc<Client>> = clients.split_off(pairs).into_iter().map(Arc::new).collect();
         Ok(ParleyPairs {
-            senders: clients.into_iter().zip(receivers).collect(),
+            senders: clients.into_iter().zip(accounts.receivers).collect(),
             receivers: receiver_clients,
         })
     }
