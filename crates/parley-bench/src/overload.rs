@@ -87,7 +87,7 @@ struct LeanConnection {
 
 /// Sends to `to` as `plan` says and reads the replies, on one socket in
 /// one task. Paced, what fell due goes out when the pacing timer fires
-/// (like relay's senders, see [`relay::Pacer`]), one write for all of it.
+/// (like relay's paced senders), one write for all of it.
 /// Unpaced, it keeps `max_outstanding` sends in flight and, like the client
 /// library, waits the retry-after of a BUSY answer before sending more.
 async fn lean_sender(

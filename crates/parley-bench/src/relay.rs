@@ -139,7 +139,7 @@ impl Schedule {
 /// alone would get one TCP segment per message. Latency still counts from
 /// each send's scheduled time, so waiting for the tick is measured.
 /// Unpaced, every wake-up releases.
-pub struct Pacer {
+struct Pacer {
     schedule: Schedule,
     /// Whether the next turn issues what is due.
     release: bool,
@@ -153,7 +153,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    pub fn new(schedule: Schedule, deadline: Instant) -> Pacer {
+    fn new(schedule: Schedule, deadline: Instant) -> Pacer {
         Pacer {
             schedule,
             release: true,
@@ -165,12 +165,12 @@ impl Pacer {
 
     /// How many sends should have been issued by `now`, if this turn
     /// issues; then [`Pacer::released`] must follow.
-    pub fn release(&self, now: Instant) -> Option<u64> {
+    fn release(&self, now: Instant) -> Option<u64> {
         (self.release || self.schedule.rate.is_none()).then(|| self.schedule.due(now))
     }
 
     /// Sends up to `seq` were issued of the `due`.
-    pub fn released(&mut self, seq: u64, due: u64) {
+    fn released(&mut self, seq: u64, due: u64) {
         self.held_back = seq < due;
         self.wake = if self.held_back {
             self.deadline
@@ -179,16 +179,16 @@ impl Pacer {
         };
     }
 
-    pub fn on_reply(&mut self) {
+    fn on_reply(&mut self) {
         self.release = self.held_back;
     }
 
-    pub fn on_timer(&mut self) {
+    fn on_timer(&mut self) {
         self.release = true;
     }
 
     /// When to wake without a reply.
-    pub fn wake(&self) -> Instant {
+    fn wake(&self) -> Instant {
         self.wake
     }
 }

@@ -249,6 +249,71 @@ impl Service {
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Stores a message from `sender` (named `sender_name`) for `to`, with
+    /// every rule of [`Session::send`], which calls it: validation first,
+    /// admission before the append is built, the recipient's sessions
+    /// notified once it is durable. Front doors call it directly only for
+    /// messages from outside any account (the web pager), with a sender id
+    /// no account has and a name no account can have.
+    pub fn send_from(
+        self: &Arc<Self>,
+        sender: UserId,
+        sender_name: &str,
+        to: &str,
+        client_msg_id: &str,
+        body: String,
+    ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
+        let recipient =
+            UserName::parse(to).map_err(|_| CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")))?;
+        if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
+            return Err(CoreError::invalid(format!(
+                "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"
+            )));
+        }
+        let max = self.config.limits.max_body_bytes;
+        if body.is_empty() {
+            return Err(CoreError::invalid("message body is empty"));
+        }
+        if body.len() > max as usize {
+            return Err(CoreError::new(
+                ErrorKind::MessageTooLarge,
+                format!("message body is {} bytes; the limit is {max}", body.len()),
+            ));
+        }
+        // Under a flood most sends are refused: refuse before building the
+        // append (after validation, so bad input still gets its own error).
+        self.store.check_new_work()?;
+        let timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let reply = self.store.append(NewMessage {
+            sender,
+            sender_name: sender_name.to_owned(),
+            recipient_key: recipient.key().to_owned(),
+            client_msg_id: client_msg_id.to_owned(),
+            body,
+            timestamp_ms,
+        });
+        let service = Arc::clone(self);
+        let to = to.to_owned();
+        Ok(async move {
+            let appended = reply.await.map_err(|e| match e {
+                crate::store::StoreError::NoSuchUser => {
+                    CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}"))
+                }
+                other => other.into(),
+            })?;
+            if appended.duplicate {
+                service.counters.messages_duplicate.fetch_add(1, Ordering::Relaxed);
+            } else {
+                service.counters.messages_stored.fetch_add(1, Ordering::Relaxed);
+                service.hub.deliver(&appended.message);
+            }
+            Ok(appended)
+        })
+    }
+
     /// Takes a client-first-message and answers with a challenge. Unknown
     /// and invalid names get a decoy challenge that can never succeed.
     pub async fn auth_start(&self, client_first: &[u8], peer: Option<IpAddr>) -> Result<AuthPending, CoreError> {
@@ -529,55 +594,7 @@ impl Session {
         client_msg_id: &str,
         body: String,
     ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
-        let recipient =
-            UserName::parse(to).map_err(|_| CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")))?;
-        if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
-            return Err(CoreError::invalid(format!(
-                "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"
-            )));
-        }
-        let max = self.service.config.limits.max_body_bytes;
-        if body.is_empty() {
-            return Err(CoreError::invalid("message body is empty"));
-        }
-        if body.len() > max as usize {
-            return Err(CoreError::new(
-                ErrorKind::MessageTooLarge,
-                format!("message body is {} bytes; the limit is {max}", body.len()),
-            ));
-        }
-        // Under a flood most sends are refused: refuse before building the
-        // append (after validation, so bad input still gets its own error).
-        self.service.store.check_new_work()?;
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let reply = self.service.store.append(NewMessage {
-            sender: self.user,
-            sender_name: self.name.clone(),
-            recipient_key: recipient.key().to_owned(),
-            client_msg_id: client_msg_id.to_owned(),
-            body,
-            timestamp_ms,
-        });
-        let service = Arc::clone(&self.service);
-        let to = to.to_owned();
-        Ok(async move {
-            let appended = reply.await.map_err(|e| match e {
-                crate::store::StoreError::NoSuchUser => {
-                    CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}"))
-                }
-                other => other.into(),
-            })?;
-            if appended.duplicate {
-                service.counters.messages_duplicate.fetch_add(1, Ordering::Relaxed);
-            } else {
-                service.counters.messages_stored.fetch_add(1, Ordering::Relaxed);
-                service.hub.deliver(&appended.message);
-            }
-            Ok(appended)
-        })
+        self.service.send_from(self.user, &self.name, to, client_msg_id, body)
     }
 
     /// Messages in this session's mailbox with seq > `after`.

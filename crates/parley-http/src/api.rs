@@ -11,8 +11,8 @@ use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use parley_core::scram::StoredCredentials;
-use parley_core::store::{AckRange, NewMessage, StoreError, StoredMessage};
-use parley_core::{CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, Seq, Session, UserName};
+use parley_core::store::{AckRange, StoreError, StoredMessage};
+use parley_core::{CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, Seq, Session};
 use serde::{Deserialize, Serialize};
 
 use crate::HttpContext;
@@ -132,7 +132,7 @@ pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
     let config = ctx.service.config();
     axum::Json(ServerInfo {
         server: format!("parleyd {}", env!("CARGO_PKG_VERSION")),
-        protocol_version: 1,
+        protocol_version: parley_proto::PROTOCOL_VERSION,
         mechanisms: config.auth.mechanisms.iter().map(|m| m.name()).collect(),
         scram_iterations: config.auth.iterations,
         max_body_bytes: config.limits.max_body_bytes,
@@ -464,9 +464,7 @@ pub struct Acked {
 
 pub async fn ack(auth: Authed, JsonBody(r): JsonBody<AckRequest>) -> ApiResult<axum::Json<Acked>> {
     let range = AckRange {
-        // No seq ever reaches u64::MAX, so acking up to the one below it
-        // acks the same messages (and keeps the core's seq arithmetic in range).
-        up_to: Seq(r.up_to_seq.min(u64::MAX - 1)),
+        up_to: Seq(r.up_to_seq),
         seqs: r.seqs.into_iter().map(Seq).collect(),
     };
     let (acked, state) = start!(auth, |s| s.ack(range))??.await?;
@@ -558,37 +556,13 @@ pub async fn pager(
             wait_ms,
         ));
     }
-    let no_such_user = || Problem::from(CoreError::new(ErrorKind::NoSuchUser, format!("no such user {user:?}")));
-    let recipient = UserName::parse(&user).map_err(|_| no_such_user())?;
-    let max = ctx.service.config().limits.max_body_bytes;
-    if r.body.is_empty() {
-        return Err(Problem::invalid("message body is empty"));
-    }
-    if r.body.len() > max as usize {
-        return Err(CoreError::new(
-            ErrorKind::MessageTooLarge,
-            format!("message body is {} bytes; the limit is {max}", r.body.len()),
-        )
-        .into());
-    }
-    let timestamp_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    let reply = ctx.service.store().append(NewMessage {
-        sender: pager::PAGER_SENDER,
-        sender_name: pager::sender_name(r.name.as_deref(), r.contact.as_deref()),
-        recipient_key: recipient.key().to_owned(),
-        client_msg_id: format!("pager-{}", crate::sessions::random_token()),
-        body: r.body,
-        timestamp_ms,
-    });
-    let appended = reply.await.map_err(|e| match e {
-        StoreError::NoSuchUser => no_such_user(),
-        other => Problem::from(CoreError::from(other)),
-    })?;
-    ctx.service.counters().messages_stored.fetch_add(1, Ordering::Relaxed);
+    // Stored with every rule of a send from an account (validation,
+    // admission, live delivery), from the pager's sender.
+    let sender_name = pager::sender_name(r.name.as_deref(), r.contact.as_deref());
+    let client_msg_id = format!("pager-{}", crate::sessions::random_token());
+    ctx.service
+        .send_from(pager::PAGER_SENDER, &sender_name, &user, &client_msg_id, r.body)?
+        .await?;
     ctx.counters.pager_messages.fetch_add(1, Ordering::Relaxed);
-    ctx.service.hub().deliver(&appended.message);
     Ok((StatusCode::ACCEPTED, axum::Json(PagerAccepted { status: "accepted" })).into_response())
 }

@@ -101,7 +101,7 @@ impl Default for HttpSettings {
             max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
             max_request_bytes: DEFAULT_HTTP_MAX_REQUEST_BYTES,
             max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
-            max_frame_bytes: 256 * 1024,
+            max_frame_bytes: parley_proto::DEFAULT_MAX_FRAME_BYTES as usize,
         }
     }
 }

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
+use parley_proto::{LENGTH_PREFIX_BYTES, split_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// Serves one native-protocol connection over a byte stream; the server
@@ -57,7 +58,7 @@ pub async fn bridge(socket: WebSocket, handler: NativeHandler, peer: SocketAddr)
                 Ok(Message::Close(_)) | Err(_) => break,
             };
             let Ok(len) = u32::try_from(payload.len()) else { break };
-            let mut framed = Vec::with_capacity(payload.len() + 4);
+            let mut framed = Vec::with_capacity(LENGTH_PREFIX_BYTES + payload.len());
             framed.extend_from_slice(&len.to_be_bytes());
             framed.extend_from_slice(&payload);
             if to_server.write_all(&framed).await.is_err() {
@@ -76,15 +77,10 @@ pub async fn bridge(socket: WebSocket, handler: NativeHandler, peer: SocketAddr)
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            while buf.len() >= 4 {
-                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if buf.len() < 4 + len {
-                    buf.reserve(4 + len - buf.len());
-                    break;
-                }
-                buf.advance(4);
-                let payload = buf.split_to(len).freeze();
-                if sink.send(Message::Binary(payload)).await.is_err() {
+            // The native handler wrote these frames itself, within its
+            // own limit: no second limit here.
+            while let Ok(Some(payload)) = split_frame(&mut buf, usize::MAX) {
+                if sink.send(Message::Binary(payload.freeze())).await.is_err() {
                     break 'read;
                 }
             }

@@ -29,6 +29,19 @@ pub enum FrameError {
 /// nothing is consumed, and once the length is known `buf` has room reserved
 /// for the rest of the frame.
 pub fn decode_frame<M: Message + Default>(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<M>, FrameError> {
+    match split_frame(buf, max_frame_bytes)? {
+        Some(payload) => M::decode(payload.freeze())
+            .map(Some)
+            .map_err(|e| FrameError::Malformed(e.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// Takes one frame's payload off the front of `buf`, without decoding it
+/// (for a transport that frames messages itself, like WebSocket).
+///
+/// `Ok(None)` and reservation as for [`decode_frame`].
+pub fn split_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<BytesMut>, FrameError> {
     if buf.len() < LENGTH_PREFIX_BYTES {
         return Ok(None);
     }
@@ -44,10 +57,7 @@ pub fn decode_frame<M: Message + Default>(buf: &mut BytesMut, max_frame_bytes: u
         return Ok(None);
     }
     buf.advance(LENGTH_PREFIX_BYTES);
-    let payload = buf.split_to(len);
-    M::decode(payload.freeze())
-        .map(Some)
-        .map_err(|e| FrameError::Malformed(e.to_string()))
+    Ok(Some(buf.split_to(len)))
 }
 
 /// Appends `message` to `buf` as one frame.
