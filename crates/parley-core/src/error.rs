@@ -24,6 +24,7 @@ pub enum ErrorKind {
     Timeout,
     RateLimited,
     LimitReached,
+    Kicked,
 }
 
 impl ErrorKind {
@@ -47,6 +48,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "TIMEOUT",
             ErrorKind::RateLimited => "RATE_LIMITED",
             ErrorKind::LimitReached => "LIMIT_REACHED",
+            ErrorKind::Kicked => "KICKED",
         }
     }
 }

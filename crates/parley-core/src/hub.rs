@@ -308,6 +308,26 @@ impl Hub {
         }
     }
 
+    /// Every user with a session: id, name and how many sessions, in no
+    /// particular order. For the control socket; takes each shard's lock
+    /// in turn, never two at once.
+    pub fn online_users(&self) -> Vec<(UserId, Arc<str>, usize)> {
+        let mut users = Vec::new();
+        for shard in self.shards.iter() {
+            for (user, list) in lock(shard).iter() {
+                if let Some(first) = list.first() {
+                    users.push((*user, Arc::clone(&first.name), list.len()));
+                }
+            }
+        }
+        users
+    }
+
+    /// How many sessions `user` has.
+    pub fn session_count(&self, user: UserId) -> usize {
+        lock(self.shard(user)).get(&user).map_or(0, Vec::len)
+    }
+
     /// Asks every session of `user` except `keep` to close.
     pub fn close_user(&self, user: UserId, keep: Option<SessionId>, reason: CloseReason) {
         let shard = lock(self.shard(user));

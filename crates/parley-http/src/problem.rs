@@ -79,7 +79,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidRequest | ErrorKind::InvalidName | ErrorKind::InvalidPattern => StatusCode::BAD_REQUEST,
         ErrorKind::UnsupportedMechanism => StatusCode::BAD_REQUEST,
-        ErrorKind::NotAuthenticated | ErrorKind::AuthFailed => StatusCode::UNAUTHORIZED,
+        ErrorKind::NotAuthenticated | ErrorKind::AuthFailed | ErrorKind::Kicked => StatusCode::UNAUTHORIZED,
         ErrorKind::AlreadyAuthenticated | ErrorKind::NameTaken | ErrorKind::LimitReached => StatusCode::CONFLICT,
         ErrorKind::NoSuchUser => StatusCode::NOT_FOUND,
         ErrorKind::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -110,6 +110,7 @@ fn title(code: &str) -> &'static str {
         "TIMEOUT" => "Timeout",
         "RATE_LIMITED" => "Rate limited",
         "LIMIT_REACHED" => "Limit reached",
+        "KICKED" => "Session ended by an administrator",
         "NOT_FOUND" => "Not found",
         "METHOD_NOT_ALLOWED" => "Method not allowed",
         "UNSUPPORTED_MEDIA_TYPE" => "Unsupported media type",

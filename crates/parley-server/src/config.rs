@@ -87,6 +87,12 @@ pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = parley_http::DEFAULT_HTTP_MAX_IN_F
 pub const DEFAULT_HTTP_MAX_REQUEST_BYTES: usize = parley_http::DEFAULT_HTTP_MAX_REQUEST_BYTES;
 /// Most HTTP connections open at once (WebSockets included).
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = parley_http::DEFAULT_HTTP_MAX_CONNECTIONS;
+/// Worker processes the master keeps running. Only 1 is accepted until
+/// workers can deliver to each other's sessions.
+pub const DEFAULT_WORKERS: usize = 1;
+/// The control socket's file name inside the data directory (the default
+/// `ctl_socket`).
+pub const DEFAULT_CTL_SOCKET_NAME: &str = "parleyd.ctl";
 
 /// Which store backs the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +141,10 @@ pub struct Settings {
     pub http_max_in_flight: usize,
     pub http_max_request_bytes: usize,
     pub http_max_connections: usize,
+    /// Worker processes (only 1 until cross-worker delivery exists).
+    pub workers: usize,
+    /// The local control socket; None when it is off.
+    pub ctl_socket: Option<PathBuf>,
 }
 
 /// Raw values from flags and environment (clap fills both), before the file
@@ -254,6 +264,12 @@ pub struct SettingArgs {
     /// Most HTTP connections open at once, WebSockets included; more wait to be accepted [default: 4096]
     #[arg(long, env = "PARLEY_HTTP_MAX_CONNECTIONS", value_name = "N")]
     pub http_max_connections: Option<String>,
+    /// Worker processes; only 1 is possible until workers can deliver to each other's sessions [default: 1]
+    #[arg(long, env = "PARLEY_WORKERS", value_name = "N")]
+    pub workers: Option<String>,
+    /// Control socket for `parleyd ctl` (mode 0600), or "off" [default: DATA_DIR/parleyd.ctl]
+    #[arg(long, env = "PARLEY_CTL_SOCKET", value_name = "PATH")]
+    pub ctl_socket: Option<String>,
 }
 
 /// Every setting's key, in the order `--help` lists them.
@@ -294,6 +310,8 @@ const KEYS: &[&str] = &[
     "http_max_in_flight",
     "http_max_request_bytes",
     "http_max_connections",
+    "workers",
+    "ctl_socket",
 ];
 
 /// Every problem found in the configuration, one per line.
@@ -340,8 +358,32 @@ impl SettingArgs {
             "http_max_in_flight" => self.http_max_in_flight.clone(),
             "http_max_request_bytes" => self.http_max_request_bytes.clone(),
             "http_max_connections" => self.http_max_connections.clone(),
+            "workers" => self.workers.clone(),
+            "ctl_socket" => self.ctl_socket.clone(),
 
             _ => None,
+        }
+    }
+
+    /// The control socket `parleyd ctl` talks to. Like [`SettingArgs::resolve`]
+    /// but it reads only `ctl_socket` and `data_dir`, so that a broken
+    /// setting elsewhere in the file does not keep an operator from the
+    /// running server. None when the control socket is off.
+    pub fn ctl_socket_path(&self) -> Option<PathBuf> {
+        let file = self
+            .config
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .unwrap_or_default();
+        let get = |key: &str| {
+            self.flag_or_env(key)
+                .or_else(|| file.get(key).and_then(|v| v.as_str()).map(str::to_owned))
+        };
+        match get("ctl_socket") {
+            Some(raw) if matches!(raw.trim(), "off" | "") => None,
+            Some(raw) => Some(PathBuf::from(raw)),
+            None => Some(PathBuf::from(get("data_dir").unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned())).join(DEFAULT_CTL_SOCKET_NAME)),
         }
     }
 
@@ -686,6 +728,25 @@ impl SettingArgs {
             1..=1_000_000,
             1,
         );
+        let workers: usize = num(
+            &mut errors,
+            "workers",
+            &get("workers", &DEFAULT_WORKERS.to_string()),
+            1..=1024,
+            1,
+        );
+        if workers > 1 {
+            errors.push(format!(
+                "workers: {workers} is not possible yet: a message must reach the recipient's session in \
+                 whichever worker holds it, and workers cannot deliver to each other until the message bus \
+                 exists; set workers = 1"
+            ));
+        }
+        let ctl_socket = match raw("ctl_socket") {
+            None => Some(data_dir.join(DEFAULT_CTL_SOCKET_NAME)),
+            Some(raw) if matches!(raw.trim(), "off" | "") => None,
+            Some(raw) => Some(PathBuf::from(raw)),
+        };
         if ack_timeout_ms > max_ack_backoff_ms {
             errors.push(format!(
                 "ack_timeout_ms ({ack_timeout_ms}) must not exceed max_ack_backoff_ms ({max_ack_backoff_ms})"
@@ -731,6 +792,8 @@ impl SettingArgs {
             http_max_in_flight,
             http_max_request_bytes,
             http_max_connections,
+            workers,
+            ctl_socket,
         })
     }
 }

@@ -25,6 +25,7 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::Timeout => ErrorCode::Timeout,
         ErrorKind::RateLimited => ErrorCode::RateLimited,
         ErrorKind::LimitReached => ErrorCode::LimitReached,
+        ErrorKind::Kicked => ErrorCode::Kicked,
     }
 }
 

@@ -6,10 +6,14 @@
 //! rules of the chat service live in the core, never here.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod ctl;
 pub mod native;
 pub mod server;
+pub mod supervisor;
+pub mod worker;
 
 pub use config::{SettingArgs, Settings, StoreKind};
 pub use server::{Server, Stats, StatsHandle, open_store, run};

@@ -1,9 +1,17 @@
 //! `parleyd`: the Parley server binary.
+//!
+//! `parleyd` (no subcommand) starts the master, which binds the listeners
+//! and runs the worker: this same binary, started with the sockets as
+//! inherited descriptors (see `supervisor.rs` and `worker.rs`).
+//! `parleyd ctl …` talks to a running master through its control socket.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use parley_server::config::SettingArgs;
+use parley_server::ctl::{self, Request};
+use parley_server::{supervisor, worker};
 
 /// mimalloc: fewer instructions per allocation than glibc's malloc on the
 /// per-message path, and it returns freed pages without the trim-and-refault
@@ -15,18 +23,79 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// With no arguments it serves the native protocol on 127.0.0.1:7878, the
 /// HTTP API, WebSocket and web UI on http://127.0.0.1:7880/, with a SQLite
-/// database in ./parley-data. Every setting can come from a TOML file
-/// (--config), from a PARLEY_* environment variable, or from a flag; flags win
-/// over the environment, which wins over the file.
+/// database in ./parley-data, and a control socket for `parleyd ctl` in it.
+/// Every setting can come from a TOML file (--config), from a PARLEY_*
+/// environment variable, or from a flag; flags win over the environment,
+/// which wins over the file. SIGHUP re-reads the file and replaces the
+/// worker process without dropping the listeners; SIGTERM and SIGINT stop
+/// gracefully.
 #[derive(Parser, Debug)]
-#[command(name = "parleyd", version, about, long_about)]
+#[command(name = "parleyd", version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(flatten)]
     settings: SettingArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Control a running parleyd through its control socket.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug)]
+struct CtlArgs {
+    /// The control socket [default: DATA_DIR/parleyd.ctl, or ctl_socket from the config file]
+    #[arg(long, env = "PARLEY_CTL_SOCKET", value_name = "PATH")]
+    ctl_socket: Option<String>,
+    /// The server's configuration file, to find its control socket.
+    #[arg(long, env = "PARLEY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The server's data directory, to find its control socket.
+    #[arg(long, env = "PARLEY_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlAction {
+    /// The master, its worker, listeners and counters.
+    Status,
+    /// Who is online, with their session counts.
+    Sessions,
+    /// End every session of USER (they get KICKED and do not reconnect by themselves).
+    Kick { user: String },
+    /// Store a system message for every online user (pushed at once, kept until acked).
+    Broadcast {
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
+        text: Vec<String>,
+    },
+    /// Re-read the configuration and replace the worker without dropping connections' data.
+    Reload,
+    /// Stop gracefully.
+    Stop,
 }
 
 fn main() -> ExitCode {
+    if worker::is_worker() {
+        // SAFETY: called first, before any descriptor is opened or closed,
+        // as `init_inherited_fds` requires; it only records which
+        // descriptors this process inherited.
+        #[allow(unsafe_code)]
+        if let Err(e) = unsafe { command_fds::inherited::init_inherited_fds() } {
+            eprintln!("parleyd worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = cli.command {
+        return control(args);
+    }
     let settings = match cli.settings.resolve() {
         Ok(s) => s,
         Err(errors) => {
@@ -42,14 +111,25 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("parleyd: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = if worker::is_worker() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(worker::serve(settings)))
+    } else {
+        // The master only supervises: one thread is plenty.
+        let launch = supervisor::Launch {
+            args: std::env::args_os().skip(1).collect(),
+            setting_args: cli.settings,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(supervisor::run(launch, settings)))
     };
-    match runtime.block_on(serve(settings)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("parleyd: {e:#}");
@@ -58,65 +138,42 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: parley_server::Settings) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let (store, secret) = parley_server::open_store(&settings)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
-    let addr = listener.local_addr()?;
-    let http = match settings.http_listen {
-        Some(http_addr) => Some(
-            tokio::net::TcpListener::bind(http_addr)
-                .await
-                .with_context(|| format!("binding the HTTP listener {http_addr}"))?,
-        ),
-        None => None,
+/// `parleyd ctl`: one request, its reply on stdout. Exit 0 on success, 1
+/// when the server refused, 3 when it cannot be reached.
+fn control(args: CtlArgs) -> ExitCode {
+    let where_ = SettingArgs {
+        config: args.config,
+        data_dir: args.data_dir,
+        ctl_socket: args.ctl_socket,
+        ..Default::default()
     };
-    let http_addr = match &http {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
+    let Some(path) = where_.ctl_socket_path() else {
+        eprintln!("parleyd ctl: the control socket is off (ctl_socket = \"off\")");
+        return ExitCode::from(2);
     };
-    tracing::info!(%addr, http = ?http_addr, store = ?settings.store, data_dir = %settings.data_dir.display(), "parleyd listening");
-    // One machine-readable line on stdout: scripts and tests read the ports
-    // from it when listening on port 0. `http=` is absent when it is off.
-    match http_addr {
-        Some(http_addr) => println!("parleyd listening native={addr} http={http_addr}"),
-        None => println!("parleyd listening native={addr}"),
-    }
-    run_until_signal(settings, listener, http, store, secret).await
-}
-
-async fn run_until_signal(
-    settings: parley_server::Settings,
-    listener: tokio::net::TcpListener,
-    http: Option<tokio::net::TcpListener>,
-    store: std::sync::Arc<dyn parley_core::Store>,
-    secret: [u8; 32],
-) -> anyhow::Result<()> {
-    let shutdown = async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+    let request = match args.action {
+        CtlAction::Status => Request::Status,
+        CtlAction::Sessions => Request::Sessions,
+        CtlAction::Kick { user } => Request::Kick { user },
+        CtlAction::Broadcast { text } => Request::Broadcast { text: text.join(" ") },
+        CtlAction::Reload => Request::Reload,
+        CtlAction::Stop => Request::Stop,
+    };
+    match ctl::call(&path, &request) {
+        Ok(result) => {
+            if args.json {
+                println!("{result}");
+            } else {
+                print!("{}", ctl::render(&request, &result));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("parleyd ctl: {e}");
+            match e {
+                ctl::ClientError::Unreachable { .. } => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
             }
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        tracing::info!("signal received");
-    };
-    parley_server::Server::new(settings, store, secret)
-        .run_with_http(listener, http, shutdown)
-        .await
+    }
 }

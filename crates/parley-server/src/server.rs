@@ -153,7 +153,7 @@ pub struct Server {
 }
 
 /// A snapshot of every counter, for metrics, status and the shutdown log.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub connections_accepted: u64,
     pub connections_refused_busy: u64,
@@ -238,6 +238,11 @@ impl Server {
     /// fuzz target) serve a connection without a listener.
     pub fn native_context(&self) -> Arc<NativeContext> {
         Arc::clone(&self.ctx)
+    }
+
+    /// The chat service, for the control socket's commands.
+    pub fn service(&self) -> Arc<Service> {
+        Arc::clone(&self.service)
     }
 
     /// The counters now.

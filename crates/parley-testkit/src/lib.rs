@@ -103,6 +103,8 @@ pub struct TestServer {
     extra: Vec<String>,
     /// Everything the server wrote to stderr goes to this file.
     pub log_path: PathBuf,
+    /// The first worker's pid, from the start line.
+    first_worker: u32,
 }
 
 impl TestServer {
@@ -124,6 +126,7 @@ impl TestServer {
             _temp: Some(temp),
             store,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            first_worker: 0,
         };
         server.spawn(None);
         server
@@ -181,7 +184,7 @@ impl TestServer {
                 std::fs::read_to_string(&self.log_path).unwrap_or_default()
             )
         });
-        // "parleyd listening native=ADDR [http=ADDR]"
+        // "parleyd listening native=ADDR [http=ADDR] master=PID worker=PID"
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(name))
@@ -189,6 +192,7 @@ impl TestServer {
         };
         self.addr = field("native=").unwrap_or_default();
         self.http_addr = field("http=");
+        self.first_worker = field("worker=").and_then(|p| p.parse().ok()).unwrap_or(0);
         self.child = Some(child);
     }
 
@@ -198,8 +202,39 @@ impl TestServer {
         format!("http://{addr}")
     }
 
-    pub fn pid(&self) -> u32 {
+    /// The master process's pid.
+    pub fn master_pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The pid of the process that serves: the master's worker now (it
+    /// changes when the master restarts or replaces its worker).
+    pub fn pid(&self) -> u32 {
+        let master = self.master_pid();
+        children(master).into_iter().min().unwrap_or(self.first_worker)
+    }
+
+    /// The master's control socket (the default one, in the data directory).
+    pub fn ctl_socket(&self) -> PathBuf {
+        self.data_dir.join("parleyd.ctl")
+    }
+
+    /// Runs `parleyd ctl --json ARGS` against this server; returns the exit
+    /// status and stdout.
+    pub fn ctl(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+        let out = Command::new(binary("parleyd"))
+            .arg("ctl")
+            .arg("--ctl-socket")
+            .arg(self.ctl_socket())
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run parleyd ctl");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// A connected, not yet logged-in client.
@@ -238,12 +273,26 @@ impl TestServer {
         }
     }
 
-    /// Kills the server with SIGKILL: no shutdown, no flush.
+    /// Kills the server with SIGKILL, master first (so that it restarts
+    /// nothing), then its workers: no shutdown, no flush.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let workers = children(child.id());
             let _ = child.kill();
             let _ = child.wait();
+            for pid in workers {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                wait_gone(pid);
+            }
         }
+    }
+
+    /// Kills only the serving worker with SIGKILL; the master restarts it.
+    /// Returns the killed pid.
+    pub fn kill_worker(&self) -> u32 {
+        let pid = self.pid();
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        pid
     }
 
     /// Starts the server again on the same data directory and port.
@@ -267,6 +316,45 @@ impl TestServer {
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// The pids whose parent is `parent` (from /proc).
+pub fn children(parent: u32) -> Vec<u32> {
+    if parent == 0 {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    let state = rest.split_whitespace().next()?;
+                    let ppid = rest.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+                    Some(ppid == parent && state != "Z")
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Waits (briefly) until a process has gone.
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| Some(stat[stat.rfind(')')? + 1..].split_whitespace().next()? != "Z"))
+            .unwrap_or(false)
+    };
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

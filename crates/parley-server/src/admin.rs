@@ -1,0 +1,159 @@
+//! The worker's side of the control commands: who is online, kick, broadcast.
+//!
+//! These reach a worker from the master over its control channel (see
+//! `worker.rs`); the master alone talks to the control socket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use parley_core::hub::CloseReason;
+use parley_core::{ErrorKind, Service, UserId, UserName};
+
+use crate::ctl::{Broadcast, Kicked, OnlineUser, Reply, Request, WorkerStatus};
+use crate::server::StatsHandle;
+
+/// Sender id of system messages (account ids start at 1; the web pager
+/// uses the same id, and is told apart by its sender name).
+pub const SYSTEM_SENDER: UserId = UserId(0);
+/// Sender name of broadcasts. Account names cannot contain `:`, so no
+/// account can pass for it.
+pub const SYSTEM_SENDER_NAME: &str = "system:admin";
+/// Broadcast messages being stored at once.
+const BROADCAST_CONCURRENCY: usize = 64;
+/// How long one broadcast message keeps retrying while the store is BUSY.
+const BROADCAST_BUSY_PATIENCE: Duration = Duration::from_secs(10);
+/// Pause between those retries.
+const BROADCAST_BUSY_PAUSE: Duration = Duration::from_millis(20);
+
+/// What the control commands act on.
+#[derive(Clone)]
+pub struct Admin {
+    pub service: Arc<Service>,
+    pub stats: StatsHandle,
+    pub started: Instant,
+}
+
+impl Admin {
+    /// Answers one request that a worker can answer.
+    pub async fn handle(&self, request: Request) -> Reply {
+        match request {
+            Request::Status => Reply::ok(WorkerStatus {
+                pid: std::process::id(),
+                uptime_secs: self.started.elapsed().as_secs(),
+                stats: self.stats.snapshot(),
+            }),
+            Request::Sessions => Reply::ok(self.sessions()),
+            Request::Kick { user } => match self.kick(&user).await {
+                Ok(kicked) => Reply::ok(kicked),
+                Err(e) => Reply::error(e),
+            },
+            Request::Broadcast { text } => match self.broadcast(text).await {
+                Ok(done) => Reply::ok(done),
+                Err(e) => Reply::error(e),
+            },
+            Request::Reload | Request::Stop => Reply::error("only the master reloads or stops"),
+        }
+    }
+
+    /// Online users by name.
+    fn sessions(&self) -> Vec<OnlineUser> {
+        let mut users: Vec<OnlineUser> = self
+            .service
+            .hub()
+            .online_users()
+            .into_iter()
+            .map(|(_, name, sessions)| OnlineUser {
+                user: name.to_string(),
+                sessions,
+            })
+            .collect();
+        users.sort_by(|a, b| a.user.to_lowercase().cmp(&b.user.to_lowercase()));
+        users
+    }
+
+    /// Ends every session of `user` with KICKED. Clients do not reconnect
+    /// by themselves after it; the account is untouched, so logging in again
+    /// works (deleting the account is how to keep someone out).
+    async fn kick(&self, user: &str) -> Result<Kicked, String> {
+        let name = UserName::parse(user).map_err(|e| format!("{user:?}: {e}"))?;
+        let account = self
+            .service
+            .store()
+            .find_account(name.key())
+            .await
+            .map_err(|e| format!("looking up {user:?}: {e}"))?
+            .ok_or_else(|| format!("no such user {user:?}"))?;
+        let hub = self.service.hub();
+        let sessions = hub.session_count(account.id);
+        hub.close_user(
+            account.id,
+            None,
+            CloseReason {
+                kind: ErrorKind::Kicked,
+                message: "an administrator ended this session".into(),
+            },
+        );
+        tracing::info!(user = %account.name, sessions, "kicked");
+        Ok(Kicked {
+            user: account.name,
+            sessions,
+        })
+    }
+
+    /// Stores `text` from [`SYSTEM_SENDER_NAME`] in the mailbox of every
+    /// user online now; each is then pushed, acked and kept like any other
+    /// message.
+    async fn broadcast(&self, text: String) -> Result<Broadcast, String> {
+        let max = self.service.config().limits.max_body_bytes as usize;
+        if text.is_empty() {
+            return Err("the broadcast text is empty".into());
+        }
+        if text.len() > max {
+            return Err(format!("the broadcast text is {} bytes; the limit is {max}", text.len()));
+        }
+        let users = self.service.hub().online_users();
+        let recipients = users.len();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let results: Vec<Result<(), String>> = futures::stream::iter(users.into_iter().enumerate())
+            .map(|(i, (_, name, _))| {
+                let service = Arc::clone(&self.service);
+                let text = text.clone();
+                let id = format!("broadcast-{stamp}-{i}");
+                async move { store_one(&service, &name, &id, text).await.map_err(|e| format!("{name}: {e}")) }
+            })
+            .buffer_unordered(BROADCAST_CONCURRENCY)
+            .collect()
+            .await;
+        let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        let stored = recipients - failed.len();
+        tracing::info!(recipients, stored, failed = failed.len(), "broadcast");
+        Ok(Broadcast {
+            recipients,
+            stored,
+            failed,
+        })
+    }
+}
+
+/// Stores one broadcast message, retrying while the store is BUSY (the
+/// client message id makes a retry of a stored message a no-op).
+async fn store_one(service: &Arc<Service>, to: &str, id: &str, text: String) -> Result<(), String> {
+    let deadline = Instant::now() + BROADCAST_BUSY_PATIENCE;
+    loop {
+        let attempt = match service.send_from(SYSTEM_SENDER, SYSTEM_SENDER_NAME, to, id, text.clone()) {
+            Ok(pending) => pending.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind == ErrorKind::Busy && Instant::now() < deadline => {
+                tokio::time::sleep(BROADCAST_BUSY_PAUSE).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! The master process: binds every listener, keeps one worker serving,
+//! restarts it when it dies, replaces it on reload, and serves the control
+//! socket.
+//!
+//! The listening sockets belong to the master for its whole life and are
+//! handed to each worker as inherited descriptors, so while a worker
+//! restarts, new connections wait in the kernel's accept queue instead of
+//! being refused. A reload starts the new worker first, waits until it is
+//! ready (store open), and only then sends SIGTERM to the old one, which
+//! stops accepting and drains: each of its clients sees one reconnect, and
+//! nothing a client was told "ok" is lost because "ok" means stored. Both
+//! workers may write the SQLite database meanwhile; SQLite serialises the
+//! writers (`BEGIN IMMEDIATE` with a busy timeout) and mailbox seqs are
+//! read inside each transaction.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use command_fds::{CommandFdExt, FdMapping};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, LinesCodec};
+use futures::StreamExt;
+
+use crate::config::{SettingArgs, Settings, StoreKind};
+use crate::ctl::{MAX_LINE_BYTES, Reloaded, Reply, Request, Status, WorkerStatus};
+use crate::worker::{self, FromWorker, ToWorker};
+
+/// Longest wait for a new worker to report ready (it opens and migrates the store).
+pub const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// First pause before restarting a worker that died; doubles per failure.
+pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between restarts.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A worker that served this long resets the backoff.
+pub const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// Time a worker gets beyond `shutdown_grace` to exit after SIGTERM before SIGKILL.
+pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
+/// Longest wait for a worker's answer to a control request (a broadcast
+/// to many users takes a while).
+pub const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a control client to send its request line.
+const CTL_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control connections handled at once; more wait to be accepted.
+const CTL_MAX_CLIENTS: usize = 16;
+
+/// How the master was started, to start workers the same way and to
+/// re-read the configuration on reload.
+pub struct Launch {
+    /// The command-line arguments after the program name.
+    pub args: Vec<OsString>,
+    /// The parsed flags and environment (the file is read again on reload).
+    pub setting_args: SettingArgs,
+}
+
+/// The sockets the master holds for its workers.
+struct Listeners {
+    native: std::net::TcpListener,
+    http: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+        let native = std::net::TcpListener::bind(settings.listen)
+            .with_context(|| format!("binding the native listener {}", settings.listen))?;
+        let http = match settings.http_listen {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr).with_context(|| format!("binding the HTTP listener {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { native, http })
+    }
+
+    fn native_addr(&self) -> String {
+        self.native.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    fn http_addr(&self) -> Option<String> {
+        self.http
+            .as_ref()
+            .map(|l| l.local_addr().map(|a| a.to_string()).unwrap_or_default())
+    }
+}
+
+/// A control request and where its reply goes.
+type Call = (Request, oneshot::Sender<Reply>);
+
+/// A running worker, as the master sees it.
+struct Worker {
+    pid: u32,
+    generation: u64,
+    started: Instant,
+    child: Child,
+    /// Requests for it; its channel task answers them.
+    calls: mpsc::Sender<Call>,
+}
+
+impl Worker {
+    fn signal(&self, signal: Signal) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+/// The master's state.
+struct Master {
+    launch: Launch,
+    exe: PathBuf,
+    settings: Settings,
+    listeners: Listeners,
+    run_id: String,
+    started: Instant,
+    generation: u64,
+    restarts: u64,
+    current: Option<Worker>,
+    /// Old workers draining after a reload: pid and the task that reaps them.
+    draining: Vec<(u32, JoinHandle<()>)>,
+    ctl_path: Option<PathBuf>,
+}
+
+/// Runs the master until SIGTERM, SIGINT or `parleyd ctl stop`.
+pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+
+    if settings.store == StoreKind::Sqlite {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+    }
+    let listeners = Listeners::bind(&settings)?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Call>(CTL_MAX_CLIENTS);
+    let ctl_path = match &settings.ctl_socket {
+        Some(path) => {
+            let listener = bind_ctl(path)?;
+            tokio::spawn(serve_ctl(listener, path.clone(), ctl_tx));
+            Some(path.clone())
+        }
+        None => None,
+    };
+    let run_id = std::env::var(worker::ENV_RUN).unwrap_or_else(|_| new_run_id());
+    let mut master = Master {
+        exe: own_executable()?,
+        launch,
+        settings,
+        listeners,
+        run_id,
+        started: Instant::now(),
+        generation: 0,
+        restarts: 0,
+        current: None,
+        draining: Vec::new(),
+        ctl_path,
+    };
+    let first = match master.start_worker().await {
+        Ok(w) => w,
+        Err(e) => {
+            master.remove_ctl_socket();
+            return Err(e.context("the first worker did not start"));
+        }
+    };
+    // One machine-readable line on stdout: scripts and tests read the ports
+    // (and pids) from it when listening on port 0. `http=` is absent when it is off.
+    let mut line = format!("parleyd listening native={}", master.listeners.native_addr());
+    if let Some(http) = master.listeners.http_addr() {
+        line.push_str(&format!(" http={http}"));
+    }
+    line.push_str(&format!(" master={} worker={}", std::process::id(), first.pid));
+    println!("{line}");
+    tracing::info!(
+        native = %master.listeners.native_addr(),
+        http = ?master.listeners.http_addr(),
+        store = ?master.settings.store,
+        data_dir = %master.settings.data_dir.display(),
+        ctl = ?master.ctl_path,
+        worker = first.pid,
+        "parleyd listening"
+    );
+    master.current = Some(first);
+
+    let mut backoff = RESTART_BACKOFF_MIN;
+    let mut restart_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            status = wait_for(&mut master.current) => {
+                let (pid, lived) = master.current.as_ref().map(|w| (w.pid, w.started.elapsed())).unwrap_or((0, Duration::ZERO));
+                master.current = None;
+                if lived >= RESTART_BACKOFF_RESET {
+                    backoff = RESTART_BACKOFF_MIN;
+                }
+                tracing::error!(worker = pid, status = %describe(&status), served = ?lived, restart_in = ?backoff, "worker died; restarting it");
+                restart_at = Some(tokio::time::Instant::now() + backoff);
+            }
+            () = sleep_until(restart_at) => {
+                restart_at = None;
+                master.restarts += 1;
+                if master.settings.store == StoreKind::Memory {
+                    tracing::warn!("the memory store died with the worker: the new worker starts empty");
+                }
+                match master.start_worker().await {
+                    Ok(w) => {
+                        tracing::info!(worker = w.pid, restarts = master.restarts, "worker restarted");
+                        master.current = Some(w);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), retry_in = ?backoff, "worker restart failed");
+                        restart_at = Some(tokio::time::Instant::now() + backoff);
+                    }
+                }
+                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = master.reload().await;
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            Some((request, reply)) = ctl_rx.recv() => {
+                match request {
+                    Request::Reload => {
+                        let _ = reply.send(master.reload().await);
+                    }
+                    Request::Stop => {
+                        tracing::info!("stop requested on the control socket");
+                        let _ = reply.send(Reply::ok("stopping"));
+                        break;
+                    }
+                    Request::Status => master.status(reply),
+                    other => master.forward(other, reply),
+                }
+            }
+        }
+    }
+    master.stop().await;
+    Ok(())
+}
+
+/// Waits for the current worker to exit; never resolves without one.
+async fn wait_for(current: &mut Option<Worker>) -> std::io::Result<std::process::ExitStatus> {
+    match current {
+        Some(w) => w.child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn describe(status: &std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+impl Master {
+    /// Starts a worker on the current listeners and waits until it is ready.
+    async fn start_worker(&mut self) -> anyhow::Result<Worker> {
+        self.generation += 1;
+        let generation = self.generation;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().context("creating a control channel")?;
+        let mut mappings = vec![
+            FdMapping {
+                parent_fd: OwnedFd::from(self.listeners.native.try_clone()?),
+                child_fd: worker::NATIVE_FD,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(theirs),
+                child_fd: worker::CONTROL_FD,
+            },
+        ];
+        let mut command = Command::new(&self.exe);
+        command
+            .args(&self.launch.args)
+            .env(worker::ENV_NATIVE_FD, worker::NATIVE_FD.to_string())
+            .env(worker::ENV_CONTROL_FD, worker::CONTROL_FD.to_string())
+            .env(worker::ENV_RUN, &self.run_id)
+            .env(worker::ENV_WORKER_RESTARTS, self.restarts.to_string())
+            .env(worker::ENV_GENERATION, generation.to_string())
+            .env_remove(worker::ENV_HTTP_FD)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(false);
+        if let Some(http) = &self.listeners.http {
+            mappings.push(FdMapping {
+                parent_fd: OwnedFd::from(http.try_clone()?),
+                child_fd: worker::HTTP_FD,
+            });
+            command.env(worker::ENV_HTTP_FD, worker::HTTP_FD.to_string());
+        }
+        command
+            .fd_mappings(mappings)
+            .map_err(|e| anyhow::anyhow!("mapping descriptors: {e}"))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        // Our copies of the child's descriptors close here, so that the
+        // channel reports end-of-file when the worker is gone.
+        drop(command);
+        let pid = child.id().unwrap_or(0);
+        ours.set_nonblocking(true)?;
+        let channel = UnixStream::from_std(ours)?;
+        let (reader, writer) = channel.into_split();
+        let mut reader = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+        let ready = tokio::select! {
+            first = reader.next() => match first {
+                Some(Ok(line)) => matches!(serde_json::from_str::<FromWorker>(&line), Ok(FromWorker::Ready { .. })),
+                _ => false,
+            },
+            _ = tokio::time::sleep(WORKER_READY_TIMEOUT) => false,
+        };
+        if !ready {
+            // It exited, closed the channel, said something else or hung.
+            let _ = child.start_kill();
+            let status = child.wait().await;
+            bail!("worker {pid} did not become ready (exit status {})", describe(&status));
+        }
+        let (calls, requests) = mpsc::channel::<Call>(CTL_MAX_CLIENTS);
+        tokio::spawn(channel_task(reader, writer, requests));
+        tracing::info!(worker = pid, generation, "worker ready");
+        Ok(Worker {
+            pid,
+            generation,
+            started: Instant::now(),
+            child,
+            calls,
+        })
+    }
+
+    /// Re-reads the configuration; if it is valid, a new worker takes over
+    /// and the old one drains. Otherwise the old configuration stays.
+    async fn reload(&mut self) -> Reply {
+        let settings = match self.launch.setting_args.resolve() {
+            Ok(s) => s,
+            Err(errors) => {
+                tracing::error!("reload refused, the running configuration stays: {errors}");
+                return Reply::error(format!("reload refused, the running configuration stays: {errors}"));
+            }
+        };
+        if settings.ctl_socket != self.settings.ctl_socket {
+            tracing::warn!("ctl_socket changed; the control socket moves only on a restart of parleyd");
+        }
+        let rebind_native = settings.listen != self.settings.listen;
+        let rebind_http = settings.http_listen != self.settings.http_listen;
+        let mut fresh = None;
+        if rebind_native || rebind_http {
+            let native = if rebind_native {
+                match std::net::TcpListener::bind(settings.listen) {
+                    Ok(l) => l,
+                    Err(e) => return refuse(format!("binding the native listener {}: {e}", settings.listen)),
+                }
+            } else {
+                match self.listeners.native.try_clone() {
+                    Ok(l) => l,
+                    Err(e) => return refuse(format!("sharing the native listener: {e}")),
+                }
+            };
+            let http = match (rebind_http, settings.http_listen, &self.listeners.http) {
+                (false, _, Some(l)) => match l.try_clone() {
+                    Ok(l) => Some(l),
+                    Err(e) => return refuse(format!("sharing the HTTP listener: {e}")),
+                },
+                (_, Some(addr), _) => match std::net::TcpListener::bind(addr) {
+                    Ok(l) => Some(l),
+                    Err(e) => return refuse(format!("binding the HTTP listener {addr}: {e}")),
+                },
+                (_, None, _) => None,
+            };
+            fresh = Some(Listeners { native, http });
+        }
+        let previous_settings = std::mem::replace(&mut self.settings, settings);
+        let previous_listeners = fresh.map(|fresh| std::mem::replace(&mut self.listeners, fresh));
+        if self.settings.store == StoreKind::Memory || previous_settings.store == StoreKind::Memory {
+            tracing::warn!("the memory store does not survive a reload: the new worker starts empty");
+        }
+        let new = match self.start_worker().await {
+            Ok(w) => w,
+            Err(e) => {
+                self.settings = previous_settings;
+                if let Some(previous) = previous_listeners {
+                    self.listeners = previous;
+                }
+                return refuse(format!("{e:#}; the old worker keeps serving"));
+            }
+        };
+        let reloaded = Reloaded {
+            worker_pid: new.pid,
+            generation: new.generation,
+            old_worker_pid: self.current.as_ref().map(|w| w.pid),
+        };
+        if let Some(old) = self.current.replace(new) {
+            self.drain(old, previous_settings.shutdown_grace);
+        }
+        tracing::info!(worker = reloaded.worker_pid, old = ?reloaded.old_worker_pid, "reloaded");
+        Reply::ok(reloaded)
+    }
+
+    /// Sends SIGTERM to `old` and reaps it in the background, with SIGKILL
+    /// after its grace period.
+    fn drain(&mut self, mut old: Worker, grace: Duration) {
+        old.signal(Signal::SIGTERM);
+        let pid = old.pid;
+        let task = tokio::spawn(async move {
+            match tokio::time::timeout(grace + EXIT_MARGIN, old.child.wait()).await {
+                Ok(status) => tracing::info!(worker = pid, status = %describe(&status), "old worker drained"),
+                Err(_) => {
+                    tracing::warn!(worker = pid, "old worker still running after its grace period: killing it");
+                    let _ = old.child.start_kill();
+                    let _ = old.child.wait().await;
+                }
+            }
+        });
+        self.draining.retain(|(_, t)| !t.is_finished());
+        self.draining.push((pid, task));
+    }
+
+    /// Answers `status`: the master's part now, the worker's when it answers.
+    fn status(&mut self, reply: oneshot::Sender<Reply>) {
+        self.draining.retain(|(_, t)| !t.is_finished());
+        let mut status = Status {
+            master_pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            native: self.listeners.native_addr(),
+            http: self.listeners.http_addr(),
+            store: format!("{:?}", self.settings.store).to_lowercase(),
+            data_dir: self.settings.data_dir.display().to_string(),
+            generation: self.generation,
+            worker_restarts: self.restarts,
+            draining: self.draining.iter().map(|(pid, _)| *pid).collect(),
+            worker: None,
+        };
+        let Some(calls) = self.current.as_ref().map(|w| w.calls.clone()) else {
+            let _ = reply.send(Reply::ok(status));
+            return;
+        };
+        tokio::spawn(async move {
+            if let Reply { ok: true, result, .. } = ask(&calls, Request::Status).await {
+                status.worker = serde_json::from_value::<WorkerStatus>(result).ok();
+            }
+            let _ = reply.send(Reply::ok(status));
+        });
+    }
+
+    /// Passes a request only a worker can answer to the current worker.
+    fn forward(&self, request: Request, reply: oneshot::Sender<Reply>) {
+        let Some(calls) = self.current.as_ref().map(|w| w.calls.clone()) else {
+            let _ = reply.send(Reply::error("no worker is serving right now; try again shortly"));
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = reply.send(ask(&calls, request).await);
+        });
+    }
+
+    /// Graceful stop: SIGTERM to every worker, SIGKILL to those still
+    /// running after the grace period.
+    async fn stop(mut self) {
+        let grace = self.settings.shutdown_grace;
+        if let Some(mut w) = self.current.take() {
+            w.signal(Signal::SIGTERM);
+            match tokio::time::timeout(grace + EXIT_MARGIN, w.child.wait()).await {
+                Ok(status) => tracing::info!(worker = w.pid, status = %describe(&status), "worker stopped"),
+                Err(_) => {
+                    tracing::warn!(worker = w.pid, "worker still running after the grace period: killing it");
+                    let _ = w.child.start_kill();
+                    let _ = w.child.wait().await;
+                }
+            }
+        }
+        for (_, task) in self.draining.drain(..) {
+            let _ = task.await;
+        }
+        self.remove_ctl_socket();
+        tracing::info!("parleyd stopped");
+    }
+
+    fn remove_ctl_socket(&self) {
+        if let Some(path) = &self.ctl_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn refuse(text: String) -> Reply {
+    tracing::error!("reload refused: {text}");
+    Reply::error(format!("reload refused: {text}"))
+}
+
+/// Sends one request to a worker and waits for the reply.
+async fn ask(calls: &mpsc::Sender<Call>, request: Request) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if calls.send((request, tx)).await.is_err() {
+        return Reply::error("the worker is gone");
+    }
+    match tokio::time::timeout(WORKER_REPLY_TIMEOUT, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Reply::error("the worker went away before answering"),
+        Err(_) => Reply::error("the worker did not answer in time"),
+    }
+}
+
+/// Carries requests to one worker and routes its replies back by id.
+async fn channel_task(
+    mut reader: FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+    mut requests: mpsc::Receiver<Call>,
+) {
+    let mut pending: std::collections::HashMap<u64, oneshot::Sender<Reply>> = std::collections::HashMap::new();
+    let mut next_id = 0u64;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            call = requests.recv(), if open => {
+                // The master let go of this worker (it is draining): keep
+                // the channel open until the worker itself closes it.
+                let Some((request, reply)) = call else { open = false; continue };
+                next_id += 1;
+                let line = worker::line(&ToWorker { id: next_id, request });
+                if writer.write_all(line.as_bytes()).await.is_err() {
+                    let _ = reply.send(Reply::error("the worker is gone"));
+                    continue;
+                }
+                pending.insert(next_id, reply);
+            }
+            read = reader.next() => {
+                match read {
+                    Some(Ok(line)) => {
+                        if let Ok(FromWorker::Reply { id, reply }) = serde_json::from_str::<FromWorker>(&line)
+                            && let Some(tx) = pending.remove(&id)
+                        {
+                            let _ = tx.send(reply);
+                        }
+                    }
+                    // The worker is gone: every waiting request fails (their
+                    // senders drop), and new ones fail to send.
+                    _ => return,
+                }
+            }
+        }
+    }
+}
+
+/// Binds the control socket with mode 0600. A socket file left by a
+/// parleyd that died is replaced; one that answers belongs to a running
+/// parleyd, and starting fails rather than taking it over.
+fn bind_ctl(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("control socket {}: exists and is not a socket", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "control socket {}: another parleyd is running with it (stop it, or set ctl_socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale control socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts control clients: only the socket owner's uid and root are
+/// served; each sends one request line and gets one reply line.
+async fn serve_ctl(listener: UnixListener, path: PathBuf, master: mpsc::Sender<Call>) {
+    let owner = std::fs::metadata(&path).map(|m| m.uid()).ok();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CTL_MAX_CLIENTS));
+    loop {
+        let Ok(permit) = std::sync::Arc::clone(&slots).acquire_owned().await else { return };
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let master = master.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            ctl_client(stream, owner, master).await;
+        });
+    }
+}
+
+async fn ctl_client(stream: UnixStream, owner: Option<u32>, master: mpsc::Sender<Call>) {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let (reader, mut writer) = stream.into_split();
+    let allowed = matches!((uid, owner), (Some(0), _)) || (uid.is_some() && uid == owner);
+    let reply = if !allowed {
+        tracing::warn!(uid = ?uid, "control socket: refused a client of another user");
+        Reply::error("permission denied: the control socket serves its owner and root only")
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(reader).take(MAX_LINE_BYTES as u64);
+        match tokio::time::timeout(CTL_READ_TIMEOUT, reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    tracing::info!(request = ?request, "control request");
+                    let (tx, rx) = oneshot::channel();
+                    if master.send((request, tx)).await.is_err() {
+                        Reply::error("parleyd is stopping")
+                    } else {
+                        rx.await.unwrap_or_else(|_| Reply::error("parleyd is stopping"))
+                    }
+                }
+                Err(e) => Reply::error(format!("unreadable request: {e}")),
+            },
+            _ => Reply::error("no request line"),
+        }
+    };
+    let _ = writer.write_all(worker::line(&reply).as_bytes()).await;
+}
+
+/// The binary to start workers from: this one. After an upgrade replaced
+/// the file, the link names the deleted file; the path without the marker
+/// is the new binary, which is what a reload should start.
+fn own_executable() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding parleyd's own executable")?;
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(live) => Ok(PathBuf::from(live)),
+        None => Ok(exe),
+    }
+}
+
+/// A sortable id for one run of the master: UTC time and pid.
+pub fn new_run_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        std::process::id()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_from_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn a_live_control_socket_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.ctl");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let first = bind_ctl(&path).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            let err = bind_ctl(&path).unwrap_err().to_string();
+            assert!(err.contains("another parleyd"), "{err}");
+            drop(first);
+            // A stale socket file (nobody listening) is replaced.
+            bind_ctl(&path).unwrap();
+        });
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.ctl");
+        std::fs::write(&path, "precious").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let err = rt.block_on(async { bind_ctl(&path).unwrap_err().to_string() });
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    }
+}
