@@ -273,6 +273,23 @@ impl TestServer {
         }
     }
 
+    /// Waits for a server that was told to stop some other way (`parleyd
+    /// ctl stop`) to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("parleyd did not exit within {STOP_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the server with SIGKILL, master first (so that it restarts
     /// nothing), then its workers: no shutdown, no flush.
     pub fn kill(&mut self) {
