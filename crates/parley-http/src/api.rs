@@ -425,7 +425,7 @@ impl From<&StoredMessage> for MessageView {
             message_id: m.id.0,
             seq: m.seq.0,
             from: m.sender_name.clone(),
-            pager: m.sender == pager::PAGER_SENDER,
+            pager: m.sender == pager::PAGER_SENDER && m.sender_name.starts_with(pager::PAGER_PREFIX),
             timestamp_ms: m.timestamp_ms,
             body: m.body.clone(),
             client_msg_id: m.client_msg_id.clone(),
