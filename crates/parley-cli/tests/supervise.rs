@@ -79,7 +79,10 @@ fn bodies(lines: &[Value]) -> Vec<String> {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), lines.len(), "a message was printed twice: {lines:#?}");
-    lines.iter().map(|l| l["body"].as_str().expect("body").to_owned()).collect()
+    lines
+        .iter()
+        .map(|l| l["body"].as_str().expect("body").to_owned())
+        .collect()
 }
 
 fn expected() -> Vec<String> {
@@ -186,9 +189,14 @@ async fn a_reload_swaps_the_worker_under_traffic_and_a_bad_config_is_refused() {
     std::fs::write(&config, "max_body_bytes = \"lots\"\nno_such_setting = 1\n").expect("break config");
     let (code, _, err) = h.server.ctl(&["reload"]);
     assert_eq!(code.code(), Some(1), "{err}");
-    assert!(err.contains("reload refused") && err.contains("no_such_setting"), "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("no_such_setting"),
+        "{err}"
+    );
     assert_eq!(status(&h)["generation"], generation);
-    bob.send("alice", "still here").await.expect("send after a refused reload");
+    bob.send("alice", "still here")
+        .await
+        .expect("send after a refused reload");
 
     // SIGHUP reloads too.
     std::fs::write(&config, "max_body_bytes = 65536\n").expect("fix config");
@@ -206,7 +214,9 @@ async fn a_reload_swaps_the_worker_under_traffic_and_a_bad_config_is_refused() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let bob = connect(&h.server.addr, "bob").await;
-    bob.send("alice", &"x".repeat(3000)).await.expect("the limit is back up");
+    bob.send("alice", &"x".repeat(3000))
+        .await
+        .expect("the limit is back up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,8 +240,20 @@ async fn the_control_socket_lists_kicks_broadcasts_and_stops() {
     }
     let (_, out, _) = h.server.ctl(&["sessions"]);
     let users = parse(&out);
-    assert!(users.as_array().unwrap().contains(&serde_json::json!({"user": "alice", "sessions": 1})), "{users}");
-    assert!(users.as_array().unwrap().contains(&serde_json::json!({"user": "carol", "sessions": 1})), "{users}");
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"user": "alice", "sessions": 1})),
+        "{users}"
+    );
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"user": "carol", "sessions": 1})),
+        "{users}"
+    );
 
     // The socket is its owner's alone.
     use std::os::unix::fs::PermissionsExt;
@@ -322,4 +344,35 @@ fn more_than_one_worker_is_refused_with_a_reason() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("workers: 2 is not possible yet"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_the_master_and_its_worker_gracefully() {
+    let mut h = Harness::start(Store::Sqlite);
+    let bob = h.user("bob").await;
+    h.user("alice").await;
+    bob.send("alice", "before the stop").await.expect("send");
+    let worker = h.server.pid();
+    let master = h.server.master_pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &master])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = h.server.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{worker}/status")).exists() || zombie(worker));
+    let log = h.server.log();
+    assert!(
+        log.contains("SIGINT: stopping") && log.contains("worker stopped"),
+        "{log}"
+    );
+    assert!(!log.contains("worker died"), "{log}");
+    // Nothing was lost: the next start finds the message.
+    h.server.restart();
+    let alice = h.user("alice").await;
+    let unread = alice.fetch(0, 10, false).await.expect("fetch");
+    assert_eq!(unread.messages[0].body, "before the stop");
 }

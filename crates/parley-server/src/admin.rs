@@ -110,7 +110,10 @@ impl Admin {
             return Err("the broadcast text is empty".into());
         }
         if text.len() > max {
-            return Err(format!("the broadcast text is {} bytes; the limit is {max}", text.len()));
+            return Err(format!(
+                "the broadcast text is {} bytes; the limit is {max}",
+                text.len()
+            ));
         }
         let users = self.service.hub().online_users();
         let recipients = users.len();
@@ -123,7 +126,11 @@ impl Admin {
                 let service = Arc::clone(&self.service);
                 let text = text.clone();
                 let id = format!("broadcast-{stamp}-{i}");
-                async move { store_one(&service, &name, &id, text).await.map_err(|e| format!("{name}: {e}")) }
+                async move {
+                    store_one(&service, &name, &id, text)
+                        .await
+                        .map_err(|e| format!("{name}: {e}"))
+                }
             })
             .buffer_unordered(BROADCAST_CONCURRENCY)
             .collect()

@@ -383,7 +383,10 @@ impl SettingArgs {
         match get("ctl_socket") {
             Some(raw) if matches!(raw.trim(), "off" | "") => None,
             Some(raw) => Some(PathBuf::from(raw)),
-            None => Some(PathBuf::from(get("data_dir").unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned())).join(DEFAULT_CTL_SOCKET_NAME)),
+            None => Some(
+                PathBuf::from(get("data_dir").unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()))
+                    .join(DEFAULT_CTL_SOCKET_NAME),
+            ),
         }
     }
 

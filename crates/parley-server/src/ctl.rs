@@ -229,7 +229,10 @@ pub fn render(request: &Request, result: &serde_json::Value) -> String {
                     "reloaded: worker {} (generation {}) serves; worker {old} is draining\n",
                     r.worker_pid, r.generation
                 ),
-                None => format!("reloaded: worker {} (generation {}) serves\n", r.worker_pid, r.generation),
+                None => format!(
+                    "reloaded: worker {} (generation {}) serves\n",
+                    r.worker_pid, r.generation
+                ),
             },
             Err(_) => result.to_string(),
         },

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use command_fds::{CommandFdExt, FdMapping};
+use futures::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -30,7 +31,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, LinesCodec};
-use futures::StreamExt;
 
 use crate::config::{SettingArgs, Settings, StoreKind};
 use crate::ctl::{MAX_LINE_BYTES, Reloaded, Reply, Request, Status, WorkerStatus};
@@ -74,9 +74,9 @@ impl Listeners {
         let native = std::net::TcpListener::bind(settings.listen)
             .with_context(|| format!("binding the native listener {}", settings.listen))?;
         let http = match settings.http_listen {
-            Some(addr) => Some(
-                std::net::TcpListener::bind(addr).with_context(|| format!("binding the HTTP listener {addr}"))?,
-            ),
+            Some(addr) => {
+                Some(std::net::TcpListener::bind(addr).with_context(|| format!("binding the HTTP listener {addr}"))?)
+            }
             None => None,
         };
         Ok(Listeners { native, http })
@@ -421,7 +421,10 @@ impl Master {
             match tokio::time::timeout(grace + EXIT_MARGIN, old.child.wait()).await {
                 Ok(status) => tracing::info!(worker = pid, status = %describe(&status), "old worker drained"),
                 Err(_) => {
-                    tracing::warn!(worker = pid, "old worker still running after its grace period: killing it");
+                    tracing::warn!(
+                        worker = pid,
+                        "old worker still running after its grace period: killing it"
+                    );
                     let _ = old.child.start_kill();
                     let _ = old.child.wait().await;
                 }
@@ -479,7 +482,10 @@ impl Master {
             match tokio::time::timeout(grace + EXIT_MARGIN, w.child.wait()).await {
                 Ok(status) => tracing::info!(worker = w.pid, status = %describe(&status), "worker stopped"),
                 Err(_) => {
-                    tracing::warn!(worker = w.pid, "worker still running after the grace period: killing it");
+                    tracing::warn!(
+                        worker = w.pid,
+                        "worker still running after the grace period: killing it"
+                    );
                     let _ = w.child.start_kill();
                     let _ = w.child.wait().await;
                 }
@@ -577,7 +583,8 @@ fn bind_ctl(path: &Path) -> anyhow::Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing the stale control socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok(listener)
@@ -589,7 +596,9 @@ async fn serve_ctl(listener: UnixListener, path: PathBuf, master: mpsc::Sender<C
     let owner = std::fs::metadata(&path).map(|m| m.uid()).ok();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CTL_MAX_CLIENTS));
     loop {
-        let Ok(permit) = std::sync::Arc::clone(&slots).acquire_owned().await else { return };
+        let Ok(permit) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -694,7 +703,10 @@ mod tests {
     fn a_live_control_socket_is_not_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.ctl");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let first = bind_ctl(&path).unwrap();
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -712,7 +724,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.ctl");
         std::fs::write(&path, "precious").unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let err = rt.block_on(async { bind_ctl(&path).unwrap_err().to_string() });
         assert!(err.contains("not a socket"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");

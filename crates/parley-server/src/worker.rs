@@ -16,11 +16,11 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::time::Instant;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LinesCodec};
 
 use crate::admin::Admin;
 use crate::ctl::{MAX_LINE_BYTES, Reply, Request};
@@ -77,8 +77,8 @@ fn inherited(var: &str) -> anyhow::Result<Option<OwnedFd>> {
         .to_str()
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("{var}={raw:?} is not a descriptor number"))?;
-    let owned =
-        command_fds::inherited::take_fd_ownership(fd).with_context(|| format!("{var}: descriptor {fd} not inherited"))?;
+    let owned = command_fds::inherited::take_fd_ownership(fd)
+        .with_context(|| format!("{var}: descriptor {fd} not inherited"))?;
     Ok(Some(owned))
 }
 
@@ -111,7 +111,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         started,
     };
     let (reader, mut writer) = control.into_split();
-    let ready = line(&FromWorker::Ready { pid: std::process::id() });
+    let ready = line(&FromWorker::Ready {
+        pid: std::process::id(),
+    });
     writer.write_all(ready.as_bytes()).await.context("reporting ready")?;
     tracing::info!(pid = std::process::id(), %addr, "worker serving");
 
