@@ -68,7 +68,7 @@ impl Admin {
                 sessions,
             })
             .collect();
-        users.sort_by(|a, b| a.user.to_lowercase().cmp(&b.user.to_lowercase()));
+        users.sort_by_key(|u| u.user.to_lowercase());
         users
     }
 
