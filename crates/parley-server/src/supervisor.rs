@@ -204,7 +204,8 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
                 tracing::error!(worker = pid, status = %describe(&status), served = ?lived, restart_in = ?backoff, "worker died; restarting it");
                 restart_at = Some(tokio::time::Instant::now() + backoff);
             }
-            () = sleep_until(restart_at) => {
+            // A reload meanwhile may have started a worker already.
+            () = sleep_until(restart_at), if master.current.is_none() => {
                 restart_at = None;
                 master.restarts += 1;
                 if master.settings.store == StoreKind::Memory {
