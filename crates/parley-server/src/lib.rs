@@ -8,8 +8,10 @@
 
 pub mod config;
 pub mod convert;
+pub mod gen_cert;
 pub mod native;
 pub mod server;
+pub mod tls;
 
 pub use config::{SettingArgs, Settings, StoreKind};
 pub use server::{Server, Stats, StatsHandle, open_store, run};

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use parley_server::config::SettingArgs;
+use parley_server::gen_cert::GenCertArgs;
 
 /// mimalloc: fewer instructions per allocation than glibc's malloc on the
 /// per-message path, and it returns freed pages without the trim-and-refault
@@ -23,10 +24,32 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     settings: SettingArgs,
+    /// Without a subcommand, parleyd serves.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Write a self-signed certificate (cert.pem) and key (key.pem) for
+    /// development, and print the fingerprint and the settings to use
+    GenCert(GenCertArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        None => {}
+        Some(Command::GenCert(args)) => {
+            return match parley_server::gen_cert::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("parleyd gen-cert: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     let settings = match cli.settings.resolve() {
         Ok(s) => s,
         Err(errors) => {
@@ -60,6 +83,7 @@ fn main() -> ExitCode {
 
 async fn serve(settings: parley_server::Settings) -> anyhow::Result<()> {
     use anyhow::Context;
+    parley_server::tls::warn_plaintext_exposure(&settings);
     let (store, secret) = parley_server::open_store(&settings)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
