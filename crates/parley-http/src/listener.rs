@@ -86,8 +86,9 @@ enum Io {
     Plain(TcpStream),
     /// TLS, handshake in progress.
     Handshaking {
-        /// The server side of the handshake.
-        accept: tokio_rustls::Accept<TcpStream>,
+        /// The server side of the handshake (boxed: it holds the whole
+        /// TLS state, and plaintext connections should not pay for it).
+        accept: Box<tokio_rustls::Accept<TcpStream>>,
         /// When the client runs out of time.
         deadline: Pin<Box<Sleep>>,
         /// Who, for the log.
@@ -117,7 +118,7 @@ impl LimitedStream {
                 _ => Poll::Ready(Ok(())),
             };
         };
-        let failure = match Pin::new(accept).poll(cx) {
+        let failure = match Pin::new(accept.as_mut()).poll(cx) {
             Poll::Ready(Ok(tls)) => {
                 self.io = Io::Tls(Box::new(tls));
                 return Poll::Ready(Ok(()));
@@ -181,7 +182,7 @@ impl Listener for LimitedListener {
                     let io = match &self.tls {
                         None => Io::Plain(stream),
                         Some(tls) => Io::Handshaking {
-                            accept: tls.acceptor.accept(stream),
+                            accept: Box::new(tls.acceptor.accept(stream)),
                             deadline: Box::pin(tokio::time::sleep(tls.handshake_timeout)),
                             peer,
                             ctx: self.ctx.clone(),
