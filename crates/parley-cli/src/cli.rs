@@ -17,8 +17,13 @@ const MAX_PAGE: i64 = 1000;
 /// interactive shell that shows incoming messages as they arrive.
 ///
 /// Connection settings come from flags, then PARLEY_* environment variables,
-/// then the config file (TOML with the keys `server`, `user`, `password`),
-/// then defaults. A missing password is asked for on the terminal, or read as
+/// then the config file (TOML with the keys `server`, `user`, `password`,
+/// `ca`, `tofu`, `fingerprint`), then defaults.
+///
+/// TLS: write the server as tls://host:port. Its certificate is checked
+/// against the system's root certificates, or a CA file (--ca), or pinned:
+/// --fingerprint names it, --tofu pins whatever the first connection sees
+/// (in known_servers beside the config file) and refuses a changed one. A missing password is asked for on the terminal, or read as
 /// the first line of stdin when stdin is not a terminal.
 ///
 /// `watch` and the shell reconnect when the server goes away: they resume
@@ -38,9 +43,24 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct GlobalArgs {
-    /// Server address, host:port [default: 127.0.0.1:7878]
+    /// Server address: host:port for plaintext, tls://host:port for TLS
+    /// (an IPv6 host in brackets: tls://[::1]:7878) [default: 127.0.0.1:7878]
     #[arg(long, global = true, env = "PARLEY_SERVER", value_name = "ADDR")]
     pub server: Option<String>,
+    /// TLS: trust the server's certificate if this PEM file's CA (or the
+    /// self-signed certificate itself) signed it, instead of the system's
+    /// root certificates
+    #[arg(long, global = true, env = "PARLEY_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// TLS: trust on first use, like SSH. The first connection to a server
+    /// pins its certificate's fingerprint in known_servers in the config
+    /// directory; a different certificate later is refused (exit code 8)
+    #[arg(long, global = true, env = "PARLEY_TOFU")]
+    pub tofu: bool,
+    /// TLS: accept exactly the certificate with this SHA-256 fingerprint
+    /// (SHA256:AB:CD:..., as `parleyd gen-cert` prints it)
+    #[arg(long, global = true, env = "PARLEY_FINGERPRINT", value_name = "SHA256")]
+    pub fingerprint: Option<String>,
     /// Account name
     #[arg(long, global = true, env = "PARLEY_USER", value_name = "NAME")]
     pub user: Option<String>,
@@ -76,6 +96,11 @@ impl GlobalArgs {
             user: self.user.clone(),
             password: self.password.clone(),
             config: self.config.clone(),
+            trust: crate::trust::TrustChoice {
+                ca: self.ca.clone(),
+                tofu: self.tofu,
+                fingerprint: self.fingerprint.clone(),
+            },
         }
     }
 }

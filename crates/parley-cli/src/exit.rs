@@ -13,6 +13,8 @@
 //! | 5 | name taken (`NAME_TAKEN`) |
 //! | 6 | input refused by the server (`INVALID_NAME`, `INVALID_REQUEST`, `MESSAGE_TOO_LARGE`, `INVALID_PATTERN`, `LIMIT_REACHED`) |
 //! | 7 | server unavailable (connect failed, disconnected with `--no-reconnect`, `BUSY`, `SHUTTING_DOWN`, `TIMEOUT`, `RATE_LIMITED`) |
+//! | 8 | the server's certificate is not the pinned one (`--tofu`'s known_servers, or `--fingerprint`) |
+//! | 9 | TLS failed: the certificate is not trusted (system roots, `--ca`), or the server does not speak TLS |
 
 use std::fmt;
 
@@ -30,7 +32,11 @@ Exit codes:
   6  input refused by the server (invalid name, request, pattern; message too large;
      a limit such as the number of contacts reached)
   7  server unavailable (cannot connect, busy, shutting down, rate limited;
-     disconnected, with --no-reconnect)";
+     disconnected, with --no-reconnect)
+  8  the server's certificate changed: it is not the one pinned in known_servers
+     (--tofu) or given with --fingerprint; nothing was sent
+  9  TLS failed: the server's certificate is not trusted (system roots, --ca),
+     or the server does not speak TLS";
 
 /// What the process tells its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +49,8 @@ pub enum Exit {
     NameTaken = 5,
     Refused = 6,
     Unavailable = 7,
+    CertificateChanged = 8,
+    Tls = 9,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -159,6 +167,16 @@ pub fn classify(err: &anyhow::Error) -> Report {
         Some(ClientError::Io(_) | ClientError::Disconnected(_)) => Report {
             exit: Exit::Unavailable,
             code: "UNAVAILABLE".to_owned(),
+            message,
+        },
+        Some(ClientError::CertificateChanged { .. }) => Report {
+            exit: Exit::CertificateChanged,
+            code: "CERTIFICATE_CHANGED".to_owned(),
+            message,
+        },
+        Some(ClientError::Tls(_)) => Report {
+            exit: Exit::Tls,
+            code: "TLS_FAILED".to_owned(),
             message,
         },
         Some(ClientError::Protocol(_)) => Report {

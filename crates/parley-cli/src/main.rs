@@ -10,7 +10,9 @@
 //!
 //! Exit codes (also in `parley --help`): 0 ok, 1 other error, 2 usage or
 //! missing input, 3 authentication failed, 4 not found, 5 name taken,
-//! 6 input refused by the server, 7 server unavailable; see [`exit`].
+//! 6 input refused by the server, 7 server unavailable, 8 the server's
+//! pinned certificate changed, 9 TLS failed (certificate not trusted, or
+//! the server does not speak TLS); see [`exit`].
 //!
 //! Reconnecting (also in `parley --help`): `watch` and the shell outlive the
 //! server going away (the connection drops, or a Goodbye says the server is
@@ -29,7 +31,8 @@
 //! `session` (connect and log in), `reconnect` (backoff, resume, what was
 //! shown), `commands` (one-shot commands and `watch`), `shell`
 //! (interactive), `format` (how things look), `exit` (exit codes),
-//! `terminal` (questions on the terminal).
+//! `terminal` (questions on the terminal), `trust` (TLS: server addresses,
+//! CA files, pinned certificates and known_servers).
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -41,6 +44,7 @@ mod session;
 mod settings;
 mod shell;
 mod terminal;
+mod trust;
 
 use std::process::ExitCode;
 use std::time::Duration;

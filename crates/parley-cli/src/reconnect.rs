@@ -267,7 +267,7 @@ impl Delivery {
 /// What connecting again needs: where, who, and the token to resume with.
 pub struct Link {
     /// `host:port` of the server.
-    server: String,
+    server: crate::trust::Target,
     /// For a password login when the token no longer works.
     credentials: Credentials,
     /// Resume token of the last password login (kept across resumes, which
@@ -286,10 +286,13 @@ pub struct Link {
 impl Link {
     /// Connects and logs in with the password; no retries (a server that
     /// is not there at the start is an error for the caller to report).
-    pub async fn open(server: &str, credentials: Credentials) -> anyhow::Result<(Link, Client, LoginInfo)> {
+    pub async fn open(
+        server: &crate::trust::Target,
+        credentials: Credentials,
+    ) -> anyhow::Result<(Link, Client, LoginInfo)> {
         let (client, info) = session::open(server, &credentials).await?;
         let link = Link {
-            server: server.to_owned(),
+            server: server.clone(),
             credentials,
             token: info.resume_token.clone(),
             user_id: info.user_id,

@@ -10,8 +10,9 @@ use parley_client::{Client, ErrorCode, LoginInfo};
 
 use crate::exit::{Exit, Failure, server_code};
 use crate::settings::Settings;
+use crate::trust::Target;
 
-/// How long connecting (TCP plus the server's Welcome) may take.
+/// How long connecting (TCP, the TLS handshake, the server's Welcome) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request may wait for its answer before we call the server
 /// unavailable. Login is one of these; SCRAM's key derivation is client-side.
@@ -31,9 +32,10 @@ pub async fn timed<T>(what: &str, request: impl Future<Output = parley_client::R
     }
 }
 
-/// Opens a connection to `addr`.
-pub async fn connect(addr: &str) -> anyhow::Result<Client> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(addr)).await {
+/// Opens a connection to the server, checking its certificate over TLS.
+pub async fn connect(server: &Target) -> anyhow::Result<Client> {
+    let addr = &server.given;
+    match tokio::time::timeout(CONNECT_TIMEOUT, crate::trust::connect(server)).await {
         Ok(result) => result.with_context(|| format!("cannot connect to {addr}")),
         Err(_) => Err(Failure::unavailable(format!(
             "cannot connect to {addr}: timed out after {}s",
@@ -74,7 +76,7 @@ impl Credentials {
 }
 
 /// Connects and logs in.
-pub async fn open(server: &str, credentials: &Credentials) -> anyhow::Result<(Client, LoginInfo)> {
+pub async fn open(server: &Target, credentials: &Credentials) -> anyhow::Result<(Client, LoginInfo)> {
     let client = connect(server).await?;
     let info = login(&client, &credentials.user, &credentials.password).await?;
     Ok((client, info))

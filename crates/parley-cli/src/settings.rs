@@ -7,10 +7,13 @@
 //! terminal the password may be piped as the first line of stdin, and
 //! anything else missing is a usage error (exit code 2).
 //!
-//! The config file is TOML with the optional keys `server`, `user` and
-//! `password`, at `--config FILE`, or else `$XDG_CONFIG_HOME/parley/config.toml`,
-//! or else `~/.config/parley/config.toml`. A missing default file is fine;
-//! a missing file named with `--config` is an error.
+//! The config file is TOML with the optional keys `server`, `user`,
+//! `password`, and for TLS servers (`tls://host:port`) `ca` (a CA file),
+//! `tofu` (true: pin certificates on first use) or `fingerprint`, at
+//! `--config FILE`, or else `$XDG_CONFIG_HOME/parley/config.toml`, or else
+//! `~/.config/parley/config.toml`. A missing default file is fine; a missing
+//! file named with `--config` is an error. Certificates pinned on first use
+//! are kept in `known_servers` in the same directory (see [`crate::trust`]).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +22,7 @@ use serde::Deserialize;
 
 use crate::exit::Failure;
 use crate::terminal;
+use crate::trust::{Target, TrustChoice};
 
 /// Where the server listens unless told otherwise (parleyd's default).
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7878";
@@ -35,6 +39,12 @@ pub struct ConfigFile {
     pub server: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// CA file for a TLS server.
+    pub ca: Option<PathBuf>,
+    /// Pin a TLS server's certificate on first use.
+    pub tofu: Option<bool>,
+    /// The TLS server's certificate fingerprint.
+    pub fingerprint: Option<String>,
 }
 
 /// This program's directory in the user's config home:
@@ -54,13 +64,15 @@ pub struct Given {
     pub user: Option<String>,
     pub password: Option<String>,
     pub config: Option<PathBuf>,
+    /// TLS trust from flags and environment.
+    pub trust: TrustChoice,
 }
 
 /// Connection and identity settings after merging every source.
 #[derive(Debug)]
 pub struct Settings {
-    /// `host:port` of the server.
-    pub server: String,
+    /// The server and how to trust it.
+    pub server: Target,
     /// Known user name, if any source gave one.
     user: Option<String>,
     /// Known password, if any source gave one.
@@ -82,18 +94,29 @@ impl Settings {
                 None => ConfigFile::default(),
             },
         };
-        Ok(Settings::merge(given.clone(), file))
+        Ok(Settings::merge(given.clone(), file, config_dir().as_deref())?)
     }
 
     /// Flag/environment over file over default.
-    fn merge(given: Given, file: ConfigFile) -> Settings {
-        Settings {
-            server: non_empty(given.server)
-                .or(non_empty(file.server))
-                .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+    fn merge(given: Given, file: ConfigFile, config_dir: Option<&Path>) -> Result<Settings, Failure> {
+        let server = non_empty(given.server)
+            .or(non_empty(file.server))
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let file_trust = TrustChoice {
+            ca: file.ca,
+            tofu: file.tofu.unwrap_or(false),
+            fingerprint: non_empty(file.fingerprint),
+        };
+        let flag_trust = TrustChoice {
+            ca: given.trust.ca.filter(|p| !p.as_os_str().is_empty()),
+            tofu: given.trust.tofu,
+            fingerprint: non_empty(given.trust.fingerprint),
+        };
+        Ok(Settings {
+            server: Target::resolve(&server, &flag_trust, &file_trust, config_dir)?,
             user: non_empty(given.user).or(non_empty(file.user)),
             password: non_empty(given.password).or(non_empty(file.password)),
-        }
+        })
     }
 
     /// The user name, asked for on the terminal when no source gave one.
@@ -211,21 +234,37 @@ mod tests {
             server: Some("file:1".into()),
             user: Some("fileuser".into()),
             password: Some("filepw".into()),
+            ..Default::default()
         };
         let given = Given {
             server: Some("flag:2".into()),
             user: None,
             password: Some(String::new()),
             config: None,
+            trust: TrustChoice::default(),
         };
-        let s = Settings::merge(given, file);
-        assert_eq!(s.server, "flag:2");
+        let s = Settings::merge(given, file, None).unwrap();
+        assert_eq!(s.server.given, "flag:2");
         assert_eq!(s.user.as_deref(), Some("fileuser"));
         // An empty value counts as not given.
         assert_eq!(s.password.as_deref(), Some("filepw"));
 
-        let s = Settings::merge(Given::default(), ConfigFile::default());
-        assert_eq!((s.server.as_str(), s.user, s.password), (DEFAULT_SERVER, None, None));
+        let s = Settings::merge(Given::default(), ConfigFile::default(), None).unwrap();
+        assert_eq!(
+            (s.server.given.as_str(), s.user, s.password),
+            (DEFAULT_SERVER, None, None)
+        );
+
+        let file = ConfigFile {
+            server: Some("tls://h:1".into()),
+            tofu: Some(true),
+            ..Default::default()
+        };
+        let s = Settings::merge(Given::default(), file, Some(Path::new("/c"))).unwrap();
+        assert_eq!(
+            s.server.trust,
+            crate::trust::TrustMode::FirstUse(Path::new("/c").join(crate::trust::KNOWN_SERVERS_FILE))
+        );
     }
 
     #[test]
@@ -239,7 +278,7 @@ mod tests {
             ConfigFile {
                 server: Some("h:1".into()),
                 user: Some("ann".into()),
-                password: None
+                ..Default::default()
             }
         );
 

@@ -9,7 +9,13 @@
 //! The password never leaves the client: registration sends SCRAM keys
 //! derived here, and login is a SCRAM exchange whose server signature is
 //! verified before the login counts as done.
+//!
+//! [`Client::connect`] speaks plaintext; [`Client::connect_tls`] speaks TLS
+//! and trusts the server as [`tls::Trust`] says (system roots, a CA, or a
+//! pinned certificate fingerprint).
 #![forbid(unsafe_code)]
+
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +26,13 @@ use parley_core::Mechanism;
 use parley_core::scram::{ClientExchange, StoredCredentials, random_salt};
 use parley_proto::v1::{self, client_frame, server_frame};
 use parley_proto::{ClientFrame, ServerFrame, decode_frame, encode_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 pub use parley_proto::ErrorCode;
 pub use parley_proto::v1::{AccountEntry, AccountPage, Message, Welcome};
+pub use tls::{Fingerprint, ServerAddress, Trust};
 
 /// Frame limit the client accepts from a server before it has said its own.
 const CLIENT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -54,6 +60,16 @@ pub enum ClientError {
     /// The connection is gone.
     #[error("disconnected{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Disconnected(Option<String>),
+    /// TLS failed: the certificate is not trusted, the server does not
+    /// speak TLS, or the TLS settings are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server presented a certificate other than the pinned one.
+    #[error("the server's certificate is {presented}, not the pinned {expected}")]
+    CertificateChanged {
+        expected: Fingerprint,
+        presented: Fingerprint,
+    },
 }
 
 impl ClientError {
@@ -139,6 +155,8 @@ pub struct Client {
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     /// What the server said when we connected.
     welcome: Welcome,
+    /// Fingerprint of the server's certificate, over TLS.
+    server_fingerprint: Option<Fingerprint>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,7 +176,67 @@ impl Client {
     pub async fn connect(addr: &str) -> Result<Client> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (mut reader, writer) = stream.into_split();
+        let (reader, writer) = stream.into_split();
+        Client::start(reader, writer, None).await
+    }
+
+    /// Connects over TLS to `addr` (`host:port`), trusting the server as
+    /// `trust` says, and reads the server's Welcome. The certificate must
+    /// name `host` unless the trust is a pinned fingerprint.
+    pub async fn connect_tls(addr: &str, trust: &Trust) -> Result<Client> {
+        let address = ServerAddress::parse(addr).map_err(ClientError::Tls)?;
+        let name = tls::server_name(&address.host)?;
+        let seen = tls::Seen::default();
+        let config = tls::client_config(trust, &seen)?;
+        let stream = TcpStream::connect(&address.authority).await?;
+        stream.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let stream = match connector.connect(name, stream).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let presented = *lock(&seen);
+                return Err(match (trust, presented) {
+                    (Trust::Pinned(Some(expected)), Some(presented)) if *expected != presented => {
+                        ClientError::CertificateChanged {
+                            expected: *expected,
+                            presented,
+                        }
+                    }
+                    _ => handshake_error(e),
+                });
+            }
+        };
+        let fingerprint = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| Fingerprint::of(cert.as_ref()));
+        let (reader, writer) = tokio::io::split(stream);
+        Client::start(reader, writer, fingerprint).await
+    }
+
+    /// Connects as `server` says: plaintext or TLS (`tls://`), with `trust`
+    /// for TLS (system roots when None).
+    pub async fn connect_to(server: &ServerAddress, trust: Option<&Trust>) -> Result<Client> {
+        if server.tls {
+            Client::connect_tls(&server.authority, trust.unwrap_or(&Trust::SystemRoots)).await
+        } else {
+            Client::connect(&server.authority).await
+        }
+    }
+
+    /// SHA-256 of the certificate the server presented; None over plaintext.
+    pub fn server_fingerprint(&self) -> Option<Fingerprint> {
+        self.server_fingerprint
+    }
+
+    /// Reads the Welcome and starts the connection's reader and writer.
+    async fn start<R, W>(mut reader: R, writer: W, server_fingerprint: Option<Fingerprint>) -> Result<Client>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let mut input = BytesMut::with_capacity(4096);
         let welcome = loop {
             match decode_frame::<ServerFrame>(&mut input, CLIENT_MAX_FRAME_BYTES) {
@@ -201,6 +279,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             events: tokio::sync::Mutex::new(events),
             welcome,
+            server_fingerprint,
         })
     }
 
@@ -521,8 +600,22 @@ fn server_error(e: v1::Error) -> ClientError {
     }
 }
 
-async fn write_loop(
-    mut writer: OwnedWriteHalf,
+/// A failed TLS handshake: a TLS problem when rustls says so (untrusted
+/// certificate, a server that does not speak TLS), otherwise the I/O error
+/// it is (refused, reset), which is worth retrying.
+fn handshake_error(e: std::io::Error) -> ClientError {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map(|inner| inner.to_string());
+    match tls {
+        Some(why) => ClientError::Tls(why),
+        None => ClientError::Io(e),
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut requests: mpsc::Receiver<BytesMut>,
     ping_every: Option<std::time::Duration>,
 ) {
@@ -553,7 +646,12 @@ async fn write_loop(
     let _ = writer.shutdown().await;
 }
 
-async fn read_loop(mut reader: OwnedReadHalf, mut input: BytesMut, pending: Pending, events: mpsc::Sender<Event>) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
+    mut input: BytesMut,
+    pending: Pending,
+    events: mpsc::Sender<Event>,
+) {
     'outer: loop {
         loop {
             match decode_frame::<ServerFrame>(&mut input, CLIENT_MAX_FRAME_BYTES) {

@@ -139,6 +139,8 @@ pub struct HttpCounters {
     pub pager_messages: AtomicU64,
     /// Pager posts refused RATE_LIMITED.
     pub pager_rate_limited: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshakes_failed: AtomicU64,
 }
 
 impl HttpContext {
@@ -287,6 +289,16 @@ pub async fn serve(
     ctx: Arc<HttpContext>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, ctx, None, shutdown).await
+}
+
+/// Like [`serve`], with TLS on every accepted connection when `tls` is Some.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    ctx: Arc<HttpContext>,
+    tls: Option<listener::HttpTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let sweeper = {
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
@@ -301,6 +313,10 @@ pub async fn serve(
     };
     let app = router(Arc::clone(&ctx)).into_make_service_with_connect_info::<Peer>();
     let listener = LimitedListener::new(listener, ctx.settings.max_connections);
+    let listener = match tls {
+        Some(tls) => listener.with_tls(tls, Arc::clone(&ctx)),
+        None => listener,
+    };
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     sweeper.abort();
     ctx.sessions.clear();

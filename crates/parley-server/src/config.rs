@@ -93,6 +93,14 @@ pub const DEFAULT_WORKERS: usize = 1;
 /// The control socket's file name inside the data directory (the default
 /// `ctl_socket`).
 pub const DEFAULT_CTL_SOCKET_NAME: &str = "parleyd.ctl";
+/// PEM file with the server's certificate chain (end-entity first); empty: none.
+pub const DEFAULT_TLS_CERT: &str = "";
+/// PEM file with the private key of that certificate; empty: none.
+pub const DEFAULT_TLS_KEY: &str = "";
+/// Whether the native listener speaks TLS (needs tls_cert and tls_key).
+pub const DEFAULT_NATIVE_TLS: bool = false;
+/// Whether the HTTP listener speaks TLS (off when a proxy in front terminates it).
+pub const DEFAULT_HTTP_TLS: bool = false;
 
 /// Which store backs the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +153,28 @@ pub struct Settings {
     pub workers: usize,
     /// The local control socket; None when it is off.
     pub ctl_socket: Option<PathBuf>,
+    /// The certificate and key, loaded and checked; Some exactly when
+    /// `native_tls` or `http_tls` is on.
+    pub tls: Option<crate::tls::TlsIdentity>,
+    /// TLS on the native listener.
+    pub native_tls: bool,
+    /// TLS on the HTTP listener.
+    pub http_tls: bool,
+}
+
+impl Settings {
+    /// The TLS acceptor for the native listener, when it speaks TLS.
+    pub fn native_tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls
+            .as_ref()
+            .filter(|_| self.native_tls)
+            .map(|t| t.native_acceptor())
+    }
+
+    /// The TLS acceptor for the HTTP listener, when it speaks TLS.
+    pub fn http_tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref().filter(|_| self.http_tls).map(|t| t.http_acceptor())
+    }
 }
 
 /// Raw values from flags and environment (clap fills both), before the file
@@ -270,6 +300,18 @@ pub struct SettingArgs {
     /// Control socket for `parleyd ctl` (mode 0600), or "off" [default: DATA_DIR/parleyd.ctl]
     #[arg(long, env = "PARLEY_CTL_SOCKET", value_name = "PATH")]
     pub ctl_socket: Option<String>,
+    /// PEM file with the certificate chain, end-entity first (`parleyd gen-cert` makes one for development)
+    #[arg(long, env = "PARLEY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// PEM file with the certificate's private key (PKCS#8, RSA or EC)
+    #[arg(long, env = "PARLEY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// TLS on the native listener (needs tls_cert and tls_key): true or false [default: false]
+    #[arg(long, env = "PARLEY_NATIVE_TLS", value_name = "BOOL")]
+    pub native_tls: Option<String>,
+    /// TLS on the HTTP listener (needs tls_cert and tls_key): true or false [default: false]
+    #[arg(long, env = "PARLEY_HTTP_TLS", value_name = "BOOL")]
+    pub http_tls: Option<String>,
 }
 
 /// Every setting's key, in the order `--help` lists them.
@@ -312,6 +354,10 @@ const KEYS: &[&str] = &[
     "http_max_connections",
     "workers",
     "ctl_socket",
+    "tls_cert",
+    "tls_key",
+    "native_tls",
+    "http_tls",
 ];
 
 /// Every problem found in the configuration, one per line.
@@ -360,6 +406,10 @@ impl SettingArgs {
             "http_max_connections" => self.http_max_connections.clone(),
             "workers" => self.workers.clone(),
             "ctl_socket" => self.ctl_socket.clone(),
+            "tls_cert" => self.tls_cert.clone(),
+            "tls_key" => self.tls_key.clone(),
+            "native_tls" => self.native_tls.clone(),
+            "http_tls" => self.http_tls.clone(),
 
             _ => None,
         }
@@ -673,15 +723,22 @@ impl SettingArgs {
         {
             errors.push(format!("http_listen: {http} is also the native listen address"));
         }
-        let pager_raw = get("pager", &DEFAULT_PAGER.to_string());
-        let pager = match pager_raw.trim() {
-            "true" | "on" | "1" => true,
-            "false" | "off" | "0" => false,
-            other => {
-                errors.push(format!("pager: {other:?} is not true or false"));
-                DEFAULT_PAGER
+        fn boolean(errors: &mut Vec<String>, key: &str, value: &str, fallback: bool) -> bool {
+            match value.trim() {
+                "true" | "on" | "1" => true,
+                "false" | "off" | "0" => false,
+                other => {
+                    errors.push(format!("{key}: {other:?} is not true or false"));
+                    fallback
+                }
             }
-        };
+        }
+        let pager = boolean(
+            &mut errors,
+            "pager",
+            &get("pager", &DEFAULT_PAGER.to_string()),
+            DEFAULT_PAGER,
+        );
         let pager_per_ip_per_minute: u32 = num(
             &mut errors,
             "pager_per_ip_per_minute",
@@ -750,6 +807,27 @@ impl SettingArgs {
             Some(raw) if matches!(raw.trim(), "off" | "") => None,
             Some(raw) => Some(PathBuf::from(raw)),
         };
+        let tls_cert = get("tls_cert", DEFAULT_TLS_CERT);
+        let tls_key = get("tls_key", DEFAULT_TLS_KEY);
+        let native_tls = boolean(
+            &mut errors,
+            "native_tls",
+            &get("native_tls", &DEFAULT_NATIVE_TLS.to_string()),
+            DEFAULT_NATIVE_TLS,
+        );
+        let http_tls = boolean(
+            &mut errors,
+            "http_tls",
+            &get("http_tls", &DEFAULT_HTTP_TLS.to_string()),
+            DEFAULT_HTTP_TLS,
+        );
+        let tls = resolve_tls(
+            &mut errors,
+            tls_cert.trim(),
+            tls_key.trim(),
+            native_tls,
+            http_tls && http_listen.is_some(),
+        );
         if ack_timeout_ms > max_ack_backoff_ms {
             errors.push(format!(
                 "ack_timeout_ms ({ack_timeout_ms}) must not exceed max_ack_backoff_ms ({max_ack_backoff_ms})"
@@ -797,7 +875,45 @@ impl SettingArgs {
             http_max_connections,
             workers,
             ctl_socket,
+            tls,
+            native_tls,
+            http_tls,
         })
+    }
+}
+
+/// Checks that the TLS settings agree and loads the certificate and key
+/// when a listener uses them. Every problem goes to `errors`.
+fn resolve_tls(
+    errors: &mut Vec<String>,
+    cert: &str,
+    key: &str,
+    native_tls: bool,
+    http_tls: bool,
+) -> Option<crate::tls::TlsIdentity> {
+    let before = errors.len();
+    let wanted = native_tls || http_tls;
+    match (cert.is_empty(), key.is_empty()) {
+        (true, false) => errors.push("tls_key is set but tls_cert is not".into()),
+        (false, true) => errors.push("tls_cert is set but tls_key is not".into()),
+        (true, true) if wanted => {
+            let on = if native_tls { "native_tls" } else { "http_tls" };
+            errors.push(format!("{on} is on but tls_cert and tls_key are not set"));
+        }
+        (false, false) if !wanted => errors.push(
+            "tls_cert and tls_key are set but no listener uses them: set native_tls and/or http_tls to true".into(),
+        ),
+        _ => {}
+    }
+    if errors.len() > before || !wanted {
+        return None;
+    }
+    match crate::tls::load_identity(std::path::Path::new(cert), std::path::Path::new(key)) {
+        Ok(identity) => Some(identity),
+        Err(problems) => {
+            errors.extend(problems);
+            None
+        }
     }
 }
 
@@ -900,6 +1016,105 @@ mod tests {
         assert_eq!(s.listen.port(), 9001);
         assert_eq!(s.store, StoreKind::Memory);
         assert_eq!(s.max_connections, 7);
+    }
+
+    fn pair(dir: &std::path::Path, name: &str) -> crate::gen_cert::Generated {
+        crate::gen_cert::generate(&crate::gen_cert::GenCertArgs {
+            out: dir.join(name),
+            names: Vec::new(),
+            days: 1,
+            force: false,
+        })
+        .unwrap()
+    }
+
+    fn tls_args(cert: &std::path::Path, key: &std::path::Path) -> SettingArgs {
+        SettingArgs {
+            tls_cert: Some(cert.display().to_string()),
+            tls_key: Some(key.display().to_string()),
+            native_tls: Some("true".into()),
+            http_tls: Some("true".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_generated_pair_turns_tls_on_for_the_chosen_listeners() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = pair(dir.path(), "a");
+        let s = tls_args(&made.cert_path, &made.key_path).resolve().unwrap();
+        assert_eq!(
+            s.tls.as_ref().map(|t| t.fingerprint.as_str()),
+            Some(made.fingerprint.as_str())
+        );
+        assert!(s.native_tls_acceptor().is_some() && s.http_tls_acceptor().is_some());
+        let native_only = SettingArgs {
+            http_tls: Some("false".into()),
+            ..tls_args(&made.cert_path, &made.key_path)
+        }
+        .resolve()
+        .unwrap();
+        assert!(native_only.native_tls_acceptor().is_some() && native_only.http_tls_acceptor().is_none());
+        let defaults = SettingArgs::default().resolve().unwrap();
+        assert!(defaults.tls.is_none() && !defaults.native_tls && !defaults.http_tls);
+    }
+
+    #[test]
+    fn tls_errors_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = pair(dir.path(), "a");
+        let b = pair(dir.path(), "b");
+        let errors_of = |args: SettingArgs| args.resolve().unwrap_err().0;
+
+        // Missing files: both reported at once, with other errors too.
+        let missing = dir.path().join("missing.pem");
+        let errors = errors_of(SettingArgs {
+            store: Some("oracle".into()),
+            ..tls_args(&missing, &missing)
+        });
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.starts_with("tls_cert: cannot read")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("tls_key: cannot read")),
+            "{errors:?}"
+        );
+
+        // A key that belongs to another certificate.
+        let errors = errors_of(tls_args(&a.cert_path, &b.key_path));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("does not belong to the certificate"), "{errors:?}");
+
+        // The files swapped: no certificate where one is expected, no key
+        // where the key should be.
+        let errors = errors_of(tls_args(&a.key_path, &a.cert_path));
+        assert!(errors.iter().any(|e| e.contains("holds no certificate")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("holds no private key")), "{errors:?}");
+
+        // Settings that disagree.
+        let errors = errors_of(SettingArgs {
+            native_tls: Some("true".into()),
+            ..Default::default()
+        });
+        assert_eq!(errors, ["native_tls is on but tls_cert and tls_key are not set"]);
+        let errors = errors_of(SettingArgs {
+            native_tls: Some("false".into()),
+            http_tls: Some("false".into()),
+            ..tls_args(&a.cert_path, &a.key_path)
+        });
+        assert!(errors[0].contains("no listener uses them"), "{errors:?}");
+        let errors = errors_of(SettingArgs {
+            tls_key: None,
+            ..tls_args(&a.cert_path, &a.key_path)
+        });
+        assert_eq!(errors, ["tls_cert is set but tls_key is not"]);
+        let errors = errors_of(SettingArgs {
+            native_tls: Some("yes please".into()),
+            ..Default::default()
+        });
+        assert!(errors[0].starts_with("native_tls:"), "{errors:?}");
     }
 
     #[test]

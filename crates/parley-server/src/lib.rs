@@ -10,9 +10,11 @@ pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod ctl;
+pub mod gen_cert;
 pub mod native;
 pub mod server;
 pub mod supervisor;
+pub mod tls;
 pub mod worker;
 
 pub use config::{SettingArgs, Settings, StoreKind};

@@ -3,7 +3,8 @@
 //! `parleyd` (no subcommand) starts the master, which binds the listeners
 //! and runs the worker: this same binary, started with the sockets as
 //! inherited descriptors (see `supervisor.rs` and `worker.rs`).
-//! `parleyd ctl …` talks to a running master through its control socket.
+//! `parleyd ctl …` talks to a running master through its control socket;
+//! `parleyd gen-cert` writes a development certificate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use parley_server::config::SettingArgs;
 use parley_server::ctl::{self, Request};
+use parley_server::gen_cert::GenCertArgs;
 use parley_server::{supervisor, worker};
 
 /// mimalloc: fewer instructions per allocation than glibc's malloc on the
@@ -42,6 +44,9 @@ struct Cli {
 enum Command {
     /// Control a running parleyd through its control socket.
     Ctl(CtlArgs),
+    /// Write a self-signed certificate (cert.pem) and key (key.pem) for
+    /// development, and print the fingerprint and the settings to use
+    GenCert(GenCertArgs),
 }
 
 #[derive(Args, Debug)]
@@ -93,8 +98,18 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    if let Some(Command::Ctl(args)) = cli.command {
-        return control(args);
+    match cli.command {
+        None => {}
+        Some(Command::Ctl(args)) => return control(args),
+        Some(Command::GenCert(args)) => {
+            return match parley_server::gen_cert::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("parleyd gen-cert: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     }
     let settings = match cli.settings.resolve() {
         Ok(s) => s,

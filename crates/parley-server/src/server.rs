@@ -90,6 +90,8 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
 pub struct ServerCounters {
     pub connections_accepted: AtomicU64,
     pub connections_refused_busy: AtomicU64,
+    /// Native-listener TLS handshakes that failed or timed out.
+    pub tls_handshakes_failed: AtomicU64,
 }
 
 /// Open connections per source address, for `max_connections_per_ip`.
@@ -180,6 +182,8 @@ pub struct Stats {
     pub websockets_open: u64,
     pub pager_messages: u64,
     pub pager_rate_limited: u64,
+    /// TLS handshakes that failed or timed out, native and HTTP listeners together.
+    pub tls_handshakes_failed: u64,
 }
 
 impl Server {
@@ -307,6 +311,8 @@ impl StatsHandle {
             websockets_open: http.map_or(0, |h| h.websockets_open() as u64),
             pager_messages: http.map_or(0, |h| get(&h.counters.pager_messages)),
             pager_rate_limited: http.map_or(0, |h| get(&h.counters.pager_rate_limited)),
+            tls_handshakes_failed: get(&self.counters.tls_handshakes_failed)
+                + http.map_or(0, |h| get(&h.counters.tls_handshakes_failed)),
         }
     }
 }
@@ -361,9 +367,32 @@ impl Server {
             let stopped = async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             };
-            let task = tokio::spawn(parley_http::serve(listener, Arc::clone(&http_ctx), stopped));
+            let tls = settings
+                .http_tls_acceptor()
+                .map(|acceptor| parley_http::listener::HttpTls {
+                    acceptor,
+                    handshake_timeout: crate::tls::TLS_HANDSHAKE_TIMEOUT,
+                });
+            let task = tokio::spawn(parley_http::serve_with_tls(
+                listener,
+                Arc::clone(&http_ctx),
+                tls,
+                stopped,
+            ));
             (http_ctx, task)
         });
+        // Some when the native listener speaks TLS: each accepted stream is
+        // wrapped in its own task, so a slow or bad handshake delays nobody.
+        let tls = settings.native_tls_acceptor();
+        if let Some(identity) = &settings.tls {
+            tracing::info!(
+                native = settings.native_tls,
+                http = settings.http_tls && settings.http_listen.is_some(),
+                cert = %identity.cert_path.display(),
+                fingerprint = %identity.fingerprint,
+                "TLS on"
+            );
+        }
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -378,14 +407,41 @@ impl Server {
                             (Ok(permit), Some(slot)) => {
                                 let ctx = Arc::clone(ctx);
                                 let shutdown = shutdown_rx.clone();
-                                tasks.spawn(async move {
-                                    let _permit = (permit, slot);
-                                    serve_tcp(stream, ctx, shutdown, peer).await;
-                                });
+                                match tls.clone() {
+                                    None => {
+                                        tasks.spawn(async move {
+                                            let _permit = (permit, slot);
+                                            serve_tcp(stream, ctx, shutdown, peer).await;
+                                        });
+                                    }
+                                    Some(acceptor) => {
+                                        let counters = Arc::clone(counters);
+                                        tasks.spawn(async move {
+                                            let _permit = (permit, slot);
+                                            serve_tls(acceptor, stream, ctx, shutdown, peer, counters).await;
+                                        });
+                                    }
+                                }
                             }
                             _ => {
                                 counters.connections_refused_busy.fetch_add(1, Ordering::Relaxed);
-                                tasks.spawn(refuse_busy(stream, settings.max_frame_bytes as usize));
+                                let max_frame_bytes = settings.max_frame_bytes as usize;
+                                match tls.clone() {
+                                    None => {
+                                        tasks.spawn(refuse_busy(stream, max_frame_bytes));
+                                    }
+                                    // The refusal must be readable, so it goes
+                                    // through the handshake like any reply.
+                                    Some(acceptor) => {
+                                        let counters = Arc::clone(counters);
+                                        tasks.spawn(async move {
+                                            let failed = &counters.tls_handshakes_failed;
+                                            if let Some(stream) = crate::tls::handshake(&acceptor, stream, peer, failed).await {
+                                                refuse_busy(stream, max_frame_bytes).await;
+                                            }
+                                        });
+                                    }
+                                }
                             }
                         }
                     }
@@ -525,6 +581,26 @@ pub async fn run(
 
 async fn serve_tcp(mut stream: TcpStream, ctx: Arc<NativeContext>, shutdown: watch::Receiver<bool>, peer: SocketAddr) {
     let (reader, writer) = stream.split();
+    native::serve(reader, writer, ctx, shutdown, peer).await;
+}
+
+/// Completes the TLS handshake (unless shutdown comes first), then serves
+/// the native protocol over it.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    ctx: Arc<NativeContext>,
+    mut shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
+    counters: Arc<ServerCounters>,
+) {
+    let handshake = crate::tls::handshake(&acceptor, stream, peer, &counters.tls_handshakes_failed);
+    let stream = tokio::select! {
+        stream = handshake => stream,
+        _ = shutdown.wait_for(|stop| *stop) => None,
+    };
+    let Some(stream) = stream else { return };
+    let (reader, writer) = tokio::io::split(stream);
     native::serve(reader, writer, ctx, shutdown, peer).await;
 }
 

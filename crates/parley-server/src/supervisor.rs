@@ -142,6 +142,7 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     }
     let listeners = Listeners::bind(&settings)?;
+    crate::tls::warn_plaintext_exposure(&settings);
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Call>(CTL_MAX_CLIENTS);
     let ctl_path = match &settings.ctl_socket {
         Some(path) => {
@@ -386,6 +387,7 @@ impl Master {
             };
             fresh = Some(Listeners { native, http });
         }
+        crate::tls::warn_plaintext_exposure(&settings);
         let previous_settings = std::mem::replace(&mut self.settings, settings);
         let previous_listeners = fresh.map(|fresh| std::mem::replace(&mut self.listeners, fresh));
         if self.settings.store == StoreKind::Memory || previous_settings.store == StoreKind::Memory {

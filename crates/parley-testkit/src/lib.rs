@@ -312,6 +312,14 @@ impl TestServer {
         pid
     }
 
+    /// Starts the server again on the same data directory and ports, with
+    /// `extra` flags in place of those it was started with (another
+    /// certificate, say).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the server first");
@@ -372,6 +380,61 @@ fn wait_gone(pid: u32) {
     };
     while alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A certificate and key written by `parleyd gen-cert`.
+#[derive(Clone, Debug)]
+pub struct GeneratedCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// As `parleyd gen-cert` prints it: `AB:CD:...` (no `SHA256:` prefix).
+    pub fingerprint: String,
+}
+
+impl GeneratedCert {
+    /// The flags that turn TLS on for both listeners with this pair.
+    pub fn tls_flags(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+            "--native-tls".into(),
+            "true".into(),
+            "--http-tls".into(),
+            "true".into(),
+        ]
+    }
+}
+
+/// Runs the real `parleyd gen-cert --out DIR` and reads the fingerprint it
+/// prints.
+pub fn gen_cert(out: &Path) -> GeneratedCert {
+    ensure_parleyd();
+    let output = Command::new(binary("parleyd"))
+        .arg("gen-cert")
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run parleyd gen-cert");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "parleyd gen-cert failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fingerprint = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("SHA-256 fingerprint: "))
+        .expect("gen-cert prints the fingerprint")
+        .trim()
+        .to_owned();
+    let dir = std::fs::canonicalize(out).expect("gen-cert's directory");
+    GeneratedCert {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        fingerprint,
     }
 }
 

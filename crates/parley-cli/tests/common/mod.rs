@@ -71,7 +71,14 @@ impl Harness {
     /// home, stdin empty (so it is not a terminal and holds no password).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(binary("parley"));
-        for var in ["PARLEY_SERVER", "PARLEY_USER", "PARLEY_PASSWORD"] {
+        for var in [
+            "PARLEY_SERVER",
+            "PARLEY_USER",
+            "PARLEY_PASSWORD",
+            "PARLEY_CA",
+            "PARLEY_TOFU",
+            "PARLEY_FINGERPRINT",
+        ] {
             cmd.env_remove(var);
         }
         cmd.env("HOME", self.home.path())
@@ -90,6 +97,21 @@ impl Harness {
             .args(args)
             .env("PARLEY_PASSWORD", format!("pw-{user}"));
         cmd
+    }
+
+    /// `parley --server SERVER --user NAME ARGS...` with PARLEY_PASSWORD=pw-NAME,
+    /// for a server address other than the plain one (`tls://...`).
+    pub fn command_at(&self, server: &str, user: &str, args: &[&str]) -> Command {
+        let mut cmd = self.command();
+        cmd.args(["--server", server, "--user", user])
+            .args(args)
+            .env("PARLEY_PASSWORD", format!("pw-{user}"));
+        cmd
+    }
+
+    /// Runs `command_at` to completion.
+    pub async fn run_at(&self, server: &str, user: &str, args: &[&str]) -> Out {
+        finish(self.command_at(server, user, args), None).await
     }
 
     /// Runs `command_as` to completion.
