@@ -1,0 +1,337 @@
+//! The nginx snippet in deploy/nginx/parley.conf, run by a real nginx on
+//! loopback ports in front of a real parleyd: TLS terminated by nginx, the
+//! HTTP API and a WebSocket chat proxied to parleyd's plaintext HTTP
+//! listener.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{Api, B64, WAIT, require_or_skip};
+use futures::{SinkExt, StreamExt};
+use parley_proto::v1::{self, client_frame, server_frame::Body};
+use parley_proto::{ClientFrame, ServerFrame};
+use parley_testkit::{GeneratedCert, Store, TestServer, gen_cert};
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The snippet, as shipped.
+const SNIPPET: &str = include_str!("../../../deploy/nginx/parley.conf");
+
+/// nginx's path: on PATH, or where Debian puts it.
+fn nginx() -> Option<PathBuf> {
+    ["nginx", "/usr/sbin/nginx"].into_iter().map(PathBuf::from).find(|p| {
+        Command::new(p)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running nginx, stopped by its pid when dropped.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with the snippet pointed at `upstream`, listening on `port`.
+    fn start(binary: &Path, dir: &Path, upstream: &str, port: u16, cert: &GeneratedCert) -> Nginx {
+        let snippet = SNIPPET
+            .replace("server 127.0.0.1:7880;", &format!("server {upstream};"))
+            .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port} ssl;"))
+            .replace("listen [::]:443 ssl;", "")
+            .replace("/etc/parley/tls/cert.pem", &cert.cert.display().to_string())
+            .replace("/etc/parley/tls/key.pem", &cert.key.display().to_string());
+        assert!(
+            snippet.contains(upstream) && snippet.contains(&port.to_string()),
+            "{snippet}"
+        );
+        std::fs::write(dir.join("parley.conf"), snippet).unwrap();
+        // The workers would drop to an unprivileged user that cannot enter
+        // the test's private directory; as root, keep them root.
+        let root = std::fs::metadata("/proc/self").map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 0
+        });
+        let user = if root.unwrap_or(false) { "user root root;" } else { "" };
+        let d = dir.display();
+        let conf = format!(
+            "{user}
+daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    include {d}/parley.conf;
+}}
+"
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let check = Command::new(binary)
+            .arg("-t")
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .output()
+            .expect("run nginx -t");
+        assert!(
+            check.status.success(),
+            "nginx refused the snippet: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let nginx = Nginx {
+            child,
+            dir: dir.to_owned(),
+        };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen: {}", nginx.error_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // QUIT: graceful stop of the master and its worker.
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A native session over a WebSocket through nginx's TLS.
+struct Wss {
+    socket: tokio_tungstenite::WebSocketStream<Tls>,
+    next_id: u64,
+}
+
+impl Wss {
+    async fn connect(port: u16, cert: &GeneratedCert) -> Wss {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&cert.cert).unwrap();
+        for c in rustls_pemfile_certs(&pem) {
+            roots.add(c).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.expect("TLS with nginx");
+        let (socket, response) = tokio_tungstenite::client_async(format!("wss://localhost:{port}/v1/ws"), tls)
+            .await
+            .expect("websocket upgrade through nginx");
+        assert_eq!(response.status(), 101);
+        let mut ws = Wss { socket, next_id: 1 };
+        let Some(Body::Welcome(_)) = ws.read().await.body else {
+            panic!("no welcome through nginx")
+        };
+        ws
+    }
+
+    async fn read(&mut self) -> ServerFrame {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("no socket error");
+            match message {
+                Message::Binary(bytes) => return ServerFrame::decode(bytes.as_ref()).expect("a ServerFrame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    async fn call(&mut self, body: client_frame::Body) -> Body {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = ClientFrame {
+            request_id: id,
+            body: Some(body),
+        };
+        self.socket
+            .send(Message::Binary(frame.encode_to_vec().into()))
+            .await
+            .unwrap();
+        loop {
+            let f = self.read().await;
+            if f.request_id == id {
+                return f.body.expect("a body");
+            }
+        }
+    }
+
+    async fn next_push(&mut self) -> Vec<v1::Message> {
+        loop {
+            if let Some(Body::Push(p)) = self.read().await.body {
+                return p.messages;
+            }
+        }
+    }
+}
+
+/// The certificates in a PEM file, without another dependency: the
+/// base64 between BEGIN and END CERTIFICATE lines.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let text = String::from_utf8_lossy(pem);
+    let mut certs = Vec::new();
+    let mut body = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        match line.trim() {
+            "-----BEGIN CERTIFICATE-----" => {
+                inside = true;
+                body.clear();
+            }
+            "-----END CERTIFICATE-----" => {
+                inside = false;
+                certs.push(B64.decode(&body).unwrap().into());
+            }
+            l if inside => body.push_str(l),
+            _ => {}
+        }
+    }
+    certs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_chat_through_nginx_with_tls() {
+    let Some(binary) = nginx() else {
+        require_or_skip("nginx (Debian package nginx-light)", false);
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path());
+    let server = TestServer::start(Store::Sqlite);
+    let port = free_port();
+    let nginx = Nginx::start(&binary, dir.path(), server.http_addr.as_deref().unwrap(), port, &cert);
+
+    // The HTTP API over HTTPS, through the proxy.
+    let pem = std::fs::read(&cert.cert).unwrap();
+    let api = Api {
+        base: format!("https://localhost:{port}"),
+        http: reqwest::Client::builder()
+            .timeout(WAIT)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .resolve("localhost", ([127, 0, 0, 1], port).into())
+            .build()
+            .unwrap(),
+    };
+    let health = api.get("/healthz", None).await;
+    assert_eq!(health.status, 200, "{health:?} {}", nginx.error_log());
+    api.register("alice", "pw-alice").await.ok();
+    api.register("bob", "pw-bob").await.ok();
+    let token = |login: serde_json::Value| B64.decode(login["resume_token"].as_str().unwrap()).unwrap();
+    let alice_token = token(api.login("alice", "pw-alice").await);
+    let bob_token = token(api.login("bob", "pw-bob").await);
+
+    // Two WebSockets through nginx: bob writes, alice gets the push live.
+    let mut alice = Wss::connect(port, &cert).await;
+    let reply = alice
+        .call(client_frame::Body::Resume(v1::Resume { token: alice_token }))
+        .await;
+    assert!(matches!(reply, Body::AuthOk(_)), "{reply:?}");
+    let reply = alice
+        .call(client_frame::Body::Subscribe(v1::Subscribe { after_seq: 0 }))
+        .await;
+    assert!(matches!(reply, Body::Subscribed(_)), "{reply:?}");
+    let mut bob = Wss::connect(port, &cert).await;
+    let reply = bob
+        .call(client_frame::Body::Resume(v1::Resume { token: bob_token }))
+        .await;
+    assert!(matches!(reply, Body::AuthOk(_)), "{reply:?}");
+    for (i, text) in ["hello through nginx", "and a second one"].into_iter().enumerate() {
+        let reply = bob
+            .call(client_frame::Body::Send(v1::SendMessage {
+                to: "alice".into(),
+                client_msg_id: format!("n{i}"),
+                body: text.into(),
+            }))
+            .await;
+        assert!(matches!(reply, Body::Sent(_)), "{reply:?}");
+        let pushed = alice.next_push().await;
+        assert_eq!(pushed[0].body, text);
+        assert_eq!(pushed[0].from, "bob");
+        let seq = pushed[0].seq;
+        let reply = alice
+            .call(client_frame::Body::Ack(v1::Ack {
+                up_to_seq: seq,
+                seqs: Vec::new(),
+            }))
+            .await;
+        assert!(matches!(reply, Body::Acked(_)), "{reply:?}");
+    }
+    // Once they close, nginx logs each upgrade as a 101 to /v1/ws.
+    let _ = alice.socket.close(None).await;
+    let _ = bob.socket.close(None).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let access = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
+        if access.matches("GET /v1/ws HTTP/1.1\" 101").count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{access}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(nginx);
+}
