@@ -8,8 +8,12 @@
 
 pub mod config;
 pub mod convert;
+pub mod logging;
+pub mod metrics;
 pub mod native;
+pub mod perf;
 pub mod server;
+pub mod utc;
 
 pub use config::{SettingArgs, Settings, StoreKind};
 pub use server::{Server, Stats, StatsHandle, open_store, run};

@@ -21,12 +21,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "parleyd", version, about, long_about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     settings: SettingArgs,
 }
 
+/// Commands besides serving (plain `parleyd` serves).
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Read perf logs (see the perf_log setting).
+    Perf(parley_server::perf::PerfArgs),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Perf(args)) = cli.command {
+        return parley_server::perf::run_command(args);
+    }
     let settings = match cli.settings.resolve() {
         Ok(s) => s,
         Err(errors) => {
@@ -34,13 +46,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| "info".into());
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    // Kept to the end of `main`: dropping it flushes the log files.
+    let _logging = match parley_server::logging::init(&settings) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("parleyd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
