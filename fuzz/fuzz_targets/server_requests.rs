@@ -232,7 +232,7 @@ async fn run_connection(input: &[u8], mode: Mode) {
     };
 
     let output = tokio::select! {
-        ((), output) = async { tokio::join!(server, client) } => output,
+        (_summary, output) = async { tokio::join!(server, client) } => output,
         () = watchdog => panic!("oracle: the connection did not end within {HANG_LIMIT:?} of virtual time after its input ended"),
     };
     check_timeouts(&output, mode, started);

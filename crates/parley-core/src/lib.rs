@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod histogram;
 pub mod hub;
 pub mod ids;
 pub mod limits;

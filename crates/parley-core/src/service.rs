@@ -146,6 +146,12 @@ impl AuthPending {
     pub fn mechanism(&self) -> Mechanism {
         self.exchange.mechanism()
     }
+
+    /// The account name key the login is for, as the client gave it
+    /// (normalised; possibly a name no account has): for access logs.
+    pub fn name_key(&self) -> &str {
+        &self.key
+    }
 }
 
 /// What a successful login tells the client.

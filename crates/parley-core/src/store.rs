@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
+use crate::histogram::HistogramSnapshot;
 use crate::ids::{MessageId, Seq, UserId};
 use crate::name::NamePattern;
 use crate::scram::StoredCredentials;
@@ -232,4 +233,29 @@ pub trait Store: Send + Sync + 'static {
     fn revoke_resume_token(&self, hash: [u8; 32]) -> StoreReply<()>;
     /// Finishes queued work, makes it durable and stops accepting more.
     fn close(&self) -> StoreReply<()>;
+    /// The store's own counters, for metrics; None for a store that has
+    /// nothing to report (the memory store has no queue and no commits).
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
+}
+
+/// A snapshot of a store's counters, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed (one per batch of operations).
+    pub commits: u64,
+    /// Operations answered from committed transactions.
+    pub ops_committed: u64,
+    /// Batches whose transaction failed.
+    pub failed_batches: u64,
+    /// Operations refused `Busy` because the queue was full.
+    pub busy_rejections: u64,
+    /// Operations waiting for the store now.
+    pub queued: u64,
+    /// Microseconds from the start of a batch's transaction to the end of
+    /// its commit, one value per committed batch.
+    pub commit_micros: HistogramSnapshot,
+    /// Operations per committed batch.
+    pub batch_size: HistogramSnapshot,
 }

@@ -16,6 +16,7 @@ use parley_core::{CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, Seq,
 use serde::{Deserialize, Serialize};
 
 use crate::HttpContext;
+use crate::access;
 use crate::listener::Peer;
 use crate::pager;
 use crate::problem::{JsonBody, PathParam, Problem, QueryParams};
@@ -251,10 +252,14 @@ pub async fn login_start(
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     JsonBody(r): JsonBody<LoginStart>,
 ) -> ApiResult<axum::Json<Challenge>> {
-    let pending = ctx
-        .service
-        .auth_start(r.client_first.as_bytes(), Some(peer.ip()))
-        .await?;
+    let pending = match ctx.service.auth_start(r.client_first.as_bytes(), Some(peer.ip())).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            let name = access::name_tried(r.client_first.as_bytes());
+            access::login_refused("http", peer, "scram", name.as_deref(), &e);
+            return Err(e.into());
+        }
+    };
     let mechanism = pending.mechanism().name();
     let server_first = pending.server_first().to_owned();
     let login_id = ctx
@@ -290,13 +295,22 @@ pub struct LoginOk {
     resume_expires_ms: u64,
 }
 
-pub async fn login_finish(State(ctx): Ctx, JsonBody(r): JsonBody<LoginFinish>) -> ApiResult<axum::Json<LoginOk>> {
+pub async fn login_finish(
+    State(ctx): Ctx,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    JsonBody(r): JsonBody<LoginFinish>,
+) -> ApiResult<axum::Json<LoginOk>> {
     let Some(taken) = ctx.logins.take(&r.login_id) else {
         return Err(Problem::invalid(
             "no login in progress with this login_id (expired or used); start again",
         ));
     };
     let result = ctx.service.auth_finish(&taken.pending, r.client_final.as_bytes()).await;
+    let mechanism = taken.pending.mechanism().name();
+    match &result {
+        Ok((_, outcome)) => access::login_ok("http", peer, mechanism, &outcome.name),
+        Err(e) => access::login_refused("http", peer, mechanism, Some(taken.pending.name_key()), e),
+    }
     // BUSY changed nothing: the same login/finish may come again.
     if matches!(&result, Err(e) if e.kind == ErrorKind::Busy) {
         ctx.logins.restore(r.login_id, taken);
@@ -317,6 +331,10 @@ pub async fn login_resume(
     // A token that is not base64 is a failed resume like any other.
     let token = B64.decode(r.resume_token.as_bytes()).unwrap_or_default();
     let result = ctx.service.resume(&token, Some(peer.ip())).await;
+    match &result {
+        Ok((_, outcome)) => access::login_ok("http", peer, "resume", &outcome.name),
+        Err(e) => access::login_refused("http", peer, "resume", None, e),
+    }
     logged_in(&ctx, result)
 }
 

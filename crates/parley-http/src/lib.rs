@@ -11,6 +11,7 @@
 //! WebSockets is handed to it as a [`ws::NativeHandler`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod listener;
 pub mod openapi;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -106,6 +107,28 @@ impl Default for HttpSettings {
     }
 }
 
+/// Renders the Prometheus exposition for `GET /metrics`.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+/// Told about every request answered: (operation, time taken, outcome),
+/// where the operation is `http METHOD ROUTE` and the outcome `ok` or the
+/// problem's code.
+pub type RequestRecorder = Arc<dyn Fn(&str, Duration, &str) + Send + Sync>;
+
+/// What the server hands the HTTP front door besides its settings, the
+/// way it hands it the native handler: this crate knows no metrics or
+/// perf-log format.
+#[derive(Clone, Default)]
+pub struct HttpHooks {
+    /// When set, `GET /metrics` answers with what it renders; otherwise
+    /// `/metrics` does not exist (404).
+    pub metrics: Option<MetricsRenderer>,
+    /// When set, called once per answered request (the perf log).
+    pub requests: Option<RequestRecorder>,
+}
+
+/// The Prometheus text format's content type.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// What every HTTP request shares.
 pub struct HttpContext {
     /// The chat service, shared with the other front doors.
@@ -126,6 +149,8 @@ pub struct HttpContext {
     websockets: TaskTracker,
     /// Counters for metrics.
     pub counters: HttpCounters,
+    /// Metrics rendering and request timing, from the server.
+    hooks: HttpHooks,
 }
 
 /// The HTTP front door's counters.
@@ -145,6 +170,16 @@ pub struct HttpCounters {
 
 impl HttpContext {
     pub fn new(service: Arc<Service>, settings: HttpSettings, native: ws::NativeHandler) -> Arc<HttpContext> {
+        HttpContext::with_hooks(service, settings, native, HttpHooks::default())
+    }
+
+    /// Like [`HttpContext::new`], with metrics and request timing.
+    pub fn with_hooks(
+        service: Arc<Service>,
+        settings: HttpSettings,
+        native: ws::NativeHandler,
+        hooks: HttpHooks,
+    ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
             service,
             sessions: HttpSessions::new(settings.session_idle, settings.max_sessions),
@@ -155,6 +190,7 @@ impl HttpContext {
             native,
             websockets: TaskTracker::new(),
             counters: HttpCounters::default(),
+            hooks,
         })
     }
 
@@ -205,6 +241,11 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         // Several methods on one path merge into one route.
         router = router.route(path, handler);
     }
+    // Outside `api_routes` and the OpenAPI document, like the UI: it is
+    // for operators, answers text, and exists only when switched on.
+    if ctx.hooks.metrics.is_some() {
+        router = router.route("/metrics", get(metrics));
+    }
     let router = ui::routes(router)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -234,10 +275,48 @@ async fn admission(State(ctx): State<Arc<HttpContext>>, request: Request, next: 
         return Problem::busy("too many requests in progress", IN_FLIGHT_RETRY_MS).into_response();
     };
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.0);
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     drop(permit);
-    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "http request");
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let outcome = if status < 400 {
+        "ok"
+    } else {
+        response
+            .extensions()
+            .get::<problem::ProblemCode>()
+            .map_or("HTTP_ERROR", |c| c.0)
+    };
+    // The path, never the query or a header: tokens travel in headers.
+    tracing::info!(
+        target: access::ACCESS_TARGET,
+        transport = "http",
+        peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
+        %method,
+        path = ?path,
+        status,
+        micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        "http request"
+    );
+    if let Some(record) = &ctx.hooks.requests {
+        let op = format!("http {method} {}", route.as_deref().unwrap_or("(unrouted)"));
+        record(&op, elapsed, outcome);
+    }
+    response
+}
+
+/// `GET /metrics`: what the server's renderer produces.
+async fn metrics(State(ctx): State<Arc<HttpContext>>) -> Response {
+    let Some(render) = ctx.hooks.metrics.clone() else {
+        return Problem::not_found("metrics are switched off on this server").into_response();
+    };
+    let mut response = render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
     response
 }
 

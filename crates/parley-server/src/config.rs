@@ -21,6 +21,18 @@ pub const DEFAULT_DATA_DIR: &str = "parley-data";
 pub const DEFAULT_STORE: &str = "sqlite";
 /// Log filter (tracing EnvFilter syntax).
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Log format: human, json, or auto (human on a terminal, JSON elsewhere).
+pub const DEFAULT_LOG_FORMAT: &str = "human";
+/// Directory for parleyd.log and access.log; empty: stderr only.
+pub const DEFAULT_LOG_DIR: &str = "";
+/// Days rotated log files are kept; 0 keeps them all.
+pub const DEFAULT_LOG_RETENTION_DAYS: u32 = 14;
+/// Whether the HTTP listener serves Prometheus metrics at /metrics.
+pub const DEFAULT_METRICS: bool = true;
+/// Whether each request is timed into the perf log.
+pub const DEFAULT_PERF_LOG: bool = false;
+/// Perf log directory; empty: `<data_dir>/perf`.
+pub const DEFAULT_PERF_DIR: &str = "";
 /// Most simultaneous connections; one more gets a BUSY error and is closed.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Largest frame payload accepted or sent, in bytes.
@@ -109,6 +121,17 @@ pub enum StoreKind {
     Sqlite,
 }
 
+/// How log lines are formatted (see `logging`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human on a terminal, JSON on a stderr that is not one and in files.
+    Auto,
+    /// Human-readable lines everywhere.
+    Human,
+    /// One JSON object per line everywhere.
+    Json,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -116,6 +139,15 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub log_level: String,
+    pub log_format: LogFormat,
+    /// None: log to stderr only.
+    pub log_dir: Option<PathBuf>,
+    pub log_retention_days: u32,
+    /// Whether /metrics is served on the HTTP listener.
+    pub metrics: bool,
+    pub perf_log: bool,
+    /// Where perf runs go (`<data_dir>/perf` unless set).
+    pub perf_dir: PathBuf,
     pub max_connections: usize,
     pub max_frame_bytes: u32,
     pub max_body_bytes: u32,
@@ -197,6 +229,24 @@ pub struct SettingArgs {
     /// Log filter, e.g. info, debug, parley_server=trace [default: info]
     #[arg(long, env = "PARLEY_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Log format: human, json, or auto (human on a terminal, JSON otherwise) [default: human]
+    #[arg(long, env = "PARLEY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Directory for parleyd.log and access.log, rotated daily; unset: stderr only [default: unset]
+    #[arg(long, env = "PARLEY_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<String>,
+    /// Days rotated log files are kept, 0 to keep them all [default: 14]
+    #[arg(long, env = "PARLEY_LOG_RETENTION_DAYS", value_name = "DAYS")]
+    pub log_retention_days: Option<String>,
+    /// Serve Prometheus metrics at /metrics on the HTTP listener: true or false [default: true]
+    #[arg(long, env = "PARLEY_METRICS", value_name = "BOOL")]
+    pub metrics: Option<String>,
+    /// Time every request into PERF_DIR/RUN/PID.log: true or false [default: false]
+    #[arg(long, env = "PARLEY_PERF_LOG", value_name = "BOOL")]
+    pub perf_log: Option<String>,
+    /// Perf log directory [default: DATA_DIR/perf]
+    #[arg(long, env = "PARLEY_PERF_DIR", value_name = "DIR")]
+    pub perf_dir: Option<String>,
     /// Most simultaneous connections [default: 10000]
     #[arg(long, env = "PARLEY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
@@ -320,6 +370,12 @@ const KEYS: &[&str] = &[
     "data_dir",
     "store",
     "log_level",
+    "log_format",
+    "log_dir",
+    "log_retention_days",
+    "metrics",
+    "perf_log",
+    "perf_dir",
     "max_connections",
     "max_frame_bytes",
     "max_body_bytes",
@@ -372,6 +428,12 @@ impl SettingArgs {
             "data_dir" => self.data_dir.clone(),
             "store" => self.store.clone(),
             "log_level" => self.log_level.clone(),
+            "log_format" => self.log_format.clone(),
+            "log_dir" => self.log_dir.clone(),
+            "log_retention_days" => self.log_retention_days.clone(),
+            "metrics" => self.metrics.clone(),
+            "perf_log" => self.perf_log.clone(),
+            "perf_dir" => self.perf_dir.clone(),
             "max_connections" => self.max_connections.clone(),
             "max_frame_bytes" => self.max_frame_bytes.clone(),
             "max_body_bytes" => self.max_body_bytes.clone(),
@@ -479,6 +541,17 @@ impl SettingArgs {
         };
         let get = |key: &str, default: &str| raw(key).unwrap_or_else(|| default.to_owned());
 
+        fn boolean(errors: &mut Vec<String>, key: &str, value: &str, fallback: bool) -> bool {
+            match value.trim() {
+                "true" | "on" | "1" => true,
+                "false" | "off" | "0" => false,
+                other => {
+                    errors.push(format!("{key}: {other:?} is not true or false"));
+                    fallback
+                }
+            }
+        }
+
         fn num<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
             errors: &mut Vec<String>,
             key: &str,
@@ -518,6 +591,40 @@ impl SettingArgs {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             errors.push(format!("log_level: {log_level:?}: {e}"));
         }
+        let log_format = match get("log_format", DEFAULT_LOG_FORMAT).trim() {
+            "auto" => LogFormat::Auto,
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => {
+                errors.push(format!("log_format: {other:?} is not one of auto, human, json"));
+                LogFormat::Human
+            }
+        };
+        let log_dir = Some(get("log_dir", DEFAULT_LOG_DIR))
+            .filter(|dir| !dir.trim().is_empty())
+            .map(PathBuf::from);
+        let log_retention_days: u32 = num(
+            &mut errors,
+            "log_retention_days",
+            &get("log_retention_days", &DEFAULT_LOG_RETENTION_DAYS.to_string()),
+            0..=36_500,
+            0,
+        );
+        let metrics = boolean(
+            &mut errors,
+            "metrics",
+            &get("metrics", &DEFAULT_METRICS.to_string()),
+            DEFAULT_METRICS,
+        );
+        let perf_log = boolean(
+            &mut errors,
+            "perf_log",
+            &get("perf_log", &DEFAULT_PERF_LOG.to_string()),
+            DEFAULT_PERF_LOG,
+        );
+        let perf_dir = Some(get("perf_dir", DEFAULT_PERF_DIR))
+            .filter(|dir| !dir.trim().is_empty())
+            .map_or_else(|| data_dir.join("perf"), PathBuf::from);
         let max_connections = num(
             &mut errors,
             "max_connections",
@@ -723,16 +830,6 @@ impl SettingArgs {
         {
             errors.push(format!("http_listen: {http} is also the native listen address"));
         }
-        fn boolean(errors: &mut Vec<String>, key: &str, value: &str, fallback: bool) -> bool {
-            match value.trim() {
-                "true" | "on" | "1" => true,
-                "false" | "off" | "0" => false,
-                other => {
-                    errors.push(format!("{key}: {other:?} is not true or false"));
-                    fallback
-                }
-            }
-        }
         let pager = boolean(
             &mut errors,
             "pager",
@@ -841,6 +938,12 @@ impl SettingArgs {
             data_dir,
             store,
             log_level,
+            log_format,
+            log_dir,
+            log_retention_days,
+            metrics,
+            perf_log,
+            perf_dir,
             max_connections,
             max_frame_bytes,
             max_body_bytes,
@@ -983,6 +1086,40 @@ mod tests {
         .unwrap();
         let defaults = SettingArgs::default().resolve().unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn observability_settings() {
+        let s = SettingArgs::default().resolve().unwrap();
+        assert_eq!(s.log_format, LogFormat::Human);
+        assert_eq!(s.log_dir, None);
+        assert!(s.metrics);
+        assert!(!s.perf_log);
+        assert_eq!(s.perf_dir, PathBuf::from(DEFAULT_DATA_DIR).join("perf"));
+        let args = SettingArgs {
+            data_dir: Some("/srv/parley".into()),
+            log_format: Some("json".into()),
+            log_dir: Some("/var/log/parley".into()),
+            log_retention_days: Some("0".into()),
+            metrics: Some("false".into()),
+            perf_log: Some("true".into()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.log_dir, Some(PathBuf::from("/var/log/parley")));
+        assert_eq!(s.log_retention_days, 0);
+        assert!(!s.metrics);
+        assert!(s.perf_log);
+        assert_eq!(s.perf_dir, PathBuf::from("/srv/parley/perf"));
+        let bad = SettingArgs {
+            log_format: Some("xml".into()),
+            log_retention_days: Some("-1".into()),
+            metrics: Some("maybe".into()),
+            perf_log: Some("yes please".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.resolve().unwrap_err().0.len(), 4);
     }
 
     #[test]

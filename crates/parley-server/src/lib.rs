@@ -11,10 +11,14 @@ pub mod config;
 pub mod convert;
 pub mod ctl;
 pub mod gen_cert;
+pub mod logging;
+pub mod metrics;
 pub mod native;
+pub mod perf;
 pub mod server;
 pub mod supervisor;
 pub mod tls;
+pub mod utc;
 pub mod worker;
 
 pub use config::{SettingArgs, Settings, StoreKind};

@@ -4,7 +4,8 @@
 //! and runs the worker: this same binary, started with the sockets as
 //! inherited descriptors (see `supervisor.rs` and `worker.rs`).
 //! `parleyd ctl …` talks to a running master through its control socket;
-//! `parleyd gen-cert` writes a development certificate.
+//! `parleyd gen-cert` writes a development certificate; `parleyd perf
+//! summary` reads the perf logs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     /// Write a self-signed certificate (cert.pem) and key (key.pem) for
     /// development, and print the fingerprint and the settings to use
     GenCert(GenCertArgs),
+    /// Read perf logs (see the perf_log setting).
+    Perf(parley_server::perf::PerfArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
     match cli.command {
         None => {}
         Some(Command::Ctl(args)) => return control(args),
+        Some(Command::Perf(args)) => return parley_server::perf::run_command(args),
         Some(Command::GenCert(args)) => {
             return match parley_server::gen_cert::run(&args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -118,13 +122,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| "info".into());
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    // Kept to the end of `main`: dropping it flushes the log files. The
+    // master and its worker write the same files (appending).
+    let _logging = match parley_server::logging::init(&settings) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("parleyd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let result = if worker::is_worker() {
         tokio::runtime::Builder::new_multi_thread()

@@ -15,8 +15,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -27,6 +27,7 @@ use parley_core::store::AckRange;
 use parley_core::{
     AuthPending, CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, PushEvent, Seq, Service, Session,
 };
+use parley_http::access;
 use parley_proto::v1::{self, client_frame, server_frame::Body};
 use parley_proto::{ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::convert::{self, FRAME_ENVELOPE_BYTES, core_error_frame, error_frame, frame, goodbye};
+use crate::perf::PerfLog;
 
 /// Smallest space reserved for a socket read: what an idle connection
 /// holds while it waits for its next request.
@@ -76,6 +78,26 @@ pub struct NativeContext {
     pub backlog: AtomicUsize,
     /// Counters for metrics.
     pub counters: NativeCounters,
+    /// The perf log, once the server has opened it (only when `perf_log`
+    /// is on): each request's time and outcome.
+    pub perf: OnceLock<Arc<PerfLog>>,
+}
+
+/// What a connection did, for the access log line written when it ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionSummary {
+    /// Bytes read from the client.
+    pub bytes_in: u64,
+    /// Bytes written to the client.
+    pub bytes_out: u64,
+}
+
+/// A request being timed for the perf log: its operation and arrival.
+struct PerfOp {
+    /// The request type.
+    op: &'static str,
+    /// When it was decoded.
+    started: Instant,
 }
 
 /// The front door's own counters.
@@ -176,16 +198,22 @@ struct Connection {
     was_congested: bool,
     /// For logs.
     peer: SocketAddr,
+    /// The request being handled, while it is, when the perf log is on
+    /// (boxed: without a perf log it costs a connection one pointer).
+    perf_op: Option<Box<PerfOp>>,
+    /// Bytes read and written, for the access log.
+    summary: ConnectionSummary,
 }
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes; returns what it did.
 pub async fn serve<R, W>(
     mut reader: R,
     mut writer: W,
     ctx: Arc<NativeContext>,
     mut shutdown: watch::Receiver<bool>,
     peer: SocketAddr,
-) where
+) -> ConnectionSummary
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -210,6 +238,8 @@ pub async fn serve<R, W>(
         keepalive_check,
         was_congested: false,
         peer,
+        perf_op: None,
+        summary: ConnectionSummary::default(),
     };
     conn.ack_backoff = conn.ctx.ack_timeout;
     let welcome = conn.ctx.welcome.clone();
@@ -237,9 +267,11 @@ pub async fn serve<R, W>(
                 writer.write_all(&conn.output).await?;
                 writer.shutdown().await
             };
-            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
+            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await {
+                conn.summary.bytes_out += conn.output.len() as u64;
+            }
             tracing::debug!(peer = %conn.peer, "connection closed");
-            return;
+            return conn.summary;
         }
         // Open, the shutdown branch is enabled; draining, `in_flight` is not
         // empty: some branch below can always fire.
@@ -265,6 +297,7 @@ pub async fn serve<R, W>(
             read = reader.read_buf(&mut conn.input), if can_read => match read {
                 Ok(0) => conn.input_closed = true,
                 Ok(n) => {
+                    conn.summary.bytes_in += n as u64;
                     conn.last_heard = Instant::now();
                     conn.read_size = if n >= spare {
                         (conn.read_size * 2).min(MAX_READ)
@@ -274,7 +307,7 @@ pub async fn serve<R, W>(
                 }
                 Err(e) => {
                     tracing::debug!(peer = %conn.peer, error = %e, "read failed");
-                    return;
+                    return conn.summary;
                 }
             },
             Some(done) = conn.in_flight.next(), if !conn.in_flight.is_empty() => conn.encode(&done),
@@ -282,9 +315,9 @@ pub async fn serve<R, W>(
             written = writer.write_buf(&mut conn.output), if !conn.output.is_empty() => match written {
                 Ok(0) | Err(_) => {
                     tracing::debug!(peer = %conn.peer, "write failed; closing");
-                    return;
+                    return conn.summary;
                 }
-                Ok(_) => {}
+                Ok(n) => conn.summary.bytes_out += n as u64,
             },
             _ = shutdown.changed(), if open => {
                 conn.phase = Phase::Draining { last: Some(Box::new(goodbye(ErrorCode::ShuttingDown, "server is shutting down"))) };
@@ -309,6 +342,12 @@ async fn next_push(session: &mut Option<Session>) -> Result<PushEvent, CoreError
 
 impl Connection {
     fn encode(&mut self, frame: &ServerFrame) {
+        // While a request is handled, the first frame encoded is its answer.
+        if let Some(op) = self.perf_op.take()
+            && let Some(perf) = self.ctx.perf.get()
+        {
+            perf.record(op.op, op.started.elapsed(), outcome(frame));
+        }
         if let Err(e) = encode_frame(frame, &mut self.output, self.ctx.max_frame_bytes) {
             // Replies are sized to fit (see `fit_messages`); this is a bug,
             // answered as an internal error rather than a broken stream.
@@ -421,10 +460,16 @@ impl Connection {
         match started {
             Ok(future) => {
                 let ctx = Arc::clone(&self.ctx);
+                let timed = self.perf_op.take();
                 ctx.backlog.fetch_add(1, Ordering::Relaxed);
                 self.in_flight.push(Box::pin(async move {
                     let frame = future.await;
                     ctx.backlog.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(op) = timed
+                        && let Some(perf) = ctx.perf.get()
+                    {
+                        perf.record(op.op, op.started.elapsed(), outcome(&frame));
+                    }
                     if let Some(Body::Error(e)) = &frame.body
                         && e.code == ErrorCode::Busy as i32
                     {
@@ -445,6 +490,16 @@ impl Connection {
     /// Whether the server-wide backlog is over its high-water mark.
     fn overloaded(&self) -> bool {
         self.ctx.backlog.load(Ordering::Relaxed) >= self.ctx.max_backlog
+    }
+
+    /// Starts timing a request, when the perf log is on.
+    fn time(&mut self, body: Option<&client_frame::Body>) {
+        if self.ctx.perf.get().is_some() {
+            self.perf_op = Some(Box::new(PerfOp {
+                op: body.map_or("unknown", op_name),
+                started: Instant::now(),
+            }));
+        }
     }
 
     fn close_with(&mut self, last: ServerFrame) {
@@ -471,8 +526,16 @@ impl Connection {
                 Ok(Some(ClientFrame {
                     request_id,
                     body: Some(body),
-                })) if waits(&body) => Box::pin(self.handle_waiting(request_id, body)).await,
-                Ok(Some(request)) => self.handle(request),
+                })) if waits(&body) => {
+                    self.time(Some(&body));
+                    Box::pin(self.handle_waiting(request_id, body)).await;
+                    self.perf_op = None;
+                }
+                Ok(Some(request)) => {
+                    self.time(request.body.as_ref());
+                    self.handle(request);
+                    self.perf_op = None;
+                }
                 Ok(None) => {
                     if self.input_closed {
                         self.phase = Phase::Draining { last: None };
@@ -609,6 +672,11 @@ impl Connection {
                     return self.start(id, Err(busy()));
                 }
                 match service.auth_start(&a.client_first, Some(self.peer.ip())).await {
+                    Err(e) => {
+                        let name = access::name_tried(&a.client_first);
+                        access::login_refused(TRANSPORT, self.peer, "scram", name.as_deref(), &e);
+                        self.encode(&core_error_frame(id, &e));
+                    }
                     Ok(pending) => {
                         let challenge = v1::AuthChallenge {
                             mechanism: pending.mechanism().name().to_owned(),
@@ -617,7 +685,6 @@ impl Connection {
                         self.pending_auth = Some(Box::new(pending));
                         self.encode(&frame(id, Body::AuthChallenge(challenge)));
                     }
-                    Err(e) => self.encode(&core_error_frame(id, &e)),
                 }
             }
             B::AuthContinue(c) => {
@@ -626,6 +693,11 @@ impl Connection {
                     return self.encode(&core_error_frame(id, &e));
                 };
                 let result = service.auth_finish(&pending, &c.client_final).await;
+                let mechanism = pending.mechanism().name();
+                match &result {
+                    Ok((_, outcome)) => access::login_ok(TRANSPORT, self.peer, mechanism, &outcome.name),
+                    Err(e) => access::login_refused(TRANSPORT, self.peer, mechanism, Some(pending.name_key()), e),
+                }
                 // BUSY changed nothing: the same AuthContinue may come again.
                 if matches!(&result, Err(e) if e.kind == ErrorKind::Busy) {
                     self.pending_auth = Some(Box::new(pending));
@@ -642,6 +714,10 @@ impl Connection {
                 }
                 self.pending_auth = None;
                 let result = service.resume(&r.token, Some(self.peer.ip())).await;
+                match &result {
+                    Ok((_, outcome)) => access::login_ok(TRANSPORT, self.peer, "resume", &outcome.name),
+                    Err(e) => access::login_refused(TRANSPORT, self.peer, "resume", None, e),
+                }
                 self.logged_in(id, result);
             }
             B::DeleteAccount(_) => {
@@ -672,7 +748,7 @@ impl Connection {
     fn logged_in(&mut self, id: u64, result: Result<(Session, LoginOutcome), CoreError>) {
         match result {
             Ok((session, outcome)) => {
-                tracing::info!(peer = %self.peer, user = %outcome.name, session = %outcome.session, "login");
+                tracing::debug!(peer = %self.peer, user = %outcome.name, session = %outcome.session, "login");
                 self.session = Some(session);
                 self.ack_deadline = None;
                 self.ack_backoff = self.ctx.ack_timeout;
@@ -691,7 +767,7 @@ impl Connection {
                 ));
             }
             Err(e) => {
-                tracing::info!(peer = %self.peer, code = e.kind.as_str(), "login failed");
+                tracing::debug!(peer = %self.peer, code = e.kind.as_str(), "login failed");
                 self.encode(&core_error_frame(id, &e))
             }
         }
@@ -812,6 +888,42 @@ impl Connection {
             }
         };
         self.start(id, started);
+    }
+}
+
+/// The `transport` field of this front door's access events. WebSockets
+/// are served here too; their connection lines (written by the server)
+/// say `ws`.
+const TRANSPORT: &str = "native";
+
+/// A request's operation name in the perf log.
+fn op_name(body: &client_frame::Body) -> &'static str {
+    use client_frame::Body as B;
+    match body {
+        B::Ping(_) => "ping",
+        B::Register(_) => "register",
+        B::AuthStart(_) => "login_start",
+        B::AuthContinue(_) => "login_finish",
+        B::Resume(_) => "resume",
+        B::Send(_) => "send",
+        B::Fetch(_) => "fetch",
+        B::Ack(_) => "ack",
+        B::DeleteMessages(_) => "delete_messages",
+        B::ListAccounts(_) => "list_accounts",
+        B::Subscribe(_) => "subscribe",
+        B::AddContact(_) => "add_contact",
+        B::RemoveContact(_) => "remove_contact",
+        B::ListContacts(_) => "list_contacts",
+        B::Logout(_) => "logout",
+        B::DeleteAccount(_) => "delete_account",
+    }
+}
+
+/// `ok`, or the error code a reply carries.
+fn outcome(frame: &ServerFrame) -> &'static str {
+    match &frame.body {
+        Some(Body::Error(e)) => ErrorCode::try_from(e.code).map_or("ERROR", |code| code.as_str_name()),
+        _ => crate::perf::OK,
     }
 }
 

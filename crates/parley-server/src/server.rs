@@ -92,6 +92,57 @@ pub struct ServerCounters {
     pub connections_refused_busy: AtomicU64,
     /// Native-listener TLS handshakes that failed or timed out.
     pub tls_handshakes_failed: AtomicU64,
+    /// Native connections (TCP and WebSocket) being served now.
+    pub connections_open: AtomicU64,
+}
+
+/// Counts a connection as open while it lives, and writes its access-log
+/// lines: one when it is admitted, one when it ends.
+struct OpenConnection {
+    /// Where the gauge lives.
+    counters: Arc<ServerCounters>,
+    /// For the closing line.
+    peer: SocketAddr,
+    /// `native` or `ws`.
+    transport: &'static str,
+    /// When it was admitted.
+    opened: std::time::Instant,
+}
+
+impl OpenConnection {
+    fn new(counters: &Arc<ServerCounters>, peer: SocketAddr, transport: &'static str) -> OpenConnection {
+        counters.connections_open.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(target: crate::logging::ACCESS_TARGET, transport, %peer, "connection opened");
+        OpenConnection {
+            counters: Arc::clone(counters),
+            peer,
+            transport,
+            opened: std::time::Instant::now(),
+        }
+    }
+
+    fn closed(self, summary: native::ConnectionSummary) {
+        tracing::info!(
+            target: crate::logging::ACCESS_TARGET,
+            transport = self.transport,
+            peer = %self.peer,
+            duration_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            bytes_in = summary.bytes_in,
+            bytes_out = summary.bytes_out,
+            "connection closed"
+        );
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The access-log line of a connection refused for the connection caps.
+fn log_refused(peer: SocketAddr, transport: &'static str) {
+    tracing::info!(target: crate::logging::ACCESS_TARGET, transport, %peer, reason = "BUSY", "connection refused");
 }
 
 /// Open connections per source address, for `max_connections_per_ip`.
@@ -184,6 +235,10 @@ pub struct Stats {
     pub pager_rate_limited: u64,
     /// TLS handshakes that failed or timed out, native and HTTP listeners together.
     pub tls_handshakes_failed: u64,
+    pub connections_open: u64,
+    pub worker_restarts: u64,
+    pub perf_lines_dropped: u64,
+    pub log_lines_dropped: u64,
 }
 
 impl Server {
@@ -227,7 +282,10 @@ impl Server {
             max_backlog: settings.max_backlog,
             backlog: AtomicUsize::new(0),
             counters: NativeCounters::default(),
+            perf: OnceLock::new(),
         });
+        // Pins the start time and reads the worker-restart count once.
+        crate::metrics::process();
         Server {
             settings,
             store,
@@ -313,7 +371,26 @@ impl StatsHandle {
             pager_rate_limited: http.map_or(0, |h| get(&h.counters.pager_rate_limited)),
             tls_handshakes_failed: get(&self.counters.tls_handshakes_failed)
                 + http.map_or(0, |h| get(&h.counters.tls_handshakes_failed)),
+            connections_open: get(&self.counters.connections_open),
+            worker_restarts: crate::metrics::process().worker_restarts,
+            perf_lines_dropped: self.ctx.perf.get().map_or(0, |p| p.dropped()),
+            log_lines_dropped: crate::logging::dropped_lines(),
         }
+    }
+
+    /// The store's own counters and histograms, if it has any.
+    pub fn store_stats(&self) -> Option<parley_core::store::StoreStats> {
+        self.service.store().stats()
+    }
+
+    /// The Prometheus exposition of everything now (`GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(
+            &self.snapshot(),
+            self.store_stats().as_ref(),
+            crate::metrics::process(),
+            &crate::metrics::Resources::read(),
+        )
     }
 }
 
@@ -347,6 +424,19 @@ impl Server {
             max: settings.max_connections_per_ip,
             open: Mutex::new(HashMap::new()),
         });
+        if settings.perf_log {
+            let run = crate::perf::run_id_from_env()?;
+            let perf = crate::perf::PerfLog::open(&settings.perf_dir, &run)?;
+            tracing::info!(path = %perf.path().display(), %run, "perf log on");
+            let _ = ctx.perf.set(Arc::new(perf));
+        }
+        if settings.metrics
+            && http.is_some()
+            && let Some(addr) = settings.http_listen
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(%addr, "/metrics is served on a non-loopback HTTP listener; set metrics = false or block it in a proxy if that address is public");
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         // Fires when the grace period is over, for connections that are
         // not tasks of this loop (WebSockets, spawned by the HTTP server).
@@ -361,7 +451,12 @@ impl Server {
                 cut: cut_rx.clone(),
                 max_frame_bytes: settings.max_frame_bytes as usize,
             };
-            let http_ctx = parley_http::HttpContext::new(Arc::clone(service), http_settings(settings), gate.handler());
+            let http_ctx = parley_http::HttpContext::with_hooks(
+                Arc::clone(service),
+                http_settings(settings),
+                gate.handler(),
+                self.http_hooks(),
+            );
             let _ = http_slot.set(Arc::clone(&http_ctx));
             let mut stop = shutdown_rx.clone();
             let stopped = async move {
@@ -407,23 +502,28 @@ impl Server {
                             (Ok(permit), Some(slot)) => {
                                 let ctx = Arc::clone(ctx);
                                 let shutdown = shutdown_rx.clone();
+                                let open = OpenConnection::new(counters, peer, "native");
                                 match tls.clone() {
                                     None => {
                                         tasks.spawn(async move {
                                             let _permit = (permit, slot);
-                                            serve_tcp(stream, ctx, shutdown, peer).await;
+                                            let summary = serve_tcp(stream, ctx, shutdown, peer).await;
+                                            open.closed(summary);
                                         });
                                     }
                                     Some(acceptor) => {
                                         let counters = Arc::clone(counters);
                                         tasks.spawn(async move {
                                             let _permit = (permit, slot);
-                                            serve_tls(acceptor, stream, ctx, shutdown, peer, counters).await;
+                                            if let Some(summary) = serve_tls(acceptor, stream, ctx, shutdown, peer, counters).await {
+                                                open.closed(summary);
+                                            }
                                         });
                                     }
                                 }
                             }
                             _ => {
+                                log_refused(peer, "native");
                                 counters.connections_refused_busy.fetch_add(1, Ordering::Relaxed);
                                 let max_frame_bytes = settings.max_frame_bytes as usize;
                                 match tls.clone() {
@@ -498,8 +598,47 @@ impl Server {
         }
         drop(http_ctx);
         store.close().await.context("closing the store")?;
+        if let Some(perf) = ctx.perf.get() {
+            perf.close();
+        }
         tracing::info!(stats = ?self.stats(), "stopped");
         Ok(())
+    }
+}
+
+impl Server {
+    /// What the HTTP front door gets besides its settings: the metrics
+    /// renderer (when `metrics` is on) and the perf log's recorder (when it
+    /// is open).
+    fn http_hooks(&self) -> parley_http::HttpHooks {
+        let metrics: Option<parley_http::MetricsRenderer> = self.settings.metrics.then(|| {
+            // The callback lives inside the HTTP front door, which the stats
+            // handle reaches through `http`: holding that slot weakly keeps
+            // the two from keeping each other alive after the server ends.
+            let (service, ctx, counters) = (
+                Arc::clone(&self.service),
+                Arc::clone(&self.ctx),
+                Arc::clone(&self.counters),
+            );
+            let http = Arc::downgrade(&self.http);
+            Arc::new(move || match http.upgrade() {
+                Some(http) => StatsHandle {
+                    service: Arc::clone(&service),
+                    ctx: Arc::clone(&ctx),
+                    counters: Arc::clone(&counters),
+                    http,
+                }
+                .metrics_text(),
+                None => String::new(),
+            }) as parley_http::MetricsRenderer
+        });
+        let requests: Option<parley_http::RequestRecorder> = self.ctx.perf.get().map(|perf| {
+            let perf = Arc::clone(perf);
+            Arc::new(move |op: &str, elapsed: std::time::Duration, outcome: &str| {
+                perf.record(op.to_owned(), elapsed, outcome.to_owned());
+            }) as parley_http::RequestRecorder
+        });
+        parley_http::HttpHooks { metrics, requests }
     }
 }
 
@@ -554,15 +693,17 @@ impl ConnectionGate {
         self.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let slot = PerIp::acquire(&self.per_ip, peer.ip());
         let (Ok(permit), Some(slot)) = (Arc::clone(&self.permits).try_acquire_owned(), slot) else {
+            log_refused(peer, "ws");
             self.counters.connections_refused_busy.fetch_add(1, Ordering::Relaxed);
             refuse_busy(stream, self.max_frame_bytes).await;
             return;
         };
         let _permit = (permit, slot);
+        let open = OpenConnection::new(&self.counters, peer, "ws");
         let (reader, writer) = tokio::io::split(stream);
         let mut cut = self.cut;
         tokio::select! {
-            () = native::serve(reader, writer, self.ctx, self.shutdown, peer) => {}
+            summary = native::serve(reader, writer, self.ctx, self.shutdown, peer) => open.closed(summary),
             _ = cut.wait_for(|cut| *cut) => {}
         }
     }
@@ -579,9 +720,14 @@ pub async fn run(
     Server::new(settings, store, secret).run(listener, shutdown).await
 }
 
-async fn serve_tcp(mut stream: TcpStream, ctx: Arc<NativeContext>, shutdown: watch::Receiver<bool>, peer: SocketAddr) {
+async fn serve_tcp(
+    mut stream: TcpStream,
+    ctx: Arc<NativeContext>,
+    shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
+) -> native::ConnectionSummary {
     let (reader, writer) = stream.split();
-    native::serve(reader, writer, ctx, shutdown, peer).await;
+    native::serve(reader, writer, ctx, shutdown, peer).await
 }
 
 /// Completes the TLS handshake (unless shutdown comes first), then serves
@@ -593,15 +739,15 @@ async fn serve_tls(
     mut shutdown: watch::Receiver<bool>,
     peer: SocketAddr,
     counters: Arc<ServerCounters>,
-) {
+) -> Option<native::ConnectionSummary> {
     let handshake = crate::tls::handshake(&acceptor, stream, peer, &counters.tls_handshakes_failed);
     let stream = tokio::select! {
         stream = handshake => stream,
         _ = shutdown.wait_for(|stop| *stop) => None,
     };
-    let Some(stream) = stream else { return };
+    let stream = stream?;
     let (reader, writer) = tokio::io::split(stream);
-    native::serve(reader, writer, ctx, shutdown, peer).await;
+    Some(native::serve(reader, writer, ctx, shutdown, peer).await)
 }
 
 /// Answers a connection over the limit with BUSY and closes it.

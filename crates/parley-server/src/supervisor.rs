@@ -152,7 +152,7 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let run_id = std::env::var(worker::ENV_RUN).unwrap_or_else(|_| new_run_id());
+    let run_id = std::env::var(worker::ENV_RUN).unwrap_or_else(|_| crate::perf::new_run_id());
     let mut master = Master {
         exe: own_executable()?,
         launch,
@@ -659,48 +659,9 @@ fn own_executable() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A sortable id for one run of the master: UTC time and pid.
-pub fn new_run_id() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let t = secs % 86_400;
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{}",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
-        std::process::id()
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_from_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
 
     #[test]
     fn a_live_control_socket_is_not_taken_over() {

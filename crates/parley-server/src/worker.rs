@@ -34,10 +34,10 @@ pub const ENV_HTTP_FD: &str = "PARLEYD_HTTP_FD";
 /// presence is what makes a process a worker.
 pub const ENV_CONTROL_FD: &str = "PARLEYD_CONTROL_FD";
 /// Environment variable with the master's run id (shared by its workers).
-pub const ENV_RUN: &str = "PARLEYD_RUN";
+pub const ENV_RUN: &str = crate::perf::RUN_ENV;
 /// Environment variable with the number of workers the master restarted
 /// after they died, before this one.
-pub const ENV_WORKER_RESTARTS: &str = "PARLEYD_WORKER_RESTARTS";
+pub const ENV_WORKER_RESTARTS: &str = crate::metrics::WORKER_RESTARTS_ENV;
 /// Environment variable with this worker's generation (1 for the first).
 pub const ENV_GENERATION: &str = "PARLEYD_GENERATION";
 
@@ -185,12 +185,4 @@ pub fn line(value: &impl Serialize) -> String {
     let mut text = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
     text.push('\n');
     text
-}
-
-/// Counters the master passes down, for metrics and status.
-pub fn restarts_from_env() -> u64 {
-    std::env::var(ENV_WORKER_RESTARTS)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }

@@ -96,6 +96,6 @@ pub mod sqlite;
 
 pub use memory::MemoryStore;
 pub use sqlite::{
-    BUSY_RETRY_AFTER_MS, BatchStats, DEFAULT_MAX_BATCH, DEFAULT_WRITE_QUEUE, NEW_WORK_QUEUE_QUARTERS, SqliteOptions,
-    SqliteStore, StoreOpenError, Synchronous,
+    BATCH_SIZE_BUCKETS, BUSY_RETRY_AFTER_MS, BatchStats, COMMIT_MICROS_BUCKETS, DEFAULT_MAX_BATCH, DEFAULT_WRITE_QUEUE,
+    NEW_WORK_QUEUE_QUARTERS, SqliteOptions, SqliteStore, StoreOpenError, Synchronous,
 };

@@ -85,6 +85,32 @@ async fn everything_survives_close_and_reopen() {
     store.close().await.unwrap();
 }
 
+/// The commit-latency and batch-size histograms count every committed
+/// batch once, and the batch sizes add up to the operations committed.
+#[tokio::test]
+async fn histograms_describe_every_committed_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    register(&store, "bob").await;
+    let replies: Vec<_> = (0..100)
+        .map(|n| store.append(message(&alice, "bob", &format!("m{n}"), "body")))
+        .collect();
+    for reply in replies {
+        reply.await.expect("append");
+    }
+    let stats = store.stats().expect("the SQLite store reports stats");
+    assert!(stats.commits >= 3, "{stats:?}");
+    assert_eq!(stats.commit_micros.count(), stats.commits);
+    assert_eq!(stats.batch_size.count(), stats.commits);
+    assert_eq!(stats.batch_size.sum, stats.ops_committed);
+    assert_eq!(stats.commit_micros.counts.len(), stats.commit_micros.bounds.len() + 1);
+    assert!(stats.commit_micros.sum > 0);
+    assert_eq!(stats.queued, 0);
+    assert_eq!(parley_store::MemoryStore::new().stats(), None);
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn queued_appends_share_commits_and_keep_call_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -101,6 +101,8 @@ pub struct TestServer {
     /// Store kind and extra flags, for restarts.
     store: Store,
     extra: Vec<String>,
+    /// Extra environment variables, for restarts too.
+    env: Vec<(String, String)>,
     /// Everything the server wrote to stderr goes to this file.
     pub log_path: PathBuf,
     /// The first worker's pid, from the start line.
@@ -115,6 +117,12 @@ impl TestServer {
 
     /// Starts a server with extra command-line flags.
     pub fn start_with(store: Store, extra: &[&str]) -> TestServer {
+        TestServer::start_with_env(store, extra, &[])
+    }
+
+    /// Starts a server with extra flags and environment variables (for
+    /// what a supervising process would set, such as `PARLEYD_RUN`).
+    pub fn start_with_env(store: Store, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().to_path_buf();
         let mut server = TestServer {
@@ -127,6 +135,7 @@ impl TestServer {
             store,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             first_worker: 0,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         server.spawn(None);
         server
@@ -162,6 +171,7 @@ impl TestServer {
             .arg(&self.data_dir)
             .args(&http)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

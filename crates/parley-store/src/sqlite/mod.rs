@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use parley_core::histogram::Histogram;
+use parley_core::store::StoreStats;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, StoreResult,
     StoredMessage,
@@ -183,9 +185,20 @@ pub struct BatchStats {
     pub busy_rejections: u64,
 }
 
+/// Upper bounds, in microseconds, of the commit-latency histogram's buckets:
+/// from a batch of reads on a warm cache (tens of microseconds) to a commit
+/// stuck behind a slow disk (seconds).
+pub const COMMIT_MICROS_BUCKETS: &[u64] = &[
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    10_000_000,
+];
+/// Upper bounds of the batch-size histogram's buckets (operations per
+/// commit), powers of two up to past the default `max_batch`.
+pub const BATCH_SIZE_BUCKETS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+
 /// The writer's counters, updated with relaxed atomics: they are statistics,
 /// not synchronisation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     /// See [`BatchStats::commits`].
     commits: AtomicU64,
@@ -195,6 +208,23 @@ struct Counters {
     failed_batches: AtomicU64,
     /// See [`BatchStats::busy_rejections`].
     busy_rejections: AtomicU64,
+    /// Microseconds from BEGIN to the end of COMMIT, per committed batch.
+    commit_micros: Histogram,
+    /// Operations per committed batch.
+    batch_size: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            commits: AtomicU64::new(0),
+            ops_committed: AtomicU64::new(0),
+            failed_batches: AtomicU64::new(0),
+            busy_rejections: AtomicU64::new(0),
+            commit_micros: Histogram::new(COMMIT_MICROS_BUCKETS),
+            batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
+        }
+    }
 }
 
 /// Where `close` callers wait for the writer thread to stop.
@@ -452,5 +482,19 @@ impl Store for SqliteStore {
         let sender = self.queue.write().unwrap_or_else(PoisonError::into_inner).take();
         drop(sender);
         StoreReply::pending(answer)
+    }
+
+    fn stats(&self) -> Option<StoreStats> {
+        let counters = &self.shared.counters;
+        let batches = self.batch_stats();
+        Some(StoreStats {
+            commits: batches.commits,
+            ops_committed: batches.ops_committed,
+            failed_batches: batches.failed_batches,
+            busy_rejections: batches.busy_rejections,
+            queued: self.shared.queued.load(Ordering::Relaxed) as u64,
+            commit_micros: counters.commit_micros.snapshot(),
+            batch_size: counters.batch_size.snapshot(),
+        })
     }
 }

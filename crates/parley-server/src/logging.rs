@@ -1,0 +1,347 @@
+//! Logging: where log lines go and in which format.
+//!
+//! - **stderr**, always: every event `log_level` lets through. Without a
+//!   log directory, access events (target [`ACCESS_TARGET`]) go here too.
+//! - **`<log_dir>/parleyd.log`**, when `log_dir` is set: the same events
+//!   as stderr, without the access events.
+//! - **`<log_dir>/access.log`**, when `log_dir` is set: the access events
+//!   only (connections opened and closed, logins, HTTP requests), whatever
+//!   `log_level` says. They never carry a password, a SCRAM proof, a token
+//!   or a message body: the events are written that way at their source.
+//!
+//! Both files rotate daily at midnight UTC: the current file keeps its
+//! plain name and yesterday's becomes `parleyd.log.2026-12-01`; rotated
+//! files older than `log_retention_days` are deleted (0 keeps them all).
+//! Files are written by one background thread per file (tracing-appender's
+//! non-blocking writer): a request never waits for the disk. When that
+//! thread falls [`LOG_QUEUE_LINES`] lines behind, new lines are dropped and
+//! counted ([`dropped_lines`], exported as `parley_log_lines_dropped_total`).
+//!
+//! Format (`log_format`): `human` (the default) everywhere, with colours
+//! only on a terminal; `json` everywhere, one object per line; `auto`:
+//! human on a terminal, JSON on a stderr that is not one and in files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use tracing::Subscriber;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogFormat, Settings};
+use crate::utc;
+
+/// The tracing target of access events, shared with the HTTP front door.
+pub const ACCESS_TARGET: &str = parley_http::access::ACCESS_TARGET;
+/// The main log file's name inside `log_dir`.
+pub const LOG_FILE: &str = "parleyd.log";
+/// The access log's name inside `log_dir`.
+pub const ACCESS_FILE: &str = "access.log";
+/// Lines a file's writer thread may fall behind before new lines are dropped.
+pub const LOG_QUEUE_LINES: usize = 65_536;
+
+/// Keeps the file writers running; dropping it flushes what they hold.
+#[must_use = "dropping the guard stops the log file writers"]
+pub struct LoggingGuard {
+    /// One per log file.
+    _writers: Vec<WorkerGuard>,
+}
+
+/// The drop counters of the file writers.
+static DROP_COUNTERS: OnceLock<Vec<ErrorCounter>> = OnceLock::new();
+
+/// Log lines dropped so far because a file's writer fell behind.
+pub fn dropped_lines() -> u64 {
+    DROP_COUNTERS
+        .get()
+        .map_or(0, |counters| counters.iter().map(|c| c.dropped_lines() as u64).sum())
+}
+
+type BoxedLayer<S> = Box<dyn Layer<S> + Send + Sync + 'static>;
+
+/// Installs the global subscriber for `settings`. Fails when a log file
+/// cannot be opened (the directory is missing and cannot be made, or is
+/// not writable).
+pub fn init(settings: &Settings) -> anyhow::Result<LoggingGuard> {
+    let stderr_is_terminal = io::stderr().is_terminal();
+    let (stderr_json, file_json) = match settings.log_format {
+        LogFormat::Human => (false, false),
+        LogFormat::Json => (true, true),
+        LogFormat::Auto => (!stderr_is_terminal, true),
+    };
+    let level = || EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let not_access = || filter_fn(|meta| meta.target() != ACCESS_TARGET);
+    let mut layers: Vec<BoxedLayer<_>> = Vec::new();
+    let mut writers = Vec::new();
+    let mut counters = Vec::new();
+    match &settings.log_dir {
+        None => {
+            layers.push(
+                format_layer(stderr_json, stderr_is_terminal, io::stderr)
+                    .with_filter(level())
+                    .boxed(),
+            );
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating the log directory {}", dir.display()))?;
+            layers.push(
+                format_layer(stderr_json, stderr_is_terminal, io::stderr)
+                    .with_filter(level().and(not_access()))
+                    .boxed(),
+            );
+            for (name, access) in [(LOG_FILE, false), (ACCESS_FILE, true)] {
+                let file = DailyFile::open(dir, name, settings.log_retention_days)
+                    .with_context(|| format!("opening {}", dir.join(name).display()))?;
+                let (writer, guard) = NonBlockingBuilder::default()
+                    .lossy(true)
+                    .buffered_lines_limit(LOG_QUEUE_LINES)
+                    .thread_name(if access { "parley-access-log" } else { "parley-log" })
+                    .finish(file);
+                counters.push(writer.error_counter());
+                writers.push(guard);
+                let layer = format_layer(file_json, false, writer);
+                layers.push(if access {
+                    layer
+                        .with_filter(Targets::new().with_target(ACCESS_TARGET, tracing::Level::INFO))
+                        .boxed()
+                } else {
+                    layer.with_filter(level().and(not_access())).boxed()
+                });
+            }
+        }
+    }
+    let _ = DROP_COUNTERS.set(counters);
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .context("installing the log subscriber")?;
+    Ok(LoggingGuard { _writers: writers })
+}
+
+/// A formatting layer writing to `writer`, human or JSON.
+fn format_layer<S, W>(json: bool, ansi: bool, writer: W) -> BoxedLayer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed()
+    }
+}
+
+/// A log file that rotates at midnight UTC: the current day's lines go to
+/// `<dir>/<name>`; at the first write of a new day that file is renamed
+/// `<name>.<its date>` and rotated files past the retention are deleted.
+/// Only the writer thread uses it.
+pub struct DailyFile {
+    /// The log directory.
+    dir: PathBuf,
+    /// The current file's name.
+    name: String,
+    /// Days rotated files are kept; 0 keeps them all.
+    retention_days: u32,
+    /// The open current file.
+    file: File,
+    /// The day (since the epoch) whose lines the current file holds.
+    day: i64,
+}
+
+impl DailyFile {
+    /// Opens (appending) `<dir>/<name>`; a file left from an earlier day is
+    /// rotated first.
+    pub fn open(dir: &Path, name: &str, retention_days: u32) -> io::Result<DailyFile> {
+        DailyFile::open_at(dir, name, retention_days, SystemTime::now())
+    }
+
+    fn open_at(dir: &Path, name: &str, retention_days: u32, now: SystemTime) -> io::Result<DailyFile> {
+        let path = dir.join(name);
+        let today = utc::day_number(now);
+        if let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) {
+            let day = utc::day_number(modified);
+            if day < today {
+                rotate(dir, name, day)?;
+            }
+        }
+        let file = open_append(&path)?;
+        let daily = DailyFile {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            retention_days,
+            file,
+            day: today,
+        };
+        daily.prune(today);
+        Ok(daily)
+    }
+
+    /// Moves to a new file if `now` is on a later day than the current one.
+    fn roll_if_due(&mut self, now: SystemTime) -> io::Result<()> {
+        let today = utc::day_number(now);
+        if today <= self.day {
+            return Ok(());
+        }
+        self.file.flush()?;
+        // The master and its worker write the same files: if the other one
+        // rotated already, the path names a new file and only reopening is due.
+        if self.path_is_ours() {
+            rotate(&self.dir, &self.name, self.day)?;
+        }
+        self.file = open_append(&self.dir.join(&self.name))?;
+        self.day = today;
+        self.prune(today);
+        Ok(())
+    }
+
+    /// Whether `<dir>/<name>` is still the file this one has open.
+    fn path_is_ours(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(self.dir.join(&self.name)), self.file.metadata()) {
+            (Ok(path), Ok(open)) => path.ino() == open.ino() && path.dev() == open.dev(),
+            _ => false,
+        }
+    }
+
+    /// Deletes rotated files older than the retention. Failures are
+    /// reported on stderr only: the log itself may be what fails.
+    fn prune(&self, today: i64) {
+        if self.retention_days == 0 {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = format!("{}.", self.name);
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let Some(day) = rest.get(..10).and_then(utc::parse_date) else {
+                continue;
+            };
+            if today - day > i64::from(self.retention_days)
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                eprintln!("parleyd: cannot delete old log {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
+impl DailyFile {
+    /// Writes `buf` as of `now`, rotating first if a new day has begun.
+    fn write_at(&mut self, buf: &[u8], now: SystemTime) -> io::Result<usize> {
+        if let Err(e) = self.roll_if_due(now) {
+            // Keep writing to the old file rather than losing lines.
+            eprintln!("parleyd: cannot rotate {}: {e}", self.dir.join(&self.name).display());
+            self.day = utc::day_number(now);
+        }
+        self.file.write(buf)
+    }
+}
+
+impl Write for DailyFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_at(buf, SystemTime::now())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+    options.open(path)
+}
+
+/// Renames `<dir>/<name>` to `<name>.<date of day>` (with a counter if that
+/// name is taken).
+fn rotate(dir: &Path, name: &str, day: i64) -> io::Result<()> {
+    let (y, m, d) = utc::civil_from_days(day);
+    let base = format!("{name}.{y:04}-{m:02}-{d:02}");
+    let mut target = dir.join(&base);
+    let mut n = 1;
+    while target.exists() {
+        target = dir.join(format!("{base}.{n}"));
+        n += 1;
+    }
+    match std::fs::rename(dir.join(name), target) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at_day(day: i64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(day as u64 * utc::DAY_SECS + 3600)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_new_day_rotates_the_file_and_old_files_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = utc::days_from_civil(2026, 12, 1);
+        let mut log = DailyFile::open_at(dir.path(), "access.log", 2, at_day(day)).unwrap();
+        log.write_at(b"one\n", at_day(day)).unwrap();
+        log.write_at(b"two\n", at_day(day + 1)).unwrap();
+        log.flush().unwrap();
+        assert_eq!(names(dir.path()), ["access.log", "access.log.2026-12-01"]);
+        assert_eq!(std::fs::read_to_string(dir.path().join("access.log")).unwrap(), "two\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("access.log.2026-12-01")).unwrap(),
+            "one\n"
+        );
+        // On 2026-12-04 the 2026-12-01 file is past a two-day retention,
+        // the 2026-12-02 one is not.
+        log.roll_if_due(at_day(day + 3)).unwrap();
+        assert_eq!(names(dir.path()), ["access.log", "access.log.2026-12-02"]);
+    }
+
+    #[test]
+    fn a_file_left_from_an_earlier_day_is_rotated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("parleyd.log"), "old\n").unwrap();
+        let tomorrow = SystemTime::now() + Duration::from_secs(utc::DAY_SECS);
+        let log = DailyFile::open_at(dir.path(), "parleyd.log", 0, tomorrow).unwrap();
+        drop(log);
+        let names = names(dir.path());
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[1].starts_with("parleyd.log."), "{names:?}");
+    }
+}
