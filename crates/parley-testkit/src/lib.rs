@@ -268,19 +268,9 @@ impl TestServer {
     /// Stops the server with SIGTERM and waits for it; returns its exit status
     /// and asserts it stopped within the timeout.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("server running");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("parleyd did not stop within {STOP_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let master = self.master_pid().to_string();
+        let _ = Command::new("kill").args(["-TERM", &master]).status();
+        self.wait_exit()
     }
 
     /// Waits for a server that was told to stop some other way (`parleyd
