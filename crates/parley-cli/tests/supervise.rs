@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Running};
+use common::{Harness, Running, distinct_bodies, finish_watch, parse};
 use parley_client::{Client, ErrorCode};
 use parley_testkit::{Store, binary};
 use serde_json::Value;
@@ -16,10 +16,6 @@ use serde_json::Value;
 const MESSAGES: usize = 30;
 /// Pause between sends, so that the disruption lands mid-stream.
 const PACE: Duration = Duration::from_millis(15);
-
-fn parse(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
-}
 
 /// Logs in as `name`, retrying while the server is between workers.
 async fn connect(addr: &str, name: &str) -> Client {
@@ -73,18 +69,6 @@ async fn send_all(addr: String, from: &str, to: &str, midway: impl FnOnce()) -> 
     retries
 }
 
-/// The bodies printed by a watch, asserting no message id came twice.
-fn bodies(lines: &[Value]) -> Vec<String> {
-    let mut ids: Vec<u64> = lines.iter().map(|l| l["id"].as_u64().expect("id")).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), lines.len(), "a message was printed twice: {lines:#?}");
-    lines
-        .iter()
-        .map(|l| l["body"].as_str().expect("body").to_owned())
-        .collect()
-}
-
 fn expected() -> Vec<String> {
     (0..MESSAGES).map(|i| format!("m{i}")).collect()
 }
@@ -93,13 +77,6 @@ fn status(h: &Harness) -> Value {
     let (code, out, err) = h.server.ctl(&["status"]);
     assert!(code.success(), "ctl status: {err}");
     parse(&out)
-}
-
-async fn finish_watch(watch: &mut Running) -> (i32, Vec<Value>, String) {
-    let rest = watch.rest_of_stdout().await;
-    let stderr = watch.rest_of_stderr().await.join("\n");
-    let code = watch.exit_code().await;
-    (code, rest.iter().map(|l| parse(l)).collect(), stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +101,7 @@ async fn a_killed_worker_is_restarted_and_nothing_acked_is_lost() {
 
     let (code, lines, stderr) = finish_watch(&mut watch).await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(bodies(&lines), expected(), "{stderr}");
+    assert_eq!(distinct_bodies(&lines), expected(), "{stderr}");
     assert_eq!(stderr.matches("connection lost").count(), 1, "{stderr}");
     assert!(stderr.contains("reconnected"), "{stderr}");
 
@@ -176,7 +153,7 @@ async fn a_reload_swaps_the_worker_under_traffic_and_a_bad_config_is_refused() {
 
     let (code, lines, stderr) = finish_watch(&mut watch).await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(bodies(&lines), expected(), "{stderr}");
+    assert_eq!(distinct_bodies(&lines), expected(), "{stderr}");
     assert!(stderr.matches("connection lost").count() <= 1, "{stderr}");
 
     // The new configuration is in force.

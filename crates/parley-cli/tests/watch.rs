@@ -4,34 +4,8 @@
 
 mod common;
 
-use common::{Harness, Running, wait_presence};
+use common::{Harness, Running, distinct_bodies, finish_watch, parse, wait_presence};
 use parley_testkit::Store;
-use serde_json::Value;
-
-fn parse(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
-}
-
-/// The bodies of JSON message lines, asserting their ids are all different.
-fn distinct_bodies(lines: &[Value]) -> Vec<String> {
-    let mut ids: Vec<u64> = lines.iter().map(|l| l["id"].as_u64().expect("id")).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), lines.len(), "a message was printed twice: {lines:#?}");
-    lines
-        .iter()
-        .map(|l| l["body"].as_str().expect("body").to_owned())
-        .collect()
-}
-
-/// Waits for the exit and returns (exit code, every remaining stdout line
-/// parsed, all of stderr).
-async fn finish_watch(watch: &mut Running) -> (i32, Vec<Value>, String) {
-    let rest = watch.rest_of_stdout().await;
-    let stderr = watch.rest_of_stderr().await.join("\n");
-    let code = watch.exit_code().await;
-    (code, rest.iter().map(|l| parse(l)).collect(), stderr)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_a_graceful_restart() {

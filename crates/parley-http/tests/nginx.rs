@@ -11,13 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::native_ws::NativeWs;
 use common::{Api, B64, WAIT, require_or_skip};
-use futures::{SinkExt, StreamExt};
 use parley_proto::v1::{self, client_frame, server_frame::Body};
-use parley_proto::{ClientFrame, ServerFrame};
 use parley_testkit::{GeneratedCert, Store, TestServer, gen_cert};
-use prost::Message as _;
-use tokio_tungstenite::tungstenite::Message;
 
 /// The snippet, as shipped.
 const SNIPPET: &str = include_str!("../../../deploy/nginx/parley.conf");
@@ -90,28 +87,25 @@ http {{
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let check = Command::new(binary)
-            .arg("-t")
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .output()
-            .expect("run nginx -t");
+        let nginx = |extra: &[&str]| {
+            let mut command = Command::new(binary);
+            command
+                .args(extra)
+                .arg("-p")
+                .arg(dir)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .arg("-c")
+                .arg(&conf_path);
+            command
+        };
+        let check = nginx(&["-t"]).output().expect("run nginx -t");
         assert!(
             check.status.success(),
             "nginx refused the snippet: {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
+        let child = nginx(&[])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -154,104 +148,27 @@ impl Drop for Nginx {
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-/// A native session over a WebSocket through nginx's TLS.
-struct Wss {
-    socket: tokio_tungstenite::WebSocketStream<Tls>,
-    next_id: u64,
-}
-
-impl Wss {
-    async fn connect(port: u16, cert: &GeneratedCert) -> Wss {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(&cert.cert).unwrap();
-        for c in rustls_pemfile_certs(&pem) {
-            roots.add(c).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.expect("TLS with nginx");
-        let (socket, response) = tokio_tungstenite::client_async(format!("wss://localhost:{port}/v1/ws"), tls)
-            .await
-            .expect("websocket upgrade through nginx");
-        assert_eq!(response.status(), 101);
-        let mut ws = Wss { socket, next_id: 1 };
-        let Some(Body::Welcome(_)) = ws.read().await.body else {
-            panic!("no welcome through nginx")
-        };
-        ws
+/// Opens a WebSocket through nginx's TLS and reads the Welcome.
+async fn connect_wss(port: u16, cert: &GeneratedCert) -> NativeWs<Tls> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&cert.cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
     }
-
-    async fn read(&mut self) -> ServerFrame {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .expect("a frame in time")
-                .expect("socket open")
-                .expect("no socket error");
-            match message {
-                Message::Binary(bytes) => return ServerFrame::decode(bytes.as_ref()).expect("a ServerFrame"),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    async fn call(&mut self, body: client_frame::Body) -> Body {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = ClientFrame {
-            request_id: id,
-            body: Some(body),
-        };
-        self.socket
-            .send(Message::Binary(frame.encode_to_vec().into()))
-            .await
-            .unwrap();
-        loop {
-            let f = self.read().await;
-            if f.request_id == id {
-                return f.body.expect("a body");
-            }
-        }
-    }
-
-    async fn next_push(&mut self) -> Vec<v1::Message> {
-        loop {
-            if let Some(Body::Push(p)) = self.read().await.body {
-                return p.messages;
-            }
-        }
-    }
-}
-
-/// The certificates in a PEM file, without another dependency: the
-/// base64 between BEGIN and END CERTIFICATE lines.
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    let text = String::from_utf8_lossy(pem);
-    let mut certs = Vec::new();
-    let mut body = String::new();
-    let mut inside = false;
-    for line in text.lines() {
-        match line.trim() {
-            "-----BEGIN CERTIFICATE-----" => {
-                inside = true;
-                body.clear();
-            }
-            "-----END CERTIFICATE-----" => {
-                inside = false;
-                certs.push(B64.decode(&body).unwrap().into());
-            }
-            l if inside => body.push_str(l),
-            _ => {}
-        }
-    }
-    certs
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("TLS with nginx");
+    let (socket, response) = tokio_tungstenite::client_async(format!("wss://localhost:{port}/v1/ws"), tls)
+        .await
+        .expect("websocket upgrade through nginx");
+    assert_eq!(response.status(), 101);
+    NativeWs::start(socket).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,20 +203,11 @@ async fn a_websocket_chat_through_nginx_with_tls() {
     let bob_token = token(api.login("bob", "pw-bob").await);
 
     // Two WebSockets through nginx: bob writes, alice gets the push live.
-    let mut alice = Wss::connect(port, &cert).await;
-    let reply = alice
-        .call(client_frame::Body::Resume(v1::Resume { token: alice_token }))
-        .await;
-    assert!(matches!(reply, Body::AuthOk(_)), "{reply:?}");
-    let reply = alice
-        .call(client_frame::Body::Subscribe(v1::Subscribe { after_seq: 0 }))
-        .await;
-    assert!(matches!(reply, Body::Subscribed(_)), "{reply:?}");
-    let mut bob = Wss::connect(port, &cert).await;
-    let reply = bob
-        .call(client_frame::Body::Resume(v1::Resume { token: bob_token }))
-        .await;
-    assert!(matches!(reply, Body::AuthOk(_)), "{reply:?}");
+    let mut alice = connect_wss(port, &cert).await;
+    alice.resume(&alice_token).await;
+    alice.subscribe(0).await;
+    let mut bob = connect_wss(port, &cert).await;
+    bob.resume(&bob_token).await;
     for (i, text) in ["hello through nginx", "and a second one"].into_iter().enumerate() {
         let reply = bob
             .call(client_frame::Body::Send(v1::SendMessage {

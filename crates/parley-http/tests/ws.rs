@@ -4,98 +4,22 @@
 mod common;
 
 use base64::Engine;
+use common::native_ws::NativeWs;
 use common::{Api, B64, WAIT, server};
 use futures::{SinkExt, StreamExt};
 use parley_proto::v1::{self, client_frame, server_frame::Body};
-use parley_proto::{ClientFrame, ServerFrame};
-use prost::Message as _;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A native session over a plain WebSocket.
+type Ws = NativeWs<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A native session over a WebSocket.
-struct Ws {
-    socket: Socket,
-    next_id: u64,
-}
-
-impl Ws {
-    async fn connect(http_addr: &str) -> Ws {
-        let (socket, response) = tokio_tungstenite::connect_async(format!("ws://{http_addr}/v1/ws"))
-            .await
-            .expect("websocket");
-        assert_eq!(response.status(), 101);
-        let mut ws = Ws { socket, next_id: 1 };
-        let Some(Body::Welcome(w)) = ws.read().await.body else {
-            panic!("no welcome")
-        };
-        assert_eq!(w.protocol_version, 1);
-        ws
-    }
-
-    async fn send(&mut self, body: client_frame::Body) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = ClientFrame {
-            request_id: id,
-            body: Some(body),
-        };
-        self.socket
-            .send(Message::Binary(frame.encode_to_vec().into()))
-            .await
-            .unwrap();
-        id
-    }
-
-    async fn read(&mut self) -> ServerFrame {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .expect("a frame in time")
-                .expect("socket open")
-                .expect("no socket error");
-            match message {
-                Message::Binary(bytes) => return ServerFrame::decode(bytes.as_ref()).expect("a ServerFrame"),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    /// Sends a request and reads until its reply, skipping pushes.
-    async fn call(&mut self, body: client_frame::Body) -> Body {
-        let id = self.send(body).await;
-        loop {
-            let f = self.read().await;
-            if f.request_id == id {
-                return f.body.expect("a body");
-            }
-        }
-    }
-
-    async fn resume(&mut self, token: &[u8]) {
-        let reply = self
-            .call(client_frame::Body::Resume(v1::Resume { token: token.to_vec() }))
-            .await;
-        assert!(matches!(reply, Body::AuthOk(_)), "{reply:?}");
-    }
-
-    async fn subscribe(&mut self, after_seq: u64) {
-        let reply = self
-            .call(client_frame::Body::Subscribe(v1::Subscribe { after_seq }))
-            .await;
-        assert!(matches!(reply, Body::Subscribed(_)), "{reply:?}");
-    }
-
-    async fn next_push(&mut self) -> Vec<v1::Message> {
-        loop {
-            let f = self.read().await;
-            if let Some(Body::Push(p)) = f.body {
-                return p.messages;
-            }
-        }
-    }
+async fn connect(http_addr: &str) -> Ws {
+    let (socket, response) = tokio_tungstenite::connect_async(format!("ws://{http_addr}/v1/ws"))
+        .await
+        .expect("websocket");
+    assert_eq!(response.status(), 101);
+    NativeWs::start(socket).await
 }
 
 async fn resume_token(api: &Api, name: &str, password: &str) -> Vec<u8> {
@@ -111,7 +35,7 @@ async fn live_push_ack_and_re_push_over_websocket() {
     api.register("bob", "pw").await.ok();
     let token = resume_token(&api, "bob", "pw").await;
 
-    let mut bob = Ws::connect(s.http_addr.as_deref().unwrap()).await;
+    let mut bob = connect(s.http_addr.as_deref().unwrap()).await;
     bob.resume(&token).await;
     bob.subscribe(0).await;
     let sent = api.send_message(&alice, "bob", "a1", "live over ws").await;
@@ -153,7 +77,7 @@ async fn unacknowledged_messages_come_again_after_a_reconnect() {
     let token = resume_token(&api, "bob", "pw").await;
     let http_addr = s.http_addr.clone().unwrap();
 
-    let mut first = Ws::connect(&http_addr).await;
+    let mut first = connect(&http_addr).await;
     first.resume(&token).await;
     first.subscribe(0).await;
     api.send_message(&alice, "bob", "m1", "one").await;
@@ -170,7 +94,7 @@ async fn unacknowledged_messages_come_again_after_a_reconnect() {
     // Gone without acking "two".
     drop(first);
 
-    let mut second = Ws::connect(&http_addr).await;
+    let mut second = connect(&http_addr).await;
     second.resume(&token).await;
     second.subscribe(one[0].seq).await;
     let again = second.next_push().await;
@@ -186,7 +110,7 @@ async fn scram_login_and_presence_over_websocket() {
     let api = Api::new(&s);
     api.register("carol", "pw-c").await.ok();
     api.register("dan", "pw-d").await.ok();
-    let mut carol = Ws::connect(s.http_addr.as_deref().unwrap()).await;
+    let mut carol = connect(s.http_addr.as_deref().unwrap()).await;
     let mut exchange = parley_core::scram::ClientExchange::new("carol", "pw-c");
     let challenge = carol
         .call(client_frame::Body::AuthStart(v1::AuthStart {
@@ -230,7 +154,7 @@ async fn scram_login_and_presence_over_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_closes_the_socket_with_bad_frame() {
     let s = server(&[]);
-    let mut ws = Ws::connect(s.http_addr.as_deref().unwrap()).await;
+    let mut ws = connect(s.http_addr.as_deref().unwrap()).await;
     ws.socket
         .send(Message::Binary(vec![0xff, 0xff, 0xff].into()))
         .await
@@ -255,7 +179,7 @@ async fn shutdown_says_goodbye_over_websocket_and_exits_cleanly() {
     let api = Api::new(&s);
     api.register("erin", "pw").await.ok();
     let token = resume_token(&api, "erin", "pw").await;
-    let mut ws = Ws::connect(s.http_addr.as_deref().unwrap()).await;
+    let mut ws = connect(s.http_addr.as_deref().unwrap()).await;
     ws.resume(&token).await;
     let stopping = tokio::task::spawn_blocking(move || {
         let status = s.stop();
@@ -279,7 +203,7 @@ async fn pager_messages_are_pushed_live_and_marked() {
     let api = Api::new(&s);
     api.register("fay", "pw").await.ok();
     let token = resume_token(&api, "fay", "pw").await;
-    let mut fay = Ws::connect(s.http_addr.as_deref().unwrap()).await;
+    let mut fay = connect(s.http_addr.as_deref().unwrap()).await;
     fay.resume(&token).await;
     fay.subscribe(0).await;
     let posted = api

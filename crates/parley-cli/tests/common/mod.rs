@@ -231,3 +231,28 @@ pub async fn wait_presence(observer: &Client, name: &str, online: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+pub fn parse(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+}
+
+/// The bodies of JSON message lines, asserting their ids are all different.
+pub fn distinct_bodies(lines: &[serde_json::Value]) -> Vec<String> {
+    let mut ids: Vec<u64> = lines.iter().map(|l| l["id"].as_u64().expect("id")).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), lines.len(), "a message was printed twice: {lines:#?}");
+    lines
+        .iter()
+        .map(|l| l["body"].as_str().expect("body").to_owned())
+        .collect()
+}
+
+/// Waits for the exit and returns (exit code, every remaining stdout line
+/// parsed, all of stderr).
+pub async fn finish_watch(watch: &mut Running) -> (i32, Vec<serde_json::Value>, String) {
+    let rest = watch.rest_of_stdout().await;
+    let stderr = watch.rest_of_stderr().await.join("\n");
+    let code = watch.exit_code().await;
+    (code, rest.iter().map(|l| parse(l)).collect(), stderr)
+}

@@ -2,6 +2,8 @@
 //! and logs in with SCRAM over HTTP, as a browser would.
 #![allow(dead_code)]
 
+pub mod native_ws;
+
 use std::time::Duration;
 
 use base64::Engine;
