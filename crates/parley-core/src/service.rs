@@ -32,6 +32,12 @@ use crate::store::{
 };
 use crate::throttle::{Throttle, ThrottleSettings};
 
+/// Sender id of messages from outside any account (the web pager, the
+/// administrator's broadcasts), for [`Service::send_from`]: account ids
+/// start at 1. Such senders are told apart by their names, which contain
+/// a `:` that no account name can.
+pub const EXTERNAL_SENDER: UserId = UserId(0);
+
 /// Bytes of randomness in a resume token.
 pub const RESUME_TOKEN_BYTES: usize = 32;
 /// How long a resume token works, by default.

@@ -15,8 +15,8 @@ use parley_core::UserId;
 
 /// Sender name prefix of every pager message.
 pub const PAGER_PREFIX: &str = "pager:";
-/// Sender id of pager messages (account ids start at 1).
-pub const PAGER_SENDER: UserId = UserId(0);
+/// Sender id of pager messages (shared with every sender outside an account).
+pub const PAGER_SENDER: UserId = parley_core::service::EXTERNAL_SENDER;
 /// Longest visitor name kept, in characters.
 pub const MAX_VISITOR_NAME_CHARS: usize = 64;
 /// Longest visitor contact kept, in characters.

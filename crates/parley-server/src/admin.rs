@@ -13,9 +13,9 @@ use parley_core::{ErrorKind, Service, UserId, UserName};
 use crate::ctl::{Broadcast, Kicked, OnlineUser, Reply, Request, WorkerStatus};
 use crate::server::StatsHandle;
 
-/// Sender id of system messages (account ids start at 1; the web pager
-/// uses the same id, and is told apart by its sender name).
-pub const SYSTEM_SENDER: UserId = UserId(0);
+/// Sender id of system messages (shared with the web pager, which is told
+/// apart by its sender name).
+pub const SYSTEM_SENDER: UserId = parley_core::service::EXTERNAL_SENDER;
 /// Sender name of broadcasts. Account names cannot contain `:`, so no
 /// account can pass for it.
 pub const SYSTEM_SENDER_NAME: &str = "system:admin";
