@@ -15,6 +15,7 @@
 mod cli;
 mod common;
 mod idle;
+mod lean;
 mod login;
 mod offline;
 mod overload;

@@ -4,278 +4,44 @@
 //! server admits, what it refuses with BUSY, how long admitted work takes,
 //! and whether its memory stays flat.
 //!
-//! The senders speak the protocol on their own sockets ([`lean_sender`]),
-//! in the probe and in the offer alike: a request is one encoded frame in a
-//! write that carries every send due at that tick, and a reply is matched
-//! to its send by request id alone (request id = sequence + 1). Through
-//! the client library — two tasks, a channel, a map entry and a oneshot per
-//! request — the generator could not offer twice the capacity of parleyd on
-//! the two cores they share: it shed a third of the sends itself and its
-//! own queues held admitted work and BUSY replies for seconds. The
-//! receivers, which only see admitted messages, still use the library.
+//! The senders speak the protocol on their own sockets ([`lean::sender`]),
+//! in the probe and in the offer alike; paced, they shed what falls due
+//! while too many sends are outstanding rather than slow down. The
+//! receivers, which only see admitted messages, use the client library.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::BytesMut;
-use parley_client::{Client, ErrorCode};
-use parley_proto::v1::{self, client_frame, server_frame};
-use parley_proto::{ClientFrame, ServerFrame, decode_frame, encode_frame};
+use parley_client::Client;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::cli::OverloadArgs;
 use crate::common::{self, PerSecond};
+use crate::lean::{self, LeanConnection, Overflow, SenderLatency, SenderPlan, Tallies};
 use crate::procmon::{self, Monitor};
 use crate::progress::Progress;
 use crate::relay::{self, Counters, Schedule};
 use crate::report::{Metrics, RunReport};
 use crate::stats::{self, Latency};
-use crate::wire;
 
 /// Sends in flight per connection during the capacity probe: parleyd's
 /// default pipeline window; more would only wait in the socket.
 const PROBE_WINDOW: usize = 256;
-/// Longest wait for replies still outstanding when the offering stops.
-const OUTSTANDING_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait for admitted messages to reach their receivers.
 const DELIVERY_GRACE: Duration = Duration::from_secs(5);
-/// Read reservation of a lean sender's socket.
-const READ_CHUNK: usize = 64 * 1024;
-
-/// Counts of one overload phase.
-#[derive(Default)]
-struct Tallies {
-    issued: AtomicU64,
-    admitted: AtomicU64,
-    busy: AtomicU64,
-    other_errors: AtomicU64,
-    /// Sends the generator dropped because too many were outstanding.
-    shed: AtomicU64,
-    /// Requests still unanswered after the grace period.
-    unanswered: AtomicU64,
-}
-
-/// Latencies one sender saw.
-struct SenderLatency {
-    admitted: Latency,
-    busy: Latency,
-}
-
-struct SenderPlan {
-    schedule: Schedule,
-    size: usize,
-    deadline: Instant,
-    /// Paced: sends past this many outstanding are shed. Unpaced (the
-    /// probe): the window of a closed loop.
-    max_outstanding: usize,
-}
-
-/// A sender logged in on its own socket.
-struct LeanConnection {
-    stream: TcpStream,
-    /// Bytes read past the login.
-    input: BytesMut,
-    /// The server's frame limit.
-    max_frame: usize,
-}
-
-/// Sends to `to` as `plan` says and reads the replies, on one socket in
-/// one task. Paced, what fell due goes out when the pacing timer fires
-/// (like relay's paced senders), one write for all of it.
-/// Unpaced, it keeps `max_outstanding` sends in flight and, like the client
-/// library, waits the retry-after of a BUSY answer before sending more.
-async fn lean_sender(
-    connection: LeanConnection,
-    to: String,
-    plan: SenderPlan,
-    tallies: Arc<Tallies>,
-    admitted_per_second: Arc<PerSecond>,
-) -> anyhow::Result<SenderLatency> {
-    let LeanConnection {
-        stream,
-        mut input,
-        max_frame,
-    } = connection;
-    let (mut reader, mut writer) = stream.into_split();
-    let schedule = plan.schedule;
-    let paced = schedule.rate.is_some();
-    // Shared by the writing and the reading halves of this one task
-    // (atomics only because the task must be Send).
-    let issued = AtomicU64::new(0);
-    let answered = AtomicU64::new(0);
-    let writing_done = AtomicBool::new(false);
-    // Closed loop after BUSY: no sends before this, in ns after `start`.
-    let paused_until_ns = AtomicU64::new(0);
-    let start = Instant::now();
-    let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-    let bump = |counter: &AtomicU64| counter.fetch_add(1, Ordering::Relaxed);
-    // A reply came (the closed loop may send again) / the writer finished.
-    let replied = Notify::new();
-    let finished = Notify::new();
-    let mut latency = SenderLatency {
-        admitted: Latency::new()?,
-        busy: Latency::new()?,
-    };
-
-    let write = async {
-        let mut out = BytesMut::new();
-        let mut seq = 0u64;
-        loop {
-            let now = Instant::now();
-            if now >= plan.deadline {
-                break;
-            }
-            let until = start + Duration::from_nanos(get(&paused_until_ns));
-            if until > now {
-                tokio::time::sleep_until(until.min(plan.deadline).into()).await;
-                continue;
-            }
-            let due = schedule.due(now);
-            while seq < due {
-                if get(&issued) - get(&answered) >= plan.max_outstanding as u64 {
-                    if !paced {
-                        break;
-                    }
-                    tallies.shed.fetch_add(1, Ordering::Relaxed);
-                    seq += 1;
-                    continue;
-                }
-                let frame = ClientFrame {
-                    request_id: seq + 1,
-                    body: Some(client_frame::Body::Send(v1::SendMessage {
-                        to: to.clone(),
-                        client_msg_id: seq.to_string(),
-                        body: common::payload(seq, schedule.stamp(seq), plan.size),
-                    })),
-                };
-                encode_frame(&frame, &mut out, max_frame)?;
-                bump(&issued);
-                tallies.issued.fetch_add(1, Ordering::Relaxed);
-                seq += 1;
-            }
-            if !out.is_empty() {
-                writer.write_all(&out).await.context("sending")?;
-                out.clear();
-            }
-            if paced {
-                tokio::time::sleep_until(schedule.at(seq).min(plan.deadline).into()).await;
-            } else {
-                tokio::select! {
-                    () = replied.notified() => {}
-                    () = tokio::time::sleep_until(plan.deadline.into()) => {}
-                }
-            }
-        }
-        writing_done.store(true, Ordering::Relaxed);
-        finished.notify_one();
-        anyhow::Ok(())
-    };
-
-    let read = async {
-        let give_up = plan.deadline + OUTSTANDING_GRACE;
-        loop {
-            while let Some(frame) = decode_frame::<ServerFrame>(&mut input, max_frame)? {
-                if frame.request_id == 0 {
-                    if let Some(server_frame::Body::Goodbye(g)) = frame.body {
-                        anyhow::bail!("server said goodbye: {}", g.message);
-                    }
-                    continue;
-                }
-                let now = Instant::now();
-                // Measured from when the send was due, so time spent queued
-                // in the generator counts, as open-loop load needs.
-                let waited = now.saturating_duration_since(schedule.at(frame.request_id - 1));
-                match frame.body {
-                    Some(server_frame::Body::Sent(_)) => {
-                        tallies.admitted.fetch_add(1, Ordering::Relaxed);
-                        admitted_per_second.add(now, 1);
-                        if paced {
-                            latency.admitted.record(waited);
-                        }
-                    }
-                    Some(server_frame::Body::Error(e)) if e.code == ErrorCode::Busy as i32 => {
-                        tallies.busy.fetch_add(1, Ordering::Relaxed);
-                        if paced {
-                            latency.busy.record(waited);
-                        } else {
-                            let wait = Duration::from_millis(u64::from(e.retry_after_ms.max(1)));
-                            let until = (now + wait).saturating_duration_since(start).as_nanos();
-                            paused_until_ns.store(u64::try_from(until).unwrap_or(u64::MAX), Ordering::Relaxed);
-                        }
-                    }
-                    _ => {
-                        tallies.other_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                bump(&answered);
-                replied.notify_one();
-            }
-            if writing_done.load(Ordering::Relaxed) && get(&answered) >= get(&issued) {
-                break;
-            }
-            input.reserve(READ_CHUNK);
-            tokio::select! {
-                read = reader.read_buf(&mut input) => {
-                    if read.context("reading replies")? == 0 {
-                        anyhow::bail!("server closed the connection");
-                    }
-                }
-                () = finished.notified() => {}
-                () = tokio::time::sleep_until(give_up.into()) => {
-                    tallies
-                        .unanswered
-                        .fetch_add(get(&issued) - get(&answered), Ordering::Relaxed);
-                    break;
-                }
-            }
-        }
-        anyhow::Ok(())
-    };
-    let (written, read) = tokio::join!(write, read);
-    written?;
-    read?;
-    Ok(latency)
-}
 
 /// Registers 2×`pairs` fresh accounts; logs the senders in on their own
 /// sockets and the receivers through the client library, subscribed.
 async fn setup_pairs(server: &str, pairs: usize) -> anyhow::Result<(Vec<(LeanConnection, String)>, Vec<Arc<Client>>)> {
-    use futures::StreamExt;
     let common::PairAccounts {
         password,
         senders,
         receivers,
     } = common::register_pairs(server, pairs).await?;
-    let address: SocketAddr = tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("resolving {server}"))?
-        .next()
-        .with_context(|| format!("{server} has no address"))?;
-    let lean: Vec<anyhow::Result<LeanConnection>> = futures::stream::iter(&senders)
-        .map(|name| {
-            let password = &password;
-            async move {
-                let stream = wire::connect_from(address, None).await?;
-                let mut handshake = wire::Handshake::start(stream).await?;
-                handshake.login(name, password).await?;
-                let (stream, input, max_frame) = handshake.into_parts();
-                Ok(LeanConnection {
-                    stream,
-                    input,
-                    max_frame,
-                })
-            }
-        })
-        .buffered(common::LOGIN_CONCURRENCY)
-        .collect()
-        .await;
-    let lean = lean.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let lean = lean::login_all(server, &senders, &password).await?;
     let clients: Vec<Arc<Client>> = common::login_all(server, &receivers, &password)
         .await?
         .into_iter()
@@ -324,7 +90,7 @@ async fn run_phase(
     let monitor = server_pid.map(Monitor::start).transpose()?;
     let cpu_before = procmon::own_cpu_secs();
     let start = Instant::now();
-    let span = plan.duration + OUTSTANDING_GRACE + DELIVERY_GRACE;
+    let span = plan.duration + lean::OUTSTANDING_GRACE + DELIVERY_GRACE;
     let delivered_per_second = Arc::new(PerSecond::new(start, span));
     let admitted_per_second = Arc::new(PerSecond::new(start, span));
     let counters = Arc::new(Counters::default());
@@ -349,7 +115,7 @@ async fn run_phase(
     let sender_tasks: Vec<tokio::task::JoinHandle<anyhow::Result<SenderLatency>>> = senders
         .into_iter()
         .map(|(connection, to)| {
-            tokio::spawn(lean_sender(
+            tokio::spawn(lean::sender(
                 connection,
                 to,
                 SenderPlan {
@@ -357,6 +123,8 @@ async fn run_phase(
                     size: args.size,
                     deadline,
                     max_outstanding: plan.max_outstanding.max(1),
+                    overflow: Overflow::Shed,
+                    resend_busy: false,
                 },
                 Arc::clone(&tallies),
                 Arc::clone(&admitted_per_second),
@@ -568,6 +336,9 @@ pub async fn run(
             "the generator shed {shed} sends: more than {} were outstanding on a connection",
             args.max_outstanding
         ));
+    }
+    if let Some(error) = tallies.first_error() {
+        notes.push(format!("sender: {error}"));
     }
     if let Some(error) = counters.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         notes.push(format!("receiver: {error}"));

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::common::{self, PerSecond};
+use crate::lean::{self, LeanConnection, Overflow, SenderLatency, SenderPlan, Tallies};
 use crate::procmon::{self, Monitor};
 use crate::progress::Progress;
 use crate::report::{Metrics, RunReport};
@@ -62,6 +63,8 @@ pub struct Counters {
     /// Sends the server confirmed (Sent reply; for NATS: flushed).
     pub stored: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Sends refused with BUSY and sent again (Parley only).
+    pub busy_resent: AtomicU64,
     /// Distinct messages received.
     pub delivered: AtomicU64,
     /// Messages received a second time.
@@ -129,87 +132,25 @@ impl Schedule {
     }
 }
 
-/// Decides when a paced sender issues what has fallen due.
-///
-/// Paced, sends go out when the pacing timer fires (or when the window had
-/// held due sends back), never merely because a reply woke the sender. The
-/// NATS sender publishes only then too, so both targets see the same
-/// arrivals: what fell due since the last tick, together. Were every reply
-/// to release the one send that fell due since the previous reply, Parley
-/// alone would get one TCP segment per message. Latency still counts from
-/// each send's scheduled time, so waiting for the tick is measured.
-/// Unpaced, every wake-up releases.
-struct Pacer {
-    schedule: Schedule,
-    /// Whether the next turn issues what is due.
-    release: bool,
-    /// The window held due sends back at the last release: the next reply
-    /// releases them.
-    held_back: bool,
-    /// When the pacing timer fires; moved only by a release.
-    wake: Instant,
-    /// End of the send phase.
-    deadline: Instant,
-}
-
-impl Pacer {
-    fn new(schedule: Schedule, deadline: Instant) -> Pacer {
-        Pacer {
-            schedule,
-            release: true,
-            held_back: false,
-            wake: deadline,
-            deadline,
-        }
-    }
-
-    /// How many sends should have been issued by `now`, if this turn
-    /// issues; then [`Pacer::released`] must follow.
-    fn release(&self, now: Instant) -> Option<u64> {
-        (self.release || self.schedule.rate.is_none()).then(|| self.schedule.due(now))
-    }
-
-    /// Sends up to `seq` were issued of the `due`.
-    fn released(&mut self, seq: u64, due: u64) {
-        self.held_back = seq < due;
-        self.wake = if self.held_back {
-            self.deadline
-        } else {
-            self.schedule.at(seq).min(self.deadline)
-        };
-    }
-
-    fn on_reply(&mut self) {
-        self.release = self.held_back;
-    }
-
-    fn on_timer(&mut self) {
-        self.release = true;
-    }
-
-    /// When to wake without a reply.
-    fn wake(&self) -> Instant {
-        self.wake
-    }
-}
-
 /// Logged-in sender and receiver connections of one Parley run.
 pub struct ParleyPairs {
-    /// (sender connection, receiver's account name).
-    pub senders: Vec<(Client, String)>,
+    /// (sender connection, receiver's account name). The senders speak the
+    /// protocol on their own sockets (see [`lean`]).
+    pub senders: Vec<(LeanConnection, String)>,
     pub receivers: Vec<Arc<Client>>,
 }
 
 impl ParleyPairs {
-    /// Registers 2×`pairs` fresh accounts and logs each in on its own connection.
+    /// Registers 2×`pairs` fresh accounts and logs each in on its own
+    /// connection: the senders on lean sockets, the receivers through the
+    /// client library.
     pub async fn setup(server: &str, pairs: usize) -> anyhow::Result<ParleyPairs> {
         let accounts = common::register_pairs(server, pairs).await?;
-        let all: Vec<String> = accounts.senders.iter().chain(&accounts.receivers).cloned().collect();
-        let mut clients = common::login_all(server, &all, &accounts.password).await?;
-        let receiver_clients: Vec<Arc<Client>> = clients.split_off(pairs).into_iter().map(Arc::new).collect();
+        let senders = lean::login_all(server, &accounts.senders, &accounts.password).await?;
+        let receivers = common::login_all(server, &accounts.receivers, &accounts.password).await?;
         Ok(ParleyPairs {
-            senders: clients.into_iter().zip(accounts.receivers).collect(),
-            receivers: receiver_clients,
+            senders: senders.into_iter().zip(accounts.receivers).collect(),
+            receivers: receivers.into_iter().map(Arc::new).collect(),
         })
     }
 }
@@ -332,60 +273,6 @@ pub async fn ack_loop(client: Arc<Client>, mut positions: watch::Receiver<u64>) 
 /// slow store's queue (the server stops pushing at its unacked limit).
 const ACKS_IN_FLIGHT: usize = 4;
 
-/// Sends paced by `schedule`, at most `window` in flight, until `deadline`.
-async fn parley_sender(
-    client: Client,
-    to: String,
-    schedule: Schedule,
-    window: usize,
-    size: usize,
-    deadline: Instant,
-    counters: Arc<Counters>,
-) {
-    let client = &client;
-    let to = to.as_str();
-    let mut in_flight = FuturesUnordered::new();
-    let mut seq = 0u64;
-    let mut pacer = Pacer::new(schedule, deadline);
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        if let Some(due) = pacer.release(now) {
-            while seq < due && in_flight.len() < window {
-                let body = common::payload(seq, schedule.stamp(seq), size);
-                // The sequence is a unique idempotency key within this run's
-                // sender account, and cheaper than a random one.
-                let id = seq.to_string();
-                in_flight.push(async move { client.send_with_id(to, &id, &body).await });
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                seq += 1;
-            }
-            pacer.released(seq, due);
-        }
-        tokio::select! {
-            Some(result) = in_flight.next(), if !in_flight.is_empty() => {
-                record_send(&counters, result);
-                pacer.on_reply();
-            }
-            _ = tokio::time::sleep_until(pacer.wake().into()) => pacer.on_timer(),
-        }
-    }
-    while let Some(result) = in_flight.next().await {
-        record_send(&counters, result);
-    }
-}
-
-fn record_send(counters: &Counters, result: parley_client::Result<parley_client::SendReceipt>) {
-    match result {
-        Ok(_) => {
-            counters.stored.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => counters.error(format!("send: {e}")),
-    }
-}
-
 /// Waits until every confirmed message was delivered or `grace` passed.
 async fn drain(counters: &Counters, grace: Duration) {
     let until = Instant::now() + grace;
@@ -445,24 +332,61 @@ pub async fn run_parley(server: &str, params: &RelayParams, server_pid: Option<u
         start,
         rate: params.rate.map(|r| r / params.pairs as f64),
     };
-    let progress = progress_for("parley", params.duration, &counters);
-    let senders: Vec<JoinHandle<()>> = pairs
+    let tallies = Arc::new(Tallies::default());
+    let progress = {
+        let (tallies, counters) = (Arc::clone(&tallies), Arc::clone(&counters));
+        Progress::start("parley", params.duration, move || {
+            format!(
+                "stored {} delivered {}",
+                tallies.admitted.load(Ordering::Relaxed),
+                counters.delivered.load(Ordering::Relaxed)
+            )
+        })
+    };
+    // Sent replies per second are not reported for relay.
+    let replies_per_second = Arc::new(PerSecond::new(start, Duration::ZERO));
+    let senders: Vec<JoinHandle<anyhow::Result<SenderLatency>>> = pairs
         .senders
         .into_iter()
-        .map(|(client, to)| {
-            tokio::spawn(parley_sender(
-                client,
+        .map(|(connection, to)| {
+            tokio::spawn(lean::sender(
+                connection,
                 to,
-                schedule,
-                params.window,
-                params.size,
-                deadline,
-                Arc::clone(&counters),
+                SenderPlan {
+                    schedule,
+                    size: params.size,
+                    deadline,
+                    max_outstanding: params.window,
+                    overflow: Overflow::HoldBack,
+                    resend_busy: true,
+                },
+                Arc::clone(&tallies),
+                Arc::clone(&replies_per_second),
             ))
         })
         .collect();
+    let mut stored_latency = Latency::new()?;
+    let mut late = Latency::new()?;
     for sender in senders {
-        sender.await.context("sender task")?;
+        match sender.await.context("sender task")? {
+            Ok(latency) => {
+                stored_latency.merge(&latency.admitted)?;
+                late.merge(&latency.late)?;
+            }
+            Err(e) => counters.error(format!("sender: {e:#}")),
+        }
+    }
+    counters
+        .sent
+        .store(tallies.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+    counters
+        .stored
+        .store(tallies.admitted.load(Ordering::Relaxed), Ordering::Relaxed);
+    counters
+        .busy_resent
+        .store(tallies.busy.load(Ordering::Relaxed), Ordering::Relaxed);
+    for _ in 0..tallies.other_errors.load(Ordering::Relaxed) {
+        counters.error(tallies.first_error().unwrap_or_default());
     }
     let send_elapsed = start.elapsed();
     drain(&counters, params.drain).await;
@@ -470,7 +394,7 @@ pub async fn run_parley(server: &str, params: &RelayParams, server_pid: Option<u
     let _ = stop_tx.send(true);
     let latency = join_receivers(receivers).await?;
     let usage = monitor.zip(server_pid).map(|(m, pid)| m.finish(pid));
-    Ok(report(Outcome {
+    let mut run = report(Outcome {
         params,
         counters: &counters,
         latency: &latency,
@@ -480,7 +404,27 @@ pub async fn run_parley(server: &str, params: &RelayParams, server_pid: Option<u
         usage,
         usage_prefix: "server",
         bench_cpu_secs: procmon::own_cpu_secs() - cpu_before,
-    }))
+    });
+    if params.rate.is_some() {
+        // Where a late delivery lost its time: leaving the generator, or
+        // before the server's Sent reply (stored), or after it.
+        let m = &mut run.metrics;
+        m.push("late_p99_ms", "sender lateness p99", "ms", late.quantile_ms(0.99));
+        m.push("late_max_ms", "sender lateness max", "ms", late.max_ms());
+        m.push(
+            "stored_p50_ms",
+            "due → Sent reply p50",
+            "ms",
+            stored_latency.quantile_ms(0.50),
+        );
+        m.push(
+            "stored_p99_ms",
+            "due → Sent reply p99",
+            "ms",
+            stored_latency.quantile_ms(0.99),
+        );
+    }
+    Ok(run)
 }
 
 /// One relay run against NATS core pub/sub: the same pairs, one subject per
@@ -751,6 +695,12 @@ fn report(outcome: Outcome<'_>) -> RunReport {
         "send errors",
         "",
         counters.get(&counters.send_errors) as f64,
+    );
+    m.push(
+        "busy_resent",
+        "BUSY replies (sent again)",
+        "",
+        counters.get(&counters.busy_resent) as f64,
     );
     m.push("delivered", "delivered", "", delivered as f64);
     m.push("lost", "lost", "", stored.saturating_sub(delivered) as f64);
