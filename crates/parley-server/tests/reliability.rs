@@ -360,3 +360,68 @@ async fn a_login_step_answered_busy_can_be_sent_again() {
     }
     bob.ping().await.unwrap();
 }
+
+/// While the store has no room for new work, a send is refused from its
+/// envelope alone: BUSY with the store's retry hint — even a send that is
+/// also invalid, whose own error comes once it is retried — while requests
+/// that are not sends are still answered. Once the store has room the same
+/// send goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_are_refused_unread_while_the_store_is_full() {
+    let server = TestServer::start_with(Store::Sqlite, &["--write-queue", "4"]);
+    let alice = std::sync::Arc::new(server.user("alice").await);
+    server.user("bob").await;
+    let send = |to: &str| {
+        client_frame::Body::Send(v1::SendMessage {
+            to: to.into(),
+            client_msg_id: format!("to-{to}"),
+            body: "hello".into(),
+        })
+    };
+
+    // The writer waits for the database lock with one fetch in hand, and
+    // three more fill the queue's share for new work (3 of 4).
+    let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let fetch = || {
+        let alice = std::sync::Arc::clone(&alice);
+        tokio::spawn(async move {
+            alice
+                .request(client_frame::Body::Fetch(v1::Fetch {
+                    after_seq: 0,
+                    limit: 10,
+                    include_acked: true,
+                }))
+                .await
+        })
+    };
+    let held = fetch();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = [fetch(), fetch(), fetch()];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for to in ["bob", "no such name!"] {
+        match alice.request(send(to)).await.unwrap().body {
+            Some(server_frame::Body::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Busy as i32, "{e:?}");
+                assert_eq!(e.retry_after_ms, parley_store::sqlite::BUSY_RETRY_AFTER_MS);
+            }
+            other => panic!("expected BUSY, got {other:?}"),
+        }
+    }
+    alice.ping().await.unwrap();
+
+    blocker.execute_batch("COMMIT").unwrap();
+    held.await.unwrap().unwrap();
+    for fetch in queued {
+        fetch.await.unwrap().unwrap();
+    }
+    match alice.request(send("bob")).await.unwrap().body {
+        Some(server_frame::Body::Sent(sent)) => assert!(!sent.duplicate),
+        other => panic!("expected Sent, got {other:?}"),
+    }
+    match alice.request(send("no such name!")).await.unwrap().body {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::NoSuchUser as i32, "{e:?}"),
+        other => panic!("expected NO_SUCH_USER, got {other:?}"),
+    }
+}
