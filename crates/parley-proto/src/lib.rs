@@ -7,7 +7,6 @@
 //! buffer without bound.
 #![forbid(unsafe_code)]
 
-pub mod envelope;
 pub mod frame;
 
 /// Generated protobuf types of `parley.v1`.
@@ -16,7 +15,6 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/parley.v1.rs"));
 }
 
-pub use envelope::{Envelope, PrebuiltReply, peek_request};
 pub use frame::{FrameError, LENGTH_PREFIX_BYTES, decode_frame, encode_frame, split_frame};
 pub use v1::{ClientFrame, ErrorCode, ServerFrame};
 

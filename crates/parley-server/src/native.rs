@@ -29,10 +29,7 @@ use parley_core::{
 };
 use parley_http::access;
 use parley_proto::v1::{self, client_frame, server_frame::Body};
-use parley_proto::{
-    ClientFrame, ErrorCode, FrameError, PrebuiltReply, ServerFrame, encode_frame, peek_request, split_frame,
-};
-use prost::Message;
+use parley_proto::{ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -84,37 +81,6 @@ pub struct NativeContext {
     /// The perf log, once the server has opened it (only when `perf_log`
     /// is on): each request's time and outcome.
     pub perf: OnceLock<Arc<PerfLog>>,
-    /// The BUSY answers to sends refused unread, encoded once.
-    pub refusals: Refusals,
-}
-
-/// BUSY answers for sends refused from their envelope alone (see
-/// [`Connection::refuse_unread`]), each the exact frame the full path
-/// would have written.
-#[derive(Debug)]
-pub struct Refusals {
-    /// The backlog is over its high-water mark.
-    backlog: PrebuiltReply,
-    /// The store's queue has no room for new work: its `retry_after_ms`
-    /// and the answer carrying it.
-    store: (u32, PrebuiltReply),
-}
-
-impl Default for Refusals {
-    fn default() -> Refusals {
-        let prebuilt = |e: &CoreError| {
-            let body = core_error_frame(0, e).body.unwrap_or(Body::Error(v1::Error::default()));
-            PrebuiltReply::new(body)
-        };
-        let store_retry = parley_store::sqlite::BUSY_RETRY_AFTER_MS;
-        let store = CoreError::from(parley_core::StoreError::Busy {
-            retry_after_ms: store_retry,
-        });
-        Refusals {
-            backlog: prebuilt(&busy()),
-            store: (store_retry, prebuilt(&store)),
-        }
-    }
 }
 
 /// What a connection did, for the access log line written when it ends.
@@ -145,16 +111,14 @@ pub struct NativeCounters {
     pub keepalive_timeouts: AtomicU64,
 }
 
-/// How long a connection is not read after one of its sends was refused
-/// unread. The refusal asked the client to wait longer than this (50 ms or
-/// more) before retrying; reading its socket sooner would only spend the
+/// How long a connection is not read after one of its requests was refused
+/// with BUSY. The refusal asked the client to wait longer than this (50 ms
+/// or more) before retrying; reading its socket sooner would only spend the
 /// CPU the store needs on refusing more, one small read per client tick.
 /// Paused, what the client sends meanwhile waits in the kernel's socket
 /// buffer and is read in one go, so under a flood the tokio workers make
 /// fewer, larger reads and writes (docs/BENCHMARKS.md, overload).
 const REFUSED_READ_PAUSE: Duration = Duration::from_millis(15);
-/// The field number of `send` in `ClientFrame`'s body.
-const SEND_FIELD: u32 = 20;
 /// Retry hint sent with BUSY when the backlog is over its high-water mark.
 const BACKLOG_RETRY_MS: u32 = 100;
 /// Retry hint when live delivery finds the store busy and no hint was given.
@@ -227,7 +191,7 @@ struct Connection {
     auth_deadline: Instant,
     /// Pushes paused (storage busy) until then.
     push_paused_until: Option<Instant>,
-    /// No reading before this: a send was just refused with BUSY (see
+    /// No reading before this: a request was just refused with BUSY (see
     /// [`REFUSED_READ_PAUSE`]).
     read_paused_until: Option<Instant>,
     /// When the oldest unacknowledged push on this session is pushed again.
@@ -536,6 +500,7 @@ impl Connection {
             Err(e) => {
                 if e.kind == ErrorKind::Busy {
                     self.ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
+                    self.pause_reading();
                 }
                 self.encode(&core_error_frame(request_id, &e))
             }
@@ -563,45 +528,11 @@ impl Connection {
         };
     }
 
-    /// Refuses a send with BUSY from its envelope alone, without decoding
-    /// it, while the server refuses new work anyway: the backlog is over its
-    /// high-water mark or the store's queue has no room. Under a flood most
-    /// of what is read is refused, and decoding each refused send in full
-    /// (three strings allocated and checked) and encoding its answer from
-    /// scratch cost the tokio workers a share of the CPU that the store's
-    /// writer needed (docs/BENCHMARKS.md, overload). The answer is the one
-    /// the full path gives; a send that is also invalid gets BUSY rather
-    /// than its own error, which it gets once it is retried. Returns
-    /// whether the frame was answered.
-    fn refuse_unread(&mut self, payload: &[u8]) -> bool {
-        if self.session.is_none() || !matches!(self.phase, Phase::Open) {
-            return false;
-        }
-        let refusal = if self.overloaded() {
-            &self.ctx.refusals.backlog
-        } else {
-            match self.ctx.service.store().check_new_work() {
-                Ok(()) => return false,
-                Err(parley_core::StoreError::Busy { retry_after_ms })
-                    if retry_after_ms == self.ctx.refusals.store.0 =>
-                {
-                    &self.ctx.refusals.store.1
-                }
-                // Another answer: the full path gives it.
-                Err(_) => return false,
-            }
-        };
-        let Some(envelope) = peek_request(payload).filter(|e| e.body_field == Some(SEND_FIELD)) else {
-            return false;
-        };
-        refusal.encode(envelope.request_id, &mut self.output);
-        self.ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
+    /// Stops reading for [`REFUSED_READ_PAUSE`] after a request was
+    /// refused with BUSY (unless a pause already runs).
+    fn pause_reading(&mut self) {
         self.read_paused_until
             .get_or_insert_with(|| Instant::now() + REFUSED_READ_PAUSE);
-        if let Some(perf) = self.ctx.perf.get() {
-            perf.record("send", Duration::ZERO, ErrorCode::Busy.as_str_name());
-        }
-        true
     }
 
     /// Decodes and starts every complete request already buffered, as far
@@ -615,19 +546,7 @@ impl Connection {
             && self.in_flight.len() < self.ctx.pipeline_window
             && self.output.len() < self.ctx.outbound_buffer_bytes
         {
-            let decoded = match split_frame(&mut self.input, self.ctx.max_frame_bytes) {
-                Ok(Some(payload)) => {
-                    if self.refuse_unread(&payload) {
-                        continue;
-                    }
-                    ClientFrame::decode(payload.freeze())
-                        .map(Some)
-                        .map_err(|e| FrameError::Malformed(e.to_string()))
-                }
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            };
-            match decoded {
+            match decode_frame::<ClientFrame>(&mut self.input, self.ctx.max_frame_bytes) {
                 // Requests that wait for the store before answering run
                 // boxed: they come once or twice per connection, and their
                 // state inline would enlarge every connection's task.
@@ -1080,34 +999,4 @@ fn fit_messages(messages: impl Iterator<Item = v1::Message>, max_frame_bytes: us
         kept.push(m);
     }
     (kept, false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn send_field_is_the_field_of_a_send() {
-        let send = ClientFrame {
-            request_id: 9,
-            body: Some(client_frame::Body::Send(v1::SendMessage::default())),
-        };
-        let envelope = peek_request(&send.encode_to_vec());
-        assert_eq!(envelope.and_then(|e| e.body_field), Some(SEND_FIELD));
-    }
-
-    #[test]
-    fn refusals_are_the_frames_the_full_path_writes() {
-        let refusals = Refusals::default();
-        let store = CoreError::from(parley_core::StoreError::Busy {
-            retry_after_ms: refusals.store.0,
-        });
-        for (prebuilt, error) in [(&refusals.backlog, busy()), (&refusals.store.1, store)] {
-            let mut fast = BytesMut::new();
-            prebuilt.encode(42, &mut fast);
-            let mut slow = BytesMut::new();
-            encode_frame(&core_error_frame(42, &error), &mut slow, 1 << 20).unwrap();
-            assert_eq!(fast, slow);
-        }
-    }
 }

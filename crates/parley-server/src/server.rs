@@ -283,7 +283,6 @@ impl Server {
             backlog: AtomicUsize::new(0),
             counters: NativeCounters::default(),
             perf: OnceLock::new(),
-            refusals: Default::default(),
         });
         // Pins the start time and reads the worker-restart count once.
         crate::metrics::process();

@@ -361,13 +361,13 @@ async fn a_login_step_answered_busy_can_be_sent_again() {
     bob.ping().await.unwrap();
 }
 
-/// While the store has no room for new work, a send is refused from its
-/// envelope alone: BUSY with the store's retry hint — even a send that is
-/// also invalid, whose own error comes once it is retried — while requests
-/// that are not sends are still answered. Once the store has room the same
-/// send goes through.
+/// While the store has no room for new work, a send is refused with the
+/// store's retry hint, an invalid send still gets its own error (validation
+/// comes first), requests sent right after a refusal are answered once the
+/// connection's short read pause is over, and once the store has room the
+/// same send goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_are_refused_unread_while_the_store_is_full() {
+async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serving() {
     let server = TestServer::start_with(Store::Sqlite, &["--write-queue", "4"]);
     let alice = std::sync::Arc::new(server.user("alice").await);
     server.user("bob").await;
@@ -400,16 +400,20 @@ async fn sends_are_refused_unread_while_the_store_is_full() {
     let queued = [fetch(), fetch(), fetch()];
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    for to in ["bob", "no such name!"] {
-        match alice.request(send(to)).await.unwrap().body {
-            Some(server_frame::Body::Error(e)) => {
-                assert_eq!(e.code, ErrorCode::Busy as i32, "{e:?}");
-                assert_eq!(e.retry_after_ms, parley_store::sqlite::BUSY_RETRY_AFTER_MS);
-            }
-            other => panic!("expected BUSY, got {other:?}"),
+    match alice.request(send("bob")).await.unwrap().body {
+        Some(server_frame::Body::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::Busy as i32, "{e:?}");
+            assert_eq!(e.retry_after_ms, parley_store::sqlite::BUSY_RETRY_AFTER_MS);
         }
+        other => panic!("expected BUSY, got {other:?}"),
     }
-    alice.ping().await.unwrap();
+    // Sent during the read pause: answered after it, in order.
+    let (bad, ping) = tokio::join!(alice.request(send("no such name!")), alice.ping());
+    match bad.unwrap().body {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::NoSuchUser as i32, "{e:?}"),
+        other => panic!("expected NO_SUCH_USER, got {other:?}"),
+    }
+    ping.unwrap();
 
     blocker.execute_batch("COMMIT").unwrap();
     held.await.unwrap().unwrap();
@@ -419,9 +423,5 @@ async fn sends_are_refused_unread_while_the_store_is_full() {
     match alice.request(send("bob")).await.unwrap().body {
         Some(server_frame::Body::Sent(sent)) => assert!(!sent.duplicate),
         other => panic!("expected Sent, got {other:?}"),
-    }
-    match alice.request(send("no such name!")).await.unwrap().body {
-        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::NoSuchUser as i32, "{e:?}"),
-        other => panic!("expected NO_SUCH_USER, got {other:?}"),
     }
 }
