@@ -319,36 +319,14 @@ async fn a_login_step_answered_busy_can_be_sent_again() {
         })
     };
 
-    // Another connection to the database holds its write lock, so the
-    // writer waits with one op in hand and two more fill its queue.
-    let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let fetch = |alice: &std::sync::Arc<Client>| {
-        let alice = std::sync::Arc::clone(alice);
-        tokio::spawn(async move {
-            alice
-                .request(client_frame::Body::Fetch(v1::Fetch {
-                    after_seq: 0,
-                    limit: 10,
-                    include_acked: true,
-                }))
-                .await
-        })
-    };
-    let held = fetch(&alice);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let queued = [fetch(&alice), fetch(&alice)];
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The writer waits with one op in hand and two more fill its queue.
+    let jam = StoreJam::start(&server, &alice, 2).await;
     let refused = bob.request(continue_login()).await.unwrap();
     match refused.body {
         Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::Busy as i32, "{e:?}"),
         other => panic!("expected BUSY, got {other:?}"),
     }
-    blocker.execute_batch("COMMIT").unwrap();
-    held.await.unwrap().unwrap();
-    for fetch in queued {
-        fetch.await.unwrap().unwrap();
-    }
+    jam.release().await;
 
     // The same step again: the login was kept.
     match bob.request(continue_login()).await.unwrap().body {
@@ -379,26 +357,9 @@ async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serv
         })
     };
 
-    // The writer waits for the database lock with one fetch in hand, and
-    // three more fill the queue's share for new work (3 of 4).
-    let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let fetch = || {
-        let alice = std::sync::Arc::clone(&alice);
-        tokio::spawn(async move {
-            alice
-                .request(client_frame::Body::Fetch(v1::Fetch {
-                    after_seq: 0,
-                    limit: 10,
-                    include_acked: true,
-                }))
-                .await
-        })
-    };
-    let held = fetch();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let queued = [fetch(), fetch(), fetch()];
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The writer waits with one fetch in hand, and three more fill the
+    // queue's share for new work (3 of 4).
+    let jam = StoreJam::start(&server, &alice, 3).await;
 
     match alice.request(send("bob")).await.unwrap().body {
         Some(server_frame::Body::Error(e)) => {
@@ -415,13 +376,49 @@ async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serv
     }
     ping.unwrap();
 
-    blocker.execute_batch("COMMIT").unwrap();
-    held.await.unwrap().unwrap();
-    for fetch in queued {
-        fetch.await.unwrap().unwrap();
-    }
+    jam.release().await;
     match alice.request(send("bob")).await.unwrap().body {
         Some(server_frame::Body::Sent(sent)) => assert!(!sent.duplicate),
         other => panic!("expected Sent, got {other:?}"),
+    }
+}
+
+/// The SQLite writer held up: another connection to the database holds its
+/// write lock, the writer waits with one fetch in hand, and `queued` more
+/// fetches wait in its queue.
+struct StoreJam {
+    blocker: rusqlite::Connection,
+    fetches: Vec<tokio::task::JoinHandle<parley_client::Result<parley_proto::ServerFrame>>>,
+}
+
+impl StoreJam {
+    async fn start(server: &TestServer, client: &std::sync::Arc<Client>, queued: usize) -> StoreJam {
+        let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let fetch = || {
+            let client = std::sync::Arc::clone(client);
+            tokio::spawn(async move {
+                client
+                    .request(client_frame::Body::Fetch(v1::Fetch {
+                        after_seq: 0,
+                        limit: 10,
+                        include_acked: true,
+                    }))
+                    .await
+            })
+        };
+        let mut fetches = vec![fetch()];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fetches.extend((0..queued).map(|_| fetch()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        StoreJam { blocker, fetches }
+    }
+
+    /// Unlocks the database; every held fetch completes.
+    async fn release(self) {
+        self.blocker.execute_batch("COMMIT").unwrap();
+        for fetch in self.fetches {
+            fetch.await.unwrap().unwrap();
+        }
     }
 }
