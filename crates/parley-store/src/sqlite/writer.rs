@@ -15,7 +15,7 @@ use rusqlite::Connection;
 
 use super::Shared;
 use super::checkpoint::Checkpointer;
-use super::ops::{Op, Outcome, PendingSeqs};
+use super::ops::{AppendStatements, Op, Outcome, PendingSeqs};
 
 /// Answers waiting `close` callers even if the thread ends abnormally, so
 /// that nobody waits forever.
@@ -43,6 +43,15 @@ pub(super) fn run(
 ) {
     let guard = FinishOnExit(shared);
     let shared = &guard.0;
+    // Static SQL against the schema just migrated: this fails only if the
+    // database is unusable, and then no op could run anyway.
+    let mut statements = match AppendStatements::prepare(&conn) {
+        Ok(statements) => statements,
+        Err(error) => {
+            tracing::error!(%error, "cannot prepare the store's statements; the store stops");
+            return;
+        }
+    };
     let mut batch = Vec::new();
     // `recv` fails only once the queue is empty and every sender is gone.
     while let Ok(first) = queue.recv() {
@@ -57,12 +66,13 @@ pub(super) fn run(
         }
         shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         let commits = shared.counters.commits.load(Ordering::Relaxed);
-        run_batch(&conn, &mut batch, shared);
+        run_batch(&conn, &mut batch, shared, &mut statements);
         if shared.counters.commits.load(Ordering::Relaxed) != commits {
             checkpointer.committed();
         }
     }
     drop(queue);
+    drop(statements);
     checkpointer.stop();
     let outcome = shut_down(conn);
     if let Err(error) = &outcome {
@@ -78,7 +88,7 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Runs `batch` (leaving it empty) in one transaction, then answers every op.
-fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
+fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements: &mut AppendStatements<'_>) {
     let size = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut ops = batch.drain(..);
@@ -98,7 +108,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared) {
     // may then be committed.
     let mut broken: Option<StoreError> = None;
     for op in ops.by_ref() {
-        match run_op(conn, op, seqs) {
+        match run_op(conn, op, seqs, statements) {
             Ok(outcome) => outcomes.push(outcome),
             Err((outcome, error)) => {
                 outcomes.extend(outcome);
@@ -150,7 +160,12 @@ type Broken = (Option<Box<dyn Outcome>>, StoreError);
 /// failed, so that it leaves no partial writes in the batch — except ops
 /// that fail before writing anything (see `Op::fails_before_writing`), whose
 /// SQLite errors break the batch instead.
-fn run_op(conn: &Connection, op: Op, seqs: &mut PendingSeqs) -> Result<Box<dyn Outcome>, Broken> {
+fn run_op(
+    conn: &Connection,
+    op: Op,
+    seqs: &mut PendingSeqs,
+    statements: &mut AppendStatements<'_>,
+) -> Result<Box<dyn Outcome>, Broken> {
     let backend = |error: rusqlite::Error| StoreError::Backend(error.to_string());
     // Anything but an append sees exact `last_seq` values.
     if !op.is_append()
@@ -161,10 +176,10 @@ fn run_op(conn: &Connection, op: Op, seqs: &mut PendingSeqs) -> Result<Box<dyn O
         return Err((None, error));
     }
     if !op.writes() {
-        return Ok(op.execute(conn, seqs));
+        return Ok(op.execute(conn, seqs, statements));
     }
     if op.fails_before_writing() {
-        let outcome = op.execute(conn, seqs);
+        let outcome = op.execute(conn, seqs, statements);
         return match outcome.backend_error() {
             Some(error) => Err((Some(outcome), error)),
             None => Ok(outcome),
@@ -175,7 +190,7 @@ fn run_op(conn: &Connection, op: Op, seqs: &mut PendingSeqs) -> Result<Box<dyn O
         op.fail(error.clone());
         return Err((None, error));
     }
-    let outcome = op.execute(conn, seqs);
+    let outcome = op.execute(conn, seqs, statements);
     let end = if outcome.failed() {
         exec(conn, "ROLLBACK TO op").and_then(|()| exec(conn, "RELEASE op"))
     } else {
