@@ -153,7 +153,7 @@ pub async fn sender(
     to: String,
     plan: SenderPlan,
     tallies: Arc<Tallies>,
-    admitted_per_second: Arc<PerSecond>,
+    admitted_per_second: Option<Arc<PerSecond>>,
 ) -> anyhow::Result<SenderLatency> {
     let LeanConnection {
         stream,
@@ -171,7 +171,10 @@ pub async fn sender(
     let paused_until_ns = AtomicU64::new(0);
     // Sequences refused with BUSY, to send again, with when they may go.
     let resends: Mutex<Vec<(u64, Instant)>> = Mutex::new(Vec::new());
+    let lock_resends = || resends.lock().unwrap_or_else(|p| p.into_inner());
     let start = Instant::now();
+    // Past this, unanswered sends are given up.
+    let give_up = plan.deadline + OUTSTANDING_GRACE;
     let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     // A reply came (a held-back send may go) / the writer finished.
     let replied = Notify::new();
@@ -197,12 +200,11 @@ pub async fn sender(
             tallies.issued.fetch_add(1, Ordering::Relaxed);
             Ok(())
         };
-        let give_up = plan.deadline + OUTSTANDING_GRACE;
         loop {
             let now = Instant::now();
             // Past the deadline only refused sends still go out again.
             let sending = now < plan.deadline;
-            let resending = !resends.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+            let resending = !lock_resends().is_empty();
             if !sending && (!resending || now >= give_up) {
                 break;
             }
@@ -214,7 +216,7 @@ pub async fn sender(
             let room = |outstanding: &AtomicU64| get(outstanding) < plan.max_outstanding as u64;
             let mut next_resend: Option<Instant> = None;
             {
-                let mut resends = resends.lock().unwrap_or_else(|p| p.into_inner());
+                let mut resends = lock_resends();
                 let mut i = 0;
                 while i < resends.len() && room(&outstanding) {
                     let (again, at) = resends[i];
@@ -269,7 +271,6 @@ pub async fn sender(
     };
 
     let read = async {
-        let give_up = plan.deadline + OUTSTANDING_GRACE;
         loop {
             while let Some(frame) = decode_frame::<ServerFrame>(&mut input, max_frame)? {
                 if frame.request_id == 0 {
@@ -286,7 +287,9 @@ pub async fn sender(
                 match frame.body {
                     Some(server_frame::Body::Sent(_)) => {
                         tallies.admitted.fetch_add(1, Ordering::Relaxed);
-                        admitted_per_second.add(now, 1);
+                        if let Some(per_second) = &admitted_per_second {
+                            per_second.add(now, 1);
+                        }
                         if paced {
                             admitted.record(waited);
                         }
@@ -295,10 +298,7 @@ pub async fn sender(
                         tallies.busy.fetch_add(1, Ordering::Relaxed);
                         let wait = Duration::from_millis(u64::from(e.retry_after_ms.max(1)));
                         if plan.resend_busy {
-                            resends
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push((seq, now + wait));
+                            lock_resends().push((seq, now + wait));
                         }
                         if paced {
                             busy.record(waited);

@@ -14,13 +14,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use parley_client::Client;
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::cli::OverloadArgs;
 use crate::common::{self, PerSecond};
-use crate::lean::{self, LeanConnection, Overflow, SenderLatency, SenderPlan, Tallies};
+use crate::lean::{self, Overflow, SenderLatency, SenderPlan, Tallies};
 use crate::procmon::{self, Monitor};
 use crate::progress::Progress;
 use crate::relay::{self, Counters, Schedule};
@@ -32,24 +31,6 @@ use crate::stats::{self, Latency};
 const PROBE_WINDOW: usize = 256;
 /// Longest wait for admitted messages to reach their receivers.
 const DELIVERY_GRACE: Duration = Duration::from_secs(5);
-
-/// Registers 2×`pairs` fresh accounts; logs the senders in on their own
-/// sockets and the receivers through the client library, subscribed.
-async fn setup_pairs(server: &str, pairs: usize) -> anyhow::Result<(Vec<(LeanConnection, String)>, Vec<Arc<Client>>)> {
-    let common::PairAccounts {
-        password,
-        senders,
-        receivers,
-    } = common::register_pairs(server, pairs).await?;
-    let lean = lean::login_all(server, &senders, &password).await?;
-    let clients: Vec<Arc<Client>> = common::login_all(server, &receivers, &password)
-        .await?
-        .into_iter()
-        .map(Arc::new)
-        .collect();
-    relay::subscribe_all(&clients).await?;
-    Ok((lean.into_iter().zip(receivers).collect(), clients))
-}
 
 /// What one phase (the probe or the offer) asks for.
 struct PhasePlan {
@@ -86,7 +67,8 @@ async fn run_phase(
     server_pid: Option<u32>,
     label: &str,
 ) -> anyhow::Result<PhaseOutcome> {
-    let (senders, receivers) = setup_pairs(server, args.pairs).await?;
+    let relay::ParleyPairs { senders, receivers } = relay::ParleyPairs::setup(server, args.pairs).await?;
+    relay::subscribe_all(&receivers).await?;
     let monitor = server_pid.map(Monitor::start).transpose()?;
     let cpu_before = procmon::own_cpu_secs();
     let start = Instant::now();
@@ -127,7 +109,7 @@ async fn run_phase(
                     resend_busy: false,
                 },
                 Arc::clone(&tallies),
-                Arc::clone(&admitted_per_second),
+                Some(Arc::clone(&admitted_per_second)),
             ))
         })
         .collect();

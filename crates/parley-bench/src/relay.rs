@@ -343,8 +343,6 @@ pub async fn run_parley(server: &str, params: &RelayParams, server_pid: Option<u
             )
         })
     };
-    // Sent replies per second are not reported for relay.
-    let replies_per_second = Arc::new(PerSecond::new(start, Duration::ZERO));
     let senders: Vec<JoinHandle<anyhow::Result<SenderLatency>>> = pairs
         .senders
         .into_iter()
@@ -361,7 +359,8 @@ pub async fn run_parley(server: &str, params: &RelayParams, server_pid: Option<u
                     resend_busy: true,
                 },
                 Arc::clone(&tallies),
-                Arc::clone(&replies_per_second),
+                // Relay counts deliveries per second, not Sent replies.
+                None,
             ))
         })
         .collect();
@@ -385,8 +384,10 @@ pub async fn run_parley(server: &str, params: &RelayParams, server_pid: Option<u
     counters
         .busy_resent
         .store(tallies.busy.load(Ordering::Relaxed), Ordering::Relaxed);
-    for _ in 0..tallies.other_errors.load(Ordering::Relaxed) {
-        counters.error(tallies.first_error().unwrap_or_default());
+    let errors = tallies.other_errors.load(Ordering::Relaxed);
+    if let Some(first) = tallies.first_error() {
+        counters.error(first);
+        counters.send_errors.store(errors, Ordering::Relaxed);
     }
     let send_elapsed = start.elapsed();
     drain(&counters, params.drain).await;
