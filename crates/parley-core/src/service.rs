@@ -522,6 +522,7 @@ impl Service {
             last_pushed: Seq(0),
             catch_up: false,
             catch_up_read: None,
+            held: None,
             token_hash,
             unacked: BTreeSet::new(),
         }
@@ -560,6 +561,9 @@ pub struct Session {
     /// read re-submitted each time would flood a threaded store with reads
     /// whose answers are thrown away.
     catch_up_read: Option<StoreReply<Vec<StoredMessage>>>,
+    /// An event taken from the queue while looking for messages (a presence
+    /// change, a wake-up), handled before the queue's next one.
+    held: Option<SessionEvent>,
     /// Hash of the resume token this session logged in with or was given;
     /// revoked at logout.
     token_hash: [u8; 32],
@@ -843,6 +847,21 @@ impl Session {
                 let read = match &mut self.catch_up_read {
                     Some(read) => read,
                     empty => {
+                        // Everything queued now is stored already, so the
+                        // read covers it: drop it rather than let the queue
+                        // fill up while the read waits for the store. A full
+                        // queue drops notifications and sets `lagged`, which
+                        // starts the next catch-up: a session that fell
+                        // behind once would otherwise read everything from
+                        // storage, 256 messages per store round trip, for as
+                        // long as the load lasts.
+                        while self.held.is_none() {
+                            match self.events.try_recv() {
+                                Ok(SessionEvent::Message(_)) => {}
+                                Ok(other) => self.held = Some(other),
+                                Err(_) => break,
+                            }
+                        }
                         self.service.counters.catch_up_reads.fetch_add(1, Ordering::Relaxed);
                         let read = self
                             .service
@@ -863,11 +882,17 @@ impl Session {
                 }
                 continue;
             }
-            let Some(event) = self.events.recv().await else {
-                return Ok(PushEvent::Closed(CloseReason {
-                    kind: ErrorKind::ShuttingDown,
-                    message: "server is shutting down".into(),
-                }));
+            let event = match self.held.take() {
+                Some(event) => event,
+                None => {
+                    let Some(event) = self.events.recv().await else {
+                        return Ok(PushEvent::Closed(CloseReason {
+                            kind: ErrorKind::ShuttingDown,
+                            message: "server is shutting down".into(),
+                        }));
+                    };
+                    event
+                }
             };
             let first = match event {
                 SessionEvent::Message(m) => m,
@@ -895,7 +920,10 @@ impl Session {
                         self.catch_up = true;
                         break;
                     }
-                    Ok(SessionEvent::Presence { .. }) | Ok(SessionEvent::Wake) => break,
+                    Ok(other) => {
+                        self.held = Some(other);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }

@@ -239,6 +239,43 @@ async fn contacts_and_presence(store: Store) {
 }
 both_stores!(contacts_and_presence, contacts_and_presence);
 
+/// A presence change that waits behind messages (the unacked window is
+/// full) arrives after them, when they are pushed together, not lost.
+async fn presence_behind_waiting_messages_arrives_after_them(store: Store) {
+    let server = TestServer::start_with(store, &["--max-unacked", "2"]);
+    let alice = server.user("alice").await;
+    let carol = server.user("carol").await;
+    server.client().await.register("bob", "pw-bob").await.unwrap();
+    alice.add_contact("bob").await.unwrap();
+    alice.subscribe(0).await.unwrap();
+    for i in 1..=5 {
+        carol.send("alice", &format!("m{i}")).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(next_messages(&alice).await);
+    }
+    // The window is full: the rest waits in the session's queue, and Bob's
+    // arrival queues behind it.
+    assert_no_push(&alice).await;
+    let _bob = server.user("bob").await;
+    assert_no_push(&alice).await;
+    while got.len() < 5 {
+        alice.ack(got.last().unwrap().seq, vec![]).await.unwrap();
+        got.extend(next_messages(&alice).await);
+    }
+    assert_eq!(bodies(&got), ["m1", "m2", "m3", "m4", "m5"]);
+    alice.ack(got.last().unwrap().seq, vec![]).await.unwrap();
+    match tokio::time::timeout(WAIT, alice.next_event()).await.unwrap() {
+        Some(Event::Presence { name, online }) => assert_eq!((name.as_str(), online), ("bob", true)),
+        other => panic!("expected presence, got {other:?}"),
+    }
+}
+both_stores!(
+    presence_behind_waiting_messages_arrives_after_them,
+    presence_behind_waiting_messages_arrives_after_them
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_guessing_is_throttled() {
     let server = TestServer::start_with(Store::Memory, &["--login-failures-per-account", "3"]);

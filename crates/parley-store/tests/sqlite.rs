@@ -10,7 +10,7 @@ use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
 use common::{HOUR_MS, create_token, db_path, hash, live_tokens, message, new_account, now_ms, register, send};
 
 /// The schema version this build writes.
-const CURRENT_VERSION: i64 = 2;
+const CURRENT_VERSION: i64 = 3;
 
 /// The `PRAGMA user_version` of the database file.
 fn schema_version(conn: &rusqlite::Connection) -> i64 {
@@ -525,50 +525,122 @@ async fn contacts_and_tokens_survive_close_and_reopen() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_version_1_database_is_migrated_with_its_data() {
+/// Turns a current database back into what version 2 wrote, with the same
+/// data: per-row acks under the partial index, ids from AUTOINCREMENT (its
+/// `sqlite_sequence` row at the highest id ever handed out), no counters.
+fn downgrade_to_version_2(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE messages_v2 (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             recipient INTEGER NOT NULL,
+             seq INTEGER NOT NULL,
+             sender INTEGER NOT NULL,
+             sender_name TEXT NOT NULL,
+             client_msg_id TEXT NOT NULL,
+             body TEXT NOT NULL,
+             timestamp_ms INTEGER NOT NULL,
+             acked INTEGER NOT NULL DEFAULT 0,
+             UNIQUE (recipient, seq)
+         );
+         INSERT INTO messages_v2
+             SELECT m.id, m.recipient, m.seq, m.sender, m.sender_name, m.client_msg_id, m.body,
+                    m.timestamp_ms, m.acked OR m.seq <= a.acked_through
+             FROM messages AS m JOIN accounts AS a ON a.id = m.recipient;
+         UPDATE sqlite_sequence SET seq = (SELECT value FROM counters WHERE name = 'message_id')
+             WHERE name = 'messages_v2';
+         DROP TABLE messages;
+         ALTER TABLE messages_v2 RENAME TO messages;
+         CREATE INDEX messages_unacked ON messages (recipient, seq) WHERE acked = 0;
+         DROP TABLE counters;
+         ALTER TABLE accounts DROP COLUMN acked_through;
+         ALTER TABLE accounts DROP COLUMN unread;
+         PRAGMA user_version = 2;
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(schema_version(conn), 2);
+}
+
+/// A database of an older version keeps its data through the migrations:
+/// accounts, messages with what was acked, idempotency keys, and counters
+/// that carry on (a deleted message's id is not handed out again).
+async fn migrates_with_its_data(from: i64) {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(dir.path());
     let store = open(&dir, SqliteOptions::default());
     let alice = register(&store, "Alice").await;
     let bob = register(&store, "bob").await;
     let m1 = send(&store, &alice, "bob", "m1", "one").await.message;
+    let m2 = send(&store, &alice, "bob", "m2", "two").await.message;
+    let m3 = send(&store, &alice, "bob", "m3", "three").await.message;
+    let m4 = send(&store, &alice, "bob", "m4", "four").await.message;
     send(&store, &bob, "alice", "b1", "back").await;
+    let range = AckRange {
+        up_to: Seq(1),
+        seqs: vec![Seq(3)],
+    };
+    assert_eq!(store.ack(bob.id, range).await.unwrap().0, 2);
+    // The highest id ever handed out goes.
+    assert_eq!(store.delete_messages(bob.id, vec![m4.id]).await, Ok(vec![m4.id]));
     store.close().await.unwrap();
-    // Turn it into what version 1 wrote: the same tables minus the ones
-    // migration 2 adds (their indexes go with them).
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         assert_eq!(schema_version(&conn), CURRENT_VERSION);
-        conn.execute_batch(
-            "BEGIN;
-             DROP TABLE contacts;
-             DROP TABLE resume_tokens;
-             PRAGMA user_version = 1;
-             COMMIT;",
-        )
-        .unwrap();
-        assert_eq!(tables(&conn), vec!["accounts", "messages", "sent_ids"]);
-        assert_eq!(schema_version(&conn), 1);
+        downgrade_to_version_2(&conn);
+        if from == 1 {
+            // Version 1 had neither contacts nor resume tokens.
+            conn.execute_batch(
+                "BEGIN;
+                 DROP TABLE contacts;
+                 DROP TABLE resume_tokens;
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+            .unwrap();
+            assert_eq!(tables(&conn), vec!["accounts", "messages", "sent_ids"]);
+        }
+        assert_eq!(schema_version(&conn), from);
     }
 
     let store = open(&dir, SqliteOptions::default());
-    // The old data is all there.
+    // The old data is all there, acks included.
     assert_eq!(store.find_account("alice").await.unwrap(), Some(alice.clone()));
+    let acked = |m: &std::sync::Arc<parley_core::store::StoredMessage>| {
+        let mut m = (**m).clone();
+        m.acked = true;
+        m
+    };
     assert_eq!(
         store.fetch(bob.id, Seq(0), 10, true).await.unwrap(),
-        vec![(*m1).clone()]
+        vec![acked(&m1), (*m2).clone(), acked(&m3)]
     );
-    assert!(
-        store
-            .append(message(&alice, "bob", "m1", "one"))
-            .await
-            .unwrap()
-            .duplicate
+    assert_eq!(
+        store.fetch(bob.id, Seq(0), 10, false).await.unwrap(),
+        vec![(*m2).clone()]
     );
-    assert_eq!(send(&store, &alice, "bob", "m2", "two").await.message.seq, Seq(2));
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(4),
+            unread: 1
+        })
+    );
+    let retry = store.append(message(&alice, "bob", "m1", "one")).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(*retry.message, acked(&m1));
+    // Seqs, message ids and user ids carry on.
+    let m5 = send(&store, &alice, "bob", "m5", "five").await.message;
+    assert_eq!((m5.seq, m5.id.0), (Seq(5), m4.id.0 + 2));
     assert!(register(&store, "carol").await.id > bob.id);
-    // The new tables work.
+    assert_eq!(store.mailbox_state(bob.id).await.unwrap().unread, 2);
+    // Acks work on the migrated mailbox.
+    let range = AckRange {
+        up_to: Seq(5),
+        seqs: vec![],
+    };
+    assert_eq!(store.ack(bob.id, range).await.unwrap().0, 2);
+    // The tables version 2 added work.
     store.add_contact(alice.id, "bob", 10).await.unwrap();
     create_token(&store, &alice, 1, now_ms() + HOUR_MS, 3).await;
     store.close().await.unwrap();
@@ -577,7 +649,14 @@ async fn a_version_1_database_is_migrated_with_its_data() {
         assert_eq!(schema_version(&conn), CURRENT_VERSION);
         assert_eq!(
             tables(&conn),
-            vec!["accounts", "contacts", "messages", "resume_tokens", "sent_ids"]
+            vec![
+                "accounts",
+                "contacts",
+                "counters",
+                "messages",
+                "resume_tokens",
+                "sent_ids"
+            ]
         );
     }
 
@@ -585,5 +664,16 @@ async fn a_version_1_database_is_migrated_with_its_data() {
     let store = open(&dir, SqliteOptions::default());
     assert_eq!(store.list_contacts(alice.id).await.unwrap().len(), 1);
     assert_eq!(store.resume(hash(1), 0).await, Ok(Some(alice)));
+    assert_eq!(store.mailbox_state(bob.id).await.unwrap().unread, 0);
     store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_with_its_data() {
+    migrates_with_its_data(1).await;
+}
+
+#[tokio::test]
+async fn a_version_2_database_is_migrated_with_its_data() {
+    migrates_with_its_data(2).await;
 }

@@ -209,7 +209,7 @@ impl Op {
     }
 
     /// Whether the operation is an append, the one kind that may run with
-    /// mailbox seqs not yet written back (see [`PendingSeqs`]).
+    /// mailbox seqs not yet written back (see [`PendingAppends`]).
     pub(super) fn is_append(&self) -> bool {
         matches!(self, Op::Append { .. })
     }
@@ -218,7 +218,7 @@ impl Op {
     pub(super) fn execute(
         self,
         conn: &Connection,
-        seqs: &mut PendingSeqs,
+        pending: &mut PendingAppends,
         statements: &mut AppendStatements<'_>,
     ) -> Box<dyn Outcome> {
         match self {
@@ -231,7 +231,7 @@ impl Op {
                 limit,
                 reply,
             } => answer(reply, list_accounts(conn, &pattern, &after, limit)),
-            Op::Append { message, reply } => answer(reply, append(conn, message, seqs, statements)),
+            Op::Append { message, reply } => answer(reply, append(conn, message, pending, statements)),
             Op::Fetch {
                 user,
                 after,
@@ -317,12 +317,14 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     })
 }
 
-/// `SELECT` of the columns [`message_from_row`] reads, in its order; a macro
-/// so that whole statements can be built with `concat!` at compile time.
+/// `SELECT` of the columns [`message_from_row`] reads, in its order, with
+/// `?1` the mailbox's `acked_through` (a message at or below it is acked
+/// whatever its column says); a macro so that whole statements can be built
+/// with `concat!` at compile time.
 macro_rules! select_message {
     () => {
-        "SELECT id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms, acked \
-         FROM messages "
+        "SELECT id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms, \
+         acked OR seq <= ?1 FROM messages "
     };
 }
 
@@ -463,48 +465,123 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
     })
 }
 
-/// Mailbox seqs assigned by appends in the current transaction and not yet
-/// written to `accounts.last_seq`. A run of appends to a few mailboxes — the
-/// common batch — then updates each account row once instead of once per
-/// message. The writer writes them back before any other kind of operation
-/// runs and before COMMIT; a failed batch drops them with itself, so every
-/// other operation and every committed state see exact values.
+/// What the current transaction's appends keep in the writer instead of
+/// writing at once. A run of appends to a few mailboxes — the common batch —
+/// then reads and updates each account row once instead of once per message,
+/// and reads the message id counter once per transaction.
+///
+/// The writer writes it back before any other kind of operation runs and
+/// before COMMIT, so every other operation and every committed state see
+/// exact values; the mailboxes are forgotten then, so an account deleted or
+/// created by a later operation is looked up afresh. A failed batch drops it
+/// with itself. Nothing outlives the transaction, which holds SQLite's write
+/// lock: no other connection (another worker during a reload) can change
+/// what it caches.
 #[derive(Debug, Default)]
-pub(super) struct PendingSeqs {
-    /// Account id to its last assigned seq.
-    last: HashMap<u64, u64>,
+pub(super) struct PendingAppends {
+    /// The current run's recipients, by name key.
+    mailboxes: HashMap<String, PendingMailbox>,
+    /// The last message id handed out in this transaction, once read.
+    last_id: Option<u64>,
+    /// Whether `counters.message_id` is behind `last_id`.
+    id_unwritten: bool,
 }
 
-impl PendingSeqs {
-    /// Writes every pending seq back to its account row.
+/// A recipient of the current run of appends.
+#[derive(Debug)]
+struct PendingMailbox {
+    /// Its account id.
+    id: u64,
+    /// The last seq assigned, stored or not.
+    last_seq: u64,
+    /// Messages appended and not yet counted in the account row.
+    appended: u64,
+}
+
+impl PendingAppends {
+    /// Writes every pending count back to its row.
     pub(super) fn write_back(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        if self.last.is_empty() {
-            return Ok(());
+        if !self.mailboxes.is_empty() {
+            let mut update =
+                conn.prepare_cached("UPDATE accounts SET last_seq = ?2, unread = unread + ?3 WHERE id = ?1")?;
+            for mailbox in self.mailboxes.values().filter(|mailbox| mailbox.appended > 0) {
+                update.execute(params![mailbox.id, mailbox.last_seq, mailbox.appended])?;
+            }
+            self.mailboxes.clear();
         }
-        let mut update = conn.prepare_cached("UPDATE accounts SET last_seq = ?2 WHERE id = ?1")?;
-        for (&id, &seq) in &self.last {
-            update.execute(params![id, seq])?;
+        if self.id_unwritten
+            && let Some(last_id) = self.last_id
+        {
+            conn.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'message_id'")?
+                .execute([last_id])?;
+            self.id_unwritten = false;
         }
-        self.last.clear();
         Ok(())
+    }
+
+    /// The recipient's account id and last seq, or `None` if no account has
+    /// the key.
+    fn recipient(&mut self, key: &str, lookup: &mut Statement<'_>) -> rusqlite::Result<Option<(u64, u64)>> {
+        if let Some(mailbox) = self.mailboxes.get(key) {
+            return Ok(Some((mailbox.id, mailbox.last_seq)));
+        }
+        let found = lookup
+            .query_row([key], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?)))
+            .optional()?;
+        if let Some((id, last_seq)) = found {
+            let mailbox = PendingMailbox {
+                id,
+                last_seq,
+                appended: 0,
+            };
+            self.mailboxes.insert(key.to_owned(), mailbox);
+        }
+        Ok(found)
+    }
+
+    /// The id the next message gets (not yet taken).
+    fn next_id(&mut self, counter: &mut Statement<'_>) -> OpResult<u64> {
+        let last = match self.last_id {
+            Some(last) => last,
+            None => {
+                let last = counter.query_row([], |row| row.get::<_, u64>(0))?;
+                *self.last_id.insert(last)
+            }
+        };
+        Ok(last
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Backend("message id overflow".into()))?)
+    }
+
+    /// Takes `id` and `seq` for a message to the recipient `key`, which
+    /// [`PendingAppends::recipient`] found.
+    fn appended(&mut self, key: &str, seq: u64, id: u64) {
+        if let Some(mailbox) = self.mailboxes.get_mut(key) {
+            mailbox.last_seq = seq;
+            mailbox.appended += 1;
+        }
+        self.last_id = Some(id);
+        self.id_unwritten = true;
     }
 }
 
-/// The four statements of an append, prepared once for the writer's
-/// lifetime. Through `prepare_cached` each append hashed the text of four
-/// statements to find them and put each back in the cache's LRU list
-/// afterwards: 14% of an append's time and 8% of the writer's, in a relay
-/// profile (docs/BENCHMARKS.md). SQLite re-prepares a statement by itself
-/// if the schema changes under it.
+/// The statements of an append, prepared once for the writer's lifetime.
+/// Through `prepare_cached` each append hashed the text of four statements
+/// to find them and put each back in the cache's LRU list afterwards: 14% of
+/// an append's time and 8% of the writer's, in a relay profile
+/// (docs/BENCHMARKS.md). SQLite re-prepares a statement by itself if the
+/// schema changes under it.
 pub(super) struct AppendStatements<'c> {
     /// The idempotency record of (sender, client_msg_id).
     sent: Statement<'c>,
     /// The recipient's id and stored `last_seq`.
     recipient: Statement<'c>,
+    /// The last message id handed out.
+    last_id: Statement<'c>,
+    /// The idempotency record written, unless there is one.
+    record: Statement<'c>,
     /// The message row.
     insert: Statement<'c>,
-    /// The idempotency record written.
-    record: Statement<'c>,
 }
 
 impl<'c> AppendStatements<'c> {
@@ -515,80 +592,56 @@ impl<'c> AppendStatements<'c> {
                  WHERE sender = ?1 AND client_msg_id = ?2",
             )?,
             recipient: conn.prepare("SELECT id, last_seq FROM accounts WHERE name_key = ?1")?,
-            insert: conn.prepare(
-                "INSERT INTO messages (recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?,
+            last_id: conn.prepare("SELECT value FROM counters WHERE name = 'message_id'")?,
             record: conn.prepare(
                 "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (sender, client_msg_id) DO NOTHING",
+            )?,
+            insert: conn.prepare(
+                "INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?,
         })
     }
 }
 
+/// Stores a message: its idempotency record first, whose conflict is the
+/// duplicate check (one b-tree descent instead of a lookup and an insert),
+/// then the row, with the id and seq [`PendingAppends`] hands out.
 fn append(
     conn: &Connection,
     new: NewMessage,
-    seqs: &mut PendingSeqs,
+    pending: &mut PendingAppends,
     statements: &mut AppendStatements<'_>,
 ) -> OpResult<Appended> {
     let sender = clamp(new.sender.0);
     let timestamp_ms = clamp(new.timestamp_ms);
-
-    // Idempotency comes first: a retry gets the original answer whatever
-    // happened to the recipient since.
-    let record = statements
-        .sent
-        .query_row(params![sender, new.client_msg_id], |row| {
-            Ok((
-                row.get::<_, u64>(0)?,
-                row.get::<_, u64>(1)?,
-                row.get::<_, u64>(2)?,
-                row.get::<_, u64>(3)?,
-            ))
-        })
-        .optional()?;
-    if let Some((message_id, recipient, seq, original_ms)) = record {
-        let mut original = conn.prepare_cached(concat!(select_message!(), "WHERE id = ?1"))?;
-        let message = match original.query_row([message_id], message_from_row).optional()? {
-            Some(message) => message,
-            // The recipient deleted it: rebuild the answer from the record.
-            None => StoredMessage {
-                id: MessageId(message_id),
-                recipient: UserId(recipient),
-                seq: Seq(seq),
-                sender: UserId(sender),
-                sender_name: new.sender_name,
-                client_msg_id: new.client_msg_id,
-                body: new.body,
-                timestamp_ms: original_ms,
-                acked: false,
-            },
+    let Some((recipient, last_seq)) = pending.recipient(&new.recipient_key, &mut statements.recipient)? else {
+        // A retry gets the original answer even if the recipient is gone.
+        return match original(conn, new, statements)? {
+            Some(appended) => Ok(appended),
+            None => Err(StoreError::NoSuchUser.into()),
         };
-        return Ok(Appended {
-            message: Arc::new(message),
-            duplicate: true,
-        });
-    }
-
-    // No RETURNING clauses on this path: SQLite collects RETURNING rows in
-    // a temporary b-tree per statement, which cost more than the separate
-    // read and `last_insert_rowid`.
-    let Some((recipient, last_seq)) = statements
-        .recipient
-        .query_row([&new.recipient_key], |row| {
-            Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?))
-        })
-        .optional()?
-    else {
-        return Err(StoreError::NoSuchUser.into());
     };
-    let last_seq = seqs.last.get(&recipient).copied().unwrap_or(last_seq);
     let seq = last_seq
         .checked_add(1)
         .ok_or_else(|| StoreError::Backend("mailbox seq overflow".into()))?;
+    let message_id = pending.next_id(&mut statements.last_id)?;
+    let recorded = statements.record.execute(params![
+        sender,
+        new.client_msg_id,
+        message_id,
+        recipient,
+        seq,
+        timestamp_ms
+    ])?;
+    if recorded == 0 {
+        return original(conn, new, statements)?
+            .ok_or_else(|| StoreError::Backend("idempotency record vanished".into()).into());
+    }
     statements.insert.execute(params![
+        message_id,
         recipient,
         seq,
         sender,
@@ -597,17 +650,7 @@ fn append(
         new.body,
         timestamp_ms
     ])?;
-    let message_id =
-        u64::try_from(conn.last_insert_rowid()).map_err(|_| StoreError::Backend("negative message id".into()))?;
-    seqs.last.insert(recipient, seq);
-    statements.record.execute(params![
-        sender,
-        new.client_msg_id,
-        message_id,
-        recipient,
-        seq,
-        timestamp_ms
-    ])?;
+    pending.appended(&new.recipient_key, seq, message_id);
     let message = StoredMessage {
         id: MessageId(message_id),
         recipient: UserId(recipient),
@@ -625,86 +668,187 @@ fn append(
     })
 }
 
-fn fetch(conn: &Connection, user: UserId, after: Seq, limit: u32, include_acked: bool) -> OpResult<Vec<StoredMessage>> {
-    let Some(recipient) = exact_sql(user.0) else {
-        return Ok(Vec::new());
+/// The answer to a retried append, if the sender's client_msg_id is
+/// recorded: the message as stored, or rebuilt from the record when the
+/// recipient deleted it.
+fn original(conn: &Connection, new: NewMessage, statements: &mut AppendStatements<'_>) -> OpResult<Option<Appended>> {
+    let sender = clamp(new.sender.0);
+    let record = statements
+        .sent
+        .query_row(params![sender, new.client_msg_id], |row| {
+            Ok((
+                row.get::<_, u64>(0)?,
+                row.get::<_, u64>(1)?,
+                row.get::<_, u64>(2)?,
+                row.get::<_, u64>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((message_id, recipient, seq, original_ms)) = record else {
+        return Ok(None);
     };
-    let after = saturating_sql(after.0);
-    // Two statements rather than `(?4 OR acked = 0)`, so that the unread
-    // case can use the partial index.
-    let sql = if include_acked {
-        concat!(
-            select_message!(),
-            "WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-        )
-    } else {
-        concat!(
-            select_message!(),
-            "WHERE recipient = ?1 AND seq > ?2 AND acked = 0 ORDER BY seq LIMIT ?3"
-        )
+    let stored = match mailbox_row(conn, recipient)? {
+        Some(mailbox) => {
+            let mut stmt = conn.prepare_cached(concat!(select_message!(), "WHERE id = ?2"))?;
+            stmt.query_row(params![mailbox.acked_through, message_id], message_from_row)
+                .optional()?
+        }
+        None => None,
     };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let messages = stmt
-        .query_map(params![recipient, after, limit], message_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(messages)
+    let message = stored.unwrap_or(StoredMessage {
+        id: MessageId(message_id),
+        recipient: UserId(recipient),
+        seq: Seq(seq),
+        sender: UserId(sender),
+        sender_name: new.sender_name,
+        client_msg_id: new.client_msg_id,
+        body: new.body,
+        timestamp_ms: original_ms,
+        acked: false,
+    });
+    Ok(Some(Appended {
+        message: Arc::new(message),
+        duplicate: true,
+    }))
 }
 
+/// A mailbox's counters, from its account row.
+#[derive(Debug)]
+struct MailboxRow {
+    last_seq: u64,
+    acked_through: u64,
+    unread: u64,
+}
+
+/// The counters of the mailbox of account `id`, or `None` if there is no
+/// such account.
+fn mailbox_row(conn: &Connection, id: u64) -> OpResult<Option<MailboxRow>> {
+    let Some(id) = exact_sql(id) else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached("SELECT last_seq, acked_through, unread FROM accounts WHERE id = ?1")?;
+    let row = stmt
+        .query_row([id], |row| {
+            Ok(MailboxRow {
+                last_seq: row.get(0)?,
+                acked_through: row.get(1)?,
+                unread: row.get(2)?,
+            })
+        })
+        .optional()?;
+    Ok(row)
+}
+
+fn fetch(conn: &Connection, user: UserId, after: Seq, limit: u32, include_acked: bool) -> OpResult<Vec<StoredMessage>> {
+    let Some(mailbox) = mailbox_row(conn, user.0)? else {
+        return Ok(Vec::new());
+    };
+    let recipient = user.0;
+    let watermark = mailbox.acked_through;
+    let mut stmt;
+    let rows = if include_acked {
+        stmt = conn.prepare_cached(concat!(
+            select_message!(),
+            "WHERE recipient = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+        ))?;
+        stmt.query_map(
+            params![watermark, recipient, saturating_sql(after.0), limit],
+            message_from_row,
+        )?
+    } else {
+        // Nothing at or below the watermark is unread.
+        stmt = conn.prepare_cached(concat!(
+            select_message!(),
+            "WHERE recipient = ?2 AND seq > ?3 AND acked = 0 ORDER BY seq LIMIT ?4"
+        ))?;
+        let after = saturating_sql(after.0.max(watermark));
+        stmt.query_map(params![watermark, recipient, after, limit], message_from_row)?
+    };
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Acks up to a seq by moving the mailbox's watermark, counting the unread
+/// messages it passes (no row is rewritten), and single seqs above it by
+/// their `acked` column.
 fn ack(conn: &Connection, user: UserId, range: AckRange) -> OpResult<(u64, MailboxState)> {
-    let Some(recipient) = exact_sql(user.0) else {
+    let Some(mut mailbox) = mailbox_row(conn, user.0)? else {
         return Err(StoreError::NoSuchUser.into());
     };
-    if !account_exists(conn, user)? {
-        return Err(StoreError::NoSuchUser.into());
-    }
-    let mut newly = 0usize;
-    if range.up_to.0 > 0 {
-        let mut stmt =
-            conn.prepare_cached("UPDATE messages SET acked = 1 WHERE recipient = ?1 AND seq <= ?2 AND acked = 0")?;
-        newly += stmt.execute(params![recipient, saturating_sql(range.up_to.0)])?;
+    let recipient = user.0;
+    let mut newly = 0u64;
+    // Never past the last seq: messages stored later are not acked.
+    let up_to = range.up_to.0.min(mailbox.last_seq);
+    let watermark = mailbox.acked_through;
+    if up_to > watermark {
+        let mut passed = conn.prepare_cached(
+            "SELECT count(*) FROM messages WHERE recipient = ?1 AND seq > ?2 AND seq <= ?3 AND acked = 0",
+        )?;
+        newly += passed.query_row(params![recipient, watermark, up_to], |row| row.get::<_, u64>(0))?;
+        mailbox.acked_through = up_to;
     }
     let mut one =
         conn.prepare_cached("UPDATE messages SET acked = 1 WHERE recipient = ?1 AND seq = ?2 AND acked = 0")?;
-    // Seqs SQLite cannot hold cannot exist.
-    for seq in range.seqs.iter().filter_map(|seq| exact_sql(seq.0)) {
-        newly += one.execute(params![recipient, seq])?;
+    // Seqs at or below the watermark are acked already; seqs SQLite cannot
+    // hold cannot exist.
+    for seq in range.seqs.iter().filter(|seq| seq.0 > mailbox.acked_through) {
+        if let Some(seq) = exact_sql(seq.0) {
+            newly += u64::try_from(one.execute(params![recipient, seq])?).unwrap_or(u64::MAX);
+        }
     }
-    let state = mailbox_state(conn, user)?;
-    Ok((u64::try_from(newly).unwrap_or(u64::MAX), state))
+    if mailbox.acked_through != watermark || newly > 0 {
+        mailbox.unread = mailbox.unread.saturating_sub(newly);
+        conn.prepare_cached("UPDATE accounts SET acked_through = ?2, unread = ?3 WHERE id = ?1")?
+            .execute(params![recipient, mailbox.acked_through, mailbox.unread])?;
+    }
+    Ok((
+        newly,
+        MailboxState {
+            last_seq: Seq(mailbox.last_seq),
+            unread: mailbox.unread,
+        },
+    ))
 }
 
 fn delete_messages(conn: &Connection, user: UserId, ids: Vec<MessageId>) -> OpResult<Vec<MessageId>> {
-    let Some(recipient) = exact_sql(user.0) else {
+    let Some(mailbox) = mailbox_row(conn, user.0)? else {
         return Ok(Vec::new());
     };
-    let mut stmt = conn.prepare_cached("DELETE FROM messages WHERE id = ?1 AND recipient = ?2")?;
+    let recipient = user.0;
+    let mut stmt = conn.prepare_cached("DELETE FROM messages WHERE id = ?1 AND recipient = ?2 RETURNING seq, acked")?;
     let mut deleted = Vec::new();
+    let mut unread_deleted = 0u64;
     for id in ids {
         // An id SQLite cannot hold cannot exist; a repeated id finds its row
         // already gone, so each id is reported once.
         let Some(sql_id) = exact_sql(id.0) else {
             continue;
         };
-        if stmt.execute(params![sql_id, recipient])? > 0 {
+        let row = stmt
+            .query_row(params![sql_id, recipient], |row| {
+                Ok((row.get::<_, u64>(0)?, row.get::<_, bool>(1)?))
+            })
+            .optional()?;
+        if let Some((seq, acked)) = row {
+            if !acked && seq > mailbox.acked_through {
+                unread_deleted += 1;
+            }
             deleted.push(id);
         }
+    }
+    if unread_deleted > 0 {
+        conn.prepare_cached("UPDATE accounts SET unread = ?2 WHERE id = ?1")?
+            .execute(params![recipient, mailbox.unread.saturating_sub(unread_deleted)])?;
     }
     Ok(deleted)
 }
 
 fn mailbox_state(conn: &Connection, user: UserId) -> OpResult<MailboxState> {
-    let Some(id) = exact_sql(user.0) else {
+    let Some(mailbox) = mailbox_row(conn, user.0)? else {
         return Err(StoreError::NoSuchUser.into());
     };
-    let mut last = conn.prepare_cached("SELECT last_seq FROM accounts WHERE id = ?1")?;
-    let Some(last_seq) = last.query_row([id], |row| row.get::<_, u64>(0)).optional()? else {
-        return Err(StoreError::NoSuchUser.into());
-    };
-    let mut unread = conn.prepare_cached("SELECT count(*) FROM messages WHERE recipient = ?1 AND acked = 0")?;
-    let unread: u64 = unread.query_row([id], |row| row.get(0))?;
     Ok(MailboxState {
-        last_seq: Seq(last_seq),
-        unread,
+        last_seq: Seq(mailbox.last_seq),
+        unread: mailbox.unread,
     })
 }
 

@@ -15,7 +15,7 @@ use rusqlite::Connection;
 
 use super::Shared;
 use super::checkpoint::Checkpointer;
-use super::ops::{AppendStatements, Op, Outcome, PendingSeqs};
+use super::ops::{AppendStatements, Op, Outcome, PendingAppends};
 
 /// Answers waiting `close` callers even if the thread ends abnormally, so
 /// that nobody waits forever.
@@ -100,15 +100,15 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements
         return;
     }
 
-    // Seqs the batch's appends assigned and did not write back yet; dropped
+    // What the batch's appends assigned and did not write back yet; dropped
     // with the batch, so a rolled-back batch leaves none behind.
-    let seqs = &mut PendingSeqs::default();
+    let pending = &mut PendingAppends::default();
     let mut outcomes: Vec<Box<dyn Outcome>> = Vec::with_capacity(ops.len());
     // Set when the transaction is in an unknown state: nothing of the batch
     // may then be committed.
     let mut broken: Option<StoreError> = None;
     for op in ops.by_ref() {
-        match run_op(conn, op, seqs, statements) {
+        match run_op(conn, op, pending, statements) {
             Ok(outcome) => outcomes.push(outcome),
             Err((outcome, error)) => {
                 outcomes.extend(outcome);
@@ -120,7 +120,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements
 
     let failure = match broken {
         Some(error) => Some(error),
-        None => seqs
+        None => pending
             .write_back(conn)
             .and_then(|()| exec(conn, "COMMIT"))
             .err()
@@ -163,23 +163,23 @@ type Broken = (Option<Box<dyn Outcome>>, StoreError);
 fn run_op(
     conn: &Connection,
     op: Op,
-    seqs: &mut PendingSeqs,
+    pending: &mut PendingAppends,
     statements: &mut AppendStatements<'_>,
 ) -> Result<Box<dyn Outcome>, Broken> {
     let backend = |error: rusqlite::Error| StoreError::Backend(error.to_string());
     // Anything but an append sees exact `last_seq` values.
     if !op.is_append()
-        && let Err(error) = seqs.write_back(conn)
+        && let Err(error) = pending.write_back(conn)
     {
         let error = backend(error);
         op.fail(error.clone());
         return Err((None, error));
     }
     if !op.writes() {
-        return Ok(op.execute(conn, seqs, statements));
+        return Ok(op.execute(conn, pending, statements));
     }
     if op.fails_before_writing() {
-        let outcome = op.execute(conn, seqs, statements);
+        let outcome = op.execute(conn, pending, statements);
         return match outcome.backend_error() {
             Some(error) => Err((Some(outcome), error)),
             None => Ok(outcome),
@@ -190,7 +190,7 @@ fn run_op(
         op.fail(error.clone());
         return Err((None, error));
     }
-    let outcome = op.execute(conn, seqs, statements);
+    let outcome = op.execute(conn, pending, statements);
     let end = if outcome.failed() {
         exec(conn, "ROLLBACK TO op").and_then(|()| exec(conn, "RELEASE op"))
     } else {
