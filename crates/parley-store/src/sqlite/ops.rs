@@ -651,21 +651,25 @@ fn append(
         timestamp_ms
     ])?;
     pending.appended(&new.recipient_key, seq, message_id);
-    let message = StoredMessage {
-        id: MessageId(message_id),
+    Ok(Appended {
+        message: Arc::new(unacked(new, message_id, recipient, seq, timestamp_ms)),
+        duplicate: false,
+    })
+}
+
+/// `new` as stored with these id, recipient, seq and timestamp, not acked.
+fn unacked(new: NewMessage, id: u64, recipient: u64, seq: u64, timestamp_ms: u64) -> StoredMessage {
+    StoredMessage {
+        id: MessageId(id),
         recipient: UserId(recipient),
         seq: Seq(seq),
-        sender: UserId(sender),
+        sender: UserId(clamp(new.sender.0)),
         sender_name: new.sender_name,
         client_msg_id: new.client_msg_id,
         body: new.body,
         timestamp_ms,
         acked: false,
-    };
-    Ok(Appended {
-        message: Arc::new(message),
-        duplicate: false,
-    })
+    }
 }
 
 /// The answer to a retried append, if the sender's client_msg_id is
@@ -695,17 +699,10 @@ fn original(conn: &Connection, new: NewMessage, statements: &mut AppendStatement
         }
         None => None,
     };
-    let message = stored.unwrap_or(StoredMessage {
-        id: MessageId(message_id),
-        recipient: UserId(recipient),
-        seq: Seq(seq),
-        sender: UserId(sender),
-        sender_name: new.sender_name,
-        client_msg_id: new.client_msg_id,
-        body: new.body,
-        timestamp_ms: original_ms,
-        acked: false,
-    });
+    let message = match stored {
+        Some(message) => message,
+        None => unacked(new, message_id, recipient, seq, original_ms),
+    };
     Ok(Some(Appended {
         message: Arc::new(message),
         duplicate: true,
