@@ -177,6 +177,51 @@ async fn seqs_assigned_in_a_batch_are_exact_for_everything_after_them() {
     store.close().await.unwrap();
 }
 
+/// Appends in one batch find each recipient once; an account deleted and
+/// created again under the same name between them, in the same batch, is
+/// the new account for the appends after it, and unread counts and message
+/// ids come out exact.
+#[tokio::test]
+async fn a_recipient_replaced_within_a_batch_gets_the_appends_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    let old_bob = register(&store, "bob").await;
+    // Queued without awaiting, so they share batches.
+    let before: Vec<_> = (0..3)
+        .map(|n| store.append(message(&alice, "bob", &format!("a{n}"), "x")))
+        .collect();
+    let deleted = store.delete_account(old_bob.id);
+    let created = store.create_account(new_account("bob"));
+    let after: Vec<_> = (3..5)
+        .map(|n| store.append(message(&alice, "bob", &format!("a{n}"), "x")))
+        .collect();
+    let mut ids = Vec::new();
+    for reply in before {
+        let message = reply.await.unwrap().message;
+        assert_eq!(message.recipient, old_bob.id);
+        ids.push(message.id);
+    }
+    deleted.await.unwrap();
+    let new_bob = created.await.unwrap();
+    assert_ne!(new_bob.id, old_bob.id);
+    for (n, reply) in after.into_iter().enumerate() {
+        let message = reply.await.unwrap().message;
+        assert_eq!((message.recipient, message.seq), (new_bob.id, Seq(n as u64 + 1)));
+        ids.push(message.id);
+    }
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "ids rise: {ids:?}");
+    assert_eq!(
+        store.mailbox_state(new_bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(2),
+            unread: 2
+        })
+    );
+    assert_eq!(store.mailbox_state(old_bob.id).await, Err(StoreError::NoSuchUser));
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_failing_op_does_not_spoil_its_batch() {
     let dir = tempfile::tempdir().unwrap();
