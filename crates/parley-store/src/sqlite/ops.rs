@@ -740,27 +740,30 @@ fn fetch(conn: &Connection, user: UserId, after: Seq, limit: u32, include_acked:
     let Some(mailbox) = mailbox_row(conn, user.0)? else {
         return Ok(Vec::new());
     };
-    let recipient = user.0;
     let watermark = mailbox.acked_through;
-    let mut stmt;
-    let rows = if include_acked {
-        stmt = conn.prepare_cached(concat!(
-            select_message!(),
-            "WHERE recipient = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
-        ))?;
-        stmt.query_map(
-            params![watermark, recipient, saturating_sql(after.0), limit],
-            message_from_row,
-        )?
+    let (sql, after) = if include_acked {
+        (
+            concat!(
+                select_message!(),
+                "WHERE recipient = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+            ),
+            after.0,
+        )
     } else {
         // Nothing at or below the watermark is unread.
-        stmt = conn.prepare_cached(concat!(
-            select_message!(),
-            "WHERE recipient = ?2 AND seq > ?3 AND acked = 0 ORDER BY seq LIMIT ?4"
-        ))?;
-        let after = saturating_sql(after.0.max(watermark));
-        stmt.query_map(params![watermark, recipient, after, limit], message_from_row)?
+        (
+            concat!(
+                select_message!(),
+                "WHERE recipient = ?2 AND seq > ?3 AND acked = 0 ORDER BY seq LIMIT ?4"
+            ),
+            after.0.max(watermark),
+        )
     };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(
+        params![watermark, user.0, saturating_sql(after), limit],
+        message_from_row,
+    )?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
