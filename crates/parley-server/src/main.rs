@@ -90,6 +90,7 @@ enum CtlAction {
 }
 
 fn main() -> ExitCode {
+    refuse_transparent_huge_pages();
     if worker::is_worker() {
         // SAFETY: called first, before any descriptor is opened or closed,
         // as `init_inherited_fds` requires; it only records which
@@ -156,6 +157,28 @@ fn main() -> ExitCode {
             eprintln!("parleyd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process, before it allocates
+/// more than the runtime's first few blocks; the worker inherits the flag
+/// through fork and exec, and sets it again itself.
+///
+/// mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), so every
+/// fault on a fresh part of the heap made the kernel zero 2 MiB at once. The
+/// memory store grows by every message, and at half of relay's maximum rate
+/// zeroing pages (`clear_page_erms`) took a third of parleyd's CPU: the server
+/// went from 78-94% of a core to 58-70% without it, and relay's p99 at that
+/// rate from 3.0-9.6x NATS's to 1.4-1.8x (docs/BENCHMARKS.md). An operator who
+/// wants huge pages back sets mimalloc's own switch, `MIMALLOC_ALLOW_THP=1`;
+/// `MIMALLOC_ALLOW_THP=0` has mimalloc do the same as this.
+fn refuse_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none()
+        && let Err(errno) = nix::sys::prctl::set_thp_disable(true)
+    {
+        // Not fatal: huge pages only cost time. Logging is not set up yet.
+        eprintln!("parleyd: cannot turn transparent huge pages off: {errno}");
     }
 }
 

@@ -337,3 +337,32 @@ async fn perf_logs_record_every_request_and_the_summary_reads_them() {
     let old = run(&["20250101T000000Z-old000", "--json"]);
     assert!(old.contains("\"requests\":1"), "{old}");
 }
+
+/// `THP_enabled` of a process, from its status file: 0 when transparent huge
+/// pages are off for it.
+#[cfg(target_os = "linux")]
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"));
+    line.unwrap_or_else(|| panic!("no THP_enabled in\n{status}"))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn master_and_worker_run_without_transparent_huge_pages() {
+    let server = TestServer::start(Store::Memory);
+    assert_eq!(thp_enabled(server.master_pid()), "0");
+    assert_eq!(thp_enabled(server.pid()), "0");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn mimallocs_switch_keeps_transparent_huge_pages() {
+    let server = TestServer::start_with_env(Store::Memory, &[], &[("MIMALLOC_ALLOW_THP", "1")]);
+    assert_eq!(thp_enabled(server.master_pid()), "1");
+    assert_eq!(thp_enabled(server.pid()), "1");
+}
