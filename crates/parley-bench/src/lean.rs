@@ -105,6 +105,13 @@ pub struct SenderPlan {
     /// retry-after has passed, as the client library does; otherwise it is
     /// only counted.
     pub resend_busy: bool,
+    /// Paced, the shortest time between two writes: what falls due
+    /// meanwhile goes out together at the next one. Zero writes each send
+    /// when it falls due (a timer tick, about a millisecond, at the most).
+    pub write_tick: Duration,
+    /// Paced, record each send's lateness (`SenderLatency::late`); off
+    /// where nobody reports it, since it is a histogram entry per send.
+    pub lateness: bool,
 }
 
 /// A sender logged in on its own socket.
@@ -243,7 +250,7 @@ pub async fn sender(
                 }
                 encode(&mut out, seq)?;
                 tallies.sent.fetch_add(1, Ordering::Relaxed);
-                if paced {
+                if paced && plan.lateness {
                     late.record(now.saturating_duration_since(schedule.at(seq)));
                 }
                 seq += 1;
@@ -253,7 +260,7 @@ pub async fn sender(
                 out.clear();
             }
             let mut wake = match (sending, paced && !held_back) {
-                (true, true) => schedule.at(seq).min(plan.deadline),
+                (true, true) => schedule.at(seq).max(now + plan.write_tick).min(plan.deadline),
                 (true, false) => plan.deadline,
                 (false, _) => give_up,
             };

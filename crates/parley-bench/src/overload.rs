@@ -38,6 +38,8 @@ struct PhasePlan {
     rate: Option<f64>,
     duration: Duration,
     max_outstanding: usize,
+    /// See [`SenderPlan::write_tick`].
+    write_tick: Duration,
 }
 
 /// What one phase measured.
@@ -107,6 +109,9 @@ async fn run_phase(
                     max_outstanding: plan.max_outstanding.max(1),
                     overflow: Overflow::Shed,
                     resend_busy: false,
+                    write_tick: plan.write_tick,
+                    // The overload report has no lateness row.
+                    lateness: false,
                 },
                 Arc::clone(&tallies),
                 Some(Arc::clone(&admitted_per_second)),
@@ -173,6 +178,7 @@ pub async fn run(
                     rate: None,
                     duration: probe_secs,
                     max_outstanding: PROBE_WINDOW,
+                    write_tick: Duration::ZERO,
                 },
                 None,
                 "probe",
@@ -195,6 +201,7 @@ pub async fn run(
             rate: Some(offered),
             duration,
             max_outstanding: args.max_outstanding,
+            write_tick: common::secs(args.write_tick_ms / 1000.0, "--write-tick-ms (in milliseconds)")?,
         },
         server_pid,
         "overload",

@@ -357,6 +357,8 @@ pub async fn run_parley(server: &str, params: &RelayParams, server_pid: Option<u
                     max_outstanding: params.window,
                     overflow: Overflow::HoldBack,
                     resend_busy: true,
+                    write_tick: Duration::ZERO,
+                    lateness: true,
                 },
                 Arc::clone(&tallies),
                 // Relay counts deliveries per second, not Sent replies.
