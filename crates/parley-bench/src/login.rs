@@ -9,6 +9,7 @@
 //! closes it without logging out; on loopback the kernel reuses ports in
 //! TIME_WAIT (`net.ipv4.tcp_tw_reuse = 2`, the default).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use crate::procmon::{self, Monitor};
 use crate::progress::Progress;
 use crate::report::{Metrics, RunReport};
 use crate::stats::{self, Latency};
+use crate::wire;
 
 /// Results of one phase.
 struct Phase {
@@ -145,6 +147,11 @@ async fn scram_phase(
 }
 
 async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> anyhow::Result<Phase> {
+    let address: SocketAddr = tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("resolving {server}"))?
+        .next()
+        .with_context(|| format!("{server} has no address"))?;
     let done = Arc::new(AtomicU64::new(0));
     let _progress = progress("resume", duration, &done);
     let cpu_before = procmon::own_cpu_secs();
@@ -154,16 +161,22 @@ async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> a
         .iter()
         .map(|token| {
             let token = token.clone();
-            let server = server.to_owned();
             let done = Arc::clone(&done);
+            // On the bench's own socket (`wire.rs`), one task per client:
+            // the client library spends two more tasks and a channel on
+            // each connection, and here every login is a new connection.
             tokio::spawn(async move {
                 let mut tally = Tally::new()?;
                 while Instant::now() < deadline {
                     let begun = Instant::now();
-                    let client = match Client::connect(&server).await {
-                        Ok(client) => client,
+                    let connected = match wire::connect_from(address, None).await {
+                        Ok(stream) => wire::Handshake::start(stream).await,
+                        Err(e) => Err(e),
+                    };
+                    let mut handshake = match connected {
+                        Ok(handshake) => handshake,
                         Err(e) => {
-                            tally.error(format!("connect: {e}"));
+                            tally.error(format!("connect: {e:#}"));
                             // A refused connection comes back at once; pause
                             // so a failing server is not spun against.
                             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -171,17 +184,17 @@ async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> a
                         }
                     };
                     let requested = Instant::now();
-                    match client.resume(&token).await {
-                        Ok(_) => {
+                    match handshake.resume(&token).await {
+                        Ok(()) => {
                             tally.latency.record(requested.elapsed());
                             tally.with_connect.record(begun.elapsed());
                             done.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => tally.error(format!("resume: {e}")),
+                        Err(e) => tally.error(format!("resume: {e:#}")),
                     }
-                    // Dropping the client closes the connection without a
+                    // Dropping the socket closes the connection without a
                     // logout, so the token stays valid.
-                    drop(client);
+                    drop(handshake);
                 }
                 Ok(tally)
             })

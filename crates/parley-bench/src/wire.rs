@@ -6,7 +6,9 @@
 //! several 127.0.0.x addresses that do nothing once logged in, so it speaks
 //! just the login part of `docs/PROTOCOL.md` here: read Welcome, SCRAM
 //! (AuthStart → AuthChallenge → AuthContinue → AuthOk) or Resume, then
-//! nothing but keep-alive pings. Frames and SCRAM come from `parley_proto`
+//! nothing but keep-alive pings. The login scenario's resume phase uses it
+//! too: there every login is a new connection, and the library's tasks
+//! per connection cost more than the login. Frames and SCRAM come from `parley_proto`
 //! and `parley_core`, so nothing of the protocol is re-implemented.
 
 use std::net::{IpAddr, SocketAddr};
