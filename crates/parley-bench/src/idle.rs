@@ -283,11 +283,7 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &IdleArgs) -> anyh
         "--source-addrs must be 1 to 254"
     );
     let hold_for = common::secs(args.hold, "--hold")?;
-    let server_addr = tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("resolving {server}"))?
-        .next()
-        .with_context(|| format!("{server} has no address"))?;
+    let server_addr = wire::resolve(server).await?;
     let needed = args.connections.div_ceil(MAX_CONNECTIONS_PER_PROCESS);
     let processes = args.processes.unwrap_or(1).max(needed).min(args.connections);
     let prefix = common::run_prefix();

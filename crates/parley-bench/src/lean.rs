@@ -13,7 +13,6 @@
 //! of its sends, and relay's paced senders left up to a tenth of theirs more
 //! than 10 ms late (docs/BENCHMARKS.md).
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -126,11 +125,7 @@ pub struct LeanConnection {
 /// Logs each of `names` in on its own socket, a few at a time.
 pub async fn login_all(server: &str, names: &[String], password: &str) -> anyhow::Result<Vec<LeanConnection>> {
     use futures::StreamExt;
-    let address: SocketAddr = tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("resolving {server}"))?
-        .next()
-        .with_context(|| format!("{server} has no address"))?;
+    let address = wire::resolve(server).await?;
     let connections: Vec<anyhow::Result<LeanConnection>> = futures::stream::iter(names)
         .map(|name| async move {
             let stream = wire::connect_from(address, None).await?;

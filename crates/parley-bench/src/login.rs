@@ -9,7 +9,6 @@
 //! closes it without logging out; on loopback the kernel reuses ports in
 //! TIME_WAIT (`net.ipv4.tcp_tw_reuse = 2`, the default).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -147,11 +146,7 @@ async fn scram_phase(
 }
 
 async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> anyhow::Result<Phase> {
-    let address: SocketAddr = tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("resolving {server}"))?
-        .next()
-        .with_context(|| format!("{server} has no address"))?;
+    let address = wire::resolve(server).await?;
     let done = Arc::new(AtomicU64::new(0));
     let _progress = progress("resume", duration, &done);
     let cpu_before = procmon::own_cpu_secs();
@@ -169,11 +164,8 @@ async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> a
                 let mut tally = Tally::new()?;
                 while Instant::now() < deadline {
                     let begun = Instant::now();
-                    let connected = match wire::connect_from(address, None).await {
-                        Ok(stream) => wire::Handshake::start(stream).await,
-                        Err(e) => Err(e),
-                    };
-                    let mut handshake = match connected {
+                    let connected = async { wire::Handshake::start(wire::connect_from(address, None).await?).await };
+                    let mut handshake = match connected.await {
                         Ok(handshake) => handshake,
                         Err(e) => {
                             tally.error(format!("connect: {e:#}"));

@@ -25,6 +25,15 @@ use tokio::net::{TcpSocket, TcpStream};
 /// Largest frame accepted before the server has said its own limit.
 const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// The first address `server` (`host:port`) resolves to.
+pub async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("resolving {server}"))?
+        .next()
+        .with_context(|| format!("{server} has no address"))
+}
+
 /// Opens a TCP connection to `server`, from `source` when given.
 pub async fn connect_from(server: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
     let socket = if server.is_ipv4() {
