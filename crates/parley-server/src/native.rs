@@ -448,8 +448,15 @@ impl Connection {
     }
 
     /// No ack came in time: push the unacknowledged messages again and
-    /// wait twice as long next time.
+    /// wait twice as long next time. While output is still waiting to be
+    /// written the client has not read what it was given, so pushing it
+    /// again would only queue a second copy behind the first: wait another
+    /// round instead.
     fn on_ack_timeout(&mut self) {
+        if !self.output.is_empty() {
+            self.ack_deadline = Some(Instant::now() + self.ack_backoff);
+            return;
+        }
         self.ack_deadline = None;
         if let Some(session) = self.session.as_mut() {
             let count = session.redeliver();

@@ -178,6 +178,55 @@ both_stores!(
     unacked_pushes_are_pushed_again_until_acked
 );
 
+/// The ack timer does not re-push to a client that has not read what it
+/// was given: a second copy would only queue behind the first.
+#[tokio::test]
+async fn a_reader_that_has_not_read_its_pushes_is_not_pushed_them_again() {
+    const MESSAGES: u64 = 400;
+    let server = TestServer::start_with(
+        Store::Memory,
+        &[
+            "--ack-timeout-ms",
+            "200",
+            "--max-ack-backoff-ms",
+            "400",
+            "--max-unacked",
+            "1000",
+        ],
+    );
+    let alice = server.user("alice").await;
+    server.user("bob").await;
+    let mut bob = RawSession::login(&server.addr, "bob", "pw-bob").await;
+    bob.send(client_frame::Body::Subscribe(v1::Subscribe { after_seq: 0 }))
+        .await;
+    // Far more than the kernel's socket buffers hold: the server's own
+    // output stays backed up while Bob does not read.
+    let body = "x".repeat(60 * 1024);
+    for _ in 0..MESSAGES {
+        alice.send("bob", &body).await.unwrap();
+    }
+    // Several ack timeouts pass unread.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut next_seq = 1;
+    while next_seq <= MESSAGES {
+        let seqs = bob
+            .read_until(|f| match &f.body {
+                Some(server_frame::Body::Push(p)) => Some(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .await;
+        for seq in seqs {
+            assert_eq!(seq, next_seq, "each message once, in order");
+            next_seq += 1;
+        }
+        bob.send(client_frame::Body::Ack(v1::Ack {
+            up_to_seq: next_seq - 1,
+            seqs: vec![],
+        }))
+        .await;
+    }
+}
+
 async fn contacts_and_presence(store: Store) {
     let server = TestServer::start_with(store, &["--max-contacts", "2"]);
     let alice = server.user("alice").await;

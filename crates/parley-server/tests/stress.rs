@@ -120,7 +120,22 @@ async fn send_until_stopped(addr: &str, i: usize, stop: &AtomicBool) -> Vec<u64>
 async fn a_stalled_recipient_costs_bounded_memory() {
     const MESSAGES: usize = 6000;
     const BODY: usize = 8 * 1024;
-    let server = TestServer::start_with(Store::Sqlite, &["--session-queue", "256", "--max-unacked", "512"]);
+    // Bob acks nothing while he is stalled, and on a loaded machine the
+    // stall can outlast the default ack timeout. His unacked window (4 MiB)
+    // may sit whole in the kernel's socket buffers, where the server cannot
+    // see it unread and would push it again; re-pushes are reliability.rs's
+    // subject. A long timeout keeps this test about memory and order.
+    let server = TestServer::start_with(
+        Store::Sqlite,
+        &[
+            "--session-queue",
+            "256",
+            "--max-unacked",
+            "512",
+            "--ack-timeout-ms",
+            "120000",
+        ],
+    );
     let alice = Arc::new(server.user("alice").await);
     server.user("bob").await;
     let carol = server.user("carol").await;
