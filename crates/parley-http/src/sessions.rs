@@ -293,19 +293,22 @@ mod tests {
     #[tokio::test]
     async fn sessions_are_bounded_expire_when_idle_and_go_offline() {
         let service = service().await;
-        let sessions = HttpSessions::new(Duration::from_millis(50), 1);
+        // Both logins first: SCRAM on a loaded machine can take longer than
+        // the idle limit, which would expire the first session too early.
         let (pending, last) = login(&service).await;
         let (session, outcome) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
+        let (pending, last) = login(&service).await;
+        let (second, _) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
+        let idle = Duration::from_millis(300);
+        let sessions = HttpSessions::new(idle, 1);
         let token = sessions.insert(session).unwrap();
         assert!(service.hub().is_online(outcome.user));
         assert!(sessions.get(&token).is_some());
         // Full of a session in use: the next login is refused (and its
         // session dropped).
-        let (pending, last) = login(&service).await;
-        let (second, _) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
         assert!(sessions.insert(second).is_none());
         // Idle past the limit: gone, offline, and its place is free.
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(idle + idle / 2);
         assert!(sessions.get(&token).is_none());
         assert!(sessions.is_empty());
         assert!(!service.hub().is_online(outcome.user));
