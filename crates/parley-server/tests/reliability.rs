@@ -207,24 +207,7 @@ async fn a_reader_that_has_not_read_its_pushes_is_not_pushed_them_again() {
     }
     // Several ack timeouts pass unread.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut next_seq = 1;
-    while next_seq <= MESSAGES {
-        let seqs = bob
-            .read_until(|f| match &f.body {
-                Some(server_frame::Body::Push(p)) => Some(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>()),
-                _ => None,
-            })
-            .await;
-        for seq in seqs {
-            assert_eq!(seq, next_seq, "each message once, in order");
-            next_seq += 1;
-        }
-        bob.send(client_frame::Body::Ack(v1::Ack {
-            up_to_seq: next_seq - 1,
-            seqs: vec![],
-        }))
-        .await;
-    }
+    bob.take_all_in_order(MESSAGES).await;
 }
 
 async fn contacts_and_presence(store: Store) {

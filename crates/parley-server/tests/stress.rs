@@ -179,24 +179,7 @@ async fn a_stalled_recipient_costs_bounded_memory() {
         "server buffered the stalled recipient's traffic: +{growth} KiB"
     );
     // Bob reads again: every message arrives once, in order.
-    let mut next_seq = 1;
-    while next_seq <= MESSAGES as u64 {
-        let seqs = bob
-            .read_until(|f| match &f.body {
-                Some(server_frame::Body::Push(p)) => Some(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>()),
-                _ => None,
-            })
-            .await;
-        for seq in seqs {
-            assert_eq!(seq, next_seq, "in order, once");
-            next_seq += 1;
-        }
-        bob.send(client_frame::Body::Ack(v1::Ack {
-            up_to_seq: next_seq - 1,
-            seqs: vec![],
-        }))
-        .await;
-    }
+    bob.take_all_in_order(MESSAGES as u64).await;
 }
 
 /// Offered load far past capacity: BUSY replies appear at once, every

@@ -133,6 +133,30 @@ impl RawSession {
             }
         }
     }
+
+    /// Takes pushes and acks them until seqs 1 to `last` have arrived,
+    /// failing the test on any seq out of order or seen twice.
+    pub async fn take_all_in_order(&mut self, last: u64) {
+        use parley_proto::v1::{self, client_frame, server_frame};
+        let mut next_seq = 1;
+        while next_seq <= last {
+            let seqs = self
+                .read_until(|f| match &f.body {
+                    Some(server_frame::Body::Push(p)) => Some(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>()),
+                    _ => None,
+                })
+                .await;
+            for seq in seqs {
+                assert_eq!(seq, next_seq, "each message once, in order");
+                next_seq += 1;
+            }
+            self.send(client_frame::Body::Ack(v1::Ack {
+                up_to_seq: next_seq - 1,
+                seqs: vec![],
+            }))
+            .await;
+        }
+    }
 }
 
 /// The resident set size of a process, in KiB (Linux).
