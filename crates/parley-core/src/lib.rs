@@ -12,6 +12,7 @@
 //! on [`service::Service`] and [`service::Session`].
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod error;
 pub mod histogram;
 pub mod hub;

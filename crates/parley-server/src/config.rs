@@ -209,212 +209,141 @@ impl Settings {
     }
 }
 
-/// Raw values from flags and environment (clap fills both), before the file
-/// is merged in. Every field is a string so that parse errors are collected
-/// here rather than aborting at the first.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct SettingArgs {
-    /// TOML configuration file. Keys are the setting names below, with underscores.
-    #[arg(long, env = "PARLEY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Native protocol listen address [default: 127.0.0.1:7878]
-    #[arg(long, env = "PARLEY_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Data directory [default: ./parley-data]
-    #[arg(long, env = "PARLEY_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<String>,
-    /// Storage backend: sqlite or memory (nothing survives a restart) [default: sqlite]
-    #[arg(long, env = "PARLEY_STORE", value_name = "KIND")]
-    pub store: Option<String>,
-    /// Log filter, e.g. info, debug, parley_server=trace [default: info]
-    #[arg(long, env = "PARLEY_LOG_LEVEL", value_name = "FILTER")]
-    pub log_level: Option<String>,
-    /// Log format: human, json, or auto (human on a terminal, JSON otherwise) [default: human]
-    #[arg(long, env = "PARLEY_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Directory for parleyd.log and access.log, rotated daily; unset: stderr only [default: unset]
-    #[arg(long, env = "PARLEY_LOG_DIR", value_name = "DIR")]
-    pub log_dir: Option<String>,
-    /// Days rotated log files are kept, 0 to keep them all [default: 14]
-    #[arg(long, env = "PARLEY_LOG_RETENTION_DAYS", value_name = "DAYS")]
-    pub log_retention_days: Option<String>,
-    /// Serve Prometheus metrics at /metrics on the HTTP listener: true or false [default: true]
-    #[arg(long, env = "PARLEY_METRICS", value_name = "BOOL")]
-    pub metrics: Option<String>,
-    /// Time every request into PERF_DIR/RUN/PID.log: true or false [default: false]
-    #[arg(long, env = "PARLEY_PERF_LOG", value_name = "BOOL")]
-    pub perf_log: Option<String>,
-    /// Perf log directory [default: DATA_DIR/perf]
-    #[arg(long, env = "PARLEY_PERF_DIR", value_name = "DIR")]
-    pub perf_dir: Option<String>,
-    /// Most simultaneous connections [default: 10000]
-    #[arg(long, env = "PARLEY_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<String>,
-    /// Largest frame payload in bytes, 1024 to 16777216 [default: 262144]
-    #[arg(long, env = "PARLEY_MAX_FRAME_BYTES", value_name = "BYTES")]
-    pub max_frame_bytes: Option<String>,
-    /// Largest message body in bytes; must fit in a frame [default: 65536]
-    #[arg(long, env = "PARLEY_MAX_BODY_BYTES", value_name = "BYTES")]
-    pub max_body_bytes: Option<String>,
-    /// Seconds a connection may stay unauthenticated [default: 30]
-    #[arg(long, env = "PARLEY_AUTH_TIMEOUT_SECS", value_name = "SECS")]
-    pub auth_timeout_secs: Option<String>,
-    /// Seconds allowed for graceful shutdown [default: 10]
-    #[arg(long, env = "PARLEY_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
-    pub shutdown_grace_secs: Option<String>,
-    /// PBKDF2 iterations required of new registrations, at least 4096 [default: 4096]
-    #[arg(long, env = "PARLEY_SCRAM_ITERATIONS", value_name = "N")]
-    pub scram_iterations: Option<String>,
-    /// SCRAM mechanisms for new registrations, preferred first [default: SCRAM-SHA-256,SCRAM-SHA-512]
-    #[arg(long, env = "PARLEY_SCRAM_MECHANISMS", value_name = "LIST")]
-    pub scram_mechanisms: Option<String>,
-    /// SQLite durability: full (every acked message survives power loss), normal
-    /// (survives a crash of parleyd; the last commits may be lost on power loss), off [default: full]
-    #[arg(long, env = "PARLEY_SQLITE_SYNCHRONOUS", value_name = "MODE")]
-    pub sqlite_synchronous: Option<String>,
-    /// Storage operations queued for the writer before new work gets BUSY [default: 4096]
-    #[arg(long, env = "PARLEY_WRITE_QUEUE", value_name = "N")]
-    pub write_queue: Option<String>,
-    /// Most operations committed in one transaction (group commit) [default: 512]
-    #[arg(long, env = "PARLEY_MAX_BATCH", value_name = "N")]
-    pub max_batch: Option<String>,
-    /// Events queued per session before live pushes spill to storage [default: 1024]
-    #[arg(long, env = "PARLEY_SESSION_QUEUE", value_name = "N")]
-    pub session_queue: Option<String>,
-    /// Requests one connection may have in flight [default: 256]
-    #[arg(long, env = "PARLEY_PIPELINE_WINDOW", value_name = "N")]
-    pub pipeline_window: Option<String>,
-    /// Outbound bytes buffered per connection before it is paused [default: 262144]
-    #[arg(long, env = "PARLEY_OUTBOUND_BUFFER_BYTES", value_name = "BYTES")]
-    pub outbound_buffer_bytes: Option<String>,
-    /// Seconds of silence after which a connection is closed; clients ping within it [default: 60]
-    #[arg(long, env = "PARLEY_KEEPALIVE_SECS", value_name = "N")]
-    pub keepalive_secs: Option<String>,
-    /// Milliseconds to wait for an ack before pushing a message again; the wait doubles up to max_ack_backoff_ms [default: 10000]
-    #[arg(long, env = "PARLEY_ACK_TIMEOUT_MS", value_name = "N")]
-    pub ack_timeout_ms: Option<String>,
-    /// Longest wait between re-pushes, in milliseconds [default: 120000]
-    #[arg(long, env = "PARLEY_MAX_ACK_BACKOFF_MS", value_name = "N")]
-    pub max_ack_backoff_ms: Option<String>,
-    /// Pushed messages a session may leave unacknowledged before pushing pauses [default: 1024]
-    #[arg(long, env = "PARLEY_MAX_UNACKED", value_name = "N")]
-    pub max_unacked: Option<String>,
-    /// Contacts per account [default: 1000]
-    #[arg(long, env = "PARLEY_MAX_CONTACTS", value_name = "N")]
-    pub max_contacts: Option<String>,
-    /// Simultaneous connections from one source address [default: 4096]
-    #[arg(long, env = "PARLEY_MAX_CONNECTIONS_PER_IP", value_name = "N")]
-    pub max_connections_per_ip: Option<String>,
-    /// Requests in flight across all connections before new work is answered BUSY [default: 16384]
-    #[arg(long, env = "PARLEY_MAX_BACKLOG", value_name = "N")]
-    pub max_backlog: Option<String>,
-    /// Failed logins per account name per minute before logins to it are refused with RATE_LIMITED [default: 10]
-    #[arg(long, env = "PARLEY_LOGIN_FAILURES_PER_ACCOUNT", value_name = "N")]
-    pub login_failures_per_account: Option<String>,
-    /// Failed logins and resumes per source address per minute before it is refused with RATE_LIMITED [default: 30]
-    #[arg(long, env = "PARLEY_LOGIN_FAILURES_PER_IP", value_name = "N")]
-    pub login_failures_per_ip: Option<String>,
-    /// Lifetime of a resume token, in seconds [default: 604800]
-    #[arg(long, env = "PARLEY_RESUME_TTL_SECS", value_name = "N")]
-    pub resume_ttl_secs: Option<String>,
-    /// HTTP listen address (JSON API, WebSocket, pager, web UI), or "off" [default: 127.0.0.1:7880]
-    #[arg(long, env = "PARLEY_HTTP_LISTEN", value_name = "ADDR")]
-    pub http_listen: Option<String>,
-    /// Whether the web pager (POST /v1/pager/USER) takes messages: true or false [default: true]
-    #[arg(long, env = "PARLEY_PAGER", value_name = "BOOL")]
-    pub pager: Option<String>,
-    /// Pager posts per source address per minute [default: 10]
-    #[arg(long, env = "PARLEY_PAGER_PER_IP_PER_MINUTE", value_name = "N")]
-    pub pager_per_ip_per_minute: Option<String>,
-    /// Seconds an HTTP session (bearer token) may go unused before it expires [default: 1800]
-    #[arg(long, env = "PARLEY_HTTP_SESSION_IDLE_SECS", value_name = "SECS")]
-    pub http_session_idle_secs: Option<String>,
-    /// Most HTTP sessions at once; more logins get BUSY [default: 10000]
-    #[arg(long, env = "PARLEY_HTTP_MAX_SESSIONS", value_name = "N")]
-    pub http_max_sessions: Option<String>,
-    /// Most HTTP logins between their two SCRAM steps [default: 10000]
-    #[arg(long, env = "PARLEY_HTTP_MAX_PENDING_LOGINS", value_name = "N")]
-    pub http_max_pending_logins: Option<String>,
-    /// Most HTTP requests served at once; more get BUSY [default: 1024]
-    #[arg(long, env = "PARLEY_HTTP_MAX_IN_FLIGHT", value_name = "N")]
-    pub http_max_in_flight: Option<String>,
-    /// Largest HTTP request body in bytes [default: 262144]
-    #[arg(long, env = "PARLEY_HTTP_MAX_REQUEST_BYTES", value_name = "BYTES")]
-    pub http_max_request_bytes: Option<String>,
-    /// Most HTTP connections open at once, WebSockets included; more wait to be accepted [default: 4096]
-    #[arg(long, env = "PARLEY_HTTP_MAX_CONNECTIONS", value_name = "N")]
-    pub http_max_connections: Option<String>,
-    /// Worker processes; only 1 is possible until workers can deliver to each other's sessions [default: 1]
-    #[arg(long, env = "PARLEY_WORKERS", value_name = "N")]
-    pub workers: Option<String>,
-    /// Control socket for `parleyd ctl` (mode 0600), or "off" [default: DATA_DIR/parleyd.ctl]
-    #[arg(long, env = "PARLEY_CTL_SOCKET", value_name = "PATH")]
-    pub ctl_socket: Option<String>,
-    /// PEM file with the certificate chain, end-entity first (`parleyd gen-cert` makes one for development)
-    #[arg(long, env = "PARLEY_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<String>,
-    /// PEM file with the certificate's private key (PKCS#8, RSA or EC)
-    #[arg(long, env = "PARLEY_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<String>,
-    /// TLS on the native listener (needs tls_cert and tls_key): true or false [default: false]
-    #[arg(long, env = "PARLEY_NATIVE_TLS", value_name = "BOOL")]
-    pub native_tls: Option<String>,
-    /// TLS on the HTTP listener (needs tls_cert and tls_key): true or false [default: false]
-    #[arg(long, env = "PARLEY_HTTP_TLS", value_name = "BOOL")]
-    pub http_tls: Option<String>,
+/// Declares every setting once: its key (the field name, also the TOML
+/// key), its environment variable, its flag's value name and its help text
+/// (the doc comment, which `parleyd --help` shows). From this one list come
+/// the raw-value struct that clap fills from flags and environment, the
+/// keys a file may use, and the lookup by key.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $key:ident : $env:literal, $value_name:literal; )*) => {
+        /// Raw values from flags and environment (clap fills both), before the file
+        /// is merged in. Every field is a string so that parse errors are collected
+        /// here rather than aborting at the first.
+        #[derive(Clone, Debug, Default, clap::Args)]
+        pub struct SettingArgs {
+            /// TOML configuration file. Keys are the setting names below, with underscores.
+            #[arg(long, env = "PARLEY_CONFIG", value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env, value_name = $value_name)]
+                pub $key: Option<String>,
+            )*
+        }
+
+        /// Every setting's key, in the order `--help` lists them.
+        const KEYS: &[&str] = &[$(stringify!($key)),*];
+
+        impl SettingArgs {
+            fn flag_or_env(&self, key: &str) -> Option<String> {
+                match key {
+                    $(stringify!($key) => self.$key.clone(),)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-/// Every setting's key, in the order `--help` lists them.
-const KEYS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "store",
-    "log_level",
-    "log_format",
-    "log_dir",
-    "log_retention_days",
-    "metrics",
-    "perf_log",
-    "perf_dir",
-    "max_connections",
-    "max_frame_bytes",
-    "max_body_bytes",
-    "auth_timeout_secs",
-    "shutdown_grace_secs",
-    "scram_iterations",
-    "scram_mechanisms",
-    "sqlite_synchronous",
-    "write_queue",
-    "max_batch",
-    "session_queue",
-    "pipeline_window",
-    "outbound_buffer_bytes",
-    "keepalive_secs",
-    "ack_timeout_ms",
-    "max_ack_backoff_ms",
-    "max_unacked",
-    "max_contacts",
-    "max_connections_per_ip",
-    "max_backlog",
-    "login_failures_per_account",
-    "login_failures_per_ip",
-    "resume_ttl_secs",
-    "http_listen",
-    "pager",
-    "pager_per_ip_per_minute",
-    "http_session_idle_secs",
-    "http_max_sessions",
-    "http_max_pending_logins",
-    "http_max_in_flight",
-    "http_max_request_bytes",
-    "http_max_connections",
-    "workers",
-    "ctl_socket",
-    "tls_cert",
-    "tls_key",
-    "native_tls",
-    "http_tls",
-];
+settings! {
+    /// Native protocol listen address [default: 127.0.0.1:7878]
+    listen: "PARLEY_LISTEN", "ADDR";
+    /// Data directory [default: ./parley-data]
+    data_dir: "PARLEY_DATA_DIR", "DIR";
+    /// Storage backend: sqlite or memory (nothing survives a restart) [default: sqlite]
+    store: "PARLEY_STORE", "KIND";
+    /// Log filter, e.g. info, debug, parley_server=trace [default: info]
+    log_level: "PARLEY_LOG_LEVEL", "FILTER";
+    /// Log format: human, json, or auto (human on a terminal, JSON otherwise) [default: human]
+    log_format: "PARLEY_LOG_FORMAT", "FORMAT";
+    /// Directory for parleyd.log and access.log, rotated daily; unset: stderr only [default: unset]
+    log_dir: "PARLEY_LOG_DIR", "DIR";
+    /// Days rotated log files are kept, 0 to keep them all [default: 14]
+    log_retention_days: "PARLEY_LOG_RETENTION_DAYS", "DAYS";
+    /// Serve Prometheus metrics at /metrics on the HTTP listener: true or false [default: true]
+    metrics: "PARLEY_METRICS", "BOOL";
+    /// Time every request into PERF_DIR/RUN/PID.log: true or false [default: false]
+    perf_log: "PARLEY_PERF_LOG", "BOOL";
+    /// Perf log directory [default: DATA_DIR/perf]
+    perf_dir: "PARLEY_PERF_DIR", "DIR";
+    /// Most simultaneous connections [default: 10000]
+    max_connections: "PARLEY_MAX_CONNECTIONS", "N";
+    /// Largest frame payload in bytes, 1024 to 16777216 [default: 262144]
+    max_frame_bytes: "PARLEY_MAX_FRAME_BYTES", "BYTES";
+    /// Largest message body in bytes; must fit in a frame [default: 65536]
+    max_body_bytes: "PARLEY_MAX_BODY_BYTES", "BYTES";
+    /// Seconds a connection may stay unauthenticated [default: 30]
+    auth_timeout_secs: "PARLEY_AUTH_TIMEOUT_SECS", "SECS";
+    /// Seconds allowed for graceful shutdown [default: 10]
+    shutdown_grace_secs: "PARLEY_SHUTDOWN_GRACE_SECS", "SECS";
+    /// PBKDF2 iterations required of new registrations, at least 4096 [default: 4096]
+    scram_iterations: "PARLEY_SCRAM_ITERATIONS", "N";
+    /// SCRAM mechanisms for new registrations, preferred first [default: SCRAM-SHA-256,SCRAM-SHA-512]
+    scram_mechanisms: "PARLEY_SCRAM_MECHANISMS", "LIST";
+    /// SQLite durability: full (every acked message survives power loss), normal
+    /// (survives a crash of parleyd; the last commits may be lost on power loss), off [default: full]
+    sqlite_synchronous: "PARLEY_SQLITE_SYNCHRONOUS", "MODE";
+    /// Storage operations queued for the writer before new work gets BUSY [default: 4096]
+    write_queue: "PARLEY_WRITE_QUEUE", "N";
+    /// Most operations committed in one transaction (group commit) [default: 512]
+    max_batch: "PARLEY_MAX_BATCH", "N";
+    /// Events queued per session before live pushes spill to storage [default: 1024]
+    session_queue: "PARLEY_SESSION_QUEUE", "N";
+    /// Requests one connection may have in flight [default: 256]
+    pipeline_window: "PARLEY_PIPELINE_WINDOW", "N";
+    /// Outbound bytes buffered per connection before it is paused [default: 262144]
+    outbound_buffer_bytes: "PARLEY_OUTBOUND_BUFFER_BYTES", "BYTES";
+    /// Seconds of silence after which a connection is closed; clients ping within it [default: 60]
+    keepalive_secs: "PARLEY_KEEPALIVE_SECS", "N";
+    /// Milliseconds to wait for an ack before pushing a message again; the wait doubles up to max_ack_backoff_ms [default: 10000]
+    ack_timeout_ms: "PARLEY_ACK_TIMEOUT_MS", "N";
+    /// Longest wait between re-pushes, in milliseconds [default: 120000]
+    max_ack_backoff_ms: "PARLEY_MAX_ACK_BACKOFF_MS", "N";
+    /// Pushed messages a session may leave unacknowledged before pushing pauses [default: 1024]
+    max_unacked: "PARLEY_MAX_UNACKED", "N";
+    /// Contacts per account [default: 1000]
+    max_contacts: "PARLEY_MAX_CONTACTS", "N";
+    /// Simultaneous connections from one source address [default: 4096]
+    max_connections_per_ip: "PARLEY_MAX_CONNECTIONS_PER_IP", "N";
+    /// Requests in flight across all connections before new work is answered BUSY [default: 16384]
+    max_backlog: "PARLEY_MAX_BACKLOG", "N";
+    /// Failed logins per account name per minute before logins to it are refused with RATE_LIMITED [default: 10]
+    login_failures_per_account: "PARLEY_LOGIN_FAILURES_PER_ACCOUNT", "N";
+    /// Failed logins and resumes per source address per minute before it is refused with RATE_LIMITED [default: 30]
+    login_failures_per_ip: "PARLEY_LOGIN_FAILURES_PER_IP", "N";
+    /// Lifetime of a resume token, in seconds [default: 604800]
+    resume_ttl_secs: "PARLEY_RESUME_TTL_SECS", "N";
+    /// HTTP listen address (JSON API, WebSocket, pager, web UI), or "off" [default: 127.0.0.1:7880]
+    http_listen: "PARLEY_HTTP_LISTEN", "ADDR";
+    /// Whether the web pager (POST /v1/pager/USER) takes messages: true or false [default: true]
+    pager: "PARLEY_PAGER", "BOOL";
+    /// Pager posts per source address per minute [default: 10]
+    pager_per_ip_per_minute: "PARLEY_PAGER_PER_IP_PER_MINUTE", "N";
+    /// Seconds an HTTP session (bearer token) may go unused before it expires [default: 1800]
+    http_session_idle_secs: "PARLEY_HTTP_SESSION_IDLE_SECS", "SECS";
+    /// Most HTTP sessions at once; more logins get BUSY [default: 10000]
+    http_max_sessions: "PARLEY_HTTP_MAX_SESSIONS", "N";
+    /// Most HTTP logins between their two SCRAM steps [default: 10000]
+    http_max_pending_logins: "PARLEY_HTTP_MAX_PENDING_LOGINS", "N";
+    /// Most HTTP requests served at once; more get BUSY [default: 1024]
+    http_max_in_flight: "PARLEY_HTTP_MAX_IN_FLIGHT", "N";
+    /// Largest HTTP request body in bytes [default: 262144]
+    http_max_request_bytes: "PARLEY_HTTP_MAX_REQUEST_BYTES", "BYTES";
+    /// Most HTTP connections open at once, WebSockets included; more wait to be accepted [default: 4096]
+    http_max_connections: "PARLEY_HTTP_MAX_CONNECTIONS", "N";
+    /// Worker processes; only 1 is possible until workers can deliver to each other's sessions [default: 1]
+    workers: "PARLEY_WORKERS", "N";
+    /// Control socket for `parleyd ctl` (mode 0600), or "off" [default: DATA_DIR/parleyd.ctl]
+    ctl_socket: "PARLEY_CTL_SOCKET", "PATH";
+    /// PEM file with the certificate chain, end-entity first (`parleyd gen-cert` makes one for development)
+    tls_cert: "PARLEY_TLS_CERT", "FILE";
+    /// PEM file with the certificate's private key (PKCS#8, RSA or EC)
+    tls_key: "PARLEY_TLS_KEY", "FILE";
+    /// TLS on the native listener (needs tls_cert and tls_key): true or false [default: false]
+    native_tls: "PARLEY_NATIVE_TLS", "BOOL";
+    /// TLS on the HTTP listener (needs tls_cert and tls_key): true or false [default: false]
+    http_tls: "PARLEY_HTTP_TLS", "BOOL";
+}
 
 /// Every problem found in the configuration, one per line.
 #[derive(Debug, thiserror::Error)]
@@ -422,61 +351,6 @@ const KEYS: &[&str] = &[
 pub struct ConfigErrors(pub Vec<String>);
 
 impl SettingArgs {
-    fn flag_or_env(&self, key: &str) -> Option<String> {
-        match key {
-            "listen" => self.listen.clone(),
-            "data_dir" => self.data_dir.clone(),
-            "store" => self.store.clone(),
-            "log_level" => self.log_level.clone(),
-            "log_format" => self.log_format.clone(),
-            "log_dir" => self.log_dir.clone(),
-            "log_retention_days" => self.log_retention_days.clone(),
-            "metrics" => self.metrics.clone(),
-            "perf_log" => self.perf_log.clone(),
-            "perf_dir" => self.perf_dir.clone(),
-            "max_connections" => self.max_connections.clone(),
-            "max_frame_bytes" => self.max_frame_bytes.clone(),
-            "max_body_bytes" => self.max_body_bytes.clone(),
-            "auth_timeout_secs" => self.auth_timeout_secs.clone(),
-            "shutdown_grace_secs" => self.shutdown_grace_secs.clone(),
-            "scram_iterations" => self.scram_iterations.clone(),
-            "scram_mechanisms" => self.scram_mechanisms.clone(),
-            "sqlite_synchronous" => self.sqlite_synchronous.clone(),
-            "write_queue" => self.write_queue.clone(),
-            "max_batch" => self.max_batch.clone(),
-            "session_queue" => self.session_queue.clone(),
-            "pipeline_window" => self.pipeline_window.clone(),
-            "outbound_buffer_bytes" => self.outbound_buffer_bytes.clone(),
-            "keepalive_secs" => self.keepalive_secs.clone(),
-            "ack_timeout_ms" => self.ack_timeout_ms.clone(),
-            "max_ack_backoff_ms" => self.max_ack_backoff_ms.clone(),
-            "max_unacked" => self.max_unacked.clone(),
-            "max_contacts" => self.max_contacts.clone(),
-            "max_connections_per_ip" => self.max_connections_per_ip.clone(),
-            "max_backlog" => self.max_backlog.clone(),
-            "login_failures_per_account" => self.login_failures_per_account.clone(),
-            "login_failures_per_ip" => self.login_failures_per_ip.clone(),
-            "resume_ttl_secs" => self.resume_ttl_secs.clone(),
-            "http_listen" => self.http_listen.clone(),
-            "pager" => self.pager.clone(),
-            "pager_per_ip_per_minute" => self.pager_per_ip_per_minute.clone(),
-            "http_session_idle_secs" => self.http_session_idle_secs.clone(),
-            "http_max_sessions" => self.http_max_sessions.clone(),
-            "http_max_pending_logins" => self.http_max_pending_logins.clone(),
-            "http_max_in_flight" => self.http_max_in_flight.clone(),
-            "http_max_request_bytes" => self.http_max_request_bytes.clone(),
-            "http_max_connections" => self.http_max_connections.clone(),
-            "workers" => self.workers.clone(),
-            "ctl_socket" => self.ctl_socket.clone(),
-            "tls_cert" => self.tls_cert.clone(),
-            "tls_key" => self.tls_key.clone(),
-            "native_tls" => self.native_tls.clone(),
-            "http_tls" => self.http_tls.clone(),
-
-            _ => None,
-        }
-    }
-
     /// The control socket `parleyd ctl` talks to. Like [`SettingArgs::resolve`]
     /// but it reads only `ctl_socket` and `data_dir`, so that a broken
     /// setting elsewhere in the file does not keep an operator from the
@@ -1252,6 +1126,23 @@ mod tests {
             ..Default::default()
         });
         assert!(errors[0].starts_with("native_tls:"), "{errors:?}");
+    }
+
+    /// Every setting's variable is PARLEY_ and its key in capitals, and its
+    /// flag is the key with dashes: one spelling, three forms.
+    #[test]
+    fn every_setting_has_its_variable_and_flag() {
+        use clap::Args;
+        let command = SettingArgs::augment_args(clap::Command::new("parleyd"));
+        for key in KEYS {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == *key)
+                .unwrap_or_else(|| panic!("no argument for {key}"));
+            assert_eq!(arg.get_long(), Some(key.replace('_', "-").as_str()), "{key}");
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert_eq!(env, format!("PARLEY_{}", key.to_uppercase()), "{key}");
+        }
     }
 
     #[test]
