@@ -53,7 +53,8 @@ pub struct Job {
     pub source_addrs: u8,
     pub concurrency: usize,
     pub auth: AuthMode,
-    /// Hex resume tokens by account, for `AuthMode::Resume`.
+    /// Hex resume tokens by connection index, for `AuthMode::Resume` (a
+    /// resume replaces the token it used, so each connection has its own).
     pub tokens: Vec<String>,
 }
 
@@ -100,9 +101,9 @@ async fn open_one(job: &Job, index: usize) -> anyhow::Result<(TcpStream, Duratio
         AuthMode::Resume => {
             let token = job
                 .tokens
-                .get(account)
+                .get(index)
                 .and_then(|t| decode_hex(t))
-                .context("no resume token for the account")?;
+                .context("no resume token for the connection")?;
             handshake.resume(&token).await?;
         }
     }
@@ -291,12 +292,14 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &IdleArgs) -> anyh
     let accounts = args.connections.div_ceil(args.per_account);
     let names: Vec<String> = (0..accounts).map(|a| account_name(&prefix, a)).collect();
     common::register_all(server, &names, &password).await?;
-    // Resume mode: one SCRAM login per account makes the token; its
-    // connection stays open (a logout would revoke the token).
+    // Resume mode: one SCRAM login per connection makes its token (a
+    // resume replaces the token it used, so connections cannot share one);
+    // each login's connection stays open (a logout would revoke it).
     let mut anchors = Vec::new();
     let mut tokens = Vec::new();
     if args.auth == AuthMode::Resume {
-        for name in &names {
+        for index in 0..args.connections {
+            let name = &names[index / args.per_account];
             let client = parley_client::Client::connect(server).await?;
             let info = client.login(name, &password).await?;
             tokens.push(encode_hex(&info.resume_token));

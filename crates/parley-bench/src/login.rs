@@ -155,7 +155,7 @@ async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> a
     let tasks = tokens
         .iter()
         .map(|token| {
-            let token = token.clone();
+            let mut token = token.clone();
             let done = Arc::clone(&done);
             // On the bench's own socket (`wire.rs`), one task per client:
             // the client library spends two more tasks and a channel on
@@ -177,7 +177,10 @@ async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> a
                     };
                     let requested = Instant::now();
                     match handshake.resume(&token).await {
-                        Ok(()) => {
+                        Ok(next) => {
+                            // The token used is revoked; the next resume
+                            // uses the one that replaced it.
+                            token = next;
                             tally.latency.record(requested.elapsed());
                             tally.with_connect.record(begun.elapsed());
                             done.fetch_add(1, Ordering::Relaxed);

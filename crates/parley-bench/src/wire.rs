@@ -167,12 +167,13 @@ impl Handshake {
     }
 
     /// Logs in with the resume token of an earlier login.
-    pub async fn resume(&mut self, token: &[u8]) -> anyhow::Result<()> {
+    /// Resumes with `token`; returns the token that replaces it.
+    pub async fn resume(&mut self, token: &[u8]) -> anyhow::Result<Vec<u8>> {
         match self
             .call(client_frame::Body::Resume(v1::Resume { token: token.to_vec() }))
             .await?
         {
-            server_frame::Body::AuthOk(_) => Ok(()),
+            server_frame::Body::AuthOk(ok) => Ok(ok.resume_token),
             other => anyhow::bail!("expected AuthOk, got {other:?}"),
         }
     }

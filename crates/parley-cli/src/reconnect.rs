@@ -359,7 +359,13 @@ impl Link {
     async fn log_in(&mut self, client: &Client, status: &mut (dyn FnMut(String) + Send)) -> anyhow::Result<()> {
         if !self.token.is_empty() {
             match timed("resuming the session", client.resume(&self.token)).await {
-                Ok(_) => return Ok(()),
+                Ok(info) => {
+                    // A resume replaces the token it used.
+                    if !info.resume_token.is_empty() {
+                        self.token = info.resume_token;
+                    }
+                    return Ok(());
+                }
                 Err(e) if server_code(&e) == Some(ErrorCode::AuthFailed) => {
                     self.token.clear();
                     status("the session could not be resumed; logging in again".to_owned());

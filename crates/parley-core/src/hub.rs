@@ -62,6 +62,12 @@ impl SessionFlags {
     pub fn take_close(&self) -> Option<CloseReason> {
         lock(&self.close).take()
     }
+
+    /// Why the server wants the session closed, if it does, without
+    /// taking the request (for front doors that check before each request).
+    pub fn closing(&self) -> Option<CloseReason> {
+        lock(&self.close).clone()
+    }
 }
 
 struct Entry {
@@ -326,6 +332,21 @@ impl Hub {
     /// How many sessions `user` has.
     pub fn session_count(&self, user: UserId) -> usize {
         lock(self.shard(user)).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Asks the oldest sessions of `user` that are not already closing to
+    /// close, so that at most `max` remain; returns how many were asked.
+    pub fn limit_sessions(&self, user: UserId, max: usize, reason: CloseReason) -> usize {
+        let shard = lock(self.shard(user));
+        let Some(list) = shard.get(&user) else { return 0 };
+        // The list is in registration order: oldest first.
+        let open: Vec<&Entry> = list.iter().filter(|e| lock(&e.flags.close).is_none()).collect();
+        let excess = open.len().saturating_sub(max);
+        for entry in open.into_iter().take(excess) {
+            *lock(&entry.flags.close) = Some(reason.clone());
+            let _ = entry.tx.try_send(SessionEvent::Wake);
+        }
+        excess
     }
 
     /// Asks every session of `user` except `keep` to close.

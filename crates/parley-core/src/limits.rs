@@ -29,6 +29,14 @@ pub const DEFAULT_MAX_UNACKED: usize = 1024;
 pub const DEFAULT_SCRAM_ITERATIONS: u32 = 4096;
 /// Lowest iteration count the server can be configured to accept.
 pub const MIN_SCRAM_ITERATIONS: u32 = 4096;
+/// Sessions one account may have at once over every front door. A login
+/// past it ends the account's oldest session, as ejabberd does with its
+/// `max_user_sessions`: the person logging in now is most likely the one
+/// who should keep working, and 300 forgotten sessions of one account
+/// that never read cost the server about 310 KiB each.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 32;
+/// Default budget of one mailbox read, the size of a native frame.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 256 * 1024;
 
 /// Limits the core enforces on every request.
 #[derive(Clone, Debug)]
@@ -41,6 +49,13 @@ pub struct Limits {
     pub max_contacts: u32,
     /// Unacknowledged pushes per session.
     pub max_unacked: usize,
+    /// Sessions per account; a login past it ends the oldest.
+    pub max_sessions_per_user: usize,
+    /// Budget of one read of a mailbox (a fetch, a catch-up batch), in
+    /// bytes of messages (see `store::message_cost`): a reply never holds
+    /// more, so a read of a mailbox full of large messages costs the
+    /// server this much, whatever the limit asked for.
+    pub max_reply_bytes: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +65,8 @@ impl Default for Limits {
             session_queue: DEFAULT_SESSION_QUEUE,
             max_contacts: DEFAULT_MAX_CONTACTS,
             max_unacked: DEFAULT_MAX_UNACKED,
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 }

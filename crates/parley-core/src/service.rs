@@ -27,10 +27,10 @@ use crate::limits::*;
 use crate::name::{NamePattern, UserName, name_key};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
-    AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, Store, StoreError,
-    StoreReply, StoredMessage,
+    AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store,
+    StoreError, StoreReply, StoredMessage,
 };
-use crate::throttle::{Throttle, ThrottleSettings};
+use crate::throttle::{Attempt, Throttle, ThrottleSettings};
 
 /// Sender id of messages from outside any account (the web pager, the
 /// administrator's broadcasts), for [`Service::send_from`]: account ids
@@ -126,8 +126,8 @@ pub struct Service {
     next_session: AtomicU64,
     /// Counters for metrics.
     counters: Counters,
-    /// Failed-login counters.
-    throttle: Throttle,
+    /// Failed-login counters and logins in progress.
+    throttle: Arc<Throttle>,
 }
 
 /// A login between its two SCRAM messages.
@@ -136,10 +136,11 @@ pub struct AuthPending {
     exchange: ServerExchange,
     /// The account being logged into, or None for a decoy.
     account: Option<(UserId, String)>,
-    /// The name key tried, for the throttle.
+    /// The name key tried, for access logs.
     key: String,
-    /// Where the attempt comes from, for the throttle.
-    peer: Option<IpAddr>,
+    /// Its place among the logins in progress, and whom a failure counts
+    /// against (the name tried and the address).
+    attempt: Attempt,
 }
 
 impl AuthPending {
@@ -331,10 +332,13 @@ impl Service {
     pub async fn auth_start(&self, client_first: &[u8], peer: Option<IpAddr>) -> Result<AuthPending, CoreError> {
         let first = ClientFirst::parse(client_first)?;
         let key = name_key(&first.username);
-        if let Err(e) = self.throttle.check(Some(&key), peer, Instant::now()) {
-            self.counters.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
+        let attempt = match self.throttle.begin(Some(&key), peer, Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(e) => {
+                self.counters.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         let account = match UserName::parse(&first.username) {
             Ok(_) => self.store.find_account(&key).await?,
             Err(_) => None,
@@ -357,7 +361,7 @@ impl Service {
             exchange: ServerExchange::start(first, credentials),
             account,
             key,
-            peer,
+            attempt,
         })
     }
 
@@ -371,6 +375,12 @@ impl Service {
         pending: &AuthPending,
         client_final: &[u8],
     ) -> Result<(Session, LoginOutcome), CoreError> {
+        // Failures counted since the first step (from other logins
+        // started at the same time) stop this one before its proof is read.
+        if let Err(e) = pending.attempt.check(Instant::now()) {
+            self.counters.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let result = self.verify(pending, client_final).await;
         match &result {
             Ok(_) => {
@@ -379,8 +389,7 @@ impl Service {
             Err(e) if e.kind == ErrorKind::Busy => {}
             Err(e) => {
                 if e.kind == ErrorKind::AuthFailed {
-                    self.throttle
-                        .record_failure(Some(&pending.key), pending.peer, Instant::now());
+                    pending.attempt.failed(Instant::now());
                 }
                 self.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -442,25 +451,22 @@ impl Service {
         server_final: String,
         resumed: Option<(Vec<u8>, [u8; 32])>,
     ) -> Result<(Session, LoginOutcome), CoreError> {
-        let (token, hash, expires_ms) = match resumed {
-            // The client keeps the token it resumed with; AuthOk carries none.
-            Some((_, hash)) => (Vec::new(), hash, 0),
-            None => {
-                let mut token = vec![0u8; RESUME_TOKEN_BYTES];
-                rand::rng().fill_bytes(&mut token);
-                let hash = token_hash(&token);
-                let ttl_ms = u64::try_from(self.config.resume.ttl.as_millis()).unwrap_or(u64::MAX);
-                let expires_ms = now_ms().saturating_add(ttl_ms);
-                let created = self.store.create_resume_token(NewResumeToken {
-                    user,
-                    hash,
-                    expires_ms,
-                    max_per_user: self.config.resume.max_per_user,
-                });
-                created.await?;
-                (token, hash, expires_ms)
-            }
-        };
+        // Every login gets a fresh resume token, a resume too: the token it
+        // resumed with is revoked once the new one is stored, so a token
+        // that leaked stops working the next time its owner reconnects.
+        let replaced = resumed.map(|(_, hash)| hash);
+        let mut token = vec![0u8; RESUME_TOKEN_BYTES];
+        rand::rng().fill_bytes(&mut token);
+        let hash = token_hash(&token);
+        let ttl_ms = u64::try_from(self.config.resume.ttl.as_millis()).unwrap_or(u64::MAX);
+        let expires_ms = now_ms().saturating_add(ttl_ms);
+        let created = self.store.create_resume_token(NewResumeToken {
+            user,
+            hash,
+            expires_ms,
+            max_per_user: self.config.resume.max_per_user,
+        });
+        created.await?;
         let mailbox = self.store.mailbox_state(user);
         let contacts = self.store.list_contacts(user);
         let state = async {
@@ -480,13 +486,31 @@ impl Service {
                 // (and a BUSY login must leave nothing behind). The
                 // revocation is submitted when called; its answer does not
                 // matter.
-                if !token.is_empty() {
-                    drop(self.store.revoke_resume_token(hash));
-                }
+                drop(self.store.revoke_resume_token(hash));
                 return Err(e);
             }
         };
+        if let Some(old) = replaced {
+            // Only once the login succeeded (a failed one must leave the
+            // client its token). Its answer does not matter: a failure
+            // leaves the old token to expire.
+            drop(self.store.revoke_resume_token(old));
+        }
         let session = self.open_session(user, name.clone(), hash, &contacts);
+        let ended = self.hub.limit_sessions(
+            user,
+            self.config.limits.max_sessions_per_user.max(1),
+            CloseReason {
+                kind: ErrorKind::LimitReached,
+                message: format!(
+                    "this account has more than {} sessions; the oldest was ended",
+                    self.config.limits.max_sessions_per_user
+                ),
+            },
+        );
+        if ended > 0 {
+            tracing::debug!(user = %name, ended, "session limit: oldest sessions ended");
+        }
         let outcome = LoginOutcome {
             server_final,
             user,
@@ -528,6 +552,23 @@ impl Service {
         }
     }
 
+    /// Ends every session of `user` (but `keep`, if given) on every front
+    /// door and revokes every resume token of the account, so that nothing
+    /// issued before keeps working: for a kick, "log out everywhere" and a
+    /// password change. The sessions are asked to close at once; the
+    /// future resolves once the tokens are revoked, with how many there
+    /// were.
+    pub fn end_sessions(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        reason: CloseReason,
+    ) -> impl Future<Output = Result<u64, CoreError>> + Send + 'static {
+        let revoked = self.store.revoke_all_resume_tokens(user);
+        self.hub.close_user(user, keep, reason);
+        async move { Ok(revoked.await?) }
+    }
+
     /// Asks every session to end (server shutdown).
     pub fn close_all_sessions(&self) {
         self.hub.close_all(CloseReason {
@@ -560,7 +601,7 @@ pub struct Session {
     /// connection re-creates that future on every turn of its loop, and a
     /// read re-submitted each time would flood a threaded store with reads
     /// whose answers are thrown away.
-    catch_up_read: Option<StoreReply<Vec<StoredMessage>>>,
+    catch_up_read: Option<StoreReply<FetchPage>>,
     /// An event taken from the queue while looking for messages (a presence
     /// change, a wake-up), handled before the queue's next one.
     held: Option<SessionEvent>,
@@ -602,6 +643,27 @@ impl Session {
         self.id
     }
 
+    /// Why the server ended this session (account deleted, kicked, logged
+    /// out everywhere, replaced), if it did. Front doors that take no pushes
+    /// (HTTP) check it before every request: an ended session must not act.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.flags.closing()
+    }
+
+    /// Ends every session of this account on every front door, this one
+    /// included, and revokes every resume token ("log out everywhere").
+    /// The caller drops this session when the future resolves.
+    pub fn logout_all(&self) -> impl Future<Output = Result<u64, CoreError>> + Send + 'static {
+        self.service.end_sessions(
+            self.user,
+            Some(self.id),
+            CloseReason {
+                kind: ErrorKind::NotAuthenticated,
+                message: "logged out on every device".into(),
+            },
+        )
+    }
+
     /// Stores a message for `to`; resolves once it is durable. A recipient
     /// with subscribed sessions is notified right after.
     pub fn send(
@@ -621,13 +683,14 @@ impl Session {
         include_acked: bool,
     ) -> Result<impl Future<Output = Result<(Vec<StoredMessage>, bool), CoreError>> + Send + 'static, CoreError> {
         let limit = check_limit(limit, DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT, "fetch")?;
-        // One extra row tells whether more follow.
-        let reply = self.service.store.fetch(self.user, after, limit + 1, include_acked);
+        let budget = self.service.config.limits.max_reply_bytes;
+        let reply = self
+            .service
+            .store
+            .fetch_page(self.user, after, limit, include_acked, budget);
         Ok(async move {
-            let mut messages = reply.await?;
-            let more = messages.len() > limit as usize;
-            messages.truncate(limit as usize);
-            Ok((messages, more))
+            let page = reply.await?;
+            Ok((page.messages, page.more))
         })
     }
 
@@ -863,19 +926,23 @@ impl Session {
                             }
                         }
                         self.service.counters.catch_up_reads.fetch_add(1, Ordering::Relaxed);
-                        let read = self
-                            .service
-                            .store
-                            .fetch(self.user, self.last_pushed, CATCH_UP_BATCH, false);
+                        let read = self.service.store.fetch_page(
+                            self.user,
+                            self.last_pushed,
+                            CATCH_UP_BATCH,
+                            false,
+                            self.service.config.limits.max_reply_bytes,
+                        );
                         empty.insert(read)
                     }
                 };
                 let result = read.await;
                 self.catch_up_read = None;
-                let batch = result?;
-                if batch.len() < CATCH_UP_BATCH as usize {
+                let page = result?;
+                if !page.more {
                     self.catch_up = false;
                 }
+                let batch = page.messages;
                 if let Some(last) = batch.last() {
                     self.last_pushed = last.seq;
                     return Ok(self.pushed(batch.into_iter().map(Arc::new).collect()));

@@ -150,6 +150,24 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// One page of a mailbox read ([`Store::fetch_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchPage {
+    /// The messages, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Whether more messages match after the last one returned.
+    pub more: bool,
+}
+
+/// What one message counts against a read's byte budget: its text fields
+/// and a fixed allowance for the rest (ids, seq, time, flags, framing).
+pub fn message_cost(message: &StoredMessage) -> usize {
+    message.body.len() + message.sender_name.len() + message.client_msg_id.len() + MESSAGE_OVERHEAD_BYTES
+}
+
+/// The fixed part of [`message_cost`].
+pub const MESSAGE_OVERHEAD_BYTES: usize = 64;
+
 /// A mailbox's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MailboxState {
@@ -210,6 +228,19 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Messages of `user` with seq > `after`, oldest first, at most `limit`.
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>>;
+    /// Like [`Store::fetch`], but stops before the messages' total
+    /// [`message_cost`] passes `max_bytes` (the first message is returned
+    /// whatever its size), and says whether more follow. Messages past the
+    /// budget are never loaded, so a read of a mailbox full of large
+    /// messages costs the budget, not the mailbox.
+    fn fetch_page(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+        max_bytes: usize,
+    ) -> StoreReply<FetchPage>;
     /// Marks messages acknowledged; returns how many were newly acked and
     /// the mailbox state afterwards.
     fn ack(&self, user: UserId, range: AckRange) -> StoreReply<(u64, MailboxState)>;
@@ -231,6 +262,13 @@ pub trait Store: Send + Sync + 'static {
     fn resume(&self, hash: [u8; 32], now_ms: u64) -> StoreReply<Option<Account>>;
     /// Forgets a token (logout); unknown tokens are not an error.
     fn revoke_resume_token(&self, hash: [u8; 32]) -> StoreReply<()>;
+    /// Forgets every token of `user` (kick, "log out everywhere"); returns
+    /// how many there were. An unknown user has none.
+    fn revoke_all_resume_tokens(&self, user: UserId) -> StoreReply<u64>;
+    /// Replaces the account's SCRAM credentials (a password change) and
+    /// forgets every resume token it has, in one step.
+    /// [`StoreError::NoSuchUser`] if the account does not exist.
+    fn set_credentials(&self, user: UserId, credentials: StoredCredentials) -> StoreReply<()>;
     /// Finishes queued work, makes it durable and stops accepting more.
     fn close(&self) -> StoreReply<()>;
     /// The store's own counters, for metrics; None for a store that has

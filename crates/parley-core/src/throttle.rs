@@ -1,35 +1,62 @@
-//! Login throttling: failed attempts are counted per account name and per
-//! source address in fixed one-window buckets; past the limit, attempts are
-//! refused with RATE_LIMITED until the window ends, whatever the password.
+//! Login throttling.
+//!
+//! Two kinds of bound, per account name and per source address (IPv6 by
+//! its /64, see [`crate::addr`]):
+//!
+//! - **Failures** are counted in fixed windows; past the limit, attempts
+//!   are refused with RATE_LIMITED until the window ends, whatever the
+//!   password. The limit is checked when a login starts *and* again when
+//!   its proof arrives, so starting many logins before finishing any of
+//!   them gains nothing: every wrong proof counts, and a proof that
+//!   arrives after the limit was reached is refused unread.
+//! - **Logins in progress** (between the two SCRAM steps) are bounded: an
+//!   [`Attempt`] holds a place from the first step until it is dropped, so
+//!   nobody can hold thousands of challenges for one account, or fill a
+//!   front door's table of pending logins from one address.
 //!
 //! Counting only failures keeps reconnect storms of honest clients free.
 //! A per-account limit lets a stranger lock an account's password logins for
 //! one window; resume tokens are not affected by the per-account limit, so
 //! already-logged-in devices keep working.
+//!
+//! The failure table is bounded; when it is full it drops the counter
+//! whose window started longest ago (never all of them: a throttle that
+//! forgets everything when flooded would fail open).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::addr::address_group;
 use crate::error::{CoreError, ErrorKind};
 
 /// Failed logins allowed per account name per window.
 pub const DEFAULT_FAILURES_PER_ACCOUNT: u32 = 10;
 /// Failed logins (and resumes) allowed per source address per window.
 pub const DEFAULT_FAILURES_PER_IP: u32 = 30;
+/// Logins in progress (first step taken, proof not yet checked) per account.
+pub const DEFAULT_PENDING_PER_ACCOUNT: u32 = 8;
+/// Logins in progress per source address.
+pub const DEFAULT_PENDING_PER_IP: u32 = 64;
 /// Length of a counting window.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
-/// Most keys tracked; past it, expired buckets are dropped, and if that is
-/// not enough, all of them (failing open rather than growing).
-const MAX_TRACKED: usize = 100_000;
+/// Most failure counters kept; past it, the one whose window started
+/// longest ago is dropped.
+pub const MAX_TRACKED: usize = 100_000;
+/// Retry hint when too many logins are in progress.
+const PENDING_RETRY_MS: u32 = 1000;
 
 /// Throttle settings.
 #[derive(Clone, Debug)]
 pub struct ThrottleSettings {
     pub failures_per_account: u32,
     pub failures_per_ip: u32,
+    pub pending_per_account: u32,
+    pub pending_per_ip: u32,
     pub window: Duration,
+    /// Most failure counters kept (tests make it small).
+    pub max_tracked: usize,
 }
 
 impl Default for ThrottleSettings {
@@ -37,31 +64,142 @@ impl Default for ThrottleSettings {
         ThrottleSettings {
             failures_per_account: DEFAULT_FAILURES_PER_ACCOUNT,
             failures_per_ip: DEFAULT_FAILURES_PER_IP,
+            pending_per_account: DEFAULT_PENDING_PER_ACCOUNT,
+            pending_per_ip: DEFAULT_PENDING_PER_IP,
             window: DEFAULT_WINDOW,
+            max_tracked: MAX_TRACKED,
         }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
     Account(String),
     Ip(IpAddr),
 }
 
-/// Failure counters.
+/// One failure counter.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    /// When its window started.
+    start: Instant,
+    /// Failures in the window.
+    count: u32,
+    /// Its place in [`Failures::order`].
+    stamp: u64,
+}
+
+/// Failure counters, with the order their windows started in.
+#[derive(Default)]
+struct Failures {
+    buckets: HashMap<Key, Bucket>,
+    /// Stamp → key, oldest window first.
+    order: BTreeMap<u64, Key>,
+    /// The next stamp.
+    next: u64,
+}
+
+impl Failures {
+    /// Starts a new window for `key`, dropping the oldest counters while
+    /// the table is full.
+    fn restart(&mut self, key: Key, now: Instant, max: usize) -> &mut Bucket {
+        if let Some(old) = self.buckets.get(&key) {
+            self.order.remove(&old.stamp);
+        } else {
+            while self.buckets.len() >= max.max(1) {
+                let Some((_, oldest)) = self.order.pop_first() else {
+                    break;
+                };
+                self.buckets.remove(&oldest);
+            }
+        }
+        let stamp = self.next;
+        self.next += 1;
+        self.order.insert(stamp, key.clone());
+        let bucket = self.buckets.entry(key).or_insert(Bucket {
+            start: now,
+            count: 0,
+            stamp,
+        });
+        *bucket = Bucket {
+            start: now,
+            count: 0,
+            stamp,
+        };
+        bucket
+    }
+}
+
+/// Failure counters and logins in progress.
 pub struct Throttle {
     /// Limits and window.
     settings: ThrottleSettings,
-    /// Window start and failures, per key.
-    buckets: Mutex<HashMap<Key, (Instant, u32)>>,
+    /// Failed attempts per key.
+    failures: Mutex<Failures>,
+    /// Logins in progress per key; an entry lives while an [`Attempt`]
+    /// for it does, so this is bounded by the attempts alive.
+    pending: Mutex<HashMap<Key, u32>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its map consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A login in progress: holds its place under the pending limits until it
+/// is dropped, and knows whom to count a failure against.
+pub struct Attempt {
+    /// The throttle it counts in.
+    throttle: Arc<Throttle>,
+    /// The account name key, if the attempt names one.
+    account: Option<String>,
+    /// The address group, if known.
+    ip: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("account", &self.account)
+            .field("ip", &self.ip)
+            .finish()
+    }
+}
+
+impl Attempt {
+    /// Refuses the attempt if its account or address has reached its
+    /// failure limit meanwhile (checked again before a proof is read).
+    pub fn check(&self, now: Instant) -> Result<(), CoreError> {
+        self.throttle.check_failures(self.account.as_deref(), self.ip, now)
+    }
+
+    /// Counts a failed attempt against its account and address.
+    pub fn failed(&self, now: Instant) {
+        self.throttle.record_failure(self.account.as_deref(), self.ip, now);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.throttle.pending);
+        for key in Throttle::keys(self.account.as_deref(), self.ip) {
+            if let Some(n) = pending.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    pending.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl Throttle {
-    pub fn new(settings: ThrottleSettings) -> Throttle {
-        Throttle {
+    pub fn new(settings: ThrottleSettings) -> Arc<Throttle> {
+        Arc::new(Throttle {
             settings,
-            buckets: Mutex::new(HashMap::new()),
-        }
+            failures: Mutex::new(Failures::default()),
+            pending: Mutex::new(HashMap::new()),
+        })
     }
 
     fn keys(account: Option<&str>, ip: Option<IpAddr>) -> impl Iterator<Item = Key> {
@@ -71,20 +209,62 @@ impl Throttle {
             .chain(ip.map(Key::Ip))
     }
 
-    fn limit(&self, key: &Key) -> u32 {
+    fn failure_limit(&self, key: &Key) -> u32 {
         match key {
             Key::Account(_) => self.settings.failures_per_account,
             Key::Ip(_) => self.settings.failures_per_ip,
         }
     }
 
+    fn pending_limit(&self, key: &Key) -> u32 {
+        match key {
+            Key::Account(_) => self.settings.pending_per_account,
+            Key::Ip(_) => self.settings.pending_per_ip,
+        }
+    }
+
+    /// Starts a login attempt: refused if the account or the address is
+    /// over its failure limit, or already has its most logins in progress.
+    pub fn begin(
+        self: &Arc<Self>,
+        account: Option<&str>,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<Attempt, CoreError> {
+        let ip = ip.map(address_group);
+        self.check_failures(account, ip, now)?;
+        let mut pending = lock(&self.pending);
+        for key in Throttle::keys(account, ip) {
+            if pending.get(&key).copied().unwrap_or(0) >= self.pending_limit(&key) {
+                return Err(CoreError {
+                    kind: ErrorKind::RateLimited,
+                    message: "too many logins in progress; finish or wait before starting another".into(),
+                    retry_after_ms: Some(PENDING_RETRY_MS),
+                });
+            }
+        }
+        for key in Throttle::keys(account, ip) {
+            *pending.entry(key).or_insert(0) += 1;
+        }
+        drop(pending);
+        Ok(Attempt {
+            throttle: Arc::clone(self),
+            account: account.map(str::to_owned),
+            ip,
+        })
+    }
+
     /// Refuses the attempt if the account or the address is over its limit.
     pub fn check(&self, account: Option<&str>, ip: Option<IpAddr>, now: Instant) -> Result<(), CoreError> {
-        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_failures(account, ip.map(address_group), now)
+    }
+
+    fn check_failures(&self, account: Option<&str>, ip: Option<IpAddr>, now: Instant) -> Result<(), CoreError> {
+        let failures = lock(&self.failures);
         for key in Throttle::keys(account, ip) {
-            if let Some(&(start, count)) = buckets.get(&key) {
-                let elapsed = now.saturating_duration_since(start);
-                if elapsed < self.settings.window && count >= self.limit(&key) {
+            if let Some(bucket) = failures.buckets.get(&key) {
+                let elapsed = now.saturating_duration_since(bucket.start);
+                if elapsed < self.settings.window && bucket.count >= self.failure_limit(&key) {
                     let wait = self.settings.window - elapsed;
                     return Err(CoreError {
                         kind: ErrorKind::RateLimited,
@@ -99,21 +279,24 @@ impl Throttle {
 
     /// Counts a failed attempt.
     pub fn record_failure(&self, account: Option<&str>, ip: Option<IpAddr>, now: Instant) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_TRACKED {
-            let window = self.settings.window;
-            buckets.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
-            if buckets.len() >= MAX_TRACKED {
-                buckets.clear();
-            }
-        }
+        let ip = ip.map(address_group);
+        let mut failures = lock(&self.failures);
         for key in Throttle::keys(account, ip) {
-            let bucket = buckets.entry(key).or_insert((now, 0));
-            if now.saturating_duration_since(bucket.0) >= self.settings.window {
-                *bucket = (now, 0);
+            let window = self.settings.window;
+            let current = failures
+                .buckets
+                .get_mut(&key)
+                .filter(|b| now.saturating_duration_since(b.start) < window);
+            match current {
+                Some(bucket) => bucket.count = bucket.count.saturating_add(1),
+                None => failures.restart(key, now, self.settings.max_tracked).count = 1,
             }
-            bucket.1 = bucket.1.saturating_add(1);
         }
+    }
+
+    /// Failure counters kept now.
+    pub fn tracked(&self) -> usize {
+        lock(&self.failures).buckets.len()
     }
 }
 
@@ -121,13 +304,20 @@ impl Throttle {
 mod tests {
     use super::*;
 
-    #[test]
-    fn limits_failures_per_key_until_the_window_ends() {
-        let t = Throttle::new(ThrottleSettings {
+    fn settings() -> ThrottleSettings {
+        ThrottleSettings {
             failures_per_account: 2,
             failures_per_ip: 3,
+            pending_per_account: 2,
+            pending_per_ip: 3,
             window: Duration::from_secs(60),
-        });
+            max_tracked: 100,
+        }
+    }
+
+    #[test]
+    fn limits_failures_per_key_until_the_window_ends() {
+        let t = Throttle::new(settings());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let now = Instant::now();
         t.record_failure(Some("alice"), Some(ip), now);
@@ -146,5 +336,79 @@ mod tests {
         // A new window starts afresh.
         let later = now + Duration::from_secs(61);
         assert!(t.check(Some("alice"), Some(ip), later).is_ok());
+    }
+
+    /// The bypass found by the probe: many logins started before any
+    /// failed. The starts are bounded, and the proofs are checked against
+    /// the failures counted meanwhile.
+    #[test]
+    fn logins_started_before_any_failure_still_count_and_are_bounded() {
+        let t = Throttle::new(settings());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        let a = t.begin(Some("alice"), Some(ip), now).unwrap();
+        let b = t.begin(Some("alice"), Some(ip), now).unwrap();
+        let refused = t.begin(Some("alice"), Some(ip), now).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::RateLimited, "two in progress per account");
+        a.check(now).unwrap();
+        a.failed(now);
+        b.check(now).unwrap();
+        b.failed(now);
+        drop((a, b));
+        // Both places are free again, but the account is over its failures.
+        assert!(t.begin(Some("alice"), Some(ip), now).is_err());
+        // An attempt started before the limit was reached is refused at
+        // its second step.
+        let t = Throttle::new(settings());
+        let first = t.begin(Some("bob"), Some(ip), now).unwrap();
+        t.record_failure(Some("bob"), Some(ip), now);
+        t.record_failure(Some("bob"), Some(ip), now);
+        assert_eq!(first.check(now).unwrap_err().kind, ErrorKind::RateLimited);
+    }
+
+    #[test]
+    fn logins_in_progress_are_bounded_per_address() {
+        let t = Throttle::new(settings());
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let now = Instant::now();
+        let held: Vec<Attempt> = ["a", "b", "c"]
+            .iter()
+            .map(|name| t.begin(Some(name), Some(ip), now).unwrap())
+            .collect();
+        assert!(t.begin(Some("d"), Some(same_64), now).is_err(), "one /64, one address");
+        assert!(
+            t.begin(Some("d"), Some("2001:db8:0:1::1".parse().unwrap()), now)
+                .is_ok()
+        );
+        drop(held);
+        assert!(t.begin(Some("d"), Some(same_64), now).is_ok());
+    }
+
+    /// A full table drops its oldest counters, never all of them.
+    #[test]
+    fn a_full_table_evicts_the_oldest_and_never_fails_open() {
+        let t = Throttle::new(ThrottleSettings {
+            max_tracked: 10,
+            ..settings()
+        });
+        let now = Instant::now();
+        t.record_failure(Some("victim"), None, now);
+        t.record_failure(Some("victim"), None, now);
+        assert!(t.check(Some("victim"), None, now).is_err());
+        // A flood of new keys after the victim's counter: the table stays
+        // at its size and drops the oldest first.
+        for i in 0..8 {
+            t.record_failure(Some(&format!("flood{i}")), None, now + Duration::from_millis(i));
+        }
+        assert!(t.tracked() <= 10);
+        assert!(t.check(Some("victim"), None, now).is_err(), "still counted");
+        for i in 8..100 {
+            t.record_failure(Some(&format!("flood{i}")), None, now + Duration::from_millis(i));
+        }
+        assert_eq!(t.tracked(), 10);
+        // The newest counters survive: the flood's own limit still holds.
+        t.record_failure(Some("flood99"), None, now + Duration::from_millis(99));
+        assert!(t.check(Some("flood99"), None, now + Duration::from_millis(99)).is_err());
     }
 }

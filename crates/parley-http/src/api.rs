@@ -77,10 +77,17 @@ impl FromRequestParts<Arc<HttpContext>> for Authed {
             .map(str::trim)
             .unwrap_or_default();
         match ctx.sessions.get(token) {
-            Some(entry) => Ok(Authed {
+            Some(Ok(entry)) => Ok(Authed {
                 token: token.to_owned(),
                 entry,
             }),
+            // Ended by the server: the account was deleted, the user was
+            // kicked or logged out everywhere, or a newer session replaced
+            // this one. Its token is gone; say why.
+            Some(Err(reason)) => Err(Problem::not_authenticated(format!(
+                "this session has ended: {}; log in again",
+                reason.message
+            ))),
             None => Err(Problem::not_authenticated("unknown or expired token; log in again")),
         }
     }
@@ -315,7 +322,7 @@ pub async fn login_finish(
     if matches!(&result, Err(e) if e.kind == ErrorKind::Busy) {
         ctx.logins.restore(r.login_id, taken);
     }
-    logged_in(&ctx, result)
+    logged_in(&ctx, peer, result)
 }
 
 #[derive(Deserialize)]
@@ -335,15 +342,19 @@ pub async fn login_resume(
         Ok((_, outcome)) => access::login_ok("http", peer, "resume", &outcome.name),
         Err(e) => access::login_refused("http", peer, "resume", None, e),
     }
-    logged_in(&ctx, result)
+    logged_in(&ctx, peer, result)
 }
 
-fn logged_in(ctx: &HttpContext, result: Result<(Session, LoginOutcome), CoreError>) -> ApiResult<axum::Json<LoginOk>> {
+fn logged_in(
+    ctx: &HttpContext,
+    peer: std::net::SocketAddr,
+    result: Result<(Session, LoginOutcome), CoreError>,
+) -> ApiResult<axum::Json<LoginOk>> {
     let (session, outcome) = result?;
     tracing::info!(user = %outcome.name, session = %outcome.session, "login over HTTP");
     let token = ctx
         .sessions
-        .insert(session)
+        .insert(session, peer.ip())
         .ok_or_else(|| Problem::busy("too many HTTP sessions", 1000))?;
     Ok(axum::Json(LoginOk {
         token,
@@ -368,6 +379,18 @@ pub async fn logout(State(ctx): Ctx, auth: Authed) -> ApiResult<StatusCode> {
     let revoked = start!(auth, |s| s.logout())?;
     drop(ctx.sessions.remove(&auth.token));
     revoked.await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/logout/all`: every session of the account ends, on every
+/// front door, and every resume token stops working.
+pub async fn logout_all(State(ctx): Ctx, auth: Authed) -> ApiResult<StatusCode> {
+    let ended = start!(auth, |s| {
+        tracing::info!(user = %s.name(), "logged out everywhere over HTTP");
+        s.logout_all()
+    })?;
+    drop(ctx.sessions.remove(&auth.token));
+    ended.await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -52,6 +52,9 @@ pub const DEFAULT_PAGER_PER_IP_PER_MINUTE: u32 = 10;
 pub const DEFAULT_HTTP_SESSION_IDLE_SECS: u64 = 1800;
 /// Most HTTP sessions at once.
 pub const DEFAULT_HTTP_MAX_SESSIONS: usize = 10_000;
+/// Most HTTP sessions logged in from one address (IPv6: one /64); past it
+/// the address's least recently used session ends.
+pub const DEFAULT_HTTP_MAX_SESSIONS_PER_IP: usize = 256;
 /// Most logins waiting between their two SCRAM steps.
 pub const DEFAULT_HTTP_MAX_PENDING_LOGINS: usize = 10_000;
 /// Most HTTP requests served at once; more are answered BUSY.
@@ -76,6 +79,8 @@ pub struct HttpSettings {
     pub session_idle: Duration,
     /// Most bearer sessions at once.
     pub max_sessions: usize,
+    /// Most bearer sessions from one address group.
+    pub max_sessions_per_ip: usize,
     /// Most logins between their two steps.
     pub max_pending_logins: usize,
     /// Longest time between the two login steps (the native auth timeout).
@@ -97,6 +102,7 @@ impl Default for HttpSettings {
             pager_per_ip_per_minute: DEFAULT_PAGER_PER_IP_PER_MINUTE,
             session_idle: Duration::from_secs(DEFAULT_HTTP_SESSION_IDLE_SECS),
             max_sessions: DEFAULT_HTTP_MAX_SESSIONS,
+            max_sessions_per_ip: DEFAULT_HTTP_MAX_SESSIONS_PER_IP,
             max_pending_logins: DEFAULT_HTTP_MAX_PENDING_LOGINS,
             login_timeout: Duration::from_secs(30),
             max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
@@ -182,7 +188,11 @@ impl HttpContext {
     ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
             service,
-            sessions: HttpSessions::new(settings.session_idle, settings.max_sessions),
+            sessions: HttpSessions::new(
+                settings.session_idle,
+                settings.max_sessions,
+                settings.max_sessions_per_ip,
+            ),
             logins: PendingLogins::new(settings.login_timeout, settings.max_pending_logins),
             pager: pager::PagerLimiter::new(settings.pager_per_ip_per_minute),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
@@ -221,6 +231,7 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HttpContext>>
         (Method::POST, "/v1/login/finish", post(api::login_finish)),
         (Method::POST, "/v1/login/resume", post(api::login_resume)),
         (Method::POST, "/v1/logout", post(api::logout)),
+        (Method::POST, "/v1/logout/all", post(api::logout_all)),
         (Method::GET, "/v1/mailbox", get(api::mailbox)),
         (Method::GET, "/v1/messages", get(api::fetch)),
         (Method::POST, "/v1/messages", post(api::send)),

@@ -7,6 +7,7 @@
 //! `Arc<HttpSession>`, or the pending login itself) and awaits afterwards.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,8 @@ pub struct HttpSession {
     pub session: Mutex<Option<Session>>,
     /// When a request last used it, for idle expiry.
     last_used: Mutex<Instant>,
+    /// The address group it logged in from, for its address's share.
+    ip: IpAddr,
 }
 
 impl HttpSession {
@@ -133,24 +136,69 @@ impl HttpSession {
     pub fn restore(&self, session: Session) {
         *lock(&self.session) = Some(session);
     }
+
+    /// Whether it is over: idle too long, or ended by the server (account
+    /// deleted, kicked, logged out everywhere, replaced).
+    fn over(&self, idle: Duration) -> bool {
+        lock(&self.last_used).elapsed() >= idle || lock(&self.session).as_ref().is_some_and(|s| s.closing().is_some())
+    }
 }
 
 /// Sessions by bearer token (the table keys are SHA-256 of the tokens, so a
 /// memory dump does not hand out working tokens).
+///
+/// One address gets a bounded share of the table (`max_per_ip`): past it,
+/// its own least recently used session makes room, so logins from one
+/// address can never fill the table for everyone else. (Sessions per
+/// account are bounded by the core, over every front door.)
 pub struct HttpSessions {
     /// A session unused this long expires (and goes offline).
     idle: Duration,
     /// Most sessions at once.
     max: usize,
-    table: Mutex<HashMap<[u8; 32], Arc<HttpSession>>>,
+    /// Most sessions from one address group at once.
+    max_per_ip: usize,
+    table: Mutex<SessionTable>,
+}
+
+/// The table and its per-address counts, under one lock.
+#[derive(Default)]
+struct SessionTable {
+    /// By token hash.
+    by_token: HashMap<[u8; 32], Arc<HttpSession>>,
+    /// Sessions per address group; entries at zero are removed.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl SessionTable {
+    fn remove(&mut self, key: &[u8; 32]) -> Option<Arc<HttpSession>> {
+        let removed = self.by_token.remove(key)?;
+        if let Some(n) = self.per_ip.get_mut(&removed.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&removed.ip);
+            }
+        }
+        Some(removed)
+    }
+
+    /// The key of `ip`'s least recently used session.
+    fn least_recent_of(&self, ip: IpAddr) -> Option<[u8; 32]> {
+        self.by_token
+            .iter()
+            .filter(|(_, s)| s.ip == ip)
+            .min_by_key(|(_, s)| *lock(&s.last_used))
+            .map(|(k, _)| *k)
+    }
 }
 
 impl HttpSessions {
-    pub fn new(idle: Duration, max: usize) -> HttpSessions {
+    pub fn new(idle: Duration, max: usize, max_per_ip: usize) -> HttpSessions {
         HttpSessions {
             idle,
             max,
-            table: Mutex::new(HashMap::new()),
+            max_per_ip: max_per_ip.max(1),
+            table: Mutex::new(SessionTable::default()),
         }
     }
 
@@ -159,25 +207,35 @@ impl HttpSessions {
         self.idle
     }
 
-    /// Stores a new session and returns its bearer token; None when the
-    /// table is full of sessions in use (the session is dropped, offline).
-    pub fn insert(&self, session: Session) -> Option<String> {
+    /// Stores a new session from `ip` and returns its bearer token; None
+    /// when the table is full of sessions in use (the session is dropped,
+    /// offline). When `ip`'s share is used up, its least recently used
+    /// session ends to make room.
+    pub fn insert(&self, session: Session, ip: IpAddr) -> Option<String> {
+        let ip = parley_core::addr::address_group(ip);
         let token = random_token();
         let entry = Arc::new(HttpSession {
             session: Mutex::new(Some(session)),
             last_used: Mutex::new(Instant::now()),
+            ip,
         });
         let expired = {
             let mut table = lock(&self.table);
-            let expired = if table.len() >= self.max {
+            let mut expired = if table.by_token.len() >= self.max {
                 self.take_expired(&mut table)
             } else {
                 Vec::new()
             };
-            if table.len() >= self.max {
+            if table.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip
+                && let Some(key) = table.least_recent_of(ip)
+            {
+                expired.extend(table.remove(&key));
+            }
+            if table.by_token.len() >= self.max {
                 return None;
             }
-            table.insert(token_key(&token), entry);
+            table.by_token.insert(token_key(&token), entry);
+            *table.per_ip.entry(ip).or_insert(0) += 1;
             expired
         };
         // Sessions are dropped (and go offline) outside the table's lock.
@@ -185,19 +243,25 @@ impl HttpSessions {
         Some(token)
     }
 
-    /// The live session a token names, marked as used now.
-    pub fn get(&self, token: &str) -> Option<Arc<HttpSession>> {
+    /// The live session a token names, marked as used now; Err with the
+    /// reason when the server ended it (the entry is dropped).
+    pub fn get(&self, token: &str) -> Option<Result<Arc<HttpSession>, parley_core::hub::CloseReason>> {
         let key = token_key(token);
-        let entry = lock(&self.table).get(&key).cloned()?;
+        let entry = lock(&self.table).by_token.get(&key).cloned()?;
+        let ended = lock(&entry.session).as_ref().and_then(Session::closing);
+        if let Some(reason) = ended {
+            drop(self.remove(token));
+            return Some(Err(reason));
+        }
         let mut last = lock(&entry.last_used);
         if last.elapsed() >= self.idle {
             drop(last);
-            self.remove(token);
+            drop(self.remove(token));
             return None;
         }
         *last = Instant::now();
         drop(last);
-        Some(entry)
+        Some(Ok(entry))
     }
 
     /// Ends a session (logout, account deletion).
@@ -205,11 +269,12 @@ impl HttpSessions {
         lock(&self.table).remove(&token_key(token))
     }
 
-    fn take_expired(&self, table: &mut HashMap<[u8; 32], Arc<HttpSession>>) -> Vec<Arc<HttpSession>> {
+    fn take_expired(&self, table: &mut SessionTable) -> Vec<Arc<HttpSession>> {
         let idle = self.idle;
         let keys: Vec<[u8; 32]> = table
+            .by_token
             .iter()
-            .filter(|(_, s)| lock(&s.last_used).elapsed() >= idle)
+            .filter(|(_, s)| s.over(idle))
             .map(|(k, _)| *k)
             .collect();
         keys.iter().filter_map(|k| table.remove(k)).collect()
@@ -223,12 +288,12 @@ impl HttpSessions {
 
     /// Ends every session (shutdown).
     pub fn clear(&self) {
-        let all: Vec<_> = lock(&self.table).drain().collect();
+        let all = std::mem::take(&mut *lock(&self.table));
         drop(all);
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.table).len()
+        lock(&self.table).by_token.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -250,7 +315,7 @@ mod tests {
 
     #[test]
     fn unknown_tokens_name_no_session() {
-        let sessions = HttpSessions::new(Duration::from_secs(60), 2);
+        let sessions = HttpSessions::new(Duration::from_secs(60), 2, 2);
         assert!(sessions.get("nope").is_none());
         assert!(sessions.remove("nope").is_none());
         assert!(sessions.is_empty());
@@ -300,13 +365,14 @@ mod tests {
         let (pending, last) = login(&service).await;
         let (second, _) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
         let idle = Duration::from_millis(300);
-        let sessions = HttpSessions::new(idle, 1);
-        let token = sessions.insert(session).unwrap();
+        let sessions = HttpSessions::new(idle, 1, 1);
+        let here: IpAddr = [127, 0, 0, 1].into();
+        let token = sessions.insert(session, here).unwrap();
         assert!(service.hub().is_online(outcome.user));
         assert!(sessions.get(&token).is_some());
         // Full of a session in use: the next login is refused (and its
         // session dropped).
-        assert!(sessions.insert(second).is_none());
+        assert!(sessions.insert(second, [127, 0, 0, 2].into()).is_none());
         // Idle past the limit: gone, offline, and its place is free.
         std::thread::sleep(idle + idle / 2);
         assert!(sessions.get(&token).is_none());

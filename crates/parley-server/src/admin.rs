@@ -84,17 +84,22 @@ impl Admin {
             .await
             .map_err(|e| format!("looking up {user:?}: {e}"))?
             .ok_or_else(|| format!("no such user {user:?}"))?;
-        let hub = self.service.hub();
-        let sessions = hub.session_count(account.id);
-        hub.close_user(
-            account.id,
-            None,
-            CloseReason {
-                kind: ErrorKind::Kicked,
-                message: "an administrator ended this session".into(),
-            },
-        );
-        tracing::info!(user = %account.name, sessions, "kicked");
+        let sessions = self.service.hub().session_count(account.id);
+        // Every session on every front door, and every resume token: a
+        // kicked user logs in again with the password or not at all.
+        let tokens = self
+            .service
+            .end_sessions(
+                account.id,
+                None,
+                CloseReason {
+                    kind: ErrorKind::Kicked,
+                    message: "an administrator ended this session".into(),
+                },
+            )
+            .await
+            .map_err(|e| format!("revoking {user:?}'s resume tokens: {e}"))?;
+        tracing::info!(user = %account.name, sessions, tokens, "kicked");
         Ok(Kicked {
             user: account.name,
             sessions,

@@ -71,14 +71,24 @@ pub const DEFAULT_MAX_ACK_BACKOFF_MS: u64 = 120_000;
 pub const DEFAULT_MAX_UNACKED: usize = parley_core::limits::DEFAULT_MAX_UNACKED;
 /// Contacts per account.
 pub const DEFAULT_MAX_CONTACTS: u32 = parley_core::limits::DEFAULT_MAX_CONTACTS;
-/// Simultaneous connections from one source address.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 4096;
+/// Simultaneous native and WebSocket connections from one source address
+/// (IPv6 by /64).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Requests in flight across all connections before new work is answered BUSY.
 pub const DEFAULT_MAX_BACKLOG: usize = 16_384;
 /// Failed logins per account name per minute before logins to it are refused with RATE_LIMITED.
 pub const DEFAULT_LOGIN_FAILURES_PER_ACCOUNT: u32 = parley_core::throttle::DEFAULT_FAILURES_PER_ACCOUNT;
 /// Failed logins and resumes per source address per minute before it is refused with RATE_LIMITED.
 pub const DEFAULT_LOGIN_FAILURES_PER_IP: u32 = parley_core::throttle::DEFAULT_FAILURES_PER_IP;
+/// Logins in progress (challenge sent, proof not yet checked) per account name.
+pub const DEFAULT_LOGIN_PENDING_PER_ACCOUNT: u32 = parley_core::throttle::DEFAULT_PENDING_PER_ACCOUNT;
+/// Logins in progress per source address (IPv6 by /64).
+pub const DEFAULT_LOGIN_PENDING_PER_IP: u32 = parley_core::throttle::DEFAULT_PENDING_PER_IP;
+/// Sessions one account may have at once, over every front door; a login
+/// past it ends the account's oldest session (ejabberd's max_user_sessions).
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = parley_core::limits::DEFAULT_MAX_SESSIONS_PER_USER;
+/// Native and WebSocket connections not yet logged in, across all addresses.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 2_000;
 /// Lifetime of a resume token, in seconds.
 pub const DEFAULT_RESUME_TTL_SECS: u64 = 7 * 24 * 3600;
 /// HTTP listener (JSON API, WebSocket, pager, web UI); "off" disables it.
@@ -91,6 +101,8 @@ pub const DEFAULT_PAGER_PER_IP_PER_MINUTE: u32 = parley_http::DEFAULT_PAGER_PER_
 pub const DEFAULT_HTTP_SESSION_IDLE_SECS: u64 = parley_http::DEFAULT_HTTP_SESSION_IDLE_SECS;
 /// Most HTTP sessions at once.
 pub const DEFAULT_HTTP_MAX_SESSIONS: usize = parley_http::DEFAULT_HTTP_MAX_SESSIONS;
+/// Most HTTP sessions from one source address (IPv6 by /64).
+pub const DEFAULT_HTTP_MAX_SESSIONS_PER_IP: usize = parley_http::DEFAULT_HTTP_MAX_SESSIONS_PER_IP;
 /// Most HTTP logins waiting between their two SCRAM steps.
 pub const DEFAULT_HTTP_MAX_PENDING_LOGINS: usize = parley_http::DEFAULT_HTTP_MAX_PENDING_LOGINS;
 /// Most HTTP requests served at once.
@@ -170,6 +182,10 @@ pub struct Settings {
     pub max_backlog: usize,
     pub login_failures_per_account: u32,
     pub login_failures_per_ip: u32,
+    pub login_pending_per_account: u32,
+    pub login_pending_per_ip: u32,
+    pub max_sessions_per_user: usize,
+    pub max_unauthenticated: usize,
     pub resume_ttl: Duration,
     /// None when the HTTP listener is off.
     pub http_listen: Option<SocketAddr>,
@@ -177,6 +193,7 @@ pub struct Settings {
     pub pager_per_ip_per_minute: u32,
     pub http_session_idle: Duration,
     pub http_max_sessions: usize,
+    pub http_max_sessions_per_ip: usize,
     pub http_max_pending_logins: usize,
     pub http_max_in_flight: usize,
     pub http_max_request_bytes: usize,
@@ -303,7 +320,7 @@ settings! {
     max_unacked: "PARLEY_MAX_UNACKED", "N";
     /// Contacts per account [default: 1000]
     max_contacts: "PARLEY_MAX_CONTACTS", "N";
-    /// Simultaneous connections from one source address [default: 4096]
+    /// Simultaneous native and WebSocket connections from one source address (IPv6: one /64) [default: 256]
     max_connections_per_ip: "PARLEY_MAX_CONNECTIONS_PER_IP", "N";
     /// Requests in flight across all connections before new work is answered BUSY [default: 16384]
     max_backlog: "PARLEY_MAX_BACKLOG", "N";
@@ -311,6 +328,14 @@ settings! {
     login_failures_per_account: "PARLEY_LOGIN_FAILURES_PER_ACCOUNT", "N";
     /// Failed logins and resumes per source address per minute before it is refused with RATE_LIMITED [default: 30]
     login_failures_per_ip: "PARLEY_LOGIN_FAILURES_PER_IP", "N";
+    /// Logins in progress (challenge sent, proof not checked) per account name; more get RATE_LIMITED [default: 8]
+    login_pending_per_account: "PARLEY_LOGIN_PENDING_PER_ACCOUNT", "N";
+    /// Logins in progress per source address (IPv6: one /64); more get RATE_LIMITED [default: 64]
+    login_pending_per_ip: "PARLEY_LOGIN_PENDING_PER_IP", "N";
+    /// Sessions one account may have at once (native, WebSocket and HTTP); a login past it ends the oldest [default: 32]
+    max_sessions_per_user: "PARLEY_MAX_SESSIONS_PER_USER", "N";
+    /// Native and WebSocket connections not yet logged in, in all; more get BUSY and are closed [default: 2000]
+    max_unauthenticated: "PARLEY_MAX_UNAUTHENTICATED", "N";
     /// Lifetime of a resume token, in seconds [default: 604800]
     resume_ttl_secs: "PARLEY_RESUME_TTL_SECS", "N";
     /// HTTP listen address (JSON API, WebSocket, pager, web UI), or "off" [default: 127.0.0.1:7880]
@@ -323,6 +348,8 @@ settings! {
     http_session_idle_secs: "PARLEY_HTTP_SESSION_IDLE_SECS", "SECS";
     /// Most HTTP sessions at once; more logins get BUSY [default: 10000]
     http_max_sessions: "PARLEY_HTTP_MAX_SESSIONS", "N";
+    /// Most HTTP sessions from one source address (IPv6: one /64); past it that address's least recently used one ends [default: 256]
+    http_max_sessions_per_ip: "PARLEY_HTTP_MAX_SESSIONS_PER_IP", "N";
     /// Most HTTP logins between their two SCRAM steps [default: 10000]
     http_max_pending_logins: "PARLEY_HTTP_MAX_PENDING_LOGINS", "N";
     /// Most HTTP requests served at once; more get BUSY [default: 1024]
@@ -678,6 +705,37 @@ impl SettingArgs {
             1..=1_000_000,
             1,
         );
+        let login_pending_per_account: u32 = num(
+            &mut errors,
+            "login_pending_per_account",
+            &get(
+                "login_pending_per_account",
+                &DEFAULT_LOGIN_PENDING_PER_ACCOUNT.to_string(),
+            ),
+            1..=1_000_000,
+            1,
+        );
+        let login_pending_per_ip: u32 = num(
+            &mut errors,
+            "login_pending_per_ip",
+            &get("login_pending_per_ip", &DEFAULT_LOGIN_PENDING_PER_IP.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let max_sessions_per_user: usize = num(
+            &mut errors,
+            "max_sessions_per_user",
+            &get("max_sessions_per_user", &DEFAULT_MAX_SESSIONS_PER_USER.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let max_unauthenticated: usize = num(
+            &mut errors,
+            "max_unauthenticated",
+            &get("max_unauthenticated", &DEFAULT_MAX_UNAUTHENTICATED.to_string()),
+            1..=1_000_000,
+            1,
+        );
         let resume_ttl_secs: u64 = num(
             &mut errors,
             "resume_ttl_secs",
@@ -728,6 +786,16 @@ impl SettingArgs {
             &mut errors,
             "http_max_sessions",
             &get("http_max_sessions", &DEFAULT_HTTP_MAX_SESSIONS.to_string()),
+            1..=1_000_000,
+            1,
+        );
+        let http_max_sessions_per_ip: usize = num(
+            &mut errors,
+            "http_max_sessions_per_ip",
+            &get(
+                "http_max_sessions_per_ip",
+                &DEFAULT_HTTP_MAX_SESSIONS_PER_IP.to_string(),
+            ),
             1..=1_000_000,
             1,
         );
@@ -840,12 +908,17 @@ impl SettingArgs {
             max_backlog,
             login_failures_per_account,
             login_failures_per_ip,
+            login_pending_per_account,
+            login_pending_per_ip,
+            max_sessions_per_user,
+            max_unauthenticated,
             resume_ttl: Duration::from_secs(resume_ttl_secs),
             http_listen,
             pager,
             pager_per_ip_per_minute,
             http_session_idle: Duration::from_secs(http_session_idle_secs),
             http_max_sessions,
+            http_max_sessions_per_ip,
             http_max_pending_logins,
             http_max_in_flight,
             http_max_request_bytes,

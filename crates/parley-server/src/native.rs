@@ -76,6 +76,12 @@ pub struct NativeContext {
     pub max_backlog: usize,
     /// Requests in flight across all connections now.
     pub backlog: AtomicUsize,
+    /// Connections (TCP, TLS, WebSocket) not logged in, past which a new
+    /// connection is refused BUSY: unauthenticated connections cost the
+    /// server but prove nothing, so they get a share of their own.
+    pub max_unauthenticated: usize,
+    /// Connections not logged in now.
+    pub unauthenticated: AtomicUsize,
     /// Counters for metrics.
     pub counters: NativeCounters,
     /// The perf log, once the server has opened it (only when `perf_log`
@@ -109,6 +115,30 @@ pub struct NativeCounters {
     pub slow_consumer_pauses: AtomicU64,
     /// Connections closed for keep-alive silence.
     pub keepalive_timeouts: AtomicU64,
+    /// Connections refused because `max_unauthenticated` were open.
+    pub unauthenticated_refused: AtomicU64,
+}
+
+/// A connection's place among those not logged in; released on drop.
+struct Unauthenticated(Arc<NativeContext>);
+
+impl Unauthenticated {
+    /// Takes a place, unless `max_unauthenticated` are taken (or, with
+    /// `force`, in any case: a connection that logs out again).
+    fn take(ctx: &Arc<NativeContext>, force: bool) -> Option<Unauthenticated> {
+        let before = ctx.unauthenticated.fetch_add(1, Ordering::AcqRel);
+        if before >= ctx.max_unauthenticated && !force {
+            ctx.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Unauthenticated(Arc::clone(ctx)))
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.0.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How long a connection is not read after one of its requests was refused
@@ -119,6 +149,9 @@ pub struct NativeCounters {
 /// buffer and is read in one go, so under a flood the tokio workers make
 /// fewer, larger reads and writes (docs/BENCHMARKS.md, overload).
 const REFUSED_READ_PAUSE: Duration = Duration::from_millis(15);
+/// Retry hint sent with the BUSY refusal of a connection over
+/// `max_unauthenticated`.
+const UNAUTHENTICATED_RETRY_MS: u32 = 1000;
 /// Retry hint sent with BUSY when the backlog is over its high-water mark.
 const BACKLOG_RETRY_MS: u32 = 100;
 /// Retry hint when live delivery finds the store busy and no hint was given.
@@ -214,6 +247,8 @@ struct Connection {
     perf_op: Option<Box<PerfOp>>,
     /// Bytes read and written, for the access log.
     summary: ConnectionSummary,
+    /// Its place among the connections not logged in, while it is not.
+    unauthenticated: Option<Unauthenticated>,
 }
 
 /// Serves one accepted connection until it closes; returns what it did.
@@ -229,6 +264,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let now = Instant::now();
+    let unauthenticated = Unauthenticated::take(&ctx, false);
     let auth_deadline = now + ctx.auth_timeout;
     let keepalive_check = now + ctx.keepalive;
     let mut conn = Connection {
@@ -252,11 +288,25 @@ where
         peer,
         perf_op: None,
         summary: ConnectionSummary::default(),
+        unauthenticated,
     };
     conn.ack_backoff = conn.ctx.ack_timeout;
     let welcome = conn.ctx.welcome.clone();
     conn.encode(&welcome);
-    if *shutdown.borrow() {
+    if conn.unauthenticated.is_none() {
+        conn.ctx
+            .counters
+            .unauthenticated_refused
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %conn.peer, "refused: too many connections not logged in");
+        let mut refusal = error_frame(0, ErrorCode::Busy, "too many connections not logged in; retry later");
+        if let Some(Body::Error(e)) = refusal.body.as_mut() {
+            e.retry_after_ms = UNAUTHENTICATED_RETRY_MS;
+        }
+        conn.phase = Phase::Draining {
+            last: Some(Box::new(refusal)),
+        };
+    } else if *shutdown.borrow() {
         conn.phase = Phase::Draining {
             last: Some(Box::new(goodbye(ErrorCode::ShuttingDown, "server is shutting down"))),
         };
@@ -767,6 +817,7 @@ impl Connection {
                     Ok(()) => {
                         tracing::info!(peer = %self.peer, user = %session.name(), "account deleted");
                         self.session = None;
+                        self.unauthenticated = Unauthenticated::take(&self.ctx, true);
                         self.ack_deadline = None;
                         self.encode(&frame(id, Body::AccountDeleted(v1::AccountDeleted {})));
                     }
@@ -784,6 +835,7 @@ impl Connection {
             Ok((session, outcome)) => {
                 tracing::debug!(peer = %self.peer, user = %outcome.name, session = %outcome.session, "login");
                 self.session = Some(session);
+                self.unauthenticated = None;
                 self.ack_deadline = None;
                 self.ack_backoff = self.ctx.ack_timeout;
                 self.encode(&frame(
@@ -815,7 +867,7 @@ impl Connection {
             return self.encode(&core_error_frame(id, &not_logged_in()));
         };
         // Acks and logouts always go through: they shrink the load.
-        if overloaded && !matches!(body, B::Ack(_) | B::Logout(_)) {
+        if overloaded && !matches!(body, B::Ack(_) | B::Logout(_) | B::LogoutAll(_)) {
             return self.start(id, Err(busy()));
         }
         let started: Result<Reply, CoreError> = match body {
@@ -908,9 +960,20 @@ impl Connection {
                 ))
             }
             B::ListContacts(_) => Ok(reply(id, session.list_contacts(), contact_list)),
+            B::LogoutAll(_) => {
+                let ended = session.logout_all();
+                tracing::info!(peer = %self.peer, user = %session.name(), "logged out everywhere");
+                self.session = None;
+                self.unauthenticated = Unauthenticated::take(&self.ctx, true);
+                self.pending_auth = None;
+                self.ack_deadline = None;
+                self.auth_deadline = Instant::now() + self.ctx.auth_timeout;
+                Ok(reply(id, ended, |_| Body::LoggedOut(v1::LoggedOut {})))
+            }
             B::Logout(_) => {
                 let revoked = session.logout();
                 self.session = None;
+                self.unauthenticated = Unauthenticated::take(&self.ctx, true);
                 self.pending_auth = None;
                 self.ack_deadline = None;
                 self.auth_deadline = Instant::now() + self.ctx.auth_timeout;
@@ -949,6 +1012,7 @@ fn op_name(body: &client_frame::Body) -> &'static str {
         B::RemoveContact(_) => "remove_contact",
         B::ListContacts(_) => "list_contacts",
         B::Logout(_) => "logout",
+        B::LogoutAll(_) => "logout_all",
         B::DeleteAccount(_) => "delete_account",
     }
 }

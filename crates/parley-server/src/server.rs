@@ -163,6 +163,8 @@ struct IpSlot {
 
 impl PerIp {
     fn acquire(table: &Arc<PerIp>, ip: IpAddr) -> Option<IpSlot> {
+        // IPv6 by its /64: one client holds a whole one.
+        let ip = parley_core::addr::address_group(ip);
         let mut open = table.open.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(ip).or_insert(0);
         if *count >= table.max {
@@ -251,6 +253,8 @@ impl Server {
                     session_queue: settings.session_queue,
                     max_contacts: settings.max_contacts,
                     max_unacked: settings.max_unacked,
+                    max_sessions_per_user: settings.max_sessions_per_user,
+                    max_reply_bytes: settings.max_frame_bytes as usize,
                 },
                 auth: AuthSettings {
                     mechanisms: settings.scram_mechanisms.clone(),
@@ -264,7 +268,10 @@ impl Server {
                 throttle: ThrottleSettings {
                     failures_per_account: settings.login_failures_per_account,
                     failures_per_ip: settings.login_failures_per_ip,
+                    pending_per_account: settings.login_pending_per_account,
+                    pending_per_ip: settings.login_pending_per_ip,
                     window: parley_core::throttle::DEFAULT_WINDOW,
+                    max_tracked: parley_core::throttle::MAX_TRACKED,
                 },
             },
         );
@@ -281,6 +288,8 @@ impl Server {
             max_ack_backoff: settings.max_ack_backoff,
             max_backlog: settings.max_backlog,
             backlog: AtomicUsize::new(0),
+            max_unauthenticated: settings.max_unauthenticated,
+            unauthenticated: AtomicUsize::new(0),
             counters: NativeCounters::default(),
             perf: OnceLock::new(),
         });
@@ -652,6 +661,7 @@ fn http_settings(settings: &Settings) -> parley_http::HttpSettings {
         pager_per_ip_per_minute: settings.pager_per_ip_per_minute,
         session_idle: settings.http_session_idle,
         max_sessions: settings.http_max_sessions,
+        max_sessions_per_ip: settings.http_max_sessions_per_ip,
         max_pending_logins: settings.http_max_pending_logins,
         login_timeout: settings.auth_timeout,
         max_in_flight: settings.http_max_in_flight,

@@ -27,7 +27,8 @@ async fn resume_skips_the_password_and_restores_the_session(store: Store) {
     let again = server.client().await;
     let resumed = again.resume(&login.resume_token).await.unwrap();
     assert_eq!((resumed.name.as_str(), resumed.unread), ("bob", 2));
-    assert!(resumed.resume_token.is_empty(), "the same token stays valid");
+    assert_eq!(resumed.resume_token.len(), 32, "a resume hands out a new token");
+    assert_ne!(resumed.resume_token, login.resume_token);
     // Pending and unacked messages are delivered, nothing twice.
     again.subscribe(0).await.unwrap();
     let pushed = collect_pushes(&again, 2).await;
@@ -35,13 +36,18 @@ async fn resume_skips_the_password_and_restores_the_session(store: Store) {
     assert_eq!(pushed[0].message_id, got[0].message_id);
     again.ack(pushed[1].seq, vec![]).await.unwrap();
     assert_no_push(&again).await;
-    // The token works again (another reconnect), until logout revokes it.
+    // The replaced token is dead; the new one works (another reconnect),
+    // until logout revokes it.
     let third = server.client().await;
-    third.resume(&login.resume_token).await.unwrap();
+    assert_eq!(
+        third.resume(&login.resume_token).await.unwrap_err().code(),
+        Some(ErrorCode::AuthFailed)
+    );
+    let latest = third.resume(&resumed.resume_token).await.unwrap().resume_token;
     third.logout().await.unwrap();
     let fourth = server.client().await;
     assert_eq!(
-        fourth.resume(&login.resume_token).await.unwrap_err().code(),
+        fourth.resume(&latest).await.unwrap_err().code(),
         Some(ErrorCode::AuthFailed)
     );
     // Garbage tokens fail the same way.

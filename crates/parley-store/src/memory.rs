@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
+use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, StoreResult,
-    StoredMessage,
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
+    StoreResult, StoredMessage, message_cost,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 
@@ -305,8 +306,12 @@ impl State {
     }
 
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> Vec<StoredMessage> {
+        self.fetch_page(user, after, limit, include_acked, usize::MAX).messages
+    }
+
+    fn fetch_page(&self, user: UserId, after: Seq, limit: u32, include_acked: bool, max_bytes: usize) -> FetchPage {
         let Some(entry) = self.accounts.get(&user) else {
-            return Vec::new();
+            return FetchPage::default();
         };
         // Unread messages all lie past the acknowledged prefix.
         let start = if include_acked {
@@ -314,14 +319,24 @@ impl State {
         } else {
             after.max(entry.acked_through)
         };
-        entry
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut page = FetchPage::default();
+        let mut spent = 0usize;
+        let matching = entry
             .messages
             .range((Bound::Excluded(start), Bound::Unbounded))
             .map(|(_, slot)| slot)
-            .filter(|slot| include_acked || !slot.acked)
-            .take(usize::try_from(limit).unwrap_or(usize::MAX))
-            .map(Slot::to_message)
-            .collect()
+            .filter(|slot| include_acked || !slot.acked);
+        for slot in matching {
+            let cost = message_cost(&slot.message);
+            if page.messages.len() >= limit || (!page.messages.is_empty() && spent.saturating_add(cost) > max_bytes) {
+                page.more = true;
+                break;
+            }
+            spent = spent.saturating_add(cost);
+            page.messages.push(slot.to_message());
+        }
+        page
     }
 
     fn ack(&mut self, user: UserId, range: AckRange) -> StoreResult<(u64, MailboxState)> {
@@ -441,6 +456,19 @@ impl State {
         }
     }
 
+    /// Forgets every token of `user`; returns how many there were.
+    fn remove_tokens_of(&mut self, user: UserId) -> u64 {
+        let hashes: Vec<TokenHash> = self
+            .accounts
+            .get_mut(&user)
+            .map(|entry| entry.tokens.drain().collect())
+            .unwrap_or_default();
+        for hash in &hashes {
+            self.tokens.remove(hash);
+        }
+        hashes.len() as u64
+    }
+
     fn create_resume_token(&mut self, token: NewResumeToken) -> StoreResult<()> {
         if !self.accounts.contains_key(&token.user) {
             return Err(StoreError::NoSuchUser);
@@ -533,6 +561,17 @@ impl Store for MemoryStore {
         self.run(|state| Ok(state.fetch(user, after, limit, include_acked)))
     }
 
+    fn fetch_page(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+        max_bytes: usize,
+    ) -> StoreReply<FetchPage> {
+        self.run(|state| Ok(state.fetch_page(user, after, limit, include_acked, max_bytes)))
+    }
+
     fn ack(&self, user: UserId, range: AckRange) -> StoreReply<(u64, MailboxState)> {
         self.run(|state| state.ack(user, range))
     }
@@ -568,6 +607,19 @@ impl Store for MemoryStore {
     fn revoke_resume_token(&self, hash: [u8; 32]) -> StoreReply<()> {
         self.run(|state| {
             state.remove_token(&hash);
+            Ok(())
+        })
+    }
+
+    fn revoke_all_resume_tokens(&self, user: UserId) -> StoreReply<u64> {
+        self.run(|state| Ok(state.remove_tokens_of(user)))
+    }
+
+    fn set_credentials(&self, user: UserId, credentials: StoredCredentials) -> StoreReply<()> {
+        self.run(|state| {
+            let entry = state.accounts.get_mut(&user).ok_or(StoreError::NoSuchUser)?;
+            entry.account.credentials = credentials;
+            state.remove_tokens_of(user);
             Ok(())
         })
     }

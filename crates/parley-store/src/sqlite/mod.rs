@@ -25,10 +25,11 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use parley_core::histogram::Histogram;
+use parley_core::scram::StoredCredentials;
 use parley_core::store::StoreStats;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, StoreResult,
-    StoredMessage,
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
+    StoreResult, StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 use tokio::sync::oneshot;
@@ -420,6 +421,24 @@ impl Store for SqliteStore {
         })
     }
 
+    fn fetch_page(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+        max_bytes: usize,
+    ) -> StoreReply<FetchPage> {
+        self.submit(|reply| Op::FetchPage {
+            user,
+            after,
+            limit,
+            include_acked,
+            max_bytes,
+            reply,
+        })
+    }
+
     fn ack(&self, user: UserId, range: AckRange) -> StoreReply<(u64, MailboxState)> {
         self.submit(|reply| Op::Ack { user, range, reply })
     }
@@ -465,6 +484,18 @@ impl Store for SqliteStore {
 
     fn revoke_resume_token(&self, hash: [u8; 32]) -> StoreReply<()> {
         self.submit(|reply| Op::RevokeResumeToken { hash, reply })
+    }
+
+    fn revoke_all_resume_tokens(&self, user: UserId) -> StoreReply<u64> {
+        self.submit(|reply| Op::RevokeAllResumeTokens { user, reply })
+    }
+
+    fn set_credentials(&self, user: UserId, credentials: StoredCredentials) -> StoreReply<()> {
+        self.submit(|reply| Op::SetCredentials {
+            user,
+            credentials,
+            reply,
+        })
     }
 
     fn close(&self) -> StoreReply<()> {

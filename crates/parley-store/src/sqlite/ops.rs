@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, MailboxState, NewAccount, NewMessage, NewResumeToken, StoreResult,
-    StoredMessage,
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
+    StoreResult, StoredMessage, message_cost,
 };
 use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
 use rusqlite::types::Type;
@@ -60,6 +60,14 @@ pub(super) enum Op {
         include_acked: bool,
         reply: Reply<Vec<StoredMessage>>,
     },
+    FetchPage {
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+        max_bytes: usize,
+        reply: Reply<FetchPage>,
+    },
     Ack {
         user: UserId,
         range: AckRange,
@@ -100,6 +108,15 @@ pub(super) enum Op {
     },
     RevokeResumeToken {
         hash: [u8; 32],
+        reply: Reply<()>,
+    },
+    RevokeAllResumeTokens {
+        user: UserId,
+        reply: Reply<u64>,
+    },
+    SetCredentials {
+        user: UserId,
+        credentials: StoredCredentials,
         reply: Reply<()>,
     },
 }
@@ -188,10 +205,13 @@ impl Op {
             | Op::CreateResumeToken { .. }
             // A resume deletes the token it finds expired.
             | Op::Resume { .. }
-            | Op::RevokeResumeToken { .. } => true,
+            | Op::RevokeResumeToken { .. }
+            | Op::RevokeAllResumeTokens { .. }
+            | Op::SetCredentials { .. } => true,
             Op::FindAccount { .. }
             | Op::ListAccounts { .. }
             | Op::Fetch { .. }
+            | Op::FetchPage { .. }
             | Op::MailboxState { .. }
             | Op::ListContacts { .. } => false,
         }
@@ -238,7 +258,18 @@ impl Op {
                 limit,
                 include_acked,
                 reply,
-            } => answer(reply, fetch(conn, user, after, limit, include_acked)),
+            } => answer(
+                reply,
+                fetch(conn, user, after, limit, include_acked, usize::MAX).map(|page| page.messages),
+            ),
+            Op::FetchPage {
+                user,
+                after,
+                limit,
+                include_acked,
+                max_bytes,
+                reply,
+            } => answer(reply, fetch(conn, user, after, limit, include_acked, max_bytes)),
             Op::Ack { user, range, reply } => answer(reply, ack(conn, user, range)),
             Op::DeleteMessages { user, ids, reply } => answer(reply, delete_messages(conn, user, ids)),
             Op::MailboxState { user, reply } => answer(reply, mailbox_state(conn, user)),
@@ -257,6 +288,12 @@ impl Op {
             Op::CreateResumeToken { token, reply } => answer(reply, create_resume_token(conn, token)),
             Op::Resume { hash, now_ms, reply } => answer(reply, resume(conn, hash, now_ms)),
             Op::RevokeResumeToken { hash, reply } => answer(reply, revoke_resume_token(conn, hash)),
+            Op::RevokeAllResumeTokens { user, reply } => answer(reply, revoke_all_resume_tokens(conn, user)),
+            Op::SetCredentials {
+                user,
+                credentials,
+                reply,
+            } => answer(reply, set_credentials(conn, user, &credentials)),
         }
     }
 
@@ -269,6 +306,7 @@ impl Op {
             Op::ListAccounts { reply, .. } => refuse(reply, error),
             Op::Append { reply, .. } => refuse(reply, error),
             Op::Fetch { reply, .. } => refuse(reply, error),
+            Op::FetchPage { reply, .. } => refuse(reply, error),
             Op::Ack { reply, .. } => refuse(reply, error),
             Op::DeleteMessages { reply, .. } => refuse(reply, error),
             Op::MailboxState { reply, .. } => refuse(reply, error),
@@ -278,6 +316,8 @@ impl Op {
             Op::CreateResumeToken { reply, .. } => refuse(reply, error),
             Op::Resume { reply, .. } => refuse(reply, error),
             Op::RevokeResumeToken { reply, .. } => refuse(reply, error),
+            Op::RevokeAllResumeTokens { reply, .. } => refuse(reply, error),
+            Op::SetCredentials { reply, .. } => refuse(reply, error),
         }
     }
 }
@@ -736,9 +776,18 @@ fn mailbox_row(conn: &Connection, id: u64) -> OpResult<Option<MailboxRow>> {
     Ok(row)
 }
 
-fn fetch(conn: &Connection, user: UserId, after: Seq, limit: u32, include_acked: bool) -> OpResult<Vec<StoredMessage>> {
+/// Reads a page of a mailbox; rows are stepped one at a time, so those
+/// past `limit` or the byte budget are never loaded.
+fn fetch(
+    conn: &Connection,
+    user: UserId,
+    after: Seq,
+    limit: u32,
+    include_acked: bool,
+    max_bytes: usize,
+) -> OpResult<FetchPage> {
     let Some(mailbox) = mailbox_row(conn, user.0)? else {
-        return Ok(Vec::new());
+        return Ok(FetchPage::default());
     };
     let watermark = mailbox.acked_through;
     let (sql, after) = if include_acked {
@@ -760,11 +809,26 @@ fn fetch(conn: &Connection, user: UserId, after: Seq, limit: u32, include_acked:
         )
     };
     let mut stmt = conn.prepare_cached(sql)?;
+    // One row past the limit tells whether more follow.
     let rows = stmt.query_map(
-        params![watermark, user.0, saturating_sql(after), limit],
+        params![watermark, user.0, saturating_sql(after), u64::from(limit) + 1],
         message_from_row,
     )?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let mut page = FetchPage::default();
+    let mut spent = 0usize;
+    for row in rows {
+        let message = row?;
+        let cost = message_cost(&message);
+        if page.messages.len() >= limit as usize
+            || (!page.messages.is_empty() && spent.saturating_add(cost) > max_bytes)
+        {
+            page.more = true;
+            break;
+        }
+        spent = spent.saturating_add(cost);
+        page.messages.push(message);
+    }
+    Ok(page)
 }
 
 /// Acks up to a seq by moving the mailbox's watermark, counting the unread
@@ -969,5 +1033,38 @@ fn resume(conn: &Connection, hash: [u8; 32], now_ms: u64) -> OpResult<Option<Acc
 fn revoke_resume_token(conn: &Connection, hash: [u8; 32]) -> OpResult<()> {
     conn.prepare_cached("DELETE FROM resume_tokens WHERE hash = ?1")?
         .execute([&hash[..]])?;
+    Ok(())
+}
+
+fn revoke_all_resume_tokens(conn: &Connection, user: UserId) -> OpResult<u64> {
+    let Some(id) = exact_sql(user.0) else { return Ok(0) };
+    let removed = conn
+        .prepare_cached("DELETE FROM resume_tokens WHERE user = ?1")?
+        .execute([id])?;
+    Ok(removed as u64)
+}
+
+fn set_credentials(conn: &Connection, user: UserId, credentials: &StoredCredentials) -> OpResult<()> {
+    let Some(id) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    let changed = conn
+        .prepare_cached(
+            "UPDATE accounts SET mechanism = ?2, salt = ?3, iterations = ?4, stored_key = ?5, server_key = ?6
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            credentials.mechanism.name(),
+            credentials.salt,
+            credentials.iterations,
+            credentials.stored_key,
+            credentials.server_key
+        ])?;
+    if changed == 0 {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    conn.prepare_cached("DELETE FROM resume_tokens WHERE user = ?1")?
+        .execute([id])?;
     Ok(())
 }
