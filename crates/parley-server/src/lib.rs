@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod native;
 pub mod perf;
+pub mod private_files;
 pub mod server;
 pub mod supervisor;
 pub mod tls;

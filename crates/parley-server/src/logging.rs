@@ -92,7 +92,8 @@ pub fn init(settings: &Settings) -> anyhow::Result<LoggingGuard> {
             );
         }
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating the log directory {}", dir.display()))?;
+            crate::private_files::create_private_dir(dir)
+                .with_context(|| format!("creating the log directory {}", dir.display()))?;
             layers.push(
                 format_layer(stderr_json, stderr_is_terminal, io::stderr)
                     .with_filter(level().and(not_access()))
@@ -273,8 +274,7 @@ impl Write for DailyFile {
 fn open_append(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, crate::private_files::PRIVATE_FILE_MODE);
     options.open(path)
 }
 

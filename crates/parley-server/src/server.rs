@@ -40,7 +40,7 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, [u8; 3
     match settings.store {
         StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), random_secret())),
         StoreKind::Sqlite => {
-            std::fs::create_dir_all(&settings.data_dir)
+            crate::private_files::create_private_dir(&settings.data_dir)
                 .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
             let secret = load_or_create_secret(&settings.data_dir.join(SECRET_FILE))?;
             let options = SqliteOptions {
