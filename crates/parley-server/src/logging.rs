@@ -10,12 +10,20 @@
 //!   or a message body: the events are written that way at their source.
 //!
 //! Both files rotate daily at midnight UTC: the current file keeps its
-//! plain name and yesterday's becomes `parleyd.log.2026-12-01`; rotated
-//! files older than `log_retention_days` are deleted (0 keeps them all).
+//! plain name and yesterday's becomes `parleyd.log.2026-12-01`. They also
+//! rotate when the next line would take them past `log_max_bytes`, to
+//! `parleyd.log.2026-12-01.001`, `.002`…; rotated files older than
+//! `log_retention_days` are deleted (0 keeps them all), and so are the
+//! oldest beyond `log_max_files`.
 //! Files are written by one background thread per file (tracing-appender's
 //! non-blocking writer): a request never waits for the disk. When that
 //! thread falls [`LOG_QUEUE_LINES`] lines behind, new lines are dropped and
 //! counted ([`dropped_lines`], exported as `parley_log_lines_dropped_total`).
+//!
+//! Repeats are limited before any output (see `log_limit`): the same
+//! event more than [`crate::log_limit::REPEATS_PER_SECOND`] times in a
+//! second is suppressed for the rest of it and counted in one line,
+//! `… (N similar lines suppressed)`, and in `parley_log_lines_suppressed_total`.
 //!
 //! Format (`log_format`): `human` (the default) everywhere, with colours
 //! only on a terminal; `json` everywhere, one object per line; `auto`:
@@ -24,7 +32,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -38,6 +46,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, Settings};
+use crate::log_limit::{RepeatLimitLayer, RepeatLimiter};
 use crate::utc;
 
 /// The tracing target of access events, shared with the HTTP front door.
@@ -49,11 +58,24 @@ pub const ACCESS_FILE: &str = "access.log";
 /// Lines a file's writer thread may fall behind before new lines are dropped.
 pub const LOG_QUEUE_LINES: usize = 65_536;
 
-/// Keeps the file writers running; dropping it flushes what they hold.
+/// Keeps the file writers running; dropping it writes the suppressed
+/// counts not reported yet and flushes what the writers hold.
 #[must_use = "dropping the guard stops the log file writers"]
 pub struct LoggingGuard {
+    /// The repeat limiter, for its last reports.
+    limiter: Arc<RepeatLimiter>,
     /// One per log file.
     _writers: Vec<WorkerGuard>,
+}
+
+impl Drop for LoggingGuard {
+    fn drop(&mut self) {
+        // Before the writers (the fields) are dropped, so that these lines
+        // reach the files.
+        for report in self.limiter.take_reports(u64::MAX) {
+            crate::log_limit::emit(&report);
+        }
+    }
 }
 
 /// The drop counters of the file writers.
@@ -121,11 +143,18 @@ pub fn init(settings: &Settings) -> anyhow::Result<LoggingGuard> {
         }
     }
     let _ = DROP_COUNTERS.set(counters);
+    let limiter = Arc::new(RepeatLimiter::new());
+    // The limiter sits under every output: a repeat it suppresses is
+    // suppressed on stderr and in the files alike.
     tracing_subscriber::registry()
+        .with(RepeatLimitLayer::start(Arc::clone(&limiter)))
         .with(layers)
         .try_init()
         .context("installing the log subscriber")?;
-    Ok(LoggingGuard { _writers: writers })
+    Ok(LoggingGuard {
+        limiter,
+        _writers: writers,
+    })
 }
 
 /// A formatting layer writing to `writer`, human or JSON.

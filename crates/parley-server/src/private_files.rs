@@ -28,12 +28,11 @@ pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Mode of the files parleyd creates.
 pub const PRIVATE_FILE_MODE: u32 = 0o600;
 
-/// Sets the process umask to [`SERVER_UMASK`] and returns the one it
-/// replaces.
-pub fn restrict_umask() -> u32 {
+/// Sets the process umask to [`SERVER_UMASK`].
+pub fn restrict_umask() {
     use nix::sys::stat::{Mode, umask};
-    let previous = umask(Mode::from_bits_truncate(SERVER_UMASK as nix::libc::mode_t));
-    u32::from(previous.bits())
+    // The umask it replaces is of no further use: nothing is restored.
+    let _previous = umask(Mode::from_bits_truncate(SERVER_UMASK as nix::libc::mode_t));
 }
 
 /// Creates `path` and any missing parents with mode 0700 (the parents

@@ -239,6 +239,8 @@ pub struct Stats {
     pub worker_restarts: u64,
     pub perf_lines_dropped: u64,
     pub log_lines_dropped: u64,
+    /// Log lines suppressed as repeats (`log_limit`).
+    pub log_lines_suppressed: u64,
 }
 
 impl Server {
@@ -375,6 +377,7 @@ impl StatsHandle {
             worker_restarts: crate::metrics::process().worker_restarts,
             perf_lines_dropped: self.ctx.perf.get().map_or(0, |p| p.dropped()),
             log_lines_dropped: crate::logging::dropped_lines(),
+            log_lines_suppressed: crate::log_limit::suppressed_lines(),
         }
     }
 
