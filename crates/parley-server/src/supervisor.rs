@@ -573,7 +573,7 @@ async fn channel_task(
 /// parleyd, and starting fails rather than taking it over.
 fn bind_ctl(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::private_files::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {

@@ -63,36 +63,7 @@ fn a_flood_of_refused_connections_leaves_bounded_logs_with_a_suppressed_line() {
             &max_files,
         ],
     );
-    // One connection holds 127.0.0.1's only slot; wait until the server
-    // has admitted it (its access line is written).
-    let _held = TcpStream::connect(&server.addr).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !all_text(&log_dir, "access.log").contains("connection opened") {
-        assert!(Instant::now() < deadline, "the first connection was not logged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
-    // The flood: every further connection from 127.0.0.1 is refused BUSY.
-    let started = Instant::now();
-    let mut refused = 0;
-    for _ in 0..FLOOD_CONNECTIONS {
-        if started.elapsed() > FLOOD_TIME {
-            break;
-        }
-        let Ok(mut stream) = TcpStream::connect(&server.addr) else {
-            continue;
-        };
-        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut reply = Vec::new();
-        // The BUSY error, then end of stream.
-        if stream.read_to_end(&mut reply).is_ok() && !reply.is_empty() {
-            refused += 1;
-        }
-    }
-    assert!(
-        refused >= FLOOD_CONNECTIONS / 2,
-        "only {refused} connections were refused"
-    );
+    let refused = flood_refused_connections(&server, || all_text(&log_dir, "access.log"));
 
     // The suppressed count is written within a second or two of the burst.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -135,4 +106,62 @@ fn a_flood_of_refused_connections_leaves_bounded_logs_with_a_suppressed_line() {
         let rest = name.strip_prefix("access.log.").unwrap();
         assert_eq!(rest.len(), "2026-12-01.001".len(), "{name}");
     }
+}
+
+/// Holds 127.0.0.1's only connection slot (once `log` shows it admitted),
+/// then opens up to [`FLOOD_CONNECTIONS`] more, each refused BUSY, within
+/// [`FLOOD_TIME`]. Returns how many were refused.
+fn flood_refused_connections(server: &TestServer, log: impl Fn() -> String) -> usize {
+    // One connection holds 127.0.0.1's only slot; wait until the server
+    // has admitted it (its access line is written).
+    let held = TcpStream::connect(&server.addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log().contains("connection opened") {
+        assert!(Instant::now() < deadline, "the first connection was not logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The flood: every further connection from 127.0.0.1 is refused BUSY.
+    let started = Instant::now();
+    let mut refused = 0;
+    for _ in 0..FLOOD_CONNECTIONS {
+        if started.elapsed() > FLOOD_TIME {
+            break;
+        }
+        let Ok(mut stream) = TcpStream::connect(&server.addr) else {
+            continue;
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut reply = Vec::new();
+        // The BUSY error, then end of stream.
+        if stream.read_to_end(&mut reply).is_ok() && !reply.is_empty() {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= FLOOD_CONNECTIONS / 2,
+        "only {refused} connections were refused"
+    );
+
+    drop(held);
+    refused
+}
+
+#[test]
+fn repeats_are_suppressed_on_stderr_too() {
+    // Without a log directory every line, access lines included, goes to
+    // stderr (the kit's log file).
+    let server = TestServer::start_with(Store::Memory, &["--max-connections-per-ip", "1"]);
+    let refused = flood_refused_connections(&server, || server.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("similar lines suppressed") {
+        assert!(Instant::now() < deadline, "no suppressed line in:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    assert!(written < refused / 2, "{written} of {refused} refusals were written");
 }
