@@ -27,6 +27,12 @@ pub const DEFAULT_LOG_FORMAT: &str = "human";
 pub const DEFAULT_LOG_DIR: &str = "";
 /// Days rotated log files are kept; 0 keeps them all.
 pub const DEFAULT_LOG_RETENTION_DAYS: u32 = 14;
+/// Size at which parleyd.log and access.log rotate, in bytes (100 MiB); 0: by day only.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 100 * 1024 * 1024;
+/// Smallest non-zero `log_max_bytes`: a few lines.
+pub const MIN_LOG_MAX_BYTES: u64 = 1024;
+/// Rotated files kept per log; 0: no cap (retention alone applies).
+pub const DEFAULT_LOG_MAX_FILES: u32 = 10;
 /// Whether the HTTP listener serves Prometheus metrics at /metrics.
 pub const DEFAULT_METRICS: bool = true;
 /// Whether each request is timed into the perf log.
@@ -155,6 +161,10 @@ pub struct Settings {
     /// None: log to stderr only.
     pub log_dir: Option<PathBuf>,
     pub log_retention_days: u32,
+    /// Size at which a log file rotates; 0: by day only.
+    pub log_max_bytes: u64,
+    /// Rotated files kept per log; 0: no cap.
+    pub log_max_files: u32,
     /// Whether /metrics is served on the HTTP listener.
     pub metrics: bool,
     pub perf_log: bool,
@@ -273,10 +283,14 @@ settings! {
     log_level: "PARLEY_LOG_LEVEL", "FILTER";
     /// Log format: human, json, or auto (human on a terminal, JSON otherwise) [default: human]
     log_format: "PARLEY_LOG_FORMAT", "FORMAT";
-    /// Directory for parleyd.log and access.log, rotated daily; unset: stderr only [default: unset]
+    /// Directory for parleyd.log and access.log, rotated daily and by size; unset: stderr only [default: unset]
     log_dir: "PARLEY_LOG_DIR", "DIR";
     /// Days rotated log files are kept, 0 to keep them all [default: 14]
     log_retention_days: "PARLEY_LOG_RETENTION_DAYS", "DAYS";
+    /// Size in bytes at which parleyd.log and access.log rotate (at least 1024), 0 to rotate by day only [default: 104857600]
+    log_max_bytes: "PARLEY_LOG_MAX_BYTES", "BYTES";
+    /// Rotated files kept per log, oldest deleted first, 0 for no cap [default: 10]
+    log_max_files: "PARLEY_LOG_MAX_FILES", "N";
     /// Serve Prometheus metrics at /metrics on the HTTP listener: true or false [default: true]
     metrics: "PARLEY_METRICS", "BOOL";
     /// Time every request into PERF_DIR/RUN/PID.log: true or false [default: false]
@@ -510,6 +524,25 @@ impl SettingArgs {
             &get("log_retention_days", &DEFAULT_LOG_RETENTION_DAYS.to_string()),
             0..=36_500,
             0,
+        );
+        let log_max_bytes: u64 = num(
+            &mut errors,
+            "log_max_bytes",
+            &get("log_max_bytes", &DEFAULT_LOG_MAX_BYTES.to_string()),
+            0..=1 << 40,
+            DEFAULT_LOG_MAX_BYTES,
+        );
+        if log_max_bytes != 0 && log_max_bytes < MIN_LOG_MAX_BYTES {
+            errors.push(format!(
+                "log_max_bytes: {log_max_bytes} is below {MIN_LOG_MAX_BYTES}; use 0 to rotate by day only"
+            ));
+        }
+        let log_max_files: u32 = num(
+            &mut errors,
+            "log_max_files",
+            &get("log_max_files", &DEFAULT_LOG_MAX_FILES.to_string()),
+            0..=100_000,
+            DEFAULT_LOG_MAX_FILES,
         );
         let metrics = boolean(
             &mut errors,
@@ -883,6 +916,8 @@ impl SettingArgs {
             log_format,
             log_dir,
             log_retention_days,
+            log_max_bytes,
+            log_max_files,
             metrics,
             perf_log,
             perf_dir,
@@ -1067,6 +1102,29 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.resolve().unwrap_err().0.len(), 4);
+    }
+
+    #[test]
+    fn log_size_settings() {
+        let s = SettingArgs::default().resolve().unwrap();
+        assert_eq!(s.log_max_bytes, DEFAULT_LOG_MAX_BYTES);
+        assert_eq!(s.log_max_files, DEFAULT_LOG_MAX_FILES);
+        let s = SettingArgs {
+            log_max_bytes: Some("0".into()),
+            log_max_files: Some("0".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((s.log_max_bytes, s.log_max_files), (0, 0));
+        let bad = SettingArgs {
+            log_max_bytes: Some("100".into()),
+            log_max_files: Some("-1".into()),
+            ..Default::default()
+        };
+        let errors = bad.resolve().unwrap_err().0;
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("below 1024"), "{errors:?}");
     }
 
     #[test]

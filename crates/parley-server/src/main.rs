@@ -116,6 +116,12 @@ fn main() -> ExitCode {
             };
         }
     }
+    // The server (master and worker alike) creates its files private to
+    // its user whatever umask it was started with: the database holds every
+    // message and every SCRAM key (see `private_files`). The subcommands
+    // above keep the caller's umask: gen-cert's certificate is meant to be
+    // shared.
+    parley_server::private_files::restrict_umask();
     let settings = match cli.settings.resolve() {
         Ok(s) => s,
         Err(errors) => {

@@ -299,6 +299,11 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
         s.log_lines_dropped,
     );
     e.counter(
+        "parley_log_lines_suppressed_total",
+        "Log lines suppressed as repeats of the same event past the per-second rate.",
+        s.log_lines_suppressed,
+    );
+    e.counter(
         "parley_worker_restarts_total",
         "Worker restarts by the supervising process before this worker started.",
         process.worker_restarts,

@@ -24,6 +24,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,12 +110,14 @@ impl PerfLog {
         use anyhow::Context;
         anyhow::ensure!(valid_run_id(run), "{run:?} is not a valid run id");
         let run_dir = dir.join(run);
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        crate::private_files::create_private_dir(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         let pid = std::process::id();
         let path = run_dir.join(format!("{pid}.log"));
         let file = File::options()
             .create(true)
             .append(true)
+            .mode(crate::private_files::PRIVATE_FILE_MODE)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         let mut out = BufWriter::new(file);

@@ -40,7 +40,7 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, [u8; 3
     match settings.store {
         StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), random_secret())),
         StoreKind::Sqlite => {
-            std::fs::create_dir_all(&settings.data_dir)
+            crate::private_files::create_private_dir(&settings.data_dir)
                 .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
             let secret = load_or_create_secret(&settings.data_dir.join(SECRET_FILE))?;
             let options = SqliteOptions {
@@ -241,6 +241,8 @@ pub struct Stats {
     pub worker_restarts: u64,
     pub perf_lines_dropped: u64,
     pub log_lines_dropped: u64,
+    /// Log lines suppressed as repeats (`log_limit`).
+    pub log_lines_suppressed: u64,
 }
 
 impl Server {
@@ -384,6 +386,7 @@ impl StatsHandle {
             worker_restarts: crate::metrics::process().worker_restarts,
             perf_lines_dropped: self.ctx.perf.get().map_or(0, |p| p.dropped()),
             log_lines_dropped: crate::logging::dropped_lines(),
+            log_lines_suppressed: crate::log_limit::suppressed_lines(),
         }
     }
 

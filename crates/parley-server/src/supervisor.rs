@@ -138,8 +138,9 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
 
     if settings.store == StoreKind::Sqlite {
-        std::fs::create_dir_all(&settings.data_dir)
+        crate::private_files::create_private_dir(&settings.data_dir)
             .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+        crate::private_files::warn_if_open_to_others(&settings.data_dir, "data directory");
     }
     let listeners = Listeners::bind(&settings)?;
     crate::tls::warn_plaintext_exposure(&settings);
@@ -572,7 +573,7 @@ async fn channel_task(
 /// parleyd, and starting fails rather than taking it over.
 fn bind_ctl(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::private_files::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {

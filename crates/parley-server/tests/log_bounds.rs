@@ -1,0 +1,167 @@
+//! Log files stay bounded under a flood: they rotate by size as well as by
+//! day, rotated files are capped in number, and a line repeated faster
+//! than the fixed rate is written a few times per second followed by one
+//! "(N similar lines suppressed)" line.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use parley_testkit::{Store, TestServer};
+
+/// Connections opened by the flood; each is refused and logs a line.
+const FLOOD_CONNECTIONS: usize = 300;
+/// Longest the flood may run.
+const FLOOD_TIME: Duration = Duration::from_secs(20);
+/// Size at which the test's logs rotate.
+const MAX_BYTES: u64 = 2048;
+/// Rotated files kept per log in the test.
+const MAX_FILES: usize = 3;
+
+/// The files of log `name` in `dir`: the current one and its rotations.
+fn files_of(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == name || n.starts_with(&format!("{name}.")))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn all_text(dir: &Path, name: &str) -> String {
+    files_of(dir, name)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn a_flood_of_refused_connections_leaves_bounded_logs_with_a_suppressed_line() {
+    let logs = tempfile::tempdir().unwrap();
+    let log_dir = logs.path().join("logs");
+    let log_dir_arg = log_dir.to_str().unwrap().to_owned();
+    let max_bytes = MAX_BYTES.to_string();
+    let max_files = MAX_FILES.to_string();
+    let server = TestServer::start_with(
+        Store::Sqlite,
+        &[
+            "--log-dir",
+            &log_dir_arg,
+            "--log-format",
+            "json",
+            "--max-connections-per-ip",
+            "1",
+            "--log-max-bytes",
+            &max_bytes,
+            "--log-max-files",
+            &max_files,
+        ],
+    );
+    let refused = flood_refused_connections(&server, || all_text(&log_dir, "access.log"));
+
+    // The suppressed count is written within a second or two of the burst.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_text(&log_dir, "access.log").contains("similar lines suppressed") {
+        assert!(
+            Instant::now() < deadline,
+            "no suppressed line in:\n{}",
+            all_text(&log_dir, "access.log")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let access = all_text(&log_dir, "access.log");
+    let written = access.lines().filter(|l| l.contains("\"connection refused\"")).count();
+    assert!(
+        written < refused / 2,
+        "{written} of {refused} refusals were written: the repeats were not suppressed"
+    );
+    for name in ["access.log", "parleyd.log"] {
+        let files = files_of(&log_dir, name);
+        // The current file and at most MAX_FILES rotated ones.
+        assert!(files.len() <= MAX_FILES + 1, "{files:?}");
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            let longest = text.lines().map(|l| l.len() as u64 + 1).max().unwrap_or(0);
+            assert!(
+                text.len() as u64 <= MAX_BYTES + longest,
+                "{} has {} bytes",
+                file.display(),
+                text.len()
+            );
+        }
+    }
+    // The access log did rotate by size (its lines are well over MAX_BYTES),
+    // and rotated names carry the date and a number.
+    let access_files = files_of(&log_dir, "access.log");
+    assert!(access_files.len() >= 2, "{access_files:?}");
+    for file in &access_files[1..] {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let rest = name.strip_prefix("access.log.").unwrap();
+        assert_eq!(rest.len(), "2026-12-01.001".len(), "{name}");
+    }
+}
+
+/// Holds 127.0.0.1's only connection slot (once `log` shows it admitted),
+/// then opens up to [`FLOOD_CONNECTIONS`] more, each refused BUSY, within
+/// [`FLOOD_TIME`]. Returns how many were refused.
+fn flood_refused_connections(server: &TestServer, log: impl Fn() -> String) -> usize {
+    // One connection holds 127.0.0.1's only slot; wait until the server
+    // has admitted it (its access line is written).
+    let held = TcpStream::connect(&server.addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log().contains("connection opened") {
+        assert!(Instant::now() < deadline, "the first connection was not logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The flood: every further connection from 127.0.0.1 is refused BUSY.
+    let started = Instant::now();
+    let mut refused = 0;
+    for _ in 0..FLOOD_CONNECTIONS {
+        if started.elapsed() > FLOOD_TIME {
+            break;
+        }
+        let Ok(mut stream) = TcpStream::connect(&server.addr) else {
+            continue;
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut reply = Vec::new();
+        // The BUSY error, then end of stream.
+        if stream.read_to_end(&mut reply).is_ok() && !reply.is_empty() {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= FLOOD_CONNECTIONS / 2,
+        "only {refused} connections were refused"
+    );
+
+    drop(held);
+    refused
+}
+
+#[test]
+fn repeats_are_suppressed_on_stderr_too() {
+    // Without a log directory every line, access lines included, goes to
+    // stderr (the kit's log file).
+    let server = TestServer::start_with(Store::Memory, &["--max-connections-per-ip", "1"]);
+    let refused = flood_refused_connections(&server, || server.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("similar lines suppressed") {
+        assert!(Instant::now() < deadline, "no suppressed line in:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    assert!(written < refused / 2, "{written} of {refused} refusals were written");
+}
