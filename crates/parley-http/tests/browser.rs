@@ -1,7 +1,9 @@
 //! The web UI in a real browser: headless Chromium driven by playwright-core
 //! (`e2e/chat.mjs`) against the real `parleyd`. Screenshots are saved under
-//! the test output directory (printed). Skips with a reason when node,
-//! Chromium or the e2e packages are missing, unless PARLEY_REQUIRE_SERVICES=1.
+//! the test output directory (printed). Also `ui/scram.js` on its own in
+//! Node (`e2e/scram.test.mjs`), fed hostile server-first-messages. Skips
+//! with a reason when node, Chromium or the e2e packages are missing, unless
+//! PARLEY_REQUIRE_SERVICES=1.
 
 mod common;
 
@@ -21,6 +23,52 @@ fn chromium() -> PathBuf {
     std::env::var_os("PARLEY_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Longest the scram.js checks may take.
+const SCRAM_JS_LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn scram_js_refuses_bad_server_first_messages_before_deriving_keys() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e");
+    if !require_or_skip("node", runs("node")) {
+        return;
+    }
+    let mut node = Command::new("node")
+        .arg(e2e.join("scram.test.mjs"))
+        .current_dir(&e2e)
+        .env(
+            "PARLEY_SCRAM_MIN_ITERATIONS",
+            parley_core::limits::MIN_SCRAM_ITERATIONS.to_string(),
+        )
+        .env(
+            "PARLEY_SCRAM_MAX_ITERATIONS",
+            parley_core::scram::MAX_ITERATIONS.to_string(),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let deadline = Instant::now() + SCRAM_JS_LIMIT;
+    let status = loop {
+        if let Ok(Some(status)) = node.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = node.kill();
+            let _ = node.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut report = String::new();
+    if let Some(mut stdout) = node.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut report);
+    }
+    println!("{report}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "scram.js checks failed ({status:?}):\n{report}"
+    );
 }
 
 #[test]
