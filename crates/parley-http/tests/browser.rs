@@ -71,28 +71,26 @@ fn scram_js_refuses_bad_server_first_messages_before_deriving_keys() {
     );
 }
 
-#[test]
-fn two_people_chat_in_the_browser() {
-    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e");
-    if !require_or_skip("node", runs("node"))
-        || !require_or_skip("chromium", chromium().exists())
-        || !require_or_skip(
+/// Whether node, Chromium and playwright-core are all here (or the reason
+/// the browser tests skip).
+fn browser_ready(e2e: &Path) -> bool {
+    require_or_skip("node", runs("node"))
+        && require_or_skip("chromium", chromium().exists())
+        && require_or_skip(
             "playwright-core (npm ci in crates/parley-http/e2e)",
             e2e.join("node_modules/playwright-core").exists(),
         )
-    {
-        return;
-    }
-    // SQLite, so that accounts and resume tokens survive the restart the
-    // scenario asks for.
-    let mut s = TestServer::start(Store::Sqlite);
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e");
-    println!("screenshots: {}", out.display());
+}
+
+/// Runs one browser scenario against `s`, restarting the server whenever
+/// the scenario prints PARLEY_RESTART; its exit status, or None when it ran
+/// past `SCENARIO_LIMIT` and was killed.
+fn run_scenario(e2e: &Path, script: &str, s: &mut TestServer, out: &Path) -> Option<std::process::ExitStatus> {
     let mut node = Command::new("node")
-        .arg(e2e.join("chat.mjs"))
-        .current_dir(&e2e)
+        .arg(e2e.join(script))
+        .current_dir(e2e)
         .env("PARLEY_URL", s.http_url())
-        .env("PARLEY_E2E_OUT", &out)
+        .env("PARLEY_E2E_OUT", out)
         .env("PARLEY_CHROMIUM", chromium())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -107,7 +105,6 @@ fn two_people_chat_in_the_browser() {
             let _ = lines_tx.send(line);
         }
     });
-    // The scenario prints PARLEY_RESTART when it wants the server restarted.
     let deadline = Instant::now() + SCENARIO_LIMIT;
     let status = loop {
         if let Ok(Some(status)) = node.try_wait() {
@@ -127,7 +124,40 @@ fn two_people_chat_in_the_browser() {
         }
     };
     drop(to_node);
+    status
+}
+
+#[test]
+fn two_people_chat_in_the_browser() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e");
+    if !browser_ready(&e2e) {
+        return;
+    }
+    // SQLite, so that accounts and resume tokens survive the restart the
+    // scenario asks for.
+    let mut s = TestServer::start(Store::Sqlite);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e");
+    println!("screenshots: {}", out.display());
+    let status = run_scenario(&e2e, "chat.mjs", &mut s, &out);
     let passed = status.is_some_and(|s| s.success());
     assert!(passed, "browser scenario failed ({status:?}); server log:\n{}", s.log());
     assert!(out.join("ann.png").exists() && out.join("ben.png").exists());
+}
+
+#[test]
+fn the_web_ui_warns_without_webcrypto_forgets_on_logout_and_marks_visitors() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e");
+    if !browser_ready(&e2e) {
+        return;
+    }
+    let mut s = TestServer::start(Store::Memory);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-hardening");
+    println!("screenshots: {}", out.display());
+    let status = run_scenario(&e2e, "hardening.mjs", &mut s, &out);
+    let passed = status.is_some_and(|s| s.success());
+    assert!(
+        passed,
+        "browser hardening scenario failed ({status:?}); server log:\n{}",
+        s.log()
+    );
 }
