@@ -65,20 +65,49 @@ impl PagerLimiter {
     }
 }
 
-/// Keeps printable characters only, at most `max` of them, trimmed.
+/// Characters that reorder the text around them (embeddings, overrides,
+/// isolates, marks): a right-to-left override in a name would make
+/// `pager:alice\u{202E}live` read differently from what is stored.
+const BIDI_CONTROLS: &[char] = &[
+    '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', // embeddings, overrides
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', // isolates
+    '\u{200E}', '\u{200F}', '\u{061C}', // marks
+];
+
+/// Characters a visitor's name may not hold: `:` would let a name such as
+/// `system:admin` read as another kind of sender, and `<`, `>` would let it
+/// fake the `<contact>` part.
+const NOT_IN_NAMES: &[char] = &[':', '<', '>'];
+/// Characters a contact may not hold: `<`, `>` would end it early.
+const NOT_IN_CONTACTS: &[char] = &['<', '>'];
+
+/// Keeps printable characters only, without bidi controls, at most `max`
+/// of them, trimmed.
 pub fn clean(text: &str, max: usize) -> String {
+    clean_without(text, max, &[])
+}
+
+/// As [`clean`], also dropping every character in `drop`.
+fn clean_without(text: &str, max: usize, drop: &[char]) -> String {
     text.chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !BIDI_CONTROLS.contains(c) && !drop.contains(c))
         .take(max)
         .collect::<String>()
         .trim()
         .to_owned()
 }
 
-/// The sender name a pager message is stored with.
+/// The sender name a pager message is stored with: [`PAGER_PREFIX`], then
+/// the visitor's name (no `:`, `<` or `>`), then `<contact>`. Whatever the
+/// visitor types, it starts with the prefix and holds no second `:` before
+/// the contact, so it reads as a visitor, never as an account or `system:`.
 pub fn sender_name(name: Option<&str>, contact: Option<&str>) -> String {
-    let name = name.map(|n| clean(n, MAX_VISITOR_NAME_CHARS)).unwrap_or_default();
-    let contact = contact.map(|c| clean(c, MAX_VISITOR_CONTACT_CHARS)).unwrap_or_default();
+    let name = name
+        .map(|n| clean_without(n, MAX_VISITOR_NAME_CHARS, NOT_IN_NAMES))
+        .unwrap_or_default();
+    let contact = contact
+        .map(|c| clean_without(c, MAX_VISITOR_CONTACT_CHARS, NOT_IN_CONTACTS))
+        .unwrap_or_default();
     match (name.is_empty(), contact.is_empty()) {
         (true, true) => PAGER_PREFIX.to_owned(),
         (false, true) => format!("{PAGER_PREFIX}{name}"),
@@ -112,5 +141,81 @@ mod tests {
             "pager:Ann <ann@example.org>"
         );
         assert!(parley_core::UserName::parse(&sender_name(Some("bob"), None)).is_err());
+    }
+
+    /// Every bidi control, spelled out again here so that shortening the
+    /// list in the code fails a test.
+    const EVERY_BIDI_CONTROL: &[char] = &[
+        '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        '\u{200E}', '\u{200F}', '\u{061C}',
+    ];
+
+    #[test]
+    fn bidi_controls_are_dropped_from_names() {
+        assert_eq!(sender_name(Some("alice\u{202E}evil"), None), "pager:aliceevil");
+        for &c in EVERY_BIDI_CONTROL {
+            let name = format!("{c}al{c}ice{c}");
+            assert_eq!(sender_name(Some(&name), None), "pager:alice", "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn bidi_controls_are_dropped_from_contacts() {
+        for &c in EVERY_BIDI_CONTROL {
+            let contact = format!("{c}gro.elpmaxe@{c}ann");
+            assert_eq!(
+                sender_name(Some("Ann"), Some(&contact)),
+                "pager:Ann <gro.elpmaxe@ann>",
+                "U+{:04X}",
+                c as u32
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_of_only_bidi_controls_is_no_name() {
+        assert_eq!(sender_name(Some("\u{202E}\u{2066}"), None), "pager:");
+    }
+
+    #[test]
+    fn a_visitor_cannot_pass_for_the_system() {
+        assert_eq!(sender_name(Some("system:admin"), None), "pager:systemadmin");
+        assert_eq!(sender_name(Some("System:Admin"), None), "pager:SystemAdmin");
+        assert_eq!(sender_name(Some(" :system: "), None), "pager:system");
+        assert!(!sender_name(Some("system:admin"), None)["pager:".len()..].contains(':'));
+    }
+
+    #[test]
+    fn a_name_holds_no_colon_so_the_sender_is_pager_and_one_word_after() {
+        for name in ["a:b", "pager:alice", "alice:", ":", "x\u{202E}:y"] {
+            let sender = sender_name(Some(name), None);
+            let visitor = sender.strip_prefix(PAGER_PREFIX).expect("pager prefix");
+            assert!(!visitor.contains(':'), "{name:?} became {sender:?}");
+        }
+        assert_eq!(sender_name(Some(":"), None), "pager:");
+    }
+
+    #[test]
+    fn a_name_cannot_fake_a_contact() {
+        assert_eq!(
+            sender_name(Some("bob <bob@corp.example>"), None),
+            "pager:bob bob@corp.example"
+        );
+        assert_eq!(
+            sender_name(Some("Ann"), Some("<ann@example.org>")),
+            "pager:Ann <ann@example.org>"
+        );
+        assert_eq!(sender_name(Some("Ann"), Some("a> <b")), "pager:Ann <a b>");
+    }
+
+    #[test]
+    fn a_contact_may_hold_a_colon() {
+        assert_eq!(sender_name(None, Some("tel:+15550100")), "pager:<tel:+15550100>");
+    }
+
+    #[test]
+    fn names_keep_letters_of_every_script() {
+        assert_eq!(sender_name(Some("سارا"), None), "pager:سارا");
+        assert_eq!(sender_name(Some("Zoë 😀"), None), "pager:Zoë 😀");
     }
 }

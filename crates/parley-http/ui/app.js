@@ -6,7 +6,13 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const SESSION_KEY = "parley.session";
+  // Every web-storage key the UI writes starts with this.
+  const STORAGE_PREFIX = "parley.";
+  // What localStorage keeps per account, as `parley.KIND.NAME`; logging out
+  // and deleting the account remove every one of them.
+  const ACCOUNT_STORES = ["sent"];
   const PAGER_PREFIX = "pager:";
+  const SYSTEM_PREFIX = "system:";
   const HISTORY_PAGE = 500;
   const HISTORY_PAGES = 20;
   const RETRY_MS = 3000;
@@ -30,7 +36,17 @@
 
   // ------------------------------------------------------------ storage
 
-  const sentKey = () => "parley.sent." + state.session.name.toLowerCase();
+  const accountKey = (kind, name) => STORAGE_PREFIX + kind + "." + name.toLowerCase();
+  const sentKey = () => accountKey("sent", state.session.name);
+
+  // Removes everything this browser keeps for `name`: what it sent, and the
+  // tab's tokens (sessionStorage holds only this tab's login).
+  function forgetAccount(name) {
+    for (const kind of ACCOUNT_STORES) localStorage.removeItem(accountKey(kind, name));
+    for (const key of Object.keys(sessionStorage)) {
+      if (key.startsWith(STORAGE_PREFIX)) sessionStorage.removeItem(key);
+    }
+  }
 
   function saveSession() {
     sessionStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
@@ -124,6 +140,10 @@
     await request("POST", "/v1/accounts", { name, ...credentials }, false);
   }
 
+  const NO_WEBCRYPTO =
+    "This page cannot log you in securely: use HTTPS or localhost. " +
+    "Browsers offer the cryptography that keeps your password in this browser (WebCrypto) only on secure connections.";
+
   function authError(text) {
     $("auth-error").textContent = text;
   }
@@ -131,6 +151,7 @@
   async function onAuth(kind) {
     const name = $("auth-name").value.trim();
     const password = $("auth-password").value;
+    if (!Scram.available()) return authError(NO_WEBCRYPTO);
     if (!name || !password) return authError("Enter a name and a password.");
     authError("");
     setBusy(true);
@@ -172,7 +193,26 @@
   // ------------------------------------------------------------ data
 
   const keyOf = (name) => (name.startsWith(PAGER_PREFIX) ? name : name.toLowerCase());
-  const isPager = (key) => key.startsWith(PAGER_PREFIX);
+
+  // Who a sender is. Account names cannot hold ":", so a name with the
+  // pager's prefix is a visitor and one with the system's is the server.
+  function kindOf(name) {
+    if (name.startsWith(PAGER_PREFIX)) return "pager";
+    if (name.startsWith(SYSTEM_PREFIX)) return "system";
+    return "account";
+  }
+
+  // A sender's name for display, each name isolated (<bdi>) so that its
+  // characters cannot reorder the words around it. A visitor is always
+  // called a visitor: "visitor ‘alice’ (pager)", never plain "alice".
+  function senderLabel(name) {
+    if (kindOf(name) !== "pager") return [el("bdi", {}, name)];
+    const visitor = name.slice(PAGER_PREFIX.length);
+    if (!visitor) return ["anonymous visitor (pager)"];
+    return ["visitor ‘", el("bdi", {}, visitor), "’ (pager)"];
+  }
+
+  const senderText = (name) => senderLabel(name).map((part) => (typeof part === "string" ? part : part.textContent)).join("");
 
   function peer(name) {
     const key = keyOf(name);
@@ -338,6 +378,7 @@
   }
 
   async function deliver(item) {
+    const session = state.session;
     try {
       const r = await api("POST", "/v1/messages", { to: item.to, client_msg_id: item.client_msg_id, body: item.body });
       item.pending = false;
@@ -345,6 +386,8 @@
       item.message_id = r.message_id;
       item.timestamp_ms = r.timestamp_ms;
     } catch (e) {
+      // Logged out meanwhile: what was sent is forgotten, not stored again.
+      if (state.session !== session) return;
       if (e.status === 0 || e.code === "BUSY" || e.code === "SHUTTING_DOWN") {
         // Sent again later with the same id: the server stores it once.
         item.pending = true;
@@ -354,6 +397,7 @@
         item.failed = e.message;
       }
     }
+    if (state.session !== session) return;
     saveSent();
     render();
   }
@@ -369,7 +413,7 @@
     event.preventDefault();
     const input = $("composer-input");
     const body = input.value;
-    if (!body.trim() || !state.current || isPager(state.current)) return;
+    if (!body.trim() || !state.current || kindOf(state.current) !== "account") return;
     const p = state.peers.get(state.current);
     const item = { client_msg_id: randomId(), to: p.name, body, timestamp_ms: Date.now(), pending: true };
     state.sent.push(item);
@@ -411,7 +455,7 @@
   }
 
   function presenceDot(p) {
-    if (isPager(p.key)) return el("span", { class: "dot none" });
+    if (kindOf(p.key) !== "account") return el("span", { class: "dot none" });
     return el("span", { class: "dot" + (p.online ? " online" : ""), title: p.online ? "online" : p.online === false ? "offline" : "" });
   }
 
@@ -430,25 +474,24 @@
     peers.sort((a, b) => b.lastTs - a.lastTs || a.key.localeCompare(b.key));
     for (const p of peers) {
       const unread = unreadFrom(p.key);
+      const kind = kindOf(p.key);
       list.append(
         el(
           "li",
           {
             tabindex: 0,
             role: "button",
+            class: "peer-" + kind,
             "data-peer": p.key,
+            "data-kind": kind,
             "aria-selected": p.key === state.current ? "true" : "false",
-            "aria-label": p.name + (unread ? `, ${unread} unread` : "") + (p.online ? ", online" : ""),
+            "aria-label": senderText(p.name) + (unread ? `, ${unread} unread` : "") + (p.online ? ", online" : ""),
             onclick: () => openConversation(p.key),
             onkeydown: listKeys(() => openConversation(p.key)),
           },
           presenceDot(p),
-          el(
-            "span",
-            { class: "name", title: p.name },
-            isPager(p.key) ? p.name.slice(PAGER_PREFIX.length) || "anonymous" : p.name,
-          ),
-          isPager(p.key) ? el("span", { class: "tag" }, "pager") : null,
+          el("span", { class: "name", title: senderText(p.name) }, ...senderLabel(p.name)),
+          kind === "system" ? el("span", { class: "tag" }, "server") : null,
           unread ? el("span", { class: "badge", "data-unread": unread }, String(unread)) : null,
         ),
       );
@@ -482,6 +525,7 @@
     const list = $("messages");
     if (!key) {
       $("peer-name").textContent = "Pick a conversation";
+      delete $("peer-name").dataset.kind;
       $("peer-presence").textContent = "";
       $("composer").hidden = true;
       $("add-contact-button").hidden = true;
@@ -489,11 +533,21 @@
       return;
     }
     const p = state.peers.get(key);
-    const pager = isPager(key);
-    $("peer-name").textContent = pager ? "Pager: " + (p.name.slice(PAGER_PREFIX.length) || "anonymous") : p.name;
-    $("peer-presence").textContent = pager ? "left on the web pager; no replies" : p.online ? "online" : p.online === false ? "offline" : "";
-    $("composer").hidden = pager;
-    $("add-contact-button").hidden = pager || p.contact;
+    const kind = kindOf(key);
+    const pager = kind === "pager";
+    $("peer-name").replaceChildren(...senderLabel(p.name));
+    $("peer-name").dataset.kind = kind;
+    $("peer-presence").textContent = pager
+      ? "left on the web pager by someone without an account; no replies"
+      : kind === "system"
+        ? "a notice from this server; no replies"
+        : p.online
+          ? "online"
+          : p.online === false
+            ? "offline"
+            : "";
+    $("composer").hidden = kind !== "account";
+    $("add-contact-button").hidden = kind !== "account" || p.contact;
     const items = [];
     for (const m of state.received.values()) if (keyOf(m.from) === key) items.push({ mine: false, ts: m.timestamp_ms, m });
     for (const s of state.sent) if (keyOf(s.to) === key) items.push({ mine: true, ts: s.timestamp_ms, m: s });
@@ -505,8 +559,12 @@
         const status = mine ? (m.failed ? "not sent: " + m.failed : m.pending ? "sending…" : "sent") : null;
         return el(
           "li",
-          { class: "msg" + (mine ? " mine" : "") + (mine && m.pending ? " pending" : ""), "data-message": String(id), "data-mine": mine ? "true" : "false" },
-          el("div", { class: "body" }, m.body),
+          {
+            class: "msg" + (mine ? " mine" : " " + kind) + (mine && m.pending ? " pending" : ""),
+            "data-message": String(id),
+            "data-mine": mine ? "true" : "false",
+          },
+          el("div", { class: "body", dir: "auto" }, m.body),
           el(
             "div",
             { class: "meta" },
@@ -538,7 +596,7 @@
     ackVisible();
     const list = $("messages");
     list.scrollTop = list.scrollHeight;
-    if (!isPager(key)) $("composer-input").focus();
+    if (kindOf(key) === "account") $("composer-input").focus();
   }
 
   // ------------------------------------------------------------ search and contacts
@@ -577,7 +635,7 @@
         openConversation(p.key);
       };
       results.append(
-        el("li", { tabindex: 0, role: "button", "data-result": a.name, onclick: choose, onkeydown: listKeys(choose) }, presenceDot(p), el("span", { class: "name" }, a.name)),
+        el("li", { tabindex: 0, role: "button", "data-result": a.name, onclick: choose, onkeydown: listKeys(choose) }, presenceDot(p), el("span", { class: "name" }, el("bdi", {}, a.name))),
       );
     }
     if (page.accounts.length === 0 && !after) results.append(el("li", { class: "hint" }, "No one matches."));
@@ -605,7 +663,7 @@
   async function startChat() {
     $("auth-view").hidden = true;
     $("chat-view").hidden = false;
-    $("me").textContent = state.session.name;
+    $("me").replaceChildren(el("bdi", {}, state.session.name));
     state.closing = false;
     state.peers.clear();
     state.received.clear();
@@ -614,12 +672,16 @@
     $("chat-view").classList.remove("has-current", "show-sidebar");
     loadSent();
     for (const s of state.sent) peer(s.to).lastTs = Math.max(peer(s.to).lastTs, s.timestamp_ms);
+    const session = state.session;
     try {
       await Promise.all([loadContacts(), loadHistory()]);
     } catch (e) {
+      if (state.session !== session) return;
       if (e.status === 401) return endSession("Your session has ended; log in again.");
       setConnection("offline", "Offline");
     }
+    // Logged out while loading: show nothing of it.
+    if (state.session !== session) return;
     render();
     connect();
     retryOutbox();
@@ -635,10 +697,26 @@
     state.wsReady = false;
   }
 
-  function endSession(message) {
+  // Leaves the chat for the login form, with nothing of the account left
+  // on the page. `forget` (logging out, deleting the account) also removes
+  // what this browser stored for it; an ended session keeps what was sent,
+  // for when the same person logs in again.
+  function endSession(message, forget) {
     stopSocket();
+    if (state.session && forget) forgetAccount(state.session.name);
     sessionStorage.removeItem(SESSION_KEY);
     state.session = null;
+    state.peers.clear();
+    state.received.clear();
+    state.sent = [];
+    state.lastSeq = 0;
+    state.current = null;
+    render();
+    $("me").replaceChildren();
+    $("composer-input").value = "";
+    $("search-input").value = "";
+    $("search-results").replaceChildren();
+    $("search-results").hidden = true;
     showAuth();
     authError(message || "");
   }
@@ -648,17 +726,16 @@
       await api("POST", "/v1/logout");
     } catch {
       // Logged out already, or the server is unreachable: either way this
-      // browser forgets the session.
+      // browser forgets the session and what it kept for the account.
     }
-    endSession("");
+    endSession("", true);
   }
 
   async function deleteAccount() {
     if (!confirm(`Delete the account ${state.session.name} and every message in it, for good?`)) return;
     try {
       await api("DELETE", "/v1/account");
-      localStorage.removeItem(sentKey());
-      endSession("The account was deleted.");
+      endSession("The account was deleted.", true);
     } catch (e) {
       alert("Could not delete the account: " + e.message);
     }
@@ -713,6 +790,9 @@
     }
     if (state.session && state.session.token) startChat();
     else showAuth();
+    // Over plain HTTP off loopback there is no WebCrypto, so no SCRAM: say
+    // so before anyone types a password.
+    if (!Scram.available()) authError(NO_WEBCRYPTO);
   }
 
   init();

@@ -6,6 +6,38 @@
 const Scram = (() => {
   const enc = new TextEncoder();
   const HASHES = { "SCRAM-SHA-256": ["SHA-256", 256], "SCRAM-SHA-512": ["SHA-512", 512] };
+  // The iteration counts a server may ask for, as the Rust client allows
+  // (parley_core::limits::MIN_SCRAM_ITERATIONS, parley_core::scram::MAX_ITERATIONS):
+  // fewer makes a guessable proof, more is a server making the browser hang.
+  const MIN_ITERATIONS = 4096;
+  const MAX_ITERATIONS = 10_000_000;
+
+  // What went wrong, in words fit for the login form.
+  class ScramError extends Error {
+    constructor(message) {
+      super(message);
+      this.name = "ScramError";
+    }
+  }
+
+  // WebCrypto's digest and key functions exist only in a secure context:
+  // over HTTPS, or from localhost.
+  function available() {
+    return typeof crypto === "object" && crypto !== null && typeof crypto.subtle === "object" && crypto.subtle !== null;
+  }
+
+  function requireWebCrypto() {
+    if (!available()) {
+      throw new ScramError(
+        "This browser cannot log in securely here: use HTTPS or localhost (the page needs WebCrypto, which browsers offer only on secure connections).",
+      );
+    }
+  }
+
+  // A refused server-first-message, before any key is derived from the password.
+  function refused(why) {
+    return new ScramError("The server's login reply was refused (" + why + "); the password was not used.");
+  }
 
   function b64(bytes) {
     let s = "";
@@ -28,7 +60,7 @@ const Scram = (() => {
 
   function hashOf(mechanism) {
     const h = HASHES[mechanism];
-    if (!h) throw new Error("unsupported mechanism " + mechanism);
+    if (!h) throw new ScramError("The server offers an unsupported login mechanism (" + mechanism + ").");
     return h;
   }
 
@@ -53,6 +85,11 @@ const Scram = (() => {
 
   // What POST /v1/accounts takes: the keys, never the password.
   async function credentials(mechanism, password, iterations) {
+    hashOf(mechanism);
+    if (!Number.isInteger(iterations) || iterations < MIN_ITERATIONS || iterations > MAX_ITERATIONS) {
+      throw new ScramError("The server asks for " + iterations + " key-derivation rounds; this browser accepts " + MIN_ITERATIONS + " to " + MAX_ITERATIONS + ".");
+    }
+    requireWebCrypto();
     const salt = randomBytes(16);
     const salted = await saltedPassword(mechanism, password, salt, iterations);
     const clientKey = await hmac(mechanism, salted, "Client Key");
@@ -63,6 +100,41 @@ const Scram = (() => {
       stored_key: b64(await digest(mechanism, clientKey)),
       server_key: b64(await hmac(mechanism, salted, "Server Key")),
     };
+  }
+
+  // Checks a server-first-message (RFC 5802 section 7: r=, s=, i= in that
+  // order, then optional extensions) as the Rust client does: the nonce
+  // must extend ours, the salt must be non-empty base64, the iteration
+  // count a plain number within bounds.
+  function parseServerFirst(text, clientNonce) {
+    if (typeof text !== "string") throw refused("no server-first-message");
+    const parts = text.split(",");
+    if (parts[0].startsWith("m=")) throw refused("it asks for an extension this client does not have");
+    if (parts[0].startsWith("e=")) throw refused("the server reported an error: " + parts[0].slice(2));
+    const attrs = {};
+    for (const part of parts) {
+      if (part.length < 2 || part[1] !== "=") throw refused("it is malformed");
+      if (!(part[0] in attrs)) attrs[part[0]] = part.slice(2);
+    }
+    if ("e" in attrs) throw refused("the server reported an error: " + attrs.e);
+    const nonce = attrs.r || "";
+    if (!nonce.startsWith(clientNonce) || nonce.length === clientNonce.length) {
+      throw refused("its nonce does not extend this browser's");
+    }
+    let salt;
+    try {
+      salt = unb64(attrs.s || "");
+    } catch {
+      throw refused("its salt is not base64");
+    }
+    if (salt.length === 0) throw refused("its salt is empty");
+    const digits = attrs.i || "";
+    if (!/^[0-9]{1,9}$/.test(digits)) throw refused("its iteration count is not a number from " + MIN_ITERATIONS + " to " + MAX_ITERATIONS);
+    const iterations = Number(digits);
+    if (iterations < MIN_ITERATIONS || iterations > MAX_ITERATIONS) {
+      throw refused("its iteration count " + iterations + " is outside " + MIN_ITERATIONS + " to " + MAX_ITERATIONS);
+    }
+    return { nonce, salt, iterations };
   }
 
   // One login: first() gives client-first, final(server_first, mechanism)
@@ -80,15 +152,13 @@ const Scram = (() => {
     }
 
     async final(serverFirst, mechanism) {
-      const attrs = {};
-      for (const part of serverFirst.split(",")) attrs[part[0]] = part.slice(2);
-      if (!attrs.r || !attrs.r.startsWith(this.nonce) || !attrs.s || !attrs.i) {
-        throw new Error("malformed server-first-message");
-      }
-      const salted = await saltedPassword(mechanism, this.password, unb64(attrs.s), parseInt(attrs.i, 10));
+      const { nonce, salt, iterations } = parseServerFirst(serverFirst, this.nonce);
+      hashOf(mechanism);
+      requireWebCrypto();
+      const salted = await saltedPassword(mechanism, this.password, salt, iterations);
       const clientKey = await hmac(mechanism, salted, "Client Key");
       const storedKey = await digest(mechanism, clientKey);
-      const withoutProof = "c=biws,r=" + attrs.r;
+      const withoutProof = "c=biws,r=" + nonce;
       this.authMessage = this.bare + "," + serverFirst + "," + withoutProof;
       const signature = await hmac(mechanism, storedKey, this.authMessage);
       const proof = clientKey.map((b, i) => b ^ signature[i]);
@@ -98,10 +168,11 @@ const Scram = (() => {
     }
 
     async verify(serverFinal) {
+      if (!this.serverKey) throw new ScramError("the login has no server-first-message yet");
       const expected = "v=" + b64(await hmac(this.mechanism, this.serverKey, this.authMessage));
-      if (serverFinal !== expected) throw new Error("the server's signature does not match");
+      if (serverFinal !== expected) throw new ScramError("The server could not prove it knows this account's keys; not logged in.");
     }
   }
 
-  return { credentials, Login, b64, unb64, randomBytes };
+  return { credentials, Login, ScramError, available, b64, unb64, randomBytes, MIN_ITERATIONS, MAX_ITERATIONS };
 })();
