@@ -435,7 +435,7 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &IdleArgs) -> anyh
     }
     if failed > 0 {
         notes.push(
-            "parleyd refuses connections past --max-connections (default 10,000) and --max-connections-per-ip (default 4,096)"
+            "parleyd refuses connections past --max-connections (default 10,000) and --max-connections-per-ip (default 256; an IPv6 address counts as its /64) and --max-unauthenticated (default 2,000)"
                 .into(),
         );
     }

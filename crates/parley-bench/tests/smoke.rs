@@ -175,7 +175,9 @@ async fn idle_reports_memory_per_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_splits_into_processes_and_source_addresses() {
-    let server = server(Store::Memory);
+    // All 40 connections are one account's sessions: more than the
+    // default max_sessions_per_user (32), which would end the oldest.
+    let server = TestServer::start_with(Store::Memory, &["--max-sessions-per-user", "100"]);
     let report = bench(&[
         "--server",
         &server.addr,

@@ -302,7 +302,10 @@ async fn logout_resume_and_account_deletion() {
         .await;
     assert_eq!(resumed.ok()["name"], "gina");
     assert_eq!(resumed.body["server_final"], "");
-    assert_eq!(resumed.body["resume_token"], "");
+    // A resume replaces the token it used.
+    let new_resume = resumed.body["resume_token"].as_str().unwrap().to_owned();
+    assert!(!new_resume.is_empty() && new_resume != resume_token);
+    let resume_token = new_resume;
     let second = resumed.body["token"].as_str().unwrap().to_owned();
 
     // Logout ends that session and revokes the resume token.

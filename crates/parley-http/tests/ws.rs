@@ -78,7 +78,7 @@ async fn unacknowledged_messages_come_again_after_a_reconnect() {
     let http_addr = s.http_addr.clone().unwrap();
 
     let mut first = connect(&http_addr).await;
-    first.resume(&token).await;
+    let token = first.resume(&token).await;
     first.subscribe(0).await;
     api.send_message(&alice, "bob", "m1", "one").await;
     let one = first.next_push().await;

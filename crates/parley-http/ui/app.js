@@ -111,6 +111,8 @@
     try {
       const r = await request("POST", "/v1/login/resume", { resume_token: state.session.resume_token }, false);
       state.session.token = r.token;
+      // A resume replaces the token it used.
+      if (r.resume_token) state.session.resume_token = r.resume_token;
       saveSession();
       return true;
     } catch {
@@ -318,6 +320,11 @@
         break;
       }
       case "auth_ok":
+        // A resume replaced the token it used: keep the new one.
+        if (state.session && b.resume_token && b.resume_token.length > 0) {
+          state.session.resume_token = Scram.b64(b.resume_token);
+          saveSession();
+        }
         sendFrame(Proto.client.subscribe(state.nextRequest++, state.lastSeq));
         break;
       case "subscribed":

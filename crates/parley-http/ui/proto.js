@@ -110,7 +110,17 @@ const Proto = (() => {
     2: ["welcome", (f) => ({ protocol_version: num(f, 1), server: str(f, 2), keepalive_secs: num(f, 7), max_body_bytes: num(f, 6) })],
     3: ["error", (f) => ({ code: num(f, 1), message: str(f, 2), retry_after_ms: num(f, 3) })],
     4: ["goodbye", (f) => ({ code: num(f, 1), message: str(f, 2) })],
-    12: ["auth_ok", (f) => ({ name: str(f, 2), unread: num(f, 5), last_seq: num(f, 6) })],
+    12: [
+      "auth_ok",
+      (f) => ({
+        name: str(f, 2),
+        unread: num(f, 5),
+        last_seq: num(f, 6),
+        // Every login and resume hands out a new resume token; the one
+        // used to resume stops working.
+        resume_token: f.has(7) ? f.get(7)[0].slice() : new Uint8Array(0),
+      }),
+    ],
     20: ["sent", (f) => ({ client_msg_id: str(f, 1), message_id: num(f, 2), seq: num(f, 3), duplicate: bool(f, 5) })],
     22: ["acked", (f) => ({ acked: num(f, 1), unread: num(f, 2) })],
     24: ["subscribed", (f) => ({ last_seq: num(f, 1), unread: num(f, 2) })],

@@ -67,11 +67,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NativeWs<S> {
         }
     }
 
-    pub async fn resume(&mut self, token: &[u8]) {
+    /// Resumes with `token`; returns the token that replaces it.
+    pub async fn resume(&mut self, token: &[u8]) -> Vec<u8> {
         let reply = self
             .call(client_frame::Body::Resume(v1::Resume { token: token.to_vec() }))
             .await;
-        assert!(matches!(reply, Body::AuthOk(_)), "{reply:?}");
+        match reply {
+            Body::AuthOk(ok) => ok.resume_token,
+            other => panic!("expected AuthOk, got {other:?}"),
+        }
     }
 
     pub async fn subscribe(&mut self, after_seq: u64) {
