@@ -119,8 +119,16 @@ pub enum Command {
     List(ListArgs),
     /// Delete messages from your own mailbox
     Delete(DeleteArgs),
-    /// Delete your account and its mailbox, for good
+    /// Delete your account and its mailbox, for good (proves the password again)
     DeleteAccount(DeleteAccountArgs),
+    /// Change your password: proves the current one, sends credentials made
+    /// from the new one (neither leaves this machine); every other session
+    /// of the account ends. The new password comes from PARLEY_NEW_PASSWORD,
+    /// a prompt (asked twice) on a terminal, or the next line of stdin
+    Passwd,
+    /// End this login; with --all, every session of the account on every
+    /// device, and every saved resume token
+    Logout(LogoutArgs),
     /// Print messages (and contacts coming and going) as they arrive, until
     /// interrupted; reconnects when the server goes away
     Watch(WatchArgs),
@@ -187,6 +195,13 @@ pub struct DeleteAccountArgs {
     /// Confirm: the account and every message in its mailbox are deleted
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    /// Log out everywhere: every session of the account ends
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args, Debug)]

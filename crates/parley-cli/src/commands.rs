@@ -15,7 +15,7 @@ use parley_client::{AccountEntry, Client, ErrorCode, Event, LoginInfo};
 use serde_json::json;
 
 use crate::cli::{
-    ContactsAction, ContactsArgs, DeleteAccountArgs, DeleteArgs, ListArgs, ReadArgs, SendArgs, WatchArgs,
+    ContactsAction, ContactsArgs, DeleteAccountArgs, DeleteArgs, ListArgs, LogoutArgs, ReadArgs, SendArgs, WatchArgs,
 };
 use crate::exit::{Exit, Failure, server_code};
 use crate::format::{account_line, count, message_json, message_line, out, out_json, presence_json, presence_line};
@@ -336,12 +336,79 @@ pub async fn delete_account(ctx: &mut Invocation, args: &DeleteAccountArgs) -> a
         )
         .into());
     }
-    let (client, info) = ctx.open().await?;
-    timed("deleting the account", client.delete_account()).await?;
+    let credentials = Credentials::obtain(&mut ctx.settings)?;
+    let (client, info) = ctx.open_with(&credentials).await?;
+    // The server wants the password proved again for this; the CLI has it.
+    timed(
+        "deleting the account",
+        client.delete_account(&info.name, &credentials.password),
+    )
+    .await?;
     if ctx.json {
         out_json(&json!({ "name": info.name, "deleted": true }))?;
     } else {
         out(&format!("account {} deleted", info.name))?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// The new password for `parley passwd`: PARLEY_NEW_PASSWORD, a prompt
+/// asked twice on a terminal, or the next line of stdin.
+fn new_password() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("PARLEY_NEW_PASSWORD") {
+        return Ok(password);
+    }
+    if crate::terminal::interactive() {
+        let password = rpassword::prompt_password("new password: ").context("reading the password")?;
+        let again = rpassword::prompt_password("repeat the new password: ").context("reading the password")?;
+        if again != password {
+            return Err(Failure::usage("the passwords do not match").into());
+        }
+        return Ok(password);
+    }
+    match crate::terminal::read_line().context("reading the new password")? {
+        Some(line) if !line.is_empty() => Ok(line),
+        _ => {
+            Err(Failure::usage("no new password: set PARLEY_NEW_PASSWORD, or give it as the next line of stdin").into())
+        }
+    }
+}
+
+/// `parley passwd`
+pub async fn passwd(ctx: &mut Invocation) -> anyhow::Result<Exit> {
+    let credentials = Credentials::obtain(&mut ctx.settings)?;
+    let new = new_password()?;
+    let (client, info) = ctx.open_with(&credentials).await?;
+    timed(
+        "changing the password",
+        client.change_password(&info.name, &credentials.password, &new),
+    )
+    .await?;
+    if ctx.json {
+        out_json(&json!({ "name": info.name, "password_changed": true }))?;
+    } else {
+        out(&format!(
+            "password of {} changed; every other session of the account was ended",
+            info.name
+        ))?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `parley logout [--all]`
+pub async fn logout(ctx: &mut Invocation, args: &LogoutArgs) -> anyhow::Result<Exit> {
+    let (client, info) = ctx.open().await?;
+    if args.all {
+        timed("logging out everywhere", client.logout_all()).await?;
+        // Already logged out: nothing for `finish` to do.
+        ctx.opened = None;
+    }
+    if ctx.json {
+        out_json(&json!({ "name": info.name, "logged_out": true, "everywhere": args.all }))?;
+    } else if args.all {
+        out(&format!("{} logged out on every device", info.name))?;
+    } else {
+        out(&format!("{} logged out", info.name))?;
     }
     Ok(Exit::Ok)
 }

@@ -103,6 +103,8 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
             Command::List(args) => commands::list(&mut ctx, args).await,
             Command::Delete(args) => commands::delete(&mut ctx, args).await,
             Command::DeleteAccount(args) => commands::delete_account(&mut ctx, args).await,
+            Command::Passwd => commands::passwd(&mut ctx).await,
+            Command::Logout(args) => commands::logout(&mut ctx, args).await,
             Command::Watch(args) => commands::watch(&mut ctx, args).await,
             Command::Contacts(args) => commands::contacts(&mut ctx, args).await,
             Command::Who => commands::who(&mut ctx).await,

@@ -105,7 +105,10 @@ async fn watch_exits_3_when_the_account_is_deleted() {
     let alice = h.user("alice").await;
     let mut watch = Running::spawn(h.command_as("alice", &["watch"]));
     assert!(watch.stderr_line().await.starts_with("watching messages for alice"));
-    alice.delete_account().await.expect("delete the account");
+    alice
+        .delete_account("alice", "pw-alice")
+        .await
+        .expect("delete the account");
     let (code, rest, stderr) = finish_watch(&mut watch).await;
     assert_eq!(code, 3, "{stderr}");
     assert!(rest.is_empty() && stderr.contains("ACCOUNT_DELETED"), "{stderr}");

@@ -346,8 +346,9 @@ impl Client {
         }
     }
 
-    /// Creates an account. The password is turned into SCRAM keys here.
-    pub async fn register(&self, name: &str, password: &str) -> Result<v1::Registered> {
+    /// SCRAM credentials for `password`, with the server's preferred
+    /// mechanism and iterations (the password never leaves the client).
+    fn derive_credentials(&self, password: &str) -> Result<StoredCredentials> {
         let mechanism = self
             .welcome
             .mechanisms
@@ -358,7 +359,18 @@ impl Client {
             .welcome
             .scram_iterations
             .max(parley_core::limits::MIN_SCRAM_ITERATIONS);
-        let creds = StoredCredentials::derive(mechanism, password, &random_salt(), iterations);
+        Ok(StoredCredentials::derive(
+            mechanism,
+            password,
+            &random_salt(),
+            iterations,
+        ))
+    }
+
+    /// Creates an account. The password is turned into SCRAM keys here.
+    pub async fn register(&self, name: &str, password: &str) -> Result<v1::Registered> {
+        let creds = self.derive_credentials(password)?;
+        let mechanism = creds.mechanism;
         self.call(
             client_frame::Body::Register(v1::Register {
                 name: name.to_owned(),
@@ -548,10 +560,79 @@ impl Client {
         .await
     }
 
-    /// Deletes the logged-in account.
-    pub async fn delete_account(&self) -> Result<()> {
-        self.call(client_frame::Body::DeleteAccount(v1::DeleteAccount {}), |b| match b {
-            server_frame::Body::AccountDeleted(_) => Ok(()),
+    /// Proves `password` again inside the session (Reauth); returns the
+    /// exchange (to check the server's signature) and the proof to send
+    /// with the request it authorises.
+    async fn reauth(&self, name: &str, password: &str) -> Result<(ClientExchange, String)> {
+        let mut exchange = ClientExchange::new(name, password);
+        let challenge = self
+            .call(
+                client_frame::Body::Reauth(v1::Reauth {
+                    client_first: exchange.client_first().into_bytes(),
+                }),
+                |b| match b {
+                    server_frame::Body::AuthChallenge(c) => Ok(c),
+                    other => Err(other),
+                },
+            )
+            .await?;
+        let mechanism = Mechanism::from_name(&challenge.mechanism)
+            .ok_or_else(|| ClientError::Protocol(format!("unknown mechanism {:?}", challenge.mechanism)))?;
+        let client_final = exchange
+            .client_final(mechanism, &challenge.server_first)
+            .map_err(|e| ClientError::Protocol(e.message))?;
+        Ok((exchange, client_final))
+    }
+
+    /// Deletes the logged-in account `name`, proving its password again.
+    pub async fn delete_account(&self, name: &str, password: &str) -> Result<()> {
+        let (_, client_final) = self.reauth(name, password).await?;
+        self.call(
+            client_frame::Body::DeleteAccount(v1::DeleteAccount {
+                client_final: client_final.into_bytes(),
+            }),
+            |b| match b {
+                server_frame::Body::AccountDeleted(_) => Ok(()),
+                other => Err(other),
+            },
+        )
+        .await
+    }
+
+    /// Changes the password of the logged-in account `name` from `old` to
+    /// `new` (both stay here: the server gets a SCRAM proof of the old one
+    /// and credentials derived from the new one). Every other session of
+    /// the account ends; returns this session's new resume token.
+    pub async fn change_password(&self, name: &str, old: &str, new: &str) -> Result<Vec<u8>> {
+        let (exchange, client_final) = self.reauth(name, old).await?;
+        let creds = self.derive_credentials(new)?;
+        let changed = self
+            .call(
+                client_frame::Body::ChangePassword(v1::ChangePassword {
+                    client_final: client_final.into_bytes(),
+                    mechanism: creds.mechanism.name().to_owned(),
+                    salt: creds.salt,
+                    iterations: creds.iterations,
+                    stored_key: creds.stored_key,
+                    server_key: creds.server_key,
+                }),
+                |b| match b {
+                    server_frame::Body::PasswordChanged(p) => Ok(p),
+                    other => Err(other),
+                },
+            )
+            .await?;
+        exchange
+            .verify_server_final(&changed.server_final)
+            .map_err(|e| ClientError::Protocol(e.message))?;
+        Ok(changed.resume_token)
+    }
+
+    /// Logs out on every device: every session of the account ends and
+    /// every resume token stops working.
+    pub async fn logout_all(&self) -> Result<()> {
+        self.call(client_frame::Body::LogoutAll(v1::LogoutAll {}), |b| match b {
+            server_frame::Body::LoggedOut(_) => Ok(()),
             other => Err(other),
         })
         .await

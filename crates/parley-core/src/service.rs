@@ -455,18 +455,7 @@ impl Service {
         // resumed with is revoked once the new one is stored, so a token
         // that leaked stops working the next time its owner reconnects.
         let replaced = resumed.map(|(_, hash)| hash);
-        let mut token = vec![0u8; RESUME_TOKEN_BYTES];
-        rand::rng().fill_bytes(&mut token);
-        let hash = token_hash(&token);
-        let ttl_ms = u64::try_from(self.config.resume.ttl.as_millis()).unwrap_or(u64::MAX);
-        let expires_ms = now_ms().saturating_add(ttl_ms);
-        let created = self.store.create_resume_token(NewResumeToken {
-            user,
-            hash,
-            expires_ms,
-            max_per_user: self.config.resume.max_per_user,
-        });
-        created.await?;
+        let (token, hash, expires_ms) = self.new_resume_token(user).await?;
         let mailbox = self.store.mailbox_state(user);
         let contacts = self.store.list_contacts(user);
         let state = async {
@@ -521,6 +510,23 @@ impl Service {
             resume_expires_ms: expires_ms,
         };
         Ok((session, outcome))
+    }
+
+    /// Makes and stores a resume token for `user`: (token, hash, expiry).
+    async fn new_resume_token(&self, user: UserId) -> Result<(Vec<u8>, [u8; 32], u64), CoreError> {
+        let mut token = vec![0u8; RESUME_TOKEN_BYTES];
+        rand::rng().fill_bytes(&mut token);
+        let hash = token_hash(&token);
+        let ttl_ms = u64::try_from(self.config.resume.ttl.as_millis()).unwrap_or(u64::MAX);
+        let expires_ms = now_ms().saturating_add(ttl_ms);
+        let created = self.store.create_resume_token(NewResumeToken {
+            user,
+            hash,
+            expires_ms,
+            max_per_user: self.config.resume.max_per_user,
+        });
+        created.await?;
+        Ok((token, hash, expires_ms))
     }
 
     fn open_session(
@@ -648,6 +654,91 @@ impl Session {
     /// (HTTP) check it before every request: an ended session must not act.
     pub fn closing(&self) -> Option<CloseReason> {
         self.flags.closing()
+    }
+
+    /// Starts proving the password again inside this session (before
+    /// deleting the account or changing the password): a SCRAM exchange for
+    /// this session's account, throttled like a login. A name other than
+    /// the session's gets a challenge that can never succeed.
+    pub fn reauth_start(
+        &self,
+        client_first: &[u8],
+        peer: Option<IpAddr>,
+    ) -> impl Future<Output = Result<AuthPending, CoreError>> + Send + 'static {
+        let service = Arc::clone(&self.service);
+        let user = self.user;
+        let client_first = client_first.to_vec();
+        async move {
+            let mut pending = service.auth_start(&client_first, peer).await?;
+            if pending.account.as_ref().map(|(id, _)| *id) != Some(user) {
+                pending.account = None;
+            }
+            Ok(pending)
+        }
+    }
+
+    /// Checks the proof of a [`Session::reauth_start`] exchange; returns
+    /// the server-final-message. Failures count like failed logins.
+    fn reauth_finish(&self, pending: &AuthPending, client_final: &[u8]) -> Result<String, CoreError> {
+        let service = &self.service;
+        if let Err(e) = pending.attempt.check(Instant::now()) {
+            service.counters.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        let verified = pending.exchange.finish(client_final).and_then(|server_final| {
+            match pending.account.as_ref().map(|(id, _)| *id) {
+                Some(id) if id == self.user => Ok(server_final),
+                _ => Err(CoreError::auth_failed()),
+            }
+        });
+        if let Err(e) = &verified {
+            if e.kind == ErrorKind::AuthFailed {
+                pending.attempt.failed(Instant::now());
+            }
+            service.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        verified
+    }
+
+    /// Deletes the account once the password is proved again: its mailbox
+    /// goes with it, its other sessions are closed with ACCOUNT_DELETED.
+    /// The caller ends this session on success.
+    pub async fn delete_account_confirmed(&self, pending: &AuthPending, client_final: &[u8]) -> Result<(), CoreError> {
+        self.reauth_finish(pending, client_final)?;
+        self.delete_account().await
+    }
+
+    /// Changes the password once the old one is proved again: the new
+    /// credentials (derived by the client) replace the old, every other
+    /// session of the account ends, every resume token is revoked, and this
+    /// session gets a new one. Returns (server_final, token, expiry).
+    pub async fn change_password(
+        &mut self,
+        pending: &AuthPending,
+        client_final: &[u8],
+        credentials: StoredCredentials,
+    ) -> Result<(String, Vec<u8>, u64), CoreError> {
+        let config = &self.service.config;
+        if !config.auth.mechanisms.contains(&credentials.mechanism) {
+            return Err(CoreError::new(
+                ErrorKind::UnsupportedMechanism,
+                format!("{} is not accepted for new passwords", credentials.mechanism.name()),
+            ));
+        }
+        credentials.validate(config.auth.iterations)?;
+        let server_final = self.reauth_finish(pending, client_final)?;
+        self.service.store.set_credentials(self.user, credentials).await?;
+        self.service.hub.close_user(
+            self.user,
+            Some(self.id),
+            CloseReason {
+                kind: ErrorKind::NotAuthenticated,
+                message: "the password was changed".into(),
+            },
+        );
+        let (token, hash, expires_ms) = self.service.new_resume_token(self.user).await?;
+        self.token_hash = hash;
+        Ok((server_final, token, expires_ms))
     }
 
     /// Ends every session of this account on every front door, this one
@@ -779,7 +870,7 @@ impl Session {
 
     /// Deletes the account: its mailbox goes with it, its other sessions are
     /// closed with ACCOUNT_DELETED. The caller ends this session on success.
-    pub async fn delete_account(&self) -> Result<(), CoreError> {
+    async fn delete_account(&self) -> Result<(), CoreError> {
         self.service.store.delete_account(self.user).await?;
         self.service.hub.close_user(
             self.user,

@@ -184,8 +184,21 @@ try {
   await a.waitForSelector(`#contact-list li[data-peer="${ben}"] .dot:not(.online)`);
   await a.screenshot({ path: join(out, "ann-after-logout.png") });
 
-  // Ann deletes her account; she is back at the login form and cannot log in.
+  // Ann changes her password (proving the old one), then deletes her
+  // account (proving the new one); she is back at the login form and
+  // cannot log in.
+  await a.click("#password-button");
+  await a.fill("#reauth-password", "correct horse " + ann);
+  await a.fill("#reauth-new-password", "battery staple " + ann);
+  await a.fill("#reauth-new-again", "battery staple " + ann);
+  await a.click("#reauth-confirm");
+  await a.waitForSelector("#reauth-form", { state: "hidden" });
   await a.click("#delete-account-button");
+  await a.fill("#reauth-password", "not my password");
+  await a.click("#reauth-confirm");
+  await a.waitForSelector('#reauth-error >> text="Wrong password."');
+  await a.fill("#reauth-password", "battery staple " + ann);
+  await a.click("#reauth-confirm");
   await a.waitForSelector("#auth-view:not([hidden])");
   await a.fill("#auth-name", ann);
   await a.fill("#auth-password", "correct horse " + ann);

@@ -223,9 +223,65 @@ fn entries(list: Vec<(String, bool)>) -> Vec<AccountEntry> {
         .collect()
 }
 
-pub async fn delete_account(State(ctx): Ctx, auth: Authed) -> ApiResult<StatusCode> {
+#[derive(Deserialize)]
+pub struct ReauthStart {
+    client_first: String,
+}
+
+#[derive(Serialize)]
+pub struct ReauthChallenge {
+    reauth_id: String,
+    mechanism: &'static str,
+    server_first: String,
+    expires_secs: u64,
+}
+
+/// `POST /v1/account/reauth`: the first SCRAM step of proving the password
+/// again, for deleting the account or changing the password.
+pub async fn reauth(
+    State(ctx): Ctx,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    auth: Authed,
+    JsonBody(r): JsonBody<ReauthStart>,
+) -> ApiResult<axum::Json<ReauthChallenge>> {
+    let pending = start!(auth, |s| s.reauth_start(r.client_first.as_bytes(), Some(peer.ip())))?.await?;
+    let mechanism = pending.mechanism().name();
+    let server_first = pending.server_first().to_owned();
+    let reauth_id = ctx
+        .logins
+        .insert(pending)
+        .ok_or_else(|| Problem::busy("too many logins in progress", 1000))?;
+    Ok(axum::Json(ReauthChallenge {
+        reauth_id,
+        mechanism,
+        server_first,
+        expires_secs: ctx.settings.login_timeout.as_secs(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct Confirmation {
+    reauth_id: String,
+    client_final: String,
+}
+
+fn take_reauth(ctx: &HttpContext, reauth_id: &str) -> ApiResult<crate::sessions::TakenLogin> {
+    ctx.logins.take(reauth_id).ok_or_else(|| {
+        Problem::invalid("prove the password first: POST /v1/account/reauth, then this request with its reauth_id")
+    })
+}
+
+pub async fn delete_account(
+    State(ctx): Ctx,
+    auth: Authed,
+    JsonBody(r): JsonBody<Confirmation>,
+) -> ApiResult<StatusCode> {
+    let taken = take_reauth(&ctx, &r.reauth_id)?;
     let session = auth.entry.take().ok_or_else(session_gone)?;
-    match session.delete_account().await {
+    match session
+        .delete_account_confirmed(&taken.pending, r.client_final.as_bytes())
+        .await
+    {
         Ok(()) => {
             tracing::info!(user = %session.name(), "account deleted over HTTP");
             drop(ctx.sessions.remove(&auth.token));
@@ -237,6 +293,63 @@ pub async fn delete_account(State(ctx): Ctx, auth: Authed) -> ApiResult<StatusCo
             Err(e.into())
         }
     }
+}
+
+#[derive(Deserialize)]
+pub struct PasswordChange {
+    reauth_id: String,
+    client_final: String,
+    mechanism: String,
+    salt: String,
+    iterations: u32,
+    stored_key: String,
+    server_key: String,
+}
+
+#[derive(Serialize)]
+pub struct PasswordChanged {
+    server_final: String,
+    resume_token: String,
+    resume_expires_ms: u64,
+}
+
+/// `POST /v1/account/password`: new SCRAM credentials, once the old
+/// password is proved; every other session ends, every resume token is
+/// revoked, this session gets a new one.
+pub async fn change_password(
+    State(ctx): Ctx,
+    auth: Authed,
+    JsonBody(r): JsonBody<PasswordChange>,
+) -> ApiResult<axum::Json<PasswordChanged>> {
+    let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
+        return Err(CoreError::new(
+            ErrorKind::UnsupportedMechanism,
+            format!("unknown mechanism {:?}", r.mechanism),
+        )
+        .into());
+    };
+    let credentials = StoredCredentials {
+        mechanism,
+        salt: decode_b64("salt", &r.salt)?,
+        iterations: r.iterations,
+        stored_key: decode_b64("stored_key", &r.stored_key)?,
+        server_key: decode_b64("server_key", &r.server_key)?,
+    };
+    let taken = take_reauth(&ctx, &r.reauth_id)?;
+    let mut session = auth.entry.take().ok_or_else(session_gone)?;
+    let changed = session
+        .change_password(&taken.pending, r.client_final.as_bytes(), credentials)
+        .await;
+    if changed.is_ok() {
+        tracing::info!(user = %session.name(), "password changed over HTTP");
+    }
+    auth.entry.restore(session);
+    let (server_final, token, expires_ms) = changed?;
+    Ok(axum::Json(PasswordChanged {
+        server_final,
+        resume_token: B64.encode(token),
+        resume_expires_ms: expires_ms,
+    }))
 }
 
 // ------------------------------------------------------------ login

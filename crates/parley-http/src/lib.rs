@@ -227,6 +227,8 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HttpContext>>
         (Method::POST, "/v1/accounts", post(api::register)),
         (Method::GET, "/v1/accounts", get(api::list_accounts)),
         (Method::DELETE, "/v1/account", delete(api::delete_account)),
+        (Method::POST, "/v1/account/reauth", post(api::reauth)),
+        (Method::POST, "/v1/account/password", post(api::change_password)),
         (Method::POST, "/v1/login/start", post(api::login_start)),
         (Method::POST, "/v1/login/finish", post(api::login_finish)),
         (Method::POST, "/v1/login/resume", post(api::login_resume)),

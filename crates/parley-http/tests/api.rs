@@ -322,10 +322,22 @@ async fn logout_resume_and_account_deletion() {
     // Deleting the account ends it; the name is free again.
     let other = api.user("hank").await;
     api.send_message(&other, "gina", "h1", "hi gina").await;
+    // Without proving the password again (no body), nothing happens.
     assert_eq!(
         api.method(Method::DELETE, "/v1/account", Some(&token)).await.status,
-        204
+        415
     );
+    let (reauth_id, wrong, _) = api.reauth(&token, "gina", "not the password").await;
+    api.send(
+        api.http
+            .delete(api.url("/v1/account"))
+            .bearer_auth(&token)
+            .json(&json!({ "reauth_id": reauth_id, "client_final": wrong })),
+    )
+    .await
+    .problem(401, "AUTH_FAILED");
+    api.get("/v1/mailbox", Some(&token)).await.ok();
+    assert_eq!(api.delete_account(&token, "gina", "pw").await.status, 204);
     api.get("/v1/mailbox", Some(&token))
         .await
         .problem(401, "NOT_AUTHENTICATED");

@@ -5,6 +5,7 @@
 
 mod common;
 
+use base64::Engine;
 use common::*;
 use parley_core::Mechanism;
 use parley_core::scram::ClientExchange;
@@ -103,7 +104,7 @@ async fn sessions_end_with_their_account_and_never_pass_to_a_new_owner() {
     let other_token = second["token"].as_str().unwrap().to_owned();
     let other_resume = second["resume_token"].as_str().unwrap().to_owned();
     let r = api
-        .method(reqwest::Method::DELETE, "/v1/account", first["token"].as_str())
+        .delete_account(first["token"].as_str().unwrap(), "bob", "pw-bob")
         .await;
     assert_eq!(r.status, 204, "{r:?}");
     let send = |token: String| {
@@ -251,4 +252,63 @@ async fn one_address_gets_only_a_share_of_the_shared_tables() {
     assert_eq!(ok.status, 200, "{ok:?}");
     let token = ok.body["token"].as_str().unwrap();
     honest.get("/v1/mailbox", Some(token)).await.ok();
+}
+
+/// Findings 11 and 14: a password change proves the old password (SCRAM,
+/// the password never travels), ends every other session and resume
+/// token, and keeps this one with a new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_password_proves_the_old_one_and_ends_other_sessions() {
+    use parley_core::scram::{StoredCredentials, random_salt};
+    let server = server(&[]);
+    let api = Api::new(&server);
+    api.register("ivy", "old").await.ok();
+    let here = api.login("ivy", "old").await;
+    let there = api.login("ivy", "old").await;
+    let token = here["token"].as_str().unwrap();
+    let creds = StoredCredentials::derive(Mechanism::Sha256, "new", &random_salt(), 4096);
+    let change = |reauth_id: serde_json::Value, client_final: String| {
+        json!({
+            "reauth_id": reauth_id,
+            "client_final": client_final,
+            "mechanism": "SCRAM-SHA-256",
+            "salt": B64.encode(&creds.salt),
+            "iterations": creds.iterations,
+            "stored_key": B64.encode(&creds.stored_key),
+            "server_key": B64.encode(&creds.server_key),
+        })
+    };
+    // The wrong old password changes nothing.
+    let (id, wrong, _) = api.reauth(token, "ivy", "guess").await;
+    api.post("/v1/account/password", Some(token), change(id, wrong))
+        .await
+        .problem(401, "AUTH_FAILED");
+    api.get("/v1/mailbox", there["token"].as_str()).await.ok();
+    // The right one.
+    let (id, proof, exchange) = api.reauth(token, "ivy", "old").await;
+    let changed = api.post("/v1/account/password", Some(token), change(id, proof)).await;
+    let body = changed.ok().clone();
+    exchange
+        .verify_server_final(body["server_final"].as_str().unwrap().as_bytes())
+        .expect("the server proved it knows the old keys");
+    api.get("/v1/mailbox", Some(token)).await.ok();
+    api.get("/v1/mailbox", there["token"].as_str())
+        .await
+        .problem(401, "NOT_AUTHENTICATED");
+    api.post(
+        "/v1/login/resume",
+        None,
+        json!({ "resume_token": there["resume_token"] }),
+    )
+    .await
+    .problem(401, "AUTH_FAILED");
+    api.post(
+        "/v1/login/resume",
+        None,
+        json!({ "resume_token": body["resume_token"] }),
+    )
+    .await
+    .ok();
+    api.login_reply("ivy", "old").await.problem(401, "AUTH_FAILED");
+    assert_eq!(api.login_reply("ivy", "new").await.status, 200);
 }

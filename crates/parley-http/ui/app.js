@@ -101,7 +101,9 @@
     try {
       return await request(method, path, body, true);
     } catch (e) {
-      if (e.status !== 401 || !(await renewToken())) throw e;
+      // Only an ended or expired session is renewed: a wrong password
+      // (AUTH_FAILED, when proving it again) is an answer, not an expiry.
+      if (e.status !== 401 || e.code !== "NOT_AUTHENTICATED" || !(await renewToken())) throw e;
       return request(method, path, body, true);
     }
   }
@@ -738,14 +740,69 @@
     endSession("", true);
   }
 
-  async function deleteAccount() {
-    if (!confirm(`Delete the account ${state.session.name} and every message in it, for good?`)) return;
+  // Deleting the account and changing the password prove the current
+  // password again (a SCRAM exchange inside the session): a session left
+  // open on a shared computer is not enough for either.
+  function openReauth(purpose) {
+    state.reauthPurpose = purpose;
+    $("reauth-purpose").textContent =
+      purpose === "delete"
+        ? `Delete the account ${state.session.name} and every message in it, for good? Enter your password to confirm.`
+        : "Change your password. Every other session of this account will be logged out.";
+    $("reauth-new").hidden = purpose !== "password";
+    $("reauth-new-password").required = purpose === "password";
+    $("reauth-new-again").required = purpose === "password";
+    $("reauth-error").textContent = "";
+    $("reauth-form").hidden = false;
+    $("reauth-password").focus();
+  }
+
+  function closeReauth() {
+    $("reauth-form").reset();
+    $("reauth-form").hidden = true;
+  }
+
+  async function proveAgain(password) {
+    const login = new Scram.Login(state.session.name, password);
+    const challenge = await api("POST", "/v1/account/reauth", { client_first: login.first() });
+    const clientFinal = await login.final(challenge.server_first, challenge.mechanism);
+    return { login, reauth_id: challenge.reauth_id, client_final: clientFinal };
+  }
+
+  async function onReauth(e) {
+    e.preventDefault();
+    const password = $("reauth-password").value;
     try {
-      await api("DELETE", "/v1/account");
-      endSession("The account was deleted.", true);
-    } catch (e) {
-      alert("Could not delete the account: " + e.message);
+      if (state.reauthPurpose === "password") {
+        const next = $("reauth-new-password").value;
+        if (next !== $("reauth-new-again").value) throw new Error("the new passwords differ");
+        const info = await serverInfo();
+        const credentials = await Scram.credentials(info.mechanisms[0], next, info.scram_iterations);
+        const proof = await proveAgain(password);
+        const changed = await api("POST", "/v1/account/password", {
+          reauth_id: proof.reauth_id,
+          client_final: proof.client_final,
+          ...credentials,
+        });
+        await proof.login.verify(changed.server_final);
+        state.session.resume_token = changed.resume_token;
+        saveSession();
+        closeReauth();
+        alert("Your password was changed; your other sessions were logged out.");
+      } else {
+        const proof = await proveAgain(password);
+        await api("DELETE", "/v1/account", { reauth_id: proof.reauth_id, client_final: proof.client_final });
+        closeReauth();
+        endSession("The account was deleted.", true);
+      }
+    } catch (err) {
+      $("reauth-error").textContent =
+        err && err.code === "AUTH_FAILED" ? "Wrong password." : "Could not do that: " + (err && err.message ? err.message : err);
     }
+  }
+
+  function deleteAccount() {
+    openReauth("delete");
   }
 
   // ------------------------------------------------------------ wiring
@@ -781,6 +838,9 @@
     $("add-contact-button").addEventListener("click", addContact);
     $("logout-button").addEventListener("click", logOut);
     $("delete-account-button").addEventListener("click", deleteAccount);
+    $("password-button").addEventListener("click", () => openReauth("password"));
+    $("reauth-form").addEventListener("submit", onReauth);
+    $("reauth-cancel").addEventListener("click", closeReauth);
     $("sidebar-toggle").addEventListener("click", () => $("chat-view").classList.toggle("show-sidebar"));
     document.addEventListener("keydown", (e) => {
       if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "k" && !$("chat-view").hidden) {

@@ -77,8 +77,28 @@ fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
         (".{0,40}", ".{0,40}", any::<u32>()).prop_map(|(pattern, after, limit)| client_frame::Body::ListAccounts(
             v1::ListAccounts { pattern, after, limit }
         )),
-        Just(client_frame::Body::DeleteAccount(v1::DeleteAccount {})),
+        prop::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|client_final| client_frame::Body::DeleteAccount(v1::DeleteAccount { client_final })),
+        prop::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|client_first| client_frame::Body::Reauth(v1::Reauth { client_first })),
+        (
+            prop::collection::vec(any::<u8>(), 0..64),
+            ".{0,20}",
+            prop::collection::vec(any::<u8>(), 0..64),
+            any::<u32>()
+        )
+            .prop_map(|(client_final, mechanism, salt, iterations)| {
+                client_frame::Body::ChangePassword(v1::ChangePassword {
+                    client_final,
+                    mechanism,
+                    salt,
+                    iterations,
+                    stored_key: vec![1; 32],
+                    server_key: vec![2; 32],
+                })
+            }),
         Just(client_frame::Body::Logout(v1::Logout {})),
+        Just(client_frame::Body::LogoutAll(v1::LogoutAll {})),
         Just(client_frame::Body::ListContacts(v1::ListContacts {})),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(|token| client_frame::Body::Resume(v1::Resume { token })),
         ".{0,40}".prop_map(|name| client_frame::Body::AddContact(v1::AddContact { name })),

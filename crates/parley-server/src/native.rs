@@ -772,6 +772,10 @@ impl Connection {
                 }
             }
             B::AuthContinue(c) => {
+                if self.session.is_some() {
+                    let e = CoreError::new(ErrorKind::AlreadyAuthenticated, "already logged in; log out first");
+                    return self.encode(&core_error_frame(id, &e));
+                }
                 let Some(pending) = self.pending_auth.take().map(|pending| *pending) else {
                     let e = CoreError::invalid("no login in progress: send AuthStart first");
                     return self.encode(&core_error_frame(id, &e));
@@ -804,7 +808,27 @@ impl Connection {
                 }
                 self.logged_in(id, result);
             }
-            B::DeleteAccount(_) => {
+            B::Reauth(r) => {
+                let overloaded = self.overloaded();
+                let Some(session) = self.session.as_ref() else {
+                    return self.encode(&core_error_frame(id, &not_logged_in()));
+                };
+                if overloaded {
+                    return self.start(id, Err(busy()));
+                }
+                match session.reauth_start(&r.client_first, Some(self.peer.ip())).await {
+                    Err(e) => self.encode(&core_error_frame(id, &e)),
+                    Ok(pending) => {
+                        let challenge = v1::AuthChallenge {
+                            mechanism: pending.mechanism().name().to_owned(),
+                            server_first: pending.server_first().as_bytes().to_vec(),
+                        };
+                        self.pending_auth = Some(Box::new(pending));
+                        self.encode(&frame(id, Body::AuthChallenge(challenge)));
+                    }
+                }
+            }
+            B::ChangePassword(c) => {
                 let overloaded = self.overloaded();
                 let Some(session) = self.session.as_mut() else {
                     return self.encode(&core_error_frame(id, &not_logged_in()));
@@ -812,7 +836,50 @@ impl Connection {
                 if overloaded {
                     return self.start(id, Err(busy()));
                 }
-                let result = session.delete_account().await;
+                let Some(pending) = self.pending_auth.take() else {
+                    return self.encode(&core_error_frame(id, &reauth_first()));
+                };
+                let Some(mechanism) = Mechanism::from_name(&c.mechanism) else {
+                    let message = format!("unknown mechanism {:?}", c.mechanism);
+                    return self.encode(&core_error_frame(
+                        id,
+                        &CoreError::new(ErrorKind::UnsupportedMechanism, message),
+                    ));
+                };
+                let credentials = StoredCredentials {
+                    mechanism,
+                    salt: c.salt,
+                    iterations: c.iterations,
+                    stored_key: c.stored_key,
+                    server_key: c.server_key,
+                };
+                match session.change_password(&pending, &c.client_final, credentials).await {
+                    Ok((server_final, resume_token, resume_expires_ms)) => {
+                        tracing::info!(peer = %self.peer, user = %session.name(), "password changed");
+                        self.encode(&frame(
+                            id,
+                            Body::PasswordChanged(v1::PasswordChanged {
+                                server_final: server_final.into_bytes(),
+                                resume_token,
+                                resume_expires_ms,
+                            }),
+                        ));
+                    }
+                    Err(e) => self.encode(&core_error_frame(id, &e)),
+                }
+            }
+            B::DeleteAccount(d) => {
+                let overloaded = self.overloaded();
+                let Some(session) = self.session.as_mut() else {
+                    return self.encode(&core_error_frame(id, &not_logged_in()));
+                };
+                if overloaded {
+                    return self.start(id, Err(busy()));
+                }
+                let Some(pending) = self.pending_auth.take() else {
+                    return self.encode(&core_error_frame(id, &reauth_first()));
+                };
+                let result = session.delete_account_confirmed(&pending, &d.client_final).await;
                 match result {
                     Ok(()) => {
                         tracing::info!(peer = %self.peer, user = %session.name(), "account deleted");
@@ -980,7 +1047,14 @@ impl Connection {
                 Ok(reply(id, revoked, |()| Body::LoggedOut(v1::LoggedOut {})))
             }
             // Answered by `handle` or `handle_waiting`.
-            B::Ping(_) | B::Register(_) | B::AuthStart(_) | B::AuthContinue(_) | B::Resume(_) | B::DeleteAccount(_) => {
+            B::Ping(_)
+            | B::Register(_)
+            | B::AuthStart(_)
+            | B::AuthContinue(_)
+            | B::Resume(_)
+            | B::DeleteAccount(_)
+            | B::Reauth(_)
+            | B::ChangePassword(_) => {
                 return;
             }
         };
@@ -1014,6 +1088,8 @@ fn op_name(body: &client_frame::Body) -> &'static str {
         B::Logout(_) => "logout",
         B::LogoutAll(_) => "logout_all",
         B::DeleteAccount(_) => "delete_account",
+        B::Reauth(_) => "reauth",
+        B::ChangePassword(_) => "change_password",
     }
 }
 
@@ -1030,8 +1106,13 @@ fn waits(body: &client_frame::Body) -> bool {
     use client_frame::Body as B;
     matches!(
         body,
-        B::AuthStart(_) | B::AuthContinue(_) | B::Resume(_) | B::DeleteAccount(_)
+        B::AuthStart(_) | B::AuthContinue(_) | B::Resume(_) | B::DeleteAccount(_) | B::Reauth(_) | B::ChangePassword(_)
     )
+}
+
+/// The answer to a DeleteAccount or ChangePassword without a Reauth before it.
+fn reauth_first() -> CoreError {
+    CoreError::invalid("prove the password first: send Reauth, then this request with its client_final")
 }
 
 /// The answer to a request that needs a login, on a connection without one.

@@ -251,7 +251,7 @@ async fn account_deletion_semantics(store: Store) {
     let carol = server.user("carol").await;
     alice.send("bob", "unread mail for bob").await.unwrap();
     bob.send("carol", "bob wrote this").await.unwrap();
-    bob.delete_account().await.unwrap();
+    bob.delete_account("bob", "pw-bob").await.unwrap();
     // Bob's other session is told and closed.
     match tokio::time::timeout(WAIT, bob_other.next_event()).await.unwrap() {
         Some(parley_client::Event::Goodbye { code, .. }) => assert_eq!(code, ErrorCode::AccountDeleted),
@@ -304,7 +304,12 @@ async fn everything_survives_a_restart() {
         let bob = server.user("bob").await;
         bob.ack(keep.seq, vec![]).await.unwrap();
         bob.delete_messages(vec![gone.message_id]).await.unwrap();
-        server.user("carol").await.delete_account().await.unwrap();
+        server
+            .user("carol")
+            .await
+            .delete_account("carol", "pw-carol")
+            .await
+            .unwrap();
     }
     assert!(server.stop().success(), "graceful stop exits 0");
     server.restart();

@@ -70,7 +70,7 @@ async fn deleting_the_account_revokes_its_tokens(store: Store) {
     let bob = server.client().await;
     bob.register("bob", "pw").await.unwrap();
     let token = bob.login("bob", "pw").await.unwrap().resume_token;
-    bob.delete_account().await.unwrap();
+    bob.delete_account("bob", "pw").await.unwrap();
     // Even after the name is taken again.
     server.user("bob").await;
     let c = server.client().await;

@@ -257,3 +257,47 @@ async fn every_resume_rotates_the_token() {
     let later = server.client().await;
     later.resume(&second).await.unwrap();
 }
+
+/// Finding 14: deleting the account proves the password again; a session
+/// alone (or a wrong password) deletes nothing. Finding 11: a password
+/// change ends the account's other sessions and keeps this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_account_and_changing_the_password_prove_the_password_again() {
+    let server = TestServer::start(Store::Sqlite);
+    let bob = server.user("bob").await;
+    let other = server.user("bob").await;
+    other.subscribe(0).await.unwrap();
+    // No proof: refused, nothing deleted.
+    let reply = bob
+        .request(client_frame::Body::DeleteAccount(v1::DeleteAccount::default()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply.body, Some(server_frame::Body::Error(e)) if e.code == ErrorCode::InvalidRequest as i32),
+        "{reply:?}"
+    );
+    // A wrong password: AUTH_FAILED, nothing deleted.
+    assert_eq!(
+        bob.delete_account("bob", "not it").await.unwrap_err().code(),
+        Some(ErrorCode::AuthFailed)
+    );
+    bob.ping().await.unwrap();
+    // Change the password: the other session ends, this one goes on.
+    let token = bob.change_password("bob", "pw-bob", "new-bob").await.unwrap();
+    assert_eq!(token.len(), 32);
+    assert_eq!(goodbye(&other).await, ErrorCode::NotAuthenticated);
+    bob.ping().await.unwrap();
+    let fresh = server.client().await;
+    assert_eq!(
+        fresh.login("bob", "pw-bob").await.unwrap_err().code(),
+        Some(ErrorCode::AuthFailed)
+    );
+    fresh.login("bob", "new-bob").await.unwrap();
+    // Now with the right password: gone.
+    bob.delete_account("bob", "new-bob").await.unwrap();
+    let again = server.client().await;
+    assert_eq!(
+        again.login("bob", "new-bob").await.unwrap_err().code(),
+        Some(ErrorCode::AuthFailed)
+    );
+}

@@ -164,6 +164,38 @@ impl Api {
         finish
     }
 
+    /// Proves `password` again for the session of `token` (the first SCRAM
+    /// step of a deletion or password change); returns (reauth_id,
+    /// client_final, the exchange to verify the server with).
+    pub async fn reauth(&self, token: &str, name: &str, password: &str) -> (Value, String, ClientExchange) {
+        let mut exchange = ClientExchange::new(name, password);
+        let start = self
+            .post(
+                "/v1/account/reauth",
+                Some(token),
+                json!({ "client_first": exchange.client_first() }),
+            )
+            .await;
+        let body = start.ok();
+        let mechanism = Mechanism::from_name(body["mechanism"].as_str().unwrap()).unwrap();
+        let client_final = exchange
+            .client_final(mechanism, body["server_first"].as_str().unwrap().as_bytes())
+            .unwrap();
+        (body["reauth_id"].clone(), client_final, exchange)
+    }
+
+    /// Deletes the account of `token`, proving `password` again.
+    pub async fn delete_account(&self, token: &str, name: &str, password: &str) -> Reply {
+        let (reauth_id, client_final, _) = self.reauth(token, name, password).await;
+        self.send(
+            self.http
+                .delete(self.url("/v1/account"))
+                .bearer_auth(token)
+                .json(&json!({ "reauth_id": reauth_id, "client_final": client_final })),
+        )
+        .await
+    }
+
     /// Logs in; returns the whole login reply body.
     pub async fn login(&self, name: &str, password: &str) -> Value {
         self.login_reply(name, password).await.ok().clone()
