@@ -81,11 +81,19 @@ fn parse_range(entry: &str) -> Option<(IpAddr, u8)> {
         Some((addr, prefix)) => (addr, Some(prefix)),
         None => (entry, None),
     };
-    let ip = canonical(addr.trim().parse::<IpAddr>().ok()?);
-    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    let written = addr.trim().parse::<IpAddr>().ok()?;
+    let bits = if written.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => bits,
         Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= bits)?,
+    };
+    // A range written in IPv4-mapped form (`::ffff:a.b.c.d/N`, N >= 96) is
+    // the IPv4 range it maps, matched like the addresses it contains.
+    let ip = canonical(written);
+    let prefix = if ip.is_ipv4() && written.is_ipv6() {
+        prefix.checked_sub(96)?
+    } else {
+        prefix
     };
     Some((mask(ip, prefix)?, prefix))
 }
@@ -248,8 +256,8 @@ mod tests {
                 .unwrap()
                 .contains("8.8.8.8".parse().unwrap())
         );
-        let errors = TrustedProxies::parse("10.0.0.0/33,nowhere,1.2.3.4/x,::/129").unwrap_err();
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        let errors = TrustedProxies::parse("10.0.0.0/33,nowhere,1.2.3.4/x,::/129,::ffff:1.2.3.4/64").unwrap_err();
+        assert_eq!(errors.len(), 5, "{errors:?}");
     }
 
     #[test]
