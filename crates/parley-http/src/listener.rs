@@ -9,7 +9,8 @@
 //!   `503` and `Retry-After` before any HTTP is parsed, and closed. Trusted
 //!   proxies are exempt: they carry many clients.
 //! - A request's headers must arrive within `header_timeout` of its first
-//!   byte (of the accept, for the first request); a connection idle between
+//!   byte (for the first request, of the accept or the end of the TLS
+//!   handshake); a connection idle between
 //!   requests is closed after `keepalive`. Both are enforced here, outside
 //!   hyper, which only knows a header timeout that also runs while idle.
 //!   The body's deadline is the admission middleware's (`lib.rs`), which

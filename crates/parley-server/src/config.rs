@@ -347,7 +347,7 @@ settings! {
     http_max_request_bytes: "PARLEY_HTTP_MAX_REQUEST_BYTES", "BYTES";
     /// Most HTTP connections open at once, WebSockets included; more wait to be accepted [default: 4096]
     http_max_connections: "PARLEY_HTTP_MAX_CONNECTIONS", "N";
-    /// Seconds a request's headers may take from their first byte (from the accept for the first request) [default: 10]
+    /// Seconds a request's headers may take from their first byte (for the first request, from the accept or the TLS handshake) [default: 10]
     http_header_timeout_secs: "PARLEY_HTTP_HEADER_TIMEOUT_SECS", "SECS";
     /// Seconds a request's whole body may take; then 408 [default: 10]
     http_body_timeout_secs: "PARLEY_HTTP_BODY_TIMEOUT_SECS", "SECS";
