@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::HttpContext;
 use crate::access;
-use crate::listener::Peer;
+use crate::client_addr::ClientAddr;
 use crate::pager;
 use crate::problem::{JsonBody, PathParam, Problem, QueryParams};
 use crate::sessions::HttpSession;
@@ -240,7 +240,7 @@ pub struct ReauthChallenge {
 /// again, for deleting the account or changing the password.
 pub async fn reauth(
     State(ctx): Ctx,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ClientAddr(peer): ClientAddr,
     auth: Authed,
     JsonBody(r): JsonBody<ReauthStart>,
 ) -> ApiResult<axum::Json<ReauthChallenge>> {
@@ -369,7 +369,7 @@ pub struct Challenge {
 
 pub async fn login_start(
     State(ctx): Ctx,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ClientAddr(peer): ClientAddr,
     JsonBody(r): JsonBody<LoginStart>,
 ) -> ApiResult<axum::Json<Challenge>> {
     let pending = match ctx.service.auth_start(r.client_first.as_bytes(), Some(peer.ip())).await {
@@ -417,7 +417,7 @@ pub struct LoginOk {
 
 pub async fn login_finish(
     State(ctx): Ctx,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ClientAddr(peer): ClientAddr,
     JsonBody(r): JsonBody<LoginFinish>,
 ) -> ApiResult<axum::Json<LoginOk>> {
     let Some(taken) = ctx.logins.take(&r.login_id) else {
@@ -445,7 +445,7 @@ pub struct ResumeRequest {
 
 pub async fn login_resume(
     State(ctx): Ctx,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ClientAddr(peer): ClientAddr,
     JsonBody(r): JsonBody<ResumeRequest>,
 ) -> ApiResult<axum::Json<LoginOk>> {
     // A token that is not base64 is a failed resume like any other.
@@ -696,7 +696,7 @@ pub struct PagerAccepted {
 
 pub async fn pager(
     State(ctx): Ctx,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ClientAddr(peer): ClientAddr,
     PathParam(user): PathParam<String>,
     JsonBody(r): JsonBody<PagerRequest>,
 ) -> ApiResult<Response> {

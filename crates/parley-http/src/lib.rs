@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod api;
+pub mod client_addr;
 pub mod listener;
 pub mod openapi;
 pub mod pager;
@@ -27,9 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
@@ -38,7 +40,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::listener::{LimitedListener, Peer};
+pub use crate::client_addr::{ClientAddr, TrustedProxies};
+use crate::listener::Peer;
 use crate::problem::Problem;
 use crate::sessions::{HttpSessions, PendingLogins};
 
@@ -63,6 +66,30 @@ pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = 1024;
 pub const DEFAULT_HTTP_MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// Most HTTP connections open at once (WebSockets included).
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
+/// Seconds a request's headers may take to arrive, from their first byte
+/// (from the accept, for a connection's first request). nginx's
+/// `client_header_timeout` defaults to 60 s; a browser sends its headers in
+/// one go, so parleyd is stricter, like its 10 s TLS handshake deadline.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Seconds a request's whole body may take to arrive (it is at most
+/// `http_max_request_bytes`). nginx's `client_body_timeout` (60 s by
+/// default) bounds the gap between two reads instead; a deadline on the
+/// whole body also stops a client that trickles one byte at a time.
+pub const DEFAULT_HTTP_BODY_TIMEOUT_SECS: u64 = 10;
+/// Seconds a connection may stay idle between requests: nginx's
+/// `keepalive_timeout` default.
+pub const DEFAULT_HTTP_KEEPALIVE_SECS: u64 = 75;
+/// Most HTTP connections from one address (an IPv6 /64), WebSockets
+/// included; trusted proxies are exempt. Browsers open at most 6 per host
+/// (plus WebSockets), so 64 leaves room for a household or an office behind
+/// one address; nginx has no default (its `limit_conn` is off until set).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Proxies whose `Forwarded` / `X-Forwarded-For` are believed: none.
+pub const DEFAULT_TRUSTED_PROXIES: &str = "";
+/// `Strict-Transport-Security` when the HTTP listener speaks TLS: one year.
+/// `includeSubDomains` is left off: parleyd answers for its own host only
+/// and cannot know whether every other host under the domain speaks HTTPS.
+const HSTS: &str = "max-age=31536000";
 /// How often expired sessions and logins are dropped.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Retry hint when the in-flight limit is reached.
@@ -93,6 +120,16 @@ pub struct HttpSettings {
     pub max_connections: usize,
     /// Largest native frame, which bounds a WebSocket message.
     pub max_frame_bytes: usize,
+    /// Most connections open at once from one address group.
+    pub max_connections_per_ip: usize,
+    /// Longest a request's headers may take, from their first byte.
+    pub header_timeout: Duration,
+    /// Longest a request's whole body may take, after its headers.
+    pub body_timeout: Duration,
+    /// Longest a connection may stay idle between requests.
+    pub keepalive: Duration,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for HttpSettings {
@@ -109,6 +146,11 @@ impl Default for HttpSettings {
             max_request_bytes: DEFAULT_HTTP_MAX_REQUEST_BYTES,
             max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             max_frame_bytes: parley_proto::DEFAULT_MAX_FRAME_BYTES as usize,
+            max_connections_per_ip: DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP,
+            header_timeout: Duration::from_secs(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+            body_timeout: Duration::from_secs(DEFAULT_HTTP_BODY_TIMEOUT_SECS),
+            keepalive: Duration::from_secs(DEFAULT_HTTP_KEEPALIVE_SECS),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -172,6 +214,12 @@ pub struct HttpCounters {
     pub pager_rate_limited: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshakes_failed: AtomicU64,
+    /// Connections refused by `max_connections_per_ip`.
+    pub refused_per_address: AtomicU64,
+    /// Connections closed because a request's headers were late.
+    pub header_timeouts: AtomicU64,
+    /// Requests answered 408 because their body was late.
+    pub body_timeouts: AtomicU64,
 }
 
 impl HttpContext {
@@ -280,16 +328,30 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
-/// Admission control: past `max_in_flight` requests, answer BUSY at once.
+/// Admission control. The body is read first, whole, under its deadline
+/// and size limit, so that a slow client holds only its own connection;
+/// then, past `max_in_flight` requests, BUSY at once.
 async fn admission(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
     ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let request = match read_body(&ctx, request).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
     let Ok(permit) = Arc::clone(&ctx.in_flight).try_acquire_owned() else {
         ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
         return Problem::busy("too many requests in progress", IN_FLIGHT_RETRY_MS).into_response();
     };
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.0);
+    // Who the client is, once per request, for the log and every handler.
+    let mut request = request;
+    let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| {
+        let client = ClientAddr::resolve(c.0.0, request.headers(), &ctx.settings.trusted_proxies);
+        client.0
+    });
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(ClientAddr(peer));
+    }
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     drop(permit);
@@ -321,6 +383,61 @@ async fn admission(State(ctx): State<Arc<HttpContext>>, request: Request, next: 
     response
 }
 
+/// Reads the whole body within `body_timeout` and `max_request_bytes`;
+/// the request goes on with the bytes in memory. Too large: 413; too slow
+/// or broken off: 408 and the connection is closed (what is left of the
+/// body is never read).
+async fn read_body(ctx: &HttpContext, request: Request) -> Result<Request, Response> {
+    use http_body_util::BodyExt;
+    let limit = ctx.settings.max_request_bytes;
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MESSAGE_TOO_LARGE",
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .into_response()
+    };
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(ctx.settings.body_timeout, read).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        outcome => {
+            ctx.counters.body_timeouts.fetch_add(1, Ordering::Relaxed);
+            let detail = match outcome {
+                Err(_) => format!(
+                    "the request body did not arrive within {} s",
+                    ctx.settings.body_timeout.as_secs()
+                ),
+                Ok(_) => "the request body was broken off".to_owned(),
+            };
+            let mut response = Problem::new(StatusCode::REQUEST_TIMEOUT, "TIMEOUT", detail).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(response)
+        }
+    }
+}
+
+/// `Strict-Transport-Security` on every response (the listener speaks TLS).
+async fn strict_transport_security(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    response
+}
+
 /// `GET /metrics`: what the server's renderer produces.
 async fn metrics(State(ctx): State<Arc<HttpContext>>) -> Response {
     let Some(render) = ctx.hooks.metrics.clone() else {
@@ -347,7 +464,7 @@ async fn common_headers(request: Request, next: Next) -> Response {
 /// `GET /v1/ws`: upgrade, then serve the native protocol over the socket.
 async fn websocket(
     State(ctx): State<Arc<HttpContext>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ClientAddr(peer): ClientAddr,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let upgrade = match upgrade {
@@ -403,13 +520,11 @@ pub async fn serve_with_tls(
             }
         })
     };
-    let app = router(Arc::clone(&ctx)).into_make_service_with_connect_info::<Peer>();
-    let listener = LimitedListener::new(listener, ctx.settings.max_connections);
-    let listener = match tls {
-        Some(tls) => listener.with_tls(tls, Arc::clone(&ctx)),
-        None => listener,
-    };
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let mut app = router(Arc::clone(&ctx));
+    if tls.is_some() {
+        app = app.layer(axum::middleware::from_fn(strict_transport_security));
+    }
+    let served = listener::run(listener, Arc::clone(&ctx), app, tls, shutdown).await;
     sweeper.abort();
     ctx.sessions.clear();
     ctx.websockets.close();

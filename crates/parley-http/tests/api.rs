@@ -12,7 +12,10 @@ use serde_json::json;
 async fn health_readiness_and_server_info() {
     let s = server(&[]);
     let api = Api::new(&s);
-    assert_eq!(api.get("/healthz", None).await.ok()["status"], "ok");
+    let health = api.get("/healthz", None).await;
+    assert_eq!(health.ok()["status"], "ok");
+    // HSTS only over TLS: over plain HTTP it would mean nothing.
+    assert!(health.headers.get("strict-transport-security").is_none());
     assert_eq!(api.get("/readyz", None).await.ok()["status"], "ready");
     let info = api.get("/v1/server", None).await;
     assert_eq!(info.ok()["mechanisms"][0], "SCRAM-SHA-256");

@@ -243,3 +243,70 @@ async fn a_websocket_chat_through_nginx_with_tls() {
     }
     drop(nginx);
 }
+
+/// An HTTPS client to nginx whose connections come from `source`.
+fn client_from(port: u16, cert: &GeneratedCert, source: [u8; 4]) -> Api {
+    let pem = std::fs::read(&cert.cert).unwrap();
+    Api {
+        base: format!("https://localhost:{port}"),
+        http: reqwest::Client::builder()
+            .timeout(WAIT)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .resolve("localhost", ([127, 0, 0, 1], port).into())
+            .local_address(std::net::IpAddr::from(source))
+            .build()
+            .unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_each_client_is_rate_limited_alone() {
+    let Some(binary) = nginx() else {
+        require_or_skip("nginx (Debian package nginx-light)", false);
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path());
+    // As deploy/nginx/parley.conf tells the operator to configure it.
+    let server = TestServer::start_with(Store::Memory, &["--trusted-proxies", "127.0.0.1/32"]);
+    let port = free_port();
+    // nginx listens on 127.0.0.1, which accepts connections from any
+    // loopback source address.
+    let nginx = Nginx::start(&binary, dir.path(), server.http_addr.as_deref().unwrap(), port, &cert);
+    let mallory = client_from(port, &cert, [127, 0, 0, 2]);
+    let alice = client_from(port, &cert, [127, 0, 0, 3]);
+    let r = alice.register("alice", "pw-alice").await;
+    assert_eq!(r.status, 201, "{r:?} {}", nginx.error_log());
+
+    // Mallory guesses resume tokens until the throttle stops her.
+    let mut limited = false;
+    for _ in 0..35 {
+        let r = mallory
+            .post(
+                "/v1/login/resume",
+                None,
+                serde_json::json!({ "resume_token": "bm9wZQ==" }),
+            )
+            .await;
+        if r.status == 429 {
+            r.problem(429, "RATE_LIMITED");
+            limited = true;
+            break;
+        }
+        r.problem(401, "AUTH_FAILED");
+    }
+    assert!(limited, "mallory was never rate-limited");
+    // Alice, through the same nginx, is another client: she logs in.
+    let login = alice.login_reply("alice", "pw-alice").await;
+    assert_eq!(login.status, 200, "{login:?}");
+    let r = mallory
+        .post(
+            "/v1/login/resume",
+            None,
+            serde_json::json!({ "resume_token": "bm9wZQ==" }),
+        )
+        .await;
+    r.problem(429, "RATE_LIMITED");
+    drop((mallory, alice));
+    drop(nginx);
+}

@@ -117,6 +117,16 @@ pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = parley_http::DEFAULT_HTTP_MAX_IN_F
 pub const DEFAULT_HTTP_MAX_REQUEST_BYTES: usize = parley_http::DEFAULT_HTTP_MAX_REQUEST_BYTES;
 /// Most HTTP connections open at once (WebSockets included).
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = parley_http::DEFAULT_HTTP_MAX_CONNECTIONS;
+/// Seconds a request's headers may take to arrive, from their first byte.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = parley_http::DEFAULT_HTTP_HEADER_TIMEOUT_SECS;
+/// Seconds a request's whole body may take to arrive.
+pub const DEFAULT_HTTP_BODY_TIMEOUT_SECS: u64 = parley_http::DEFAULT_HTTP_BODY_TIMEOUT_SECS;
+/// Seconds an HTTP connection may stay idle between requests.
+pub const DEFAULT_HTTP_KEEPALIVE_SECS: u64 = parley_http::DEFAULT_HTTP_KEEPALIVE_SECS;
+/// Most HTTP connections from one address (trusted proxies are exempt).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP: usize = parley_http::DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP;
+/// Proxies (CIDR ranges) whose Forwarded / X-Forwarded-For name the client.
+pub const DEFAULT_TRUSTED_PROXIES: &str = parley_http::DEFAULT_TRUSTED_PROXIES;
 /// Worker processes the master keeps running. Only 1 is accepted until
 /// workers can deliver to each other's sessions.
 pub const DEFAULT_WORKERS: usize = 1;
@@ -208,6 +218,12 @@ pub struct Settings {
     pub http_max_in_flight: usize,
     pub http_max_request_bytes: usize,
     pub http_max_connections: usize,
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
+    pub http_keepalive: Duration,
+    pub http_max_connections_per_ip: usize,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: parley_http::TrustedProxies,
     /// Worker processes (only 1 until cross-worker delivery exists).
     pub workers: usize,
     /// The local control socket; None when it is off.
@@ -372,6 +388,16 @@ settings! {
     http_max_request_bytes: "PARLEY_HTTP_MAX_REQUEST_BYTES", "BYTES";
     /// Most HTTP connections open at once, WebSockets included; more wait to be accepted [default: 4096]
     http_max_connections: "PARLEY_HTTP_MAX_CONNECTIONS", "N";
+    /// Seconds a request's headers may take from their first byte (for the first request, from the accept or the TLS handshake) [default: 10]
+    http_header_timeout_secs: "PARLEY_HTTP_HEADER_TIMEOUT_SECS", "SECS";
+    /// Seconds a request's whole body may take; then 408 [default: 10]
+    http_body_timeout_secs: "PARLEY_HTTP_BODY_TIMEOUT_SECS", "SECS";
+    /// Seconds an HTTP connection may stay idle between requests [default: 75]
+    http_keepalive_secs: "PARLEY_HTTP_KEEPALIVE_SECS", "SECS";
+    /// Most HTTP connections from one address (IPv6 by /64), WebSockets included; more get 503 [default: 64]
+    http_max_connections_per_ip: "PARLEY_HTTP_MAX_CONNECTIONS_PER_IP", "N";
+    /// Proxies whose Forwarded / X-Forwarded-For name the client, as CIDR ranges, comma-separated [default: none]
+    trusted_proxies: "PARLEY_TRUSTED_PROXIES", "LIST";
     /// Worker processes; only 1 is possible until workers can deliver to each other's sessions [default: 1]
     workers: "PARLEY_WORKERS", "N";
     /// Control socket for `parleyd ctl` (mode 0600), or "off" [default: DATA_DIR/parleyd.ctl]
@@ -860,6 +886,45 @@ impl SettingArgs {
             1..=1_000_000,
             1,
         );
+        let http_header_timeout_secs: u64 = num(
+            &mut errors,
+            "http_header_timeout_secs",
+            &get(
+                "http_header_timeout_secs",
+                &DEFAULT_HTTP_HEADER_TIMEOUT_SECS.to_string(),
+            ),
+            1..=3600,
+            1,
+        );
+        let http_body_timeout_secs: u64 = num(
+            &mut errors,
+            "http_body_timeout_secs",
+            &get("http_body_timeout_secs", &DEFAULT_HTTP_BODY_TIMEOUT_SECS.to_string()),
+            1..=3600,
+            1,
+        );
+        let http_keepalive_secs: u64 = num(
+            &mut errors,
+            "http_keepalive_secs",
+            &get("http_keepalive_secs", &DEFAULT_HTTP_KEEPALIVE_SECS.to_string()),
+            1..=3600,
+            1,
+        );
+        let http_max_connections_per_ip: usize = num(
+            &mut errors,
+            "http_max_connections_per_ip",
+            &get(
+                "http_max_connections_per_ip",
+                &DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP.to_string(),
+            ),
+            1..=1_000_000,
+            1,
+        );
+        let trusted_proxies = parley_http::TrustedProxies::parse(&get("trusted_proxies", DEFAULT_TRUSTED_PROXIES))
+            .unwrap_or_else(|bad| {
+                errors.extend(bad.into_iter().map(|e| format!("trusted_proxies: {e}")));
+                parley_http::TrustedProxies::default()
+            });
         let workers: usize = num(
             &mut errors,
             "workers",
@@ -958,6 +1023,11 @@ impl SettingArgs {
             http_max_in_flight,
             http_max_request_bytes,
             http_max_connections,
+            http_header_timeout: Duration::from_secs(http_header_timeout_secs),
+            http_body_timeout: Duration::from_secs(http_body_timeout_secs),
+            http_keepalive: Duration::from_secs(http_keepalive_secs),
+            http_max_connections_per_ip,
+            trusted_proxies,
             workers,
             ctl_socket,
             tls,

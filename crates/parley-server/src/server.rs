@@ -671,6 +671,11 @@ fn http_settings(settings: &Settings) -> parley_http::HttpSettings {
         max_request_bytes: settings.http_max_request_bytes,
         max_connections: settings.http_max_connections,
         max_frame_bytes: settings.max_frame_bytes as usize,
+        max_connections_per_ip: settings.http_max_connections_per_ip,
+        header_timeout: settings.http_header_timeout,
+        body_timeout: settings.http_body_timeout,
+        keepalive: settings.http_keepalive,
+        trusted_proxies: settings.trusted_proxies.clone(),
     }
 }
 

@@ -76,6 +76,14 @@ async fn native_and_http_speak_tls_with_the_generated_pair() {
     let health = web.get(format!("https://{http_addr}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.version(), reqwest::Version::HTTP_11);
+    // Over TLS, browsers are told to keep using HTTPS for a year.
+    assert_eq!(
+        health
+            .headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=31536000")
+    );
     // Plain HTTP on the HTTPS port gets no HTTP answer.
     assert!(reqwest::get(format!("http://{http_addr}/healthz")).await.is_err());
     // The pinned fingerprint works as well as the CA, and a wrong one is refused.
