@@ -280,6 +280,39 @@ async fn delete_account_needs_yes_then_login_fails() {
     assert_eq!(out.json()["error"]["code"], "AUTH_FAILED");
 }
 
+/// `parley passwd` proves the old password and sets the new one (from
+/// stdin here); `parley logout --all` ends the account's other sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwd_changes_the_password_and_logout_all_ends_every_session() {
+    let h = Harness::start(Store::Sqlite);
+    h.user("alice").await;
+    let elsewhere = h.user("alice").await;
+    elsewhere.subscribe(0).await.unwrap();
+    let out = h.run("alice", &["logout", "--all"]).await.expect_code(0);
+    assert_eq!(out.stdout.trim(), "alice logged out on every device");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match elsewhere.next_event().await {
+                Some(parley_client::Event::Goodbye { code, .. }) => return code,
+                Some(_) => continue,
+                None => panic!("closed without a goodbye"),
+            }
+        }
+    })
+    .await
+    .expect("the other session ends");
+    assert_eq!(ended, parley_client::ErrorCode::NotAuthenticated);
+
+    let out = finish(h.command_as("alice", &["passwd"]), Some("a new secret\n")).await;
+    let out = out.expect_code(0);
+    assert!(out.stdout.contains("password of alice changed"), "{out:#?}");
+    let out = h.run("alice", &["login"]).await.expect_code(3);
+    assert!(out.stderr.contains("login failed"), "{out:#?}");
+    let mut with_new = h.command_as("alice", &["login"]);
+    with_new.env("PARLEY_PASSWORD", "a new secret");
+    finish(with_new, None).await.expect_code(0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_pushed_messages_and_stops_after_count() {
     let h = Harness::start(Store::Sqlite);

@@ -301,3 +301,35 @@ async fn deleting_the_account_and_changing_the_password_prove_the_password_again
         Some(ErrorCode::AuthFailed)
     );
 }
+
+/// Finding 15: what a challenge shows of an account. An account made by
+/// the shipped clients (the server's first mechanism, its iterations, a
+/// 16-byte salt) gets a challenge of exactly the shape a decoy for an
+/// unknown name has, so the two cannot be told apart; docs/PROTOCOL.md
+/// says what remains (accounts registered with other parameters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_account_challenge_looks_like_an_unknown_names_decoy() {
+    let server = TestServer::start(Store::Memory);
+    drop(server.user("alice").await);
+    let client = server.client().await;
+    let shape = |server_first: &[u8]| -> (String, usize) {
+        let text = String::from_utf8(server_first.to_vec()).unwrap();
+        let mut salt_len = 0;
+        let mut iterations = String::new();
+        for part in text.split(',') {
+            if let Some(salt) = part.strip_prefix("s=") {
+                use base64::Engine;
+                salt_len = base64::engine::general_purpose::STANDARD.decode(salt).unwrap().len();
+            }
+            if let Some(i) = part.strip_prefix("i=") {
+                iterations = i.to_owned();
+            }
+        }
+        (iterations, salt_len)
+    };
+    let (_, real_mechanism, real) = start_login(&client, "alice", "x").await.unwrap();
+    let other = server.client().await;
+    let (_, decoy_mechanism, decoy) = start_login(&other, "nobody-here", "x").await.unwrap();
+    assert_eq!(real_mechanism, decoy_mechanism);
+    assert_eq!(shape(&real), shape(&decoy));
+}
