@@ -714,9 +714,20 @@ pub async fn pager(
     // admission, live delivery), from the pager's sender.
     let sender_name = pager::sender_name(r.name.as_deref(), r.contact.as_deref());
     let client_msg_id = format!("pager-{}", crate::sessions::random_token());
-    ctx.service
-        .send_from(pager::PAGER_SENDER, &sender_name, &user, &client_msg_id, r.body)?
-        .await?;
-    ctx.counters.pager_messages.fetch_add(1, Ordering::Relaxed);
+    let stored = async {
+        ctx.service
+            .send_from(pager::PAGER_SENDER, &sender_name, &user, &client_msg_id, r.body)?
+            .await
+    };
+    match stored.await {
+        Ok(_) => {
+            ctx.counters.pager_messages.fetch_add(1, Ordering::Relaxed);
+        }
+        // A visitor is not told whether an account exists: a message for
+        // a name nobody has is answered like any other, and dropped (it
+        // counted against the address's rate all the same).
+        Err(e) if e.kind == ErrorKind::NoSuchUser => {}
+        Err(e) => return Err(e.into()),
+    }
     Ok((StatusCode::ACCEPTED, axum::Json(PagerAccepted { status: "accepted" })).into_response())
 }
