@@ -388,25 +388,36 @@ impl Client {
         .await
     }
 
-    /// Logs in with SCRAM and checks the server's signature.
-    pub async fn login(&self, name: &str, password: &str) -> Result<LoginInfo> {
+    /// The first SCRAM step, as a login (`AuthStart`) or inside a session
+    /// (`Reauth`): returns the exchange and the client-final-message.
+    async fn scram_start(
+        &self,
+        name: &str,
+        password: &str,
+        start: impl FnOnce(Vec<u8>) -> client_frame::Body,
+    ) -> Result<(ClientExchange, String)> {
         let mut exchange = ClientExchange::new(name, password);
         let challenge = self
-            .call(
-                client_frame::Body::AuthStart(v1::AuthStart {
-                    client_first: exchange.client_first().into_bytes(),
-                }),
-                |b| match b {
-                    server_frame::Body::AuthChallenge(c) => Ok(c),
-                    other => Err(other),
-                },
-            )
+            .call(start(exchange.client_first().into_bytes()), |b| match b {
+                server_frame::Body::AuthChallenge(c) => Ok(c),
+                other => Err(other),
+            })
             .await?;
         let mechanism = Mechanism::from_name(&challenge.mechanism)
             .ok_or_else(|| ClientError::Protocol(format!("unknown mechanism {:?}", challenge.mechanism)))?;
         let client_final = exchange
             .client_final(mechanism, &challenge.server_first)
             .map_err(|e| ClientError::Protocol(e.message))?;
+        Ok((exchange, client_final))
+    }
+
+    /// Logs in with SCRAM and checks the server's signature.
+    pub async fn login(&self, name: &str, password: &str) -> Result<LoginInfo> {
+        let (exchange, client_final) = self
+            .scram_start(name, password, |client_first| {
+                client_frame::Body::AuthStart(v1::AuthStart { client_first })
+            })
+            .await?;
         let ok = self
             .call(
                 client_frame::Body::AuthContinue(v1::AuthContinue {
@@ -564,24 +575,10 @@ impl Client {
     /// exchange (to check the server's signature) and the proof to send
     /// with the request it authorises.
     async fn reauth(&self, name: &str, password: &str) -> Result<(ClientExchange, String)> {
-        let mut exchange = ClientExchange::new(name, password);
-        let challenge = self
-            .call(
-                client_frame::Body::Reauth(v1::Reauth {
-                    client_first: exchange.client_first().into_bytes(),
-                }),
-                |b| match b {
-                    server_frame::Body::AuthChallenge(c) => Ok(c),
-                    other => Err(other),
-                },
-            )
-            .await?;
-        let mechanism = Mechanism::from_name(&challenge.mechanism)
-            .ok_or_else(|| ClientError::Protocol(format!("unknown mechanism {:?}", challenge.mechanism)))?;
-        let client_final = exchange
-            .client_final(mechanism, &challenge.server_first)
-            .map_err(|e| ClientError::Protocol(e.message))?;
-        Ok((exchange, client_final))
+        self.scram_start(name, password, |client_first| {
+            client_frame::Body::Reauth(v1::Reauth { client_first })
+        })
+        .await
     }
 
     /// Deletes the logged-in account `name`, proving its password again.

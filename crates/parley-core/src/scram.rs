@@ -105,6 +105,31 @@ pub struct StoredCredentials {
 }
 
 impl StoredCredentials {
+    /// Credentials as a client sent them (registration, password change),
+    /// with the mechanism by name: an unknown one is UNSUPPORTED_MECHANISM.
+    /// Nothing else is checked here (see [`StoredCredentials::validate`]).
+    pub fn from_parts(
+        mechanism: &str,
+        salt: Vec<u8>,
+        iterations: u32,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
+    ) -> Result<StoredCredentials, CoreError> {
+        let Some(mechanism) = Mechanism::from_name(mechanism) else {
+            return Err(CoreError::new(
+                crate::error::ErrorKind::UnsupportedMechanism,
+                format!("unknown mechanism {mechanism:?}"),
+            ));
+        };
+        Ok(StoredCredentials {
+            mechanism,
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        })
+    }
+
     /// Derives the stored form from a password; the client does this at
     /// registration, so the server never sees the password.
     pub fn derive(mechanism: Mechanism, password: &str, salt: &[u8], iterations: u32) -> StoredCredentials {

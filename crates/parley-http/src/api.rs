@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{AckRange, StoreError, StoredMessage};
-use parley_core::{CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, Seq, Session};
+use parley_core::{CoreError, ErrorKind, LoginOutcome, MessageId, Seq, Session};
 use serde::{Deserialize, Serialize};
 
 use crate::HttpContext;
@@ -154,11 +154,31 @@ pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
 #[derive(Deserialize)]
 pub struct RegisterRequest {
     name: String,
+    #[serde(flatten)]
+    credentials: CredentialFields,
+}
+
+/// SCRAM credentials derived by the client, as JSON (registration and
+/// password change): binary fields in standard base64.
+#[derive(Deserialize)]
+pub struct CredentialFields {
     mechanism: String,
     salt: String,
     iterations: u32,
     stored_key: String,
     server_key: String,
+}
+
+impl CredentialFields {
+    fn decode(&self) -> ApiResult<StoredCredentials> {
+        Ok(StoredCredentials::from_parts(
+            &self.mechanism,
+            decode_b64("salt", &self.salt)?,
+            self.iterations,
+            decode_b64("stored_key", &self.stored_key)?,
+            decode_b64("server_key", &self.server_key)?,
+        )?)
+    }
 }
 
 #[derive(Serialize)]
@@ -168,20 +188,7 @@ pub struct Registered {
 }
 
 pub async fn register(State(ctx): Ctx, JsonBody(r): JsonBody<RegisterRequest>) -> ApiResult<Response> {
-    let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
-        return Err(CoreError::new(
-            ErrorKind::UnsupportedMechanism,
-            format!("unknown mechanism {:?}", r.mechanism),
-        )
-        .into());
-    };
-    let credentials = StoredCredentials {
-        mechanism,
-        salt: decode_b64("salt", &r.salt)?,
-        iterations: r.iterations,
-        stored_key: decode_b64("stored_key", &r.stored_key)?,
-        server_key: decode_b64("server_key", &r.server_key)?,
-    };
+    let credentials = r.credentials.decode()?;
     let (user, name) = ctx.service.register(&r.name, credentials)?.await?;
     ctx.service.note_registration();
     Ok((StatusCode::CREATED, axum::Json(Registered { name, user_id: user.0 })).into_response())
@@ -299,11 +306,8 @@ pub async fn delete_account(
 pub struct PasswordChange {
     reauth_id: String,
     client_final: String,
-    mechanism: String,
-    salt: String,
-    iterations: u32,
-    stored_key: String,
-    server_key: String,
+    #[serde(flatten)]
+    credentials: CredentialFields,
 }
 
 #[derive(Serialize)]
@@ -321,20 +325,7 @@ pub async fn change_password(
     auth: Authed,
     JsonBody(r): JsonBody<PasswordChange>,
 ) -> ApiResult<axum::Json<PasswordChanged>> {
-    let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
-        return Err(CoreError::new(
-            ErrorKind::UnsupportedMechanism,
-            format!("unknown mechanism {:?}", r.mechanism),
-        )
-        .into());
-    };
-    let credentials = StoredCredentials {
-        mechanism,
-        salt: decode_b64("salt", &r.salt)?,
-        iterations: r.iterations,
-        stored_key: decode_b64("stored_key", &r.stored_key)?,
-        server_key: decode_b64("server_key", &r.server_key)?,
-    };
+    let credentials = r.credentials.decode()?;
     let taken = take_reauth(&ctx, &r.reauth_id)?;
     let mut session = auth.entry.take().ok_or_else(session_gone)?;
     let changed = session

@@ -384,7 +384,10 @@ async fn the_pager_leaves_marked_messages_and_is_rate_limited() {
     // Whether an account exists is not the visitor's business: a name
     // nobody has is answered exactly like a real one.
     let unknown = api.post("/v1/pager/nobody", None, json!({ "body": "x" })).await;
-    assert_eq!((unknown.status, unknown.body.clone()), (202, json!({ "status": "accepted" })));
+    assert_eq!(
+        (unknown.status, unknown.body.clone()),
+        (202, json!({ "status": "accepted" }))
+    );
     let limited = api.post("/v1/pager/ivy", None, json!({ "body": "again" })).await;
     limited.problem(429, "RATE_LIMITED");
     assert!(limited.headers.contains_key("retry-after"));

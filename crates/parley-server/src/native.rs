@@ -24,9 +24,7 @@ use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::AckRange;
-use parley_core::{
-    AuthPending, CoreError, ErrorKind, LoginOutcome, Mechanism, MessageId, PushEvent, Seq, Service, Session,
-};
+use parley_core::{AuthPending, CoreError, ErrorKind, LoginOutcome, MessageId, PushEvent, Seq, Service, Session};
 use parley_http::access;
 use parley_proto::v1::{self, client_frame, server_frame::Body};
 use parley_proto::{ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame};
@@ -713,20 +711,12 @@ impl Connection {
                 if self.overloaded() {
                     return self.start(id, Err(busy()));
                 }
-                let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
-                    let message = format!("unknown mechanism {:?}", r.mechanism);
-                    return self.encode(&core_error_frame(
-                        id,
-                        &CoreError::new(ErrorKind::UnsupportedMechanism, message),
-                    ));
-                };
-                let credentials = StoredCredentials {
-                    mechanism,
-                    salt: r.salt,
-                    iterations: r.iterations,
-                    stored_key: r.stored_key,
-                    server_key: r.server_key,
-                };
+                let credentials =
+                    match StoredCredentials::from_parts(&r.mechanism, r.salt, r.iterations, r.stored_key, r.server_key)
+                    {
+                        Ok(credentials) => credentials,
+                        Err(e) => return self.encode(&core_error_frame(id, &e)),
+                    };
                 let started = service.register(&r.name, credentials).map(|future| {
                     let service = Arc::clone(&service);
                     reply(id, future, move |(user, name)| {
@@ -839,20 +829,12 @@ impl Connection {
                 let Some(pending) = self.pending_auth.take() else {
                     return self.encode(&core_error_frame(id, &reauth_first()));
                 };
-                let Some(mechanism) = Mechanism::from_name(&c.mechanism) else {
-                    let message = format!("unknown mechanism {:?}", c.mechanism);
-                    return self.encode(&core_error_frame(
-                        id,
-                        &CoreError::new(ErrorKind::UnsupportedMechanism, message),
-                    ));
-                };
-                let credentials = StoredCredentials {
-                    mechanism,
-                    salt: c.salt,
-                    iterations: c.iterations,
-                    stored_key: c.stored_key,
-                    server_key: c.server_key,
-                };
+                let credentials =
+                    match StoredCredentials::from_parts(&c.mechanism, c.salt, c.iterations, c.stored_key, c.server_key)
+                    {
+                        Ok(credentials) => credentials,
+                        Err(e) => return self.encode(&core_error_frame(id, &e)),
+                    };
                 match session.change_password(&pending, &c.client_final, credentials).await {
                     Ok((server_final, resume_token, resume_expires_ms)) => {
                         tracing::info!(peer = %self.peer, user = %session.name(), "password changed");
