@@ -218,6 +218,11 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
         s.keepalive_timeouts,
     );
     e.counter(
+        "parley_unauthenticated_refused_total",
+        "Connections refused BUSY because max_unauthenticated were not logged in.",
+        s.unauthenticated_refused,
+    );
+    e.counter(
         "parley_lagged_notifications_total",
         "Live notifications dropped for a full session queue (the session catches up from storage).",
         s.lagged_notifications,
@@ -243,6 +248,21 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
         "parley_pager_messages_total",
         "Messages left with the web pager.",
         s.pager_messages,
+    );
+    e.counter(
+        "parley_http_refused_per_address_total",
+        "HTTP connections refused (bare 503) by http_max_connections_per_ip.",
+        s.http_refused_per_address,
+    );
+    e.counter(
+        "parley_http_header_timeouts_total",
+        "HTTP connections closed because a request's headers came later than http_header_timeout_secs.",
+        s.http_header_timeouts,
+    );
+    e.counter(
+        "parley_http_body_timeouts_total",
+        "HTTP requests answered 408 because their body came later than http_body_timeout_secs.",
+        s.http_body_timeouts,
     );
     e.counter(
         "parley_pager_rate_limited_total",

@@ -227,6 +227,8 @@ pub struct Stats {
     pub busy_replies: u64,
     pub slow_consumer_pauses: u64,
     pub keepalive_timeouts: u64,
+    /// Connections refused because `max_unauthenticated` were open.
+    pub unauthenticated_refused: u64,
     pub lagged_notifications: u64,
     pub presence_events: u64,
     pub http_requests: u64,
@@ -235,6 +237,12 @@ pub struct Stats {
     pub websockets_open: u64,
     pub pager_messages: u64,
     pub pager_rate_limited: u64,
+    /// HTTP connections refused by `http_max_connections_per_ip`.
+    pub http_refused_per_address: u64,
+    /// HTTP connections closed because a request's headers were late.
+    pub http_header_timeouts: u64,
+    /// HTTP requests answered 408 because their body was late.
+    pub http_body_timeouts: u64,
     /// TLS handshakes that failed or timed out, native and HTTP listeners together.
     pub tls_handshakes_failed: u64,
     pub connections_open: u64,
@@ -372,6 +380,7 @@ impl StatsHandle {
             busy_replies: get(&n.busy_replies),
             slow_consumer_pauses: get(&n.slow_consumer_pauses),
             keepalive_timeouts: get(&n.keepalive_timeouts),
+            unauthenticated_refused: get(&n.unauthenticated_refused),
             lagged_notifications: self.service.hub().lag_events(),
             presence_events: self.service.hub().presence_events(),
             http_requests: http.map_or(0, |h| get(&h.counters.requests)),
@@ -380,6 +389,9 @@ impl StatsHandle {
             websockets_open: http.map_or(0, |h| h.websockets_open() as u64),
             pager_messages: http.map_or(0, |h| get(&h.counters.pager_messages)),
             pager_rate_limited: http.map_or(0, |h| get(&h.counters.pager_rate_limited)),
+            http_refused_per_address: http.map_or(0, |h| get(&h.counters.refused_per_address)),
+            http_header_timeouts: http.map_or(0, |h| get(&h.counters.header_timeouts)),
+            http_body_timeouts: http.map_or(0, |h| get(&h.counters.body_timeouts)),
             tls_handshakes_failed: get(&self.counters.tls_handshakes_failed)
                 + http.map_or(0, |h| get(&h.counters.tls_handshakes_failed)),
             connections_open: get(&self.counters.connections_open),

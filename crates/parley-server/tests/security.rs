@@ -146,6 +146,16 @@ async fn connections_not_logged_in_have_their_own_cap() {
     silent[0].login("alice", "pw-alice").await.unwrap();
     let newcomer = server.client().await;
     newcomer.ping().await.unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", server.http_addr.as_ref().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "parley_unauthenticated_refused_total 1"),
+        "{metrics}"
+    );
 }
 
 async fn futures_join(server: &TestServer, n: usize) -> Vec<Client> {
