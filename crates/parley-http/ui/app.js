@@ -730,9 +730,10 @@
     authError(message || "");
   }
 
-  async function logOut() {
+  async function logOut(everywhere) {
+    if (everywhere === true && !confirm("Log out on every device, and end every saved login of this account?")) return;
     try {
-      await api("POST", "/v1/logout");
+      await api("POST", everywhere === true ? "/v1/logout/all" : "/v1/logout");
     } catch {
       // Logged out already, or the server is unreachable: either way this
       // browser forgets the session and what it kept for the account.
@@ -836,7 +837,8 @@
       }
     });
     $("add-contact-button").addEventListener("click", addContact);
-    $("logout-button").addEventListener("click", logOut);
+    $("logout-button").addEventListener("click", () => logOut(false));
+    $("logout-all-button").addEventListener("click", () => logOut(true));
     $("delete-account-button").addEventListener("click", deleteAccount);
     $("password-button").addEventListener("click", () => openReauth("password"));
     $("reauth-form").addEventListener("submit", onReauth);
