@@ -25,6 +25,7 @@ pub enum ErrorKind {
     RateLimited,
     LimitReached,
     Kicked,
+    MailboxFull,
 }
 
 impl ErrorKind {
@@ -49,6 +50,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "RATE_LIMITED",
             ErrorKind::LimitReached => "LIMIT_REACHED",
             ErrorKind::Kicked => "KICKED",
+            ErrorKind::MailboxFull => "MAILBOX_FULL",
         }
     }
 }
@@ -94,6 +96,10 @@ impl From<StoreError> for CoreError {
                 retry_after_ms: Some(retry_after_ms),
             },
             StoreError::LimitReached(what) => CoreError::new(ErrorKind::LimitReached, what),
+            StoreError::MailboxFull => CoreError::new(
+                ErrorKind::MailboxFull,
+                "the recipient's mailbox is full; the message was not stored",
+            ),
             StoreError::Closed => CoreError::new(ErrorKind::ShuttingDown, "server is shutting down"),
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "store failure");

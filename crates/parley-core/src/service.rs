@@ -25,6 +25,7 @@ use crate::hub::{CloseReason, Hub, SessionEvent, SessionFlags};
 use crate::ids::{MessageId, Seq, SessionId, UserId};
 use crate::limits::*;
 use crate::name::{NamePattern, UserName, name_key};
+use crate::rate::{TokenBuckets, WindowLimiter, retry_hint};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
     AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store,
@@ -112,6 +113,10 @@ pub struct Counters {
     pub resumes_ok: AtomicU64,
     pub resumes_failed: AtomicU64,
     pub logins_rate_limited: AtomicU64,
+    /// Registrations refused by the per-address rate.
+    pub registrations_rate_limited: AtomicU64,
+    /// Sends refused by the per-account rate.
+    pub sends_rate_limited: AtomicU64,
 }
 
 /// The service shared by every connection of every front door.
@@ -128,6 +133,10 @@ pub struct Service {
     counters: Counters,
     /// Failed-login counters and logins in progress.
     throttle: Arc<Throttle>,
+    /// Registrations per source address group, per hour.
+    registrations: WindowLimiter<IpAddr>,
+    /// Each account's send bucket, shared by its sessions.
+    send_rate: TokenBuckets<UserId>,
 }
 
 /// A login between its two SCRAM messages.
@@ -206,6 +215,17 @@ pub struct AccountPage {
 impl Service {
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Arc<Service> {
         let throttle = Throttle::new(config.throttle.clone());
+        let limits = &config.limits;
+        let registrations = WindowLimiter::new(
+            limits.registrations_per_ip_per_hour,
+            REGISTRATION_WINDOW,
+            MAX_TRACKED_REGISTRATION_ADDRESSES,
+        );
+        let send_rate = TokenBuckets::new(
+            limits.send_rate_per_account,
+            limits.send_rate_per_account.saturating_mul(SEND_BURST_SECONDS),
+            MAX_TRACKED_SENDERS,
+        );
         Arc::new(Service {
             store,
             hub: Hub::default(),
@@ -213,6 +233,8 @@ impl Service {
             next_session: AtomicU64::new(1),
             counters: Counters::default(),
             throttle,
+            registrations,
+            send_rate,
         })
     }
 
@@ -232,11 +254,15 @@ impl Service {
         &self.counters
     }
 
-    /// Creates an account from client-derived SCRAM credentials.
+    /// Creates an account from client-derived SCRAM credentials. `peer` is
+    /// the client's address, for the per-address registration rate (None:
+    /// not counted — only for callers that are not a client, such as tests
+    /// and tools on the server itself).
     pub fn register(
         &self,
         name: &str,
         credentials: StoredCredentials,
+        peer: Option<IpAddr>,
     ) -> Result<impl Future<Output = Result<(UserId, String), CoreError>> + Send + 'static, CoreError> {
         let name = UserName::parse(name)?;
         if !self.config.auth.mechanisms.contains(&credentials.mechanism) {
@@ -246,6 +272,21 @@ impl Service {
             ));
         }
         credentials.validate(self.config.auth.iterations)?;
+        // Every valid attempt counts, taken name or not: a name that is
+        // taken costs the store a lookup too, and probing names is no
+        // cheaper than creating accounts.
+        if let Some(peer) = peer
+            && let Err(wait) = self
+                .registrations
+                .take(&crate::addr::address_group(peer), Instant::now())
+        {
+            self.counters.registrations_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(CoreError {
+                kind: ErrorKind::RateLimited,
+                message: "too many registrations from this address; wait before trying again".into(),
+                retry_after_ms: Some(retry_hint(wait)),
+            });
+        }
         let reply = self.store.create_account(NewAccount {
             name: name.as_str().to_owned(),
             name_key: name.key().to_owned(),
@@ -307,6 +348,7 @@ impl Service {
             client_msg_id: client_msg_id.to_owned(),
             body,
             timestamp_ms,
+            quota: self.config.limits.mailbox_quota(),
         });
         let service = Arc::clone(self);
         let to = to.to_owned();
@@ -315,6 +357,10 @@ impl Service {
                 crate::store::StoreError::NoSuchUser => {
                     CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}"))
                 }
+                crate::store::StoreError::MailboxFull => CoreError::new(
+                    ErrorKind::MailboxFull,
+                    format!("the mailbox of {to:?} is full; the message was not stored"),
+                ),
                 other => other.into(),
             })?;
             if appended.duplicate {
@@ -666,12 +712,28 @@ impl Session {
 
     /// Stores a message for `to`; resolves once it is durable. A recipient
     /// with subscribed sessions is notified right after.
+    ///
+    /// Every send request takes a token from the account's bucket
+    /// (`send_rate_per_account`, shared by all its sessions) before
+    /// anything else; without one it is refused RATE_LIMITED, with the
+    /// time until a token is there, and nothing else happens.
     pub fn send(
         &self,
         to: &str,
         client_msg_id: &str,
         body: String,
     ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
+        if let Err(wait) = self.service.send_rate.take(&self.user, Instant::now()) {
+            self.service.counters.sends_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(CoreError {
+                kind: ErrorKind::RateLimited,
+                message: format!(
+                    "sending faster than {} messages a second; wait before sending more",
+                    self.service.config.limits.send_rate_per_account
+                ),
+                retry_after_ms: Some(retry_hint(wait)),
+            });
+        }
         self.service.send_from(self.user, &self.name, to, client_msg_id, body)
     }
 

@@ -39,6 +39,10 @@ pub enum StoreError {
     /// A per-account limit is reached; nothing was done.
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The recipient's mailbox is at its quota ([`MailboxQuota`]); nothing
+    /// was stored.
+    #[error("mailbox full")]
+    MailboxFull,
     #[error("store backend error: {0}")]
     Backend(String),
 }
@@ -125,6 +129,41 @@ pub struct NewMessage {
     pub client_msg_id: String,
     pub body: String,
     pub timestamp_ms: u64,
+    /// What the recipient's mailbox may hold; checked in the same step as
+    /// the insert.
+    pub quota: MailboxQuota,
+}
+
+/// The most a mailbox may hold. Every stored message counts, acknowledged
+/// or not (both take space); deleting messages frees room. An append that
+/// would pass either bound is refused [`StoreError::MailboxFull`] (a retry
+/// of an append already stored is still answered as a duplicate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxQuota {
+    /// Messages.
+    pub max_messages: u64,
+    /// Bytes of bodies ([`body_bytes`]).
+    pub max_bytes: u64,
+}
+
+impl MailboxQuota {
+    /// No bound (tests and tools that fill mailboxes on purpose).
+    pub const UNLIMITED: MailboxQuota = MailboxQuota {
+        max_messages: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+
+    /// Whether a mailbox holding `messages` messages of `bytes` bytes has
+    /// room for one more of `body` bytes.
+    pub fn admits(&self, messages: u64, bytes: u64, body: u64) -> bool {
+        messages < self.max_messages && bytes.saturating_add(body) <= self.max_bytes
+    }
+}
+
+/// What a message counts against [`MailboxQuota::max_bytes`]: its body's
+/// length in bytes of UTF-8.
+pub fn body_bytes(body: &str) -> u64 {
+    u64::try_from(body.len()).unwrap_or(u64::MAX)
 }
 
 /// A message as stored in one mailbox.

@@ -167,7 +167,11 @@ pub struct Registered {
     user_id: u64,
 }
 
-pub async fn register(State(ctx): Ctx, JsonBody(r): JsonBody<RegisterRequest>) -> ApiResult<Response> {
+pub async fn register(
+    State(ctx): Ctx,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    JsonBody(r): JsonBody<RegisterRequest>,
+) -> ApiResult<Response> {
     let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
         return Err(CoreError::new(
             ErrorKind::UnsupportedMechanism,
@@ -182,7 +186,7 @@ pub async fn register(State(ctx): Ctx, JsonBody(r): JsonBody<RegisterRequest>) -
         stored_key: decode_b64("stored_key", &r.stored_key)?,
         server_key: decode_b64("server_key", &r.server_key)?,
     };
-    let (user, name) = ctx.service.register(&r.name, credentials)?.await?;
+    let (user, name) = ctx.service.register(&r.name, credentials, Some(peer.ip()))?.await?;
     ctx.service.note_registration();
     Ok((StatusCode::CREATED, axum::Json(Registered { name, user_id: user.0 })).into_response())
 }

@@ -339,7 +339,7 @@ mod tests {
             },
         );
         let credentials = StoredCredentials::derive(Mechanism::Sha256, "pw", &[1; 16], 4096);
-        service.register("ann", credentials).unwrap().await.unwrap();
+        service.register("ann", credentials, None).unwrap().await.unwrap();
         service
     }
 

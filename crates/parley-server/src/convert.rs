@@ -26,6 +26,7 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::RateLimited => ErrorCode::RateLimited,
         ErrorKind::LimitReached => ErrorCode::LimitReached,
         ErrorKind::Kicked => ErrorCode::Kicked,
+        ErrorKind::MailboxFull => ErrorCode::MailboxFull,
     }
 }
 

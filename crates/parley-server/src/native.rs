@@ -727,13 +727,15 @@ impl Connection {
                     stored_key: r.stored_key,
                     server_key: r.server_key,
                 };
-                let started = service.register(&r.name, credentials).map(|future| {
-                    let service = Arc::clone(&service);
-                    reply(id, future, move |(user, name)| {
-                        service.note_registration();
-                        Body::Registered(v1::Registered { name, user_id: user.0 })
-                    })
-                });
+                let started = service
+                    .register(&r.name, credentials, Some(self.peer.ip()))
+                    .map(|future| {
+                        let service = Arc::clone(&service);
+                        reply(id, future, move |(user, name)| {
+                            service.note_registration();
+                            Body::Registered(v1::Registered { name, user_id: user.0 })
+                        })
+                    });
                 self.start(id, started);
             }
             other => self.handle_authenticated(id, other),

@@ -257,6 +257,10 @@ impl Server {
                     max_unacked: settings.max_unacked,
                     max_sessions_per_user: settings.max_sessions_per_user,
                     max_reply_bytes: settings.max_frame_bytes as usize,
+                    registrations_per_ip_per_hour: settings.registrations_per_ip_per_hour,
+                    send_rate_per_account: settings.send_rate_per_account,
+                    mailbox_max_messages: settings.mailbox_max_messages,
+                    mailbox_max_bytes: settings.mailbox_max_bytes,
                 },
                 auth: AuthSettings {
                     mechanisms: settings.scram_mechanisms.clone(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
-    StoreResult, StoredMessage, message_cost,
+    StoreResult, StoredMessage, body_bytes, message_cost,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 
@@ -77,6 +77,9 @@ struct AccountEntry {
     acked_through: Seq,
     /// The mailbox, by seq.
     messages: BTreeMap<Seq, Slot>,
+    /// Bytes of the bodies in `messages`, for the mailbox quota (its
+    /// message count is `messages.len()`).
+    stored_bytes: u64,
     /// Message id to seq, for deletions by id.
     seq_by_id: BTreeMap<MessageId, Seq>,
     /// The ids of this account's contacts.
@@ -176,6 +179,7 @@ impl State {
                 last_seq: Seq(0),
                 unread: 0,
                 messages: BTreeMap::new(),
+                stored_bytes: 0,
                 seq_by_id: BTreeMap::new(),
                 contacts: HashSet::new(),
                 listed_by: HashSet::new(),
@@ -265,6 +269,11 @@ impl State {
         let recipient = *self.by_key.get(&new.recipient_key).ok_or(StoreError::NoSuchUser)?;
         let message_id = MessageId(next_id(self.last_message_id)?);
         let entry = self.accounts.get_mut(&recipient).ok_or(StoreError::NoSuchUser)?;
+        let body = body_bytes(&new.body);
+        let stored = u64::try_from(entry.messages.len()).unwrap_or(u64::MAX);
+        if !new.quota.admits(stored, entry.stored_bytes, body) {
+            return Err(StoreError::MailboxFull);
+        }
         let seq = Seq(next_id(entry.last_seq.0)?);
         let timestamp_ms = clamp(new.timestamp_ms);
         let message = Arc::new(StoredMessage {
@@ -282,6 +291,7 @@ impl State {
         self.last_message_id = message_id.0;
         entry.last_seq = seq;
         entry.unread += 1;
+        entry.stored_bytes = entry.stored_bytes.saturating_add(body);
         entry.messages.insert(
             seq,
             Slot {
@@ -378,6 +388,7 @@ impl State {
                 continue;
             };
             if let Some(slot) = entry.messages.remove(&seq) {
+                entry.stored_bytes = entry.stored_bytes.saturating_sub(body_bytes(&slot.message.body));
                 if !slot.acked {
                     entry.unread = entry.unread.saturating_sub(1);
                 }
