@@ -71,7 +71,9 @@ pub fn exit_for_server_code(code: ErrorCode) -> Exit {
         | ErrorCode::InvalidPattern
         | ErrorCode::UnsupportedMechanism
         | ErrorCode::LimitReached
-        | ErrorCode::MailboxFull => Exit::Refused,
+        | ErrorCode::MailboxFull
+        | ErrorCode::RegistrationClosed
+        | ErrorCode::InviteInvalid => Exit::Refused,
         ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::Timeout | ErrorCode::RateLimited => Exit::Unavailable,
         _ => Exit::Other,
     }

@@ -26,6 +26,8 @@ pub enum ErrorKind {
     LimitReached,
     Kicked,
     MailboxFull,
+    RegistrationClosed,
+    InviteInvalid,
 }
 
 impl ErrorKind {
@@ -51,6 +53,8 @@ impl ErrorKind {
             ErrorKind::LimitReached => "LIMIT_REACHED",
             ErrorKind::Kicked => "KICKED",
             ErrorKind::MailboxFull => "MAILBOX_FULL",
+            ErrorKind::RegistrationClosed => "REGISTRATION_CLOSED",
+            ErrorKind::InviteInvalid => "INVITE_INVALID",
         }
     }
 }
@@ -96,6 +100,10 @@ impl From<StoreError> for CoreError {
                 retry_after_ms: Some(retry_after_ms),
             },
             StoreError::LimitReached(what) => CoreError::new(ErrorKind::LimitReached, what),
+            StoreError::InviteInvalid => CoreError::new(
+                ErrorKind::InviteInvalid,
+                "that invite code is not valid: unknown, already used or expired",
+            ),
             StoreError::MailboxFull => CoreError::new(
                 ErrorKind::MailboxFull,
                 "the recipient's mailbox is full; the message was not stored",

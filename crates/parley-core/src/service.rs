@@ -89,6 +89,26 @@ pub struct AuthSettings {
     pub secret: [u8; 32],
 }
 
+/// Who may create an account (Prosody's `allow_registration` and
+/// `invite_only`, ejabberd's `mod_register` with an `access` rule).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// Anyone may register (within the per-address rate).
+    #[default]
+    Open,
+    /// Nobody may: REGISTRATION_CLOSED (accounts come from elsewhere).
+    Closed,
+    /// Only with a one-time invite code from `parleyd ctl invite`.
+    Invite,
+}
+
+/// Bytes of randomness in an invite code.
+pub const INVITE_CODE_BYTES: usize = 16;
+/// How long an invite code works, by default.
+pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest lifetime an invite may be given.
+pub const MAX_INVITE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Everything the service needs besides its store.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -96,6 +116,8 @@ pub struct ServiceConfig {
     pub auth: AuthSettings,
     pub resume: ResumeSettings,
     pub throttle: ThrottleSettings,
+    /// Who may register.
+    pub registration: RegistrationMode,
 }
 
 /// Monotonic counters, read by metrics and the shutdown log line.
@@ -257,13 +279,37 @@ impl Service {
     /// Creates an account from client-derived SCRAM credentials. `peer` is
     /// the client's address, for the per-address registration rate (None:
     /// not counted — only for callers that are not a client, such as tests
-    /// and tools on the server itself).
+    /// and tools on the server itself). `invite` is the code the client
+    /// gave, if any: needed when registration is by invitation (and used
+    /// up with the account), ignored otherwise.
     pub fn register(
         &self,
         name: &str,
         credentials: StoredCredentials,
         peer: Option<IpAddr>,
+        invite: Option<&str>,
     ) -> Result<impl Future<Output = Result<(UserId, String), CoreError>> + Send + 'static, CoreError> {
+        let invite = match self.config.registration {
+            RegistrationMode::Open => None,
+            RegistrationMode::Closed => {
+                return Err(CoreError::new(
+                    ErrorKind::RegistrationClosed,
+                    "this server does not take new registrations",
+                ));
+            }
+            RegistrationMode::Invite => match invite.filter(|code| !code.is_empty()) {
+                Some(code) => Some(crate::store::InviteUse {
+                    hash: token_hash(code.trim().as_bytes()),
+                    now_ms: now_ms(),
+                }),
+                None => {
+                    return Err(CoreError::new(
+                        ErrorKind::InviteInvalid,
+                        "this server registers by invitation only: an invite code is needed",
+                    ));
+                }
+            },
+        };
         let name = UserName::parse(name)?;
         if !self.config.auth.mechanisms.contains(&credentials.mechanism) {
             return Err(CoreError::new(
@@ -291,10 +337,41 @@ impl Service {
             name: name.as_str().to_owned(),
             name_key: name.key().to_owned(),
             credentials,
+            invite,
         });
         Ok(async move {
             let account = reply.await?;
             Ok((account.id, account.name))
+        })
+    }
+
+    /// Makes a one-time invite code that works for `ttl` (at most
+    /// [`MAX_INVITE_TTL`]); resolves to the code and when it expires (ms
+    /// since the Unix epoch). Only the code's hash is stored, as for resume
+    /// tokens: the code is shown once, to the administrator who asked.
+    pub fn create_invite(
+        &self,
+        ttl: Duration,
+    ) -> Result<impl Future<Output = Result<(String, u64), CoreError>> + Send + 'static, CoreError> {
+        if ttl.is_zero() || ttl > MAX_INVITE_TTL {
+            return Err(CoreError::invalid(format!(
+                "an invite lives from 1 hour to {} hours",
+                MAX_INVITE_TTL.as_secs() / 3600
+            )));
+        }
+        let mut bytes = [0u8; INVITE_CODE_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        let code: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = now_ms();
+        let expires_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let reply = self.store.create_invite(crate::store::NewInvite {
+            hash: token_hash(code.as_bytes()),
+            expires_ms,
+            now_ms: now,
+        });
+        Ok(async move {
+            reply.await?;
+            Ok((code, expires_ms))
         })
     }
 

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// was stored.
     #[error("mailbox full")]
     MailboxFull,
+    /// The invite code of a registration is unknown, used or expired;
+    /// nothing was done.
+    #[error("invite invalid")]
+    InviteInvalid,
     #[error("store backend error: {0}")]
     Backend(String),
 }
@@ -108,6 +112,30 @@ pub struct NewAccount {
     /// Lowercase lookup key; unique among live accounts.
     pub name_key: String,
     pub credentials: StoredCredentials,
+    /// The invite this registration uses up, when registration is by
+    /// invitation: consumed in the same step as the account is created.
+    pub invite: Option<InviteUse>,
+}
+
+/// An invite code presented with a registration. Only its hash is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InviteUse {
+    /// SHA-256 of the code.
+    pub hash: [u8; 32],
+    /// Now, ms since the Unix epoch: an invite expiring at or before it is
+    /// not valid.
+    pub now_ms: u64,
+}
+
+/// An invite code to remember. Only its hash is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewInvite {
+    /// SHA-256 of the code.
+    pub hash: [u8; 32],
+    /// When it stops working, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// Now: invites expired by then are forgotten.
+    pub now_ms: u64,
 }
 
 /// One row of an account listing.
@@ -244,7 +272,13 @@ pub struct NewResumeToken {
 /// the module documentation, and must never panic on any input.
 pub trait Store: Send + Sync + 'static {
     /// Creates an account; [`StoreError::NameTaken`] if a live account has the key.
+    /// With [`NewAccount::invite`], uses the invite up in the same step:
+    /// [`StoreError::InviteInvalid`] (and nothing done) if no live invite
+    /// has that hash; a taken name leaves the invite unused.
     fn create_account(&self, account: NewAccount) -> StoreReply<Account>;
+    /// Remembers an invite code's hash until it expires or is used, and
+    /// forgets the invites expired by `now_ms`.
+    fn create_invite(&self, invite: NewInvite) -> StoreReply<()>;
     /// Looks an account up by name key.
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>>;
     /// Deletes an account, its mailbox, its idempotency keys, its resume

@@ -153,6 +153,9 @@ pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
 
 #[derive(Deserialize)]
 pub struct RegisterRequest {
+    /// The invite code, when the server registers by invitation.
+    #[serde(default)]
+    invite: Option<String>,
     name: String,
     mechanism: String,
     salt: String,
@@ -186,7 +189,10 @@ pub async fn register(
         stored_key: decode_b64("stored_key", &r.stored_key)?,
         server_key: decode_b64("server_key", &r.server_key)?,
     };
-    let (user, name) = ctx.service.register(&r.name, credentials, Some(peer.ip()))?.await?;
+    let (user, name) = ctx
+        .service
+        .register(&r.name, credentials, Some(peer.ip()), r.invite.as_deref())?
+        .await?;
     ctx.service.note_registration();
     Ok((StatusCode::CREATED, axum::Json(Registered { name, user_id: user.0 })).into_response())
 }

@@ -104,3 +104,51 @@ async fn http_sends_obey_the_rate_and_the_mailbox_quota() {
         .await
         .problem(409, "MAILBOX_FULL");
 }
+
+/// `POST /v1/accounts` under `registration = closed` and `= invite`: 403
+/// with REGISTRATION_CLOSED or INVITE_INVALID; an invite from `parleyd ctl
+/// invite` in the body's `invite` registers one account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_registration_obeys_closed_and_invite_modes() {
+    let closed = TestServer::start_with_env(Store::Memory, &[], &[("PARLEY_REGISTRATION", "closed")]);
+    Api::new(&closed)
+        .register("ann", "pw")
+        .await
+        .problem(403, "REGISTRATION_CLOSED");
+
+    let s = TestServer::start_with_env(Store::Memory, &[], &[("PARLEY_REGISTRATION", "invite")]);
+    let api = Api::new(&s);
+    api.register("ann", "pw").await.problem(403, "INVITE_INVALID");
+    let (status, stdout, stderr) = s.ctl(&["invite"]);
+    assert!(status.success(), "{stderr}");
+    let code = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let with_invite = |name: &str, invite: &str| {
+        let salt = parley_core::scram::random_salt();
+        let c = parley_core::scram::StoredCredentials::derive(parley_core::Mechanism::Sha256, "pw", &salt, 4096);
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| common::B64.encode(bytes);
+        json!({
+            "name": name,
+            "mechanism": "SCRAM-SHA-256",
+            "salt": b64(&c.salt),
+            "iterations": c.iterations,
+            "stored_key": b64(&c.stored_key),
+            "server_key": b64(&c.server_key),
+            "invite": invite,
+        })
+    };
+    api.post("/v1/accounts", None, with_invite("ann", "wrong"))
+        .await
+        .problem(403, "INVITE_INVALID");
+    assert_eq!(
+        api.post("/v1/accounts", None, with_invite("ann", &code)).await.status,
+        201
+    );
+    api.post("/v1/accounts", None, with_invite("ben", &code))
+        .await
+        .problem(403, "INVITE_INVALID");
+    api.login("ann", "pw").await;
+}

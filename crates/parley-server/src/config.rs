@@ -95,6 +95,9 @@ pub const DEFAULT_LOGIN_PENDING_PER_IP: u32 = parley_core::throttle::DEFAULT_PEN
 pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = parley_core::limits::DEFAULT_MAX_SESSIONS_PER_USER;
 /// Native and WebSocket connections not yet logged in, across all addresses.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 2_000;
+/// Who may register: open (anyone), closed (nobody) or invite (with a code
+/// from `parleyd ctl invite`).
+pub const DEFAULT_REGISTRATION: &str = "open";
 /// Registrations per source address (IPv6 by /64) per hour; 0: no limit
 /// (ejabberd's `registration_timeout`, Prosody's
 /// `min_seconds_between_registrations`).
@@ -207,6 +210,8 @@ pub struct Settings {
     pub max_sessions_per_user: usize,
     pub max_unauthenticated: usize,
     pub resume_ttl: Duration,
+    /// Who may register.
+    pub registration: parley_core::service::RegistrationMode,
     /// Registrations per address per hour; 0: no limit.
     pub registrations_per_ip_per_hour: u32,
     /// Messages per second per account; 0: no limit.
@@ -368,6 +373,8 @@ settings! {
     max_unauthenticated: "PARLEY_MAX_UNAUTHENTICATED", "N";
     /// Lifetime of a resume token, in seconds [default: 604800]
     resume_ttl_secs: "PARLEY_RESUME_TTL_SECS", "N";
+    /// Who may register: open, closed (REGISTRATION_CLOSED) or invite (a one-time code from `parleyd ctl invite`) [default: open]
+    registration: "PARLEY_REGISTRATION", "MODE";
     /// Registrations per source address (IPv6: one /64) per hour, on every front door; more get RATE_LIMITED; 0 for no limit [default: 10]
     registrations_per_ip_per_hour: "PARLEY_REGISTRATIONS_PER_IP_PER_HOUR", "N";
     /// Messages per second one account may send over all its sessions, with a burst of ten seconds' worth; more get RATE_LIMITED; 0 for no limit [default: 50]
@@ -800,6 +807,15 @@ impl SettingArgs {
             60..=31_536_000,
             60,
         );
+        let registration = match get("registration", DEFAULT_REGISTRATION).trim() {
+            "open" => parley_core::service::RegistrationMode::Open,
+            "closed" => parley_core::service::RegistrationMode::Closed,
+            "invite" => parley_core::service::RegistrationMode::Invite,
+            other => {
+                errors.push(format!("registration: {other:?} is not one of open, closed, invite"));
+                parley_core::service::RegistrationMode::Closed
+            }
+        };
         let registrations_per_ip_per_hour: u32 = num(
             &mut errors,
             "registrations_per_ip_per_hour",
@@ -1003,6 +1019,7 @@ impl SettingArgs {
             max_sessions_per_user,
             max_unauthenticated,
             resume_ttl: Duration::from_secs(resume_ttl_secs),
+            registration,
             registrations_per_ip_per_hour,
             send_rate_per_account,
             mailbox_max_messages,

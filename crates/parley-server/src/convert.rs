@@ -27,6 +27,8 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::LimitReached => ErrorCode::LimitReached,
         ErrorKind::Kicked => ErrorCode::Kicked,
         ErrorKind::MailboxFull => ErrorCode::MailboxFull,
+        ErrorKind::RegistrationClosed => ErrorCode::RegistrationClosed,
+        ErrorKind::InviteInvalid => ErrorCode::InviteInvalid,
     }
 }
 

@@ -728,7 +728,7 @@ impl Connection {
                     server_key: r.server_key,
                 };
                 let started = service
-                    .register(&r.name, credentials, Some(self.peer.ip()))
+                    .register(&r.name, credentials, Some(self.peer.ip()), Some(&r.invite))
                     .map(|future| {
                         let service = Arc::clone(&service);
                         reply(id, future, move |(user, name)| {

@@ -279,6 +279,7 @@ impl Server {
                     window: parley_core::throttle::DEFAULT_WINDOW,
                     max_tracked: parley_core::throttle::MAX_TRACKED,
                 },
+                registration: settings.registration,
             },
         );
         let keepalive_secs = u32::try_from(settings.keepalive.as_secs()).unwrap_or(u32::MAX);

@@ -176,3 +176,74 @@ async fn a_full_mailbox_refuses_sends_until_messages_are_deleted(store: Store) {
 }
 
 both_stores!(full_mailbox, a_full_mailbox_refuses_sends_until_messages_are_deleted);
+
+/// `registration = closed`: nobody registers, whatever the request says;
+/// existing accounts are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_registration_refuses_everyone() {
+    let server = TestServer::start_with_env(Store::Sqlite, &[], &[("PARLEY_REGISTRATION", "closed")]);
+    let client = server.client().await;
+    let (code, _, message) = server_error(client.register("alice", "pw").await);
+    assert_eq!(code, ErrorCode::RegistrationClosed, "{message}");
+    // Even with an invite code, and even with bad input: closed is closed.
+    let (code, ..) = server_error(client.register_with_invite("bob", "pw", "0123").await);
+    assert_eq!(code, ErrorCode::RegistrationClosed);
+    let (code, ..) = server_error(client.register("no spaces", "pw").await);
+    assert_eq!(code, ErrorCode::RegistrationClosed);
+}
+
+/// `registration = invite`: `parleyd ctl invite` prints a code once; it
+/// registers one account and is then used up. A missing, wrong or used
+/// code is INVITE_INVALID and creates nothing; a taken name does not use
+/// the code up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_codes_from_ctl_register_one_account_each() {
+    let server = TestServer::start_with_env(Store::Sqlite, &[], &[("PARLEY_REGISTRATION", "invite")]);
+    let invite = || {
+        let (status, stdout, stderr) = server.ctl(&["invite", "--expires-hours", "2"]);
+        assert!(status.success(), "{stderr}");
+        let reply: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+        let expires_ms = reply["expires_ms"].as_u64().expect("expires_ms");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            (now_ms + 7_000_000..=now_ms + 7_300_000).contains(&expires_ms),
+            "two hours"
+        );
+        reply["code"].as_str().expect("code").to_owned()
+    };
+    let client = server.client().await;
+    let (code, _, message) = server_error(client.register("alice", "pw").await);
+    assert_eq!(code, ErrorCode::InviteInvalid, "{message}");
+    assert!(message.contains("invit"), "{message}");
+    let (code, ..) = server_error(client.register_with_invite("alice", "pw", "not-a-code").await);
+    assert_eq!(code, ErrorCode::InviteInvalid);
+
+    let first = invite();
+    let second = invite();
+    assert_ne!(first, second);
+    client
+        .register_with_invite("alice", "pw", &first)
+        .await
+        .expect("invited");
+    let (code, ..) = server_error(client.register_with_invite("bob", "pw", &first).await);
+    assert_eq!(code, ErrorCode::InviteInvalid, "used up");
+    // A taken name leaves the code unused.
+    let (code, ..) = server_error(client.register_with_invite("Alice", "pw", &second).await);
+    assert_eq!(code, ErrorCode::NameTaken);
+    client
+        .register_with_invite("bob", "pw", &second)
+        .await
+        .expect("still valid");
+    client.login("bob", "pw").await.expect("login");
+    // Only the hash is stored: the code is nowhere in the database files.
+    for file in ["parley.db", "parley.db-wal"] {
+        let bytes = std::fs::read(server.data_dir.join(file)).unwrap_or_default();
+        assert!(!bytes.windows(second.len()).any(|w| w == second.as_bytes()), "{file}");
+    }
+    // Bad lifetimes are refused by the server, which changes nothing.
+    let (status, _, stderr) = server.ctl(&["invite", "--expires-hours", "0"]);
+    assert!(!status.success() && stderr.contains("hour"), "{stderr}");
+}

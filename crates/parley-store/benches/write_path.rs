@@ -17,6 +17,7 @@ fn account(name: &str) -> NewAccount {
         name: name.into(),
         name_key: name.into(),
         credentials: StoredCredentials::derive(Mechanism::Sha256, "pw", &[7; 16], 4096),
+        invite: None,
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
-    StoreResult, StoredMessage, body_bytes, message_cost,
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
+    NewResumeToken, StoreResult, StoredMessage, body_bytes, message_cost,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 
@@ -58,6 +58,8 @@ struct State {
     /// The highest token sequence number handed out: the insertion order
     /// that breaks ties between tokens expiring at the same time.
     last_token_seq: u64,
+    /// Unused invite codes by hash, with when each expires.
+    invites: HashMap<[u8; 32], u64>,
 }
 
 /// One live account and its mailbox.
@@ -162,7 +164,17 @@ impl State {
         if self.by_key.contains_key(&new.name_key) {
             return Err(StoreError::NameTaken);
         }
+        if let Some(invite) = new.invite {
+            match self.invites.get(&invite.hash) {
+                Some(&expires_ms) if expires_ms > invite.now_ms => {}
+                _ => return Err(StoreError::InviteInvalid),
+            }
+        }
         let id = UserId(next_id(self.last_user_id)?);
+        // Nothing below fails: the invite goes with the account or not at all.
+        if let Some(invite) = new.invite {
+            self.invites.remove(&invite.hash);
+        }
         self.last_user_id = id.0;
         let account = Account {
             id,
@@ -550,6 +562,14 @@ fn next_id(last: u64) -> StoreResult<u64> {
 impl Store for MemoryStore {
     fn create_account(&self, account: NewAccount) -> StoreReply<Account> {
         self.run(|state| state.create_account(account))
+    }
+
+    fn create_invite(&self, invite: NewInvite) -> StoreReply<()> {
+        self.run(|state| {
+            state.invites.retain(|_, expires_ms| *expires_ms > invite.now_ms);
+            state.invites.insert(invite.hash, clamp(invite.expires_ms));
+            Ok(())
+        })
     }
 
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>> {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use parley_core::store::{AckRange, MailboxQuota, MailboxState, NewMessage};
+use parley_core::store::{AckRange, InviteUse, MailboxQuota, MailboxState, NewAccount, NewInvite, NewMessage};
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, UserId};
 
 use common::{
@@ -1072,6 +1072,52 @@ async fn mailbox_quota_counts_bytes(store: &dyn Store) {
     assert_eq!(bodies, ["67890", "123", "45"]);
 }
 
+/// An invite registers one account, in the same step as the account is
+/// created; a used, unknown or expired one registers none and changes
+/// nothing; a taken name leaves the invite unused.
+async fn invites_are_used_up_with_the_account(store: &dyn Store) {
+    let now = now_ms();
+    let invite = |n: u8, expires_ms: u64| NewInvite {
+        hash: hash(n),
+        expires_ms,
+        now_ms: now,
+    };
+    let with = |name: &str, n: u8| NewAccount {
+        invite: Some(InviteUse {
+            hash: hash(n),
+            now_ms: now,
+        }),
+        ..new_account(name)
+    };
+    store.create_invite(invite(1, now + HOUR_MS)).await.unwrap();
+    store.create_invite(invite(2, now + HOUR_MS)).await.unwrap();
+    store.create_invite(invite(3, now)).await.unwrap();
+    let alice = store.create_account(with("alice", 1)).await.unwrap();
+    assert_eq!(
+        store.create_account(with("bob", 1)).await,
+        Err(StoreError::InviteInvalid),
+        "used"
+    );
+    assert_eq!(
+        store.create_account(with("bob", 9)).await,
+        Err(StoreError::InviteInvalid),
+        "unknown"
+    );
+    assert_eq!(
+        store.create_account(with("bob", 3)).await,
+        Err(StoreError::InviteInvalid),
+        "expired"
+    );
+    assert_eq!(store.find_account("bob").await.unwrap(), None, "nothing was created");
+    // A taken name: the invite stays for the next try.
+    assert_eq!(store.create_account(with("Alice", 2)).await, Err(StoreError::NameTaken));
+    let bob = store.create_account(with("bob", 2)).await.unwrap();
+    assert!(bob.id > alice.id);
+    // Without an invite the store creates accounts as before (the service
+    // decides when one is needed).
+    register(store, "carol").await;
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1129,4 +1175,5 @@ conformance!(
     delete_account_revokes_tokens,
     mailbox_quota_counts_messages,
     mailbox_quota_counts_bytes,
+    invites_are_used_up_with_the_account,
 );

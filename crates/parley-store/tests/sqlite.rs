@@ -10,7 +10,7 @@ use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
 use common::{HOUR_MS, create_token, db_path, hash, live_tokens, message, new_account, now_ms, register, send};
 
 /// The schema version this build writes.
-const CURRENT_VERSION: i64 = 4;
+const CURRENT_VERSION: i64 = 5;
 
 /// The `PRAGMA user_version` of the database file.
 fn schema_version(conn: &rusqlite::Connection) -> i64 {
@@ -577,6 +577,7 @@ async fn contacts_and_tokens_survive_close_and_reopen() {
 fn downgrade_to_version_3(conn: &rusqlite::Connection) {
     conn.execute_batch(
         "BEGIN;
+         DROP TABLE invites;
          ALTER TABLE accounts DROP COLUMN stored_messages;
          ALTER TABLE accounts DROP COLUMN stored_bytes;
          PRAGMA user_version = 3;
@@ -712,6 +713,7 @@ async fn migrates_with_its_data(from: i64) {
                 "accounts",
                 "contacts",
                 "counters",
+                "invites",
                 "messages",
                 "resume_tokens",
                 "sent_ids"

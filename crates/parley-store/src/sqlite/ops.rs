@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
-    StoreResult, StoredMessage, body_bytes, message_cost,
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
+    NewResumeToken, StoreResult, StoredMessage, body_bytes, message_cost,
 };
 use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
 use rusqlite::types::Type;
@@ -34,6 +34,10 @@ pub(super) enum Op {
     CreateAccount {
         account: NewAccount,
         reply: Reply<Account>,
+    },
+    CreateInvite {
+        invite: NewInvite,
+        reply: Reply<()>,
     },
     FindAccount {
         name_key: String,
@@ -196,6 +200,7 @@ impl Op {
     pub(super) fn writes(&self) -> bool {
         match self {
             Op::CreateAccount { .. }
+            | Op::CreateInvite { .. }
             | Op::DeleteAccount { .. }
             | Op::Append { .. }
             | Op::Ack { .. }
@@ -243,6 +248,7 @@ impl Op {
     ) -> Box<dyn Outcome> {
         match self {
             Op::CreateAccount { account, reply } => answer(reply, create_account(conn, account)),
+            Op::CreateInvite { invite, reply } => answer(reply, create_invite(conn, invite)),
             Op::FindAccount { name_key, reply } => answer(reply, find_account(conn, &name_key)),
             Op::DeleteAccount { user, reply } => answer(reply, delete_account(conn, user)),
             Op::ListAccounts {
@@ -301,6 +307,7 @@ impl Op {
     pub(super) fn fail(self, error: StoreError) {
         match self {
             Op::CreateAccount { reply, .. } => refuse(reply, error),
+            Op::CreateInvite { reply, .. } => refuse(reply, error),
             Op::FindAccount { reply, .. } => refuse(reply, error),
             Op::DeleteAccount { reply, .. } => refuse(reply, error),
             Op::ListAccounts { reply, .. } => refuse(reply, error),
@@ -388,6 +395,16 @@ fn create_account(conn: &Connection, new: NewAccount) -> OpResult<Account> {
     if taken.exists([&new.name_key])? {
         return Err(StoreError::NameTaken.into());
     }
+    // The invite is used up first; the savepoint around the operation
+    // takes it back if the insert fails.
+    if let Some(invite) = new.invite {
+        let used = conn
+            .prepare_cached("DELETE FROM invites WHERE hash = ?1 AND expires_ms > ?2")?
+            .execute(params![&invite.hash[..], saturating_sql(invite.now_ms)])?;
+        if used == 0 {
+            return Err(StoreError::InviteInvalid.into());
+        }
+    }
     let credentials = &new.credentials;
     let mut insert = conn.prepare_cached(
         "INSERT INTO accounts
@@ -413,6 +430,14 @@ fn create_account(conn: &Connection, new: NewAccount) -> OpResult<Account> {
         name: new.name,
         credentials: new.credentials,
     })
+}
+
+fn create_invite(conn: &Connection, invite: NewInvite) -> OpResult<()> {
+    conn.prepare_cached("DELETE FROM invites WHERE expires_ms <= ?1")?
+        .execute([saturating_sql(invite.now_ms)])?;
+    conn.prepare_cached("INSERT OR REPLACE INTO invites (hash, expires_ms) VALUES (?1, ?2)")?
+        .execute(params![&invite.hash[..], saturating_sql(invite.expires_ms)])?;
+    Ok(())
 }
 
 fn find_account(conn: &Connection, name_key: &str) -> OpResult<Option<Account>> {

@@ -152,6 +152,16 @@ const MIGRATIONS: &[&str] = &[
         stored_messages = (SELECT count(*) FROM messages WHERE recipient = accounts.id),
         stored_bytes = (SELECT coalesce(sum(length(CAST(body AS BLOB))), 0)
                         FROM messages WHERE recipient = accounts.id);",
+    // Version 5: invite codes (`registration = invite`).
+    //
+    // Only SHA-256 hashes of the codes, as for resume tokens. A row is
+    // deleted when its code registers an account (in the same transaction
+    // as the account's insert) and when it has expired and another invite
+    // is made.
+    "CREATE TABLE invites (
+        hash BLOB PRIMARY KEY,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build creates and understands.

@@ -67,6 +67,7 @@ pub fn new_account(name: &str) -> NewAccount {
         name: name.to_owned(),
         name_key: name.to_ascii_lowercase(),
         credentials: credentials(name),
+        invite: None,
     }
 }
 
