@@ -199,6 +199,7 @@ fn every_request() -> Vec<(&'static str, Body)> {
                 iterations: 4096,
                 stored_key: vec![2; 32],
                 server_key: vec![3; 32],
+                invite: String::new(),
             }),
         ),
         ("delete-account", Body::DeleteAccount(v1::DeleteAccount {})),

@@ -70,7 +70,10 @@ pub fn exit_for_server_code(code: ErrorCode) -> Exit {
         | ErrorCode::MessageTooLarge
         | ErrorCode::InvalidPattern
         | ErrorCode::UnsupportedMechanism
-        | ErrorCode::LimitReached => Exit::Refused,
+        | ErrorCode::LimitReached
+        | ErrorCode::MailboxFull
+        | ErrorCode::RegistrationClosed
+        | ErrorCode::InviteInvalid => Exit::Refused,
         ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::Timeout | ErrorCode::RateLimited => Exit::Unavailable,
         _ => Exit::Other,
     }

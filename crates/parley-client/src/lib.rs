@@ -369,6 +369,12 @@ impl Client {
 
     /// Creates an account. The password is turned into SCRAM keys here.
     pub async fn register(&self, name: &str, password: &str) -> Result<v1::Registered> {
+        self.register_with_invite(name, password, "").await
+    }
+
+    /// Creates an account with an invite code (`parleyd ctl invite`), for
+    /// a server that registers by invitation; "" for none.
+    pub async fn register_with_invite(&self, name: &str, password: &str, invite: &str) -> Result<v1::Registered> {
         let creds = self.derive_credentials(password)?;
         let mechanism = creds.mechanism;
         self.call(
@@ -379,6 +385,7 @@ impl Client {
                 iterations: creds.iterations,
                 stored_key: creds.stored_key,
                 server_key: creds.server_key,
+                invite: invite.to_owned(),
             }),
             |b| match b {
                 server_frame::Body::Registered(r) => Ok(r),

@@ -25,6 +25,9 @@ pub enum ErrorKind {
     RateLimited,
     LimitReached,
     Kicked,
+    MailboxFull,
+    RegistrationClosed,
+    InviteInvalid,
 }
 
 impl ErrorKind {
@@ -49,6 +52,9 @@ impl ErrorKind {
             ErrorKind::RateLimited => "RATE_LIMITED",
             ErrorKind::LimitReached => "LIMIT_REACHED",
             ErrorKind::Kicked => "KICKED",
+            ErrorKind::MailboxFull => "MAILBOX_FULL",
+            ErrorKind::RegistrationClosed => "REGISTRATION_CLOSED",
+            ErrorKind::InviteInvalid => "INVITE_INVALID",
         }
     }
 }
@@ -94,6 +100,14 @@ impl From<StoreError> for CoreError {
                 retry_after_ms: Some(retry_after_ms),
             },
             StoreError::LimitReached(what) => CoreError::new(ErrorKind::LimitReached, what),
+            StoreError::InviteInvalid => CoreError::new(
+                ErrorKind::InviteInvalid,
+                "that invite code is not valid: unknown, already used or expired",
+            ),
+            StoreError::MailboxFull => CoreError::new(
+                ErrorKind::MailboxFull,
+                "the recipient's mailbox is full; the message was not stored",
+            ),
             StoreError::Closed => CoreError::new(ErrorKind::ShuttingDown, "server is shutting down"),
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "store failure");

@@ -38,6 +38,33 @@ pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 32;
 /// Default budget of one mailbox read, the size of a native frame.
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 256 * 1024;
 
+/// Registrations one source address (IPv6: its /64) may make per hour;
+/// 0: no limit. ejabberd's `registration_timeout` (one per 600 s) and
+/// Prosody's `min_seconds_between_registrations` are the models; ten an
+/// hour lets a family or a classroom behind one address sign up and stops
+/// a script from creating thousands of accounts.
+pub const DEFAULT_REGISTRATIONS_PER_IP_PER_HOUR: u32 = 10;
+/// The window `registrations_per_ip_per_hour` counts in.
+pub const REGISTRATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Source addresses whose registrations are counted at once; past it the
+/// window that started longest ago is forgotten.
+pub const MAX_TRACKED_REGISTRATION_ADDRESSES: usize = 100_000;
+/// Messages per second one account may send, over all its sessions and
+/// front doors; 0: no limit. A person types far slower; a client draining
+/// an outbox after a reconnect uses the burst.
+pub const DEFAULT_SEND_RATE_PER_ACCOUNT: u32 = 50;
+/// An account's burst: this many seconds of its rate, saved up while idle.
+pub const SEND_BURST_SECONDS: u32 = 10;
+/// Accounts whose send buckets are kept at once; past it refilled buckets
+/// are forgotten first, then the one used longest ago.
+pub const MAX_TRACKED_SENDERS: usize = 100_000;
+/// Messages one mailbox may hold, acknowledged or not; a send past it is
+/// refused MAILBOX_FULL.
+pub const DEFAULT_MAILBOX_MAX_MESSAGES: u64 = 10_000;
+/// Bytes of message bodies one mailbox may hold (100 MiB); a send past it
+/// is refused MAILBOX_FULL.
+pub const DEFAULT_MAILBOX_MAX_BYTES: u64 = 100 * 1024 * 1024;
+
 /// Limits the core enforces on every request.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -56,6 +83,26 @@ pub struct Limits {
     /// more, so a read of a mailbox full of large messages costs the
     /// server this much, whatever the limit asked for.
     pub max_reply_bytes: usize,
+    /// Registrations per source address per hour; 0: no limit.
+    pub registrations_per_ip_per_hour: u32,
+    /// Messages per second per account (burst: [`SEND_BURST_SECONDS`] of
+    /// it); 0: no limit.
+    pub send_rate_per_account: u32,
+    /// Messages one mailbox may hold; 0: no limit.
+    pub mailbox_max_messages: u64,
+    /// Bytes of bodies one mailbox may hold; 0: no limit.
+    pub mailbox_max_bytes: u64,
+}
+
+impl Limits {
+    /// The quota every append carries.
+    pub fn mailbox_quota(&self) -> crate::store::MailboxQuota {
+        let bound = |limit: u64| if limit == 0 { u64::MAX } else { limit };
+        crate::store::MailboxQuota {
+            max_messages: bound(self.mailbox_max_messages),
+            max_bytes: bound(self.mailbox_max_bytes),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -67,6 +114,10 @@ impl Default for Limits {
             max_unacked: DEFAULT_MAX_UNACKED,
             max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            registrations_per_ip_per_hour: DEFAULT_REGISTRATIONS_PER_IP_PER_HOUR,
+            send_rate_per_account: DEFAULT_SEND_RATE_PER_ACCOUNT,
+            mailbox_max_messages: DEFAULT_MAILBOX_MAX_MESSAGES,
+            mailbox_max_bytes: DEFAULT_MAILBOX_MAX_BYTES,
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::hub::{CloseReason, Hub, SessionEvent, SessionFlags};
 use crate::ids::{MessageId, Seq, SessionId, UserId};
 use crate::limits::*;
 use crate::name::{NamePattern, UserName, name_key};
+use crate::rate::{TokenBuckets, WindowLimiter, retry_hint};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
     AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store,
@@ -88,6 +89,26 @@ pub struct AuthSettings {
     pub secret: [u8; 32],
 }
 
+/// Who may create an account (Prosody's `allow_registration` and
+/// `invite_only`, ejabberd's `mod_register` with an `access` rule).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// Anyone may register (within the per-address rate).
+    #[default]
+    Open,
+    /// Nobody may: REGISTRATION_CLOSED (accounts come from elsewhere).
+    Closed,
+    /// Only with a one-time invite code from `parleyd ctl invite`.
+    Invite,
+}
+
+/// Bytes of randomness in an invite code.
+pub const INVITE_CODE_BYTES: usize = 16;
+/// How long an invite code works, by default.
+pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest lifetime an invite may be given.
+pub const MAX_INVITE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Everything the service needs besides its store.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -95,6 +116,8 @@ pub struct ServiceConfig {
     pub auth: AuthSettings,
     pub resume: ResumeSettings,
     pub throttle: ThrottleSettings,
+    /// Who may register.
+    pub registration: RegistrationMode,
 }
 
 /// Monotonic counters, read by metrics and the shutdown log line.
@@ -112,6 +135,10 @@ pub struct Counters {
     pub resumes_ok: AtomicU64,
     pub resumes_failed: AtomicU64,
     pub logins_rate_limited: AtomicU64,
+    /// Registrations refused by the per-address rate.
+    pub registrations_rate_limited: AtomicU64,
+    /// Sends refused by the per-account rate.
+    pub sends_rate_limited: AtomicU64,
 }
 
 /// The service shared by every connection of every front door.
@@ -128,6 +155,10 @@ pub struct Service {
     counters: Counters,
     /// Failed-login counters and logins in progress.
     throttle: Arc<Throttle>,
+    /// Registrations per source address group, per hour.
+    registrations: WindowLimiter<IpAddr>,
+    /// Each account's send bucket, shared by its sessions.
+    send_rate: TokenBuckets<UserId>,
 }
 
 /// A login between its two SCRAM messages.
@@ -206,6 +237,17 @@ pub struct AccountPage {
 impl Service {
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Arc<Service> {
         let throttle = Throttle::new(config.throttle.clone());
+        let limits = &config.limits;
+        let registrations = WindowLimiter::new(
+            limits.registrations_per_ip_per_hour,
+            REGISTRATION_WINDOW,
+            MAX_TRACKED_REGISTRATION_ADDRESSES,
+        );
+        let send_rate = TokenBuckets::new(
+            limits.send_rate_per_account,
+            limits.send_rate_per_account.saturating_mul(SEND_BURST_SECONDS),
+            MAX_TRACKED_SENDERS,
+        );
         Arc::new(Service {
             store,
             hub: Hub::default(),
@@ -213,6 +255,8 @@ impl Service {
             next_session: AtomicU64::new(1),
             counters: Counters::default(),
             throttle,
+            registrations,
+            send_rate,
         })
     }
 
@@ -232,12 +276,40 @@ impl Service {
         &self.counters
     }
 
-    /// Creates an account from client-derived SCRAM credentials.
+    /// Creates an account from client-derived SCRAM credentials. `peer` is
+    /// the client's address, for the per-address registration rate (None:
+    /// not counted — only for callers that are not a client, such as tests
+    /// and tools on the server itself). `invite` is the code the client
+    /// gave, if any: needed when registration is by invitation (and used
+    /// up with the account), ignored otherwise.
     pub fn register(
         &self,
         name: &str,
         credentials: StoredCredentials,
+        peer: Option<IpAddr>,
+        invite: Option<&str>,
     ) -> Result<impl Future<Output = Result<(UserId, String), CoreError>> + Send + 'static, CoreError> {
+        let invite = match self.config.registration {
+            RegistrationMode::Open => None,
+            RegistrationMode::Closed => {
+                return Err(CoreError::new(
+                    ErrorKind::RegistrationClosed,
+                    "this server does not take new registrations",
+                ));
+            }
+            RegistrationMode::Invite => match invite.filter(|code| !code.is_empty()) {
+                Some(code) => Some(crate::store::InviteUse {
+                    hash: token_hash(code.trim().as_bytes()),
+                    now_ms: now_ms(),
+                }),
+                None => {
+                    return Err(CoreError::new(
+                        ErrorKind::InviteInvalid,
+                        "this server registers by invitation only: an invite code is needed",
+                    ));
+                }
+            },
+        };
         let name = UserName::parse(name)?;
         if !self.config.auth.mechanisms.contains(&credentials.mechanism) {
             return Err(CoreError::new(
@@ -246,14 +318,60 @@ impl Service {
             ));
         }
         credentials.validate(self.config.auth.iterations)?;
+        // Every valid attempt counts, taken name or not: a name that is
+        // taken costs the store a lookup too, and probing names is no
+        // cheaper than creating accounts.
+        if let Some(peer) = peer
+            && let Err(wait) = self
+                .registrations
+                .take(&crate::addr::address_group(peer), Instant::now())
+        {
+            self.counters.registrations_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(CoreError {
+                kind: ErrorKind::RateLimited,
+                message: "too many registrations from this address; wait before trying again".into(),
+                retry_after_ms: Some(retry_hint(wait)),
+            });
+        }
         let reply = self.store.create_account(NewAccount {
             name: name.as_str().to_owned(),
             name_key: name.key().to_owned(),
             credentials,
+            invite,
         });
         Ok(async move {
             let account = reply.await?;
             Ok((account.id, account.name))
+        })
+    }
+
+    /// Makes a one-time invite code that works for `ttl` (at most
+    /// [`MAX_INVITE_TTL`]); resolves to the code and when it expires (ms
+    /// since the Unix epoch). Only the code's hash is stored, as for resume
+    /// tokens: the code is shown once, to the administrator who asked.
+    pub fn create_invite(
+        &self,
+        ttl: Duration,
+    ) -> Result<impl Future<Output = Result<(String, u64), CoreError>> + Send + 'static, CoreError> {
+        if ttl.is_zero() || ttl > MAX_INVITE_TTL {
+            return Err(CoreError::invalid(format!(
+                "an invite lives from 1 hour to {} hours",
+                MAX_INVITE_TTL.as_secs() / 3600
+            )));
+        }
+        let mut bytes = [0u8; INVITE_CODE_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        let code: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = now_ms();
+        let expires_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let reply = self.store.create_invite(crate::store::NewInvite {
+            hash: token_hash(code.as_bytes()),
+            expires_ms,
+            now_ms: now,
+        });
+        Ok(async move {
+            reply.await?;
+            Ok((code, expires_ms))
         })
     }
 
@@ -307,6 +425,7 @@ impl Service {
             client_msg_id: client_msg_id.to_owned(),
             body,
             timestamp_ms,
+            quota: self.config.limits.mailbox_quota(),
         });
         let service = Arc::clone(self);
         let to = to.to_owned();
@@ -315,6 +434,10 @@ impl Service {
                 crate::store::StoreError::NoSuchUser => {
                     CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}"))
                 }
+                crate::store::StoreError::MailboxFull => CoreError::new(
+                    ErrorKind::MailboxFull,
+                    format!("the mailbox of {to:?} is full; the message was not stored"),
+                ),
                 other => other.into(),
             })?;
             if appended.duplicate {
@@ -757,12 +880,28 @@ impl Session {
 
     /// Stores a message for `to`; resolves once it is durable. A recipient
     /// with subscribed sessions is notified right after.
+    ///
+    /// Every send request takes a token from the account's bucket
+    /// (`send_rate_per_account`, shared by all its sessions) before
+    /// anything else; without one it is refused RATE_LIMITED, with the
+    /// time until a token is there, and nothing else happens.
     pub fn send(
         &self,
         to: &str,
         client_msg_id: &str,
         body: String,
     ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
+        if let Err(wait) = self.service.send_rate.take(&self.user, Instant::now()) {
+            self.service.counters.sends_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(CoreError {
+                kind: ErrorKind::RateLimited,
+                message: format!(
+                    "sending faster than {} messages a second; wait before sending more",
+                    self.service.config.limits.send_rate_per_account
+                ),
+                retry_after_ms: Some(retry_hint(wait)),
+            });
+        }
         self.service.send_from(self.user, &self.name, to, client_msg_id, body)
     }
 

@@ -39,6 +39,14 @@ pub enum StoreError {
     /// A per-account limit is reached; nothing was done.
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The recipient's mailbox is at its quota ([`MailboxQuota`]); nothing
+    /// was stored.
+    #[error("mailbox full")]
+    MailboxFull,
+    /// The invite code of a registration is unknown, used or expired;
+    /// nothing was done.
+    #[error("invite invalid")]
+    InviteInvalid,
     #[error("store backend error: {0}")]
     Backend(String),
 }
@@ -104,6 +112,30 @@ pub struct NewAccount {
     /// Lowercase lookup key; unique among live accounts.
     pub name_key: String,
     pub credentials: StoredCredentials,
+    /// The invite this registration uses up, when registration is by
+    /// invitation: consumed in the same step as the account is created.
+    pub invite: Option<InviteUse>,
+}
+
+/// An invite code presented with a registration. Only its hash is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InviteUse {
+    /// SHA-256 of the code.
+    pub hash: [u8; 32],
+    /// Now, ms since the Unix epoch: an invite expiring at or before it is
+    /// not valid.
+    pub now_ms: u64,
+}
+
+/// An invite code to remember. Only its hash is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewInvite {
+    /// SHA-256 of the code.
+    pub hash: [u8; 32],
+    /// When it stops working, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// Now: invites expired by then are forgotten.
+    pub now_ms: u64,
 }
 
 /// One row of an account listing.
@@ -125,6 +157,41 @@ pub struct NewMessage {
     pub client_msg_id: String,
     pub body: String,
     pub timestamp_ms: u64,
+    /// What the recipient's mailbox may hold; checked in the same step as
+    /// the insert.
+    pub quota: MailboxQuota,
+}
+
+/// The most a mailbox may hold. Every stored message counts, acknowledged
+/// or not (both take space); deleting messages frees room. An append that
+/// would pass either bound is refused [`StoreError::MailboxFull`] (a retry
+/// of an append already stored is still answered as a duplicate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxQuota {
+    /// Messages.
+    pub max_messages: u64,
+    /// Bytes of bodies ([`body_bytes`]).
+    pub max_bytes: u64,
+}
+
+impl MailboxQuota {
+    /// No bound (tests and tools that fill mailboxes on purpose).
+    pub const UNLIMITED: MailboxQuota = MailboxQuota {
+        max_messages: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+
+    /// Whether a mailbox holding `messages` messages of `bytes` bytes has
+    /// room for one more of `body` bytes.
+    pub fn admits(&self, messages: u64, bytes: u64, body: u64) -> bool {
+        messages < self.max_messages && bytes.saturating_add(body) <= self.max_bytes
+    }
+}
+
+/// What a message counts against [`MailboxQuota::max_bytes`]: its body's
+/// length in bytes of UTF-8.
+pub fn body_bytes(body: &str) -> u64 {
+    u64::try_from(body.len()).unwrap_or(u64::MAX)
 }
 
 /// A message as stored in one mailbox.
@@ -205,7 +272,13 @@ pub struct NewResumeToken {
 /// the module documentation, and must never panic on any input.
 pub trait Store: Send + Sync + 'static {
     /// Creates an account; [`StoreError::NameTaken`] if a live account has the key.
+    /// With [`NewAccount::invite`], uses the invite up in the same step:
+    /// [`StoreError::InviteInvalid`] (and nothing done) if no live invite
+    /// has that hash; a taken name leaves the invite unused.
     fn create_account(&self, account: NewAccount) -> StoreReply<Account>;
+    /// Remembers an invite code's hash until it expires or is used, and
+    /// forgets the invites expired by `now_ms`.
+    fn create_invite(&self, invite: NewInvite) -> StoreReply<()>;
     /// Looks an account up by name key.
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>>;
     /// Deletes an account, its mailbox, its idempotency keys, its resume

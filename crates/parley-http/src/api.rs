@@ -153,6 +153,9 @@ pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
 
 #[derive(Deserialize)]
 pub struct RegisterRequest {
+    /// The invite code, when the server registers by invitation.
+    #[serde(default)]
+    invite: Option<String>,
     name: String,
     #[serde(flatten)]
     credentials: CredentialFields,
@@ -187,9 +190,16 @@ pub struct Registered {
     user_id: u64,
 }
 
-pub async fn register(State(ctx): Ctx, JsonBody(r): JsonBody<RegisterRequest>) -> ApiResult<Response> {
+pub async fn register(
+    State(ctx): Ctx,
+    ClientAddr(peer): ClientAddr,
+    JsonBody(r): JsonBody<RegisterRequest>,
+) -> ApiResult<Response> {
     let credentials = r.credentials.decode()?;
-    let (user, name) = ctx.service.register(&r.name, credentials)?.await?;
+    let (user, name) = ctx
+        .service
+        .register(&r.name, credentials, Some(peer.ip()), r.invite.as_deref())?
+        .await?;
     ctx.service.note_registration();
     Ok((StatusCode::CREATED, axum::Json(Registered { name, user_id: user.0 })).into_response())
 }
@@ -715,9 +725,10 @@ pub async fn pager(
             ctx.counters.pager_messages.fetch_add(1, Ordering::Relaxed);
         }
         // A visitor is not told whether an account exists: a message for
-        // a name nobody has is answered like any other, and dropped (it
-        // counted against the address's rate all the same).
-        Err(e) if e.kind == ErrorKind::NoSuchUser => {}
+        // a name nobody has, or for a full mailbox (which only an account
+        // has), is answered like any other, and dropped (it counted
+        // against the address's rate all the same).
+        Err(e) if matches!(e.kind, ErrorKind::NoSuchUser | ErrorKind::MailboxFull) => {}
         Err(e) => return Err(e.into()),
     }
     Ok((StatusCode::ACCEPTED, axum::Json(PagerAccepted { status: "accepted" })).into_response())

@@ -81,6 +81,10 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::UnsupportedMechanism => StatusCode::BAD_REQUEST,
         ErrorKind::NotAuthenticated | ErrorKind::AuthFailed | ErrorKind::Kicked => StatusCode::UNAUTHORIZED,
         ErrorKind::AlreadyAuthenticated | ErrorKind::NameTaken | ErrorKind::LimitReached => StatusCode::CONFLICT,
+        // The recipient's state refuses the message, as a taken name does.
+        ErrorKind::MailboxFull => StatusCode::CONFLICT,
+        // Understood, and refused by the server's policy.
+        ErrorKind::RegistrationClosed | ErrorKind::InviteInvalid => StatusCode::FORBIDDEN,
         ErrorKind::NoSuchUser => StatusCode::NOT_FOUND,
         ErrorKind::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -111,6 +115,9 @@ fn title(code: &str) -> &'static str {
         "RATE_LIMITED" => "Rate limited",
         "LIMIT_REACHED" => "Limit reached",
         "KICKED" => "Session ended by an administrator",
+        "MAILBOX_FULL" => "Mailbox full",
+        "REGISTRATION_CLOSED" => "Registration closed",
+        "INVITE_INVALID" => "Invite code not valid",
         "NOT_FOUND" => "Not found",
         "METHOD_NOT_ALLOWED" => "Method not allowed",
         "UNSUPPORTED_MEDIA_TYPE" => "Unsupported media type",

@@ -336,10 +336,11 @@ mod tests {
                 },
                 resume: ResumeSettings::default(),
                 throttle: parley_core::throttle::ThrottleSettings::default(),
+                registration: Default::default(),
             },
         );
         let credentials = StoredCredentials::derive(Mechanism::Sha256, "pw", &[1; 16], 4096);
-        service.register("ann", credentials).unwrap().await.unwrap();
+        service.register("ann", credentials, None, None).unwrap().await.unwrap();
         service
     }
 

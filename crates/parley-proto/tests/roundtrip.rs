@@ -49,6 +49,7 @@ fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
                     iterations,
                     stored_key,
                     server_key,
+                    invite: String::new(),
                 })
             }),
         prop::collection::vec(any::<u8>(), 0..128)

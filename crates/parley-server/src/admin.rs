@@ -10,7 +10,7 @@ use futures::StreamExt;
 use parley_core::hub::CloseReason;
 use parley_core::{ErrorKind, Service, UserId, UserName};
 
-use crate::ctl::{Broadcast, Kicked, OnlineUser, Reply, Request, WorkerStatus};
+use crate::ctl::{Broadcast, Invite, Kicked, OnlineUser, Reply, Request, WorkerStatus};
 use crate::server::StatsHandle;
 
 /// Sender id of system messages (shared with the web pager, which is told
@@ -52,8 +52,24 @@ impl Admin {
                 Ok(done) => Reply::ok(done),
                 Err(e) => Reply::error(e),
             },
+            Request::Invite { expires_hours } => match self.invite(expires_hours).await {
+                Ok(invite) => Reply::ok(invite),
+                Err(e) => Reply::error(e),
+            },
             Request::Reload | Request::Stop => Reply::error("only the master reloads or stops"),
         }
+    }
+
+    /// Makes a one-time invite code that works for `hours`.
+    async fn invite(&self, hours: u64) -> Result<Invite, String> {
+        let ttl = Duration::from_secs(hours.saturating_mul(3600));
+        let (code, expires_ms) = self
+            .service
+            .create_invite(ttl)
+            .map_err(|e| e.message)?
+            .await
+            .map_err(|e| format!("storing the invite: {}", e.message))?;
+        Ok(Invite { code, expires_ms })
     }
 
     /// Online users by name.

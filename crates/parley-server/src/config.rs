@@ -95,6 +95,19 @@ pub const DEFAULT_LOGIN_PENDING_PER_IP: u32 = parley_core::throttle::DEFAULT_PEN
 pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = parley_core::limits::DEFAULT_MAX_SESSIONS_PER_USER;
 /// Native and WebSocket connections not yet logged in, across all addresses.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 2_000;
+/// Who may register: open (anyone), closed (nobody) or invite (with a code
+/// from `parleyd ctl invite`).
+pub const DEFAULT_REGISTRATION: &str = "open";
+/// Registrations per source address (IPv6 by /64) per hour; 0: no limit
+/// (ejabberd's `registration_timeout`, Prosody's
+/// `min_seconds_between_registrations`).
+pub const DEFAULT_REGISTRATIONS_PER_IP_PER_HOUR: u32 = parley_core::limits::DEFAULT_REGISTRATIONS_PER_IP_PER_HOUR;
+/// Messages per second one account may send (burst: ten seconds' worth); 0: no limit.
+pub const DEFAULT_SEND_RATE_PER_ACCOUNT: u32 = parley_core::limits::DEFAULT_SEND_RATE_PER_ACCOUNT;
+/// Messages one mailbox may hold, acknowledged or not.
+pub const DEFAULT_MAILBOX_MAX_MESSAGES: u64 = parley_core::limits::DEFAULT_MAILBOX_MAX_MESSAGES;
+/// Bytes of message bodies one mailbox may hold (100 MiB).
+pub const DEFAULT_MAILBOX_MAX_BYTES: u64 = parley_core::limits::DEFAULT_MAILBOX_MAX_BYTES;
 /// Lifetime of a resume token, in seconds.
 pub const DEFAULT_RESUME_TTL_SECS: u64 = 7 * 24 * 3600;
 /// HTTP listener (JSON API, WebSocket, pager, web UI); "off" disables it.
@@ -207,6 +220,14 @@ pub struct Settings {
     pub max_sessions_per_user: usize,
     pub max_unauthenticated: usize,
     pub resume_ttl: Duration,
+    /// Who may register.
+    pub registration: parley_core::service::RegistrationMode,
+    /// Registrations per address per hour; 0: no limit.
+    pub registrations_per_ip_per_hour: u32,
+    /// Messages per second per account; 0: no limit.
+    pub send_rate_per_account: u32,
+    pub mailbox_max_messages: u64,
+    pub mailbox_max_bytes: u64,
     /// None when the HTTP listener is off.
     pub http_listen: Option<SocketAddr>,
     pub pager: bool,
@@ -368,6 +389,16 @@ settings! {
     max_unauthenticated: "PARLEY_MAX_UNAUTHENTICATED", "N";
     /// Lifetime of a resume token, in seconds [default: 604800]
     resume_ttl_secs: "PARLEY_RESUME_TTL_SECS", "N";
+    /// Who may register: open, closed (REGISTRATION_CLOSED) or invite (a one-time code from `parleyd ctl invite`) [default: open]
+    registration: "PARLEY_REGISTRATION", "MODE";
+    /// Registrations per source address (IPv6: one /64) per hour, on every front door; more get RATE_LIMITED; 0 for no limit [default: 10]
+    registrations_per_ip_per_hour: "PARLEY_REGISTRATIONS_PER_IP_PER_HOUR", "N";
+    /// Messages per second one account may send over all its sessions, with a burst of ten seconds' worth; more get RATE_LIMITED; 0 for no limit [default: 50]
+    send_rate_per_account: "PARLEY_SEND_RATE_PER_ACCOUNT", "N";
+    /// Messages one mailbox may hold, acknowledged or not; a send past it gets MAILBOX_FULL; 0 for no limit [default: 10000]
+    mailbox_max_messages: "PARLEY_MAILBOX_MAX_MESSAGES", "N";
+    /// Bytes of message bodies one mailbox may hold; a send past it gets MAILBOX_FULL; 0 for no limit [default: 104857600]
+    mailbox_max_bytes: "PARLEY_MAILBOX_MAX_BYTES", "BYTES";
     /// HTTP listen address (JSON API, WebSocket, pager, web UI), or "off" [default: 127.0.0.1:7880]
     http_listen: "PARLEY_HTTP_LISTEN", "ADDR";
     /// Whether the web pager (POST /v1/pager/USER) takes messages: true or false [default: true]
@@ -802,6 +833,46 @@ impl SettingArgs {
             60..=31_536_000,
             60,
         );
+        let registration = match get("registration", DEFAULT_REGISTRATION).trim() {
+            "open" => parley_core::service::RegistrationMode::Open,
+            "closed" => parley_core::service::RegistrationMode::Closed,
+            "invite" => parley_core::service::RegistrationMode::Invite,
+            other => {
+                errors.push(format!("registration: {other:?} is not one of open, closed, invite"));
+                parley_core::service::RegistrationMode::Closed
+            }
+        };
+        let registrations_per_ip_per_hour: u32 = num(
+            &mut errors,
+            "registrations_per_ip_per_hour",
+            &get(
+                "registrations_per_ip_per_hour",
+                &DEFAULT_REGISTRATIONS_PER_IP_PER_HOUR.to_string(),
+            ),
+            0..=1_000_000,
+            DEFAULT_REGISTRATIONS_PER_IP_PER_HOUR,
+        );
+        let send_rate_per_account: u32 = num(
+            &mut errors,
+            "send_rate_per_account",
+            &get("send_rate_per_account", &DEFAULT_SEND_RATE_PER_ACCOUNT.to_string()),
+            0..=1_000_000,
+            DEFAULT_SEND_RATE_PER_ACCOUNT,
+        );
+        let mailbox_max_messages: u64 = num(
+            &mut errors,
+            "mailbox_max_messages",
+            &get("mailbox_max_messages", &DEFAULT_MAILBOX_MAX_MESSAGES.to_string()),
+            0..=1_000_000_000,
+            DEFAULT_MAILBOX_MAX_MESSAGES,
+        );
+        let mailbox_max_bytes: u64 = num(
+            &mut errors,
+            "mailbox_max_bytes",
+            &get("mailbox_max_bytes", &DEFAULT_MAILBOX_MAX_BYTES.to_string()),
+            0..=1 << 50,
+            DEFAULT_MAILBOX_MAX_BYTES,
+        );
         let http_raw = get("http_listen", DEFAULT_HTTP_LISTEN);
         let http_listen = match http_raw.trim() {
             "off" | "" => None,
@@ -1013,6 +1084,11 @@ impl SettingArgs {
             max_sessions_per_user,
             max_unauthenticated,
             resume_ttl: Duration::from_secs(resume_ttl_secs),
+            registration,
+            registrations_per_ip_per_hour,
+            send_rate_per_account,
+            mailbox_max_messages,
+            mailbox_max_bytes,
             http_listen,
             pager,
             pager_per_ip_per_minute,

@@ -26,6 +26,9 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::RateLimited => ErrorCode::RateLimited,
         ErrorKind::LimitReached => ErrorCode::LimitReached,
         ErrorKind::Kicked => ErrorCode::Kicked,
+        ErrorKind::MailboxFull => ErrorCode::MailboxFull,
+        ErrorKind::RegistrationClosed => ErrorCode::RegistrationClosed,
+        ErrorKind::InviteInvalid => ErrorCode::InviteInvalid,
     }
 }
 

@@ -35,10 +35,30 @@ pub enum Request {
     Kick { user: String },
     /// Store a system message for every online user.
     Broadcast { text: String },
+    /// Make a one-time invite code for `registration = invite`.
+    Invite {
+        #[serde(default = "default_invite_hours")]
+        expires_hours: u64,
+    },
     /// Re-read the configuration and replace the worker without downtime.
     Reload,
     /// Graceful shutdown of master and workers.
     Stop,
+}
+
+/// How long an invite works unless `--expires-hours` says otherwise.
+pub const DEFAULT_INVITE_EXPIRES_HOURS: u64 = 24 * 7;
+
+fn default_invite_hours() -> u64 {
+    DEFAULT_INVITE_EXPIRES_HOURS
+}
+
+/// The answer to `invite`: the code, shown once (only its hash is kept).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Invite {
+    pub code: String,
+    /// When it stops working, ms since the Unix epoch.
+    pub expires_ms: u64,
 }
 
 /// The answer: `ok` with a result, or an error text.
@@ -221,6 +241,15 @@ pub fn render(request: &Request, result: &serde_json::Value) -> String {
                 }
                 out
             }
+            Err(_) => result.to_string(),
+        },
+        Request::Invite { .. } => match serde_json::from_value::<Invite>(result.clone()) {
+            Ok(i) => format!(
+                "invite code: {}\nit works once, until {} (shown only now; give it to the person who registers)\n",
+                i.code,
+                crate::utc::Utc::from_system(std::time::UNIX_EPOCH + Duration::from_millis(i.expires_ms))
+                    .rfc3339_micros()
+            ),
             Err(_) => result.to_string(),
         },
         Request::Reload => match serde_json::from_value::<Reloaded>(result.clone()) {

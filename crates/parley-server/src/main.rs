@@ -83,6 +83,12 @@ enum CtlAction {
         #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
         text: Vec<String>,
     },
+    /// Make a one-time invite code for `registration = invite`; it is printed once.
+    Invite {
+        /// Hours the code works (1 to 8760).
+        #[arg(long, default_value_t = ctl::DEFAULT_INVITE_EXPIRES_HOURS)]
+        expires_hours: u64,
+    },
     /// Re-read the configuration and replace the worker without dropping connections' data.
     Reload,
     /// Stop gracefully.
@@ -206,6 +212,7 @@ fn control(args: CtlArgs) -> ExitCode {
         CtlAction::Sessions => Request::Sessions,
         CtlAction::Kick { user } => Request::Kick { user },
         CtlAction::Broadcast { text } => Request::Broadcast { text: text.join(" ") },
+        CtlAction::Invite { expires_hours } => Request::Invite { expires_hours },
         CtlAction::Reload => Request::Reload,
         CtlAction::Stop => Request::Stop,
     };

@@ -717,13 +717,15 @@ impl Connection {
                         Ok(credentials) => credentials,
                         Err(e) => return self.encode(&core_error_frame(id, &e)),
                     };
-                let started = service.register(&r.name, credentials).map(|future| {
-                    let service = Arc::clone(&service);
-                    reply(id, future, move |(user, name)| {
-                        service.note_registration();
-                        Body::Registered(v1::Registered { name, user_id: user.0 })
-                    })
-                });
+                let started = service
+                    .register(&r.name, credentials, Some(self.peer.ip()), Some(&r.invite))
+                    .map(|future| {
+                        let service = Arc::clone(&service);
+                        reply(id, future, move |(user, name)| {
+                            service.note_registration();
+                            Body::Registered(v1::Registered { name, user_id: user.0 })
+                        })
+                    });
                 self.start(id, started);
             }
             other => self.handle_authenticated(id, other),

@@ -265,6 +265,10 @@ impl Server {
                     max_unacked: settings.max_unacked,
                     max_sessions_per_user: settings.max_sessions_per_user,
                     max_reply_bytes: settings.max_frame_bytes as usize,
+                    registrations_per_ip_per_hour: settings.registrations_per_ip_per_hour,
+                    send_rate_per_account: settings.send_rate_per_account,
+                    mailbox_max_messages: settings.mailbox_max_messages,
+                    mailbox_max_bytes: settings.mailbox_max_bytes,
                 },
                 auth: AuthSettings {
                     mechanisms: settings.scram_mechanisms.clone(),
@@ -283,6 +287,7 @@ impl Server {
                     window: parley_core::throttle::DEFAULT_WINDOW,
                     max_tracked: parley_core::throttle::MAX_TRACKED,
                 },
+                registration: settings.registration,
             },
         );
         let keepalive_secs = u32::try_from(settings.keepalive.as_secs()).unwrap_or(u32::MAX);

@@ -173,6 +173,7 @@ async fn request_errors_keep_the_connection(store: Store) {
             iterations: 4096,
             stored_key: vec![0; 5],
             server_key: vec![0; 32],
+            invite: String::new(),
         }))
         .await
         .unwrap();
@@ -186,6 +187,7 @@ async fn request_errors_keep_the_connection(store: Store) {
             iterations: 1,
             stored_key: vec![0; 32],
             server_key: vec![0; 32],
+            invite: String::new(),
         }))
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use parley_core::UserId;
 use parley_core::scram::{Mechanism, StoredCredentials};
-use parley_core::store::{NewAccount, NewMessage, Store};
+use parley_core::store::{MailboxQuota, NewAccount, NewMessage, Store};
 use parley_store::memory::MemoryStore;
 use parley_store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
@@ -17,6 +17,7 @@ fn account(name: &str) -> NewAccount {
         name: name.into(),
         name_key: name.into(),
         credentials: StoredCredentials::derive(Mechanism::Sha256, "pw", &[7; 16], 4096),
+        invite: None,
     }
 }
 
@@ -28,6 +29,7 @@ fn message(sender: UserId, n: u64) -> NewMessage {
         client_msg_id: format!("m-{n}"),
         body: "x".repeat(100),
         timestamp_ms: n,
+        quota: MailboxQuota::UNLIMITED,
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
-    StoreResult, StoredMessage, message_cost,
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
+    NewResumeToken, StoreResult, StoredMessage, body_bytes, message_cost,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 
@@ -58,6 +58,8 @@ struct State {
     /// The highest token sequence number handed out: the insertion order
     /// that breaks ties between tokens expiring at the same time.
     last_token_seq: u64,
+    /// Unused invite codes by hash, with when each expires.
+    invites: HashMap<[u8; 32], u64>,
 }
 
 /// One live account and its mailbox.
@@ -77,6 +79,9 @@ struct AccountEntry {
     acked_through: Seq,
     /// The mailbox, by seq.
     messages: BTreeMap<Seq, Slot>,
+    /// Bytes of the bodies in `messages`, for the mailbox quota (its
+    /// message count is `messages.len()`).
+    stored_bytes: u64,
     /// Message id to seq, for deletions by id.
     seq_by_id: BTreeMap<MessageId, Seq>,
     /// The ids of this account's contacts.
@@ -159,7 +164,17 @@ impl State {
         if self.by_key.contains_key(&new.name_key) {
             return Err(StoreError::NameTaken);
         }
+        if let Some(invite) = new.invite {
+            match self.invites.get(&invite.hash) {
+                Some(&expires_ms) if expires_ms > invite.now_ms => {}
+                _ => return Err(StoreError::InviteInvalid),
+            }
+        }
         let id = UserId(next_id(self.last_user_id)?);
+        // Nothing below fails: the invite goes with the account or not at all.
+        if let Some(invite) = new.invite {
+            self.invites.remove(&invite.hash);
+        }
         self.last_user_id = id.0;
         let account = Account {
             id,
@@ -176,6 +191,7 @@ impl State {
                 last_seq: Seq(0),
                 unread: 0,
                 messages: BTreeMap::new(),
+                stored_bytes: 0,
                 seq_by_id: BTreeMap::new(),
                 contacts: HashSet::new(),
                 listed_by: HashSet::new(),
@@ -265,6 +281,11 @@ impl State {
         let recipient = *self.by_key.get(&new.recipient_key).ok_or(StoreError::NoSuchUser)?;
         let message_id = MessageId(next_id(self.last_message_id)?);
         let entry = self.accounts.get_mut(&recipient).ok_or(StoreError::NoSuchUser)?;
+        let body = body_bytes(&new.body);
+        let stored = u64::try_from(entry.messages.len()).unwrap_or(u64::MAX);
+        if !new.quota.admits(stored, entry.stored_bytes, body) {
+            return Err(StoreError::MailboxFull);
+        }
         let seq = Seq(next_id(entry.last_seq.0)?);
         let timestamp_ms = clamp(new.timestamp_ms);
         let message = Arc::new(StoredMessage {
@@ -282,6 +303,7 @@ impl State {
         self.last_message_id = message_id.0;
         entry.last_seq = seq;
         entry.unread += 1;
+        entry.stored_bytes = entry.stored_bytes.saturating_add(body);
         entry.messages.insert(
             seq,
             Slot {
@@ -378,6 +400,7 @@ impl State {
                 continue;
             };
             if let Some(slot) = entry.messages.remove(&seq) {
+                entry.stored_bytes = entry.stored_bytes.saturating_sub(body_bytes(&slot.message.body));
                 if !slot.acked {
                     entry.unread = entry.unread.saturating_sub(1);
                 }
@@ -539,6 +562,14 @@ fn next_id(last: u64) -> StoreResult<u64> {
 impl Store for MemoryStore {
     fn create_account(&self, account: NewAccount) -> StoreReply<Account> {
         self.run(|state| state.create_account(account))
+    }
+
+    fn create_invite(&self, invite: NewInvite) -> StoreReply<()> {
+        self.run(|state| {
+            state.invites.retain(|_, expires_ms| *expires_ms > invite.now_ms);
+            state.invites.insert(invite.hash, clamp(invite.expires_ms));
+            Ok(())
+        })
     }
 
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>> {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use parley_core::store::{AckRange, MailboxState, NewMessage};
+use parley_core::store::{AckRange, InviteUse, MailboxQuota, MailboxState, NewAccount, NewInvite, NewMessage};
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, UserId};
 
 use common::{
@@ -984,6 +984,140 @@ async fn acks_do_not_cover_future_messages(store: &dyn Store) {
     assert!(store.fetch(bob.id, Seq(0), 10, false).await.unwrap().is_empty());
 }
 
+/// `message` to `to` with a quota on the recipient's mailbox.
+fn with_quota(new: NewMessage, max_messages: u64, max_bytes: u64) -> NewMessage {
+    NewMessage {
+        quota: MailboxQuota {
+            max_messages,
+            max_bytes,
+        },
+        ..new
+    }
+}
+
+/// Every stored message counts, acked or not; a send past the quota is
+/// refused MAILBOX_FULL and stores nothing (no seq, no idempotency
+/// record); deleting frees room; a retry of a stored message is still
+/// answered as a duplicate.
+async fn mailbox_quota_counts_messages(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let quota = |id: &str| with_quota(message(&alice, "bob", id, "hello"), 3, u64::MAX);
+    // Submitted together: SQLite runs them in one batch, and the check
+    // must see the appends before it in the same run.
+    let replies: Vec<_> = (1..=5).map(|i| store.append(quota(&format!("m{i}")))).collect();
+    let mut stored = Vec::new();
+    for (i, reply) in replies.into_iter().enumerate() {
+        match reply.await {
+            Ok(appended) => stored.push(appended.message),
+            Err(e) => assert!(i >= 3 && e == StoreError::MailboxFull, "append {i}: {e:?}"),
+        }
+    }
+    assert_eq!(stored.len(), 3);
+    let state = store.mailbox_state(bob.id).await.unwrap();
+    assert_eq!(
+        (state.last_seq, state.unread),
+        (Seq(3), 3),
+        "nothing stored past the quota"
+    );
+    // Acknowledged messages still take room.
+    let range = AckRange {
+        up_to: Seq(3),
+        seqs: vec![],
+    };
+    store.ack(bob.id, range).await.unwrap();
+    assert_eq!(store.append(quota("m4")).await.map(drop), Err(StoreError::MailboxFull));
+    // A retry of a stored message is a duplicate, not a refusal.
+    assert!(store.append(quota("m1")).await.unwrap().duplicate);
+    // Deleting one makes room for one; the refused id was never recorded.
+    store.delete_messages(bob.id, vec![stored[0].id]).await.unwrap();
+    let m4 = store.append(quota("m4")).await.unwrap();
+    assert!(!m4.duplicate);
+    assert_eq!(m4.message.seq, Seq(4));
+    assert_eq!(store.append(quota("m5")).await.map(drop), Err(StoreError::MailboxFull));
+    // Another mailbox has its own count.
+    let to_alice = with_quota(message(&bob, "alice", "b1", "hi"), 3, u64::MAX);
+    store.append(to_alice).await.unwrap();
+    // A deleted account's mailbox goes with it: a new account of the same
+    // name starts empty.
+    store.delete_account(bob.id).await.unwrap();
+    register(store, "bob").await;
+    for i in 10..13 {
+        store.append(quota(&format!("m{i}"))).await.unwrap();
+    }
+    assert_eq!(store.append(quota("m13")).await.map(drop), Err(StoreError::MailboxFull));
+}
+
+/// The byte quota counts bodies; a message that would pass it is refused
+/// even when smaller ones still fit.
+async fn mailbox_quota_counts_bytes(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let send = |id: &str, body: &str| store.append(with_quota(message(&alice, "bob", id, body), 100, 10));
+    let first = send("a", "12345").await.unwrap().message;
+    assert_eq!(send("b", "123456").await.map(drop), Err(StoreError::MailboxFull));
+    send("c", "67890").await.unwrap();
+    assert_eq!(send("d", "x").await.map(drop), Err(StoreError::MailboxFull));
+    store.delete_messages(bob.id, vec![first.id]).await.unwrap();
+    send("b", "123").await.unwrap();
+    send("e", "45").await.unwrap();
+    assert_eq!(send("f", "6").await.map(drop), Err(StoreError::MailboxFull));
+    let bodies: Vec<String> = store
+        .fetch(bob.id, Seq(0), 10, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(bodies, ["67890", "123", "45"]);
+}
+
+/// An invite registers one account, in the same step as the account is
+/// created; a used, unknown or expired one registers none and changes
+/// nothing; a taken name leaves the invite unused.
+async fn invites_are_used_up_with_the_account(store: &dyn Store) {
+    let now = now_ms();
+    let invite = |n: u8, expires_ms: u64| NewInvite {
+        hash: hash(n),
+        expires_ms,
+        now_ms: now,
+    };
+    let with = |name: &str, n: u8| NewAccount {
+        invite: Some(InviteUse {
+            hash: hash(n),
+            now_ms: now,
+        }),
+        ..new_account(name)
+    };
+    store.create_invite(invite(1, now + HOUR_MS)).await.unwrap();
+    store.create_invite(invite(2, now + HOUR_MS)).await.unwrap();
+    store.create_invite(invite(3, now)).await.unwrap();
+    let alice = store.create_account(with("alice", 1)).await.unwrap();
+    assert_eq!(
+        store.create_account(with("bob", 1)).await,
+        Err(StoreError::InviteInvalid),
+        "used"
+    );
+    assert_eq!(
+        store.create_account(with("bob", 9)).await,
+        Err(StoreError::InviteInvalid),
+        "unknown"
+    );
+    assert_eq!(
+        store.create_account(with("bob", 3)).await,
+        Err(StoreError::InviteInvalid),
+        "expired"
+    );
+    assert_eq!(store.find_account("bob").await.unwrap(), None, "nothing was created");
+    // A taken name: the invite stays for the next try.
+    assert_eq!(store.create_account(with("Alice", 2)).await, Err(StoreError::NameTaken));
+    let bob = store.create_account(with("bob", 2)).await.unwrap();
+    assert!(bob.id > alice.id);
+    // Without an invite the store creates accounts as before (the service
+    // decides when one is needed).
+    register(store, "carol").await;
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1039,4 +1173,7 @@ conformance!(
     tokens_revoke,
     tokens_max_per_user_prunes_the_oldest,
     delete_account_revokes_tokens,
+    mailbox_quota_counts_messages,
+    mailbox_quota_counts_bytes,
+    invites_are_used_up_with_the_account,
 );

@@ -10,7 +10,7 @@ use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
 use common::{HOUR_MS, create_token, db_path, hash, live_tokens, message, new_account, now_ms, register, send};
 
 /// The schema version this build writes.
-const CURRENT_VERSION: i64 = 3;
+const CURRENT_VERSION: i64 = 5;
 
 /// The `PRAGMA user_version` of the database file.
 fn schema_version(conn: &rusqlite::Connection) -> i64 {
@@ -573,7 +573,22 @@ async fn contacts_and_tokens_survive_close_and_reopen() {
 /// Turns a current database back into what version 2 wrote, with the same
 /// data: per-row acks under the partial index, ids from AUTOINCREMENT (its
 /// `sqlite_sequence` row at the highest id ever handed out), no counters.
+/// Takes a current database back to version 3: no mailbox counts.
+fn downgrade_to_version_3(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "BEGIN;
+         DROP TABLE invites;
+         ALTER TABLE accounts DROP COLUMN stored_messages;
+         ALTER TABLE accounts DROP COLUMN stored_bytes;
+         PRAGMA user_version = 3;
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(schema_version(conn), 3);
+}
+
 fn downgrade_to_version_2(conn: &rusqlite::Connection) {
+    downgrade_to_version_3(conn);
     conn.execute_batch(
         "BEGIN;
          CREATE TABLE messages_v2 (
@@ -698,6 +713,7 @@ async fn migrates_with_its_data(from: i64) {
                 "accounts",
                 "contacts",
                 "counters",
+                "invites",
                 "messages",
                 "resume_tokens",
                 "sent_ids"
@@ -710,6 +726,61 @@ async fn migrates_with_its_data(from: i64) {
     assert_eq!(store.list_contacts(alice.id).await.unwrap().len(), 1);
     assert_eq!(store.resume(hash(1), 0).await, Ok(Some(alice)));
     assert_eq!(store.mailbox_state(bob.id).await.unwrap().unread, 0);
+    store.close().await.unwrap();
+}
+
+/// Version 4 counts the messages already in each mailbox, acked or not,
+/// and their bytes: the quota holds for mailboxes filled before it.
+#[tokio::test]
+async fn a_version_3_database_gets_its_mailbox_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    let bob = register(&store, "bob").await;
+    for (id, body) in [("m1", "12345"), ("m2", "héllo"), ("m3", "x")] {
+        send(&store, &alice, "bob", id, body).await;
+    }
+    let range = AckRange {
+        up_to: Seq(1),
+        seqs: vec![],
+    };
+    store.ack(bob.id, range).await.unwrap();
+    send(&store, &bob, "alice", "b1", "back").await;
+    store.close().await.unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        downgrade_to_version_3(&conn);
+    }
+    let store = open(&dir, SqliteOptions::default());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let counts: Vec<(String, u64, u64)> = conn
+            .prepare("SELECT name_key, stored_messages, stored_bytes FROM accounts ORDER BY name_key")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // "héllo" is 6 bytes of UTF-8.
+        assert_eq!(counts, vec![("alice".into(), 1, 4), ("bob".into(), 3, 12)]);
+    }
+    let quota = |id: &str, body: &str, max_messages: u64, max_bytes: u64| parley_core::store::NewMessage {
+        quota: parley_core::store::MailboxQuota {
+            max_messages,
+            max_bytes,
+        },
+        ..message(&alice, "bob", id, body)
+    };
+    assert_eq!(
+        store.append(quota("m4", "y", 3, 100)).await.map(drop),
+        Err(StoreError::MailboxFull)
+    );
+    assert_eq!(
+        store.append(quota("m4", "y", 4, 12)).await.map(drop),
+        Err(StoreError::MailboxFull)
+    );
+    store.append(quota("m4", "y", 4, 13)).await.unwrap();
     store.close().await.unwrap();
 }
 

@@ -5,6 +5,15 @@
 //!
 //! Every server started here is killed when its handle is dropped, so a
 //! failing test never leaves a process behind.
+//!
+//! Test servers start **without the registration and send rates**
+//! (`--registrations-per-ip-per-hour 0 --send-rate-per-account 0`, see
+//! [`UNLIMITED_RATES`]): most scenarios register several accounts and send
+//! floods from 127.0.0.1, which the production defaults (10 registrations
+//! per address per hour, 50 messages per second per account) would refuse.
+//! A test that passes either flag itself, or sets its `PARLEY_*` variable
+//! (in the server's environment or the test runner's), gets that value
+//! instead; the tests of those limits do.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
@@ -19,6 +28,17 @@ use parley_client::Client;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop may take before the test fails.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings the kit turns off unless a test sets them: (flag, environment
+/// variable, value).
+pub const UNLIMITED_RATES: &[(&str, &str, &str)] = &[
+    (
+        "--registrations-per-ip-per-hour",
+        "PARLEY_REGISTRATIONS_PER_IP_PER_HOUR",
+        "0",
+    ),
+    ("--send-rate-per-account", "PARLEY_SEND_RATE_PER_ACCOUNT", "0"),
+];
 
 /// Which store a test server uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +173,19 @@ impl TestServer {
         } else {
             vec!["--http-listen".to_owned(), format!("127.0.0.1:{http_port}")]
         };
+        let mut rates = Vec::new();
+        for (flag, var, value) in UNLIMITED_RATES {
+            let set_by_test = self
+                .extra
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+                || self.env.iter().any(|(k, _)| k == var)
+                || std::env::var_os(var).is_some();
+            if !set_by_test {
+                rates.push(flag.to_string());
+                rates.push(value.to_string());
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -170,6 +203,7 @@ impl TestServer {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&http)
+            .args(&rates)
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

@@ -28,8 +28,8 @@ use parley_core::histogram::Histogram;
 use parley_core::scram::StoredCredentials;
 use parley_core::store::StoreStats;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
-    StoreResult, StoredMessage,
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
+    NewResumeToken, StoreResult, StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 use tokio::sync::oneshot;
@@ -382,6 +382,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn create_account(&self, account: NewAccount) -> StoreReply<Account> {
         self.submit_new(|reply| Op::CreateAccount { account, reply })
+    }
+
+    fn create_invite(&self, invite: NewInvite) -> StoreReply<()> {
+        self.submit(|reply| Op::CreateInvite { invite, reply })
     }
 
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>> {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken,
-    StoreResult, StoredMessage, message_cost,
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
+    NewResumeToken, StoreResult, StoredMessage, body_bytes, message_cost,
 };
 use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
 use rusqlite::types::Type;
@@ -34,6 +34,10 @@ pub(super) enum Op {
     CreateAccount {
         account: NewAccount,
         reply: Reply<Account>,
+    },
+    CreateInvite {
+        invite: NewInvite,
+        reply: Reply<()>,
     },
     FindAccount {
         name_key: String,
@@ -196,6 +200,7 @@ impl Op {
     pub(super) fn writes(&self) -> bool {
         match self {
             Op::CreateAccount { .. }
+            | Op::CreateInvite { .. }
             | Op::DeleteAccount { .. }
             | Op::Append { .. }
             | Op::Ack { .. }
@@ -243,6 +248,7 @@ impl Op {
     ) -> Box<dyn Outcome> {
         match self {
             Op::CreateAccount { account, reply } => answer(reply, create_account(conn, account)),
+            Op::CreateInvite { invite, reply } => answer(reply, create_invite(conn, invite)),
             Op::FindAccount { name_key, reply } => answer(reply, find_account(conn, &name_key)),
             Op::DeleteAccount { user, reply } => answer(reply, delete_account(conn, user)),
             Op::ListAccounts {
@@ -301,6 +307,7 @@ impl Op {
     pub(super) fn fail(self, error: StoreError) {
         match self {
             Op::CreateAccount { reply, .. } => refuse(reply, error),
+            Op::CreateInvite { reply, .. } => refuse(reply, error),
             Op::FindAccount { reply, .. } => refuse(reply, error),
             Op::DeleteAccount { reply, .. } => refuse(reply, error),
             Op::ListAccounts { reply, .. } => refuse(reply, error),
@@ -388,6 +395,16 @@ fn create_account(conn: &Connection, new: NewAccount) -> OpResult<Account> {
     if taken.exists([&new.name_key])? {
         return Err(StoreError::NameTaken.into());
     }
+    // The invite is used up first; the savepoint around the operation
+    // takes it back if the insert fails.
+    if let Some(invite) = new.invite {
+        let used = conn
+            .prepare_cached("DELETE FROM invites WHERE hash = ?1 AND expires_ms > ?2")?
+            .execute(params![&invite.hash[..], saturating_sql(invite.now_ms)])?;
+        if used == 0 {
+            return Err(StoreError::InviteInvalid.into());
+        }
+    }
     let credentials = &new.credentials;
     let mut insert = conn.prepare_cached(
         "INSERT INTO accounts
@@ -413,6 +430,14 @@ fn create_account(conn: &Connection, new: NewAccount) -> OpResult<Account> {
         name: new.name,
         credentials: new.credentials,
     })
+}
+
+fn create_invite(conn: &Connection, invite: NewInvite) -> OpResult<()> {
+    conn.prepare_cached("DELETE FROM invites WHERE expires_ms <= ?1")?
+        .execute([saturating_sql(invite.now_ms)])?;
+    conn.prepare_cached("INSERT OR REPLACE INTO invites (hash, expires_ms) VALUES (?1, ?2)")?
+        .execute(params![&invite.hash[..], saturating_sql(invite.expires_ms)])?;
+    Ok(())
 }
 
 fn find_account(conn: &Connection, name_key: &str) -> OpResult<Option<Account>> {
@@ -528,7 +553,7 @@ pub(super) struct PendingAppends {
 }
 
 /// A recipient of the current run of appends.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct PendingMailbox {
     /// Its account id.
     id: u64,
@@ -536,16 +561,31 @@ struct PendingMailbox {
     last_seq: u64,
     /// Messages appended and not yet counted in the account row.
     appended: u64,
+    /// Bytes of their bodies.
+    appended_bytes: u64,
+    /// Messages in the mailbox, those appended in this run included: what
+    /// the quota is checked against.
+    stored_messages: u64,
+    /// Bytes of their bodies.
+    stored_bytes: u64,
 }
 
 impl PendingAppends {
     /// Writes every pending count back to its row.
     pub(super) fn write_back(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         if !self.mailboxes.is_empty() {
-            let mut update =
-                conn.prepare_cached("UPDATE accounts SET last_seq = ?2, unread = unread + ?3 WHERE id = ?1")?;
+            let mut update = conn.prepare_cached(
+                "UPDATE accounts SET last_seq = ?2, unread = unread + ?3,
+                     stored_messages = stored_messages + ?3, stored_bytes = stored_bytes + ?4
+                 WHERE id = ?1",
+            )?;
             for mailbox in self.mailboxes.values().filter(|mailbox| mailbox.appended > 0) {
-                update.execute(params![mailbox.id, mailbox.last_seq, mailbox.appended])?;
+                update.execute(params![
+                    mailbox.id,
+                    mailbox.last_seq,
+                    mailbox.appended,
+                    saturating_sql(mailbox.appended_bytes)
+                ])?;
             }
             self.mailboxes.clear();
         }
@@ -559,21 +599,25 @@ impl PendingAppends {
         Ok(())
     }
 
-    /// The recipient's account id and last seq, or `None` if no account has
-    /// the key.
-    fn recipient(&mut self, key: &str, lookup: &mut Statement<'_>) -> rusqlite::Result<Option<(u64, u64)>> {
+    /// The recipient's mailbox as this run sees it, or `None` if no
+    /// account has the key. Read from its account row once per run.
+    fn recipient(&mut self, key: &str, lookup: &mut Statement<'_>) -> rusqlite::Result<Option<PendingMailbox>> {
         if let Some(mailbox) = self.mailboxes.get(key) {
-            return Ok(Some((mailbox.id, mailbox.last_seq)));
+            return Ok(Some(*mailbox));
         }
         let found = lookup
-            .query_row([key], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?)))
+            .query_row([key], |row| {
+                Ok(PendingMailbox {
+                    id: row.get(0)?,
+                    last_seq: row.get(1)?,
+                    appended: 0,
+                    appended_bytes: 0,
+                    stored_messages: row.get(2)?,
+                    stored_bytes: row.get(3)?,
+                })
+            })
             .optional()?;
-        if let Some((id, last_seq)) = found {
-            let mailbox = PendingMailbox {
-                id,
-                last_seq,
-                appended: 0,
-            };
+        if let Some(mailbox) = found {
             self.mailboxes.insert(key.to_owned(), mailbox);
         }
         Ok(found)
@@ -595,10 +639,13 @@ impl PendingAppends {
 
     /// Takes `id` and `seq` for a message to the recipient `key`, which
     /// [`PendingAppends::recipient`] found.
-    fn appended(&mut self, key: &str, seq: u64, id: u64) {
+    fn appended(&mut self, key: &str, seq: u64, id: u64, bytes: u64) {
         if let Some(mailbox) = self.mailboxes.get_mut(key) {
             mailbox.last_seq = seq;
             mailbox.appended += 1;
+            mailbox.appended_bytes = mailbox.appended_bytes.saturating_add(bytes);
+            mailbox.stored_messages = mailbox.stored_messages.saturating_add(1);
+            mailbox.stored_bytes = mailbox.stored_bytes.saturating_add(bytes);
         }
         self.last_id = Some(id);
         self.id_unwritten = true;
@@ -614,7 +661,7 @@ impl PendingAppends {
 pub(super) struct AppendStatements<'c> {
     /// The idempotency record of (sender, client_msg_id).
     sent: Statement<'c>,
-    /// The recipient's id and stored `last_seq`.
+    /// The recipient's id, stored `last_seq` and quota counts.
     recipient: Statement<'c>,
     /// The last message id handed out.
     last_id: Statement<'c>,
@@ -631,7 +678,8 @@ impl<'c> AppendStatements<'c> {
                 "SELECT message_id, recipient, seq, timestamp_ms FROM sent_ids
                  WHERE sender = ?1 AND client_msg_id = ?2",
             )?,
-            recipient: conn.prepare("SELECT id, last_seq FROM accounts WHERE name_key = ?1")?,
+            recipient: conn
+                .prepare("SELECT id, last_seq, stored_messages, stored_bytes FROM accounts WHERE name_key = ?1")?,
             last_id: conn.prepare("SELECT value FROM counters WHERE name = 'message_id'")?,
             record: conn.prepare(
                 "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
@@ -657,13 +705,23 @@ fn append(
 ) -> OpResult<Appended> {
     let sender = clamp(new.sender.0);
     let timestamp_ms = clamp(new.timestamp_ms);
-    let Some((recipient, last_seq)) = pending.recipient(&new.recipient_key, &mut statements.recipient)? else {
+    let Some(mailbox) = pending.recipient(&new.recipient_key, &mut statements.recipient)? else {
         // A retry gets the original answer even if the recipient is gone.
         return match original(conn, new, statements)? {
             Some(appended) => Ok(appended),
             None => Err(StoreError::NoSuchUser.into()),
         };
     };
+    let (recipient, last_seq) = (mailbox.id, mailbox.last_seq);
+    let bytes = body_bytes(&new.body);
+    if !new.quota.admits(mailbox.stored_messages, mailbox.stored_bytes, bytes) {
+        // A retry of a stored message still gets the original answer; only
+        // a full mailbox pays for this lookup.
+        return match original(conn, new, statements)? {
+            Some(appended) => Ok(appended),
+            None => Err(StoreError::MailboxFull.into()),
+        };
+    }
     let seq = last_seq
         .checked_add(1)
         .ok_or_else(|| StoreError::Backend("mailbox seq overflow".into()))?;
@@ -690,7 +748,7 @@ fn append(
         new.body,
         timestamp_ms
     ])?;
-    pending.appended(&new.recipient_key, seq, message_id);
+    pending.appended(&new.recipient_key, seq, message_id, bytes);
     Ok(Appended {
         message: Arc::new(unacked(new, message_id, recipient, seq, timestamp_ms)),
         duplicate: false,
@@ -878,9 +936,13 @@ fn delete_messages(conn: &Connection, user: UserId, ids: Vec<MessageId>) -> OpRe
         return Ok(Vec::new());
     };
     let recipient = user.0;
-    let mut stmt = conn.prepare_cached("DELETE FROM messages WHERE id = ?1 AND recipient = ?2 RETURNING seq, acked")?;
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM messages WHERE id = ?1 AND recipient = ?2
+         RETURNING seq, acked, length(CAST(body AS BLOB))",
+    )?;
     let mut deleted = Vec::new();
     let mut unread_deleted = 0u64;
+    let mut bytes_deleted = 0u64;
     for id in ids {
         // An id SQLite cannot hold cannot exist; a repeated id finds its row
         // already gone, so each id is reported once.
@@ -889,19 +951,30 @@ fn delete_messages(conn: &Connection, user: UserId, ids: Vec<MessageId>) -> OpRe
         };
         let row = stmt
             .query_row(params![sql_id, recipient], |row| {
-                Ok((row.get::<_, u64>(0)?, row.get::<_, bool>(1)?))
+                Ok((row.get::<_, u64>(0)?, row.get::<_, bool>(1)?, row.get::<_, u64>(2)?))
             })
             .optional()?;
-        if let Some((seq, acked)) = row {
+        if let Some((seq, acked, bytes)) = row {
             if !acked && seq > mailbox.acked_through {
                 unread_deleted += 1;
             }
+            bytes_deleted = bytes_deleted.saturating_add(bytes);
             deleted.push(id);
         }
     }
-    if unread_deleted > 0 {
-        conn.prepare_cached("UPDATE accounts SET unread = ?2 WHERE id = ?1")?
-            .execute(params![recipient, mailbox.unread.saturating_sub(unread_deleted)])?;
+    if !deleted.is_empty() {
+        let count = u64::try_from(deleted.len()).unwrap_or(u64::MAX);
+        conn.prepare_cached(
+            "UPDATE accounts SET unread = ?2,
+                 stored_messages = max(stored_messages - ?3, 0), stored_bytes = max(stored_bytes - ?4, 0)
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            recipient,
+            mailbox.unread.saturating_sub(unread_deleted),
+            saturating_sql(count),
+            saturating_sql(bytes_deleted)
+        ])?;
     }
     Ok(deleted)
 }

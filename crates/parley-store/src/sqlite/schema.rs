@@ -138,6 +138,30 @@ const MIGRATIONS: &[&str] = &[
         FROM messages;
     DROP TABLE messages;
     ALTER TABLE messages_v3 RENAME TO messages;",
+    // Version 4: mailbox quotas.
+    //
+    // `accounts.stored_messages` and `accounts.stored_bytes`: the messages
+    // in the mailbox, acknowledged or not, and the bytes of their bodies
+    // (UTF-8, as `store::body_bytes` counts them). Appends, which check
+    // the quota against them in the writer, add to them; deletions take
+    // away; they go with the account row. Counted here for existing
+    // mailboxes, through the (recipient, seq) index.
+    "ALTER TABLE accounts ADD COLUMN stored_messages INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE accounts SET
+        stored_messages = (SELECT count(*) FROM messages WHERE recipient = accounts.id),
+        stored_bytes = (SELECT coalesce(sum(length(CAST(body AS BLOB))), 0)
+                        FROM messages WHERE recipient = accounts.id);",
+    // Version 5: invite codes (`registration = invite`).
+    //
+    // Only SHA-256 hashes of the codes, as for resume tokens. A row is
+    // deleted when its code registers an account (in the same transaction
+    // as the account's insert) and when it has expired and another invite
+    // is made.
+    "CREATE TABLE invites (
+        hash BLOB PRIMARY KEY,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build creates and understands.

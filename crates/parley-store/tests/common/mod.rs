@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parley_core::scram::StoredCredentials;
-use parley_core::store::{Account, Appended, NewAccount, NewMessage, NewResumeToken};
+use parley_core::store::{Account, Appended, MailboxQuota, NewAccount, NewMessage, NewResumeToken};
 use parley_core::{Mechanism, Store};
 use parley_store::{MemoryStore, SqliteOptions, SqliteStore};
 use tempfile::TempDir;
@@ -67,6 +67,7 @@ pub fn new_account(name: &str) -> NewAccount {
         name: name.to_owned(),
         name_key: name.to_ascii_lowercase(),
         credentials: credentials(name),
+        invite: None,
     }
 }
 
@@ -83,6 +84,7 @@ pub fn message(sender: &Account, to: &str, client_msg_id: &str, body: &str) -> N
         client_msg_id: client_msg_id.to_owned(),
         body: body.to_owned(),
         timestamp_ms: 1_700_000_000_000 + body.len() as u64,
+        quota: MailboxQuota::UNLIMITED,
     }
 }
 
