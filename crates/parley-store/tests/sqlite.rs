@@ -10,7 +10,7 @@ use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
 use common::{HOUR_MS, create_token, db_path, hash, live_tokens, message, new_account, now_ms, register, send};
 
 /// The schema version this build writes.
-const CURRENT_VERSION: i64 = 3;
+const CURRENT_VERSION: i64 = 4;
 
 /// The `PRAGMA user_version` of the database file.
 fn schema_version(conn: &rusqlite::Connection) -> i64 {
@@ -598,6 +598,8 @@ fn downgrade_to_version_2(conn: &rusqlite::Connection) {
          ALTER TABLE messages_v2 RENAME TO messages;
          CREATE INDEX messages_unacked ON messages (recipient, seq) WHERE acked = 0;
          DROP TABLE counters;
+         DROP TABLE presence_subscriptions;
+         DROP TABLE blocks;
          ALTER TABLE accounts DROP COLUMN acked_through;
          ALTER TABLE accounts DROP COLUMN unread;
          PRAGMA user_version = 2;
@@ -628,6 +630,8 @@ async fn migrates_with_its_data(from: i64) {
     assert_eq!(store.ack(bob.id, range).await.unwrap().0, 2);
     // The highest id ever handed out goes.
     assert_eq!(store.delete_messages(bob.id, vec![m4.id]).await, Ok(vec![m4.id]));
+    // A contact followed before presence needed consent.
+    store.add_contact(alice.id, "bob", 10).await.unwrap();
     store.close().await.unwrap();
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
@@ -649,6 +653,13 @@ async fn migrates_with_its_data(from: i64) {
     }
 
     let store = open(&dir, SqliteOptions::default());
+    if from >= 2 {
+        // A contact followed without consent became a request to answer.
+        let requests = store.presence_requests(bob.id, 10).await.unwrap();
+        assert_eq!(requests.iter().map(|a| a.id).collect::<Vec<_>>(), [alice.id]);
+        let contacts = store.contacts_with_presence(alice.id).await.unwrap();
+        assert_eq!(contacts[0].subscription, parley_core::presence::Subscription::Pending);
+    }
     // The old data is all there, acks included.
     assert_eq!(store.find_account("alice").await.unwrap(), Some(alice.clone()));
     let acked = |m: &std::sync::Arc<parley_core::store::StoredMessage>| {
@@ -696,9 +707,11 @@ async fn migrates_with_its_data(from: i64) {
             tables(&conn),
             vec![
                 "accounts",
+                "blocks",
                 "contacts",
                 "counters",
                 "messages",
+                "presence_subscriptions",
                 "resume_tokens",
                 "sent_ids"
             ]

@@ -119,6 +119,8 @@ pub(super) enum Op {
         credentials: StoredCredentials,
         reply: Reply<()>,
     },
+    /// A presence subscription or block operation (`relations.rs`).
+    Relation(Box<dyn super::relations::RelationCall>),
 }
 
 /// An operation that has run, holding its answer until the batch commits.
@@ -162,7 +164,7 @@ impl<T: Send> Outcome for Answer<T> {
 }
 
 /// Boxes an operation's result with its reply channel.
-fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> Box<dyn Outcome> {
+pub(super) fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> Box<dyn Outcome> {
     Box::new(Answer {
         reply,
         result: result.map_err(StoreError::from),
@@ -171,7 +173,7 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> Box
 
 /// Why an operation failed inside the writer.
 #[derive(Debug, thiserror::Error)]
-enum OpError {
+pub(super) enum OpError {
     /// A domain answer such as `NameTaken` or `NoSuchUser`.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -189,7 +191,7 @@ impl From<OpError> for StoreError {
     }
 }
 
-type OpResult<T> = Result<T, OpError>;
+pub(super) type OpResult<T> = Result<T, OpError>;
 
 impl Op {
     /// Whether the operation may write, and so needs a savepoint.
@@ -208,6 +210,7 @@ impl Op {
             | Op::RevokeResumeToken { .. }
             | Op::RevokeAllResumeTokens { .. }
             | Op::SetCredentials { .. } => true,
+            Op::Relation(call) => call.writes(),
             Op::FindAccount { .. }
             | Op::ListAccounts { .. }
             | Op::Fetch { .. }
@@ -294,6 +297,7 @@ impl Op {
                 credentials,
                 reply,
             } => answer(reply, set_credentials(conn, user, &credentials)),
+            Op::Relation(call) => call.execute(conn),
         }
     }
 
@@ -318,18 +322,19 @@ impl Op {
             Op::RevokeResumeToken { reply, .. } => refuse(reply, error),
             Op::RevokeAllResumeTokens { reply, .. } => refuse(reply, error),
             Op::SetCredentials { reply, .. } => refuse(reply, error),
+            Op::Relation(call) => call.fail(error),
         }
     }
 }
 
 /// Answers `error` on `reply`.
-fn refuse<T>(reply: Reply<T>, error: StoreError) {
+pub(super) fn refuse<T>(reply: Reply<T>, error: StoreError) {
     // A caller that dropped its reply no longer wants the answer.
     let _ = reply.send(Err(error));
 }
 
 /// Whether an account with this id exists; never for ids SQLite cannot hold.
-fn account_exists(conn: &Connection, user: UserId) -> OpResult<bool> {
+pub(super) fn account_exists(conn: &Connection, user: UserId) -> OpResult<bool> {
     let Some(id) = exact_sql(user.0) else {
         return Ok(false);
     };
@@ -440,6 +445,7 @@ fn delete_account(conn: &Connection, user: UserId) -> OpResult<()> {
         .execute([id])?;
     conn.prepare_cached("DELETE FROM contacts WHERE contact = ?1")?
         .execute([id])?;
+    super::relations::forget_account(conn, id)?;
     conn.prepare_cached("DELETE FROM accounts WHERE id = ?1")?
         .execute([id])?;
     Ok(())
@@ -497,7 +503,7 @@ const LIST_FROM_BELOW: &str = "SELECT id, name, name_key FROM accounts
      ORDER BY name_key LIMIT ?4";
 
 /// Reads a row of `id, name, name_key`.
-fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
+pub(super) fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
     Ok(AccountSummary {
         id: UserId(row.get(0)?),
         name: row.get(1)?,
@@ -536,6 +542,10 @@ struct PendingMailbox {
     last_seq: u64,
     /// Messages appended and not yet counted in the account row.
     appended: u64,
+    /// Whether the recipient blocks any account, so that only then does an
+    /// append look for a block of its sender (one lookup per recipient
+    /// per run instead of one per message).
+    blocks_anyone: bool,
 }
 
 impl PendingAppends {
@@ -561,18 +571,21 @@ impl PendingAppends {
 
     /// The recipient's account id and last seq, or `None` if no account has
     /// the key.
-    fn recipient(&mut self, key: &str, lookup: &mut Statement<'_>) -> rusqlite::Result<Option<(u64, u64)>> {
+    fn recipient(&mut self, key: &str, lookup: &mut Statement<'_>) -> rusqlite::Result<Option<(u64, u64, bool)>> {
         if let Some(mailbox) = self.mailboxes.get(key) {
-            return Ok(Some((mailbox.id, mailbox.last_seq)));
+            return Ok(Some((mailbox.id, mailbox.last_seq, mailbox.blocks_anyone)));
         }
         let found = lookup
-            .query_row([key], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?)))
+            .query_row([key], |row| {
+                Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?, row.get::<_, bool>(2)?))
+            })
             .optional()?;
-        if let Some((id, last_seq)) = found {
+        if let Some((id, last_seq, blocks_anyone)) = found {
             let mailbox = PendingMailbox {
                 id,
                 last_seq,
                 appended: 0,
+                blocks_anyone,
             };
             self.mailboxes.insert(key.to_owned(), mailbox);
         }
@@ -614,8 +627,10 @@ impl PendingAppends {
 pub(super) struct AppendStatements<'c> {
     /// The idempotency record of (sender, client_msg_id).
     sent: Statement<'c>,
-    /// The recipient's id and stored `last_seq`.
+    /// The recipient's id, stored `last_seq` and whether it blocks anyone.
     recipient: Statement<'c>,
+    /// Whether the recipient blocks the sender.
+    blocked: Statement<'c>,
     /// The last message id handed out.
     last_id: Statement<'c>,
     /// The idempotency record written, unless there is one.
@@ -631,7 +646,11 @@ impl<'c> AppendStatements<'c> {
                 "SELECT message_id, recipient, seq, timestamp_ms FROM sent_ids
                  WHERE sender = ?1 AND client_msg_id = ?2",
             )?,
-            recipient: conn.prepare("SELECT id, last_seq FROM accounts WHERE name_key = ?1")?,
+            recipient: conn.prepare(
+                "SELECT id, last_seq, EXISTS (SELECT 1 FROM blocks WHERE blocker = accounts.id)
+                 FROM accounts WHERE name_key = ?1",
+            )?,
+            blocked: conn.prepare("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?,
             last_id: conn.prepare("SELECT value FROM counters WHERE name = 'message_id'")?,
             record: conn.prepare(
                 "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
@@ -657,7 +676,13 @@ fn append(
 ) -> OpResult<Appended> {
     let sender = clamp(new.sender.0);
     let timestamp_ms = clamp(new.timestamp_ms);
-    let Some((recipient, last_seq)) = pending.recipient(&new.recipient_key, &mut statements.recipient)? else {
+    let found = pending.recipient(&new.recipient_key, &mut statements.recipient)?;
+    // A blocked sender is answered as if the account did not exist.
+    let found = match found {
+        Some((recipient, _, true)) if statements.blocked.exists(params![recipient, sender])? => None,
+        found => found,
+    };
+    let Some((recipient, last_seq, _)) = found else {
         // A retry gets the original answer even if the recipient is gone.
         return match original(conn, new, statements)? {
             Some(appended) => Ok(appended),
@@ -917,7 +942,7 @@ fn mailbox_state(conn: &Connection, user: UserId) -> OpResult<MailboxState> {
 }
 
 /// The account with this name key, as a listing row.
-fn find_summary(conn: &Connection, name_key: &str) -> OpResult<Option<AccountSummary>> {
+pub(super) fn find_summary(conn: &Connection, name_key: &str) -> OpResult<Option<AccountSummary>> {
     let mut stmt = conn.prepare_cached("SELECT id, name, name_key FROM accounts WHERE name_key = ?1")?;
     Ok(stmt.query_row([name_key], summary_from_row).optional()?)
 }
@@ -955,7 +980,16 @@ fn remove_contact(conn: &Connection, user: UserId, contact_key: &str) -> OpResul
         "DELETE FROM contacts
          WHERE owner = ?1 AND contact = (SELECT id FROM accounts WHERE name_key = ?2)",
     )?;
-    Ok(stmt.execute(params![owner, contact_key])? > 0)
+    let removed = stmt.execute(params![owner, contact_key])? > 0;
+    if removed {
+        // The subscription to its presence goes with the contact.
+        conn.prepare_cached(
+            "DELETE FROM presence_subscriptions
+             WHERE watcher = ?1 AND target = (SELECT id FROM accounts WHERE name_key = ?2)",
+        )?
+        .execute(params![owner, contact_key])?;
+    }
+    Ok(removed)
 }
 
 fn list_contacts(conn: &Connection, user: UserId) -> OpResult<Vec<AccountSummary>> {
