@@ -337,9 +337,11 @@ async fn shell_shows_presence_and_reconnects_after_a_restart() {
         return;
     }
     let mut h = Harness::start(Store::Sqlite);
-    drop(h.user("bob").await);
+    let bob = h.user("bob").await;
     let alice = h.user("alice").await;
     alice.add_contact("bob").await.expect("add contact");
+    bob.approve_presence("alice").await.expect("approve");
+    drop(bob);
     wait_presence(&alice, "bob", false).await;
     drop(alice);
 

@@ -28,8 +28,8 @@ use crate::name::{NamePattern, UserName, name_key};
 use crate::presence::Subscription;
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
-    AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store,
-    StoreError, StoreReply, StoredMessage,
+    AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store, StoreError, StoreReply,
+    StoredMessage,
 };
 use crate::throttle::{Attempt, Throttle, ThrottleSettings};
 

@@ -608,7 +608,10 @@ pub async fn approve_presence(
     Ok(axum::Json(PresenceRequests { requests: list.await? }))
 }
 
-pub async fn deny_presence(auth: Authed, PathParam(name): PathParam<String>) -> ApiResult<axum::Json<PresenceRequests>> {
+pub async fn deny_presence(
+    auth: Authed,
+    PathParam(name): PathParam<String>,
+) -> ApiResult<axum::Json<PresenceRequests>> {
     let (denied, list) = start!(auth, |s| (s.deny_presence(&name), s.presence_requests()))?;
     denied?.await?;
     Ok(axum::Json(PresenceRequests { requests: list.await? }))

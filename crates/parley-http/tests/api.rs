@@ -334,12 +334,17 @@ async fn presence_consent_and_blocks() {
     let page = api.get("/v1/accounts?pattern=gus", Some(&mal)).await;
     assert_eq!(page.ok()["accounts"], json!([{ "name": "gus", "online": false }]));
     api.method(Method::PUT, "/v1/contacts/gus", Some(&mal)).await.ok();
-    let cancelled = api.method(Method::DELETE, "/v1/contacts/gus/presence", Some(&mal)).await;
+    let cancelled = api
+        .method(Method::DELETE, "/v1/contacts/gus/presence", Some(&mal))
+        .await;
     assert_eq!(
         cancelled.ok()["contacts"],
         json!([{ "name": "gus", "online": false, "subscription": "none" }])
     );
-    assert_eq!(api.get("/v1/presence/requests", Some(&gus)).await.ok()["requests"], json!([]));
+    assert_eq!(
+        api.get("/v1/presence/requests", Some(&gus)).await.ok()["requests"],
+        json!([])
+    );
     api.post("/v1/presence/requests/mal/approve", Some(&gus), json!({}))
         .await
         .problem(400, "INVALID_REQUEST");
@@ -354,7 +359,10 @@ async fn presence_consent_and_blocks() {
     .await
     .problem(404, "NO_SUCH_USER");
     api.method(Method::PUT, "/v1/contacts/gus", Some(&mal)).await.ok();
-    assert_eq!(api.get("/v1/presence/requests", Some(&gus)).await.ok()["requests"], json!([]));
+    assert_eq!(
+        api.get("/v1/presence/requests", Some(&gus)).await.ok()["requests"],
+        json!([])
+    );
     api.method(Method::PUT, "/v1/blocks/gus", Some(&gus))
         .await
         .problem(400, "INVALID_REQUEST");

@@ -155,15 +155,23 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
         (prop::collection::vec(arb_message(), 0..8), any::<bool>())
             .prop_map(|(messages, more)| server_frame::Body::Messages(v1::MessageBatch { messages, more })),
         prop::collection::vec(arb_message(), 0..8).prop_map(|messages| server_frame::Body::Push(v1::Push { messages })),
-        (prop::collection::vec((".{0,32}", any::<bool>()), 0..8), ".{0,32}").prop_map(|(entries, next_after)| {
-            server_frame::Body::Accounts(v1::AccountPage {
-                accounts: entries
-                    .into_iter()
-                    .map(|(name, online)| v1::AccountEntry { name, online })
-                    .collect(),
-                next_after,
-            })
-        }),
+        (
+            prop::collection::vec((".{0,32}", any::<bool>(), 0..3i32), 0..8),
+            ".{0,32}"
+        )
+            .prop_map(|(entries, next_after)| {
+                server_frame::Body::Accounts(v1::AccountPage {
+                    accounts: entries
+                        .into_iter()
+                        .map(|(name, online, subscription)| v1::AccountEntry {
+                            name,
+                            online,
+                            subscription,
+                        })
+                        .collect(),
+                    next_after,
+                })
+            }),
         (
             prop::collection::vec(any::<u64>(), 0..8),
             prop::collection::vec(any::<u64>(), 0..8)

@@ -19,7 +19,13 @@ async fn next_event(client: &Client) -> Event {
 }
 
 fn presence(name: &str, online: bool) -> String {
-    format!("{:?}", Event::Presence { name: name.into(), online })
+    format!(
+        "{:?}",
+        Event::Presence {
+            name: name.into(),
+            online
+        }
+    )
 }
 
 fn states(contacts: &[parley_proto::v1::AccountEntry]) -> Vec<(&str, Subscription, bool)> {
@@ -38,7 +44,10 @@ async fn a_strangers_list_shows_nobody_online(store: Store) {
     let online: Vec<(&str, bool)> = page.accounts.iter().map(|a| (a.name.as_str(), a.online)).collect();
     assert_eq!(online, [("bob", false), ("mallory", true)]);
 }
-both_stores!(a_strangers_list_shows_nobody_online, a_strangers_list_shows_nobody_online);
+both_stores!(
+    a_strangers_list_shows_nobody_online,
+    a_strangers_list_shows_nobody_online
+);
 
 /// Adding a contact asks for their presence; nothing flows until they
 /// approve, and then it does.

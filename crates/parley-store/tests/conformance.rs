@@ -999,7 +999,12 @@ async fn presence_request_approve_deny_cancel(store: &dyn Store) {
     // A request adds the contact and waits for Bob.
     let asked = store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
     assert_eq!(
-        (asked.target.id, asked.subscription, asked.new_request, asked.blocked_by_requester),
+        (
+            asked.target.id,
+            asked.subscription,
+            asked.new_request,
+            asked.blocked_by_requester
+        ),
         (bob.id, Subscription::Pending, true, false)
     );
     let again = store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
@@ -1017,7 +1022,10 @@ async fn presence_request_approve_deny_cancel(store: &dyn Store) {
         (alice.id, Subscription::Pending, Subscription::Approved)
     );
     let twice = store.answer_presence(bob.id, "alice", true).await.unwrap();
-    assert_eq!((twice.before, twice.after), (Subscription::Approved, Subscription::Approved));
+    assert_eq!(
+        (twice.before, twice.after),
+        (Subscription::Approved, Subscription::Approved)
+    );
     assert_eq!(store.presence_requests(bob.id, 10).await, Ok(vec![]));
     assert_eq!(
         subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
@@ -1028,10 +1036,16 @@ async fn presence_request_approve_deny_cancel(store: &dyn Store) {
     assert_eq!((kept.subscription, kept.new_request), (Subscription::Approved, false));
     // Approving what nobody asked changes nothing.
     let unasked = store.answer_presence(alice.id, "carol", true).await.unwrap();
-    assert_eq!((unasked.before, unasked.after), (Subscription::None, Subscription::None));
+    assert_eq!(
+        (unasked.before, unasked.after),
+        (Subscription::None, Subscription::None)
+    );
     // Denying revokes an approval; the contact stays.
     let revoked = store.answer_presence(bob.id, "alice", false).await.unwrap();
-    assert_eq!((revoked.before, revoked.after), (Subscription::Approved, Subscription::None));
+    assert_eq!(
+        (revoked.before, revoked.after),
+        (Subscription::Approved, Subscription::None)
+    );
     assert_eq!(
         subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
         [("bob", Subscription::None)]
@@ -1039,7 +1053,10 @@ async fn presence_request_approve_deny_cancel(store: &dyn Store) {
     // Cancelling withdraws a pending request.
     store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
     let cancelled = store.cancel_presence(alice.id, "bob").await.unwrap();
-    assert_eq!((cancelled.before, cancelled.after), (Subscription::Pending, Subscription::None));
+    assert_eq!(
+        (cancelled.before, cancelled.after),
+        (Subscription::Pending, Subscription::None)
+    );
     assert_eq!(store.presence_requests(bob.id, 10).await, Ok(vec![]));
     // Removing the contact takes the subscription with it.
     store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
@@ -1086,7 +1103,11 @@ async fn presence_requests_count_against_the_contact_limit(store: &dyn Store) {
         store.request_presence(user.id, "carol", 1).await.unwrap();
     }
     let carol = store.find_account("carol").await.unwrap().unwrap();
-    assert_eq!(store.presence_requests(carol.id, 3).await.unwrap().len(), 3, "the listing is bounded");
+    assert_eq!(
+        store.presence_requests(carol.id, 3).await.unwrap().len(),
+        3,
+        "the listing is bounded"
+    );
 }
 
 async fn blocks_refuse_appends_and_hide_requests(store: &dyn Store) {
@@ -1099,7 +1120,10 @@ async fn blocks_refuse_appends_and_hide_requests(store: &dyn Store) {
     store.request_presence(bob.id, "alice", ROOMY).await.unwrap();
     let blocked = store.block(bob.id, "alice", ROOMY).await.unwrap();
     assert_eq!((blocked.target.id, blocked.added), (alice.id, true));
-    assert!(!store.block(bob.id, "alice", ROOMY).await.unwrap().added, "twice is fine");
+    assert!(
+        !store.block(bob.id, "alice", ROOMY).await.unwrap().added,
+        "twice is fine"
+    );
     // Subscriptions end both ways.
     assert_eq!(
         subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
@@ -1122,10 +1146,16 @@ async fn blocks_refuse_appends_and_hide_requests(store: &dyn Store) {
     send(store, &bob, "alice", "b1", "hi").await;
     // Her new request is kept from him and cannot be approved.
     let hidden = store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
-    assert_eq!((hidden.subscription, hidden.new_request), (Subscription::Pending, false));
+    assert_eq!(
+        (hidden.subscription, hidden.new_request),
+        (Subscription::Pending, false)
+    );
     assert_eq!(store.presence_requests(bob.id, 10).await, Ok(vec![]));
     let refused = store.answer_presence(bob.id, "alice", true).await.unwrap();
-    assert_eq!((refused.before, refused.after), (Subscription::None, Subscription::None));
+    assert_eq!(
+        (refused.before, refused.after),
+        (Subscription::None, Subscription::None)
+    );
     // The blocker asking for the blocked one's presence does nothing.
     let own = store.request_presence(bob.id, "alice", ROOMY).await.unwrap();
     assert!(own.blocked_by_requester);

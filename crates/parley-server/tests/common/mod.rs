@@ -68,7 +68,9 @@ pub async fn approve_and_leave(
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let contacts = watcher.list_contacts().await.unwrap();
-        let online = contacts.iter().any(|c| c.name.eq_ignore_ascii_case(approver) && c.online);
+        let online = contacts
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case(approver) && c.online);
         if !online {
             break;
         }

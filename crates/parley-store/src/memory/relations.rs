@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use parley_core::UserId;
 use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested, Subscription};
 use parley_core::store::{AccountSummary, StoreError, StoreResult};
-use parley_core::UserId;
 
 use super::State;
 use crate::rules::{block_limit_message, contact_limit_message};

@@ -478,12 +478,20 @@ impl Store for SqliteStore {
 
     fn request_presence(&self, user: UserId, target_key: &str, max_contacts: u32) -> StoreReply<PresenceRequested> {
         let args = (user, target_key.to_owned(), max_contacts);
-        self.submit(|reply| relations::call(args, reply, true, |c, (u, k, m)| relations::request_presence(c, u, &k, m)))
+        self.submit(|reply| {
+            relations::call(args, reply, true, |c, (u, k, m)| {
+                relations::request_presence(c, u, &k, m)
+            })
+        })
     }
 
     fn answer_presence(&self, user: UserId, requester_key: &str, approve: bool) -> StoreReply<PresenceChange> {
         let args = (user, requester_key.to_owned(), approve);
-        self.submit(|reply| relations::call(args, reply, true, |c, (u, k, a)| relations::answer_presence(c, u, &k, a)))
+        self.submit(|reply| {
+            relations::call(args, reply, true, |c, (u, k, a)| {
+                relations::answer_presence(c, u, &k, a)
+            })
+        })
     }
 
     fn cancel_presence(&self, user: UserId, target_key: &str) -> StoreReply<PresenceChange> {
@@ -493,7 +501,9 @@ impl Store for SqliteStore {
 
     fn presence_requests(&self, user: UserId, limit: u32) -> StoreReply<Vec<AccountSummary>> {
         self.submit(|reply| {
-            relations::call((user, limit), reply, false, |c, (u, l)| relations::presence_requests(c, u, l))
+            relations::call((user, limit), reply, false, |c, (u, l)| {
+                relations::presence_requests(c, u, l)
+            })
         })
     }
 
