@@ -69,7 +69,7 @@ async fn drain_into(
                 }
                 let _ = ack_tx.send(last_seq);
             }
-            Some(Event::Presence { .. }) => {}
+            Some(Event::Presence { .. } | Event::PresenceRequest { .. } | Event::PresenceApproved { .. }) => {}
             Some(Event::Goodbye { message, .. }) => anyhow::bail!("server said goodbye: {message}"),
             Some(Event::Disconnected) | None => anyhow::bail!("disconnected"),
         }

@@ -226,7 +226,7 @@ async fn parley_receiver(
                     per_second.add(now, fresh);
                     let _ = ack_tx.send(last_seq);
                 }
-                Some(Event::Presence { .. }) => {}
+                Some(Event::Presence { .. } | Event::PresenceRequest { .. } | Event::PresenceApproved { .. }) => {}
                 Some(Event::Goodbye { message, .. }) => {
                     counters.error(format!("receiver got Goodbye: {message}"));
                     break;

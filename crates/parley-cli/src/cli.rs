@@ -132,11 +132,55 @@ pub enum Command {
     /// Print messages (and contacts coming and going) as they arrive, until
     /// interrupted; reconnects when the server goes away
     Watch(WatchArgs),
-    /// List, add or remove contacts: the accounts whose presence you follow
-    /// (* marks who is online). Without a subcommand: list
+    /// List, add or remove contacts: the accounts whose presence you ask to
+    /// see (* marks who is online, once they approved). Without a
+    /// subcommand: list
     Contacts(ContactsArgs),
     /// Show which of your contacts are online
     Who,
+    /// Answer requests to see your presence, or cancel your own. Without a
+    /// subcommand: list the requests waiting for your answer
+    Presence(PresenceArgs),
+    /// Block an account: its messages to you fail, no presence either way,
+    /// its requests are not shown; then list the accounts you block
+    Block {
+        /// Account name
+        name: String,
+    },
+    /// End a block, then list the accounts you block
+    Unblock {
+        /// Account name
+        name: String,
+    },
+    /// List the accounts you block
+    Blocked,
+}
+
+#[derive(Args, Debug)]
+pub struct PresenceArgs {
+    #[command(subcommand)]
+    pub action: Option<PresenceAction>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PresenceAction {
+    /// List the accounts asking to see your presence (the default)
+    Requests,
+    /// Let an account that asked see your presence
+    Approve {
+        /// Account name
+        name: String,
+    },
+    /// Refuse an account's request, or take back an approval
+    Deny {
+        /// Account name
+        name: String,
+    },
+    /// Withdraw your request for an account's presence, or stop seeing it
+    Cancel {
+        /// Account name
+        name: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -214,7 +258,7 @@ pub struct ContactsArgs {
 pub enum ContactsAction {
     /// List your contacts (the default)
     List,
-    /// Follow an account's presence, then list your contacts
+    /// Add a contact and ask to see its presence, then list your contacts
     Add {
         /// Account name
         name: String,
@@ -282,5 +326,22 @@ mod tests {
         let cli = Cli::try_parse_from(["parley", "--no-reconnect"]).unwrap();
         assert!(cli.global.no_reconnect && cli.command.is_none());
         assert!(Cli::try_parse_from(["parley", "contacts", "remove"]).is_err());
+    }
+
+    #[test]
+    fn presence_and_block_commands_parse() {
+        let cli = Cli::try_parse_from(["parley", "presence"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Presence(PresenceArgs { action: None }))
+        ));
+        let cli = Cli::try_parse_from(["parley", "presence", "approve", "bob"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Presence(PresenceArgs { action: Some(PresenceAction::Approve { name }) })) if name == "bob")
+        );
+        let cli = Cli::try_parse_from(["parley", "block", "mallory"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Block { name }) if name == "mallory"));
+        assert!(Cli::try_parse_from(["parley", "presence", "deny"]).is_err());
+        assert!(Cli::try_parse_from(["parley", "unblock"]).is_err());
     }
 }

@@ -15,10 +15,14 @@ use parley_client::{AccountEntry, Client, ErrorCode, Event, LoginInfo};
 use serde_json::json;
 
 use crate::cli::{
-    ContactsAction, ContactsArgs, DeleteAccountArgs, DeleteArgs, ListArgs, LogoutArgs, ReadArgs, SendArgs, WatchArgs,
+    ContactsAction, ContactsArgs, DeleteAccountArgs, DeleteArgs, ListArgs, LogoutArgs, PresenceAction, PresenceArgs,
+    ReadArgs, SendArgs, WatchArgs,
 };
 use crate::exit::{Exit, Failure, server_code};
-use crate::format::{account_line, count, message_json, message_line, out, out_json, presence_json, presence_line};
+use crate::format::{
+    account_line, contact_line, count, message_json, message_line, out, out_json, presence_approved_line,
+    presence_json, presence_line, presence_request_line, printable, subscription_name,
+};
 use crate::reconnect::{Delivery, End, Link, is_disconnect};
 use crate::session::{self, Credentials, timed};
 use crate::settings::Settings;
@@ -421,17 +425,72 @@ pub async fn contacts(ctx: &mut Invocation, args: &ContactsArgs) -> anyhow::Resu
         Some(ContactsAction::Add { name }) => add_contact(&client, name).await?,
         Some(ContactsAction::Remove { name }) => remove_contact(&client, name).await?,
     };
+    print_contacts(ctx, &contacts)
+}
+
+fn print_contacts(ctx: &Invocation, contacts: &[AccountEntry]) -> anyhow::Result<Exit> {
     if ctx.json {
         let list: Vec<_> = contacts
             .iter()
-            .map(|c| json!({ "name": c.name, "online": c.online }))
+            .map(|c| json!({ "name": c.name, "online": c.online, "subscription": subscription_name(c) }))
             .collect();
         out_json(&json!({ "contacts": list }))?;
     } else if contacts.is_empty() {
         eprintln!("no contacts (parley contacts add NAME adds one)");
     } else {
-        for c in &contacts {
-            out(&account_line(&c.name, c.online))?;
+        for c in contacts {
+            out(&contact_line(c))?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// `parley presence [requests | approve NAME | deny NAME | cancel NAME]`
+pub async fn presence(ctx: &mut Invocation, args: &PresenceArgs) -> anyhow::Result<Exit> {
+    let (client, _info) = ctx.open().await?;
+    let requests = match &args.action {
+        None | Some(PresenceAction::Requests) => timed("listing presence requests", client.presence_requests()).await?,
+        Some(PresenceAction::Approve { name }) => {
+            timed(&format!("approving {name}"), client.approve_presence(name)).await?
+        }
+        Some(PresenceAction::Deny { name }) => timed(&format!("denying {name}"), client.deny_presence(name)).await?,
+        Some(PresenceAction::Cancel { name }) => {
+            let contacts = timed(
+                &format!("cancelling your request for {name}"),
+                client.cancel_presence(name),
+            )
+            .await?;
+            return print_contacts(ctx, &contacts);
+        }
+    };
+    if ctx.json {
+        out_json(&json!({ "requests": requests }))?;
+    } else if requests.is_empty() {
+        eprintln!("nobody is waiting for your answer");
+    } else {
+        for name in &requests {
+            out(&format!("  {} asks to see when you are online", printable(name)))?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// `parley block NAME`, `parley unblock NAME` (`block: false`) and
+/// `parley blocked` (no name): the accounts blocked afterwards.
+pub async fn block(ctx: &mut Invocation, name: Option<&str>, block: bool) -> anyhow::Result<Exit> {
+    let (client, _info) = ctx.open().await?;
+    let blocked = match name {
+        Some(name) if block => timed(&format!("blocking {name}"), client.block(name)).await?,
+        Some(name) => timed(&format!("unblocking {name}"), client.unblock(name)).await?,
+        None => timed("listing blocked accounts", client.list_blocked()).await?,
+    };
+    if ctx.json {
+        out_json(&json!({ "blocked": blocked }))?;
+    } else if blocked.is_empty() {
+        eprintln!("you block nobody");
+    } else {
+        for name in &blocked {
+            out(&format!("  {}", printable(name)))?;
         }
     }
     Ok(Exit::Ok)
@@ -545,6 +604,22 @@ pub async fn watch(ctx: &mut Invocation, args: &WatchArgs) -> anyhow::Result<Exi
                     out_json(&presence_json(&name, online))?
                 } else {
                     out(&presence_line(&name, online))?
+                }
+                continue;
+            }
+            Some(Event::PresenceRequest { from }) => {
+                if ctx.json {
+                    out_json(&json!({ "presence_request": { "from": from } }))?
+                } else {
+                    out(&presence_request_line(&from))?
+                }
+                continue;
+            }
+            Some(Event::PresenceApproved { name }) => {
+                if ctx.json {
+                    out_json(&json!({ "presence_approved": { "name": name } }))?
+                } else {
+                    out(&presence_approved_line(&name))?
                 }
                 continue;
             }

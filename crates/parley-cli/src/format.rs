@@ -41,6 +41,38 @@ pub fn account_line(name: &str, online: bool) -> String {
     format!("{} {}", if online { '*' } else { ' ' }, printable(name))
 }
 
+/// A contact line: `account_line`, then what the subscription waits for.
+pub fn contact_line(entry: &parley_client::AccountEntry) -> String {
+    let line = account_line(&entry.name, entry.online);
+    match entry.subscription() {
+        parley_client::Subscription::Approved => line,
+        parley_client::Subscription::Pending => format!("{line} (asked to see their presence)"),
+        parley_client::Subscription::None => format!("{line} (presence not shared)"),
+    }
+}
+
+/// The subscription's name, as the HTTP API spells it, for JSON output.
+pub fn subscription_name(entry: &parley_client::AccountEntry) -> &'static str {
+    match entry.subscription() {
+        parley_client::Subscription::Approved => "approved",
+        parley_client::Subscription::Pending => "pending",
+        parley_client::Subscription::None => "none",
+    }
+}
+
+/// `* NAME asks to see when you are online`, for a presence request.
+pub fn presence_request_line(from: &str) -> String {
+    format!(
+        "* {} asks to see when you are online (parley presence approve/deny NAME; /approve, /deny in the shell)",
+        printable(from)
+    )
+}
+
+/// `* NAME lets you see when they are online`, for an approval.
+pub fn presence_approved_line(name: &str) -> String {
+    format!("* {} lets you see when they are online", printable(name))
+}
+
 /// `* NAME is online` or `* NAME went offline`, for a contact's presence.
 pub fn presence_line(name: &str, online: bool) -> String {
     let change = if online { "is online" } else { "went offline" };

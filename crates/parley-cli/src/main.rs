@@ -108,6 +108,10 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
             Command::Watch(args) => commands::watch(&mut ctx, args).await,
             Command::Contacts(args) => commands::contacts(&mut ctx, args).await,
             Command::Who => commands::who(&mut ctx).await,
+            Command::Presence(args) => commands::presence(&mut ctx, args).await,
+            Command::Block { name } => commands::block(&mut ctx, Some(name), true).await,
+            Command::Unblock { name } => commands::block(&mut ctx, Some(name), false).await,
+            Command::Blocked => commands::block(&mut ctx, None, false).await,
         };
         ctx.finish().await;
         result

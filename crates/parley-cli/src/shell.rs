@@ -36,7 +36,10 @@ use tokio::sync::Notify;
 
 use crate::commands::{ack_shown, add_contact, online_contacts, remove_contact, seqs_of, unread};
 use crate::exit::{Exit, Failure, describe};
-use crate::format::{account_line, count, message_line, out, presence_line};
+use crate::format::{
+    account_line, contact_line, count, message_line, out, presence_approved_line, presence_line, presence_request_line,
+    printable,
+};
 use crate::reconnect::{Delivery, End, Link, is_disconnect};
 use crate::session::{self, Credentials, timed};
 use crate::settings::{Settings, config_dir};
@@ -67,6 +70,13 @@ commands:
   /add NAME         add a contact: its coming and going is shown
   /remove NAME      remove a contact
   /who              which contacts are online
+  /requests         who asks to see when you are online
+  /approve NAME     let NAME see when you are online
+  /deny NAME        refuse NAME's request, or take back an approval
+  /cancel NAME      withdraw your request for NAME's presence
+  /block NAME       block NAME: no messages, no presence either way
+  /unblock NAME     end a block
+  /blocked          the accounts you block
   /help             this text
   /quit             leave (also Ctrl-D)
 incoming messages are printed as they arrive and marked read.
@@ -388,6 +398,16 @@ async fn deliver(connection: &Connection, shared: &Shared, printer: &SyncSender<
                     return None;
                 }
             }
+            Some(Event::PresenceRequest { from }) => {
+                if !show(printer, presence_request_line(&from)).await {
+                    return None;
+                }
+            }
+            Some(Event::PresenceApproved { name }) => {
+                if !show(printer, presence_approved_line(&name)).await {
+                    return None;
+                }
+            }
             Some(Event::Goodbye { code, message }) => return Some(End::from_goodbye(Some((code, message)))),
             Some(Event::Disconnected) | None => return Some(End::from_goodbye(None)),
         }
@@ -411,6 +431,13 @@ const CONNECTED_COMMANDS: &[&str] = &[
     "/add",
     "/remove",
     "/who",
+    "/requests",
+    "/approve",
+    "/deny",
+    "/cancel",
+    "/block",
+    "/unblock",
+    "/blocked",
 ];
 
 /// Runs one input line; errors are printed and the shell goes on.
@@ -471,6 +498,34 @@ async fn execute_connected(
         "/contacts" => show_contacts(&timed("listing contacts", client.list_contacts()).await?),
         "/add" => show_contacts(&add_contact(client, one_name(rest, "/add NAME")?).await?),
         "/remove" => show_contacts(&remove_contact(client, one_name(rest, "/remove NAME")?).await?),
+        "/requests" => show_requests(&timed("listing presence requests", client.presence_requests()).await?),
+        "/approve" => {
+            let name = one_name(rest, "/approve NAME")?;
+            show_requests(&timed(&format!("approving {name}"), client.approve_presence(name)).await?)
+        }
+        "/deny" => {
+            let name = one_name(rest, "/deny NAME")?;
+            show_requests(&timed(&format!("denying {name}"), client.deny_presence(name)).await?)
+        }
+        "/cancel" => {
+            let name = one_name(rest, "/cancel NAME")?;
+            show_contacts(
+                &timed(
+                    &format!("cancelling your request for {name}"),
+                    client.cancel_presence(name),
+                )
+                .await?,
+            )
+        }
+        "/block" => {
+            let name = one_name(rest, "/block NAME")?;
+            show_blocked(&timed(&format!("blocking {name}"), client.block(name)).await?)
+        }
+        "/unblock" => {
+            let name = one_name(rest, "/unblock NAME")?;
+            show_blocked(&timed(&format!("unblocking {name}"), client.unblock(name)).await?)
+        }
+        "/blocked" => show_blocked(&timed("listing blocked accounts", client.list_blocked()).await?),
         "/who" => {
             let online = online_contacts(client).await?;
             if online.is_empty() {
@@ -495,7 +550,27 @@ fn show_contacts(contacts: &[parley_client::AccountEntry]) -> anyhow::Result<()>
     if contacts.is_empty() {
         return out("no contacts (/add NAME adds one)");
     }
-    contacts.iter().try_for_each(|c| out(&account_line(&c.name, c.online)))
+    contacts.iter().try_for_each(|c| out(&contact_line(c)))
+}
+
+/// The accounts waiting for an answer to their presence requests.
+fn show_requests(requests: &[String]) -> anyhow::Result<()> {
+    if requests.is_empty() {
+        return out("nobody is waiting for your answer");
+    }
+    requests
+        .iter()
+        .try_for_each(|name| out(&format!("  {} asks to see when you are online", printable(name))))
+}
+
+/// The accounts blocked.
+fn show_blocked(blocked: &[String]) -> anyhow::Result<()> {
+    if blocked.is_empty() {
+        return out("you block nobody");
+    }
+    blocked
+        .iter()
+        .try_for_each(|name| out(&format!("  {}", printable(name))))
 }
 
 /// `/send USER TEXT` and `@USER TEXT`.

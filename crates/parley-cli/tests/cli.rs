@@ -185,15 +185,15 @@ async fn send_variants_and_errors() {
 async fn list_with_pattern_online_marker_and_paging() {
     let h = Harness::start(Store::Memory);
     // Only albert stays connected; the others' clients are dropped at once.
+    // Carl sees albert's presence (albert approved him), nobody else's.
     let albert = h.user("albert").await;
     drop(h.user("alice").await);
     drop(h.user("alfred").await);
-    drop(h.user("carl").await);
-    let observer = h.user("observer").await;
+    let observer = h.user("carl").await;
+    observer.add_contact("albert").await.expect("add contact");
+    albert.approve_presence("carl").await.expect("approve");
     wait_presence(&observer, "albert", true).await;
-    for gone in ["alice", "alfred", "carl"] {
-        wait_presence(&observer, gone, false).await;
-    }
+    drop(observer);
 
     let out = h.run("carl", &["list", "al*"]).await.expect_code(0);
     assert_eq!(out.stdout, "* albert\n  alfred\n  alice\n", "{out:#?}");
@@ -218,7 +218,7 @@ async fn list_with_pattern_online_marker_and_paging() {
         .iter()
         .filter_map(|a| a["name"].as_str())
         .collect();
-    assert_eq!(names, ["albert", "alfred", "alice", "carl", "observer"]);
+    assert_eq!(names, ["albert", "alfred", "alice", "carl"]);
     assert_eq!(json["accounts"][0]["online"], true);
 
     let out = h.run("carl", &["list", "a[b]"]).await.expect_code(6);
@@ -496,28 +496,29 @@ async fn pushes_reach_a_library_subscriber_from_cli_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contacts_add_list_remove_and_who() {
     let h = Harness::start_with(Store::Memory, &["--max-contacts", "2"]);
-    let alice = h.user("alice").await;
+    drop(h.user("alice").await);
     // bob stays online; carol and dave exist but are offline.
-    let _bob = h.user("bob").await;
+    let bob = h.user("bob").await;
     for name in ["carol", "dave"] {
         drop(h.user(name).await);
-        wait_presence(&alice, name, false).await;
     }
 
     let out = h.run("alice", &["contacts"]).await.expect_code(0);
     assert!(out.stdout.is_empty() && out.stderr.contains("no contacts"), "{out:#?}");
+    // Adding asks; bob is shown online only once he approves.
     let out = h.run("alice", &["contacts", "add", "bob"]).await.expect_code(0);
-    assert_eq!(out.stdout, "* bob\n", "{out:#?}");
+    assert_eq!(out.stdout, "  bob (asked to see their presence)\n", "{out:#?}");
+    bob.approve_presence("alice").await.expect("approve");
     let out = h.run("alice", &["contacts", "add", "Carol"]).await.expect_code(0);
-    assert_eq!(out.stdout, "* bob\n  carol\n", "{out:#?}");
+    assert_eq!(out.stdout, "* bob\n  carol (asked to see their presence)\n", "{out:#?}");
     let out = h.run("alice", &["contacts", "list"]).await.expect_code(0);
-    assert_eq!(out.stdout, "* bob\n  carol\n", "{out:#?}");
+    assert_eq!(out.stdout, "* bob\n  carol (asked to see their presence)\n", "{out:#?}");
     let json = h.run("alice", &["--json", "contacts"]).await.expect_code(0).json();
     assert_eq!(
         json,
         serde_json::json!({ "contacts": [
-            { "name": "bob", "online": true },
-            { "name": "carol", "online": false },
+            { "name": "bob", "online": true, "subscription": "approved" },
+            { "name": "carol", "online": false, "subscription": "pending" },
         ] })
     );
 
@@ -557,4 +558,51 @@ async fn contacts_add_list_remove_and_who() {
     );
     let json = h.run("alice", &["--json", "who"]).await.expect_code(0).json();
     assert_eq!(json, serde_json::json!({ "online": [] }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_requests_answers_and_blocks() {
+    let h = Harness::start(Store::Memory);
+    for name in ["alice", "bob", "mallory"] {
+        drop(h.user(name).await);
+    }
+    h.run("alice", &["contacts", "add", "bob"]).await.expect_code(0);
+    h.run("mallory", &["contacts", "add", "bob"]).await.expect_code(0);
+    let out = h.run("bob", &["presence"]).await.expect_code(0);
+    assert_eq!(
+        out.stdout, "  alice asks to see when you are online\n  mallory asks to see when you are online\n",
+        "{out:#?}"
+    );
+    let json = h
+        .run("bob", &["--json", "presence", "approve", "alice"])
+        .await
+        .expect_code(0)
+        .json();
+    assert_eq!(json, serde_json::json!({ "requests": ["mallory"] }));
+    let out = h.run("bob", &["presence", "deny", "mallory"]).await.expect_code(0);
+    assert!(
+        out.stdout.is_empty() && out.stderr.contains("nobody is waiting"),
+        "{out:#?}"
+    );
+    let out = h.run("bob", &["presence", "approve", "mallory"]).await.expect_code(6);
+    assert!(out.stderr.contains("INVALID_REQUEST"), "{out:#?}");
+    let json = h.run("alice", &["--json", "contacts"]).await.expect_code(0).json();
+    assert_eq!(json["contacts"][0]["subscription"], "approved");
+    let json = h
+        .run("alice", &["--json", "presence", "cancel", "bob"])
+        .await
+        .expect_code(0)
+        .json();
+    assert_eq!(json["contacts"][0]["subscription"], "none");
+
+    // A block: mallory's messages fail as for an unknown account.
+    let out = h.run("bob", &["block", "mallory"]).await.expect_code(0);
+    assert_eq!(out.stdout, "  mallory\n", "{out:#?}");
+    let out = h.run("mallory", &["send", "bob", "hello?"]).await.expect_code(4);
+    assert!(out.stderr.contains("NO_SUCH_USER"), "{out:#?}");
+    let json = h.run("bob", &["--json", "blocked"]).await.expect_code(0).json();
+    assert_eq!(json, serde_json::json!({ "blocked": ["mallory"] }));
+    let out = h.run("bob", &["unblock", "mallory"]).await.expect_code(0);
+    assert!(out.stderr.contains("you block nobody"), "{out:#?}");
+    h.run("mallory", &["send", "bob", "hello"]).await.expect_code(0);
 }

@@ -163,6 +163,9 @@ async fn shell_prints_incoming_while_typing_and_sends() {
     let h = Harness::start(Store::Memory);
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
+    // Bob lets alice see his presence, so that /list shows him online.
+    alice.add_contact("bob").await.expect("add contact");
+    bob.approve_presence("alice").await.expect("approve");
     bob.send("alice", "sent before the shell").await.expect("send");
     bob.subscribe(0).await.expect("subscribe");
 
@@ -337,9 +340,11 @@ async fn shell_shows_presence_and_reconnects_after_a_restart() {
         return;
     }
     let mut h = Harness::start(Store::Sqlite);
-    drop(h.user("bob").await);
+    let bob = h.user("bob").await;
     let alice = h.user("alice").await;
     alice.add_contact("bob").await.expect("add contact");
+    bob.approve_presence("alice").await.expect("approve");
+    drop(bob);
     wait_presence(&alice, "bob", false).await;
     drop(alice);
 

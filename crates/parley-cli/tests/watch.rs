@@ -124,6 +124,8 @@ async fn watch_prints_contacts_coming_and_going() {
     for name in ["alice", "dave"] {
         let watcher = h.user(name).await;
         watcher.add_contact("bob").await.expect("add contact");
+        // Presence is by consent: bob approves, then leaves.
+        h.user("bob").await.approve_presence(name).await.expect("approve");
         wait_presence(&watcher, "bob", false).await;
     }
 

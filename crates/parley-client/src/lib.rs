@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 pub use parley_proto::ErrorCode;
-pub use parley_proto::v1::{AccountEntry, AccountPage, Message, Welcome};
+pub use parley_proto::v1::{AccountEntry, AccountPage, Message, Subscription, Welcome};
 pub use tls::{Fingerprint, ServerAddress, Trust};
 
 /// Frame limit the client accepts from a server before it has said its own.
@@ -112,6 +112,10 @@ pub enum Event {
     Goodbye { code: ErrorCode, message: String },
     /// A contact's first session came online, or its last went away.
     Presence { name: String, online: bool },
+    /// `from` asks to see this account's presence.
+    PresenceRequest { from: String },
+    /// `name` approved this account's request to see its presence.
+    PresenceApproved { name: String },
     /// The connection ended.
     Disconnected,
 }
@@ -456,7 +460,8 @@ impl Client {
         Ok(login_info(ok))
     }
 
-    /// Follows `name`'s presence; returns the contact list afterwards.
+    /// Adds `name` to the contacts and asks to see its presence; returns
+    /// the contact list afterwards.
     pub async fn add_contact(&self, name: &str) -> Result<Vec<AccountEntry>> {
         self.contacts(client_frame::Body::AddContact(v1::AddContact { name: name.to_owned() }))
             .await
@@ -474,6 +479,73 @@ impl Client {
     pub async fn list_contacts(&self) -> Result<Vec<AccountEntry>> {
         self.contacts(client_frame::Body::ListContacts(v1::ListContacts {}))
             .await
+    }
+
+    /// Lets `name` see this account's presence (it must have asked);
+    /// returns the requests still waiting.
+    pub async fn approve_presence(&self, name: &str) -> Result<Vec<String>> {
+        self.presence_requests_after(client_frame::Body::ApprovePresence(v1::ApprovePresence {
+            name: name.to_owned(),
+        }))
+        .await
+    }
+
+    /// Refuses `name`'s request, or takes back an approval; returns the
+    /// requests still waiting.
+    pub async fn deny_presence(&self, name: &str) -> Result<Vec<String>> {
+        self.presence_requests_after(client_frame::Body::DenyPresence(v1::DenyPresence {
+            name: name.to_owned(),
+        }))
+        .await
+    }
+
+    /// The accounts waiting for this account's answer.
+    pub async fn presence_requests(&self) -> Result<Vec<String>> {
+        self.presence_requests_after(client_frame::Body::ListPresenceRequests(v1::ListPresenceRequests {}))
+            .await
+    }
+
+    async fn presence_requests_after(&self, body: client_frame::Body) -> Result<Vec<String>> {
+        self.call(body, |b| match b {
+            server_frame::Body::PresenceRequests(r) => Ok(r.names),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Withdraws the request for `name`'s presence, or stops seeing it;
+    /// returns the contact list afterwards.
+    pub async fn cancel_presence(&self, name: &str) -> Result<Vec<AccountEntry>> {
+        self.contacts(client_frame::Body::CancelPresence(v1::CancelPresence {
+            name: name.to_owned(),
+        }))
+        .await
+    }
+
+    /// Blocks `name`; returns the accounts blocked afterwards.
+    pub async fn block(&self, name: &str) -> Result<Vec<String>> {
+        self.blocked_after(client_frame::Body::Block(v1::Block { name: name.to_owned() }))
+            .await
+    }
+
+    /// Ends a block of `name`; returns the accounts blocked afterwards.
+    pub async fn unblock(&self, name: &str) -> Result<Vec<String>> {
+        self.blocked_after(client_frame::Body::Unblock(v1::Unblock { name: name.to_owned() }))
+            .await
+    }
+
+    /// The accounts this account blocks.
+    pub async fn list_blocked(&self) -> Result<Vec<String>> {
+        self.blocked_after(client_frame::Body::ListBlocked(v1::ListBlocked {}))
+            .await
+    }
+
+    async fn blocked_after(&self, body: client_frame::Body) -> Result<Vec<String>> {
+        self.call(body, |b| match b {
+            server_frame::Body::Blocked(r) => Ok(r.names),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn contacts(&self, body: client_frame::Body) -> Result<Vec<AccountEntry>> {
@@ -754,6 +826,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             name: p.name,
                             online: p.online,
                         },
+                        Some(server_frame::Body::PresenceRequest(p)) => Event::PresenceRequest { from: p.from },
+                        Some(server_frame::Body::PresenceApproved(p)) => Event::PresenceApproved { name: p.name },
                         Some(server_frame::Body::Goodbye(g)) => Event::Goodbye {
                             code: ErrorCode::try_from(g.code).unwrap_or(ErrorCode::Unspecified),
                             message: g.message,

@@ -8,7 +8,8 @@
 //! the session catches up from storage (see [`crate::service::Session`]).
 //!
 //! Presence: the hub also knows, for every user with a session, which users
-//! they follow (their contacts), and so for every user who follows them. When
+//! they follow (those who approved their presence request; see
+//! [`crate::presence`]), and so for every user who follows them. When
 //! a user's first session arrives or last session leaves, each follower's
 //! subscribed sessions get a presence event. Only online followers are
 //! tracked, so this state is bounded by the sessions online. Lock order:
@@ -42,6 +43,10 @@ pub enum SessionEvent {
     Message(Arc<StoredMessage>),
     /// A followed user's first session came online, or last went away.
     Presence { name: Arc<str>, online: bool },
+    /// Someone asks to see this user's presence.
+    PresenceRequest { from: Arc<str> },
+    /// Someone approved this user's request to see their presence.
+    PresenceApproved { name: Arc<str> },
     /// Look at the shared flags (a close was requested).
     Wake,
 }
@@ -258,23 +263,66 @@ impl Hub {
         }
     }
 
-    /// `follower` added or removed a contact while online.
-    pub fn watch_change(&self, follower: UserId, contact: UserId, follow: bool) {
+    /// `follower` starts or stops following `contact` while online (an
+    /// approval, a cancellation, a block). Returns whether `follower` was
+    /// following `contact` before; false when `follower` is offline, whose
+    /// relations are loaded at its next login.
+    pub fn watch_change(&self, follower: UserId, contact: UserId, follow: bool) -> bool {
         let mut shard = lock(self.watching_shard(follower));
         let Some(watching) = shard.get_mut(&follower) else {
-            return;
+            return false;
         };
         let mut by = lock(self.watched_by_shard(contact));
         if follow {
-            watching.contacts.insert(contact);
+            let was = !watching.contacts.insert(contact);
             by.entry(contact).or_default().insert(follower);
+            was
         } else {
-            watching.contacts.remove(&contact);
+            let was = watching.contacts.remove(&contact);
             if let Some(set) = by.get_mut(&contact) {
                 set.remove(&follower);
                 if set.is_empty() {
                     by.remove(&contact);
                 }
+            }
+            was
+        }
+    }
+
+    /// `watcher` no longer sees `target` (a revocation, a block): when it
+    /// was following and `target` is online, its sessions get `target` as
+    /// offline, so that no client keeps showing what it may no longer see.
+    pub fn stop_seeing(&self, watcher: UserId, target: UserId, target_name: &Arc<str>) {
+        if self.watch_change(watcher, target, false) && self.is_online(target) {
+            self.notify(watcher, || SessionEvent::Presence {
+                name: Arc::clone(target_name),
+                online: false,
+            });
+        }
+    }
+
+    /// Whether online `watcher` follows `target`'s presence (`target`
+    /// approved it). Answers from memory: only online users' relations
+    /// are here, and a caller asking is online.
+    pub fn sees(&self, watcher: UserId, target: UserId) -> bool {
+        lock(self.watching_shard(watcher))
+            .get(&watcher)
+            .is_some_and(|w| w.contacts.contains(&target))
+    }
+
+    /// Offers an event to every subscribed session of `user` (a presence
+    /// request, an approval, a presence change sent to one user). Never
+    /// blocks: a full queue drops it and counts it as lag.
+    pub fn notify(&self, user: UserId, make: impl Fn() -> SessionEvent) {
+        let shard = lock(self.shard(user));
+        let Some(list) = shard.get(&user) else { return };
+        for entry in list.iter().filter(|e| e.flags.subscribed.load(Ordering::Acquire)) {
+            let event = make();
+            let presence = matches!(event, SessionEvent::Presence { .. });
+            if entry.tx.try_send(event).is_err() {
+                self.lag_events.fetch_add(1, Ordering::Relaxed);
+            } else if presence {
+                self.presence_events.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod hub;
 pub mod ids;
 pub mod limits;
 pub mod name;
+pub mod presence;
 pub mod rate;
 pub mod scram;
 pub mod service;

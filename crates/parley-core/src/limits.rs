@@ -20,8 +20,11 @@ pub const MAX_IDS_PER_REQUEST: usize = 1000;
 pub const DEFAULT_SESSION_QUEUE: usize = 1024;
 /// Messages one catch-up read from storage pushes at a time.
 pub const CATCH_UP_BATCH: u32 = 256;
-/// Contacts one account may follow.
+/// Contacts one account may have; also how many accounts it may block.
 pub const DEFAULT_MAX_CONTACTS: u32 = 1000;
+/// Most pending presence requests one listing returns, in name order;
+/// answering some shows the rest.
+pub const MAX_PRESENCE_REQUESTS_LISTED: u32 = 1000;
 /// Pushed messages one session may have unacknowledged before pushing
 /// pauses (the rest wait in the mailbox).
 pub const DEFAULT_MAX_UNACKED: usize = 1024;
@@ -72,7 +75,7 @@ pub struct Limits {
     pub max_body_bytes: u32,
     /// Capacity of each session's event queue.
     pub session_queue: usize,
-    /// Contacts per account.
+    /// Contacts per account, and blocked accounts per account.
     pub max_contacts: u32,
     /// Unacknowledged pushes per session.
     pub max_unacked: usize,

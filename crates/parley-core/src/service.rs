@@ -25,11 +25,12 @@ use crate::hub::{CloseReason, Hub, SessionEvent, SessionFlags};
 use crate::ids::{MessageId, Seq, SessionId, UserId};
 use crate::limits::*;
 use crate::name::{NamePattern, UserName, name_key};
+use crate::presence::Subscription;
 use crate::rate::{TokenBuckets, WindowLimiter, retry_hint};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
-    AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store,
-    StoreError, StoreReply, StoredMessage,
+    AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store, StoreError, StoreReply,
+    StoredMessage,
 };
 use crate::throttle::{Attempt, Throttle, ThrottleSettings};
 
@@ -212,6 +213,10 @@ pub enum PushEvent {
     Messages(Vec<Arc<StoredMessage>>),
     /// A contact's first session came online, or last went away.
     Presence { name: Arc<str>, online: bool },
+    /// `from` asks to see this account's presence.
+    PresenceRequest { from: Arc<str> },
+    /// `name` approved this account's request to see its presence.
+    PresenceApproved { name: Arc<str> },
     /// The server ends this session.
     Closed(CloseReason),
 }
@@ -225,10 +230,22 @@ pub struct DeleteOutcome {
     pub not_found: Vec<MessageId>,
 }
 
+/// One entry of a contact list as a session sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactView {
+    /// The contact's name as registered.
+    pub name: String,
+    /// The caller's subscription to the contact's presence.
+    pub subscription: Subscription,
+    /// Online, and the caller may see it (subscription approved).
+    pub online: bool,
+}
+
 /// One page of an account listing.
 #[derive(Clone, Debug)]
 pub struct AccountPage {
-    /// (name, online) in name order.
+    /// (name, online) in name order; online only for the caller and the
+    /// accounts whose presence the caller may see.
     pub accounts: Vec<(String, bool)>,
     /// Cursor for the next page; None on the last page.
     pub next_after: Option<String>,
@@ -394,8 +411,9 @@ impl Service {
         client_msg_id: &str,
         body: String,
     ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
-        let recipient =
-            UserName::parse(to).map_err(|_| CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")))?;
+        // The message is checked before its recipient, so that a sender
+        // who is not told whether the recipient exists (the pager) still
+        // gets every error about what it sent.
         if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
             return Err(CoreError::invalid(format!(
                 "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"
@@ -411,6 +429,8 @@ impl Service {
                 format!("message body is {} bytes; the limit is {max}", body.len()),
             ));
         }
+        let recipient =
+            UserName::parse(to).map_err(|_| CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")))?;
         // Under a flood most sends are refused: refuse before building the
         // append (after validation, so bad input still gets its own error).
         self.store.check_new_work()?;
@@ -580,7 +600,7 @@ impl Service {
         let replaced = resumed.map(|(_, hash)| hash);
         let (token, hash, expires_ms) = self.new_resume_token(user).await?;
         let mailbox = self.store.mailbox_state(user);
-        let contacts = self.store.list_contacts(user);
+        let contacts = self.store.contacts_with_presence(user);
         let state = async {
             let mailbox = match mailbox.await {
                 Ok(m) => m,
@@ -588,7 +608,13 @@ impl Service {
                 Err(StoreError::NoSuchUser) => return Err(CoreError::auth_failed()),
                 Err(e) => return Err(CoreError::from(e)),
             };
-            let contacts: Vec<UserId> = contacts.await?.into_iter().map(|c| c.id).collect();
+            // Only the accounts that approved: presence is by consent.
+            let contacts: Vec<UserId> = contacts
+                .await?
+                .into_iter()
+                .filter(|c| c.subscription == Subscription::Approved)
+                .map(|c| c.account.id)
+                .collect();
             Ok((mailbox, contacts))
         };
         let (mailbox, contacts) = match state.await {
@@ -747,6 +773,11 @@ impl Drop for Session {
         self.service.hub.unregister(self.user, self.id);
         self.service.hub.watch_end(self.user);
     }
+}
+
+/// The answer for a name no account has (or an invalid one).
+fn no_such_user(name: &str) -> CoreError {
+    CoreError::new(ErrorKind::NoSuchUser, format!("no such user {name:?}"))
 }
 
 fn check_limit(limit: u32, default: u32, max: u32, what: &str) -> Result<u32, CoreError> {
@@ -985,6 +1016,7 @@ impl Session {
         let limit = check_limit(limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, "list")?;
         let reply = self.service.store.list_accounts(&pattern, &name_key(after), limit + 1);
         let service = Arc::clone(&self.service);
+        let me = self.user;
         Ok(async move {
             let mut rows = reply.await?;
             let next_after = if rows.len() > limit as usize {
@@ -995,7 +1027,10 @@ impl Session {
             };
             let accounts = rows
                 .into_iter()
-                .map(|r| (r.name, service.hub.is_online(r.id)))
+                .map(|r| {
+                    let visible = r.id == me || service.hub.sees(me, r.id);
+                    (r.name, visible && service.hub.is_online(r.id))
+                })
                 .collect();
             Ok(AccountPage { accounts, next_after })
         })
@@ -1029,26 +1064,183 @@ impl Session {
         async move { Ok(reply.await?) }
     }
 
-    /// Follows `name`'s presence; returns its display name and online state.
+    /// Adds `name` to the contacts and asks to see its presence (a pending
+    /// request, shown to `name`'s sessions, until it approves); returns its
+    /// display name and whether it is online as far as the caller may see.
     pub fn add_contact(
         &self,
         name: &str,
     ) -> Result<impl Future<Output = Result<(String, bool), CoreError>> + Send + 'static, CoreError> {
-        let no_such_user = |name: &str| CoreError::new(ErrorKind::NoSuchUser, format!("no such user {name:?}"));
         let contact = UserName::parse(name).map_err(|_| no_such_user(name))?;
         let max = self.service.config.limits.max_contacts;
-        let reply = self.service.store.add_contact(self.user, contact.key(), max);
+        let reply = self.service.store.request_presence(self.user, contact.key(), max);
+        let service = Arc::clone(&self.service);
+        let user = self.user;
+        let me: Arc<str> = Arc::from(self.name.as_str());
+        let name = name.to_owned();
+        Ok(async move {
+            let requested = reply.await.map_err(|e| match e {
+                StoreError::NoSuchUser => no_such_user(&name),
+                other => other.into(),
+            })?;
+            let target = requested.target;
+            if requested.blocked_by_requester {
+                return Err(CoreError::invalid(format!(
+                    "you block {}; unblock them before asking to see their presence",
+                    target.name
+                )));
+            }
+            if requested.new_request {
+                service
+                    .hub
+                    .notify(target.id, || SessionEvent::PresenceRequest { from: Arc::clone(&me) });
+            }
+            let approved = requested.subscription == Subscription::Approved;
+            if approved {
+                service.hub.watch_change(user, target.id, true);
+            }
+            Ok((target.name, approved && service.hub.is_online(target.id)))
+        })
+    }
+
+    /// Approves `name`'s pending request to see this account's presence:
+    /// `name`'s sessions are told, then get this account's presence.
+    /// Approving again is not an error; approving without a request is
+    /// INVALID_REQUEST.
+    pub fn approve_presence(
+        &self,
+        name: &str,
+    ) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
+        let requester = UserName::parse(name).map_err(|_| no_such_user(name))?;
+        let reply = self.service.store.answer_presence(self.user, requester.key(), true);
+        let service = Arc::clone(&self.service);
+        let user = self.user;
+        let me: Arc<str> = Arc::from(self.name.as_str());
+        let name = name.to_owned();
+        Ok(async move {
+            let change = reply.await.map_err(|e| match e {
+                StoreError::NoSuchUser => no_such_user(&name),
+                other => other.into(),
+            })?;
+            match (change.before, change.after) {
+                (Subscription::Pending, Subscription::Approved) => {
+                    let watcher = change.other.id;
+                    service.hub.watch_change(watcher, user, true);
+                    service
+                        .hub
+                        .notify(watcher, || SessionEvent::PresenceApproved { name: Arc::clone(&me) });
+                    let online = service.hub.is_online(user);
+                    service.hub.notify(watcher, || SessionEvent::Presence {
+                        name: Arc::clone(&me),
+                        online,
+                    });
+                    Ok(())
+                }
+                (_, Subscription::Approved) => Ok(()),
+                _ => Err(CoreError::invalid(format!(
+                    "{} has not asked to see your presence",
+                    change.other.name
+                ))),
+            }
+        })
+    }
+
+    /// Refuses `name`'s pending request, or takes back an approval given
+    /// earlier (RFC 6121's "unsubscribed"). Nobody is told of a refusal; a
+    /// revoked watcher that is online gets this account's presence as
+    /// offline. Nothing to refuse is not an error.
+    pub fn deny_presence(
+        &self,
+        name: &str,
+    ) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
+        let requester = UserName::parse(name).map_err(|_| no_such_user(name))?;
+        let reply = self.service.store.answer_presence(self.user, requester.key(), false);
+        let service = Arc::clone(&self.service);
+        let user = self.user;
+        let me: Arc<str> = Arc::from(self.name.as_str());
+        let name = name.to_owned();
+        Ok(async move {
+            let change = reply.await.map_err(|e| match e {
+                StoreError::NoSuchUser => no_such_user(&name),
+                other => other.into(),
+            })?;
+            service.hub.stop_seeing(change.other.id, user, &me);
+            Ok(())
+        })
+    }
+
+    /// Withdraws this account's request to see `name`'s presence, or stops
+    /// seeing it (RFC 6121's "unsubscribe"); the contact stays. Nothing to
+    /// withdraw is not an error.
+    pub fn cancel_presence(
+        &self,
+        name: &str,
+    ) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
+        let target = UserName::parse(name).map_err(|_| no_such_user(name))?;
+        let reply = self.service.store.cancel_presence(self.user, target.key());
         let service = Arc::clone(&self.service);
         let user = self.user;
         let name = name.to_owned();
         Ok(async move {
-            let added: AccountSummary = reply.await.map_err(|e| match e {
+            let change = reply.await.map_err(|e| match e {
                 StoreError::NoSuchUser => no_such_user(&name),
                 other => other.into(),
             })?;
-            service.hub.watch_change(user, added.id, true);
-            Ok((added.name, service.hub.is_online(added.id)))
+            if change.after == Subscription::None {
+                service.hub.watch_change(user, change.other.id, false);
+            }
+            Ok(())
         })
+    }
+
+    /// The accounts waiting for this account's answer, in name order (at
+    /// most [`MAX_PRESENCE_REQUESTS_LISTED`]).
+    pub fn presence_requests(&self) -> impl Future<Output = Result<Vec<String>, CoreError>> + Send + 'static {
+        let reply = self
+            .service
+            .store
+            .presence_requests(self.user, MAX_PRESENCE_REQUESTS_LISTED);
+        async move { Ok(reply.await?.into_iter().map(|a| a.name).collect()) }
+    }
+
+    /// Blocks `name` (XEP-0191): its messages to this account are refused
+    /// as if this account did not exist, no presence flows either way
+    /// (every subscription between the two ends), its pending request is
+    /// dropped and new ones are never shown. At most `max_contacts` blocks.
+    pub fn block(&self, name: &str) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
+        let target = UserName::parse(name).map_err(|_| no_such_user(name))?;
+        if target.key() == name_key(&self.name) {
+            return Err(CoreError::invalid("you cannot block yourself"));
+        }
+        let max = self.service.config.limits.max_contacts;
+        let reply = self.service.store.block(self.user, target.key(), max);
+        let service = Arc::clone(&self.service);
+        let user = self.user;
+        let me: Arc<str> = Arc::from(self.name.as_str());
+        let name = name.to_owned();
+        Ok(async move {
+            let outcome = reply.await.map_err(|e| match e {
+                StoreError::NoSuchUser => no_such_user(&name),
+                other => other.into(),
+            })?;
+            let them = outcome.target.id;
+            let their_name: Arc<str> = Arc::from(outcome.target.name.as_str());
+            service.hub.stop_seeing(them, user, &me);
+            service.hub.stop_seeing(user, them, &their_name);
+            Ok(())
+        })
+    }
+
+    /// Ends a block of `name`; returns whether there was one.
+    pub fn unblock(&self, name: &str) -> impl Future<Output = Result<bool, CoreError>> + Send + 'static {
+        let reply = self.service.store.unblock(self.user, &name_key(name));
+        async move { Ok(reply.await?) }
+    }
+
+    /// The accounts this account blocks, in name order.
+    pub fn list_blocked(&self) -> impl Future<Output = Result<Vec<String>, CoreError>> + Send + 'static {
+        let reply = self.service.store.list_blocked(self.user);
+        async move { Ok(reply.await?.into_iter().map(|a| a.name).collect()) }
     }
 
     /// Stops following `name`; returns whether it was a contact.
@@ -1067,15 +1259,27 @@ impl Session {
         }
     }
 
-    /// The contacts, in name order, with their online state.
+    /// The contacts, in name order, with their online state as far as
+    /// this account may see it.
     pub fn list_contacts(&self) -> impl Future<Output = Result<Vec<(String, bool)>, CoreError>> + Send + 'static {
-        let reply = self.service.store.list_contacts(self.user);
+        let contacts = self.contacts();
+        async move { Ok(contacts.await?.into_iter().map(|c| (c.name, c.online)).collect()) }
+    }
+
+    /// The contacts, in name order, each with this account's subscription
+    /// to its presence and its online state (only when approved).
+    pub fn contacts(&self) -> impl Future<Output = Result<Vec<ContactView>, CoreError>> + Send + 'static {
+        let reply = self.service.store.contacts_with_presence(self.user);
         let service = Arc::clone(&self.service);
         async move {
             let contacts = reply.await?;
             Ok(contacts
                 .into_iter()
-                .map(|c| (c.name, service.hub.is_online(c.id)))
+                .map(|c| ContactView {
+                    online: c.subscription == Subscription::Approved && service.hub.is_online(c.account.id),
+                    name: c.account.name,
+                    subscription: c.subscription,
+                })
                 .collect())
         }
     }
@@ -1194,6 +1398,8 @@ impl Session {
             let first = match event {
                 SessionEvent::Message(m) => m,
                 SessionEvent::Presence { name, online } => return Ok(PushEvent::Presence { name, online }),
+                SessionEvent::PresenceRequest { from } => return Ok(PushEvent::PresenceRequest { from }),
+                SessionEvent::PresenceApproved { name } => return Ok(PushEvent::PresenceApproved { name }),
                 SessionEvent::Wake => continue,
             };
             if first.seq <= self.last_pushed {

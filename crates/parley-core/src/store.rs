@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::histogram::HistogramSnapshot;
 use crate::ids::{MessageId, Seq, UserId};
 use crate::name::NamePattern;
+use crate::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested};
 use crate::scram::StoredCredentials;
 
 /// Why a store operation failed.
@@ -282,14 +283,16 @@ pub trait Store: Send + Sync + 'static {
     /// Looks an account up by name key.
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>>;
     /// Deletes an account, its mailbox, its idempotency keys, its resume
-    /// tokens, its contacts and its place in others' contact lists. Messages
+    /// tokens, its contacts and its place in others' contact lists, its
+    /// presence subscriptions both ways and its blocks both ways. Messages
     /// it sent that sit in other mailboxes stay there.
     fn delete_account(&self, user: UserId) -> StoreReply<()>;
     /// Accounts whose key matches, in key order, after `after` (exclusive).
     fn list_accounts(&self, pattern: &NamePattern, after: &str, limit: u32) -> StoreReply<Vec<AccountSummary>>;
     /// Stores a message durably, assigning id and seq; idempotent on
     /// (sender, client_msg_id). [`StoreError::NoSuchUser`] if the recipient
-    /// does not exist.
+    /// does not exist or blocks the sender (a retry of a message stored
+    /// before the block still gets its original answer).
     fn append(&self, message: NewMessage) -> StoreReply<Appended>;
     /// Whether an append submitted now would be taken or refused
     /// [`StoreError::Busy`]: checked before a request is turned into an
@@ -325,7 +328,8 @@ pub trait Store: Send + Sync + 'static {
     /// is not an error. [`StoreError::NoSuchUser`] if either account does not
     /// exist; [`StoreError::LimitReached`] if `user` already has `max` contacts.
     fn add_contact(&self, user: UserId, contact_key: &str, max: u32) -> StoreReply<AccountSummary>;
-    /// Removes a contact; returns whether it was there.
+    /// Removes a contact, and `user`'s subscription to its presence with
+    /// it; returns whether it was there.
     fn remove_contact(&self, user: UserId, contact_key: &str) -> StoreReply<bool>;
     /// `user`'s contacts in name-key order (empty for an unknown user).
     fn list_contacts(&self, user: UserId) -> StoreReply<Vec<AccountSummary>>;
@@ -342,6 +346,40 @@ pub trait Store: Send + Sync + 'static {
     /// forgets every resume token it has, in one step.
     /// [`StoreError::NoSuchUser`] if the account does not exist.
     fn set_credentials(&self, user: UserId, credentials: StoredCredentials) -> StoreReply<()>;
+    /// `user` asks to see the presence of the account `target_key`: it is
+    /// added to `user`'s contacts (as [`Store::add_contact`], with its
+    /// limit) and a pending request is stored unless one is pending or
+    /// approved already. Asking oneself approves at once. When `user`
+    /// blocks the target nothing is done (`blocked_by_requester`); when the
+    /// target blocks `user` the request is stored but never shown.
+    /// [`StoreError::NoSuchUser`] if either account does not exist.
+    fn request_presence(&self, user: UserId, target_key: &str, max_contacts: u32) -> StoreReply<PresenceRequested>;
+    /// `user` answers the request of `requester_key`: approve turns a
+    /// pending request into an approval (anything else stays as it is);
+    /// deny removes a pending request or an approval given earlier.
+    /// [`StoreError::NoSuchUser`] if either account does not exist.
+    fn answer_presence(&self, user: UserId, requester_key: &str, approve: bool) -> StoreReply<PresenceChange>;
+    /// `user` withdraws its request for, or stops seeing, `target_key`'s
+    /// presence; the contact stays. [`StoreError::NoSuchUser`] if either
+    /// account does not exist.
+    fn cancel_presence(&self, user: UserId, target_key: &str) -> StoreReply<PresenceChange>;
+    /// The accounts whose requests wait for `user`'s answer, in name-key
+    /// order, at most `limit`; requests of accounts `user` blocks are left out.
+    fn presence_requests(&self, user: UserId, limit: u32) -> StoreReply<Vec<AccountSummary>>;
+    /// `user`'s contacts in name-key order, each with `user`'s subscription
+    /// to its presence (empty for an unknown user).
+    fn contacts_with_presence(&self, user: UserId) -> StoreReply<Vec<Contact>>;
+    /// `user` blocks `target_key`: every subscription between the two ends,
+    /// both ways, and appends from the target to `user` answer
+    /// [`StoreError::NoSuchUser`] until unblocked. Blocking twice is not an
+    /// error. [`StoreError::LimitReached`] past `max` blocks;
+    /// [`StoreError::NoSuchUser`] if either account does not exist.
+    fn block(&self, user: UserId, target_key: &str, max: u32) -> StoreReply<BlockOutcome>;
+    /// Ends a block; returns whether there was one. A request the blocked
+    /// account made meanwhile (never shown) is dropped.
+    fn unblock(&self, user: UserId, target_key: &str) -> StoreReply<bool>;
+    /// The accounts `user` blocks, in name-key order.
+    fn list_blocked(&self, user: UserId) -> StoreReply<Vec<AccountSummary>>;
     /// Finishes queued work, makes it durable and stops accepting more.
     fn close(&self) -> StoreReply<()>;
     /// The store's own counters, for metrics; None for a store that has

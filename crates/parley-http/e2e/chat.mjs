@@ -106,6 +106,9 @@ try {
   await a.press("#composer-input", "Enter");
   await a.waitForSelector('#messages li.msg.mine .status >> text="sent"');
   await a.click("#add-contact-button");
+  // Ben is asked to share his presence, and approves.
+  await b.click(`#request-list button[data-approve="${ann}"]`);
+  await b.waitForSelector("#request-list", { state: "hidden" });
 
   // Ctrl+K jumps to the search box from anywhere.
   await b.click("#messages");

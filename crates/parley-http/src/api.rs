@@ -11,6 +11,7 @@ use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use parley_core::scram::StoredCredentials;
+use parley_core::service::ContactView;
 use parley_core::store::{AckRange, StoreError, StoredMessage};
 use parley_core::{CoreError, ErrorKind, LoginOutcome, MessageId, Seq, Session};
 use serde::{Deserialize, Serialize};
@@ -652,31 +653,104 @@ pub async fn delete_messages(auth: Authed, JsonBody(r): JsonBody<DeleteRequest>)
 // ------------------------------------------------------------ contacts
 
 #[derive(Serialize)]
+pub struct ContactEntry {
+    name: String,
+    online: bool,
+    subscription: &'static str,
+}
+
+#[derive(Serialize)]
 pub struct ContactList {
-    contacts: Vec<AccountEntry>,
+    contacts: Vec<ContactEntry>,
+}
+
+fn contact_list(list: Vec<ContactView>) -> axum::Json<ContactList> {
+    axum::Json(ContactList {
+        contacts: list
+            .into_iter()
+            .map(|c| ContactEntry {
+                name: c.name,
+                online: c.online,
+                subscription: c.subscription.as_str(),
+            })
+            .collect(),
+    })
 }
 
 pub async fn list_contacts(auth: Authed) -> ApiResult<axum::Json<ContactList>> {
-    let contacts = start!(auth, |s| s.list_contacts())?.await?;
-    Ok(axum::Json(ContactList {
-        contacts: entries(contacts),
-    }))
+    let contacts = start!(auth, |s| s.contacts())?.await?;
+    Ok(contact_list(contacts))
 }
 
 pub async fn add_contact(auth: Authed, PathParam(name): PathParam<String>) -> ApiResult<axum::Json<ContactList>> {
-    let (added, list) = start!(auth, |s| (s.add_contact(&name), s.list_contacts()))?;
+    let (added, list) = start!(auth, |s| (s.add_contact(&name), s.contacts()))?;
     added?.await?;
-    Ok(axum::Json(ContactList {
-        contacts: entries(list.await?),
-    }))
+    Ok(contact_list(list.await?))
 }
 
 pub async fn remove_contact(auth: Authed, PathParam(name): PathParam<String>) -> ApiResult<axum::Json<ContactList>> {
-    let (removed, list) = start!(auth, |s| (s.remove_contact(&name), s.list_contacts()))?;
+    let (removed, list) = start!(auth, |s| (s.remove_contact(&name), s.contacts()))?;
     removed.await?;
-    Ok(axum::Json(ContactList {
-        contacts: entries(list.await?),
-    }))
+    Ok(contact_list(list.await?))
+}
+
+/// `DELETE /v1/contacts/{name}/presence`: `CancelPresence`.
+pub async fn cancel_presence(auth: Authed, PathParam(name): PathParam<String>) -> ApiResult<axum::Json<ContactList>> {
+    let (cancelled, list) = start!(auth, |s| (s.cancel_presence(&name), s.contacts()))?;
+    cancelled?.await?;
+    Ok(contact_list(list.await?))
+}
+
+// ------------------------------------------------------------ presence requests and blocks
+
+#[derive(Serialize)]
+pub struct PresenceRequests {
+    requests: Vec<String>,
+}
+
+pub async fn list_presence_requests(auth: Authed) -> ApiResult<axum::Json<PresenceRequests>> {
+    let requests = start!(auth, |s| s.presence_requests())?.await?;
+    Ok(axum::Json(PresenceRequests { requests }))
+}
+
+pub async fn approve_presence(
+    auth: Authed,
+    PathParam(name): PathParam<String>,
+) -> ApiResult<axum::Json<PresenceRequests>> {
+    let (approved, list) = start!(auth, |s| (s.approve_presence(&name), s.presence_requests()))?;
+    approved?.await?;
+    Ok(axum::Json(PresenceRequests { requests: list.await? }))
+}
+
+pub async fn deny_presence(
+    auth: Authed,
+    PathParam(name): PathParam<String>,
+) -> ApiResult<axum::Json<PresenceRequests>> {
+    let (denied, list) = start!(auth, |s| (s.deny_presence(&name), s.presence_requests()))?;
+    denied?.await?;
+    Ok(axum::Json(PresenceRequests { requests: list.await? }))
+}
+
+#[derive(Serialize)]
+pub struct BlockList {
+    blocked: Vec<String>,
+}
+
+pub async fn list_blocked(auth: Authed) -> ApiResult<axum::Json<BlockList>> {
+    let blocked = start!(auth, |s| s.list_blocked())?.await?;
+    Ok(axum::Json(BlockList { blocked }))
+}
+
+pub async fn block(auth: Authed, PathParam(name): PathParam<String>) -> ApiResult<axum::Json<BlockList>> {
+    let (blocked, list) = start!(auth, |s| (s.block(&name), s.list_blocked()))?;
+    blocked?.await?;
+    Ok(axum::Json(BlockList { blocked: list.await? }))
+}
+
+pub async fn unblock(auth: Authed, PathParam(name): PathParam<String>) -> ApiResult<axum::Json<BlockList>> {
+    let (unblocked, list) = start!(auth, |s| (s.unblock(&name), s.list_blocked()))?;
+    unblocked.await?;
+    Ok(axum::Json(BlockList { blocked: list.await? }))
 }
 
 // ------------------------------------------------------------ pager

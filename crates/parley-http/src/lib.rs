@@ -290,6 +290,25 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HttpContext>>
         (Method::GET, "/v1/contacts", get(api::list_contacts)),
         (Method::PUT, "/v1/contacts/{name}", put(api::add_contact)),
         (Method::DELETE, "/v1/contacts/{name}", delete(api::remove_contact)),
+        (
+            Method::DELETE,
+            "/v1/contacts/{name}/presence",
+            delete(api::cancel_presence),
+        ),
+        (Method::GET, "/v1/presence/requests", get(api::list_presence_requests)),
+        (
+            Method::POST,
+            "/v1/presence/requests/{name}/approve",
+            post(api::approve_presence),
+        ),
+        (
+            Method::POST,
+            "/v1/presence/requests/{name}/deny",
+            post(api::deny_presence),
+        ),
+        (Method::GET, "/v1/blocks", get(api::list_blocked)),
+        (Method::PUT, "/v1/blocks/{name}", put(api::block)),
+        (Method::DELETE, "/v1/blocks/{name}", delete(api::unblock)),
         (Method::POST, "/v1/pager/{user}", post(api::pager)),
         (Method::GET, "/v1/ws", get(websocket)),
     ]

@@ -275,19 +275,110 @@ async fn contacts_and_presence() {
     let erin = api.user("erin").await;
     api.register("frank", "pw").await.ok();
     let added = api.method(Method::PUT, "/v1/contacts/Frank", Some(&erin)).await;
-    assert_eq!(added.ok()["contacts"], json!([{ "name": "frank", "online": false }]));
+    assert_eq!(
+        added.ok()["contacts"],
+        json!([{ "name": "frank", "online": false, "subscription": "pending" }])
+    );
     let frank = api.login("frank", "pw").await["token"].as_str().unwrap().to_owned();
+    // Frank is online, but Erin may not see it until he approves.
     let listed = api.get("/v1/contacts", Some(&erin)).await;
-    assert_eq!(listed.ok()["contacts"], json!([{ "name": "frank", "online": true }]));
+    assert_eq!(
+        listed.ok()["contacts"],
+        json!([{ "name": "frank", "online": false, "subscription": "pending" }])
+    );
+    let requests = api.get("/v1/presence/requests", Some(&frank)).await;
+    assert_eq!(requests.ok()["requests"], json!(["erin"]));
+    let approved = api
+        .post("/v1/presence/requests/erin/approve", Some(&frank), json!({}))
+        .await;
+    assert_eq!(approved.ok()["requests"], json!([]));
+    let listed = api.get("/v1/contacts", Some(&erin)).await;
+    assert_eq!(
+        listed.ok()["contacts"],
+        json!([{ "name": "frank", "online": true, "subscription": "approved" }])
+    );
     // Logging out takes frank's HTTP session offline.
     assert_eq!(api.post("/v1/logout", Some(&frank), json!({})).await.status, 204);
     let listed = api.get("/v1/contacts", Some(&erin)).await;
-    assert_eq!(listed.ok()["contacts"], json!([{ "name": "frank", "online": false }]));
+    assert_eq!(
+        listed.ok()["contacts"],
+        json!([{ "name": "frank", "online": false, "subscription": "approved" }])
+    );
     api.method(Method::PUT, "/v1/contacts/nobody", Some(&erin))
         .await
         .problem(404, "NO_SUCH_USER");
     let removed = api.method(Method::DELETE, "/v1/contacts/frank", Some(&erin)).await;
     assert_eq!(removed.ok()["contacts"], json!([]));
+}
+
+/// Over HTTP as natively: a stranger sees nobody online, a denial and a
+/// cancellation end presence, a block refuses messages and requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_consent_and_blocks() {
+    let s = server(&[]);
+    let api = Api::new(&s);
+    let gus = api.user("gus").await;
+    let mal = api.user("mal").await;
+    let page = api.get("/v1/accounts", Some(&mal)).await;
+    assert_eq!(
+        page.ok()["accounts"],
+        json!([{ "name": "gus", "online": false }, { "name": "mal", "online": true }])
+    );
+    // Approve, then revoke with deny; cancel from the asking side.
+    api.method(Method::PUT, "/v1/contacts/gus", Some(&mal)).await.ok();
+    api.post("/v1/presence/requests/mal/approve", Some(&gus), json!({}))
+        .await
+        .ok();
+    let page = api.get("/v1/accounts?pattern=gus", Some(&mal)).await;
+    assert_eq!(page.ok()["accounts"], json!([{ "name": "gus", "online": true }]));
+    api.post("/v1/presence/requests/mal/deny", Some(&gus), json!({}))
+        .await
+        .ok();
+    let page = api.get("/v1/accounts?pattern=gus", Some(&mal)).await;
+    assert_eq!(page.ok()["accounts"], json!([{ "name": "gus", "online": false }]));
+    api.method(Method::PUT, "/v1/contacts/gus", Some(&mal)).await.ok();
+    let cancelled = api
+        .method(Method::DELETE, "/v1/contacts/gus/presence", Some(&mal))
+        .await;
+    assert_eq!(
+        cancelled.ok()["contacts"],
+        json!([{ "name": "gus", "online": false, "subscription": "none" }])
+    );
+    assert_eq!(
+        api.get("/v1/presence/requests", Some(&gus)).await.ok()["requests"],
+        json!([])
+    );
+    api.post("/v1/presence/requests/mal/approve", Some(&gus), json!({}))
+        .await
+        .problem(400, "INVALID_REQUEST");
+    // Block: messages fail as for an unknown name, requests are not shown.
+    let blocked = api.method(Method::PUT, "/v1/blocks/mal", Some(&gus)).await;
+    assert_eq!(blocked.ok()["blocked"], json!(["mal"]));
+    api.post(
+        "/v1/messages",
+        Some(&mal),
+        json!({ "to": "gus", "body": "hi", "client_msg_id": "m1" }),
+    )
+    .await
+    .problem(404, "NO_SUCH_USER");
+    api.method(Method::PUT, "/v1/contacts/gus", Some(&mal)).await.ok();
+    assert_eq!(
+        api.get("/v1/presence/requests", Some(&gus)).await.ok()["requests"],
+        json!([])
+    );
+    api.method(Method::PUT, "/v1/blocks/gus", Some(&gus))
+        .await
+        .problem(400, "INVALID_REQUEST");
+    assert_eq!(api.get("/v1/blocks", Some(&gus)).await.ok()["blocked"], json!(["mal"]));
+    let unblocked = api.method(Method::DELETE, "/v1/blocks/mal", Some(&gus)).await;
+    assert_eq!(unblocked.ok()["blocked"], json!([]));
+    api.post(
+        "/v1/messages",
+        Some(&mal),
+        json!({ "to": "gus", "body": "hi", "client_msg_id": "m2" }),
+    )
+    .await
+    .ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,6 +132,12 @@ async fn scram_login_and_presence_over_websocket() {
     carol
         .call(client_frame::Body::AddContact(v1::AddContact { name: "dan".into() }))
         .await;
+    // Presence is by consent: Dan approves over HTTP and logs out again.
+    let dan = api.login("dan", "pw-d").await["token"].as_str().unwrap().to_owned();
+    api.post("/v1/presence/requests/carol/approve", Some(&dan), json!({}))
+        .await
+        .ok();
+    assert_eq!(api.post("/v1/logout", Some(&dan), json!({})).await.status, 204);
     carol.subscribe(0).await;
 
     // Dan comes online over HTTP, then logs out.

@@ -19,7 +19,9 @@
 
   const state = {
     session: null, // { name, token, resume_token }
-    peers: new Map(), // key → { key, name, online, contact, lastTs }
+    peers: new Map(), // key → { key, name, online, contact, subscription, lastTs }
+    requests: [], // names asking to see this account's presence
+    blocked: new Set(), // keys of the accounts this account blocks
     received: new Map(), // message_id → message from the mailbox
     sent: [], // what this browser sent: { client_msg_id, to, body, timestamp_ms, message_id, pending, failed }
     lastSeq: 0,
@@ -254,8 +256,63 @@
       const p = peer(c.name);
       p.name = c.name;
       p.contact = true;
-      p.online = c.online;
+      p.subscription = c.subscription;
+      // Presence is shown only where it is shared.
+      p.online = c.subscription === "approved" ? c.online : null;
     }
+  }
+
+  async function loadRequests() {
+    const r = await api("GET", "/v1/presence/requests");
+    state.requests = r.requests;
+  }
+
+  async function loadBlocked() {
+    const r = await api("GET", "/v1/blocks");
+    state.blocked = new Set(r.blocked.map((n) => n.toLowerCase()));
+  }
+
+  async function answerRequest(name, approve) {
+    try {
+      const r = await api("POST", `/v1/presence/requests/${encodeURIComponent(name)}/${approve ? "approve" : "deny"}`);
+      state.requests = r.requests;
+    } catch (e) {
+      alert("Could not answer: " + e.message);
+    }
+    render();
+  }
+
+  async function toggleBlock() {
+    const p = state.peers.get(state.current);
+    if (!p) return;
+    const blocked = state.blocked.has(p.key);
+    if (!blocked && !confirm(`Block ${p.name}? Their messages will not reach you and neither of you sees the other online.`)) return;
+    try {
+      const r = await api(blocked ? "DELETE" : "PUT", "/v1/blocks/" + encodeURIComponent(p.name));
+      state.blocked = new Set(r.blocked.map((n) => n.toLowerCase()));
+      await loadContacts();
+      await loadRequests();
+    } catch (e) {
+      alert("Could not change the block: " + e.message);
+    }
+    render();
+  }
+
+  function renderRequests() {
+    const list = $("request-list");
+    list.replaceChildren(
+      ...state.requests.map((name) =>
+        el(
+          "li",
+          { "data-request": name },
+          el("span", { class: "name" }, el("bdi", {}, name)),
+          el("button", { type: "button", "data-approve": name, onclick: () => answerRequest(name, true) }, "Approve"),
+          el("button", { type: "button", "data-deny": name, onclick: () => answerRequest(name, false) }, "Deny"),
+        ),
+      ),
+    );
+    list.hidden = state.requests.length === 0;
+    $("requests-heading").hidden = state.requests.length === 0;
   }
 
   async function loadHistory() {
@@ -349,6 +406,13 @@
         render();
         break;
       }
+      case "presence_request":
+        if (!state.requests.includes(b.from)) state.requests = [...state.requests, b.from].sort((x, y) => x.toLowerCase().localeCompare(y.toLowerCase()));
+        render();
+        break;
+      case "presence_approved":
+        loadContacts().then(render, () => {});
+        break;
       case "error":
         if (frame.request_id === state.resumeRequest && b.code === Proto.codes.AUTH_FAILED) {
           // The login is over (logged out elsewhere, account deleted).
@@ -469,6 +533,7 @@
   }
 
   function render() {
+    renderRequests();
     renderPeers();
     renderConversation();
     let unread = 0;
@@ -538,6 +603,7 @@
       $("peer-presence").textContent = "";
       $("composer").hidden = true;
       $("add-contact-button").hidden = true;
+      $("block-button").hidden = true;
       list.replaceChildren();
       return;
     }
@@ -554,9 +620,13 @@
           ? "online"
           : p.online === false
             ? "offline"
-            : "";
+            : p.contact && p.subscription === "pending"
+              ? "waiting for them to share their presence"
+              : "";
     $("composer").hidden = kind !== "account";
     $("add-contact-button").hidden = kind !== "account" || p.contact;
+    $("block-button").hidden = kind !== "account" || p.key === keyOf(state.session.name);
+    $("block-button").textContent = state.blocked.has(p.key) ? "Unblock" : "Block";
     const items = [];
     for (const m of state.received.values()) if (keyOf(m.from) === key) items.push({ mine: false, ts: m.timestamp_ms, m });
     for (const s of state.sent) if (keyOf(s.to) === key) items.push({ mine: true, ts: s.timestamp_ms, m: s });
@@ -683,7 +753,7 @@
     for (const s of state.sent) peer(s.to).lastTs = Math.max(peer(s.to).lastTs, s.timestamp_ms);
     const session = state.session;
     try {
-      await Promise.all([loadContacts(), loadHistory()]);
+      await Promise.all([loadContacts(), loadHistory(), loadRequests(), loadBlocked()]);
     } catch (e) {
       if (state.session !== session) return;
       if (e.status === 401) return endSession("Your session has ended; log in again.");
@@ -837,6 +907,7 @@
       }
     });
     $("add-contact-button").addEventListener("click", addContact);
+    $("block-button").addEventListener("click", toggleBlock);
     $("logout-button").addEventListener("click", () => logOut(false));
     $("logout-all-button").addEventListener("click", () => logOut(true));
     $("delete-account-button").addEventListener("click", deleteAccount);

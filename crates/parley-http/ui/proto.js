@@ -126,6 +126,8 @@ const Proto = (() => {
     24: ["subscribed", (f) => ({ last_seq: num(f, 1), unread: num(f, 2) })],
     25: ["push", (f) => ({ messages: all(f, 1).map(message) })],
     26: ["presence", (f) => ({ name: str(f, 1), online: bool(f, 2) })],
+    50: ["presence_request", (f) => ({ from: str(f, 1) })],
+    51: ["presence_approved", (f) => ({ name: str(f, 1) })],
     31: ["account_deleted", () => ({})],
     32: ["logged_out", () => ({})],
     40: ["pong", (f) => ({ nonce: num(f, 1) })],

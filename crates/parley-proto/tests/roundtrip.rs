@@ -104,6 +104,13 @@ fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
         prop::collection::vec(any::<u8>(), 0..64).prop_map(|token| client_frame::Body::Resume(v1::Resume { token })),
         ".{0,40}".prop_map(|name| client_frame::Body::AddContact(v1::AddContact { name })),
         ".{0,40}".prop_map(|name| client_frame::Body::RemoveContact(v1::RemoveContact { name })),
+        ".{0,40}".prop_map(|name| client_frame::Body::ApprovePresence(v1::ApprovePresence { name })),
+        ".{0,40}".prop_map(|name| client_frame::Body::DenyPresence(v1::DenyPresence { name })),
+        ".{0,40}".prop_map(|name| client_frame::Body::CancelPresence(v1::CancelPresence { name })),
+        Just(client_frame::Body::ListPresenceRequests(v1::ListPresenceRequests {})),
+        ".{0,40}".prop_map(|name| client_frame::Body::Block(v1::Block { name })),
+        ".{0,40}".prop_map(|name| client_frame::Body::Unblock(v1::Unblock { name })),
+        Just(client_frame::Body::ListBlocked(v1::ListBlocked {})),
         any::<u64>().prop_map(|nonce| client_frame::Body::Ping(v1::Ping { nonce })),
     ]
 }
@@ -176,20 +183,33 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
         (prop::collection::vec(arb_message(), 0..8), any::<bool>())
             .prop_map(|(messages, more)| server_frame::Body::Messages(v1::MessageBatch { messages, more })),
         prop::collection::vec(arb_message(), 0..8).prop_map(|messages| server_frame::Body::Push(v1::Push { messages })),
-        (prop::collection::vec((".{0,32}", any::<bool>()), 0..8), ".{0,32}").prop_map(|(entries, next_after)| {
-            server_frame::Body::Accounts(v1::AccountPage {
-                accounts: entries
-                    .into_iter()
-                    .map(|(name, online)| v1::AccountEntry { name, online })
-                    .collect(),
-                next_after,
-            })
-        }),
+        (
+            prop::collection::vec((".{0,32}", any::<bool>(), 0..3i32), 0..8),
+            ".{0,32}"
+        )
+            .prop_map(|(entries, next_after)| {
+                server_frame::Body::Accounts(v1::AccountPage {
+                    accounts: entries
+                        .into_iter()
+                        .map(|(name, online, subscription)| v1::AccountEntry {
+                            name,
+                            online,
+                            subscription,
+                        })
+                        .collect(),
+                    next_after,
+                })
+            }),
         (
             prop::collection::vec(any::<u64>(), 0..8),
             prop::collection::vec(any::<u64>(), 0..8)
         )
             .prop_map(|(deleted, not_found)| server_frame::Body::Deleted(v1::Deleted { deleted, not_found })),
+        ".{0,32}".prop_map(|from| server_frame::Body::PresenceRequest(v1::PresenceRequest { from })),
+        ".{0,32}".prop_map(|name| server_frame::Body::PresenceApproved(v1::PresenceApproved { name })),
+        prop::collection::vec(".{0,32}", 0..8)
+            .prop_map(|names| server_frame::Body::PresenceRequests(v1::PresenceRequests { names })),
+        prop::collection::vec(".{0,32}", 0..8).prop_map(|names| server_frame::Body::Blocked(v1::BlockList { names })),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! Translation between the core's types and the native protocol's messages.
 //! The only place that knows both.
 
+use parley_core::presence::Subscription;
 use parley_core::store::StoredMessage;
 use parley_core::{CoreError, ErrorKind};
 use parley_proto::v1::{self, server_frame::Body};
@@ -93,3 +94,12 @@ pub fn message_frame_cost(m: &v1::Message) -> usize {
 
 /// Room kept in every frame for the envelope around repeated messages.
 pub const FRAME_ENVELOPE_BYTES: usize = 64;
+
+/// A subscription state as the protocol names it.
+pub fn subscription(state: Subscription) -> v1::Subscription {
+    match state {
+        Subscription::None => v1::Subscription::None,
+        Subscription::Pending => v1::Subscription::Pending,
+        Subscription::Approved => v1::Subscription::Approved,
+    }
+}

@@ -23,6 +23,7 @@ use bytes::BytesMut;
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use parley_core::scram::StoredCredentials;
+use parley_core::service::ContactView;
 use parley_core::store::AckRange;
 use parley_core::{AuthPending, CoreError, ErrorKind, LoginOutcome, MessageId, PushEvent, Seq, Service, Session};
 use parley_http::access;
@@ -675,6 +676,18 @@ impl Connection {
                     }),
                 ));
             }
+            Ok(PushEvent::PresenceRequest { from }) => {
+                self.encode(&frame(
+                    0,
+                    Body::PresenceRequest(v1::PresenceRequest { from: from.to_string() }),
+                ));
+            }
+            Ok(PushEvent::PresenceApproved { name }) => {
+                self.encode(&frame(
+                    0,
+                    Body::PresenceApproved(v1::PresenceApproved { name: name.to_string() }),
+                ));
+            }
             Ok(PushEvent::Closed(reason)) => {
                 self.session = None;
                 self.close_with(goodbye(convert::error_code(reason.kind), reason.message));
@@ -975,7 +988,11 @@ impl Connection {
                         accounts: page
                             .accounts
                             .into_iter()
-                            .map(|(name, online)| v1::AccountEntry { name, online })
+                            .map(|(name, online)| v1::AccountEntry {
+                                name,
+                                online,
+                                subscription: v1::Subscription::None as i32,
+                            })
                             .collect(),
                         next_after: page.next_after.unwrap_or_default(),
                     })
@@ -988,7 +1005,7 @@ impl Connection {
                 })
             })),
             B::AddContact(c) => session.add_contact(&c.name).map(|added| {
-                let list = session.list_contacts();
+                let list = session.contacts();
                 reply(
                     id,
                     async move {
@@ -1000,7 +1017,7 @@ impl Connection {
             }),
             B::RemoveContact(c) => {
                 let removed = session.remove_contact(&c.name);
-                let list = session.list_contacts();
+                let list = session.contacts();
                 Ok(reply(
                     id,
                     async move {
@@ -1010,7 +1027,30 @@ impl Connection {
                     contact_list,
                 ))
             }
-            B::ListContacts(_) => Ok(reply(id, session.list_contacts(), contact_list)),
+            B::ListContacts(_) => Ok(reply(id, session.contacts(), contact_list)),
+            B::ApprovePresence(p) => session.approve_presence(&p.name).map(|approved| {
+                let list = session.presence_requests();
+                reply(id, then(approved, list), presence_requests)
+            }),
+            B::DenyPresence(p) => session.deny_presence(&p.name).map(|denied| {
+                let list = session.presence_requests();
+                reply(id, then(denied, list), presence_requests)
+            }),
+            B::CancelPresence(p) => session.cancel_presence(&p.name).map(|cancelled| {
+                let list = session.contacts();
+                reply(id, then(cancelled, list), contact_list)
+            }),
+            B::ListPresenceRequests(_) => Ok(reply(id, session.presence_requests(), presence_requests)),
+            B::Block(b) => session.block(&b.name).map(|blocked| {
+                let list = session.list_blocked();
+                reply(id, then(blocked, list), block_list)
+            }),
+            B::Unblock(b) => {
+                let unblocked = session.unblock(&b.name);
+                let list = session.list_blocked();
+                Ok(reply(id, then(unblocked, list), block_list))
+            }
+            B::ListBlocked(_) => Ok(reply(id, session.list_blocked(), block_list)),
             B::LogoutAll(_) => {
                 let ended = session.logout_all();
                 tracing::info!(peer = %self.peer, user = %session.name(), "logged out everywhere");
@@ -1069,6 +1109,13 @@ fn op_name(body: &client_frame::Body) -> &'static str {
         B::AddContact(_) => "add_contact",
         B::RemoveContact(_) => "remove_contact",
         B::ListContacts(_) => "list_contacts",
+        B::ApprovePresence(_) => "approve_presence",
+        B::DenyPresence(_) => "deny_presence",
+        B::CancelPresence(_) => "cancel_presence",
+        B::ListPresenceRequests(_) => "list_presence_requests",
+        B::Block(_) => "block",
+        B::Unblock(_) => "unblock",
+        B::ListBlocked(_) => "list_blocked",
         B::Logout(_) => "logout",
         B::LogoutAll(_) => "logout_all",
         B::DeleteAccount(_) => "delete_account",
@@ -1112,13 +1159,35 @@ fn busy() -> CoreError {
     }
 }
 
-fn contact_list(contacts: Vec<(String, bool)>) -> Body {
+fn contact_list(contacts: Vec<ContactView>) -> Body {
     Body::Contacts(v1::ContactList {
         contacts: contacts
             .into_iter()
-            .map(|(name, online)| v1::AccountEntry { name, online })
+            .map(|c| v1::AccountEntry {
+                name: c.name,
+                online: c.online,
+                subscription: convert::subscription(c.subscription) as i32,
+            })
             .collect(),
     })
+}
+
+fn presence_requests(names: Vec<String>) -> Body {
+    Body::PresenceRequests(v1::PresenceRequests { names })
+}
+
+fn block_list(names: Vec<String>) -> Body {
+    Body::Blocked(v1::BlockList { names })
+}
+
+/// Runs `first`, then, if it succeeded, answers with what `list` read (a
+/// list submitted after `first`, so it shows its effect).
+async fn then<A, T>(
+    first: impl Future<Output = Result<A, CoreError>>,
+    list: impl Future<Output = Result<T, CoreError>>,
+) -> Result<T, CoreError> {
+    first.await?;
+    list.await
 }
 
 /// Keeps as many messages as fit in one frame; says whether any were cut.

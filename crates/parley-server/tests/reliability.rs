@@ -100,8 +100,9 @@ async fn silent_connections_are_closed_and_go_offline() {
     let alice = server.user("alice").await;
     alice.add_contact("bob").await.unwrap_err();
     let bob_client = server.user("bob").await;
-    drop(bob_client);
     alice.add_contact("bob").await.unwrap();
+    bob_client.approve_presence("alice").await.unwrap();
+    drop(bob_client);
     // That connection closes on its own time; its "offline" must not be
     // taken for the one this test waits for.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -246,6 +247,8 @@ async fn contacts_and_presence(store: Store) {
         2,
         "adding twice is fine at the limit"
     );
+    // Presence is by consent: Bob lets Alice see his.
+    approve_and_leave(&server, "bob", &alice, "alice").await;
     alice.subscribe(0).await.unwrap();
     // Bob's first session: one event; his second: none.
     let bob1 = server.user("bob").await;
@@ -256,7 +259,7 @@ async fn contacts_and_presence(store: Store) {
     let bob2 = server.user("bob").await;
     assert_no_push(&alice).await;
     assert!(alice.list_contacts().await.unwrap()[0].online);
-    // Dave is not a contact: his presence is not announced.
+    // Dave did not approve Alice: his presence is not announced.
     let _dave = server.user("dave").await;
     assert_no_push(&alice).await;
     drop(bob1);
@@ -285,6 +288,7 @@ async fn presence_behind_waiting_messages_arrives_after_them(store: Store) {
     let carol = server.user("carol").await;
     server.client().await.register("bob", "pw-bob").await.unwrap();
     alice.add_contact("bob").await.unwrap();
+    approve_and_leave(&server, "bob", &alice, "alice").await;
     alice.subscribe(0).await.unwrap();
     for i in 1..=5 {
         carol.send("alice", &format!("m{i}")).await.unwrap();

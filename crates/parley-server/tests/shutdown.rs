@@ -37,7 +37,10 @@ async fn sigterm_tells_clients_and_keeps_every_acked_message() {
                 told = true;
             }
             Event::Disconnected => break,
-            Event::Messages(_) | Event::Presence { .. } => {}
+            Event::Messages(_)
+            | Event::Presence { .. }
+            | Event::PresenceRequest { .. }
+            | Event::PresenceApproved { .. } => {}
         }
     }
     assert!(told, "watcher got a goodbye");

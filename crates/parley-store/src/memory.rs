@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
+use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
@@ -21,6 +22,8 @@ use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, Us
 use crate::clock;
 use crate::convert::clamp;
 use crate::rules::{contact_limit_message, other_tokens_kept};
+
+mod relations;
 
 /// The hash of a resume token, as the trait passes it.
 type TokenHash = [u8; 32];
@@ -60,6 +63,8 @@ struct State {
     last_token_seq: u64,
     /// Unused invite codes by hash, with when each expires.
     invites: HashMap<[u8; 32], u64>,
+    /// Presence subscriptions and blocks.
+    relations: relations::Relations,
 }
 
 /// One live account and its mailbox.
@@ -224,6 +229,7 @@ impl State {
                 contact.listed_by.remove(&user);
             }
         }
+        self.relations.forget(user);
         Ok(())
     }
 
@@ -279,6 +285,10 @@ impl State {
             });
         }
         let recipient = *self.by_key.get(&new.recipient_key).ok_or(StoreError::NoSuchUser)?;
+        // A blocked sender is answered as if the account did not exist.
+        if self.relations.blocks(recipient, sender) {
+            return Err(StoreError::NoSuchUser);
+        }
         let message_id = MessageId(next_id(self.last_message_id)?);
         let entry = self.accounts.get_mut(&recipient).ok_or(StoreError::NoSuchUser)?;
         let body = body_bytes(&new.body);
@@ -458,6 +468,9 @@ impl State {
         if removed && let Some(contact) = self.accounts.get_mut(&contact) {
             contact.listed_by.remove(&user);
         }
+        if removed {
+            self.relations.contact_removed(user, contact);
+        }
         removed
     }
 
@@ -625,6 +638,38 @@ impl Store for MemoryStore {
 
     fn list_contacts(&self, user: UserId) -> StoreReply<Vec<AccountSummary>> {
         self.run(|state| Ok(state.list_contacts(user)))
+    }
+
+    fn request_presence(&self, user: UserId, target_key: &str, max_contacts: u32) -> StoreReply<PresenceRequested> {
+        self.run(|state| state.request_presence(user, target_key, max_contacts))
+    }
+
+    fn answer_presence(&self, user: UserId, requester_key: &str, approve: bool) -> StoreReply<PresenceChange> {
+        self.run(|state| state.answer_presence(user, requester_key, approve))
+    }
+
+    fn cancel_presence(&self, user: UserId, target_key: &str) -> StoreReply<PresenceChange> {
+        self.run(|state| state.cancel_presence(user, target_key))
+    }
+
+    fn presence_requests(&self, user: UserId, limit: u32) -> StoreReply<Vec<AccountSummary>> {
+        self.run(|state| Ok(state.presence_requests(user, limit)))
+    }
+
+    fn contacts_with_presence(&self, user: UserId) -> StoreReply<Vec<Contact>> {
+        self.run(|state| Ok(state.contacts_with_presence(user)))
+    }
+
+    fn block(&self, user: UserId, target_key: &str, max: u32) -> StoreReply<BlockOutcome> {
+        self.run(|state| state.block(user, target_key, max))
+    }
+
+    fn unblock(&self, user: UserId, target_key: &str) -> StoreReply<bool> {
+        self.run(|state| Ok(state.unblock(user, target_key)))
+    }
+
+    fn list_blocked(&self, user: UserId) -> StoreReply<Vec<AccountSummary>> {
+        self.run(|state| Ok(state.list_blocked(user)))
     }
 
     fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {

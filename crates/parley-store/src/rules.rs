@@ -11,3 +11,8 @@ pub(crate) fn contact_limit_message(max: u32) -> String {
 pub(crate) fn other_tokens_kept(max_per_user: u32) -> u32 {
     max_per_user.saturating_sub(1)
 }
+
+/// The message of the `LimitReached` error for a full block list.
+pub(crate) fn block_limit_message(max: u32) -> String {
+    format!("at most {max} blocked accounts")
+}

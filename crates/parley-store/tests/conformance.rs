@@ -4,6 +4,7 @@
 
 mod common;
 
+use parley_core::presence::{Contact, Subscription};
 use parley_core::store::{AckRange, InviteUse, MailboxQuota, MailboxState, NewAccount, NewInvite, NewMessage};
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, UserId};
 
@@ -1118,6 +1119,222 @@ async fn invites_are_used_up_with_the_account(store: &dyn Store) {
     register(store, "carol").await;
 }
 
+fn subscriptions(contacts: &[Contact]) -> Vec<(&str, Subscription)> {
+    contacts
+        .iter()
+        .map(|c| (c.account.name_key.as_str(), c.subscription))
+        .collect()
+}
+
+async fn presence_request_approve_deny_cancel(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "Bob").await;
+    register(store, "carol").await;
+    // A request adds the contact and waits for Bob.
+    let asked = store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
+    assert_eq!(
+        (
+            asked.target.id,
+            asked.subscription,
+            asked.new_request,
+            asked.blocked_by_requester
+        ),
+        (bob.id, Subscription::Pending, true, false)
+    );
+    let again = store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
+    assert_eq!((again.subscription, again.new_request), (Subscription::Pending, false));
+    assert_eq!(
+        subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
+        [("bob", Subscription::Pending)]
+    );
+    assert_eq!(keys(&store.presence_requests(bob.id, 10).await.unwrap()), ["alice"]);
+    assert_eq!(store.presence_requests(alice.id, 10).await, Ok(vec![]), "one-way");
+    // Approving turns it into an approval; approving again changes nothing.
+    let approved = store.answer_presence(bob.id, "alice", true).await.unwrap();
+    assert_eq!(
+        (approved.other.id, approved.before, approved.after),
+        (alice.id, Subscription::Pending, Subscription::Approved)
+    );
+    let twice = store.answer_presence(bob.id, "alice", true).await.unwrap();
+    assert_eq!(
+        (twice.before, twice.after),
+        (Subscription::Approved, Subscription::Approved)
+    );
+    assert_eq!(store.presence_requests(bob.id, 10).await, Ok(vec![]));
+    assert_eq!(
+        subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
+        [("bob", Subscription::Approved)]
+    );
+    // Asking again once approved keeps the approval.
+    let kept = store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
+    assert_eq!((kept.subscription, kept.new_request), (Subscription::Approved, false));
+    // Approving what nobody asked changes nothing.
+    let unasked = store.answer_presence(alice.id, "carol", true).await.unwrap();
+    assert_eq!(
+        (unasked.before, unasked.after),
+        (Subscription::None, Subscription::None)
+    );
+    // Denying revokes an approval; the contact stays.
+    let revoked = store.answer_presence(bob.id, "alice", false).await.unwrap();
+    assert_eq!(
+        (revoked.before, revoked.after),
+        (Subscription::Approved, Subscription::None)
+    );
+    assert_eq!(
+        subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
+        [("bob", Subscription::None)]
+    );
+    // Cancelling withdraws a pending request.
+    store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
+    let cancelled = store.cancel_presence(alice.id, "bob").await.unwrap();
+    assert_eq!(
+        (cancelled.before, cancelled.after),
+        (Subscription::Pending, Subscription::None)
+    );
+    assert_eq!(store.presence_requests(bob.id, 10).await, Ok(vec![]));
+    // Removing the contact takes the subscription with it.
+    store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
+    store.answer_presence(bob.id, "alice", true).await.unwrap();
+    assert_eq!(store.remove_contact(alice.id, "bob").await, Ok(true));
+    store.add_contact(alice.id, "bob", ROOMY).await.unwrap();
+    assert_eq!(
+        subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
+        [("bob", Subscription::None)]
+    );
+    // Oneself is approved at once; unknown names and callers are refused.
+    let me = store.request_presence(alice.id, "alice", ROOMY).await.unwrap();
+    assert_eq!((me.subscription, me.new_request), (Subscription::Approved, false));
+    assert_eq!(
+        store.request_presence(alice.id, "nobody", ROOMY).await.map(drop),
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(
+        store.answer_presence(bob.id, "nobody", true).await.map(drop),
+        Err(StoreError::NoSuchUser)
+    );
+    let ghost = UserId(bob.id.0 + 100);
+    assert_eq!(
+        store.cancel_presence(ghost, "bob").await.map(drop),
+        Err(StoreError::NoSuchUser)
+    );
+    assert_eq!(store.presence_requests(ghost, 10).await, Ok(vec![]));
+}
+
+async fn presence_requests_count_against_the_contact_limit(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    register(store, "bob").await;
+    register(store, "carol").await;
+    store.request_presence(alice.id, "bob", 1).await.unwrap();
+    assert!(matches!(
+        store.request_presence(alice.id, "carol", 1).await,
+        Err(StoreError::LimitReached(_))
+    ));
+    // At the limit, asking an existing contact again is fine.
+    store.request_presence(alice.id, "bob", 1).await.unwrap();
+    let many: Vec<_> = (0..5).map(|i| format!("u{i}")).collect();
+    for name in &many {
+        let user = register(store, name).await;
+        store.request_presence(user.id, "carol", 1).await.unwrap();
+    }
+    let carol = store.find_account("carol").await.unwrap().unwrap();
+    assert_eq!(
+        store.presence_requests(carol.id, 3).await.unwrap().len(),
+        3,
+        "the listing is bounded"
+    );
+}
+
+async fn blocks_refuse_appends_and_hide_requests(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    register(store, "carol").await;
+    let before = send(store, &alice, "bob", "m1", "before").await;
+    store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
+    store.answer_presence(bob.id, "alice", true).await.unwrap();
+    store.request_presence(bob.id, "alice", ROOMY).await.unwrap();
+    let blocked = store.block(bob.id, "alice", ROOMY).await.unwrap();
+    assert_eq!((blocked.target.id, blocked.added), (alice.id, true));
+    assert!(
+        !store.block(bob.id, "alice", ROOMY).await.unwrap().added,
+        "twice is fine"
+    );
+    // Subscriptions end both ways.
+    assert_eq!(
+        subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
+        [("bob", Subscription::None)]
+    );
+    assert_eq!(
+        subscriptions(&store.contacts_with_presence(bob.id).await.unwrap()),
+        [("alice", Subscription::None)]
+    );
+    // Appends from the blocked account answer as if Bob did not exist; a
+    // retry of what was stored before still gets its original answer.
+    assert_eq!(
+        store.append(message(&alice, "bob", "m2", "after")).await.map(drop),
+        Err(StoreError::NoSuchUser)
+    );
+    let retry = store.append(message(&alice, "bob", "m1", "before")).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message.id, before.message.id);
+    // Bob may still write to Alice.
+    send(store, &bob, "alice", "b1", "hi").await;
+    // Her new request is kept from him and cannot be approved.
+    let hidden = store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
+    assert_eq!(
+        (hidden.subscription, hidden.new_request),
+        (Subscription::Pending, false)
+    );
+    assert_eq!(store.presence_requests(bob.id, 10).await, Ok(vec![]));
+    let refused = store.answer_presence(bob.id, "alice", true).await.unwrap();
+    assert_eq!(
+        (refused.before, refused.after),
+        (Subscription::None, Subscription::None)
+    );
+    // The blocker asking for the blocked one's presence does nothing.
+    let own = store.request_presence(bob.id, "alice", ROOMY).await.unwrap();
+    assert!(own.blocked_by_requester);
+    assert_eq!(store.presence_requests(alice.id, 10).await, Ok(vec![]));
+    // Limits and listing.
+    store.block(bob.id, "carol", 2).await.unwrap();
+    register(store, "dave").await;
+    assert!(matches!(
+        store.block(bob.id, "dave", 2).await,
+        Err(StoreError::LimitReached(_))
+    ));
+    assert_eq!(keys(&store.list_blocked(bob.id).await.unwrap()), ["alice", "carol"]);
+    assert_eq!(store.list_blocked(alice.id).await, Ok(vec![]));
+    assert_eq!(
+        store.block(bob.id, "nobody", ROOMY).await.map(drop),
+        Err(StoreError::NoSuchUser)
+    );
+    // Unblocking lets messages through and drops the hidden request.
+    assert_eq!(store.unblock(bob.id, "alice").await, Ok(true));
+    assert_eq!(store.unblock(bob.id, "alice").await, Ok(false));
+    assert_eq!(store.unblock(bob.id, "nobody").await, Ok(false));
+    send(store, &alice, "bob", "m3", "again").await;
+    assert_eq!(store.presence_requests(bob.id, 10).await, Ok(vec![]));
+    assert_eq!(
+        subscriptions(&store.contacts_with_presence(alice.id).await.unwrap()),
+        [("bob", Subscription::None)]
+    );
+}
+
+async fn delete_account_removes_relations(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    store.request_presence(alice.id, "bob", ROOMY).await.unwrap();
+    store.block(alice.id, "bob", ROOMY).await.unwrap();
+    store.request_presence(bob.id, "alice", ROOMY).await.unwrap();
+    store.delete_account(alice.id).await.unwrap();
+    assert_eq!(store.presence_requests(bob.id, 10).await, Ok(vec![]));
+    // A new account with the name inherits nothing.
+    let again = register(store, "alice").await;
+    assert_eq!(store.list_blocked(again.id).await, Ok(vec![]));
+    assert_eq!(store.presence_requests(again.id, 10).await, Ok(vec![]));
+    send(store, &bob, "alice", "b1", "hello").await;
+    assert_eq!(store.contacts_with_presence(bob.id).await, Ok(vec![]));
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1176,4 +1393,8 @@ conformance!(
     mailbox_quota_counts_messages,
     mailbox_quota_counts_bytes,
     invites_are_used_up_with_the_account,
+    presence_request_approve_deny_cancel,
+    presence_requests_count_against_the_contact_limit,
+    blocks_refuse_appends_and_hide_requests,
+    delete_account_removes_relations,
 );

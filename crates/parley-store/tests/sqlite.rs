@@ -10,7 +10,7 @@ use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
 use common::{HOUR_MS, create_token, db_path, hash, live_tokens, message, new_account, now_ms, register, send};
 
 /// The schema version this build writes.
-const CURRENT_VERSION: i64 = 5;
+const CURRENT_VERSION: i64 = 6;
 
 /// The `PRAGMA user_version` of the database file.
 fn schema_version(conn: &rusqlite::Connection) -> i64 {
@@ -577,6 +577,8 @@ async fn contacts_and_tokens_survive_close_and_reopen() {
 fn downgrade_to_version_3(conn: &rusqlite::Connection) {
     conn.execute_batch(
         "BEGIN;
+         DROP TABLE presence_subscriptions;
+         DROP TABLE blocks;
          DROP TABLE invites;
          ALTER TABLE accounts DROP COLUMN stored_messages;
          ALTER TABLE accounts DROP COLUMN stored_bytes;
@@ -643,6 +645,8 @@ async fn migrates_with_its_data(from: i64) {
     assert_eq!(store.ack(bob.id, range).await.unwrap().0, 2);
     // The highest id ever handed out goes.
     assert_eq!(store.delete_messages(bob.id, vec![m4.id]).await, Ok(vec![m4.id]));
+    // A contact followed before presence needed consent.
+    store.add_contact(alice.id, "bob", 10).await.unwrap();
     store.close().await.unwrap();
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
@@ -664,6 +668,13 @@ async fn migrates_with_its_data(from: i64) {
     }
 
     let store = open(&dir, SqliteOptions::default());
+    if from >= 2 {
+        // A contact followed without consent became a request to answer.
+        let requests = store.presence_requests(bob.id, 10).await.unwrap();
+        assert_eq!(requests.iter().map(|a| a.id).collect::<Vec<_>>(), [alice.id]);
+        let contacts = store.contacts_with_presence(alice.id).await.unwrap();
+        assert_eq!(contacts[0].subscription, parley_core::presence::Subscription::Pending);
+    }
     // The old data is all there, acks included.
     assert_eq!(store.find_account("alice").await.unwrap(), Some(alice.clone()));
     let acked = |m: &std::sync::Arc<parley_core::store::StoredMessage>| {
@@ -711,10 +722,12 @@ async fn migrates_with_its_data(from: i64) {
             tables(&conn),
             vec![
                 "accounts",
+                "blocks",
                 "contacts",
                 "counters",
                 "invites",
                 "messages",
+                "presence_subscriptions",
                 "resume_tokens",
                 "sent_ids"
             ]

@@ -52,6 +52,33 @@ pub async fn assert_no_push(client: &Client) {
     }
 }
 
+/// `approver` lets `watcher` (logged in as `watcher_name`) see its
+/// presence: logs in as `approver`, approves the pending request, logs out
+/// and waits (through `watcher`'s contact list) until that session is
+/// gone, so that its going offline is not taken for a later event.
+pub async fn approve_and_leave(
+    server: &parley_testkit::TestServer,
+    approver: &str,
+    watcher: &Client,
+    watcher_name: &str,
+) {
+    let session = server.user(approver).await;
+    session.approve_presence(watcher_name).await.unwrap();
+    drop(session);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let contacts = watcher.list_contacts().await.unwrap();
+        let online = contacts
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case(approver) && c.online);
+        if !online {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{approver} never went offline");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn bodies(messages: &[Message]) -> Vec<&str> {
     messages.iter().map(|m| m.body.as_str()).collect()
 }

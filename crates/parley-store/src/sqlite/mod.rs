@@ -16,6 +16,7 @@
 
 mod checkpoint;
 mod ops;
+mod relations;
 mod schema;
 mod writer;
 
@@ -25,6 +26,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use parley_core::histogram::Histogram;
+use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::StoreStats;
 use parley_core::store::{
@@ -476,6 +478,55 @@ impl Store for SqliteStore {
 
     fn list_contacts(&self, user: UserId) -> StoreReply<Vec<AccountSummary>> {
         self.submit(|reply| Op::ListContacts { user, reply })
+    }
+
+    fn request_presence(&self, user: UserId, target_key: &str, max_contacts: u32) -> StoreReply<PresenceRequested> {
+        let args = (user, target_key.to_owned(), max_contacts);
+        self.submit(|reply| {
+            relations::call(args, reply, true, |c, (u, k, m)| {
+                relations::request_presence(c, u, &k, m)
+            })
+        })
+    }
+
+    fn answer_presence(&self, user: UserId, requester_key: &str, approve: bool) -> StoreReply<PresenceChange> {
+        let args = (user, requester_key.to_owned(), approve);
+        self.submit(|reply| {
+            relations::call(args, reply, true, |c, (u, k, a)| {
+                relations::answer_presence(c, u, &k, a)
+            })
+        })
+    }
+
+    fn cancel_presence(&self, user: UserId, target_key: &str) -> StoreReply<PresenceChange> {
+        let args = (user, target_key.to_owned());
+        self.submit(|reply| relations::call(args, reply, true, |c, (u, k)| relations::cancel_presence(c, u, &k)))
+    }
+
+    fn presence_requests(&self, user: UserId, limit: u32) -> StoreReply<Vec<AccountSummary>> {
+        self.submit(|reply| {
+            relations::call((user, limit), reply, false, |c, (u, l)| {
+                relations::presence_requests(c, u, l)
+            })
+        })
+    }
+
+    fn contacts_with_presence(&self, user: UserId) -> StoreReply<Vec<Contact>> {
+        self.submit(|reply| relations::call(user, reply, false, relations::contacts_with_presence))
+    }
+
+    fn block(&self, user: UserId, target_key: &str, max: u32) -> StoreReply<BlockOutcome> {
+        let args = (user, target_key.to_owned(), max);
+        self.submit(|reply| relations::call(args, reply, true, |c, (u, k, m)| relations::block(c, u, &k, m)))
+    }
+
+    fn unblock(&self, user: UserId, target_key: &str) -> StoreReply<bool> {
+        let args = (user, target_key.to_owned());
+        self.submit(|reply| relations::call(args, reply, true, |c, (u, k)| relations::unblock(c, u, &k)))
+    }
+
+    fn list_blocked(&self, user: UserId) -> StoreReply<Vec<AccountSummary>> {
+        self.submit(|reply| relations::call(user, reply, false, relations::list_blocked))
     }
 
     fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {

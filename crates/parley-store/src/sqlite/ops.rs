@@ -123,6 +123,8 @@ pub(super) enum Op {
         credentials: StoredCredentials,
         reply: Reply<()>,
     },
+    /// A presence subscription or block operation (`relations.rs`).
+    Relation(Box<dyn super::relations::RelationCall>),
 }
 
 /// An operation that has run, holding its answer until the batch commits.
@@ -166,7 +168,7 @@ impl<T: Send> Outcome for Answer<T> {
 }
 
 /// Boxes an operation's result with its reply channel.
-fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> Box<dyn Outcome> {
+pub(super) fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> Box<dyn Outcome> {
     Box::new(Answer {
         reply,
         result: result.map_err(StoreError::from),
@@ -175,7 +177,7 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> Box
 
 /// Why an operation failed inside the writer.
 #[derive(Debug, thiserror::Error)]
-enum OpError {
+pub(super) enum OpError {
     /// A domain answer such as `NameTaken` or `NoSuchUser`.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -193,7 +195,7 @@ impl From<OpError> for StoreError {
     }
 }
 
-type OpResult<T> = Result<T, OpError>;
+pub(super) type OpResult<T> = Result<T, OpError>;
 
 impl Op {
     /// Whether the operation may write, and so needs a savepoint.
@@ -213,6 +215,7 @@ impl Op {
             | Op::RevokeResumeToken { .. }
             | Op::RevokeAllResumeTokens { .. }
             | Op::SetCredentials { .. } => true,
+            Op::Relation(call) => call.writes(),
             Op::FindAccount { .. }
             | Op::ListAccounts { .. }
             | Op::Fetch { .. }
@@ -300,6 +303,7 @@ impl Op {
                 credentials,
                 reply,
             } => answer(reply, set_credentials(conn, user, &credentials)),
+            Op::Relation(call) => call.execute(conn),
         }
     }
 
@@ -325,18 +329,19 @@ impl Op {
             Op::RevokeResumeToken { reply, .. } => refuse(reply, error),
             Op::RevokeAllResumeTokens { reply, .. } => refuse(reply, error),
             Op::SetCredentials { reply, .. } => refuse(reply, error),
+            Op::Relation(call) => call.fail(error),
         }
     }
 }
 
 /// Answers `error` on `reply`.
-fn refuse<T>(reply: Reply<T>, error: StoreError) {
+pub(super) fn refuse<T>(reply: Reply<T>, error: StoreError) {
     // A caller that dropped its reply no longer wants the answer.
     let _ = reply.send(Err(error));
 }
 
 /// Whether an account with this id exists; never for ids SQLite cannot hold.
-fn account_exists(conn: &Connection, user: UserId) -> OpResult<bool> {
+pub(super) fn account_exists(conn: &Connection, user: UserId) -> OpResult<bool> {
     let Some(id) = exact_sql(user.0) else {
         return Ok(false);
     };
@@ -465,6 +470,7 @@ fn delete_account(conn: &Connection, user: UserId) -> OpResult<()> {
         .execute([id])?;
     conn.prepare_cached("DELETE FROM contacts WHERE contact = ?1")?
         .execute([id])?;
+    super::relations::forget_account(conn, id)?;
     conn.prepare_cached("DELETE FROM accounts WHERE id = ?1")?
         .execute([id])?;
     Ok(())
@@ -522,7 +528,7 @@ const LIST_FROM_BELOW: &str = "SELECT id, name, name_key FROM accounts
      ORDER BY name_key LIMIT ?4";
 
 /// Reads a row of `id, name, name_key`.
-fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
+pub(super) fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
     Ok(AccountSummary {
         id: UserId(row.get(0)?),
         name: row.get(1)?,
@@ -568,6 +574,10 @@ struct PendingMailbox {
     stored_messages: u64,
     /// Bytes of their bodies.
     stored_bytes: u64,
+    /// Whether the recipient blocks any account, so that only then does an
+    /// append look for a block of its sender (one lookup per recipient
+    /// per run instead of one per message).
+    blocks_anyone: bool,
 }
 
 impl PendingAppends {
@@ -614,6 +624,7 @@ impl PendingAppends {
                     appended_bytes: 0,
                     stored_messages: row.get(2)?,
                     stored_bytes: row.get(3)?,
+                    blocks_anyone: row.get(4)?,
                 })
             })
             .optional()?;
@@ -661,8 +672,11 @@ impl PendingAppends {
 pub(super) struct AppendStatements<'c> {
     /// The idempotency record of (sender, client_msg_id).
     sent: Statement<'c>,
-    /// The recipient's id, stored `last_seq` and quota counts.
+    /// The recipient's id, stored `last_seq`, quota counts and whether it
+    /// blocks anyone.
     recipient: Statement<'c>,
+    /// Whether the recipient blocks the sender.
+    blocked: Statement<'c>,
     /// The last message id handed out.
     last_id: Statement<'c>,
     /// The idempotency record written, unless there is one.
@@ -678,8 +692,12 @@ impl<'c> AppendStatements<'c> {
                 "SELECT message_id, recipient, seq, timestamp_ms FROM sent_ids
                  WHERE sender = ?1 AND client_msg_id = ?2",
             )?,
-            recipient: conn
-                .prepare("SELECT id, last_seq, stored_messages, stored_bytes FROM accounts WHERE name_key = ?1")?,
+            recipient: conn.prepare(
+                "SELECT id, last_seq, stored_messages, stored_bytes,
+                        EXISTS (SELECT 1 FROM blocks WHERE blocker = accounts.id)
+                 FROM accounts WHERE name_key = ?1",
+            )?,
+            blocked: conn.prepare("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?,
             last_id: conn.prepare("SELECT value FROM counters WHERE name = 'message_id'")?,
             record: conn.prepare(
                 "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
@@ -705,7 +723,13 @@ fn append(
 ) -> OpResult<Appended> {
     let sender = clamp(new.sender.0);
     let timestamp_ms = clamp(new.timestamp_ms);
-    let Some(mailbox) = pending.recipient(&new.recipient_key, &mut statements.recipient)? else {
+    let found = pending.recipient(&new.recipient_key, &mut statements.recipient)?;
+    // A blocked sender is answered as if the account did not exist.
+    let found = match found {
+        Some(mailbox) if mailbox.blocks_anyone && statements.blocked.exists(params![mailbox.id, sender])? => None,
+        found => found,
+    };
+    let Some(mailbox) = found else {
         // A retry gets the original answer even if the recipient is gone.
         return match original(conn, new, statements)? {
             Some(appended) => Ok(appended),
@@ -990,7 +1014,7 @@ fn mailbox_state(conn: &Connection, user: UserId) -> OpResult<MailboxState> {
 }
 
 /// The account with this name key, as a listing row.
-fn find_summary(conn: &Connection, name_key: &str) -> OpResult<Option<AccountSummary>> {
+pub(super) fn find_summary(conn: &Connection, name_key: &str) -> OpResult<Option<AccountSummary>> {
     let mut stmt = conn.prepare_cached("SELECT id, name, name_key FROM accounts WHERE name_key = ?1")?;
     Ok(stmt.query_row([name_key], summary_from_row).optional()?)
 }
@@ -1028,7 +1052,16 @@ fn remove_contact(conn: &Connection, user: UserId, contact_key: &str) -> OpResul
         "DELETE FROM contacts
          WHERE owner = ?1 AND contact = (SELECT id FROM accounts WHERE name_key = ?2)",
     )?;
-    Ok(stmt.execute(params![owner, contact_key])? > 0)
+    let removed = stmt.execute(params![owner, contact_key])? > 0;
+    if removed {
+        // The subscription to its presence goes with the contact.
+        conn.prepare_cached(
+            "DELETE FROM presence_subscriptions
+             WHERE watcher = ?1 AND target = (SELECT id FROM accounts WHERE name_key = ?2)",
+        )?
+        .execute(params![owner, contact_key])?;
+    }
+    Ok(removed)
 }
 
 fn list_contacts(conn: &Connection, user: UserId) -> OpResult<Vec<AccountSummary>> {

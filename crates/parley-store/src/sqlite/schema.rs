@@ -162,6 +162,31 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB PRIMARY KEY,
         expires_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // Version 6: presence by consent, and blocks.
+    //
+    // `presence_subscriptions`: the watcher asked to see the target's
+    // presence; `approved` once the target said yes. Keyed by watcher (a
+    // login loads what it sees); the index on `(target, approved)` serves a
+    // target's pending requests and deleting an account.
+    // `blocks`: keyed by blocker (an append asks whether its recipient
+    // blocks its sender); the index on `blocked` serves deleting an account.
+    // Contacts made before this version were followed without consent:
+    // each becomes a pending request for the contact to answer.
+    "CREATE TABLE presence_subscriptions (
+        watcher INTEGER NOT NULL,
+        target INTEGER NOT NULL,
+        approved INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (watcher, target)
+    ) WITHOUT ROWID;
+    CREATE INDEX presence_subscriptions_target ON presence_subscriptions (target, approved);
+    CREATE TABLE blocks (
+        blocker INTEGER NOT NULL,
+        blocked INTEGER NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    ) WITHOUT ROWID;
+    CREATE INDEX blocks_blocked ON blocks (blocked);
+    INSERT INTO presence_subscriptions (watcher, target, approved)
+        SELECT owner, contact, owner = contact FROM contacts;",
 ];
 
 /// The schema version this build creates and understands.
