@@ -202,7 +202,7 @@ fn every_request() -> Vec<(&'static str, Body)> {
                 invite: String::new(),
             }),
         ),
-        ("delete-account", Body::DeleteAccount(v1::DeleteAccount {})),
+        ("delete-account", Body::DeleteAccount(v1::DeleteAccount::default())),
     ]
 }
 

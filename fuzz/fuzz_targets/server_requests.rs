@@ -134,7 +134,7 @@ async fn add_fixtures(service: &Service) {
     let mut ids = Vec::new();
     for name in [USER, OTHER_USER] {
         let registered = service
-            .register(name, credentials().clone())
+            .register(name, credentials().clone(), None, None)
             .expect("harness: registering");
         let (id, _) = registered.await.expect("harness: registering");
         ids.push(id);
@@ -150,6 +150,7 @@ async fn add_fixtures(service: &Service) {
                 client_msg_id: format!("seed-{n}"),
                 body: format!("hello {n}"),
                 timestamp_ms: n,
+                quota: parley_core::store::MailboxQuota::UNLIMITED,
             })
             .await
             .expect("harness: storing a message");
