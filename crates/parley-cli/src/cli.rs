@@ -108,7 +108,7 @@ impl GlobalArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create the account (--user) with the password
-    Register,
+    Register(RegisterArgs),
     /// Log in and show how many messages are unread
     Login,
     /// Send a message
@@ -239,6 +239,14 @@ pub struct DeleteAccountArgs {
     /// Confirm: the account and every message in its mailbox are deleted
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    /// The invite code, on a server that registers by invitation (its
+    /// administrator makes one with `parleyd ctl invite`)
+    #[arg(long, value_name = "CODE")]
+    pub invite: Option<String>,
 }
 
 #[derive(Args, Debug)]

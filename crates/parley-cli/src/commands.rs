@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::cli::{
     ContactsAction, ContactsArgs, DeleteAccountArgs, DeleteArgs, ListArgs, LogoutArgs, PresenceAction, PresenceArgs,
-    ReadArgs, SendArgs, WatchArgs,
+    ReadArgs, RegisterArgs, SendArgs, WatchArgs,
 };
 use crate::exit::{Exit, Failure, server_code};
 use crate::format::{
@@ -82,11 +82,12 @@ fn print_login(ctx: &Invocation, info: &LoginInfo) -> anyhow::Result<()> {
 }
 
 /// `parley register`
-pub async fn register(ctx: &mut Invocation) -> anyhow::Result<Exit> {
+pub async fn register(ctx: &mut Invocation, args: &RegisterArgs) -> anyhow::Result<Exit> {
     let user = ctx.settings.user()?;
     let password = ctx.settings.new_password(&user)?;
     let client = session::connect(&ctx.settings.server).await?;
-    match timed("registering", client.register(&user, &password)).await {
+    let invite = args.invite.as_deref().unwrap_or_default();
+    match timed("registering", client.register_with_invite(&user, &password, invite)).await {
         Ok(registered) => {
             if ctx.json {
                 out_json(&json!({ "name": registered.name, "user_id": registered.user_id }))?;

@@ -96,7 +96,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
     };
     runtime.block_on(async {
         let result = match &command {
-            Command::Register => commands::register(&mut ctx).await,
+            Command::Register(args) => commands::register(&mut ctx, args).await,
             Command::Login => commands::login(&mut ctx).await,
             Command::Send(args) => commands::send(&mut ctx, args).await,
             Command::Read(args) => commands::read(&mut ctx, args).await,

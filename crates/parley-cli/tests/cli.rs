@@ -280,6 +280,23 @@ async fn delete_account_needs_yes_then_login_fails() {
     assert_eq!(out.json()["error"]["code"], "AUTH_FAILED");
 }
 
+/// On a server that registers by invitation, `parley register` without a
+/// code is refused (INVITE_INVALID) and `--invite CODE` from
+/// `parleyd ctl invite` registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_takes_an_invite_code() {
+    let h = Harness::start_with(Store::Sqlite, &["--registration", "invite"]);
+    let out = h.run("alice", &["--json", "register"]).await;
+    assert_eq!(out.json()["error"]["code"], "INVITE_INVALID", "{out:#?}");
+    let (status, stdout, stderr) = h.server.ctl(&["invite"]);
+    assert!(status.success(), "{stderr}");
+    let reply: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let code = reply["code"].as_str().expect("code");
+    let out = h.run("alice", &["register", "--invite", code]).await.expect_code(0);
+    assert!(out.stdout.starts_with("registered alice"), "{out:#?}");
+    h.run("alice", &["login"]).await.expect_code(0);
+}
+
 /// `parley passwd` proves the old password and sets the new one (from
 /// stdin here); `parley logout --all` ends the account's other sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
