@@ -74,6 +74,38 @@ impl<K: Clone + Eq + Hash> WindowLimiter<K> {
     /// Counts one event for `key`, or refuses it with the time until the
     /// key's window ends (nothing is counted then).
     pub fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        self.count(key, now, true)
+    }
+
+    /// Whether an event for `key` would be refused now, without counting
+    /// it: Err(time until the key's window ends) when it would.
+    pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let w = lock(&self.windows);
+        match w.counters.get(key) {
+            Some(counter) => {
+                let elapsed = now.saturating_duration_since(counter.start);
+                if elapsed < self.window && counter.count >= self.limit {
+                    Err(self.window - elapsed)
+                } else {
+                    Ok(())
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one event for `key` whatever the count (a failed login is
+    /// counted once it happened; [`WindowLimiter::check`] decides who may
+    /// try).
+    pub fn record(&self, key: &K, now: Instant) {
+        let _ = self.count(key, now, false);
+    }
+
+    /// Counts one event; with `refuse`, not past the limit.
+    fn count(&self, key: &K, now: Instant, refuse: bool) -> Result<(), Duration> {
         if self.limit == 0 {
             return Ok(());
         }
@@ -81,10 +113,10 @@ impl<K: Clone + Eq + Hash> WindowLimiter<K> {
         if let Some(counter) = w.counters.get_mut(key) {
             let elapsed = now.saturating_duration_since(counter.start);
             if elapsed < self.window {
-                if counter.count >= self.limit {
+                if refuse && counter.count >= self.limit {
                     return Err(self.window - elapsed);
                 }
-                counter.count += 1;
+                counter.count = counter.count.saturating_add(1);
                 return Ok(());
             }
             // The window ended: a new one starts now, at the end of the order.

@@ -1111,8 +1111,28 @@ impl Session {
         &self,
         name: &str,
     ) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
+        self.answer_presence(name, true)
+    }
+
+    /// Refuses `name`'s pending request, or takes back an approval given
+    /// earlier (RFC 6121's "unsubscribed"). Nobody is told of a refusal; a
+    /// revoked watcher that is online gets this account's presence as
+    /// offline. Nothing to refuse is not an error.
+    pub fn deny_presence(
+        &self,
+        name: &str,
+    ) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
+        self.answer_presence(name, false)
+    }
+
+    /// Approves or refuses `name`'s request (see the two above).
+    fn answer_presence(
+        &self,
+        name: &str,
+        approve: bool,
+    ) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
         let requester = UserName::parse(name).map_err(|_| no_such_user(name))?;
-        let reply = self.service.store.answer_presence(self.user, requester.key(), true);
+        let reply = self.service.store.answer_presence(self.user, requester.key(), approve);
         let service = Arc::clone(&self.service);
         let user = self.user;
         let me: Arc<str> = Arc::from(self.name.as_str());
@@ -1122,6 +1142,10 @@ impl Session {
                 StoreError::NoSuchUser => no_such_user(&name),
                 other => other.into(),
             })?;
+            if !approve {
+                service.hub.stop_seeing(change.other.id, user, &me);
+                return Ok(());
+            }
             match (change.before, change.after) {
                 (Subscription::Pending, Subscription::Approved) => {
                     let watcher = change.other.id;
@@ -1142,30 +1166,6 @@ impl Session {
                     change.other.name
                 ))),
             }
-        })
-    }
-
-    /// Refuses `name`'s pending request, or takes back an approval given
-    /// earlier (RFC 6121's "unsubscribed"). Nobody is told of a refusal; a
-    /// revoked watcher that is online gets this account's presence as
-    /// offline. Nothing to refuse is not an error.
-    pub fn deny_presence(
-        &self,
-        name: &str,
-    ) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
-        let requester = UserName::parse(name).map_err(|_| no_such_user(name))?;
-        let reply = self.service.store.answer_presence(self.user, requester.key(), false);
-        let service = Arc::clone(&self.service);
-        let user = self.user;
-        let me: Arc<str> = Arc::from(self.name.as_str());
-        let name = name.to_owned();
-        Ok(async move {
-            let change = reply.await.map_err(|e| match e {
-                StoreError::NoSuchUser => no_such_user(&name),
-                other => other.into(),
-            })?;
-            service.hub.stop_seeing(change.other.id, user, &me);
-            Ok(())
         })
     }
 

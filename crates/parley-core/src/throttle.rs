@@ -19,17 +19,19 @@
 //! one window; resume tokens are not affected by the per-account limit, so
 //! already-logged-in devices keep working.
 //!
-//! The failure table is bounded; when it is full it drops the counter
+//! The failure counters are bounded ([`WindowLimiter`], shared with the
+//! registration limit and the pager); when full they drop the counter
 //! whose window started longest ago (never all of them: a throttle that
 //! forgets everything when flooded would fail open).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::addr::address_group;
 use crate::error::{CoreError, ErrorKind};
+use crate::rate::{WindowLimiter, retry_hint};
 
 /// Failed logins allowed per account name per window.
 pub const DEFAULT_FAILURES_PER_ACCOUNT: u32 = 10;
@@ -78,64 +80,14 @@ enum Key {
     Ip(IpAddr),
 }
 
-/// One failure counter.
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    /// When its window started.
-    start: Instant,
-    /// Failures in the window.
-    count: u32,
-    /// Its place in [`Failures::order`].
-    stamp: u64,
-}
-
-/// Failure counters, with the order their windows started in.
-#[derive(Default)]
-struct Failures {
-    buckets: HashMap<Key, Bucket>,
-    /// Stamp → key, oldest window first.
-    order: BTreeMap<u64, Key>,
-    /// The next stamp.
-    next: u64,
-}
-
-impl Failures {
-    /// Starts a new window for `key`, dropping the oldest counters while
-    /// the table is full.
-    fn restart(&mut self, key: Key, now: Instant, max: usize) -> &mut Bucket {
-        if let Some(old) = self.buckets.get(&key) {
-            self.order.remove(&old.stamp);
-        } else {
-            while self.buckets.len() >= max.max(1) {
-                let Some((_, oldest)) = self.order.pop_first() else {
-                    break;
-                };
-                self.buckets.remove(&oldest);
-            }
-        }
-        let stamp = self.next;
-        self.next += 1;
-        self.order.insert(stamp, key.clone());
-        let bucket = self.buckets.entry(key).or_insert(Bucket {
-            start: now,
-            count: 0,
-            stamp,
-        });
-        *bucket = Bucket {
-            start: now,
-            count: 0,
-            stamp,
-        };
-        bucket
-    }
-}
-
 /// Failure counters and logins in progress.
 pub struct Throttle {
     /// Limits and window.
     settings: ThrottleSettings,
-    /// Failed attempts per key.
-    failures: Mutex<Failures>,
+    /// Failed attempts per account name key.
+    account_failures: WindowLimiter<String>,
+    /// Failed attempts per address group.
+    ip_failures: WindowLimiter<IpAddr>,
     /// Logins in progress per key; an entry lives while an [`Attempt`]
     /// for it does, so this is bounded by the attempts alive.
     pending: Mutex<HashMap<Key, u32>>,
@@ -196,8 +148,9 @@ impl Drop for Attempt {
 impl Throttle {
     pub fn new(settings: ThrottleSettings) -> Arc<Throttle> {
         Arc::new(Throttle {
+            account_failures: WindowLimiter::new(settings.failures_per_account, settings.window, settings.max_tracked),
+            ip_failures: WindowLimiter::new(settings.failures_per_ip, settings.window, settings.max_tracked),
             settings,
-            failures: Mutex::new(Failures::default()),
             pending: Mutex::new(HashMap::new()),
         })
     }
@@ -207,13 +160,6 @@ impl Throttle {
             .map(|a| Key::Account(a.to_owned()))
             .into_iter()
             .chain(ip.map(Key::Ip))
-    }
-
-    fn failure_limit(&self, key: &Key) -> u32 {
-        match key {
-            Key::Account(_) => self.settings.failures_per_account,
-            Key::Ip(_) => self.settings.failures_per_ip,
-        }
     }
 
     fn pending_limit(&self, key: &Key) -> u32 {
@@ -260,43 +206,28 @@ impl Throttle {
     }
 
     fn check_failures(&self, account: Option<&str>, ip: Option<IpAddr>, now: Instant) -> Result<(), CoreError> {
-        let failures = lock(&self.failures);
-        for key in Throttle::keys(account, ip) {
-            if let Some(bucket) = failures.buckets.get(&key) {
-                let elapsed = now.saturating_duration_since(bucket.start);
-                if elapsed < self.settings.window && bucket.count >= self.failure_limit(&key) {
-                    let wait = self.settings.window - elapsed;
-                    return Err(CoreError {
-                        kind: ErrorKind::RateLimited,
-                        message: "too many failed logins; wait before trying again".into(),
-                        retry_after_ms: Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1)),
-                    });
-                }
-            }
-        }
-        Ok(())
+        let by_account = account.map_or(Ok(()), |a| self.account_failures.check(&a.to_owned(), now));
+        let by_ip = ip.map_or(Ok(()), |ip| self.ip_failures.check(&ip, now));
+        by_account.and(by_ip).map_err(|wait| CoreError {
+            kind: ErrorKind::RateLimited,
+            message: "too many failed logins; wait before trying again".into(),
+            retry_after_ms: Some(retry_hint(wait)),
+        })
     }
 
     /// Counts a failed attempt.
     pub fn record_failure(&self, account: Option<&str>, ip: Option<IpAddr>, now: Instant) {
-        let ip = ip.map(address_group);
-        let mut failures = lock(&self.failures);
-        for key in Throttle::keys(account, ip) {
-            let window = self.settings.window;
-            let current = failures
-                .buckets
-                .get_mut(&key)
-                .filter(|b| now.saturating_duration_since(b.start) < window);
-            match current {
-                Some(bucket) => bucket.count = bucket.count.saturating_add(1),
-                None => failures.restart(key, now, self.settings.max_tracked).count = 1,
-            }
+        if let Some(account) = account {
+            self.account_failures.record(&account.to_owned(), now);
+        }
+        if let Some(ip) = ip.map(address_group) {
+            self.ip_failures.record(&ip, now);
         }
     }
 
     /// Failure counters kept now.
     pub fn tracked(&self) -> usize {
-        lock(&self.failures).buckets.len()
+        self.account_failures.tracked() + self.ip_failures.tracked()
     }
 }
 

@@ -6,12 +6,12 @@
 //! contain `:`, so no account can pass for the pager. Its sender id is
 //! [`PAGER_SENDER`], an id no account ever has.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use parley_core::UserId;
+use parley_core::addr::address_group;
+use parley_core::rate::{WindowLimiter, retry_hint};
 
 /// Sender name prefix of every pager message.
 pub const PAGER_PREFIX: &str = "pager:";
@@ -21,47 +21,29 @@ pub const PAGER_SENDER: UserId = parley_core::service::EXTERNAL_SENDER;
 pub const MAX_VISITOR_NAME_CHARS: usize = 64;
 /// Longest visitor contact kept, in characters.
 pub const MAX_VISITOR_CONTACT_CHARS: usize = 128;
-/// Most source addresses the rate limiter tracks; past it, windows that
-/// ended are dropped, and if none has, new addresses are refused.
+/// Most source addresses the rate limiter tracks; past it, the window that
+/// started longest ago is dropped.
 pub const MAX_TRACKED_ADDRESSES: usize = 100_000;
 /// The rate limiter's window.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
-/// Pager posts per source address per window.
+/// Pager posts per source address (IPv6: its /64) per window: the core's
+/// bounded window counter, as for logins and registrations.
 pub struct PagerLimiter {
-    /// Posts allowed per address per window.
-    per_window: u32,
-    /// Window start and posts counted, by address.
-    table: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Posts counted per address group.
+    posts: WindowLimiter<IpAddr>,
 }
 
 impl PagerLimiter {
     pub fn new(per_window: u32) -> PagerLimiter {
         PagerLimiter {
-            per_window,
-            table: Mutex::new(HashMap::new()),
+            posts: WindowLimiter::new(per_window, WINDOW, MAX_TRACKED_ADDRESSES),
         }
     }
 
     /// Counts one post from `ip`; Err(ms to wait) when over the limit.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), u32> {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if table.len() >= MAX_TRACKED_ADDRESSES && !table.contains_key(&ip) {
-            table.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
-            if table.len() >= MAX_TRACKED_ADDRESSES {
-                return Err(u32::try_from(WINDOW.as_millis()).unwrap_or(u32::MAX));
-            }
-        }
-        let entry = table.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= WINDOW {
-            *entry = (now, 0);
-        }
-        if entry.1 >= self.per_window {
-            let left = WINDOW.saturating_sub(now.duration_since(entry.0));
-            return Err(u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1));
-        }
-        entry.1 += 1;
-        Ok(())
+        self.posts.take(&address_group(ip), now).map_err(retry_hint)
     }
 }
 

@@ -751,6 +751,15 @@ impl Connection {
     async fn handle_waiting(&mut self, id: u64, body: client_frame::Body) {
         use client_frame::Body as B;
         let service = Arc::clone(&self.ctx.service);
+        // What proves the password again needs a session, and is new work.
+        if matches!(body, B::Reauth(_) | B::ChangePassword(_) | B::DeleteAccount(_)) {
+            if self.session.is_none() {
+                return self.encode(&core_error_frame(id, &not_logged_in()));
+            }
+            if self.overloaded() {
+                return self.start(id, Err(busy()));
+            }
+        }
         match body {
             B::AuthStart(a) => {
                 if self.session.is_some() {
@@ -814,13 +823,8 @@ impl Connection {
                 self.logged_in(id, result);
             }
             B::Reauth(r) => {
-                let overloaded = self.overloaded();
-                let Some(session) = self.session.as_ref() else {
-                    return self.encode(&core_error_frame(id, &not_logged_in()));
-                };
-                if overloaded {
-                    return self.start(id, Err(busy()));
-                }
+                // Checked above: logged in and admitted.
+                let Some(session) = self.session.as_ref() else { return };
                 match session.reauth_start(&r.client_first, Some(self.peer.ip())).await {
                     Err(e) => self.encode(&core_error_frame(id, &e)),
                     Ok(pending) => {
@@ -834,13 +838,8 @@ impl Connection {
                 }
             }
             B::ChangePassword(c) => {
-                let overloaded = self.overloaded();
-                let Some(session) = self.session.as_mut() else {
-                    return self.encode(&core_error_frame(id, &not_logged_in()));
-                };
-                if overloaded {
-                    return self.start(id, Err(busy()));
-                }
+                // Checked above: logged in and admitted.
+                let Some(session) = self.session.as_mut() else { return };
                 let Some(pending) = self.pending_auth.take() else {
                     return self.encode(&core_error_frame(id, &reauth_first()));
                 };
@@ -866,13 +865,8 @@ impl Connection {
                 }
             }
             B::DeleteAccount(d) => {
-                let overloaded = self.overloaded();
-                let Some(session) = self.session.as_mut() else {
-                    return self.encode(&core_error_frame(id, &not_logged_in()));
-                };
-                if overloaded {
-                    return self.start(id, Err(busy()));
-                }
+                // Checked above: logged in and admitted.
+                let Some(session) = self.session.as_mut() else { return };
                 let Some(pending) = self.pending_auth.take() else {
                     return self.encode(&core_error_frame(id, &reauth_first()));
                 };
