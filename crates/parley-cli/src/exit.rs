@@ -74,7 +74,11 @@ pub fn exit_for_server_code(code: ErrorCode) -> Exit {
         | ErrorCode::MailboxFull
         | ErrorCode::RegistrationClosed
         | ErrorCode::InviteInvalid => Exit::Refused,
-        ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::Timeout | ErrorCode::RateLimited => Exit::Unavailable,
+        ErrorCode::Busy
+        | ErrorCode::ShuttingDown
+        | ErrorCode::Timeout
+        | ErrorCode::RateLimited
+        | ErrorCode::StorageUnavailable => Exit::Unavailable,
         _ => Exit::Other,
     }
 }

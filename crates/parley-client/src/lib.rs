@@ -540,6 +540,16 @@ impl Client {
             .await
     }
 
+    /// Whether this account takes messages from the web pager, after
+    /// setting it when `accept` is given.
+    pub async fn pager(&self, accept: Option<bool>) -> Result<bool> {
+        self.call(client_frame::Body::Pager(v1::Pager { accept }), |b| match b {
+            server_frame::Body::Pager(r) => Ok(r.accept),
+            other => Err(other),
+        })
+        .await
+    }
+
     async fn blocked_after(&self, body: client_frame::Body) -> Result<Vec<String>> {
         self.call(body, |b| match b {
             server_frame::Body::Blocked(r) => Ok(r.names),

@@ -28,6 +28,7 @@ pub enum ErrorKind {
     MailboxFull,
     RegistrationClosed,
     InviteInvalid,
+    StorageUnavailable,
 }
 
 impl ErrorKind {
@@ -55,6 +56,7 @@ impl ErrorKind {
             ErrorKind::MailboxFull => "MAILBOX_FULL",
             ErrorKind::RegistrationClosed => "REGISTRATION_CLOSED",
             ErrorKind::InviteInvalid => "INVITE_INVALID",
+            ErrorKind::StorageUnavailable => "STORAGE_UNAVAILABLE",
         }
     }
 }
@@ -109,6 +111,11 @@ impl From<StoreError> for CoreError {
                 "the recipient's mailbox is full; the message was not stored",
             ),
             StoreError::Closed => CoreError::new(ErrorKind::ShuttingDown, "server is shutting down"),
+            StoreError::Unavailable(why) => CoreError {
+                kind: ErrorKind::StorageUnavailable,
+                message: format!("the server cannot store anything now ({why}); nothing was done, try again later"),
+                retry_after_ms: Some(crate::store::STORAGE_RETRY_AFTER_MS),
+            },
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "store failure");
                 CoreError::new(ErrorKind::Internal, "internal storage error")

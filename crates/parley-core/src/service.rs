@@ -40,6 +40,13 @@ use crate::throttle::{Attempt, Throttle, ThrottleSettings};
 /// a `:` that no account name can.
 pub const EXTERNAL_SENDER: UserId = UserId(0);
 
+/// Sender id of the web pager's messages: outside any account, like
+/// [`EXTERNAL_SENDER`], but its own, so that an account can refuse the
+/// pager ([`Session::pager`]) and still get the administrator's
+/// broadcasts. Account ids never reach it (stores keep ids as SQL
+/// integers, which end here).
+pub const PAGER_SENDER: UserId = UserId(i64::MAX as u64);
+
 /// Bytes of randomness in a resume token.
 pub const RESUME_TOKEN_BYTES: usize = 32;
 /// How long a resume token works, by default.
@@ -1241,6 +1248,18 @@ impl Session {
     pub fn list_blocked(&self) -> impl Future<Output = Result<Vec<String>, CoreError>> + Send + 'static {
         let reply = self.service.store.list_blocked(self.user);
         async move { Ok(reply.await?.into_iter().map(|a| a.name).collect()) }
+    }
+
+    /// Whether this account takes messages from the web pager, after
+    /// setting it when `accept` is given. A refused pager message is
+    /// answered as one to an account that does not exist, so the visitor
+    /// learns nothing.
+    pub fn pager(&self, accept: Option<bool>) -> impl Future<Output = Result<bool, CoreError>> + Send + 'static {
+        let reply = self
+            .service
+            .store
+            .refuse_sender(self.user, PAGER_SENDER, accept.map(|a| !a));
+        async move { Ok(!reply.await?) }
     }
 
     /// Stops following `name`; returns whether it was a contact.

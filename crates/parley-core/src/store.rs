@@ -48,9 +48,18 @@ pub enum StoreError {
     /// nothing was done.
     #[error("invite invalid")]
     InviteInvalid,
+    /// The storage cannot take writes now (disk full, read-only database,
+    /// I/O error): nothing was done, and the same request may succeed once
+    /// the operator fixed the cause. Reads still work.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("store backend error: {0}")]
     Backend(String),
 }
+
+/// How long a client is asked to wait after [`StoreError::Unavailable`]:
+/// an operator's fix (freeing space) takes longer than an overload.
+pub const STORAGE_RETRY_AFTER_MS: u32 = 5_000;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -380,11 +389,24 @@ pub trait Store: Send + Sync + 'static {
     fn unblock(&self, user: UserId, target_key: &str) -> StoreReply<bool>;
     /// The accounts `user` blocks, in name-key order.
     fn list_blocked(&self, user: UserId) -> StoreReply<Vec<AccountSummary>>;
+    /// Whether `user` refuses messages from `sender`, a sender outside any
+    /// account (such as [`crate::service::PAGER_SENDER`]), after setting it
+    /// when `refuse` is given. A refused sender's appends to `user` answer
+    /// [`StoreError::NoSuchUser`], as a block does; it counts toward no
+    /// limit and is not listed by [`Store::list_blocked`]. An unknown user
+    /// refuses nothing (and setting is [`StoreError::NoSuchUser`]).
+    fn refuse_sender(&self, user: UserId, sender: UserId, refuse: Option<bool>) -> StoreReply<bool>;
     /// Finishes queued work, makes it durable and stops accepting more.
     fn close(&self) -> StoreReply<()>;
     /// The store's own counters, for metrics; None for a store that has
     /// nothing to report (the memory store has no queue and no commits).
     fn stats(&self) -> Option<StoreStats> {
+        None
+    }
+    /// Why writes fail now, when the last write failed with
+    /// [`StoreError::Unavailable`] (or the database opened read-only) and
+    /// none succeeded since; readiness probes report it.
+    fn write_failure(&self) -> Option<String> {
         None
     }
 }

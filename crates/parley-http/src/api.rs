@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use parley_core::scram::StoredCredentials;
-use parley_core::service::ContactView;
+use parley_core::service::{ContactView, RegistrationMode};
 use parley_core::store::{AckRange, StoreError, StoredMessage};
 use parley_core::{CoreError, ErrorKind, LoginOutcome, MessageId, Seq, Session};
 use serde::{Deserialize, Serialize};
@@ -111,9 +111,14 @@ pub const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn readyz(State(ctx): Ctx) -> ApiResult<axum::Json<Status>> {
     // A lookup of a name no account can have goes through the store's
     // queue (and, for SQLite, its thread) without changing anything.
-    let probe = ctx.service.store().find_account("");
+    let store = ctx.service.store();
+    let probe = store.find_account("");
     match tokio::time::timeout(READINESS_TIMEOUT, probe).await {
-        Ok(Ok(_)) => Ok(axum::Json(Status { status: "ready" })),
+        Ok(Ok(_)) => match store.write_failure() {
+            None => Ok(axum::Json(Status { status: "ready" })),
+            // Reads answer, but nothing can be stored: not ready.
+            Some(why) => Err(Problem::from(CoreError::from(StoreError::Unavailable(why)))),
+        },
         Ok(Err(StoreError::Busy { retry_after_ms })) => Err(Problem::busy("store busy", retry_after_ms)),
         Ok(Err(e)) => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -135,6 +140,8 @@ pub struct ServerInfo {
     max_body_bytes: u32,
     pager: bool,
     session_idle_secs: u64,
+    /// Who may create an account: "open", "invite" (with a code) or "closed".
+    registration: &'static str,
 }
 
 pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
@@ -147,6 +154,11 @@ pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
         max_body_bytes: config.limits.max_body_bytes,
         pager: ctx.settings.pager_enabled,
         session_idle_secs: ctx.sessions.idle().as_secs(),
+        registration: match config.registration {
+            RegistrationMode::Open => "open",
+            RegistrationMode::Invite => "invite",
+            RegistrationMode::Closed => "closed",
+        },
     })
 }
 
@@ -581,7 +593,7 @@ impl From<&StoredMessage> for MessageView {
             message_id: m.id.0,
             seq: m.seq.0,
             from: m.sender_name.clone(),
-            pager: m.sender == pager::PAGER_SENDER && m.sender_name.starts_with(pager::PAGER_PREFIX),
+            pager: pager::is_pager_message(m.sender, &m.sender_name),
             timestamp_ms: m.timestamp_ms,
             body: m.body.clone(),
             client_msg_id: m.client_msg_id.clone(),
@@ -754,6 +766,25 @@ pub async fn unblock(auth: Authed, PathParam(name): PathParam<String>) -> ApiRes
 }
 
 // ------------------------------------------------------------ pager
+
+/// Whether the account takes messages from the web pager.
+#[derive(Deserialize, Serialize)]
+pub struct PagerSetting {
+    accept: bool,
+}
+
+pub async fn pager_setting(auth: Authed) -> ApiResult<axum::Json<PagerSetting>> {
+    let accept = start!(auth, |s| s.pager(None))?.await?;
+    Ok(axum::Json(PagerSetting { accept }))
+}
+
+pub async fn set_pager_setting(
+    auth: Authed,
+    JsonBody(r): JsonBody<PagerSetting>,
+) -> ApiResult<axum::Json<PagerSetting>> {
+    let accept = start!(auth, |s| s.pager(Some(r.accept)))?.await?;
+    Ok(axum::Json(PagerSetting { accept }))
+}
 
 #[derive(Deserialize)]
 pub struct PagerRequest {

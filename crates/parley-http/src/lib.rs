@@ -309,6 +309,8 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HttpContext>>
         (Method::GET, "/v1/blocks", get(api::list_blocked)),
         (Method::PUT, "/v1/blocks/{name}", put(api::block)),
         (Method::DELETE, "/v1/blocks/{name}", delete(api::unblock)),
+        (Method::GET, "/v1/account/pager", get(api::pager_setting)),
+        (Method::PUT, "/v1/account/pager", put(api::set_pager_setting)),
         (Method::POST, "/v1/pager/{user}", post(api::pager)),
         (Method::GET, "/v1/ws", get(websocket)),
     ]

@@ -15,8 +15,16 @@ use parley_core::rate::{WindowLimiter, retry_hint};
 
 /// Sender name prefix of every pager message.
 pub const PAGER_PREFIX: &str = "pager:";
-/// Sender id of pager messages (shared with every sender outside an account).
-pub const PAGER_SENDER: UserId = parley_core::service::EXTERNAL_SENDER;
+/// Sender id of pager messages: no account's, and not the administrator's,
+/// so that an account can refuse the pager alone.
+pub const PAGER_SENDER: UserId = parley_core::service::PAGER_SENDER;
+
+/// Whether a stored message came from the pager. Messages stored before the
+/// pager had its own sender id carry [`parley_core::service::EXTERNAL_SENDER`];
+/// the name's prefix tells them from the administrator's.
+pub fn is_pager_message(sender: UserId, sender_name: &str) -> bool {
+    (sender == PAGER_SENDER || sender == parley_core::service::EXTERNAL_SENDER) && sender_name.starts_with(PAGER_PREFIX)
+}
 /// Longest visitor name kept, in characters.
 pub const MAX_VISITOR_NAME_CHARS: usize = 64;
 /// Longest visitor contact kept, in characters.

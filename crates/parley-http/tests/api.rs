@@ -489,6 +489,64 @@ async fn the_pager_leaves_marked_messages_and_is_rate_limited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_can_refuse_the_pager_and_the_visitor_cannot_tell() {
+    let s = server(&[]);
+    let api = Api::new(&s);
+    let kim = api.user("kim").await;
+    assert_eq!(api.get("/v1/account/pager", Some(&kim)).await.ok()["accept"], true);
+    let off = api
+        .put("/v1/account/pager", Some(&kim), json!({ "accept": false }))
+        .await;
+    assert_eq!(off.ok()["accept"], false);
+    assert_eq!(api.get("/v1/account/pager", Some(&kim)).await.ok()["accept"], false);
+    // The visitor gets the same answer as for a name nobody has.
+    let refused = api.post("/v1/pager/kim", None, json!({ "body": "hello?" })).await;
+    let unknown = api.post("/v1/pager/nobody", None, json!({ "body": "hello?" })).await;
+    assert_eq!(
+        (refused.status, refused.body.clone()),
+        (unknown.status, unknown.body.clone())
+    );
+    assert_eq!(refused.status, 202);
+    // Nothing was stored; accounts still reach Kim.
+    let lee = api.user("lee").await;
+    api.post(
+        "/v1/messages",
+        Some(&lee),
+        json!({ "to": "kim", "client_msg_id": "l1", "body": "from lee" }),
+    )
+    .await
+    .ok();
+    let inbox = api.get("/v1/messages", Some(&kim)).await;
+    let bodies: Vec<String> = inbox.ok()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies, ["from lee"]);
+    // Switched on again, the pager reaches Kim.
+    let on = api
+        .put("/v1/account/pager", Some(&kim), json!({ "accept": true }))
+        .await;
+    assert_eq!(on.ok()["accept"], true);
+    api.post("/v1/pager/kim", None, json!({ "body": "now?" })).await;
+    let inbox = api.get("/v1/messages", Some(&kim)).await;
+    let last = inbox.ok()["messages"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (last["body"].as_str(), last["pager"].as_bool()),
+        (Some("now?"), Some(true))
+    );
+    // Bad input changes nothing.
+    api.put("/v1/account/pager", Some(&kim), json!({ "accept": "no" }))
+        .await
+        .problem(400, "INVALID_REQUEST");
+    api.get("/v1/account/pager", None)
+        .await
+        .problem(401, "NOT_AUTHENTICATED");
+    assert_eq!(api.get("/v1/account/pager", Some(&kim)).await.ok()["accept"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pager_can_be_switched_off() {
     let s = server(&["--pager", "false"]);
     let api = Api::new(&s);
@@ -570,4 +628,59 @@ async fn http_connections_are_capped() {
     // ...and when it closes, the next one is served.
     drop(idle);
     assert_eq!(api.get("/healthz", None).await.ok()["status"], "ok");
+}
+
+/// A full store (its size bound standing in for a full disk) refuses sends
+/// with STORAGE_UNAVAILABLE and a retry hint, keeps reads working, reports
+/// not ready, and serves again by itself once room is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_is_unavailable_for_writes_only_and_recovers_by_itself() {
+    let s = parley_testkit::TestServer::start_with(parley_testkit::Store::Sqlite, &["--sqlite-max-db-mb", "1"]);
+    let api = Api::new(&s);
+    let mia = api.user("mia").await;
+    let ned = api.user("ned").await;
+    assert_eq!(api.get("/readyz", None).await.status, 200);
+    let body = "y".repeat(30_000);
+    let mut sent = 0;
+    let refused = loop {
+        assert!(sent < 200, "a 1 MiB database never filled");
+        let r = api
+            .post(
+                "/v1/messages",
+                Some(&ned),
+                json!({ "to": "mia", "client_msg_id": format!("f{sent}"), "body": body }),
+            )
+            .await;
+        if r.status != 200 {
+            break r;
+        }
+        sent += 1;
+    };
+    assert_eq!(refused.headers["retry-after"], "5", "{refused:?}");
+    refused.problem(503, "STORAGE_UNAVAILABLE");
+    assert_eq!(refused.body["retry_after_ms"], 5000);
+    let ready = api.get("/readyz", None).await;
+    ready.problem(503, "STORAGE_UNAVAILABLE");
+    // Reads go on.
+    let inbox = api.get("/v1/messages?limit=3", Some(&mia)).await;
+    assert_eq!(inbox.ok()["messages"].as_array().unwrap().len(), 3);
+    // Deleting makes room; the next send succeeds and readiness returns.
+    let page = api.get(&format!("/v1/messages?limit={sent}"), Some(&mia)).await;
+    let ids: Vec<u64> = page.ok()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_id"].as_u64().unwrap())
+        .collect();
+    api.post("/v1/messages/delete", Some(&mia), json!({ "message_ids": ids }))
+        .await
+        .ok();
+    api.post(
+        "/v1/messages",
+        Some(&ned),
+        json!({ "to": "mia", "client_msg_id": "after", "body": "room again" }),
+    )
+    .await
+    .ok();
+    assert_eq!(api.get("/readyz", None).await.status, 200);
 }

@@ -143,7 +143,18 @@
   async function register(name, password) {
     const info = await serverInfo();
     const credentials = await Scram.credentials(info.mechanisms[0], password, info.scram_iterations);
-    await request("POST", "/v1/accounts", { name, ...credentials }, false);
+    const invite = $("auth-invite").value.trim();
+    await request("POST", "/v1/accounts", { name, ...credentials, ...(invite ? { invite } : {}) }, false);
+  }
+
+  // The invite field shows only where registering needs a code.
+  async function showInviteField() {
+    try {
+      const info = await serverInfo();
+      $("auth-invite-row").hidden = info.registration !== "invite";
+    } catch {
+      // Without the server's answer the form stays as it is.
+    }
   }
 
   const NO_WEBCRYPTO =
@@ -171,6 +182,11 @@
             $("login-button").focus();
             return;
           }
+          if (e.code === "INVITE_INVALID" || e.code === "REGISTRATION_CLOSED") {
+            $("auth-invite-row").hidden = e.code === "REGISTRATION_CLOSED";
+            authError(e.message);
+            return;
+          }
           throw e;
         }
       }
@@ -194,6 +210,7 @@
     $("chat-view").hidden = true;
     $("auth-view").hidden = false;
     $("auth-name").focus();
+    showInviteField();
   }
 
   // ------------------------------------------------------------ data
@@ -270,6 +287,26 @@
   async function loadBlocked() {
     const r = await api("GET", "/v1/blocks");
     state.blocked = new Set(r.blocked.map((n) => n.toLowerCase()));
+  }
+
+  // The pager switch shows only where the server has a pager.
+  async function loadPager() {
+    const info = await serverInfo();
+    $("pager-toggle-label").hidden = !info.pager;
+    if (!info.pager) return;
+    const r = await api("GET", "/v1/account/pager");
+    $("pager-toggle").checked = r.accept;
+  }
+
+  async function setPager(e) {
+    const want = e.target.checked;
+    try {
+      const r = await api("PUT", "/v1/account/pager", { accept: want });
+      e.target.checked = r.accept;
+    } catch (err) {
+      e.target.checked = !want;
+      alert("Could not change the pager setting: " + err.message);
+    }
   }
 
   async function answerRequest(name, approve) {
@@ -753,7 +790,7 @@
     for (const s of state.sent) peer(s.to).lastTs = Math.max(peer(s.to).lastTs, s.timestamp_ms);
     const session = state.session;
     try {
-      await Promise.all([loadContacts(), loadHistory(), loadRequests(), loadBlocked()]);
+      await Promise.all([loadContacts(), loadHistory(), loadRequests(), loadBlocked(), loadPager()]);
     } catch (e) {
       if (state.session !== session) return;
       if (e.status === 401) return endSession("Your session has ended; log in again.");
@@ -912,6 +949,7 @@
     $("logout-all-button").addEventListener("click", () => logOut(true));
     $("delete-account-button").addEventListener("click", deleteAccount);
     $("password-button").addEventListener("click", () => openReauth("password"));
+    $("pager-toggle").addEventListener("change", setPager);
     $("reauth-form").addEventListener("submit", onReauth);
     $("reauth-cancel").addEventListener("click", closeReauth);
     $("sidebar-toggle").addEventListener("click", () => $("chat-view").classList.toggle("show-sidebar"));

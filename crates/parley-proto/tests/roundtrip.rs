@@ -111,6 +111,7 @@ fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
         ".{0,40}".prop_map(|name| client_frame::Body::Block(v1::Block { name })),
         ".{0,40}".prop_map(|name| client_frame::Body::Unblock(v1::Unblock { name })),
         Just(client_frame::Body::ListBlocked(v1::ListBlocked {})),
+        any::<Option<bool>>().prop_map(|accept| client_frame::Body::Pager(v1::Pager { accept })),
         any::<u64>().prop_map(|nonce| client_frame::Body::Ping(v1::Ping { nonce })),
     ]
 }
@@ -210,6 +211,7 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
         prop::collection::vec(".{0,32}", 0..8)
             .prop_map(|names| server_frame::Body::PresenceRequests(v1::PresenceRequests { names })),
         prop::collection::vec(".{0,32}", 0..8).prop_map(|names| server_frame::Body::Blocked(v1::BlockList { names })),
+        any::<bool>().prop_map(|accept| server_frame::Body::Pager(v1::PagerSetting { accept })),
     ]
 }
 

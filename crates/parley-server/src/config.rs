@@ -201,6 +201,8 @@ pub struct Settings {
     pub scram_iterations: u32,
     pub scram_mechanisms: Vec<Mechanism>,
     pub sqlite_synchronous: Synchronous,
+    /// Bound of the database file in MiB, 0 for none.
+    pub sqlite_max_db_mb: u64,
     pub write_queue: usize,
     pub max_batch: usize,
     pub session_queue: usize,
@@ -351,6 +353,9 @@ settings! {
     /// SQLite durability: full (every acked message survives power loss), normal
     /// (survives a crash of parleyd; the last commits may be lost on power loss), off [default: full]
     sqlite_synchronous: "PARLEY_SQLITE_SYNCHRONOUS", "MODE";
+    /// Largest the SQLite database may grow, in MiB; past it writes are refused with
+    /// STORAGE_UNAVAILABLE as on a full disk, reads go on; 0 for no bound [default: 0]
+    sqlite_max_db_mb: "PARLEY_SQLITE_MAX_DB_MB", "MIB";
     /// Storage operations queued for the writer before new work gets BUSY [default: 4096]
     write_queue: "PARLEY_WRITE_QUEUE", "N";
     /// Most operations committed in one transaction (group commit) [default: 512]
@@ -689,6 +694,13 @@ impl SettingArgs {
                 Synchronous::Full
             }
         };
+        let sqlite_max_db_mb: u64 = num(
+            &mut errors,
+            "sqlite_max_db_mb",
+            &get("sqlite_max_db_mb", "0"),
+            0..=u64::MAX / (1 << 20),
+            0,
+        );
         let write_queue = num(
             &mut errors,
             "write_queue",
@@ -1065,6 +1077,7 @@ impl SettingArgs {
             scram_iterations,
             scram_mechanisms,
             sqlite_synchronous,
+            sqlite_max_db_mb,
             write_queue,
             max_batch,
             session_queue,

@@ -30,6 +30,7 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::MailboxFull => ErrorCode::MailboxFull,
         ErrorKind::RegistrationClosed => ErrorCode::RegistrationClosed,
         ErrorKind::InviteInvalid => ErrorCode::InviteInvalid,
+        ErrorKind::StorageUnavailable => ErrorCode::StorageUnavailable,
     }
 }
 

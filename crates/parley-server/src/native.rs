@@ -1045,6 +1045,9 @@ impl Connection {
                 Ok(reply(id, then(unblocked, list), block_list))
             }
             B::ListBlocked(_) => Ok(reply(id, session.list_blocked(), block_list)),
+            B::Pager(p) => Ok(reply(id, session.pager(p.accept), |accept| {
+                Body::Pager(v1::PagerSetting { accept })
+            })),
             B::LogoutAll(_) => {
                 let ended = session.logout_all();
                 tracing::info!(peer = %self.peer, user = %session.name(), "logged out everywhere");
@@ -1110,6 +1113,7 @@ fn op_name(body: &client_frame::Body) -> &'static str {
         B::Block(_) => "block",
         B::Unblock(_) => "unblock",
         B::ListBlocked(_) => "list_blocked",
+        B::Pager(_) => "pager",
         B::Logout(_) => "logout",
         B::LogoutAll(_) => "logout_all",
         B::DeleteAccount(_) => "delete_account",

@@ -47,6 +47,7 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, [u8; 3
                 synchronous: settings.sqlite_synchronous,
                 queue_capacity: settings.write_queue,
                 max_batch: settings.max_batch,
+                max_db_bytes: settings.sqlite_max_db_mb.saturating_mul(1 << 20),
             };
             let path = settings.data_dir.join(DATABASE_FILE);
             let store = SqliteStore::open(&path, options).with_context(|| format!("opening {}", path.display()))?;

@@ -235,3 +235,25 @@ both_stores!(
     block_stops_messages_presence_and_requests,
     block_stops_messages_presence_and_requests
 );
+
+/// Refusing the web pager is a setting of one's own: asked and set over
+/// the native protocol, not a block (neither listed nor counted).
+async fn an_account_can_refuse_the_pager(store: Store) {
+    let server = TestServer::start_with(store, &["--max-contacts", "1"]);
+    let bob = server.user("bob").await;
+    server.user("carol").await;
+    assert!(bob.pager(None).await.unwrap(), "new accounts accept the pager");
+    assert!(!bob.pager(Some(false)).await.unwrap());
+    assert!(!bob.pager(None).await.unwrap());
+    assert_eq!(bob.list_blocked().await.unwrap(), Vec::<String>::new());
+    assert_eq!(
+        bob.block("carol").await.unwrap(),
+        ["carol"],
+        "the pager takes no block's place"
+    );
+    let other = server.user("dave").await;
+    assert!(other.pager(None).await.unwrap(), "one account's setting is its own");
+    assert!(bob.pager(Some(true)).await.unwrap());
+    assert!(bob.pager(None).await.unwrap());
+}
+both_stores!(an_account_can_refuse_the_pager, an_account_can_refuse_the_pager);

@@ -672,6 +672,10 @@ impl Store for MemoryStore {
         self.run(|state| Ok(state.list_blocked(user)))
     }
 
+    fn refuse_sender(&self, user: UserId, sender: UserId, refuse: Option<bool>) -> StoreReply<bool> {
+        self.run(|state| state.refuse_sender(user, sender, refuse))
+    }
+
     fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {
         self.run(|state| state.create_resume_token(token))
     }

@@ -1319,6 +1319,62 @@ async fn blocks_refuse_appends_and_hide_requests(store: &dyn Store) {
     );
 }
 
+async fn an_account_can_refuse_a_sender_outside_accounts(store: &dyn Store) {
+    let bob = register(store, "bob").await;
+    let carol = register(store, "carol").await;
+    let pager = UserId(i64::MAX as u64);
+    let system = UserId(0);
+    let from = |sender: UserId, id: &str| NewMessage {
+        sender,
+        sender_name: "pager:visitor".to_owned(),
+        recipient_key: "bob".to_owned(),
+        client_msg_id: id.to_owned(),
+        body: "hi".to_owned(),
+        timestamp_ms: 1_700_000_000_000,
+        quota: MailboxQuota::UNLIMITED,
+    };
+    assert_eq!(
+        store.refuse_sender(bob.id, pager, None).await,
+        Ok(false),
+        "new accounts accept"
+    );
+    let before = store.append(from(pager, "p1")).await.unwrap();
+    assert_eq!(store.refuse_sender(bob.id, pager, Some(true)).await, Ok(true));
+    assert_eq!(
+        store.refuse_sender(bob.id, pager, Some(true)).await,
+        Ok(true),
+        "twice is fine"
+    );
+    assert_eq!(store.refuse_sender(bob.id, pager, None).await, Ok(true));
+    // Refused as if Bob did not exist; a retry of what was stored before
+    // still gets its original answer; other senders still reach him.
+    assert_eq!(
+        store.append(from(pager, "p2")).await.map(drop),
+        Err(StoreError::NoSuchUser)
+    );
+    let retry = store.append(from(pager, "p1")).await.unwrap();
+    assert_eq!((retry.duplicate, retry.message.id), (true, before.message.id));
+    store.append(from(system, "s1")).await.unwrap();
+    send(store, &carol, "bob", "c1", "hello").await;
+    // It is no block of an account: neither listed nor counted.
+    assert_eq!(store.list_blocked(bob.id).await, Ok(vec![]));
+    store.block(bob.id, "carol", 1).await.unwrap();
+    assert_eq!(store.refuse_sender(carol.id, pager, None).await, Ok(false));
+    assert_eq!(store.refuse_sender(bob.id, pager, Some(false)).await, Ok(false));
+    store.append(from(pager, "p3")).await.unwrap();
+    // Unknown accounts refuse nothing and cannot be set.
+    assert_eq!(store.refuse_sender(UserId(999), pager, None).await, Ok(false));
+    assert_eq!(
+        store.refuse_sender(UserId(999), pager, Some(true)).await,
+        Err(StoreError::NoSuchUser)
+    );
+    // Deleting the account forgets it.
+    store.refuse_sender(bob.id, pager, Some(true)).await.unwrap();
+    store.delete_account(bob.id).await.unwrap();
+    let again = register(store, "bob").await;
+    assert_eq!(store.refuse_sender(again.id, pager, None).await, Ok(false));
+}
+
 async fn delete_account_removes_relations(store: &dyn Store) {
     let alice = register(store, "alice").await;
     let bob = register(store, "bob").await;
@@ -1397,4 +1453,5 @@ conformance!(
     presence_requests_count_against_the_contact_limit,
     blocks_refuse_appends_and_hide_requests,
     delete_account_removes_relations,
+    an_account_can_refuse_a_sender_outside_accounts,
 );

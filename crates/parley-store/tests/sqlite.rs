@@ -4,7 +4,7 @@
 mod common;
 
 use parley_core::store::{AckRange, MailboxState};
-use parley_core::{Seq, Store, StoreError};
+use parley_core::{MessageId, Seq, Store, StoreError};
 use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
 
 use common::{HOUR_MS, create_token, db_path, hash, live_tokens, message, new_account, now_ms, register, send};
@@ -247,6 +247,7 @@ async fn a_full_queue_answers_busy_and_stores_nothing() {
         queue_capacity: 2,
         max_batch: 2,
         synchronous: Synchronous::Full,
+        ..SqliteOptions::default()
     };
     let store = open(&dir, options);
     let alice = register(&store, "alice").await;
@@ -295,6 +296,7 @@ async fn new_work_leaves_room_in_the_queue_for_acks_and_reads() {
         queue_capacity: 8,
         max_batch: 8,
         synchronous: Synchronous::Full,
+        ..SqliteOptions::default()
     };
     let store = open(&dir, options);
     let alice = register(&store, "alice").await;
@@ -371,6 +373,7 @@ async fn close_is_never_busy_and_finishes_the_queue() {
         queue_capacity: 4,
         max_batch: 4,
         synchronous: Synchronous::Full,
+        ..SqliteOptions::default()
     };
     let store = open(&dir, options);
     let alice = register(&store, "alice").await;
@@ -805,4 +808,54 @@ async fn a_version_1_database_is_migrated_with_its_data() {
 #[tokio::test]
 async fn a_version_2_database_is_migrated_with_its_data() {
     migrates_with_its_data(2).await;
+}
+
+/// A full database (its size bound, as a full disk) refuses writes with
+/// `Unavailable`, fails nothing else queued with them, keeps reads going,
+/// says why while it lasts, and recovers by itself once there is room.
+#[tokio::test]
+async fn a_full_database_refuses_writes_alone_and_recovers_when_room_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(
+        &dir,
+        SqliteOptions {
+            max_db_bytes: 1 << 20,
+            ..SqliteOptions::default()
+        },
+    );
+    let alice = register(&store, "alice").await;
+    let bob = register(&store, "bob").await;
+    let body = "x".repeat(30_000);
+    let mut stored = Vec::new();
+    let full = loop {
+        let n = stored.len();
+        assert!(n < 200, "a 1 MiB database never filled");
+        match store.append(message(&alice, "bob", &format!("fill-{n}"), &body)).await {
+            Ok(appended) => stored.push(appended.message.id),
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(full, StoreError::Unavailable(_)), "{full:?}");
+    assert!(store.write_failure().is_some(), "the store says writes fail");
+    // Queued together with failing writes, reads and other writes get their
+    // own answers: none carries the failed write's error.
+    let mut replies = Vec::new();
+    for i in 0..20 {
+        replies.push((
+            store.append(message(&alice, "bob", &format!("more-{i}"), &body)),
+            store.fetch(bob.id, Seq(0), 5, true),
+            store.mailbox_state(bob.id),
+        ));
+    }
+    for (append, fetch, state) in replies {
+        assert!(matches!(append.await, Err(StoreError::Unavailable(_))));
+        assert_eq!(fetch.await.unwrap().len(), 5);
+        assert_eq!(state.await.unwrap().last_seq, Seq(stored.len() as u64));
+    }
+    // Deleting messages makes room: writes succeed again, by themselves.
+    let half: Vec<MessageId> = stored[..stored.len() / 2].to_vec();
+    store.delete_messages(bob.id, half).await.unwrap();
+    send(&store, &alice, "bob", "after", "room again").await;
+    assert_eq!(store.write_failure(), None);
+    store.close().await.unwrap();
 }

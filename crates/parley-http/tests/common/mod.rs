@@ -97,7 +97,15 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
-        let mut r = self.http.post(self.url(path)).json(&body);
+        self.with_json(reqwest::Method::POST, path, token, body).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.with_json(reqwest::Method::PUT, path, token, body).await
+    }
+
+    async fn with_json(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Value) -> Reply {
+        let mut r = self.http.request(method, self.url(path)).json(&body);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }

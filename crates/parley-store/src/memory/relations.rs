@@ -204,7 +204,9 @@ impl State {
         let them = target.id;
         let already = self.relations.blocks(user, them);
         if !already {
-            let held = set_range(&self.relations.blocks, user).count();
+            let held = set_range(&self.relations.blocks, user)
+                .filter(|&&(_, blocked)| self.summary(blocked).is_some())
+                .count();
             if u64::try_from(held).unwrap_or(u64::MAX) >= u64::from(max) {
                 return Err(StoreError::LimitReached(block_limit_message(max)));
             }
@@ -231,6 +233,26 @@ impl State {
             self.relations.set(them, user, Subscription::None);
         }
         removed
+    }
+
+    /// Whether `user` refuses the sender outside accounts `sender`, after
+    /// setting it: a block whose blocked id is no account.
+    pub(super) fn refuse_sender(&mut self, user: UserId, sender: UserId, refuse: Option<bool>) -> StoreResult<bool> {
+        if refuse.is_some() && self.summary(user).is_none() {
+            return Err(StoreError::NoSuchUser);
+        }
+        match refuse {
+            Some(true) => {
+                self.relations.blocks.insert((user, sender));
+                self.relations.blocked_by.insert((sender, user));
+            }
+            Some(false) => {
+                self.relations.blocks.remove(&(user, sender));
+                self.relations.blocked_by.remove(&(sender, user));
+            }
+            None => {}
+        }
+        Ok(self.relations.blocks(user, sender))
     }
 
     pub(super) fn list_blocked(&self, user: UserId) -> Vec<AccountSummary> {

@@ -21,7 +21,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -103,6 +103,10 @@ pub struct SqliteOptions {
     /// Most operations committed in one transaction; default
     /// [`DEFAULT_MAX_BATCH`]. Must be at least 1.
     pub max_batch: usize,
+    /// Largest the database file may grow, in bytes (SQLite's
+    /// `max_page_count`); 0 for no bound but the disk's. Past it, writes
+    /// fail as on a full disk ([`StoreError::Unavailable`]) and reads go on.
+    pub max_db_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -111,6 +115,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Full,
             queue_capacity: DEFAULT_WRITE_QUEUE,
             max_batch: DEFAULT_MAX_BATCH,
+            max_db_bytes: 0,
         }
     }
 }
@@ -252,9 +257,29 @@ struct Shared {
     queued: AtomicUsize,
     /// The close handshake.
     shutdown: Mutex<Shutdown>,
+    /// Set while writes fail for a reason the operator must fix
+    /// ([`StoreError::Unavailable`]): the writer then runs one op per
+    /// transaction, so that a failing write fails nothing else. Cleared by
+    /// the next commit that wrote.
+    writes_failing: AtomicBool,
+    /// Why, while `writes_failing`.
+    write_failure: Mutex<Option<String>>,
 }
 
 impl Shared {
+    /// Records whether writes fail now, and why; logs each change.
+    fn set_write_failure(&self, why: Option<String>) {
+        let mut current = self.write_failure.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&*current, &why) {
+            (None, Some(why)) => {
+                tracing::error!(%why, "storage writes fail; reads go on, writes are refused with STORAGE_UNAVAILABLE until they succeed again")
+            }
+            (Some(_), None) => tracing::info!("storage writes succeed again"),
+            _ => {}
+        }
+        self.writes_failing.store(why.is_some(), Ordering::Relaxed);
+        *current = why;
+    }
     /// Records how the writer stopped and answers every waiting `close`.
     /// Only the first outcome counts.
     fn finish(&self, outcome: StoreResult<()>) {
@@ -307,9 +332,28 @@ impl SqliteStore {
                 path: path.to_owned(),
                 source,
             })?;
+        if options.max_db_bytes > 0 {
+            let page_size: u64 = conn
+                .pragma_query_value(None, "page_size", |row| row.get(0))
+                .map_err(|source| StoreOpenError::Sqlite {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            let pages = (options.max_db_bytes / page_size.max(1)).max(1);
+            // SQLite keeps the bound at least the file's current size.
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(|source| StoreOpenError::Sqlite {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
         let checkpointer = checkpoint::Checkpointer::start(path, options.synchronous)?;
         let (sender, receiver) = std::sync::mpsc::sync_channel(options.queue_capacity);
         let shared = Arc::new(Shared::default());
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            tracing::warn!(path = %path.display(), "the database opened read-only: reads are served, writes are refused");
+            shared.set_write_failure(Some("the database is read-only".into()));
+        }
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("parley-store-writer".into())
@@ -529,6 +573,15 @@ impl Store for SqliteStore {
         self.submit(|reply| relations::call(user, reply, false, relations::list_blocked))
     }
 
+    fn refuse_sender(&self, user: UserId, sender: UserId, refuse: Option<bool>) -> StoreReply<bool> {
+        let args = (user, sender, refuse);
+        self.submit(|reply| {
+            relations::call(args, reply, refuse.is_some(), |c, (u, s, r)| {
+                relations::refuse_sender(c, u, s, r)
+            })
+        })
+    }
+
     fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {
         self.submit(|reply| Op::CreateResumeToken { token, reply })
     }
@@ -568,6 +621,17 @@ impl Store for SqliteStore {
         let sender = self.queue.write().unwrap_or_else(PoisonError::into_inner).take();
         drop(sender);
         StoreReply::pending(answer)
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        if !self.shared.writes_failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.shared
+            .write_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn stats(&self) -> Option<StoreStats> {

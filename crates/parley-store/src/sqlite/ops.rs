@@ -152,7 +152,7 @@ impl<T: Send> Outcome for Answer<T> {
 
     fn backend_error(&self) -> Option<StoreError> {
         match &self.result {
-            Err(error @ StoreError::Backend(_)) => Some(error.clone()),
+            Err(error @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => Some(error.clone()),
             _ => None,
         }
     }
@@ -190,9 +190,25 @@ impl From<OpError> for StoreError {
     fn from(error: OpError) -> StoreError {
         match error {
             OpError::Store(error) => error,
-            OpError::Sqlite(error) => StoreError::Backend(error.to_string()),
+            OpError::Sqlite(error) => sqlite_error(&error),
         }
     }
+}
+
+/// The [`StoreError`] for a failure of SQLite itself: what the operator has
+/// to fix and a retry may then pass (disk full, read-only database, I/O
+/// error) is [`StoreError::Unavailable`]; anything else is a fault,
+/// [`StoreError::Backend`].
+pub(super) fn sqlite_error(error: &rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as Code;
+    let why = match error.sqlite_error_code() {
+        Some(Code::DiskFull) => "the disk or the database's size limit is full",
+        Some(Code::ReadOnly) => "the database is read-only",
+        Some(Code::SystemIoFailure) => "the disk reports an I/O error",
+        Some(Code::CannotOpen) => "a database file cannot be opened",
+        _ => return StoreError::Backend(error.to_string()),
+    };
+    StoreError::Unavailable(why.into())
 }
 
 pub(super) type OpResult<T> = Result<T, OpError>;

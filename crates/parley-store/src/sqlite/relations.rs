@@ -207,7 +207,9 @@ pub(super) fn block(conn: &Connection, user: UserId, key: &str, max: u32) -> OpR
     let already = is_blocking(conn, user.0, them)?;
     if !already {
         let held: u64 = conn
-            .prepare_cached("SELECT count(*) FROM blocks WHERE blocker = ?1")?
+            .prepare_cached(
+                "SELECT count(*) FROM blocks JOIN accounts ON accounts.id = blocks.blocked WHERE blocks.blocker = ?1",
+            )?
             .query_row([me], |row| row.get(0))?;
         if held >= u64::from(max) {
             return Err(StoreError::LimitReached(block_limit_message(max)).into());
@@ -258,6 +260,31 @@ pub(super) fn list_blocked(conn: &Connection, user: UserId) -> OpResult<Vec<Acco
         .query_map([me], summary_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// Whether `user` refuses the sender outside accounts `sender`, after
+/// setting it: a row in `blocks` whose `blocked` is no account.
+pub(super) fn refuse_sender(conn: &Connection, user: UserId, sender: UserId, refuse: Option<bool>) -> OpResult<bool> {
+    let me = match refuse {
+        Some(_) => existing(conn, user)?,
+        None => match exact_sql(user.0) {
+            Some(me) => me,
+            None => return Ok(false),
+        },
+    };
+    match refuse {
+        Some(true) => {
+            conn.prepare_cached("INSERT INTO blocks (blocker, blocked) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+                .execute(params![me, sender.0])?;
+            Ok(true)
+        }
+        Some(false) => {
+            conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+                .execute(params![me, sender.0])?;
+            Ok(false)
+        }
+        None => is_blocking(conn, user.0, sender.0),
+    }
 }
 
 /// Deletes every subscription and block the account takes part in.

@@ -4,6 +4,11 @@
 //! commit), and answers each operation only after its batch committed. It
 //! stops when every sender of the queue is gone (the store was closed or
 //! dropped), after finishing everything queued.
+//!
+//! While writes fail for a reason the operator must fix (a full disk, a
+//! read-only database: [`StoreError::Unavailable`]), batches hold one op
+//! each, so that a failing write fails nothing but itself and reads go on;
+//! the first commit that writes again ends that.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +20,7 @@ use rusqlite::Connection;
 
 use super::Shared;
 use super::checkpoint::Checkpointer;
-use super::ops::{AppendStatements, Op, Outcome, PendingAppends};
+use super::ops::{AppendStatements, Op, Outcome, PendingAppends, sqlite_error};
 
 /// Answers waiting `close` callers even if the thread ends abnormally, so
 /// that nobody waits forever.
@@ -58,6 +63,11 @@ pub(super) fn run(
         batch.push(first);
         // Take what is already waiting, without waiting for more: the batch
         // is as large as the load makes it, and a lone op is not delayed.
+        let max_batch = if shared.writes_failing.load(Ordering::Relaxed) {
+            1
+        } else {
+            max_batch
+        };
         while batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(op) => batch.push(op),
@@ -91,14 +101,29 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements: &mut AppendStatements<'_>) {
     let size = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let started = Instant::now();
-    let mut ops = batch.drain(..);
-    if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
-        let error = StoreError::Backend(error.to_string());
+    // A lone read needs no write lock: on a read-only database it still runs.
+    let begin = match batch.as_slice() {
+        [op] if !op.writes() => "BEGIN",
+        _ => "BEGIN IMMEDIATE",
+    };
+    if let Err(error) = exec(conn, begin) {
+        let error = sqlite_error(&error);
+        if let StoreError::Unavailable(why) = &error
+            && batch.len() > 1
+        {
+            // Nothing ran: each op gets its own chance, reads succeed.
+            shared.set_write_failure(Some(why.clone()));
+            for op in std::mem::take(batch) {
+                run_batch(conn, &mut vec![op], shared, statements);
+            }
+            return;
+        }
         tracing::error!(%error, "cannot begin a store transaction");
         shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-        ops.for_each(|op| op.fail(error.clone()));
+        batch.drain(..).for_each(|op| op.fail(error.clone()));
         return;
     }
+    let mut ops = batch.drain(..);
 
     // What the batch's appends assigned and did not write back yet; dropped
     // with the batch, so a rolled-back batch leaves none behind.
@@ -107,7 +132,13 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements
     // Set when the transaction is in an unknown state: nothing of the batch
     // may then be committed.
     let mut broken: Option<StoreError> = None;
+    // How many outcomes came before the batch's first write: they saw only
+    // what was committed, so they stand even if the batch fails.
+    let mut before_writes: Option<usize> = None;
     for op in ops.by_ref() {
+        if before_writes.is_none() && op.writes() {
+            before_writes = Some(outcomes.len());
+        }
         match run_op(conn, op, pending, statements) {
             Ok(outcome) => outcomes.push(outcome),
             Err((outcome, error)) => {
@@ -124,8 +155,11 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements
             .write_back(conn)
             .and_then(|()| exec(conn, "COMMIT"))
             .err()
-            .map(|error| StoreError::Backend(error.to_string())),
+            .map(|error| sqlite_error(&error)),
     };
+    // Ops the batch did not reach yet: after a failure the operator must
+    // fix, each still gets its own transaction instead of the batch's error.
+    let mut rest: Vec<Op> = Vec::new();
     match &failure {
         None => {
             // Three relaxed additions and a clock read per batch: cheap
@@ -135,20 +169,36 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements
             shared.counters.batch_size.record(size);
             shared.counters.commits.fetch_add(1, Ordering::Relaxed);
             shared.counters.ops_committed.fetch_add(size, Ordering::Relaxed);
+            if before_writes.is_some() && shared.writes_failing.load(Ordering::Relaxed) {
+                shared.set_write_failure(None);
+            }
         }
         Some(error) => {
-            tracing::error!(%error, ops = size, "store batch failed; rolling it back");
+            match error {
+                StoreError::Unavailable(why) => shared.set_write_failure(Some(why.clone())),
+                _ => tracing::error!(%error, ops = size, "store batch failed; rolling it back"),
+            }
             shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             // SQLite may already have rolled back on its own (disk full, I/O
             // error), in which case this fails harmlessly.
             if let Err(rollback) = exec(conn, "ROLLBACK") {
                 tracing::debug!(%rollback, "rollback after a failed batch");
             }
-            ops.for_each(|op| op.fail(error.clone()));
+            match error {
+                StoreError::Unavailable(_) => rest.extend(ops),
+                _ => ops.for_each(|op| op.fail(error.clone())),
+            }
         }
     }
-    for outcome in outcomes {
-        outcome.deliver(failure.as_ref());
+    let stand = match failure {
+        Some(_) => before_writes.unwrap_or(outcomes.len()),
+        None => outcomes.len(),
+    };
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        outcome.deliver(if i < stand { None } else { failure.as_ref() });
+    }
+    for op in rest {
+        run_batch(conn, &mut vec![op], shared, statements);
     }
 }
 
@@ -166,7 +216,7 @@ fn run_op(
     pending: &mut PendingAppends,
     statements: &mut AppendStatements<'_>,
 ) -> Result<Box<dyn Outcome>, Broken> {
-    let backend = |error: rusqlite::Error| StoreError::Backend(error.to_string());
+    let backend = |error: rusqlite::Error| sqlite_error(&error);
     // Anything but an append sees exact `last_seq` values.
     if !op.is_append()
         && let Err(error) = pending.write_back(conn)
