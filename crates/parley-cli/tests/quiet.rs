@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Harness, Running, WAIT, wait_presence};
+use common::{Harness, Running, WAIT, watcher_of};
 use parley_client::{Client, Event};
 use parley_testkit::Store;
 
@@ -17,12 +17,7 @@ async fn next_event(client: &Client) -> Event {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shot_commands_do_not_announce_presence() {
     let h = Harness::start(Store::Memory);
-    let bob = h.user("bob").await;
-    let alice = h.user("alice").await;
-    bob.add_contact("alice").await.expect("add contact");
-    alice.approve_presence("bob").await.expect("approve");
-    drop(alice);
-    wait_presence(&bob, "alice", false).await;
+    let bob = watcher_of(&h, "bob", "alice").await;
     bob.subscribe(0).await.expect("subscribe");
 
     // Each command logs in and out; bob's events are in order, so any

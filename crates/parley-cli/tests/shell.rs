@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::Duration;
 
-use common::{Harness, WAIT, finish, wait_presence};
+use common::{Harness, WAIT, finish, wait_presence, watcher_of};
 use parley_client::{Client, Event};
 use parley_testkit::{Store, binary};
 
@@ -418,12 +418,7 @@ async fn shell_asks_the_password_again_shows_unread_and_takes_msg() {
         return;
     }
     let h = Harness::start(Store::Memory);
-    let bob = h.user("bob").await;
-    let alice = h.user("alice").await;
-    bob.add_contact("alice").await.expect("add contact");
-    alice.approve_presence("bob").await.expect("approve");
-    drop(alice);
-    wait_presence(&bob, "alice", false).await;
+    let bob = watcher_of(&h, "bob", "alice").await;
     bob.send("alice", "first unread").await.expect("send");
     bob.send("alice", "second\nunread").await.expect("send");
     bob.subscribe(0).await.expect("subscribe");
