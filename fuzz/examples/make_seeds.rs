@@ -78,6 +78,7 @@ fn main() -> std::io::Result<()> {
         vec![
             Body::Resume(v1::Resume {
                 token: RESUME_TOKEN.to_vec(),
+                quiet: false,
             }),
             body,
         ]
@@ -176,12 +177,14 @@ fn every_request() -> Vec<(&'static str, Body)> {
             "resume",
             Body::Resume(v1::Resume {
                 token: RESUME_TOKEN.to_vec(),
+                quiet: false,
             }),
         ),
         (
             "auth-start",
             Body::AuthStart(v1::AuthStart {
                 client_first: format!("n,,n={USER},r=abc").into_bytes(),
+                quiet: false,
             }),
         ),
         (

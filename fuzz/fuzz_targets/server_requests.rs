@@ -323,6 +323,7 @@ async fn log_in_on_the_wire(to_server: &mut DuplexStream, from_server: &mut Dupl
     let (start_id, continue_id) = LOGIN_REQUEST_IDS;
     let start = client_frame::Body::AuthStart(v1::AuthStart {
         client_first: exchange.client_first().into_bytes(),
+        quiet: false,
     });
     send_frame(to_server, start_id, start).await;
     let challenge = loop {

@@ -158,6 +158,7 @@ impl Handshake {
             match self
                 .call_any(client_frame::Body::AuthStart(v1::AuthStart {
                     client_first: exchange.client_first().into_bytes(),
+                    quiet: false,
                 }))
                 .await?
             {
@@ -195,7 +196,10 @@ impl Handshake {
     /// Resumes with `token`; returns the token that replaces it.
     pub async fn resume(&mut self, token: &[u8]) -> anyhow::Result<Vec<u8>> {
         match self
-            .call(client_frame::Body::Resume(v1::Resume { token: token.to_vec() }))
+            .call(client_frame::Body::Resume(v1::Resume {
+                token: token.to_vec(),
+                quiet: false,
+            }))
             .await?
         {
             server_frame::Body::AuthOk(ok) => Ok(ok.resume_token),

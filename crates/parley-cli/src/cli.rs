@@ -9,6 +9,8 @@ use crate::settings::Given;
 
 /// Largest page the server accepts for fetch and list (parley-core's limit).
 const MAX_PAGE: i64 = 1000;
+/// Messages `read` shows when no count is given.
+pub const DEFAULT_READ: u32 = 10;
 
 /// Command-line client for the Parley chat server.
 ///
@@ -44,7 +46,8 @@ pub struct Cli {
 #[derive(Args, Debug)]
 pub struct GlobalArgs {
     /// Server address: host:port for plaintext, tls://host:port for TLS
-    /// (an IPv6 host in brackets: tls://[::1]:7878) [default: 127.0.0.1:7878]
+    /// (an IPv6 host in brackets: tls://[::1]:7878); without a port, 7878
+    /// [default: 127.0.0.1:7878]
     #[arg(long, global = true, env = "PARLEY_SERVER", value_name = "ADDR")]
     pub server: Option<String>,
     /// TLS: trust the server's certificate if this PEM file's CA (or the
@@ -79,9 +82,14 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print one JSON document on stdout (JSON Lines for `watch`); errors
-    /// also as {"error": {"code", "message"}}
+    /// also as {"error": {"code", "message"}}, with "retry_after_ms" when
+    /// the server said when to try again
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show times in UTC with the date (2026-12-03 08:19:35Z), for scripts;
+    /// by default they are local, today's by time alone
+    #[arg(long, global = true)]
+    pub utc: bool,
     /// `watch` and the shell: exit (code 7) when the connection is lost
     /// instead of reconnecting with backoff (random 0 to min(10 s, 250 ms * 2^n)
     /// before attempt n)
@@ -113,7 +121,8 @@ pub enum Command {
     Login,
     /// Send a message
     Send(SendArgs),
-    /// Show unread messages, oldest first, and mark them read
+    /// Show unread messages, oldest first, and mark them read; `read 5`
+    /// shows at most 5, `read --last 5` the 5 newest, read or not
     Read(ReadArgs),
     /// List accounts matching a wildcard pattern (* any run, ? one character)
     List(ListArgs),
@@ -200,15 +209,23 @@ pub struct SendArgs {
 
 #[derive(Args, Debug)]
 pub struct ReadArgs {
-    /// How many messages to show
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE))]
-    pub limit: u32,
-    /// Only messages with a seq above this
+    /// How many messages to show (the same as --limit)
+    #[arg(value_name = "N", conflicts_with = "limit", value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE))]
+    pub count: Option<u32>,
+    /// How many messages to show [default: 10]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE))]
+    pub limit: Option<u32>,
+    /// Only messages numbered (#SEQ) above this
     #[arg(long, default_value_t = 0, value_name = "SEQ")]
     pub after: u64,
     /// Include messages already read (and mark nothing read)
     #[arg(long)]
     pub all: bool,
+    /// The N newest messages, read or not, oldest first; those unread are
+    /// marked read
+    #[arg(long, value_name = "N", conflicts_with_all = ["count", "limit", "after", "all"],
+          value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE))]
+    pub last: Option<u32>,
     /// Do not mark the shown messages read
     #[arg(long)]
     pub no_ack: bool,
@@ -229,9 +246,25 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
-    /// Message ids (the `[id N]` that `read` shows)
-    #[arg(required = true, num_args = 1.., value_name = "MSG_ID")]
-    pub ids: Vec<u64>,
+    /// Message numbers: the `#SEQ` that `read` and `watch` show
+    #[arg(required = true, num_args = 1.., value_name = "SEQ", value_parser = parse_seq)]
+    pub seqs: Vec<u64>,
+}
+
+/// `5` or `#5`: the number `read` shows, copied with or without its `#`.
+pub fn parse_seq(text: &str) -> Result<u64, String> {
+    let digits = text.strip_prefix('#').unwrap_or(text);
+    match digits.parse::<u64>() {
+        Ok(seq) if seq > 0 => Ok(seq),
+        _ => Err(format!("{text:?} is not a message number (the #SEQ that `read` shows)")),
+    }
+}
+
+impl ReadArgs {
+    /// How many messages to show.
+    pub fn limit(&self) -> u32 {
+        self.count.or(self.limit).unwrap_or(DEFAULT_READ)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -316,6 +349,28 @@ mod tests {
         let cli = Cli::try_parse_from(["parley", "send", "bob", "--", "-1", "is", "negative"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Send(s)) if s.text.join(" ") == "-1 is negative"));
         assert!(Cli::try_parse_from(["parley", "read", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn read_takes_a_count_or_last_and_delete_takes_numbers() {
+        let read = |args: &[&str]| match Cli::try_parse_from([&["parley", "read"], args].concat()) {
+            Ok(Cli {
+                command: Some(Command::Read(r)),
+                ..
+            }) => Ok((r.limit(), r.last)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(read(&[]), Ok((10, None)));
+        assert_eq!(read(&["2"]), Ok((2, None)));
+        assert_eq!(read(&["--limit", "3"]), Ok((3, None)));
+        assert_eq!(read(&["--last", "4"]), Ok((10, Some(4))));
+        assert!(read(&["2", "--limit", "3"]).is_err());
+        assert!(read(&["--last", "2", "--all"]).is_err());
+        assert!(read(&["0"]).is_err());
+        let cli = Cli::try_parse_from(["parley", "delete", "#6", "7"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Delete(d)) if d.seqs == [6, 7]));
+        assert!(Cli::try_parse_from(["parley", "delete", "x"]).is_err());
     }
 
     #[test]

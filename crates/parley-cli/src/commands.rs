@@ -1,5 +1,7 @@
 //! The one-shot commands: each connects, logs in (except `register`), does
-//! one thing, prints the result and returns the exit code.
+//! one thing, prints the result and returns the exit code. Their sessions
+//! are quiet: running one does not make the account appear online to its
+//! watchers (`watch` and the shell are not quiet).
 //!
 //! Output contract: human text on stdout, or with `--json` exactly one JSON
 //! document on stdout (`watch`: one JSON object per line). Errors go to
@@ -11,7 +13,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use anyhow::Context;
-use parley_client::{AccountEntry, Client, ErrorCode, Event, LoginInfo};
+use parley_client::{AccountEntry, Client, ErrorCode, Event, LoginInfo, Message, Visibility};
 use serde_json::json;
 
 use crate::cli::{
@@ -21,7 +23,7 @@ use crate::cli::{
 use crate::exit::{Exit, Failure, server_code};
 use crate::format::{
     account_line, contact_line, count, message_json, message_line, out, out_json, presence_approved_line,
-    presence_json, presence_line, presence_request_line, printable, subscription_name,
+    presence_json, presence_line, presence_request_line, printable, sent_line, subscription_name,
 };
 use crate::reconnect::{Delivery, End, Link, is_disconnect};
 use crate::session::{self, Credentials, timed};
@@ -30,6 +32,8 @@ use crate::terminal;
 
 /// Most ids one DeleteMessages or Ack request may carry (parley-core's limit).
 const MAX_IDS_PER_REQUEST: usize = 1000;
+/// Most messages one Fetch may return (parley-core's limit).
+const MAX_FETCH: u32 = 1000;
 
 /// What every command gets: settings to resolve identity from, and the output mode.
 pub struct Invocation {
@@ -49,7 +53,7 @@ impl Invocation {
     }
 
     async fn open_with(&mut self, credentials: &Credentials) -> anyhow::Result<(Arc<Client>, LoginInfo)> {
-        let (client, info) = session::open(&self.settings.server, credentials).await?;
+        let (client, info) = session::open(&self.settings.server, credentials, Visibility::Quiet).await?;
         let client = Arc::new(client);
         self.opened = Some(Arc::clone(&client));
         Ok((client, info))
@@ -108,7 +112,7 @@ pub async fn register(ctx: &mut Invocation, args: &RegisterArgs) -> anyhow::Resu
             if !terminal::ask_yes_no("Log in instead? [y/N] ")? {
                 return Ok(Exit::NameTaken);
             }
-            let info = session::login(&client, &user, &password).await?;
+            let info = session::login(&client, &user, &password, Visibility::Quiet).await?;
             print_login(ctx, &info)?;
             Ok(Exit::Ok)
         }
@@ -142,7 +146,7 @@ pub async fn send(ctx: &mut Invocation, args: &SendArgs) -> anyhow::Result<Exit>
     if body.is_empty() {
         return Err(Failure::usage("the message is empty").into());
     }
-    let (client, _info) = ctx.open_with(&credentials).await?;
+    let (client, info) = ctx.open_with(&credentials).await?;
     let client_msg_id = args.id.clone().unwrap_or_else(parley_client::new_client_msg_id);
     let receipt = timed(
         &format!("sending to {}", args.to),
@@ -157,17 +161,13 @@ pub async fn send(ctx: &mut Invocation, args: &SendArgs) -> anyhow::Result<Exit>
             "timestamp_ms": receipt.timestamp_ms,
             "client_msg_id": receipt.client_msg_id,
             "duplicate": receipt.duplicate,
+            "body": body,
         }))?;
     } else {
-        let again = if receipt.duplicate {
-            "; already sent earlier with this --id, not stored again"
-        } else {
-            ""
-        };
-        out(&format!(
-            "sent to {} (id {}, seq {}){again}",
-            args.to, receipt.message_id, receipt.seq
-        ))?;
+        out(&sent_line(&info.name, &args.to, receipt.timestamp_ms, &body))?;
+        if receipt.duplicate {
+            out("(already sent earlier with this --id; not stored again)")?;
+        }
     }
     Ok(Exit::Ok)
 }
@@ -207,21 +207,79 @@ pub async fn unread(client: &Client) -> anyhow::Result<u64> {
         .unread)
 }
 
+/// The `n` newest messages of the mailbox, read or not, oldest first.
+/// `last_seq` is a recent highest seq (the login's): the search starts
+/// `n` below it and widens while deletions leave fewer than `n`, and
+/// reads on to the end, so messages newer than `last_seq` count too.
+pub async fn newest(client: &Client, last_seq: u64, n: u32) -> anyhow::Result<Vec<Message>> {
+    let wanted = n as usize;
+    let mut span = u64::from(n);
+    loop {
+        let start = last_seq.saturating_sub(span);
+        let mut messages: Vec<Message> = Vec::new();
+        let mut after = start;
+        loop {
+            let batch = timed("fetching messages", client.fetch(after, MAX_FETCH, true)).await?;
+            if let Some(last) = batch.messages.last() {
+                after = last.seq;
+            }
+            messages.extend(batch.messages);
+            // Only the newest n are kept.
+            let extra = messages.len().saturating_sub(wanted);
+            messages.drain(..extra);
+            if !batch.more {
+                break;
+            }
+        }
+        if messages.len() >= wanted || start == 0 {
+            return Ok(messages);
+        }
+        span = span.saturating_mul(4);
+    }
+}
+
+/// Prints `messages` in `--json` or as lines.
+fn print_messages(ctx: &Invocation, messages: &[Message], more: bool) -> anyhow::Result<()> {
+    if ctx.json {
+        let list: Vec<_> = messages.iter().map(message_json).collect();
+        out_json(&json!({ "messages": list, "more": more }))
+    } else {
+        messages.iter().try_for_each(|m| out(&message_line(m)))
+    }
+}
+
+/// `parley read --last N`: the newest messages, read or not; the unread
+/// ones among them are marked read once printed (unless `--no-ack`).
+async fn read_last(
+    ctx: &Invocation,
+    client: &Client,
+    info: &LoginInfo,
+    args: &ReadArgs,
+    n: u32,
+) -> anyhow::Result<Exit> {
+    let messages = newest(client, info.last_seq, n).await?;
+    print_messages(ctx, &messages, false)?;
+    let unread: Vec<u64> = messages.iter().filter(|m| !m.acked).map(|m| m.seq).collect();
+    if !args.no_ack && !unread.is_empty() {
+        ack_shown(client, &unread, false).await?;
+    }
+    if !ctx.json && messages.is_empty() {
+        out("no messages")?;
+    }
+    Ok(Exit::Ok)
+}
+
 /// `parley read`
 pub async fn read(ctx: &mut Invocation, args: &ReadArgs) -> anyhow::Result<Exit> {
-    let (client, _info) = ctx.open().await?;
-    let batch = timed("fetching messages", client.fetch(args.after, args.limit, args.all)).await?;
+    let (client, info) = ctx.open().await?;
+    if let Some(n) = args.last {
+        return read_last(ctx, &client, &info, args, n).await;
+    }
+    let batch = timed("fetching messages", client.fetch(args.after, args.limit(), args.all)).await?;
     let messages = batch.messages;
     // Print everything before acknowledging anything: a message is read once
     // it has reached stdout, not before.
-    if ctx.json {
-        let list: Vec<_> = messages.iter().map(message_json).collect();
-        out_json(&json!({ "messages": list, "more": batch.more }))?;
-    } else {
-        for m in &messages {
-            out(&message_line(m))?;
-        }
-    }
+    print_messages(ctx, &messages, batch.more)?;
     let acknowledge = !args.no_ack && !args.all;
     let left = if acknowledge {
         ack_shown(&client, &seqs_of(&messages), args.after == 0).await?
@@ -305,31 +363,84 @@ pub async fn list(ctx: &mut Invocation, args: &ListArgs) -> anyhow::Result<Exit>
     Ok(Exit::Ok)
 }
 
-/// `parley delete MSG_ID...`
-pub async fn delete(ctx: &mut Invocation, args: &DeleteArgs) -> anyhow::Result<Exit> {
-    let mut ids = args.ids.clone();
-    // Keep the user's order but ask once per id.
-    let mut seen = std::collections::HashSet::new();
-    ids.retain(|id| seen.insert(*id));
-    let (client, _info) = ctx.open().await?;
-    let (mut deleted, mut not_found) = (Vec::new(), Vec::new());
+/// Messages numbered by their seq, as `delete` takes them.
+#[derive(Debug, Default)]
+pub struct DeletedSeqs {
+    /// Deleted now.
+    pub deleted: Vec<u64>,
+    /// No such message in the mailbox (never was, or deleted already).
+    pub not_found: Vec<u64>,
+}
+
+/// Deletes the messages numbered `seqs` (the `#SEQ` shown) from the
+/// mailbox. The server deletes by message id, so the ids are looked up
+/// first: a fetch from each number not yet found, read ones included.
+pub async fn delete_by_seq(client: &Client, seqs: &[u64]) -> anyhow::Result<DeletedSeqs> {
+    let mut wanted: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+    let mut seq_of_id = std::collections::HashMap::new();
+    while let Some(&first) = wanted.first() {
+        let batch = timed(
+            "looking up the messages",
+            client.fetch(first.saturating_sub(1), MAX_FETCH, true),
+        )
+        .await?;
+        let Some(last) = batch.messages.last().map(|m| m.seq) else {
+            break;
+        };
+        for m in &batch.messages {
+            if wanted.contains(&m.seq) {
+                seq_of_id.insert(m.message_id, m.seq);
+            }
+        }
+        // Numbers up to the last one fetched are found or gone.
+        wanted.retain(|seq| *seq > last);
+        if !batch.more {
+            break;
+        }
+    }
+    let ids: Vec<u64> = seq_of_id.keys().copied().collect();
+    let mut deleted = Vec::new();
     for chunk in ids.chunks(MAX_IDS_PER_REQUEST) {
         let result = timed("deleting messages", client.delete_messages(chunk.to_vec())).await?;
-        deleted.extend(result.deleted);
-        not_found.extend(result.not_found);
+        deleted.extend(result.deleted.iter().filter_map(|id| seq_of_id.get(id).copied()));
     }
+    // The user's order, each number once.
+    let mut seen = std::collections::HashSet::new();
+    let mut result = DeletedSeqs::default();
+    for &seq in seqs.iter().filter(|seq| seen.insert(**seq)) {
+        if deleted.contains(&seq) {
+            result.deleted.push(seq);
+        } else {
+            result.not_found.push(seq);
+        }
+    }
+    Ok(result)
+}
+
+/// `#6, #7`
+pub fn numbers(seqs: &[u64]) -> String {
+    seqs.iter().map(|seq| format!("#{seq}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `parley delete SEQ...`
+pub async fn delete(ctx: &mut Invocation, args: &DeleteArgs) -> anyhow::Result<Exit> {
+    let (client, _info) = ctx.open().await?;
+    let result = delete_by_seq(&client, &args.seqs).await?;
     if ctx.json {
-        out_json(&json!({ "deleted": deleted, "not_found": not_found }))?;
+        out_json(&json!({ "deleted": result.deleted, "not_found": result.not_found }))?;
     } else {
-        let join = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
-        if !deleted.is_empty() {
-            out(&format!("deleted: {}", join(&deleted)))?;
+        if !result.deleted.is_empty() {
+            out(&format!("deleted {}", numbers(&result.deleted)))?;
         }
-        if !not_found.is_empty() {
-            eprintln!("not found: {}", join(&not_found));
+        if !result.not_found.is_empty() {
+            eprintln!("no message {} in your mailbox", numbers(&result.not_found));
         }
     }
-    Ok(if not_found.is_empty() { Exit::Ok } else { Exit::NotFound })
+    Ok(if result.not_found.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::NotFound
+    })
 }
 
 /// `parley delete-account --yes`

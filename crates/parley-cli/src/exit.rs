@@ -12,13 +12,13 @@
 //! | 4 | not found (`NO_SUCH_USER`, `NOT_A_CONTACT`, or message ids not in the mailbox) |
 //! | 5 | name taken (`NAME_TAKEN`) |
 //! | 6 | input refused by the server (`INVALID_NAME`, `INVALID_REQUEST`, `MESSAGE_TOO_LARGE`, `INVALID_PATTERN`, `LIMIT_REACHED`) |
-//! | 7 | server unavailable (connect failed, disconnected with `--no-reconnect`, `BUSY`, `SHUTTING_DOWN`, `TIMEOUT`, `RATE_LIMITED`) |
+//! | 7 | server unavailable (connect failed, an HTTP port given for the native one, disconnected with `--no-reconnect`, `BUSY`, `SHUTTING_DOWN`, `TIMEOUT`, `RATE_LIMITED`) |
 //! | 8 | the server's certificate is not the pinned one (`--tofu`'s known_servers, or `--fingerprint`) |
-//! | 9 | TLS failed: the certificate is not trusted (system roots, `--ca`), or the server does not speak TLS |
+//! | 9 | TLS failed: the certificate is not trusted (system roots, `--ca`), the server does not speak TLS, or it speaks TLS and the address said plaintext |
 
 use std::fmt;
 
-use parley_client::{ClientError, ErrorCode};
+use parley_client::{ClientError, ErrorCode, WrongProtocol};
 
 /// The text `--help` shows after the options; keep it in step with the table above.
 pub const EXIT_CODES_HELP: &str = "\
@@ -32,11 +32,11 @@ Exit codes:
   6  input refused by the server (invalid name, request, pattern; message too large;
      a limit such as the number of contacts reached)
   7  server unavailable (cannot connect, busy, shutting down, rate limited;
-     disconnected, with --no-reconnect)
+     an HTTP port given for the native one; disconnected, with --no-reconnect)
   8  the server's certificate changed: it is not the one pinned in known_servers
      (--tofu) or given with --fingerprint; nothing was sent
   9  TLS failed: the server's certificate is not trusted (system roots, --ca),
-     or the server does not speak TLS";
+     the server does not speak TLS, or it does and the address lacks tls://";
 
 /// What the process tells its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +128,16 @@ pub struct Report {
     pub code: String,
     /// Human-readable, with the context of what was being done.
     pub message: String,
+    /// When the server said to try again (`BUSY`, `RATE_LIMITED`).
+    pub retry_after_ms: Option<u32>,
+}
+
+/// The server's hint for when to try again, if it gave one.
+pub fn retry_after_ms(err: &anyhow::Error) -> Option<u32> {
+    err.chain().find_map(|cause| match cause.downcast_ref::<ClientError>() {
+        Some(ClientError::Server { retry_after_ms, .. }) if *retry_after_ms > 0 => Some(*retry_after_ms),
+        _ => None,
+    })
 }
 
 /// The server's error code, if the server's answer is somewhere in the chain.
@@ -157,46 +167,31 @@ pub fn describe(err: &anyhow::Error) -> String {
 
 /// Decides the exit code and the machine-readable name of an error.
 pub fn classify(err: &anyhow::Error) -> Report {
-    let message = describe(err);
+    let (exit, code) = exit_and_code(err);
+    Report {
+        exit,
+        code,
+        message: describe(err),
+        retry_after_ms: retry_after_ms(err),
+    }
+}
+
+fn exit_and_code(err: &anyhow::Error) -> (Exit, String) {
     if let Some(failure) = err.chain().find_map(|e| e.downcast_ref::<Failure>()) {
-        return Report {
-            exit: failure.exit,
-            code: failure.code.clone(),
-            message,
-        };
+        return (failure.exit, failure.code.clone());
     }
-    match err.chain().find_map(|e| e.downcast_ref::<ClientError>()) {
-        Some(ClientError::Server { code, .. }) => Report {
-            exit: exit_for_server_code(*code),
-            code: code.as_str_name().to_owned(),
-            message,
-        },
-        Some(ClientError::Io(_) | ClientError::Disconnected(_)) => Report {
-            exit: Exit::Unavailable,
-            code: "UNAVAILABLE".to_owned(),
-            message,
-        },
-        Some(ClientError::CertificateChanged { .. }) => Report {
-            exit: Exit::CertificateChanged,
-            code: "CERTIFICATE_CHANGED".to_owned(),
-            message,
-        },
-        Some(ClientError::Tls(_)) => Report {
-            exit: Exit::Tls,
-            code: "TLS_FAILED".to_owned(),
-            message,
-        },
-        Some(ClientError::Protocol(_)) => Report {
-            exit: Exit::Other,
-            code: "PROTOCOL_ERROR".to_owned(),
-            message,
-        },
-        None => Report {
-            exit: Exit::Other,
-            code: "ERROR".to_owned(),
-            message,
-        },
-    }
+    let (exit, code) = match err.chain().find_map(|e| e.downcast_ref::<ClientError>()) {
+        Some(ClientError::Server { code, .. }) => (exit_for_server_code(*code), code.as_str_name()),
+        Some(ClientError::Io(_) | ClientError::Disconnected(_)) => (Exit::Unavailable, "UNAVAILABLE"),
+        Some(ClientError::CertificateChanged { .. }) => (Exit::CertificateChanged, "CERTIFICATE_CHANGED"),
+        Some(ClientError::Tls(_)) => (Exit::Tls, "TLS_FAILED"),
+        Some(ClientError::NotTrusted(_)) => (Exit::Tls, "CERTIFICATE_NOT_TRUSTED"),
+        Some(ClientError::WrongProtocol(WrongProtocol::Http)) => (Exit::Unavailable, "NOT_A_NATIVE_PORT"),
+        Some(ClientError::WrongProtocol(_)) => (Exit::Tls, "TLS_MISMATCH"),
+        Some(ClientError::Protocol(_)) => (Exit::Other, "PROTOCOL_ERROR"),
+        None => (Exit::Other, "ERROR"),
+    };
+    (exit, code.to_owned())
 }
 
 #[cfg(test)]

@@ -1,27 +1,92 @@
 //! How messages and other results look on the terminal and in `--json`.
 //!
-//! Times are printed in UTC with a trailing `Z` (`2025-11-25 19:34:07Z`): the
-//! same on every machine, sortable, and free of a time-zone database.
-//! Message bodies are printed on one line with control characters escaped,
-//! so a sender cannot move the cursor or recolour someone else's terminal,
-//! and so `grep` and `cut` keep working; `--json` carries the body verbatim.
+//! One number per message: its `#SEQ`, its place in your mailbox, which
+//! every command takes (`read --after`, `delete`, `watch --after`). The
+//! server-wide message id is only in `--json`.
+//!
+//! Times are local (the `TZ` variable, else the system's zone): the time
+//! alone for today's messages, `YYYY-MM-DD HH:MM:SS` for older ones. With
+//! `--utc` (for scripts) every time is `YYYY-MM-DD HH:MM:SSZ` in UTC, the
+//! same on every machine and sortable; `--json` carries `timestamp_ms`.
+//!
+//! A message body is printed as its lines: the first after the header,
+//! every further one indented by [`CONTINUATION_INDENT`], so no line of a
+//! body can pass for the header of another message. Every other control
+//! character (a carriage return, escape sequences) and the bidirectional
+//! overrides are escaped, so a sender cannot move the cursor, recolour
+//! someone else's terminal or reorder what it shows; `--json` carries the
+//! body verbatim.
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::sync::OnceLock;
 
+use chrono::{DateTime, Local, TimeZone, Utc};
 use parley_client::Message;
 use serde_json::{Value, json};
 
-/// `#SEQ [id ID] YYYY-MM-DD HH:MM:SSZ FROM: BODY`
+/// What starts every line of a message body after its first.
+pub const CONTINUATION_INDENT: &str = "    ";
+
+/// How times are shown, chosen once per process (`--utc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Times {
+    /// The local zone; today's messages by time alone.
+    Local,
+    /// UTC, always with the date and a trailing `Z`.
+    Utc,
+}
+
+static TIMES: OnceLock<Times> = OnceLock::new();
+
+/// Chooses how times are shown; the first choice stays.
+pub fn set_times(times: Times) {
+    let _ = TIMES.set(times);
+}
+
+fn times() -> Times {
+    *TIMES.get().unwrap_or(&Times::Local)
+}
+
+/// `#SEQ TIME FROM: BODY`, a multi-line body as indented lines.
 pub fn message_line(m: &Message) -> String {
-    format!(
-        "#{} [id {}] {} {}: {}",
-        m.seq,
-        m.message_id,
-        utc_timestamp(m.timestamp_ms),
-        printable(&m.from),
-        printable(&m.body)
-    )
+    let header = format!("#{} {} {}:", m.seq, timestamp(m.timestamp_ms), printable(&m.from));
+    with_body(header, &m.body)
+}
+
+/// `TIME FROM → TO: BODY`, for a message this user sent (it has no number
+/// here: it sits in the recipient's mailbox).
+pub fn sent_line(from: &str, to: &str, timestamp_ms: u64, body: &str) -> String {
+    let header = format!(
+        "{} {} \u{2192} {}:",
+        timestamp(timestamp_ms),
+        printable(from),
+        printable(to)
+    );
+    with_body(header, body)
+}
+
+/// The header, then the body's first line after a space and every other
+/// line indented below it.
+fn with_body(header: String, body: &str) -> String {
+    let mut text = header;
+    let lines: Vec<&str> = body.split('\n').collect();
+    for (i, &line) in lines.iter().enumerate() {
+        // A Windows line end is a line end; any other carriage return is
+        // shown escaped.
+        let line = match line.strip_suffix('\r') {
+            Some(stripped) if i + 1 < lines.len() => stripped,
+            _ => line,
+        };
+        if i == 0 {
+            text.push(' ');
+        } else {
+            text.push('\n');
+            text.push_str(CONTINUATION_INDENT);
+        }
+        text.push_str(&printable(line));
+    }
+    text
 }
 
 /// The JSON object for one message, shared by `read` and `watch`.
@@ -84,14 +149,23 @@ pub fn presence_json(name: &str, online: bool) -> Value {
     json!({ "presence": { "name": name, "online": online } })
 }
 
-/// `text` with every control character (newlines included) escaped.
+/// Whether `c` reorders the text around it (bidirectional embeddings,
+/// overrides, isolates and marks), which would let a sender make a line
+/// read differently from what it holds.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// `text` with every control character (newlines included) and every
+/// bidirectional control escaped.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    let unsafe_char = |c: char| c.is_control() || is_bidi_control(c);
+    if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if unsafe_char(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -109,32 +183,39 @@ pub fn count(n: u64, singular: &str) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ` in UTC.
-pub fn utc_timestamp(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+/// A message's time as this process shows them (see [`Times`]).
+pub fn timestamp(ms: u64) -> String {
+    match times() {
+        Times::Utc => utc_timestamp(ms),
+        Times::Local => zoned_timestamp(ms, &Local, Local::now()),
+    }
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `civil_from_days`, restricted to dates after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ` in UTC.
+pub fn utc_timestamp(ms: u64) -> String {
+    match Utc.timestamp_millis_opt(i64::try_from(ms).unwrap_or(i64::MAX)).single() {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+        None => format!("{ms} ms"),
+    }
+}
+
+/// Milliseconds since the Unix epoch in `zone`: `HH:MM:SS` on the day of
+/// `now` there, `YYYY-MM-DD HH:MM:SS` on any other.
+fn zoned_timestamp<Z: TimeZone>(ms: u64, zone: &Z, now: DateTime<Z>) -> String
+where
+    Z::Offset: std::fmt::Display,
+{
+    let Some(t) = zone
+        .timestamp_millis_opt(i64::try_from(ms).unwrap_or(i64::MAX))
+        .single()
+    else {
+        return utc_timestamp(ms);
+    };
+    if t.date_naive() == now.date_naive() {
+        t.format("%H:%M:%S").to_string()
+    } else {
+        t.format("%Y-%m-%d %H:%M:%S").to_string()
+    }
 }
 
 /// Writes one line to stdout and flushes it, so readers on a pipe see each
@@ -166,27 +247,69 @@ mod tests {
     }
 
     #[test]
+    fn local_times_are_compact_today_and_dated_otherwise() {
+        use chrono::FixedOffset;
+        // Berlin in winter: UTC+1.
+        let berlin = FixedOffset::east_opt(3600).unwrap();
+        let at = |ms: u64| berlin.timestamp_millis_opt(ms as i64).unwrap();
+        // 2026-12-03 08:19:35Z
+        let sent = 1_796_285_975_000;
+        assert_eq!(utc_timestamp(sent), "2026-12-03 08:19:35Z");
+        assert_eq!(zoned_timestamp(sent, &berlin, at(sent + 3_600_000)), "09:19:35");
+        assert_eq!(
+            zoned_timestamp(sent, &berlin, at(sent + 86_400_000)),
+            "2026-12-03 09:19:35"
+        );
+        // The zone's date decides, not UTC's: 23:00Z is the next morning in Tokyo.
+        let tokyo = FixedOffset::east_opt(9 * 3600).unwrap();
+        let late = 1_796_338_800_000; // 2026-12-03 23:00:00Z, 08:00 on the 4th in Tokyo
+        let now = tokyo.timestamp_millis_opt(late as i64 + 60_000).unwrap();
+        assert_eq!(zoned_timestamp(late, &tokyo, now), "08:00:00");
+        assert_eq!(zoned_timestamp(late - 86_400_000, &tokyo, now), "2026-12-03 08:00:00");
+    }
+
+    #[test]
     fn control_characters_are_escaped() {
         assert_eq!(printable("plain text"), "plain text");
         assert_eq!(printable("two\nlines"), "two\\nlines");
         assert_eq!(printable("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(printable("abc\u{202E}def"), "abc\\u{202e}def");
     }
 
-    #[test]
-    fn message_line_format() {
-        let m = Message {
+    fn message(body: &str) -> Message {
+        Message {
             message_id: 7,
             seq: 3,
             from: "alice".into(),
             timestamp_ms: 0,
-            body: "hi\tthere".into(),
+            body: body.into(),
             client_msg_id: String::new(),
             acked: false,
-        };
-        assert_eq!(message_line(&m), "#3 [id 7] 1970-01-01 00:00:00Z alice: hi\\tthere");
+        }
+    }
+
+    #[test]
+    fn message_line_format() {
+        set_times(Times::Utc);
+        let m = message("hi\tthere");
+        assert_eq!(message_line(&m), "#3 1970-01-01 00:00:00Z alice: hi\\tthere");
         assert_eq!(message_json(&m)["body"], "hi\tthere");
         assert_eq!(count(1, "unread message"), "1 unread message");
         assert_eq!(count(3, "unread message"), "3 unread messages");
+    }
+
+    #[test]
+    fn multi_line_bodies_are_indented_lines() {
+        set_times(Times::Utc);
+        let m = message("multi\nline\r\n#4 00:00:00 bob: fake\r\u{1b}[2J");
+        assert_eq!(
+            message_line(&m),
+            "#3 1970-01-01 00:00:00Z alice: multi\n    line\n    #4 00:00:00 bob: fake\\r\\u{1b}[2J"
+        );
+        assert_eq!(
+            sent_line("alice", "bob", 0, "one\ntwo"),
+            "1970-01-01 00:00:00Z alice \u{2192} bob: one\n    two"
+        );
     }
 
     #[test]

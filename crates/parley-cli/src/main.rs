@@ -64,6 +64,11 @@ fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 after --help/--version.
     let cli = Cli::parse();
     let json = cli.global.json;
+    format::set_times(if cli.global.utc {
+        format::Times::Utc
+    } else {
+        format::Times::Local
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -125,7 +130,11 @@ fn report(err: anyhow::Error, json: bool) -> ExitCode {
     eprintln!("parley: {}", report.message);
     if json {
         // Nothing more can be done if stdout is gone as well.
-        let _ = format::out_json(&json!({ "error": { "code": report.code, "message": report.message } }));
+        let mut error = json!({ "code": report.code, "message": report.message });
+        if let Some(ms) = report.retry_after_ms {
+            error["retry_after_ms"] = json!(ms);
+        }
+        let _ = format::out_json(&json!({ "error": error }));
     }
     report.exit.into()
 }

@@ -29,7 +29,7 @@
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use parley_client::{Client, ClientError, ErrorCode, LoginInfo, Message};
+use parley_client::{Client, ClientError, ErrorCode, LoginInfo, Message, Visibility};
 
 use crate::exit::{Exit, Failure, server_code};
 use crate::session::{self, Credentials, timed};
@@ -93,11 +93,7 @@ fn worth_retrying(err: &anyhow::Error) -> bool {
 
 /// The server's hint for when to try again, if it gave one.
 fn retry_after(err: &anyhow::Error) -> Duration {
-    let hint = err.chain().find_map(|cause| match cause.downcast_ref::<ClientError>() {
-        Some(ClientError::Server { retry_after_ms, .. }) => Some(*retry_after_ms),
-        _ => None,
-    });
-    Duration::from_millis(u64::from(hint.unwrap_or(0)))
+    Duration::from_millis(u64::from(crate::exit::retry_after_ms(err).unwrap_or(0)))
 }
 
 /// How a connection ended.
@@ -290,7 +286,7 @@ impl Link {
         server: &crate::trust::Target,
         credentials: Credentials,
     ) -> anyhow::Result<(Link, Client, LoginInfo)> {
-        let (client, info) = session::open(server, &credentials).await?;
+        let (client, info) = session::open(server, &credentials, Visibility::Online).await?;
         let link = Link {
             server: server.clone(),
             credentials,
@@ -373,7 +369,13 @@ impl Link {
                 Err(e) => return Err(e),
             }
         }
-        let info = session::login(client, &self.credentials.user, &self.credentials.password).await?;
+        let info = session::login(
+            client,
+            &self.credentials.user,
+            &self.credentials.password,
+            Visibility::Online,
+        )
+        .await?;
         if info.user_id != self.user_id {
             return Err(Failure::new(
                 Exit::Auth,

@@ -6,11 +6,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use parley_client::{Client, ErrorCode, LoginInfo};
+use parley_client::{Client, ClientError, ErrorCode, LoginInfo, Visibility, WrongProtocol};
 
 use crate::exit::{Exit, Failure, server_code};
 use crate::settings::Settings;
-use crate::trust::Target;
+use crate::trust::{Target, TrustMode};
 
 /// How long connecting (TCP, the TLS handshake, the server's Welcome) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,10 +33,20 @@ pub async fn timed<T>(what: &str, request: impl Future<Output = parley_client::R
 }
 
 /// Opens a connection to the server, checking its certificate over TLS.
+/// A failure that the user's settings explain says which one to change.
 pub async fn connect(server: &Target) -> anyhow::Result<Client> {
     let addr = &server.given;
     match tokio::time::timeout(CONNECT_TIMEOUT, crate::trust::connect(server)).await {
-        Ok(result) => result.with_context(|| format!("cannot connect to {addr}")),
+        Ok(Err(e)) => {
+            let e = e.context(format!("cannot connect to {addr}"));
+            let Some(advice) = advice(server, &e) else {
+                return Err(e);
+            };
+            // Classified as the error it explains, the advice last.
+            let report = crate::exit::classify(&e);
+            Err(Failure::new(report.exit, report.code, format!("{}; {advice}", report.message)).into())
+        }
+        Ok(Ok(client)) => Ok(client),
         Err(_) => Err(Failure::unavailable(format!(
             "cannot connect to {addr}: timed out after {}s",
             CONNECT_TIMEOUT.as_secs()
@@ -45,10 +55,43 @@ pub async fn connect(server: &Target) -> anyhow::Result<Client> {
     }
 }
 
+/// What to do about a connection that failed for a reason the settings
+/// explain: an untrusted certificate, TLS on one side only, an HTTP port.
+fn advice(server: &Target, err: &anyhow::Error) -> Option<String> {
+    let authority = &server.address.authority;
+    let cause = err.chain().find_map(|cause| cause.downcast_ref::<ClientError>())?;
+    let advice = match (cause, &server.trust) {
+        (ClientError::NotTrusted(_), TrustMode::SystemRoots) => format!(
+            "the system's root certificates do not vouch for {authority}'s certificate (self-signed or from a \
+             private CA?): give the certificate or its CA with --ca FILE (for `parleyd gen-cert`'s, its cert.pem), \
+             or pin it with --tofu or --fingerprint SHA256:..."
+        ),
+        (ClientError::NotTrusted(_), TrustMode::CaFile(ca)) => format!(
+            "{authority}'s certificate is not signed by {} or does not name {}: check --ca, or pin it with --tofu",
+            ca.display(),
+            server.address.host
+        ),
+        (ClientError::WrongProtocol(WrongProtocol::Tls), _) => {
+            format!("the server speaks TLS: write it as tls://{authority}")
+        }
+        (ClientError::WrongProtocol(WrongProtocol::Plaintext), _) => {
+            format!("{authority} does not speak TLS: write it as {authority} for plaintext, or check the port")
+        }
+        (ClientError::WrongProtocol(WrongProtocol::Http), _) => format!(
+            "{authority} is an HTTP port (parleyd's web UI and API), not a native one: parley needs the native \
+             port (parleyd's default is {})",
+            parley_client::tls::DEFAULT_PORT
+        ),
+        _ => return None,
+    };
+    Some(advice)
+}
+
 /// Logs in on an open connection. A failed login gets one message for both
 /// causes, as the server deliberately does not say which it was.
-pub async fn login(client: &Client, user: &str, password: &str) -> anyhow::Result<LoginInfo> {
-    match timed("logging in", client.login(user, password)).await {
+/// `visibility` says whether the session makes the account appear online.
+pub async fn login(client: &Client, user: &str, password: &str, visibility: Visibility) -> anyhow::Result<LoginInfo> {
+    match timed("logging in", client.login_with(user, password, visibility)).await {
         Err(e) if server_code(&e) == Some(ErrorCode::AuthFailed) => Err(Failure::new(
             Exit::Auth,
             "AUTH_FAILED",
@@ -76,9 +119,13 @@ impl Credentials {
 }
 
 /// Connects and logs in.
-pub async fn open(server: &Target, credentials: &Credentials) -> anyhow::Result<(Client, LoginInfo)> {
+pub async fn open(
+    server: &Target,
+    credentials: &Credentials,
+    visibility: Visibility,
+) -> anyhow::Result<(Client, LoginInfo)> {
     let client = connect(server).await?;
-    let info = login(&client, &credentials.user, &credentials.password).await?;
+    let info = login(&client, &credentials.user, &credentials.password, visibility).await?;
     Ok((client, info))
 }
 

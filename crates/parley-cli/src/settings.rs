@@ -139,6 +139,12 @@ impl Settings {
         Ok(user)
     }
 
+    /// Drops the password known (it was refused), so the next
+    /// [`Settings::password`] asks for it.
+    pub fn forget_password(&mut self) {
+        self.password = None;
+    }
+
     /// The password for logging in as `user`.
     pub fn password(&mut self, user: &str) -> anyhow::Result<String> {
         self.obtain_password(user, false)

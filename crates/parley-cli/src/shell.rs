@@ -15,11 +15,20 @@
 //! `--no-reconnect`) does it raise reedline's break signal, so the prompt
 //! returns and the shell exits with the error's code.
 //!
-//! Live delivery starts after the last seq the login reported, so messages
-//! that were unread before the shell started stay unread until `/read`;
-//! live ones are acknowledged by seq, never cumulatively, for the same reason.
+//! A message typed while there is no connection is queued (at most
+//! [`OFFLINE_QUEUE`], with a fresh `client_msg_id` each) and the
+//! supervisor sends the queue, in order, right after reconnecting and
+//! before handing the connection back to the commands. A send whose
+//! connection died under it is queued again with the same id: the server
+//! stores a repeated id once, so a message is never stored twice.
+//!
+//! At login the oldest unread messages are shown (as `/read` shows them);
+//! live delivery starts after the last seq the login reported, so unread
+//! messages beyond those stay unread until `/read`; live ones are
+//! acknowledged by seq, never cumulatively, for the same reason.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -34,11 +43,14 @@ use reedline::{
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
-use crate::commands::{ack_shown, add_contact, online_contacts, remove_contact, seqs_of, unread};
-use crate::exit::{Exit, Failure, describe};
+use crate::cli::DEFAULT_READ;
+use crate::commands::{
+    ack_shown, add_contact, delete_by_seq, newest, numbers, online_contacts, remove_contact, seqs_of, unread,
+};
+use crate::exit::{Exit, Failure, classify, describe};
 use crate::format::{
     account_line, contact_line, count, message_line, out, presence_approved_line, presence_line, presence_request_line,
-    printable,
+    printable, sent_line,
 };
 use crate::reconnect::{Delivery, End, Link, is_disconnect};
 use crate::session::{self, Credentials, timed};
@@ -52,19 +64,23 @@ const HISTORY_FILE: &str = "history.txt";
 /// Pushed batches waiting for the prompt to print them; when full, the
 /// delivery task waits, and so do its acknowledgements.
 const PRINTER_QUEUE: usize = 64;
-/// Messages `/read` shows when no count is given.
-const DEFAULT_READ: u32 = 10;
-/// Largest `/read` count (the server's fetch limit).
+/// Largest `/read` and `/last` count (the server's fetch limit).
 const MAX_READ: u32 = 1000;
 /// What a command says while there is no connection.
 const NOT_CONNECTED: &str = "not connected (reconnecting)";
+/// Messages typed while disconnected that wait to be sent; one more is
+/// refused, not queued.
+const OFFLINE_QUEUE: usize = 100;
+/// Passwords tried at the start before the shell gives up (as sudo).
+const PASSWORD_ATTEMPTS: u32 = 3;
 
 const HELP: &str = "\
 commands:
-  /send USER TEXT   send a message (also: @USER TEXT)
+  /send USER TEXT   send a message (also: /msg USER TEXT, @USER TEXT)
   /read [N]         show up to N unread messages (default 10) and mark them read
+  /last [N]         show the N newest messages (default 10), read or not
   /list [PATTERN]   list accounts (* marks who is online); * and ? are wildcards
-  /delete ID...     delete messages from your mailbox
+  /delete SEQ...    delete messages from your mailbox (the #SEQ shown)
   /unread           how many messages are unread
   /contacts         list your contacts (* marks who is online)
   /add NAME         add a contact: its coming and going is shown
@@ -80,7 +96,8 @@ commands:
   /help             this text
   /quit             leave (also Ctrl-D)
 incoming messages are printed as they arrive and marked read.
-when the connection is lost the shell reconnects by itself.
+when the connection is lost the shell reconnects by itself; messages typed
+meanwhile are queued (up to 100) and sent once it is back.
 lines starting with a space are not kept in the history.";
 
 /// `NAME> `
@@ -191,6 +208,17 @@ impl Current {
     }
 }
 
+/// A message on its way: typed, not yet answered by the server.
+struct Outgoing {
+    /// Recipient, as typed.
+    to: String,
+    /// Text, as typed.
+    body: String,
+    /// Chosen when typed and kept across resends, so the server stores
+    /// the message once however often it is sent.
+    client_msg_id: String,
+}
+
 /// What the supervisor and the commands share.
 #[derive(Clone)]
 struct Shared {
@@ -199,6 +227,32 @@ struct Shared {
     /// What was shown, so that `/read` and live delivery never show a
     /// message twice and a reconnect starts after the last one shown.
     delivery: Arc<Mutex<Delivery>>,
+    /// Messages typed while disconnected, oldest first. Its lock is taken
+    /// before `current`'s when both are needed: the supervisor hands the
+    /// connection back only with the queue empty, under this lock.
+    queue: Arc<Mutex<VecDeque<Outgoing>>>,
+    /// The account's name, for the lines of messages sent.
+    me: Arc<str>,
+}
+
+impl Shared {
+    /// Queues a message for the next connection, or says why not.
+    fn enqueue(&self, outgoing: Outgoing) -> anyhow::Result<()> {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= OFFLINE_QUEUE {
+            anyhow::bail!(
+                "{NOT_CONNECTED}; {OFFLINE_QUEUE} messages already wait to be sent, so this one to {} was not queued",
+                outgoing.to
+            );
+        }
+        let to = outgoing.to.clone();
+        queue.push_back(outgoing);
+        eprintln!(
+            "{NOT_CONNECTED}: the message to {to} is queued ({} waiting) and will be sent once reconnected",
+            queue.len()
+        );
+        Ok(())
+    }
 }
 
 /// Runs the shell until `/quit`, Ctrl-D, or an end of the connection that
@@ -209,21 +263,37 @@ pub fn run(runtime: &Runtime, mut settings: Settings, reconnect: bool) -> anyhow
             Failure::usage("the interactive shell needs a terminal; give a command instead (parley --help)").into(),
         );
     }
-    let credentials = Credentials::obtain(&mut settings)?;
-    let (link, client, info) = runtime.block_on(Link::open(&settings.server, credentials))?;
-    let hint = if info.unread > 0 { " (/read shows them)" } else { "" };
-    out(&format!(
-        "logged in as {}; {}{hint}",
-        info.name,
-        count(info.unread, "unread message")
-    ))?;
-    runtime.block_on(timed("subscribing", client.subscribe(info.last_seq)))?;
-    out("/help lists the commands")?;
-
+    let mut attempt = 1;
+    let (link, client, info) = loop {
+        let credentials = Credentials::obtain(&mut settings)?;
+        match runtime.block_on(Link::open(&settings.server, credentials)) {
+            // A mistyped password is asked again, as sudo and ssh do.
+            Err(e) if classify(&e).code == "AUTH_FAILED" && attempt < PASSWORD_ATTEMPTS => {
+                eprintln!("{}", describe(&e));
+                settings.forget_password();
+                attempt += 1;
+            }
+            result => break result?,
+        }
+    };
     let shared = Shared {
         current: Current::default(),
         delivery: Arc::new(Mutex::new(Delivery::new(info.last_seq))),
+        queue: Arc::default(),
+        me: Arc::from(info.name.as_str()),
     };
+    let shown = if info.unread > 0 { ":" } else { "" };
+    out(&format!(
+        "logged in as {}; {}{shown}",
+        info.name,
+        count(info.unread, "unread message")
+    ))?;
+    if info.unread > 0 {
+        runtime.block_on(read(&client, &shared.delivery, ""))?;
+    }
+    runtime.block_on(timed("subscribing", client.subscribe(info.last_seq)))?;
+    out("/help lists the commands")?;
+
     shared.current.set(Some(Connection::new(client)));
     let printer = ExternalPrinter::new(PRINTER_QUEUE);
     let closed = Closed::default();
@@ -311,12 +381,13 @@ async fn show(printer: &SyncSender<String>, text: String) -> bool {
 }
 
 /// Owns the subscription: delivers on each connection until it ends, then
-/// reconnects, until the end cannot be mended or the editor is gone.
+/// reconnects (sending what was queued meanwhile), until the end cannot be
+/// mended or the editor is gone.
 async fn supervise(mut link: Link, shared: Shared, printer: SyncSender<String>, closed: Closed, reconnect: bool) {
+    let Some(mut connection) = shared.current.get() else {
+        return;
+    };
     loop {
-        let Some(connection) = shared.current.get() else {
-            return;
-        };
         let lost = match deliver(&connection, &shared, &printer).await {
             None => return,
             Some(End::Fatal(failure)) => {
@@ -332,26 +403,69 @@ async fn supervise(mut link: Link, shared: Shared, printer: SyncSender<String>, 
         if !show(&printer, "connection lost; reconnecting…".to_owned()).await {
             return;
         }
-        let (after, pending) = {
-            let delivery = lock(&shared.delivery);
-            (delivery.last_seq_seen(), delivery.pending_acks())
+        connection = loop {
+            let (after, pending) = {
+                let delivery = lock(&shared.delivery);
+                (delivery.last_seq_seen(), delivery.pending_acks())
+            };
+            let mut status = |line: String| {
+                // Progress notes only: dropped when the printer is full.
+                let _ = printer.try_send(line);
+            };
+            let client = match link.reconnect(after, &pending, &mut status).await {
+                Ok(client) => client,
+                Err(e) => {
+                    let report = classify(&e);
+                    return closed.close(Failure::new(report.exit, report.code, report.message));
+                }
+            };
+            lock(&shared.delivery).acked(&pending);
+            if !show(&printer, "reconnected".to_owned()).await {
+                return;
+            }
+            let connection = Connection::new(client);
+            match send_queued(&connection, &shared, &printer).await {
+                Some(true) => break connection,
+                // Lost again while sending: what is left stays queued.
+                Some(false) => continue,
+                None => return,
+            }
         };
-        let mut status = |line: String| {
-            // Progress notes only: dropped when the printer is full.
-            let _ = printer.try_send(line);
-        };
-        match link.reconnect(after, &pending, &mut status).await {
-            Ok(client) => {
-                lock(&shared.delivery).acked(&pending);
-                shared.current.set(Some(Connection::new(client)));
-                if !show(&printer, "reconnected".to_owned()).await {
-                    return;
+    }
+}
+
+/// Sends the queued messages in order on a new connection, printing each
+/// one sent, then hands the connection to the commands. Returns false when
+/// the connection was lost meanwhile (the unsent stay queued), None when
+/// the editor is gone.
+async fn send_queued(connection: &Connection, shared: &Shared, printer: &SyncSender<String>) -> Option<bool> {
+    loop {
+        let outgoing = {
+            let mut queue = lock(&shared.queue);
+            match queue.pop_front() {
+                Some(outgoing) => outgoing,
+                None => {
+                    // Under the queue's lock: a command that finds no
+                    // connection queues before this, one that finds it sends.
+                    shared.current.set(Some(connection.clone()));
+                    return Some(true);
                 }
             }
-            Err(e) => {
-                let report = crate::exit::classify(&e);
-                return closed.close(Failure::new(report.exit, report.code, report.message));
+        };
+        let line = match send_one(&connection.client, &shared.me, &outgoing).await {
+            Ok(line) => line,
+            Err(e) if crate::reconnect::is_disconnect(&e) => {
+                lock(&shared.queue).push_front(outgoing);
+                return Some(false);
             }
+            Err(e) => format!(
+                "error: the queued message to {} was not sent: {}",
+                outgoing.to,
+                describe(&e)
+            ),
+        };
+        if !show(printer, line).await {
+            return None;
         }
     }
 }
@@ -420,10 +534,13 @@ enum Flow {
     Quit,
 }
 
-/// Commands that talk to the server (besides `@USER TEXT`).
+/// Commands that send a message (besides `@USER TEXT`).
+const SEND_COMMANDS: &[&str] = &["/send", "/msg"];
+
+/// Commands that talk to the server.
 const CONNECTED_COMMANDS: &[&str] = &[
-    "/send",
     "/read",
+    "/last",
     "/list",
     "/delete",
     "/unread",
@@ -451,19 +568,17 @@ async fn execute(shared: &Shared, line: &str) -> Flow {
         "" => Ok(()),
         "/quit" | "/exit" => return Flow::Quit,
         "/help" => out(HELP),
-        _ if command.starts_with('@') || CONNECTED_COMMANDS.contains(&command) => {
+        _ if command.starts_with('@') => send(shared, line.strip_prefix('@').unwrap_or(line)).await,
+        _ if SEND_COMMANDS.contains(&command) => send(shared, rest).await,
+        _ if CONNECTED_COMMANDS.contains(&command) => {
             let Some(connection) = shared.current.get() else {
                 eprintln!("{NOT_CONNECTED}");
                 return Flow::Continue;
             };
-            match execute_connected(&connection.client, &shared.delivery, command, rest, line).await {
+            match execute_connected(&connection.client, &shared.delivery, command, rest).await {
                 Err(e) if is_disconnect(&e) => {
                     shared.current.report_lost(&connection);
-                    if command.starts_with('@') || command == "/send" {
-                        eprintln!("{NOT_CONNECTED}; the message may not have been sent");
-                    } else {
-                        eprintln!("{NOT_CONNECTED}");
-                    }
+                    eprintln!("{NOT_CONNECTED}");
                     return Flow::Continue;
                 }
                 result => result,
@@ -486,12 +601,10 @@ async fn execute_connected(
     delivery: &Mutex<Delivery>,
     command: &str,
     rest: &str,
-    line: &str,
 ) -> anyhow::Result<()> {
     match command {
-        _ if command.starts_with('@') => send(client, line.strip_prefix('@').unwrap_or(line)).await,
-        "/send" => send(client, rest).await,
         "/read" => read(client, delivery, rest).await,
+        "/last" => last(client, delivery, rest).await,
         "/list" => list(client, rest).await,
         "/delete" => delete(client, rest).await,
         "/unread" => out(&count(unread(client).await?, "unread message")),
@@ -573,8 +686,9 @@ fn show_blocked(blocked: &[String]) -> anyhow::Result<()> {
         .try_for_each(|name| out(&format!("  {}", printable(name))))
 }
 
-/// `/send USER TEXT` and `@USER TEXT`.
-async fn send(client: &Client, rest: &str) -> anyhow::Result<()> {
+/// `/send USER TEXT`, `/msg USER TEXT` and `@USER TEXT`: sent now, or
+/// queued while there is no connection.
+async fn send(shared: &Shared, rest: &str) -> anyhow::Result<()> {
     let Some((to, text)) = rest
         .split_once(char::is_whitespace)
         .map(|(to, text)| (to, text.trim()))
@@ -582,25 +696,59 @@ async fn send(client: &Client, rest: &str) -> anyhow::Result<()> {
     else {
         anyhow::bail!("usage: /send USER TEXT");
     };
-    let receipt = timed(&format!("sending to {to}"), client.send(to, text)).await?;
-    out(&format!(
-        "sent to {to} (id {}, seq {})",
-        receipt.message_id, receipt.seq
-    ))
+    let outgoing = Outgoing {
+        to: to.to_owned(),
+        body: text.to_owned(),
+        client_msg_id: parley_client::new_client_msg_id(),
+    };
+    let connection = {
+        // The queue's lock first: see `Shared::queue`.
+        let queue = lock(&shared.queue);
+        match shared.current.get() {
+            Some(connection) if queue.is_empty() => connection,
+            _ => {
+                drop(queue);
+                return shared.enqueue(outgoing);
+            }
+        }
+    };
+    match send_one(&connection.client, &shared.me, &outgoing).await {
+        Ok(line) => out(&line),
+        Err(e) if is_disconnect(&e) => {
+            // It may have been stored; the resend's id makes that safe.
+            shared.current.report_lost(&connection);
+            shared.enqueue(outgoing)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends one message; returns the line that shows it.
+async fn send_one(client: &Client, me: &str, outgoing: &Outgoing) -> anyhow::Result<String> {
+    let receipt = timed(
+        &format!("sending to {}", outgoing.to),
+        client.send_with_id(&outgoing.to, &outgoing.client_msg_id, &outgoing.body),
+    )
+    .await?;
+    Ok(sent_line(me, &outgoing.to, receipt.timestamp_ms, &outgoing.body))
+}
+
+/// The count a command takes: `DEFAULT_READ` when none is given.
+fn read_count(rest: &str, usage: &str) -> anyhow::Result<u32> {
+    if rest.is_empty() {
+        return Ok(DEFAULT_READ);
+    }
+    rest.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_READ).contains(n))
+        .ok_or_else(|| anyhow::anyhow!("usage: {usage}, N from 1 to {MAX_READ}"))
 }
 
 /// `/read [N]`: the oldest unread messages, then marked read. A message
 /// already shown live (pushed, its acknowledgement still on the way) is
 /// not shown again.
 async fn read(client: &Client, delivery: &Mutex<Delivery>, rest: &str) -> anyhow::Result<()> {
-    let limit = if rest.is_empty() {
-        DEFAULT_READ
-    } else {
-        rest.parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_READ).contains(n))
-            .ok_or_else(|| anyhow::anyhow!("usage: /read [N], N from 1 to {MAX_READ}"))?
-    };
+    let limit = read_count(rest, "/read [N]")?;
     let batch = timed("fetching messages", client.fetch(0, limit, false)).await?;
     let seqs = seqs_of(&batch.messages);
     let new = lock(delivery).unseen(batch.messages);
@@ -611,10 +759,29 @@ async fn read(client: &Client, delivery: &Mutex<Delivery>, rest: &str) -> anyhow
     // the last shown, so the cumulative ack is exact.
     let left = ack_shown(client, &seqs, true).await?;
     if left > 0 {
-        out(&format!("({left} more unread)"))?;
+        out(&format!("({left} more unread; /read shows them)"))?;
     } else if new.is_empty() {
         out("no unread messages")?;
     }
+    Ok(())
+}
+
+/// `/last [N]`: the newest messages, read or not (shown again if they
+/// were); the unread ones among them are marked read.
+async fn last(client: &Client, delivery: &Mutex<Delivery>, rest: &str) -> anyhow::Result<()> {
+    let n = read_count(rest, "/last [N]")?;
+    let after = lock(delivery).last_seq_seen();
+    let messages = newest(client, after, n).await?;
+    if messages.is_empty() {
+        return out("no messages");
+    }
+    for m in &messages {
+        out(&message_line(m))?;
+    }
+    let unread: Vec<u64> = messages.iter().filter(|m| !m.acked).map(|m| m.seq).collect();
+    // Recorded as shown, so that a push of one of them is not shown again.
+    lock(delivery).unseen(messages);
+    ack_shown(client, &unread, false).await?;
     Ok(())
 }
 
@@ -639,22 +806,21 @@ async fn list(client: &Client, pattern: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/delete ID...`
+/// `/delete SEQ...`
 async fn delete(client: &Client, rest: &str) -> anyhow::Result<()> {
-    let ids = rest
+    let seqs = rest
         .split_whitespace()
-        .map(str::parse::<u64>)
+        .map(crate::cli::parse_seq)
         .collect::<Result<Vec<_>, _>>()
         .ok()
-        .filter(|ids| !ids.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("usage: /delete ID... (the [id N] of a message)"))?;
-    let result = timed("deleting messages", client.delete_messages(ids)).await?;
-    let join = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        .filter(|seqs| !seqs.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("usage: /delete SEQ... (the #SEQ of a message)"))?;
+    let result = delete_by_seq(client, &seqs).await?;
     if !result.deleted.is_empty() {
-        out(&format!("deleted: {}", join(&result.deleted)))?;
+        out(&format!("deleted {}", numbers(&result.deleted)))?;
     }
     if !result.not_found.is_empty() {
-        out(&format!("not found: {}", join(&result.not_found)))?;
+        out(&format!("no message {} in your mailbox", numbers(&result.not_found)))?;
     }
     Ok(())
 }

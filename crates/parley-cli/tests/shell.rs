@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::Duration;
 
-use common::{Harness, WAIT, finish, wait_presence};
+use common::{Harness, WAIT, finish, wait_presence, watcher_of};
 use parley_client::{Client, Event};
 use parley_testkit::{Store, binary};
 
@@ -191,15 +191,15 @@ async fn shell_prints_incoming_while_typing_and_sends() {
         .find(|l| l.contains("hello while you type"))
         .unwrap_or_default();
     assert!(
-        pushed.starts_with("#2 [id 2] ") && pushed.contains("Z bob: "),
+        pushed.starts_with("#2 ") && pushed.contains(" bob: ") && !pushed.contains("[id"),
         "{screen}"
     );
 
     tmux.type_text("tial");
     tmux.press("Enter");
     assert_eq!(next_bodies(&bob).await, [("alice".to_owned(), "partial".to_owned())]);
-    tmux.wait_for("the receipt", |s| {
-        s.contains("sent to bob (id ") && last_line(s) == "alice>"
+    tmux.wait_for("the sent line", |s| {
+        s.contains("alice → bob: partial") && last_line(s) == "alice>"
     })
     .await;
 
@@ -207,22 +207,24 @@ async fn shell_prints_incoming_while_typing_and_sends() {
     tmux.press("Enter");
     assert_eq!(next_bodies(&bob).await, [("alice".to_owned(), "at sign".to_owned())]);
 
-    // The live message was acknowledged once shown; the older one waits for /read.
+    // The older message was shown at login, the live one once pushed; both
+    // are acknowledged, so /read has nothing more.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while alice.ack(0, Vec::new()).await.expect("unread").unread != 1 {
+    while alice.ack(0, Vec::new()).await.expect("unread").unread != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the pushed message was not acknowledged"
+            "the shown messages were not acknowledged"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tmux.type_text("/read");
     tmux.press("Enter");
-    tmux.wait_for("/read output", |s| {
-        s.contains("bob: sent before the shell") && last_line(s) == "alice>"
-    })
-    .await;
-    assert_eq!(alice.ack(0, Vec::new()).await.expect("unread").unread, 0);
+    let screen = tmux
+        .wait_for("/read output", |s| {
+            s.contains("no unread messages") && last_line(s) == "alice>"
+        })
+        .await;
+    assert!(screen.contains("bob: sent before the shell"), "{screen}");
 
     tmux.type_text("/list");
     tmux.press("Enter");
@@ -270,8 +272,17 @@ async fn shell_login_failure_and_no_terminal() {
     if !tmux_available("shell_login_failure_and_no_terminal") {
         return;
     }
+    // The password is asked again twice; the third failure ends the shell.
     let command = shell_command(&h, "alice").replace("PARLEY_PASSWORD='pw-alice'", "PARLEY_PASSWORD='wrong'");
     let tmux = Tmux::start("authfail", &command);
+    for failed in 1..=2 {
+        tmux.wait_for("the password prompt again", |s| {
+            s.matches("login failed for alice").count() == failed && last_line(s) == "password for alice:"
+        })
+        .await;
+        tmux.type_text("still wrong");
+        tmux.press("Enter");
+    }
     let screen = tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=3")).await;
     assert!(
         screen.contains("login failed for alice (wrong password, or no such account"),
@@ -382,6 +393,115 @@ async fn shell_shows_presence_and_reconnects_after_a_restart() {
         s.lines().filter(|l| l.trim_end() == "* bob").count() == 2
     })
     .await;
+
+    tmux.type_text("/quit");
+    tmux.press("Enter");
+    tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
+}
+
+/// Waits for alice to come online in `watcher`'s events, past any other.
+async fn wait_online_event(watcher: &Client, who: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, watcher.next_event()).await {
+            Ok(Some(Event::Presence { name, online: true })) if name == who => return,
+            Ok(Some(_)) => continue,
+            other => panic!("{who} never came online: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_asks_the_password_again_shows_unread_and_takes_msg() {
+    if !tmux_available("shell_asks_the_password_again_shows_unread_and_takes_msg") {
+        return;
+    }
+    let h = Harness::start(Store::Memory);
+    let bob = watcher_of(&h, "bob", "alice").await;
+    bob.send("alice", "first unread").await.expect("send");
+    bob.send("alice", "second\nunread").await.expect("send");
+    bob.subscribe(0).await.expect("subscribe");
+
+    // A wrong password is asked again, not fatal.
+    let command = shell_command(&h, "alice").replace("PARLEY_PASSWORD='pw-alice'", "PARLEY_PASSWORD='wrong'");
+    let tmux = Tmux::start("again", &command);
+    tmux.wait_for("the second password prompt", |s| {
+        s.contains("login failed for alice") && last_line(s) == "password for alice:"
+    })
+    .await;
+    tmux.type_text("pw-alice");
+    tmux.press("Enter");
+    // The unread messages are shown at login, a multi-line one as lines,
+    // and marked read.
+    let screen = tmux
+        .wait_for("the prompt", |s| {
+            s.contains("logged in as alice; 2 unread messages") && last_line(s) == "alice>"
+        })
+        .await;
+    assert!(screen.contains("bob: first unread"), "{screen}");
+    assert!(
+        screen.contains("bob: second\n    unread"),
+        "a multi-line message is printed as indented lines: {screen}"
+    );
+    // The shell's login is seen by a watcher.
+    wait_online_event(&bob, "alice").await;
+    // Alice is online already: this second session announces nothing.
+    let checker = h.user("alice").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while checker.ack(0, Vec::new()).await.expect("unread").unread != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the unread messages stayed unread"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // /msg is /send; the text sent is shown.
+    tmux.type_text("/msg bob hi via msg");
+    tmux.press("Enter");
+    assert_eq!(next_bodies(&bob).await, [("alice".to_owned(), "hi via msg".to_owned())]);
+    tmux.wait_for("the sent line", |s| {
+        s.contains("alice → bob: hi via msg") && last_line(s) == "alice>"
+    })
+    .await;
+    tmux.type_text("/quit");
+    tmux.press("Enter");
+    tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_queues_what_is_typed_while_disconnected() {
+    if !tmux_available("shell_queues_what_is_typed_while_disconnected") {
+        return;
+    }
+    let mut h = Harness::start(Store::Sqlite);
+    drop(h.user("alice").await);
+    drop(h.user("bob").await);
+    let tmux = Tmux::start("queue", &shell_command(&h, "alice"));
+    tmux.wait_for("the prompt", |s| last_line(s) == "alice>").await;
+
+    h.server.stop();
+    tmux.wait_for("the reconnect notice", |s| s.contains("connection lost; reconnecting…"))
+        .await;
+    tmux.type_text("@bob while away");
+    tmux.press("Enter");
+    tmux.wait_for("the queued notice", |s| s.contains("queued (1 waiting)"))
+        .await;
+    tmux.type_text("/send bob second");
+    tmux.press("Enter");
+    tmux.wait_for("the second queued notice", |s| s.contains("queued (2 waiting)"))
+        .await;
+
+    h.server.restart();
+    tmux.wait_for("both sent", |s| {
+        s.contains("reconnected") && s.contains("alice → bob: while away") && s.contains("alice → bob: second")
+    })
+    .await;
+    let bob = h.user("bob").await;
+    let batch = bob.fetch(0, 10, true).await.expect("fetch");
+    let bodies: Vec<&str> = batch.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["while away", "second"], "sent once each, in order");
 
     tmux.type_text("/quit");
     tmux.press("Enter");

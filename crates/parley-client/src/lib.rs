@@ -45,8 +45,9 @@ const EVENT_QUEUE: usize = 1024;
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server answered with an error.
-    #[error("{message} ({})", code.as_str_name())]
+    /// The server answered with an error. With `retry_after_ms`, the text
+    /// says when to try again.
+    #[error("{message} ({}){}", code.as_str_name(), retry_hint(*retry_after_ms))]
     Server {
         code: ErrorCode,
         message: String,
@@ -64,6 +65,15 @@ pub enum ClientError {
     /// speak TLS, or the TLS settings are unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The server's certificate did not pass the checks of the trust
+    /// chosen (an unknown issuer, another name, expired).
+    #[error("TLS: the server's certificate is not trusted: {0}")]
+    NotTrusted(String),
+    /// What answered is not the native protocol as asked for: a TLS
+    /// server reached without TLS, a plaintext one with it, or an HTTP
+    /// server. The text says which.
+    #[error("{0}")]
+    WrongProtocol(WrongProtocol),
     /// The server presented a certificate other than the pinned one.
     #[error("the server's certificate is {presented}, not the pinned {expected}")]
     CertificateChanged {
@@ -84,6 +94,41 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// What answered instead of the native protocol (see
+/// [`ClientError::WrongProtocol`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrongProtocol {
+    /// A TLS server, reached without TLS.
+    Tls,
+    /// A plaintext server (or anything not TLS), reached with TLS.
+    Plaintext,
+    /// An HTTP server (such as parleyd's web and API port).
+    Http,
+}
+
+impl std::fmt::Display for WrongProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WrongProtocol::Tls => "the server speaks TLS on this port",
+            WrongProtocol::Plaintext => "the server does not speak TLS on this port",
+            WrongProtocol::Http => "this port speaks HTTP (a web or HTTP API port), not the native protocol",
+        })
+    }
+}
+
+/// "; try again in 3 s" for a server's retry hint, "" without one.
+pub fn retry_hint(retry_after_ms: u32) -> String {
+    if retry_after_ms == 0 {
+        return String::new();
+    }
+    let secs = u64::from(retry_after_ms).div_ceil(1000);
+    if secs < 120 {
+        format!("; try again in {secs} s")
+    } else {
+        format!("; try again in {} min", secs.div_ceil(60))
+    }
+}
+
 fn login_info(ok: v1::AuthOk) -> LoginInfo {
     LoginInfo {
         name: ok.name,
@@ -102,6 +147,29 @@ pub const BUSY_RETRIES: u32 = 5;
 const MAX_RETRY_WAIT_MS: u32 = 5_000;
 /// Keep-alive pings go out this many times per keep-alive period.
 const PINGS_PER_KEEPALIVE: u32 = 3;
+/// How long a plaintext connection waits for the Welcome before it sends a
+/// Ping. A Parley server greets at once; a TLS or HTTP server says nothing
+/// until the client speaks, and the Ping makes it answer (an alert, an
+/// HTTP error) or close, so a wrong address fails at once instead of
+/// waiting for a timeout.
+pub const PROBE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether a login makes the account appear online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Visibility {
+    /// The session counts for presence: watchers see the account online.
+    #[default]
+    Online,
+    /// The session does not count for presence (`AuthStart.quiet`): for
+    /// one-shot commands, which should not flash the account online.
+    Quiet,
+}
+
+impl Visibility {
+    fn quiet(self) -> bool {
+        self == Visibility::Quiet
+    }
+}
 
 /// Something the server sent on its own.
 #[derive(Debug, Clone)]
@@ -181,7 +249,7 @@ impl Client {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
-        Client::start(reader, writer, None).await
+        Client::start(reader, writer, None, true).await
     }
 
     /// Connects over TLS to `addr` (`host:port`), trusting the server as
@@ -217,7 +285,7 @@ impl Client {
             .and_then(|chain| chain.first())
             .map(|cert| Fingerprint::of(cert.as_ref()));
         let (reader, writer) = tokio::io::split(stream);
-        Client::start(reader, writer, fingerprint).await
+        Client::start(reader, writer, fingerprint, false).await
     }
 
     /// Connects as `server` says: plaintext or TLS (`tls://`), with `trust`
@@ -236,12 +304,20 @@ impl Client {
     }
 
     /// Reads the Welcome and starts the connection's reader and writer.
-    async fn start<R, W>(mut reader: R, writer: W, server_fingerprint: Option<Fingerprint>) -> Result<Client>
+    /// With `probe`, a peer silent for [`PROBE_AFTER`] gets a Ping, and an
+    /// answer that is not the native protocol is recognised.
+    async fn start<R, W>(
+        mut reader: R,
+        mut writer: W,
+        server_fingerprint: Option<Fingerprint>,
+        probe: bool,
+    ) -> Result<Client>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let mut input = BytesMut::with_capacity(4096);
+        let mut probed = !probe;
         let welcome = loop {
             match decode_frame::<ServerFrame>(&mut input, CLIENT_MAX_FRAME_BYTES) {
                 Ok(Some(ServerFrame {
@@ -256,11 +332,33 @@ impl Client {
                 }
                 Ok(Some(other)) => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
                 Ok(None) => {
-                    if reader.read_buf(&mut input).await? == 0 {
-                        return Err(ClientError::Disconnected(Some("closed before Welcome".into())));
+                    let read = if probed {
+                        reader.read_buf(&mut input).await
+                    } else {
+                        // Reading is cancel-safe: a read cut by the timeout took nothing.
+                        match tokio::time::timeout(PROBE_AFTER, reader.read_buf(&mut input)).await {
+                            Ok(read) => read,
+                            Err(_) => {
+                                probed = true;
+                                writer.write_all(&ping_frame()).await?;
+                                continue;
+                            }
+                        }
+                    };
+                    match read {
+                        Ok(0) => {
+                            return Err(recognise(&input)
+                                .map(ClientError::WrongProtocol)
+                                .unwrap_or_else(|| ClientError::Disconnected(Some("closed before Welcome".into()))));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(recognise(&input).map_or(ClientError::Io(e), ClientError::WrongProtocol)),
                     }
                 }
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+                Err(e) => {
+                    return Err(recognise(&input)
+                        .map_or_else(|| ClientError::Protocol(e.to_string()), ClientError::WrongProtocol));
+                }
             }
         };
         if welcome.protocol_version != parley_proto::PROTOCOL_VERSION {
@@ -424,9 +522,17 @@ impl Client {
 
     /// Logs in with SCRAM and checks the server's signature.
     pub async fn login(&self, name: &str, password: &str) -> Result<LoginInfo> {
+        self.login_with(name, password, Visibility::Online).await
+    }
+
+    /// [`Client::login`], choosing whether the session counts for presence.
+    pub async fn login_with(&self, name: &str, password: &str, visibility: Visibility) -> Result<LoginInfo> {
         let (exchange, client_final) = self
             .scram_start(name, password, |client_first| {
-                client_frame::Body::AuthStart(v1::AuthStart { client_first })
+                client_frame::Body::AuthStart(v1::AuthStart {
+                    client_first,
+                    quiet: visibility.quiet(),
+                })
             })
             .await?;
         let ok = self
@@ -448,9 +554,17 @@ impl Client {
 
     /// Logs in again with the resume token of an earlier login.
     pub async fn resume(&self, token: &[u8]) -> Result<LoginInfo> {
+        self.resume_with(token, Visibility::Online).await
+    }
+
+    /// [`Client::resume`], choosing whether the session counts for presence.
+    pub async fn resume_with(&self, token: &[u8], visibility: Visibility) -> Result<LoginInfo> {
         let ok = self
             .call(
-                client_frame::Body::Resume(v1::Resume { token: token.to_vec() }),
+                client_frame::Body::Resume(v1::Resume {
+                    token: token.to_vec(),
+                    quiet: visibility.quiet(),
+                }),
                 |b| match b {
                     server_frame::Body::AuthOk(ok) => Ok(ok),
                     other => Err(other),
@@ -747,6 +861,19 @@ impl Client {
     }
 }
 
+/// What a peer that is not a Parley server sent first, if it is
+/// recognisable: an HTTP status line, or a TLS record (an alert or a
+/// handshake).
+fn recognise(input: &[u8]) -> Option<WrongProtocol> {
+    if input.starts_with(b"HTTP/") {
+        return Some(WrongProtocol::Http);
+    }
+    match input {
+        [0x15 | 0x16, 0x03, minor, ..] if *minor <= 0x04 => Some(WrongProtocol::Tls),
+        _ => None,
+    }
+}
+
 /// A keep-alive Ping; request_id 0, so its Pong is not matched to anything.
 fn ping_frame() -> BytesMut {
     let mut buf = BytesMut::new();
@@ -767,16 +894,15 @@ fn server_error(e: v1::Error) -> ClientError {
     }
 }
 
-/// A failed TLS handshake: a TLS problem when rustls says so (untrusted
-/// certificate, a server that does not speak TLS), otherwise the I/O error
-/// it is (refused, reset), which is worth retrying.
+/// A failed TLS handshake: a TLS problem when rustls says so (an
+/// untrusted certificate, a server that does not speak TLS: its first
+/// bytes are no TLS record), otherwise the I/O error it is (refused,
+/// reset), which is worth retrying.
 fn handshake_error(e: std::io::Error) -> ClientError {
-    let tls = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .map(|inner| inner.to_string());
-    match tls {
-        Some(why) => ClientError::Tls(why),
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(why)) => ClientError::NotTrusted(format!("{why:?}")),
+        Some(rustls::Error::InvalidMessage(_)) => ClientError::WrongProtocol(WrongProtocol::Plaintext),
+        Some(other) => ClientError::Tls(other.to_string()),
         None => ClientError::Io(e),
     }
 }

@@ -36,6 +36,8 @@ pub const ALPN: &[u8] = b"parley";
 pub const TLS_SCHEME: &str = "tls://";
 /// Scheme of a plaintext server address (the default without a scheme).
 pub const TCP_SCHEME: &str = "tcp://";
+/// The native protocol's port, plaintext or TLS, when an address has none.
+pub const DEFAULT_PORT: u16 = 7878;
 
 /// SHA-256 of a DER-encoded certificate.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,6 +117,8 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 
 /// A server address: `tls://host:port`, `tcp://host:port` or `host:port`
 /// (plaintext). An IPv6 host is written in brackets: `tls://[::1]:7878`.
+/// Without a port, the port is [`DEFAULT_PORT`] (`localhost`,
+/// `tls://chat.example`, `[::1]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerAddress {
     /// Whether the connection speaks TLS.
@@ -141,6 +145,13 @@ impl ServerAddress {
             (false, text)
         };
         let bad = || format!("{text:?} is not HOST:PORT (an IPv6 host in brackets: [::1]:7878)");
+        // A port follows the last colon, unless that colon is inside an
+        // IPv6 host's brackets (or there is none).
+        let with_port = match rest.rsplit_once(':') {
+            Some((host, _)) if !host.starts_with('[') || host.ends_with(']') => rest.to_owned(),
+            _ => format!("{rest}:{DEFAULT_PORT}"),
+        };
+        let rest = with_port.as_str();
         let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
         if port.parse::<u16>().is_err() || host.is_empty() || rest.contains('/') {
             return Err(bad());
@@ -312,9 +323,18 @@ mod tests {
             (v6.tls, v6.authority.as_str(), v6.host.as_str()),
             (true, "[::1]:7878", "::1")
         );
+        // Without a port, the native protocol's.
+        let bare = ServerAddress::parse("localhost").unwrap();
+        assert_eq!((bare.tls, bare.authority.as_str()), (false, "localhost:7878"));
+        assert_eq!(
+            ServerAddress::parse("tls://chat.example").unwrap().authority,
+            "chat.example:7878"
+        );
+        let v6 = ServerAddress::parse("[::1]").unwrap();
+        assert_eq!((v6.authority.as_str(), v6.host.as_str()), ("[::1]:7878", "::1"));
         for bad in [
             "https://h:1",
-            "h",
+            "",
             "h:port",
             ":1",
             "::1:7878",

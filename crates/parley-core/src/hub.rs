@@ -12,7 +12,10 @@
 //! [`crate::presence`]), and so for every user who follows them. When
 //! a user's first session arrives or last session leaves, each follower's
 //! subscribed sessions get a presence event. Only online followers are
-//! tracked, so this state is bounded by the sessions online. Lock order:
+//! tracked, so this state is bounded by the sessions online. A *quiet*
+//! session (a one-shot client's) is registered like any other, for
+//! delivery and closing, but does not count for presence: a user is online
+//! while at least one of their sessions is not quiet. Lock order:
 //! a `watching` shard may be held while taking a `watched_by` shard, never
 //! the reverse; session shards are never held together with either.
 
@@ -84,6 +87,14 @@ struct Entry {
     tx: mpsc::Sender<SessionEvent>,
     /// Flags shared with the session.
     flags: Arc<SessionFlags>,
+    /// Whether the session stays out of presence (it does not make its
+    /// user online).
+    quiet: bool,
+}
+
+/// Whether any of a user's sessions makes them online.
+fn any_shown(list: &[Entry]) -> bool {
+    list.iter().any(|e| !e.quiet)
 }
 
 type Shard = Mutex<HashMap<UserId, Vec<Entry>>>;
@@ -139,7 +150,8 @@ impl Hub {
         &self.shards[(user.0 as usize) % SHARDS]
     }
 
-    /// Adds a session; when it is the user's first, tells their followers.
+    /// Adds a session; when it is the user's first that is not `quiet`,
+    /// tells their followers.
     pub fn register(
         &self,
         user: UserId,
@@ -147,17 +159,20 @@ impl Hub {
         session: SessionId,
         tx: mpsc::Sender<SessionEvent>,
         flags: Arc<SessionFlags>,
+        quiet: bool,
     ) -> bool {
         let first = {
             let mut shard = lock(self.shard(user));
             let list = shard.entry(user).or_default();
+            let was_online = any_shown(list);
             list.push(Entry {
                 name: Arc::clone(&name),
                 session,
                 tx,
                 flags,
+                quiet,
             });
-            list.len() == 1
+            !quiet && !was_online
         };
         self.online_sessions.fetch_add(1, Ordering::Relaxed);
         if first {
@@ -166,16 +181,18 @@ impl Hub {
         first
     }
 
-    /// Removes a session; when it was the user's last, tells their followers.
+    /// Removes a session; when it was the user's last that is not quiet,
+    /// tells their followers.
     pub fn unregister(&self, user: UserId, session: SessionId) -> bool {
         let (removed, last_name) = {
             let mut shard = lock(self.shard(user));
             let Some(list) = shard.get_mut(&user) else { return false };
             let before = list.len();
+            let was_online = any_shown(list);
             let name = list.first().map(|e| Arc::clone(&e.name));
             list.retain(|e| e.session != session);
             let removed = list.len() < before;
-            let last = removed && list.is_empty();
+            let last = removed && was_online && !any_shown(list);
             if list.is_empty() {
                 shard.remove(&user);
             }
@@ -331,9 +348,9 @@ impl Hub {
         self.presence_events.load(Ordering::Relaxed)
     }
 
-    /// Whether the user has at least one session.
+    /// Whether the user has at least one session that is not quiet.
     pub fn is_online(&self, user: UserId) -> bool {
-        lock(self.shard(user)).contains_key(&user)
+        lock(self.shard(user)).get(&user).is_some_and(|list| any_shown(list))
     }
 
     pub fn online_sessions(&self) -> u64 {

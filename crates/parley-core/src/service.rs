@@ -180,9 +180,18 @@ pub struct AuthPending {
     /// Its place among the logins in progress, and whom a failure counts
     /// against (the name tried and the address).
     attempt: Attempt,
+    /// Whether the session this login opens stays out of presence
+    /// (`AuthStart.quiet`).
+    quiet: bool,
 }
 
 impl AuthPending {
+    /// Makes the session this login opens quiet: it does not make the
+    /// account appear online (see [`crate::hub`]).
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+    }
+
     /// The server-first-message to send.
     pub fn server_first(&self) -> &str {
         self.exchange.server_first()
@@ -512,6 +521,7 @@ impl Service {
             account,
             key,
             attempt,
+            quiet: false,
         })
     }
 
@@ -554,7 +564,7 @@ impl Service {
     ) -> Result<(Session, LoginOutcome), CoreError> {
         let server_final = pending.exchange.finish(client_final)?;
         let (user, name) = pending.account.clone().ok_or_else(CoreError::auth_failed)?;
-        self.login(user, name, server_final, None).await
+        self.login(user, name, server_final, None, pending.quiet).await
     }
 
     /// Opens a session with a resume token from an earlier login, without
@@ -563,6 +573,17 @@ impl Service {
         self: &Arc<Self>,
         token: &[u8],
         peer: Option<IpAddr>,
+    ) -> Result<(Session, LoginOutcome), CoreError> {
+        self.resume_with(token, peer, false).await
+    }
+
+    /// [`Service::resume`], opening a quiet session when `quiet` (one that
+    /// does not make the account appear online; `Resume.quiet`).
+    pub async fn resume_with(
+        self: &Arc<Self>,
+        token: &[u8],
+        peer: Option<IpAddr>,
+        quiet: bool,
     ) -> Result<(Session, LoginOutcome), CoreError> {
         if let Err(e) = self.throttle.check(None, peer, Instant::now()) {
             self.counters.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -576,7 +597,7 @@ impl Service {
         };
         let result = match account {
             Some(a) => {
-                self.login(a.id, a.name, String::new(), Some((token.to_vec(), hash)))
+                self.login(a.id, a.name, String::new(), Some((token.to_vec(), hash)), quiet)
                     .await
             }
             None => Err(CoreError::auth_failed()),
@@ -593,13 +614,15 @@ impl Service {
 
     /// Opens a session for an authenticated user: a fresh resume token
     /// unless resuming with one, the mailbox counters, the contacts whose
-    /// presence the session follows.
+    /// presence the session follows. A `quiet` session does not count for
+    /// presence.
     async fn login(
         self: &Arc<Self>,
         user: UserId,
         name: String,
         server_final: String,
         resumed: Option<(Vec<u8>, [u8; 32])>,
+        quiet: bool,
     ) -> Result<(Session, LoginOutcome), CoreError> {
         // Every login gets a fresh resume token, a resume too: the token it
         // resumed with is revoked once the new one is stored, so a token
@@ -641,7 +664,7 @@ impl Service {
             // leaves the old token to expire.
             drop(self.store.revoke_resume_token(old));
         }
-        let session = self.open_session(user, name.clone(), hash, &contacts);
+        let session = self.open_session(user, name.clone(), hash, &contacts, quiet);
         let ended = self.hub.limit_sessions(
             user,
             self.config.limits.max_sessions_per_user.max(1),
@@ -691,13 +714,14 @@ impl Service {
         name: String,
         token_hash: [u8; 32],
         contacts: &[UserId],
+        quiet: bool,
     ) -> Session {
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         let (tx, events) = mpsc::channel(self.config.limits.session_queue.max(1));
         let flags = Arc::new(SessionFlags::default());
         self.hub.watch_start(user, contacts);
         self.hub
-            .register(user, Arc::from(name.as_str()), id, tx, Arc::clone(&flags));
+            .register(user, Arc::from(name.as_str()), id, tx, Arc::clone(&flags), quiet);
         Session {
             service: Arc::clone(self),
             user,
@@ -1035,8 +1059,9 @@ impl Session {
             let accounts = rows
                 .into_iter()
                 .map(|r| {
-                    let visible = r.id == me || service.hub.sees(me, r.id);
-                    (r.name, visible && service.hub.is_online(r.id))
+                    // The caller is online to itself, even in a quiet session.
+                    let online = r.id == me || (service.hub.sees(me, r.id) && service.hub.is_online(r.id));
+                    (r.name, online)
                 })
                 .collect();
             Ok(AccountPage { accounts, next_after })

@@ -115,6 +115,7 @@ async fn scram_login_and_presence_over_websocket() {
     let challenge = carol
         .call(client_frame::Body::AuthStart(v1::AuthStart {
             client_first: exchange.client_first().into_bytes(),
+            quiet: false,
         }))
         .await;
     let Body::AuthChallenge(c) = challenge else {

@@ -52,8 +52,8 @@ fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
                     invite: String::new(),
                 })
             }),
-        prop::collection::vec(any::<u8>(), 0..128)
-            .prop_map(|client_first| client_frame::Body::AuthStart(v1::AuthStart { client_first })),
+        (prop::collection::vec(any::<u8>(), 0..128), any::<bool>())
+            .prop_map(|(client_first, quiet)| { client_frame::Body::AuthStart(v1::AuthStart { client_first, quiet }) }),
         prop::collection::vec(any::<u8>(), 0..128)
             .prop_map(|client_final| client_frame::Body::AuthContinue(v1::AuthContinue { client_final })),
         (".{0,40}", ".{0,64}", ".{0,500}").prop_map(|(to, client_msg_id, body)| client_frame::Body::Send(
@@ -101,7 +101,8 @@ fn arb_client_body() -> impl Strategy<Value = client_frame::Body> {
         Just(client_frame::Body::Logout(v1::Logout {})),
         Just(client_frame::Body::LogoutAll(v1::LogoutAll {})),
         Just(client_frame::Body::ListContacts(v1::ListContacts {})),
-        prop::collection::vec(any::<u8>(), 0..64).prop_map(|token| client_frame::Body::Resume(v1::Resume { token })),
+        (prop::collection::vec(any::<u8>(), 0..64), any::<bool>())
+            .prop_map(|(token, quiet)| client_frame::Body::Resume(v1::Resume { token, quiet })),
         ".{0,40}".prop_map(|name| client_frame::Body::AddContact(v1::AddContact { name })),
         ".{0,40}".prop_map(|name| client_frame::Body::RemoveContact(v1::RemoveContact { name })),
         ".{0,40}".prop_map(|name| client_frame::Body::ApprovePresence(v1::ApprovePresence { name })),

@@ -775,7 +775,8 @@ impl Connection {
                         access::login_refused(TRANSPORT, self.peer, "scram", name.as_deref(), &e);
                         self.encode(&core_error_frame(id, &e));
                     }
-                    Ok(pending) => {
+                    Ok(mut pending) => {
+                        pending.set_quiet(a.quiet);
                         let challenge = v1::AuthChallenge {
                             mechanism: pending.mechanism().name().to_owned(),
                             server_first: pending.server_first().as_bytes().to_vec(),
@@ -815,7 +816,7 @@ impl Connection {
                     return self.start(id, Err(busy()));
                 }
                 self.pending_auth = None;
-                let result = service.resume(&r.token, Some(self.peer.ip())).await;
+                let result = service.resume_with(&r.token, Some(self.peer.ip()), r.quiet).await;
                 match &result {
                     Ok((_, outcome)) => access::login_ok(TRANSPORT, self.peer, "resume", &outcome.name),
                     Err(e) => access::login_refused(TRANSPORT, self.peer, "resume", None, e),

@@ -196,6 +196,7 @@ async fn request_errors_keep_the_connection(store: Store) {
     let frame = c
         .request(client_frame::Body::AuthStart(v1::AuthStart {
             client_first: b"hello".to_vec(),
+            quiet: false,
         }))
         .await
         .unwrap();

@@ -382,6 +382,7 @@ async fn a_login_step_answered_busy_can_be_sent_again() {
     let challenge = match bob
         .request(client_frame::Body::AuthStart(v1::AuthStart {
             client_first: exchange.client_first().into_bytes(),
+            quiet: false,
         }))
         .await
         .unwrap()

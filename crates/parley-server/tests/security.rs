@@ -26,6 +26,7 @@ async fn start_login(
     let frame = client
         .request(client_frame::Body::AuthStart(v1::AuthStart {
             client_first: exchange.client_first().into_bytes(),
+            quiet: false,
         }))
         .await
         .map_err(|e| e.code().unwrap_or(ErrorCode::Unspecified))?;

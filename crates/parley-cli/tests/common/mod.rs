@@ -232,6 +232,18 @@ pub async fn wait_presence(observer: &Client, name: &str, online: bool) {
     }
 }
 
+/// `watcher`, logged in and seeing `watched`'s presence (approved), with
+/// `watched` offline: the start of every presence scenario.
+pub async fn watcher_of(h: &Harness, watcher: &str, watched: &str) -> Client {
+    let client = h.user(watcher).await;
+    let other = h.user(watched).await;
+    client.add_contact(watched).await.expect("add contact");
+    other.approve_presence(watcher).await.expect("approve");
+    drop(other);
+    wait_presence(&client, watched, false).await;
+    client
+}
+
 pub fn parse(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
 }

@@ -70,7 +70,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NativeWs<S> {
     /// Resumes with `token`; returns the token that replaces it.
     pub async fn resume(&mut self, token: &[u8]) -> Vec<u8> {
         let reply = self
-            .call(client_frame::Body::Resume(v1::Resume { token: token.to_vec() }))
+            .call(client_frame::Body::Resume(v1::Resume {
+                token: token.to_vec(),
+                quiet: false,
+            }))
             .await;
         match reply {
             Body::AuthOk(ok) => ok.resume_token,

@@ -105,6 +105,7 @@ impl RawSession {
         let mut exchange = parley_core::scram::ClientExchange::new(name, password);
         raw.send(client_frame::Body::AuthStart(v1::AuthStart {
             client_first: exchange.client_first().into_bytes(),
+            quiet: false,
         }))
         .await;
         let Some(server_frame::Body::AuthChallenge(c)) = raw.read_frame().await.body else {
