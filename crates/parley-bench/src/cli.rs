@@ -103,6 +103,27 @@ pub enum Scenario {
     Offline(OfflineArgs),
     /// Offer a multiple of capacity, open loop: admitted, BUSY, latency, memory trend
     Overload(OverloadArgs),
+    /// Kill parleyd's worker (SIGKILL) again and again: time from each kill to the first accepted send
+    Failover(FailoverArgs),
+}
+
+/// Kills in a failover run.
+pub const DEFAULT_KILLS: usize = 50;
+/// Seconds the replacement serves before the next kill: more than the
+/// master's one-second crash-loop window.
+pub const DEFAULT_SETTLE_SECS: f64 = 1.5;
+
+#[derive(Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// The parleyd master's process id; its worker is what gets killed
+    #[arg(long, value_name = "PID")]
+    pub master_pid: u32,
+    /// Kills
+    #[arg(long, default_value_t = DEFAULT_KILLS, value_name = "N")]
+    pub kills: usize,
+    /// Seconds the new worker serves before the next kill
+    #[arg(long, default_value_t = DEFAULT_SETTLE_SECS, value_name = "SECS")]
+    pub settle: f64,
 }
 
 #[derive(Args, Debug, Clone)]

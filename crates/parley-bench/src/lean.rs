@@ -30,6 +30,7 @@ use crate::common::{self, PerSecond};
 use crate::relay::Schedule;
 use crate::stats::Latency;
 use crate::wire;
+use parley_core::sync::lock;
 
 /// Longest wait for replies still outstanding when the sending stops.
 pub const OUTSTANDING_GRACE: Duration = Duration::from_secs(10);
@@ -60,13 +61,13 @@ pub struct Tallies {
 impl Tallies {
     fn error(&self, message: String) {
         self.other_errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first = lock(&self.first_error);
         first.get_or_insert(message);
     }
 
     /// The first error reply's text.
     pub fn first_error(&self) -> Option<String> {
-        self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.first_error).clone()
     }
 }
 
@@ -173,7 +174,7 @@ pub async fn sender(
     let paused_until_ns = AtomicU64::new(0);
     // Sequences refused with BUSY, to send again, with when they may go.
     let resends: Mutex<Vec<(u64, Instant)>> = Mutex::new(Vec::new());
-    let lock_resends = || resends.lock().unwrap_or_else(|p| p.into_inner());
+    let lock_resends = || lock(&resends);
     let start = Instant::now();
     // Past this, unanswered sends are given up.
     let give_up = plan.deadline + OUTSTANDING_GRACE;

@@ -14,6 +14,7 @@
 
 mod cli;
 mod common;
+mod failover;
 mod idle;
 mod lean;
 mod login;
@@ -78,7 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let scenario = cli
         .scenario
         .clone()
-        .context("name a scenario: relay, idle, login, offline or overload (see --help)")?;
+        .context("name a scenario: relay, idle, login, offline, overload or failover (see --help)")?;
     anyhow::ensure!(cli.runs >= 1, "--runs must be at least 1");
     let duration = common::secs(cli.duration, "--duration")?;
     let report = match &scenario {
@@ -135,6 +136,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 runs.push(overload::run(&cli.server, duration, cli.server_pid, args).await?);
             }
             single("overload", &cli, params, runs)
+        }
+        Scenario::Failover(args) => {
+            let params = json!({ "kills": args.kills, "settle_secs": args.settle });
+            let mut runs = Vec::new();
+            for _ in 0..cli.runs {
+                runs.push(failover::run(&cli.server, args).await?);
+            }
+            single("failover", &cli, params, runs)
         }
     };
     if let Some(path) = &cli.plot {

@@ -20,6 +20,7 @@ use crate::progress::Progress;
 use crate::relay;
 use crate::report::{Metrics, RunReport};
 use crate::stats;
+use parley_core::sync::lock;
 
 /// What draining one mailbox found.
 #[derive(Default)]
@@ -141,7 +142,7 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &OfflineArgs) -> a
                         }
                         Err(e) => {
                             store_errors.fetch_add(1, Ordering::Relaxed);
-                            let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut first = lock(&first_error);
                             if first.is_none() {
                                 *first = Some(format!("send: {e}"));
                             }
@@ -232,7 +233,7 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &OfflineArgs) -> a
         "drain time includes each user's SCRAM login and subscribe; {} users drain at once",
         args.concurrency
     )];
-    if let Some(error) = first_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+    if let Some(error) = lock(&first_error).clone() {
         notes.push(format!("first store error: {error}"));
     }
     if let Some(error) = results.iter().find_map(|d| d.error.clone()) {

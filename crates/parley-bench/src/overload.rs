@@ -25,6 +25,7 @@ use crate::progress::Progress;
 use crate::relay::{self, Counters, Schedule};
 use crate::report::{Metrics, RunReport};
 use crate::stats::{self, Latency};
+use parley_core::sync::lock;
 
 /// Sends in flight per connection during the capacity probe: parleyd's
 /// default pipeline window; more would only wait in the socket.
@@ -329,7 +330,7 @@ pub async fn run(
     if let Some(error) = tallies.first_error() {
         notes.push(format!("sender: {error}"));
     }
-    if let Some(error) = counters.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+    if let Some(error) = lock(&counters.first_error).clone() {
         notes.push(format!("receiver: {error}"));
     }
     let end = start + replies_elapsed;

@@ -24,6 +24,7 @@ use crate::procmon::{self, Monitor};
 use crate::progress::Progress;
 use crate::report::{Metrics, RunReport};
 use crate::stats::{self, Latency};
+use parley_core::sync::lock;
 
 /// How often the drain checks whether everything has arrived.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
@@ -80,14 +81,14 @@ pub struct Counters {
 impl Counters {
     pub fn error(&self, error: impl std::fmt::Display) {
         self.send_errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first = lock(&self.first_error);
         if first.is_none() {
             *first = Some(error.to_string());
         }
     }
 
     fn first_error(&self) -> Option<String> {
-        self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.first_error).clone()
     }
 
     fn get(&self, counter: &AtomicU64) -> u64 {

@@ -21,13 +21,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use crate::error::ErrorKind;
 use crate::ids::{SessionId, UserId};
 use crate::store::StoredMessage;
+use crate::sync::lock;
 
 /// Number of independently locked shards of the session map.
 const SHARDS: usize = 64;
@@ -124,12 +125,6 @@ pub struct Hub {
     watched_by: Box<[WatchedByShard]>,
     /// Presence events sent.
     presence_events: AtomicU64,
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it:
-/// every critical section here leaves the map consistent at each step.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Default for Hub {

@@ -24,6 +24,7 @@ pub mod rate;
 pub mod scram;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod throttle;
 
 pub use error::{CoreError, ErrorKind};

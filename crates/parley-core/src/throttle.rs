@@ -26,12 +26,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::addr::address_group;
 use crate::error::{CoreError, ErrorKind};
 use crate::rate::{WindowLimiter, retry_hint};
+use crate::sync::lock;
 
 /// Failed logins allowed per account name per window.
 pub const DEFAULT_FAILURES_PER_ACCOUNT: u32 = 10;
@@ -91,11 +92,6 @@ pub struct Throttle {
     /// Logins in progress per key; an entry lives while an [`Attempt`]
     /// for it does, so this is bounded by the attempts alive.
     pending: Mutex<HashMap<Key, u32>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves its map consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A login in progress: holds its place under the pending limits until it

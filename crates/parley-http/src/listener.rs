@@ -29,7 +29,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,6 +48,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::HttpContext;
+use parley_core::sync::lock;
 
 /// Pause after a failed accept (for example, out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -278,7 +279,7 @@ impl PerAddress {
     /// A slot for `ip`, or None if its group already holds `cap`.
     fn take(this: &Arc<PerAddress>, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
         let group = parley_core::addr::address_group(ip);
-        let mut counts = this.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = lock(&this.counts);
         let count = counts.entry(group).or_insert(0);
         if *count >= cap {
             return None;
@@ -301,7 +302,7 @@ struct AddressSlot {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = lock(&self.table.counts);
         if let Some(count) = counts.get_mut(&self.group) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -350,7 +351,7 @@ impl Activity {
     }
 
     fn set(&self, change: impl FnOnce(Phase) -> Phase) {
-        let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut phase = lock(&self.phase);
         *phase = change(*phase);
         drop(phase);
         self.changed.notify_one();
@@ -358,10 +359,7 @@ impl Activity {
 
     /// Bytes arrived: an idle connection starts a request.
     fn bytes_read(&self) {
-        let idle = matches!(
-            *self.phase.lock().unwrap_or_else(PoisonError::into_inner),
-            Phase::Idle(_)
-        );
+        let idle = matches!(*lock(&self.phase), Phase::Idle(_));
         if idle {
             self.set(|phase| match phase {
                 Phase::Idle(_) => Phase::Headers(Instant::now()),
@@ -381,7 +379,7 @@ impl Activity {
 
     /// The deadline now in force, if any.
     fn deadline(&self, header_timeout: Duration, keepalive: Duration, closing: bool) -> Option<(Instant, Expiry)> {
-        match *self.phase.lock().unwrap_or_else(PoisonError::into_inner) {
+        match *lock(&self.phase) {
             Phase::Headers(since) => Some((since + header_timeout, Expiry::Headers)),
             Phase::Busy(_) => None,
             // Already asked to close: hyper closes an idle connection itself.

@@ -11,18 +11,13 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use parley_core::sync::lock;
 use parley_core::{AuthPending, Session};
 use rand::RngCore;
 use sha2::Digest;
 
 /// Bytes of randomness in a bearer token and in a login id.
 pub const TOKEN_BYTES: usize = 32;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the map consistent, so a poisoned lock
-    // is still safe to use.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A random token, as URL-safe base64 without padding.
 pub fn random_token() -> String {

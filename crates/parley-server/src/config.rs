@@ -143,6 +143,15 @@ pub const DEFAULT_TRUSTED_PROXIES: &str = parley_http::DEFAULT_TRUSTED_PROXIES;
 /// Worker processes the master keeps running. Only 1 is accepted until
 /// workers can deliver to each other's sessions.
 pub const DEFAULT_WORKERS: usize = 1;
+/// Seconds a worker may go without a heartbeat on its control channel
+/// before the master kills and replaces it; 0 turns the watch off. The
+/// worker sends one every half of it, as systemd asks of a service under
+/// `WatchdogSec=`. Ten seconds: a stopped or wedged worker leaves its
+/// clients hanging for no longer than that, while a busy one is never
+/// mistaken for a stuck one (the heartbeat is one timer on the runtime that
+/// serves every connection, late by milliseconds under full load; the
+/// store's writes run on their own thread).
+pub const DEFAULT_WORKER_HEARTBEAT_TIMEOUT_SECS: u64 = 10;
 /// The control socket's file name inside the data directory (the default
 /// `ctl_socket`).
 pub const DEFAULT_CTL_SOCKET_NAME: &str = "parleyd.ctl";
@@ -160,6 +169,16 @@ pub const DEFAULT_HTTP_TLS: bool = false;
 pub enum StoreKind {
     Memory,
     Sqlite,
+}
+
+impl StoreKind {
+    /// The name the `store` setting uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+        }
+    }
 }
 
 /// How log lines are formatted (see `logging`).
@@ -249,6 +268,8 @@ pub struct Settings {
     pub trusted_proxies: parley_http::TrustedProxies,
     /// Worker processes (only 1 until cross-worker delivery exists).
     pub workers: usize,
+    /// Silence after which the master replaces a worker; None: not watched.
+    pub worker_heartbeat_timeout: Option<Duration>,
     /// The local control socket; None when it is off.
     pub ctl_socket: Option<PathBuf>,
     /// The certificate and key, loaded and checked; Some exactly when
@@ -290,6 +311,11 @@ macro_rules! settings {
             /// TOML configuration file. Keys are the setting names below, with underscores.
             #[arg(long, env = "PARLEY_CONFIG", value_name = "FILE")]
             pub config: Option<PathBuf>,
+            /// Which of the values above came from a flag and which from the
+            /// environment (see [`SettingArgs::note_origins`]), so that an
+            /// error can say where a bad value was set.
+            #[arg(skip)]
+            pub origins: std::collections::BTreeMap<String, Origin>,
             $(
                 $(#[doc = $doc])*
                 #[arg(long, env = $env, value_name = $value_name)]
@@ -436,6 +462,8 @@ settings! {
     trusted_proxies: "PARLEY_TRUSTED_PROXIES", "LIST";
     /// Worker processes; only 1 is possible until workers can deliver to each other's sessions [default: 1]
     workers: "PARLEY_WORKERS", "N";
+    /// Seconds a worker may go without a heartbeat before the master kills and replaces it (a stopped or stuck worker); 0 to never [default: 10]
+    worker_heartbeat_timeout_secs: "PARLEY_WORKER_HEARTBEAT_TIMEOUT_SECS", "SECS";
     /// Control socket for `parleyd ctl` (mode 0600), or "off" [default: DATA_DIR/parleyd.ctl]
     ctl_socket: "PARLEY_CTL_SOCKET", "PATH";
     /// PEM file with the certificate chain, end-entity first (`parleyd gen-cert` makes one for development)
@@ -448,40 +476,124 @@ settings! {
     http_tls: "PARLEY_HTTP_TLS", "BOOL";
 }
 
+/// Where a setting's value came from, when not from the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Flag,
+    Environment,
+}
+
 /// Every problem found in the configuration, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigErrors(pub Vec<String>);
 
 impl SettingArgs {
+    /// Records which settings clap took from a flag and which from the
+    /// environment, from the matches the fields were filled from.
+    pub fn note_origins(&mut self, matches: &clap::ArgMatches) {
+        for key in KEYS {
+            let origin = match matches.value_source(key) {
+                Some(clap::parser::ValueSource::CommandLine) => Origin::Flag,
+                Some(clap::parser::ValueSource::EnvVariable) => Origin::Environment,
+                _ => continue,
+            };
+            self.origins.insert((*key).to_owned(), origin);
+        }
+    }
+
+    /// Reads the file leniently, for the helpers that look up one or two
+    /// settings: a missing or broken file reads as empty.
+    fn lenient_file(&self) -> toml::Table {
+        self.config
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .unwrap_or_default()
+    }
+
+    /// One setting's raw value, with the precedence of [`SettingArgs::resolve`].
+    fn raw_value(&self, file: &toml::Table, key: &str) -> Option<String> {
+        self.flag_or_env(key).or_else(|| file.get(key).map(toml_text))
+    }
+
     /// The control socket `parleyd ctl` talks to. Like [`SettingArgs::resolve`]
     /// but it reads only `ctl_socket` and `data_dir`, so that a broken
     /// setting elsewhere in the file does not keep an operator from the
     /// running server. None when the control socket is off.
     pub fn ctl_socket_path(&self) -> Option<PathBuf> {
-        let file = self
-            .config
-            .as_ref()
-            .and_then(|path| std::fs::read_to_string(path).ok())
-            .and_then(|text| text.parse::<toml::Table>().ok())
-            .unwrap_or_default();
-        let get = |key: &str| {
-            self.flag_or_env(key)
-                .or_else(|| file.get(key).and_then(|v| v.as_str()).map(str::to_owned))
-        };
-        match get("ctl_socket") {
-            Some(raw) if matches!(raw.trim(), "off" | "") => None,
-            Some(raw) => Some(PathBuf::from(raw)),
-            None => Some(
-                PathBuf::from(get("data_dir").unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()))
-                    .join(DEFAULT_CTL_SOCKET_NAME),
-            ),
+        let file = self.lenient_file();
+        ctl_socket_from(self.raw_value(&file, "ctl_socket"), &self.lenient_data_dir(&file))
+    }
+
+    /// The perf directory `parleyd perf summary` reads, found like the
+    /// control socket: only `perf_dir` and `data_dir` are read.
+    pub fn perf_dir_path(&self) -> PathBuf {
+        let file = self.lenient_file();
+        perf_dir_from(self.raw_value(&file, "perf_dir"), &self.lenient_data_dir(&file))
+    }
+
+    fn lenient_data_dir(&self, file: &toml::Table) -> PathBuf {
+        PathBuf::from(
+            self.raw_value(file, "data_dir")
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()),
+        )
+    }
+
+    /// Where `key`'s value came from, for an error about it; None for a
+    /// default.
+    fn origin_text(&self, key: &str, file: &toml::Table, file_text: &str) -> Option<String> {
+        let flag = || format!("--{}", key.replace('_', "-"));
+        let env = || format!("PARLEY_{}", key.to_uppercase());
+        if self.flag_or_env(key).is_some() {
+            return Some(match self.origins.get(key) {
+                Some(Origin::Flag) => format!("flag {}", flag()),
+                Some(Origin::Environment) => format!("environment variable {}", env()),
+                None => format!("{} or {}", flag(), env()),
+            });
+        }
+        file.get(key)?;
+        let path = self.config.as_ref()?.display();
+        Some(match line_of(file_text, key) {
+            Some(line) => format!("{path} line {line}"),
+            None => path.to_string(),
+        })
+    }
+
+    /// `error` with where the settings it names were set: "(from flag
+    /// --listen)", or "(ack_timeout_ms from …; max_ack_backoff_ms from …)".
+    fn with_origins(&self, error: String, file: &toml::Table, file_text: &str) -> String {
+        // Quoted text is a value, which may look like a key by chance.
+        let unquoted: String = error.split('"').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut named: Vec<&str> = Vec::new();
+        for word in unquoted.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if let Some(key) = KEYS.iter().find(|k| **k == word)
+                && !named.contains(key)
+            {
+                named.push(key);
+            }
+        }
+        let origins: Vec<(&str, String)> = named
+            .into_iter()
+            .filter_map(|key| Some((key, self.origin_text(key, file, file_text)?)))
+            .collect();
+        match origins.as_slice() {
+            [] => error,
+            [(_, origin)] => format!("{error} (from {origin})"),
+            many => {
+                let each: Vec<String> = many
+                    .iter()
+                    .map(|(key, origin)| format!("{key} from {origin}"))
+                    .collect();
+                format!("{error} ({})", each.join("; "))
+            }
         }
     }
 
     /// Merges file, environment and flags and validates the result.
     pub fn resolve(&self) -> Result<Settings, ConfigErrors> {
         let mut errors = Vec::new();
+        let mut file_text = String::new();
         let file = match &self.config {
             None => toml::Table::new(),
             Some(path) => match std::fs::read_to_string(path) {
@@ -489,33 +601,32 @@ impl SettingArgs {
                     errors.push(format!("config file {}: {e}", path.display()));
                     toml::Table::new()
                 }
-                Ok(text) => match text.parse::<toml::Table>() {
-                    Ok(table) => table,
-                    Err(e) => {
-                        errors.push(format!("config file {}: {e}", path.display()));
-                        toml::Table::new()
+                Ok(text) => {
+                    file_text = text;
+                    match file_text.parse::<toml::Table>() {
+                        Ok(table) => table,
+                        Err(e) => {
+                            errors.push(format!("config file {}: {e}", path.display()));
+                            toml::Table::new()
+                        }
                     }
-                },
+                }
             },
         };
         for key in file.keys() {
             if !KEYS.contains(&key.as_str()) {
-                errors.push(format!("config file: unknown setting {key:?}"));
+                let path = self
+                    .config
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let line = line_of(&file_text, key)
+                    .map(|n| format!(" line {n}"))
+                    .unwrap_or_default();
+                errors.push(format!("config file {path}{line}: unknown setting {key:?}"));
             }
         }
-        let raw = |key: &str| -> Option<String> {
-            self.flag_or_env(key).or_else(|| {
-                file.get(key).map(|v| match v {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Array(items) => items
-                        .iter()
-                        .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    other => other.to_string(),
-                })
-            })
-        };
+        let raw = |key: &str| -> Option<String> { self.raw_value(&file, key) };
         let get = |key: &str, default: &str| raw(key).unwrap_or_else(|| default.to_owned());
 
         fn boolean(errors: &mut Vec<String>, key: &str, value: &str, fallback: bool) -> bool {
@@ -618,9 +729,7 @@ impl SettingArgs {
             &get("perf_log", &DEFAULT_PERF_LOG.to_string()),
             DEFAULT_PERF_LOG,
         );
-        let perf_dir = Some(get("perf_dir", DEFAULT_PERF_DIR))
-            .filter(|dir| !dir.trim().is_empty())
-            .map_or_else(|| data_dir.join("perf"), PathBuf::from);
+        let perf_dir = perf_dir_from(raw("perf_dir"), &data_dir);
         let max_connections = num(
             &mut errors,
             "max_connections",
@@ -1022,11 +1131,17 @@ impl SettingArgs {
                  exists; set workers = 1"
             ));
         }
-        let ctl_socket = match raw("ctl_socket") {
-            None => Some(data_dir.join(DEFAULT_CTL_SOCKET_NAME)),
-            Some(raw) if matches!(raw.trim(), "off" | "") => None,
-            Some(raw) => Some(PathBuf::from(raw)),
-        };
+        let worker_heartbeat_timeout_secs: u64 = num(
+            &mut errors,
+            "worker_heartbeat_timeout_secs",
+            &get(
+                "worker_heartbeat_timeout_secs",
+                &DEFAULT_WORKER_HEARTBEAT_TIMEOUT_SECS.to_string(),
+            ),
+            0..=3600,
+            DEFAULT_WORKER_HEARTBEAT_TIMEOUT_SECS,
+        );
+        let ctl_socket = ctl_socket_from(raw("ctl_socket"), &data_dir);
         let tls_cert = get("tls_cert", DEFAULT_TLS_CERT);
         let tls_key = get("tls_key", DEFAULT_TLS_KEY);
         let native_tls = boolean(
@@ -1054,7 +1169,12 @@ impl SettingArgs {
             ));
         }
         if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+            return Err(ConfigErrors(
+                errors
+                    .into_iter()
+                    .map(|e| self.with_origins(e, &file, &file_text))
+                    .collect(),
+            ));
         }
         Ok(Settings {
             listen,
@@ -1118,12 +1238,56 @@ impl SettingArgs {
             http_max_connections_per_ip,
             trusted_proxies,
             workers,
+            worker_heartbeat_timeout: Some(Duration::from_secs(worker_heartbeat_timeout_secs)).filter(|t| !t.is_zero()),
             ctl_socket,
             tls,
             native_tls,
             http_tls,
         })
     }
+}
+
+/// A file value as the text a flag would carry (a list: comma-separated).
+fn toml_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+/// The line (from 1) of a flat TOML file where `key` is set.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            let rest = line
+                .strip_prefix(key)
+                .or_else(|| line.strip_prefix(&format!("\"{key}\"")))
+                .or_else(|| line.strip_prefix(&format!("'{key}'")));
+            rest.is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|index| index + 1)
+}
+
+/// `ctl_socket` from its raw value: unset is the default file in the data
+/// directory, "off" (or empty) is none.
+fn ctl_socket_from(raw: Option<String>, data_dir: &std::path::Path) -> Option<PathBuf> {
+    match raw {
+        None => Some(data_dir.join(DEFAULT_CTL_SOCKET_NAME)),
+        Some(raw) if matches!(raw.trim(), "off" | "") => None,
+        Some(raw) => Some(PathBuf::from(raw)),
+    }
+}
+
+/// `perf_dir` from its raw value: unset or empty is `perf` in the data directory.
+fn perf_dir_from(raw: Option<String>, data_dir: &std::path::Path) -> PathBuf {
+    raw.filter(|dir| !dir.trim().is_empty())
+        .map_or_else(|| data_dir.join("perf"), PathBuf::from)
 }
 
 /// Checks that the TLS settings agree and loads the certificate and key
@@ -1399,7 +1563,10 @@ mod tests {
             native_tls: Some("true".into()),
             ..Default::default()
         });
-        assert_eq!(errors, ["native_tls is on but tls_cert and tls_key are not set"]);
+        assert_eq!(
+            errors,
+            ["native_tls is on but tls_cert and tls_key are not set (from --native-tls or PARLEY_NATIVE_TLS)"]
+        );
         let errors = errors_of(SettingArgs {
             native_tls: Some("false".into()),
             http_tls: Some("false".into()),
@@ -1410,7 +1577,10 @@ mod tests {
             tls_key: None,
             ..tls_args(&a.cert_path, &a.key_path)
         });
-        assert_eq!(errors, ["tls_cert is set but tls_key is not"]);
+        assert_eq!(
+            errors,
+            ["tls_cert is set but tls_key is not (from --tls-cert or PARLEY_TLS_CERT)"]
+        );
         let errors = errors_of(SettingArgs {
             native_tls: Some("yes please".into()),
             ..Default::default()
@@ -1433,6 +1603,31 @@ mod tests {
             let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
             assert_eq!(env, format!("PARLEY_{}", key.to_uppercase()), "{key}");
         }
+    }
+
+    /// An error naming two settings says where each was set (one setting
+    /// from each source is covered by the `operator` integration test,
+    /// which goes through clap).
+    #[test]
+    fn an_error_about_two_settings_says_where_each_was_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "# a comment\n\nack_timeout_ms = 5000\n").unwrap();
+        let mut args = SettingArgs {
+            config: Some(path.clone()),
+            max_ack_backoff_ms: Some("100".into()),
+            ..Default::default()
+        };
+        args.origins.insert("max_ack_backoff_ms".into(), Origin::Flag);
+        let errors = args.resolve().unwrap_err().0;
+        assert_eq!(
+            errors,
+            [format!(
+                "ack_timeout_ms (5000) must not exceed max_ack_backoff_ms (100) \
+                 (ack_timeout_ms from {} line 3; max_ack_backoff_ms from flag --max-ack-backoff-ms)",
+                path.display()
+            )]
+        );
     }
 
     #[test]

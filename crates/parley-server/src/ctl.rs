@@ -221,21 +221,29 @@ pub fn render(request: &Request, result: &serde_json::Value) -> String {
                     out.push_str(&format!("{:width$}  {}\n", u.user, u.sessions));
                 }
                 out.push_str(&format!(
-                    "{} users, {} sessions\n",
-                    users.len(),
-                    users.iter().map(|u| u.sessions).sum::<usize>()
+                    "{}, {}\n",
+                    count(users.len(), "user", "users"),
+                    count(users.iter().map(|u| u.sessions).sum::<usize>(), "session", "sessions")
                 ));
                 out
             }
             Err(_) => result.to_string(),
         },
         Request::Kick { .. } => match serde_json::from_value::<Kicked>(result.clone()) {
-            Ok(k) => format!("kicked {}: {} sessions ended\n", k.user, k.sessions),
+            Ok(k) => format!(
+                "kicked {}: {}\n",
+                k.user,
+                count(k.sessions, "session ended", "sessions ended")
+            ),
             Err(_) => result.to_string(),
         },
         Request::Broadcast { .. } => match serde_json::from_value::<Broadcast>(result.clone()) {
             Ok(b) => {
-                let mut out = format!("broadcast stored for {} of {} online users\n", b.stored, b.recipients);
+                let mut out = format!(
+                    "broadcast stored for {} of {}\n",
+                    b.stored,
+                    count(b.recipients, "online user", "online users")
+                );
                 for f in &b.failed {
                     out.push_str(&format!("  not stored: {f}\n"));
                 }
@@ -269,6 +277,11 @@ pub fn render(request: &Request, result: &serde_json::Value) -> String {
     }
 }
 
+/// "1 session", "2 sessions": a count with the noun that agrees with it.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn render_status(s: &Status) -> String {
     let mut out = format!(
         "parleyd {} master {} up {}s\n  native {}  http {}\n  store {} in {}\n",
@@ -283,8 +296,11 @@ fn render_status(s: &Status) -> String {
     match &s.worker {
         Some(w) => {
             out.push_str(&format!(
-                "  worker {} up {}s (generation {}, {} restarts)\n",
-                w.pid, w.uptime_secs, s.generation, s.worker_restarts
+                "  worker {} up {}s (generation {}, {})\n",
+                w.pid,
+                w.uptime_secs,
+                s.generation,
+                count(s.worker_restarts as usize, "restart", "restarts")
             ));
             let st = &w.stats;
             out.push_str(&format!(
@@ -303,8 +319,9 @@ fn render_status(s: &Status) -> String {
             ));
         }
         None => out.push_str(&format!(
-            "  no worker serving (generation {}, {} restarts)\n",
-            s.generation, s.worker_restarts
+            "  no worker serving (generation {}, {})\n",
+            s.generation,
+            count(s.worker_restarts as usize, "restart", "restarts")
         )),
     }
     if !s.draining.is_empty() {
@@ -343,5 +360,28 @@ mod tests {
         let text = render(&Request::Sessions, &serde_json::to_value(users).unwrap());
         assert!(text.contains("alice  2"), "{text}");
         assert!(text.ends_with("2 users, 3 sessions\n"), "{text}");
+        let one = vec![OnlineUser {
+            user: "alice".into(),
+            sessions: 1,
+        }];
+        let text = render(&Request::Sessions, &serde_json::to_value(one).unwrap());
+        assert!(text.ends_with("1 user, 1 session\n"), "{text}");
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        let kick = |sessions| {
+            let kicked = Kicked {
+                user: "alice".into(),
+                sessions,
+            };
+            render(
+                &Request::Kick { user: "alice".into() },
+                &serde_json::to_value(kicked).unwrap(),
+            )
+        };
+        assert_eq!(kick(1), "kicked alice: 1 session ended\n");
+        assert_eq!(kick(0), "kicked alice: 0 sessions ended\n");
+        assert_eq!(kick(3), "kicked alice: 3 sessions ended\n");
     }
 }

@@ -22,7 +22,7 @@
 use std::fmt::{self, Write as _};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
@@ -31,6 +31,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 
 use crate::logging::ACCESS_TARGET;
+use parley_core::sync::lock;
 
 /// Times the same event is written per second before the rest of that
 /// second's repeats are suppressed.
@@ -130,10 +131,10 @@ impl RepeatLimiter {
         let Some(slot) = self.slots.get(index) else {
             return true;
         };
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = lock(slot);
         if slot.key != key {
             if let Some(report) = slot.take_report() {
-                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut pending = lock(&self.pending);
                 if pending.len() < MAX_PENDING_REPORTS {
                     pending.push(report);
                 }
@@ -166,9 +167,9 @@ impl RepeatLimiter {
     /// The reports due: events with suppressed lines whose second is over
     /// before `second` (all of them with `u64::MAX`).
     pub fn take_reports(&self, second: u64) -> Vec<Report> {
-        let mut reports = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut reports = std::mem::take(&mut *lock(&self.pending));
         for slot in self.slots.iter() {
-            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slot = lock(slot);
             if slot.suppressed > 0 && slot.second < second {
                 reports.extend(slot.take_report());
             }

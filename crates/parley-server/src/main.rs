@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use parley_server::config::SettingArgs;
 use parley_server::ctl::{self, Request};
 use parley_server::gen_cert::GenCertArgs;
@@ -52,19 +52,21 @@ enum Command {
     Perf(parley_server::perf::PerfArgs),
 }
 
+/// The flags of `parleyd ctl`, accepted before or after the action
+/// (`parleyd ctl status --json` and `parleyd ctl --json status` alike).
 #[derive(Args, Debug)]
 struct CtlArgs {
     /// The control socket [default: DATA_DIR/parleyd.ctl, or ctl_socket from the config file]
-    #[arg(long, env = "PARLEY_CTL_SOCKET", value_name = "PATH")]
+    #[arg(long, global = true, env = "PARLEY_CTL_SOCKET", value_name = "PATH")]
     ctl_socket: Option<String>,
     /// The server's configuration file, to find its control socket.
-    #[arg(long, env = "PARLEY_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "PARLEY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// The server's data directory, to find its control socket.
-    #[arg(long, env = "PARLEY_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "PARLEY_DATA_DIR", value_name = "DIR")]
     data_dir: Option<String>,
     /// Print the reply as JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     action: CtlAction,
@@ -107,7 +109,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Kept with the values, so that a configuration error can say which
+    // flag or environment variable set the bad one.
+    cli.settings.note_origins(&matches);
     match cli.command {
         None => {}
         Some(Command::Ctl(args)) => return control(args),
@@ -145,24 +154,19 @@ fn main() -> ExitCode {
         }
     };
 
-    let result = if worker::is_worker() {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(worker::serve(settings)))
-    } else {
-        // The master only supervises: one thread is plenty.
-        let launch = supervisor::Launch {
-            args: std::env::args_os().skip(1).collect(),
-            setting_args: cli.settings,
-        };
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(supervisor::run(launch, settings)))
+    if worker::is_worker() {
+        return worker::run(settings);
+    }
+    // The master only supervises: one thread is plenty.
+    let launch = supervisor::Launch {
+        args: std::env::args_os().skip(1).collect(),
+        setting_args: cli.settings,
     };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(supervisor::run(launch, settings)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -29,11 +29,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use crate::utc::Utc;
+use parley_core::sync::lock;
 
 /// Lines that may wait for the perf writer; past this they are dropped.
 pub const PERF_QUEUE: usize = 65_536;
@@ -171,7 +172,7 @@ impl PerfLog {
     /// Writes out everything recorded so far and stops the writer; later
     /// lines are dropped. Calling it again does nothing.
     pub fn close(&self) {
-        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let thread = lock(&self.thread).take();
         let Some(thread) = thread else { return };
         // A blocking send: the writer is draining, so there is room soon.
         let _ = self.sender.send(Entry::Stop);
@@ -258,12 +259,15 @@ pub enum PerfCommand {
 pub struct SummaryArgs {
     /// The run to summarise (a directory name under the perf directory) [default: the latest]
     pub run: Option<String>,
-    /// The perf directory [default: DATA_DIR/perf]
+    /// The perf directory [default: perf_dir from the server's configuration, or DATA_DIR/perf]
     #[arg(long, env = "PARLEY_PERF_DIR", value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// The data directory, whose perf/ is read when --dir is not given
-    #[arg(long, env = "PARLEY_DATA_DIR", value_name = "DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    pub dir: Option<String>,
+    /// The server's configuration file, to find its perf directory (as `parleyd ctl` finds its socket)
+    #[arg(long, env = "PARLEY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The server's data directory, whose perf/ is read when neither --dir nor the file names one [default: ./parley-data]
+    #[arg(long, env = "PARLEY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<String>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -273,7 +277,13 @@ pub struct SummaryArgs {
 pub fn run_command(args: PerfArgs) -> ExitCode {
     match args.command {
         PerfCommand::Summary(args) => {
-            let dir = args.dir.clone().unwrap_or_else(|| args.data_dir.join("perf"));
+            let dir = crate::config::SettingArgs {
+                config: args.config.clone(),
+                data_dir: args.data_dir.clone(),
+                perf_dir: args.dir.clone(),
+                ..Default::default()
+            }
+            .perf_dir_path();
             match summarize_run(&dir, args.run.as_deref()) {
                 Ok(summary) => {
                     let text = if args.json {

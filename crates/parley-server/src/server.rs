@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::config::{Settings, StoreKind};
 use crate::convert::error_frame;
 use crate::native::{self, NativeContext, NativeCounters};
+use parley_core::sync::lock;
 
 /// File name of the SQLite database inside the data directory.
 pub const DATABASE_FILE: &str = "parley.db";
@@ -53,6 +54,19 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, [u8; 3
             let store = SqliteStore::open(&path, options).with_context(|| format!("opening {}", path.display()))?;
             Ok((Arc::new(store), secret))
         }
+    }
+}
+
+/// The store as the start-up line names it: `memory`, or `sqlite` and its
+/// database file.
+pub fn describe_store(settings: &Settings) -> String {
+    match settings.store {
+        StoreKind::Memory => StoreKind::Memory.name().to_owned(),
+        StoreKind::Sqlite => format!(
+            "{} {}",
+            StoreKind::Sqlite.name(),
+            settings.data_dir.join(DATABASE_FILE).display()
+        ),
     }
 }
 
@@ -166,7 +180,7 @@ impl PerIp {
     fn acquire(table: &Arc<PerIp>, ip: IpAddr) -> Option<IpSlot> {
         // IPv6 by its /64: one client holds a whole one.
         let ip = parley_core::addr::address_group(ip);
-        let mut open = table.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = lock(&table.open);
         let count = open.entry(ip).or_insert(0);
         if *count >= table.max {
             return None;
@@ -181,7 +195,7 @@ impl PerIp {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = lock(&self.table.open);
         if let Some(count) = open.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
             if *count == 0 {

@@ -12,6 +12,14 @@
 //! workers may write the SQLite database meanwhile; SQLite serialises the
 //! writers (`BEGIN IMMEDIATE` with a busy timeout) and mailbox seqs are
 //! read inside each transaction.
+//!
+//! A worker that dies after serving for a while is restarted at once; only
+//! one that dies soon after it started waits, with a pause that doubles
+//! (a crash loop). A worker that cannot start says why on the control
+//! channel before it exits, and the master logs that reason with each
+//! failed attempt and gives up after [`MAX_START_FAILURES`] in a row. A
+//! worker that stops sending its heartbeat for `worker_heartbeat_timeout_secs`
+//! (stopped, or wedged) is killed and replaced.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -28,7 +36,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, LinesCodec};
 
@@ -38,12 +46,28 @@ use crate::worker::{self, FromWorker, ToWorker};
 
 /// Longest wait for a new worker to report ready (it opens and migrates the store).
 pub const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// First pause before restarting a worker that died; doubles per failure.
+/// First pause before restarting a worker in a crash loop (one that died
+/// soon after it started, or did not start); doubles per failure.
 pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between restarts.
 pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// A worker that served this long resets the backoff.
-pub const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// A worker that served at least this long before it died is restarted at
+/// once, and the pause starts again from [`RESTART_BACKOFF_MIN`]. One that
+/// died sooner is in a crash loop (the next one would likely die the same
+/// way) and waits. A second is far longer than a worker takes to start
+/// (tens of milliseconds) and short enough that a crash on one poisonous
+/// request, minutes apart, never waits.
+pub const SERVED_WELL_AFTER: Duration = Duration::from_secs(1);
+/// Consecutive failed starts of a replacement worker after which the master
+/// gives up and exits with status 1, like systemd's `StartLimitBurst=5`: a
+/// database that cannot be opened does not heal by itself, and an exit
+/// tells the operator (or the service manager) where waiting would not.
+/// With the doubling pause the attempts span about three seconds. The first
+/// worker gets one attempt: its operator is watching.
+pub const MAX_START_FAILURES: u32 = 5;
+/// How long a worker that will not serve gets to exit by itself (after
+/// reporting why) before it is killed.
+pub const FAILED_EXIT_WAIT: Duration = Duration::from_secs(5);
 /// Time a worker gets beyond `shutdown_grace` to exit after SIGTERM before SIGKILL.
 pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
 /// Longest wait for a worker's answer to a control request (a broadcast
@@ -104,6 +128,10 @@ struct Worker {
     child: Child,
     /// Requests for it; its channel task answers them.
     calls: mpsc::Sender<Call>,
+    /// When its channel last carried a line (a heartbeat, a reply).
+    heard: watch::Receiver<Instant>,
+    /// Killed for its silence: not watched any more, only waited for.
+    silenced: bool,
 }
 
 impl Worker {
@@ -175,36 +203,54 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
         }
     };
     // One machine-readable line on stdout: scripts and tests read the ports
-    // (and pids) from it when listening on port 0. `http=` is absent when it is off.
+    // (and pids) from it when listening on port 0. `http=` is absent when
+    // it is off, `tls=` when no listener speaks TLS.
+    let tls = master.tls_listeners();
     let mut line = format!("parleyd listening native={}", master.listeners.native_addr());
     if let Some(http) = master.listeners.http_addr() {
         line.push_str(&format!(" http={http}"));
     }
+    if let Some(tls) = &tls {
+        line.push_str(&format!(" tls={tls}"));
+    }
     line.push_str(&format!(" master={} worker={}", std::process::id(), first.pid));
     println!("{line}");
+    // Absent settings (`None`) leave their field out.
     tracing::info!(
         native = %master.listeners.native_addr(),
-        http = ?master.listeners.http_addr(),
-        store = ?master.settings.store,
-        data_dir = %master.settings.data_dir.display(),
-        ctl = ?master.ctl_path,
+        http = master.listeners.http_addr().map(tracing::field::display),
+        tls = tls.map(tracing::field::display),
+        store = %crate::server::describe_store(&master.settings),
+        ctl = master.ctl_path.as_ref().map(|p| tracing::field::display(p.display())),
         worker = first.pid,
         "parleyd listening"
     );
     master.current = Some(first);
 
     let mut backoff = RESTART_BACKOFF_MIN;
+    let mut start_failures = 0u32;
     let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
+        let heard = master
+            .current
+            .as_ref()
+            .filter(|w| !w.silenced)
+            .map(|w| (w.pid, w.heard.clone()));
         tokio::select! {
             status = wait_for(&mut master.current) => {
                 let (pid, lived) = master.current.as_ref().map(|w| (w.pid, w.started.elapsed())).unwrap_or((0, Duration::ZERO));
                 master.current = None;
-                if lived >= RESTART_BACKOFF_RESET {
+                let delay = if lived >= SERVED_WELL_AFTER {
                     backoff = RESTART_BACKOFF_MIN;
-                }
-                tracing::error!(worker = pid, status = %describe(&status), served = ?lived, restart_in = ?backoff, "worker died; restarting it");
-                restart_at = Some(tokio::time::Instant::now() + backoff);
+                    tracing::error!(worker = pid, status = %describe(&status), served = ?lived, "worker died; restarting it now");
+                    Duration::ZERO
+                } else {
+                    let delay = backoff;
+                    backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                    tracing::error!(worker = pid, status = %describe(&status), served = ?lived, restart_in = ?delay, "worker died soon after it started; restarting it after a pause");
+                    delay
+                };
+                restart_at = Some(tokio::time::Instant::now() + delay);
             }
             // A reload meanwhile may have started a worker already.
             () = sleep_until(restart_at), if master.current.is_none() => {
@@ -216,14 +262,30 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
                 match master.start_worker().await {
                     Ok(w) => {
                         tracing::info!(worker = w.pid, restarts = master.restarts, "worker restarted");
+                        start_failures = 0;
                         master.current = Some(w);
                     }
                     Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), retry_in = ?backoff, "worker restart failed");
+                        start_failures += 1;
+                        if start_failures >= MAX_START_FAILURES {
+                            tracing::error!(error = %format!("{e:#}"), attempts = start_failures, "worker restart failed; giving up");
+                            master.stop().await;
+                            return Err(e.context(format!(
+                                "no worker could be started ({start_failures} attempts in a row failed)"
+                            )));
+                        }
+                        tracing::error!(error = %format!("{e:#}"), attempt = start_failures, of = MAX_START_FAILURES, retry_in = ?backoff, "worker restart failed");
                         restart_at = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
                     }
                 }
-                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            }
+            (pid, silent) = silence(heard, master.settings.worker_heartbeat_timeout) => {
+                tracing::error!(worker = pid, silent = ?silent, "worker sent no heartbeat in time (stopped or stuck): killing it to start another");
+                if let Some(w) = master.current.as_mut() {
+                    w.silenced = true;
+                    w.signal(Signal::SIGKILL);
+                }
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
@@ -259,6 +321,22 @@ async fn wait_for(current: &mut Option<Worker>) -> std::io::Result<std::process:
     }
 }
 
+/// Resolves when the watched worker has sent nothing for `timeout`, with
+/// its pid and how long it has been silent; never without a worker or a
+/// timeout.
+async fn silence(heard: Option<(u32, watch::Receiver<Instant>)>, timeout: Option<Duration>) -> (u32, Duration) {
+    let (Some((pid, heard)), Some(timeout)) = (heard, timeout) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let last = *heard.borrow();
+        if last.elapsed() >= timeout {
+            return (pid, last.elapsed());
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(last + timeout)).await;
+    }
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -273,7 +351,29 @@ fn describe(status: &std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
+/// What a starting worker said first on its control channel.
+enum FirstWord {
+    Ready,
+    Failed(String),
+    Closed,
+    Other(String),
+    TimedOut,
+}
+
 impl Master {
+    /// Which listeners speak TLS ("native", "http", "native,http"); None
+    /// when neither does.
+    fn tls_listeners(&self) -> Option<String> {
+        let mut tls = Vec::new();
+        if self.settings.native_tls {
+            tls.push("native");
+        }
+        if self.settings.http_tls && self.listeners.http.is_some() {
+            tls.push("http");
+        }
+        (!tls.is_empty()).then(|| tls.join(","))
+    }
+
     /// Starts a worker on the current listeners and waits until it is ready.
     async fn start_worker(&mut self) -> anyhow::Result<Worker> {
         self.generation += 1;
@@ -297,6 +397,13 @@ impl Master {
             .env(worker::ENV_RUN, &self.run_id)
             .env(worker::ENV_WORKER_RESTARTS, self.restarts.to_string())
             .env(worker::ENV_GENERATION, generation.to_string())
+            .env(
+                worker::ENV_HEARTBEAT_MS,
+                self.settings
+                    .worker_heartbeat_timeout
+                    .map_or(0, |t| (t / 2).as_millis())
+                    .to_string(),
+            )
             .env_remove(worker::ENV_HTTP_FD)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -322,21 +429,45 @@ impl Master {
         let channel = UnixStream::from_std(ours)?;
         let (reader, writer) = channel.into_split();
         let mut reader = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-        let ready = tokio::select! {
+        let first = tokio::select! {
             first = reader.next() => match first {
-                Some(Ok(line)) => matches!(serde_json::from_str::<FromWorker>(&line), Ok(FromWorker::Ready { .. })),
-                _ => false,
+                Some(Ok(line)) => match serde_json::from_str::<FromWorker>(&line) {
+                    Ok(FromWorker::Ready { .. }) => FirstWord::Ready,
+                    Ok(FromWorker::Failed { error, .. }) => FirstWord::Failed(error),
+                    _ => FirstWord::Other(line),
+                },
+                Some(Err(e)) => FirstWord::Other(e.to_string()),
+                None => FirstWord::Closed,
             },
-            _ = tokio::time::sleep(WORKER_READY_TIMEOUT) => false,
+            _ = tokio::time::sleep(WORKER_READY_TIMEOUT) => FirstWord::TimedOut,
         };
-        if !ready {
-            // It exited, closed the channel, said something else or hung.
-            let _ = child.start_kill();
-            let status = child.wait().await;
-            bail!("worker {pid} did not become ready (exit status {})", describe(&status));
+        let cause = match first {
+            FirstWord::Ready => None,
+            FirstWord::Failed(error) => Some(error),
+            FirstWord::Closed => {
+                Some("it exited before it was ready (what it printed, if anything, is above)".to_owned())
+            }
+            FirstWord::Other(line) => Some(format!("it said {line:?} instead of ready")),
+            FirstWord::TimedOut => Some(format!("it was not ready within {WORKER_READY_TIMEOUT:?}")),
+        };
+        if let Some(cause) = cause {
+            // Reaped rather than killed at once: a worker that failed is
+            // exiting by itself, and printing why on the way out.
+            let status = match tokio::time::timeout(FAILED_EXIT_WAIT, child.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            bail!(
+                "worker {pid} did not start: {cause} (exit status: {})",
+                describe(&status)
+            );
         }
         let (calls, requests) = mpsc::channel::<Call>(CTL_MAX_CLIENTS);
-        tokio::spawn(channel_task(reader, writer, requests));
+        let (heard_tx, heard) = watch::channel(Instant::now());
+        tokio::spawn(channel_task(reader, writer, requests, heard_tx));
         tracing::info!(worker = pid, generation, "worker ready");
         Ok(Worker {
             pid,
@@ -344,6 +475,8 @@ impl Master {
             started: Instant::now(),
             child,
             calls,
+            heard,
+            silenced: false,
         })
     }
 
@@ -447,7 +580,7 @@ impl Master {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             native: self.listeners.native_addr(),
             http: self.listeners.http_addr(),
-            store: format!("{:?}", self.settings.store).to_lowercase(),
+            store: self.settings.store.name().to_owned(),
             data_dir: self.settings.data_dir.display().to_string(),
             generation: self.generation,
             worker_restarts: self.restarts,
@@ -527,11 +660,13 @@ async fn ask(calls: &mpsc::Sender<Call>, request: Request) -> Reply {
     }
 }
 
-/// Carries requests to one worker and routes its replies back by id.
+/// Carries requests to one worker, routes its replies back by id, and
+/// notes when it last heard from the worker.
 async fn channel_task(
     mut reader: FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
     mut writer: tokio::net::unix::OwnedWriteHalf,
     mut requests: mpsc::Receiver<Call>,
+    heard: watch::Sender<Instant>,
 ) {
     let mut pending: std::collections::HashMap<u64, oneshot::Sender<Reply>> = std::collections::HashMap::new();
     let mut next_id = 0u64;
@@ -553,6 +688,7 @@ async fn channel_task(
             read = reader.next() => {
                 match read {
                     Some(Ok(line)) => {
+                        heard.send_replace(Instant::now());
                         if let Ok(FromWorker::Reply { id, reply }) = serde_json::from_str::<FromWorker>(&line)
                             && let Some(tx) = pending.remove(&id)
                         {

@@ -8,12 +8,16 @@
 //! SIGINT is the master's to handle: a Ctrl-C reaches the whole process
 //! group, and the master answers it by sending SIGTERM.
 //!
-//! The channel carries JSON lines: the worker's `ready`, then requests from
-//! the master (`{"id":N,"request":{...}}`) and their replies.
+//! The channel carries JSON lines: the worker's `ready` (or `failed`, with
+//! the reason it cannot serve, before it exits), then requests from the
+//! master (`{"id":N,"request":{...}}`) and their replies, and a heartbeat
+//! (`alive`) the worker sends every half of the master's heartbeat
+//! timeout, so that the master notices a worker that stopped running.
 
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
-use std::time::Instant;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -40,6 +44,10 @@ pub const ENV_RUN: &str = crate::perf::RUN_ENV;
 pub const ENV_WORKER_RESTARTS: &str = crate::metrics::WORKER_RESTARTS_ENV;
 /// Environment variable with this worker's generation (1 for the first).
 pub const ENV_GENERATION: &str = "PARLEYD_GENERATION";
+/// Environment variable with the interval between heartbeats, in
+/// milliseconds (absent or 0: no heartbeat). The master sets it from its
+/// own `worker_heartbeat_timeout_secs`, so that the two never disagree.
+pub const ENV_HEARTBEAT_MS: &str = "PARLEYD_HEARTBEAT_MS";
 
 /// Descriptor numbers the master maps the inherited sockets to.
 pub const NATIVE_FD: RawFd = 3;
@@ -59,6 +67,10 @@ pub struct ToWorker {
 pub enum FromWorker {
     /// Serving: the store is open and the listeners are handed to the server.
     Ready { pid: u32 },
+    /// Cannot serve, and exiting: why (the store would not open, say).
+    Failed { pid: u32, error: String },
+    /// Still running: sent every heartbeat interval while serving.
+    Alive,
     /// The answer to the request with this id.
     Reply { id: u64, reply: Reply },
 }
@@ -82,42 +94,84 @@ fn inherited(var: &str) -> anyhow::Result<Option<OwnedFd>> {
     Ok(Some(owned))
 }
 
-/// Serves as a worker; returns after the graceful shutdown.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let native = inherited(ENV_NATIVE_FD)?.context("no native listener inherited")?;
-    let native = std::net::TcpListener::from(native);
-    native.set_nonblocking(true)?;
-    let native = tokio::net::TcpListener::from_std(native).context("adopting the native listener")?;
-    let http = match inherited(ENV_HTTP_FD)? {
-        Some(fd) => {
-            let l = std::net::TcpListener::from(fd);
-            l.set_nonblocking(true)?;
-            Some(tokio::net::TcpListener::from_std(l).context("adopting the HTTP listener")?)
+/// Runs worker mode to the end and says how the process exits. A reason
+/// not to serve that reached the master over the channel is the master's
+/// to report; any other is printed here.
+pub fn run(settings: Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("parleyd worker {}: starting the runtime: {e}", std::process::id());
+            return ExitCode::FAILURE;
         }
-        None => None,
     };
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(WorkerError { reported: true, .. }) => ExitCode::FAILURE,
+        Err(WorkerError { error, .. }) => {
+            eprintln!("parleyd worker {}: {error:#}", std::process::id());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why a worker stopped, and whether the master was told.
+struct WorkerError {
+    error: anyhow::Error,
+    /// The master read it on the control channel (as `failed`).
+    reported: bool,
+}
+
+impl From<anyhow::Error> for WorkerError {
+    fn from(error: anyhow::Error) -> WorkerError {
+        WorkerError { error, reported: false }
+    }
+}
+
+/// What a worker needs to serve, made before it says `ready`.
+struct Prepared {
+    native: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
+    server: Server,
+    admin: Admin,
+}
+
+/// Serves as a worker; returns after the graceful shutdown.
+async fn serve(settings: Settings) -> Result<(), WorkerError> {
+    let started = Instant::now();
     let control = inherited(ENV_CONTROL_FD)?.context("no control channel inherited")?;
     let control = std::os::unix::net::UnixStream::from(control);
-    control.set_nonblocking(true)?;
+    control.set_nonblocking(true).context("adopting the control channel")?;
     let control = tokio::net::UnixStream::from_std(control).context("adopting the control channel")?;
-
-    let (store, secret) = open_store(&settings)?;
-    let addr: SocketAddr = native.local_addr()?;
-    let server = Server::new(settings, store, secret);
-    let admin = Admin {
-        service: server.service(),
-        stats: server.stats_handle(),
-        started,
-    };
     let (reader, mut writer) = control.into_split();
+
+    let Prepared {
+        native,
+        http,
+        server,
+        admin,
+    } = match prepare(settings, started) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            // The master waits for this line and reports it: without it, the
+            // operator would see only that the worker exited.
+            let failed = line(&FromWorker::Failed {
+                pid: std::process::id(),
+                error: format!("{error:#}"),
+            });
+            let reported = writer.write_all(failed.as_bytes()).await.is_ok();
+            return Err(WorkerError { error, reported });
+        }
+    };
+    let addr: Option<SocketAddr> = native.local_addr().ok();
     let ready = line(&FromWorker::Ready {
         pid: std::process::id(),
     });
     writer.write_all(ready.as_bytes()).await.context("reporting ready")?;
-    tracing::info!(pid = std::process::id(), %addr, "worker serving");
+    tracing::info!(pid = std::process::id(), addr = ?addr, "worker serving");
 
-    // Replies from concurrently answered requests go through one writer.
+    // Replies from concurrently answered requests, and heartbeats, go
+    // through one writer.
     let (replies, mut outgoing) = mpsc::channel::<String>(64);
     tokio::spawn(async move {
         while let Some(text) = outgoing.recv().await {
@@ -126,6 +180,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
         }
     });
+    if let Some(interval) = heartbeat_interval() {
+        tokio::spawn(heartbeat(interval, replies.clone()));
+    }
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         read_requests(reader, admin, replies).await;
@@ -160,7 +217,63 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
         }
     };
-    server.run_with_http(native, http, shutdown).await
+    Ok(server.run_with_http(native, http, shutdown).await?)
+}
+
+/// Adopts the inherited listeners and opens the store: everything that can
+/// keep a worker from serving.
+fn prepare(settings: Settings, started: Instant) -> anyhow::Result<Prepared> {
+    let native = inherited(ENV_NATIVE_FD)?.context("no native listener inherited")?;
+    let native = std::net::TcpListener::from(native);
+    native.set_nonblocking(true)?;
+    let native = tokio::net::TcpListener::from_std(native).context("adopting the native listener")?;
+    let http = match inherited(ENV_HTTP_FD)? {
+        Some(fd) => {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true)?;
+            Some(tokio::net::TcpListener::from_std(l).context("adopting the HTTP listener")?)
+        }
+        None => None,
+    };
+    let (store, secret) = open_store(&settings)?;
+    let server = Server::new(settings, store, secret);
+    let admin = Admin {
+        service: server.service(),
+        stats: server.stats_handle(),
+        started,
+    };
+    Ok(Prepared {
+        native,
+        http,
+        server,
+        admin,
+    })
+}
+
+/// The interval the master asked for, if any.
+fn heartbeat_interval() -> Option<Duration> {
+    std::env::var(ENV_HEARTBEAT_MS)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
+}
+
+/// Tells the master this worker still runs, every `interval`, until the
+/// channel's writer is gone. It runs on the same runtime as every
+/// connection, so a worker whose runtime is stopped or wedged goes silent.
+async fn heartbeat(interval: Duration, out: mpsc::Sender<String>) {
+    let alive = line(&FromWorker::Alive);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // A full queue means lines are waiting already; they count as
+        // signs of life too.
+        if let Err(mpsc::error::TrySendError::Closed(_)) = out.try_send(alive.clone()) {
+            return;
+        }
+    }
 }
 
 /// Answers the master's requests until the channel closes.

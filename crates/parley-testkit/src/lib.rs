@@ -127,6 +127,8 @@ pub struct TestServer {
     pub log_path: PathBuf,
     /// The first worker's pid, from the start line.
     first_worker: u32,
+    /// The line the master printed on stdout once listening.
+    pub start_line: String,
 }
 
 impl TestServer {
@@ -155,6 +157,7 @@ impl TestServer {
             store,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             first_worker: 0,
+            start_line: String::new(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         server.spawn(None);
@@ -228,7 +231,7 @@ impl TestServer {
                 std::fs::read_to_string(&self.log_path).unwrap_or_default()
             )
         });
-        // "parleyd listening native=ADDR [http=ADDR] master=PID worker=PID"
+        // "parleyd listening native=ADDR [http=ADDR] [tls=LISTENERS] master=PID worker=PID"
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(name))
@@ -238,6 +241,7 @@ impl TestServer {
         self.http_addr = field("http=");
         self.first_worker = field("worker=").and_then(|p| p.parse().ok()).unwrap_or(0);
         self.child = Some(child);
+        self.start_line = line;
     }
 
     /// Base URL of the HTTP listener, e.g. `http://127.0.0.1:41234`.
@@ -341,9 +345,23 @@ impl TestServer {
     /// Kills only the serving worker with SIGKILL; the master restarts it.
     /// Returns the killed pid.
     pub fn kill_worker(&self) -> u32 {
+        self.signal_worker("KILL")
+    }
+
+    /// Sends `signal` (a name for kill(1): "STOP", "KILL") to the serving
+    /// worker; returns its pid.
+    pub fn signal_worker(&self, signal: &str) -> u32 {
         let pid = self.pid();
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
         pid
+    }
+
+    /// The master's worker processes now (the serving one, and any still
+    /// draining).
+    pub fn workers(&self) -> Vec<u32> {
+        children(self.master_pid())
     }
 
     /// Starts the server again on the same data directory and ports, with

@@ -19,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{StoreOpenError, Synchronous};
+use parley_core::sync::lock;
 
 /// Shortest time between two checkpoints of this thread: long enough that
 /// each copies many commits' pages, short enough that the WAL stays a few
@@ -79,8 +80,8 @@ impl Checkpointer {
 
     /// The writer committed: a checkpoint has something to copy.
     pub(super) fn committed(&self) {
-        let (lock, wake) = &*self.signal;
-        let mut signal = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mutex, wake) = &*self.signal;
+        let mut signal = lock(mutex);
         if !signal.pending {
             signal.pending = true;
             wake.notify_one();
@@ -91,8 +92,8 @@ impl Checkpointer {
     /// checkpoint does not find this one in its way.
     pub(super) fn stop(&mut self) {
         {
-            let (lock, wake) = &*self.signal;
-            let mut signal = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let (mutex, wake) = &*self.signal;
+            let mut signal = lock(mutex);
             signal.stop = true;
             wake.notify_one();
         }
@@ -112,10 +113,10 @@ impl Drop for Checkpointer {
 
 /// The thread's body.
 fn run(conn: Connection, signal: &(Mutex<Signal>, Condvar)) {
-    let (lock, wake) = signal;
+    let (mutex, wake) = signal;
     loop {
         {
-            let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut state = lock(mutex);
             while !state.pending && !state.stop {
                 state = wake.wait(state).unwrap_or_else(PoisonError::into_inner);
             }

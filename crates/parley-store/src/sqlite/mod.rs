@@ -37,6 +37,7 @@ use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, Us
 use tokio::sync::oneshot;
 
 use ops::Op;
+use parley_core::sync::lock;
 
 /// Default capacity of the operation queue in front of the writer thread.
 /// Beyond it, operations are refused with `Busy` instead of piling up.
@@ -283,7 +284,7 @@ impl Shared {
     /// Records how the writer stopped and answers every waiting `close`.
     /// Only the first outcome counts.
     fn finish(&self, outcome: StoreResult<()>) {
-        let mut shutdown = self.shutdown.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shutdown = lock(&self.shutdown);
         let outcome = shutdown.outcome.get_or_insert(outcome).clone();
         for waiter in shutdown.waiters.drain(..) {
             // A caller that stopped waiting does not need the answer.
@@ -609,7 +610,7 @@ impl Store for SqliteStore {
     fn close(&self) -> StoreReply<()> {
         let (waiter, answer) = oneshot::channel();
         {
-            let mut shutdown = self.shared.shutdown.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut shutdown = lock(&self.shared.shutdown);
             if let Some(outcome) = &shutdown.outcome {
                 return StoreReply::ready(outcome.clone());
             }
