@@ -16,6 +16,20 @@ fn parleyd(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run parleyd")
 }
 
+/// The log's "parleyd listening" line (the log may trail the stdout line
+/// the test kit waits for by a moment).
+fn listening_line(server: &TestServer) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = server.log();
+        if let Some(line) = log.lines().find(|l| l.contains("parleyd listening")) {
+            return line.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no listening line in:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -126,11 +140,7 @@ async fn the_listening_lines_name_tls_and_the_store_plainly() {
         "{}",
         server.start_line
     );
-    let log = server.log();
-    let listening = log
-        .lines()
-        .find(|l| l.contains("parleyd listening"))
-        .unwrap_or_else(|| panic!("no listening line in:\n{log}"));
+    let listening = listening_line(&server);
     assert!(!listening.contains("Some("), "{listening}");
     assert!(listening.contains(&format!("native={}", server.addr)), "{listening}");
     assert!(listening.contains("tls=native"), "{listening}");
@@ -142,8 +152,7 @@ async fn the_listening_lines_name_tls_and_the_store_plainly() {
 
     let plain = TestServer::start_with(Store::Memory, &["--http-listen", "off", "--ctl-socket", "off"]);
     assert!(!plain.start_line.contains("tls="), "{}", plain.start_line);
-    let log = plain.log();
-    let listening = log.lines().find(|l| l.contains("parleyd listening")).unwrap();
+    let listening = listening_line(&plain);
     assert!(listening.contains("store=memory"), "{listening}");
     for absent in ["http=", "tls=", "ctl=", "None"] {
         assert!(!listening.contains(absent), "{absent} in {listening}");

@@ -437,7 +437,7 @@ async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serv
         })
     };
 
-    // The writer waits with one fetch in hand, and three more fill the
+    // The writer waits with one request in hand, and three more fill the
     // queue's share for new work (3 of 4).
     let jam = StoreJam::start(&server, &alice, 3).await;
 
@@ -464,41 +464,41 @@ async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serv
 }
 
 /// The SQLite writer held up: another connection to the database holds its
-/// write lock, the writer waits with one fetch in hand, and `queued` more
-/// fetches wait in its queue.
+/// write lock, the writer waits with one request in hand, and `queued` more
+/// requests wait in its queue.
 struct StoreJam {
     blocker: rusqlite::Connection,
-    fetches: Vec<tokio::task::JoinHandle<parley_client::Result<parley_proto::ServerFrame>>>,
+    held: Vec<tokio::task::JoinHandle<parley_client::Result<parley_proto::ServerFrame>>>,
 }
 
 impl StoreJam {
     async fn start(server: &TestServer, client: &std::sync::Arc<Client>, queued: usize) -> StoreJam {
         let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let fetch = || {
+        let request = || {
             let client = std::sync::Arc::clone(client);
             tokio::spawn(async move {
+                // A write: the writer takes the database's write lock for
+                // it (a lone read would not wait for the blocker).
                 client
-                    .request(client_frame::Body::Fetch(v1::Fetch {
-                        after_seq: 0,
-                        limit: 10,
-                        include_acked: true,
+                    .request(client_frame::Body::RemoveContact(v1::RemoveContact {
+                        name: "nobody".into(),
                     }))
                     .await
             })
         };
-        let mut fetches = vec![fetch()];
+        let mut held = vec![request()];
         tokio::time::sleep(Duration::from_millis(300)).await;
-        fetches.extend((0..queued).map(|_| fetch()));
+        held.extend((0..queued).map(|_| request()));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        StoreJam { blocker, fetches }
+        StoreJam { blocker, held }
     }
 
-    /// Unlocks the database; every held fetch completes.
+    /// Unlocks the database; every held request completes.
     async fn release(self) {
         self.blocker.execute_batch("COMMIT").unwrap();
-        for fetch in self.fetches {
-            fetch.await.unwrap().unwrap();
+        for request in self.held {
+            request.await.unwrap().unwrap();
         }
     }
 }
