@@ -222,6 +222,17 @@ pub struct LoginOutcome {
     pub resume_expires_ms: u64,
 }
 
+/// How a session is entered: the resume token it hands out (`made` by
+/// this login) or the key it was reopened with, and the token a resume
+/// replaces.
+struct Entry {
+    token: Vec<u8>,
+    hash: [u8; 32],
+    expires_ms: u64,
+    made: bool,
+    replaced: Option<[u8; 32]>,
+}
+
 /// What [`Session::next_push`] yields.
 #[derive(Debug)]
 pub enum PushEvent {
@@ -612,10 +623,9 @@ impl Service {
         result
     }
 
-    /// Opens a session for an authenticated user: a fresh resume token
-    /// unless resuming with one, the mailbox counters, the contacts whose
-    /// presence the session follows. A `quiet` session does not count for
-    /// presence.
+    /// Opens a session for an authenticated user with a fresh resume
+    /// token (revoking the one it resumed with, if any): see
+    /// [`Service::enter`].
     async fn login(
         self: &Arc<Self>,
         user: UserId,
@@ -629,6 +639,89 @@ impl Service {
         // that leaked stops working the next time its owner reconnects.
         let replaced = resumed.map(|(_, hash)| hash);
         let (token, hash, expires_ms) = self.new_resume_token(user).await?;
+        let entry = Entry {
+            token,
+            hash,
+            expires_ms,
+            made: true,
+            replaced,
+        };
+        self.enter(user, name, server_final, entry, quiet).await
+    }
+
+    /// Remembers `key` (the hash of a secret another front door hands out,
+    /// such as an HTTP bearer token) as a way into `user`'s account until
+    /// `expires_ms`, beside its resume tokens: any worker or node can then
+    /// [`Service::reopen`] the session, and everything that revokes resume
+    /// tokens (logging out everywhere, a password change, a kick, deleting
+    /// the account) revokes it too. Remembering the same key again moves
+    /// its expiry.
+    pub fn remember_session_key(&self, user: UserId, key: [u8; 32], expires_ms: u64) -> crate::StoreReply<()> {
+        self.store.create_resume_token(NewResumeToken {
+            user,
+            hash: key,
+            expires_ms,
+            max_per_user: self.config.resume.max_per_user,
+        })
+    }
+
+    /// Forgets a key given to [`Service::remember_session_key`].
+    pub fn forget_session_key(&self, key: [u8; 32]) -> crate::StoreReply<()> {
+        self.store.revoke_resume_token(key)
+    }
+
+    /// Opens a session again under a key remembered with
+    /// [`Service::remember_session_key`] (after a worker restart, or on
+    /// another worker), without a password and without a new resume token:
+    /// the key stays the session's own, and [`Session::logout`] forgets it.
+    /// Every failure is AUTH_FAILED and counts against the address like a
+    /// failed resume.
+    pub async fn reopen(
+        self: &Arc<Self>,
+        key: [u8; 32],
+        peer: Option<IpAddr>,
+    ) -> Result<(Session, LoginOutcome), CoreError> {
+        if let Err(e) = self.throttle.check(None, peer, Instant::now()) {
+            self.counters.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        let result = match self.store.resume(key, now_ms()).await? {
+            Some(account) => {
+                let entry = Entry {
+                    token: Vec::new(),
+                    hash: key,
+                    expires_ms: 0,
+                    made: false,
+                    replaced: None,
+                };
+                self.enter(account.id, account.name, String::new(), entry, false).await
+            }
+            None => Err(CoreError::auth_failed()),
+        };
+        if result.is_err() {
+            self.throttle.record_failure(None, peer, Instant::now());
+        }
+        result
+    }
+
+    /// Opens a session for an authenticated user: the mailbox counters, the
+    /// contacts whose presence the session follows, the session limit. A
+    /// `quiet` session does not count for presence.
+    async fn enter(
+        self: &Arc<Self>,
+        user: UserId,
+        name: String,
+        server_final: String,
+        entry: Entry,
+        quiet: bool,
+    ) -> Result<(Session, LoginOutcome), CoreError> {
+        let Entry {
+            token,
+            hash,
+            expires_ms,
+            made,
+            replaced,
+        } = entry;
         let mailbox = self.store.mailbox_state(user);
         let contacts = self.store.contacts_with_presence(user);
         let state = async {
@@ -650,11 +743,13 @@ impl Service {
         let (mailbox, contacts) = match state.await {
             Ok(state) => state,
             Err(e) => {
-                // The token made for this login would never be handed out
-                // (and a BUSY login must leave nothing behind). The
-                // revocation is submitted when called; its answer does not
-                // matter.
-                drop(self.store.revoke_resume_token(hash));
+                if made {
+                    // The token made for this login would never be handed
+                    // out (and a BUSY login must leave nothing behind). The
+                    // revocation is submitted when called; its answer does
+                    // not matter.
+                    drop(self.store.revoke_resume_token(hash));
+                }
                 return Err(e);
             }
         };

@@ -21,7 +21,7 @@ use crate::access;
 use crate::client_addr::ClientAddr;
 use crate::pager;
 use crate::problem::{JsonBody, PathParam, Problem, QueryParams};
-use crate::sessions::HttpSession;
+use crate::sessions::{self, HttpSession};
 
 type Ctx = State<Arc<HttpContext>>;
 type ApiResult<T> = Result<T, Problem>;
@@ -78,10 +78,20 @@ impl FromRequestParts<Arc<HttpContext>> for Authed {
             .map(str::trim)
             .unwrap_or_default();
         match ctx.sessions.get(token) {
-            Some(Ok(entry)) => Ok(Authed {
-                token: token.to_owned(),
-                entry,
-            }),
+            Some(Ok(entry)) => {
+                if let Some(until) = entry.refresh_due(ctx.sessions.idle()) {
+                    let user = entry.lock().as_ref().map(Session::user);
+                    if let Some(user) = user {
+                        // Submitted when called; a failure only means the
+                        // key expires sooner in the store.
+                        drop(ctx.service.remember_session_key(user, entry.key(), until));
+                    }
+                }
+                Ok(Authed {
+                    token: token.to_owned(),
+                    entry,
+                })
+            }
             // Ended by the server: the account was deleted, the user was
             // kicked or logged out everywhere, or a newer session replaced
             // this one. Its token is gone; say why.
@@ -89,8 +99,62 @@ impl FromRequestParts<Arc<HttpContext>> for Authed {
                 "this session has ended: {}; log in again",
                 reason.message
             ))),
-            None => Err(Problem::not_authenticated("unknown or expired token; log in again")),
+            None => {
+                let token = token.to_owned();
+                reopen(ctx, parts, &token).await
+            }
         }
+    }
+}
+
+/// A token this worker does not hold: the session may have been opened by
+/// a worker that has since restarted or been replaced (or by another one),
+/// and the store remembers its key. Opened again here, it answers as if
+/// nothing had happened.
+async fn reopen(ctx: &Arc<HttpContext>, parts: &mut Parts, token: &str) -> Result<Authed, Problem> {
+    let unknown = || Problem::not_authenticated("unknown or expired token; log in again");
+    if !sessions::well_formed(token) {
+        return Err(unknown());
+    }
+    let ClientAddr(peer) = ClientAddr::from_request_parts(parts, ctx).await?;
+    let key = sessions::bearer_key(token);
+    let (session, outcome) = match ctx.service.reopen(key, Some(peer.ip())).await {
+        Ok(opened) => opened,
+        Err(e) if e.kind == ErrorKind::AuthFailed => return Err(unknown()),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(user = %outcome.name, session = %outcome.session, "HTTP session reopened");
+    if !ctx.sessions.insert_as(token, session, peer.ip()) {
+        return Err(Problem::busy("too many HTTP sessions", 1000));
+    }
+    match ctx.sessions.get(token) {
+        Some(Ok(entry)) => {
+            remember(ctx, &entry, outcome.user).await;
+            Ok(Authed {
+                token: token.to_owned(),
+                entry,
+            })
+        }
+        Some(Err(reason)) => Err(Problem::not_authenticated(format!(
+            "this session has ended: {}; log in again",
+            reason.message
+        ))),
+        None => Err(unknown()),
+    }
+}
+
+/// Has the store remember a session's key for its idle time, so that
+/// another worker (or this one, restarted) can reopen it. A store that
+/// fails leaves the session working on this worker only.
+async fn remember(ctx: &HttpContext, entry: &HttpSession, user: parley_core::UserId) {
+    let idle_ms = u64::try_from(ctx.sessions.idle().as_millis()).unwrap_or(u64::MAX);
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .saturating_add(idle_ms);
+    match ctx.service.remember_session_key(user, entry.key(), until).await {
+        Ok(()) => entry.remembered(until),
+        Err(e) => tracing::warn!(error = %e, "an HTTP session is not kept in the store; it ends with this worker"),
     }
 }
 
@@ -351,6 +415,7 @@ pub async fn change_password(
     let credentials = r.credentials.decode()?;
     let taken = take_reauth(&ctx, &r.reauth_id)?;
     let mut session = auth.entry.take().ok_or_else(session_gone)?;
+    let user = session.user();
     let changed = session
         .change_password(&taken.pending, r.client_final.as_bytes(), credentials)
         .await;
@@ -359,6 +424,8 @@ pub async fn change_password(
     }
     auth.entry.restore(session);
     let (server_final, token, expires_ms) = changed?;
+    // The change revoked every key the store kept, this session's too.
+    remember(&ctx, &auth.entry, user).await;
     Ok(axum::Json(PasswordChanged {
         server_final,
         resume_token: B64.encode(token),
@@ -449,7 +516,7 @@ pub async fn login_finish(
     if matches!(&result, Err(e) if e.kind == ErrorKind::Busy) {
         ctx.logins.restore(r.login_id, taken);
     }
-    logged_in(&ctx, peer, result)
+    logged_in(&ctx, peer, result).await
 }
 
 #[derive(Deserialize)]
@@ -469,10 +536,10 @@ pub async fn login_resume(
         Ok((_, outcome)) => access::login_ok("http", peer, "resume", &outcome.name),
         Err(e) => access::login_refused("http", peer, "resume", None, e),
     }
-    logged_in(&ctx, peer, result)
+    logged_in(&ctx, peer, result).await
 }
 
-fn logged_in(
+async fn logged_in(
     ctx: &HttpContext,
     peer: std::net::SocketAddr,
     result: Result<(Session, LoginOutcome), CoreError>,
@@ -483,6 +550,9 @@ fn logged_in(
         .sessions
         .insert(session, peer.ip())
         .ok_or_else(|| Problem::busy("too many HTTP sessions", 1000))?;
+    if let Some(Ok(entry)) = ctx.sessions.get(&token) {
+        remember(ctx, &entry, outcome.user).await;
+    }
     Ok(axum::Json(LoginOk {
         token,
         token_type: "Bearer",
@@ -505,7 +575,9 @@ fn logged_in(
 pub async fn logout(State(ctx): Ctx, auth: Authed) -> ApiResult<StatusCode> {
     let revoked = start!(auth, |s| s.logout())?;
     drop(ctx.sessions.remove(&auth.token));
+    let forgotten = ctx.service.forget_session_key(auth.entry.key());
     revoked.await?;
+    forgotten.await.map_err(CoreError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -234,13 +234,16 @@ impl HttpContext {
         native: ws::NativeHandler,
         hooks: HttpHooks,
     ) -> Arc<HttpContext> {
+        let forgetter = Arc::clone(&service);
         Arc::new(HttpContext {
             service,
             sessions: HttpSessions::new(
                 settings.session_idle,
                 settings.max_sessions,
                 settings.max_sessions_per_ip,
-            ),
+            )
+            // The store's answer does not matter: a key it keeps expires.
+            .forgetting(Box::new(move |key| drop(forgetter.forget_session_key(key)))),
             logins: PendingLogins::new(settings.login_timeout, settings.max_pending_logins),
             pager: pager::PagerLimiter::new(settings.pager_per_ip_per_minute),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),

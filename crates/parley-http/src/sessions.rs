@@ -27,9 +27,35 @@ pub fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn token_key(token: &str) -> [u8; 32] {
-    sha2::Sha256::digest(token.as_bytes()).into()
+/// What a bearer token is known by, in the table and in the store: the
+/// SHA-256 of the token after a label of its own, so that it can never
+/// name a resume token (whose hash is of the bare token) nor the reverse.
+pub fn bearer_key(token: &str) -> [u8; 32] {
+    let mut digest = sha2::Sha256::new();
+    digest.update(b"parley http bearer\0");
+    digest.update(token.as_bytes());
+    digest.finalize().into()
 }
+
+/// Whether `token` has the shape [`random_token`] gives: only such a token
+/// is looked up in the store.
+pub fn well_formed(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Called with the key of each session the table ends before its time (to
+/// make room, or because the server ended it), so the store forgets it too.
+pub type Forget = Box<dyn Fn([u8; 32]) + Send + Sync>;
 
 /// A login taken out of [`PendingLogins`] for its second step.
 pub struct TakenLogin {
@@ -113,9 +139,39 @@ pub struct HttpSession {
     last_used: Mutex<Instant>,
     /// The address group it logged in from, for its address's share.
     ip: IpAddr,
+    /// Its token's key ([`bearer_key`]).
+    key: [u8; 32],
+    /// Until when the store remembers the key (ms since the Unix epoch; 0:
+    /// not remembered).
+    remembered_until: Mutex<u64>,
 }
 
 impl HttpSession {
+    /// Its token's key, as the store knows it.
+    pub fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
+    /// Notes that the store remembers the key until `until_ms`.
+    pub fn remembered(&self, until_ms: u64) {
+        *lock(&self.remembered_until) = until_ms;
+    }
+
+    /// The new expiry to give the remembered key when a quarter of its idle
+    /// time has passed since it was last given one (so a busy session
+    /// writes to the store a few times per idle period, not per request);
+    /// None otherwise, or when it is not remembered.
+    pub fn refresh_due(&self, idle: Duration) -> Option<u64> {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let now = now_ms();
+        let mut until = lock(&self.remembered_until);
+        if *until == 0 || until.saturating_sub(now) > idle_ms - idle_ms / 4 {
+            return None;
+        }
+        *until = now.saturating_add(idle_ms);
+        Some(*until)
+    }
+
     /// The session, locked: hold the guard only to *start* a request (the
     /// core's methods return `'static` futures), never across an await.
     pub fn lock(&self) -> MutexGuard<'_, Option<Session>> {
@@ -154,6 +210,8 @@ pub struct HttpSessions {
     /// Most sessions from one address group at once.
     max_per_ip: usize,
     table: Mutex<SessionTable>,
+    /// Tells the store about sessions ended before their time.
+    forget: Option<Forget>,
 }
 
 /// The table and its per-address counts, under one lock.
@@ -194,6 +252,22 @@ impl HttpSessions {
             max,
             max_per_ip: max_per_ip.max(1),
             table: Mutex::new(SessionTable::default()),
+            forget: None,
+        }
+    }
+
+    /// Calls `forget` with the key of every session ended before its time:
+    /// one that made room for another, or that the server ended (kicked,
+    /// replaced by a newer one, the account deleted). Sessions that expire
+    /// idle need nothing: the store's copy of their key expires no later.
+    pub fn forgetting(mut self, forget: Forget) -> HttpSessions {
+        self.forget = Some(forget);
+        self
+    }
+
+    fn forget_all(&self, ended: &[Arc<HttpSession>]) {
+        if let Some(forget) = &self.forget {
+            ended.iter().for_each(|s| forget(s.key));
         }
     }
 
@@ -207,45 +281,73 @@ impl HttpSessions {
     /// offline). When `ip`'s share is used up, its least recently used
     /// session ends to make room.
     pub fn insert(&self, session: Session, ip: IpAddr) -> Option<String> {
-        let ip = parley_core::addr::address_group(ip);
         let token = random_token();
+        self.insert_as(&token, session, ip).then_some(token)
+    }
+
+    /// Stores a session under a token it already has (one reopened from
+    /// the store); false when the table is full. If the token names a
+    /// session already (two requests reopened it at once), that one stays
+    /// and `session` is dropped.
+    pub fn insert_as(&self, token: &str, session: Session, ip: IpAddr) -> bool {
+        let ip = parley_core::addr::address_group(ip);
+        let key = bearer_key(token);
         let entry = Arc::new(HttpSession {
             session: Mutex::new(Some(session)),
             last_used: Mutex::new(Instant::now()),
             ip,
+            key,
+            remembered_until: Mutex::new(0),
         });
-        let expired = {
+        let (ended, made_room) = {
             let mut table = lock(&self.table);
-            let mut expired = if table.by_token.len() >= self.max {
+            if table.by_token.contains_key(&key) {
+                return true;
+            }
+            let expired = if table.by_token.len() >= self.max {
                 self.take_expired(&mut table)
             } else {
                 Vec::new()
             };
+            let mut made_room = Vec::new();
             if table.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip
-                && let Some(key) = table.least_recent_of(ip)
+                && let Some(oldest) = table.least_recent_of(ip)
             {
-                expired.extend(table.remove(&key));
+                made_room.extend(table.remove(&oldest));
             }
             if table.by_token.len() >= self.max {
-                return None;
+                return false;
             }
-            table.by_token.insert(token_key(&token), entry);
+            table.by_token.insert(key, entry);
             *table.per_ip.entry(ip).or_insert(0) += 1;
-            expired
+            (expired, made_room)
         };
         // Sessions are dropped (and go offline) outside the table's lock.
-        drop(expired);
-        Some(token)
+        self.forget_all(&made_room);
+        self.forget_all(&self.ended_early(&ended));
+        true
+    }
+
+    /// Those of `sessions` that ended before their time (not idle).
+    fn ended_early(&self, sessions: &[Arc<HttpSession>]) -> Vec<Arc<HttpSession>> {
+        let idle = self.idle;
+        sessions
+            .iter()
+            .filter(|s| lock(&s.last_used).elapsed() < idle)
+            .cloned()
+            .collect()
     }
 
     /// The live session a token names, marked as used now; Err with the
     /// reason when the server ended it (the entry is dropped).
     pub fn get(&self, token: &str) -> Option<Result<Arc<HttpSession>, parley_core::hub::CloseReason>> {
-        let key = token_key(token);
+        let key = bearer_key(token);
         let entry = lock(&self.table).by_token.get(&key).cloned()?;
         let ended = lock(&entry.session).as_ref().and_then(Session::closing);
         if let Some(reason) = ended {
-            drop(self.remove(token));
+            if let Some(gone) = self.remove(token) {
+                self.forget_all(&[gone]);
+            }
             return Some(Err(reason));
         }
         let mut last = lock(&entry.last_used);
@@ -261,7 +363,7 @@ impl HttpSessions {
 
     /// Ends a session (logout, account deletion).
     pub fn remove(&self, token: &str) -> Option<Arc<HttpSession>> {
-        lock(&self.table).remove(&token_key(token))
+        lock(&self.table).remove(&bearer_key(token))
     }
 
     fn take_expired(&self, table: &mut SessionTable) -> Vec<Arc<HttpSession>> {
@@ -275,10 +377,10 @@ impl HttpSessions {
         keys.iter().filter_map(|k| table.remove(k)).collect()
     }
 
-    /// Drops idle sessions; they go offline.
+    /// Drops idle sessions and those the server ended; they go offline.
     pub fn sweep(&self) {
         let expired = self.take_expired(&mut lock(&self.table));
-        drop(expired);
+        self.forget_all(&self.ended_early(&expired));
     }
 
     /// Ends every session (shutdown).
@@ -374,6 +476,41 @@ mod tests {
         assert!(sessions.get(&token).is_none());
         assert!(sessions.is_empty());
         assert!(!service.hub().is_online(outcome.user));
+    }
+
+    #[tokio::test]
+    async fn sessions_ended_to_make_room_are_forgotten_by_the_store() {
+        let service = service().await;
+        let (pending, last) = login(&service).await;
+        let (first, _) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
+        let (pending, last) = login(&service).await;
+        let (second, _) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
+        let forgotten = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&forgotten);
+        let sessions =
+            HttpSessions::new(Duration::from_secs(60), 10, 1).forgetting(Box::new(move |key| lock(&record).push(key)));
+        let here: IpAddr = [127, 0, 0, 1].into();
+        let old = sessions.insert(first, here).unwrap();
+        // The address's one place goes to the newer login.
+        let new = sessions.insert(second, here).unwrap();
+        assert!(sessions.get(&old).is_none());
+        assert!(sessions.get(&new).is_some());
+        assert_eq!(*lock(&forgotten), vec![bearer_key(&old)]);
+        // A shutdown forgets nothing: the sessions live on in the store.
+        sessions.clear();
+        assert_eq!(lock(&forgotten).len(), 1);
+    }
+
+    #[test]
+    fn bearer_keys_are_not_resume_token_hashes() {
+        let token = random_token();
+        assert!(well_formed(&token));
+        assert_ne!(
+            bearer_key(&token),
+            <[u8; 32]>::from(sha2::Sha256::digest(token.as_bytes()))
+        );
+        assert!(!well_formed("short"));
+        assert!(!well_formed(&format!("{}+", &token[1..])));
     }
 
     #[tokio::test]

@@ -1,0 +1,169 @@
+//! Bearer sessions outlive the worker that opened them: the store keeps
+//! each token's key, so a restarted worker, a reloaded one or a server
+//! started again opens the session on its next request. Whatever ends a
+//! session still ends it for good.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{Api, B64};
+use parley_core::Mechanism;
+use parley_core::scram::{StoredCredentials, random_salt};
+use parley_testkit::{Store, TestServer};
+use serde_json::json;
+
+/// Waits until the server answers `/readyz` with 200 on a fresh connection
+/// (a worker that was killed or replaced leaves pooled connections dead),
+/// then returns a client with a fresh pool.
+async fn serving(server: &TestServer) -> Api {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let api = Api::new(server);
+        let answered = api.http.get(api.url("/readyz")).send().await;
+        if answered.is_ok_and(|r| r.status().is_success()) {
+            return api;
+        }
+        assert!(Instant::now() < deadline, "the server did not serve again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the master serves with a worker other than `old`.
+async fn replaced(server: &TestServer, old: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.pid() == old {
+        assert!(Instant::now() < deadline, "the worker {old} was not replaced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What `token` sees of its own mailbox: the reply's status.
+async fn mailbox_status(api: &Api, token: &str) -> u16 {
+    api.get("/v1/mailbox", Some(token)).await.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_sessions_survive_a_worker_restart_a_reload_and_a_server_restart() {
+    let mut server = TestServer::start_with(Store::Sqlite, &[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send_message(&alice, "bob", "m1", "before").await;
+
+    // The worker is killed: the next one opens both sessions again.
+    let old = server.kill_worker();
+    replaced(&server, old).await;
+    let api = serving(&server).await;
+    api.send_message(&alice, "bob", "m2", "after a crash").await;
+    let page = api.get("/v1/messages?limit=10", Some(&bob)).await;
+    let bodies: Vec<&str> = page.ok()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["before", "after a crash"]);
+
+    // A reload replaces the worker too.
+    let old = server.pid();
+    let (code, _, err) = server.ctl(&["reload"]);
+    assert!(code.success(), "{err}");
+    replaced(&server, old).await;
+    let api = serving(&server).await;
+    api.send_message(&alice, "bob", "m3", "after a reload").await;
+    assert_eq!(mailbox_status(&api, &bob).await, 200);
+
+    // The whole server stops and starts again on the same data.
+    assert!(server.stop().success());
+    server.restart();
+    let api = serving(&server).await;
+    let sent = api.send_message(&alice, "bob", "m3", "after a reload").await;
+    assert_eq!(sent["duplicate"], true, "{sent}");
+    assert_eq!(mailbox_status(&api, &bob).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_ends_a_bearer_session_ends_it_across_restarts() {
+    let server = TestServer::start_with(Store::Sqlite, &[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let alice_too = api.login("alice", "pw-alice").await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob = api.user("bob").await;
+    let bob_too = api.login("bob", "pw-bob").await["token"].as_str().unwrap().to_owned();
+    let carol = api.user("carol").await;
+    let dave = api.user("dave").await;
+    let dave_too = api.login("dave", "pw-dave").await["token"].as_str().unwrap().to_owned();
+
+    // Logged out: that token only.
+    assert_eq!(api.post("/v1/logout", Some(&alice), json!({})).await.status, 204);
+    // Logged out everywhere: every token.
+    assert_eq!(api.post("/v1/logout/all", Some(&bob), json!({})).await.status, 204);
+    // Kicked by the operator.
+    let (code, out, err) = server.ctl(&["kick", "carol"]);
+    assert!(code.success(), "{out}{err}");
+    // A new password: the session that changed it stays, the other ends.
+    let (reauth_id, client_final, _) = api.reauth(&dave, "dave", "pw-dave").await;
+    let creds = StoredCredentials::derive(Mechanism::Sha256, "new-pw-dave", &random_salt(), 4096);
+    let change = json!({
+        "reauth_id": reauth_id,
+        "client_final": client_final,
+        "mechanism": "SCRAM-SHA-256",
+        "salt": B64.encode(&creds.salt),
+        "iterations": creds.iterations,
+        "stored_key": B64.encode(&creds.stored_key),
+        "server_key": B64.encode(&creds.server_key),
+    });
+    api.post("/v1/account/password", Some(&dave), change).await.ok();
+
+    let old = server.kill_worker();
+    replaced(&server, old).await;
+    let api = serving(&server).await;
+    for token in [&alice, &bob, &bob_too, &carol, &dave_too] {
+        api.get("/v1/mailbox", Some(token))
+            .await
+            .problem(401, "NOT_AUTHENTICATED");
+    }
+    assert_eq!(mailbox_status(&api, &alice_too).await, 200, "alice's other login");
+    assert_eq!(
+        mailbox_status(&api, &dave).await,
+        200,
+        "the session that changed the password"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_is_not_a_resume_token_nor_the_reverse() {
+    let server = TestServer::start_with(Store::Sqlite, &[]);
+    let api = Api::new(&server);
+    api.user("alice").await;
+    let login = api.login("alice", "pw-alice").await;
+    let bearer = login["token"].as_str().unwrap();
+    let resume = login["resume_token"].as_str().unwrap();
+
+    // The bearer token's bytes offered as a resume token.
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(bearer).unwrap();
+    api.post("/v1/login/resume", None, json!({ "resume_token": B64.encode(&raw) }))
+        .await
+        .problem(401, "AUTH_FAILED");
+    api.post("/v1/login/resume", None, json!({ "resume_token": bearer }))
+        .await
+        .problem(401, "AUTH_FAILED");
+
+    // The resume token offered as a bearer token, here and after a restart.
+    let raw = B64.decode(resume).unwrap();
+    let as_bearer = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    for _ in 0..2 {
+        let api = serving(&server).await;
+        api.get("/v1/mailbox", Some(&as_bearer))
+            .await
+            .problem(401, "NOT_AUTHENTICATED");
+        assert_eq!(mailbox_status(&api, bearer).await, 200);
+        let old = server.kill_worker();
+        replaced(&server, old).await;
+    }
+}
