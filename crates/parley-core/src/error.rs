@@ -32,6 +32,37 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 22] = [
+        ErrorKind::InvalidRequest,
+        ErrorKind::NotAuthenticated,
+        ErrorKind::AlreadyAuthenticated,
+        ErrorKind::AuthFailed,
+        ErrorKind::InvalidName,
+        ErrorKind::NameTaken,
+        ErrorKind::NoSuchUser,
+        ErrorKind::MessageTooLarge,
+        ErrorKind::InvalidPattern,
+        ErrorKind::UnsupportedMechanism,
+        ErrorKind::Busy,
+        ErrorKind::ShuttingDown,
+        ErrorKind::AccountDeleted,
+        ErrorKind::Internal,
+        ErrorKind::Timeout,
+        ErrorKind::RateLimited,
+        ErrorKind::LimitReached,
+        ErrorKind::Kicked,
+        ErrorKind::MailboxFull,
+        ErrorKind::RegistrationClosed,
+        ErrorKind::InviteInvalid,
+        ErrorKind::StorageUnavailable,
+    ];
+
+    /// The kind with this stable name ([`ErrorKind::as_str`]).
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The stable name, as written in docs/PROTOCOL.md.
     pub fn as_str(self) -> &'static str {
         match self {

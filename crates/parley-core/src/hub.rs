@@ -1,8 +1,9 @@
 //! The hub: which sessions are online, and routing of new messages to them.
 //!
-//! It is the in-process implementation of the "where is this user's
-//! session" boundary; a multi-node bus (NATS) will sit behind the same calls.
-//! State is a sharded map of short `std::sync::Mutex` critical sections; no
+//! It answers "where is this user's session" for its own process, and,
+//! with a [`Bus`] attached, for the others too: a directory of what other
+//! processes hold (see [`crate::bus`]) makes delivery, notices, closing and
+//! presence cross processes through the same calls. State is a sharded map of short `std::sync::Mutex` critical sections; no
 //! lock is ever held across an `.await`, and delivery never blocks: a full
 //! session queue drops the notification and marks the session *lagged*, and
 //! the session catches up from storage (see [`crate::service::Session`]).
@@ -15,18 +16,26 @@
 //! tracked, so this state is bounded by the sessions online. A *quiet*
 //! session (a one-shot client's) is registered like any other, for
 //! delivery and closing, but does not count for presence: a user is online
-//! while at least one of their sessions is not quiet. Lock order:
-//! a `watching` shard may be held while taking a `watched_by` shard, never
-//! the reverse; session shards are never held together with either.
+//! while at least one of their sessions is not quiet, in this process or in
+//! another.
+//!
+//! Lock order: a `directory` shard (held while a user's presence changes,
+//! so that one user's transitions happen one at a time) may be held while
+//! taking any other lock; a `watching` shard may be held while taking a
+//! `watched_by` shard, never the reverse; a `watched_by` shard may be held
+//! while taking a session shard; session shards are never held while
+//! taking a `watching` or `directory` shard.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::bus::{Bus, Holding, NodeId, Notice, RECENT, Remote};
 use crate::error::ErrorKind;
-use crate::ids::{SessionId, UserId};
+use crate::ids::{Seq, SessionId, UserId};
 use crate::store::StoredMessage;
 use crate::sync::lock;
 
@@ -98,6 +107,39 @@ fn any_shown(list: &[Entry]) -> bool {
     list.iter().any(|e| !e.quiet)
 }
 
+/// What this process holds of a user, from its session list.
+fn holding(list: Option<&Vec<Entry>>) -> Holding {
+    list.map_or(Holding::NONE, |list| Holding {
+        sessions: !list.is_empty(),
+        shown: any_shown(list),
+    })
+}
+
+/// What the other processes hold of one user, and the last seq this
+/// process stored for the user lately.
+#[derive(Default)]
+struct Directory {
+    /// The user's name, as the processes that hold it said.
+    name: Option<Arc<str>>,
+    /// Processes holding sessions of the user (never [`Holding::NONE`]).
+    nodes: HashMap<NodeId, Holding>,
+    /// The last seq stored here for the user, and when (see
+    /// [`crate::bus::RECENT`]).
+    recent: Option<(Seq, Instant)>,
+}
+
+impl Directory {
+    fn shown_elsewhere(&self) -> bool {
+        self.nodes.values().any(|h| h.shown)
+    }
+
+    fn unused(&self) -> bool {
+        self.nodes.is_empty() && self.recent.is_none()
+    }
+}
+
+type DirectoryShard = Mutex<HashMap<UserId, Directory>>;
+
 type Shard = Mutex<HashMap<UserId, Vec<Entry>>>;
 /// Followed user → online followers.
 type WatchedByShard = Mutex<HashMap<UserId, HashSet<UserId>>>;
@@ -125,6 +167,11 @@ pub struct Hub {
     watched_by: Box<[WatchedByShard]>,
     /// Presence events sent.
     presence_events: AtomicU64,
+    /// What other processes hold, by user, sharded by user; also the lock
+    /// that orders each user's presence transitions.
+    directory: Box<[DirectoryShard]>,
+    /// The bus to the other processes, once attached.
+    bus: OnceLock<Arc<dyn Bus>>,
 }
 
 impl Default for Hub {
@@ -136,6 +183,8 @@ impl Default for Hub {
             watching: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             watched_by: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             presence_events: AtomicU64::new(0),
+            directory: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            bus: OnceLock::new(),
         }
     }
 }
@@ -145,8 +194,24 @@ impl Hub {
         &self.shards[(user.0 as usize) % SHARDS]
     }
 
-    /// Adds a session; when it is the user's first that is not `quiet`,
-    /// tells their followers.
+    fn directory_shard(&self, user: UserId) -> &DirectoryShard {
+        &self.directory[(user.0 as usize) % SHARDS]
+    }
+
+    /// Attaches the bus to the other processes (once; later calls change
+    /// nothing and return false).
+    pub fn attach_bus(&self, bus: Arc<dyn Bus>) -> bool {
+        self.bus.set(bus).is_ok()
+    }
+
+    /// The bus, if one is attached.
+    pub fn bus(&self) -> Option<&Arc<dyn Bus>> {
+        self.bus.get()
+    }
+
+    /// Adds a session; when it is the user's first that is not `quiet`
+    /// anywhere, tells their followers. Returns whether it was the first
+    /// here that is not quiet.
     pub fn register(
         &self,
         user: UserId,
@@ -156,10 +221,11 @@ impl Hub {
         flags: Arc<SessionFlags>,
         quiet: bool,
     ) -> bool {
-        let first = {
+        let mut directory = lock(self.directory_shard(user));
+        let (before, after) = {
             let mut shard = lock(self.shard(user));
             let list = shard.entry(user).or_default();
-            let was_online = any_shown(list);
+            let before = holding(Some(list));
             list.push(Entry {
                 name: Arc::clone(&name),
                 session,
@@ -167,42 +233,214 @@ impl Hub {
                 flags,
                 quiet,
             });
-            !quiet && !was_online
+            (before, holding(Some(list)))
         };
         self.online_sessions.fetch_add(1, Ordering::Relaxed);
-        if first {
+        let first = after.shown && !before.shown;
+        let elsewhere = directory.get(&user).is_some_and(Directory::shown_elsewhere);
+        if first && !elsewhere {
             self.announce(user, &name, true);
+        }
+        if before != after
+            && let Some(bus) = self.bus.get()
+        {
+            bus.announce(user, &name, after);
+        }
+        if let Some(entry) = directory.get_mut(&user)
+            && entry.unused()
+        {
+            directory.remove(&user);
         }
         first
     }
 
-    /// Removes a session; when it was the user's last that is not quiet,
-    /// tells their followers.
+    /// Removes a session; when it was the user's last that is not quiet
+    /// anywhere, tells their followers. Returns whether it was the last
+    /// here that is not quiet.
     pub fn unregister(&self, user: UserId, session: SessionId) -> bool {
-        let (removed, last_name) = {
+        let directory = lock(self.directory_shard(user));
+        let (removed, name, before, after) = {
             let mut shard = lock(self.shard(user));
             let Some(list) = shard.get_mut(&user) else { return false };
-            let before = list.len();
-            let was_online = any_shown(list);
+            let before = holding(Some(list));
             let name = list.first().map(|e| Arc::clone(&e.name));
+            let count = list.len();
             list.retain(|e| e.session != session);
-            let removed = list.len() < before;
-            let last = removed && was_online && !any_shown(list);
+            let removed = list.len() < count;
+            let after = holding(Some(list));
             if list.is_empty() {
                 shard.remove(&user);
             }
-            (removed, if last { name } else { None })
+            (removed, name, before, after)
         };
-        if removed {
-            self.online_sessions.fetch_sub(1, Ordering::Relaxed);
+        if !removed {
+            return false;
         }
-        match last_name {
-            Some(name) => {
-                self.announce(user, &name, false);
-                true
+        self.online_sessions.fetch_sub(1, Ordering::Relaxed);
+        let Some(name) = name else { return false };
+        let last = before.shown && !after.shown;
+        let elsewhere = directory.get(&user).is_some_and(Directory::shown_elsewhere);
+        if last && !elsewhere {
+            self.announce(user, &name, false);
+        }
+        if before != after
+            && let Some(bus) = self.bus.get()
+        {
+            bus.announce(user, &name, after);
+        }
+        last
+    }
+
+    /// Another process now holds `holding` of `user` (NONE: nothing).
+    /// Followers here learn of a presence change it makes; and when this
+    /// process stored a message for `user` lately, the process is told, so
+    /// that a session it opened just before it could route here reads it.
+    pub fn node_update(&self, node: NodeId, user: UserId, name: &Arc<str>, holding_there: Holding) {
+        let mut directory = lock(self.directory_shard(user));
+        let here = holding(lock(self.shard(user)).get(&user));
+        let entry = directory.entry(user).or_default();
+        let before = entry.shown_elsewhere();
+        let had = entry.nodes.get(&node).copied().unwrap_or(Holding::NONE);
+        if holding_there == Holding::NONE {
+            entry.nodes.remove(&node);
+        } else {
+            entry.nodes.insert(node, holding_there);
+            entry.name = Some(Arc::clone(name));
+        }
+        let after = entry.shown_elsewhere();
+        let ring = match entry.recent {
+            Some((seq, at)) if holding_there.sessions && !had.sessions && at.elapsed() < RECENT => Some(seq),
+            _ => None,
+        };
+        if entry.unused() {
+            directory.remove(&user);
+        }
+        if before != after && !here.shown {
+            self.announce(user, name, after);
+        }
+        drop(directory);
+        if let (Some(seq), Some(bus)) = (ring, self.bus.get()) {
+            bus.send(node, Remote::Ring { user, seq });
+        }
+    }
+
+    /// A process left (it said so, or fell silent): everything it held is
+    /// forgotten, and its users that are online nowhere else go offline.
+    pub fn node_gone(&self, node: NodeId) {
+        for (index, shard) in self.directory.iter().enumerate() {
+            let held: Vec<(UserId, Arc<str>)> = lock(shard)
+                .iter()
+                .filter(|(_, d)| d.nodes.contains_key(&node))
+                .map(|(user, d)| (*user, d.name.clone().unwrap_or_else(|| Arc::from(""))))
+                .collect();
+            debug_assert!(held.iter().all(|(u, _)| (u.0 as usize) % SHARDS == index));
+            for (user, name) in held {
+                self.node_update(node, user, &name, Holding::NONE);
             }
-            None => false,
         }
+    }
+
+    /// The other processes holding sessions of `user`.
+    fn nodes_with_sessions(&self, user: UserId) -> Vec<NodeId> {
+        if self.bus.get().is_none() {
+            return Vec::new();
+        }
+        lock(self.directory_shard(user)).get(&user).map_or_else(Vec::new, |d| {
+            d.nodes
+                .iter()
+                .filter(|(_, h)| h.sessions)
+                .map(|(node, _)| *node)
+                .collect()
+        })
+    }
+
+    /// Sends `event` to every other process holding sessions of `user`.
+    fn send_elsewhere(&self, user: UserId, event: impl Fn() -> Remote) {
+        let Some(bus) = self.bus.get() else { return };
+        for node in self.nodes_with_sessions(user) {
+            bus.send(node, event());
+        }
+    }
+
+    /// What the bus brought from another process.
+    pub fn from_bus(&self, event: Remote) {
+        match event {
+            Remote::Message(message) => self.deliver_here(&message),
+            Remote::Ring { user, .. } => {
+                let shard = lock(self.shard(user));
+                for entry in shard.get(&user).into_iter().flatten() {
+                    // A lag makes the session read the store from what it
+                    // pushed last; a session that has pushed the seq reads
+                    // nothing new.
+                    entry.flags.lagged.store(true, Ordering::Release);
+                    let _ = entry.tx.try_send(SessionEvent::Wake);
+                }
+            }
+            Remote::Notice { user, notice } => self.notify_here(user, &|| match &notice {
+                Notice::Presence { name, online } => SessionEvent::Presence {
+                    name: Arc::clone(name),
+                    online: *online,
+                },
+                Notice::PresenceRequest { from } => SessionEvent::PresenceRequest { from: Arc::clone(from) },
+                Notice::PresenceApproved { name } => SessionEvent::PresenceApproved { name: Arc::clone(name) },
+            }),
+            Remote::Close { user, reason } => self.close_here(user, None, &reason),
+        }
+    }
+
+    /// Every user with a session here, with what this process holds of
+    /// them (for a process that joins the bus).
+    pub fn holdings(&self) -> Vec<(UserId, Arc<str>, Holding)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (user, list) in lock(shard).iter() {
+                if let Some(first) = list.first() {
+                    out.push((*user, Arc::clone(&first.name), holding(Some(list))));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets the seqs stored longer ago than [`RECENT`] (called now and
+    /// then by the bus).
+    pub fn sweep_recent(&self) {
+        for shard in self.directory.iter() {
+            let mut shard = lock(shard);
+            for entry in shard.values_mut() {
+                if entry.recent.is_some_and(|(_, at)| at.elapsed() >= RECENT) {
+                    entry.recent = None;
+                }
+            }
+            shard.retain(|_, d| !d.unused());
+        }
+    }
+
+    /// Every session here reads the store before its next push (the bus
+    /// lost its connection: what it carried meanwhile is lost).
+    pub fn lag_all(&self) {
+        for shard in self.shards.iter() {
+            for entry in lock(shard).values().flatten() {
+                entry.flags.lagged.store(true, Ordering::Release);
+                let _ = entry.tx.try_send(SessionEvent::Wake);
+            }
+        }
+    }
+
+    /// Users online in other processes, with their names (for the control
+    /// socket).
+    pub fn online_elsewhere(&self) -> Vec<(UserId, Arc<str>)> {
+        let mut users = Vec::new();
+        for shard in self.directory.iter() {
+            for (user, d) in lock(shard).iter() {
+                if d.shown_elsewhere()
+                    && let Some(name) = &d.name
+                {
+                    users.push((*user, Arc::clone(name)));
+                }
+            }
+        }
+        users
     }
 
     /// Sends a presence event about `user` to every subscribed session of
@@ -325,7 +563,23 @@ impl Hub {
     /// Offers an event to every subscribed session of `user` (a presence
     /// request, an approval, a presence change sent to one user). Never
     /// blocks: a full queue drops it and counts it as lag.
+    /// Reaches `user`'s sessions in other processes too.
     pub fn notify(&self, user: UserId, make: impl Fn() -> SessionEvent) {
+        self.notify_here(user, &make);
+        let notice = match make() {
+            SessionEvent::Presence { name, online } => Notice::Presence { name, online },
+            SessionEvent::PresenceRequest { from } => Notice::PresenceRequest { from },
+            SessionEvent::PresenceApproved { name } => Notice::PresenceApproved { name },
+            // Messages go by `deliver`; a wake means nothing elsewhere.
+            SessionEvent::Message(_) | SessionEvent::Wake => return,
+        };
+        self.send_elsewhere(user, || Remote::Notice {
+            user,
+            notice: notice.clone(),
+        });
+    }
+
+    fn notify_here(&self, user: UserId, make: &dyn Fn() -> SessionEvent) {
         let shard = lock(self.shard(user));
         let Some(list) = shard.get(&user) else { return };
         for entry in list.iter().filter(|e| e.flags.subscribed.load(Ordering::Acquire)) {
@@ -343,9 +597,16 @@ impl Hub {
         self.presence_events.load(Ordering::Relaxed)
     }
 
-    /// Whether the user has at least one session that is not quiet.
+    /// Whether the user has at least one session that is not quiet, here
+    /// or in another process.
     pub fn is_online(&self, user: UserId) -> bool {
-        lock(self.shard(user)).get(&user).is_some_and(|list| any_shown(list))
+        if lock(self.shard(user)).get(&user).is_some_and(|list| any_shown(list)) {
+            return true;
+        }
+        self.bus.get().is_some()
+            && lock(self.directory_shard(user))
+                .get(&user)
+                .is_some_and(Directory::shown_elsewhere)
     }
 
     pub fn online_sessions(&self) -> u64 {
@@ -356,9 +617,34 @@ impl Hub {
         self.lag_events.load(Ordering::Relaxed)
     }
 
-    /// Offers a stored message to every subscribed session of its recipient.
-    /// Never blocks.
+    /// Offers a stored message to every subscribed session of its
+    /// recipient, here and in other processes. Never blocks.
     pub fn deliver(&self, message: &Arc<StoredMessage>) {
+        self.deliver_here(message);
+        let Some(bus) = self.bus.get() else { return };
+        let user = message.recipient;
+        // Under the directory's lock, so that a process whose sessions are
+        // announced meanwhile either is sent the message here or is rung
+        // by `node_update`.
+        let nodes: Vec<NodeId> = {
+            let mut directory = lock(self.directory_shard(user));
+            let entry = directory.entry(user).or_default();
+            if entry.recent.is_none_or(|(seq, _)| seq < message.seq) {
+                entry.recent = Some((message.seq, Instant::now()));
+            }
+            entry
+                .nodes
+                .iter()
+                .filter(|(_, h)| h.sessions)
+                .map(|(node, _)| *node)
+                .collect()
+        };
+        for node in nodes {
+            bus.send(node, Remote::Message(Arc::clone(message)));
+        }
+    }
+
+    fn deliver_here(&self, message: &Arc<StoredMessage>) {
         let shard = lock(self.shard(message.recipient));
         let Some(list) = shard.get(&message.recipient) else {
             return;
@@ -409,8 +695,17 @@ impl Hub {
         excess
     }
 
-    /// Asks every session of `user` except `keep` to close.
+    /// Asks every session of `user` except `keep` (one of this process)
+    /// to close, here and in other processes.
     pub fn close_user(&self, user: UserId, keep: Option<SessionId>, reason: CloseReason) {
+        self.close_here(user, keep, &reason);
+        self.send_elsewhere(user, || Remote::Close {
+            user,
+            reason: reason.clone(),
+        });
+    }
+
+    fn close_here(&self, user: UserId, keep: Option<SessionId>, reason: &CloseReason) {
         let shard = lock(self.shard(user));
         let Some(list) = shard.get(&user) else { return };
         for entry in list.iter().filter(|e| Some(e.session) != keep) {

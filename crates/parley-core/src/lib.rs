@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod bus;
 pub mod error;
 pub mod histogram;
 pub mod hub;

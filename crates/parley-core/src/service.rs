@@ -153,8 +153,9 @@ pub struct Counters {
 pub struct Service {
     /// Accounts and mailboxes.
     store: Arc<dyn Store>,
-    /// Online sessions and live routing.
-    hub: Hub,
+    /// Online sessions and live routing (shared with the bus, when there
+    /// is one).
+    hub: Arc<Hub>,
     /// Limits and authentication settings.
     config: ServiceConfig,
     /// Source of session ids.
@@ -294,7 +295,7 @@ impl Service {
         );
         Arc::new(Service {
             store,
-            hub: Hub::default(),
+            hub: Arc::new(Hub::default()),
             config,
             next_session: AtomicU64::new(1),
             counters: Counters::default(),
@@ -306,6 +307,12 @@ impl Service {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// The hub, to attach a bus to it (which routes what other processes
+    /// send to it).
+    pub fn shared_hub(&self) -> Arc<Hub> {
+        Arc::clone(&self.hub)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

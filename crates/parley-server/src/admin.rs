@@ -72,20 +72,41 @@ impl Admin {
         Ok(Invite { code, expires_ms })
     }
 
-    /// Online users by name.
+    /// Online users by name: those with sessions here, and those online
+    /// in other processes of the service.
     fn sessions(&self) -> Vec<OnlineUser> {
-        let mut users: Vec<OnlineUser> = self
-            .service
-            .hub()
+        let hub = self.service.hub();
+        let elsewhere: std::collections::HashMap<UserId, Arc<str>> = hub.online_elsewhere().into_iter().collect();
+        let mut users: Vec<OnlineUser> = hub
             .online_users()
             .into_iter()
-            .map(|(_, name, sessions)| OnlineUser {
+            .map(|(id, name, sessions)| OnlineUser {
                 user: name.to_string(),
                 sessions,
+                elsewhere: elsewhere.contains_key(&id),
             })
             .collect();
+        let here: std::collections::HashSet<String> = users.iter().map(|u| u.user.clone()).collect();
+        users.extend(
+            elsewhere
+                .values()
+                .filter(|name| !here.contains(&***name))
+                .map(|name| OnlineUser {
+                    user: name.to_string(),
+                    sessions: 0,
+                    elsewhere: true,
+                }),
+        );
         users.sort_by_key(|u| u.user.to_lowercase());
         users
+    }
+
+    /// Every user online now, in any process of the service.
+    fn everyone_online(&self) -> Vec<(UserId, Arc<str>)> {
+        let hub = self.service.hub();
+        let mut users: std::collections::HashMap<UserId, Arc<str>> = hub.online_elsewhere().into_iter().collect();
+        users.extend(hub.online_users().into_iter().map(|(id, name, _)| (id, name)));
+        users.into_iter().collect()
     }
 
     /// Ends every session of `user` with KICKED. Clients do not reconnect
@@ -136,14 +157,14 @@ impl Admin {
                 text.len()
             ));
         }
-        let users = self.service.hub().online_users();
+        let users = self.everyone_online();
         let recipients = users.len();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let results: Vec<Result<(), String>> = futures::stream::iter(users.into_iter().enumerate())
-            .map(|(i, (_, name, _))| {
+            .map(|(i, (_, name))| {
                 let service = Arc::clone(&self.service);
                 let text = text.clone();
                 let id = format!("broadcast-{stamp}-{i}");

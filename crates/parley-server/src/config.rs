@@ -143,6 +143,15 @@ pub const DEFAULT_TRUSTED_PROXIES: &str = parley_http::DEFAULT_TRUSTED_PROXIES;
 /// Worker processes the master keeps running. Only 1 is accepted until
 /// workers can deliver to each other's sessions.
 pub const DEFAULT_WORKERS: usize = 1;
+/// No bus: one process is the whole service.
+pub const DEFAULT_BUS: &str = "off";
+/// The bus's subject prefix.
+pub const DEFAULT_BUS_PREFIX: &str = "parley";
+/// Seconds of silence after which a process on the bus is gone.
+pub const DEFAULT_BUS_NODE_TIMEOUT_SECS: u64 = 5;
+/// Frames waiting for the bus; past it they are dropped and every session
+/// reads the store.
+pub const DEFAULT_BUS_QUEUE: usize = 65_536;
 /// Seconds a worker may go without a heartbeat on its control channel
 /// before the master kills and replaces it; 0 turns the watch off. The
 /// worker sends one every half of it, as systemd asks of a service under
@@ -270,6 +279,9 @@ pub struct Settings {
     pub workers: usize,
     /// Silence after which the master replaces a worker; None: not watched.
     pub worker_heartbeat_timeout: Option<Duration>,
+    /// The bus to the other processes of the service; None: this process
+    /// is the whole service.
+    pub bus: Option<parley_bus::BusSettings>,
     /// The local control socket; None when it is off.
     pub ctl_socket: Option<PathBuf>,
     /// The certificate and key, loaded and checked; Some exactly when
@@ -464,6 +476,12 @@ settings! {
     workers: "PARLEY_WORKERS", "N";
     /// Seconds a worker may go without a heartbeat before the master kills and replaces it (a stopped or stuck worker); 0 to never [default: 10]
     worker_heartbeat_timeout_secs: "PARLEY_WORKER_HEARTBEAT_TIMEOUT_SECS", "SECS";
+    /// NATS server(s) joining this process to the others of the service (nats://host:port, comma-separated), or "off" [default: off]
+    bus: "PARLEY_BUS", "URL";
+    /// Subject prefix of this service on the bus, so that several services can share one NATS [default: parley]
+    bus_prefix: "PARLEY_BUS_PREFIX", "NAME";
+    /// Seconds after which a process silent on the bus is taken as gone and its users offline (it says it is alive five times in that time) [default: 5]
+    bus_node_timeout_secs: "PARLEY_BUS_NODE_TIMEOUT_SECS", "SECS";
     /// Control socket for `parleyd ctl` (mode 0600), or "off" [default: DATA_DIR/parleyd.ctl]
     ctl_socket: "PARLEY_CTL_SOCKET", "PATH";
     /// PEM file with the certificate chain, end-entity first (`parleyd gen-cert` makes one for development)
@@ -1131,6 +1149,41 @@ impl SettingArgs {
                  exists; set workers = 1"
             ));
         }
+        let bus_node_timeout_secs: u64 = num(
+            &mut errors,
+            "bus_node_timeout_secs",
+            &get("bus_node_timeout_secs", &DEFAULT_BUS_NODE_TIMEOUT_SECS.to_string()),
+            1..=3600,
+            DEFAULT_BUS_NODE_TIMEOUT_SECS,
+        );
+        let bus_prefix = get("bus_prefix", DEFAULT_BUS_PREFIX);
+        if bus_prefix.is_empty()
+            || !bus_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errors.push(format!(
+                "bus_prefix: {bus_prefix:?} must be letters, digits, '-' or '_' (it starts NATS subjects)"
+            ));
+        }
+        let bus = match get("bus", DEFAULT_BUS).trim() {
+            "" | "off" => None,
+            url => {
+                if !url
+                    .split(',')
+                    .all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://"))
+                {
+                    errors.push(format!("bus: {url:?} must be nats://host:port (several: comma-separated), or off"));
+                }
+                Some(parley_bus::BusSettings {
+                    url: url.to_owned(),
+                    prefix: bus_prefix.clone(),
+                    heartbeat: Duration::from_secs(bus_node_timeout_secs) / 5,
+                    node_timeout: Duration::from_secs(bus_node_timeout_secs),
+                    queue: DEFAULT_BUS_QUEUE,
+                })
+            }
+        };
         let worker_heartbeat_timeout_secs: u64 = num(
             &mut errors,
             "worker_heartbeat_timeout_secs",
@@ -1239,6 +1292,7 @@ impl SettingArgs {
             trusted_proxies,
             workers,
             worker_heartbeat_timeout: Some(Duration::from_secs(worker_heartbeat_timeout_secs)).filter(|t| !t.is_zero()),
+            bus,
             ctl_socket,
             tls,
             native_tls,

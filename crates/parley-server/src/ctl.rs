@@ -123,7 +123,11 @@ pub struct Status {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OnlineUser {
     pub user: String,
+    /// Sessions in the process that answered.
     pub sessions: usize,
+    /// Online in other processes of the service too (with a bus).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub elsewhere: bool,
 }
 
 /// The answer to `kick`.
@@ -218,7 +222,8 @@ pub fn render(request: &Request, result: &serde_json::Value) -> String {
                 let width = users.iter().map(|u| u.user.len()).max().unwrap_or(4).max(4);
                 let mut out = format!("{:width$}  SESSIONS\n", "USER");
                 for u in &users {
-                    out.push_str(&format!("{:width$}  {}\n", u.user, u.sessions));
+                    let elsewhere = if u.elsewhere { " (and on other processes)" } else { "" };
+                    out.push_str(&format!("{:width$}  {}{elsewhere}\n", u.user, u.sessions));
                 }
                 out.push_str(&format!(
                     "{}, {}\n",
@@ -351,18 +356,24 @@ mod tests {
             OnlineUser {
                 user: "alice".into(),
                 sessions: 2,
+                elsewhere: false,
             },
             OnlineUser {
                 user: "bob".into(),
                 sessions: 1,
+                elsewhere: true,
             },
         ];
-        let text = render(&Request::Sessions, &serde_json::to_value(users).unwrap());
-        assert!(text.contains("alice  2"), "{text}");
+        let text = render(&Request::Sessions, &serde_json::to_value(&users).unwrap());
+        assert!(text.contains("alice  2\n"), "{text}");
+        assert!(text.contains("bob    1 (and on other processes)\n"), "{text}");
         assert!(text.ends_with("2 users, 3 sessions\n"), "{text}");
+        let json = serde_json::to_value(&users).unwrap();
+        assert!(json[0].get("elsewhere").is_none(), "{json}");
         let one = vec![OnlineUser {
             user: "alice".into(),
             sessions: 1,
+            elsewhere: false,
         }];
         let text = render(&Request::Sessions, &serde_json::to_value(one).unwrap());
         assert!(text.ends_with("1 user, 1 session\n"), "{text}");

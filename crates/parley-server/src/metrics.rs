@@ -324,6 +324,31 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
         s.log_lines_suppressed,
     );
     e.counter(
+        "parley_bus_frames_sent_total",
+        "Frames this process published on the bus to other processes.",
+        s.bus_frames_sent,
+    );
+    e.counter(
+        "parley_bus_frames_received_total",
+        "Frames from other processes received on the bus.",
+        s.bus_frames_received,
+    );
+    e.counter(
+        "parley_bus_dropped_total",
+        "Bus frames dropped because the outgoing queue was full or NATS refused them (every process's sessions then read the store).",
+        s.bus_frames_dropped,
+    );
+    e.counter(
+        "parley_bus_malformed_total",
+        "Bus frames received that did not decode.",
+        s.bus_frames_malformed,
+    );
+    e.gauge(
+        "parley_bus_nodes",
+        "Other processes heard from on the bus lately.",
+        s.bus_nodes,
+    );
+    e.counter(
         "parley_worker_restarts_total",
         "Worker restarts by the supervising process before this worker started.",
         process.worker_restarts,

@@ -220,6 +220,8 @@ pub struct Server {
     counters: Arc<ServerCounters>,
     /// The HTTP front door, once `run_with_http` has started it.
     http: Arc<OnceLock<Arc<parley_http::HttpContext>>>,
+    /// The bus, once `run_with_http` has joined it (None: no bus).
+    bus: Arc<OnceLock<Option<Arc<parley_bus::NatsBus>>>>,
 }
 
 /// A snapshot of every counter, for metrics, status and the shutdown log.
@@ -266,6 +268,13 @@ pub struct Stats {
     pub log_lines_dropped: u64,
     /// Log lines suppressed as repeats (`log_limit`).
     pub log_lines_suppressed: u64,
+    /// Bus frames published, received, dropped and malformed, and other
+    /// processes heard from (all 0 without a bus).
+    pub bus_frames_sent: u64,
+    pub bus_frames_received: u64,
+    pub bus_frames_dropped: u64,
+    pub bus_frames_malformed: u64,
+    pub bus_nodes: u64,
 }
 
 impl Server {
@@ -332,6 +341,7 @@ impl Server {
             ctx,
             counters: Arc::new(ServerCounters::default()),
             http: Arc::new(OnceLock::new()),
+            bus: Arc::new(OnceLock::new()),
         }
     }
 
@@ -358,6 +368,7 @@ impl Server {
             ctx: Arc::clone(&self.ctx),
             counters: Arc::clone(&self.counters),
             http: Arc::clone(&self.http),
+            bus: Arc::clone(&self.bus),
         }
     }
 }
@@ -373,6 +384,8 @@ pub struct StatsHandle {
     counters: Arc<ServerCounters>,
     /// HTTP front-door counters, when it runs.
     http: Arc<OnceLock<Arc<parley_http::HttpContext>>>,
+    /// Bus counters, when there is a bus.
+    bus: Arc<OnceLock<Option<Arc<parley_bus::NatsBus>>>>,
 }
 
 impl StatsHandle {
@@ -382,6 +395,7 @@ impl StatsHandle {
         let n = &self.ctx.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let http = self.http.get();
+        let bus = self.bus.get().and_then(Option::as_ref).map(|b| b.counters());
         Stats {
             connections_accepted: get(&self.counters.connections_accepted),
             connections_refused_busy: get(&self.counters.connections_refused_busy),
@@ -419,6 +433,11 @@ impl StatsHandle {
             perf_lines_dropped: self.ctx.perf.get().map_or(0, |p| p.dropped()),
             log_lines_dropped: crate::logging::dropped_lines(),
             log_lines_suppressed: crate::log_limit::suppressed_lines(),
+            bus_frames_sent: bus.map_or(0, |b| get(&b.sent)),
+            bus_frames_received: bus.map_or(0, |b| get(&b.received)),
+            bus_frames_dropped: bus.map_or(0, |b| get(&b.dropped)),
+            bus_frames_malformed: bus.map_or(0, |b| get(&b.malformed)),
+            bus_nodes: bus.map_or(0, |b| get(&b.nodes)),
         }
     }
 
@@ -462,6 +481,7 @@ impl Server {
             ctx,
             counters,
             http: http_slot,
+            bus: bus_slot,
         } = &self;
         let permits = Arc::new(Semaphore::new(settings.max_connections));
         let per_ip = Arc::new(PerIp {
@@ -481,6 +501,17 @@ impl Server {
         {
             tracing::warn!(%addr, "/metrics is served on a non-loopback HTTP listener; set metrics = false or block it in a proxy if that address is public");
         }
+        // Joined before the first connection is taken, so that nothing a
+        // session of this process stores misses the others.
+        let bus = match &settings.bus {
+            Some(bus) => Some(
+                parley_bus::NatsBus::start(bus.clone(), service.shared_hub())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}; check the bus setting and that NATS runs"))?,
+            ),
+            None => None,
+        };
+        let _ = bus_slot.set(bus.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         // Fires when the grace period is over, for connections that are
         // not tasks of this loop (WebSockets, spawned by the HTTP server).
@@ -601,6 +632,11 @@ impl Server {
         tracing::info!(connections = tasks.len(), grace = ?settings.shutdown_grace, "shutting down");
         let _ = shutdown_tx.send(true);
         service.close_all_sessions();
+        if let Some(bus) = &bus {
+            // The others forget this process's sessions now rather than
+            // after the node timeout.
+            bus.leave().await;
+        }
         let (http_ctx, mut http_task) = match http {
             Some((c, t)) => (Some(c), Some(t)),
             None => (None, None),
@@ -665,12 +701,14 @@ impl Server {
                 Arc::clone(&self.counters),
             );
             let http = Arc::downgrade(&self.http);
+            let bus = Arc::clone(&self.bus);
             Arc::new(move || match http.upgrade() {
                 Some(http) => StatsHandle {
                     service: Arc::clone(&service),
                     ctx: Arc::clone(&ctx),
                     counters: Arc::clone(&counters),
                     http,
+                    bus: Arc::clone(&bus),
                 }
                 .metrics_text(),
                 None => String::new(),

@@ -1,0 +1,390 @@
+//! The bus's frames and their encoding: a version byte, a kind byte, the
+//! sending node, then the kind's fields — integers little-endian, strings
+//! as a `u32` length and UTF-8. Decoding never panics: a frame that does not
+//! parse is an error, dropped and counted by the caller.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parley_core::bus::{Holding, NodeId, Notice, Remote};
+use parley_core::hub::CloseReason;
+use parley_core::store::StoredMessage;
+use parley_core::{ErrorKind, MessageId, Seq, UserId};
+
+/// The encoding's version; a frame of another version is refused.
+pub const VERSION: u8 = 1;
+
+/// One frame on the bus, with the node that sent it.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub from: NodeId,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug)]
+pub enum Body {
+    /// "I am here": the receivers answer with what they hold.
+    Hello,
+    /// "I am still here" (every heartbeat interval).
+    Heartbeat,
+    /// "I am leaving": forget what I held.
+    Bye,
+    /// What the sender holds of these users (one when a holding changes,
+    /// many in answer to a hello).
+    Holdings(Vec<(UserId, Arc<str>, Holding)>),
+    /// Something for one user's sessions on the receiver.
+    Remote(Remote),
+    /// The sender dropped frames it should have sent: every session on the
+    /// receiver reads the store.
+    Lag,
+}
+
+/// Why a frame did not decode.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the frame ends early")]
+    Short,
+    #[error("unknown version {0}")]
+    Version(u8),
+    #[error("unknown kind {0}")]
+    Kind(u8),
+    #[error("a string is not UTF-8")]
+    Utf8,
+    #[error("unknown error kind {0:?}")]
+    ErrorKind(String),
+    #[error("{0} bytes after the frame")]
+    Trailing(usize),
+}
+
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const HEARTBEAT: u8 = 2;
+    pub const BYE: u8 = 3;
+    pub const HOLDINGS: u8 = 4;
+    pub const MESSAGE: u8 = 5;
+    pub const RING: u8 = 6;
+    pub const NOTICE: u8 = 7;
+    pub const CLOSE: u8 = 8;
+    pub const LAG: u8 = 9;
+}
+
+mod notice {
+    pub const PRESENCE: u8 = 1;
+    pub const REQUEST: u8 = 2;
+    pub const APPROVED: u8 = 3;
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32_le(u32::try_from(s.len()).unwrap_or(u32::MAX));
+    out.put_slice(&s.as_bytes()[..s.len().min(u32::MAX as usize)]);
+}
+
+fn holding_bits(h: Holding) -> u8 {
+    u8::from(h.sessions) | (u8::from(h.shown) << 1)
+}
+
+impl Frame {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64);
+        out.put_u8(VERSION);
+        let kind = match &self.body {
+            Body::Hello => kind::HELLO,
+            Body::Heartbeat => kind::HEARTBEAT,
+            Body::Bye => kind::BYE,
+            Body::Holdings(_) => kind::HOLDINGS,
+            Body::Remote(Remote::Message(_)) => kind::MESSAGE,
+            Body::Remote(Remote::Ring { .. }) => kind::RING,
+            Body::Remote(Remote::Notice { .. }) => kind::NOTICE,
+            Body::Remote(Remote::Close { .. }) => kind::CLOSE,
+            Body::Lag => kind::LAG,
+        };
+        out.put_u8(kind);
+        out.put_u64_le(self.from);
+        match &self.body {
+            Body::Hello | Body::Heartbeat | Body::Bye | Body::Lag => {}
+            Body::Holdings(entries) => {
+                out.put_u32_le(u32::try_from(entries.len()).unwrap_or(u32::MAX));
+                for (user, name, holding) in entries {
+                    out.put_u64_le(user.0);
+                    out.put_u8(holding_bits(*holding));
+                    put_str(&mut out, name);
+                }
+            }
+            Body::Remote(Remote::Message(m)) => {
+                out.put_u64_le(m.id.0);
+                out.put_u64_le(m.recipient.0);
+                out.put_u64_le(m.seq.0);
+                out.put_u64_le(m.sender.0);
+                out.put_u64_le(m.timestamp_ms);
+                out.put_u8(u8::from(m.acked));
+                put_str(&mut out, &m.sender_name);
+                put_str(&mut out, &m.client_msg_id);
+                put_str(&mut out, &m.body);
+            }
+            Body::Remote(Remote::Ring { user, seq }) => {
+                out.put_u64_le(user.0);
+                out.put_u64_le(seq.0);
+            }
+            Body::Remote(Remote::Notice { user, notice: n }) => {
+                out.put_u64_le(user.0);
+                match n {
+                    Notice::Presence { name, online } => {
+                        out.put_u8(notice::PRESENCE);
+                        out.put_u8(u8::from(*online));
+                        put_str(&mut out, name);
+                    }
+                    Notice::PresenceRequest { from } => {
+                        out.put_u8(notice::REQUEST);
+                        out.put_u8(0);
+                        put_str(&mut out, from);
+                    }
+                    Notice::PresenceApproved { name } => {
+                        out.put_u8(notice::APPROVED);
+                        out.put_u8(0);
+                        put_str(&mut out, name);
+                    }
+                }
+            }
+            Body::Remote(Remote::Close { user, reason }) => {
+                out.put_u64_le(user.0);
+                put_str(&mut out, reason.kind.as_str());
+                put_str(&mut out, &reason.message);
+            }
+        }
+        out.freeze()
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Result<Frame, DecodeError> {
+        let r = &mut bytes;
+        let version = u8_of(r)?;
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let kind = u8_of(r)?;
+        let from = u64_of(r)?;
+        let body = match kind {
+            kind::HELLO => Body::Hello,
+            kind::HEARTBEAT => Body::Heartbeat,
+            kind::BYE => Body::Bye,
+            kind::LAG => Body::Lag,
+            kind::HOLDINGS => {
+                let count = u32_of(r)?;
+                // Each entry takes at least 13 bytes: never reserve more
+                // than the frame could hold.
+                let mut entries = Vec::with_capacity((count as usize).min(r.remaining() / 13));
+                for _ in 0..count {
+                    let user = UserId(u64_of(r)?);
+                    let bits = u8_of(r)?;
+                    let name = str_of(r)?;
+                    let holding = Holding {
+                        sessions: bits & 1 != 0,
+                        shown: bits & 2 != 0,
+                    };
+                    entries.push((user, Arc::from(name), holding));
+                }
+                Body::Holdings(entries)
+            }
+            kind::MESSAGE => {
+                let id = MessageId(u64_of(r)?);
+                let recipient = UserId(u64_of(r)?);
+                let seq = Seq(u64_of(r)?);
+                let sender = UserId(u64_of(r)?);
+                let timestamp_ms = u64_of(r)?;
+                let acked = u8_of(r)? != 0;
+                let sender_name = str_of(r)?;
+                let client_msg_id = str_of(r)?;
+                let body = str_of(r)?;
+                Body::Remote(Remote::Message(Arc::new(StoredMessage {
+                    id,
+                    recipient,
+                    seq,
+                    sender,
+                    sender_name,
+                    client_msg_id,
+                    body,
+                    timestamp_ms,
+                    acked,
+                })))
+            }
+            kind::RING => {
+                let user = UserId(u64_of(r)?);
+                let seq = Seq(u64_of(r)?);
+                Body::Remote(Remote::Ring { user, seq })
+            }
+            kind::NOTICE => {
+                let user = UserId(u64_of(r)?);
+                let which = u8_of(r)?;
+                let online = u8_of(r)? != 0;
+                let name: Arc<str> = Arc::from(str_of(r)?);
+                let notice = match which {
+                    notice::PRESENCE => Notice::Presence { name, online },
+                    notice::REQUEST => Notice::PresenceRequest { from: name },
+                    notice::APPROVED => Notice::PresenceApproved { name },
+                    other => return Err(DecodeError::Kind(other)),
+                };
+                Body::Remote(Remote::Notice { user, notice })
+            }
+            kind::CLOSE => {
+                let user = UserId(u64_of(r)?);
+                let kind_name = str_of(r)?;
+                let kind = ErrorKind::from_name(&kind_name).ok_or(DecodeError::ErrorKind(kind_name))?;
+                let message = str_of(r)?;
+                Body::Remote(Remote::Close {
+                    user,
+                    reason: CloseReason { kind, message },
+                })
+            }
+            other => return Err(DecodeError::Kind(other)),
+        };
+        if r.has_remaining() {
+            return Err(DecodeError::Trailing(r.remaining()));
+        }
+        Ok(Frame { from, body })
+    }
+}
+
+fn u8_of(r: &mut &[u8]) -> Result<u8, DecodeError> {
+    r.try_get_u8().map_err(|_| DecodeError::Short)
+}
+
+fn u32_of(r: &mut &[u8]) -> Result<u32, DecodeError> {
+    r.try_get_u32_le().map_err(|_| DecodeError::Short)
+}
+
+fn u64_of(r: &mut &[u8]) -> Result<u64, DecodeError> {
+    r.try_get_u64_le().map_err(|_| DecodeError::Short)
+}
+
+fn str_of(r: &mut &[u8]) -> Result<String, DecodeError> {
+    let len = u32_of(r)? as usize;
+    if r.remaining() < len {
+        return Err(DecodeError::Short);
+    }
+    let text = std::str::from_utf8(&r[..len])
+        .map_err(|_| DecodeError::Utf8)?
+        .to_owned();
+    r.advance(len);
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(body: Body) -> Frame {
+        let frame = Frame { from: 42, body };
+        let decoded = Frame::decode(&frame.encode()).expect("decodes");
+        assert_eq!(decoded.from, 42);
+        decoded
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for body in [Body::Hello, Body::Heartbeat, Body::Bye, Body::Lag] {
+            let kind = std::mem::discriminant(&body);
+            assert_eq!(std::mem::discriminant(&round_trip(body).body), kind);
+        }
+        let entries = vec![
+            (
+                UserId(7),
+                Arc::from("ann"),
+                Holding {
+                    sessions: true,
+                    shown: false,
+                },
+            ),
+            (
+                UserId(8),
+                Arc::from("bö"),
+                Holding {
+                    sessions: true,
+                    shown: true,
+                },
+            ),
+        ];
+        match round_trip(Body::Holdings(entries.clone())).body {
+            Body::Holdings(got) => assert_eq!(got, entries),
+            other => panic!("{other:?}"),
+        }
+        let message = StoredMessage {
+            id: MessageId(9),
+            recipient: UserId(8),
+            seq: Seq(3),
+            sender: UserId(7),
+            sender_name: "ann".into(),
+            client_msg_id: "c-1".into(),
+            body: "hello\nthere ✓".into(),
+            timestamp_ms: 1_700_000_000_000,
+            acked: false,
+        };
+        match round_trip(Body::Remote(Remote::Message(Arc::new(message.clone())))).body {
+            Body::Remote(Remote::Message(got)) => assert_eq!(*got, message),
+            other => panic!("{other:?}"),
+        }
+        match round_trip(Body::Remote(Remote::Ring {
+            user: UserId(8),
+            seq: Seq(12),
+        }))
+        .body
+        {
+            Body::Remote(Remote::Ring { user, seq }) => assert_eq!((user, seq), (UserId(8), Seq(12))),
+            other => panic!("{other:?}"),
+        }
+        for notice in [
+            Notice::Presence {
+                name: Arc::from("ann"),
+                online: true,
+            },
+            Notice::PresenceRequest { from: Arc::from("bo") },
+            Notice::PresenceApproved { name: Arc::from("cy") },
+        ] {
+            match round_trip(Body::Remote(Remote::Notice {
+                user: UserId(1),
+                notice: notice.clone(),
+            }))
+            .body
+            {
+                Body::Remote(Remote::Notice { user, notice: got }) => assert_eq!((user, got), (UserId(1), notice)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let reason = CloseReason {
+            kind: ErrorKind::Kicked,
+            message: "kicked by the administrator".into(),
+        };
+        match round_trip(Body::Remote(Remote::Close {
+            user: UserId(1),
+            reason: reason.clone(),
+        }))
+        .body
+        {
+            Body::Remote(Remote::Close { user, reason: got }) => assert_eq!((user, got), (UserId(1), reason)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_errors_never_panics() {
+        let good = Frame {
+            from: 1,
+            body: Body::Holdings(vec![(UserId(1), Arc::from("ann"), Holding::NONE)]),
+        }
+        .encode();
+        // Every truncation, and a byte too many.
+        for len in 0..good.len() {
+            assert!(Frame::decode(&good[..len]).is_err(), "{len}");
+        }
+        let mut longer = good.to_vec();
+        longer.push(0);
+        assert_eq!(Frame::decode(&longer).unwrap_err(), DecodeError::Trailing(1));
+        assert_eq!(Frame::decode(&[2, 1]).unwrap_err(), DecodeError::Version(2));
+        let mut unknown = vec![VERSION, 200];
+        unknown.extend_from_slice(&[0; 8]);
+        assert_eq!(Frame::decode(&unknown).unwrap_err(), DecodeError::Kind(200));
+        // A count far beyond the frame reserves nothing big.
+        let mut huge = vec![VERSION, 4];
+        huge.extend_from_slice(&[0; 8]);
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Frame::decode(&huge).unwrap_err(), DecodeError::Short);
+    }
+}
