@@ -372,6 +372,9 @@ async fn tick(bus: Arc<NatsBus>, hub: Arc<Hub>, peers: Arc<Peers>, settings: Bus
 
 /// Reacts to the connection's ups and downs.
 async fn watch_connection(bus: Arc<NatsBus>, hub: Arc<Hub>, mut events: mpsc::UnboundedReceiver<async_nats::Event>) {
+    // Whether the first connection was made (its event comes like any
+    // other): only later ones follow an outage.
+    let mut connected_before = false;
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
@@ -379,9 +382,13 @@ async fn watch_connection(bus: Arc<NatsBus>, hub: Arc<Hub>, mut events: mpsc::Un
         };
         let Some(event) = event else { return };
         match event {
+            async_nats::Event::Connected if !connected_before => {
+                connected_before = true;
+                tracing::info!("connected to the bus");
+            }
             async_nats::Event::Connected => {
                 bus.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("connected to the bus");
+                tracing::info!("connected to the bus again");
                 // Whatever was sent while the connection was down is lost:
                 // every session here reads the store, and the others learn
                 // again what this process holds.

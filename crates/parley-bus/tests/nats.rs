@@ -214,3 +214,97 @@ async fn a_process_that_leaves_says_so() {
     wait_for("B forgets A", || !b.is_online(UserId(1))).await;
     assert!(left.elapsed() < Duration::from_millis(500), "{:?}", left.elapsed());
 }
+
+/// A NATS server of the test's own, on a free port, stopped by its pid.
+struct OwnNats {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnNats {
+    fn start(port: u16) -> OwnNats {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server runs");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnNats { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_bus_outage_sessions_read_the_store_and_delivery_comes_back() {
+    if !nats_or_skip() {
+        return;
+    }
+    let mut nats = OwnNats::start(free_port());
+    let prefix = prefix();
+    let own = |prefix: &str| BusSettings {
+        url: format!("nats://127.0.0.1:{}", nats.port),
+        // Longer than the outage: the processes do not give each other up.
+        node_timeout: Duration::from_secs(30),
+        ..settings(prefix)
+    };
+    let a = Arc::new(Hub::default());
+    let b = Arc::new(Hub::default());
+    let bus_a = NatsBus::start(own(&prefix), Arc::clone(&a)).await.unwrap();
+    let _bus_b = NatsBus::start(own(&prefix), Arc::clone(&b)).await.unwrap();
+    let mut bob = open(&b, 2, "bob", 1, false);
+    wait_for("A learns that B holds bob", || a.is_online(UserId(2))).await;
+    a.deliver(&message(2, 1, "before"));
+    assert!(matches!(bob.next().await, SessionEvent::Message(m) if m.seq == Seq(1)));
+
+    // NATS goes away; what A stores meanwhile is not rung anywhere.
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.deliver(&message(2, 2, "during"));
+    let port = nats.port;
+    let mut nats = OwnNats::start(port);
+    // Back: bob's session is made to read the store (which has seq 2).
+    wait_for("bob's session is told to read the store", || {
+        bob.flags.lagged.load(Ordering::Acquire)
+    })
+    .await;
+    // And live delivery works again by itself.
+    wait_for("A reconnected", || {
+        bus_a.counters().reconnects.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    let mut seq = 3;
+    loop {
+        a.deliver(&message(2, seq, "after"));
+        match tokio::time::timeout(Duration::from_millis(200), bob.events.recv()).await {
+            Ok(Some(SessionEvent::Message(m))) if m.seq.0 >= 3 => break,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "live delivery did not come back");
+        seq += 1;
+    }
+    nats.stop();
+}

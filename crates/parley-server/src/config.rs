@@ -1173,7 +1173,9 @@ impl SettingArgs {
                     .split(',')
                     .all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://"))
                 {
-                    errors.push(format!("bus: {url:?} must be nats://host:port (several: comma-separated), or off"));
+                    errors.push(format!(
+                        "bus: {url:?} must be nats://host:port (several: comma-separated), or off"
+                    ));
                 }
                 Some(parley_bus::BusSettings {
                     url: url.to_owned(),
