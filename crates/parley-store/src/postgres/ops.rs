@@ -713,66 +713,59 @@ pub(super) async fn fetch(
 
 /// Acks up to a seq by moving the mailbox's watermark, counting the unread
 /// messages it passes (no row is rewritten), and single seqs above it by
-/// their `acked` column.
+/// their `acked` column: two statements sent together, one round trip. The
+/// first locks the account row; the second, which PostgreSQL starts only
+/// after the first finished, so that it sees every message committed before
+/// the lock was granted, does the rest.
 pub(super) async fn ack(db: &Db, user: UserId, range: &AckRange) -> OpResult<(u64, MailboxState)> {
-    let Some(mut mailbox) = mailbox_row(db, user, true).await? else {
+    let Some(id) = exact_sql(user.0) else {
         return Err(StoreError::NoSuchUser.into());
     };
-    let recipient = signed(user.0);
-    // Never past the last seq: messages stored later are not acked.
-    let up_to = range.up_to.0.min(mailbox.last_seq);
-    let watermark = mailbox.acked_through;
-    let new_watermark = up_to.max(watermark);
-    // Seqs at or below the new watermark are acked by it; seqs PostgreSQL
-    // cannot hold cannot exist.
-    let singles: Vec<i64> = range
-        .seqs
-        .iter()
-        .filter(|seq| seq.0 > new_watermark)
-        .filter_map(|seq| exact_sql(seq.0))
-        .collect();
-    // Independent: the count covers (watermark, up_to], the singles lie
-    // above it. Pipelined.
-    let passed = async {
-        if up_to <= watermark {
-            return Ok(0);
-        }
-        let row = query_one(
+    // Seqs PostgreSQL cannot hold cannot exist.
+    let singles: Vec<i64> = range.seqs.iter().filter_map(|seq| exact_sql(seq.0)).collect();
+    let up_to = saturating_sql(range.up_to.0);
+    let lock: Params = &[&id];
+    let acked: Params = &[&id, &up_to, &singles];
+    let (_, rows) = tokio::try_join!(
+        query(db, "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", lock),
+        query(
             db,
-            "SELECT count(*) FROM messages WHERE recipient = $1 AND seq > $2 AND seq <= $3 AND NOT acked",
-            &[&recipient, &signed(watermark), &signed(up_to)],
-        )
-        .await?;
-        row.try_get::<_, i64>(0).map(unsigned)
+            // Never past the last seq: messages stored later are not acked.
+            // Seqs at or below the new watermark are acked by it. The count
+            // covers (old, new watermark], the singles lie above it: the
+            // two never meet.
+            "WITH mailbox AS (
+                 SELECT id, last_seq, unread, acked_through AS old_mark,
+                        greatest(acked_through, least($2::bigint, last_seq)) AS new_mark
+                 FROM accounts WHERE id = $1
+             ), passed AS (
+                 SELECT count(*) AS n FROM messages m JOIN mailbox b ON m.recipient = b.id
+                 WHERE m.seq > b.old_mark AND m.seq <= b.new_mark AND NOT m.acked
+             ), marked AS (
+                 UPDATE messages m SET acked = true FROM mailbox b
+                 WHERE m.recipient = b.id AND m.seq = ANY($3::bigint[]) AND m.seq > b.new_mark AND NOT m.acked
+                 RETURNING 1
+             ), newly AS (
+                 SELECT (SELECT n FROM passed) + (SELECT count(*) FROM marked) AS n
+             ), saved AS (
+                 UPDATE accounts a SET acked_through = b.new_mark, unread = greatest(b.unread - newly.n, 0)
+                 FROM mailbox b, newly
+                 WHERE a.id = b.id AND (b.new_mark <> b.old_mark OR newly.n > 0)
+                 RETURNING 1
+             )
+             SELECT b.last_seq, newly.n, greatest(b.unread - newly.n, 0), (SELECT count(*) FROM saved)
+             FROM mailbox b, newly",
+            acked,
+        ),
+    )?;
+    let Some(row) = rows.first() else {
+        return Err(StoreError::NoSuchUser.into());
     };
-    let marked = async {
-        if singles.is_empty() {
-            return Ok(0);
-        }
-        execute(
-            db,
-            "UPDATE messages SET acked = true WHERE recipient = $1 AND seq = ANY($2) AND NOT acked",
-            &[&recipient, &singles],
-        )
-        .await
-    };
-    let (passed, marked) = tokio::try_join!(passed, marked)?;
-    let newly = passed.saturating_add(marked);
-    mailbox.acked_through = new_watermark;
-    if mailbox.acked_through != watermark || newly > 0 {
-        mailbox.unread = mailbox.unread.saturating_sub(newly);
-        execute(
-            db,
-            "UPDATE accounts SET acked_through = $2, unread = $3 WHERE id = $1",
-            &[&recipient, &signed(mailbox.acked_through), &signed(mailbox.unread)],
-        )
-        .await?;
-    }
     Ok((
-        newly,
+        unsigned(row.try_get(1)?),
         MailboxState {
-            last_seq: Seq(mailbox.last_seq),
-            unread: mailbox.unread,
+            last_seq: Seq(unsigned(row.try_get(0)?)),
+            unread: unsigned(row.try_get(2)?),
         },
     ))
 }
