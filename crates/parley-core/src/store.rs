@@ -1,5 +1,5 @@
 //! The storage boundary. The core reaches accounts and mailboxes only through
-//! [`Store`]; `parley-store` implements it (memory, SQLite).
+//! [`Store`]; `parley-store` implements it (memory, SQLite, PostgreSQL).
 //!
 //! **Ordering contract.** A store operation is *submitted* when the trait
 //! method is called, not when its [`StoreReply`] is first polled. Two calls

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use parley_core::Mechanism;
+use parley_store::postgres::PgUrl;
 use parley_store::sqlite::Synchronous;
 
 /// Native protocol listener address.
@@ -57,8 +58,16 @@ pub const DEFAULT_SCRAM_MECHANISMS: &str = "SCRAM-SHA-256,SCRAM-SHA-512";
 pub const DEFAULT_SQLITE_SYNCHRONOUS: &str = "full";
 /// Storage operations that may wait for the writer; past this, BUSY.
 pub const DEFAULT_WRITE_QUEUE: usize = parley_store::sqlite::DEFAULT_WRITE_QUEUE;
-/// Most operations committed in one SQLite transaction.
+/// Most operations committed in one transaction (SQLite and PostgreSQL).
 pub const DEFAULT_MAX_BATCH: usize = parley_store::sqlite::DEFAULT_MAX_BATCH;
+/// PostgreSQL connection string; empty: none (needed by `store = postgres`).
+pub const DEFAULT_POSTGRES_URL: &str = "";
+/// Most connections the PostgreSQL store opens at once.
+pub const DEFAULT_POSTGRES_POOL_SIZE: usize = parley_store::postgres::DEFAULT_POOL_SIZE;
+/// Seconds to open a PostgreSQL connection before the database counts as unreachable.
+pub const DEFAULT_POSTGRES_CONNECT_TIMEOUT_SECS: u64 = parley_store::postgres::DEFAULT_CONNECT_TIMEOUT.as_secs();
+/// Seconds one batch may take in PostgreSQL before its operations get STORAGE_UNAVAILABLE.
+pub const DEFAULT_POSTGRES_BATCH_TIMEOUT_SECS: u64 = parley_store::postgres::DEFAULT_BATCH_TIMEOUT.as_secs();
 /// Events queued per session before pushes spill to storage.
 pub const DEFAULT_SESSION_QUEUE: usize = parley_core::limits::DEFAULT_SESSION_QUEUE;
 /// Requests one connection may have in flight at once.
@@ -178,6 +187,8 @@ pub const DEFAULT_HTTP_TLS: bool = false;
 pub enum StoreKind {
     Memory,
     Sqlite,
+    /// A PostgreSQL database (`postgres_url`), which several parleyd may share.
+    Postgres,
 }
 
 impl StoreKind {
@@ -186,6 +197,7 @@ impl StoreKind {
         match self {
             StoreKind::Memory => "memory",
             StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
         }
     }
 }
@@ -233,6 +245,11 @@ pub struct Settings {
     pub sqlite_max_db_mb: u64,
     pub write_queue: usize,
     pub max_batch: usize,
+    /// The PostgreSQL database; Some exactly when `store` is postgres.
+    pub postgres_url: Option<PgUrl>,
+    pub postgres_pool_size: usize,
+    pub postgres_connect_timeout: Duration,
+    pub postgres_batch_timeout: Duration,
     pub session_queue: usize,
     pub pipeline_window: usize,
     pub outbound_buffer_bytes: usize,
@@ -354,7 +371,7 @@ settings! {
     listen: "PARLEY_LISTEN", "ADDR";
     /// Data directory [default: ./parley-data]
     data_dir: "PARLEY_DATA_DIR", "DIR";
-    /// Storage backend: sqlite or memory (nothing survives a restart) [default: sqlite]
+    /// Storage backend: sqlite, postgres (needs postgres_url; several parleyd may share it) or memory (nothing survives a restart) [default: sqlite]
     store: "PARLEY_STORE", "KIND";
     /// Log filter, e.g. info, debug, parley_server=trace [default: info]
     log_level: "PARLEY_LOG_LEVEL", "FILTER";
@@ -398,6 +415,14 @@ settings! {
     write_queue: "PARLEY_WRITE_QUEUE", "N";
     /// Most operations committed in one transaction (group commit) [default: 512]
     max_batch: "PARLEY_MAX_BATCH", "N";
+    /// PostgreSQL connection string for store = postgres, e.g. postgres://parley@127.0.0.1:5432/parley; no TLS, so loopback or a unix socket (host=/run/postgresql) [default: unset]
+    postgres_url: "PARLEY_POSTGRES_URL", "URL";
+    /// Most connections the PostgreSQL store opens at once [default: 4]
+    postgres_pool_size: "PARLEY_POSTGRES_POOL_SIZE", "N";
+    /// Seconds to open a PostgreSQL connection before the database counts as unreachable and requests get STORAGE_UNAVAILABLE [default: 5]
+    postgres_connect_timeout_secs: "PARLEY_POSTGRES_CONNECT_TIMEOUT_SECS", "SECS";
+    /// Seconds one batch may take in PostgreSQL before its requests get STORAGE_UNAVAILABLE and its connection is dropped [default: 30]
+    postgres_batch_timeout_secs: "PARLEY_POSTGRES_BATCH_TIMEOUT_SECS", "SECS";
     /// Events queued per session before live pushes spill to storage [default: 1024]
     session_queue: "PARLEY_SESSION_QUEUE", "N";
     /// Requests one connection may have in flight [default: 256]
@@ -687,9 +712,10 @@ impl SettingArgs {
         let store_raw = get("store", DEFAULT_STORE);
         let store = match store_raw.as_str() {
             "sqlite" => StoreKind::Sqlite,
+            "postgres" => StoreKind::Postgres,
             "memory" => StoreKind::Memory,
             other => {
-                errors.push(format!("store: {other:?} is not one of sqlite, memory"));
+                errors.push(format!("store: {other:?} is not one of sqlite, postgres, memory"));
                 StoreKind::Memory
             }
         };
@@ -841,6 +867,54 @@ impl SettingArgs {
             &get("max_batch", &DEFAULT_MAX_BATCH.to_string()),
             1..=100_000,
             1,
+        );
+        let postgres_url = match get("postgres_url", DEFAULT_POSTGRES_URL).trim() {
+            "" => None,
+            raw => match PgUrl::parse(raw) {
+                Ok(url) => Some(url),
+                // The value is not repeated: it may hold a password.
+                Err(e) => {
+                    errors.push(format!("postgres_url: {e}"));
+                    None
+                }
+            },
+        };
+        match (store, &postgres_url) {
+            (StoreKind::Postgres, None) if errors.iter().all(|e| !e.starts_with("postgres_url")) => {
+                errors.push("store is postgres but postgres_url is not set".into())
+            }
+            (StoreKind::Sqlite | StoreKind::Memory, Some(_)) => errors.push(format!(
+                "postgres_url is set but store is {}: set store = postgres, or unset postgres_url",
+                store.name()
+            )),
+            _ => {}
+        }
+        let postgres_pool_size: usize = num(
+            &mut errors,
+            "postgres_pool_size",
+            &get("postgres_pool_size", &DEFAULT_POSTGRES_POOL_SIZE.to_string()),
+            1..=1000,
+            DEFAULT_POSTGRES_POOL_SIZE,
+        );
+        let postgres_connect_timeout_secs: u64 = num(
+            &mut errors,
+            "postgres_connect_timeout_secs",
+            &get(
+                "postgres_connect_timeout_secs",
+                &DEFAULT_POSTGRES_CONNECT_TIMEOUT_SECS.to_string(),
+            ),
+            1..=3600,
+            DEFAULT_POSTGRES_CONNECT_TIMEOUT_SECS,
+        );
+        let postgres_batch_timeout_secs: u64 = num(
+            &mut errors,
+            "postgres_batch_timeout_secs",
+            &get(
+                "postgres_batch_timeout_secs",
+                &DEFAULT_POSTGRES_BATCH_TIMEOUT_SECS.to_string(),
+            ),
+            1..=3600,
+            DEFAULT_POSTGRES_BATCH_TIMEOUT_SECS,
         );
         let session_queue = num(
             &mut errors,
@@ -1255,6 +1329,10 @@ impl SettingArgs {
             sqlite_max_db_mb,
             write_queue,
             max_batch,
+            postgres_url,
+            postgres_pool_size,
+            postgres_connect_timeout: Duration::from_secs(postgres_connect_timeout_secs),
+            postgres_batch_timeout: Duration::from_secs(postgres_batch_timeout_secs),
             session_queue,
             pipeline_window,
             outbound_buffer_bytes,
@@ -1517,6 +1595,64 @@ mod tests {
         };
         let errors = args.resolve().unwrap_err().0;
         assert!(errors.len() >= 4, "{errors:?}");
+    }
+
+    #[test]
+    fn postgres_needs_a_url_and_a_url_needs_postgres() {
+        let url = "postgres://parley:secret-pw@127.0.0.1:5432/parley";
+        let s = SettingArgs {
+            store: Some("postgres".into()),
+            postgres_url: Some(url.into()),
+            postgres_pool_size: Some("3".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.store, StoreKind::Postgres);
+        assert_eq!(s.postgres_pool_size, 3);
+        assert_eq!(s.postgres_connect_timeout, Duration::from_secs(5));
+        let parsed = s.postgres_url.as_ref().expect("the URL");
+        assert_eq!(parsed.redacted(), "postgres://parley@127.0.0.1:5432/parley");
+        assert!(parsed.is_local());
+        assert!(
+            !format!("{s:?}").contains("secret-pw"),
+            "the password stays out of Debug"
+        );
+
+        let errors_of = |args: SettingArgs| args.resolve().unwrap_err().0;
+        assert_eq!(
+            errors_of(SettingArgs {
+                store: Some("postgres".into()),
+                ..Default::default()
+            }),
+            ["store is postgres but postgres_url is not set (from --store or PARLEY_STORE)"]
+        );
+        let errors = errors_of(SettingArgs {
+            postgres_url: Some(url.into()),
+            ..Default::default()
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("postgres_url is set but store is sqlite"),
+            "{errors:?}"
+        );
+        let errors = errors_of(SettingArgs {
+            store: Some("postgres".into()),
+            postgres_url: Some("postgres://parley:secret-pw@db.example:5432/parley?sslmode=require".into()),
+            postgres_pool_size: Some("0".into()),
+            ..Default::default()
+        });
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("TLS"), "{errors:?}");
+        assert!(errors.iter().all(|e| !e.contains("secret-pw")), "{errors:?}");
+        let remote = SettingArgs {
+            store: Some("postgres".into()),
+            postgres_url: Some("host=db.example user=parley dbname=parley".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(!remote.postgres_url.unwrap().is_local());
     }
 
     #[test]

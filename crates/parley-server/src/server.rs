@@ -16,6 +16,7 @@ use parley_core::throttle::ThrottleSettings;
 use parley_core::{Limits, Service, Store};
 use parley_proto::{ErrorCode, encode_frame};
 use parley_store::memory::MemoryStore;
+use parley_store::postgres::{PgOptions, PgStore};
 use parley_store::sqlite::{SqliteOptions, SqliteStore};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -54,11 +55,37 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, [u8; 3
             let store = SqliteStore::open(&path, options).with_context(|| format!("opening {}", path.display()))?;
             Ok((Arc::new(store), secret))
         }
+        StoreKind::Postgres => {
+            let url = settings
+                .postgres_url
+                .clone()
+                .context("store is postgres but postgres_url is not set")?;
+            if !url.is_local() {
+                tracing::warn!(
+                    postgres = %url.redacted(),
+                    "the PostgreSQL connection is not encrypted and its host is not this machine: \
+                     logins' stored keys and every message cross the network in the clear"
+                );
+            }
+            let options = PgOptions {
+                pool_size: settings.postgres_pool_size,
+                connect_timeout: settings.postgres_connect_timeout,
+                batch_timeout: settings.postgres_batch_timeout,
+                queue_capacity: settings.write_queue,
+                max_batch: settings.max_batch,
+                ..PgOptions::new(url)
+            };
+            let store = PgStore::open(options)?;
+            // Every process sharing the database shares its secret, so a
+            // login for an unknown name gets the same decoy from each.
+            let secret = store.server_secret();
+            Ok((Arc::new(store), secret))
+        }
     }
 }
 
-/// The store as the start-up line names it: `memory`, or `sqlite` and its
-/// database file.
+/// The store as the start-up line names it: `memory`, `sqlite` and its
+/// database file, or `postgres` and its connection string without password.
 pub fn describe_store(settings: &Settings) -> String {
     match settings.store {
         StoreKind::Memory => StoreKind::Memory.name().to_owned(),
@@ -67,6 +94,10 @@ pub fn describe_store(settings: &Settings) -> String {
             StoreKind::Sqlite.name(),
             settings.data_dir.join(DATABASE_FILE).display()
         ),
+        StoreKind::Postgres => match &settings.postgres_url {
+            Some(url) => format!("{} {}", StoreKind::Postgres.name(), url.redacted()),
+            None => StoreKind::Postgres.name().to_owned(),
+        },
     }
 }
 

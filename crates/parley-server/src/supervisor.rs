@@ -11,7 +11,8 @@
 //! nothing a client was told "ok" is lost because "ok" means stored. Both
 //! workers may write the SQLite database meanwhile; SQLite serialises the
 //! writers (`BEGIN IMMEDIATE` with a busy timeout) and mailbox seqs are
-//! read inside each transaction.
+//! read inside each transaction. On PostgreSQL the account rows' locks do
+//! the same (`parley_store::postgres`).
 //!
 //! A worker that dies after serving for a while is restarted at once; only
 //! one that dies soon after it started waits, with a pause that doubles

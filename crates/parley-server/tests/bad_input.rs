@@ -82,7 +82,7 @@ async fn transport_garbage_closes_only_that_connection(store: Store) {
 
     assert_still_serving(&server, &bystander).await;
 }
-both_stores!(
+every_store!(
     transport_garbage_closes_only_that_connection,
     transport_garbage_closes_only_that_connection
 );
@@ -217,7 +217,7 @@ async fn request_errors_keep_the_connection(store: Store) {
     alice.send("bystander", "fine").await.unwrap();
     assert_still_serving(&server, &bystander).await;
 }
-both_stores!(request_errors_keep_the_connection, request_errors_keep_the_connection);
+every_store!(request_errors_keep_the_connection, request_errors_keep_the_connection);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_get_busy() {

@@ -58,7 +58,7 @@ async fn everyone_to_everyone(store: Store) {
         }
     }
 }
-both_stores!(everyone_to_everyone, everyone_to_everyone);
+every_store!(everyone_to_everyone, everyone_to_everyone);
 
 /// Takes `n` pushes, acking each batch; checks seqs are gap-free and no
 /// message id repeats; returns the numbers received from each sender.

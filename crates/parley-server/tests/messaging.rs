@@ -1,4 +1,4 @@
-//! User stories end to end: the real parleyd on port 0, real sockets, both stores.
+//! User stories end to end: the real parleyd on port 0, real sockets, every store.
 
 mod common;
 
@@ -36,7 +36,7 @@ async fn offline_message_waits_for_login(store: Store) {
     assert_eq!(bodies(&after.messages), ["hello 2", "hello 3"]);
     assert!(after.messages[0].acked && !after.messages[1].acked);
 }
-both_stores!(offline_message_waits_for_login, offline_message_waits_for_login);
+every_store!(offline_message_waits_for_login, offline_message_waits_for_login);
 
 async fn live_push_reaches_every_session(store: Store) {
     let server = TestServer::start(store);
@@ -57,7 +57,7 @@ async fn live_push_reaches_every_session(store: Store) {
     let bob3 = server.client().await;
     assert_eq!(bob3.login("bob", "pw-bob").await.unwrap().unread, 0);
 }
-both_stores!(live_push_reaches_every_session, live_push_reaches_every_session);
+every_store!(live_push_reaches_every_session, live_push_reaches_every_session);
 
 async fn unacked_messages_are_pushed_again_on_next_login(store: Store) {
     let server = TestServer::start(store);
@@ -79,7 +79,7 @@ async fn unacked_messages_are_pushed_again_on_next_login(store: Store) {
     bob2.subscribe(again[0].seq).await.unwrap();
     assert_no_push(&bob2).await;
 }
-both_stores!(
+every_store!(
     unacked_messages_are_pushed_again_on_next_login,
     unacked_messages_are_pushed_again_on_next_login
 );
@@ -105,7 +105,7 @@ async fn resend_is_idempotent(store: Store) {
     assert!(alice.send_with_id("bob", "m-1", "once").await.unwrap().duplicate);
     assert!(bob.fetch(0, 10, true).await.unwrap().messages.is_empty());
 }
-both_stores!(resend_is_idempotent, resend_is_idempotent);
+every_store!(resend_is_idempotent, resend_is_idempotent);
 
 async fn order_per_sender_holds_under_pipelining(store: Store) {
     let server = TestServer::start(store);
@@ -126,7 +126,7 @@ async fn order_per_sender_holds_under_pipelining(store: Store) {
     assert_eq!(numbers, (0..200).collect::<Vec<_>>(), "pushed in the order sent");
     assert!(got.windows(2).all(|w| w[1].seq == w[0].seq + 1), "no gaps");
 }
-both_stores!(
+every_store!(
     order_per_sender_holds_under_pipelining,
     order_per_sender_holds_under_pipelining
 );
@@ -193,7 +193,7 @@ async fn delete_messages_only_from_own_mailbox(store: Store) {
     assert!(bob.fetch(0, 10, true).await.unwrap().messages.is_empty());
     assert_eq!(alice.send("bob", "c").await.unwrap().seq, b.seq + 1);
 }
-both_stores!(
+every_store!(
     delete_messages_only_from_own_mailbox,
     delete_messages_only_from_own_mailbox
 );
@@ -241,7 +241,7 @@ async fn list_accounts_by_wildcard_and_page(store: Store) {
     let err = alice.list_accounts("a[b]", "", 0).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InvalidPattern));
 }
-both_stores!(list_accounts_by_wildcard_and_page, list_accounts_by_wildcard_and_page);
+every_store!(list_accounts_by_wildcard_and_page, list_accounts_by_wildcard_and_page);
 
 async fn account_deletion_semantics(store: Store) {
     let server = TestServer::start(store);
@@ -276,7 +276,7 @@ async fn account_deletion_semantics(store: Store) {
     assert!(info.messages.is_empty(), "the old mailbox is gone");
     assert_eq!(alice.send("bob", "hi new bob").await.unwrap().seq, 1);
 }
-both_stores!(account_deletion_semantics, account_deletion_semantics);
+every_store!(account_deletion_semantics, account_deletion_semantics);
 
 async fn logout_then_login_again(store: Store) {
     let server = TestServer::start(store);
@@ -290,7 +290,7 @@ async fn logout_then_login_again(store: Store) {
     alice.send("alice", "note to self").await.unwrap();
     assert_eq!(alice.fetch(0, 10, false).await.unwrap().messages.len(), 1);
 }
-both_stores!(logout_then_login_again, logout_then_login_again);
+every_store!(logout_then_login_again, logout_then_login_again);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_survives_a_restart() {

@@ -44,7 +44,7 @@ async fn a_strangers_list_shows_nobody_online(store: Store) {
     let online: Vec<(&str, bool)> = page.accounts.iter().map(|a| (a.name.as_str(), a.online)).collect();
     assert_eq!(online, [("bob", false), ("mallory", true)]);
 }
-both_stores!(
+every_store!(
     a_strangers_list_shows_nobody_online,
     a_strangers_list_shows_nobody_online
 );
@@ -111,7 +111,7 @@ async fn add_contact_gives_no_presence_until_approved(store: Store) {
         Some(ErrorCode::NoSuchUser)
     );
 }
-both_stores!(
+every_store!(
     add_contact_gives_no_presence_until_approved,
     add_contact_gives_no_presence_until_approved
 );
@@ -158,7 +158,7 @@ async fn deny_revoke_and_cancel_stop_presence(store: Store) {
     assert_no_push(&alice).await;
     assert!(!alice.list_accounts("bob", "", 0).await.unwrap().accounts[0].online);
 }
-both_stores!(
+every_store!(
     deny_revoke_and_cancel_stop_presence,
     deny_revoke_and_cancel_stop_presence
 );
@@ -231,7 +231,7 @@ async fn block_stops_messages_presence_and_requests(store: Store) {
         [("bob", Subscription::None, false)]
     );
 }
-both_stores!(
+every_store!(
     block_stops_messages_presence_and_requests,
     block_stops_messages_presence_and_requests
 );
@@ -256,4 +256,4 @@ async fn an_account_can_refuse_the_pager(store: Store) {
     assert!(bob.pager(Some(true)).await.unwrap());
     assert!(bob.pager(None).await.unwrap());
 }
-both_stores!(an_account_can_refuse_the_pager, an_account_can_refuse_the_pager);
+every_store!(an_account_can_refuse_the_pager, an_account_can_refuse_the_pager);

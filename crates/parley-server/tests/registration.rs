@@ -175,7 +175,7 @@ async fn a_full_mailbox_refuses_sends_until_messages_are_deleted(store: Store) {
     assert_eq!(carol.fetch(0, 10, true).await.expect("fetch").messages.len(), 1);
 }
 
-both_stores!(full_mailbox, a_full_mailbox_refuses_sends_until_messages_are_deleted);
+every_store!(full_mailbox, a_full_mailbox_refuses_sends_until_messages_are_deleted);
 
 /// `registration = closed`: nobody registers, whatever the request says;
 /// existing accounts are untouched.

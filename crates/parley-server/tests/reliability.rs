@@ -60,7 +60,7 @@ async fn resume_skips_the_password_and_restores_the_session(store: Store) {
         Some(ErrorCode::AuthFailed)
     );
 }
-both_stores!(
+every_store!(
     resume_skips_the_password_and_restores_the_session,
     resume_skips_the_password_and_restores_the_session
 );
@@ -76,7 +76,7 @@ async fn deleting_the_account_revokes_its_tokens(store: Store) {
     let c = server.client().await;
     assert_eq!(c.resume(&token).await.unwrap_err().code(), Some(ErrorCode::AuthFailed));
 }
-both_stores!(
+every_store!(
     deleting_the_account_revokes_its_tokens,
     deleting_the_account_revokes_its_tokens
 );
@@ -180,7 +180,7 @@ async fn unacked_pushes_are_pushed_again_until_acked(store: Store) {
     .await;
     assert!(quiet.is_err(), "no push after the ack: {quiet:?}");
 }
-both_stores!(
+every_store!(
     unacked_pushes_are_pushed_again_until_acked,
     unacked_pushes_are_pushed_again_until_acked
 );
@@ -278,7 +278,7 @@ async fn contacts_and_presence(store: Store) {
     let alice2 = server.user("alice").await;
     assert_eq!(alice2.list_contacts().await.unwrap()[0].name, "carol");
 }
-both_stores!(contacts_and_presence, contacts_and_presence);
+every_store!(contacts_and_presence, contacts_and_presence);
 
 /// A presence change that waits behind messages (the unacked window is
 /// full) arrives after them, when they are pushed together, not lost.
@@ -313,7 +313,7 @@ async fn presence_behind_waiting_messages_arrives_after_them(store: Store) {
         other => panic!("expected presence, got {other:?}"),
     }
 }
-both_stores!(
+every_store!(
     presence_behind_waiting_messages_arrives_after_them,
     presence_behind_waiting_messages_arrives_after_them
 );

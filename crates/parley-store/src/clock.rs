@@ -1,4 +1,4 @@
-//! The wall clock, read the same way by both stores: for `created_ms` of
+//! The wall clock, read the same way by every store: for `created_ms` of
 //! accounts and for deciding which resume tokens have expired when a new one
 //! is created.
 

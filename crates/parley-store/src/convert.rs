@@ -1,11 +1,12 @@
-//! Conversions between the core's unsigned ids and SQLite's signed integers,
-//! shared by both stores so that they clamp the same values the same way.
+//! Conversions between the core's unsigned ids and the databases' signed
+//! 64-bit integers (SQLite's INTEGER, PostgreSQL's bigint),
+//! shared by every store so that they clamp the same values the same way.
 
-/// The largest integer SQLite stores. Written `u64` values above it are
-/// clamped to it, by both stores alike.
+/// The largest integer SQLite and PostgreSQL store. Written `u64` values above it are
+/// clamped to it, by every store alike.
 pub(crate) const MAX_STORED: u64 = i64::MAX as u64;
 
-/// A value as both stores write it: clamped to [`MAX_STORED`].
+/// A value as every store writes it: clamped to [`MAX_STORED`].
 pub(crate) fn clamp(value: u64) -> u64 {
     value.min(MAX_STORED)
 }

@@ -1,16 +1,17 @@
 //! Implementations of `parley-core`'s [`Store`](parley_core::Store): accounts,
 //! mailboxes, idempotency keys, contact lists and resume tokens, kept in
-//! memory ([`MemoryStore`]) or in SQLite ([`SqliteStore`]).
+//! memory ([`MemoryStore`]), in SQLite ([`SqliteStore`]) or in PostgreSQL
+//! ([`PgStore`], which several processes may share).
 //!
 //! This crate owns the durable state of the service and nothing else. It must
 //! never decide policy (name rules, size limits, who may do what: the core
 //! checks those before calling), never speak a wire format, and never panic on
 //! any input: every failure is a [`StoreError`](parley_core::StoreError).
 //!
-//! # Semantics shared by both stores
+//! # Semantics shared by every store
 //!
-//! Both stores behave identically in every observable way; one conformance
-//! suite (`tests/conformance.rs`) runs against both. Name keys (`name_key`,
+//! The stores behave identically in every observable way; one conformance
+//! suite (`tests/conformance.rs`) runs against each. Name keys (`name_key`,
 //! `recipient_key`, `contact_key`) are matched exactly: the core lowercases
 //! names into keys before calling.
 //!
@@ -81,8 +82,8 @@
 //!   operation answers `Closed`. Calling it again answers `Ok(())` once the
 //!   store has stopped.
 //!
-//! SQLite integers are signed 64-bit, so `u64` values above `i64::MAX` are
-//! handled the same way in both stores: written values (sender ids,
+//! SQLite's and PostgreSQL's integers are signed 64-bit, so `u64` values
+//! above `i64::MAX` are handled the same way in every store: written values (sender ids,
 //! timestamps) are clamped to `i64::MAX`; ids and seqs used for lookups are
 //! compared as the unsigned numbers they are, so they match nothing that
 //! exists (an `after` or `up_to` that large means "beyond" or "all").
@@ -91,10 +92,12 @@
 mod clock;
 mod convert;
 pub mod memory;
+pub mod postgres;
 mod rules;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::{PgOpenError, PgOptions, PgStore, PgUrl};
 pub use sqlite::{
     BATCH_SIZE_BUCKETS, BUSY_RETRY_AFTER_MS, BatchStats, COMMIT_MICROS_BUCKETS, DEFAULT_MAX_BATCH, DEFAULT_WRITE_QUEUE,
     NEW_WORK_QUEUE_QUARTERS, SqliteOptions, SqliteStore, StoreOpenError, Synchronous,

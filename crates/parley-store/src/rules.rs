@@ -1,4 +1,4 @@
-//! Small decisions both stores must make identically, kept in one place so
+//! Small decisions every store must make identically, kept in one place so
 //! that they cannot drift apart.
 
 /// The message of the `LimitReached` error for a full contact list.

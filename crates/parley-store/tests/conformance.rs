@@ -1,6 +1,8 @@
 //! One suite, run against every store: each behaviour in the crate
 //! documentation is a case here, and the `conformance!` macro at the bottom
-//! runs every case against the memory store and against SQLite.
+//! runs every case against the memory store, SQLite and PostgreSQL (each
+//! case in a scratch schema; skipped when the test database does not answer,
+//! unless PARLEY_REQUIRE_SERVICES=1).
 
 mod common;
 
@@ -1408,6 +1410,16 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $case() {
                     let harness = super::Harness::sqlite();
+                    super::$case(&*harness.store).await;
+                    harness.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(harness) = super::Harness::postgres() else { return };
                     super::$case(&*harness.store).await;
                     harness.finish().await;
                 }

@@ -4,7 +4,9 @@
 //! data directory.
 //!
 //! Every server started here is killed when its handle is dropped, so a
-//! failing test never leaves a process behind.
+//! failing test never leaves a process behind. A server on PostgreSQL gets
+//! a scratch schema of its own ([`postgres::Scratch`]), dropped after the
+//! server is killed; tests of several servers on one database share one.
 //!
 //! Test servers start **without the registration and send rates**
 //! (`--registrations-per-ip-per-hour 0 --send-rate-per-account 0`, see
@@ -23,6 +25,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parley_client::Client;
+
+pub mod postgres;
 
 /// How long a server may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +49,8 @@ pub const UNLIMITED_RATES: &[(&str, &str, &str)] = &[
 pub enum Store {
     Memory,
     Sqlite,
+    /// A scratch schema in the test database (see [`postgres`]).
+    Postgres,
 }
 
 impl Store {
@@ -52,9 +58,21 @@ impl Store {
         match self {
             Store::Memory => "memory",
             Store::Sqlite => "sqlite",
+            Store::Postgres => "postgres",
         }
     }
+
+    /// Whether tests can use this store here: always, except PostgreSQL
+    /// when the test database does not answer (then the reason is printed,
+    /// or the test fails under `PARLEY_REQUIRE_SERVICES=1`).
+    pub fn available(self) -> bool {
+        self != Store::Postgres || postgres::available()
+    }
 }
+
+/// Connections a test server's PostgreSQL pool may open: few, so that
+/// tests running side by side stay far below the server's connection limit.
+pub const TEST_POSTGRES_POOL_SIZE: &str = "2";
 
 /// Path of a binary built from this workspace (`parleyd`, `parley`), found
 /// next to the running test executable's `deps` directory.
@@ -123,6 +141,12 @@ pub struct TestServer {
     extra: Vec<String>,
     /// Extra environment variables, for restarts too.
     env: Vec<(String, String)>,
+    /// The PostgreSQL connection string, for `Store::Postgres`.
+    postgres_url: Option<String>,
+    /// The scratch schema the kit made for this server (none when the
+    /// test shares its own between servers). Dropped after the server is
+    /// killed: fields drop after `Drop::drop` ran.
+    _scratch: Option<postgres::Scratch>,
     /// Everything the server wrote to stderr goes to this file.
     pub log_path: PathBuf,
     /// The first worker's pid, from the start line.
@@ -145,6 +169,30 @@ impl TestServer {
     /// Starts a server with extra flags and environment variables (for
     /// what a supervising process would set, such as `PARLEYD_RUN`).
     pub fn start_with_env(store: Store, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let scratch = match store {
+            Store::Postgres => Some(
+                postgres::Scratch::create()
+                    .expect("PostgreSQL does not answer: check Store::available() before starting a server on it"),
+            ),
+            _ => None,
+        };
+        let url = scratch.as_ref().map(|s| s.url().to_owned());
+        TestServer::launch(store, extra, env, url, scratch)
+    }
+
+    /// Starts a server on the PostgreSQL schema `scratch`, which other
+    /// servers may share and which outlives them.
+    pub fn start_on_postgres(scratch: &postgres::Scratch, extra: &[&str]) -> TestServer {
+        TestServer::launch(Store::Postgres, extra, &[], Some(scratch.url().to_owned()), None)
+    }
+
+    fn launch(
+        store: Store,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        postgres_url: Option<String>,
+        scratch: Option<postgres::Scratch>,
+    ) -> TestServer {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().to_path_buf();
         let mut server = TestServer {
@@ -159,6 +207,8 @@ impl TestServer {
             first_worker: 0,
             start_line: String::new(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            postgres_url,
+            _scratch: scratch,
         };
         server.spawn(None);
         server
@@ -189,6 +239,13 @@ impl TestServer {
                 rates.push(value.to_string());
             }
         }
+        let mut database = Vec::new();
+        if let Some(url) = &self.postgres_url {
+            database.extend(["--postgres-url".to_owned(), url.clone()]);
+            if !self.extra.iter().any(|a| a == "--postgres-pool-size") {
+                database.extend(["--postgres-pool-size".to_owned(), TEST_POSTGRES_POOL_SIZE.to_owned()]);
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -206,6 +263,7 @@ impl TestServer {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&http)
+            .args(&database)
             .args(&rates)
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -8,9 +8,11 @@ use parley_client::{Client, Event, Message};
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Runs a scenario against both stores.
+/// Runs a scenario against every store: memory, SQLite and PostgreSQL (a
+/// scratch schema; skipped, saying why, when the test database does not
+/// answer, unless PARLEY_REQUIRE_SERVICES=1).
 #[macro_export]
-macro_rules! both_stores {
+macro_rules! every_store {
     ($name:ident, $scenario:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,6 +22,12 @@ macro_rules! both_stores {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 super::$scenario(parley_testkit::Store::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if parley_testkit::Store::Postgres.available() {
+                    super::$scenario(parley_testkit::Store::Postgres).await;
+                }
             }
         }
     };

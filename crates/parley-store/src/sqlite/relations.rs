@@ -4,7 +4,7 @@
 //!
 //! `presence_subscriptions (watcher, target, approved)`: a row means the
 //! watcher asked to see the target's presence; `approved = 1` once the
-//! target said yes. `blocks (blocker, blocked)`. Every rule both stores
+//! target said yes. `blocks (blocker, blocked)`. Every rule the stores
 //! share is in `crate::rules`.
 
 use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested, Subscription};

@@ -10,15 +10,19 @@ use std::sync::Arc;
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{Account, Appended, MailboxQuota, NewAccount, NewMessage, NewResumeToken};
 use parley_core::{Mechanism, Store};
-use parley_store::{MemoryStore, SqliteOptions, SqliteStore};
+use parley_store::{MemoryStore, PgOptions, PgStore, PgUrl, SqliteOptions, SqliteStore};
+use parley_testkit::postgres::Scratch;
 use tempfile::TempDir;
 
-/// A store under test, with whatever must live as long as it.
+/// A store under test, with whatever must live as long as it (fields drop
+/// in order: the store before its database).
 pub struct Harness {
     /// The store.
     pub store: Arc<dyn Store>,
     /// The directory holding the database, for SQLite.
     pub dir: Option<TempDir>,
+    /// The schema holding the tables, for PostgreSQL.
+    pub scratch: Option<Scratch>,
 }
 
 impl Harness {
@@ -26,6 +30,7 @@ impl Harness {
         Harness {
             store: Arc::new(MemoryStore::new()),
             dir: None,
+            scratch: None,
         }
     }
 
@@ -35,13 +40,35 @@ impl Harness {
         Harness {
             store: Arc::new(store),
             dir: Some(dir),
+            scratch: None,
         }
+    }
+
+    /// A PostgreSQL store in a scratch schema; `None` (the test skips, after
+    /// saying why) when the test database does not answer.
+    pub fn postgres() -> Option<Harness> {
+        let scratch = Scratch::create()?;
+        let store = PgStore::open(pg_options(&scratch)).expect("open");
+        Some(Harness {
+            store: Arc::new(store),
+            dir: None,
+            scratch: Some(scratch),
+        })
     }
 
     /// Closes the store, so the SQLite writer is done before the directory
     /// goes away.
     pub async fn finish(self) {
         self.store.close().await.expect("close");
+    }
+}
+
+/// A small pool on `scratch`, so that tests running side by side stay far
+/// below PostgreSQL's connection limit.
+pub fn pg_options(scratch: &Scratch) -> PgOptions {
+    PgOptions {
+        pool_size: 2,
+        ..PgOptions::new(PgUrl::parse(scratch.url()).expect("scratch URL"))
     }
 }
 

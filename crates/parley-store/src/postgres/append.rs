@@ -1,0 +1,313 @@
+//! Appends, a run at a time: the consecutive appends of a batch are stored
+//! with two round trips of pipelined, set-based statements whatever their
+//! number, instead of several statements each.
+//!
+//! 1. One round trip reads, in this order: the recipients' account rows,
+//!    locked (`FOR UPDATE`, in id order) — the lock that keeps each
+//!    mailbox's seqs gap-free while other processes append to it; the
+//!    blocks between those recipients and the run's senders; the
+//!    idempotency records of the run's (sender, client id) pairs, with the
+//!    original messages where they still exist; and one fresh message id per
+//!    append from the `message_ids` sequence.
+//! 2. The writer decides each append in call order, as SQLite's does one by
+//!    one: a recorded client id is a duplicate (answered with the original),
+//!    then an unknown or blocking recipient, then a full mailbox; otherwise
+//!    the next seq of its mailbox and the next id.
+//! 3. One round trip writes the idempotency records, the message rows and
+//!    each recipient's counters (`last_seq`, unread, quota counts) once.
+//!
+//! Another process may store the same (sender, client id) between steps 1
+//! and 3 (a resend through another node). Its record then conflicts: the
+//! insert waits for that transaction and skips the row, and the run reports
+//! [`RunEnd::Raced`]; the writer rolls the whole batch back and runs it
+//! again, when step 1 finds the other process's record and answers with
+//! its message. Nothing of the first attempt is kept, so no seq is lost.
+
+use std::collections::{HashMap, HashSet};
+
+use parley_core::StoreError;
+use parley_core::store::{StoredMessage, body_bytes};
+
+use super::ops::{
+    AppendOp, Db, Op, OpError, Params, appended, execute, lookup_key, message_columns, message_from_row, query, signed,
+    unacked, unsigned,
+};
+use crate::convert::clamp;
+
+/// How a run of appends ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum RunEnd {
+    /// Every append has its answer; `wrote` when any was stored.
+    Done { wrote: bool },
+    /// Another process recorded one of the run's client ids meanwhile: the
+    /// transaction must be rolled back and the batch run again.
+    Raced,
+}
+
+/// A recipient of the run, from its locked account row.
+#[derive(Debug)]
+struct Mailbox {
+    id: i64,
+    /// The last seq assigned, in this run included.
+    last_seq: u64,
+    /// Messages stored, this run's included: what the quota is checked against.
+    stored_messages: u64,
+    /// Bytes of their bodies.
+    stored_bytes: u64,
+    /// Messages this run added.
+    added: u64,
+    /// Bytes of their bodies.
+    added_bytes: u64,
+}
+
+/// What an idempotency record says about the message it stored.
+struct Record {
+    message_id: u64,
+    recipient: u64,
+    seq: u64,
+    timestamp_ms: u64,
+    /// The message as stored, unless the recipient deleted it (or its account).
+    stored: Option<StoredMessage>,
+}
+
+/// The rows the run inserts, column by column.
+#[derive(Default)]
+struct NewRows<'a> {
+    ids: Vec<i64>,
+    recipients: Vec<i64>,
+    seqs: Vec<i64>,
+    senders: Vec<i64>,
+    sender_names: Vec<&'a str>,
+    client_msg_ids: Vec<&'a [u8]>,
+    bodies: Vec<&'a [u8]>,
+    timestamps: Vec<i64>,
+}
+
+/// Runs the appends `ops` (every one an [`Op::Append`]) in the current
+/// transaction and keeps each one's answer in it.
+pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgres::Error> {
+    let appends: Vec<&mut AppendOp> = ops
+        .iter_mut()
+        .filter_map(|op| match op {
+            Op::Append(append) => Some(&mut **append),
+            Op::Call(_) => None,
+        })
+        .collect();
+    let mut keys: Vec<&str> = appends
+        .iter()
+        .filter_map(|a| lookup_key(&a.message.recipient_key))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let senders: Vec<i64> = appends.iter().map(|a| signed(a.message.sender.0)).collect();
+    let client_ids: Vec<&[u8]> = appends.iter().map(|a| a.message.client_msg_id.as_bytes()).collect();
+    let count = i64::try_from(appends.len()).unwrap_or(i64::MAX);
+
+    // Step 1, pipelined: the statements run in this order, so the blocks and
+    // records are read after the recipients' locks are held.
+    let by_key: Params = &[&keys];
+    let pairs: Params = &[&keys, &senders];
+    let sent: Params = &[&senders, &client_ids];
+    let wanted: Params = &[&count];
+    let (recipient_rows, block_rows, record_rows, id_rows) = tokio::try_join!(
+        query(
+            db,
+            "SELECT id, name_key, last_seq, stored_messages, stored_bytes FROM accounts
+             WHERE name_key = ANY($1) ORDER BY id FOR UPDATE",
+            by_key,
+        ),
+        query(
+            db,
+            "SELECT b.blocker, b.blocked FROM blocks b JOIN accounts a ON a.id = b.blocker
+             WHERE a.name_key = ANY($1) AND b.blocked = ANY($2)",
+            pairs,
+        ),
+        query(
+            db,
+            concat!(
+                "SELECT s.sender, s.client_msg_id, s.message_id, s.recipient, s.seq, s.timestamp_ms, ",
+                message_columns!(),
+                " FROM unnest($1::bigint[], $2::bytea[]) AS k(sender, client_msg_id)
+                 JOIN sent_ids s ON s.sender = k.sender AND s.client_msg_id = k.client_msg_id
+                 LEFT JOIN accounts a ON a.id = s.recipient
+                 LEFT JOIN messages m ON m.id = s.message_id AND m.recipient = a.id"
+            ),
+            sent,
+        ),
+        query(
+            db,
+            "SELECT nextval('message_ids') FROM generate_series(1, $1::bigint)",
+            wanted,
+        ),
+    )?;
+
+    let mut mailboxes: HashMap<String, Mailbox> = HashMap::with_capacity(recipient_rows.len());
+    for row in &recipient_rows {
+        let key: String = row.try_get(1)?;
+        mailboxes.insert(
+            key,
+            Mailbox {
+                id: row.try_get(0)?,
+                last_seq: unsigned(row.try_get(2)?),
+                stored_messages: unsigned(row.try_get(3)?),
+                stored_bytes: unsigned(row.try_get(4)?),
+                added: 0,
+                added_bytes: 0,
+            },
+        );
+    }
+    let mut blocks: HashSet<(i64, i64)> = HashSet::with_capacity(block_rows.len());
+    for row in &block_rows {
+        blocks.insert((row.try_get(0)?, row.try_get(1)?));
+    }
+    let mut records: HashMap<(i64, Vec<u8>), Record> = HashMap::with_capacity(record_rows.len());
+    for row in &record_rows {
+        let stored = match row.try_get::<_, Option<i64>>(6)? {
+            Some(_) => match message_from_row(row, 6) {
+                Ok(message) => Some(message),
+                Err(OpError::Db(error)) => return Err(error),
+                // Unreadable text: rebuilt from the record instead.
+                Err(OpError::Store(_)) => None,
+            },
+            None => None,
+        };
+        records.insert(
+            (row.try_get(0)?, row.try_get(1)?),
+            Record {
+                message_id: unsigned(row.try_get(2)?),
+                recipient: unsigned(row.try_get(3)?),
+                seq: unsigned(row.try_get(4)?),
+                timestamp_ms: unsigned(row.try_get(5)?),
+                stored,
+            },
+        );
+    }
+    let mut ids = Vec::with_capacity(id_rows.len());
+    for row in &id_rows {
+        ids.push(unsigned(row.try_get(0)?));
+    }
+    ids.sort_unstable();
+    let mut ids = ids.into_iter();
+
+    // Step 2: each append in call order.
+    let mut rows = NewRows::default();
+    let mut this_run: HashMap<(i64, &str), StoredMessage> = HashMap::new();
+    let mut decided = Vec::with_capacity(appends.len());
+    for append in &appends {
+        let new = &append.message;
+        let sender = signed(new.sender.0);
+        let result = if let Some(record) = records.get(&(sender, new.client_msg_id.as_bytes().to_vec())) {
+            let message = record.stored.clone().unwrap_or_else(|| {
+                unacked(
+                    new,
+                    record.message_id,
+                    record.recipient,
+                    record.seq,
+                    record.timestamp_ms,
+                )
+            });
+            Ok(appended(message, true))
+        } else if let Some(first) = this_run.get(&(sender, new.client_msg_id.as_str())) {
+            Ok(appended(first.clone(), true))
+        } else {
+            let bytes = body_bytes(&new.body);
+            match lookup_key(&new.recipient_key).and_then(|key| mailboxes.get_mut(key)) {
+                // A blocked sender is answered as if the account did not exist.
+                None => Err(StoreError::NoSuchUser),
+                Some(mailbox) if blocks.contains(&(mailbox.id, sender)) => Err(StoreError::NoSuchUser),
+                Some(mailbox) if !new.quota.admits(mailbox.stored_messages, mailbox.stored_bytes, bytes) => {
+                    Err(StoreError::MailboxFull)
+                }
+                Some(mailbox) => match (mailbox.last_seq.checked_add(1), ids.next()) {
+                    (Some(seq), Some(id)) => {
+                        let timestamp_ms = clamp(new.timestamp_ms);
+                        mailbox.last_seq = seq;
+                        mailbox.stored_messages = mailbox.stored_messages.saturating_add(1);
+                        mailbox.stored_bytes = mailbox.stored_bytes.saturating_add(bytes);
+                        mailbox.added += 1;
+                        mailbox.added_bytes = mailbox.added_bytes.saturating_add(bytes);
+                        rows.ids.push(signed(id));
+                        rows.recipients.push(mailbox.id);
+                        rows.seqs.push(signed(seq));
+                        rows.senders.push(sender);
+                        rows.sender_names.push(&new.sender_name);
+                        rows.client_msg_ids.push(new.client_msg_id.as_bytes());
+                        rows.bodies.push(new.body.as_bytes());
+                        rows.timestamps.push(signed(timestamp_ms));
+                        let message = unacked(new, id, unsigned(mailbox.id), seq, timestamp_ms);
+                        this_run.insert((sender, new.client_msg_id.as_str()), message.clone());
+                        Ok(appended(message, false))
+                    }
+                    (None, _) => Err(StoreError::Backend("mailbox seq overflow".into())),
+                    (_, None) => Err(StoreError::Backend("no message id left for the append".into())),
+                },
+            }
+        };
+        decided.push(result);
+    }
+
+    // Step 3, pipelined.
+    let wrote = !rows.ids.is_empty();
+    if wrote {
+        let (mut counted, mut last_seqs, mut added, mut added_bytes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for mailbox in mailboxes.values().filter(|m| m.added > 0) {
+            counted.push(mailbox.id);
+            last_seqs.push(signed(mailbox.last_seq));
+            added.push(signed(mailbox.added));
+            added_bytes.push(signed(mailbox.added_bytes));
+        }
+        let expected = u64::try_from(rows.ids.len()).unwrap_or(u64::MAX);
+        let records: Params = &[
+            &rows.senders,
+            &rows.client_msg_ids,
+            &rows.ids,
+            &rows.recipients,
+            &rows.seqs,
+            &rows.timestamps,
+        ];
+        let messages: Params = &[
+            &rows.ids,
+            &rows.recipients,
+            &rows.seqs,
+            &rows.senders,
+            &rows.sender_names,
+            &rows.client_msg_ids,
+            &rows.bodies,
+            &rows.timestamps,
+        ];
+        let counts: Params = &[&counted, &last_seqs, &added, &added_bytes];
+        let (recorded, ..) = tokio::try_join!(
+            execute(
+                db,
+                "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+                 ON CONFLICT (sender, client_msg_id) DO NOTHING",
+                records,
+            ),
+            execute(
+                db,
+                "INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                                      $6::bytea[], $7::bytea[], $8::bigint[])",
+                messages,
+            ),
+            execute(
+                db,
+                "UPDATE accounts a SET last_seq = u.last_seq, unread = a.unread + u.added,
+                     stored_messages = a.stored_messages + u.added, stored_bytes = a.stored_bytes + u.bytes
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, last_seq, added, bytes)
+                 WHERE a.id = u.id",
+                counts,
+            ),
+        )?;
+        if recorded != expected {
+            return Ok(RunEnd::Raced);
+        }
+    }
+    drop(this_run);
+    drop(rows);
+    for (append, result) in appends.into_iter().zip(decided) {
+        append.result = Some(result);
+    }
+    Ok(RunEnd::Done { wrote })
+}

@@ -1,0 +1,731 @@
+//! The PostgreSQL store: one writer task owns the store's side of the
+//! database and commits queued operations in groups, so that any number
+//! of `parleyd` processes (workers, nodes) can share one database.
+//!
+//! Every operation, reads included, becomes an `Op` sent into one bounded
+//! queue at call time, so operations take effect in call order (the
+//! ordering contract). The writer takes the first queued op and every op
+//! already waiting (up to `max_batch`), runs them in one transaction on one
+//! pooled connection and answers them only after COMMIT returned (the
+//! durability contract, with `synchronous_commit = on` set on every
+//! connection). Runs of appends are set-based: a few pipelined statements
+//! for the whole run (`append.rs`). A full queue is answered at once with
+//! `Busy`, with the same admission rule as SQLite: new work may fill only
+//! three quarters of it.
+//!
+//! What other processes may do meanwhile is the database's business: the
+//! writer locks the account rows an operation changes (`FOR UPDATE`, in id
+//! order), so one recipient's appends from many processes get gap-free,
+//! strictly increasing seqs, and the unique key of `sent_ids` makes a resend
+//! through another process find the original.
+//!
+//! The writer runs on a thread of its own with its own single-threaded
+//! runtime, as SQLite's writer has its own thread: the store works the same
+//! under any caller (the server, tests on a current-thread runtime, benches)
+//! and its batches never wait for the server's tasks to be polled.
+//!
+//! Connections are plain TCP or a unix socket: this build does not speak TLS
+//! to PostgreSQL, so the database belongs on the same host (loopback) or a
+//! private network (docs/OPERATING.md).
+
+mod append;
+mod ops;
+mod relations;
+mod schema;
+mod writer;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use parley_core::histogram::Histogram;
+use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested};
+use parley_core::scram::StoredCredentials;
+use parley_core::store::{
+    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
+    NewResumeToken, StoreResult, StoreStats, StoredMessage,
+};
+use parley_core::sync::lock;
+use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::config::{Host, SslMode};
+
+use crate::sqlite::{
+    BATCH_SIZE_BUCKETS, BUSY_RETRY_AFTER_MS, COMMIT_MICROS_BUCKETS, DEFAULT_MAX_BATCH, DEFAULT_WRITE_QUEUE,
+    NEW_WORK_QUEUE_QUARTERS,
+};
+use ops::{Access, Locks, Op};
+
+/// Default most connections the pool opens. The writer uses one at a time;
+/// the others replace a broken one while it is closed, and serve the
+/// health probe.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default time to open a connection (TCP connect and start-up) before the
+/// database counts as unreachable.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time one batch may take in the database, COMMIT included, before
+/// its operations are answered `Unavailable` and its connection is dropped
+/// (PostgreSQL then rolls the transaction back, unless COMMIT already got
+/// through: a client's retry of a send finds it by its client id).
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the store's tables live: a PostgreSQL connection string, as a
+/// `postgres://` URL or `key=value` pairs. Its password never appears in
+/// `Debug` or [`PgUrl::redacted`].
+#[derive(Clone)]
+pub struct PgUrl {
+    /// The string as given, to compare settings.
+    text: String,
+    /// What tokio-postgres parsed from it.
+    config: tokio_postgres::Config,
+}
+
+/// Why a connection string was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PgUrlError(String);
+
+impl PgUrl {
+    /// Parses and checks a connection string. TLS modes that require
+    /// encryption are refused: this build connects without TLS.
+    pub fn parse(text: &str) -> Result<PgUrl, PgUrlError> {
+        let config: tokio_postgres::Config = text
+            .parse()
+            .map_err(|e| PgUrlError(format!("not a PostgreSQL connection string: {e}")))?;
+        if config.get_hosts().is_empty() {
+            return Err(PgUrlError(
+                "names no host (such as postgres://user@127.0.0.1:5432/parley)".into(),
+            ));
+        }
+        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
+            return Err(PgUrlError(
+                "asks for TLS (sslmode), which parleyd does not speak to PostgreSQL; \
+                 connect over loopback or a unix socket without it"
+                    .into(),
+            ));
+        }
+        Ok(PgUrl {
+            text: text.to_owned(),
+            config,
+        })
+    }
+
+    /// The connection string without its password: user, hosts, ports and
+    /// database, as a URL.
+    pub fn redacted(&self) -> String {
+        let user = self.config.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+        let ports = self.config.get_ports();
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let name = match host {
+                    Host::Tcp(name) => name.clone(),
+                    Host::Unix(path) => path.display().to_string(),
+                };
+                match ports.get(i).or(ports.first()) {
+                    Some(port) => format!("{name}:{port}"),
+                    None => name,
+                }
+            })
+            .collect();
+        let db = self.config.get_dbname().unwrap_or_default();
+        format!("postgres://{user}{}/{db}", hosts.join(","))
+    }
+
+    /// Whether every host is this machine: a loopback address, `localhost`
+    /// or a unix socket. The connection is not encrypted, so anything else
+    /// crosses a network in the clear.
+    pub fn is_local(&self) -> bool {
+        self.config.get_hosts().iter().all(|host| match host {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => {
+                name.eq_ignore_ascii_case("localhost")
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        })
+    }
+}
+
+impl PartialEq for PgUrl {
+    fn eq(&self, other: &PgUrl) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for PgUrl {}
+
+impl fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PgUrl({})", self.redacted())
+    }
+}
+
+/// Settings of a [`PgStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgOptions {
+    /// The database.
+    pub url: PgUrl,
+    /// Most connections open at once; default [`DEFAULT_POOL_SIZE`]. At least 1.
+    pub pool_size: usize,
+    /// See [`DEFAULT_CONNECT_TIMEOUT`]. Not zero.
+    pub connect_timeout: Duration,
+    /// See [`DEFAULT_BATCH_TIMEOUT`]. Not zero.
+    pub batch_timeout: Duration,
+    /// Operations that may wait for the writer before new ones are refused
+    /// with `Busy`; default [`DEFAULT_WRITE_QUEUE`]. At least 1.
+    pub queue_capacity: usize,
+    /// Most operations committed in one transaction; default
+    /// [`DEFAULT_MAX_BATCH`]. At least 1.
+    pub max_batch: usize,
+}
+
+impl PgOptions {
+    /// The defaults, for the database at `url`.
+    pub fn new(url: PgUrl) -> PgOptions {
+        PgOptions {
+            url,
+            pool_size: DEFAULT_POOL_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
+            queue_capacity: DEFAULT_WRITE_QUEUE,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+/// Why a PostgreSQL store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PgOpenError {
+    /// An option is out of range.
+    #[error("invalid PostgreSQL store option: {0}")]
+    InvalidOptions(&'static str),
+    /// The database did not take a connection.
+    #[error("cannot connect to PostgreSQL at {url}: {why}")]
+    Connect {
+        /// The connection string, without its password.
+        url: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The connection's `search_path` names no schema that exists, so
+    /// there is nowhere to create the tables.
+    #[error("PostgreSQL at {url}: no schema of the search_path exists; create one or set search_path in the URL")]
+    NoSchema {
+        /// The connection string, without its password.
+        url: String,
+    },
+    /// Applying the schema failed.
+    #[error("migrating the PostgreSQL schema at {url}: {why}")]
+    Migrate {
+        /// The connection string, without its password.
+        url: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The database was migrated by a newer Parley; using it could damage it.
+    #[error(
+        "PostgreSQL at {url} has schema version {found}, but this build of Parley knows only versions up to \
+         {supported}; it was written by a newer Parley"
+    )]
+    SchemaTooNew {
+        /// The connection string, without its password.
+        url: String,
+        /// The highest version recorded in `parley_schema`.
+        found: i32,
+        /// The newest version this build can migrate to.
+        supported: i32,
+    },
+    /// The store's thread or its runtime could not be started.
+    #[error("cannot start the PostgreSQL store's thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The writer's counters, updated with relaxed atomics: they are statistics,
+/// not synchronisation.
+#[derive(Debug)]
+struct Counters {
+    /// Transactions committed (one per batch of operations).
+    commits: AtomicU64,
+    /// Operations answered from committed transactions, including reads and
+    /// domain errors such as `NameTaken`.
+    ops_committed: AtomicU64,
+    /// Batches whose transaction failed or was retried.
+    failed_batches: AtomicU64,
+    /// Operations refused with `Busy` because the queue was full.
+    busy_rejections: AtomicU64,
+    /// Microseconds from BEGIN to the end of COMMIT, per committed batch.
+    commit_micros: Histogram,
+    /// Operations per committed batch.
+    batch_size: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            commits: AtomicU64::new(0),
+            ops_committed: AtomicU64::new(0),
+            failed_batches: AtomicU64::new(0),
+            busy_rejections: AtomicU64::new(0),
+            commit_micros: Histogram::new(COMMIT_MICROS_BUCKETS),
+            batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
+        }
+    }
+}
+
+/// Where `close` callers wait for the writer to stop.
+#[derive(Debug, Default)]
+struct Shutdown {
+    /// How the writer stopped, once it has.
+    outcome: Option<StoreResult<()>>,
+    /// Callers of `close` waiting for `outcome`.
+    waiters: Vec<oneshot::Sender<StoreResult<()>>>,
+}
+
+/// State shared by the store handle and its writer.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Statistics the writer updates.
+    counters: Counters,
+    /// Operations queued and not yet taken by the writer (see SQLite's
+    /// `Shared::queued`: the channel's capacity is the hard bound, this
+    /// count decides whether new work still fits in its share).
+    queued: AtomicUsize,
+    /// The close handshake.
+    shutdown: Mutex<Shutdown>,
+    /// Set while the database cannot take writes (unreachable, shut down,
+    /// disk full, read-only): the writer then runs one op per transaction
+    /// and probes the database every second. Cleared by the next commit that
+    /// wrote.
+    writes_failing: AtomicBool,
+    /// Why, while `writes_failing`.
+    write_failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Records whether writes fail now, and why; logs each change.
+    fn set_write_failure(&self, why: Option<String>) {
+        let mut current = self.write_failure.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&*current, &why) {
+            (None, Some(why)) => tracing::error!(
+                %why,
+                "PostgreSQL cannot take writes; requests get STORAGE_UNAVAILABLE until it can again"
+            ),
+            (Some(_), None) => tracing::info!("PostgreSQL takes writes again"),
+            _ => {}
+        }
+        self.writes_failing.store(why.is_some(), Ordering::Relaxed);
+        *current = why;
+    }
+
+    /// Records how the writer stopped and answers every waiting `close`.
+    /// Only the first outcome counts.
+    fn finish(&self, outcome: StoreResult<()>) {
+        let mut shutdown = lock(&self.shutdown);
+        let outcome = shutdown.outcome.get_or_insert(outcome).clone();
+        for waiter in shutdown.waiters.drain(..) {
+            // A caller that stopped waiting does not need the answer.
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+}
+
+/// A [`Store`] backed by a PostgreSQL database that other `parleyd`
+/// processes may share.
+#[derive(Debug)]
+pub struct PgStore {
+    /// The sending end of the writer's queue; `None` once `close` was called.
+    /// Operations take the read lock only around a non-blocking `try_send`;
+    /// `close` takes the write lock to drop the sender, which tells the
+    /// writer to finish.
+    queue: RwLock<Option<mpsc::Sender<Op>>>,
+    /// Queued operations past which new work is refused (see
+    /// [`NEW_WORK_QUEUE_QUARTERS`]); at least 1.
+    new_work_limit: usize,
+    /// Counters, failure state and the close handshake, shared with the writer.
+    shared: Arc<Shared>,
+    /// The server secret kept in the database (see [`PgStore::server_secret`]).
+    secret: [u8; 32],
+}
+
+impl PgStore {
+    /// Connects to the database, migrates its schema to the current version
+    /// (under an advisory lock, so processes starting together migrate
+    /// once) and starts the writer. Blocks until that is done or failed.
+    pub fn open(options: PgOptions) -> Result<PgStore, PgOpenError> {
+        if options.queue_capacity == 0 {
+            return Err(PgOpenError::InvalidOptions("queue_capacity must be at least 1"));
+        }
+        if options.max_batch == 0 {
+            return Err(PgOpenError::InvalidOptions("max_batch must be at least 1"));
+        }
+        if options.pool_size == 0 {
+            return Err(PgOpenError::InvalidOptions("pool_size must be at least 1"));
+        }
+        if options.connect_timeout.is_zero() || options.batch_timeout.is_zero() {
+            return Err(PgOpenError::InvalidOptions("timeouts must not be zero"));
+        }
+        let new_work_limit = (options.queue_capacity / 4 * NEW_WORK_QUEUE_QUARTERS).max(1);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("parley-store-pg")
+            .build()
+            .map_err(PgOpenError::Thread)?;
+        let (sender, receiver) = mpsc::channel(options.queue_capacity);
+        let shared = Arc::new(Shared::default());
+        let writer_shared = Arc::clone(&shared);
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("parley-store-pg".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let opened = writer::start(&options).await;
+                    let writer = match opened {
+                        Ok((writer, secret)) => {
+                            // The caller waits for this; if it went away, the
+                            // queue's sender is gone too and the writer ends.
+                            let _ = opened_tx.send(Ok(secret));
+                            writer
+                        }
+                        Err(error) => {
+                            let _ = opened_tx.send(Err(error));
+                            return;
+                        }
+                    };
+                    writer.run(receiver, writer_shared).await;
+                });
+            })
+            .map_err(PgOpenError::Thread)?;
+        let secret = opened_rx.recv().map_err(|_| {
+            PgOpenError::Thread(std::io::Error::other(
+                "the PostgreSQL store's thread ended while opening",
+            ))
+        })??;
+        Ok(PgStore {
+            queue: RwLock::new(Some(sender)),
+            new_work_limit,
+            shared,
+            secret,
+        })
+    }
+
+    /// The server secret (the seed of decoy salts for unknown names),
+    /// kept in the database so that every process sharing it answers a
+    /// login for an unknown name alike. Made at random by the first process
+    /// that opened the database.
+    pub fn server_secret(&self) -> [u8; 32] {
+        self.secret
+    }
+
+    /// Queues an op that brings new work: refused while the queue holds its
+    /// share of such work (see [`NEW_WORK_QUEUE_QUARTERS`]), before anything
+    /// is built.
+    fn submit_new<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
+        match self.new_work_room() {
+            Ok(()) => self.submit(make),
+            Err(busy) => StoreReply::ready(Err(busy)),
+        }
+    }
+
+    /// Whether the queue has room for new work; a refusal is counted.
+    fn new_work_room(&self) -> StoreResult<()> {
+        if self.shared.queued.load(Ordering::Relaxed) >= self.new_work_limit {
+            return Err(self.busy_error());
+        }
+        Ok(())
+    }
+
+    fn busy_error(&self) -> StoreError {
+        self.shared.counters.busy_rejections.fetch_add(1, Ordering::Relaxed);
+        StoreError::Busy {
+            retry_after_ms: BUSY_RETRY_AFTER_MS,
+        }
+    }
+
+    /// Queues the op `make` builds around a fresh reply channel, at once and
+    /// without blocking.
+    fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
+        let (reply, answer) = oneshot::channel();
+        // The lock only guards an Option; a poisoned one holds valid data.
+        let queue = self.queue.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(sender) = queue.as_ref() else {
+            return StoreReply::ready(Err(StoreError::Closed));
+        };
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        match sender.try_send(make(reply)) {
+            Ok(()) => StoreReply::pending(answer),
+            Err(error) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => StoreReply::ready(Err(self.busy_error())),
+                    mpsc::error::TrySendError::Closed(_) => StoreReply::ready(Err(StoreError::Closed)),
+                }
+            }
+        }
+    }
+
+    /// Queues a call of `run` on `args` (see [`ops::call`]).
+    fn call<A, T>(&self, args: A, access: Access, locks: Locks, run: ops::Run<A, T>) -> StoreReply<T>
+    where
+        A: Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        self.submit(|reply| ops::call(args, reply, access, locks, run))
+    }
+}
+
+impl Store for PgStore {
+    fn create_account(&self, account: NewAccount) -> StoreReply<Account> {
+        self.submit_new(|reply| {
+            ops::call(account, reply, Access::Write, Locks::NONE, |db, a| {
+                Box::pin(ops::create_account(db, a))
+            })
+        })
+    }
+
+    fn create_invite(&self, invite: NewInvite) -> StoreReply<()> {
+        self.call(invite, Access::Write, Locks::NONE, |db, i| {
+            Box::pin(ops::create_invite(db, i))
+        })
+    }
+
+    fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>> {
+        self.call(name_key.to_owned(), Access::Read, Locks::NONE, |db, k| {
+            Box::pin(ops::find_account(db, k))
+        })
+    }
+
+    fn delete_account(&self, user: UserId) -> StoreReply<()> {
+        self.call(user, Access::Write, Locks::user(user), |db, u| {
+            Box::pin(ops::delete_account(db, *u))
+        })
+    }
+
+    fn list_accounts(&self, pattern: &NamePattern, after: &str, limit: u32) -> StoreReply<Vec<AccountSummary>> {
+        let args = (pattern.clone(), after.to_owned(), limit);
+        self.call(args, Access::Read, Locks::NONE, |db, (p, a, l)| {
+            Box::pin(ops::list_accounts(db, p, a, *l))
+        })
+    }
+
+    fn append(&self, message: NewMessage) -> StoreReply<Appended> {
+        self.submit_new(|reply| Op::append(message, reply))
+    }
+
+    fn check_new_work(&self) -> StoreResult<()> {
+        self.new_work_room()
+    }
+
+    fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {
+        let args = (user, after, limit, include_acked);
+        self.call(args, Access::Read, Locks::NONE, |db, &(u, a, l, i)| {
+            Box::pin(async move {
+                let page = ops::fetch(db, u, a, l, i, usize::MAX).await?;
+                Ok(page.messages)
+            })
+        })
+    }
+
+    fn fetch_page(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: u32,
+        include_acked: bool,
+        max_bytes: usize,
+    ) -> StoreReply<FetchPage> {
+        let args = (user, after, limit, include_acked, max_bytes);
+        self.call(args, Access::Read, Locks::NONE, |db, &(u, a, l, i, m)| {
+            Box::pin(ops::fetch(db, u, a, l, i, m))
+        })
+    }
+
+    fn ack(&self, user: UserId, range: AckRange) -> StoreReply<(u64, MailboxState)> {
+        self.call((user, range), Access::Write, Locks::user(user), |db, (u, r)| {
+            Box::pin(ops::ack(db, *u, r))
+        })
+    }
+
+    fn delete_messages(&self, user: UserId, ids: Vec<MessageId>) -> StoreReply<Vec<MessageId>> {
+        self.call((user, ids), Access::Write, Locks::user(user), |db, (u, ids)| {
+            Box::pin(ops::delete_messages(db, *u, ids))
+        })
+    }
+
+    fn mailbox_state(&self, user: UserId) -> StoreReply<MailboxState> {
+        self.call(user, Access::Read, Locks::NONE, |db, u| {
+            Box::pin(ops::mailbox_state(db, *u))
+        })
+    }
+
+    fn add_contact(&self, user: UserId, contact_key: &str, max: u32) -> StoreReply<AccountSummary> {
+        let locks = Locks::both(user, contact_key);
+        self.call(
+            (user, contact_key.to_owned(), max),
+            Access::Write,
+            locks,
+            |db, (u, k, m)| Box::pin(ops::add_contact(db, *u, k, *m)),
+        )
+    }
+
+    fn remove_contact(&self, user: UserId, contact_key: &str) -> StoreReply<bool> {
+        let locks = Locks::both(user, contact_key);
+        self.call((user, contact_key.to_owned()), Access::Write, locks, |db, (u, k)| {
+            Box::pin(ops::remove_contact(db, *u, k))
+        })
+    }
+
+    fn list_contacts(&self, user: UserId) -> StoreReply<Vec<AccountSummary>> {
+        self.call(user, Access::Read, Locks::NONE, |db, u| {
+            Box::pin(ops::list_contacts(db, *u))
+        })
+    }
+
+    fn request_presence(&self, user: UserId, target_key: &str, max_contacts: u32) -> StoreReply<PresenceRequested> {
+        let locks = Locks::both(user, target_key);
+        let args = (user, target_key.to_owned(), max_contacts);
+        self.call(args, Access::Write, locks, |db, (u, k, m)| {
+            Box::pin(relations::request_presence(db, *u, k, *m))
+        })
+    }
+
+    fn answer_presence(&self, user: UserId, requester_key: &str, approve: bool) -> StoreReply<PresenceChange> {
+        let locks = Locks::both(user, requester_key);
+        let args = (user, requester_key.to_owned(), approve);
+        self.call(args, Access::Write, locks, |db, (u, k, a)| {
+            Box::pin(relations::answer_presence(db, *u, k, *a))
+        })
+    }
+
+    fn cancel_presence(&self, user: UserId, target_key: &str) -> StoreReply<PresenceChange> {
+        let locks = Locks::both(user, target_key);
+        self.call((user, target_key.to_owned()), Access::Write, locks, |db, (u, k)| {
+            Box::pin(relations::cancel_presence(db, *u, k))
+        })
+    }
+
+    fn presence_requests(&self, user: UserId, limit: u32) -> StoreReply<Vec<AccountSummary>> {
+        self.call((user, limit), Access::Read, Locks::NONE, |db, (u, l)| {
+            Box::pin(relations::presence_requests(db, *u, *l))
+        })
+    }
+
+    fn contacts_with_presence(&self, user: UserId) -> StoreReply<Vec<Contact>> {
+        self.call(user, Access::Read, Locks::NONE, |db, u| {
+            Box::pin(relations::contacts_with_presence(db, *u))
+        })
+    }
+
+    fn block(&self, user: UserId, target_key: &str, max: u32) -> StoreReply<BlockOutcome> {
+        let locks = Locks::both(user, target_key);
+        self.call(
+            (user, target_key.to_owned(), max),
+            Access::Write,
+            locks,
+            |db, (u, k, m)| Box::pin(relations::block(db, *u, k, *m)),
+        )
+    }
+
+    fn unblock(&self, user: UserId, target_key: &str) -> StoreReply<bool> {
+        let locks = Locks::both(user, target_key);
+        self.call((user, target_key.to_owned()), Access::Write, locks, |db, (u, k)| {
+            Box::pin(relations::unblock(db, *u, k))
+        })
+    }
+
+    fn list_blocked(&self, user: UserId) -> StoreReply<Vec<AccountSummary>> {
+        self.call(user, Access::Read, Locks::NONE, |db, u| {
+            Box::pin(relations::list_blocked(db, *u))
+        })
+    }
+
+    fn refuse_sender(&self, user: UserId, sender: UserId, refuse: Option<bool>) -> StoreReply<bool> {
+        let (access, locks) = match refuse {
+            Some(_) => (Access::Write, Locks::user(user)),
+            None => (Access::Read, Locks::NONE),
+        };
+        self.call((user, sender, refuse), access, locks, |db, &(u, s, r)| {
+            Box::pin(relations::refuse_sender(db, u, s, r))
+        })
+    }
+
+    fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {
+        let locks = Locks::user(token.user);
+        self.call(token, Access::Write, locks, |db, t| {
+            Box::pin(ops::create_resume_token(db, t))
+        })
+    }
+
+    fn resume(&self, hash: [u8; 32], now_ms: u64) -> StoreReply<Option<Account>> {
+        // A resume deletes the token it finds expired.
+        self.call((hash, now_ms), Access::Write, Locks::NONE, |db, (h, n)| {
+            Box::pin(ops::resume(db, h, *n))
+        })
+    }
+
+    fn revoke_resume_token(&self, hash: [u8; 32]) -> StoreReply<()> {
+        self.call(hash, Access::Write, Locks::NONE, |db, h| {
+            Box::pin(ops::revoke_resume_token(db, h))
+        })
+    }
+
+    fn revoke_all_resume_tokens(&self, user: UserId) -> StoreReply<u64> {
+        self.call(user, Access::Write, Locks::user(user), |db, u| {
+            Box::pin(ops::revoke_all_resume_tokens(db, *u))
+        })
+    }
+
+    fn set_credentials(&self, user: UserId, credentials: StoredCredentials) -> StoreReply<()> {
+        self.call((user, credentials), Access::Write, Locks::user(user), |db, (u, c)| {
+            Box::pin(ops::set_credentials(db, *u, c))
+        })
+    }
+
+    fn close(&self) -> StoreReply<()> {
+        let (waiter, answer) = oneshot::channel();
+        {
+            let mut shutdown = lock(&self.shared.shutdown);
+            if let Some(outcome) = &shutdown.outcome {
+                return StoreReply::ready(outcome.clone());
+            }
+            shutdown.waiters.push(waiter);
+        }
+        // Dropping the only sender is the close signal: it cannot be refused
+        // for a full queue, and the writer sees it only after everything
+        // queued before it. Later operations find no sender and get `Closed`.
+        let sender = self.queue.write().unwrap_or_else(PoisonError::into_inner).take();
+        drop(sender);
+        StoreReply::pending(answer)
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        if !self.shared.writes_failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.shared
+            .write_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn stats(&self) -> Option<StoreStats> {
+        let counters = &self.shared.counters;
+        Some(StoreStats {
+            commits: counters.commits.load(Ordering::Relaxed),
+            ops_committed: counters.ops_committed.load(Ordering::Relaxed),
+            failed_batches: counters.failed_batches.load(Ordering::Relaxed),
+            busy_rejections: counters.busy_rejections.load(Ordering::Relaxed),
+            queued: self.shared.queued.load(Ordering::Relaxed) as u64,
+            commit_micros: counters.commit_micros.snapshot(),
+            batch_size: counters.batch_size.snapshot(),
+        })
+    }
+}

@@ -1,0 +1,1073 @@
+//! The operations the writer runs, and their SQL (appends are in
+//! `append.rs`, presence and blocks in `relations.rs`).
+//!
+//! Every function here runs inside the writer's open transaction and assumes
+//! nothing about what else is in it. Each makes all its domain checks (name
+//! taken, no such user, limits) before its first write, so a domain error
+//! leaves nothing to undo and needs no savepoint; a database error fails the
+//! transaction, and the writer then runs the batch's ops one by one.
+//!
+//! An operation that changes an account's rows first locks the account
+//! (`FOR UPDATE`), so that other processes sharing the database change it
+//! one at a time: counts checked against limits, the mailbox counters and
+//! the unread watermark stay exact.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use parley_core::scram::StoredCredentials;
+use parley_core::store::{
+    Account, AccountSummary, AckRange, Appended, FetchPage, MESSAGE_OVERHEAD_BYTES, MailboxState, NewAccount,
+    NewInvite, NewMessage, NewResumeToken, StoreResult, StoredMessage,
+};
+use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
+use tokio::sync::oneshot;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::clock;
+use crate::convert::{clamp, exact_sql, saturating_sql};
+use crate::rules::{contact_limit_message, other_tokens_kept};
+
+/// A pooled connection, with its cache of prepared statements.
+pub(super) type Db = deadpool_postgres::ClientWrapper;
+/// Where an operation's answer goes.
+pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
+/// A boxed future borrowing the connection.
+pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// An operation's body: runs on the connection with its arguments.
+pub(super) type Run<A, T> = for<'a> fn(&'a Db, &'a A) -> BoxFuture<'a, OpResult<T>>;
+/// A parameter list for tokio-postgres.
+pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Why an operation failed inside the writer.
+#[derive(Debug)]
+pub(super) enum OpError {
+    /// A domain answer such as `NameTaken` or `NoSuchUser`: the operation
+    /// wrote nothing and the transaction goes on.
+    Store(StoreError),
+    /// PostgreSQL (or the connection) failed: the transaction is lost.
+    Db(tokio_postgres::Error),
+}
+
+impl From<StoreError> for OpError {
+    fn from(error: StoreError) -> OpError {
+        OpError::Store(error)
+    }
+}
+
+impl From<tokio_postgres::Error> for OpError {
+    fn from(error: tokio_postgres::Error) -> OpError {
+        OpError::Db(error)
+    }
+}
+
+pub(super) type OpResult<T> = Result<T, OpError>;
+
+/// Whether an operation may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Reads only: a batch of reads needs no account lock.
+    Read,
+    /// May write (after its domain checks).
+    Write,
+}
+
+/// The account rows an operation will lock, so that a batch can lock every
+/// row it needs at once, in id order, before its first op: two processes'
+/// batches then never wait for each other in a cycle.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Locks {
+    /// An account by id.
+    pub(super) user: Option<UserId>,
+    /// An account by name key.
+    pub(super) key: Option<String>,
+}
+
+impl Locks {
+    /// Locks nothing (reads, and operations on rows of no account).
+    pub(super) const NONE: Locks = Locks { user: None, key: None };
+
+    /// The caller's account.
+    pub(super) fn user(user: UserId) -> Locks {
+        Locks {
+            user: Some(user),
+            key: None,
+        }
+    }
+
+    /// The caller's account and the other party of a relation.
+    pub(super) fn both(user: UserId, key: &str) -> Locks {
+        Locks {
+            user: Some(user),
+            key: Some(key.to_owned()),
+        }
+    }
+}
+
+/// An append waiting for, or holding, its answer.
+pub(super) struct AppendOp {
+    /// What to store.
+    pub(super) message: NewMessage,
+    /// Where the answer goes.
+    pub(super) reply: Reply<Appended>,
+    /// The answer, once its run computed it; sent when the batch commits.
+    pub(super) result: Option<StoreResult<Appended>>,
+}
+
+/// One queued store operation.
+pub(super) enum Op {
+    /// Consecutive appends run together (`append.rs`).
+    Append(Box<AppendOp>),
+    /// Anything else.
+    Call(Box<dyn Call>),
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Append(_) => f.write_str("Append"),
+            Op::Call(_) => f.write_str("Call"),
+        }
+    }
+}
+
+impl Op {
+    /// An append of `message`, answering on `reply`.
+    pub(super) fn append(message: NewMessage, reply: Reply<Appended>) -> Op {
+        Op::Append(Box::new(AppendOp {
+            message,
+            reply,
+            result: None,
+        }))
+    }
+
+    /// Whether the operation may write.
+    pub(super) fn writes(&self) -> bool {
+        match self {
+            Op::Append(_) => true,
+            Op::Call(call) => call.access() == Access::Write,
+        }
+    }
+
+    /// Adds the account rows the operation locks to `ids` and `keys`.
+    pub(super) fn locks(&self, ids: &mut Vec<i64>, keys: &mut Vec<String>) {
+        match self {
+            Op::Append(op) => keys.push(op.message.recipient_key.clone()),
+            Op::Call(call) => {
+                let locks = call.locks();
+                ids.extend(locks.user.and_then(|u| exact_sql(u.0)));
+                keys.extend(locks.key.iter().cloned());
+            }
+        }
+    }
+
+    /// Sends the answer the op computed, or `error` instead when its batch
+    /// did not commit.
+    pub(super) fn deliver(self, error: Option<&StoreError>) {
+        match self {
+            Op::Append(op) => {
+                let result = match (error, op.result) {
+                    (Some(error), _) => Err(error.clone()),
+                    (None, Some(result)) => result,
+                    (None, None) => Err(StoreError::Backend("the append was never run".into())),
+                };
+                // A caller that dropped its reply no longer wants the answer.
+                let _ = op.reply.send(result);
+            }
+            Op::Call(call) => call.deliver(error),
+        }
+    }
+}
+
+/// A queued operation other than an append: its arguments, the function
+/// that runs it, and where its answer goes.
+pub(super) trait Call: Send {
+    /// Whether it may write.
+    fn access(&self) -> Access;
+    /// The account rows it locks.
+    fn locks(&self) -> &Locks;
+    /// Runs it in the current transaction and keeps its answer; an error
+    /// means the transaction failed.
+    fn run<'a>(&'a mut self, db: &'a Db) -> BoxFuture<'a, Result<(), tokio_postgres::Error>>;
+    /// Sends the kept answer, or `error` instead.
+    fn deliver(self: Box<Self>, error: Option<&StoreError>);
+}
+
+/// A [`Call`] with arguments `A` answering `T`.
+struct Job<A, T> {
+    args: A,
+    run: Run<A, T>,
+    access: Access,
+    locks: Locks,
+    reply: Reply<T>,
+    /// The answer of the last run.
+    result: Option<StoreResult<T>>,
+}
+
+impl<A: Send + Sync + 'static, T: Send + 'static> Call for Job<A, T> {
+    fn access(&self) -> Access {
+        self.access
+    }
+
+    fn locks(&self) -> &Locks {
+        &self.locks
+    }
+
+    fn run<'a>(&'a mut self, db: &'a Db) -> BoxFuture<'a, Result<(), tokio_postgres::Error>> {
+        Box::pin(async move {
+            let outcome = (self.run)(db, &self.args).await;
+            match outcome {
+                Ok(value) => self.result = Some(Ok(value)),
+                Err(OpError::Store(error)) => self.result = Some(Err(error)),
+                Err(OpError::Db(error)) => {
+                    self.result = None;
+                    return Err(error);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn deliver(self: Box<Self>, error: Option<&StoreError>) {
+        let result = match (error, self.result) {
+            (Some(error), _) => Err(error.clone()),
+            (None, Some(result)) => result,
+            (None, None) => Err(StoreError::Backend("the operation was never run".into())),
+        };
+        // A caller that dropped its reply no longer wants the answer.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The [`Op`] that runs `run(db, &args)` and answers on `reply`.
+pub(super) fn call<A, T>(args: A, reply: Reply<T>, access: Access, locks: Locks, run: Run<A, T>) -> Op
+where
+    A: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    Op::Call(Box::new(Job {
+        args,
+        run,
+        access,
+        locks,
+        reply,
+        result: None,
+    }))
+}
+
+/// Runs `sql` through the connection's statement cache: prepared once per
+/// connection, then one round trip per call.
+pub(super) async fn query(db: &Db, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.query(&statement, params).await
+}
+
+/// Like [`query`], for at most one row.
+pub(super) async fn query_opt(db: &Db, sql: &str, params: Params<'_>) -> Result<Option<Row>, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.query_opt(&statement, params).await
+}
+
+/// Like [`query`], for exactly one row.
+pub(super) async fn query_one(db: &Db, sql: &str, params: Params<'_>) -> Result<Row, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.query_one(&statement, params).await
+}
+
+/// Like [`query`], for a statement without rows: how many it changed.
+pub(super) async fn execute(db: &Db, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.execute(&statement, params).await
+}
+
+/// A stored `bigint` as the unsigned number it is (nothing negative is
+/// ever written).
+pub(super) fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// A `u64` as written: clamped like every stored value.
+pub(super) fn signed(value: u64) -> i64 {
+    saturating_sql(clamp(value))
+}
+
+/// A `u32` as a `bigint`.
+pub(super) fn wide(value: u32) -> i64 {
+    i64::from(value)
+}
+
+/// Text for a range bound: PostgreSQL text cannot hold NUL, and no name
+/// key has one, so a bound with NUL is cut there; every stored key compares
+/// with the cut as with the whole (nothing stored lies between them).
+pub(super) fn text(value: &str) -> &str {
+    value.split('\0').next().unwrap_or_default()
+}
+
+/// A name key to look up: `None` for one with NUL, which no account has
+/// (and PostgreSQL text cannot hold).
+pub(super) fn lookup_key(key: &str) -> Option<&str> {
+    (!key.contains('\0')).then_some(key)
+}
+
+/// Bytes stored as `bytea` (bodies and client ids may hold any character,
+/// NUL included, as in SQLite) read back as text.
+fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(bytes).map_err(|_| StoreError::Backend("stored text is not UTF-8".into()))
+}
+
+/// Locks the account rows with these ids, in id order; returns the ids that
+/// exist.
+pub(super) async fn lock_accounts(db: &Db, ids: &[i64]) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let rows = query(
+        db,
+        "SELECT id FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )
+    .await?;
+    rows.iter().map(|row| row.try_get(0)).collect()
+}
+
+/// Locks one account row; whether it exists. Ids PostgreSQL cannot hold
+/// exist for no account.
+pub(super) async fn lock_account(db: &Db, user: UserId) -> Result<bool, tokio_postgres::Error> {
+    let Some(id) = exact_sql(user.0) else {
+        return Ok(false);
+    };
+    Ok(!lock_accounts(db, &[id]).await?.is_empty())
+}
+
+/// Locks, at the start of a batch, every account row its operations will
+/// lock, in id order.
+pub(super) async fn lock_for_batch(db: &Db, ids: &[i64], keys: &[String]) -> Result<(), tokio_postgres::Error> {
+    let keys: Vec<&str> = keys.iter().filter_map(|k| lookup_key(k)).collect();
+    query(
+        db,
+        "SELECT id FROM accounts WHERE id = ANY($1) OR name_key = ANY($2) ORDER BY id FOR UPDATE",
+        &[&ids, &keys],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Reads an account from a row of `id, name, mechanism, salt, iterations,
+/// stored_key, server_key`.
+fn account_from_row(row: &Row) -> OpResult<Account> {
+    let mechanism: String = row.try_get(2)?;
+    let mechanism = Mechanism::from_name(&mechanism)
+        .ok_or_else(|| StoreError::Backend(format!("unknown mechanism {mechanism:?}")))?;
+    let iterations: i64 = row.try_get(4)?;
+    Ok(Account {
+        id: UserId(unsigned(row.try_get(0)?)),
+        name: row.try_get(1)?,
+        credentials: StoredCredentials {
+            mechanism,
+            salt: row.try_get(3)?,
+            iterations: u32::try_from(iterations).map_err(|_| StoreError::Backend("bad iteration count".into()))?,
+            stored_key: row.try_get(5)?,
+            server_key: row.try_get(6)?,
+        },
+    })
+}
+
+/// Reads a row of `id, name, name_key`.
+pub(super) fn summary_from_row(row: &Row) -> Result<AccountSummary, tokio_postgres::Error> {
+    Ok(AccountSummary {
+        id: UserId(unsigned(row.try_get(0)?)),
+        name: row.try_get(1)?,
+        name_key: row.try_get(2)?,
+    })
+}
+
+/// The columns [`message_from_row`] reads, in its order, with `a` the
+/// recipient's account row: a message at or below its `acked_through` is
+/// acknowledged whatever its own column says.
+macro_rules! message_columns {
+    () => {
+        "m.id, m.recipient, m.seq, m.sender, m.sender_name, m.client_msg_id, m.body, m.timestamp_ms, \
+         m.acked OR m.seq <= a.acked_through"
+    };
+}
+pub(super) use message_columns;
+
+/// Reads a message from a row of `message_columns!()`, starting at `at`.
+pub(super) fn message_from_row(row: &Row, at: usize) -> OpResult<StoredMessage> {
+    Ok(StoredMessage {
+        id: MessageId(unsigned(row.try_get(at)?)),
+        recipient: UserId(unsigned(row.try_get(at + 1)?)),
+        seq: Seq(unsigned(row.try_get(at + 2)?)),
+        sender: UserId(unsigned(row.try_get(at + 3)?)),
+        sender_name: row.try_get(at + 4)?,
+        client_msg_id: utf8(row.try_get(at + 5)?)?,
+        body: utf8(row.try_get(at + 6)?)?,
+        timestamp_ms: unsigned(row.try_get(at + 7)?),
+        acked: row.try_get(at + 8)?,
+    })
+}
+
+pub(super) async fn create_account(db: &Db, new: &NewAccount) -> OpResult<Account> {
+    let Some(key) = lookup_key(&new.name_key) else {
+        return Err(StoreError::Backend("a name key holds NUL".into()).into());
+    };
+    if query_opt(db, "SELECT 1 FROM accounts WHERE name_key = $1", &[&key])
+        .await?
+        .is_some()
+    {
+        return Err(StoreError::NameTaken.into());
+    }
+    // The invite is locked (another process cannot use it meanwhile) and
+    // used up only once the account row is in.
+    if let Some(invite) = &new.invite {
+        let valid = query_opt(
+            db,
+            "SELECT 1 FROM invites WHERE hash = $1 AND expires_ms > $2 FOR UPDATE",
+            &[&&invite.hash[..], &saturating_sql(invite.now_ms)],
+        )
+        .await?;
+        if valid.is_none() {
+            return Err(StoreError::InviteInvalid.into());
+        }
+    }
+    let credentials = &new.credentials;
+    // Another process may register the same key meanwhile: the conflict
+    // (after waiting for its transaction) is then a taken name.
+    let inserted = query_opt(
+        db,
+        "INSERT INTO accounts
+             (name, name_key, mechanism, salt, iterations, stored_key, server_key, created_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (name_key) DO NOTHING
+         RETURNING id",
+        &[
+            &new.name,
+            &key,
+            &credentials.mechanism.name(),
+            &credentials.salt,
+            &wide(credentials.iterations),
+            &credentials.stored_key,
+            &credentials.server_key,
+            &signed(clock::now_ms()),
+        ],
+    )
+    .await?;
+    let Some(row) = inserted else {
+        return Err(StoreError::NameTaken.into());
+    };
+    let id: i64 = row.try_get(0)?;
+    if let Some(invite) = &new.invite {
+        execute(db, "DELETE FROM invites WHERE hash = $1", &[&&invite.hash[..]]).await?;
+    }
+    Ok(Account {
+        id: UserId(unsigned(id)),
+        name: new.name.clone(),
+        credentials: new.credentials.clone(),
+    })
+}
+
+pub(super) async fn create_invite(db: &Db, invite: &NewInvite) -> OpResult<()> {
+    execute(
+        db,
+        "DELETE FROM invites WHERE expires_ms <= $1",
+        &[&saturating_sql(invite.now_ms)],
+    )
+    .await?;
+    execute(
+        db,
+        "INSERT INTO invites (hash, expires_ms) VALUES ($1, $2)
+         ON CONFLICT (hash) DO UPDATE SET expires_ms = excluded.expires_ms",
+        &[&&invite.hash[..], &saturating_sql(invite.expires_ms)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn find_account(db: &Db, name_key: &str) -> OpResult<Option<Account>> {
+    let Some(name_key) = lookup_key(name_key) else {
+        return Ok(None);
+    };
+    let row = query_opt(
+        db,
+        "SELECT id, name, mechanism, salt, iterations, stored_key, server_key FROM accounts WHERE name_key = $1",
+        &[&name_key],
+    )
+    .await?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+pub(super) async fn delete_account(db: &Db, user: UserId) -> OpResult<()> {
+    let Some(id) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    if !lock_account(db, user).await? {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    // Independent statements, pipelined: one round trip.
+    let id: Params = &[&id];
+    tokio::try_join!(
+        execute(db, "DELETE FROM messages WHERE recipient = $1", id),
+        execute(db, "DELETE FROM sent_ids WHERE sender = $1", id),
+        execute(db, "DELETE FROM resume_tokens WHERE owner = $1", id),
+        execute(db, "DELETE FROM contacts WHERE owner = $1 OR contact = $1", id),
+        execute(
+            db,
+            "DELETE FROM presence_subscriptions WHERE watcher = $1 OR target = $1",
+            id
+        ),
+        execute(db, "DELETE FROM blocks WHERE blocker = $1 OR blocked = $1", id),
+        execute(db, "DELETE FROM accounts WHERE id = $1", id),
+    )?;
+    Ok(())
+}
+
+/// The pattern as SQL `LIKE` sees it: `*` is `%`, `?` is `_`, and a
+/// literal `_` (a name character) is escaped.
+fn like_pattern(pattern: &NamePattern) -> String {
+    let mut like = String::with_capacity(pattern.as_str().len() + 4);
+    for c in pattern.as_str().chars() {
+        match c {
+            '*' => like.push('%'),
+            '?' => like.push('_'),
+            '_' | '%' | '\\' => {
+                like.push('\\');
+                like.push(c);
+            }
+            c => like.push(c),
+        }
+    }
+    like
+}
+
+/// The smallest string greater than every string starting with `prefix`, or
+/// `None` if there is no bound (empty prefix). Name characters are ASCII
+/// below `~`, so bumping the last one is enough.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut bound = prefix.to_owned();
+    let last = bound.pop()?;
+    bound.push(char::from_u32(u32::from(last) + 1)?);
+    Some(bound)
+}
+
+pub(super) async fn list_accounts(
+    db: &Db,
+    pattern: &NamePattern,
+    after: &str,
+    limit: u32,
+) -> OpResult<Vec<AccountSummary>> {
+    // The literal prefix bounds an index range scan (the keys' collation is
+    // "C": byte order, as in SQLite); LIKE filters within it.
+    let after = text(after);
+    let prefix = pattern.literal_prefix();
+    let like = like_pattern(pattern);
+    let lower = if after >= prefix { after } else { prefix };
+    // `after` itself is excluded, the prefix included.
+    let strict = after >= prefix;
+    let limit = wide(limit);
+    let rows = match (prefix_upper_bound(prefix), strict) {
+        (None, _) => {
+            query(
+                db,
+                "SELECT id, name, name_key FROM accounts WHERE name_key > $1 AND name_key LIKE $2
+                 ORDER BY name_key LIMIT $3",
+                &[&after, &like, &limit],
+            )
+            .await?
+        }
+        (Some(upper), true) => {
+            query(
+                db,
+                "SELECT id, name, name_key FROM accounts
+                 WHERE name_key > $1 AND name_key < $2 AND name_key LIKE $3
+                 ORDER BY name_key LIMIT $4",
+                &[&lower, &upper, &like, &limit],
+            )
+            .await?
+        }
+        (Some(upper), false) => {
+            query(
+                db,
+                "SELECT id, name, name_key FROM accounts
+                 WHERE name_key >= $1 AND name_key < $2 AND name_key LIKE $3
+                 ORDER BY name_key LIMIT $4",
+                &[&lower, &upper, &like, &limit],
+            )
+            .await?
+        }
+    };
+    Ok(rows.iter().map(summary_from_row).collect::<Result<_, _>>()?)
+}
+
+/// A mailbox's counters, from its account row.
+#[derive(Debug)]
+pub(super) struct MailboxRow {
+    pub(super) last_seq: u64,
+    pub(super) acked_through: u64,
+    pub(super) unread: u64,
+}
+
+/// The counters of the mailbox of `user`, or `None` if there is no such
+/// account; with `lock`, its row is locked for the transaction.
+async fn mailbox_row(db: &Db, user: UserId, lock: bool) -> OpResult<Option<MailboxRow>> {
+    let Some(id) = exact_sql(user.0) else {
+        return Ok(None);
+    };
+    let sql = if lock {
+        "SELECT last_seq, acked_through, unread FROM accounts WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT last_seq, acked_through, unread FROM accounts WHERE id = $1"
+    };
+    let Some(row) = query_opt(db, sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(MailboxRow {
+        last_seq: unsigned(row.try_get(0)?),
+        acked_through: unsigned(row.try_get(1)?),
+        unread: unsigned(row.try_get(2)?),
+    }))
+}
+
+/// Reads a page of a mailbox. PostgreSQL adds up the messages' costs over
+/// at most `limit + 1` rows from the (recipient, seq) index, reading only
+/// their lengths, and sends the messages within the budget: rows past it
+/// are never loaded or sent.
+pub(super) async fn fetch(
+    db: &Db,
+    user: UserId,
+    after: Seq,
+    limit: u32,
+    include_acked: bool,
+    max_bytes: usize,
+) -> OpResult<FetchPage> {
+    let Some(id) = exact_sql(user.0) else {
+        return Ok(FetchPage::default());
+    };
+    let after = saturating_sql(after.0);
+    if limit == 0 {
+        // Nothing fits; more follow if any message would match.
+        let any = query_opt(
+            db,
+            "SELECT 1 FROM accounts a JOIN messages m ON m.recipient = a.id
+             WHERE a.id = $1
+               AND m.seq > CASE WHEN $3::boolean THEN $2::bigint ELSE greatest($2::bigint, a.acked_through) END
+               AND ($3::boolean OR NOT m.acked)
+             LIMIT 1",
+            &[&id, &after, &include_acked],
+        )
+        .await?;
+        return Ok(FetchPage {
+            messages: Vec::new(),
+            more: any.is_some(),
+        });
+    }
+    // One row past the limit tells whether more follow.
+    let wanted = i64::from(limit).saturating_add(1);
+    let budget = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    let overhead = i64::try_from(MESSAGE_OVERHEAD_BYTES).unwrap_or(0);
+    let rows = query(
+        db,
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            ", page.total
+             FROM accounts a
+             CROSS JOIN LATERAL (
+                 SELECT c.seq, row_number() OVER w AS n, count(*) OVER () AS total,
+                        (sum(c.cost) OVER w)::bigint AS spent
+                 FROM (
+                     SELECT m.seq, octet_length(m.body) + octet_length(m.sender_name)
+                                   + octet_length(m.client_msg_id) + $5::bigint AS cost
+                     FROM messages m
+                     WHERE m.recipient = a.id
+                       AND m.seq > CASE WHEN $3::boolean THEN $2::bigint
+                                        ELSE greatest($2::bigint, a.acked_through) END
+                       AND ($3::boolean OR NOT m.acked)
+                     ORDER BY m.seq
+                     LIMIT $4::bigint
+                 ) c
+                 WINDOW w AS (ORDER BY c.seq ROWS UNBOUNDED PRECEDING)
+             ) page
+             JOIN messages m ON m.recipient = a.id AND m.seq = page.seq
+             WHERE a.id = $1 AND page.n <= $6::bigint AND (page.n = 1 OR page.spent <= $7::bigint)
+             ORDER BY m.seq"
+        ),
+        &[
+            &id,
+            &after,
+            &include_acked,
+            &wanted,
+            &overhead,
+            &i64::from(limit),
+            &budget,
+        ],
+    )
+    .await?;
+    let mut page = FetchPage::default();
+    let mut total = 0i64;
+    for row in &rows {
+        page.messages.push(message_from_row(row, 0)?);
+        total = row.try_get(9)?;
+    }
+    page.more = total > i64::try_from(page.messages.len()).unwrap_or(i64::MAX);
+    Ok(page)
+}
+
+/// Acks up to a seq by moving the mailbox's watermark, counting the unread
+/// messages it passes (no row is rewritten), and single seqs above it by
+/// their `acked` column: two statements sent together, one round trip. The
+/// first locks the account row; the second, which PostgreSQL starts only
+/// after the first finished, so that it sees every message committed before
+/// the lock was granted, does the rest.
+pub(super) async fn ack(db: &Db, user: UserId, range: &AckRange) -> OpResult<(u64, MailboxState)> {
+    let Some(id) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    // Seqs PostgreSQL cannot hold cannot exist.
+    let singles: Vec<i64> = range.seqs.iter().filter_map(|seq| exact_sql(seq.0)).collect();
+    let up_to = saturating_sql(range.up_to.0);
+    let lock: Params = &[&id];
+    let acked: Params = &[&id, &up_to, &singles];
+    let (_, rows) = tokio::try_join!(
+        query(db, "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", lock),
+        query(
+            db,
+            // Never past the last seq: messages stored later are not acked.
+            // Seqs at or below the new watermark are acked by it. The count
+            // covers (old, new watermark], the singles lie above it: the
+            // two never meet.
+            "WITH mailbox AS (
+                 SELECT id, last_seq, unread, acked_through AS old_mark,
+                        greatest(acked_through, least($2::bigint, last_seq)) AS new_mark
+                 FROM accounts WHERE id = $1
+             ), passed AS (
+                 SELECT count(*) AS n FROM messages m JOIN mailbox b ON m.recipient = b.id
+                 WHERE m.seq > b.old_mark AND m.seq <= b.new_mark AND NOT m.acked
+             ), marked AS (
+                 UPDATE messages m SET acked = true FROM mailbox b
+                 WHERE m.recipient = b.id AND m.seq = ANY($3::bigint[]) AND m.seq > b.new_mark AND NOT m.acked
+                 RETURNING 1
+             ), newly AS (
+                 SELECT (SELECT n FROM passed) + (SELECT count(*) FROM marked) AS n
+             ), saved AS (
+                 UPDATE accounts a SET acked_through = b.new_mark, unread = greatest(b.unread - newly.n, 0)
+                 FROM mailbox b, newly
+                 WHERE a.id = b.id AND (b.new_mark <> b.old_mark OR newly.n > 0)
+                 RETURNING 1
+             )
+             SELECT b.last_seq, newly.n, greatest(b.unread - newly.n, 0), (SELECT count(*) FROM saved)
+             FROM mailbox b, newly",
+            acked,
+        ),
+    )?;
+    let Some(row) = rows.first() else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    Ok((
+        unsigned(row.try_get(1)?),
+        MailboxState {
+            last_seq: Seq(unsigned(row.try_get(0)?)),
+            unread: unsigned(row.try_get(2)?),
+        },
+    ))
+}
+
+pub(super) async fn delete_messages(db: &Db, user: UserId, ids: &[MessageId]) -> OpResult<Vec<MessageId>> {
+    let Some(mailbox) = mailbox_row(db, user, true).await? else {
+        return Ok(Vec::new());
+    };
+    let recipient = signed(user.0);
+    // Ids PostgreSQL cannot hold cannot exist.
+    let wanted: Vec<i64> = ids.iter().filter_map(|id| exact_sql(id.0)).collect();
+    let rows = query(
+        db,
+        "DELETE FROM messages WHERE recipient = $1 AND id = ANY($2)
+         RETURNING id, seq, acked, octet_length(body)",
+        &[&recipient, &wanted],
+    )
+    .await?;
+    let mut gone = std::collections::HashSet::new();
+    let mut unread_deleted = 0u64;
+    let mut bytes_deleted = 0u64;
+    for row in &rows {
+        let id = unsigned(row.try_get(0)?);
+        let seq = unsigned(row.try_get(1)?);
+        let acked: bool = row.try_get(2)?;
+        let bytes: i32 = row.try_get(3)?;
+        if !acked && seq > mailbox.acked_through {
+            unread_deleted += 1;
+        }
+        bytes_deleted = bytes_deleted.saturating_add(u64::try_from(bytes).unwrap_or(0));
+        gone.insert(id);
+    }
+    // In the order given, each once.
+    let mut deleted = Vec::with_capacity(gone.len());
+    for id in ids {
+        if gone.remove(&id.0) {
+            deleted.push(*id);
+        }
+    }
+    if !deleted.is_empty() {
+        let count = u64::try_from(deleted.len()).unwrap_or(u64::MAX);
+        execute(
+            db,
+            "UPDATE accounts SET unread = $2,
+                 stored_messages = greatest(stored_messages - $3, 0), stored_bytes = greatest(stored_bytes - $4, 0)
+             WHERE id = $1",
+            &[
+                &recipient,
+                &signed(mailbox.unread.saturating_sub(unread_deleted)),
+                &signed(count),
+                &signed(bytes_deleted),
+            ],
+        )
+        .await?;
+    }
+    Ok(deleted)
+}
+
+pub(super) async fn mailbox_state(db: &Db, user: UserId) -> OpResult<MailboxState> {
+    let Some(mailbox) = mailbox_row(db, user, false).await? else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    Ok(MailboxState {
+        last_seq: Seq(mailbox.last_seq),
+        unread: mailbox.unread,
+    })
+}
+
+/// The account with this name key, as a listing row.
+pub(super) async fn find_summary(db: &Db, name_key: &str) -> OpResult<Option<AccountSummary>> {
+    let Some(name_key) = lookup_key(name_key) else {
+        return Ok(None);
+    };
+    let row = query_opt(
+        db,
+        "SELECT id, name, name_key FROM accounts WHERE name_key = $1",
+        &[&name_key],
+    )
+    .await?;
+    Ok(row.as_ref().map(summary_from_row).transpose()?)
+}
+
+/// Locks the caller's account and the one with key `key` (in id order);
+/// `NoSuchUser` unless the caller exists. The other is `None` when no
+/// account has the key.
+pub(super) async fn lock_pair(db: &Db, user: UserId, key: &str) -> OpResult<(i64, Option<AccountSummary>)> {
+    let Some(me) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    let other = find_summary(db, key).await?;
+    let mut ids = vec![me];
+    ids.extend(other.as_ref().and_then(|o| exact_sql(o.id.0)));
+    let locked = lock_accounts(db, &ids).await?;
+    if !locked.contains(&me) {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    // The other account may have gone while this waited for its lock.
+    let other = other.filter(|o| exact_sql(o.id.0).is_some_and(|id| locked.contains(&id)));
+    Ok((me, other))
+}
+
+pub(super) async fn add_contact(db: &Db, user: UserId, contact_key: &str, max: u32) -> OpResult<AccountSummary> {
+    let (owner, contact) = lock_pair(db, user, contact_key).await?;
+    let Some(contact) = contact else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    let them = signed(contact.id.0);
+    // Adding again is not an error, and is allowed at the limit: it adds nothing.
+    let present = query_opt(
+        db,
+        "SELECT 1 FROM contacts WHERE owner = $1 AND contact = $2",
+        &[&owner, &them],
+    )
+    .await?;
+    if present.is_some() {
+        return Ok(contact);
+    }
+    let held: i64 = query_one(db, "SELECT count(*) FROM contacts WHERE owner = $1", &[&owner])
+        .await?
+        .try_get(0)?;
+    if unsigned(held) >= u64::from(max) {
+        return Err(StoreError::LimitReached(contact_limit_message(max)).into());
+    }
+    execute(
+        db,
+        "INSERT INTO contacts (owner, contact) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&owner, &them],
+    )
+    .await?;
+    Ok(contact)
+}
+
+pub(super) async fn remove_contact(db: &Db, user: UserId, contact_key: &str) -> OpResult<bool> {
+    let (owner, contact) = match lock_pair(db, user, contact_key).await {
+        Ok(pair) => pair,
+        Err(OpError::Store(_)) => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    let Some(contact) = contact else {
+        return Ok(false);
+    };
+    let them = signed(contact.id.0);
+    let removed = execute(
+        db,
+        "DELETE FROM contacts WHERE owner = $1 AND contact = $2",
+        &[&owner, &them],
+    )
+    .await?
+        > 0;
+    if removed {
+        // The subscription to its presence goes with the contact.
+        execute(
+            db,
+            "DELETE FROM presence_subscriptions WHERE watcher = $1 AND target = $2",
+            &[&owner, &them],
+        )
+        .await?;
+    }
+    Ok(removed)
+}
+
+pub(super) async fn list_contacts(db: &Db, user: UserId) -> OpResult<Vec<AccountSummary>> {
+    let Some(owner) = exact_sql(user.0) else {
+        return Ok(Vec::new());
+    };
+    let rows = query(
+        db,
+        "SELECT accounts.id, accounts.name, accounts.name_key
+         FROM contacts JOIN accounts ON accounts.id = contacts.contact
+         WHERE contacts.owner = $1
+         ORDER BY accounts.name_key",
+        &[&owner],
+    )
+    .await?;
+    Ok(rows.iter().map(summary_from_row).collect::<Result<_, _>>()?)
+}
+
+pub(super) async fn create_resume_token(db: &Db, token: &NewResumeToken) -> OpResult<()> {
+    if !lock_account(db, token.user).await? {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    let user = signed(token.user.0);
+    let hash = &token.hash[..];
+    let now = signed(clock::now_ms());
+    // A token with the same hash is replaced, whoever held it; then the
+    // user's expired ones go. Pipelined.
+    let same: Params = &[&hash];
+    let expired: Params = &[&user, &now];
+    tokio::try_join!(
+        execute(db, "DELETE FROM resume_tokens WHERE hash = $1", same),
+        execute(
+            db,
+            "DELETE FROM resume_tokens WHERE owner = $1 AND expires_ms <= $2",
+            expired
+        ),
+    )?;
+    // Make room for the new token, which is always kept: drop the tokens
+    // expiring first (in insertion order among equals).
+    let held: i64 = query_one(db, "SELECT count(*) FROM resume_tokens WHERE owner = $1", &[&user])
+        .await?
+        .try_get(0)?;
+    let excess = unsigned(held).saturating_sub(u64::from(other_tokens_kept(token.max_per_user)));
+    if excess > 0 {
+        execute(
+            db,
+            "DELETE FROM resume_tokens WHERE hash IN (
+                 SELECT hash FROM resume_tokens WHERE owner = $1
+                 ORDER BY expires_ms, created_seq LIMIT $2)",
+            &[&user, &signed(excess)],
+        )
+        .await?;
+    }
+    execute(
+        db,
+        "INSERT INTO resume_tokens (hash, owner, expires_ms, created_seq)
+         SELECT $1, $2, $3, coalesce(max(created_seq), 0) + 1 FROM resume_tokens WHERE owner = $2",
+        &[&hash, &user, &signed(token.expires_ms)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn resume(db: &Db, hash: &[u8; 32], now_ms: u64) -> OpResult<Option<Account>> {
+    let hash = &hash[..];
+    let Some(token) = query_opt(
+        db,
+        "SELECT owner, expires_ms FROM resume_tokens WHERE hash = $1",
+        &[&hash],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let owner: i64 = token.try_get(0)?;
+    let expires_ms: i64 = token.try_get(1)?;
+    if unsigned(expires_ms) <= now_ms {
+        execute(db, "DELETE FROM resume_tokens WHERE hash = $1", &[&hash]).await?;
+        return Ok(None);
+    }
+    let row = query_opt(
+        db,
+        "SELECT id, name, mechanism, salt, iterations, stored_key, server_key FROM accounts WHERE id = $1",
+        &[&owner],
+    )
+    .await?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+pub(super) async fn revoke_resume_token(db: &Db, hash: &[u8; 32]) -> OpResult<()> {
+    execute(db, "DELETE FROM resume_tokens WHERE hash = $1", &[&&hash[..]]).await?;
+    Ok(())
+}
+
+pub(super) async fn revoke_all_resume_tokens(db: &Db, user: UserId) -> OpResult<u64> {
+    let Some(id) = exact_sql(user.0) else { return Ok(0) };
+    Ok(execute(db, "DELETE FROM resume_tokens WHERE owner = $1", &[&id]).await?)
+}
+
+pub(super) async fn set_credentials(db: &Db, user: UserId, credentials: &StoredCredentials) -> OpResult<()> {
+    let Some(id) = exact_sql(user.0) else {
+        return Err(StoreError::NoSuchUser.into());
+    };
+    let changed = execute(
+        db,
+        "UPDATE accounts SET mechanism = $2, salt = $3, iterations = $4, stored_key = $5, server_key = $6
+         WHERE id = $1",
+        &[
+            &id,
+            &credentials.mechanism.name(),
+            &credentials.salt,
+            &wide(credentials.iterations),
+            &credentials.stored_key,
+            &credentials.server_key,
+        ],
+    )
+    .await?;
+    if changed == 0 {
+        return Err(StoreError::NoSuchUser.into());
+    }
+    execute(db, "DELETE FROM resume_tokens WHERE owner = $1", &[&id]).await?;
+    Ok(())
+}
+
+/// `new` as stored with these id, recipient, seq and timestamp, not acked.
+pub(super) fn unacked(new: &NewMessage, id: u64, recipient: u64, seq: u64, timestamp_ms: u64) -> StoredMessage {
+    StoredMessage {
+        id: MessageId(id),
+        recipient: UserId(recipient),
+        seq: Seq(seq),
+        sender: UserId(clamp(new.sender.0)),
+        sender_name: new.sender_name.clone(),
+        client_msg_id: new.client_msg_id.clone(),
+        body: new.body.clone(),
+        timestamp_ms,
+        acked: false,
+    }
+}
+
+/// An append's answer around `message`.
+pub(super) fn appended(message: StoredMessage, duplicate: bool) -> Appended {
+    Appended {
+        message: Arc::new(message),
+        duplicate,
+    }
+}

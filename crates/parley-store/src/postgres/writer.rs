@@ -1,0 +1,528 @@
+//! The writer: the only task that talks to PostgreSQL for the store.
+//!
+//! It takes queued operations in batches and runs each batch as one
+//! transaction on one pooled connection (group commit), answering each
+//! operation only after its batch committed. It stops when every sender of
+//! the queue is gone (the store was closed or dropped), after finishing
+//! everything queued.
+//!
+//! A batch that writes begins by locking every account row its operations
+//! will lock, in id order, so that batches of different processes never wait
+//! for each other in a cycle. What can still go wrong, and what follows:
+//! - PostgreSQL reports a deadlock or a serialization failure, or another
+//!   process stored one of the batch's client ids meanwhile (`append.rs`):
+//!   the batch is rolled back and run again, a few times.
+//! - A statement fails (a bad row, a lost connection before COMMIT): the
+//!   batch is rolled back and each of its operations is run again in a
+//!   transaction of its own, so that one bad operation fails alone and a
+//!   connection that died is replaced by a fresh one.
+//! - No connection can be had (refused, timed out): every operation of the
+//!   batch is answered [`StoreError::Unavailable`], the store reports the
+//!   failure (`write_failure`, for `/readyz`), and for a second new
+//!   operations are answered the same without trying; meanwhile, and while
+//!   writes fail for any other reason, the writer probes the database every
+//!   second with a one-row write and clears the failure when it passes.
+//! - The connection dies during COMMIT, or a batch outlives its timeout:
+//!   nobody can tell whether it committed. Its operations are answered
+//!   `Unavailable` and the connection is dropped; a resent message is
+//!   recognised by its client id whichever way it went.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use parley_core::StoreError;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use super::append::{self, RunEnd};
+use super::ops::{self, Db, Op};
+use super::schema::{self, describe};
+use super::{BUSY_RETRY_AFTER_MS, PgOpenError, PgOptions, Shared};
+
+/// How often the writer retries a database it could not reach or write to,
+/// while no operation comes; also how long it answers new operations
+/// `Unavailable` without trying after a connection could not be opened.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many times a batch runs when PostgreSQL asks for a retry (deadlock,
+/// serialization failure, a client id stored by another process meanwhile).
+const MAX_TRIES: u32 = 5;
+
+/// What every connection sets before its first use: the durability and
+/// isolation the store's reasoning relies on, whatever the server's or the
+/// role's defaults. `synchronous_commit = on`: COMMIT returns once the
+/// commit is flushed to the server's disk (and to synchronous standbys, if
+/// configured), so an acknowledged message survives a crash of PostgreSQL or
+/// of the machine. READ COMMITTED: each statement sees what committed before
+/// it, which the append runs rely on after taking their locks.
+const SESSION_SETUP: &str = "SET synchronous_commit = on;
+     SET default_transaction_isolation = 'read committed';";
+
+/// Opens connections for the pool: plain TCP or unix socket (no TLS), and
+/// the session settings above, with the server ending a session that stays
+/// idle inside a transaction (a process frozen while it held account locks)
+/// or runs one statement past the batch timeout.
+struct Session {
+    /// The batch timeout, for the server-side timeouts.
+    timeout: Duration,
+}
+
+impl deadpool_postgres::Connect for Session {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> ops::BoxFuture<'_, Result<(Client, JoinHandle<()>), tokio_postgres::Error>> {
+        let config = config.clone();
+        let millis = self.timeout.as_millis();
+        Box::pin(async move {
+            let (client, task) = connect(&config).await?;
+            let setup = format!(
+                "{SESSION_SETUP} SET idle_in_transaction_session_timeout = {millis}; SET statement_timeout = {millis};"
+            );
+            if let Err(error) = client.batch_execute(&setup).await {
+                task.abort();
+                return Err(error);
+            }
+            Ok((client, task))
+        })
+    }
+}
+
+/// Opens one connection and drives it on a task of this runtime.
+async fn connect(config: &tokio_postgres::Config) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    let task = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %describe(&error), "PostgreSQL connection ended");
+        }
+    });
+    Ok((client, task))
+}
+
+/// Why a batch's transaction did not commit.
+enum Failure {
+    /// A statement failed.
+    Db(tokio_postgres::Error),
+    /// Another process recorded one of the run's client ids meanwhile.
+    Raced,
+    /// COMMIT failed in a way that does not say whether it took effect.
+    CommitUnknown(tokio_postgres::Error),
+}
+
+/// What the writer makes of a PostgreSQL error.
+enum Verdict {
+    /// Run the batch again.
+    Retry,
+    /// The database cannot serve now: [`StoreError::Unavailable`].
+    Unavailable(String),
+    /// Anything else: [`StoreError::Backend`].
+    Backend(String),
+}
+
+/// Whether the error means the connection is gone.
+fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    error.is_closed()
+        || std::error::Error::source(error).is_some_and(|cause| cause.downcast_ref::<std::io::Error>().is_some())
+}
+
+fn verdict(error: &tokio_postgres::Error) -> Verdict {
+    let why = describe(error);
+    if connection_lost(error) {
+        return Verdict::Unavailable(format!("lost the connection to PostgreSQL: {why}"));
+    }
+    let Some(code) = error.code() else {
+        return Verdict::Backend(why);
+    };
+    if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE {
+        return Verdict::Retry;
+    }
+    let class = &code.code()[..2.min(code.code().len())];
+    // Connection exceptions, insufficient resources (disk full, out of
+    // memory, too many connections), operator intervention (shutdown,
+    // cancelled or timed-out statements), system errors, and a read-only
+    // server (a standby): an operator's or a failover's business, after
+    // which the same request may pass.
+    let unavailable = matches!(class, "08" | "53" | "57" | "58") || *code == SqlState::READ_ONLY_SQL_TRANSACTION;
+    if unavailable {
+        Verdict::Unavailable(format!("PostgreSQL: {why}"))
+    } else {
+        Verdict::Backend(why)
+    }
+}
+
+/// The writer's own state.
+pub(super) struct Writer {
+    /// The connections.
+    pool: Pool,
+    /// See [`PgOptions::batch_timeout`].
+    batch_timeout: Duration,
+    /// Most operations per batch.
+    max_batch: usize,
+    /// When a connection last could not be opened, and why, while the
+    /// database is unreachable: new operations are answered at once until
+    /// [`PROBE_INTERVAL`] has passed.
+    unreachable: Option<(Instant, String)>,
+}
+
+/// Answers waiting `close` callers even if the writer ends abnormally, so
+/// that nobody waits forever.
+struct FinishOnExit(
+    /// The state whose `close` waiters must be answered.
+    Arc<Shared>,
+);
+
+impl Drop for FinishOnExit {
+    fn drop(&mut self) {
+        // A no-op when the writer already reported how it stopped.
+        self.0.finish(Err(StoreError::Backend(
+            "the PostgreSQL writer stopped unexpectedly".into(),
+        )));
+    }
+}
+
+/// Connects, migrates, reads the server secret and builds the pool.
+pub(super) async fn start(options: &PgOptions) -> Result<(Writer, [u8; 32]), PgOpenError> {
+    let mut config = options.url.config.clone();
+    config.connect_timeout(options.connect_timeout);
+    if config.get_application_name().is_none() {
+        config.application_name("parleyd");
+    }
+    let unreachable = |error: tokio_postgres::Error| PgOpenError::Connect {
+        url: options.url.redacted(),
+        why: describe(&error),
+    };
+    let (client, task) = connect(&config).await.map_err(unreachable)?;
+    let fresh: [u8; 32] = rand::random();
+    let prepared = schema::prepare(&client, &options.url, fresh).await;
+    // Closing this connection also releases the migration lock, whatever
+    // happened.
+    drop(client);
+    let _ = task.await;
+    let secret = prepared?;
+
+    let manager = Manager::from_connect(
+        config,
+        Session {
+            timeout: options.batch_timeout,
+        },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(options.pool_size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(options.connect_timeout))
+        .wait_timeout(Some(options.connect_timeout))
+        .build()
+        .map_err(|error| PgOpenError::Connect {
+            url: options.url.redacted(),
+            why: error.to_string(),
+        })?;
+    Ok((
+        Writer {
+            pool,
+            batch_timeout: options.batch_timeout,
+            max_batch: options.max_batch,
+            unreachable: None,
+        },
+        secret,
+    ))
+}
+
+impl Writer {
+    /// Serves the queue until every sender is gone.
+    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Op>, shared: Arc<Shared>) {
+        let guard = FinishOnExit(shared);
+        let shared = &*guard.0;
+        let mut batch = Vec::new();
+        loop {
+            let failing = shared.writes_failing.load(Ordering::Relaxed);
+            let first = if failing {
+                tokio::select! {
+                    op = queue.recv() => op,
+                    () = tokio::time::sleep(PROBE_INTERVAL) => {
+                        self.probe(shared).await;
+                        continue;
+                    }
+                }
+            } else {
+                queue.recv().await
+            };
+            // `recv` ends only once the queue is empty and every sender gone.
+            let Some(first) = first else { break };
+            batch.push(first);
+            // Take what is already waiting, without waiting for more: the
+            // batch is as large as the load makes it, and a lone op is not
+            // delayed. While writes fail, one op per batch, so that a
+            // failing write fails nothing else.
+            let max_batch = if failing { 1 } else { self.max_batch };
+            while batch.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            self.run_batch(std::mem::take(&mut batch), shared).await;
+        }
+        self.pool.close();
+        shared.finish(Ok(()));
+    }
+
+    /// Runs a batch, and its operations one by one if it failed as a whole.
+    async fn run_batch(&mut self, ops: Vec<Op>, shared: &Shared) {
+        let Some(ops) = self.attempt(ops, shared, true).await else {
+            return;
+        };
+        for op in ops {
+            // A lone op is always answered by `attempt`.
+            if let Some(rest) = self.attempt(vec![op], shared, false).await {
+                let error = StoreError::Backend("the operation could not be run".into());
+                rest.into_iter().for_each(|op| op.deliver(Some(&error)));
+            }
+        }
+    }
+
+    /// A pooled connection, or why there is none. With `fail_fast`, a
+    /// database found unreachable less than [`PROBE_INTERVAL`] ago is not
+    /// tried again.
+    async fn connection(&mut self, fail_fast: bool) -> Result<Object, String> {
+        if fail_fast
+            && let Some((since, why)) = &self.unreachable
+            && since.elapsed() < PROBE_INTERVAL
+        {
+            return Err(why.clone());
+        }
+        match self.pool.get().await {
+            Ok(connection) => {
+                self.unreachable = None;
+                Ok(connection)
+            }
+            Err(error) => {
+                let why = match &error {
+                    deadpool_postgres::PoolError::Backend(error) => {
+                        format!("cannot connect to PostgreSQL: {}", describe(error))
+                    }
+                    other => format!("cannot connect to PostgreSQL: {other}"),
+                };
+                self.unreachable = Some((Instant::now(), why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    /// Runs `ops` in one transaction, again when PostgreSQL asks for it, and
+    /// answers them; or, when the batch failed as a whole and `split` allows,
+    /// gives them back unanswered to be run one by one.
+    async fn attempt(&mut self, mut ops: Vec<Op>, shared: &Shared, split: bool) -> Option<Vec<Op>> {
+        let counters = &shared.counters;
+        let size = u64::try_from(ops.len()).unwrap_or(u64::MAX);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let connection = match self.connection(true).await {
+                Ok(connection) => connection,
+                Err(why) => {
+                    counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    shared.set_write_failure(Some(why.clone()));
+                    deliver(ops, Some(StoreError::Unavailable(why)));
+                    return None;
+                }
+            };
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(self.batch_timeout, transaction(&connection, &mut ops)).await;
+            let failure = match outcome {
+                Ok(Ok(wrote)) => {
+                    drop(connection);
+                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    counters.commit_micros.record(micros);
+                    counters.batch_size.record(size);
+                    counters.commits.fetch_add(1, Ordering::Relaxed);
+                    counters.ops_committed.fetch_add(size, Ordering::Relaxed);
+                    if wrote && shared.writes_failing.load(Ordering::Relaxed) {
+                        shared.set_write_failure(None);
+                    }
+                    deliver(ops, None);
+                    return None;
+                }
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    // The transaction may be anywhere, COMMIT included: the
+                    // connection goes, PostgreSQL rolls back what did not
+                    // commit.
+                    discard(connection);
+                    counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    let why = format!("PostgreSQL did not finish a batch within {:?}", self.batch_timeout);
+                    shared.set_write_failure(Some(why.clone()));
+                    deliver(ops, Some(StoreError::Unavailable(why)));
+                    return None;
+                }
+            };
+            counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            let (error, unknown) = match failure {
+                Failure::Raced => {
+                    roll_back(connection).await;
+                    if tries < MAX_TRIES {
+                        continue;
+                    }
+                    (None, false)
+                }
+                Failure::Db(error) => {
+                    if connection_lost(&error) {
+                        discard(connection);
+                    } else {
+                        roll_back(connection).await;
+                    }
+                    (Some(error), false)
+                }
+                Failure::CommitUnknown(error) => {
+                    discard(connection);
+                    (Some(error), true)
+                }
+            };
+            let verdict = match &error {
+                Some(error) => verdict(error),
+                None => Verdict::Retry,
+            };
+            let answer = match verdict {
+                Verdict::Retry if tries < MAX_TRIES && !unknown => {
+                    // Let the other transaction finish first.
+                    tokio::time::sleep(Duration::from_millis(u64::from(tries) * 5)).await;
+                    continue;
+                }
+                // Contention that outlasted the retries: the client may
+                // try again shortly.
+                Verdict::Retry => StoreError::Busy {
+                    retry_after_ms: BUSY_RETRY_AFTER_MS,
+                },
+                Verdict::Unavailable(why) => {
+                    if split && ops.len() > 1 && !unknown {
+                        // Each op on a fresh connection, if one can be had.
+                        return Some(ops);
+                    }
+                    shared.set_write_failure(Some(why.clone()));
+                    StoreError::Unavailable(why)
+                }
+                Verdict::Backend(why) => {
+                    if split && ops.len() > 1 && !unknown {
+                        return Some(ops);
+                    }
+                    tracing::error!(error = %why, ops = size, "PostgreSQL batch failed");
+                    StoreError::Backend(why)
+                }
+            };
+            deliver(ops, Some(answer));
+            return None;
+        }
+    }
+
+    /// Tries a one-row write in a transaction of its own; clears the write
+    /// failure when it commits, records why when it does not.
+    async fn probe(&mut self, shared: &Shared) {
+        let connection = match self.connection(false).await {
+            Ok(connection) => connection,
+            Err(why) => {
+                shared.set_write_failure(Some(why));
+                return;
+            }
+        };
+        let write = connection.batch_execute("BEGIN; UPDATE server_secret SET secret = secret; COMMIT;");
+        match tokio::time::timeout(self.batch_timeout, write).await {
+            Ok(Ok(())) => shared.set_write_failure(None),
+            Ok(Err(error)) => {
+                let why = match verdict(&error) {
+                    Verdict::Unavailable(why) | Verdict::Backend(why) => why,
+                    Verdict::Retry => return,
+                };
+                if connection_lost(&error) {
+                    discard(connection);
+                } else {
+                    roll_back(connection).await;
+                }
+                shared.set_write_failure(Some(why));
+            }
+            Err(_) => {
+                discard(connection);
+                shared.set_write_failure(Some(format!(
+                    "PostgreSQL did not finish a write within {:?}",
+                    self.batch_timeout
+                )));
+            }
+        }
+    }
+}
+
+/// Runs the batch in one transaction (none for a batch of reads only);
+/// whether it may have written.
+async fn transaction(db: &Db, ops: &mut [Op]) -> Result<bool, Failure> {
+    let writes = ops.iter().any(Op::writes);
+    if writes {
+        if ops.len() > 1 {
+            let (mut ids, mut keys) = (Vec::new(), Vec::new());
+            for op in ops.iter() {
+                op.locks(&mut ids, &mut keys);
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            keys.sort_unstable();
+            keys.dedup();
+            // Pipelined: one round trip.
+            tokio::try_join!(db.batch_execute("BEGIN"), ops::lock_for_batch(db, &ids, &keys)).map_err(Failure::Db)?;
+        } else {
+            db.batch_execute("BEGIN").await.map_err(Failure::Db)?;
+        }
+    }
+    let mut wrote = false;
+    let mut at = 0;
+    while at < ops.len() {
+        let run = ops[at..].iter().take_while(|op| matches!(op, Op::Append(_))).count();
+        if run > 0 {
+            match append::run(db, &mut ops[at..at + run]).await.map_err(Failure::Db)? {
+                RunEnd::Done { wrote: stored } => wrote |= stored,
+                RunEnd::Raced => return Err(Failure::Raced),
+            }
+            at += run;
+            continue;
+        }
+        if let Op::Call(call) = &mut ops[at] {
+            call.run(db).await.map_err(Failure::Db)?;
+            wrote |= call.access() == ops::Access::Write;
+        }
+        at += 1;
+    }
+    if writes {
+        db.batch_execute("COMMIT").await.map_err(|error| {
+            if connection_lost(&error) {
+                Failure::CommitUnknown(error)
+            } else {
+                Failure::Db(error)
+            }
+        })?;
+    }
+    Ok(wrote)
+}
+
+/// Ends a failed transaction; a connection that cannot is dropped.
+async fn roll_back(connection: Object) {
+    if let Err(error) = connection.batch_execute("ROLLBACK").await {
+        tracing::debug!(error = %describe(&error), "rollback after a failed batch");
+        discard(connection);
+    }
+}
+
+/// Takes a connection out of the pool and closes it.
+fn discard(connection: Object) {
+    drop(Object::take(connection));
+}
+
+/// Answers every op: its own answer, or `error`.
+fn deliver(ops: Vec<Op>, error: Option<StoreError>) {
+    for op in ops {
+        op.deliver(error.as_ref());
+    }
+}
