@@ -66,6 +66,7 @@ mod kind {
     pub const NOTICE: u8 = 7;
     pub const CLOSE: u8 = 8;
     pub const LAG: u8 = 9;
+    pub const WATCH: u8 = 10;
 }
 
 mod notice {
@@ -96,6 +97,7 @@ impl Frame {
             Body::Remote(Remote::Ring { .. }) => kind::RING,
             Body::Remote(Remote::Notice { .. }) => kind::NOTICE,
             Body::Remote(Remote::Close { .. }) => kind::CLOSE,
+            Body::Remote(Remote::Watch { .. }) => kind::WATCH,
             Body::Lag => kind::LAG,
         };
         out.put_u8(kind);
@@ -149,6 +151,17 @@ impl Frame {
                 out.put_u64_le(user.0);
                 put_str(&mut out, reason.kind.as_str());
                 put_str(&mut out, &reason.message);
+            }
+            Body::Remote(Remote::Watch {
+                follower,
+                contact,
+                contact_name,
+                follow,
+            }) => {
+                out.put_u64_le(follower.0);
+                out.put_u64_le(contact.0);
+                out.put_u8(u8::from(*follow));
+                put_str(&mut out, contact_name);
             }
         }
         out.freeze()
@@ -232,6 +245,18 @@ impl Frame {
                 Body::Remote(Remote::Close {
                     user,
                     reason: CloseReason { kind, message },
+                })
+            }
+            kind::WATCH => {
+                let follower = UserId(u64_of(r)?);
+                let contact = UserId(u64_of(r)?);
+                let follow = u8_of(r)? != 0;
+                let contact_name = Arc::from(str_of(r)?);
+                Body::Remote(Remote::Watch {
+                    follower,
+                    contact,
+                    contact_name,
+                    follow,
                 })
             }
             other => return Err(DecodeError::Kind(other)),
@@ -347,6 +372,25 @@ mod tests {
                 Body::Remote(Remote::Notice { user, notice: got }) => assert_eq!((user, got), (UserId(1), notice)),
                 other => panic!("{other:?}"),
             }
+        }
+        match round_trip(Body::Remote(Remote::Watch {
+            follower: UserId(1),
+            contact: UserId(2),
+            contact_name: Arc::from("bo"),
+            follow: true,
+        }))
+        .body
+        {
+            Body::Remote(Remote::Watch {
+                follower,
+                contact,
+                contact_name,
+                follow,
+            }) => assert_eq!(
+                (follower, contact, &*contact_name, follow),
+                (UserId(1), UserId(2), "bo", true)
+            ),
+            other => panic!("{other:?}"),
         }
         let reason = CloseReason {
             kind: ErrorKind::Kicked,

@@ -306,17 +306,26 @@ fn zombie(pid: u32) -> bool {
 }
 
 #[test]
-fn more_than_one_worker_is_refused_with_a_reason() {
+fn more_than_one_worker_without_a_shared_store_and_the_bus_is_refused_with_what_to_set() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new(binary("parleyd"))
-        .args(["--workers", "2", "--listen", "127.0.0.1:0", "--http-listen", "off"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .expect("run parleyd");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("workers: 2 is not possible yet"), "{err}");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(binary("parleyd"))
+            .args(["--workers", "2", "--listen", "127.0.0.1:0", "--http-listen", "off"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("run parleyd");
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[]);
+    assert!(err.contains("workers: 2 needs store = \"postgres\""), "{err}");
+    assert!(err.contains("which sqlite is not"), "{err}");
+    assert!(err.contains("workers: 2 needs the bus"), "{err}");
+    let err = run(&["--store", "memory", "--bus", "nats://127.0.0.1:4222"]);
+    assert!(err.contains("which memory is not"), "{err}");
+    assert!(!err.contains("needs the bus"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

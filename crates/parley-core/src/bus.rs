@@ -76,6 +76,16 @@ pub enum Remote {
     /// Every session of `user` there must close (a kick, logging out
     /// everywhere, a password change, the account deleted).
     Close { user: UserId, reason: CloseReason },
+    /// `follower` starts or stops following `contact`'s presence (an
+    /// approval, a cancellation, a block, made where `follower` may have
+    /// no session); on stopping, its sessions there that showed `contact`
+    /// online are told it is not.
+    Watch {
+        follower: UserId,
+        contact: UserId,
+        contact_name: Arc<str>,
+        follow: bool,
+    },
 }
 
 /// The transport between processes. Implementations never block the

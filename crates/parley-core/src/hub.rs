@@ -385,6 +385,21 @@ impl Hub {
                 Notice::PresenceApproved { name } => SessionEvent::PresenceApproved { name: Arc::clone(name) },
             }),
             Remote::Close { user, reason } => self.close_here(user, None, &reason),
+            Remote::Watch {
+                follower,
+                contact,
+                contact_name,
+                follow: true,
+            } => {
+                let _ = contact_name;
+                self.watch_change_here(follower, contact, true);
+            }
+            Remote::Watch {
+                follower,
+                contact,
+                contact_name,
+                follow: false,
+            } => self.stop_seeing_here(follower, contact, &contact_name),
         }
     }
 
@@ -518,6 +533,28 @@ impl Hub {
     /// following `contact` before; false when `follower` is offline, whose
     /// relations are loaded at its next login.
     pub fn watch_change(&self, follower: UserId, contact: UserId, follow: bool) -> bool {
+        self.watch_change_here(follower, contact, follow)
+    }
+
+    /// [`Hub::watch_change`], also in the other processes holding
+    /// sessions of `follower` (whose name for `contact` is `contact_name`).
+    pub fn watch_change_everywhere(
+        &self,
+        follower: UserId,
+        contact: UserId,
+        contact_name: &Arc<str>,
+        follow: bool,
+    ) -> bool {
+        self.send_elsewhere(follower, || Remote::Watch {
+            follower,
+            contact,
+            contact_name: Arc::clone(contact_name),
+            follow,
+        });
+        self.watch_change_here(follower, contact, follow)
+    }
+
+    fn watch_change_here(&self, follower: UserId, contact: UserId, follow: bool) -> bool {
         let mut shard = lock(self.watching_shard(follower));
         let Some(watching) = shard.get_mut(&follower) else {
             return false;
@@ -543,8 +580,18 @@ impl Hub {
     /// was following and `target` is online, its sessions get `target` as
     /// offline, so that no client keeps showing what it may no longer see.
     pub fn stop_seeing(&self, watcher: UserId, target: UserId, target_name: &Arc<str>) {
-        if self.watch_change(watcher, target, false) && self.is_online(target) {
-            self.notify(watcher, || SessionEvent::Presence {
+        self.send_elsewhere(watcher, || Remote::Watch {
+            follower: watcher,
+            contact: target,
+            contact_name: Arc::clone(target_name),
+            follow: false,
+        });
+        self.stop_seeing_here(watcher, target, target_name);
+    }
+
+    fn stop_seeing_here(&self, watcher: UserId, target: UserId, target_name: &Arc<str>) {
+        if self.watch_change_here(watcher, target, false) && self.is_online(target) {
+            self.notify_here(watcher, &|| SessionEvent::Presence {
                 name: Arc::clone(target_name),
                 online: false,
             });

@@ -1231,7 +1231,9 @@ impl Session {
             }
             let approved = requested.subscription == Subscription::Approved;
             if approved {
-                service.hub.watch_change(user, target.id, true);
+                service
+                    .hub
+                    .watch_change_everywhere(user, target.id, &Arc::from(target.name.as_str()), true);
             }
             Ok((target.name, approved && service.hub.is_online(target.id)))
         })
@@ -1283,7 +1285,7 @@ impl Session {
             match (change.before, change.after) {
                 (Subscription::Pending, Subscription::Approved) => {
                     let watcher = change.other.id;
-                    service.hub.watch_change(watcher, user, true);
+                    service.hub.watch_change_everywhere(watcher, user, &me, true);
                     service
                         .hub
                         .notify(watcher, || SessionEvent::PresenceApproved { name: Arc::clone(&me) });
@@ -1321,7 +1323,12 @@ impl Session {
                 other => other.into(),
             })?;
             if change.after == Subscription::None {
-                service.hub.watch_change(user, change.other.id, false);
+                service.hub.watch_change_everywhere(
+                    user,
+                    change.other.id,
+                    &Arc::from(change.other.name.as_str()),
+                    false,
+                );
             }
             Ok(())
         })
@@ -1399,7 +1406,9 @@ impl Session {
         async move {
             let removed = removed.await?;
             if let Some(account) = lookup.await? {
-                service.hub.watch_change(user, account.id, false);
+                service
+                    .hub
+                    .watch_change_everywhere(user, account.id, &Arc::from(account.name.as_str()), false);
             }
             Ok(removed)
         }

@@ -292,7 +292,7 @@ pub struct Settings {
     pub http_max_connections_per_ip: usize,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: parley_http::TrustedProxies,
-    /// Worker processes (only 1 until cross-worker delivery exists).
+    /// Worker processes (more than 1 only with PostgreSQL and the bus).
     pub workers: usize,
     /// Silence after which the master replaces a worker; None: not watched.
     pub worker_heartbeat_timeout: Option<Duration>,
@@ -497,7 +497,7 @@ settings! {
     http_max_connections_per_ip: "PARLEY_HTTP_MAX_CONNECTIONS_PER_IP", "N";
     /// Proxies whose Forwarded / X-Forwarded-For name the client, as CIDR ranges, comma-separated [default: none]
     trusted_proxies: "PARLEY_TRUSTED_PROXIES", "LIST";
-    /// Worker processes; only 1 is possible until workers can deliver to each other's sessions [default: 1]
+    /// Worker processes, all accepting on the same listeners; more than 1 needs store = postgres and the bus [default: 1]
     workers: "PARLEY_WORKERS", "N";
     /// Seconds a worker may go without a heartbeat before the master kills and replaces it (a stopped or stuck worker); 0 to never [default: 10]
     worker_heartbeat_timeout_secs: "PARLEY_WORKER_HEARTBEAT_TIMEOUT_SECS", "SECS";
@@ -1216,13 +1216,6 @@ impl SettingArgs {
             1..=1024,
             1,
         );
-        if workers > 1 {
-            errors.push(format!(
-                "workers: {workers} is not possible yet: a message must reach the recipient's session in \
-                 whichever worker holds it, and workers cannot deliver to each other until the message bus \
-                 exists; set workers = 1"
-            ));
-        }
         let bus_node_timeout_secs: u64 = num(
             &mut errors,
             "bus_node_timeout_secs",
@@ -1260,6 +1253,24 @@ impl SettingArgs {
                 })
             }
         };
+        if workers > 1 {
+            // Workers share the listeners, so a user's sessions may land on
+            // any of them: they need one store they all see and the bus to
+            // reach each other's sessions.
+            if store != StoreKind::Postgres {
+                errors.push(format!(
+                    "workers: {workers} needs store = \"postgres\" (with postgres_url): the workers must share one \
+                     store, which {} is not; set store = \"postgres\", or workers = 1",
+                    store.name()
+                ));
+            }
+            if bus.is_none() {
+                errors.push(format!(
+                    "workers: {workers} needs the bus (bus = \"nats://127.0.0.1:4222\"), through which each worker \
+                     reaches the sessions the others hold; set bus, or workers = 1"
+                ));
+            }
+        }
         let worker_heartbeat_timeout_secs: u64 = num(
             &mut errors,
             "worker_heartbeat_timeout_secs",

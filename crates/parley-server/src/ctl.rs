@@ -117,6 +117,9 @@ pub struct Status {
     /// The serving worker, if one is up.
     #[serde(default)]
     pub worker: Option<WorkerStatus>,
+    /// Every worker serving now (`workers` of them when all are up).
+    #[serde(default)]
+    pub workers: Vec<u32>,
 }
 
 /// One online user, for `sessions`.

@@ -143,6 +143,28 @@ impl Worker {
     }
 }
 
+/// One worker's place: the worker in it and when to start the next.
+struct Slot {
+    current: Option<Worker>,
+    /// The pause before the next start in a crash loop.
+    backoff: Duration,
+    /// Starts that failed in a row.
+    start_failures: u32,
+    /// When to start a worker in it again (after a death).
+    restart_at: Option<tokio::time::Instant>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            current: None,
+            backoff: RESTART_BACKOFF_MIN,
+            start_failures: 0,
+            restart_at: None,
+        }
+    }
+}
+
 /// The master's state.
 struct Master {
     launch: Launch,
@@ -153,7 +175,9 @@ struct Master {
     started: Instant,
     generation: u64,
     restarts: u64,
-    current: Option<Worker>,
+    /// One place per worker (`workers` of them), each with the worker
+    /// serving in it now, if any, and its restart state.
+    slots: Vec<Slot>,
     /// Old workers draining after a reload: pid and the task that reaps them.
     draining: Vec<(u32, JoinHandle<()>)>,
     ctl_path: Option<PathBuf>,
@@ -186,26 +210,45 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
     let mut master = Master {
         exe: own_executable()?,
         launch,
+        slots: (0..settings.workers.max(1)).map(|_| Slot::new()).collect(),
         settings,
         listeners,
         run_id,
         started: Instant::now(),
         generation: 0,
         restarts: 0,
-        current: None,
         draining: Vec::new(),
         ctl_path,
     };
-    let first = match master.start_worker().await {
-        Ok(w) => w,
-        Err(e) => {
-            master.remove_ctl_socket();
-            return Err(e.context("the first worker did not start"));
+    for index in 0..master.slots.len() {
+        match master.start_worker().await {
+            Ok(w) => master.slots[index].current = Some(w),
+            Err(e) => {
+                master.remove_ctl_socket();
+                let started: Vec<Worker> = master.slots.iter_mut().filter_map(|s| s.current.take()).collect();
+                for mut w in started {
+                    w.signal(Signal::SIGTERM);
+                    let _ = tokio::time::timeout(FAILED_EXIT_WAIT, w.child.wait()).await;
+                    let _ = w.child.start_kill();
+                }
+                return Err(e.context(if index == 0 {
+                    "the first worker did not start".to_owned()
+                } else {
+                    format!("worker {} of {} did not start", index + 1, master.slots.len())
+                }));
+            }
         }
-    };
+    }
+    let pids: Vec<u32> = master
+        .slots
+        .iter()
+        .filter_map(|s| s.current.as_ref().map(|w| w.pid))
+        .collect();
+    let first = pids.first().copied().unwrap_or(0);
     // One machine-readable line on stdout: scripts and tests read the ports
     // (and pids) from it when listening on port 0. `http=` is absent when
-    // it is off, `tls=` when no listener speaks TLS.
+    // it is off, `tls=` when no listener speaks TLS, `workers=` with one
+    // worker.
     let tls = master.tls_listeners();
     let mut line = format!("parleyd listening native={}", master.listeners.native_addr());
     if let Some(http) = master.listeners.http_addr() {
@@ -214,7 +257,11 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
     if let Some(tls) = &tls {
         line.push_str(&format!(" tls={tls}"));
     }
-    line.push_str(&format!(" master={} worker={}", std::process::id(), first.pid));
+    line.push_str(&format!(" master={} worker={first}", std::process::id()));
+    let all = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    if pids.len() > 1 {
+        line.push_str(&format!(" workers={all}"));
+    }
     println!("{line}");
     // Absent settings (`None`) leave their field out.
     tracing::info!(
@@ -223,67 +270,86 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
         tls = tls.map(tracing::field::display),
         store = %crate::server::describe_store(&master.settings),
         ctl = master.ctl_path.as_ref().map(|p| tracing::field::display(p.display())),
-        worker = first.pid,
+        worker = %all,
         "parleyd listening"
     );
-    master.current = Some(first);
 
-    let mut backoff = RESTART_BACKOFF_MIN;
-    let mut start_failures = 0u32;
-    let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
-        let heard = master
-            .current
-            .as_ref()
-            .filter(|w| !w.silenced)
-            .map(|w| (w.pid, w.heard.clone()));
+        let heard: Vec<(usize, u32, watch::Receiver<Instant>)> = master
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.current
+                    .as_ref()
+                    .filter(|w| !w.silenced)
+                    .map(|w| (i, w.pid, w.heard.clone()))
+            })
+            .collect();
+        let restart_at = master
+            .slots
+            .iter()
+            .filter(|s| s.current.is_none())
+            .filter_map(|s| s.restart_at)
+            .min();
         tokio::select! {
-            status = wait_for(&mut master.current) => {
-                let (pid, lived) = master.current.as_ref().map(|w| (w.pid, w.started.elapsed())).unwrap_or((0, Duration::ZERO));
-                master.current = None;
+            (index, status) = wait_any(&mut master.slots) => {
+                let slot = &mut master.slots[index];
+                let (pid, lived) = slot.current.as_ref().map(|w| (w.pid, w.started.elapsed())).unwrap_or((0, Duration::ZERO));
+                slot.current = None;
                 let delay = if lived >= SERVED_WELL_AFTER {
-                    backoff = RESTART_BACKOFF_MIN;
+                    slot.backoff = RESTART_BACKOFF_MIN;
                     tracing::error!(worker = pid, status = %describe(&status), served = ?lived, "worker died; restarting it now");
                     Duration::ZERO
                 } else {
-                    let delay = backoff;
-                    backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                    let delay = slot.backoff;
+                    slot.backoff = (slot.backoff * 2).min(RESTART_BACKOFF_MAX);
                     tracing::error!(worker = pid, status = %describe(&status), served = ?lived, restart_in = ?delay, "worker died soon after it started; restarting it after a pause");
                     delay
                 };
-                restart_at = Some(tokio::time::Instant::now() + delay);
+                slot.restart_at = Some(tokio::time::Instant::now() + delay);
             }
-            // A reload meanwhile may have started a worker already.
-            () = sleep_until(restart_at), if master.current.is_none() => {
-                restart_at = None;
-                master.restarts += 1;
-                if master.settings.store == StoreKind::Memory {
-                    tracing::warn!("the memory store died with the worker: the new worker starts empty");
-                }
-                match master.start_worker().await {
-                    Ok(w) => {
-                        tracing::info!(worker = w.pid, restarts = master.restarts, "worker restarted");
-                        start_failures = 0;
-                        master.current = Some(w);
+            () = sleep_until(restart_at) => {
+                let now = tokio::time::Instant::now();
+                for index in 0..master.slots.len() {
+                    let slot = &master.slots[index];
+                    // A reload meanwhile may have started a worker already.
+                    if slot.current.is_some() || slot.restart_at.is_none_or(|at| at > now) {
+                        continue;
                     }
-                    Err(e) => {
-                        start_failures += 1;
-                        if start_failures >= MAX_START_FAILURES {
-                            tracing::error!(error = %format!("{e:#}"), attempts = start_failures, "worker restart failed; giving up");
-                            master.stop().await;
-                            return Err(e.context(format!(
-                                "no worker could be started ({start_failures} attempts in a row failed)"
-                            )));
+                    master.slots[index].restart_at = None;
+                    master.restarts += 1;
+                    if master.settings.store == StoreKind::Memory {
+                        tracing::warn!("the memory store died with the worker: the new worker starts empty");
+                    }
+                    let started = master.start_worker().await;
+                    let slot = &mut master.slots[index];
+                    match started {
+                        Ok(w) => {
+                            tracing::info!(worker = w.pid, restarts = master.restarts, "worker restarted");
+                            slot.start_failures = 0;
+                            slot.current = Some(w);
                         }
-                        tracing::error!(error = %format!("{e:#}"), attempt = start_failures, of = MAX_START_FAILURES, retry_in = ?backoff, "worker restart failed");
-                        restart_at = Some(tokio::time::Instant::now() + backoff);
-                        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                        Err(e) => {
+                            slot.start_failures += 1;
+                            if slot.start_failures >= MAX_START_FAILURES {
+                                let failures = slot.start_failures;
+                                tracing::error!(error = %format!("{e:#}"), attempts = failures, "worker restart failed; giving up");
+                                master.stop().await;
+                                return Err(e.context(format!(
+                                    "no worker could be started ({failures} attempts in a row failed)"
+                                )));
+                            }
+                            tracing::error!(error = %format!("{e:#}"), attempt = slot.start_failures, of = MAX_START_FAILURES, retry_in = ?slot.backoff, "worker restart failed");
+                            slot.restart_at = Some(tokio::time::Instant::now() + slot.backoff);
+                            slot.backoff = (slot.backoff * 2).min(RESTART_BACKOFF_MAX);
+                        }
                     }
                 }
             }
-            (pid, silent) = silence(heard, master.settings.worker_heartbeat_timeout) => {
+            (index, pid, silent) = silence(heard, master.settings.worker_heartbeat_timeout) => {
                 tracing::error!(worker = pid, silent = ?silent, "worker sent no heartbeat in time (stopped or stuck): killing it to start another");
-                if let Some(w) = master.current.as_mut() {
+                if let Some(w) = master.slots[index].current.as_mut() {
                     w.silenced = true;
                     w.signal(Signal::SIGKILL);
                 }
@@ -314,27 +380,46 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for the current worker to exit; never resolves without one.
-async fn wait_for(current: &mut Option<Worker>) -> std::io::Result<std::process::ExitStatus> {
-    match current {
-        Some(w) => w.child.wait().await,
-        None => std::future::pending().await,
+/// Waits for any worker to exit: its slot and its status; never resolves
+/// without a worker.
+async fn wait_any(slots: &mut [Slot]) -> (usize, std::io::Result<std::process::ExitStatus>) {
+    let waits: Vec<_> = slots
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            s.current
+                .as_mut()
+                .map(|w| Box::pin(async move { (i, w.child.wait().await) }))
+        })
+        .collect();
+    if waits.is_empty() {
+        return std::future::pending().await;
     }
+    futures::future::select_all(waits).await.0
 }
 
-/// Resolves when the watched worker has sent nothing for `timeout`, with
-/// its pid and how long it has been silent; never without a worker or a
-/// timeout.
-async fn silence(heard: Option<(u32, watch::Receiver<Instant>)>, timeout: Option<Duration>) -> (u32, Duration) {
-    let (Some((pid, heard)), Some(timeout)) = (heard, timeout) else {
+/// Resolves when one of the watched workers has sent nothing for
+/// `timeout`, with its slot, its pid and how long it has been silent; never
+/// without a worker or a timeout.
+async fn silence(
+    heard: Vec<(usize, u32, watch::Receiver<Instant>)>,
+    timeout: Option<Duration>,
+) -> (usize, u32, Duration) {
+    let Some(timeout) = timeout.filter(|_| !heard.is_empty()) else {
         return std::future::pending().await;
     };
     loop {
-        let last = *heard.borrow();
-        if last.elapsed() >= timeout {
-            return (pid, last.elapsed());
+        let mut next = None;
+        for (index, pid, heard) in &heard {
+            let last = *heard.borrow();
+            if last.elapsed() >= timeout {
+                return (*index, *pid, last.elapsed());
+            }
+            next = Some(next.map_or(last + timeout, |n: Instant| n.min(last + timeout)));
         }
-        tokio::time::sleep_until(tokio::time::Instant::from_std(last + timeout)).await;
+        if let Some(next) = next {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+        }
     }
 }
 
@@ -528,26 +613,49 @@ impl Master {
         if self.settings.store == StoreKind::Memory || previous_settings.store == StoreKind::Memory {
             tracing::warn!("the memory store does not survive a reload: the new worker starts empty");
         }
-        let new = match self.start_worker().await {
-            Ok(w) => w,
-            Err(e) => {
-                self.settings = previous_settings;
-                if let Some(previous) = previous_listeners {
-                    self.listeners = previous;
+        // One worker at a time: the others keep accepting on the shared
+        // listeners meanwhile, so no connection is refused.
+        let mut reloaded: Option<Reloaded> = None;
+        let count = self.slots.len();
+        for index in 0..count {
+            let new = match self.start_worker().await {
+                Ok(w) => w,
+                Err(e) if index == 0 => {
+                    self.settings = previous_settings;
+                    if let Some(previous) = previous_listeners {
+                        self.listeners = previous;
+                    }
+                    return refuse(format!("{e:#}; the old workers keep serving"));
                 }
-                return refuse(format!("{e:#}; the old worker keeps serving"));
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reload stopped part way");
+                    return Reply::error(format!(
+                        "{e:#}: {index} of {count} workers run the new configuration, the others the old one; reload again"
+                    ));
+                }
+            };
+            let (pid, generation) = (new.pid, new.generation);
+            let old = self.slots[index].current.replace(new);
+            let old_pid = old.as_ref().map(|w| w.pid);
+            if let Some(old) = old {
+                self.drain(old, previous_settings.shutdown_grace);
             }
-        };
-        let reloaded = Reloaded {
-            worker_pid: new.pid,
-            generation: new.generation,
-            old_worker_pid: self.current.as_ref().map(|w| w.pid),
-        };
-        if let Some(old) = self.current.replace(new) {
-            self.drain(old, previous_settings.shutdown_grace);
+            tracing::info!(worker = pid, old = ?old_pid, "reloaded");
+            reloaded.get_or_insert(Reloaded {
+                worker_pid: pid,
+                generation,
+                old_worker_pid: old_pid,
+            });
         }
-        tracing::info!(worker = reloaded.worker_pid, old = ?reloaded.old_worker_pid, "reloaded");
-        Reply::ok(reloaded)
+        match reloaded {
+            Some(reloaded) => Reply::ok(reloaded),
+            None => Reply::error("no worker to reload"),
+        }
+    }
+
+    /// The first worker serving now.
+    fn any_worker(&self) -> Option<&Worker> {
+        self.slots.iter().find_map(|s| s.current.as_ref())
     }
 
     /// Sends SIGTERM to `old` and reaps it in the background, with SIGKILL
@@ -587,8 +695,13 @@ impl Master {
             worker_restarts: self.restarts,
             draining: self.draining.iter().map(|(pid, _)| *pid).collect(),
             worker: None,
+            workers: self
+                .slots
+                .iter()
+                .filter_map(|s| s.current.as_ref().map(|w| w.pid))
+                .collect(),
         };
-        let Some(calls) = self.current.as_ref().map(|w| w.calls.clone()) else {
+        let Some(calls) = self.any_worker().map(|w| w.calls.clone()) else {
             let _ = reply.send(Reply::ok(status));
             return;
         };
@@ -600,9 +713,10 @@ impl Master {
         });
     }
 
-    /// Passes a request only a worker can answer to the current worker.
+    /// Passes a request only a worker can answer to a worker (any one:
+    /// with several, the bus carries what it does to the others).
     fn forward(&self, request: Request, reply: oneshot::Sender<Reply>) {
-        let Some(calls) = self.current.as_ref().map(|w| w.calls.clone()) else {
+        let Some(calls) = self.any_worker().map(|w| w.calls.clone()) else {
             let _ = reply.send(Reply::error("no worker is serving right now; try again shortly"));
             return;
         };
@@ -615,8 +729,11 @@ impl Master {
     /// running after the grace period.
     async fn stop(mut self) {
         let grace = self.settings.shutdown_grace;
-        if let Some(mut w) = self.current.take() {
+        let workers: Vec<Worker> = self.slots.iter_mut().filter_map(|s| s.current.take()).collect();
+        for w in &workers {
             w.signal(Signal::SIGTERM);
+        }
+        let stops = workers.into_iter().map(|mut w| async move {
             match tokio::time::timeout(grace + EXIT_MARGIN, w.child.wait()).await {
                 Ok(status) => tracing::info!(worker = w.pid, status = %describe(&status), "worker stopped"),
                 Err(_) => {
@@ -628,7 +745,8 @@ impl Master {
                     let _ = w.child.wait().await;
                 }
             }
-        }
+        });
+        futures::future::join_all(stops).await;
         for (_, task) in self.draining.drain(..) {
             let _ = task.await;
         }

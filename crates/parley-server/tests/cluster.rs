@@ -1,0 +1,231 @@
+//! Several parleyd processes as one service, on one PostgreSQL schema and
+//! the NATS server on 127.0.0.1:4222: nodes (each its own master) and
+//! workers (several under one master). Users reach each other wherever
+//! their sessions are; presence, kicks and broadcasts cross too.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::WAIT;
+use parley_client::{Client, Event};
+use parley_testkit::postgres::Scratch;
+use parley_testkit::{Store, TestServer};
+
+/// Whether NATS answers; without it the test fails under
+/// `PARLEY_REQUIRE_SERVICES=1` and is skipped (saying so) otherwise.
+fn nats_or_skip() -> bool {
+    if std::net::TcpStream::connect("127.0.0.1:4222").is_ok() {
+        return true;
+    }
+    assert!(
+        !std::env::var("PARLEY_REQUIRE_SERVICES").is_ok_and(|v| v == "1"),
+        "NATS on 127.0.0.1:4222 is required (PARLEY_REQUIRE_SERVICES=1) but not reachable"
+    );
+    println!("skipped: NATS is not reachable on 127.0.0.1:4222");
+    false
+}
+
+/// A schema of its own and a bus prefix of its own, or None (skipped).
+fn cluster() -> Option<(Scratch, String)> {
+    if !nats_or_skip() || !Store::Postgres.available() {
+        return None;
+    }
+    let scratch = Scratch::create()?;
+    let prefix = format!("parley-test-{:016x}", rand::random::<u64>());
+    Some((scratch, prefix))
+}
+
+fn node(scratch: &Scratch, prefix: &str, extra: &[&str]) -> TestServer {
+    let mut args = vec![
+        "--bus",
+        "nats://127.0.0.1:4222",
+        "--bus-prefix",
+        prefix,
+        "--bus-node-timeout-secs",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    TestServer::start_on_postgres(scratch, &args)
+}
+
+async fn next_event(client: &Client) -> Event {
+    match tokio::time::timeout(WAIT, client.next_event()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("connection ended"),
+        Err(_) => panic!("no event within {WAIT:?}"),
+    }
+}
+
+/// The bodies of the next pushed messages, acknowledged, until `count`.
+async fn receive(client: &Client, count: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    while bodies.len() < count {
+        match next_event(client).await {
+            Event::Messages(batch) => {
+                let last = batch.last().map_or(0, |m| m.seq);
+                bodies.extend(batch.into_iter().map(|m| m.body));
+                client.ack(last, Vec::new()).await.unwrap();
+            }
+            Event::Presence { .. } | Event::PresenceRequest { .. } | Event::PresenceApproved { .. } => {}
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+    bodies
+}
+
+/// Waits until `check` holds.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_two_nodes_chat_see_each_other_and_are_kicked_and_told_across() {
+    let Some((scratch, prefix)) = cluster() else { return };
+    let a = node(&scratch, &prefix, &[]);
+    let b = node(&scratch, &prefix, &[]);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    alice.subscribe(0).await.unwrap();
+    bob.subscribe(0).await.unwrap();
+
+    // Presence by consent, across nodes.
+    alice.add_contact("bob").await.unwrap();
+    assert!(matches!(next_event(&bob).await, Event::PresenceRequest { from } if from == "alice"));
+    bob.approve_presence("alice").await.unwrap();
+    assert!(matches!(next_event(&alice).await, Event::PresenceApproved { name } if name == "bob"));
+    assert!(matches!(next_event(&alice).await, Event::Presence { name, online: true } if name == "bob"));
+
+    // Messages both ways, in order.
+    for i in 0..20 {
+        alice.send("bob", &format!("a{i}")).await.unwrap();
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+    assert_eq!(receive(&bob, 20).await, expected);
+    bob.send("alice", "hello from b").await.unwrap();
+    assert_eq!(receive(&alice, 1).await, ["hello from b"]);
+
+    // The operator of node A sees bob online and broadcasts to him.
+    let (code, out, err) = a.ctl(&["sessions"]);
+    assert!(code.success(), "{err}");
+    let sessions: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        sessions,
+        serde_json::json!([{"user": "alice", "sessions": 1}, {"user": "bob", "sessions": 0, "elsewhere": true}])
+    );
+    let (code, out, err) = a.ctl(&["broadcast", "maintenance at noon"]);
+    assert!(code.success(), "{out}{err}");
+    assert_eq!(receive(&bob, 1).await, ["maintenance at noon"]);
+    assert_eq!(receive(&alice, 1).await, ["maintenance at noon"]);
+
+    // Kicked from node A: bob's session on node B ends.
+    let (code, out, err) = a.ctl(&["kick", "bob"]);
+    assert!(code.success(), "{out}{err}");
+    loop {
+        match next_event(&bob).await {
+            Event::Goodbye { code, .. } => {
+                assert_eq!(code, parley_client::ErrorCode::Kicked);
+                break;
+            }
+            Event::Disconnected => panic!("disconnected without a goodbye"),
+            _ => {}
+        }
+    }
+    assert!(matches!(next_event(&alice).await, Event::Presence { name, online: false } if name == "bob"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_takes_its_users_offline_after_the_timeout() {
+    let Some((scratch, prefix)) = cluster() else { return };
+    let a = node(&scratch, &prefix, &[]);
+    let mut b = node(&scratch, &prefix, &[]);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    alice.subscribe(0).await.unwrap();
+    alice.add_contact("bob").await.unwrap();
+    bob.approve_presence("alice").await.unwrap();
+    assert!(matches!(next_event(&alice).await, Event::PresenceApproved { .. }));
+    assert!(matches!(next_event(&alice).await, Event::Presence { online: true, .. }));
+    // Node B stops dead (its processes frozen, as a machine that fails
+    // would): no goodbye on the bus, no closed connections.
+    let killed = Instant::now();
+    let frozen: Vec<u32> = b.workers().into_iter().chain([b.master_pid()]).collect();
+    for pid in &frozen {
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+    }
+    assert!(matches!(next_event(&alice).await, Event::Presence { name, online: false } if name == "bob"));
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "offline after {took:?}, before the node timeout"
+    );
+    b.kill();
+    for pid in &frozen {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status();
+    }
+    // What is sent to bob meanwhile is stored, and his next login on A gets it.
+    alice.send("bob", "while you were away").await.unwrap();
+    let bob = a.user("bob").await;
+    bob.subscribe(0).await.unwrap();
+    assert_eq!(receive(&bob, 1).await, ["while you were away"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_serve_one_port_and_reach_each_others_sessions() {
+    let Some((scratch, prefix)) = cluster() else { return };
+    let server = node(&scratch, &prefix, &["--workers", "3"]);
+    let (code, out, err) = server.ctl(&["status"]);
+    assert!(code.success(), "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["workers"].as_array().map(Vec::len), Some(3), "{status}");
+
+    // Six users, whose connections land on whichever worker accepts them;
+    // each sends to every other and receives from every other.
+    let names: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+    let mut clients = Vec::new();
+    for name in &names {
+        let client = server.user(name).await;
+        client.subscribe(0).await.unwrap();
+        clients.push(client);
+    }
+    for (i, client) in clients.iter().enumerate() {
+        for (j, to) in names.iter().enumerate() {
+            if i != j {
+                client.send(to, &format!("{i}->{j}")).await.unwrap();
+            }
+        }
+    }
+    for (j, client) in clients.iter().enumerate() {
+        let mut got = receive(client, names.len() - 1).await;
+        got.sort();
+        let mut expected: Vec<String> = (0..names.len())
+            .filter(|&i| i != j)
+            .map(|i| format!("{i}->{j}"))
+            .collect();
+        expected.sort();
+        assert_eq!(got, expected, "u{j}");
+    }
+
+    // A reload replaces the workers one at a time; a killed one comes back.
+    let (code, out, err) = server.ctl(&["reload"]);
+    assert!(code.success(), "{out}{err}");
+    let killed = server.kill_worker();
+    eventually("three workers again, without the killed one", async || {
+        let workers = server.workers();
+        workers.len() >= 3 && !workers.contains(&killed)
+    })
+    .await;
+    let late = server.user("late").await;
+    late.subscribe(0).await.unwrap();
+    let u0 = server.user("u0").await;
+    u0.send("late", "welcome").await.unwrap();
+    assert_eq!(receive(&late, 1).await, ["welcome"]);
+}
