@@ -125,10 +125,18 @@ enum Verdict {
     Backend(String),
 }
 
-/// Whether the error means the connection is gone.
+/// Whether the error means the connection is gone: closed, an I/O error,
+/// a connection exception, or the server ending the session (an
+/// administrator's `pg_terminate_backend`, a shutdown or crash restart).
 fn connection_lost(error: &tokio_postgres::Error) -> bool {
-    error.is_closed()
+    if error.is_closed()
         || std::error::Error::source(error).is_some_and(|cause| cause.downcast_ref::<std::io::Error>().is_some())
+    {
+        return true;
+    }
+    error.code().is_some_and(|code| {
+        code.code().starts_with("08") || *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN
+    })
 }
 
 fn verdict(error: &tokio_postgres::Error) -> Verdict {
