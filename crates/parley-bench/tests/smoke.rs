@@ -117,6 +117,18 @@ async fn relay_sqlite_paced() {
     assert!(number(run, "sent") <= 420.0, "{run}");
 }
 
+/// The bench talks to parleyd only, so a parleyd on PostgreSQL is measured
+/// like any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_postgres() {
+    if !Store::Postgres.available() {
+        return;
+    }
+    let server = server(Store::Postgres);
+    let report = bench(&["--server", &server.addr, "--duration", "1", "relay", "--pairs", "2"]).await;
+    assert_clean_relay(first_run(&report));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_against_nats() {
     let reachable = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(NATS_ADDR))

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use parley_client::Client;
 
 pub mod postgres;
+pub mod proxy;
 
 /// How long a server may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -180,10 +181,11 @@ impl TestServer {
         TestServer::launch(store, extra, env, url, scratch)
     }
 
-    /// Starts a server on the PostgreSQL schema `scratch`, which other
-    /// servers may share and which outlives them.
-    pub fn start_on_postgres(scratch: &postgres::Scratch, extra: &[&str]) -> TestServer {
-        TestServer::launch(Store::Postgres, extra, &[], Some(scratch.url().to_owned()), None)
+    /// Starts a server on the PostgreSQL database at `url` (a scratch
+    /// schema's, or a proxy's in front of it), which other servers may share
+    /// and which the test keeps and drops itself.
+    pub fn start_on_postgres(url: &str, extra: &[&str]) -> TestServer {
+        TestServer::launch(Store::Postgres, extra, &[], Some(url.to_owned()), None)
     }
 
     fn launch(

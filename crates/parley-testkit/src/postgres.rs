@@ -115,6 +115,38 @@ impl Scratch {
         &self.schema
     }
 
+    /// The connection string with another host and port in place of the
+    /// test database's (a proxy in front of it); `base_url()` must be a URL.
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let (scheme, rest) = self
+            .url
+            .split_once("://")
+            .expect("the test database's URL has a scheme");
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        let user = authority
+            .rsplit_once('@')
+            .map(|(user, _)| format!("{user}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{user}{addr}{path}")
+    }
+
+    /// The address of the test database's server (its first host).
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        use std::net::ToSocketAddrs;
+        let config: tokio_postgres::Config = self.url.parse().expect("the scratch URL parses");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .expect("the test database's address")
+    }
+
     /// Runs SQL (one or more statements) in the schema.
     pub fn execute(&self, sql: &str) -> Result<(), String> {
         run_sql(&self.url, sql.to_owned())

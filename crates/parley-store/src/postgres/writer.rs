@@ -12,10 +12,12 @@
 //! - PostgreSQL reports a deadlock or a serialization failure, or another
 //!   process stored one of the batch's client ids meanwhile (`append.rs`):
 //!   the batch is rolled back and run again, a few times.
-//! - A statement fails (a bad row, a lost connection before COMMIT): the
-//!   batch is rolled back and each of its operations is run again in a
-//!   transaction of its own, so that one bad operation fails alone and a
-//!   connection that died is replaced by a fresh one.
+//! - The connection is lost before COMMIT (PostgreSQL restarted, an
+//!   administrator ended the session): nothing committed, and the batch
+//!   runs once more on a fresh connection.
+//! - A statement fails otherwise (a row PostgreSQL refuses): the batch is
+//!   rolled back and each of its operations is run again in a transaction
+//!   of its own, so that one bad operation fails alone.
 //! - No connection can be had (refused, timed out): every operation of the
 //!   batch is answered [`StoreError::Unavailable`], the store reports the
 //!   failure (`write_failure`, for `/readyz`), and for a second new
@@ -123,10 +125,18 @@ enum Verdict {
     Backend(String),
 }
 
-/// Whether the error means the connection is gone.
+/// Whether the error means the connection is gone: closed, an I/O error,
+/// a connection exception, or the server ending the session (an
+/// administrator's `pg_terminate_backend`, a shutdown or crash restart).
 fn connection_lost(error: &tokio_postgres::Error) -> bool {
-    error.is_closed()
+    if error.is_closed()
         || std::error::Error::source(error).is_some_and(|cause| cause.downcast_ref::<std::io::Error>().is_some())
+    {
+        return true;
+    }
+    error.code().is_some_and(|code| {
+        code.code().starts_with("08") || *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN
+    })
 }
 
 fn verdict(error: &tokio_postgres::Error) -> Verdict {
@@ -240,15 +250,21 @@ impl Writer {
         let guard = FinishOnExit(shared);
         let shared = &*guard.0;
         let mut batch = Vec::new();
+        // While writes fail, the database is probed at most once per
+        // interval, whether operations keep coming (reads may succeed and
+        // clear nothing) or not.
+        let mut next_probe = tokio::time::Instant::now();
         loop {
             let failing = shared.writes_failing.load(Ordering::Relaxed);
+            if failing && tokio::time::Instant::now() >= next_probe {
+                self.probe(shared).await;
+                next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+                continue;
+            }
             let first = if failing {
                 tokio::select! {
                     op = queue.recv() => op,
-                    () = tokio::time::sleep(PROBE_INTERVAL) => {
-                        self.probe(shared).await;
-                        continue;
-                    }
+                    () = tokio::time::sleep_until(next_probe) => continue,
                 }
             } else {
                 queue.recv().await
@@ -375,6 +391,12 @@ impl Writer {
                 Failure::Db(error) => {
                     if connection_lost(&error) {
                         discard(connection);
+                        // Nothing committed: once more, on a fresh
+                        // connection (PostgreSQL restarted, or an
+                        // administrator ended the session).
+                        if tries == 1 {
+                            continue;
+                        }
                     } else {
                         roll_back(connection).await;
                     }
@@ -524,5 +546,43 @@ fn discard(connection: Object) {
 fn deliver(ops: Vec<Op>, error: Option<StoreError>) {
     for op in ops {
         op.deliver(error.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use deadpool_postgres::Connect;
+
+    use super::*;
+
+    /// Every pooled connection runs with `synchronous_commit = on` and READ
+    /// COMMITTED, whatever the connection string, role or database say.
+    #[tokio::test]
+    async fn sessions_commit_synchronously_whatever_the_defaults() {
+        let Some(scratch) = parley_testkit::postgres::Scratch::create() else {
+            return;
+        };
+        let url = format!(
+            "{}%20-c%20synchronous_commit%3Doff%20-c%20default_transaction_isolation%3Dserializable",
+            scratch.url()
+        );
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let session = Session {
+            timeout: Duration::from_secs(7),
+        };
+        let (client, task) = session.connect(&config).await.expect("connect");
+        let show = |name: &'static str| {
+            let client = &client;
+            async move {
+                let row = client.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+                row.get::<_, String>(0)
+            }
+        };
+        assert_eq!(show("synchronous_commit").await, "on");
+        assert_eq!(show("default_transaction_isolation").await, "read committed");
+        assert_eq!(show("statement_timeout").await, "7s");
+        assert_eq!(show("idle_in_transaction_session_timeout").await, "7s");
+        drop(client);
+        let _ = task.await;
     }
 }
