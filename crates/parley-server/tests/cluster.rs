@@ -46,7 +46,7 @@ fn node(scratch: &Scratch, prefix: &str, extra: &[&str]) -> TestServer {
         "2",
     ];
     args.extend_from_slice(extra);
-    TestServer::start_on_postgres(scratch, &args)
+    TestServer::start_on_postgres(scratch.url(), &args)
 }
 
 async fn next_event(client: &Client) -> Event {
