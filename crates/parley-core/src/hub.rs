@@ -406,15 +406,21 @@ impl Hub {
     /// Every user with a session here, with what this process holds of
     /// them (for a process that joins the bus).
     pub fn holdings(&self) -> Vec<(UserId, Arc<str>, Holding)> {
-        let mut out = Vec::new();
+        self.each_user(|list| holding(Some(list)))
+    }
+
+    /// Every user with a session here: id, name and what `of` says of
+    /// their sessions. Takes each shard's lock in turn, never two at once.
+    fn each_user<T>(&self, of: impl Fn(&Vec<Entry>) -> T) -> Vec<(UserId, Arc<str>, T)> {
+        let mut users = Vec::new();
         for shard in self.shards.iter() {
             for (user, list) in lock(shard).iter() {
                 if let Some(first) = list.first() {
-                    out.push((*user, Arc::clone(&first.name), holding(Some(list))));
+                    users.push((*user, Arc::clone(&first.name), of(list)));
                 }
             }
         }
-        out
+        users
     }
 
     /// Forgets the seqs stored longer ago than [`RECENT`] (called now and
@@ -711,15 +717,7 @@ impl Hub {
     /// particular order. For the control socket; takes each shard's lock
     /// in turn, never two at once.
     pub fn online_users(&self) -> Vec<(UserId, Arc<str>, usize)> {
-        let mut users = Vec::new();
-        for shard in self.shards.iter() {
-            for (user, list) in lock(shard).iter() {
-                if let Some(first) = list.first() {
-                    users.push((*user, Arc::clone(&first.name), list.len()));
-                }
-            }
-        }
-        users
+        self.each_user(Vec::len)
     }
 
     /// How many sessions `user` has.

@@ -76,8 +76,14 @@ impl FromRequestParts<Arc<HttpContext>> for Authed {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
-            .unwrap_or_default();
-        match ctx.sessions.get(token) {
+            .unwrap_or_default()
+            .to_owned();
+        let mut found = ctx.sessions.get(&token);
+        if found.is_none() {
+            reopen(ctx, parts, &token).await?;
+            found = ctx.sessions.get(&token);
+        }
+        match found {
             Some(Ok(entry)) => {
                 if let Some(until) = entry.refresh_due(ctx.sessions.idle()) {
                     let user = entry.lock().as_ref().map(Session::user);
@@ -87,10 +93,7 @@ impl FromRequestParts<Arc<HttpContext>> for Authed {
                         drop(ctx.service.remember_session_key(user, entry.key(), until));
                     }
                 }
-                Ok(Authed {
-                    token: token.to_owned(),
-                    entry,
-                })
+                Ok(Authed { token, entry })
             }
             // Ended by the server: the account was deleted, the user was
             // kicked or logged out everywhere, or a newer session replaced
@@ -99,48 +102,49 @@ impl FromRequestParts<Arc<HttpContext>> for Authed {
                 "this session has ended: {}; log in again",
                 reason.message
             ))),
-            None => {
-                let token = token.to_owned();
-                reopen(ctx, parts, &token).await
-            }
+            None => Err(unknown_token()),
         }
     }
 }
 
+fn unknown_token() -> Problem {
+    Problem::not_authenticated("unknown or expired token; log in again")
+}
+
 /// A token this worker does not hold: the session may have been opened by
 /// a worker that has since restarted or been replaced (or by another one),
-/// and the store remembers its key. Opened again here, it answers as if
-/// nothing had happened.
-async fn reopen(ctx: &Arc<HttpContext>, parts: &mut Parts, token: &str) -> Result<Authed, Problem> {
-    let unknown = || Problem::not_authenticated("unknown or expired token; log in again");
+/// and the store remembers its key. Opened again here and put in the table,
+/// it answers as if nothing had happened.
+async fn reopen(ctx: &Arc<HttpContext>, parts: &mut Parts, token: &str) -> Result<(), Problem> {
     if !sessions::well_formed(token) {
-        return Err(unknown());
+        return Err(unknown_token());
     }
     let ClientAddr(peer) = ClientAddr::from_request_parts(parts, ctx).await?;
-    let key = sessions::bearer_key(token);
-    let (session, outcome) = match ctx.service.reopen(key, Some(peer.ip())).await {
+    let (session, outcome) = match ctx.service.reopen(sessions::bearer_key(token), Some(peer.ip())).await {
         Ok(opened) => opened,
-        Err(e) if e.kind == ErrorKind::AuthFailed => return Err(unknown()),
+        Err(e) if e.kind == ErrorKind::AuthFailed => return Err(unknown_token()),
         Err(e) => return Err(e.into()),
     };
     tracing::info!(user = %outcome.name, session = %outcome.session, "HTTP session reopened");
-    if !ctx.sessions.insert_as(token, session, peer.ip()) {
+    keep(ctx, token, session, peer.ip(), outcome.user).await
+}
+
+/// Puts a session in the table under `token` and has the store remember
+/// its key; BUSY when the table is full.
+async fn keep(
+    ctx: &HttpContext,
+    token: &str,
+    session: Session,
+    ip: std::net::IpAddr,
+    user: parley_core::UserId,
+) -> Result<(), Problem> {
+    if !ctx.sessions.insert_as(token, session, ip) {
         return Err(Problem::busy("too many HTTP sessions", 1000));
     }
-    match ctx.sessions.get(token) {
-        Some(Ok(entry)) => {
-            remember(ctx, &entry, outcome.user).await;
-            Ok(Authed {
-                token: token.to_owned(),
-                entry,
-            })
-        }
-        Some(Err(reason)) => Err(Problem::not_authenticated(format!(
-            "this session has ended: {}; log in again",
-            reason.message
-        ))),
-        None => Err(unknown()),
+    if let Some(Ok(entry)) = ctx.sessions.get(token) {
+        remember(ctx, &entry, user).await;
     }
+    Ok(())
 }
 
 /// Has the store remember a session's key for its idle time, so that
@@ -148,10 +152,7 @@ async fn reopen(ctx: &Arc<HttpContext>, parts: &mut Parts, token: &str) -> Resul
 /// fails leaves the session working on this worker only.
 async fn remember(ctx: &HttpContext, entry: &HttpSession, user: parley_core::UserId) {
     let idle_ms = u64::try_from(ctx.sessions.idle().as_millis()).unwrap_or(u64::MAX);
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .saturating_add(idle_ms);
+    let until = sessions::now_ms().saturating_add(idle_ms);
     match ctx.service.remember_session_key(user, entry.key(), until).await {
         Ok(()) => entry.remembered(until),
         Err(e) => tracing::warn!(error = %e, "an HTTP session is not kept in the store; it ends with this worker"),
@@ -546,13 +547,8 @@ async fn logged_in(
 ) -> ApiResult<axum::Json<LoginOk>> {
     let (session, outcome) = result?;
     tracing::info!(user = %outcome.name, session = %outcome.session, "login over HTTP");
-    let token = ctx
-        .sessions
-        .insert(session, peer.ip())
-        .ok_or_else(|| Problem::busy("too many HTTP sessions", 1000))?;
-    if let Some(Ok(entry)) = ctx.sessions.get(&token) {
-        remember(ctx, &entry, outcome.user).await;
-    }
+    let token = sessions::random_token();
+    keep(ctx, &token, session, peer.ip(), outcome.user).await?;
     Ok(axum::Json(LoginOk {
         token,
         token_type: "Bearer",

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{Api, B64};
-use parley_core::Mechanism;
-use parley_core::scram::{StoredCredentials, random_salt};
 use parley_testkit::{Store, TestServer};
 use serde_json::json;
 
@@ -108,16 +106,7 @@ async fn what_ends_a_bearer_session_ends_it_across_restarts() {
     assert!(code.success(), "{out}{err}");
     // A new password: the session that changed it stays, the other ends.
     let (reauth_id, client_final, _) = api.reauth(&dave, "dave", "pw-dave").await;
-    let creds = StoredCredentials::derive(Mechanism::Sha256, "new-pw-dave", &random_salt(), 4096);
-    let change = json!({
-        "reauth_id": reauth_id,
-        "client_final": client_final,
-        "mechanism": "SCRAM-SHA-256",
-        "salt": B64.encode(&creds.salt),
-        "iterations": creds.iterations,
-        "stored_key": B64.encode(&creds.stored_key),
-        "server_key": B64.encode(&creds.server_key),
-    });
+    let change = common::password_change(&reauth_id, &client_final, &common::credentials("new-pw-dave"));
     api.post("/v1/account/password", Some(&dave), change).await.ok();
 
     let old = server.kill_worker();

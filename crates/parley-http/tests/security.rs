@@ -5,7 +5,6 @@
 
 mod common;
 
-use base64::Engine;
 use common::*;
 use parley_core::Mechanism;
 use parley_core::scram::ClientExchange;
@@ -259,25 +258,15 @@ async fn one_address_gets_only_a_share_of_the_shared_tables() {
 /// token, and keeps this one with a new token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_the_password_proves_the_old_one_and_ends_other_sessions() {
-    use parley_core::scram::{StoredCredentials, random_salt};
     let server = server(&[]);
     let api = Api::new(&server);
     api.register("ivy", "old").await.ok();
     let here = api.login("ivy", "old").await;
     let there = api.login("ivy", "old").await;
     let token = here["token"].as_str().unwrap();
-    let creds = StoredCredentials::derive(Mechanism::Sha256, "new", &random_salt(), 4096);
-    let change = |reauth_id: serde_json::Value, client_final: String| {
-        json!({
-            "reauth_id": reauth_id,
-            "client_final": client_final,
-            "mechanism": "SCRAM-SHA-256",
-            "salt": B64.encode(&creds.salt),
-            "iterations": creds.iterations,
-            "stored_key": B64.encode(&creds.stored_key),
-            "server_key": B64.encode(&creds.server_key),
-        })
-    };
+    let creds = common::credentials("new");
+    let change =
+        |reauth_id: serde_json::Value, client_final: String| common::password_change(&reauth_id, &client_final, &creds);
     // The wrong old password changes nothing.
     let (id, wrong, _) = api.reauth(token, "ivy", "guess").await;
     api.post("/v1/account/password", Some(token), change(id, wrong))

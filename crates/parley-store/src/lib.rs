@@ -93,6 +93,7 @@ mod clock;
 mod convert;
 pub mod memory;
 pub mod postgres;
+mod queue;
 mod rules;
 pub mod sqlite;
 

@@ -122,21 +122,9 @@ impl Api {
 
     /// Registers `name` with SCRAM credentials derived here.
     pub async fn register(&self, name: &str, password: &str) -> Reply {
-        let salt = random_salt();
-        let c = StoredCredentials::derive(Mechanism::Sha256, password, &salt, 4096);
-        self.post(
-            "/v1/accounts",
-            None,
-            json!({
-                "name": name,
-                "mechanism": "SCRAM-SHA-256",
-                "salt": B64.encode(&c.salt),
-                "iterations": c.iterations,
-                "stored_key": B64.encode(&c.stored_key),
-                "server_key": B64.encode(&c.server_key),
-            }),
-        )
-        .await
+        let mut body = credential_fields(&credentials(password));
+        body.insert("name".into(), json!(name));
+        self.post("/v1/accounts", None, Value::Object(body)).await
     }
 
     /// Both SCRAM steps; returns the reply of the second (or of the first
@@ -227,6 +215,35 @@ impl Api {
         .ok()
         .clone()
     }
+}
+
+/// SCRAM-SHA-256 credentials for `password`, derived here as a client
+/// does.
+pub fn credentials(password: &str) -> StoredCredentials {
+    StoredCredentials::derive(Mechanism::Sha256, password, &random_salt(), 4096)
+}
+
+/// The JSON fields that carry credentials (registration, a new password).
+pub fn credential_fields(c: &StoredCredentials) -> serde_json::Map<String, Value> {
+    [
+        ("mechanism", json!("SCRAM-SHA-256")),
+        ("salt", json!(B64.encode(&c.salt))),
+        ("iterations", json!(c.iterations)),
+        ("stored_key", json!(B64.encode(&c.stored_key))),
+        ("server_key", json!(B64.encode(&c.server_key))),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// The body of `POST /v1/account/password`: the re-authentication that
+/// proves the old password, and the new credentials.
+pub fn password_change(reauth_id: &Value, client_final: &str, new: &StoredCredentials) -> Value {
+    let mut body = credential_fields(new);
+    body.insert("reauth_id".into(), reauth_id.clone());
+    body.insert("client_final".into(), json!(client_final));
+    Value::Object(body)
 }
 
 /// A server with a memory store and its HTTP listener on a free port.

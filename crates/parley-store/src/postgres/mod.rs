@@ -35,26 +35,21 @@ mod schema;
 mod writer;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use parley_core::histogram::Histogram;
 use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
     NewResumeToken, StoreResult, StoreStats, StoredMessage,
 };
-use parley_core::sync::lock;
-use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
+use parley_core::{MessageId, NamePattern, Seq, Store, StoreReply, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::{Host, SslMode};
 
-use crate::sqlite::{
-    BATCH_SIZE_BUCKETS, BUSY_RETRY_AFTER_MS, COMMIT_MICROS_BUCKETS, DEFAULT_MAX_BATCH, DEFAULT_WRITE_QUEUE,
-    NEW_WORK_QUEUE_QUARTERS,
-};
+use crate::queue::{BUSY_RETRY_AFTER_MS, OpQueue, Shared};
+use crate::sqlite::{DEFAULT_MAX_BATCH, DEFAULT_WRITE_QUEUE};
 use ops::{Access, Locks, Op};
 
 /// Default most connections the pool opens. The writer uses one at a time;
@@ -248,109 +243,13 @@ pub enum PgOpenError {
     Thread(#[source] std::io::Error),
 }
 
-/// The writer's counters, updated with relaxed atomics: they are statistics,
-/// not synchronisation.
-#[derive(Debug)]
-struct Counters {
-    /// Transactions committed (one per batch of operations).
-    commits: AtomicU64,
-    /// Operations answered from committed transactions, including reads and
-    /// domain errors such as `NameTaken`.
-    ops_committed: AtomicU64,
-    /// Batches whose transaction failed or was retried.
-    failed_batches: AtomicU64,
-    /// Operations refused with `Busy` because the queue was full.
-    busy_rejections: AtomicU64,
-    /// Microseconds from BEGIN to the end of COMMIT, per committed batch.
-    commit_micros: Histogram,
-    /// Operations per committed batch.
-    batch_size: Histogram,
-}
-
-impl Default for Counters {
-    fn default() -> Counters {
-        Counters {
-            commits: AtomicU64::new(0),
-            ops_committed: AtomicU64::new(0),
-            failed_batches: AtomicU64::new(0),
-            busy_rejections: AtomicU64::new(0),
-            commit_micros: Histogram::new(COMMIT_MICROS_BUCKETS),
-            batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
-        }
-    }
-}
-
-/// Where `close` callers wait for the writer to stop.
-#[derive(Debug, Default)]
-struct Shutdown {
-    /// How the writer stopped, once it has.
-    outcome: Option<StoreResult<()>>,
-    /// Callers of `close` waiting for `outcome`.
-    waiters: Vec<oneshot::Sender<StoreResult<()>>>,
-}
-
-/// State shared by the store handle and its writer.
-#[derive(Debug, Default)]
-struct Shared {
-    /// Statistics the writer updates.
-    counters: Counters,
-    /// Operations queued and not yet taken by the writer (see SQLite's
-    /// `Shared::queued`: the channel's capacity is the hard bound, this
-    /// count decides whether new work still fits in its share).
-    queued: AtomicUsize,
-    /// The close handshake.
-    shutdown: Mutex<Shutdown>,
-    /// Set while the database cannot take writes (unreachable, shut down,
-    /// disk full, read-only): the writer then runs one op per transaction
-    /// and probes the database every second. Cleared by the next commit that
-    /// wrote.
-    writes_failing: AtomicBool,
-    /// Why, while `writes_failing`.
-    write_failure: Mutex<Option<String>>,
-}
-
-impl Shared {
-    /// Records whether writes fail now, and why; logs each change.
-    fn set_write_failure(&self, why: Option<String>) {
-        let mut current = self.write_failure.lock().unwrap_or_else(PoisonError::into_inner);
-        match (&*current, &why) {
-            (None, Some(why)) => tracing::error!(
-                %why,
-                "PostgreSQL cannot take writes; requests get STORAGE_UNAVAILABLE until it can again"
-            ),
-            (Some(_), None) => tracing::info!("PostgreSQL takes writes again"),
-            _ => {}
-        }
-        self.writes_failing.store(why.is_some(), Ordering::Relaxed);
-        *current = why;
-    }
-
-    /// Records how the writer stopped and answers every waiting `close`.
-    /// Only the first outcome counts.
-    fn finish(&self, outcome: StoreResult<()>) {
-        let mut shutdown = lock(&self.shutdown);
-        let outcome = shutdown.outcome.get_or_insert(outcome).clone();
-        for waiter in shutdown.waiters.drain(..) {
-            // A caller that stopped waiting does not need the answer.
-            let _ = waiter.send(outcome.clone());
-        }
-    }
-}
-
 /// A [`Store`] backed by a PostgreSQL database that other `parleyd`
 /// processes may share.
 #[derive(Debug)]
 pub struct PgStore {
-    /// The sending end of the writer's queue; `None` once `close` was called.
-    /// Operations take the read lock only around a non-blocking `try_send`;
-    /// `close` takes the write lock to drop the sender, which tells the
-    /// writer to finish.
-    queue: RwLock<Option<mpsc::Sender<Op>>>,
-    /// Queued operations past which new work is refused (see
-    /// [`NEW_WORK_QUEUE_QUARTERS`]); at least 1.
-    new_work_limit: usize,
-    /// Counters, failure state and the close handshake, shared with the writer.
-    shared: Arc<Shared>,
+    /// The writer task's queue, its admission rule and what the writer
+    /// shares.
+    queue: OpQueue<mpsc::Sender<Op>>,
     /// The server secret kept in the database (see [`PgStore::server_secret`]).
     secret: [u8; 32],
 }
@@ -372,14 +271,14 @@ impl PgStore {
         if options.connect_timeout.is_zero() || options.batch_timeout.is_zero() {
             return Err(PgOpenError::InvalidOptions("timeouts must not be zero"));
         }
-        let new_work_limit = (options.queue_capacity / 4 * NEW_WORK_QUEUE_QUARTERS).max(1);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("parley-store-pg")
             .build()
             .map_err(PgOpenError::Thread)?;
-        let (sender, receiver) = mpsc::channel(options.queue_capacity);
-        let shared = Arc::new(Shared::default());
+        let capacity = options.queue_capacity;
+        let (sender, receiver) = mpsc::channel(capacity);
+        let shared = Arc::new(Shared::new("postgres"));
         let writer_shared = Arc::clone(&shared);
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -409,9 +308,7 @@ impl PgStore {
             ))
         })??;
         Ok(PgStore {
-            queue: RwLock::new(Some(sender)),
-            new_work_limit,
-            shared,
+            queue: OpQueue::new(sender, capacity, shared),
             secret,
         })
     }
@@ -424,51 +321,12 @@ impl PgStore {
         self.secret
     }
 
-    /// Queues an op that brings new work: refused while the queue holds its
-    /// share of such work (see [`NEW_WORK_QUEUE_QUARTERS`]), before anything
-    /// is built.
     fn submit_new<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
-        match self.new_work_room() {
-            Ok(()) => self.submit(make),
-            Err(busy) => StoreReply::ready(Err(busy)),
-        }
+        self.queue.submit_new(make)
     }
 
-    /// Whether the queue has room for new work; a refusal is counted.
-    fn new_work_room(&self) -> StoreResult<()> {
-        if self.shared.queued.load(Ordering::Relaxed) >= self.new_work_limit {
-            return Err(self.busy_error());
-        }
-        Ok(())
-    }
-
-    fn busy_error(&self) -> StoreError {
-        self.shared.counters.busy_rejections.fetch_add(1, Ordering::Relaxed);
-        StoreError::Busy {
-            retry_after_ms: BUSY_RETRY_AFTER_MS,
-        }
-    }
-
-    /// Queues the op `make` builds around a fresh reply channel, at once and
-    /// without blocking.
     fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
-        let (reply, answer) = oneshot::channel();
-        // The lock only guards an Option; a poisoned one holds valid data.
-        let queue = self.queue.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(sender) = queue.as_ref() else {
-            return StoreReply::ready(Err(StoreError::Closed));
-        };
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match sender.try_send(make(reply)) {
-            Ok(()) => StoreReply::pending(answer),
-            Err(error) => {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                match error {
-                    mpsc::error::TrySendError::Full(_) => StoreReply::ready(Err(self.busy_error())),
-                    mpsc::error::TrySendError::Closed(_) => StoreReply::ready(Err(StoreError::Closed)),
-                }
-            }
-        }
+        self.queue.submit(make)
     }
 
     /// Queues a call of `run` on `args` (see [`ops::call`]).
@@ -520,7 +378,7 @@ impl Store for PgStore {
     }
 
     fn check_new_work(&self) -> StoreResult<()> {
-        self.new_work_room()
+        self.queue.new_work_room()
     }
 
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {
@@ -689,43 +547,14 @@ impl Store for PgStore {
     }
 
     fn close(&self) -> StoreReply<()> {
-        let (waiter, answer) = oneshot::channel();
-        {
-            let mut shutdown = lock(&self.shared.shutdown);
-            if let Some(outcome) = &shutdown.outcome {
-                return StoreReply::ready(outcome.clone());
-            }
-            shutdown.waiters.push(waiter);
-        }
-        // Dropping the only sender is the close signal: it cannot be refused
-        // for a full queue, and the writer sees it only after everything
-        // queued before it. Later operations find no sender and get `Closed`.
-        let sender = self.queue.write().unwrap_or_else(PoisonError::into_inner).take();
-        drop(sender);
-        StoreReply::pending(answer)
+        self.queue.close()
     }
 
     fn write_failure(&self) -> Option<String> {
-        if !self.shared.writes_failing.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.shared
-            .write_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.queue.write_failure()
     }
 
     fn stats(&self) -> Option<StoreStats> {
-        let counters = &self.shared.counters;
-        Some(StoreStats {
-            commits: counters.commits.load(Ordering::Relaxed),
-            ops_committed: counters.ops_committed.load(Ordering::Relaxed),
-            failed_batches: counters.failed_batches.load(Ordering::Relaxed),
-            busy_rejections: counters.busy_rejections.load(Ordering::Relaxed),
-            queued: self.shared.queued.load(Ordering::Relaxed) as u64,
-            commit_micros: counters.commit_micros.snapshot(),
-            batch_size: counters.batch_size.snapshot(),
-        })
+        Some(self.queue.stats())
     }
 }

@@ -43,7 +43,8 @@ use tokio_postgres::{Client, NoTls};
 use super::append::{self, RunEnd};
 use super::ops::{self, Db, Op};
 use super::schema::{self, describe};
-use super::{BUSY_RETRY_AFTER_MS, PgOpenError, PgOptions, Shared};
+use super::{BUSY_RETRY_AFTER_MS, PgOpenError, PgOptions};
+use crate::queue::Shared;
 
 /// How often the writer retries a database it could not reach or write to,
 /// while no operation comes; also how long it answers new operations

@@ -21,11 +21,9 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 
-use parley_core::histogram::Histogram;
 use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::StoreStats;
@@ -33,29 +31,20 @@ use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
     NewResumeToken, StoreResult, StoredMessage,
 };
-use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
+use parley_core::{MessageId, NamePattern, Seq, Store, StoreReply, UserId};
 use tokio::sync::oneshot;
 
+use crate::queue::{OpQueue, Shared};
 use ops::Op;
-use parley_core::sync::lock;
 
 /// Default capacity of the operation queue in front of the writer thread.
 /// Beyond it, operations are refused with `Busy` instead of piling up.
 pub const DEFAULT_WRITE_QUEUE: usize = 4096;
 /// Default largest number of operations committed in one transaction.
 pub const DEFAULT_MAX_BATCH: usize = 512;
-/// The share of the queue, in quarters, that new work (appends and account
-/// creations) may fill. The remaining quarter only takes operations that
-/// finish work already admitted or shed load — acks, the reads that
-/// deliver stored messages, deletions, logouts — so that under a flood of
-/// sends recipients can still acknowledge and catch up. Without it a full
-/// queue refused their acks, their unacked windows filled, live delivery
-/// stopped and every message had to be read back from the database, which
-/// halved what the writer admitted (docs/BENCHMARKS.md, overload).
-pub const NEW_WORK_QUEUE_QUARTERS: usize = 3;
-/// What a `Busy` answer tells the caller to wait before retrying, in
-/// milliseconds: about the time a few group commits take on a slow disk.
-pub const BUSY_RETRY_AFTER_MS: u32 = 50;
+pub use crate::queue::{
+    BATCH_SIZE_BUCKETS, BUSY_RETRY_AFTER_MS, BatchStats, COMMIT_MICROS_BUCKETS, NEW_WORK_QUEUE_QUARTERS,
+};
 
 /// How hard SQLite works to make commits durable (`PRAGMA synchronous`; the
 /// database always runs in WAL mode).
@@ -180,132 +169,12 @@ pub enum StoreOpenError {
     Spawn(#[source] std::io::Error),
 }
 
-/// A snapshot of the writer's counters, for metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchStats {
-    /// Transactions committed (one per batch of operations).
-    pub commits: u64,
-    /// Operations answered from committed transactions, including reads and
-    /// operations that failed with a domain error such as `NameTaken`.
-    pub ops_committed: u64,
-    /// Batches whose transaction failed; all their operations got `Backend`.
-    pub failed_batches: u64,
-    /// Operations refused with `Busy` because the queue was full.
-    pub busy_rejections: u64,
-}
-
-/// Upper bounds, in microseconds, of the commit-latency histogram's buckets:
-/// from a batch of reads on a warm cache (tens of microseconds) to a commit
-/// stuck behind a slow disk (seconds).
-pub const COMMIT_MICROS_BUCKETS: &[u64] = &[
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-    10_000_000,
-];
-/// Upper bounds of the batch-size histogram's buckets (operations per
-/// commit), powers of two up to past the default `max_batch`.
-pub const BATCH_SIZE_BUCKETS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
-
-/// The writer's counters, updated with relaxed atomics: they are statistics,
-/// not synchronisation.
-#[derive(Debug)]
-struct Counters {
-    /// See [`BatchStats::commits`].
-    commits: AtomicU64,
-    /// See [`BatchStats::ops_committed`].
-    ops_committed: AtomicU64,
-    /// See [`BatchStats::failed_batches`].
-    failed_batches: AtomicU64,
-    /// See [`BatchStats::busy_rejections`].
-    busy_rejections: AtomicU64,
-    /// Microseconds from BEGIN to the end of COMMIT, per committed batch.
-    commit_micros: Histogram,
-    /// Operations per committed batch.
-    batch_size: Histogram,
-}
-
-impl Default for Counters {
-    fn default() -> Counters {
-        Counters {
-            commits: AtomicU64::new(0),
-            ops_committed: AtomicU64::new(0),
-            failed_batches: AtomicU64::new(0),
-            busy_rejections: AtomicU64::new(0),
-            commit_micros: Histogram::new(COMMIT_MICROS_BUCKETS),
-            batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
-        }
-    }
-}
-
-/// Where `close` callers wait for the writer thread to stop.
-#[derive(Debug, Default)]
-struct Shutdown {
-    /// How the writer stopped, once it has.
-    outcome: Option<StoreResult<()>>,
-    /// Callers of `close` waiting for `outcome`.
-    waiters: Vec<oneshot::Sender<StoreResult<()>>>,
-}
-
-/// State shared by the store handle and its writer thread.
-#[derive(Debug, Default)]
-struct Shared {
-    /// Statistics the writer updates.
-    counters: Counters,
-    /// Operations queued and not yet taken by the writer: incremented before
-    /// a send, decremented as the writer takes each op. The channel's own
-    /// capacity stays the hard bound; this count only decides, slightly
-    /// approximately under races, whether new work still fits in its share
-    /// ([`NEW_WORK_QUEUE_QUARTERS`]).
-    queued: AtomicUsize,
-    /// The close handshake.
-    shutdown: Mutex<Shutdown>,
-    /// Set while writes fail for a reason the operator must fix
-    /// ([`StoreError::Unavailable`]): the writer then runs one op per
-    /// transaction, so that a failing write fails nothing else. Cleared by
-    /// the next commit that wrote.
-    writes_failing: AtomicBool,
-    /// Why, while `writes_failing`.
-    write_failure: Mutex<Option<String>>,
-}
-
-impl Shared {
-    /// Records whether writes fail now, and why; logs each change.
-    fn set_write_failure(&self, why: Option<String>) {
-        let mut current = self.write_failure.lock().unwrap_or_else(PoisonError::into_inner);
-        match (&*current, &why) {
-            (None, Some(why)) => {
-                tracing::error!(%why, "storage writes fail; reads go on, writes are refused with STORAGE_UNAVAILABLE until they succeed again")
-            }
-            (Some(_), None) => tracing::info!("storage writes succeed again"),
-            _ => {}
-        }
-        self.writes_failing.store(why.is_some(), Ordering::Relaxed);
-        *current = why;
-    }
-    /// Records how the writer stopped and answers every waiting `close`.
-    /// Only the first outcome counts.
-    fn finish(&self, outcome: StoreResult<()>) {
-        let mut shutdown = lock(&self.shutdown);
-        let outcome = shutdown.outcome.get_or_insert(outcome).clone();
-        for waiter in shutdown.waiters.drain(..) {
-            // A caller that stopped waiting does not need the answer.
-            let _ = waiter.send(outcome.clone());
-        }
-    }
-}
-
 /// A [`Store`] backed by one SQLite database file.
 #[derive(Debug)]
 pub struct SqliteStore {
-    /// The sending end of the writer's queue; `None` once `close` was called.
-    /// Operations take the read lock only around a non-blocking `try_send`;
-    /// `close` takes the write lock to drop the sender, which is what tells
-    /// the writer to finish.
-    queue: RwLock<Option<SyncSender<Op>>>,
-    /// Queued operations past which new work is refused (see
-    /// [`NEW_WORK_QUEUE_QUARTERS`]); at least 1.
-    new_work_limit: usize,
-    /// Counters and the close handshake, shared with the writer thread.
-    shared: Arc<Shared>,
+    /// The writer thread's queue, its admission rule and what the writer
+    /// shares.
+    queue: OpQueue<SyncSender<Op>>,
 }
 
 impl SqliteStore {
@@ -350,7 +219,7 @@ impl SqliteStore {
         }
         let checkpointer = checkpoint::Checkpointer::start(path, options.synchronous)?;
         let (sender, receiver) = std::sync::mpsc::sync_channel(options.queue_capacity);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new("sqlite"));
         if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
             tracing::warn!(path = %path.display(), "the database opened read-only: reads are served, writes are refused");
             shared.set_write_failure(Some("the database is read-only".into()));
@@ -361,68 +230,21 @@ impl SqliteStore {
             .spawn(move || writer::run(conn, receiver, options.max_batch, writer_shared, checkpointer))
             .map_err(StoreOpenError::Spawn)?;
         Ok(SqliteStore {
-            queue: RwLock::new(Some(sender)),
-            new_work_limit: (options.queue_capacity / 4 * NEW_WORK_QUEUE_QUARTERS).max(1),
-            shared,
+            queue: OpQueue::new(sender, options.queue_capacity, shared),
         })
     }
 
     /// The writer's counters so far.
     pub fn batch_stats(&self) -> BatchStats {
-        let counters = &self.shared.counters;
-        BatchStats {
-            commits: counters.commits.load(Ordering::Relaxed),
-            ops_committed: counters.ops_committed.load(Ordering::Relaxed),
-            failed_batches: counters.failed_batches.load(Ordering::Relaxed),
-            busy_rejections: counters.busy_rejections.load(Ordering::Relaxed),
-        }
+        self.queue.batch_stats()
     }
 
-    /// Queues an op that brings new work: refused while the queue holds its
-    /// share of such work (see [`NEW_WORK_QUEUE_QUARTERS`]), before anything
-    /// is built, since under a flood most of these calls are refused.
     fn submit_new<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
-        match self.new_work_room() {
-            Ok(()) => self.submit(make),
-            Err(busy) => StoreReply::ready(Err(busy)),
-        }
+        self.queue.submit_new(make)
     }
 
-    /// Whether the queue has room for new work; a refusal is counted.
-    fn new_work_room(&self) -> StoreResult<()> {
-        if self.shared.queued.load(Ordering::Relaxed) >= self.new_work_limit {
-            return Err(self.busy_error());
-        }
-        Ok(())
-    }
-
-    fn busy_error(&self) -> StoreError {
-        self.shared.counters.busy_rejections.fetch_add(1, Ordering::Relaxed);
-        StoreError::Busy {
-            retry_after_ms: BUSY_RETRY_AFTER_MS,
-        }
-    }
-
-    /// Queues the op `make` builds around a fresh reply channel, at once and
-    /// without blocking.
     fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Op) -> StoreReply<T> {
-        let (reply, answer) = oneshot::channel();
-        // The lock only guards an Option; a poisoned one holds valid data.
-        let queue = self.queue.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(sender) = queue.as_ref() else {
-            return StoreReply::ready(Err(StoreError::Closed));
-        };
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match sender.try_send(make(reply)) {
-            Ok(()) => StoreReply::pending(answer),
-            Err(error) => {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                match error {
-                    TrySendError::Full(_) => StoreReply::ready(Err(self.busy_error())),
-                    TrySendError::Disconnected(_) => StoreReply::ready(Err(StoreError::Closed)),
-                }
-            }
-        }
+        self.queue.submit(make)
     }
 }
 
@@ -459,7 +281,7 @@ impl Store for SqliteStore {
     }
 
     fn check_new_work(&self) -> StoreResult<()> {
-        self.new_work_room()
+        self.queue.new_work_room()
     }
 
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {
@@ -608,44 +430,14 @@ impl Store for SqliteStore {
     }
 
     fn close(&self) -> StoreReply<()> {
-        let (waiter, answer) = oneshot::channel();
-        {
-            let mut shutdown = lock(&self.shared.shutdown);
-            if let Some(outcome) = &shutdown.outcome {
-                return StoreReply::ready(outcome.clone());
-            }
-            shutdown.waiters.push(waiter);
-        }
-        // Dropping the only sender is the close signal: it cannot be refused
-        // for a full queue, and the writer sees it only after everything
-        // queued before it. Later operations find no sender and get `Closed`.
-        let sender = self.queue.write().unwrap_or_else(PoisonError::into_inner).take();
-        drop(sender);
-        StoreReply::pending(answer)
+        self.queue.close()
     }
 
     fn write_failure(&self) -> Option<String> {
-        if !self.shared.writes_failing.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.shared
-            .write_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.queue.write_failure()
     }
 
     fn stats(&self) -> Option<StoreStats> {
-        let counters = &self.shared.counters;
-        let batches = self.batch_stats();
-        Some(StoreStats {
-            commits: batches.commits,
-            ops_committed: batches.ops_committed,
-            failed_batches: batches.failed_batches,
-            busy_rejections: batches.busy_rejections,
-            queued: self.shared.queued.load(Ordering::Relaxed) as u64,
-            commit_micros: counters.commit_micros.snapshot(),
-            batch_size: counters.batch_size.snapshot(),
-        })
+        Some(self.queue.stats())
     }
 }

@@ -18,9 +18,9 @@ use std::time::Instant;
 use parley_core::StoreError;
 use rusqlite::Connection;
 
-use super::Shared;
 use super::checkpoint::Checkpointer;
 use super::ops::{AppendStatements, Op, Outcome, PendingAppends, sqlite_error};
+use crate::queue::Shared;
 
 /// Answers waiting `close` callers even if the thread ends abnormally, so
 /// that nobody waits forever.
