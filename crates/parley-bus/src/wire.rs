@@ -147,10 +147,17 @@ impl Frame {
                     }
                 }
             }
-            Body::Remote(Remote::Close { user, reason }) => {
+            Body::Remote(Remote::Close { user, reason, token }) => {
                 out.put_u64_le(user.0);
                 put_str(&mut out, reason.kind.as_str());
                 put_str(&mut out, &reason.message);
+                match token {
+                    Some(key) => {
+                        out.put_u8(1);
+                        out.put_slice(key);
+                    }
+                    None => out.put_u8(0),
+                }
             }
             Body::Remote(Remote::Watch {
                 follower,
@@ -242,9 +249,18 @@ impl Frame {
                 let kind_name = str_of(r)?;
                 let kind = ErrorKind::from_name(&kind_name).ok_or(DecodeError::ErrorKind(kind_name))?;
                 let message = str_of(r)?;
+                let token = match u8_of(r)? {
+                    0 => None,
+                    _ => {
+                        let mut key = [0u8; 32];
+                        r.try_copy_to_slice(&mut key).map_err(|_| DecodeError::Short)?;
+                        Some(key)
+                    }
+                };
                 Body::Remote(Remote::Close {
                     user,
                     reason: CloseReason { kind, message },
+                    token,
                 })
             }
             kind::WATCH => {
@@ -396,14 +412,21 @@ mod tests {
             kind: ErrorKind::Kicked,
             message: "kicked by the administrator".into(),
         };
-        match round_trip(Body::Remote(Remote::Close {
-            user: UserId(1),
-            reason: reason.clone(),
-        }))
-        .body
-        {
-            Body::Remote(Remote::Close { user, reason: got }) => assert_eq!((user, got), (UserId(1), reason)),
-            other => panic!("{other:?}"),
+        for token in [None, Some([7u8; 32])] {
+            match round_trip(Body::Remote(Remote::Close {
+                user: UserId(1),
+                reason: reason.clone(),
+                token,
+            }))
+            .body
+            {
+                Body::Remote(Remote::Close {
+                    user,
+                    reason: got,
+                    token: got_token,
+                }) => assert_eq!((user, got, got_token), (UserId(1), reason.clone(), token)),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -34,6 +34,10 @@ pub const DEFAULT_READ: u32 = 10;
 /// jitter: before attempt n (0, 1, 2, ...) a random wait between 0 and
 /// min(10 s, 250 ms * 2^n), i.e. at most 0.25, 0.5, 1, 2, 4, 8, then 10 s,
 /// until connected (or Ctrl-C). --no-reconnect exits with code 7 instead.
+///
+/// Several servers (the nodes of one service): --server a:7878,b:7878. They
+/// are tried in that order; the client moves on when one cannot be reached
+/// (3 s each) or is shutting down, and keeps using the one that answered.
 #[derive(Parser, Debug)]
 #[command(name = "parley", version, about, long_about, after_long_help = EXIT_CODES_HELP)]
 pub struct Cli {
@@ -46,9 +50,9 @@ pub struct Cli {
 #[derive(Args, Debug)]
 pub struct GlobalArgs {
     /// Server address: host:port for plaintext, tls://host:port for TLS
-    /// (an IPv6 host in brackets: tls://[::1]:7878); without a port, 7878
-    /// [default: 127.0.0.1:7878]
-    #[arg(long, global = true, env = "PARLEY_SERVER", value_name = "ADDR")]
+    /// (an IPv6 host in brackets: tls://[::1]:7878); without a port, 7878.
+    /// Several, comma-separated, are tried in order [default: 127.0.0.1:7878]
+    #[arg(long, global = true, env = "PARLEY_SERVER", value_name = "ADDR[,ADDR...]")]
     pub server: Option<String>,
     /// TLS: trust the server's certificate if this PEM file's CA (or the
     /// self-signed certificate itself) signed it, instead of the system's

@@ -757,7 +757,7 @@ pub async fn watch(ctx: &mut Invocation, args: &WatchArgs) -> anyhow::Result<Exi
             client = link.reconnect(delivery.last_seq_seen(), &pending, &mut status) => client?,
         };
         delivery.acked(&pending);
-        eprintln!("reconnected");
+        eprintln!("{}", link.reconnected());
     }
     session::logout(&client).await;
     Ok(Exit::Ok)

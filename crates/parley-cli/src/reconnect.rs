@@ -262,8 +262,8 @@ impl Delivery {
 
 /// What connecting again needs: where, who, and the token to resume with.
 pub struct Link {
-    /// `host:port` of the server.
-    server: crate::trust::Target,
+    /// The servers, tried from the one that last worked.
+    server: crate::trust::Servers,
     /// For a password login when the token no longer works.
     credentials: Credentials,
     /// Resume token of the last password login (kept across resumes, which
@@ -283,7 +283,7 @@ impl Link {
     /// Connects and logs in with the password; no retries (a server that
     /// is not there at the start is an error for the caller to report).
     pub async fn open(
-        server: &crate::trust::Target,
+        server: &crate::trust::Servers,
         credentials: Credentials,
     ) -> anyhow::Result<(Link, Client, LoginInfo)> {
         let (client, info) = session::open(server, &credentials, Visibility::Online).await?;
@@ -342,12 +342,33 @@ impl Link {
         status: &mut (dyn FnMut(String) + Send),
     ) -> anyhow::Result<Client> {
         let client = session::connect(&self.server).await?;
-        self.log_in(&client, status).await?;
-        for chunk in pending_acks.chunks(MAX_SEQS_PER_ACK) {
-            timed("marking messages read", client.ack(0, chunk.to_vec())).await?;
+        let ready = async {
+            self.log_in(&client, status).await?;
+            for chunk in pending_acks.chunks(MAX_SEQS_PER_ACK) {
+                timed("marking messages read", client.ack(0, chunk.to_vec())).await?;
+            }
+            timed("subscribing", client.subscribe(after_seq)).await
+        };
+        match ready.await {
+            Ok(_) => Ok(client),
+            Err(e) => {
+                // A server that is going away, or went away after answering,
+                // is tried last next time.
+                if is_disconnect(&e) || server_code(&e) == Some(ErrorCode::ShuttingDown) {
+                    self.server.pass_over_current();
+                }
+                Err(e)
+            }
         }
-        timed("subscribing", client.subscribe(after_seq)).await?;
-        Ok(client)
+    }
+
+    /// What to say once reconnected: with several servers, which one.
+    pub fn reconnected(&self) -> String {
+        if self.server.all().len() > 1 {
+            format!("reconnected to {}", self.server.current().given)
+        } else {
+            "reconnected".to_owned()
+        }
     }
 
     /// Resumes with the token, or logs in with the password when the server

@@ -10,10 +10,14 @@ use parley_client::{Client, ClientError, ErrorCode, LoginInfo, Visibility, Wrong
 
 use crate::exit::{Exit, Failure, server_code};
 use crate::settings::Settings;
-use crate::trust::{Target, TrustMode};
+use crate::trust::{Servers, Target, TrustMode};
 
 /// How long connecting (TCP, the TLS handshake, the server's Welcome) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to each server may take when there are several,
+/// so that a server that is gone without a trace (its packets dropped)
+/// costs a few seconds before the next one is tried.
+pub const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may wait for its answer before we call the server
 /// unavailable. Login is one of these; SCRAM's key derivation is client-side.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,11 +36,37 @@ pub async fn timed<T>(what: &str, request: impl Future<Output = parley_client::R
     }
 }
 
-/// Opens a connection to the server, checking its certificate over TLS.
+/// Opens a connection to the first server that answers, in the order of
+/// [`Servers::in_turn`], and remembers it. With one server, its error is the
+/// error; with several, a changed certificate stops the search at once (it
+/// may be an attack, not an outage), and when none answers, the error names
+/// each server's failure and is classified as the first one's.
+pub async fn connect(servers: &Servers) -> anyhow::Result<Client> {
+    if let [only] = servers.all() {
+        return connect_one(only, CONNECT_TIMEOUT).await;
+    }
+    let mut failures = Vec::new();
+    for (index, target) in servers.in_turn() {
+        match connect_one(target, FAILOVER_CONNECT_TIMEOUT).await {
+            Ok(client) => {
+                servers.settle(index);
+                return Ok(client);
+            }
+            Err(e) if crate::exit::classify(&e).exit == Exit::CertificateChanged => return Err(e),
+            Err(e) => failures.push(e),
+        }
+    }
+    let first = failures.first().map(crate::exit::classify);
+    let each: Vec<String> = failures.iter().map(crate::exit::describe).collect();
+    let (exit, code) = first.map_or((Exit::Unavailable, "UNAVAILABLE".to_owned()), |r| (r.exit, r.code));
+    Err(Failure::new(exit, code, format!("no server answered: {}", each.join("; "))).into())
+}
+
+/// Opens a connection to one server, checking its certificate over TLS.
 /// A failure that the user's settings explain says which one to change.
-pub async fn connect(server: &Target) -> anyhow::Result<Client> {
+async fn connect_one(server: &Target, limit: Duration) -> anyhow::Result<Client> {
     let addr = &server.given;
-    match tokio::time::timeout(CONNECT_TIMEOUT, crate::trust::connect(server)).await {
+    match tokio::time::timeout(limit, crate::trust::connect(server)).await {
         Ok(Err(e)) => {
             let e = e.context(format!("cannot connect to {addr}"));
             let Some(advice) = advice(server, &e) else {
@@ -49,7 +79,7 @@ pub async fn connect(server: &Target) -> anyhow::Result<Client> {
         Ok(Ok(client)) => Ok(client),
         Err(_) => Err(Failure::unavailable(format!(
             "cannot connect to {addr}: timed out after {}s",
-            CONNECT_TIMEOUT.as_secs()
+            limit.as_secs()
         ))
         .into()),
     }
@@ -120,7 +150,7 @@ impl Credentials {
 
 /// Connects and logs in.
 pub async fn open(
-    server: &Target,
+    server: &Servers,
     credentials: &Credentials,
     visibility: Visibility,
 ) -> anyhow::Result<(Client, LoginInfo)> {

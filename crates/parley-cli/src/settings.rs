@@ -7,6 +7,11 @@
 //! terminal the password may be piped as the first line of stdin, and
 //! anything else missing is a usage error (exit code 2).
 //!
+//! The server may be a list of the nodes of one service, tried in order
+//! ([`crate::trust::Servers`]): `--server a:7878,b:7878`, the same in
+//! `PARLEY_SERVER`, and in the file `server = "a:7878,b:7878"` or
+//! `server = ["a:7878", "b:7878"]`.
+//!
 //! The config file is TOML with the optional keys `server`, `user`,
 //! `password`, and for TLS servers (`tls://host:port`) `ca` (a CA file),
 //! `tofu` (true: pin certificates on first use) or `fingerprint`, at
@@ -22,7 +27,7 @@ use serde::Deserialize;
 
 use crate::exit::Failure;
 use crate::terminal;
-use crate::trust::{Target, TrustChoice};
+use crate::trust::{Servers, TrustChoice};
 
 /// Where the server listens unless told otherwise (parleyd's default).
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7878";
@@ -36,7 +41,7 @@ const CONFIG_FILE: &str = "config.toml";
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    pub server: Option<String>,
+    pub server: Option<ServerList>,
     pub user: Option<String>,
     pub password: Option<String>,
     /// CA file for a TLS server.
@@ -45,6 +50,24 @@ pub struct ConfigFile {
     pub tofu: Option<bool>,
     /// The TLS server's certificate fingerprint.
     pub fingerprint: Option<String>,
+}
+
+/// The file's `server`: one address (which may hold commas) or a list.
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone)]
+#[serde(untagged)]
+pub enum ServerList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ServerList {
+    /// As `--server` takes it.
+    fn joined(self) -> String {
+        match self {
+            ServerList::One(text) => text,
+            ServerList::Many(list) => list.join(","),
+        }
+    }
 }
 
 /// This program's directory in the user's config home:
@@ -71,8 +94,8 @@ pub struct Given {
 /// Connection and identity settings after merging every source.
 #[derive(Debug)]
 pub struct Settings {
-    /// The server and how to trust it.
-    pub server: Target,
+    /// The servers and how to trust them.
+    pub server: Servers,
     /// Known user name, if any source gave one.
     user: Option<String>,
     /// Known password, if any source gave one.
@@ -100,7 +123,7 @@ impl Settings {
     /// Flag/environment over file over default.
     fn merge(given: Given, file: ConfigFile, config_dir: Option<&Path>) -> Result<Settings, Failure> {
         let server = non_empty(given.server)
-            .or(non_empty(file.server))
+            .or(non_empty(file.server.map(ServerList::joined)))
             .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         let file_trust = TrustChoice {
             ca: file.ca,
@@ -113,7 +136,7 @@ impl Settings {
             fingerprint: non_empty(given.trust.fingerprint),
         };
         Ok(Settings {
-            server: Target::resolve(&server, &flag_trust, &file_trust, config_dir)?,
+            server: Servers::resolve(&server, &flag_trust, &file_trust, config_dir)?,
             user: non_empty(given.user).or(non_empty(file.user)),
             password: non_empty(given.password).or(non_empty(file.password)),
         })
@@ -237,7 +260,7 @@ mod tests {
     #[test]
     fn flags_and_env_beat_the_file_which_beats_the_default() {
         let file = ConfigFile {
-            server: Some("file:1".into()),
+            server: Some(ServerList::One("file:1".into())),
             user: Some("fileuser".into()),
             password: Some("filepw".into()),
             ..Default::default()
@@ -250,27 +273,57 @@ mod tests {
             trust: TrustChoice::default(),
         };
         let s = Settings::merge(given, file, None).unwrap();
-        assert_eq!(s.server.given, "flag:2");
+        assert_eq!(s.server.current().given, "flag:2");
         assert_eq!(s.user.as_deref(), Some("fileuser"));
         // An empty value counts as not given.
         assert_eq!(s.password.as_deref(), Some("filepw"));
 
         let s = Settings::merge(Given::default(), ConfigFile::default(), None).unwrap();
         assert_eq!(
-            (s.server.given.as_str(), s.user, s.password),
+            (s.server.current().given.as_str(), s.user, s.password),
             (DEFAULT_SERVER, None, None)
         );
 
         let file = ConfigFile {
-            server: Some("tls://h:1".into()),
+            server: Some(ServerList::One("tls://h:1".into())),
             tofu: Some(true),
             ..Default::default()
         };
         let s = Settings::merge(Given::default(), file, Some(Path::new("/c"))).unwrap();
         assert_eq!(
-            s.server.trust,
+            s.server.current().trust,
             crate::trust::TrustMode::FirstUse(Path::new("/c").join(crate::trust::KNOWN_SERVERS_FILE))
         );
+    }
+
+    #[test]
+    fn several_servers_are_tried_in_order_from_the_last_that_worked() {
+        let given = Given {
+            server: Some("a:1, tls://b:2,c:3".into()),
+            ..Default::default()
+        };
+        let s = Settings::merge(given, ConfigFile::default(), None).unwrap();
+        let order = |s: &Settings| -> Vec<String> { s.server.in_turn().map(|(_, t)| t.given.clone()).collect() };
+        assert_eq!(order(&s), ["a:1", "tls://b:2", "c:3"]);
+        assert_eq!(
+            s.server.all()[1].trust,
+            crate::trust::TrustMode::SystemRoots,
+            "each address is parsed on its own"
+        );
+        s.server.settle(1);
+        assert_eq!(order(&s), ["tls://b:2", "c:3", "a:1"]);
+        s.server.pass_over_current();
+        s.server.pass_over_current();
+        assert_eq!(order(&s), ["a:1", "tls://b:2", "c:3"]);
+
+        for bad in ["a:1,", ",a:1", "a:1,,b:2"] {
+            let given = Given {
+                server: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = Settings::merge(given, ConfigFile::default(), None).unwrap_err();
+            assert!(err.to_string().contains("empty address"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -282,11 +335,17 @@ mod tests {
         assert_eq!(
             file,
             ConfigFile {
-                server: Some("h:1".into()),
+                server: Some(ServerList::One("h:1".into())),
                 user: Some("ann".into()),
                 ..Default::default()
             }
         );
+
+        std::fs::write(&path, "server = [\"a:1\", \"b:2\"]\n").unwrap();
+        let file = load_config(&path, true).unwrap();
+        let s = Settings::merge(Given::default(), file, None).unwrap();
+        let given: Vec<&str> = s.server.all().iter().map(|t| t.given.as_str()).collect();
+        assert_eq!(given, ["a:1", "b:2"]);
 
         std::fs::write(&path, "sever = \"h:1\"\n").unwrap();
         let err = load_config(&path, true).unwrap_err();

@@ -420,7 +420,7 @@ async fn supervise(mut link: Link, shared: Shared, printer: SyncSender<String>, 
                 }
             };
             lock(&shared.delivery).acked(&pending);
-            if !show(&printer, "reconnected".to_owned()).await {
+            if !show(&printer, link.reconnected()).await {
                 return;
             }
             let connection = Connection::new(client);

@@ -9,9 +9,17 @@
 //! connections accept that certificate only, and a different one stops the
 //! client with a loud warning and exit code 8 (see [`crate::exit`]). The
 //! user accepts a new certificate by deleting the server's line.
+//!
+//! Several servers (`--server a:7878,b:7878`, the nodes of one cluster) are
+//! tried in the order given, as libpq does with several hosts: the first is
+//! preferred, and the client moves on to the next only when one cannot be
+//! reached. Once one works it is tried first from then on ([`Servers`]),
+//! so a client that moved stays where it landed. Every server gets the same
+//! trust choice.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use parley_client::{Client, ClientError, Fingerprint, ServerAddress, Trust};
@@ -119,6 +127,84 @@ impl Target {
             address,
             trust,
         })
+    }
+}
+
+/// The servers of one service, in the user's order of preference, and
+/// which of them to try first.
+#[derive(Debug)]
+pub struct Servers {
+    /// At least one.
+    list: Vec<Target>,
+    /// Index in `list` of the server tried first: the last that worked.
+    current: AtomicUsize,
+}
+
+impl Clone for Servers {
+    fn clone(&self) -> Servers {
+        Servers {
+            list: self.list.clone(),
+            current: AtomicUsize::new(self.current.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Servers {
+    /// Parses a comma-separated list of addresses, each decided as
+    /// [`Target::resolve`] does with the same trust choice.
+    pub fn resolve(
+        servers: &str,
+        flags: &TrustChoice,
+        file: &TrustChoice,
+        config_dir: Option<&Path>,
+    ) -> Result<Servers, Failure> {
+        let list = servers
+            .split(',')
+            .map(|one| {
+                if one.trim().is_empty() {
+                    return Err(Failure::usage(format!(
+                        "--server: {servers:?} has an empty address; separate servers with single commas"
+                    )));
+                }
+                Target::resolve(one, flags, file, config_dir)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Servers {
+            list,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// Every server, in the user's order.
+    pub fn all(&self) -> &[Target] {
+        &self.list
+    }
+
+    /// The server tried first now.
+    pub fn current(&self) -> &Target {
+        &self.list[self.current.load(Ordering::Relaxed) % self.list.len()]
+    }
+
+    /// The servers in the order to try them now: the current one, then the
+    /// ones after it in the list, round to the ones before it.
+    pub fn in_turn(&self) -> impl Iterator<Item = (usize, &Target)> {
+        let start = self.current.load(Ordering::Relaxed) % self.list.len();
+        (0..self.list.len()).map(move |k| {
+            let index = (start + k) % self.list.len();
+            (index, &self.list[index])
+        })
+    }
+
+    /// Remembers the server that worked, to try it first next time.
+    pub fn settle(&self, index: usize) {
+        self.current.store(index % self.list.len(), Ordering::Relaxed);
+    }
+
+    /// Moves past the current server (it is shutting down or went away
+    /// after connecting), so the next attempt starts with the next one.
+    pub fn pass_over_current(&self) {
+        let next = (self.current.load(Ordering::Relaxed) + 1) % self.list.len();
+        self.current.store(next, Ordering::Relaxed);
     }
 }
 

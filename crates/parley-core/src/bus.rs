@@ -74,8 +74,14 @@ pub enum Remote {
     /// A notice for `user`'s sessions.
     Notice { user: UserId, notice: Notice },
     /// Every session of `user` there must close (a kick, logging out
-    /// everywhere, a password change, the account deleted).
-    Close { user: UserId, reason: CloseReason },
+    /// everywhere, a password change, the account deleted), or with
+    /// `token`, only the sessions standing for the token of that key (an
+    /// HTTP bearer token logged out in another process).
+    Close {
+        user: UserId,
+        reason: CloseReason,
+        token: Option<[u8; 32]>,
+    },
     /// `follower` starts or stops following `contact`'s presence (an
     /// approval, a cancellation, a block, made where `follower` may have
     /// no session); on stopping, its sessions there that showed `contact`

@@ -74,6 +74,9 @@ pub struct SessionFlags {
     pub lagged: AtomicBool,
     /// Set when the server wants the session closed.
     pub close: Mutex<Option<CloseReason>>,
+    /// The key of the resume token (or HTTP bearer token) the session
+    /// stands for, so that ending that token ends it wherever it is open.
+    pub token: Mutex<[u8; 32]>,
 }
 
 impl SessionFlags {
@@ -384,7 +387,7 @@ impl Hub {
                 Notice::PresenceRequest { from } => SessionEvent::PresenceRequest { from: Arc::clone(from) },
                 Notice::PresenceApproved { name } => SessionEvent::PresenceApproved { name: Arc::clone(name) },
             }),
-            Remote::Close { user, reason } => self.close_here(user, None, &reason),
+            Remote::Close { user, reason, token } => self.close_here(user, None, token.as_ref(), &reason),
             Remote::Watch {
                 follower,
                 contact,
@@ -743,17 +746,33 @@ impl Hub {
     /// Asks every session of `user` except `keep` (one of this process)
     /// to close, here and in other processes.
     pub fn close_user(&self, user: UserId, keep: Option<SessionId>, reason: CloseReason) {
-        self.close_here(user, keep, &reason);
+        self.close_here(user, keep, None, &reason);
         self.send_elsewhere(user, || Remote::Close {
             user,
             reason: reason.clone(),
+            token: None,
         });
     }
 
-    fn close_here(&self, user: UserId, keep: Option<SessionId>, reason: &CloseReason) {
+    /// Asks the sessions of `user` in other processes that stand for the
+    /// token with key `token` to close: one HTTP bearer token may be open
+    /// in several processes at once, and logging it out in one ends it in
+    /// all. (In this process the caller is that session.)
+    pub fn close_token_elsewhere(&self, user: UserId, token: [u8; 32], reason: CloseReason) {
+        self.send_elsewhere(user, || Remote::Close {
+            user,
+            reason: reason.clone(),
+            token: Some(token),
+        });
+    }
+
+    /// Closes `user`'s sessions here but `keep`; with `token`, only those
+    /// standing for that token.
+    fn close_here(&self, user: UserId, keep: Option<SessionId>, token: Option<&[u8; 32]>, reason: &CloseReason) {
         let shard = lock(self.shard(user));
         let Some(list) = shard.get(&user) else { return };
-        for entry in list.iter().filter(|e| Some(e.session) != keep) {
+        let chosen = |e: &&Entry| Some(e.session) != keep && token.is_none_or(|t| *lock(&e.flags.token) == *t);
+        for entry in list.iter().filter(chosen) {
             *lock(&entry.flags.close) = Some(reason.clone());
             // A full queue is fine: the session looks at its flags before
             // each event it takes, and a full queue is not empty.

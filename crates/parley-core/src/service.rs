@@ -32,6 +32,7 @@ use crate::store::{
     AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store, StoreError, StoreReply,
     StoredMessage,
 };
+use crate::sync::lock;
 use crate::throttle::{Attempt, Throttle, ThrottleSettings};
 
 /// Sender id of messages from outside any account (the web pager, the
@@ -672,9 +673,28 @@ impl Service {
         })
     }
 
-    /// Forgets a key given to [`Service::remember_session_key`].
-    pub fn forget_session_key(&self, key: [u8; 32]) -> crate::StoreReply<()> {
-        self.store.revoke_resume_token(key)
+    /// Forgets a key given to [`Service::remember_session_key`]; once the
+    /// store has forgotten it, sessions opened under it in other processes
+    /// are asked to close (one bearer token may be open in several).
+    pub fn forget_session_key(
+        &self,
+        user: UserId,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<(), CoreError>> + Send + 'static {
+        let reply = self.store.revoke_resume_token(key);
+        let hub = Arc::clone(&self.hub);
+        async move {
+            reply.await?;
+            hub.close_token_elsewhere(
+                user,
+                key,
+                CloseReason {
+                    kind: ErrorKind::NotAuthenticated,
+                    message: "logged out".into(),
+                },
+            );
+            Ok(())
+        }
     }
 
     /// Opens a session again under a key remembered with
@@ -821,6 +841,7 @@ impl Service {
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         let (tx, events) = mpsc::channel(self.config.limits.session_queue.max(1));
         let flags = Arc::new(SessionFlags::default());
+        *lock(&flags.token) = token_hash;
         self.hub.watch_start(user, contacts);
         self.hub
             .register(user, Arc::from(name.as_str()), id, tx, Arc::clone(&flags), quiet);
@@ -1025,6 +1046,7 @@ impl Session {
         );
         let (token, hash, expires_ms) = self.service.new_resume_token(self.user).await?;
         self.token_hash = hash;
+        *lock(&self.flags.token) = hash;
         Ok((server_final, token, expires_ms))
     }
 
@@ -1195,7 +1217,21 @@ impl Session {
     /// drops the session when the future resolves.
     pub fn logout(&self) -> impl Future<Output = Result<(), CoreError>> + Send + 'static {
         let reply = self.service.store.revoke_resume_token(self.token_hash);
-        async move { Ok(reply.await?) }
+        let (service, user, token) = (Arc::clone(&self.service), self.user, self.token_hash);
+        async move {
+            reply.await?;
+            // Only once the key is gone from the store, so that no other
+            // process opens the session again from it after closing it.
+            service.hub.close_token_elsewhere(
+                user,
+                token,
+                CloseReason {
+                    kind: ErrorKind::NotAuthenticated,
+                    message: "logged out".into(),
+                },
+            );
+            Ok(())
+        }
     }
 
     /// Adds `name` to the contacts and asks to see its presence (a pending

@@ -571,9 +571,9 @@ async fn logged_in(
 pub async fn logout(State(ctx): Ctx, auth: Authed) -> ApiResult<StatusCode> {
     let revoked = start!(auth, |s| s.logout())?;
     drop(ctx.sessions.remove(&auth.token));
-    let forgotten = ctx.service.forget_session_key(auth.entry.key());
+    let forgotten = ctx.service.forget_session_key(auth.entry.user(), auth.entry.key());
     revoked.await?;
-    forgotten.await.map_err(CoreError::from)?;
+    forgotten.await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -243,7 +243,9 @@ impl HttpContext {
                 settings.max_sessions_per_ip,
             )
             // The store's answer does not matter: a key it keeps expires.
-            .forgetting(Box::new(move |key| drop(forgetter.forget_session_key(key)))),
+            .forgetting(Box::new(move |user, key| {
+                drop(tokio::spawn(forgetter.forget_session_key(user, key)));
+            })),
             logins: PendingLogins::new(settings.login_timeout, settings.max_pending_logins),
             pager: pager::PagerLimiter::new(settings.pager_per_ip_per_minute),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),

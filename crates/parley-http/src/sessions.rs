@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use parley_core::sync::lock;
-use parley_core::{AuthPending, Session};
+use parley_core::{AuthPending, Session, UserId};
 use rand::RngCore;
 use sha2::Digest;
 
@@ -55,7 +55,7 @@ pub fn now_ms() -> u64 {
 
 /// Called with the key of each session the table ends before its time (to
 /// make room, or because the server ended it), so the store forgets it too.
-pub type Forget = Box<dyn Fn([u8; 32]) + Send + Sync>;
+pub type Forget = Box<dyn Fn(UserId, [u8; 32]) + Send + Sync>;
 
 /// A login taken out of [`PendingLogins`] for its second step.
 pub struct TakenLogin {
@@ -141,6 +141,8 @@ pub struct HttpSession {
     ip: IpAddr,
     /// Its token's key ([`bearer_key`]).
     key: [u8; 32],
+    /// Whose session it is.
+    user: UserId,
     /// Until when the store remembers the key (ms since the Unix epoch; 0:
     /// not remembered).
     remembered_until: Mutex<u64>,
@@ -150,6 +152,11 @@ impl HttpSession {
     /// Its token's key, as the store knows it.
     pub fn key(&self) -> [u8; 32] {
         self.key
+    }
+
+    /// Whose session it is.
+    pub fn user(&self) -> UserId {
+        self.user
     }
 
     /// Notes that the store remembers the key until `until_ms`.
@@ -267,7 +274,7 @@ impl HttpSessions {
 
     fn forget_all(&self, ended: &[Arc<HttpSession>]) {
         if let Some(forget) = &self.forget {
-            ended.iter().for_each(|s| forget(s.key));
+            ended.iter().for_each(|s| forget(s.user, s.key));
         }
     }
 
@@ -293,6 +300,7 @@ impl HttpSessions {
         let ip = parley_core::addr::address_group(ip);
         let key = bearer_key(token);
         let entry = Arc::new(HttpSession {
+            user: session.user(),
             session: Mutex::new(Some(session)),
             last_used: Mutex::new(Instant::now()),
             ip,
@@ -487,8 +495,8 @@ mod tests {
         let (second, _) = service.auth_finish(&pending, last.as_bytes()).await.unwrap();
         let forgotten = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&forgotten);
-        let sessions =
-            HttpSessions::new(Duration::from_secs(60), 10, 1).forgetting(Box::new(move |key| lock(&record).push(key)));
+        let sessions = HttpSessions::new(Duration::from_secs(60), 10, 1)
+            .forgetting(Box::new(move |_, key| lock(&record).push(key)));
         let here: IpAddr = [127, 0, 0, 1].into();
         let old = sessions.insert(first, here).unwrap();
         // The address's one place goes to the newer login.

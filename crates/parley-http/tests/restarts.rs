@@ -156,3 +156,58 @@ async fn a_bearer_token_is_not_a_resume_token_nor_the_reverse() {
         replaced(&server, old).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_session_works_on_every_node_and_ends_on_every_node() {
+    let Some(cluster) = parley_testkit::cluster::Cluster::create() else {
+        return;
+    };
+    let a = cluster.node(&[]);
+    let b = cluster.node(&[]);
+    let on_a = Api::new(&a);
+    let on_b = Api::new(&b);
+    let alice = on_a.user("alice").await;
+    let alice_too = on_a.login("alice", "pw-alice").await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob = on_b.user("bob").await;
+
+    // A token from node A works on node B, and the reverse.
+    on_b.send_message(&alice, "bob", "m1", "through b").await;
+    on_a.send_message(&bob, "alice", "m2", "through a").await;
+    assert_eq!(mailbox_status(&on_b, &alice).await, 200);
+    assert_eq!(mailbox_status(&on_a, &bob).await, 200);
+
+    // Logged out on node A: node B, which has the session open, refuses
+    // the token too (once the bus has told it); alice's other token still
+    // works on both.
+    assert_eq!(on_a.post("/v1/logout", Some(&alice), json!({})).await.status, 204);
+    on_a.get("/v1/mailbox", Some(&alice))
+        .await
+        .problem(401, "NOT_AUTHENTICATED");
+    refused_soon(&on_b, &alice).await;
+    for api in [&on_a, &on_b] {
+        assert_eq!(mailbox_status(api, &alice_too).await, 200);
+    }
+    // Kicked from node A: bob's session ends on node B too.
+    let (code, out, err) = a.ctl(&["kick", "bob"]);
+    assert!(code.success(), "{out}{err}");
+    on_a.get("/v1/mailbox", Some(&bob))
+        .await
+        .problem(401, "NOT_AUTHENTICATED");
+    refused_soon(&on_b, &bob).await;
+}
+
+/// Waits until `token` is refused (a session ended in another process is
+/// ended here when the bus brings the word), then checks the refusal.
+async fn refused_soon(api: &Api, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mailbox_status(api, token).await == 200 {
+        assert!(Instant::now() < deadline, "the token still works");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.get("/v1/mailbox", Some(token))
+        .await
+        .problem(401, "NOT_AUTHENTICATED");
+}

@@ -9,45 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::WAIT;
 use parley_client::{Client, Event};
-use parley_testkit::postgres::Scratch;
-use parley_testkit::{Store, TestServer};
-
-/// Whether NATS answers; without it the test fails under
-/// `PARLEY_REQUIRE_SERVICES=1` and is skipped (saying so) otherwise.
-fn nats_or_skip() -> bool {
-    if std::net::TcpStream::connect("127.0.0.1:4222").is_ok() {
-        return true;
-    }
-    assert!(
-        !std::env::var("PARLEY_REQUIRE_SERVICES").is_ok_and(|v| v == "1"),
-        "NATS on 127.0.0.1:4222 is required (PARLEY_REQUIRE_SERVICES=1) but not reachable"
-    );
-    println!("skipped: NATS is not reachable on 127.0.0.1:4222");
-    false
-}
-
-/// A schema of its own and a bus prefix of its own, or None (skipped).
-fn cluster() -> Option<(Scratch, String)> {
-    if !nats_or_skip() || !Store::Postgres.available() {
-        return None;
-    }
-    let scratch = Scratch::create()?;
-    let prefix = format!("parley-test-{:016x}", rand::random::<u64>());
-    Some((scratch, prefix))
-}
-
-fn node(scratch: &Scratch, prefix: &str, extra: &[&str]) -> TestServer {
-    let mut args = vec![
-        "--bus",
-        "nats://127.0.0.1:4222",
-        "--bus-prefix",
-        prefix,
-        "--bus-node-timeout-secs",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    TestServer::start_on_postgres(scratch.url(), &args)
-}
+use parley_testkit::cluster::Cluster;
 
 async fn next_event(client: &Client) -> Event {
     match tokio::time::timeout(WAIT, client.next_event()).await {
@@ -85,9 +47,9 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_two_nodes_chat_see_each_other_and_are_kicked_and_told_across() {
-    let Some((scratch, prefix)) = cluster() else { return };
-    let a = node(&scratch, &prefix, &[]);
-    let b = node(&scratch, &prefix, &[]);
+    let Some(cluster) = Cluster::create() else { return };
+    let a = cluster.node(&[]);
+    let b = cluster.node(&[]);
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     alice.subscribe(0).await.unwrap();
@@ -140,9 +102,9 @@ async fn users_on_two_nodes_chat_see_each_other_and_are_kicked_and_told_across()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_dies_takes_its_users_offline_after_the_timeout() {
-    let Some((scratch, prefix)) = cluster() else { return };
-    let a = node(&scratch, &prefix, &[]);
-    let mut b = node(&scratch, &prefix, &[]);
+    let Some(cluster) = Cluster::create() else { return };
+    let a = cluster.node(&[]);
+    let mut b = cluster.node(&[]);
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     alice.subscribe(0).await.unwrap();
@@ -180,8 +142,8 @@ async fn a_node_that_dies_takes_its_users_offline_after_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_serve_one_port_and_reach_each_others_sessions() {
-    let Some((scratch, prefix)) = cluster() else { return };
-    let server = node(&scratch, &prefix, &["--workers", "3"]);
+    let Some(cluster) = Cluster::create() else { return };
+    let server = cluster.node(&["--workers", "3"]);
     let (code, out, err) = server.ctl(&["status"]);
     assert!(code.success(), "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -228,4 +190,27 @@ async fn several_workers_serve_one_port_and_reach_each_others_sessions() {
     let u0 = server.user("u0").await;
     u0.send("late", "welcome").await.unwrap();
     assert_eq!(receive(&late, 1).await, ["welcome"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_token_from_one_node_works_on_another() {
+    let Some(cluster) = Cluster::create() else { return };
+    let a = cluster.node(&[]);
+    let b = cluster.node(&[]);
+    let _ = a.user("bob").await;
+    let on_a = a.client().await;
+    on_a.register("alice", "pw-alice").await.unwrap();
+    let info = on_a.login("alice", "pw-alice").await.unwrap();
+    assert!(!info.resume_token.is_empty());
+
+    // Node A goes away; alice resumes on node B with the token A gave.
+    drop(on_a);
+    drop(a);
+    let on_b = b.client().await;
+    let resumed = on_b.resume(&info.resume_token).await.unwrap();
+    assert_eq!(resumed.user_id, info.user_id);
+    on_b.subscribe(0).await.unwrap();
+    let bob = b.user("bob").await;
+    bob.send("alice", "on b").await.unwrap();
+    assert_eq!(receive(&on_b, 1).await, ["on b"]);
 }

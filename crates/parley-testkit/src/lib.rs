@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use parley_client::Client;
 
+pub mod cluster;
 pub mod postgres;
 pub mod proxy;
 

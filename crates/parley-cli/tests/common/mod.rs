@@ -58,6 +58,14 @@ impl Harness {
         }
     }
 
+    /// A harness around a server started elsewhere (a node of a cluster).
+    pub fn on(server: TestServer) -> Harness {
+        Harness {
+            server,
+            home: tempfile::tempdir().expect("temp home"),
+        }
+    }
+
     pub fn config_dir(&self) -> PathBuf {
         self.home.path().join("config")
     }
