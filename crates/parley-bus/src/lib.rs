@@ -6,8 +6,9 @@
 //!
 //! Subjects (under a prefix, `parley` by default, so that several clusters
 //! can share one NATS):
-//! - `PREFIX.all` — to every process: hello, heartbeat, bye, lag, and each
-//!   change of what a process holds of a user.
+//! - `PREFIX.all` — to every process: hello, heartbeat, bye, lag, each
+//!   change of what a process holds of a user, and each failed login and
+//!   registration (so the throttles hold across processes).
 //! - `PREFIX.node.ID` — to one process: messages, rings, notices and close
 //!   requests for the users whose sessions it holds, and the answer to its
 //!   hello (everything the answering process holds).
@@ -111,6 +112,10 @@ impl Bus for NatsBus {
 
     fn announce(&self, user: UserId, name: &Arc<str>, holding: Holding) {
         self.queue(self.all(), Body::Holdings(vec![(user, Arc::clone(name), holding)]));
+    }
+
+    fn broadcast(&self, event: Remote) {
+        self.queue(self.all(), Body::Remote(event));
     }
 }
 

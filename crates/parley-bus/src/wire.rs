@@ -3,10 +3,11 @@
 //! as a `u32` length and UTF-8. Decoding never panics: a frame that does not
 //! parse is an error, dropped and counted by the caller.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use parley_core::bus::{Holding, NodeId, Notice, Remote};
+use parley_core::bus::{Holding, NodeId, Notice, Remote, Spent};
 use parley_core::hub::CloseReason;
 use parley_core::store::StoredMessage;
 use parley_core::{ErrorKind, MessageId, Seq, UserId};
@@ -67,6 +68,13 @@ mod kind {
     pub const CLOSE: u8 = 8;
     pub const LAG: u8 = 9;
     pub const WATCH: u8 = 10;
+    pub const SPENT: u8 = 11;
+}
+
+mod spent {
+    pub const LOGIN_FAILURE: u8 = 1;
+    pub const REGISTRATION: u8 = 2;
+    pub const SEND: u8 = 3;
 }
 
 mod notice {
@@ -98,6 +106,7 @@ impl Frame {
             Body::Remote(Remote::Notice { .. }) => kind::NOTICE,
             Body::Remote(Remote::Close { .. }) => kind::CLOSE,
             Body::Remote(Remote::Watch { .. }) => kind::WATCH,
+            Body::Remote(Remote::Spent(_)) => kind::SPENT,
             Body::Lag => kind::LAG,
         };
         out.put_u8(kind);
@@ -159,6 +168,27 @@ impl Frame {
                     None => out.put_u8(0),
                 }
             }
+            Body::Remote(Remote::Spent(spent)) => match spent {
+                Spent::LoginFailure { account, ip } => {
+                    out.put_u8(spent::LOGIN_FAILURE);
+                    match account {
+                        Some(name) => {
+                            out.put_u8(1);
+                            put_str(&mut out, name);
+                        }
+                        None => out.put_u8(0),
+                    }
+                    put_ip(&mut out, *ip);
+                }
+                Spent::Registration { ip } => {
+                    out.put_u8(spent::REGISTRATION);
+                    put_ip(&mut out, Some(*ip));
+                }
+                Spent::Send { user } => {
+                    out.put_u8(spent::SEND);
+                    out.put_u64_le(user.0);
+                }
+            },
             Body::Remote(Remote::Watch {
                 follower,
                 contact,
@@ -263,6 +293,22 @@ impl Frame {
                     token,
                 })
             }
+            kind::SPENT => Body::Remote(Remote::Spent(match u8_of(r)? {
+                spent::LOGIN_FAILURE => {
+                    let account = match u8_of(r)? {
+                        0 => None,
+                        _ => Some(Arc::from(str_of(r)?)),
+                    };
+                    Spent::LoginFailure { account, ip: ip_of(r)? }
+                }
+                spent::REGISTRATION => Spent::Registration {
+                    ip: ip_of(r)?.ok_or(DecodeError::Kind(0))?,
+                },
+                spent::SEND => Spent::Send {
+                    user: UserId(u64_of(r)?),
+                },
+                other => return Err(DecodeError::Kind(other)),
+            })),
             kind::WATCH => {
                 let follower = UserId(u64_of(r)?);
                 let contact = UserId(u64_of(r)?);
@@ -281,6 +327,38 @@ impl Frame {
             return Err(DecodeError::Trailing(r.remaining()));
         }
         Ok(Frame { from, body })
+    }
+}
+
+/// An address as a family byte (0 none, 4, 6) and its octets.
+fn put_ip(out: &mut BytesMut, ip: Option<IpAddr>) {
+    match ip {
+        None => out.put_u8(0),
+        Some(IpAddr::V4(v4)) => {
+            out.put_u8(4);
+            out.put_slice(&v4.octets());
+        }
+        Some(IpAddr::V6(v6)) => {
+            out.put_u8(6);
+            out.put_slice(&v6.octets());
+        }
+    }
+}
+
+fn ip_of(r: &mut &[u8]) -> Result<Option<IpAddr>, DecodeError> {
+    match u8_of(r)? {
+        0 => Ok(None),
+        4 => {
+            let mut octets = [0u8; 4];
+            r.try_copy_to_slice(&mut octets).map_err(|_| DecodeError::Short)?;
+            Ok(Some(IpAddr::V4(Ipv4Addr::from(octets))))
+        }
+        6 => {
+            let mut octets = [0u8; 16];
+            r.try_copy_to_slice(&mut octets).map_err(|_| DecodeError::Short)?;
+            Ok(Some(IpAddr::V6(Ipv6Addr::from(octets))))
+        }
+        other => Err(DecodeError::Kind(other)),
     }
 }
 
@@ -324,6 +402,29 @@ mod tests {
         for body in [Body::Hello, Body::Heartbeat, Body::Bye, Body::Lag] {
             let kind = std::mem::discriminant(&body);
             assert_eq!(std::mem::discriminant(&round_trip(body).body), kind);
+        }
+        for spent in [
+            Spent::LoginFailure {
+                account: Some(Arc::from("böb")),
+                ip: Some("192.0.2.7".parse().unwrap()),
+            },
+            Spent::LoginFailure {
+                account: None,
+                ip: Some("2001:db8::".parse().unwrap()),
+            },
+            Spent::LoginFailure {
+                account: Some(Arc::from("ann")),
+                ip: None,
+            },
+            Spent::Registration {
+                ip: "198.51.100.1".parse().unwrap(),
+            },
+            Spent::Send { user: UserId(42) },
+        ] {
+            match round_trip(Body::Remote(Remote::Spent(spent.clone()))).body {
+                Body::Remote(Remote::Spent(got)) => assert_eq!(got, spent),
+                other => panic!("{other:?}"),
+            }
         }
         let entries = vec![
             (

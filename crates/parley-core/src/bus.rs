@@ -19,6 +19,7 @@
 //! process as a [`Remote::Ring`] (the hub remembers, per recipient, the
 //! last seq stored in the last [`RECENT`]), so the session reads it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +83,9 @@ pub enum Remote {
         reason: CloseReason,
         token: Option<[u8; 32]>,
     },
+    /// A limit that protects accounts was used in the sending process; the
+    /// receiver counts it too, so that the limit holds across the cluster.
+    Spent(Spent),
     /// `follower` starts or stops following `contact`'s presence (an
     /// approval, a cancellation, a block, made where `follower` may have
     /// no session); on stopping, its sessions there that showed `contact`
@@ -94,6 +98,25 @@ pub enum Remote {
     },
 }
 
+/// One use of a limit that holds across the cluster. Each process counts
+/// its own uses and the uses it hears of, so that spreading attempts over
+/// processes gains nothing (up to the time a frame takes to cross).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spent {
+    /// A failed login or resume, against an account name key and an
+    /// address group (told to every process).
+    LoginFailure {
+        account: Option<Arc<str>>,
+        ip: Option<IpAddr>,
+    },
+    /// An account registered from an address group (told to every process).
+    Registration { ip: IpAddr },
+    /// `user` sent a message: one token of its send rate (told to the
+    /// processes holding its sessions, the only ones it can send from
+    /// without logging in there, which a login would announce).
+    Send { user: UserId },
+}
+
 /// The transport between processes. Implementations never block the
 /// caller: they queue what they send, and a send that cannot be queued is
 /// dropped (the receiving sessions catch up from the store).
@@ -104,4 +127,6 @@ pub trait Bus: Send + Sync + 'static {
     fn send(&self, node: NodeId, event: Remote);
     /// Tells every other process what this one now holds of `user`.
     fn announce(&self, user: UserId, name: &Arc<str>, holding: Holding);
+    /// Sends `event` to every other process.
+    fn broadcast(&self, event: Remote);
 }

@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::bus::{Bus, Holding, NodeId, Notice, RECENT, Remote};
+use crate::bus::{Bus, Holding, NodeId, Notice, RECENT, Remote, Spent};
 use crate::error::ErrorKind;
 use crate::ids::{Seq, SessionId, UserId};
 use crate::store::StoredMessage;
@@ -175,7 +175,13 @@ pub struct Hub {
     directory: Box<[DirectoryShard]>,
     /// The bus to the other processes, once attached.
     bus: OnceLock<Arc<dyn Bus>>,
+    /// Where uses of cluster-wide limits told by other processes are
+    /// counted (the service's limiters).
+    spent_here: OnceLock<SpentSink>,
 }
+
+/// Counts a use of a limit that another process told of.
+pub type SpentSink = Box<dyn Fn(Spent) + Send + Sync>;
 
 impl Default for Hub {
     fn default() -> Self {
@@ -188,6 +194,7 @@ impl Default for Hub {
             presence_events: AtomicU64::new(0),
             directory: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             bus: OnceLock::new(),
+            spent_here: OnceLock::new(),
         }
     }
 }
@@ -365,9 +372,29 @@ impl Hub {
         }
     }
 
+    /// Sets where uses of limits told by other processes are counted (once).
+    pub fn count_spent_with(&self, sink: SpentSink) {
+        let _ = self.spent_here.set(sink);
+    }
+
+    /// Tells the other processes of a use of a cluster-wide limit made
+    /// here: a send to those holding the sender's sessions, the rest to all.
+    pub fn spent(&self, spent: Spent) {
+        let Some(bus) = self.bus.get() else { return };
+        match spent {
+            Spent::Send { user } => self.send_elsewhere(user, || Remote::Spent(spent.clone())),
+            Spent::LoginFailure { .. } | Spent::Registration { .. } => bus.broadcast(Remote::Spent(spent)),
+        }
+    }
+
     /// What the bus brought from another process.
     pub fn from_bus(&self, event: Remote) {
         match event {
+            Remote::Spent(spent) => {
+                if let Some(sink) = self.spent_here.get() {
+                    sink(spent);
+                }
+            }
             Remote::Message(message) => self.deliver_here(&message),
             Remote::Ring { user, .. } => {
                 let shard = lock(self.shard(user));

@@ -20,6 +20,7 @@ use sha2::Digest;
 
 use tokio::sync::mpsc;
 
+use crate::bus::Spent;
 use crate::error::{CoreError, ErrorKind};
 use crate::hub::{CloseReason, Hub, SessionEvent, SessionFlags};
 use crate::ids::{MessageId, Seq, SessionId, UserId};
@@ -294,16 +295,48 @@ impl Service {
             limits.send_rate_per_account.saturating_mul(SEND_BURST_SECONDS),
             MAX_TRACKED_SENDERS,
         );
-        Arc::new(Service {
-            store,
-            hub: Arc::new(Hub::default()),
-            config,
-            next_session: AtomicU64::new(1),
-            counters: Counters::default(),
-            throttle,
-            registrations,
-            send_rate,
+        let hub = Arc::new(Hub::default());
+        Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
+            let service = service.clone();
+            hub.count_spent_with(Box::new(move |spent| {
+                if let Some(service) = service.upgrade() {
+                    service.count_spent_elsewhere(spent);
+                }
+            }));
+            Service {
+                store,
+                hub,
+                config,
+                next_session: AtomicU64::new(1),
+                counters: Counters::default(),
+                throttle,
+                registrations,
+                send_rate,
+            }
         })
+    }
+
+    /// Counts a failed login or resume against `account` and `ip` here and
+    /// tells the other processes, so that the throttle holds across them.
+    fn login_failed(&self, account: Option<&str>, ip: Option<IpAddr>) {
+        self.throttle.record_failure(account, ip, Instant::now());
+        self.hub.spent(Spent::LoginFailure {
+            account: account.map(Arc::from),
+            ip: ip.map(crate::addr::address_group),
+        });
+    }
+
+    /// Counts a use of a cluster-wide limit that another process made.
+    fn count_spent_elsewhere(&self, spent: Spent) {
+        let now = Instant::now();
+        match spent {
+            Spent::LoginFailure { account, ip } => self.throttle.record_failure(account.as_deref(), ip, now),
+            Spent::Registration { ip } => self.registrations.record(&ip, now),
+            Spent::Send { user } => {
+                // A token spent elsewhere; none left here is no refusal.
+                let _ = self.send_rate.take(&user, now);
+            }
+        }
     }
 
     pub fn hub(&self) -> &Hub {
@@ -373,17 +406,17 @@ impl Service {
         // Every valid attempt counts, taken name or not: a name that is
         // taken costs the store a lookup too, and probing names is no
         // cheaper than creating accounts.
-        if let Some(peer) = peer
-            && let Err(wait) = self
-                .registrations
-                .take(&crate::addr::address_group(peer), Instant::now())
-        {
-            self.counters.registrations_rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(CoreError {
-                kind: ErrorKind::RateLimited,
-                message: "too many registrations from this address; wait before trying again".into(),
-                retry_after_ms: Some(retry_hint(wait)),
-            });
+        if let Some(peer) = peer {
+            let ip = crate::addr::address_group(peer);
+            if let Err(wait) = self.registrations.take(&ip, Instant::now()) {
+                self.counters.registrations_rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(CoreError {
+                    kind: ErrorKind::RateLimited,
+                    message: "too many registrations from this address; wait before trying again".into(),
+                    retry_after_ms: Some(retry_hint(wait)),
+                });
+            }
+            self.hub.spent(Spent::Registration { ip });
         }
         let reply = self.store.create_account(NewAccount {
             name: name.as_str().to_owned(),
@@ -568,7 +601,7 @@ impl Service {
             Err(e) if e.kind == ErrorKind::Busy => {}
             Err(e) => {
                 if e.kind == ErrorKind::AuthFailed {
-                    pending.attempt.failed(Instant::now());
+                    self.login_failed(pending.attempt.account(), pending.attempt.ip());
                 }
                 self.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -624,7 +657,7 @@ impl Service {
         match &result {
             Ok(_) => self.counters.resumes_ok.fetch_add(1, Ordering::Relaxed),
             Err(_) => {
-                self.throttle.record_failure(None, peer, Instant::now());
+                self.login_failed(None, peer);
                 self.counters.resumes_failed.fetch_add(1, Ordering::Relaxed)
             }
         };
@@ -726,7 +759,7 @@ impl Service {
             None => Err(CoreError::auth_failed()),
         };
         if result.is_err() {
-            self.throttle.record_failure(None, peer, Instant::now());
+            self.login_failed(None, peer);
         }
         result
     }
@@ -1001,7 +1034,7 @@ impl Session {
         });
         if let Err(e) = &verified {
             if e.kind == ErrorKind::AuthFailed {
-                pending.attempt.failed(Instant::now());
+                service.login_failed(pending.attempt.account(), pending.attempt.ip());
             }
             service.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -1088,6 +1121,7 @@ impl Session {
                 retry_after_ms: Some(retry_hint(wait)),
             });
         }
+        self.service.hub.spent(Spent::Send { user: self.user });
         self.service.send_from(self.user, &self.name, to, client_msg_id, body)
     }
 

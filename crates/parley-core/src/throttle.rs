@@ -121,9 +121,14 @@ impl Attempt {
         self.throttle.check_failures(self.account.as_deref(), self.ip, now)
     }
 
-    /// Counts a failed attempt against its account and address.
-    pub fn failed(&self, now: Instant) {
-        self.throttle.record_failure(self.account.as_deref(), self.ip, now);
+    /// The account name key it names, if any.
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_deref()
+    }
+
+    /// Its address group, if known.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
     }
 }
 
@@ -278,9 +283,9 @@ mod tests {
         let refused = t.begin(Some("alice"), Some(ip), now).unwrap_err();
         assert_eq!(refused.kind, ErrorKind::RateLimited, "two in progress per account");
         a.check(now).unwrap();
-        a.failed(now);
+        t.record_failure(a.account(), a.ip(), now);
         b.check(now).unwrap();
-        b.failed(now);
+        t.record_failure(b.account(), b.ip(), now);
         drop((a, b));
         // Both places are free again, but the account is over its failures.
         assert!(t.begin(Some("alice"), Some(ip), now).is_err());

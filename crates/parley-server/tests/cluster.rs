@@ -214,3 +214,82 @@ async fn a_resume_token_from_one_node_works_on_another() {
     bob.send("alice", "on b").await.unwrap();
     assert_eq!(receive(&on_b, 1).await, ["on b"]);
 }
+
+/// Waits until `node` lists `name` as online in another process. What a
+/// process announces on the bus reaches the others in order, so whatever
+/// it announced before that login has been counted there too.
+async fn seen_elsewhere(node: &parley_testkit::TestServer, name: &str) {
+    eventually(&format!("{name} seen online elsewhere"), async || {
+        let (code, out, _) = node.ctl(&["sessions"]);
+        code.success()
+            && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|sessions| {
+                sessions
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["user"] == name && s["elsewhere"] == true)
+            })
+    })
+    .await;
+}
+
+fn rate_limited<T: std::fmt::Debug>(result: parley_client::Result<T>) -> bool {
+    match result {
+        Err(e) => e.code() == Some(parley_client::ErrorCode::RateLimited),
+        Ok(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_that_protect_accounts_hold_across_nodes() {
+    let Some(cluster) = Cluster::create() else { return };
+    let limits = [
+        "--login-failures-per-account",
+        "3",
+        "--registrations-per-ip-per-hour",
+        "3",
+        "--send-rate-per-account",
+        "1",
+    ];
+    let a = cluster.node(&limits);
+    let b = cluster.node(&limits);
+
+    // Registrations: three from this address on node A use up the
+    // address's hour on node B too.
+    let alice = a.client().await;
+    alice.register("alice", "pw-alice").await.unwrap();
+    let alice_token = alice.login("alice", "pw-alice").await.unwrap().resume_token;
+    a.client().await.register("bob", "pw-bob").await.unwrap();
+    a.client().await.register("r1", "pw-r").await.unwrap();
+    // Failed logins: three wrong passwords for alice on node A.
+    for _ in 0..3 {
+        let guess = a.client().await;
+        let failed = guess.login("alice", "wrong").await.unwrap_err();
+        assert_eq!(failed.code(), Some(parley_client::ErrorCode::AuthFailed));
+    }
+    // Once node B has heard what node A said after those, it has counted
+    // them: no registration from this address, no password login for alice.
+    let marker = a.client().await;
+    marker.login("r1", "pw-r").await.unwrap();
+    seen_elsewhere(&b, "r1").await;
+    assert!(rate_limited(b.client().await.register("r3", "pw-r").await));
+    assert!(rate_limited(b.client().await.login("alice", "pw-alice").await));
+
+    // The send rate: alice's ten-message burst spent through node A leaves
+    // none for her session on node B. (Her session on B exists before the
+    // burst; the sends reach bob on B after the word of each token spent.)
+    let bob = b.client().await;
+    bob.login("bob", "pw-bob").await.unwrap();
+    bob.subscribe(0).await.unwrap();
+    // (A resume is not held back by the account's failed logins.)
+    let alice_on_b = b.client().await;
+    alice_on_b.resume(&alice_token).await.expect("alice resumes on node B");
+    seen_elsewhere(&a, "alice").await;
+    let mut sent = 0;
+    while alice.send("bob", &format!("m{sent}")).await.is_ok() {
+        sent += 1;
+        assert!(sent <= 20, "the send rate did not hold on node A");
+    }
+    assert_eq!(receive(&bob, sent).await.len(), sent);
+    assert!(rate_limited(alice_on_b.send("bob", "one more").await));
+}
