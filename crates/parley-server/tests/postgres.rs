@@ -179,3 +179,101 @@ async fn a_database_outage_answers_storage_unavailable_and_heals() {
         ["before-0", "before-1", "before-2", "before-3", "before-4", "during"]
     );
 }
+
+/// The same outage under load: senders keep sending through it, each
+/// resending the same client id after the hint it was given. Every refusal
+/// during the outage is STORAGE_UNAVAILABLE or BUSY with a retry hint; once
+/// the database is back, sending resumes by itself; every acknowledged
+/// message is stored once, in each sender's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_load_loses_nothing_acknowledged() {
+    if !Store::Postgres.available() {
+        return;
+    }
+    let Some(scratch) = Scratch::create() else { return };
+    let mut proxy = TcpProxy::start(scratch.server_addr());
+    let url = scratch.url_via(proxy.addr);
+    let server = TestServer::start_on_postgres(&url, &["--postgres-connect-timeout-secs", "2"]);
+    server.user("sink").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for i in 0..4 {
+        let client = server.user(&format!("s{i}")).await;
+        let stop = Arc::clone(&stop);
+        senders.push(tokio::spawn(async move {
+            let (mut acked, mut refused) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client
+                    .send_with_id("sink", &acked.to_string(), &format!("{i}:{acked}"))
+                    .await
+                {
+                    Ok(_) => acked += 1,
+                    Err(parley_client::ClientError::Server {
+                        code, retry_after_ms, ..
+                    }) => {
+                        assert!(
+                            matches!(code, ErrorCode::StorageUnavailable | ErrorCode::Busy),
+                            "{code:?}"
+                        );
+                        assert!(retry_after_ms > 0, "a refusal without a retry hint");
+                        refused += 1;
+                        // deliberate: the server said when to try again (capped for the test).
+                        tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms).min(200))).await;
+                    }
+                    Err(other) => panic!("sender {i}: {other}"),
+                }
+            }
+            (acked, refused)
+        }));
+    }
+    let ready = format!("{}/readyz", server.http_url());
+    let http = reqwest::Client::new();
+    // deliberate: load before, during and after the outage.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    // deliberate: the outage lasts three seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(&ready).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "/readyz never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // deliberate: load after the recovery.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut results = Vec::new();
+    for sender in senders {
+        results.push(sender.await.expect("sender"));
+    }
+    assert!(
+        results.iter().any(|&(_, refused)| refused > 0),
+        "no refusal during the outage"
+    );
+
+    let sink = server.user("sink").await;
+    let mut stored: Vec<Vec<u64>> = vec![Vec::new(); results.len()];
+    let mut after = 0;
+    loop {
+        let page = sink.fetch(after, 1000, true).await.unwrap().messages;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for m in &page {
+            let (i, n) = m.body.split_once(':').unwrap();
+            stored[i.parse::<usize>().unwrap()].push(n.parse().unwrap());
+        }
+    }
+    for (i, (acked, _)) in results.iter().enumerate() {
+        let expected: Vec<u64> = (0..stored[i].len() as u64).collect();
+        assert_eq!(stored[i], expected, "sender {i}: out of order, missing or twice");
+        assert!(
+            stored[i].len() as u64 >= *acked,
+            "sender {i}: acknowledged {acked}, stored {}",
+            stored[i].len()
+        );
+        assert!(
+            stored[i].len() as u64 <= acked + 1,
+            "sender {i}: stored more than it sent"
+        );
+    }
+}
