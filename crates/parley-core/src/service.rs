@@ -706,9 +706,11 @@ impl Service {
         })
     }
 
-    /// Forgets a key given to [`Service::remember_session_key`]; once the
-    /// store has forgotten it, sessions opened under it in other processes
-    /// are asked to close (one bearer token may be open in several).
+    /// Forgets a token's key (a resume token's, or one given to
+    /// [`Service::remember_session_key`]); once the store has forgotten it,
+    /// sessions opened under it in other processes are asked to close (one
+    /// bearer token may be open in several). Only then, so that no other
+    /// process opens the session again from the key after closing it.
     pub fn forget_session_key(
         &self,
         user: UserId,
@@ -1250,22 +1252,7 @@ impl Session {
     /// Ends the session's login: its resume token stops working. The caller
     /// drops the session when the future resolves.
     pub fn logout(&self) -> impl Future<Output = Result<(), CoreError>> + Send + 'static {
-        let reply = self.service.store.revoke_resume_token(self.token_hash);
-        let (service, user, token) = (Arc::clone(&self.service), self.user, self.token_hash);
-        async move {
-            reply.await?;
-            // Only once the key is gone from the store, so that no other
-            // process opens the session again from it after closing it.
-            service.hub.close_token_elsewhere(
-                user,
-                token,
-                CloseReason {
-                    kind: ErrorKind::NotAuthenticated,
-                    message: "logged out".into(),
-                },
-            );
-            Ok(())
-        }
+        self.service.forget_session_key(self.user, self.token_hash)
     }
 
     /// Adds `name` to the contacts and asks to see its presence (a pending

@@ -124,19 +124,38 @@ async fn a_resend_through_another_server_gets_the_same_id() {
     assert_eq!(stored.len(), ROUNDS, "each resent message is stored once");
 }
 
+/// A parleyd whose database is reached through a proxy the test can cut
+/// (in the order the bindings should drop: the server first), or None
+/// when PostgreSQL does not answer.
+fn behind_a_proxy() -> Option<(Scratch, TcpProxy, TestServer)> {
+    if !Store::Postgres.available() {
+        return None;
+    }
+    let scratch = Scratch::create()?;
+    let proxy = TcpProxy::start(scratch.server_addr());
+    let url = scratch.url_via(proxy.addr);
+    let server = TestServer::start_on_postgres(&url, &["--postgres-connect-timeout-secs", "2"]);
+    Some((scratch, proxy, server))
+}
+
+/// Waits until `/readyz` answers 200 again.
+async fn ready_again(http: &reqwest::Client, ready: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(ready).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "/readyz never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// PostgreSQL becomes unreachable under a running parleyd (a proxy in front
 /// of it is cut): requests get STORAGE_UNAVAILABLE with a retry hint at
 /// once, /readyz answers 503, and when the database is back both recover by
 /// themselves; nothing acknowledged before was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_answers_storage_unavailable_and_heals() {
-    if !Store::Postgres.available() {
+    let Some((_scratch, mut proxy, server)) = behind_a_proxy() else {
         return;
-    }
-    let Some(scratch) = Scratch::create() else { return };
-    let mut proxy = TcpProxy::start(scratch.server_addr());
-    let url = scratch.url_via(proxy.addr);
-    let server = TestServer::start_on_postgres(&url, &["--postgres-connect-timeout-secs", "2"]);
+    };
     let ready = format!("{}/readyz", server.http_url());
     let http = reqwest::Client::new();
     assert_eq!(http.get(&ready).send().await.unwrap().status(), 200);
@@ -156,11 +175,7 @@ async fn a_database_outage_answers_storage_unavailable_and_heals() {
     assert_eq!(http.get(&ready).send().await.unwrap().status(), 503);
 
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(&ready).send().await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "/readyz never came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ready_again(&http, &ready).await;
     alice
         .send_with_id("bob", "during", "x")
         .await
@@ -187,13 +202,9 @@ async fn a_database_outage_answers_storage_unavailable_and_heals() {
 /// message is stored once, in each sender's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_under_load_loses_nothing_acknowledged() {
-    if !Store::Postgres.available() {
+    let Some((_scratch, mut proxy, server)) = behind_a_proxy() else {
         return;
-    }
-    let Some(scratch) = Scratch::create() else { return };
-    let mut proxy = TcpProxy::start(scratch.server_addr());
-    let url = scratch.url_via(proxy.addr);
-    let server = TestServer::start_on_postgres(&url, &["--postgres-connect-timeout-secs", "2"]);
+    };
     server.user("sink").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut senders = Vec::new();
@@ -234,11 +245,7 @@ async fn a_database_outage_under_load_loses_nothing_acknowledged() {
     // deliberate: the outage lasts three seconds.
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(&ready).send().await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "/readyz never came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ready_again(&http, &ready).await;
     // deliberate: load after the recovery.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
