@@ -27,12 +27,13 @@
 //! messages beyond those stay unread until `/read`; live ones are
 //! acknowledged by seq, never cumulatively, for the same reason.
 
+use parley_core::sync::lock;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use parley_client::{Client, Event};
@@ -130,10 +131,6 @@ impl Prompt for ShellPrompt {
         };
         Cow::Owned(format!("({failing}search: {}) ", search.term))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why the shell must end, set once by the supervisor.

@@ -17,6 +17,7 @@
 
 pub mod tls;
 
+use parley_core::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -196,10 +197,10 @@ pub struct LoginInfo {
     pub session_id: u64,
     pub unread: u64,
     pub last_seq: u64,
-    /// Secret for [`Client::resume`] after a reconnect; empty after a resume
-    /// (the token used stays valid until its expiry).
+    /// Secret for [`Client::resume`] after a reconnect. A resume returns a
+    /// new one and ends the token it used: keep the newest.
     pub resume_token: Vec<u8>,
-    /// When the token stops working, ms since the Unix epoch (0 after a resume).
+    /// When the token stops working, ms since the Unix epoch.
     pub resume_expires_ms: u64,
 }
 
@@ -229,10 +230,6 @@ pub struct Client {
     welcome: Welcome,
     /// Fingerprint of the server's certificate, over TLS.
     server_fingerprint: Option<Fingerprint>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A random idempotency key for a send.

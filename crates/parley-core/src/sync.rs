@@ -1,6 +1,6 @@
-//! The one way Parley takes a `std::sync::Mutex`.
+//! The one way Parley takes a `std::sync::Mutex` or `RwLock`.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Locks `mutex`, recovering the data if a thread panicked while holding
 /// it. Every critical section in Parley is short and leaves its data
@@ -9,6 +9,18 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// refusing it would turn one panic into a server that fails forever.
 pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads `lock`, recovering the data after a panic, for the reason
+/// [`lock`] gives.
+pub fn read<T: ?Sized>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes `lock`, recovering the data after a panic, for the reason
+/// [`lock`] gives.
+pub fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -419,8 +419,7 @@ fn open_append(path: &Path) -> io::Result<File> {
 /// when that is free and the day has no numbered pieces and `by_size` is
 /// false; otherwise `<name>.<date>.<NNN>`, one past the day's highest.
 fn rotate(dir: &Path, name: &str, day: i64, by_size: bool) -> io::Result<()> {
-    let (y, m, d) = utc::civil_from_days(day);
-    let base = format!("{name}.{y:04}-{m:02}-{d:02}");
+    let base = format!("{name}.{}", utc::day_text(day));
     let pieces: Vec<u64> = rotated_files(dir, name)
         .into_iter()
         .filter(|(piece_day, _, _)| *piece_day == day)
@@ -466,7 +465,7 @@ mod tests {
     #[test]
     fn a_new_day_rotates_the_file_and_old_files_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let day = utc::days_from_civil(2026, 12, 1);
+        let day = utc::day_of(2026, 12, 1).expect("a real date");
         let mut log = DailyFile::open_at(dir.path(), "access.log", daily(2), at_day(day)).unwrap();
         log.write_at(b"one\n", at_day(day)).unwrap();
         log.write_at(b"two\n", at_day(day + 1)).unwrap();
@@ -498,7 +497,7 @@ mod tests {
     #[test]
     fn a_full_file_rotates_to_numbered_pieces_and_the_count_is_capped() {
         let dir = tempfile::tempdir().unwrap();
-        let day = utc::days_from_civil(2026, 12, 1);
+        let day = utc::day_of(2026, 12, 1).expect("a real date");
         let rotation = Rotation {
             retention_days: 0,
             max_bytes: 7,

@@ -5,11 +5,11 @@
 //! `Store` call and the writer's queue is here, once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use parley_core::histogram::Histogram;
 use parley_core::store::StoreStats;
-use parley_core::sync::lock;
+use parley_core::sync::{self, lock};
 use parley_core::{StoreError, StoreReply};
 use tokio::sync::oneshot;
 
@@ -250,7 +250,7 @@ impl<S> OpQueue<S> {
     {
         let (reply, answer) = oneshot::channel();
         // The lock only guards an Option; a poisoned one holds valid data.
-        let sender = self.sender.read().unwrap_or_else(PoisonError::into_inner);
+        let sender = sync::read(&self.sender);
         let Some(sender) = sender.as_ref() else {
             return StoreReply::ready(Err(StoreError::Closed));
         };
@@ -281,7 +281,7 @@ impl<S> OpQueue<S> {
         // Dropping the only sender is the close signal: it cannot be refused
         // for a full queue, and the writer sees it only after everything
         // queued before it. Later operations find no sender and get `Closed`.
-        let sender = self.sender.write().unwrap_or_else(PoisonError::into_inner).take();
+        let sender = sync::write(&self.sender).take();
         drop(sender);
         StoreReply::pending(answer)
     }

@@ -5,6 +5,7 @@
 //!
 //! Plain threads, so that it works under any runtime or none.
 
+use parley_core::sync::lock;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +55,7 @@ impl TcpProxy {
         let Some(period) = self.period.take() else { return };
         period.stop.store(true, Ordering::Relaxed);
         let _ = period.acceptor.join();
-        for socket in period.sockets.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for socket in lock(&period.sockets).drain(..) {
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
@@ -113,7 +114,7 @@ fn forward(client: TcpStream, target: SocketAddr, sockets: &Mutex<Vec<TcpStream>
         return;
     };
     {
-        let mut held = sockets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = lock(sockets);
         for socket in [&client, &server] {
             if let Ok(clone) = socket.try_clone() {
                 held.push(clone);
