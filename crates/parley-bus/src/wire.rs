@@ -12,8 +12,10 @@ use parley_core::hub::CloseReason;
 use parley_core::store::StoredMessage;
 use parley_core::{ErrorKind, MessageId, Seq, UserId};
 
-/// The encoding's version; a frame of another version is refused.
-pub const VERSION: u8 = 1;
+/// The encoding's version; a frame of another version is refused (every
+/// process of a cluster runs the same one). 2: holdings carry a session
+/// count, and `Trim` exists.
+pub const VERSION: u8 = 2;
 
 /// One frame on the bus, with the node that sent it.
 #[derive(Clone, Debug)]
@@ -69,6 +71,7 @@ mod kind {
     pub const LAG: u8 = 9;
     pub const WATCH: u8 = 10;
     pub const SPENT: u8 = 11;
+    pub const TRIM: u8 = 12;
 }
 
 mod spent {
@@ -89,7 +92,7 @@ fn put_str(out: &mut BytesMut, s: &str) {
 }
 
 fn holding_bits(h: Holding) -> u8 {
-    u8::from(h.sessions) | (u8::from(h.shown) << 1)
+    u8::from(h.shown)
 }
 
 impl Frame {
@@ -107,6 +110,7 @@ impl Frame {
             Body::Remote(Remote::Close { .. }) => kind::CLOSE,
             Body::Remote(Remote::Watch { .. }) => kind::WATCH,
             Body::Remote(Remote::Spent(_)) => kind::SPENT,
+            Body::Remote(Remote::Trim { .. }) => kind::TRIM,
             Body::Lag => kind::LAG,
         };
         out.put_u8(kind);
@@ -118,6 +122,7 @@ impl Frame {
                 for (user, name, holding) in entries {
                     out.put_u64_le(user.0);
                     out.put_u8(holding_bits(*holding));
+                    out.put_u32_le(holding.sessions);
                     put_str(&mut out, name);
                 }
             }
@@ -156,10 +161,14 @@ impl Frame {
                     }
                 }
             }
+            Body::Remote(Remote::Trim { user, count, reason }) => {
+                out.put_u64_le(user.0);
+                out.put_u32_le(*count);
+                put_close_reason(&mut out, reason);
+            }
             Body::Remote(Remote::Close { user, reason, token }) => {
                 out.put_u64_le(user.0);
-                put_str(&mut out, reason.kind.as_str());
-                put_str(&mut out, &reason.message);
+                put_close_reason(&mut out, reason);
                 match token {
                     Some(key) => {
                         out.put_u8(1);
@@ -219,16 +228,17 @@ impl Frame {
             kind::LAG => Body::Lag,
             kind::HOLDINGS => {
                 let count = u32_of(r)?;
-                // Each entry takes at least 13 bytes: never reserve more
+                // Each entry takes at least 17 bytes: never reserve more
                 // than the frame could hold.
-                let mut entries = Vec::with_capacity((count as usize).min(r.remaining() / 13));
+                let mut entries = Vec::with_capacity((count as usize).min(r.remaining() / 17));
                 for _ in 0..count {
                     let user = UserId(u64_of(r)?);
                     let bits = u8_of(r)?;
+                    let sessions = u32_of(r)?;
                     let name = str_of(r)?;
                     let holding = Holding {
-                        sessions: bits & 1 != 0,
-                        shown: bits & 2 != 0,
+                        sessions,
+                        shown: bits & 1 != 0,
                     };
                     entries.push((user, Arc::from(name), holding));
                 }
@@ -274,11 +284,15 @@ impl Frame {
                 };
                 Body::Remote(Remote::Notice { user, notice })
             }
+            kind::TRIM => {
+                let user = UserId(u64_of(r)?);
+                let count = u32_of(r)?;
+                let reason = close_reason_of(r)?;
+                Body::Remote(Remote::Trim { user, count, reason })
+            }
             kind::CLOSE => {
                 let user = UserId(u64_of(r)?);
-                let kind_name = str_of(r)?;
-                let kind = ErrorKind::from_name(&kind_name).ok_or(DecodeError::ErrorKind(kind_name))?;
-                let message = str_of(r)?;
+                let reason = close_reason_of(r)?;
                 let token = match u8_of(r)? {
                     0 => None,
                     _ => {
@@ -287,11 +301,7 @@ impl Frame {
                         Some(key)
                     }
                 };
-                Body::Remote(Remote::Close {
-                    user,
-                    reason: CloseReason { kind, message },
-                    token,
-                })
+                Body::Remote(Remote::Close { user, reason, token })
             }
             kind::SPENT => Body::Remote(Remote::Spent(match u8_of(r)? {
                 spent::LOGIN_FAILURE => {
@@ -331,6 +341,18 @@ impl Frame {
 }
 
 /// An address as a family byte (0 none, 4, 6) and its octets.
+fn put_close_reason(out: &mut BytesMut, reason: &CloseReason) {
+    put_str(out, reason.kind.as_str());
+    put_str(out, &reason.message);
+}
+
+fn close_reason_of(r: &mut &[u8]) -> Result<CloseReason, DecodeError> {
+    let kind_name = str_of(r)?;
+    let kind = ErrorKind::from_name(&kind_name).ok_or(DecodeError::ErrorKind(kind_name))?;
+    let message = str_of(r)?;
+    Ok(CloseReason { kind, message })
+}
+
 fn put_ip(out: &mut BytesMut, ip: Option<IpAddr>) {
     match ip {
         None => out.put_u8(0),
@@ -431,7 +453,7 @@ mod tests {
                 UserId(7),
                 Arc::from("ann"),
                 Holding {
-                    sessions: true,
+                    sessions: 1,
                     shown: false,
                 },
             ),
@@ -439,7 +461,7 @@ mod tests {
                 UserId(8),
                 Arc::from("bö"),
                 Holding {
-                    sessions: true,
+                    sessions: 70_000,
                     shown: true,
                 },
             ),
@@ -513,6 +535,22 @@ mod tests {
             kind: ErrorKind::Kicked,
             message: "kicked by the administrator".into(),
         };
+        match round_trip(Body::Remote(Remote::Trim {
+            user: UserId(3),
+            count: 2,
+            reason: reason.clone(),
+        }))
+        .body
+        {
+            Body::Remote(Remote::Trim {
+                user,
+                count,
+                reason: got,
+            }) => {
+                assert_eq!((user, count, got), (UserId(3), 2, reason.clone()))
+            }
+            other => panic!("{other:?}"),
+        }
         for token in [None, Some([7u8; 32])] {
             match round_trip(Body::Remote(Remote::Close {
                 user: UserId(1),
@@ -545,7 +583,7 @@ mod tests {
         let mut longer = good.to_vec();
         longer.push(0);
         assert_eq!(Frame::decode(&longer).unwrap_err(), DecodeError::Trailing(1));
-        assert_eq!(Frame::decode(&[2, 1]).unwrap_err(), DecodeError::Version(2));
+        assert_eq!(Frame::decode(&[1, 1]).unwrap_err(), DecodeError::Version(1));
         let mut unknown = vec![VERSION, 200];
         unknown.extend_from_slice(&[0; 8]);
         assert_eq!(Frame::decode(&unknown).unwrap_err(), DecodeError::Kind(200));

@@ -39,18 +39,24 @@ pub const RECENT: Duration = Duration::from_secs(30);
 /// What one process holds of a user, as the others see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Holding {
-    /// It has at least one session of the user (it wants the user's
-    /// messages and notices).
-    pub sessions: bool,
+    /// How many sessions of the user it has (any: it wants the user's
+    /// messages and notices; the count: `max_sessions_per_user` holds
+    /// across processes).
+    pub sessions: u32,
     /// One of those sessions is not quiet: the user is online there.
     pub shown: bool,
 }
 
 impl Holding {
     pub const NONE: Holding = Holding {
-        sessions: false,
+        sessions: 0,
         shown: false,
     };
+
+    /// Whether it holds any session of the user.
+    pub fn any(self) -> bool {
+        self.sessions > 0
+    }
 }
 
 /// A notice for one user's sessions.
@@ -82,6 +88,14 @@ pub enum Remote {
         user: UserId,
         reason: CloseReason,
         token: Option<[u8; 32]>,
+    },
+    /// `user` has more sessions in the cluster than it may: the receiver
+    /// ends its `count` oldest sessions of `user` (those not already
+    /// closing) with `reason`.
+    Trim {
+        user: UserId,
+        count: u32,
+        reason: CloseReason,
     },
     /// A limit that protects accounts was used in the sending process; the
     /// receiver counts it too, so that the limit holds across the cluster.

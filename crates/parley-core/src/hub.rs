@@ -113,7 +113,7 @@ fn any_shown(list: &[Entry]) -> bool {
 /// What this process holds of a user, from its session list.
 fn holding(list: Option<&Vec<Entry>>) -> Holding {
     list.map_or(Holding::NONE, |list| Holding {
-        sessions: !list.is_empty(),
+        sessions: u32::try_from(list.len()).unwrap_or(u32::MAX),
         shown: any_shown(list),
     })
 }
@@ -134,6 +134,10 @@ struct Directory {
 impl Directory {
     fn shown_elsewhere(&self) -> bool {
         self.nodes.values().any(|h| h.shown)
+    }
+
+    fn sessions_elsewhere(&self) -> usize {
+        self.nodes.values().map(|h| h.sessions as usize).sum()
     }
 
     fn unused(&self) -> bool {
@@ -319,7 +323,7 @@ impl Hub {
         }
         let after = entry.shown_elsewhere();
         let ring = match entry.recent {
-            Some((seq, at)) if holding_there.sessions && !had.sessions && at.elapsed() < RECENT => Some(seq),
+            Some((seq, at)) if holding_there.any() && !had.any() && at.elapsed() < RECENT => Some(seq),
             _ => None,
         };
         if entry.unused() {
@@ -356,11 +360,7 @@ impl Hub {
             return Vec::new();
         }
         lock(self.directory_shard(user)).get(&user).map_or_else(Vec::new, |d| {
-            d.nodes
-                .iter()
-                .filter(|(_, h)| h.sessions)
-                .map(|(node, _)| *node)
-                .collect()
+            d.nodes.iter().filter(|(_, h)| h.any()).map(|(node, _)| *node).collect()
         })
     }
 
@@ -415,6 +415,9 @@ impl Hub {
                 Notice::PresenceApproved { name } => SessionEvent::PresenceApproved { name: Arc::clone(name) },
             }),
             Remote::Close { user, reason, token } => self.close_here(user, None, token.as_ref(), &reason),
+            Remote::Trim { user, count, reason } => {
+                self.end_oldest_here(user, count as usize, &reason);
+            }
             Remote::Watch {
                 follower,
                 contact,
@@ -480,14 +483,14 @@ impl Hub {
 
     /// Users online in other processes, with their names (for the control
     /// socket).
-    pub fn online_elsewhere(&self) -> Vec<(UserId, Arc<str>)> {
+    pub fn online_elsewhere(&self) -> Vec<(UserId, Arc<str>, usize)> {
         let mut users = Vec::new();
         for shard in self.directory.iter() {
             for (user, d) in lock(shard).iter() {
                 if d.shown_elsewhere()
                     && let Some(name) = &d.name
                 {
-                    users.push((*user, Arc::clone(name)));
+                    users.push((*user, Arc::clone(name), d.sessions_elsewhere()));
                 }
             }
         }
@@ -718,7 +721,7 @@ impl Hub {
             entry
                 .nodes
                 .iter()
-                .filter(|(_, h)| h.sessions)
+                .filter(|(_, h)| h.any())
                 .map(|(node, _)| *node)
                 .collect()
         };
@@ -755,19 +758,73 @@ impl Hub {
         lock(self.shard(user)).get(&user).map_or(0, Vec::len)
     }
 
-    /// Asks the oldest sessions of `user` that are not already closing to
-    /// close, so that at most `max` remain; returns how many were asked.
+    /// Ends sessions of `user` so that at most `max` (at least 1) remain
+    /// in the whole cluster, as far as this process knows: the oldest of
+    /// this process first, never its newest (the login that called this),
+    /// then, for what is left over, the oldest of other processes (asked
+    /// with [`Remote::Trim`], in node order). Returns how many were ended
+    /// or asked to end. Two logins in two processes at the same moment may
+    /// each end one: the bound holds, and errs towards fewer sessions.
     pub fn limit_sessions(&self, user: UserId, max: usize, reason: CloseReason) -> usize {
+        let mut elsewhere: Vec<(NodeId, usize)> = lock(self.directory_shard(user))
+            .get(&user)
+            .map(|entry| {
+                let counts = entry.nodes.iter().map(|(node, h)| (*node, h.sessions as usize));
+                counts.filter(|(_, count)| *count > 0).collect()
+            })
+            .unwrap_or_default();
+        elsewhere.sort_unstable();
+        let open_here = self.open_session_count(user);
+        let total = open_here + elsewhere.iter().map(|(_, count)| count).sum::<usize>();
+        let mut excess = total.saturating_sub(max.max(1));
+        if excess == 0 {
+            return 0;
+        }
+        let ended = self.end_oldest_here(user, excess.min(open_here.saturating_sub(1)), &reason);
+        excess -= ended;
+        let mut asked = 0;
+        for (node, count) in elsewhere {
+            if excess == 0 {
+                break;
+            }
+            let count = count.min(excess);
+            if let Some(bus) = self.bus.get() {
+                bus.send(
+                    node,
+                    Remote::Trim {
+                        user,
+                        count: u32::try_from(count).unwrap_or(u32::MAX),
+                        reason: reason.clone(),
+                    },
+                );
+            }
+            excess -= count;
+            asked += count;
+        }
+        ended + asked
+    }
+
+    /// How many sessions of `user` here are not already closing.
+    fn open_session_count(&self, user: UserId) -> usize {
+        let shard = lock(self.shard(user));
+        let list = shard.get(&user);
+        list.map_or(0, |list| list.iter().filter(|e| lock(&e.flags.close).is_none()).count())
+    }
+
+    /// Asks the `count` oldest sessions of `user` here that are not
+    /// already closing to close; returns how many were asked.
+    fn end_oldest_here(&self, user: UserId, count: usize, reason: &CloseReason) -> usize {
         let shard = lock(self.shard(user));
         let Some(list) = shard.get(&user) else { return 0 };
         // The list is in registration order: oldest first.
-        let open: Vec<&Entry> = list.iter().filter(|e| lock(&e.flags.close).is_none()).collect();
-        let excess = open.len().saturating_sub(max);
-        for entry in open.into_iter().take(excess) {
+        let open = list.iter().filter(|e| lock(&e.flags.close).is_none());
+        let mut ended = 0;
+        for entry in open.take(count) {
             *lock(&entry.flags.close) = Some(reason.clone());
             let _ = entry.tx.try_send(SessionEvent::Wake);
+            ended += 1;
         }
-        excess
+        ended
     }
 
     /// Asks every session of `user` except `keep` (one of this process)

@@ -76,25 +76,34 @@ impl Admin {
     /// in other processes of the service.
     fn sessions(&self) -> Vec<OnlineUser> {
         let hub = self.service.hub();
-        let elsewhere: std::collections::HashMap<UserId, Arc<str>> = hub.online_elsewhere().into_iter().collect();
+        let elsewhere: std::collections::HashMap<UserId, (Arc<str>, usize)> = hub
+            .online_elsewhere()
+            .into_iter()
+            .map(|(id, name, sessions)| (id, (name, sessions)))
+            .collect();
         let mut users: Vec<OnlineUser> = hub
             .online_users()
             .into_iter()
-            .map(|(id, name, sessions)| OnlineUser {
-                user: name.to_string(),
-                sessions,
-                elsewhere: elsewhere.contains_key(&id),
+            .map(|(id, name, sessions)| {
+                let there = elsewhere.get(&id).map_or(0, |(_, sessions)| *sessions);
+                OnlineUser {
+                    user: name.to_string(),
+                    sessions,
+                    elsewhere: elsewhere.contains_key(&id),
+                    sessions_elsewhere: there,
+                }
             })
             .collect();
         let here: std::collections::HashSet<String> = users.iter().map(|u| u.user.clone()).collect();
         users.extend(
             elsewhere
                 .values()
-                .filter(|name| !here.contains(&***name))
-                .map(|name| OnlineUser {
+                .filter(|(name, _)| !here.contains(&**name))
+                .map(|(name, sessions)| OnlineUser {
                     user: name.to_string(),
                     sessions: 0,
                     elsewhere: true,
+                    sessions_elsewhere: *sessions,
                 }),
         );
         users.sort_by_key(|u| u.user.to_lowercase());
@@ -104,7 +113,11 @@ impl Admin {
     /// Every user online now, in any process of the service.
     fn everyone_online(&self) -> Vec<(UserId, Arc<str>)> {
         let hub = self.service.hub();
-        let mut users: std::collections::HashMap<UserId, Arc<str>> = hub.online_elsewhere().into_iter().collect();
+        let mut users: std::collections::HashMap<UserId, Arc<str>> = hub
+            .online_elsewhere()
+            .into_iter()
+            .map(|(id, name, _)| (id, name))
+            .collect();
         users.extend(hub.online_users().into_iter().map(|(id, name, _)| (id, name)));
         users.into_iter().collect()
     }

@@ -131,6 +131,14 @@ pub struct OnlineUser {
     /// Online in other processes of the service too (with a bus).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub elsewhere: bool,
+    /// Sessions in the other processes, as they announced them (with
+    /// `elsewhere`; `max_sessions_per_user` counts these too).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sessions_elsewhere: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The answer to `kick`.
@@ -225,7 +233,11 @@ pub fn render(request: &Request, result: &serde_json::Value) -> String {
                 let width = users.iter().map(|u| u.user.len()).max().unwrap_or(4).max(4);
                 let mut out = format!("{:width$}  SESSIONS\n", "USER");
                 for u in &users {
-                    let elsewhere = if u.elsewhere { " (and on other processes)" } else { "" };
+                    let elsewhere = match (u.elsewhere, u.sessions_elsewhere) {
+                        (false, _) => String::new(),
+                        (true, 0) => " (and on other processes)".into(),
+                        (true, n) => format!(" (and {n} on other processes)"),
+                    };
                     out.push_str(&format!("{:width$}  {}{elsewhere}\n", u.user, u.sessions));
                 }
                 out.push_str(&format!(
@@ -360,16 +372,18 @@ mod tests {
                 user: "alice".into(),
                 sessions: 2,
                 elsewhere: false,
+                sessions_elsewhere: 0,
             },
             OnlineUser {
                 user: "bob".into(),
                 sessions: 1,
                 elsewhere: true,
+                sessions_elsewhere: 3,
             },
         ];
         let text = render(&Request::Sessions, &serde_json::to_value(&users).unwrap());
         assert!(text.contains("alice  2\n"), "{text}");
-        assert!(text.contains("bob    1 (and on other processes)\n"), "{text}");
+        assert!(text.contains("bob    1 (and 3 on other processes)\n"), "{text}");
         assert!(text.ends_with("2 users, 3 sessions\n"), "{text}");
         let json = serde_json::to_value(&users).unwrap();
         assert!(json[0].get("elsewhere").is_none(), "{json}");
@@ -377,6 +391,7 @@ mod tests {
             user: "alice".into(),
             sessions: 1,
             elsewhere: false,
+            sessions_elsewhere: 0,
         }];
         let text = render(&Request::Sessions, &serde_json::to_value(one).unwrap());
         assert!(text.ends_with("1 user, 1 session\n"), "{text}");

@@ -293,3 +293,69 @@ async fn limits_that_protect_accounts_hold_across_nodes() {
     assert_eq!(receive(&bob, sent).await.len(), sent);
     assert!(rate_limited(alice_on_b.send("bob", "one more").await));
 }
+
+/// Waits for the Goodbye that ends `client`'s session.
+async fn goodbye(client: &Client) -> parley_client::ErrorCode {
+    loop {
+        match next_event(client).await {
+            Event::Goodbye { code, .. } => return code,
+            Event::Disconnected => panic!("disconnected without a goodbye"),
+            _ => {}
+        }
+    }
+}
+
+/// Whether `client`'s session still answers.
+async fn alive(client: &Client) -> bool {
+    client.list_contacts().await.is_ok()
+}
+
+/// Waits until `node` counts `count` sessions of `name` in other processes.
+async fn counted_elsewhere(node: &parley_testkit::TestServer, name: &str, count: u64) {
+    eventually(&format!("{count} sessions of {name} counted elsewhere"), async || {
+        let (code, out, _) = node.ctl(&["sessions"]);
+        code.success()
+            && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|sessions| {
+                sessions
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["user"] == name && s["sessions_elsewhere"] == count)
+            })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_account_are_bounded_across_nodes() {
+    use parley_client::ErrorCode;
+    let Some(cluster) = Cluster::create() else { return };
+    let limit = ["--max-sessions-per-user", "2"];
+    let a = cluster.node(&limit);
+    let b = cluster.node(&limit);
+    a.client().await.register("carol", "pw-carol").await.unwrap();
+    let login = async |node: &parley_testkit::TestServer| {
+        let client = node.client().await;
+        client.login("carol", "pw-carol").await.unwrap();
+        client.subscribe(0).await.unwrap();
+        client
+    };
+
+    // Two sessions on node B. Once node A counts both, a login on node A
+    // (its only session there, which it keeps) asks node B to end its
+    // oldest.
+    let first = login(&b).await;
+    let second = login(&b).await;
+    counted_elsewhere(&a, "carol", 2).await;
+    let third = login(&a).await;
+    assert_eq!(goodbye(&first).await, ErrorCode::LimitReached);
+    assert!(alive(&second).await && alive(&third).await);
+
+    // Once node B counts the session on node A, a login on node B ends
+    // node B's oldest there (`second`), not the one on node A.
+    counted_elsewhere(&b, "carol", 1).await;
+    let fourth = login(&b).await;
+    assert_eq!(goodbye(&second).await, ErrorCode::LimitReached);
+    assert!(alive(&third).await && alive(&fourth).await);
+    counted_elsewhere(&a, "carol", 1).await;
+}
