@@ -152,6 +152,18 @@ pub struct RelayArgs {
     /// NATS server's process id, for its CPU and RSS
     #[arg(long, value_name = "PID")]
     pub nats_pid: Option<u32>,
+    /// Receivers log in here instead of --server (another node of the same
+    /// service: messages cross between nodes)
+    #[arg(long, value_name = "ADDR")]
+    pub receivers_on: Option<String>,
+    /// Also run against this parleyd, alternating with --server, and
+    /// compare (a same-node peer for --receivers-on, or a server on another
+    /// store)
+    #[arg(long, value_name = "ADDR", conflicts_with = "compare_nats")]
+    pub peer_server: Option<String>,
+    /// Where the peer's receivers log in [default: --peer-server]
+    #[arg(long, value_name = "ADDR", requires = "peer_server")]
+    pub peer_receivers_on: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -71,7 +71,8 @@ fn main() -> ExitCode {
 
 /// Where a relay runs.
 enum Target {
-    Parley,
+    /// parleyd: senders at the first address, receivers at the second.
+    Parley(String, String),
     Nats(String),
 }
 
@@ -185,22 +186,41 @@ async fn relay_scenario(
         drain: common::secs(args.drain, "--drain")?,
     };
     params.check()?;
+    let receivers_on = args.receivers_on.clone().unwrap_or_else(|| cli.server.clone());
+    let endpoint = |server: &str, receivers: &str| {
+        if server == receivers {
+            server.to_owned()
+        } else {
+            format!("{server} → {receivers}")
+        }
+    };
     let target = match args.target.as_deref() {
-        None | Some("parley") => Target::Parley,
+        None | Some("parley") => Target::Parley(cli.server.clone(), receivers_on.clone()),
         Some(url) if url.starts_with("nats://") => Target::Nats(url.to_owned()),
         Some(other) => anyhow::bail!("--target must be `parley` or a nats:// URL, not {other:?}"),
     };
     let mut targets: Vec<(Target, TargetReport)> = Vec::new();
     let nats_url = match &target {
         Target::Nats(url) => url.clone(),
-        Target::Parley => cli::DEFAULT_NATS_URL.to_owned(),
+        Target::Parley(..) => cli::DEFAULT_NATS_URL.to_owned(),
     };
-    if args.compare_nats || matches!(target, Target::Parley) {
+    if args.compare_nats || matches!(target, Target::Parley(..)) {
         targets.push((
-            Target::Parley,
+            Target::Parley(cli.server.clone(), receivers_on.clone()),
             TargetReport {
                 target: "parley".into(),
-                endpoint: cli.server.clone(),
+                endpoint: endpoint(&cli.server, &receivers_on),
+                runs: Vec::new(),
+            },
+        ));
+    }
+    if let Some(peer) = &args.peer_server {
+        let peer_receivers = args.peer_receivers_on.clone().unwrap_or_else(|| peer.clone());
+        targets.push((
+            Target::Parley(peer.clone(), peer_receivers.clone()),
+            TargetReport {
+                target: "peer".into(),
+                endpoint: endpoint(peer, &peer_receivers),
                 runs: Vec::new(),
             },
         ));
@@ -220,7 +240,11 @@ async fn relay_scenario(
     for _ in 0..cli.runs {
         for (target, report) in &mut targets {
             let run = match target {
-                Target::Parley => relay::run_parley(&cli.server, &params, cli.server_pid).await?,
+                Target::Parley(server, receivers) => {
+                    // The process id is --server's: no CPU figures for a peer.
+                    let pid = cli.server_pid.filter(|_| *server == cli.server);
+                    relay::run_parley(server, receivers, &params, pid).await?
+                }
                 Target::Nats(url) => relay::run_nats(url, &params, args.nats_pid).await?,
             };
             report.runs.push(run);
@@ -228,24 +252,19 @@ async fn relay_scenario(
     }
     let targets: Vec<TargetReport> = targets.into_iter().map(|(_, report)| report).collect();
     let mut comparison = Metrics::default();
-    if let [parley, nats] = targets.as_slice() {
+    if let [first, second] = targets.as_slice() {
         let ratio = |key: &str| {
-            let a = parley.spread(key).map(|s| s.median).unwrap_or(0.0);
-            let b = nats.spread(key).map(|s| s.median).unwrap_or(0.0);
+            let a = first.spread(key).map(|s| s.median).unwrap_or(0.0);
+            let b = second.spread(key).map(|s| s.median).unwrap_or(0.0);
             if b > 0.0 { a / b } else { f64::NAN }
         };
-        comparison.push(
-            "delivered_per_sec_ratio",
-            "delivered msg/s, parley / nats",
-            "×",
-            ratio("delivered_per_sec"),
-        );
-        comparison.push(
-            "latency_p99_ratio",
-            "latency p99, parley / nats",
-            "×",
-            ratio("latency_p99_ms"),
-        );
+        let (rate_label, p99_label) = if second.target == "peer" {
+            ("delivered msg/s, parley / peer", "latency p99, parley / peer")
+        } else {
+            ("delivered msg/s, parley / nats", "latency p99, parley / nats")
+        };
+        comparison.push("delivered_per_sec_ratio", rate_label, "×", ratio("delivered_per_sec"));
+        comparison.push("latency_p99_ratio", p99_label, "×", ratio("latency_p99_ms"));
     }
     Ok(ScenarioReport {
         scenario: "relay",

@@ -70,7 +70,7 @@ async fn run_phase(
     server_pid: Option<u32>,
     label: &str,
 ) -> anyhow::Result<PhaseOutcome> {
-    let relay::ParleyPairs { senders, receivers } = relay::ParleyPairs::setup(server, args.pairs).await?;
+    let relay::ParleyPairs { senders, receivers } = relay::ParleyPairs::setup(server, server, args.pairs).await?;
     relay::subscribe_all(&receivers).await?;
     let monitor = server_pid.map(Monitor::start).transpose()?;
     let cpu_before = procmon::own_cpu_secs();

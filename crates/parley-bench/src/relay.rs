@@ -144,11 +144,12 @@ pub struct ParleyPairs {
 impl ParleyPairs {
     /// Registers 2×`pairs` fresh accounts and logs each in on its own
     /// connection: the senders on lean sockets, the receivers through the
-    /// client library.
-    pub async fn setup(server: &str, pairs: usize) -> anyhow::Result<ParleyPairs> {
+    /// client library. The receivers log in at `receivers_on`, which may
+    /// be another node of the same service.
+    pub async fn setup(server: &str, receivers_on: &str, pairs: usize) -> anyhow::Result<ParleyPairs> {
         let accounts = common::register_pairs(server, pairs).await?;
         let senders = lean::login_all(server, &accounts.senders, &accounts.password).await?;
-        let receivers = common::login_all(server, &accounts.receivers, &accounts.password).await?;
+        let receivers = common::login_all(receivers_on, &accounts.receivers, &accounts.password).await?;
         Ok(ParleyPairs {
             senders: senders.into_iter().zip(accounts.receivers).collect(),
             receivers: receivers.into_iter().map(Arc::new).collect(),
@@ -316,10 +317,16 @@ struct Outcome<'a> {
     bench_cpu_secs: f64,
 }
 
-/// One relay run against parleyd.
-pub async fn run_parley(server: &str, params: &RelayParams, server_pid: Option<u32>) -> anyhow::Result<RunReport> {
+/// One relay run against parleyd: senders at `server`, receivers at
+/// `receivers_on` (the same address, or another node of the service).
+pub async fn run_parley(
+    server: &str,
+    receivers_on: &str,
+    params: &RelayParams,
+    server_pid: Option<u32>,
+) -> anyhow::Result<RunReport> {
     params.check()?;
-    let pairs = ParleyPairs::setup(server, params.pairs).await?;
+    let pairs = ParleyPairs::setup(server, receivers_on, params.pairs).await?;
     subscribe_all(&pairs.receivers).await?;
     let counters = Arc::new(Counters::default());
     let monitor = server_pid.map(Monitor::start).transpose()?;

@@ -77,7 +77,7 @@ async fn users_on_two_nodes_chat_see_each_other_and_are_kicked_and_told_across()
     let sessions: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         sessions,
-        serde_json::json!([{"user": "alice", "sessions": 1}, {"user": "bob", "sessions": 0, "elsewhere": true}])
+        serde_json::json!([{"user": "alice", "sessions": 1}, {"user": "bob", "sessions": 0, "elsewhere": true, "sessions_elsewhere": 1}])
     );
     let (code, out, err) = a.ctl(&["broadcast", "maintenance at noon"]);
     assert!(code.success(), "{out}{err}");
