@@ -157,8 +157,12 @@ const BACKLOG_RETRY_MS: u32 = 100;
 const PUSH_RETRY_MS: u64 = 50;
 
 impl NativeContext {
-    pub fn welcome_frame(service: &Service, max_frame_bytes: u32, keepalive_secs: u32) -> ServerFrame {
+    /// The Welcome this server sends: its identity and every limit a
+    /// client needs to pace itself, all from the running configuration.
+    pub fn welcome_frame(service: &Service, settings: &crate::config::Settings) -> ServerFrame {
         let config = service.config();
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         frame(
             0,
             Body::Welcome(v1::Welcome {
@@ -166,9 +170,18 @@ impl NativeContext {
                 server: format!("parleyd {}", env!("CARGO_PKG_VERSION")),
                 mechanisms: config.auth.mechanisms.iter().map(|m| m.name().to_owned()).collect(),
                 scram_iterations: config.auth.iterations,
-                max_frame_bytes,
+                max_frame_bytes: settings.max_frame_bytes,
                 max_body_bytes: config.limits.max_body_bytes,
-                keepalive_secs,
+                keepalive_secs: secs(settings.keepalive),
+                auth_timeout_secs: secs(settings.auth_timeout),
+                ack_timeout_ms: millis(settings.ack_timeout),
+                max_ack_backoff_ms: millis(settings.max_ack_backoff),
+                max_unacked: u32::try_from(config.limits.max_unacked).unwrap_or(u32::MAX),
+                max_contacts: config.limits.max_contacts,
+                login_failures_per_account: config.throttle.failures_per_account,
+                login_failures_per_ip: config.throttle.failures_per_ip,
+                send_rate_per_account: config.limits.send_rate_per_account,
+                registrations_per_ip_per_hour: config.limits.registrations_per_ip_per_hour,
             }),
         )
     }
