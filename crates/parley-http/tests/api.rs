@@ -615,9 +615,25 @@ async fn http_connections_are_capped() {
     let s = server(&["--http-max-connections", "1"]);
     let api = Api::new(&s);
     let addr = s.http_addr.clone().unwrap();
-    // One idle connection takes the only slot...
-    let idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // One idle connection takes the only slot: once it has been answered a
+    // request, the server has accepted it, and it stays open (keep-alive).
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !String::from_utf8_lossy(&answer).contains("\"ok\"") {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(common::WAIT, idle.read(&mut buf))
+                .await
+                .expect("the idle connection is answered")
+                .unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
     let waiting = api
         .http
         .get(api.url("/healthz"))
