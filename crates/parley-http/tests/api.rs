@@ -210,7 +210,7 @@ async fn errors_are_problems_with_the_native_codes() {
         json!({ "login_id": "nope", "client_final": "c=biws" }),
     )
     .await
-    .problem(400, "INVALID_REQUEST");
+    .problem(409, "INVALID_REQUEST");
     api.post("/v1/login/resume", None, json!({ "resume_token": "bm9wZQ==" }))
         .await
         .problem(401, "AUTH_FAILED");
@@ -350,7 +350,7 @@ async fn presence_consent_and_blocks() {
     );
     api.post("/v1/presence/requests/mal/approve", Some(&gus), json!({}))
         .await
-        .problem(400, "INVALID_REQUEST");
+        .problem(409, "INVALID_REQUEST");
     // Block: messages fail as for an unknown name, requests are not shown.
     let blocked = api.method(Method::PUT, "/v1/blocks/mal", Some(&gus)).await;
     assert_eq!(blocked.ok()["blocked"], json!(["mal"]));
@@ -368,7 +368,7 @@ async fn presence_consent_and_blocks() {
     );
     api.method(Method::PUT, "/v1/blocks/gus", Some(&gus))
         .await
-        .problem(400, "INVALID_REQUEST");
+        .problem(409, "INVALID_REQUEST");
     assert_eq!(api.get("/v1/blocks", Some(&gus)).await.ok()["blocked"], json!(["mal"]));
     let unblocked = api.method(Method::DELETE, "/v1/blocks/mal", Some(&gus)).await;
     assert_eq!(unblocked.ok()["blocked"], json!([]));

@@ -805,7 +805,7 @@ impl Connection {
                     return self.encode(&core_error_frame(id, &e));
                 }
                 let Some(pending) = self.pending_auth.take().map(|pending| *pending) else {
-                    let e = CoreError::invalid("no login in progress: send AuthStart first");
+                    let e = CoreError::refused_by_state("no login in progress: send AuthStart first");
                     return self.encode(&core_error_frame(id, &e));
                 };
                 let result = service.auth_finish(&pending, &c.client_final).await;
@@ -1155,7 +1155,7 @@ fn waits(body: &client_frame::Body) -> bool {
 
 /// The answer to a DeleteAccount or ChangePassword without a Reauth before it.
 fn reauth_first() -> CoreError {
-    CoreError::invalid("prove the password first: send Reauth, then this request with its client_final")
+    CoreError::refused_by_state("prove the password first: send Reauth, then this request with its client_final")
 }
 
 /// The answer to a request that needs a login, on a connection without one.
@@ -1164,11 +1164,7 @@ fn not_logged_in() -> CoreError {
 }
 
 fn busy() -> CoreError {
-    CoreError {
-        kind: ErrorKind::Busy,
-        message: "server busy, retry later".into(),
-        retry_after_ms: Some(BACKLOG_RETRY_MS),
-    }
+    CoreError::new(ErrorKind::Busy, "server busy, retry later").with_retry_after(BACKLOG_RETRY_MS)
 }
 
 fn contact_list(contacts: Vec<ContactView>) -> Body {
