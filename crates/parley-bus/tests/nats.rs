@@ -89,11 +89,7 @@ fn message(recipient: u64, seq: u64, body: &str) -> Arc<StoredMessage> {
 }
 
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    parley_testkit::wait_until(what, WAIT, async || check()).await
 }
 
 /// Two processes' hubs on one bus, each knowing the other.
@@ -229,11 +225,9 @@ impl OwnNats {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nats-server runs");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        parley_testkit::wait_until_blocking("nats-server to listen", WAIT, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         OwnNats { child, port }
     }
 
@@ -281,6 +275,9 @@ async fn after_a_bus_outage_sessions_read_the_store_and_delivery_comes_back() {
 
     // NATS goes away; what A stores meanwhile is not rung anywhere.
     nats.stop();
+    // deliberate: the outage lasts a moment before A stores; the bus shows
+    // no "disconnected" state to wait for, and what is stored before or
+    // after A notices must reach bob either way.
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.deliver(&message(2, 2, "during"));
     let port = nats.port;

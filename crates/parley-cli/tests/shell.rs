@@ -9,7 +9,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command as StdCommand;
-use std::time::Duration;
 
 use common::{Harness, WAIT, finish, wait_presence, watcher_of};
 use parley_client::{Client, Event};
@@ -96,18 +95,14 @@ impl Tmux {
 
     /// Polls the screen until `ready` holds; panics with the screen after [`WAIT`].
     async fn wait_for(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let screen = self.capture();
-            if ready(&screen) {
-                return screen;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "waited for {what}; the screen shows:\n{screen}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut screen = String::new();
+        let shown = parley_testkit::poll_within(WAIT, async || {
+            screen = self.capture();
+            ready(&screen).then_some(())
+        })
+        .await;
+        assert!(shown.is_some(), "waited for {what}; the screen shows:\n{screen}");
+        screen
     }
 }
 
@@ -209,14 +204,10 @@ async fn shell_prints_incoming_while_typing_and_sends() {
 
     // The older message was shown at login, the live one once pushed; both
     // are acknowledged, so /read has nothing more.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while alice.ack(0, Vec::new()).await.expect("unread").unread != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the shown messages were not acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    parley_testkit::wait_until("the shown messages to be acknowledged", WAIT, async || {
+        alice.ack(0, Vec::new()).await.expect("unread").unread == 0
+    })
+    .await;
     tmux.type_text("/read");
     tmux.press("Enter");
     let screen = tmux
@@ -448,14 +439,10 @@ async fn shell_asks_the_password_again_shows_unread_and_takes_msg() {
     wait_online_event(&bob, "alice").await;
     // Alice is online already: this second session announces nothing.
     let checker = h.user("alice").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while checker.ack(0, Vec::new()).await.expect("unread").unread != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the unread messages stayed unread"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    parley_testkit::wait_until("the unread messages to be acknowledged", WAIT, async || {
+        checker.ack(0, Vec::new()).await.expect("unread").unread == 0
+    })
+    .await;
 
     // /msg is /send; the text sent is shown.
     tmux.type_text("/msg bob hi via msg");

@@ -19,16 +19,12 @@ const PACE: Duration = Duration::from_millis(15);
 
 /// Logs in as `name`, retrying while the server is between workers.
 async fn connect(addr: &str, name: &str) -> Client {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(client) = Client::connect(addr).await
-            && client.login(name, &format!("pw-{name}")).await.is_ok()
-        {
-            return client;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "could not log in as {name}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    parley_testkit::poll_until(&format!("a login as {name}"), Duration::from_secs(20), async || {
+        let client = Client::connect(addr).await.ok()?;
+        client.login(name, &format!("pw-{name}")).await.ok()?;
+        Some(client)
+    })
+    .await
 }
 
 /// Sends `m0..mN` to `to` in order, each until the server says it is
@@ -55,6 +51,8 @@ async fn send_all(addr: String, from: &str, to: &str, midway: impl FnOnce()) -> 
                         "unexpected send error: {e}"
                     );
                     retries += 1;
+                    // deliberate: a moment before the same send again, as a
+                    // client would pause after a refusal.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -64,6 +62,7 @@ async fn send_all(addr: String, from: &str, to: &str, midway: impl FnOnce()) -> 
         {
             f();
         }
+        // deliberate: paces the load so the reload happens mid-stream.
         tokio::time::sleep(PACE).await;
     }
     retries
@@ -181,11 +180,10 @@ async fn a_reload_swaps_the_worker_under_traffic_and_a_bad_config_is_refused() {
             .expect("kill")
             .success()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while status(&h)["generation"] == generation {
-        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    parley_testkit::wait_until("SIGHUP to reload", Duration::from_secs(20), async || {
+        status(&h)["generation"] != generation
+    })
+    .await;
     let bob = connect(&h.server.addr, "bob").await;
     bob.send("alice", &"x".repeat(3000))
         .await
@@ -199,18 +197,13 @@ async fn the_control_socket_lists_kicks_broadcasts_and_stops() {
     let carol = h.user("carol").await;
     let mut watch = Running::spawn(h.command_as("alice", &["--json", "watch"]));
     // Wait until alice's watch is online.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    parley_testkit::wait_until("alice's watch to be online", Duration::from_secs(20), async || {
         let (_, out, _) = h.server.ctl(&["sessions"]);
-        if parse(&out)
+        parse(&out)
             .as_array()
             .is_some_and(|users| users.iter().any(|u| u["user"] == "alice"))
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "alice never came online: {out}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let (_, out, _) = h.server.ctl(&["sessions"]);
     let users = parse(&out);
     assert!(

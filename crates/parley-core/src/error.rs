@@ -92,6 +92,20 @@ impl ErrorKind {
     }
 }
 
+/// Whose fault a refusal is, where the kind alone does not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Cause {
+    /// The request itself is wrong (out of range, malformed): sent again
+    /// as it is, it is refused again.
+    #[default]
+    Request,
+    /// The request is well formed, and the state it meets refuses it (a
+    /// login step with no login in progress, approving a request nobody
+    /// made): the same request can succeed in another state. HTTP answers
+    /// these 409 Conflict; the native protocol keeps the kind's code.
+    State,
+}
+
 /// An error answered to one request.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{}: {message}", kind.as_str())]
@@ -100,6 +114,8 @@ pub struct CoreError {
     pub message: String,
     /// With [`ErrorKind::Busy`]: how long the client should wait.
     pub retry_after_ms: Option<u32>,
+    /// Whether the request or the state it met is at fault.
+    pub cause: Cause,
 }
 
 impl CoreError {
@@ -108,11 +124,27 @@ impl CoreError {
             kind,
             message: message.into(),
             retry_after_ms: None,
+            cause: Cause::Request,
         }
+    }
+
+    /// The same error with a retry hint.
+    pub fn with_retry_after(mut self, retry_after_ms: u32) -> Self {
+        self.retry_after_ms = Some(retry_after_ms);
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
         CoreError::new(ErrorKind::InvalidRequest, message)
+    }
+
+    /// `INVALID_REQUEST` for a well-formed request that the current state
+    /// refuses ([`Cause::State`]).
+    pub fn refused_by_state(message: impl Into<String>) -> Self {
+        CoreError {
+            cause: Cause::State,
+            ..CoreError::invalid(message)
+        }
     }
 
     /// The one answer to every failed login, whatever the cause, so that a
@@ -127,11 +159,9 @@ impl From<StoreError> for CoreError {
         match e {
             StoreError::NameTaken => CoreError::new(ErrorKind::NameTaken, "that name is taken"),
             StoreError::NoSuchUser => CoreError::new(ErrorKind::NoSuchUser, "no such user"),
-            StoreError::Busy { retry_after_ms } => CoreError {
-                kind: ErrorKind::Busy,
-                message: "server busy, retry later".into(),
-                retry_after_ms: Some(retry_after_ms),
-            },
+            StoreError::Busy { retry_after_ms } => {
+                CoreError::new(ErrorKind::Busy, "server busy, retry later").with_retry_after(retry_after_ms)
+            }
             StoreError::LimitReached(what) => CoreError::new(ErrorKind::LimitReached, what),
             StoreError::InviteInvalid => CoreError::new(
                 ErrorKind::InviteInvalid,
@@ -142,11 +172,11 @@ impl From<StoreError> for CoreError {
                 "the recipient's mailbox is full; the message was not stored",
             ),
             StoreError::Closed => CoreError::new(ErrorKind::ShuttingDown, "server is shutting down"),
-            StoreError::Unavailable(why) => CoreError {
-                kind: ErrorKind::StorageUnavailable,
-                message: format!("the server cannot store anything now ({why}); nothing was done, try again later"),
-                retry_after_ms: Some(crate::store::STORAGE_RETRY_AFTER_MS),
-            },
+            StoreError::Unavailable(why) => CoreError::new(
+                ErrorKind::StorageUnavailable,
+                format!("the server cannot store anything now ({why}); nothing was done, try again later"),
+            )
+            .with_retry_after(crate::store::STORAGE_RETRY_AFTER_MS),
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "store failure");
                 CoreError::new(ErrorKind::Internal, "internal storage error")

@@ -28,7 +28,7 @@ pub mod store;
 pub mod sync;
 pub mod throttle;
 
-pub use error::{CoreError, ErrorKind};
+pub use error::{Cause, CoreError, ErrorKind};
 pub use ids::{MessageId, Seq, SessionId, UserId};
 pub use limits::Limits;
 pub use name::{NamePattern, UserName};

@@ -410,11 +410,11 @@ impl Service {
             let ip = crate::addr::address_group(peer);
             if let Err(wait) = self.registrations.take(&ip, Instant::now()) {
                 self.counters.registrations_rate_limited.fetch_add(1, Ordering::Relaxed);
-                return Err(CoreError {
-                    kind: ErrorKind::RateLimited,
-                    message: "too many registrations from this address; wait before trying again".into(),
-                    retry_after_ms: Some(retry_hint(wait)),
-                });
+                return Err(CoreError::new(
+                    ErrorKind::RateLimited,
+                    "too many registrations from this address; wait before trying again",
+                )
+                .with_retry_after(retry_hint(wait)));
             }
             self.hub.spent(Spent::Registration { ip });
         }
@@ -1114,14 +1114,14 @@ impl Session {
     ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
         if let Err(wait) = self.service.send_rate.take(&self.user, Instant::now()) {
             self.service.counters.sends_rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(CoreError {
-                kind: ErrorKind::RateLimited,
-                message: format!(
+            return Err(CoreError::new(
+                ErrorKind::RateLimited,
+                format!(
                     "sending faster than {} messages a second; wait before sending more",
                     self.service.config.limits.send_rate_per_account
                 ),
-                retry_after_ms: Some(retry_hint(wait)),
-            });
+            )
+            .with_retry_after(retry_hint(wait)));
         }
         self.service.hub.spent(Spent::Send { user: self.user });
         self.service.send_from(self.user, &self.name, to, client_msg_id, body)
@@ -1276,7 +1276,7 @@ impl Session {
             })?;
             let target = requested.target;
             if requested.blocked_by_requester {
-                return Err(CoreError::invalid(format!(
+                return Err(CoreError::refused_by_state(format!(
                     "you block {}; unblock them before asking to see their presence",
                     target.name
                 )));
@@ -1354,7 +1354,7 @@ impl Session {
                     Ok(())
                 }
                 (_, Subscription::Approved) => Ok(()),
-                _ => Err(CoreError::invalid(format!(
+                _ => Err(CoreError::refused_by_state(format!(
                     "{} has not asked to see your presence",
                     change.other.name
                 ))),
@@ -1408,7 +1408,7 @@ impl Session {
     pub fn block(&self, name: &str) -> Result<impl Future<Output = Result<(), CoreError>> + Send + 'static, CoreError> {
         let target = UserName::parse(name).map_err(|_| no_such_user(name))?;
         if target.key() == name_key(&self.name) {
-            return Err(CoreError::invalid("you cannot block yourself"));
+            return Err(CoreError::refused_by_state("you cannot block yourself"));
         }
         let max = self.service.config.limits.max_contacts;
         let reply = self.service.store.block(self.user, target.key(), max);

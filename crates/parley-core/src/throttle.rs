@@ -183,11 +183,11 @@ impl Throttle {
         let mut pending = lock(&self.pending);
         for key in Throttle::keys(account, ip) {
             if pending.get(&key).copied().unwrap_or(0) >= self.pending_limit(&key) {
-                return Err(CoreError {
-                    kind: ErrorKind::RateLimited,
-                    message: "too many logins in progress; finish or wait before starting another".into(),
-                    retry_after_ms: Some(PENDING_RETRY_MS),
-                });
+                return Err(CoreError::new(
+                    ErrorKind::RateLimited,
+                    "too many logins in progress; finish or wait before starting another",
+                )
+                .with_retry_after(PENDING_RETRY_MS));
             }
         }
         for key in Throttle::keys(account, ip) {
@@ -209,10 +209,12 @@ impl Throttle {
     fn check_failures(&self, account: Option<&str>, ip: Option<IpAddr>, now: Instant) -> Result<(), CoreError> {
         let by_account = account.map_or(Ok(()), |a| self.account_failures.check(&a.to_owned(), now));
         let by_ip = ip.map_or(Ok(()), |ip| self.ip_failures.check(&ip, now));
-        by_account.and(by_ip).map_err(|wait| CoreError {
-            kind: ErrorKind::RateLimited,
-            message: "too many failed logins; wait before trying again".into(),
-            retry_after_ms: Some(retry_hint(wait)),
+        by_account.and(by_ip).map_err(|wait| {
+            CoreError::new(
+                ErrorKind::RateLimited,
+                "too many failed logins; wait before trying again",
+            )
+            .with_retry_after(retry_hint(wait))
         })
     }
 

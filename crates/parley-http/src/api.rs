@@ -362,7 +362,9 @@ pub struct Confirmation {
 
 fn take_reauth(ctx: &HttpContext, reauth_id: &str) -> ApiResult<crate::sessions::TakenLogin> {
     ctx.logins.take(reauth_id).ok_or_else(|| {
-        Problem::invalid("prove the password first: POST /v1/account/reauth, then this request with its reauth_id")
+        Problem::from(CoreError::refused_by_state(
+            "prove the password first: POST /v1/account/reauth, then this request with its reauth_id",
+        ))
     })
 }
 
@@ -503,9 +505,9 @@ pub async fn login_finish(
     JsonBody(r): JsonBody<LoginFinish>,
 ) -> ApiResult<axum::Json<LoginOk>> {
     let Some(taken) = ctx.logins.take(&r.login_id) else {
-        return Err(Problem::invalid(
+        return Err(Problem::from(CoreError::refused_by_state(
             "no login in progress with this login_id (expired or used); start again",
-        ));
+        )));
     };
     let result = ctx.service.auth_finish(&taken.pending, r.client_final.as_bytes()).await;
     let mechanism = taken.pending.mechanism().name();

@@ -10,7 +10,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use parley_core::{CoreError, ErrorKind};
+use parley_core::{Cause, CoreError, ErrorKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -128,7 +128,13 @@ fn title(code: &str) -> &'static str {
 
 impl From<CoreError> for Problem {
     fn from(e: CoreError) -> Problem {
-        let mut p = Problem::new(status_of(e.kind), e.kind.as_str(), e.message);
+        // A well-formed request the current state refuses is a conflict
+        // with that state, whatever its code.
+        let status = match e.cause {
+            Cause::State => StatusCode::CONFLICT,
+            Cause::Request => status_of(e.kind),
+        };
+        let mut p = Problem::new(status, e.kind.as_str(), e.message);
         p.retry_after_ms = e.retry_after_ms;
         if p.retry_after_ms.is_none() && e.kind == ErrorKind::ShuttingDown {
             p.retry_after_ms = Some(1000);

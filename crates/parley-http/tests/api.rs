@@ -210,7 +210,7 @@ async fn errors_are_problems_with_the_native_codes() {
         json!({ "login_id": "nope", "client_final": "c=biws" }),
     )
     .await
-    .problem(400, "INVALID_REQUEST");
+    .problem(409, "INVALID_REQUEST");
     api.post("/v1/login/resume", None, json!({ "resume_token": "bm9wZQ==" }))
         .await
         .problem(401, "AUTH_FAILED");
@@ -350,7 +350,7 @@ async fn presence_consent_and_blocks() {
     );
     api.post("/v1/presence/requests/mal/approve", Some(&gus), json!({}))
         .await
-        .problem(400, "INVALID_REQUEST");
+        .problem(409, "INVALID_REQUEST");
     // Block: messages fail as for an unknown name, requests are not shown.
     let blocked = api.method(Method::PUT, "/v1/blocks/mal", Some(&gus)).await;
     assert_eq!(blocked.ok()["blocked"], json!(["mal"]));
@@ -368,7 +368,7 @@ async fn presence_consent_and_blocks() {
     );
     api.method(Method::PUT, "/v1/blocks/gus", Some(&gus))
         .await
-        .problem(400, "INVALID_REQUEST");
+        .problem(409, "INVALID_REQUEST");
     assert_eq!(api.get("/v1/blocks", Some(&gus)).await.ok()["blocked"], json!(["mal"]));
     let unblocked = api.method(Method::DELETE, "/v1/blocks/mal", Some(&gus)).await;
     assert_eq!(unblocked.ok()["blocked"], json!([]));
@@ -615,9 +615,25 @@ async fn http_connections_are_capped() {
     let s = server(&["--http-max-connections", "1"]);
     let api = Api::new(&s);
     let addr = s.http_addr.clone().unwrap();
-    // One idle connection takes the only slot...
-    let idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // One idle connection takes the only slot: once it has been answered a
+    // request, the server has accepted it, and it stays open (keep-alive).
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !String::from_utf8_lossy(&answer).contains("\"ok\"") {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(common::WAIT, idle.read(&mut buf))
+                .await
+                .expect("the idle connection is answered")
+                .unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
     let waiting = api
         .http
         .get(api.url("/healthz"))

@@ -48,18 +48,11 @@ fn scram_js_refuses_bad_server_first_messages_before_deriving_keys() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start node");
-    let deadline = Instant::now() + SCRAM_JS_LIMIT;
-    let status = loop {
-        if let Ok(Some(status)) = node.try_wait() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = node.kill();
-            let _ = node.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = parley_testkit::poll_within_blocking(SCRAM_JS_LIMIT, || node.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = node.kill();
+        let _ = node.wait();
+    }
     let mut report = String::new();
     if let Some(mut stdout) = node.stdout.take() {
         let _ = std::io::Read::read_to_string(&mut stdout, &mut report);

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use common::native_ws::NativeWs;
@@ -115,11 +115,9 @@ http {{
             child,
             dir: dir.to_owned(),
         };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen: {}", nginx.error_log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let listening =
+            parley_testkit::poll_within_blocking(WAIT, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        assert!(listening.is_some(), "nginx did not listen: {}", nginx.error_log());
         nginx
     }
 
@@ -134,12 +132,10 @@ impl Drop for Nginx {
         let _ = Command::new("kill")
             .args(["-QUIT", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if parley_testkit::poll_within_blocking(Duration::from_secs(5), || self.child.try_wait().ok().flatten())
+            .is_some()
+        {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -232,15 +228,13 @@ async fn a_websocket_chat_through_nginx_with_tls() {
     // Once they close, nginx logs each upgrade as a 101 to /v1/ws.
     let _ = alice.socket.close(None).await;
     let _ = bob.socket.close(None).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let access = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
-        if access.matches("GET /v1/ws HTTP/1.1\" 101").count() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{access}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut access = String::new();
+    let logged = parley_testkit::poll_within(WAIT, async || {
+        access = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
+        (access.matches("GET /v1/ws HTTP/1.1\" 101").count() == 2).then_some(())
+    })
+    .await;
+    assert!(logged.is_some(), "{access}");
     drop(nginx);
 }
 

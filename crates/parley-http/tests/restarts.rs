@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use common::{Api, B64};
@@ -16,25 +16,22 @@ use serde_json::json;
 /// (a worker that was killed or replaced leaves pooled connections dead),
 /// then returns a client with a fresh pool.
 async fn serving(server: &TestServer) -> Api {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    parley_testkit::poll_until("the server to serve again", Duration::from_secs(20), async || {
         let api = Api::new(server);
         let answered = api.http.get(api.url("/readyz")).send().await;
-        if answered.is_ok_and(|r| r.status().is_success()) {
-            return api;
-        }
-        assert!(Instant::now() < deadline, "the server did not serve again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        answered.is_ok_and(|r| r.status().is_success()).then_some(api)
+    })
+    .await
 }
 
 /// Waits until the master serves with a worker other than `old`.
 async fn replaced(server: &TestServer, old: u32) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.pid() == old {
-        assert!(Instant::now() < deadline, "the worker {old} was not replaced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    parley_testkit::wait_until(
+        &format!("the worker {old} to be replaced"),
+        Duration::from_secs(20),
+        async || server.pid() != old,
+    )
+    .await;
 }
 
 /// What `token` sees of its own mailbox: the reply's status.
@@ -202,11 +199,10 @@ async fn a_bearer_session_works_on_every_node_and_ends_on_every_node() {
 /// Waits until `token` is refused (a session ended in another process is
 /// ended here when the bus brings the word), then checks the refusal.
 async fn refused_soon(api: &Api, token: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mailbox_status(api, token).await == 200 {
-        assert!(Instant::now() < deadline, "the token still works");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    parley_testkit::wait_until("the token to be refused", Duration::from_secs(10), async || {
+        mailbox_status(api, token).await != 200
+    })
+    .await;
     api.get("/v1/mailbox", Some(token))
         .await
         .problem(401, "NOT_AUTHENTICATED");

@@ -125,10 +125,11 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
             prop::collection::vec("[A-Z0-9-]{1,20}", 0..3),
             any::<u32>(),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            prop::array::uniform9(any::<u32>())
         )
             .prop_map(
-                |(protocol_version, server, mechanisms, scram_iterations, max_frame_bytes, max_body_bytes)| {
+                |(protocol_version, server, mechanisms, scram_iterations, max_frame_bytes, max_body_bytes, limits)| {
                     server_frame::Body::Welcome(v1::Welcome {
                         protocol_version,
                         server,
@@ -137,6 +138,15 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
                         max_frame_bytes,
                         max_body_bytes,
                         keepalive_secs: scram_iterations.rotate_left(7),
+                        auth_timeout_secs: limits[0],
+                        ack_timeout_ms: limits[1],
+                        max_ack_backoff_ms: limits[2],
+                        max_unacked: limits[3],
+                        max_contacts: limits[4],
+                        login_failures_per_account: limits[5],
+                        login_failures_per_ip: limits[6],
+                        send_rate_per_account: limits[7],
+                        registrations_per_ip_per_hour: limits[8],
                     })
                 }
             ),

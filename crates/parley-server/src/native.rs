@@ -157,8 +157,12 @@ const BACKLOG_RETRY_MS: u32 = 100;
 const PUSH_RETRY_MS: u64 = 50;
 
 impl NativeContext {
-    pub fn welcome_frame(service: &Service, max_frame_bytes: u32, keepalive_secs: u32) -> ServerFrame {
+    /// The Welcome this server sends: its identity and every limit a
+    /// client needs to pace itself, all from the running configuration.
+    pub fn welcome_frame(service: &Service, settings: &crate::config::Settings) -> ServerFrame {
         let config = service.config();
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         frame(
             0,
             Body::Welcome(v1::Welcome {
@@ -166,9 +170,18 @@ impl NativeContext {
                 server: format!("parleyd {}", env!("CARGO_PKG_VERSION")),
                 mechanisms: config.auth.mechanisms.iter().map(|m| m.name().to_owned()).collect(),
                 scram_iterations: config.auth.iterations,
-                max_frame_bytes,
+                max_frame_bytes: settings.max_frame_bytes,
                 max_body_bytes: config.limits.max_body_bytes,
-                keepalive_secs,
+                keepalive_secs: secs(settings.keepalive),
+                auth_timeout_secs: secs(settings.auth_timeout),
+                ack_timeout_ms: millis(settings.ack_timeout),
+                max_ack_backoff_ms: millis(settings.max_ack_backoff),
+                max_unacked: u32::try_from(config.limits.max_unacked).unwrap_or(u32::MAX),
+                max_contacts: config.limits.max_contacts,
+                login_failures_per_account: config.throttle.failures_per_account,
+                login_failures_per_ip: config.throttle.failures_per_ip,
+                send_rate_per_account: config.limits.send_rate_per_account,
+                registrations_per_ip_per_hour: config.limits.registrations_per_ip_per_hour,
             }),
         )
     }
@@ -792,7 +805,7 @@ impl Connection {
                     return self.encode(&core_error_frame(id, &e));
                 }
                 let Some(pending) = self.pending_auth.take().map(|pending| *pending) else {
-                    let e = CoreError::invalid("no login in progress: send AuthStart first");
+                    let e = CoreError::refused_by_state("no login in progress: send AuthStart first");
                     return self.encode(&core_error_frame(id, &e));
                 };
                 let result = service.auth_finish(&pending, &c.client_final).await;
@@ -1142,7 +1155,7 @@ fn waits(body: &client_frame::Body) -> bool {
 
 /// The answer to a DeleteAccount or ChangePassword without a Reauth before it.
 fn reauth_first() -> CoreError {
-    CoreError::invalid("prove the password first: send Reauth, then this request with its client_final")
+    CoreError::refused_by_state("prove the password first: send Reauth, then this request with its client_final")
 }
 
 /// The answer to a request that needs a login, on a connection without one.
@@ -1151,11 +1164,7 @@ fn not_logged_in() -> CoreError {
 }
 
 fn busy() -> CoreError {
-    CoreError {
-        kind: ErrorKind::Busy,
-        message: "server busy, retry later".into(),
-        retry_after_ms: Some(BACKLOG_RETRY_MS),
-    }
+    CoreError::new(ErrorKind::Busy, "server busy, retry later").with_retry_after(BACKLOG_RETRY_MS)
 }
 
 fn contact_list(contacts: Vec<ContactView>) -> Body {

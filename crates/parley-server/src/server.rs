@@ -345,9 +345,8 @@ impl Server {
                 registration: settings.registration,
             },
         );
-        let keepalive_secs = u32::try_from(settings.keepalive.as_secs()).unwrap_or(u32::MAX);
         let ctx = Arc::new(NativeContext {
-            welcome: NativeContext::welcome_frame(&service, settings.max_frame_bytes, keepalive_secs),
+            welcome: NativeContext::welcome_frame(&service, &settings),
             service: Arc::clone(&service),
             max_frame_bytes: settings.max_frame_bytes as usize,
             auth_timeout: settings.auth_timeout,

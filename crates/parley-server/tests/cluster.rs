@@ -37,12 +37,8 @@ async fn receive(client: &Client, count: usize) -> Vec<String> {
 }
 
 /// Waits until `check` holds.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    parley_testkit::wait_until(what, WAIT, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

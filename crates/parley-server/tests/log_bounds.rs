@@ -66,15 +66,16 @@ fn a_flood_of_refused_connections_leaves_bounded_logs_with_a_suppressed_line() {
     let refused = flood_refused_connections(&server, || all_text(&log_dir, "access.log"));
 
     // The suppressed count is written within a second or two of the burst.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !all_text(&log_dir, "access.log").contains("similar lines suppressed") {
-        assert!(
-            Instant::now() < deadline,
-            "no suppressed line in:\n{}",
-            all_text(&log_dir, "access.log")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let suppressed = parley_testkit::poll_within_blocking(Duration::from_secs(10), || {
+        all_text(&log_dir, "access.log")
+            .contains("similar lines suppressed")
+            .then_some(())
+    });
+    assert!(
+        suppressed.is_some(),
+        "no suppressed line in:\n{}",
+        all_text(&log_dir, "access.log")
+    );
 
     let access = all_text(&log_dir, "access.log");
     let written = access.lines().filter(|l| l.contains("\"connection refused\"")).count();
@@ -115,11 +116,9 @@ fn flood_refused_connections(server: &TestServer, log: impl Fn() -> String) -> u
     // One connection holds 127.0.0.1's only slot; wait until the server
     // has admitted it (its access line is written).
     let held = TcpStream::connect(&server.addr).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !log().contains("connection opened") {
-        assert!(Instant::now() < deadline, "the first connection was not logged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    parley_testkit::wait_until_blocking("the first connection's access line", Duration::from_secs(10), || {
+        log().contains("connection opened")
+    });
 
     // The flood: every further connection from 127.0.0.1 is refused BUSY.
     let started = Instant::now();
@@ -153,11 +152,10 @@ fn repeats_are_suppressed_on_stderr_too() {
     // stderr (the kit's log file).
     let server = TestServer::start_with(Store::Memory, &["--max-connections-per-ip", "1"]);
     let refused = flood_refused_connections(&server, || server.log());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log().contains("similar lines suppressed") {
-        assert!(Instant::now() < deadline, "no suppressed line in:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let suppressed = parley_testkit::poll_within_blocking(Duration::from_secs(10), || {
+        server.log().contains("similar lines suppressed").then_some(())
+    });
+    assert!(suppressed.is_some(), "no suppressed line in:\n{}", server.log());
     let written = server
         .log()
         .lines()

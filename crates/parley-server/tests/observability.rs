@@ -109,34 +109,30 @@ async fn metrics_count_the_traffic() {
 
     // A closed connection leaves the gauge.
     drop(intruder);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    parley_testkit::wait_until("the connection gauge to fall", Duration::from_secs(10), async || {
         let (_, m) = scrape(&server).await;
-        if m["parley_connections_open"] == 2.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the connection gauge did not fall"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        m["parley_connections_open"] == 2.0
+    })
+    .await;
 
     // A worker the master had to restart counts; the new worker's own
     // counters start again (a counter reset, as Prometheus expects).
     let killed = server.kill_worker();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if server.pid() != killed
-            && let Ok(response) = reqwest::get(format!("{}/metrics", server.http_url())).await
-            && let Ok(text) = response.text().await
-            && samples(&text).get("parley_worker_restarts_total") == Some(&1.0)
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no restarted worker counted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    parley_testkit::wait_until(
+        "the restarted worker to be counted",
+        Duration::from_secs(20),
+        async || {
+            if server.pid() != killed
+                && let Ok(response) = reqwest::get(format!("{}/metrics", server.http_url())).await
+                && let Ok(text) = response.text().await
+            {
+                samples(&text).get("parley_worker_restarts_total") == Some(&1.0)
+            } else {
+                false
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

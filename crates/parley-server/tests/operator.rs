@@ -19,15 +19,11 @@ fn parleyd(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// The log's "parleyd listening" line (the log may trail the stdout line
 /// the test kit waits for by a moment).
 fn listening_line(server: &TestServer) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let line = parley_testkit::poll_within_blocking(std::time::Duration::from_secs(10), || {
         let log = server.log();
-        if let Some(line) = log.lines().find(|l| l.contains("parleyd listening")) {
-            return line.to_owned();
-        }
-        assert!(std::time::Instant::now() < deadline, "no listening line in:\n{log}");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        log.lines().find(|l| l.contains("parleyd listening")).map(str::to_owned)
+    });
+    line.unwrap_or_else(|| panic!("no listening line in:\n{}", server.log()))
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parley_client::ErrorCode;
 use parley_testkit::postgres::Scratch;
@@ -140,11 +140,10 @@ fn behind_a_proxy() -> Option<(Scratch, TcpProxy, TestServer)> {
 
 /// Waits until `/readyz` answers 200 again.
 async fn ready_again(http: &reqwest::Client, ready: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(ready).send().await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "/readyz never came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    parley_testkit::wait_until("/readyz to answer 200 again", Duration::from_secs(20), async || {
+        http.get(ready).send().await.unwrap().status() == 200
+    })
+    .await;
 }
 
 /// PostgreSQL becomes unreachable under a running parleyd (a proxy in front

@@ -105,14 +105,10 @@ async fn silent_connections_are_closed_and_go_offline() {
     drop(bob_client);
     // That connection closes on its own time; its "offline" must not be
     // taken for the one this test waits for.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while alice.list_contacts().await.unwrap()[0].online {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bob's first connection never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    parley_testkit::wait_until("bob's first connection to close", WAIT, async || {
+        !alice.list_contacts().await.unwrap()[0].online
+    })
+    .await;
     alice.subscribe(0).await.unwrap();
     // Bob logs in by hand and then says nothing at all.
     let mut bob = RawSession::login(&server.addr, "bob", "pw-bob").await;
@@ -132,6 +128,7 @@ async fn silent_connections_are_closed_and_go_offline() {
         other => panic!("expected presence, got {other:?}"),
     }
     // The library client pings by itself, so Alice stays connected.
+    // deliberate: time passes beyond the keep-alive to show she stays.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     alice.ping().await.unwrap();
 }
@@ -212,7 +209,7 @@ async fn a_reader_that_has_not_read_its_pushes_is_not_pushed_them_again() {
     for _ in 0..MESSAGES {
         alice.send("bob", &body).await.unwrap();
     }
-    // Several ack timeouts pass unread.
+    // deliberate: several ack timeouts pass unread; that is the scenario.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     bob.take_all_in_order(MESSAGES).await;
 }
@@ -375,7 +372,7 @@ async fn a_login_step_answered_busy_can_be_sent_again() {
     use parley_core::Mechanism;
     use parley_core::scram::ClientExchange;
     let server = TestServer::start_with(Store::Sqlite, &["--write-queue", "2"]);
-    let alice = std::sync::Arc::new(server.user("alice").await);
+    let _alice = server.user("alice").await;
     let bob = server.client().await;
     bob.register("bob", "pw-bob").await.unwrap();
     let mut exchange = ClientExchange::new("bob", "pw-bob");
@@ -400,7 +397,7 @@ async fn a_login_step_answered_busy_can_be_sent_again() {
     };
 
     // The writer waits with one op in hand and two more fill its queue.
-    let jam = StoreJam::start(&server, &alice, 2).await;
+    let jam = StoreJam::start(&server, "alice", 2).await;
     let refused = bob.request(continue_login()).await.unwrap();
     match refused.body {
         Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::Busy as i32, "{e:?}"),
@@ -439,7 +436,7 @@ async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serv
 
     // The writer waits with one request in hand, and three more fill the
     // queue's share for new work (3 of 4).
-    let jam = StoreJam::start(&server, &alice, 3).await;
+    let jam = StoreJam::start(&server, "alice", 3).await;
 
     match alice.request(send("bob")).await.unwrap().body {
         Some(server_frame::Body::Error(e)) => {
@@ -465,40 +462,92 @@ async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serv
 
 /// The SQLite writer held up: another connection to the database holds its
 /// write lock, the writer waits with one request in hand, and `queued` more
-/// requests wait in its queue.
+/// requests wait in its queue. The requests go on a connection of their own,
+/// so that a `Ping` after them proves the server started them (requests
+/// start in the order received), and the store's queue depth (`/metrics`)
+/// shows where they are.
 struct StoreJam {
     blocker: rusqlite::Connection,
-    held: Vec<tokio::task::JoinHandle<parley_client::Result<parley_proto::ServerFrame>>>,
+    raw: RawSession,
+    /// Requests sent, and how many of them were answered (refused) already.
+    held: usize,
+    answered: usize,
 }
 
 impl StoreJam {
-    async fn start(server: &TestServer, client: &std::sync::Arc<Client>, queued: usize) -> StoreJam {
+    async fn start(server: &TestServer, name: &str, queued: usize) -> StoreJam {
+        // Logged in first: a login writes to the store too.
+        let raw = RawSession::login(&server.addr, name, &format!("pw-{name}")).await;
         let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let request = || {
-            let client = std::sync::Arc::clone(client);
-            tokio::spawn(async move {
-                // A write: the writer takes the database's write lock for
-                // it (a lone read would not wait for the blocker).
-                client
-                    .request(client_frame::Body::RemoveContact(v1::RemoveContact {
-                        name: "nobody".into(),
-                    }))
-                    .await
-            })
+        let mut jam = StoreJam {
+            blocker,
+            raw,
+            held: 0,
+            answered: 0,
         };
-        let mut held = vec![request()];
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        held.extend((0..queued).map(|_| request()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        StoreJam { blocker, held }
+        jam.hold(1).await;
+        let depth = || store_queue_depth(server);
+        parley_testkit::wait_until("the writer to take the first request", WAIT, async || {
+            depth().await == 0
+        })
+        .await;
+        jam.hold(queued).await;
+        parley_testkit::wait_until(
+            &format!("{queued} requests to wait in the store's queue"),
+            WAIT,
+            async || depth().await >= queued as u64,
+        )
+        .await;
+        jam
+    }
+
+    /// Sends `n` writes and waits until the server has started them.
+    async fn hold(&mut self, n: usize) {
+        for _ in 0..n {
+            // A write: the writer takes the database's write lock for it (a
+            // lone read would not wait for the blocker).
+            self.raw
+                .send(client_frame::Body::RemoveContact(v1::RemoveContact {
+                    name: "nobody".into(),
+                }))
+                .await;
+        }
+        self.held += n;
+        self.raw.send(client_frame::Body::Ping(v1::Ping { nonce: 7 })).await;
+        loop {
+            let frame = self.raw.read_frame().await;
+            match frame.body {
+                Some(server_frame::Body::Pong(_)) => break,
+                _ if frame.request_id != 0 => self.answered += 1,
+                _ => {}
+            }
+        }
     }
 
     /// Unlocks the database; every held request completes.
-    async fn release(self) {
+    async fn release(mut self) {
         self.blocker.execute_batch("COMMIT").unwrap();
-        for request in self.held {
-            request.await.unwrap().unwrap();
+        while self.answered < self.held {
+            let frame = self.raw.read_frame().await;
+            if frame.request_id != 0 {
+                self.answered += 1;
+            }
         }
     }
+}
+
+/// The store's queue depth now, from the server's `/metrics`.
+async fn store_queue_depth(server: &TestServer) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("parley_store_queue_depth "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .expect("a parley_store_queue_depth sample")
 }

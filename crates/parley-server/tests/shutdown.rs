@@ -24,7 +24,8 @@ async fn sigterm_tells_clients_and_keeps_every_acked_message() {
         }
         acked
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Stop once sends are flowing: the watcher has been pushed one.
+    next_messages(&watcher).await;
     assert!(server.stop().success());
     let acked = sender.await.unwrap();
     assert!(!acked.is_empty());

@@ -35,10 +35,12 @@ async fn acked_messages_survive_sigkill() {
         })
         .collect();
     for round in 0..KILLS {
+        // deliberate: the load runs a while between kills.
         tokio::time::sleep(Duration::from_millis(300 + 100 * round as u64)).await;
         server.kill();
         server.restart();
     }
+    // deliberate: a last stretch of load after the last restart.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked: Vec<Vec<u64>> = Vec::new();
@@ -92,6 +94,7 @@ async fn send_until_stopped(addr: &str, i: usize, stop: &AtomicBool) -> Vec<u64>
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let Ok(client) = Client::connect(addr).await else {
+            // deliberate: a moment before reconnecting to a restarting server.
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parley_client::Client;
 use parley_testkit::{Store, TestServer, binary, ensure_parleyd};
@@ -37,45 +37,33 @@ fn run_to_exit(data_dir: &Path) -> (Option<i32>, String) {
         .stderr(Stdio::from(stderr))
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + EXIT_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("parleyd did not exit within {EXIT_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = parley_testkit::wait_for_exit("parleyd", &mut child, EXIT_DEADLINE);
     (status.code(), std::fs::read_to_string(&stderr_path).unwrap_or_default())
 }
 
 /// Waits until `check` holds, polling; fails the test with `what` after `limit`.
 async fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    parley_testkit::wait_until(what, limit, async || check()).await
 }
 
 /// Logs in as `name` and sends `body` to `to`, retrying while the server is
 /// between workers; returns the logged-in client.
 async fn send_when_served(addr: &str, name: &str, to: &str, body: &str) -> Client {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr)).await
-            && let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_secs(2), client.login(name, &format!("pw-{name}"))).await
-            && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), client.send(to, body)).await
-        {
-            return client;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no worker served {name}'s send");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    parley_testkit::poll_until(
+        &format!("a worker to serve {name}'s send"),
+        Duration::from_secs(20),
+        async || {
+            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr)).await
+                && let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(2), client.login(name, &format!("pw-{name}"))).await
+                && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), client.send(to, body)).await
+            {
+                return Some(client);
+            }
+            None
+        },
+    )
+    .await
 }
 
 /// The worker's uptime as `parleyd ctl status` reports it.

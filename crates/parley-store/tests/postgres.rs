@@ -25,12 +25,8 @@ fn open(scratch: &Scratch) -> PgStore {
 }
 
 /// Waits until `done` holds, failing after [`WAIT`].
-async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn eventually(what: &str, done: impl AsyncFnMut() -> bool) {
+    parley_testkit::wait_until(what, WAIT, done).await
 }
 
 /// A connection of the test's own to the scratch schema, driven on the

@@ -306,8 +306,14 @@ async fn new_work_leaves_room_in_the_queue_for_acks_and_reads() {
     let blocker = rusqlite::Connection::open(db_path(dir.path())).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let first = store.append(message(&alice, "alice", "m1", "x"));
-    // Wait until the writer took that one and is stuck on the lock.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Wait until the writer took that one (it left the queue) and is stuck
+    // on the lock.
+    parley_testkit::wait_until(
+        "the writer to take m1",
+        std::time::Duration::from_secs(10),
+        async || store.stats().is_some_and(|s| s.queued == 0),
+    )
+    .await;
     let mut appends = Vec::new();
     for n in 2..20 {
         appends.push(store.append(message(&alice, "alice", &format!("m{n}"), "x")));
@@ -355,14 +361,20 @@ async fn commits_reach_the_database_file_without_the_writer_checkpointing() {
     }
     // Far below the writer's own checkpoint threshold: only the
     // checkpointer thread copies the WAL into the database file.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let copy = dir.path().join("copy.db");
-    std::fs::copy(db_path(dir.path()), &copy).unwrap();
-    let conn = rusqlite::Connection::open(&copy).unwrap();
-    let count: i64 = conn
-        .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(count, 200, "the database file alone holds every committed message");
+    let in_file = || {
+        let _ = std::fs::remove_file(&copy);
+        std::fs::copy(db_path(dir.path()), &copy).unwrap();
+        let conn = rusqlite::Connection::open(&copy).unwrap();
+        conn.query_row("SELECT count(*) FROM messages", [], |row| row.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    parley_testkit::wait_until(
+        "the database file alone to hold every committed message",
+        std::time::Duration::from_secs(10),
+        async || in_file() == 200,
+    )
+    .await;
     store.close().await.unwrap();
 }
 

@@ -16,19 +16,29 @@
 //! A test that passes either flag itself, or sets its `PARLEY_*` variable
 //! (in the server's environment or the test runner's), gets that value
 //! instead; the tests of those limits do.
+//!
+//! Tests wait for conditions with the helpers of [`wait`] (`wait_until`,
+//! `poll_until`, their blocking variants, `wait_for_exit`), never with a
+//! sleep of a guessed length; `tests/no_guessed_sleeps.rs` holds every test
+//! file to that.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parley_client::Client;
 
 pub mod cluster;
 pub mod postgres;
 pub mod proxy;
+pub mod wait;
+
+pub use wait::{
+    poll_until, poll_until_blocking, poll_within, poll_within_blocking, wait_for_exit, wait_until, wait_until_blocking,
+};
 
 /// How long a server may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -376,17 +386,7 @@ impl TestServer {
     /// ctl stop`) to exit.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server running");
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("parleyd did not exit within {STOP_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_exit("parleyd", &mut child, STOP_TIMEOUT)
     }
 
     /// Kills the server with SIGKILL, master first (so that it restarts
@@ -440,14 +440,10 @@ impl TestServer {
         let port = port_of(&self.addr).unwrap_or(0);
         let http_port = self.http_addr.as_deref().and_then(port_of).unwrap_or(0);
         // The old ports can linger briefly.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let taken = |p: u16| p != 0 && std::net::TcpListener::bind(("127.0.0.1", p)).is_err();
-            if !(taken(port) || taken(http_port)) || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let taken = |p: u16| p != 0 && std::net::TcpListener::bind(("127.0.0.1", p)).is_err();
+        wait_until_blocking("the old ports to be free", Duration::from_secs(5), || {
+            !(taken(port) || taken(http_port))
+        });
         self.spawn(Some((port, http_port)));
     }
 
@@ -482,18 +478,15 @@ pub fn children(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Waits (briefly) until a process has gone.
+/// Waits until a process has gone (a zombie counts as gone).
 fn wait_gone(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
     let alive = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|stat| Some(stat[stat.rfind(')')? + 1..].split_whitespace().next()? != "Z"))
             .unwrap_or(false)
     };
-    while alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_blocking(&format!("process {pid} to go"), Duration::from_secs(5), || !alive());
 }
 
 /// A certificate and key written by `parleyd gen-cert`.

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the accept loop looks whether it should stop.
 const ACCEPT_POLL: Duration = Duration::from_millis(10);
@@ -66,14 +66,11 @@ impl TcpProxy {
             return;
         }
         // The port may linger for a moment after the cut.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match TcpListener::bind(self.addr) {
-                Ok(listener) => break listener,
-                Err(e) if Instant::now() > deadline => panic!("rebinding the proxy on {}: {e}", self.addr),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let listener = crate::poll_until_blocking(
+            &format!("the proxy's port {} to be free again", self.addr),
+            Duration::from_secs(5),
+            || TcpListener::bind(self.addr).ok(),
+        );
         self.listen(listener);
     }
 
@@ -89,6 +86,8 @@ impl TcpProxy {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((client, _)) => forward(client, target, &sockets),
+                        // deliberate: a non-blocking accept loop's pause, so
+                        // that it sees the stop flag; it waits for nothing.
                         Err(_) => std::thread::sleep(ACCEPT_POLL),
                     }
                 }

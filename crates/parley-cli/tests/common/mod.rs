@@ -226,18 +226,11 @@ async fn rest<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> Vec<S
 /// Waits until `observer` sees `name` online (or offline): the server
 /// notices connections and disconnections asynchronously.
 pub async fn wait_presence(observer: &Client, name: &str, online: bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    parley_testkit::wait_until(&format!("{name} to be online={online}"), WAIT, async || {
         let page = observer.list_accounts(name, "", 10).await.expect("list");
-        if page.accounts.iter().any(|a| a.name == name && a.online == online) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never became online={online}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        page.accounts.iter().any(|a| a.name == name && a.online == online)
+    })
+    .await
 }
 
 /// `watcher`, logged in and seeing `watched`'s presence (approved), with

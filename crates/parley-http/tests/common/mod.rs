@@ -284,17 +284,13 @@ pub fn run_bounded(mut command: std::process::Command, limit: Duration) -> bool 
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the command");
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
-        }
-        if std::time::Instant::now() > deadline {
+    match parley_testkit::poll_within_blocking(limit, || child.try_wait().ok().flatten()) {
+        Some(status) => status.success(),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
             println!("killed after {limit:?}");
-            return false;
+            false
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }

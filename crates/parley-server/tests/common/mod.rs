@@ -73,18 +73,13 @@ pub async fn approve_and_leave(
     let session = server.user(approver).await;
     session.approve_presence(watcher_name).await.unwrap();
     drop(session);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    parley_testkit::wait_until(&format!("{approver} to go offline"), WAIT, async || {
         let contacts = watcher.list_contacts().await.unwrap();
-        let online = contacts
+        !contacts
             .iter()
-            .any(|c| c.name.eq_ignore_ascii_case(approver) && c.online);
-        if !online {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{approver} never went offline");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            .any(|c| c.name.eq_ignore_ascii_case(approver) && c.online)
+    })
+    .await;
 }
 
 pub fn bodies(messages: &[Message]) -> Vec<&str> {
