@@ -355,3 +355,63 @@ async fn sessions_per_account_are_bounded_across_nodes() {
     assert!(alive(&third).await && alive(&fourth).await);
     counted_elsewhere(&a, "carol", 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_of_two_workers_are_one_service() {
+    let Some(cluster) = Cluster::create() else { return };
+    let nodes: Vec<_> = (0..3).map(|_| cluster.node(&["--workers", "2"])).collect();
+    for node in &nodes {
+        eventually("two workers serving", async || node.workers().len() == 2).await;
+    }
+    // Two users per node; on each node their connections land on
+    // whichever worker accepts them.
+    let names: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+    let mut clients = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let client = nodes[i / 2].user(name).await;
+        client.subscribe(0).await.unwrap();
+        clients.push(client);
+    }
+
+    // Presence by consent between nodes 0 and 2.
+    clients[0].add_contact("u5").await.unwrap();
+    assert!(matches!(next_event(&clients[5]).await, Event::PresenceRequest { from } if from == "u0"));
+    clients[5].approve_presence("u0").await.unwrap();
+    assert!(matches!(next_event(&clients[0]).await, Event::PresenceApproved { name } if name == "u5"));
+    assert!(matches!(next_event(&clients[0]).await, Event::Presence { name, online: true } if name == "u5"));
+
+    // Every pair chats both ways.
+    for (i, client) in clients.iter().enumerate() {
+        for (j, to) in names.iter().enumerate() {
+            if i != j {
+                client.send(to, &format!("{i}->{j}")).await.unwrap();
+            }
+        }
+    }
+    for (j, client) in clients.iter().enumerate() {
+        let got = receive(client, names.len() - 1).await;
+        for i in (0..names.len()).filter(|&i| i != j) {
+            assert!(got.contains(&format!("{i}->{j}")), "u{j} missed {i}->{j}: {got:?}");
+        }
+    }
+
+    // A broadcast from node 1 reaches everyone on every node.
+    let (code, out, err) = nodes[1].ctl(&["broadcast", "all hands"]);
+    assert!(code.success(), "{out}{err}");
+    for client in &clients {
+        assert_eq!(receive(client, 1).await, ["all hands"]);
+    }
+
+    // Kicked from node 1: u5's session on node 2 ends, and u0 on node 0
+    // sees it go offline.
+    let (code, out, err) = nodes[1].ctl(&["kick", "u5"]);
+    assert!(code.success(), "{out}{err}");
+    assert_eq!(goodbye(&clients[5]).await, parley_client::ErrorCode::Kicked);
+    loop {
+        match next_event(&clients[0]).await {
+            Event::Presence { name, online: false } if name == "u5" => break,
+            Event::Presence { .. } => {}
+            other => panic!("expected u5 to go offline, got {other:?}"),
+        }
+    }
+}
