@@ -14,6 +14,7 @@
 
 pub mod addr;
 pub mod bus;
+pub mod delivery;
 pub mod error;
 pub mod histogram;
 pub mod hub;

@@ -8,7 +8,6 @@
 //! a front door may pipeline requests by calling methods in the order
 //! requests arrive and awaiting the futures concurrently.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::bus::Spent;
+use crate::delivery::{Offer, PushWindow};
 use crate::error::{CoreError, ErrorKind};
 use crate::hub::{CloseReason, Hub, SessionEvent, SessionFlags};
 use crate::ids::{MessageId, Seq, SessionId, UserId};
@@ -887,12 +887,10 @@ impl Service {
             id,
             events,
             flags,
-            last_pushed: Seq(0),
-            catch_up: false,
+            window: PushWindow::new(),
             catch_up_read: None,
             held: None,
             token_hash,
-            unacked: BTreeSet::new(),
         }
     }
 
@@ -936,11 +934,10 @@ pub struct Session {
     events: mpsc::Receiver<SessionEvent>,
     /// Flags shared with the hub.
     flags: Arc<SessionFlags>,
-    /// Highest seq pushed (or skipped as already known) on this session.
-    last_pushed: Seq,
-    /// Whether pushes must next come from storage: after subscribing, after
-    /// a gap in notifications, or after the hub dropped some.
-    catch_up: bool,
+    /// Where pushes stand: the last seq pushed, whether the next ones come
+    /// from storage, and the pushes waiting for an ack (bounded by
+    /// `Limits::max_unacked`, since pushing stops when it is full).
+    window: PushWindow,
     /// The catch-up read in progress, kept across calls of `next_push`: the
     /// connection re-creates that future on every turn of its loop, and a
     /// read re-submitted each time would flood a threaded store with reads
@@ -952,9 +949,6 @@ pub struct Session {
     /// Hash of the resume token this session logged in with or was given;
     /// revoked at logout.
     token_hash: [u8; 32],
-    /// Seqs pushed on this session and not yet acknowledged by it; bounded
-    /// by `Limits::max_unacked`, since pushing stops when it is full.
-    unacked: BTreeSet<Seq>,
 }
 
 impl Drop for Session {
@@ -1158,16 +1152,7 @@ impl Session {
         }
         // What this session pushed and now sees acknowledged no longer
         // waits for the ack timer.
-        if range.up_to.0 > 0 {
-            // The client chooses `up_to`; u64::MAX acknowledges everything.
-            self.unacked = match range.up_to.0.checked_add(1) {
-                Some(after) => self.unacked.split_off(&Seq(after)),
-                None => BTreeSet::new(),
-            };
-        }
-        for seq in &range.seqs {
-            self.unacked.remove(seq);
-        }
+        self.window.acked(range.up_to, &range.seqs);
         let reply = self.service.store.ack(self.user, range);
         let service = Arc::clone(&self.service);
         Ok(async move {
@@ -1499,12 +1484,12 @@ impl Session {
     /// Whether more pushes may go out: false while `max_unacked` pushed
     /// messages wait for their ack. Messages meanwhile wait in the mailbox.
     pub fn can_push(&self) -> bool {
-        self.unacked.len() < self.service.config.limits.max_unacked
+        self.window.can_push(self.service.config.limits.max_unacked)
     }
 
     /// Whether pushed messages wait for an ack on this session.
     pub fn has_unacked(&self) -> bool {
-        !self.unacked.is_empty()
+        self.window.has_unacked()
     }
 
     /// The ack timeout expired: push again, from storage, every message
@@ -1512,11 +1497,10 @@ impl Session {
     /// unacknowledged (acks from other sessions count). Returns how many
     /// pushes are being retried.
     pub fn redeliver(&mut self) -> usize {
-        let Some(&oldest) = self.unacked.first() else { return 0 };
-        let count = self.unacked.len();
-        self.unacked.clear();
-        self.last_pushed = Seq(oldest.0.saturating_sub(1));
-        self.catch_up = true;
+        let count = self.window.rewind();
+        if count == 0 {
+            return 0;
+        }
         self.catch_up_read = None;
         self.service
             .counters
@@ -1532,8 +1516,7 @@ impl Session {
         // stored in between is either in the read or notified (or both; the
         // seq check drops the second copy).
         self.flags.subscribed.store(true, Ordering::Release);
-        self.last_pushed = after;
-        self.catch_up = true;
+        self.window.subscribe(after);
         self.catch_up_read = None;
         self.mailbox_state()
     }
@@ -1550,9 +1533,9 @@ impl Session {
                 return Ok(PushEvent::Closed(reason));
             }
             if self.flags.lagged.swap(false, Ordering::AcqRel) {
-                self.catch_up = true;
+                self.window.lagged();
             }
-            if self.catch_up {
+            if self.window.needs_catch_up() {
                 let read = match &mut self.catch_up_read {
                     Some(read) => read,
                     empty => {
@@ -1574,7 +1557,7 @@ impl Session {
                         self.service.counters.catch_up_reads.fetch_add(1, Ordering::Relaxed);
                         let read = self.service.store.fetch_page(
                             self.user,
-                            self.last_pushed,
+                            self.window.last_pushed(),
                             CATCH_UP_BATCH,
                             false,
                             self.service.config.limits.max_reply_bytes,
@@ -1585,12 +1568,9 @@ impl Session {
                 let result = read.await;
                 self.catch_up_read = None;
                 let page = result?;
-                if !page.more {
-                    self.catch_up = false;
-                }
                 let batch = page.messages;
-                if let Some(last) = batch.last() {
-                    self.last_pushed = last.seq;
+                self.window.page_read(batch.last().map(|m| m.seq), page.more);
+                if !batch.is_empty() {
                     return Ok(self.pushed(batch.into_iter().map(Arc::new).collect()));
                 }
                 continue;
@@ -1614,27 +1594,19 @@ impl Session {
                 SessionEvent::PresenceApproved { name } => return Ok(PushEvent::PresenceApproved { name }),
                 SessionEvent::Wake => continue,
             };
-            if first.seq <= self.last_pushed {
+            if self.window.offer(first.seq) != Offer::Next {
+                // Stale: dropped. A gap: the window now catches up.
                 continue;
             }
-            if first.seq != self.last_pushed.next() {
-                self.catch_up = true;
-                continue;
-            }
-            self.last_pushed = first.seq;
             let mut batch = vec![first];
             // Coalesce whatever else is already queued into the same push.
             while batch.len() < CATCH_UP_BATCH as usize {
                 match self.events.try_recv() {
-                    Ok(SessionEvent::Message(m)) if m.seq <= self.last_pushed => {}
-                    Ok(SessionEvent::Message(m)) if m.seq == self.last_pushed.next() => {
-                        self.last_pushed = m.seq;
-                        batch.push(m);
-                    }
-                    Ok(SessionEvent::Message(_)) => {
-                        self.catch_up = true;
-                        break;
-                    }
+                    Ok(SessionEvent::Message(m)) => match self.window.offer(m.seq) {
+                        Offer::Stale => {}
+                        Offer::Next => batch.push(m),
+                        Offer::Gap => break,
+                    },
                     Ok(other) => {
                         self.held = Some(other);
                         break;
@@ -1651,7 +1623,7 @@ impl Session {
             .counters
             .messages_pushed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.unacked.extend(batch.iter().map(|m| m.seq));
+        self.window.pushed(batch.iter().map(|m| m.seq));
         PushEvent::Messages(batch)
     }
 }

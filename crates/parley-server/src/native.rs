@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
+use parley_core::delivery::{AckFired, AckTimer};
 use parley_core::scram::StoredCredentials;
 use parley_core::service::ContactView;
 use parley_core::store::AckRange;
@@ -239,10 +240,9 @@ struct Connection {
     /// No reading before this: a request was just refused with BUSY (see
     /// [`REFUSED_READ_PAUSE`]).
     read_paused_until: Option<Instant>,
-    /// When the oldest unacknowledged push on this session is pushed again.
-    ack_deadline: Option<Instant>,
-    /// The current wait for acks; doubles with each re-push.
-    ack_backoff: Duration,
+    /// When the oldest unacknowledged push on this session is pushed again,
+    /// and the current wait for acks, which doubles with each re-push.
+    ack_timer: AckTimer,
     /// When the client was last heard from.
     last_heard: Instant,
     /// When the keep-alive is next checked. Reads only move `last_heard`;
@@ -279,6 +279,7 @@ where
     let unauthenticated = Unauthenticated::take(&ctx, false);
     let auth_deadline = now + ctx.auth_timeout;
     let keepalive_check = now + ctx.keepalive;
+    let ack_timer = AckTimer::new(ctx.ack_timeout, ctx.max_ack_backoff);
     let mut conn = Connection {
         ctx,
         input: BytesMut::new(),
@@ -292,8 +293,7 @@ where
         auth_deadline,
         push_paused_until: None,
         read_paused_until: None,
-        ack_deadline: None,
-        ack_backoff: Duration::ZERO,
+        ack_timer,
         last_heard: now,
         keepalive_check,
         was_congested: false,
@@ -302,7 +302,6 @@ where
         summary: ConnectionSummary::default(),
         unauthenticated,
     };
-    conn.ack_backoff = conn.ctx.ack_timeout;
     let welcome = conn.ctx.welcome.clone();
     conn.encode(&welcome);
     if conn.unauthenticated.is_none() {
@@ -470,7 +469,7 @@ impl Connection {
     fn next_deadline(&self) -> Option<Instant> {
         let open = matches!(self.phase, Phase::Open);
         let auth = (open && self.session.is_none()).then_some(self.auth_deadline);
-        let ack = self.ack_deadline.filter(|_| open);
+        let ack = self.ack_timer.deadline().map(Instant::from_std).filter(|_| open);
         let keepalive = open.then_some(self.keepalive_check);
         [auth, ack, self.push_paused_until, self.read_paused_until, keepalive]
             .into_iter()
@@ -493,9 +492,7 @@ impl Connection {
             self.close_with(goodbye(ErrorCode::NotAuthenticated, "no login within the time allowed"));
             return;
         }
-        if self.ack_deadline.is_some_and(|t| t <= now) {
-            self.on_ack_timeout();
-        }
+        self.on_ack_timeout(now);
         if self.keepalive_check <= now {
             let due = self.last_heard + self.ctx.keepalive;
             if due <= now {
@@ -509,38 +506,21 @@ impl Connection {
         }
     }
 
-    /// No ack came in time: push the unacknowledged messages again and
+    /// If no ack came in time: push the unacknowledged messages again and
     /// wait twice as long next time. While output is still waiting to be
     /// written the client has not read what it was given, so pushing it
-    /// again would only queue a second copy behind the first: wait another
-    /// round instead.
-    fn on_ack_timeout(&mut self) {
-        if !self.output.is_empty() {
-            self.ack_deadline = Some(Instant::now() + self.ack_backoff);
-            return;
+    /// again would only queue a second copy behind the first: the timer
+    /// waits another round instead.
+    fn on_ack_timeout(&mut self, now: Instant) {
+        let session = &mut self.session;
+        let fired = self.ack_timer.fire(now.into_std(), !self.output.is_empty(), || {
+            session.as_mut().map_or(0, Session::redeliver)
+        });
+        if let AckFired::Redelivered(count) = fired
+            && count > 0
+        {
+            tracing::debug!(peer = %self.peer, count, "re-pushing unacknowledged messages");
         }
-        self.ack_deadline = None;
-        if let Some(session) = self.session.as_mut() {
-            let count = session.redeliver();
-            if count > 0 {
-                tracing::debug!(peer = %self.peer, count, "re-pushing unacknowledged messages");
-                self.ack_backoff = (self.ack_backoff * 2).min(self.ctx.max_ack_backoff);
-            }
-        }
-    }
-
-    /// Starts the ack timer after a push, unless it already runs.
-    fn arm_ack_timer(&mut self) {
-        if self.ack_deadline.is_none() {
-            self.ack_deadline = Some(Instant::now() + self.ack_backoff);
-        }
-    }
-
-    /// After an ack: progress resets the timer and the backoff.
-    fn on_acked(&mut self) {
-        let waiting = self.session.as_ref().is_some_and(Session::has_unacked);
-        self.ack_backoff = self.ctx.ack_timeout;
-        self.ack_deadline = waiting.then(|| Instant::now() + self.ack_backoff);
     }
 
     /// Starts a request's future, under the server-wide backlog limit.
@@ -678,7 +658,7 @@ impl Connection {
                 if !chunk.is_empty() {
                     self.encode(&frame(0, Body::Push(v1::Push { messages: chunk })));
                 }
-                self.arm_ack_timer();
+                self.ack_timer.pushed(Instant::now().into_std());
             }
             Ok(PushEvent::Presence { name, online }) => {
                 self.encode(&frame(
@@ -890,7 +870,7 @@ impl Connection {
                         tracing::info!(peer = %self.peer, user = %session.name(), "account deleted");
                         self.session = None;
                         self.unauthenticated = Unauthenticated::take(&self.ctx, true);
-                        self.ack_deadline = None;
+                        self.ack_timer.disarm();
                         self.encode(&frame(id, Body::AccountDeleted(v1::AccountDeleted {})));
                     }
                     Err(e) => self.encode(&core_error_frame(id, &e)),
@@ -908,8 +888,7 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, user = %outcome.name, session = %outcome.session, "login");
                 self.session = Some(session);
                 self.unauthenticated = None;
-                self.ack_deadline = None;
-                self.ack_backoff = self.ctx.ack_timeout;
+                self.ack_timer.reset();
                 self.encode(&frame(
                     id,
                     Body::AuthOk(v1::AuthOk {
@@ -977,7 +956,8 @@ impl Connection {
                         })
                     })
                 });
-                self.on_acked();
+                let unacked = session.has_unacked();
+                self.ack_timer.acked(Instant::now().into_std(), unacked);
                 started
             }
             B::DeleteMessages(d) => session
@@ -1068,7 +1048,7 @@ impl Connection {
                 self.session = None;
                 self.unauthenticated = Unauthenticated::take(&self.ctx, true);
                 self.pending_auth = None;
-                self.ack_deadline = None;
+                self.ack_timer.disarm();
                 self.auth_deadline = Instant::now() + self.ctx.auth_timeout;
                 Ok(reply(id, ended, |_| Body::LoggedOut(v1::LoggedOut {})))
             }
@@ -1077,7 +1057,7 @@ impl Connection {
                 self.session = None;
                 self.unauthenticated = Unauthenticated::take(&self.ctx, true);
                 self.pending_auth = None;
-                self.ack_deadline = None;
+                self.ack_timer.disarm();
                 self.auth_deadline = Instant::now() + self.ctx.auth_timeout;
                 Ok(reply(id, revoked, |()| Body::LoggedOut(v1::LoggedOut {})))
             }
