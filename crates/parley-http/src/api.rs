@@ -207,6 +207,13 @@ pub struct ServerInfo {
     session_idle_secs: u64,
     /// Who may create an account: "open", "invite" (with a code) or "closed".
     registration: &'static str,
+    /// The limits a client paces itself by, as the native Welcome gives
+    /// them (0: no limit where docs/LIMITS.md allows it).
+    max_contacts: u32,
+    login_failures_per_account: u32,
+    login_failures_per_ip: u32,
+    send_rate_per_account: u32,
+    registrations_per_ip_per_hour: u32,
 }
 
 pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
@@ -224,6 +231,11 @@ pub async fn server_info(State(ctx): Ctx) -> axum::Json<ServerInfo> {
             RegistrationMode::Invite => "invite",
             RegistrationMode::Closed => "closed",
         },
+        max_contacts: config.limits.max_contacts,
+        login_failures_per_account: config.throttle.failures_per_account,
+        login_failures_per_ip: config.throttle.failures_per_ip,
+        send_rate_per_account: config.limits.send_rate_per_account,
+        registrations_per_ip_per_hour: config.limits.registrations_per_ip_per_hour,
     })
 }
 

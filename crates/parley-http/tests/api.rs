@@ -21,6 +21,21 @@ async fn health_readiness_and_server_info() {
     assert_eq!(info.ok()["mechanisms"][0], "SCRAM-SHA-256");
     assert_eq!(info.body["scram_iterations"], 4096);
     assert_eq!(info.body["pager"], true);
+    // The limits a client paces itself by, as in the native Welcome.
+    let s = server(&[
+        "--max-contacts",
+        "7",
+        "--send-rate-per-account",
+        "9",
+        "--login-failures-per-ip",
+        "11",
+    ]);
+    let info = Api::new(&s).get("/v1/server", None).await;
+    assert_eq!(info.ok()["max_contacts"], 7);
+    assert_eq!(info.body["send_rate_per_account"], 9);
+    assert_eq!(info.body["login_failures_per_ip"], 11);
+    assert!(info.body["login_failures_per_account"].as_u64().is_some_and(|n| n > 0));
+    assert!(info.body["registrations_per_ip_per_hour"].as_u64().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
