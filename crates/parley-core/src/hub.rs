@@ -105,6 +105,16 @@ struct Entry {
     quiet: bool,
 }
 
+impl Entry {
+    /// Flags the session to close with `reason` and wakes it. A full queue
+    /// is fine: the session looks at its flags before each event it takes,
+    /// and a full queue is not empty.
+    fn ask_to_close(&self, reason: &CloseReason) {
+        *lock(&self.flags.close) = Some(reason.clone());
+        let _ = self.tx.try_send(SessionEvent::Wake);
+    }
+}
+
 /// Whether any of a user's sessions makes them online.
 fn any_shown(list: &[Entry]) -> bool {
     list.iter().any(|e| !e.quiet)
@@ -820,8 +830,7 @@ impl Hub {
         let open = list.iter().filter(|e| lock(&e.flags.close).is_none());
         let mut ended = 0;
         for entry in open.take(count) {
-            *lock(&entry.flags.close) = Some(reason.clone());
-            let _ = entry.tx.try_send(SessionEvent::Wake);
+            entry.ask_to_close(reason);
             ended += 1;
         }
         ended
@@ -857,10 +866,7 @@ impl Hub {
         let Some(list) = shard.get(&user) else { return };
         let chosen = |e: &&Entry| Some(e.session) != keep && token.is_none_or(|t| *lock(&e.flags.token) == *t);
         for entry in list.iter().filter(chosen) {
-            *lock(&entry.flags.close) = Some(reason.clone());
-            // A full queue is fine: the session looks at its flags before
-            // each event it takes, and a full queue is not empty.
-            let _ = entry.tx.try_send(SessionEvent::Wake);
+            entry.ask_to_close(reason);
         }
     }
 
@@ -869,8 +875,7 @@ impl Hub {
         for shard in self.shards.iter() {
             for list in lock(shard).values() {
                 for entry in list {
-                    *lock(&entry.flags.close) = Some(reason.clone());
-                    let _ = entry.tx.try_send(SessionEvent::Wake);
+                    entry.ask_to_close(&reason);
                 }
             }
         }

@@ -83,16 +83,7 @@ async fn users_on_two_nodes_chat_see_each_other_and_are_kicked_and_told_across()
     // Kicked from node A: bob's session on node B ends.
     let (code, out, err) = a.ctl(&["kick", "bob"]);
     assert!(code.success(), "{out}{err}");
-    loop {
-        match next_event(&bob).await {
-            Event::Goodbye { code, .. } => {
-                assert_eq!(code, parley_client::ErrorCode::Kicked);
-                break;
-            }
-            Event::Disconnected => panic!("disconnected without a goodbye"),
-            _ => {}
-        }
-    }
+    assert_eq!(goodbye(&bob).await, parley_client::ErrorCode::Kicked);
     assert!(matches!(next_event(&alice).await, Event::Presence { name, online: false } if name == "bob"));
 }
 
@@ -211,11 +202,10 @@ async fn a_resume_token_from_one_node_works_on_another() {
     assert_eq!(receive(&on_b, 1).await, ["on b"]);
 }
 
-/// Waits until `node` lists `name` as online in another process. What a
-/// process announces on the bus reaches the others in order, so whatever
-/// it announced before that login has been counted there too.
-async fn seen_elsewhere(node: &parley_testkit::TestServer, name: &str) {
-    eventually(&format!("{name} seen online elsewhere"), async || {
+/// Waits until `node`'s `ctl sessions` lists `name` with `field` equal to
+/// `value`.
+async fn listed_with(node: &parley_testkit::TestServer, name: &str, field: &str, value: serde_json::Value) {
+    eventually(&format!("{name} listed with {field} = {value}"), async || {
         let (code, out, _) = node.ctl(&["sessions"]);
         code.success()
             && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|sessions| {
@@ -223,10 +213,17 @@ async fn seen_elsewhere(node: &parley_testkit::TestServer, name: &str) {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .any(|s| s["user"] == name && s["elsewhere"] == true)
+                    .any(|s| s["user"] == name && s[field] == value)
             })
     })
     .await;
+}
+
+/// Waits until `node` lists `name` as online in another process. What a
+/// process announces on the bus reaches the others in order, so whatever
+/// it announced before that login has been counted there too.
+async fn seen_elsewhere(node: &parley_testkit::TestServer, name: &str) {
+    listed_with(node, name, "elsewhere", true.into()).await;
 }
 
 fn rate_limited<T: std::fmt::Debug>(result: parley_client::Result<T>) -> bool {
@@ -308,18 +305,7 @@ async fn alive(client: &Client) -> bool {
 
 /// Waits until `node` counts `count` sessions of `name` in other processes.
 async fn counted_elsewhere(node: &parley_testkit::TestServer, name: &str, count: u64) {
-    eventually(&format!("{count} sessions of {name} counted elsewhere"), async || {
-        let (code, out, _) = node.ctl(&["sessions"]);
-        code.success()
-            && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|sessions| {
-                sessions
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|s| s["user"] == name && s["sessions_elsewhere"] == count)
-            })
-    })
-    .await;
+    listed_with(node, name, "sessions_elsewhere", count.into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
