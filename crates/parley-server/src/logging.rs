@@ -39,7 +39,7 @@ use anyhow::Context;
 use tracing::Subscriber;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -101,7 +101,13 @@ pub fn init(settings: &Settings) -> anyhow::Result<LoggingGuard> {
         LogFormat::Auto => (!stderr_is_terminal, true),
     };
     let level = || EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let not_access = || filter_fn(|meta| meta.target() != ACCESS_TARGET);
+    // A filter of targets, not a closure: it tells tracing the most it
+    // lets through, so that the levels no output writes stay disabled.
+    let not_access = || {
+        Targets::new()
+            .with_default(tracing::level_filters::LevelFilter::TRACE)
+            .with_target(ACCESS_TARGET, tracing::level_filters::LevelFilter::OFF)
+    };
     let mut layers: Vec<BoxedLayer<_>> = Vec::new();
     let mut writers = Vec::new();
     let mut counters = Vec::new();
@@ -145,9 +151,14 @@ pub fn init(settings: &Settings) -> anyhow::Result<LoggingGuard> {
     let _ = DROP_COUNTERS.set(counters);
     let limiter = Arc::new(RepeatLimiter::new());
     // The limiter sits under every output: a repeat it suppresses is
-    // suppressed on stderr and in the files alike.
+    // suppressed on stderr and in the files alike. It sees only what some
+    // output writes: unfiltered, it would make every event of every level
+    // enabled, and so every `log` record of the libraries below (the
+    // PostgreSQL client formats each statement's parameters at debug level
+    // when debug is on), to be formatted, hashed and thrown away.
+    let written = level().or(Targets::new().with_target(ACCESS_TARGET, tracing::Level::INFO));
     tracing_subscriber::registry()
-        .with(RepeatLimitLayer::start(Arc::clone(&limiter)))
+        .with(RepeatLimitLayer::start(Arc::clone(&limiter)).with_filter(written))
         .with(layers)
         .try_init()
         .context("installing the log subscriber")?;
@@ -460,6 +471,29 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    /// Nothing writes a debug line at the default level, so no debug event
+    /// may be enabled. The repeat limiter (unfiltered) and the log file's
+    /// filter (a closure, which tells tracing no most level) once made every
+    /// level enabled, and with it every `log` record of the libraries below:
+    /// the PostgreSQL client formatted each statement's parameters for it,
+    /// and the limiter hashed them, for nothing — most of the store
+    /// thread's time.
+    #[test]
+    fn what_no_output_writes_is_not_enabled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = crate::config::SettingArgs::default().resolve().expect("defaults");
+        settings.log_dir = Some(dir.path().to_path_buf());
+        let _guard = init(&settings).expect("init");
+        assert_eq!(
+            tracing::level_filters::LevelFilter::current(),
+            tracing::level_filters::LevelFilter::INFO
+        );
+        assert!(!tracing::enabled!(target: "tokio_postgres::query", tracing::Level::DEBUG));
+        // What libraries log through the `log` crate comes in as events too.
+        assert!(!log::log_enabled!(target: "tokio_postgres::query", log::Level::Debug));
+        assert!(tracing::enabled!(target: "parley_server", tracing::Level::INFO));
     }
 
     #[test]
