@@ -64,6 +64,8 @@ pub const DEFAULT_MAX_BATCH: usize = parley_store::sqlite::DEFAULT_MAX_BATCH;
 pub const DEFAULT_POSTGRES_URL: &str = "";
 /// Most connections the PostgreSQL store opens at once.
 pub const DEFAULT_POSTGRES_POOL_SIZE: usize = parley_store::postgres::DEFAULT_POOL_SIZE;
+/// Writers of the PostgreSQL store, each committing on its own connection.
+pub const DEFAULT_POSTGRES_WRITERS: usize = parley_store::postgres::DEFAULT_WRITERS;
 /// Seconds to open a PostgreSQL connection before the database counts as unreachable.
 pub const DEFAULT_POSTGRES_CONNECT_TIMEOUT_SECS: u64 = parley_store::postgres::DEFAULT_CONNECT_TIMEOUT.as_secs();
 /// Seconds one batch may take in PostgreSQL before its operations get STORAGE_UNAVAILABLE.
@@ -248,6 +250,7 @@ pub struct Settings {
     /// The PostgreSQL database; Some exactly when `store` is postgres.
     pub postgres_url: Option<PgUrl>,
     pub postgres_pool_size: usize,
+    pub postgres_writers: usize,
     pub postgres_connect_timeout: Duration,
     pub postgres_batch_timeout: Duration,
     pub session_queue: usize,
@@ -419,6 +422,8 @@ settings! {
     postgres_url: "PARLEY_POSTGRES_URL", "URL";
     /// Most connections the PostgreSQL store opens at once [default: 4]
     postgres_pool_size: "PARLEY_POSTGRES_POOL_SIZE", "N";
+    /// Writers of the PostgreSQL store per process, each committing its own batches on its own connection; a connection's operations always go to the same one, in order [default: 4]
+    postgres_writers: "PARLEY_POSTGRES_WRITERS", "N";
     /// Seconds to open a PostgreSQL connection before the database counts as unreachable and requests get STORAGE_UNAVAILABLE [default: 5]
     postgres_connect_timeout_secs: "PARLEY_POSTGRES_CONNECT_TIMEOUT_SECS", "SECS";
     /// Seconds one batch may take in PostgreSQL before its requests get STORAGE_UNAVAILABLE and its connection is dropped [default: 30]
@@ -896,6 +901,13 @@ impl SettingArgs {
             1..=1000,
             DEFAULT_POSTGRES_POOL_SIZE,
         );
+        let postgres_writers: usize = num(
+            &mut errors,
+            "postgres_writers",
+            &get("postgres_writers", &DEFAULT_POSTGRES_WRITERS.to_string()),
+            1..=parley_store::postgres::MAX_WRITERS,
+            DEFAULT_POSTGRES_WRITERS,
+        );
         let postgres_connect_timeout_secs: u64 = num(
             &mut errors,
             "postgres_connect_timeout_secs",
@@ -1342,6 +1354,7 @@ impl SettingArgs {
             max_batch,
             postgres_url,
             postgres_pool_size,
+            postgres_writers,
             postgres_connect_timeout: Duration::from_secs(postgres_connect_timeout_secs),
             postgres_batch_timeout: Duration::from_secs(postgres_batch_timeout_secs),
             session_queue,
@@ -1621,6 +1634,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.store, StoreKind::Postgres);
         assert_eq!(s.postgres_pool_size, 3);
+        assert_eq!(s.postgres_writers, DEFAULT_POSTGRES_WRITERS);
         assert_eq!(s.postgres_connect_timeout, Duration::from_secs(5));
         let parsed = s.postgres_url.as_ref().expect("the URL");
         assert_eq!(parsed.redacted(), "postgres://parley@127.0.0.1:5432/parley");

@@ -34,6 +34,36 @@ use super::ops::{
 };
 use crate::convert::clamp;
 
+/// The run's recipients' account rows, locked in id order.
+pub(super) const RECIPIENTS: &str = "SELECT id, name_key, last_seq, stored_messages, stored_bytes FROM accounts
+     WHERE name_key = ANY($1) ORDER BY id FOR UPDATE";
+
+/// The blocks between the run's recipients and its senders.
+pub(super) const BLOCKS: &str = "SELECT b.blocker, b.blocked FROM blocks b JOIN accounts a ON a.id = b.blocker
+     WHERE a.name_key = ANY($1) AND b.blocked = ANY($2)";
+
+/// The idempotency records of the run's (sender, client id) pairs, with the
+/// original messages where they still exist: one index lookup per pair
+/// (the `LIMIT 1` keeps the lookup a lookup, not a join a plan could turn
+/// into a scan of `sent_ids`).
+pub(super) const RECORDS: &str = concat!(
+    "SELECT s.sender, s.client_msg_id, s.message_id, s.recipient, s.seq, s.timestamp_ms, ",
+    message_columns!(),
+    " FROM unnest($1::bigint[], $2::bytea[]) AS w(sender, client_msg_id)
+     CROSS JOIN LATERAL (
+         SELECT * FROM sent_ids s WHERE s.sender = w.sender AND s.client_msg_id = w.client_msg_id LIMIT 1
+     ) s
+     LEFT JOIN mailbox_marks k ON k.account = s.recipient
+     LEFT JOIN messages m ON m.recipient = s.recipient AND m.seq = s.seq AND m.id = s.message_id"
+);
+
+/// Each recipient's counters, once per run (`a.id = ANY($1)` lets the plan
+/// find the rows by index rather than join the whole table).
+pub(super) const COUNTERS: &str = "UPDATE accounts a SET last_seq = u.last_seq, unread = a.unread + u.added,
+         stored_messages = a.stored_messages + u.added, stored_bytes = a.stored_bytes + u.bytes
+     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, last_seq, added, bytes)
+     WHERE a.id = u.id AND a.id = ANY($1)";
+
 /// How a run of appends ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum RunEnd {
@@ -110,30 +140,9 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
     let sent: Params = &[&senders, &client_ids];
     let wanted: Params = &[&count];
     let (recipient_rows, block_rows, record_rows, id_rows) = tokio::try_join!(
-        query(
-            db,
-            "SELECT id, name_key, last_seq, stored_messages, stored_bytes FROM accounts
-             WHERE name_key = ANY($1) ORDER BY id FOR UPDATE",
-            by_key,
-        ),
-        query(
-            db,
-            "SELECT b.blocker, b.blocked FROM blocks b JOIN accounts a ON a.id = b.blocker
-             WHERE a.name_key = ANY($1) AND b.blocked = ANY($2)",
-            pairs,
-        ),
-        query(
-            db,
-            concat!(
-                "SELECT s.sender, s.client_msg_id, s.message_id, s.recipient, s.seq, s.timestamp_ms, ",
-                message_columns!(),
-                " FROM unnest($1::bigint[], $2::bytea[]) AS k(sender, client_msg_id)
-                 JOIN sent_ids s ON s.sender = k.sender AND s.client_msg_id = k.client_msg_id
-                 LEFT JOIN accounts a ON a.id = s.recipient
-                 LEFT JOIN messages m ON m.id = s.message_id AND m.recipient = a.id"
-            ),
-            sent,
-        ),
+        query(db, RECIPIENTS, by_key,),
+        query(db, BLOCKS, pairs,),
+        query(db, RECORDS, sent,),
         query(
             db,
             "SELECT nextval('message_ids') FROM generate_series(1, $1::bigint)",
@@ -291,14 +300,7 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
                                       $6::bytea[], $7::bytea[], $8::bigint[])",
                 messages,
             ),
-            execute(
-                db,
-                "UPDATE accounts a SET last_seq = u.last_seq, unread = a.unread + u.added,
-                     stored_messages = a.stored_messages + u.added, stored_bytes = a.stored_bytes + u.bytes
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, last_seq, added, bytes)
-                 WHERE a.id = u.id",
-                counts,
-            ),
+            execute(db, COUNTERS, counts,),
         )?;
         if recorded != expected {
             return Ok(RunEnd::Raced);

@@ -48,7 +48,7 @@ use parley_core::{MessageId, NamePattern, Seq, Store, StoreReply, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::{Host, SslMode};
 
-use crate::queue::{BUSY_RETRY_AFTER_MS, OpQueue, Shared};
+use crate::queue::{BUSY_RETRY_AFTER_MS, OpQueue, OpSender, Refused, Shared};
 use crate::sqlite::{DEFAULT_MAX_BATCH, DEFAULT_WRITE_QUEUE};
 use ops::{Access, Locks, Op};
 
@@ -56,6 +56,10 @@ use ops::{Access, Locks, Op};
 /// the others replace a broken one while it is closed, and serve the
 /// health probe.
 pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default writers per process (see [`PgOptions::writers`]).
+pub const DEFAULT_WRITERS: usize = 4;
+/// Most writers per process.
+pub const MAX_WRITERS: usize = 64;
 /// Default time to open a connection (TCP connect and start-up) before the
 /// database counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -180,6 +184,11 @@ pub struct PgOptions {
     /// Most operations committed in one transaction; default
     /// [`DEFAULT_MAX_BATCH`]. At least 1.
     pub max_batch: usize,
+    /// Writers, each committing its own batches on its own connection;
+    /// default [`DEFAULT_WRITERS`], from 1 to [`MAX_WRITERS`]. Each has a
+    /// queue of `queue_capacity`; new work is admitted against the sum. A
+    /// task's operations all go to one writer (see `Lanes`).
+    pub writers: usize,
 }
 
 impl PgOptions {
@@ -192,6 +201,7 @@ impl PgOptions {
             batch_timeout: DEFAULT_BATCH_TIMEOUT,
             queue_capacity: DEFAULT_WRITE_QUEUE,
             max_batch: DEFAULT_MAX_BATCH,
+            writers: DEFAULT_WRITERS,
         }
     }
 }
@@ -249,9 +259,65 @@ pub enum PgOpenError {
 pub struct PgStore {
     /// The writer task's queue, its admission rule and what the writer
     /// shares.
-    queue: OpQueue<mpsc::Sender<Op>>,
+    queue: OpQueue<Lanes>,
     /// The server secret kept in the database (see [`PgStore::server_secret`]).
     secret: [u8; 32],
+}
+
+/// The queues of the store's writers. Every operation a task submits goes
+/// to the same writer (chosen by the task's id), so a task's operations
+/// take effect in the order it called them, as the ordering contract asks;
+/// different tasks' operations run on different writers side by side, and
+/// the database's row locks order them as they order other processes'.
+/// Task ids are numbered in spawn order and the server spawns one task per
+/// connection, so taking the id modulo the writers deals connections out
+/// in turn (a hash would leave some writers with twice the connections of
+/// others, and their clients with the tail latency of the busiest).
+/// Calls from outside any task (a runtime's `block_on`, a plain thread)
+/// all go to the first writer.
+#[derive(Debug)]
+struct Lanes(Vec<mpsc::Sender<Op>>);
+
+impl Lanes {
+    /// The writer of the calling task.
+    fn lane(&self) -> usize {
+        let Some(task) = tokio::task::try_id() else {
+            return 0;
+        };
+        let mut number = TaskNumber(0);
+        std::hash::Hash::hash(&task, &mut number);
+        let lanes = u64::try_from(self.0.len().max(1)).unwrap_or(1);
+        usize::try_from(number.0 % lanes).unwrap_or(0)
+    }
+}
+
+/// Reads a task id's number: tokio's `Id` hashes as that one integer, and
+/// offers no other way to read it.
+struct TaskNumber(u64);
+
+impl std::hash::Hasher for TaskNumber {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.wrapping_mul(31).wrapping_add(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+impl OpSender<Op> for Lanes {
+    fn try_push(&self, op: Op) -> Result<(), Refused> {
+        match self.0.get(self.lane()) {
+            Some(lane) => lane.try_push(op),
+            None => Err(Refused::Closed),
+        }
+    }
 }
 
 impl PgStore {
@@ -268,6 +334,12 @@ impl PgStore {
         if options.pool_size == 0 {
             return Err(PgOpenError::InvalidOptions("pool_size must be at least 1"));
         }
+        if options.writers == 0 {
+            return Err(PgOpenError::InvalidOptions("writers must be at least 1"));
+        }
+        if options.writers > MAX_WRITERS {
+            return Err(PgOpenError::InvalidOptions("writers must be at most 64"));
+        }
         if options.connect_timeout.is_zero() || options.batch_timeout.is_zero() {
             return Err(PgOpenError::InvalidOptions("timeouts must not be zero"));
         }
@@ -277,7 +349,7 @@ impl PgStore {
             .build()
             .map_err(PgOpenError::Thread)?;
         let capacity = options.queue_capacity;
-        let (sender, receiver) = mpsc::channel(capacity);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..options.writers).map(|_| mpsc::channel(capacity)).unzip();
         let shared = Arc::new(Shared::new("postgres"));
         let writer_shared = Arc::clone(&shared);
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
@@ -298,7 +370,7 @@ impl PgStore {
                             return;
                         }
                     };
-                    writer.run(receiver, writer_shared).await;
+                    writer::run(writer, receivers, writer_shared).await;
                 });
             })
             .map_err(PgOpenError::Thread)?;
@@ -308,7 +380,7 @@ impl PgStore {
             ))
         })??;
         Ok(PgStore {
-            queue: OpQueue::new(sender, capacity, shared),
+            queue: OpQueue::new(Lanes(senders), capacity, shared),
             secret,
         })
     }
@@ -406,13 +478,13 @@ impl Store for PgStore {
     }
 
     fn ack(&self, user: UserId, range: AckRange) -> StoreReply<(u64, MailboxState)> {
-        self.call((user, range), Access::Write, Locks::user(user), |db, (u, r)| {
+        self.call((user, range), Access::Acknowledge, Locks::marks(user), |db, (u, r)| {
             Box::pin(ops::ack(db, *u, r))
         })
     }
 
     fn delete_messages(&self, user: UserId, ids: Vec<MessageId>) -> StoreReply<Vec<MessageId>> {
-        self.call((user, ids), Access::Write, Locks::user(user), |db, (u, ids)| {
+        self.call((user, ids), Access::Write, Locks::mailbox(user), |db, (u, ids)| {
             Box::pin(ops::delete_messages(db, *u, ids))
         })
     }
@@ -556,5 +628,27 @@ impl Store for PgStore {
 
     fn stats(&self) -> Option<StoreStats> {
         Some(self.queue.stats())
+    }
+}
+
+/// What the unit tests of the store's modules share.
+#[cfg(test)]
+mod test_support {
+    use parley_testkit::postgres::Scratch;
+    use tokio::task::JoinHandle;
+
+    use super::PgUrl;
+
+    /// A scratch schema and a plain connection to it, driven on a task; `None`
+    /// where the test database is absent (the test then skips).
+    pub(super) async fn scratch_client() -> Option<(Scratch, PgUrl, tokio_postgres::Client, JoinHandle<()>)> {
+        let scratch = Scratch::create()?;
+        let url = PgUrl::parse(scratch.url()).expect("the scratch URL");
+        let config: tokio_postgres::Config = scratch.url().parse().expect("the scratch URL");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect");
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Some((scratch, url, client, task))
     }
 }

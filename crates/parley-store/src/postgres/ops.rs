@@ -72,6 +72,20 @@ pub(super) enum Access {
     Read,
     /// May write (after its domain checks).
     Write,
+    /// An acknowledgement: writes only its caller's own mailbox, sends every
+    /// statement it runs on its first poll (so that several run pipelined,
+    /// in order, in one round trip), and may run before appends queued
+    /// ahead of it. Moved before an append, an ack can only acknowledge
+    /// less: it never covers a message its client has not been sent, and
+    /// no message is pushed before its batch commits.
+    Acknowledge,
+}
+
+impl Access {
+    /// Whether an operation of this kind may write.
+    pub(super) fn writes(self) -> bool {
+        self != Access::Read
+    }
 }
 
 /// The account rows an operation will lock, so that a batch can lock every
@@ -83,17 +97,42 @@ pub(super) struct Locks {
     pub(super) user: Option<UserId>,
     /// An account by name key.
     pub(super) key: Option<String>,
+    /// A mailbox's marks (`mailbox_marks`), locked after every account row.
+    pub(super) marks: Option<UserId>,
 }
 
 impl Locks {
     /// Locks nothing (reads, and operations on rows of no account).
-    pub(super) const NONE: Locks = Locks { user: None, key: None };
+    pub(super) const NONE: Locks = Locks {
+        user: None,
+        key: None,
+        marks: None,
+    };
 
     /// The caller's account.
     pub(super) fn user(user: UserId) -> Locks {
         Locks {
             user: Some(user),
             key: None,
+            marks: None,
+        }
+    }
+
+    /// The caller's mailbox marks only (acknowledgements).
+    pub(super) fn marks(user: UserId) -> Locks {
+        Locks {
+            user: None,
+            key: None,
+            marks: Some(user),
+        }
+    }
+
+    /// The caller's account and its mailbox marks (deletions of messages).
+    pub(super) fn mailbox(user: UserId) -> Locks {
+        Locks {
+            user: Some(user),
+            key: None,
+            marks: Some(user),
         }
     }
 
@@ -102,6 +141,7 @@ impl Locks {
         Locks {
             user: Some(user),
             key: Some(key.to_owned()),
+            marks: None,
         }
     }
 }
@@ -143,22 +183,33 @@ impl Op {
         }))
     }
 
+    /// Whether the operation is an append.
+    pub(super) fn is_append(&self) -> bool {
+        matches!(self, Op::Append(_))
+    }
+
+    /// Whether the operation is an acknowledgement (`Access::Acknowledge`).
+    pub(super) fn is_ack(&self) -> bool {
+        matches!(self, Op::Call(call) if call.access() == Access::Acknowledge)
+    }
+
     /// Whether the operation may write.
     pub(super) fn writes(&self) -> bool {
         match self {
             Op::Append(_) => true,
-            Op::Call(call) => call.access() == Access::Write,
+            Op::Call(call) => call.access().writes(),
         }
     }
 
     /// Adds the account rows the operation locks to `ids` and `keys`.
-    pub(super) fn locks(&self, ids: &mut Vec<i64>, keys: &mut Vec<String>) {
+    pub(super) fn locks(&self, wanted: &mut BatchLocks) {
         match self {
-            Op::Append(op) => keys.push(op.message.recipient_key.clone()),
+            Op::Append(op) => wanted.keys.push(op.message.recipient_key.clone()),
             Op::Call(call) => {
                 let locks = call.locks();
-                ids.extend(locks.user.and_then(|u| exact_sql(u.0)));
-                keys.extend(locks.key.iter().cloned());
+                wanted.ids.extend(locks.user.and_then(|u| exact_sql(u.0)));
+                wanted.keys.extend(locks.key.iter().cloned());
+                wanted.marks.extend(locks.marks.and_then(|u| exact_sql(u.0)));
             }
         }
     }
@@ -338,16 +389,40 @@ pub(super) async fn lock_account(db: &Db, user: UserId) -> Result<bool, tokio_po
     Ok(!lock_accounts(db, &[id]).await?.is_empty())
 }
 
-/// Locks, at the start of a batch, every account row its operations will
-/// lock, in id order.
-pub(super) async fn lock_for_batch(db: &Db, ids: &[i64], keys: &[String]) -> Result<(), tokio_postgres::Error> {
-    let keys: Vec<&str> = keys.iter().filter_map(|k| lookup_key(k)).collect();
-    query(
-        db,
-        "SELECT id FROM accounts WHERE id = ANY($1) OR name_key = ANY($2) ORDER BY id FOR UPDATE",
-        &[&ids, &keys],
-    )
-    .await?;
+/// The rows a batch's operations will lock.
+#[derive(Debug, Default)]
+pub(super) struct BatchLocks {
+    /// Account rows by id.
+    pub(super) ids: Vec<i64>,
+    /// Account rows by name key.
+    pub(super) keys: Vec<String>,
+    /// Mailbox marks by account id.
+    pub(super) marks: Vec<i64>,
+}
+
+impl BatchLocks {
+    /// Sorted, each once.
+    pub(super) fn tidy(&mut self) {
+        for list in [&mut self.ids, &mut self.marks] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        self.keys.sort_unstable();
+        self.keys.dedup();
+    }
+}
+
+/// Locks, at the start of a batch, every row its operations will lock: the
+/// account rows in id order, then the mailbox marks in id order. Every
+/// operation locks in that order too (an account before its marks), so
+/// batches of different writers and processes never wait for each other in
+/// a cycle.
+pub(super) async fn lock_for_batch(db: &Db, wanted: &BatchLocks) -> Result<(), tokio_postgres::Error> {
+    let keys: Vec<&str> = wanted.keys.iter().filter_map(|k| lookup_key(k)).collect();
+    let accounts: Params = &[&wanted.ids, &keys];
+    let marks: Params = &[&wanted.marks];
+    // Pipelined, in this order: one round trip.
+    tokio::try_join!(query(db, LOCK_ACCOUNTS, accounts,), query(db, LOCK_MARKS, marks,),)?;
     Ok(())
 }
 
@@ -380,13 +455,13 @@ pub(super) fn summary_from_row(row: &Row) -> Result<AccountSummary, tokio_postgr
     })
 }
 
-/// The columns [`message_from_row`] reads, in its order, with `a` the
-/// recipient's account row: a message at or below its `acked_through` is
+/// The columns [`message_from_row`] reads, in its order, with `k` the
+/// recipient's `mailbox_marks` row: a message at or below its `acked_through` is
 /// acknowledged whatever its own column says.
 macro_rules! message_columns {
     () => {
         "m.id, m.recipient, m.seq, m.sender, m.sender_name, m.client_msg_id, m.body, m.timestamp_ms, \
-         m.acked OR m.seq <= a.acked_through"
+         m.acked OR m.seq <= k.acked_through"
     };
 }
 pub(super) use message_columns;
@@ -455,6 +530,7 @@ pub(super) async fn create_account(db: &Db, new: &NewAccount) -> OpResult<Accoun
         return Err(StoreError::NameTaken.into());
     };
     let id: i64 = row.try_get(0)?;
+    execute(db, "INSERT INTO mailbox_marks (account) VALUES ($1)", &[&id]).await?;
     if let Some(invite) = &new.invite {
         execute(db, "DELETE FROM invites WHERE hash = $1", &[&&invite.hash[..]]).await?;
     }
@@ -516,6 +592,7 @@ pub(super) async fn delete_account(db: &Db, user: UserId) -> OpResult<()> {
         ),
         execute(db, "DELETE FROM blocks WHERE blocker = $1 OR blocked = $1", id),
         execute(db, "DELETE FROM accounts WHERE id = $1", id),
+        execute(db, "DELETE FROM mailbox_marks WHERE account = $1", id),
     )?;
     Ok(())
 }
@@ -597,7 +674,87 @@ pub(super) async fn list_accounts(
     Ok(rows.iter().map(summary_from_row).collect::<Result<_, _>>()?)
 }
 
-/// A mailbox's counters, from its account row.
+/// The statements of the hot path, named so that a test can check their
+/// plans (`tests::generic_plans_of_the_hot_statements_use_indexes`).
+///
+/// A page of a mailbox ([`fetch`]).
+pub(super) const FETCH_PAGE: &str = concat!(
+    "SELECT page.id, page.recipient, page.seq, page.sender, page.sender_name, page.client_msg_id,
+            page.body, page.timestamp_ms, page.acked, page.total
+     FROM (
+         SELECT c.*, row_number() OVER w AS n, count(*) OVER () AS total,
+                (sum(c.cost) OVER w)::bigint AS spent
+         FROM (
+             SELECT ",
+    message_columns!(),
+    " AS acked, octet_length(m.body) + octet_length(m.sender_name)
+                         + octet_length(m.client_msg_id) + $5::bigint AS cost
+             FROM mailbox_marks k
+             CROSS JOIN LATERAL (
+                 SELECT * FROM messages m
+                 WHERE m.recipient = k.account
+                   AND m.seq > CASE WHEN $3::boolean THEN $2::bigint
+                                    ELSE greatest($2::bigint, k.acked_through) END
+                   AND ($3::boolean OR NOT m.acked)
+                 ORDER BY m.seq
+                 LIMIT $4::bigint
+             ) m
+             WHERE k.account = $1
+         ) c
+         WINDOW w AS (ORDER BY c.seq ROWS UNBOUNDED PRECEDING)
+     ) page
+     WHERE page.n <= $6::bigint AND (page.n = 1 OR page.spent <= $7::bigint)
+     ORDER BY page.seq"
+);
+/// Whether a mailbox holds anything past a seq ([`fetch`] of no messages).
+pub(super) const FETCH_ANY: &str = "SELECT 1 FROM mailbox_marks k JOIN messages m ON m.recipient = k.account
+     WHERE k.account = $1
+       AND m.seq > CASE WHEN $3::boolean THEN $2::bigint ELSE greatest($2::bigint, k.acked_through) END
+       AND ($3::boolean OR NOT m.acked)
+     LIMIT 1";
+/// An acknowledgement ([`ack`]): never past the last seq (messages stored
+/// later are not acked); seqs at or below the new watermark are acked by
+/// it; the count covers (old, new watermark] and the singles lie above it,
+/// so the two never meet. The singles' `seq - new_mark > 0` is not a
+/// range an index could serve, so the plan looks the singles up by
+/// (recipient, seq) instead of scanning every message above the watermark.
+pub(super) const ACK: &str = "WITH mailbox AS (
+         SELECT k.account AS id, a.last_seq, greatest(a.unread - k.read_count, 0) AS unread,
+                k.acked_through AS old_mark,
+                greatest(k.acked_through, least($2::bigint, a.last_seq)) AS new_mark
+         FROM mailbox_marks k JOIN accounts a ON a.id = k.account WHERE k.account = $1
+     ), passed AS (
+         SELECT count(*) AS n FROM messages m JOIN mailbox b ON m.recipient = b.id
+         WHERE m.seq > b.old_mark AND m.seq <= b.new_mark AND NOT m.acked
+     ), marked AS (
+         UPDATE messages m SET acked = true FROM mailbox b
+         WHERE m.recipient = b.id AND m.seq = ANY($3::bigint[])
+           AND m.seq - b.new_mark > 0 AND NOT m.acked
+         RETURNING 1
+     ), newly AS (
+         SELECT (SELECT n FROM passed) + (SELECT count(*) FROM marked) AS n
+     ), saved AS (
+         UPDATE mailbox_marks k SET acked_through = b.new_mark, read_count = k.read_count + newly.n
+         FROM mailbox b, newly
+         WHERE k.account = b.id AND (b.new_mark <> b.old_mark OR newly.n > 0)
+         RETURNING 1
+     )
+     SELECT b.last_seq, newly.n, greatest(b.unread - newly.n, 0), (SELECT count(*) FROM saved)
+     FROM mailbox b, newly";
+/// Account rows by id or name key, locked in id order ([`lock_for_batch`]);
+/// not `id = ANY($1) OR name_key = ANY($2)`, which a generic plan may
+/// answer with a scan of the whole table.
+pub(super) const LOCK_ACCOUNTS: &str = "SELECT id FROM accounts
+     WHERE id = ANY(array_cat($1::bigint[], ARRAY(SELECT id FROM accounts WHERE name_key = ANY($2::text[]))))
+     ORDER BY id FOR UPDATE";
+/// Mailbox marks, locked in id order ([`lock_for_batch`]).
+pub(super) const LOCK_MARKS: &str =
+    "SELECT account FROM mailbox_marks WHERE account = ANY($1) ORDER BY account FOR UPDATE";
+/// A mailbox's counters ([`mailbox_row`]).
+pub(super) const MAILBOX: &str = "SELECT a.last_seq, k.acked_through, greatest(a.unread - k.read_count, 0)
+     FROM accounts a JOIN mailbox_marks k ON k.account = a.id WHERE a.id = $1";
+
+/// A mailbox's counters, from its account row and its marks.
 #[derive(Debug)]
 pub(super) struct MailboxRow {
     pub(super) last_seq: u64,
@@ -606,17 +763,25 @@ pub(super) struct MailboxRow {
 }
 
 /// The counters of the mailbox of `user`, or `None` if there is no such
-/// account; with `lock`, its row is locked for the transaction.
+/// account; with `lock`, its account row and then its marks are locked for
+/// the transaction (the order every batch locks in).
 async fn mailbox_row(db: &Db, user: UserId, lock: bool) -> OpResult<Option<MailboxRow>> {
     let Some(id) = exact_sql(user.0) else {
         return Ok(None);
     };
-    let sql = if lock {
-        "SELECT last_seq, acked_through, unread FROM accounts WHERE id = $1 FOR UPDATE"
+    let id: Params = &[&id];
+    let row = if lock {
+        // Pipelined, in this order: one round trip.
+        let (_, _, row) = tokio::try_join!(
+            query(db, "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", id),
+            query(db, "SELECT 1 FROM mailbox_marks WHERE account = $1 FOR UPDATE", id),
+            query_opt(db, MAILBOX, id),
+        )?;
+        row
     } else {
-        "SELECT last_seq, acked_through, unread FROM accounts WHERE id = $1"
+        query_opt(db, MAILBOX, id).await?
     };
-    let Some(row) = query_opt(db, sql, &[&id]).await? else {
+    let Some(row) = row else {
         return Ok(None);
     };
     Ok(Some(MailboxRow {
@@ -626,10 +791,11 @@ async fn mailbox_row(db: &Db, user: UserId, lock: bool) -> OpResult<Option<Mailb
     }))
 }
 
-/// Reads a page of a mailbox. PostgreSQL adds up the messages' costs over
-/// at most `limit + 1` rows from the (recipient, seq) index, reading only
-/// their lengths, and sends the messages within the budget: rows past it
-/// are never loaded or sent.
+/// Reads a page of a mailbox. PostgreSQL reads at most `limit + 1` rows in
+/// one range scan of the (recipient, seq) index, adds up their costs and
+/// sends the messages within the budget: rows past it are never sent. One
+/// scan, so that no plan (a cached generic plan made while the tables were
+/// empty included) can read a whole mailbox to find a page of it.
 pub(super) async fn fetch(
     db: &Db,
     user: UserId,
@@ -644,16 +810,7 @@ pub(super) async fn fetch(
     let after = saturating_sql(after.0);
     if limit == 0 {
         // Nothing fits; more follow if any message would match.
-        let any = query_opt(
-            db,
-            "SELECT 1 FROM accounts a JOIN messages m ON m.recipient = a.id
-             WHERE a.id = $1
-               AND m.seq > CASE WHEN $3::boolean THEN $2::bigint ELSE greatest($2::bigint, a.acked_through) END
-               AND ($3::boolean OR NOT m.acked)
-             LIMIT 1",
-            &[&id, &after, &include_acked],
-        )
-        .await?;
+        let any = query_opt(db, FETCH_ANY, &[&id, &after, &include_acked]).await?;
         return Ok(FetchPage {
             messages: Vec::new(),
             more: any.is_some(),
@@ -665,31 +822,7 @@ pub(super) async fn fetch(
     let overhead = i64::try_from(MESSAGE_OVERHEAD_BYTES).unwrap_or(0);
     let rows = query(
         db,
-        concat!(
-            "SELECT ",
-            message_columns!(),
-            ", page.total
-             FROM accounts a
-             CROSS JOIN LATERAL (
-                 SELECT c.seq, row_number() OVER w AS n, count(*) OVER () AS total,
-                        (sum(c.cost) OVER w)::bigint AS spent
-                 FROM (
-                     SELECT m.seq, octet_length(m.body) + octet_length(m.sender_name)
-                                   + octet_length(m.client_msg_id) + $5::bigint AS cost
-                     FROM messages m
-                     WHERE m.recipient = a.id
-                       AND m.seq > CASE WHEN $3::boolean THEN $2::bigint
-                                        ELSE greatest($2::bigint, a.acked_through) END
-                       AND ($3::boolean OR NOT m.acked)
-                     ORDER BY m.seq
-                     LIMIT $4::bigint
-                 ) c
-                 WINDOW w AS (ORDER BY c.seq ROWS UNBOUNDED PRECEDING)
-             ) page
-             JOIN messages m ON m.recipient = a.id AND m.seq = page.seq
-             WHERE a.id = $1 AND page.n <= $6::bigint AND (page.n = 1 OR page.spent <= $7::bigint)
-             ORDER BY m.seq"
-        ),
+        FETCH_PAGE,
         &[
             &id,
             &after,
@@ -714,9 +847,11 @@ pub(super) async fn fetch(
 /// Acks up to a seq by moving the mailbox's watermark, counting the unread
 /// messages it passes (no row is rewritten), and single seqs above it by
 /// their `acked` column: two statements sent together, one round trip. The
-/// first locks the account row; the second, which PostgreSQL starts only
-/// after the first finished, so that it sees every message committed before
-/// the lock was granted, does the rest.
+/// first locks the mailbox's marks (not its account row, which appends
+/// lock); the second, which PostgreSQL starts only after the first
+/// finished, so that it sees every message committed before the lock was
+/// granted, does the rest. It reads the last seq as committed: an append
+/// still in flight has seqs above it, which the ack does not cover.
 pub(super) async fn ack(db: &Db, user: UserId, range: &AckRange) -> OpResult<(u64, MailboxState)> {
     let Some(id) = exact_sql(user.0) else {
         return Err(StoreError::NoSuchUser.into());
@@ -727,36 +862,8 @@ pub(super) async fn ack(db: &Db, user: UserId, range: &AckRange) -> OpResult<(u6
     let lock: Params = &[&id];
     let acked: Params = &[&id, &up_to, &singles];
     let (_, rows) = tokio::try_join!(
-        query(db, "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", lock),
-        query(
-            db,
-            // Never past the last seq: messages stored later are not acked.
-            // Seqs at or below the new watermark are acked by it. The count
-            // covers (old, new watermark], the singles lie above it: the
-            // two never meet.
-            "WITH mailbox AS (
-                 SELECT id, last_seq, unread, acked_through AS old_mark,
-                        greatest(acked_through, least($2::bigint, last_seq)) AS new_mark
-                 FROM accounts WHERE id = $1
-             ), passed AS (
-                 SELECT count(*) AS n FROM messages m JOIN mailbox b ON m.recipient = b.id
-                 WHERE m.seq > b.old_mark AND m.seq <= b.new_mark AND NOT m.acked
-             ), marked AS (
-                 UPDATE messages m SET acked = true FROM mailbox b
-                 WHERE m.recipient = b.id AND m.seq = ANY($3::bigint[]) AND m.seq > b.new_mark AND NOT m.acked
-                 RETURNING 1
-             ), newly AS (
-                 SELECT (SELECT n FROM passed) + (SELECT count(*) FROM marked) AS n
-             ), saved AS (
-                 UPDATE accounts a SET acked_through = b.new_mark, unread = greatest(b.unread - newly.n, 0)
-                 FROM mailbox b, newly
-                 WHERE a.id = b.id AND (b.new_mark <> b.old_mark OR newly.n > 0)
-                 RETURNING 1
-             )
-             SELECT b.last_seq, newly.n, greatest(b.unread - newly.n, 0), (SELECT count(*) FROM saved)
-             FROM mailbox b, newly",
-            acked,
-        ),
+        query(db, "SELECT 1 FROM mailbox_marks WHERE account = $1 FOR UPDATE", lock),
+        query(db, ACK, acked),
     )?;
     let Some(row) = rows.first() else {
         return Err(StoreError::NoSuchUser.into());
@@ -809,12 +916,12 @@ pub(super) async fn delete_messages(db: &Db, user: UserId, ids: &[MessageId]) ->
         let count = u64::try_from(deleted.len()).unwrap_or(u64::MAX);
         execute(
             db,
-            "UPDATE accounts SET unread = $2,
+            "UPDATE accounts SET unread = greatest(unread - $2, 0),
                  stored_messages = greatest(stored_messages - $3, 0), stored_bytes = greatest(stored_bytes - $4, 0)
              WHERE id = $1",
             &[
                 &recipient,
-                &signed(mailbox.unread.saturating_sub(unread_deleted)),
+                &signed(unread_deleted),
                 &signed(count),
                 &signed(bytes_deleted),
             ],
@@ -1069,5 +1176,159 @@ pub(super) fn appended(message: StoredMessage, duplicate: bool) -> Appended {
     Appended {
         message: Arc::new(message),
         duplicate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{append, schema};
+    use super::*;
+
+    /// Tables that grow with use: a plan that scans one of them whole costs
+    /// more with every message or account.
+    const GROWING: [&str; 5] = ["messages", "sent_ids", "accounts", "mailbox_marks", "blocks"];
+
+    /// Where a plan line's node starts (its `->`; the first line's node
+    /// starts at 0).
+    fn depth(line: &str) -> usize {
+        line.find("->").unwrap_or(0)
+    }
+
+    /// Whether the plan line is a node (not a condition or a label).
+    fn is_node(at: usize, line: &str) -> bool {
+        at == 0 || line.trim_start().starts_with("->")
+    }
+
+    /// What is wrong with a plan (EXPLAIN's lines): a sequential scan of a
+    /// growing table; a scan of messages bounded neither by a seq (or id)
+    /// nor, for a range open above, by a Limit over it.
+    fn scan_problems(plan: &[String]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (at, line) in plan.iter().enumerate() {
+            for table in GROWING {
+                if line.contains(&format!("Seq Scan on {table} ")) || line.ends_with(&format!("Seq Scan on {table}")) {
+                    problems.push(format!("scans all of {table}: {}", line.trim()));
+                }
+            }
+            let on_messages = line.contains(" on messages ") || line.ends_with(" on messages");
+            if !(is_node(at, line) && line.contains("Scan") && on_messages) {
+                continue;
+            }
+            let conditions: Vec<&str> = plan[at + 1..]
+                .iter()
+                .take_while(|l| !l.trim_start().starts_with("->"))
+                .map(|l| l.trim())
+                .filter(|l| l.starts_with("Index Cond:") || l.starts_with("Recheck Cond:"))
+                .collect();
+            let text = conditions.join(" ");
+            if !text.contains("seq") && !text.contains("(id =") {
+                problems.push(format!("reads a whole mailbox: {} {text}", line.trim()));
+                continue;
+            }
+            let bounded = text.contains("seq =") || text.contains("seq <");
+            if text.contains("seq >") && !bounded {
+                let mut limit = false;
+                let mut below = depth(line);
+                for (up, above) in plan[..at].iter().enumerate().rev() {
+                    if is_node(up, above) && depth(above) < below {
+                        below = depth(above);
+                        limit |= above.contains("Limit");
+                    }
+                }
+                if !limit {
+                    problems.push(format!("reads every message above a seq: {} {text}", line.trim()));
+                }
+            }
+        }
+        problems
+    }
+
+    /// PostgreSQL plans a statement a few times, then may keep one generic
+    /// plan for it for as long as the connection lives, made with what the
+    /// tables held then. Made on empty tables, every statement of the hot
+    /// path must still read only what it needs: no scan of a whole table,
+    /// of a whole mailbox, or of every message above a watermark. (The
+    /// earlier forms of the page read, the acknowledgement's singles, the
+    /// batch lock and the record lookup each failed this, and the first cost
+    /// the relay 95% of its rate once mailboxes held thousands of messages.)
+    #[tokio::test]
+    async fn generic_plans_of_the_hot_statements_use_indexes() {
+        let Some((_scratch, url, client, task)) = super::super::test_support::scratch_client().await else {
+            return;
+        };
+        schema::prepare(&client, &url, [7; 32]).await.expect("migrate");
+        client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .expect("set");
+        let statements = [
+            ("FETCH_PAGE", FETCH_PAGE),
+            ("FETCH_ANY", FETCH_ANY),
+            ("ACK", ACK),
+            ("LOCK_ACCOUNTS", LOCK_ACCOUNTS),
+            ("LOCK_MARKS", LOCK_MARKS),
+            ("MAILBOX", MAILBOX),
+            ("append::RECIPIENTS", append::RECIPIENTS),
+            ("append::BLOCKS", append::BLOCKS),
+            ("append::RECORDS", append::RECORDS),
+            ("append::COUNTERS", append::COUNTERS),
+        ];
+        let mut problems = Vec::new();
+        for (at, (name, sql)) in statements.iter().enumerate() {
+            let params = client.prepare(sql).await.expect(name).params().len();
+            client
+                .batch_execute(&format!("PREPARE hot{at} AS {sql}"))
+                .await
+                .expect(name);
+            let nulls = vec!["NULL"; params].join(", ");
+            let plan: Vec<String> = client
+                .simple_query(&format!("EXPLAIN EXECUTE hot{at}({nulls})"))
+                .await
+                .expect(name)
+                .into_iter()
+                .filter_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .collect();
+            assert!(!plan.is_empty(), "{name} has no plan");
+            problems.extend(scan_problems(&plan).into_iter().map(|p| format!("{name}: {p}")));
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+        drop(client);
+        let _ = task.await;
+    }
+
+    /// The check itself, on the plans the earlier forms got.
+    #[test]
+    fn the_plan_check_finds_whole_scans() {
+        let lines = |text: &str| text.lines().map(str::to_owned).collect::<Vec<_>>();
+        let page = lines(
+            "Sort  (cost=1..2 rows=1 width=1)
+   ->  Nested Loop  (cost=1..2 rows=1 width=1)
+         ->  Bitmap Heap Scan on messages m  (cost=4.16..9.50 rows=2 width=137)
+               Recheck Cond: (recipient = $1)
+               ->  Bitmap Index Scan on messages_pkey  (cost=0.00..4.16 rows=2 width=0)
+                     Index Cond: (recipient = $1)",
+        );
+        assert_eq!(scan_problems(&page).len(), 1, "{:?}", scan_problems(&page));
+        let singles = lines(
+            "Update on messages m  (cost=0.15..8.21 rows=1 width=47)
+   ->  Nested Loop  (cost=0.15..8.21 rows=1 width=47)
+         ->  Index Scan using messages_pkey on messages m  (cost=0.15..8.18 rows=1 width=22)
+               Index Cond: ((recipient = b_1.id) AND (seq > b_1.new_mark))",
+        );
+        assert_eq!(scan_problems(&singles).len(), 1);
+        let lock = lines(
+            "LockRows  (cost=20.55..20.79 rows=19 width=14)
+   ->  Seq Scan on accounts  (cost=0.00..20.15 rows=19 width=14)",
+        );
+        assert_eq!(scan_problems(&lock).len(), 1);
+        let limited = lines(
+            "Limit  (cost=0.15..8.19 rows=1 width=16)
+   ->  Index Scan using messages_pkey on messages m_1  (cost=0.15..605.13 rows=116 width=16)
+         Index Cond: ((recipient = a.id) AND (seq > $2))",
+        );
+        assert!(scan_problems(&limited).is_empty());
     }
 }

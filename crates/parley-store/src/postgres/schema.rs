@@ -27,7 +27,14 @@
 //! - the messages' primary key is (recipient, seq), the order every mailbox
 //!   read follows, with a unique index on id for deletions and retries;
 //! - `server_secret` holds the seed of decoy salts, so that every process
-//!   sharing the database answers a login for an unknown name alike.
+//!   sharing the database answers a login for an unknown name alike;
+//! - a mailbox's acknowledgement state is a row of `mailbox_marks`, not
+//!   columns of its account: the watermark `acked_through`, and
+//!   `read_count`, the unread messages acks have passed. Acks lock only that
+//!   row and appends only the account row, so the two never wait for each
+//!   other, in one process with several writers or across processes. The
+//!   unread count is `accounts.unread` (raised by appends, lowered by
+//!   deletions) minus `read_count`.
 
 use std::time::Duration;
 
@@ -119,6 +126,16 @@ const MIGRATIONS: &[&str] = &[
         only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
         secret bytea NOT NULL CHECK (octet_length(secret) = 32)
     );",
+    // Version 2: what acknowledgements change moves to a row of its own, so
+    // that acks (which lock it) and appends (which lock the account row)
+    // of one mailbox never wait for each other.
+    "CREATE TABLE mailbox_marks (
+        account bigint PRIMARY KEY,
+        acked_through bigint NOT NULL DEFAULT 0,
+        read_count bigint NOT NULL DEFAULT 0
+    );
+    INSERT INTO mailbox_marks (account, acked_through) SELECT id, acked_through FROM accounts;
+    ALTER TABLE accounts DROP COLUMN acked_through",
 ];
 
 /// The schema version this build creates and understands.
@@ -229,5 +246,55 @@ pub(super) fn describe(error: &tokio_postgres::Error) -> String {
             }
             text
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of version 1 keeps every mailbox's watermark and unread
+    /// count when version 2 moves them to `mailbox_marks`.
+    #[tokio::test]
+    async fn version_2_keeps_the_marks_of_version_1() {
+        let Some((_scratch, url, client, task)) = super::super::test_support::scratch_client().await else {
+            return;
+        };
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE parley_schema (version integer PRIMARY KEY, applied_ms bigint NOT NULL);
+                 {};
+                 INSERT INTO parley_schema VALUES (1, 0);
+                 INSERT INTO accounts (name, name_key, mechanism, salt, iterations, stored_key, server_key,
+                                       last_seq, acked_through, unread, created_ms)
+                     VALUES ('Bob', 'bob', 'SCRAM-SHA-256', '', 4096, '', '', 5, 2, 2, 0);",
+                MIGRATIONS[0]
+            ))
+            .await
+            .expect("version 1");
+        prepare(&client, &url, [1; 32]).await.expect("migrate");
+        let row = client
+            .query_one(
+                "SELECT k.acked_through, a.unread - k.read_count, a.last_seq
+                 FROM accounts a JOIN mailbox_marks k ON k.account = a.id WHERE a.name_key = 'bob'",
+                &[],
+            )
+            .await
+            .expect("bob's mailbox");
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)),
+            (2, 2, 5)
+        );
+        let gone = client
+            .query_opt(
+                "SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = 'accounts' AND column_name = 'acked_through'",
+                &[],
+            )
+            .await
+            .expect("columns");
+        assert!(gone.is_none(), "the watermark lives in mailbox_marks only");
+        drop(client);
+        let _ = task.await;
     }
 }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use parley_core::StoreError;
+use parley_core::sync::lock;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
@@ -62,8 +63,15 @@ const MAX_TRIES: u32 = 5;
 /// configured), so an acknowledged message survives a crash of PostgreSQL or
 /// of the machine. READ COMMITTED: each statement sees what committed before
 /// it, which the append runs rely on after taking their locks.
+/// `plan_cache_mode = auto`: statements are planned afresh a few times, then
+/// run on a cached generic plan, which saves the planning that otherwise
+/// costs about a quarter of the relay's rate. A generic plan may have been
+/// made while the tables were nearly empty, and outlives their growth until
+/// autovacuum next analyzes them, so every statement of the hot path is
+/// written so that its only plans are index lookups and bounded index
+/// ranges (`ops::tests::generic_plans_of_the_hot_statements_use_indexes`).
 const SESSION_SETUP: &str = "SET synchronous_commit = on;
-     SET default_transaction_isolation = 'read committed';";
+     SET default_transaction_isolation = 'read committed'; SET plan_cache_mode = auto;";
 
 /// Opens connections for the pool: plain TCP or unix socket (no TLS), and
 /// the session settings above, with the server ending a session that stays
@@ -165,7 +173,8 @@ fn verdict(error: &tokio_postgres::Error) -> Verdict {
     }
 }
 
-/// The writer's own state.
+/// A writer's own state.
+#[derive(Clone)]
 pub(super) struct Writer {
     /// The connections.
     pool: Pool,
@@ -175,8 +184,11 @@ pub(super) struct Writer {
     max_batch: usize,
     /// When a connection last could not be opened, and why, while the
     /// database is unreachable: new operations are answered at once until
-    /// [`PROBE_INTERVAL`] has passed.
-    unreachable: Option<(Instant, String)>,
+    /// [`PROBE_INTERVAL`] has passed. Shared by the writers, so that one
+    /// writer's successful connection clears it for all of them (else a
+    /// writer still inside its interval would report the failure again
+    /// after another's probe had cleared it).
+    unreachable: Arc<std::sync::Mutex<Option<(Instant, String)>>>,
 }
 
 /// Answers waiting `close` callers even if the writer ends abnormally, so
@@ -225,7 +237,7 @@ pub(super) async fn start(options: &PgOptions) -> Result<(Writer, [u8; 32]), PgO
         },
     );
     let pool = Pool::builder(manager)
-        .max_size(options.pool_size)
+        .max_size(options.pool_size.max(options.writers + 1))
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(options.connect_timeout))
         .wait_timeout(Some(options.connect_timeout))
@@ -239,17 +251,39 @@ pub(super) async fn start(options: &PgOptions) -> Result<(Writer, [u8; 32]), PgO
             pool,
             batch_timeout: options.batch_timeout,
             max_batch: options.max_batch,
-            unreachable: None,
+            unreachable: Arc::default(),
         },
         secret,
     ))
 }
 
+/// Runs one writer per queue, each on a connection of the pool, until
+/// every sender of every queue is gone; then closes the pool and reports
+/// that the store stopped.
+pub(super) async fn run(writer: Writer, queues: Vec<mpsc::Receiver<Op>>, shared: Arc<Shared>) {
+    let guard = FinishOnExit(shared);
+    let shared = &*guard.0;
+    let pool = writer.pool.clone();
+    let mut lanes: Vec<_> = queues
+        .into_iter()
+        .map(|queue| Box::pin(writer.clone().serve(queue, shared)))
+        .collect();
+    std::future::poll_fn(|cx| {
+        lanes.retain_mut(|lane| lane.as_mut().poll(cx).is_pending());
+        if lanes.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    pool.close();
+    shared.finish(Ok(()));
+}
+
 impl Writer {
     /// Serves the queue until every sender is gone.
-    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Op>, shared: Arc<Shared>) {
-        let guard = FinishOnExit(shared);
-        let shared = &*guard.0;
+    async fn serve(mut self, mut queue: mpsc::Receiver<Op>, shared: &Shared) {
         let mut batch = Vec::new();
         // While writes fail, the database is probed at most once per
         // interval, whether operations keep coming (reads may succeed and
@@ -287,8 +321,6 @@ impl Writer {
             shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.run_batch(std::mem::take(&mut batch), shared).await;
         }
-        self.pool.close();
-        shared.finish(Ok(()));
     }
 
     /// Runs a batch, and its operations one by one if it failed as a whole.
@@ -310,14 +342,14 @@ impl Writer {
     /// tried again.
     async fn connection(&mut self, fail_fast: bool) -> Result<Object, String> {
         if fail_fast
-            && let Some((since, why)) = &self.unreachable
+            && let Some((since, why)) = &*lock(&self.unreachable)
             && since.elapsed() < PROBE_INTERVAL
         {
             return Err(why.clone());
         }
         match self.pool.get().await {
             Ok(connection) => {
-                self.unreachable = None;
+                *lock(&self.unreachable) = None;
                 Ok(connection)
             }
             Err(error) => {
@@ -327,7 +359,7 @@ impl Writer {
                     }
                     other => format!("cannot connect to PostgreSQL: {other}"),
                 };
-                self.unreachable = Some((Instant::now(), why.clone()));
+                *lock(&self.unreachable) = Some((Instant::now(), why.clone()));
                 Err(why)
             }
         }
@@ -486,16 +518,13 @@ async fn transaction(db: &Db, ops: &mut [Op]) -> Result<bool, Failure> {
     let writes = ops.iter().any(Op::writes);
     if writes {
         if ops.len() > 1 {
-            let (mut ids, mut keys) = (Vec::new(), Vec::new());
+            let mut wanted = ops::BatchLocks::default();
             for op in ops.iter() {
-                op.locks(&mut ids, &mut keys);
+                op.locks(&mut wanted);
             }
-            ids.sort_unstable();
-            ids.dedup();
-            keys.sort_unstable();
-            keys.dedup();
+            wanted.tidy();
             // Pipelined: one round trip.
-            tokio::try_join!(db.batch_execute("BEGIN"), ops::lock_for_batch(db, &ids, &keys)).map_err(Failure::Db)?;
+            tokio::try_join!(db.batch_execute("BEGIN"), ops::lock_for_batch(db, &wanted)).map_err(Failure::Db)?;
         } else {
             db.batch_execute("BEGIN").await.map_err(Failure::Db)?;
         }
@@ -503,18 +532,30 @@ async fn transaction(db: &Db, ops: &mut [Op]) -> Result<bool, Failure> {
     let mut wrote = false;
     let mut at = 0;
     while at < ops.len() {
-        let run = ops[at..].iter().take_while(|op| matches!(op, Op::Append(_))).count();
-        if run > 0 {
-            match append::run(db, &mut ops[at..at + run]).await.map_err(Failure::Db)? {
-                RunEnd::Done { wrote: stored } => wrote |= stored,
-                RunEnd::Raced => return Err(Failure::Raced),
+        // A stretch of appends and acks: the acks first, pipelined, then the
+        // appends as one run (see `Access::Acknowledge`).
+        let stretch = ops[at..].iter().take_while(|op| op.is_append() || op.is_ack()).count();
+        if stretch > 0 {
+            let part = &mut ops[at..at + stretch];
+            // Stable: the acks keep their order, and so do the appends.
+            part.sort_by_key(Op::is_append);
+            let acks = part.iter().take_while(|op| op.is_ack()).count();
+            if acks > 0 {
+                pipelined(db, &mut part[..acks]).await.map_err(Failure::Db)?;
+                wrote = true;
             }
-            at += run;
+            if acks < stretch {
+                match append::run(db, &mut part[acks..]).await.map_err(Failure::Db)? {
+                    RunEnd::Done { wrote: stored } => wrote |= stored,
+                    RunEnd::Raced => return Err(Failure::Raced),
+                }
+            }
+            at += stretch;
             continue;
         }
         if let Op::Call(call) = &mut ops[at] {
             call.run(db).await.map_err(Failure::Db)?;
-            wrote |= call.access() == ops::Access::Write;
+            wrote |= call.access().writes();
         }
         at += 1;
     }
@@ -528,6 +569,40 @@ async fn transaction(db: &Db, ops: &mut [Op]) -> Result<bool, Failure> {
         })?;
     }
     Ok(wrote)
+}
+
+/// Runs calls that send every statement on their first poll (acks), all
+/// at once: each is polled in order, so their statements reach PostgreSQL
+/// in order and run one after the other as if awaited in turn, in one
+/// round trip. The first error is returned once every call has finished.
+async fn pipelined(db: &Db, ops: &mut [Op]) -> Result<(), tokio_postgres::Error> {
+    let mut running: Vec<_> = ops
+        .iter_mut()
+        .filter_map(|op| match op {
+            Op::Call(call) => Some(call.run(db)),
+            Op::Append(_) => None,
+        })
+        .collect();
+    let mut outcomes: Vec<Option<Result<(), tokio_postgres::Error>>> = running.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (call, outcome) in running.iter_mut().zip(outcomes.iter_mut()) {
+            if outcome.is_none() {
+                match call.as_mut().poll(cx) {
+                    std::task::Poll::Ready(result) => *outcome = Some(result),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    drop(running);
+    outcomes.into_iter().flatten().collect()
 }
 
 /// Ends a failed transaction; a connection that cannot is dropped.
