@@ -117,7 +117,7 @@ async fn order_per_sender_holds_under_pipelining(store: Store) {
         let alice = &alice;
         async move { alice.send("bob", &format!("{i}")).await.unwrap() }
     });
-    let receipts = futures_join_all(sends).await;
+    let receipts = parley_core::sync::join_in_order(sends).await;
     let mut seqs: Vec<u64> = receipts.iter().map(|r| r.seq).collect();
     seqs.sort();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
@@ -130,39 +130,6 @@ every_store!(
     order_per_sender_holds_under_pipelining,
     order_per_sender_holds_under_pipelining
 );
-
-/// join_all without pulling in the futures crate: polls in order, so the
-/// requests are written in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    let mut handles: Vec<_> = handles.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..handles.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, slot) in handles.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    for r in results {
-        out.extend(r);
-    }
-    out
-}
 
 async fn delete_messages_only_from_own_mailbox(store: Store) {
     let server = TestServer::start(store);

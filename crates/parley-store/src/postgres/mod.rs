@@ -652,3 +652,23 @@ mod test_support {
         Some((scratch, url, client, task))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TaskNumber;
+
+    /// The writer of a task is its id's number modulo the writers: the
+    /// number read through `Hash` is the one tokio shows.
+    #[tokio::test]
+    async fn a_task_id_reads_as_its_number() {
+        let (read, shown) = tokio::spawn(async {
+            let id = tokio::task::id();
+            let mut number = TaskNumber(0);
+            std::hash::Hash::hash(&id, &mut number);
+            (number.0, id.to_string())
+        })
+        .await
+        .expect("task");
+        assert_eq!(read.to_string(), shown);
+    }
+}

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use parley_core::StoreError;
-use parley_core::sync::lock;
+use parley_core::sync::{join_in_order, lock};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
@@ -264,19 +264,7 @@ pub(super) async fn run(writer: Writer, queues: Vec<mpsc::Receiver<Op>>, shared:
     let guard = FinishOnExit(shared);
     let shared = &*guard.0;
     let pool = writer.pool.clone();
-    let mut lanes: Vec<_> = queues
-        .into_iter()
-        .map(|queue| Box::pin(writer.clone().serve(queue, shared)))
-        .collect();
-    std::future::poll_fn(|cx| {
-        lanes.retain_mut(|lane| lane.as_mut().poll(cx).is_pending());
-        if lanes.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
+    join_in_order(queues.into_iter().map(|queue| writer.clone().serve(queue, shared))).await;
     pool.close();
     shared.finish(Ok(()));
 }
@@ -576,33 +564,11 @@ async fn transaction(db: &Db, ops: &mut [Op]) -> Result<bool, Failure> {
 /// in order and run one after the other as if awaited in turn, in one
 /// round trip. The first error is returned once every call has finished.
 async fn pipelined(db: &Db, ops: &mut [Op]) -> Result<(), tokio_postgres::Error> {
-    let mut running: Vec<_> = ops
-        .iter_mut()
-        .filter_map(|op| match op {
-            Op::Call(call) => Some(call.run(db)),
-            Op::Append(_) => None,
-        })
-        .collect();
-    let mut outcomes: Vec<Option<Result<(), tokio_postgres::Error>>> = running.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (call, outcome) in running.iter_mut().zip(outcomes.iter_mut()) {
-            if outcome.is_none() {
-                match call.as_mut().poll(cx) {
-                    std::task::Poll::Ready(result) => *outcome = Some(result),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    drop(running);
-    outcomes.into_iter().flatten().collect()
+    let calls = ops.iter_mut().filter_map(|op| match op {
+        Op::Call(call) => Some(call.run(db)),
+        Op::Append(_) => None,
+    });
+    join_in_order(calls).await.into_iter().collect()
 }
 
 /// Ends a failed transaction; a connection that cannot is dropped.
@@ -631,15 +597,16 @@ mod tests {
 
     use super::*;
 
-    /// Every pooled connection runs with `synchronous_commit = on` and READ
-    /// COMMITTED, whatever the connection string, role or database say.
+    /// Every pooled connection runs with `synchronous_commit = on`, READ
+    /// COMMITTED and generic plans allowed, whatever the connection string,
+    /// role or database say.
     #[tokio::test]
     async fn sessions_commit_synchronously_whatever_the_defaults() {
         let Some(scratch) = parley_testkit::postgres::Scratch::create() else {
             return;
         };
         let url = format!(
-            "{}%20-c%20synchronous_commit%3Doff%20-c%20default_transaction_isolation%3Dserializable",
+            "{}%20-c%20synchronous_commit%3Doff%20-c%20default_transaction_isolation%3Dserializable%20-c%20plan_cache_mode%3Dforce_custom_plan",
             scratch.url()
         );
         let config: tokio_postgres::Config = url.parse().unwrap();
@@ -656,6 +623,7 @@ mod tests {
         };
         assert_eq!(show("synchronous_commit").await, "on");
         assert_eq!(show("default_transaction_isolation").await, "read committed");
+        assert_eq!(show("plan_cache_mode").await, "auto");
         assert_eq!(show("statement_timeout").await, "7s");
         assert_eq!(show("idle_in_transaction_session_timeout").await, "7s");
         drop(client);
