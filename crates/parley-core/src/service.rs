@@ -30,8 +30,8 @@ use crate::presence::Subscription;
 use crate::rate::{TokenBuckets, WindowLimiter, retry_hint};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
-    AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, Store, StoreError, StoreReply,
-    StoredMessage,
+    AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, OnStored, Store, StoreError,
+    StoreReply, StoredMessage,
 };
 use crate::sync::lock;
 use crate::throttle::{Attempt, Throttle, ThrottleSettings};
@@ -296,6 +296,8 @@ impl Service {
             MAX_TRACKED_SENDERS,
         );
         let hub = Arc::new(Hub::default());
+        let deliver = Arc::clone(&hub);
+        store.on_stored(OnStored::new(move |message| deliver.deliver(message)));
         Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
             let service = service.clone();
             hub.count_spent_with(Box::new(move |spent| {
@@ -532,7 +534,8 @@ impl Service {
                 service.counters.messages_duplicate.fetch_add(1, Ordering::Relaxed);
             } else {
                 service.counters.messages_stored.fetch_add(1, Ordering::Relaxed);
-                service.hub.deliver(&appended.message);
+                // Delivered by the store's hook (`on_stored`), in the order
+                // the store made messages durable.
             }
             Ok(appended)
         })

@@ -10,6 +10,14 @@
 //! **Durability contract.** A reply that reports a write as done means the
 //! write is durable to the store's configured level; for a read, that what it
 //! returns is committed.
+//!
+//! **Notification contract.** A store calls its [`OnStored`] hook with every
+//! message an append stored, once it is durable and before the append is
+//! answered, in the order it made them durable. Live delivery follows that
+//! order whatever order the callers await their replies in: a connection
+//! with many sends in flight polls their replies in whatever order its
+//! executor wakes them, and delivery from there reached recipients out of
+//! order, which they then had to read back from storage.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -62,6 +70,56 @@ pub enum StoreError {
 pub const STORAGE_RETRY_AFTER_MS: u32 = 5_000;
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a store tells of each message an append stored (see the
+/// notification contract above): the hub's live delivery. Called on the
+/// store's own thread, so it must not block.
+#[derive(Clone)]
+pub struct OnStored(Arc<StoredFn>);
+
+/// The function inside an [`OnStored`].
+type StoredFn = dyn Fn(&Arc<StoredMessage>) + Send + Sync;
+
+impl OnStored {
+    /// A hook that calls `hook` with each stored message.
+    pub fn new(hook: impl Fn(&Arc<StoredMessage>) + Send + Sync + 'static) -> OnStored {
+        OnStored(Arc::new(hook))
+    }
+}
+
+impl std::fmt::Debug for OnStored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnStored")
+    }
+}
+
+/// Where a store keeps its [`OnStored`] hook: set once, then read by every
+/// append.
+#[derive(Debug, Default)]
+pub struct StoredHook(std::sync::OnceLock<OnStored>);
+
+impl StoredHook {
+    /// Sets the hook, unless one is set already (the first one stays).
+    pub fn set(&self, hook: OnStored) {
+        let _ = self.0.set(hook);
+    }
+
+    /// The hook, once set.
+    pub fn get(&self) -> Option<&OnStored> {
+        self.0.get()
+    }
+}
+
+/// Tells `hook` of the message `result` stored, if it stored one (not a
+/// duplicate, not an error): what every store does just before it answers
+/// an append.
+pub fn announce_stored(hook: Option<&OnStored>, result: &StoreResult<Appended>) {
+    if let (Some(hook), Ok(appended)) = (hook, result)
+        && !appended.duplicate
+    {
+        (hook.0)(&appended.message);
+    }
+}
 
 /// The eventual answer to a submitted store operation.
 ///
@@ -303,6 +361,9 @@ pub trait Store: Send + Sync + 'static {
     /// does not exist or blocks the sender (a retry of a message stored
     /// before the block still gets its original answer).
     fn append(&self, message: NewMessage) -> StoreReply<Appended>;
+    /// Sets the hook told of every stored message ([`OnStored`]); the first
+    /// one set stays. Appends submitted before it is set are not told.
+    fn on_stored(&self, hook: OnStored);
     /// Whether an append submitted now would be taken or refused
     /// [`StoreError::Busy`]: checked before a request is turned into an
     /// append, so that refusing a flood costs little. Only a hint (the

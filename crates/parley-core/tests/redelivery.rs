@@ -83,6 +83,8 @@ impl Store for OneMailbox {
     fn append(&self, _: NewMessage) -> StoreReply<Appended> {
         closed()
     }
+    // Appends are refused: there is nothing to tell.
+    fn on_stored(&self, _: parley_core::store::OnStored) {}
     fn fetch(&self, _: UserId, _: Seq, _: u32, _: bool) -> StoreReply<Vec<StoredMessage>> {
         closed()
     }

@@ -203,6 +203,11 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
         s.messages_resent,
     );
     e.counter(
+        "parley_catch_up_reads_total",
+        "Pages sessions read from storage to catch up: after subscribing, or after a notification was missed.",
+        s.catch_up_reads,
+    );
+    e.counter(
         "parley_busy_replies_total",
         "Native requests refused BUSY (backlog or store queue full).",
         s.busy_replies,

@@ -273,6 +273,10 @@ pub struct Stats {
     pub messages_pushed: u64,
     pub messages_acked: u64,
     pub messages_resent: u64,
+    /// Reads from storage sessions made to catch up: one after each
+    /// subscribe, and one per page after a notification was missed.
+    #[serde(default)]
+    pub catch_up_reads: u64,
     pub busy_replies: u64,
     pub slow_consumer_pauses: u64,
     pub keepalive_timeouts: u64,
@@ -442,6 +446,7 @@ impl StatsHandle {
             messages_pushed: get(&c.messages_pushed),
             messages_acked: get(&c.messages_acked),
             messages_resent: get(&c.messages_resent),
+            catch_up_reads: get(&c.catch_up_reads),
             busy_replies: get(&n.busy_replies),
             slow_consumer_pauses: get(&n.slow_consumer_pauses),
             keepalive_timeouts: get(&n.keepalive_timeouts),

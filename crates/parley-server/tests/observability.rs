@@ -135,6 +135,42 @@ async fn metrics_count_the_traffic() {
     .await;
 }
 
+/// Live delivery follows the order the store made messages durable, not
+/// the order a connection happens to poll its replies in: a burst of
+/// pipelined sends reaches an online recipient without a single read from
+/// storage past the one that follows its subscribe. (Delivered from each
+/// reply as it was polled, a burst came out partly reversed, and the
+/// recipient read half of it back from storage.)
+async fn pipelined_sends_reach_an_online_recipient_without_catching_up(store: Store) {
+    const SENDS: usize = 600;
+    let server = TestServer::start(store);
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    bob.subscribe(0).await.unwrap();
+    let bodies: Vec<String> = (0..SENDS).map(|n| format!("message {n}")).collect();
+    let sends = bodies.iter().map(|body| alice.send("bob", body));
+    let sent = futures::future::try_join_all(sends).await.unwrap();
+    let pushed = collect_pushes(&bob, SENDS).await;
+    let seqs: Vec<u64> = pushed.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=SENDS as u64).collect::<Vec<_>>(),
+        "pushed once each, in seq order"
+    );
+    for (receipt, body) in sent.iter().zip(&bodies) {
+        assert_eq!(&pushed[receipt.seq as usize - 1].body, body);
+    }
+    let (text, m) = scrape(&server).await;
+    let reads = *m
+        .get("parley_catch_up_reads_total")
+        .unwrap_or_else(|| panic!("no catch-up counter in\n{text}"));
+    assert_eq!(reads, 1.0, "only the read after subscribing");
+}
+every_store!(
+    pipelined_sends_arrive_in_order_without_catching_up,
+    pipelined_sends_reach_an_online_recipient_without_catching_up
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_switched_off_and_the_memory_store_has_no_store_series() {
     let server = TestServer::start_with(Store::Memory, &["--metrics", "false"]);

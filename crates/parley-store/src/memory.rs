@@ -15,7 +15,7 @@ use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceReque
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
-    NewResumeToken, StoreResult, StoredMessage, body_bytes, message_cost,
+    NewResumeToken, OnStored, StoreResult, StoredHook, StoredMessage, announce_stored, body_bytes, message_cost,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 
@@ -33,6 +33,9 @@ type TokenHash = [u8; 32];
 pub struct MemoryStore {
     /// Everything the store holds; see [`State`].
     state: Mutex<State>,
+    /// Told of each stored message, under the state's lock, so in the
+    /// order the messages were stored.
+    on_stored: StoredHook,
 }
 
 /// The store's contents, mirroring the SQLite tables.
@@ -598,7 +601,15 @@ impl Store for MemoryStore {
     }
 
     fn append(&self, message: NewMessage) -> StoreReply<Appended> {
-        self.run(|state| state.append(message))
+        self.run(|state| {
+            let result = state.append(message);
+            announce_stored(self.on_stored.get(), &result);
+            result
+        })
+    }
+
+    fn on_stored(&self, hook: OnStored) {
+        self.on_stored.set(hook);
     }
 
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {

@@ -18,10 +18,13 @@
 //!
 //! Another process may store the same (sender, client id) between steps 1
 //! and 3 (a resend through another node). Its record then conflicts: the
-//! insert waits for that transaction and skips the row, and the run reports
-//! [`RunEnd::Raced`]; the writer rolls the whole batch back and runs it
-//! again, when step 1 finds the other process's record and answers with
-//! its message. Nothing of the first attempt is kept, so no seq is lost.
+//! insert waits for that transaction and fails on the unique key, and the
+//! run reports [`RunEnd::Raced`]; the writer rolls the whole batch back and
+//! runs it again, when step 1 finds the other process's record and answers
+//! with its message. Nothing of the first attempt is kept, so no seq is
+//! lost. A plain insert that fails is cheaper than `ON CONFLICT DO NOTHING`,
+//! which makes every row a speculative insertion (a lookup before and a
+//! confirmation after) to serve a race that almost never happens.
 
 use std::collections::{HashMap, HashSet};
 
@@ -285,12 +288,11 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
             &rows.timestamps,
         ];
         let counts: Params = &[&counted, &last_seqs, &added, &added_bytes];
-        let (recorded, ..) = tokio::try_join!(
+        let (recorded, inserted, counted) = tokio::join!(
             execute(
                 db,
                 "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-                 ON CONFLICT (sender, client_msg_id) DO NOTHING",
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])",
                 records,
             ),
             execute(
@@ -301,10 +303,15 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
                 messages,
             ),
             execute(db, COUNTERS, counts,),
-        )?;
-        if recorded != expected {
-            return Ok(RunEnd::Raced);
+        );
+        match recorded {
+            Err(error) if is_recorded_meanwhile(&error) => return Ok(RunEnd::Raced),
+            Err(error) => return Err(error),
+            Ok(recorded) if recorded != expected => return Ok(RunEnd::Raced),
+            Ok(_) => {}
         }
+        inserted?;
+        counted?;
     }
     drop(this_run);
     drop(rows);
@@ -312,4 +319,12 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
         append.result = Some(result);
     }
     Ok(RunEnd::Done { wrote })
+}
+
+/// Whether `error` says another transaction recorded one of the run's
+/// (sender, client id) pairs first: a unique violation of `sent_ids`.
+fn is_recorded_meanwhile(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.table() == Some("sent_ids")
+    })
 }

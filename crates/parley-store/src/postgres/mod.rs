@@ -42,7 +42,7 @@ use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceReque
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
-    NewResumeToken, StoreResult, StoreStats, StoredMessage,
+    NewResumeToken, OnStored, StoreResult, StoreStats, StoredHook, StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreReply, UserId};
 use tokio::sync::{mpsc, oneshot};
@@ -262,6 +262,8 @@ pub struct PgStore {
     queue: OpQueue<Lanes>,
     /// The server secret kept in the database (see [`PgStore::server_secret`]).
     secret: [u8; 32],
+    /// Told of each stored message by the writers, once its batch commits.
+    on_stored: StoredHook,
 }
 
 /// The queues of the store's writers. Every operation a task submits goes
@@ -382,6 +384,7 @@ impl PgStore {
         Ok(PgStore {
             queue: OpQueue::new(Lanes(senders), capacity, shared),
             secret,
+            on_stored: StoredHook::default(),
         })
     }
 
@@ -446,7 +449,12 @@ impl Store for PgStore {
     }
 
     fn append(&self, message: NewMessage) -> StoreReply<Appended> {
-        self.submit_new(|reply| Op::append(message, reply))
+        let on_stored = self.on_stored.get().cloned();
+        self.submit_new(|reply| Op::append(message, reply, on_stored))
+    }
+
+    fn on_stored(&self, hook: OnStored) {
+        self.on_stored.set(hook);
     }
 
     fn check_new_work(&self) -> StoreResult<()> {

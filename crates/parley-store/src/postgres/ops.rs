@@ -19,7 +19,7 @@ use std::sync::Arc;
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MESSAGE_OVERHEAD_BYTES, MailboxState, NewAccount,
-    NewInvite, NewMessage, NewResumeToken, StoreResult, StoredMessage,
+    NewInvite, NewMessage, NewResumeToken, OnStored, StoreResult, StoredMessage, announce_stored,
 };
 use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
 use tokio::sync::oneshot;
@@ -154,6 +154,8 @@ pub(super) struct AppendOp {
     pub(super) reply: Reply<Appended>,
     /// The answer, once its run computed it; sent when the batch commits.
     pub(super) result: Option<StoreResult<Appended>>,
+    /// Told of the message once the batch commits.
+    pub(super) on_stored: Option<OnStored>,
 }
 
 /// One queued store operation.
@@ -175,11 +177,12 @@ impl std::fmt::Debug for Op {
 
 impl Op {
     /// An append of `message`, answering on `reply`.
-    pub(super) fn append(message: NewMessage, reply: Reply<Appended>) -> Op {
+    pub(super) fn append(message: NewMessage, reply: Reply<Appended>, on_stored: Option<OnStored>) -> Op {
         Op::Append(Box::new(AppendOp {
             message,
             reply,
             result: None,
+            on_stored,
         }))
     }
 
@@ -224,6 +227,7 @@ impl Op {
                     (None, Some(result)) => result,
                     (None, None) => Err(StoreError::Backend("the append was never run".into())),
                 };
+                announce_stored(op.on_stored.as_ref(), &result);
                 // A caller that dropped its reply no longer wants the answer.
                 let _ = op.reply.send(result);
             }

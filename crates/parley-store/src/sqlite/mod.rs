@@ -29,7 +29,7 @@ use parley_core::scram::StoredCredentials;
 use parley_core::store::StoreStats;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
-    NewResumeToken, StoreResult, StoredMessage,
+    NewResumeToken, OnStored, StoreResult, StoredHook, StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreReply, UserId};
 use tokio::sync::oneshot;
@@ -175,6 +175,8 @@ pub struct SqliteStore {
     /// The writer thread's queue, its admission rule and what the writer
     /// shares.
     queue: OpQueue<SyncSender<Op>>,
+    /// Told of each stored message by the writer, once its batch commits.
+    on_stored: StoredHook,
 }
 
 impl SqliteStore {
@@ -231,6 +233,7 @@ impl SqliteStore {
             .map_err(StoreOpenError::Spawn)?;
         Ok(SqliteStore {
             queue: OpQueue::new(sender, options.queue_capacity, shared),
+            on_stored: StoredHook::default(),
         })
     }
 
@@ -277,7 +280,16 @@ impl Store for SqliteStore {
     }
 
     fn append(&self, message: NewMessage) -> StoreReply<Appended> {
-        self.submit_new(|reply| Op::Append { message, reply })
+        let on_stored = self.on_stored.get().cloned();
+        self.submit_new(|reply| Op::Append {
+            message,
+            reply,
+            on_stored,
+        })
+    }
+
+    fn on_stored(&self, hook: OnStored) {
+        self.on_stored.set(hook);
     }
 
     fn check_new_work(&self) -> StoreResult<()> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
     Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
-    NewResumeToken, StoreResult, StoredMessage, body_bytes, message_cost,
+    NewResumeToken, OnStored, StoreResult, StoredMessage, announce_stored, body_bytes, message_cost,
 };
 use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
 use rusqlite::types::Type;
@@ -56,6 +56,8 @@ pub(super) enum Op {
     Append {
         message: NewMessage,
         reply: Reply<Appended>,
+        /// Told of the message once the batch commits.
+        on_stored: Option<OnStored>,
     },
     Fetch {
         user: UserId,
@@ -143,6 +145,11 @@ struct Answer<T> {
     reply: Reply<T>,
     /// What the operation produced inside the transaction.
     result: StoreResult<T>,
+    /// The store's hook, for an append.
+    on_stored: Option<OnStored>,
+    /// What is told to the hook once the batch committed, before the
+    /// answer is sent: [`announce_stored`] for an append, nothing otherwise.
+    announce: fn(Option<&OnStored>, &StoreResult<T>),
 }
 
 impl<T: Send> Outcome for Answer<T> {
@@ -151,10 +158,7 @@ impl<T: Send> Outcome for Answer<T> {
     }
 
     fn backend_error(&self) -> Option<StoreError> {
-        match &self.result {
-            Err(error @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => Some(error.clone()),
-            _ => None,
-        }
+        backend_error(&self.result)
     }
 
     fn deliver(self: Box<Self>, error: Option<&StoreError>) {
@@ -162,8 +166,17 @@ impl<T: Send> Outcome for Answer<T> {
             None => self.result,
             Some(error) => Err(error.clone()),
         };
+        (self.announce)(self.on_stored.as_ref(), &result);
         // A caller that dropped its reply no longer wants the answer.
         let _ = self.reply.send(result);
+    }
+}
+
+/// The error of a result, when SQLite itself failed (not a domain answer).
+fn backend_error<T>(result: &StoreResult<T>) -> Option<StoreError> {
+    match result {
+        Err(error @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => Some(error.clone()),
+        _ => None,
     }
 }
 
@@ -172,6 +185,8 @@ pub(super) fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpErr
     Box::new(Answer {
         reply,
         result: result.map_err(StoreError::from),
+        on_stored: None,
+        announce: |_, _| {},
     })
 }
 
@@ -276,7 +291,16 @@ impl Op {
                 limit,
                 reply,
             } => answer(reply, list_accounts(conn, &pattern, &after, limit)),
-            Op::Append { message, reply } => answer(reply, append(conn, message, pending, statements)),
+            Op::Append {
+                message,
+                reply,
+                on_stored,
+            } => Box::new(Answer {
+                reply,
+                result: append(conn, message, pending, statements).map_err(StoreError::from),
+                on_stored,
+                announce: announce_stored,
+            }),
             Op::Fetch {
                 user,
                 after,
