@@ -352,7 +352,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an account, its mailbox, its idempotency keys, its resume
     /// tokens, its contacts and its place in others' contact lists, its
     /// presence subscriptions both ways and its blocks both ways. Messages
-    /// it sent that sit in other mailboxes stay there.
+    /// it sent that sit in other mailboxes stay there (and a store may keep
+    /// their idempotency keys with them: the id is never used again).
+    /// Others' idempotency keys for messages in its mailbox outlive it.
     fn delete_account(&self, user: UserId) -> StoreReply<()>;
     /// Accounts whose key matches, in key order, after `after` (exclusive).
     fn list_accounts(&self, pattern: &NamePattern, after: &str, limit: u32) -> StoreReply<Vec<AccountSummary>>;

@@ -391,7 +391,7 @@ async fn stores_opened_together_migrate_once() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2"]);
+    assert_eq!(versions, ["1", "2", "3"]);
     register(&stores[0], "alice").await;
     assert!(stores[3].find_account("alice").await.unwrap().is_some());
     for store in &stores {
@@ -402,7 +402,7 @@ async fn stores_opened_together_migrate_once() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2"]);
+    assert_eq!(versions, ["1", "2", "3"]);
 }
 
 #[tokio::test]
@@ -422,7 +422,7 @@ async fn a_newer_schema_is_refused_untouched() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2", "999"]);
+    assert_eq!(versions, ["1", "2", "3", "999"]);
 }
 
 #[tokio::test]

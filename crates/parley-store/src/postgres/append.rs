@@ -13,18 +13,20 @@
 //!    one: a recorded client id is a duplicate (answered with the original),
 //!    then an unknown or blocking recipient, then a full mailbox; otherwise
 //!    the next seq of its mailbox and the next id.
-//! 3. One round trip writes the idempotency records, the message rows and
-//!    each recipient's counters (`last_seq`, unread, quota counts) once.
+//! 3. One round trip writes the message rows (each its own idempotency
+//!    record: see `schema.rs`) and each recipient's counters (`last_seq`,
+//!    unread, quota counts) once.
 //!
 //! Another process may store the same (sender, client id) between steps 1
-//! and 3 (a resend through another node). Its record then conflicts: the
-//! insert waits for that transaction and fails on the unique key, and the
-//! run reports [`RunEnd::Raced`]; the writer rolls the whole batch back and
-//! runs it again, when step 1 finds the other process's record and answers
-//! with its message. Nothing of the first attempt is kept, so no seq is
-//! lost. A plain insert that fails is cheaper than `ON CONFLICT DO NOTHING`,
-//! which makes every row a speculative insertion (a lookup before and a
-//! confirmation after) to serve a race that almost never happens.
+//! and 3 (a resend through another node). Its message then conflicts: the
+//! insert waits for that transaction and fails on the unique index
+//! `messages_sent`, and the run reports [`RunEnd::Raced`]; the writer rolls
+//! the whole batch back and runs it again, when step 1 finds the other
+//! process's message and answers with it. Nothing of the first attempt is
+//! kept, so no seq is lost. A plain insert that fails is cheaper than
+//! `ON CONFLICT DO NOTHING`, which makes every row a speculative insertion
+//! (a lookup before and a confirmation after) to serve a race that almost
+//! never happens.
 
 use std::collections::{HashMap, HashSet};
 
@@ -45,19 +47,27 @@ pub(super) const RECIPIENTS: &str = "SELECT id, name_key, last_seq, stored_messa
 pub(super) const BLOCKS: &str = "SELECT b.blocker, b.blocked FROM blocks b JOIN accounts a ON a.id = b.blocker
      WHERE a.name_key = ANY($1) AND b.blocked = ANY($2)";
 
-/// The idempotency records of the run's (sender, client id) pairs, with the
-/// original messages where they still exist: one index lookup per pair
-/// (the `LIMIT 1` keeps the lookup a lookup, not a join a plan could turn
-/// into a scan of `sent_ids`).
+/// The idempotency records of the run's (sender, client id) pairs: the
+/// original message where it is still stored, else the record `sent_ids`
+/// kept when it was deleted. One index lookup in each place per pair, the
+/// second only when the first found nothing (the `LIMIT 1` keeps each
+/// lookup a lookup, not a join a plan could turn into a scan); one
+/// statement, so one snapshot: a deletion that moves a record from one
+/// place to the other is seen before or after, never halfway.
 pub(super) const RECORDS: &str = concat!(
-    "SELECT s.sender, s.client_msg_id, s.message_id, s.recipient, s.seq, s.timestamp_ms, ",
+    "SELECT w.sender, w.client_msg_id, coalesce(m.id, s.message_id), coalesce(m.recipient, s.recipient),
+            coalesce(m.seq, s.seq), coalesce(m.timestamp_ms, s.timestamp_ms), ",
     message_columns!(),
     " FROM unnest($1::bigint[], $2::bytea[]) AS w(sender, client_msg_id)
-     CROSS JOIN LATERAL (
-         SELECT * FROM sent_ids s WHERE s.sender = w.sender AND s.client_msg_id = w.client_msg_id LIMIT 1
-     ) s
-     LEFT JOIN mailbox_marks k ON k.account = s.recipient
-     LEFT JOIN messages m ON m.recipient = s.recipient AND m.seq = s.seq AND m.id = s.message_id"
+     LEFT JOIN LATERAL (
+         SELECT * FROM messages m WHERE m.sender = w.sender AND m.client_msg_id = w.client_msg_id LIMIT 1
+     ) m ON true
+     LEFT JOIN LATERAL (
+         SELECT * FROM sent_ids s
+         WHERE m.id IS NULL AND s.sender = w.sender AND s.client_msg_id = w.client_msg_id LIMIT 1
+     ) s ON true
+     LEFT JOIN mailbox_marks k ON k.account = m.recipient
+     WHERE m.id IS NOT NULL OR s.message_id IS NOT NULL"
 );
 
 /// Each recipient's counters, once per run (`a.id = ANY($1)` lets the plan
@@ -269,14 +279,6 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
             added_bytes.push(signed(mailbox.added_bytes));
         }
         let expected = u64::try_from(rows.ids.len()).unwrap_or(u64::MAX);
-        let records: Params = &[
-            &rows.senders,
-            &rows.client_msg_ids,
-            &rows.ids,
-            &rows.recipients,
-            &rows.seqs,
-            &rows.timestamps,
-        ];
         let messages: Params = &[
             &rows.ids,
             &rows.recipients,
@@ -288,13 +290,7 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
             &rows.timestamps,
         ];
         let counts: Params = &[&counted, &last_seqs, &added, &added_bytes];
-        let (recorded, inserted, counted) = tokio::join!(
-            execute(
-                db,
-                "INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])",
-                records,
-            ),
+        let (inserted, counted) = tokio::join!(
             execute(
                 db,
                 "INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
@@ -304,13 +300,12 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
             ),
             execute(db, COUNTERS, counts,),
         );
-        match recorded {
+        match inserted {
             Err(error) if is_recorded_meanwhile(&error) => return Ok(RunEnd::Raced),
             Err(error) => return Err(error),
-            Ok(recorded) if recorded != expected => return Ok(RunEnd::Raced),
+            Ok(inserted) if inserted != expected => return Ok(RunEnd::Raced),
             Ok(_) => {}
         }
-        inserted?;
         counted?;
     }
     drop(this_run);
@@ -321,10 +316,11 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
     Ok(RunEnd::Done { wrote })
 }
 
-/// Whether `error` says another transaction recorded one of the run's
-/// (sender, client id) pairs first: a unique violation of `sent_ids`.
+/// Whether `error` says another transaction stored one of the run's
+/// (sender, client id) pairs first: a unique violation of the index
+/// `messages_sent`.
 fn is_recorded_meanwhile(error: &tokio_postgres::Error) -> bool {
     error.as_db_error().is_some_and(|db| {
-        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.table() == Some("sent_ids")
+        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.constraint() == Some("messages_sent")
     })
 }

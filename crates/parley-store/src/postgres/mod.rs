@@ -16,8 +16,8 @@
 //! What other processes may do meanwhile is the database's business: the
 //! writer locks the account rows an operation changes (`FOR UPDATE`, in id
 //! order), so one recipient's appends from many processes get gap-free,
-//! strictly increasing seqs, and the unique key of `sent_ids` makes a resend
-//! through another process find the original.
+//! strictly increasing seqs, and the unique index on a message's sender and
+//! client id makes a resend through another process find the original.
 //!
 //! The writer runs on a thread of its own with its own single-threaded
 //! runtime, as SQLite's writer has its own thread: the store works the same

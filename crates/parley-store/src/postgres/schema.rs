@@ -28,6 +28,14 @@
 //!   read follows, with a unique index on id for deletions and retries;
 //! - `server_secret` holds the seed of decoy salts, so that every process
 //!   sharing the database answers a login for an unknown name alike;
+//! - a stored message is its own idempotency record: a unique index on
+//!   (sender, client id) finds a resend's original, and the index's
+//!   uniqueness catches two processes storing one send at once. Only when
+//!   a message is deleted (alone or with its recipient's account) is its
+//!   record copied into
+//!   `sent_ids`, which therefore holds only the records of messages no
+//!   longer stored (SQLite writes every record there): an append writes
+//!   one row instead of two;
 //! - a mailbox's acknowledgement state is a row of `mailbox_marks`, not
 //!   columns of its account: the watermark `acked_through`, and
 //!   `read_count`, the unread messages acks have passed. Acks lock only that
@@ -136,6 +144,12 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO mailbox_marks (account, acked_through) SELECT id, acked_through FROM accounts;
     ALTER TABLE accounts DROP COLUMN acked_through",
+    // Version 3: a stored message is its own idempotency record (a unique
+    // index on its sender and client id), so an append writes one row, not
+    // two; `sent_ids` keeps the records of messages no longer stored.
+    "CREATE UNIQUE INDEX messages_sent ON messages (sender, client_msg_id);
+    DELETE FROM sent_ids s USING messages m
+        WHERE m.recipient = s.recipient AND m.seq = s.seq AND m.id = s.message_id",
 ];
 
 /// The schema version this build creates and understands.
@@ -294,6 +308,50 @@ mod tests {
             .await
             .expect("columns");
         assert!(gone.is_none(), "the watermark lives in mailbox_marks only");
+        drop(client);
+        let _ = task.await;
+    }
+
+    /// Version 3 keeps every idempotency record: those of stored messages
+    /// move into the messages' own index, those of deleted ones stay.
+    #[tokio::test]
+    async fn version_3_keeps_every_idempotency_record() {
+        let Some((_scratch, url, client, task)) = super::super::test_support::scratch_client().await else {
+            return;
+        };
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE parley_schema (version integer PRIMARY KEY, applied_ms bigint NOT NULL);
+                 {}; {};
+                 INSERT INTO parley_schema VALUES (1, 0), (2, 0);
+                 INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
+                     VALUES (7, 2, 1, 1, 'alice', 'kept', 'hi', 0);
+                 INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
+                     VALUES (1, 'kept', 7, 2, 1, 0), (1, 'deleted', 6, 2, 9, 0);",
+                MIGRATIONS[0], MIGRATIONS[1]
+            ))
+            .await
+            .expect("version 2");
+        prepare(&client, &url, [1; 32]).await.expect("migrate");
+        let records: Vec<String> = client
+            .query(
+                "SELECT convert_from(client_msg_id, 'UTF8') FROM sent_ids ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("records")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(records, ["deleted"], "the stored message is its own record");
+        let twice = client
+            .execute(
+                "INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
+                 VALUES (8, 2, 2, 1, 'alice', 'kept', 'again', 0)",
+                &[],
+            )
+            .await;
+        assert!(twice.is_err(), "one message per sender and client id");
         drop(client);
         let _ = task.await;
     }
