@@ -267,6 +267,17 @@ pub(super) fn describe(error: &tokio_postgres::Error) -> String {
 mod tests {
     use super::*;
 
+    /// Builds the schema as version `version` left it, then runs `rows`.
+    async fn at_version(client: &Client, version: usize, rows: &str) {
+        let mut sql =
+            String::from("CREATE TABLE parley_schema (version integer PRIMARY KEY, applied_ms bigint NOT NULL);");
+        for (done, step) in MIGRATIONS[..version].iter().enumerate() {
+            sql.push_str(&format!("{step}; INSERT INTO parley_schema VALUES ({}, 0);", done + 1));
+        }
+        sql.push_str(rows);
+        client.batch_execute(&sql).await.expect("an older schema");
+    }
+
     /// A database of version 1 keeps every mailbox's watermark and unread
     /// count when version 2 moves them to `mailbox_marks`.
     #[tokio::test]
@@ -274,18 +285,14 @@ mod tests {
         let Some((_scratch, url, client, task)) = super::super::test_support::scratch_client().await else {
             return;
         };
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE parley_schema (version integer PRIMARY KEY, applied_ms bigint NOT NULL);
-                 {};
-                 INSERT INTO parley_schema VALUES (1, 0);
-                 INSERT INTO accounts (name, name_key, mechanism, salt, iterations, stored_key, server_key,
-                                       last_seq, acked_through, unread, created_ms)
-                     VALUES ('Bob', 'bob', 'SCRAM-SHA-256', '', 4096, '', '', 5, 2, 2, 0);",
-                MIGRATIONS[0]
-            ))
-            .await
-            .expect("version 1");
+        at_version(
+            &client,
+            1,
+            "INSERT INTO accounts (name, name_key, mechanism, salt, iterations, stored_key, server_key,
+                                   last_seq, acked_through, unread, created_ms)
+                 VALUES ('Bob', 'bob', 'SCRAM-SHA-256', '', 4096, '', '', 5, 2, 2, 0)",
+        )
+        .await;
         prepare(&client, &url, [1; 32]).await.expect("migrate");
         let row = client
             .query_one(
@@ -319,19 +326,15 @@ mod tests {
         let Some((_scratch, url, client, task)) = super::super::test_support::scratch_client().await else {
             return;
         };
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE parley_schema (version integer PRIMARY KEY, applied_ms bigint NOT NULL);
-                 {}; {};
-                 INSERT INTO parley_schema VALUES (1, 0), (2, 0);
-                 INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
-                     VALUES (7, 2, 1, 1, 'alice', 'kept', 'hi', 0);
-                 INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
-                     VALUES (1, 'kept', 7, 2, 1, 0), (1, 'deleted', 6, 2, 9, 0);",
-                MIGRATIONS[0], MIGRATIONS[1]
-            ))
-            .await
-            .expect("version 2");
+        at_version(
+            &client,
+            2,
+            "INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
+                 VALUES (7, 2, 1, 1, 'alice', 'kept', 'hi', 0);
+             INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
+                 VALUES (1, 'kept', 7, 2, 1, 0), (1, 'deleted', 6, 2, 9, 0)",
+        )
+        .await;
         prepare(&client, &url, [1; 32]).await.expect("migrate");
         let records: Vec<String> = client
             .query(
