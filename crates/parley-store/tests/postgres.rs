@@ -529,7 +529,8 @@ async fn stores_sharing_a_database_keep_every_mailbox_gap_free() {
 /// client resending through another node: both are answered with the one
 /// stored message, never an error. Half the rounds name another recipient
 /// the second time (a confused client): then no account lock orders the two
-/// appends, and the loser's record insert is what finds the winner's.
+/// appends, and the loser's insert is what finds the winner's (on the
+/// unique index of sender and client id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_through_another_store_gets_the_same_message() {
     const ROUNDS: usize = 40;
