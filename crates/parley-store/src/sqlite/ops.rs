@@ -158,7 +158,10 @@ impl<T: Send> Outcome for Answer<T> {
     }
 
     fn backend_error(&self) -> Option<StoreError> {
-        backend_error(&self.result)
+        match &self.result {
+            Err(error @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => Some(error.clone()),
+            _ => None,
+        }
     }
 
     fn deliver(self: Box<Self>, error: Option<&StoreError>) {
@@ -169,14 +172,6 @@ impl<T: Send> Outcome for Answer<T> {
         (self.announce)(self.on_stored.as_ref(), &result);
         // A caller that dropped its reply no longer wants the answer.
         let _ = self.reply.send(result);
-    }
-}
-
-/// The error of a result, when SQLite itself failed (not a domain answer).
-fn backend_error<T>(result: &StoreResult<T>) -> Option<StoreError> {
-    match result {
-        Err(error @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => Some(error.clone()),
-        _ => None,
     }
 }
 
