@@ -278,7 +278,6 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
             added.push(signed(mailbox.added));
             added_bytes.push(signed(mailbox.added_bytes));
         }
-        let expected = u64::try_from(rows.ids.len()).unwrap_or(u64::MAX);
         let messages: Params = &[
             &rows.ids,
             &rows.recipients,
@@ -300,11 +299,12 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
             ),
             execute(db, COUNTERS, counts,),
         );
-        match inserted {
-            Err(error) if is_recorded_meanwhile(&error) => return Ok(RunEnd::Raced),
-            Err(error) => return Err(error),
-            Ok(inserted) if inserted != expected => return Ok(RunEnd::Raced),
-            Ok(_) => {}
+        if let Err(error) = inserted {
+            return if is_recorded_meanwhile(&error) {
+                Ok(RunEnd::Raced)
+            } else {
+                Err(error)
+            };
         }
         counted?;
     }

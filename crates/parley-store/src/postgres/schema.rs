@@ -32,10 +32,9 @@
 //!   (sender, client id) finds a resend's original, and the index's
 //!   uniqueness catches two processes storing one send at once. Only when
 //!   a message is deleted (alone or with its recipient's account) is its
-//!   record copied into
-//!   `sent_ids`, which therefore holds only the records of messages no
-//!   longer stored (SQLite writes every record there): an append writes
-//!   one row instead of two;
+//!   record copied into `sent_ids`, which therefore holds only the records
+//!   of messages no longer stored (SQLite writes every record there): an
+//!   append writes one row instead of two;
 //! - a mailbox's acknowledgement state is a row of `mailbox_marks`, not
 //!   columns of its account: the watermark `acked_through`, and
 //!   `read_count`, the unread messages acks have passed. Acks lock only that
@@ -265,10 +264,16 @@ pub(super) fn describe(error: &tokio_postgres::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use parley_testkit::postgres::Scratch;
+    use tokio::task::JoinHandle;
+
     use super::*;
 
-    /// Builds the schema as version `version` left it, then runs `rows`.
-    async fn at_version(client: &Client, version: usize, rows: &str) {
+    /// A scratch database with the schema as version `version` left it and
+    /// `rows` added, then migrated to the current version, with a
+    /// connection to it (None without a test database).
+    async fn migrated_from(version: usize, rows: &str) -> Option<(Scratch, Client, JoinHandle<()>)> {
+        let (scratch, url, client, task) = super::super::test_support::scratch_client().await?;
         let mut sql =
             String::from("CREATE TABLE parley_schema (version integer PRIMARY KEY, applied_ms bigint NOT NULL);");
         for (done, step) in MIGRATIONS[..version].iter().enumerate() {
@@ -276,24 +281,24 @@ mod tests {
         }
         sql.push_str(rows);
         client.batch_execute(&sql).await.expect("an older schema");
+        prepare(&client, &url, [1; 32]).await.expect("migrate");
+        Some((scratch, client, task))
     }
 
     /// A database of version 1 keeps every mailbox's watermark and unread
     /// count when version 2 moves them to `mailbox_marks`.
     #[tokio::test]
     async fn version_2_keeps_the_marks_of_version_1() {
-        let Some((_scratch, url, client, task)) = super::super::test_support::scratch_client().await else {
-            return;
-        };
-        at_version(
-            &client,
+        let Some((_scratch, client, task)) = migrated_from(
             1,
             "INSERT INTO accounts (name, name_key, mechanism, salt, iterations, stored_key, server_key,
                                    last_seq, acked_through, unread, created_ms)
                  VALUES ('Bob', 'bob', 'SCRAM-SHA-256', '', 4096, '', '', 5, 2, 2, 0)",
         )
-        .await;
-        prepare(&client, &url, [1; 32]).await.expect("migrate");
+        .await
+        else {
+            return;
+        };
         let row = client
             .query_one(
                 "SELECT k.acked_through, a.unread - k.read_count, a.last_seq
@@ -323,19 +328,17 @@ mod tests {
     /// move into the messages' own index, those of deleted ones stay.
     #[tokio::test]
     async fn version_3_keeps_every_idempotency_record() {
-        let Some((_scratch, url, client, task)) = super::super::test_support::scratch_client().await else {
-            return;
-        };
-        at_version(
-            &client,
+        let Some((_scratch, client, task)) = migrated_from(
             2,
             "INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
                  VALUES (7, 2, 1, 1, 'alice', 'kept', 'hi', 0);
              INSERT INTO sent_ids (sender, client_msg_id, message_id, recipient, seq, timestamp_ms)
                  VALUES (1, 'kept', 7, 2, 1, 0), (1, 'deleted', 6, 2, 9, 0)",
         )
-        .await;
-        prepare(&client, &url, [1; 32]).await.expect("migrate");
+        .await
+        else {
+            return;
+        };
         let records: Vec<String> = client
             .query(
                 "SELECT convert_from(client_msg_id, 'UTF8') FROM sent_ids ORDER BY 1",
