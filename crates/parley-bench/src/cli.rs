@@ -9,6 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7878";
 /// Where NATS listens for `--compare-nats` unless `--target` names it.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Where JetStream listens for `--compare-jetstream` unless `--target` names it.
+pub const DEFAULT_JETSTREAM_URL: &str = "jetstream://127.0.0.1:4222";
+/// What the report says about JetStream's syncs to disk unless told: the
+/// server's own default, a sync every two minutes, not one per message.
+pub const DEFAULT_JETSTREAM_SYNC: &str = "server default (sync_interval 2m)";
 /// Length of each measured phase, seconds.
 pub const DEFAULT_DURATION_SECS: f64 = 10.0;
 /// Sender→receiver pairs in relay and overload.
@@ -58,7 +63,7 @@ pub const DEFAULT_MAX_OUTSTANDING: usize = 8192;
 /// due time, so the wait for the tick is in it.
 pub const DEFAULT_WRITE_TICK_MS: f64 = 5.0;
 
-/// Load generator for parleyd (and NATS core, for comparison).
+/// Load generator for parleyd (and NATS core or JetStream, for comparison).
 ///
 /// Drives a running server with one scenario and prints a summary table,
 /// or with --json one JSON object holding every number. Accounts are created
@@ -143,12 +148,23 @@ pub struct RelayArgs {
     /// Seconds to wait after sending for stored messages to be delivered
     #[arg(long, default_value_t = DEFAULT_DRAIN_SECS, value_name = "SECS")]
     pub drain: f64,
-    /// Run against this instead of parleyd: `parley` or `nats://HOST:PORT`
+    /// Run against this instead of parleyd: `parley`, `nats://HOST:PORT`
+    /// (NATS core) or `jetstream://HOST:PORT` (NATS JetStream: a file-backed
+    /// stream of its own per run, acknowledged publishes, a pull consumer
+    /// per receiver)
     #[arg(long, value_name = "TARGET")]
     pub target: Option<String>,
     /// Run against parleyd, then NATS (--target's URL or nats://127.0.0.1:4222), and compare
     #[arg(long)]
     pub compare_nats: bool,
+    /// Run against parleyd, then JetStream (--target's URL or
+    /// jetstream://127.0.0.1:4222), and compare
+    #[arg(long, conflicts_with = "compare_nats")]
+    pub compare_jetstream: bool,
+    /// How the JetStream server syncs to disk, as its operator configured
+    /// it: only printed beside the figures (the bench cannot see it)
+    #[arg(long, default_value = DEFAULT_JETSTREAM_SYNC, value_name = "LABEL")]
+    pub jetstream_sync: String,
     /// NATS server's process id, for its CPU and RSS
     #[arg(long, value_name = "PID")]
     pub nats_pid: Option<u32>,
@@ -159,7 +175,7 @@ pub struct RelayArgs {
     /// Also run against this parleyd, alternating with --server, and
     /// compare (a same-node peer for --receivers-on, or a server on another
     /// store)
-    #[arg(long, value_name = "ADDR", conflicts_with = "compare_nats")]
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["compare_nats", "compare_jetstream"])]
     pub peer_server: Option<String>,
     /// Where the peer's receivers log in [default: --peer-server]
     #[arg(long, value_name = "ADDR", requires = "peer_server")]

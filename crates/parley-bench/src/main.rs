@@ -4,8 +4,8 @@
 //! accounts it creates for them (a random prefix per run), and the ways of
 //! showing results: a table, one JSON object, an SVG picture. It talks to
 //! parleyd through `parley-client`, except where a scenario needs sockets
-//! the library cannot give it (see `wire`), and to NATS through
-//! `async-nats`, so that both are measured by the same generator.
+//! the library cannot give it (see `wire`), and to NATS core and JetStream
+//! through `async-nats`, so that all are measured by the same generator.
 //!
 //! It must never touch parleyd's data directory or configuration, never
 //! send traffic anywhere but the addresses it is given, and every run ends
@@ -16,6 +16,7 @@ mod cli;
 mod common;
 mod failover;
 mod idle;
+mod jetstream;
 mod lean;
 mod login;
 mod offline;
@@ -74,6 +75,8 @@ enum Target {
     /// parleyd: senders at the first address, receivers at the second.
     Parley(String, String),
     Nats(String),
+    /// A `jetstream://` URL.
+    JetStream(String),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -197,14 +200,27 @@ async fn relay_scenario(
     let target = match args.target.as_deref() {
         None | Some("parley") => Target::Parley(cli.server.clone(), receivers_on.clone()),
         Some(url) if url.starts_with("nats://") => Target::Nats(url.to_owned()),
-        Some(other) => anyhow::bail!("--target must be `parley` or a nats:// URL, not {other:?}"),
+        Some(url) if url.starts_with(jetstream::SCHEME) => Target::JetStream(url.to_owned()),
+        Some(other) => anyhow::bail!("--target must be `parley`, a nats:// or a jetstream:// URL, not {other:?}"),
     };
+    anyhow::ensure!(
+        !(args.compare_nats && matches!(target, Target::JetStream(_))),
+        "--compare-nats compares with NATS core: give --target a nats:// URL or none"
+    );
+    anyhow::ensure!(
+        !(args.compare_jetstream && matches!(target, Target::Nats(_))),
+        "--compare-jetstream compares with JetStream: give --target a jetstream:// URL or none"
+    );
     let mut targets: Vec<(Target, TargetReport)> = Vec::new();
     let nats_url = match &target {
         Target::Nats(url) => url.clone(),
-        Target::Parley(..) => cli::DEFAULT_NATS_URL.to_owned(),
+        _ => cli::DEFAULT_NATS_URL.to_owned(),
     };
-    if args.compare_nats || matches!(target, Target::Parley(..)) {
+    let jetstream_url = match &target {
+        Target::JetStream(url) => url.clone(),
+        _ => cli::DEFAULT_JETSTREAM_URL.to_owned(),
+    };
+    if args.compare_nats || args.compare_jetstream || matches!(target, Target::Parley(..)) {
         targets.push((
             Target::Parley(cli.server.clone(), receivers_on.clone()),
             TargetReport {
@@ -235,6 +251,17 @@ async fn relay_scenario(
             },
         ));
     }
+    let with_jetstream = args.compare_jetstream || matches!(target, Target::JetStream(_));
+    if with_jetstream {
+        targets.push((
+            Target::JetStream(jetstream_url.clone()),
+            TargetReport {
+                target: "jetstream".into(),
+                endpoint: jetstream_url,
+                runs: Vec::new(),
+            },
+        ));
+    }
     // Targets alternate within each repetition, so slow drifts of the
     // machine (other load, thermal) affect both alike.
     for _ in 0..cli.runs {
@@ -246,11 +273,21 @@ async fn relay_scenario(
                     relay::run_parley(server, receivers, &params, pid).await?
                 }
                 Target::Nats(url) => relay::run_nats(url, &params, args.nats_pid).await?,
+                Target::JetStream(url) => jetstream::run(url, &params, args.nats_pid, &args.jetstream_sync).await?,
             };
             report.runs.push(run);
         }
     }
     let targets: Vec<TargetReport> = targets.into_iter().map(|(_, report)| report).collect();
+    // First among the notes, so that it stands right under the figures.
+    let notes = if with_jetstream {
+        vec![format!(
+            "jetstream sync to disk: {} (from --jetstream-sync; the bench cannot see the server's configuration)",
+            args.jetstream_sync
+        )]
+    } else {
+        Vec::new()
+    };
     let mut comparison = Metrics::default();
     if let [first, second] = targets.as_slice() {
         let ratio = |key: &str| {
@@ -258,10 +295,10 @@ async fn relay_scenario(
             let b = second.spread(key).map(|s| s.median).unwrap_or(0.0);
             if b > 0.0 { a / b } else { f64::NAN }
         };
-        let (rate_label, p99_label) = if second.target == "peer" {
-            ("delivered msg/s, parley / peer", "latency p99, parley / peer")
-        } else {
-            ("delivered msg/s, parley / nats", "latency p99, parley / nats")
+        let (rate_label, p99_label) = match second.target.as_str() {
+            "peer" => ("delivered msg/s, parley / peer", "latency p99, parley / peer"),
+            "jetstream" => ("delivered msg/s, parley / jetstream", "latency p99, parley / jetstream"),
+            _ => ("delivered msg/s, parley / nats", "latency p99, parley / nats"),
         };
         comparison.push("delivered_per_sec_ratio", rate_label, "×", ratio("delivered_per_sec"));
         comparison.push("latency_p99_ratio", p99_label, "×", ratio("latency_p99_ms"));
@@ -275,10 +312,11 @@ async fn relay_scenario(
             "window": args.window,
             "duration_secs": cli.duration,
             "drain_secs": args.drain,
+            "jetstream_sync": with_jetstream.then_some(&args.jetstream_sync),
         }),
         targets,
         comparison,
-        notes: Vec::new(),
+        notes,
     })
 }
 

@@ -2,7 +2,8 @@
 //! connection that is subscribed and acknowledges what it is pushed. The
 //! payload carries the send time, so the receiver measures end to end
 //! latency. The same generator runs against NATS core pub/sub (one subject
-//! per receiver) so both are measured by the same code on the same machine.
+//! per receiver) so both are measured by the same code on the same machine;
+//! `jetstream.rs` runs it against NATS JetStream with what is shared here.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,7 +277,7 @@ pub async fn ack_loop(client: Arc<Client>, mut positions: watch::Receiver<u64>) 
 const ACKS_IN_FLIGHT: usize = 4;
 
 /// Waits until every confirmed message was delivered or `grace` passed.
-async fn drain(counters: &Counters, grace: Duration) {
+pub async fn drain(counters: &Counters, grace: Duration) {
     let until = Instant::now() + grace;
     while Instant::now() < until && counters.get(&counters.delivered) < counters.get(&counters.stored) {
         tokio::time::sleep(DRAIN_POLL).await;
@@ -305,16 +306,17 @@ pub fn progress_for(phase: &str, length: Duration, counters: &Arc<Counters>) -> 
 }
 
 /// What one run measured, before it becomes a report.
-struct Outcome<'a> {
-    params: &'a RelayParams,
-    counters: &'a Counters,
-    latency: &'a Latency,
-    start: Instant,
-    send_elapsed: Duration,
-    per_second: &'a PerSecond,
-    usage: Option<procmon::Usage>,
-    usage_prefix: &'static str,
-    bench_cpu_secs: f64,
+pub struct Outcome<'a> {
+    pub params: &'a RelayParams,
+    pub counters: &'a Counters,
+    pub latency: &'a Latency,
+    pub start: Instant,
+    pub send_elapsed: Duration,
+    pub per_second: &'a PerSecond,
+    pub usage: Option<procmon::Usage>,
+    /// How the server's CPU and memory rows are named ("server", "nats").
+    pub usage_prefix: &'static str,
+    pub bench_cpu_secs: f64,
 }
 
 /// One relay run against parleyd: senders at `server`, receivers at
@@ -669,7 +671,7 @@ async fn nats_sender(
     }
 }
 
-fn report(outcome: Outcome<'_>) -> RunReport {
+pub fn report(outcome: Outcome<'_>) -> RunReport {
     let Outcome {
         params,
         counters,

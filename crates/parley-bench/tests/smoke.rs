@@ -158,6 +158,70 @@ async fn relay_against_nats() {
     assert_eq!(number(run, "duplicates"), 0.0, "{run}");
 }
 
+/// The durable peer: a stream of the run's own, acknowledged publishes and
+/// one pull consumer per receiver; nothing lost or repeated, and the
+/// stream gone once the run is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_against_jetstream_leaves_no_stream() {
+    let Some(jetstream) = jetstream_or_skip().await else {
+        return;
+    };
+    let report = bench(&[
+        "--duration",
+        "1",
+        "relay",
+        "--pairs",
+        "2",
+        "--window",
+        "32",
+        "--target",
+        &format!("jetstream://{NATS_ADDR}"),
+    ])
+    .await;
+    assert_eq!(report["results"][0]["target"], "jetstream");
+    assert_eq!(report["params"]["jetstream_sync"], "server default (sync_interval 2m)");
+    let run = first_run(&report);
+    assert_clean_relay(run);
+    let stream = run["jetstream_stream"].as_str().expect("the run names its stream");
+    // Only the server's own "stream not found" proves it gone: a failed
+    // request or an answer the client cannot read proves nothing.
+    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+    match jetstream.get_stream(stream).await {
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {}
+        Err(e) => panic!("asking for stream {stream}: {e}"),
+        Ok(_) => panic!("stream {stream} is still there after the run"),
+    }
+}
+
+/// A JetStream context on the NATS at [`NATS_ADDR`], or None (the test
+/// skips) when there is none, unless `PARLEY_REQUIRE_SERVICES=1`.
+async fn jetstream_or_skip() -> Option<async_nats::jetstream::Context> {
+    let required = std::env::var("PARLEY_REQUIRE_SERVICES").as_deref() == Ok("1");
+    let client = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(NATS_ADDR)).await;
+    let client = match client {
+        Ok(Ok(client)) => client,
+        _ => {
+            assert!(
+                !required,
+                "NATS is required (PARLEY_REQUIRE_SERVICES=1) but {NATS_ADDR} does not accept connections"
+            );
+            println!("skipped: no NATS server accepts connections at {NATS_ADDR}");
+            return None;
+        }
+    };
+    // Without JetStream nobody answers its API ("no responders").
+    if let Err(e) = client.request("$JS.API.INFO", "".into()).await {
+        assert!(
+            !required,
+            "JetStream is required (PARLEY_REQUIRE_SERVICES=1) but NATS at {NATS_ADDR} has none: {e}"
+        );
+        println!("skipped: NATS at {NATS_ADDR} runs without JetStream ({e})");
+        return None;
+    }
+    Some(async_nats::jetstream::new(client))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_reports_memory_per_connection() {
     let server = server(Store::Memory);
