@@ -320,7 +320,7 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
     );
     e.counter(
         "parley_log_lines_dropped_total",
-        "Log file lines dropped because the writer was behind.",
+        "Log lines dropped (stderr and files) because their writer was behind.",
         s.log_lines_dropped,
     );
     e.counter(

@@ -163,3 +163,87 @@ fn repeats_are_suppressed_on_stderr_too() {
         .count();
     assert!(written < refused / 2, "{written} of {refused} refusals were written");
 }
+
+/// A parleyd whose stderr is a pipe nobody reads, stopped by its pid.
+struct UnreadStderr {
+    master: std::process::Child,
+    /// The read end, held open and never read: the pipe fills.
+    _stderr: std::io::PipeReader,
+    addr: String,
+}
+
+impl Drop for UnreadStderr {
+    fn drop(&mut self) {
+        let master = self.master.id();
+        let workers = parley_testkit::children(master);
+        let signal = |pid: u32, signal| {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        };
+        signal(master, nix::sys::signal::Signal::SIGTERM);
+        let stopped = parley_testkit::poll_within_blocking(Duration::from_secs(15), || {
+            self.master.try_wait().ok().flatten().map(|_| ())
+        });
+        if stopped.is_none() {
+            // A server stuck in a write to its stderr does not stop.
+            for pid in workers {
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = self.master.kill();
+            let _ = self.master.wait();
+        }
+    }
+}
+
+/// Every connection writes two access lines (opened, closed) to stderr
+/// when there is no log directory. Written straight from the tasks that
+/// serve, a stderr that stops being read (a stuck log collector, a full
+/// pipe) blocked the runtime's threads in `write` once the pipe's 64 KiB
+/// were full, and the server stopped answering anyone. Lines it cannot
+/// write now are dropped and counted; the server keeps serving.
+#[test]
+fn a_stderr_nobody_reads_does_not_stall_the_server() {
+    use std::io::BufRead;
+    parley_testkit::ensure_parleyd();
+    let data = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut master = std::process::Command::new(parley_testkit::binary("parleyd"))
+        .args(["--listen", "127.0.0.1:0", "--store", "memory", "--http-listen", "off"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let stdout = master.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30));
+    let addr = line
+        .as_deref()
+        .ok()
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("native=")))
+        .map(str::to_owned);
+    let server = UnreadStderr {
+        master,
+        _stderr: reader,
+        addr: addr.unwrap_or_else(|| panic!("parleyd did not start: {line:?}")),
+    };
+
+    // About 200 bytes of access lines per connection: 2,000 connections
+    // write several times what a pipe holds.
+    for n in 0..2_000 {
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut welcome = [0u8; 4];
+        if let Err(e) = stream.read_exact(&mut welcome) {
+            panic!("connection {n} got no Welcome: {e}");
+        }
+    }
+}
