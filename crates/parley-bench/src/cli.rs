@@ -221,6 +221,20 @@ pub struct LoginArgs {
     /// Concurrent clients, each with its own account
     #[arg(long, default_value_t = DEFAULT_LOGIN_CLIENTS, value_name = "C")]
     pub clients: usize,
+    /// How each resume connection ends: `reset` aborts it (no TIME_WAIT
+    /// left on the generator's ports), `fin` closes it gracefully
+    #[arg(long, value_enum, default_value_t = ResumeClose::Reset, value_name = "HOW")]
+    pub resume_close: ResumeClose,
+}
+
+/// How the login storm ends each resume connection (`login.rs` says why
+/// it aborts them by default).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeClose {
+    /// SO_LINGER 0: the close sends a reset and leaves no TIME_WAIT.
+    Reset,
+    /// An orderly close (FIN); the generator's side keeps TIME_WAIT.
+    Fin,
 }
 
 #[derive(Args, Debug, Clone)]

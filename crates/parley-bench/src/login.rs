@@ -6,8 +6,17 @@
 //! connection per login would run one source address out of ephemeral
 //! ports within seconds. Resume logins cannot do that, because a logout
 //! revokes the token it used, so each resume opens a fresh connection and
-//! closes it without logging out; on loopback the kernel reuses ports in
-//! TIME_WAIT (`net.ipv4.tcp_tw_reuse = 2`, the default).
+//! ends it without logging out. By default it aborts the connection
+//! (`SO_LINGER` 0: a reset, as from a client that vanished) rather than
+//! closing it: the side that closes first keeps each port in TIME_WAIT,
+//! and with tens of thousands of those every connect searches the port
+//! space past them (the kernel's `__inet_check_established`,
+//! `__inet_hash_connect` and `tcp_twsk_unique` took 8% of the generator's
+//! CPU), which made the generator, not parleyd, the limit of the phase.
+//! `--resume-close fin` closes gracefully instead (on loopback the kernel
+//! reuses ports in TIME_WAIT, `net.ipv4.tcp_tw_reuse = 2`, the default).
+//! Each phase also reports the server's CPU time during it, so that the
+//! server's cost per login is known whoever limits the rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +26,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use parley_client::Client;
 
-use crate::cli::LoginArgs;
+use crate::cli::{LoginArgs, ResumeClose};
 use crate::common;
 use crate::procmon::{self, Monitor};
 use crate::progress::Progress;
@@ -36,6 +45,14 @@ struct Phase {
     first_error: Option<String>,
     elapsed: Duration,
     bench_cpu_secs: f64,
+    /// The server's CPU time during the phase, when its pid is known.
+    server_cpu_secs: Option<f64>,
+}
+
+/// The CPU time of the server (`pid`) so far, seconds.
+fn server_cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let (ticks, _) = procmon::read(Some(pid?)).ok()?;
+    Some(procmon::ticks_to_secs(ticks))
 }
 
 /// Per-task tallies of a phase.
@@ -64,10 +81,28 @@ impl Tally {
     }
 }
 
+/// When a phase began: the clock, the bench's CPU time and the server's.
+struct PhaseStart {
+    at: Instant,
+    bench_cpu: f64,
+    server_pid: Option<u32>,
+    server_cpu: Option<f64>,
+}
+
+impl PhaseStart {
+    fn now(server_pid: Option<u32>) -> PhaseStart {
+        PhaseStart {
+            bench_cpu: procmon::own_cpu_secs(),
+            server_cpu: server_cpu_secs(server_pid),
+            server_pid,
+            at: Instant::now(),
+        }
+    }
+}
+
 async fn collect(
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Tally>>>,
-    started: Instant,
-    cpu_before: f64,
+    start: PhaseStart,
 ) -> anyhow::Result<Phase> {
     let mut phase = Phase {
         latency: Latency::new()?,
@@ -77,6 +112,7 @@ async fn collect(
         first_error: None,
         elapsed: Duration::ZERO,
         bench_cpu_secs: 0.0,
+        server_cpu_secs: None,
     };
     for task in tasks {
         let tally = task.await.context("login task")??;
@@ -88,8 +124,11 @@ async fn collect(
         }
     }
     phase.logins = phase.latency.count();
-    phase.elapsed = started.elapsed();
-    phase.bench_cpu_secs = procmon::own_cpu_secs() - cpu_before;
+    phase.elapsed = start.at.elapsed();
+    phase.bench_cpu_secs = procmon::own_cpu_secs() - start.bench_cpu;
+    phase.server_cpu_secs = server_cpu_secs(start.server_pid)
+        .zip(start.server_cpu)
+        .map(|(after, before)| after - before);
     Ok(phase)
 }
 
@@ -105,12 +144,12 @@ async fn scram_phase(
     names: &[String],
     password: &str,
     duration: Duration,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<Phase> {
     let done = Arc::new(AtomicU64::new(0));
     let _progress = progress("scram", duration, &done);
-    let cpu_before = procmon::own_cpu_secs();
-    let started = Instant::now();
-    let deadline = started + duration;
+    let start = PhaseStart::now(server_pid);
+    let deadline = start.at + duration;
     let tasks = clients
         .iter()
         .zip(names)
@@ -142,16 +181,31 @@ async fn scram_phase(
             })
         })
         .collect();
-    collect(tasks, started, cpu_before).await
+    collect(tasks, start).await
 }
 
-async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> anyhow::Result<Phase> {
+/// What a resume phase is given.
+struct ResumePlan<'a> {
+    server: &'a str,
+    tokens: &'a [Vec<u8>],
+    duration: Duration,
+    close: ResumeClose,
+    server_pid: Option<u32>,
+}
+
+async fn resume_phase(plan: ResumePlan<'_>) -> anyhow::Result<Phase> {
+    let ResumePlan {
+        server,
+        tokens,
+        duration,
+        close,
+        server_pid,
+    } = plan;
     let address = wire::resolve(server).await?;
     let done = Arc::new(AtomicU64::new(0));
     let _progress = progress("resume", duration, &done);
-    let cpu_before = procmon::own_cpu_secs();
-    let started = Instant::now();
-    let deadline = started + duration;
+    let start = PhaseStart::now(server_pid);
+    let deadline = start.at + duration;
     let tasks = tokens
         .iter()
         .map(|token| {
@@ -187,15 +241,29 @@ async fn resume_phase(server: &str, tokens: &[Vec<u8>], duration: Duration) -> a
                         }
                         Err(e) => tally.error(format!("resume: {e:#}")),
                     }
-                    // Dropping the socket closes the connection without a
+                    // Dropping the socket ends the connection without a
                     // logout, so the token stays valid.
+                    if close == ResumeClose::Reset
+                        && let Err(e) = wire::abort_on_close(&handshake.stream)
+                    {
+                        tally.error(format!("SO_LINGER: {e:#}"));
+                    }
                     drop(handshake);
                 }
                 Ok(tally)
             })
         })
         .collect();
-    collect(tasks, started, cpu_before).await
+    collect(tasks, start).await
+}
+
+/// CPU microseconds per login.
+fn per_login_us(secs: f64, logins: u64) -> f64 {
+    if logins == 0 {
+        f64::NAN
+    } else {
+        secs * 1e6 / logins as f64
+    }
 }
 
 /// One login-storm run.
@@ -223,7 +291,7 @@ pub async fn run(
         .collect();
     let iterations = clients.first().map(|c| c.welcome().scram_iterations).unwrap_or(0);
     let monitor = server_pid.map(Monitor::start).transpose()?;
-    let scram = scram_phase(&clients, &names, &password, duration).await?;
+    let scram = scram_phase(&clients, &names, &password, duration, server_pid).await?;
     // One SCRAM login per client makes its resume token; that session stays
     // logged in so the token stays valid.
     let mut tokens = Vec::with_capacity(clients.len());
@@ -234,7 +302,14 @@ pub async fn run(
             .with_context(|| format!("logging in as {name}"))?;
         tokens.push(info.resume_token);
     }
-    let resume = resume_phase(server, &tokens, duration).await?;
+    let resume = resume_phase(ResumePlan {
+        server,
+        tokens: &tokens,
+        duration,
+        close: args.resume_close,
+        server_pid,
+    })
+    .await?;
     let usage = monitor.zip(server_pid).map(|(m, pid)| m.finish(pid));
     drop(clients);
 
@@ -284,6 +359,28 @@ pub async fn run(
         "s",
         resume.bench_cpu_secs,
     );
+    m.push(
+        "resume_bench_cpu_us_per_login",
+        "bench CPU per resume login",
+        "µs",
+        per_login_us(resume.bench_cpu_secs, resume.logins),
+    );
+    for (key, label, phase) in [
+        ("scram_server_cpu_secs", "server CPU during SCRAM", &scram),
+        ("resume_server_cpu_secs", "server CPU during resume", &resume),
+    ] {
+        if let Some(secs) = phase.server_cpu_secs {
+            m.push(key, label, "s", secs);
+        }
+    }
+    if let Some(secs) = resume.server_cpu_secs {
+        m.push(
+            "resume_server_cpu_us_per_login",
+            "server CPU per resume login",
+            "µs",
+            per_login_us(secs, resume.logins),
+        );
+    }
     if let Some(usage) = &usage {
         usage.add_to(&mut m, "server");
     }
@@ -291,7 +388,13 @@ pub async fn run(
         format!(
             "SCRAM: each client reuses its connection, login → logout → login; the rate includes the logouts, the latency does not; the bench computes PBKDF2 ({iterations} iterations) for every login on the same cores as the server"
         ),
-        "resume: each login on a fresh connection, closed without logout (a logout revokes the token); latency is Resume → AuthOk, connect+resume adds TCP connect and Welcome".into(),
+        format!(
+            "resume: each login on a fresh connection, ended without logout (a logout revokes the token) {}; latency is Resume → AuthOk, connect+resume adds TCP connect and Welcome",
+            match args.resume_close {
+                ResumeClose::Reset => "by a reset (--resume-close reset: no TIME_WAIT on the generator's ports)",
+                ResumeClose::Fin => "by an orderly close (--resume-close fin)",
+            }
+        ),
     ];
     for (phase, error) in [("SCRAM", &scram.first_error), ("resume", &resume.first_error)] {
         if let Some(error) = error {

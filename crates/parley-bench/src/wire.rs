@@ -61,6 +61,12 @@ pub async fn connect_from(server: SocketAddr, source: Option<IpAddr>) -> anyhow:
     Ok(stream)
 }
 
+/// Makes closing `stream` abort the connection (`SO_LINGER` 0): the peer
+/// gets a reset, and no TIME_WAIT is left on this side's port.
+pub fn abort_on_close(stream: &TcpStream) -> anyhow::Result<()> {
+    stream.set_zero_linger().context("setting SO_LINGER 0")
+}
+
 /// A connection during its handshake: the socket and unread input.
 pub struct Handshake {
     pub stream: TcpStream,

@@ -275,16 +275,39 @@ async fn idle_splits_into_processes_and_source_addresses() {
     assert_eq!(number(run, "alive_at_end"), 40.0, "{run}");
 }
 
+/// Both kinds of login, with resume connections ended either way, and the
+/// server's CPU per resume login (each connection a new login on the
+/// server, whether it ends with a reset or a FIN).
 #[tokio::test(flavor = "multi_thread")]
 async fn login_storm_measures_both_kinds() {
     let server = server(Store::Memory);
-    let report = bench(&["--server", &server.addr, "--duration", "1", "login", "--clients", "2"]).await;
-    let run = first_run(&report);
-    assert!(number(run, "scram_logins_per_sec") > 0.0, "{run}");
-    assert!(number(run, "resume_logins_per_sec") > 0.0, "{run}");
-    assert!(number(run, "scram_iterations") >= 4096.0, "{run}");
-    assert_eq!(number(run, "scram_errors"), 0.0, "{run}");
-    assert_eq!(number(run, "resume_errors"), 0.0, "{run}");
+    let pid = server.pid().to_string();
+    for close in ["reset", "fin"] {
+        let report = bench(&[
+            "--server",
+            &server.addr,
+            "--server-pid",
+            &pid,
+            "--duration",
+            "1",
+            "login",
+            "--clients",
+            "2",
+            "--resume-close",
+            close,
+        ])
+        .await;
+        let run = first_run(&report);
+        assert!(number(run, "scram_logins_per_sec") > 0.0, "{close}: {run}");
+        assert!(number(run, "resume_logins_per_sec") > 0.0, "{close}: {run}");
+        assert!(number(run, "scram_iterations") >= 4096.0, "{close}: {run}");
+        assert_eq!(number(run, "scram_errors"), 0.0, "{close}: {run}");
+        assert_eq!(number(run, "resume_errors"), 0.0, "{close}: {run}");
+        assert!(number(run, "resume_server_cpu_secs") >= 0.0, "{close}: {run}");
+        assert!(number(run, "resume_bench_cpu_us_per_login") > 0.0, "{close}: {run}");
+        // The server's figures come from the process that serves.
+        assert!(number(run, "server_cpu_secs") > 0.0, "{close}: {run}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
