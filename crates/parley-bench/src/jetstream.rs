@@ -13,7 +13,6 @@
 //! The bench cannot see how often the server syncs the stream to disk, so
 //! the run reports what `--jetstream-sync` says about it.
 
-use std::collections::HashSet;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::common::{self, PerSecond};
 use crate::procmon::{self, Monitor};
-use crate::relay::{self, Counters, Outcome, RelayParams, Schedule};
+use crate::relay::{self, BySeq, Counters, Outcome, RelayParams, Schedule};
 use crate::report::RunReport;
 use crate::stats::Latency;
 
@@ -265,46 +264,29 @@ async fn receiver(
     per_second: Arc<PerSecond>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Latency> {
-    let mut latency = Latency::new()?;
-    let mut seen: HashSet<u64> = HashSet::new();
+    let mut received = BySeq::new(counters, per_second)?;
     loop {
         tokio::select! {
             message = messages.next() => {
                 let message = match message {
                     Some(Ok(message)) => message,
                     Some(Err(e)) => {
-                        counters.error(format!("JetStream consumer: {e}"));
+                        received.counters().error(format!("JetStream consumer: {e}"));
                         break;
                     }
                     None => break,
                 };
                 let now = Instant::now();
-                let now_ns = common::instant_ns(now);
                 if let Err(e) = message.ack().await {
-                    counters.error(format!("JetStream ack: {e}"));
+                    received.counters().error(format!("JetStream ack: {e}"));
                 }
-                match common::parse_payload(&message.payload) {
-                    Some((seq, sent_ns)) => {
-                        // One sender per subject: its sequence number
-                        // identifies a message; a redelivery repeats it.
-                        if !seen.insert(seq) {
-                            counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        latency.record_us(now_ns.saturating_sub(sent_ns) / 1000);
-                    }
-                    None => {
-                        counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                counters.delivered.fetch_add(1, Ordering::Relaxed);
-                counters.last_delivery_ns.fetch_max(now_ns, Ordering::Relaxed);
-                per_second.add(now, 1);
+                // A redelivery repeats the sender's sequence number.
+                received.take(&message.payload, now);
             }
             _ = stop.changed() => break,
         }
     }
-    Ok(latency)
+    Ok(received.latency)
 }
 
 #[cfg(test)]

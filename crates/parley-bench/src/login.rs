@@ -49,12 +49,6 @@ struct Phase {
     server_cpu_secs: Option<f64>,
 }
 
-/// The CPU time of the server (`pid`) so far, seconds.
-fn server_cpu_secs(pid: Option<u32>) -> Option<f64> {
-    let (ticks, _) = procmon::read(Some(pid?)).ok()?;
-    Some(procmon::ticks_to_secs(ticks))
-}
-
 /// Per-task tallies of a phase.
 struct Tally {
     latency: Latency,
@@ -93,7 +87,7 @@ impl PhaseStart {
     fn now(server_pid: Option<u32>) -> PhaseStart {
         PhaseStart {
             bench_cpu: procmon::own_cpu_secs(),
-            server_cpu: server_cpu_secs(server_pid),
+            server_cpu: server_pid.and_then(|pid| procmon::cpu_secs(Some(pid))),
             server_pid,
             at: Instant::now(),
         }
@@ -126,7 +120,9 @@ async fn collect(
     phase.logins = phase.latency.count();
     phase.elapsed = start.at.elapsed();
     phase.bench_cpu_secs = procmon::own_cpu_secs() - start.bench_cpu;
-    phase.server_cpu_secs = server_cpu_secs(start.server_pid)
+    phase.server_cpu_secs = start
+        .server_pid
+        .and_then(|pid| procmon::cpu_secs(Some(pid)))
         .zip(start.server_cpu)
         .map(|(after, before)| after - before);
     Ok(phase)

@@ -57,14 +57,15 @@ pub fn read(pid: Option<u32>) -> anyhow::Result<(u64, u64)> {
     Ok((utime + stime, rss_kib))
 }
 
-/// Clock ticks of CPU time in seconds.
-pub fn ticks_to_secs(ticks: u64) -> f64 {
-    ticks as f64 / TICKS_PER_SEC
+/// CPU seconds `pid` (`None` for this process) has used so far, if its
+/// `/proc` entry can be read.
+pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    read(pid).ok().map(|(ticks, _)| ticks as f64 / TICKS_PER_SEC)
 }
 
 /// CPU seconds this process has used so far.
 pub fn own_cpu_secs() -> f64 {
-    read(None).map(|(ticks, _)| ticks_to_secs(ticks)).unwrap_or(0.0)
+    cpu_secs(None).unwrap_or(0.0)
 }
 
 /// A sampling thread for one process.

@@ -549,36 +549,63 @@ async fn nats_receiver(
     per_second: Arc<PerSecond>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Latency> {
-    let mut latency = Latency::new()?;
-    let mut seen: HashSet<u64> = HashSet::new();
+    let mut received = BySeq::new(counters, per_second)?;
     loop {
         tokio::select! {
             message = subscription.next() => {
                 let Some(message) = message else { break };
-                let now = Instant::now();
-                let now_ns = common::instant_ns(now);
-                match common::parse_payload(&message.payload) {
-                    Some((seq, sent_ns)) => {
-                        // Core NATS has no message ids; the sender's sequence
-                        // number identifies a message within its subject.
-                        if !seen.insert(seq) {
-                            counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        latency.record_us(now_ns.saturating_sub(sent_ns) / 1000);
-                    }
-                    None => {
-                        counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                counters.delivered.fetch_add(1, Ordering::Relaxed);
-                counters.last_delivery_ns.fetch_max(now_ns, Ordering::Relaxed);
-                per_second.add(now, 1);
+                received.take(&message.payload, Instant::now());
             }
             _ = stop.changed() => break,
         }
     }
-    Ok(latency)
+    Ok(received.latency)
+}
+
+/// What a receiver of NATS (core or JetStream) has taken: with one sender
+/// per subject and no message ids, the sender's sequence number in the
+/// payload identifies a message, and a second copy is a duplicate.
+pub struct BySeq {
+    pub latency: Latency,
+    seen: HashSet<u64>,
+    counters: Arc<Counters>,
+    per_second: Arc<PerSecond>,
+}
+
+impl BySeq {
+    pub fn new(counters: Arc<Counters>, per_second: Arc<PerSecond>) -> anyhow::Result<BySeq> {
+        Ok(BySeq {
+            latency: Latency::new()?,
+            seen: HashSet::new(),
+            counters,
+            per_second,
+        })
+    }
+
+    /// The run's counters, for errors.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Counts a message whose payload arrived at `now`.
+    pub fn take(&mut self, payload: &[u8], now: Instant) {
+        let now_ns = common::instant_ns(now);
+        match common::parse_payload(payload) {
+            Some((seq, sent_ns)) => {
+                if !self.seen.insert(seq) {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.latency.record_us(now_ns.saturating_sub(sent_ns) / 1000);
+            }
+            None => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        self.counters.last_delivery_ns.fetch_max(now_ns, Ordering::Relaxed);
+        self.per_second.add(now, 1);
+    }
 }
 
 /// Confirms that NATS has processed everything published before on this

@@ -131,15 +131,7 @@ async fn relay_postgres() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_against_nats() {
-    let reachable = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(NATS_ADDR))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    if !reachable {
-        assert!(
-            std::env::var("PARLEY_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "NATS is required (PARLEY_REQUIRE_SERVICES=1) but {NATS_ADDR} does not accept connections"
-        );
-        println!("skipped: no NATS server accepts connections at {NATS_ADDR}");
+    if nats_or_skip().await.is_none() {
         return;
     }
     let report = bench(&[
@@ -194,29 +186,34 @@ async fn relay_against_jetstream_leaves_no_stream() {
     }
 }
 
-/// A JetStream context on the NATS at [`NATS_ADDR`], or None (the test
-/// skips) when there is none, unless `PARLEY_REQUIRE_SERVICES=1`.
-async fn jetstream_or_skip() -> Option<async_nats::jetstream::Context> {
-    let required = std::env::var("PARLEY_REQUIRE_SERVICES").as_deref() == Ok("1");
-    let client = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(NATS_ADDR)).await;
-    let client = match client {
-        Ok(Ok(client)) => client,
+/// Skips the test, saying why, unless `PARLEY_REQUIRE_SERVICES=1`, when
+/// it fails instead.
+fn skip(why: &str) {
+    assert!(
+        std::env::var("PARLEY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "required (PARLEY_REQUIRE_SERVICES=1), but {why}"
+    );
+    println!("skipped: {why}");
+}
+
+/// A client of the NATS at [`NATS_ADDR`], or None (the test skips).
+async fn nats_or_skip() -> Option<async_nats::Client> {
+    match tokio::time::timeout(Duration::from_secs(2), async_nats::connect(NATS_ADDR)).await {
+        Ok(Ok(client)) => Some(client),
         _ => {
-            assert!(
-                !required,
-                "NATS is required (PARLEY_REQUIRE_SERVICES=1) but {NATS_ADDR} does not accept connections"
-            );
-            println!("skipped: no NATS server accepts connections at {NATS_ADDR}");
-            return None;
+            skip(&format!("no NATS server accepts connections at {NATS_ADDR}"));
+            None
         }
-    };
+    }
+}
+
+/// A JetStream context on the NATS at [`NATS_ADDR`], or None (the test
+/// skips).
+async fn jetstream_or_skip() -> Option<async_nats::jetstream::Context> {
+    let client = nats_or_skip().await?;
     // Without JetStream nobody answers its API ("no responders").
     if let Err(e) = client.request("$JS.API.INFO", "".into()).await {
-        assert!(
-            !required,
-            "JetStream is required (PARLEY_REQUIRE_SERVICES=1) but NATS at {NATS_ADDR} has none: {e}"
-        );
-        println!("skipped: NATS at {NATS_ADDR} runs without JetStream ({e})");
+        skip(&format!("NATS at {NATS_ADDR} runs without JetStream ({e})"));
         return None;
     }
     Some(async_nats::jetstream::new(client))

@@ -61,7 +61,8 @@ pub const ACCESS_TARGET: &str = parley_http::access::ACCESS_TARGET;
 pub const LOG_FILE: &str = "parleyd.log";
 /// The access log's name inside `log_dir`.
 pub const ACCESS_FILE: &str = "access.log";
-/// Lines a file's writer thread may fall behind before new lines are dropped.
+/// Lines an output's writer thread (stderr's or a file's) may fall behind
+/// before new lines are dropped.
 pub const LOG_QUEUE_LINES: usize = 65_536;
 
 /// Bytes the stderr thread gathers before a write, at most: it writes
