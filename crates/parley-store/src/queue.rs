@@ -101,7 +101,8 @@ pub(crate) struct Shared {
     /// Statistics the writer updates.
     pub(crate) counters: Counters,
     /// Operations queued and not yet taken by the writer: incremented before
-    /// a send, decremented as the writer takes each op. The channel's own
+    /// a send, decremented as the writer takes each op (SQLite at
+    /// `synchronous = full`: as its syncer answers it). The channel's own
     /// capacity stays the hard bound; this count only decides, slightly
     /// approximately under races, whether new work still fits in its share
     /// ([`NEW_WORK_QUEUE_QUARTERS`]).

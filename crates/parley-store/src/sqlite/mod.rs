@@ -50,8 +50,9 @@ pub use crate::queue::{
 /// database always runs in WAL mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Synchronous {
-    /// Every acknowledged write survives a power loss: each commit waits for
-    /// an fsync of the WAL. The default.
+    /// Every acknowledged write survives a power loss: no operation is
+    /// answered before an fsync of the WAL that covers its commit. The
+    /// default.
     #[default]
     Full,
     /// Every acknowledged write survives a crash of the process, but the
@@ -169,6 +170,26 @@ pub enum StoreOpenError {
     Spawn(#[source] std::io::Error),
 }
 
+/// The WAL file of the database `conn` has open, after switching `conn` to
+/// `synchronous = normal`: its commits no longer fsync, the writer's syncer
+/// thread does.
+fn wal_path(conn: &rusqlite::Connection, path: &Path) -> Result<PathBuf, StoreOpenError> {
+    let sqlite = |source| StoreOpenError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    conn.pragma_update(None, "synchronous", Synchronous::Normal.name())
+        .map_err(sqlite)?;
+    // SQLite names the WAL after the database's full path.
+    let main = conn
+        .path()
+        .filter(|main| !main.is_empty())
+        .map_or_else(|| path.to_owned(), PathBuf::from);
+    let mut wal = main.into_os_string();
+    wal.push("-wal");
+    Ok(PathBuf::from(wal))
+}
+
 /// A [`Store`] backed by one SQLite database file.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -197,6 +218,12 @@ impl SqliteStore {
             })?;
         }
         let conn = schema::open(path, options.synchronous)?;
+        // At `full`, the commit writes the WAL and the writer's syncer
+        // thread fsyncs it before answering (see `writer`).
+        let wal = match options.synchronous {
+            Synchronous::Full => Some(wal_path(&conn, path)?),
+            Synchronous::Normal | Synchronous::Off => None,
+        };
         // Checkpoints run on their own thread; the writer's own automatic
         // checkpoint stays only as a backstop (see `checkpoint`).
         conn.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
@@ -229,7 +256,7 @@ impl SqliteStore {
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("parley-store-writer".into())
-            .spawn(move || writer::run(conn, receiver, options.max_batch, writer_shared, checkpointer))
+            .spawn(move || writer::run(conn, receiver, options.max_batch, writer_shared, checkpointer, wal))
             .map_err(StoreOpenError::Spawn)?;
         Ok(SqliteStore {
             queue: OpQueue::new(sender, options.queue_capacity, shared),

@@ -5,14 +5,27 @@
 //! stops when every sender of the queue is gone (the store was closed or
 //! dropped), after finishing everything queued.
 //!
+//! With `synchronous = full` the commit itself does not wait for the disk:
+//! the connection runs at `synchronous = normal` (a commit writes the WAL
+//! without an fsync) and each committed batch goes to the syncer thread,
+//! which fsyncs the WAL and only then answers the batch's operations, in
+//! commit order. Meanwhile the writer already runs the next batch, so the
+//! writer's CPU and the disk's flush overlap instead of taking turns; no
+//! answer, and no announcement of a stored message, leaves before the
+//! fsync that makes it durable (see [`Syncer`]).
+//!
 //! While writes fail for a reason the operator must fix (a full disk, a
 //! read-only database: [`StoreError::Unavailable`]), batches hold one op
 //! each, so that a failing write fails nothing but itself and reads go on;
 //! the first commit that writes again ends that.
 
+use std::cell::Cell;
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parley_core::StoreError;
@@ -45,9 +58,25 @@ pub(super) fn run(
     max_batch: usize,
     shared: Arc<Shared>,
     mut checkpointer: Checkpointer,
+    wal: Option<PathBuf>,
 ) {
     let guard = FinishOnExit(shared);
     let shared = &guard.0;
+    let started = wal.map(|wal| Syncer::start(wal, Arc::clone(shared))).transpose();
+    let (answers, syncer) = match started {
+        Ok(Some((sender, thread))) => (
+            Answers::AfterSync {
+                sender,
+                taken: Cell::new(0),
+            },
+            Some(thread),
+        ),
+        Ok(None) => (Answers::Now, None),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the SQLite syncer thread; the store stops");
+            return;
+        }
+    };
     // Static SQL against the schema just migrated: this fails only if the
     // database is unusable, and then no op could run anyway.
     let mut statements = match AppendStatements::prepare(&conn) {
@@ -74,14 +103,22 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        answers.taken(batch.len(), shared);
         let commits = shared.counters.commits.load(Ordering::Relaxed);
-        run_batch(&conn, &mut batch, shared, &mut statements);
+        run_batch(&conn, &mut batch, shared, &mut statements, &answers);
+        answers.release_unsettled(shared);
         if shared.counters.commits.load(Ordering::Relaxed) != commits {
             checkpointer.committed();
         }
     }
     drop(queue);
+    // Every batch is answered before the store reports itself closed.
+    drop(answers);
+    if let Some(syncer) = syncer
+        && syncer.join().is_err()
+    {
+        tracing::error!("the SQLite syncer thread panicked");
+    }
     drop(statements);
     checkpointer.stop();
     let outcome = shut_down(conn);
@@ -98,7 +135,13 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Runs `batch` (leaving it empty) in one transaction, then answers every op.
-fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements: &mut AppendStatements<'_>) {
+fn run_batch(
+    conn: &Connection,
+    batch: &mut Vec<Op>,
+    shared: &Shared,
+    statements: &mut AppendStatements<'_>,
+    answers: &Answers,
+) {
     let size = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let started = Instant::now();
     // A lone read needs no write lock: on a read-only database it still runs.
@@ -114,7 +157,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements
             // Nothing ran: each op gets its own chance, reads succeed.
             shared.set_write_failure(Some(why.clone()));
             for op in std::mem::take(batch) {
-                run_batch(conn, &mut vec![op], shared, statements);
+                run_batch(conn, &mut vec![op], shared, statements, answers);
             }
             return;
         }
@@ -194,11 +237,168 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Op>, shared: &Shared, statements
         Some(_) => before_writes.unwrap_or(outcomes.len()),
         None => outcomes.len(),
     };
-    for (i, outcome) in outcomes.into_iter().enumerate() {
-        outcome.deliver(if i < stand { None } else { failure.as_ref() });
-    }
+    answers.settle(Settled {
+        release: 0,
+        wrote: failure.is_none() && before_writes.is_some(),
+        outcomes,
+        stand,
+        failure,
+    });
     for op in rest {
-        run_batch(conn, &mut vec![op], shared, statements);
+        run_batch(conn, &mut vec![op], shared, statements, answers);
+    }
+}
+
+/// A batch that ran: its outcomes, waiting to be answered.
+struct Settled {
+    /// One per operation that ran, in order.
+    outcomes: Vec<Box<dyn Outcome>>,
+    /// Outcomes before this index stand; those after get `failure`.
+    stand: usize,
+    /// Why the batch did not commit, if it did not.
+    failure: Option<StoreError>,
+    /// The batch committed writes, which the WAL's fsync must cover.
+    wrote: bool,
+    /// Operations taken off the queue that stop counting against it once
+    /// this batch is answered (see [`Answers::taken`]).
+    release: usize,
+}
+
+impl Settled {
+    /// Answers every operation; `sync_failed`, when the fsync that was to
+    /// make this batch durable failed, replaces every answer.
+    fn deliver(self, sync_failed: Option<&StoreError>) {
+        let failure = sync_failed.or(self.failure.as_ref());
+        let stand = if sync_failed.is_some() { 0 } else { self.stand };
+        for (i, outcome) in self.outcomes.into_iter().enumerate() {
+            outcome.deliver(if i < stand { None } else { failure });
+        }
+    }
+}
+
+/// Where the writer hands a batch that ran.
+enum Answers {
+    /// Answer at once: the commit itself waited for the disk as far as
+    /// the configured `synchronous` asks.
+    Now,
+    /// Answer after the syncer's fsync of the WAL.
+    AfterSync {
+        /// The syncer's queue.
+        sender: SyncSender<Settled>,
+        /// Operations taken off the queue whose count the next batch sent
+        /// to the syncer carries.
+        taken: Cell<usize>,
+    },
+}
+
+impl Answers {
+    /// The writer took `count` operations off its queue. They count against
+    /// `write_queue` until answered, so that what waits for the fsync is
+    /// bounded by the same limit as what waits for the writer.
+    fn taken(&self, count: usize, shared: &Shared) {
+        match self {
+            Answers::Now => {
+                shared.queued.fetch_sub(count, Ordering::Relaxed);
+            }
+            Answers::AfterSync { taken, .. } => taken.set(taken.get() + count),
+        }
+    }
+
+    /// Releases what no batch carried to the syncer (the batch failed
+    /// before it ran, and its operations were answered at once).
+    fn release_unsettled(&self, shared: &Shared) {
+        if let Answers::AfterSync { taken, .. } = self {
+            shared.queued.fetch_sub(taken.replace(0), Ordering::Relaxed);
+        }
+    }
+
+    fn settle(&self, mut settled: Settled) {
+        match self {
+            Answers::Now => settled.deliver(None),
+            Answers::AfterSync { sender, taken } => {
+                settled.release = taken.replace(0);
+                if let Err(std::sync::mpsc::SendError(settled)) = sender.send(settled) {
+                    // The syncer is gone (it panicked): nothing can be made
+                    // durable any more, so nothing is confirmed.
+                    let error = StoreError::Backend("the SQLite syncer thread stopped".into());
+                    settled.deliver(Some(&error));
+                }
+            }
+        }
+    }
+}
+
+/// Batches the writer committed and the syncer has not answered yet, beyond
+/// the group it is syncing: past it the writer waits, so what is taken off
+/// the queue and not yet answered stays within a few batches.
+const SYNC_DEPTH: usize = 2;
+
+/// The syncer thread: fsyncs the WAL for each group of committed batches,
+/// then answers their operations in commit order.
+///
+/// Why this is as durable as `synchronous = full`: a batch is answered only
+/// after an `fdatasync` of the WAL file that began after its COMMIT wrote
+/// its frames, and those frames are all SQLite needs to recover the
+/// transaction. Checkpoints run with their own fsyncs (the writer's
+/// `synchronous = normal` and the checkpointer's `full` both sync the WAL
+/// before copying it and the database file before the WAL is reused), so a
+/// WAL that starts over never drops a transaction that only it held. A
+/// failed fsync fails the whole group with [`StoreError::Unavailable`]:
+/// the writes may still be visible, and a resend finds them by client id.
+struct Syncer {
+    /// The WAL file, opened at the first sync (it exists by then).
+    wal: Option<File>,
+    /// Its path.
+    path: PathBuf,
+    /// Where answered operations stop counting against the queue.
+    shared: Arc<Shared>,
+}
+
+impl Syncer {
+    /// Starts the thread for the WAL at `path`.
+    fn start(path: PathBuf, shared: Arc<Shared>) -> std::io::Result<(SyncSender<Settled>, JoinHandle<()>)> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(SYNC_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("parley-store-sync".into())
+            .spawn(move || {
+                Syncer {
+                    wal: None,
+                    path,
+                    shared,
+                }
+                .run(&receiver)
+            })?;
+        Ok((sender, thread))
+    }
+
+    fn run(mut self, batches: &Receiver<Settled>) {
+        let mut group = Vec::new();
+        while let Ok(first) = batches.recv() {
+            group.push(first);
+            group.extend(batches.try_iter());
+            let error = if group.iter().any(|settled| settled.wrote) {
+                self.sync().err()
+            } else {
+                None
+            };
+            if let Some(error) = &error {
+                tracing::error!(%error, "cannot make committed writes durable; their requests fail");
+            }
+            let release: usize = group.iter().map(|settled| settled.release).sum();
+            group.drain(..).for_each(|settled| settled.deliver(error.as_ref()));
+            self.shared.queued.fetch_sub(release, Ordering::Relaxed);
+        }
+    }
+
+    /// One `fdatasync` of the WAL.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        let unavailable =
+            |error: std::io::Error| StoreError::Unavailable(format!("the WAL could not be flushed to disk: {error}"));
+        let wal = match &mut self.wal {
+            Some(wal) => wal,
+            None => self.wal.insert(File::open(&self.path).map_err(unavailable)?),
+        };
+        wal.sync_data().map_err(unavailable)
     }
 }
 
@@ -267,4 +467,101 @@ fn shut_down(conn: Connection) -> Result<(), StoreError> {
         tracing::warn!("WAL checkpoint at close was blocked by another connection");
     }
     conn.close().map_err(|(_, error)| backend(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// What the outcomes were answered, in the order they were.
+    type Log = Arc<Mutex<Vec<(usize, Option<String>)>>>;
+
+    /// An outcome that writes its answer into a log.
+    struct Probe(usize, Log);
+
+    impl Outcome for Probe {
+        fn failed(&self) -> bool {
+            false
+        }
+
+        fn backend_error(&self) -> Option<StoreError> {
+            None
+        }
+
+        fn deliver(self: Box<Self>, error: Option<&StoreError>) {
+            parley_core::sync::lock(&self.1).push((self.0, error.map(ToString::to_string)));
+        }
+    }
+
+    fn settled(ids: &[usize], log: &Log, wrote: bool) -> Settled {
+        Settled {
+            outcomes: ids
+                .iter()
+                .map(|&id| Box::new(Probe(id, Arc::clone(log))) as Box<dyn Outcome>)
+                .collect(),
+            stand: ids.len(),
+            failure: None,
+            wrote,
+            release: 0,
+        }
+    }
+
+    /// Runs a syncer on `path` over `batches`, to the end.
+    fn sync_all(path: PathBuf, batches: Vec<Settled>) {
+        let (sender, thread) = Syncer::start(path, Arc::new(Shared::new("sqlite"))).unwrap();
+        let answers = Answers::AfterSync {
+            sender,
+            taken: Cell::new(0),
+        };
+        for batch in batches {
+            answers.settle(batch);
+        }
+        drop(answers);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn batches_are_answered_in_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("db-wal");
+        std::fs::write(&wal, b"frames").unwrap();
+        let log = Log::default();
+        sync_all(
+            wal,
+            vec![
+                settled(&[1, 2], &log, true),
+                settled(&[3], &log, false),
+                settled(&[4, 5], &log, true),
+            ],
+        );
+        let answered = parley_core::sync::lock(&log).clone();
+        assert_eq!(answered, (1..=5).map(|id| (id, None)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_failed_sync_fails_every_answer_of_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::default();
+        let mut partly_failed = settled(&[1, 2], &log, true);
+        partly_failed.stand = 1;
+        partly_failed.failure = Some(StoreError::Backend("the batch failed".into()));
+        // No such file: its fsync cannot succeed.
+        sync_all(dir.path().join("missing-wal"), vec![partly_failed]);
+        let answered = parley_core::sync::lock(&log).clone();
+        assert_eq!(answered.len(), 2);
+        for (_, error) in answered {
+            let error = error.expect("no answer may stand without its fsync");
+            assert!(error.contains("could not be flushed"), "{error}");
+        }
+    }
+
+    #[test]
+    fn batches_that_wrote_nothing_need_no_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::default();
+        sync_all(dir.path().join("missing-wal"), vec![settled(&[1], &log, false)]);
+        assert_eq!(parley_core::sync::lock(&log).clone(), vec![(1, None)]);
+    }
 }
