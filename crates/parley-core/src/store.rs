@@ -490,6 +490,10 @@ pub struct StoreStats {
     /// Microseconds from the start of a batch's transaction to the end of
     /// its commit, one value per committed batch.
     pub commit_micros: HistogramSnapshot,
+    /// Microseconds of each fsync of the WAL that answers committed batches
+    /// (SQLite at `synchronous = full`; empty elsewhere, where the commit
+    /// itself waits for the disk).
+    pub sync_micros: HistogramSnapshot,
     /// Operations per committed batch.
     pub batch_size: HistogramSnapshot,
 }

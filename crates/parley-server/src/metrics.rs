@@ -307,6 +307,12 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
             1e6,
         );
         e.histogram(
+            "parley_store_sync_seconds",
+            "Time of each fsync of SQLite's WAL that answers committed batches (sqlite_synchronous = full).",
+            &store.sync_micros,
+            1e6,
+        );
+        e.histogram(
             "parley_store_batch_size",
             "Operations per committed batch (group commit).",
             &store.batch_size,

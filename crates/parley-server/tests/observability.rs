@@ -102,6 +102,10 @@ async fn metrics_count_the_traffic() {
         get("parley_store_ops_committed_total")
     );
     assert!(get("parley_store_commit_seconds_sum") > 0.0);
+    // The default `sqlite_synchronous = full` fsyncs the WAL beside the
+    // commits: one fsync answers one or more of them.
+    let syncs = check_histogram(&m, "parley_store_sync_seconds");
+    assert!(syncs >= 1.0 && syncs <= commits, "{syncs} syncs, {commits} commits");
     assert!(
         text.contains("# TYPE parley_store_commit_seconds histogram\n"),
         "{text}"

@@ -67,6 +67,8 @@ pub(crate) struct Counters {
     pub(crate) busy_rejections: AtomicU64,
     /// Microseconds from BEGIN to the end of COMMIT, per committed batch.
     pub(crate) commit_micros: Histogram,
+    /// Microseconds per fsync of the WAL by SQLite's syncer thread.
+    pub(crate) sync_micros: Histogram,
     /// Operations per committed batch.
     pub(crate) batch_size: Histogram,
 }
@@ -79,6 +81,7 @@ impl Default for Counters {
             failed_batches: AtomicU64::new(0),
             busy_rejections: AtomicU64::new(0),
             commit_micros: Histogram::new(COMMIT_MICROS_BUCKETS),
+            sync_micros: Histogram::new(COMMIT_MICROS_BUCKETS),
             batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
         }
     }
@@ -317,6 +320,7 @@ impl<S> OpQueue<S> {
             busy_rejections: batches.busy_rejections,
             queued: self.shared.queued.load(Ordering::Relaxed) as u64,
             commit_micros: counters.commit_micros.snapshot(),
+            sync_micros: counters.sync_micros.snapshot(),
             batch_size: counters.batch_size.snapshot(),
         }
     }

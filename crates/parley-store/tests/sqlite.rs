@@ -106,6 +106,10 @@ async fn histograms_describe_every_committed_batch() {
     assert_eq!(stats.batch_size.sum, stats.ops_committed);
     assert_eq!(stats.commit_micros.counts.len(), stats.commit_micros.bounds.len() + 1);
     assert!(stats.commit_micros.sum > 0);
+    // At `full` (the default) the WAL's fsyncs are timed on their own: at
+    // least one, and never more than the commits they answer.
+    let syncs = stats.sync_micros.count();
+    assert!((1..=stats.commits).contains(&syncs), "{syncs} syncs for {} commits", stats.commits);
     assert_eq!(stats.queued, 0);
     assert_eq!(parley_store::MemoryStore::new().stats(), None);
     store.close().await.unwrap();

@@ -398,7 +398,11 @@ impl Syncer {
             Some(wal) => wal,
             None => self.wal.insert(File::open(&self.path).map_err(unavailable)?),
         };
-        wal.sync_data().map_err(unavailable)
+        let started = Instant::now();
+        let synced = wal.sync_data().map_err(unavailable);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared.counters.sync_micros.record(micros);
+        synced
     }
 }
 
