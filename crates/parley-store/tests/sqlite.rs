@@ -109,7 +109,11 @@ async fn histograms_describe_every_committed_batch() {
     // At `full` (the default) the WAL's fsyncs are timed on their own: at
     // least one, and never more than the commits they answer.
     let syncs = stats.sync_micros.count();
-    assert!((1..=stats.commits).contains(&syncs), "{syncs} syncs for {} commits", stats.commits);
+    assert!(
+        (1..=stats.commits).contains(&syncs),
+        "{syncs} syncs for {} commits",
+        stats.commits
+    );
     assert_eq!(stats.queued, 0);
     assert_eq!(parley_store::MemoryStore::new().stats(), None);
     store.close().await.unwrap();

@@ -342,9 +342,15 @@ const SYNC_DEPTH: usize = 2;
 /// transaction. Checkpoints run with their own fsyncs (the writer's
 /// `synchronous = normal` and the checkpointer's `full` both sync the WAL
 /// before copying it and the database file before the WAL is reused), so a
-/// WAL that starts over never drops a transaction that only it held. A
-/// failed fsync fails the whole group with [`StoreError::Unavailable`]:
-/// the writes may still be visible, and a resend finds them by client id.
+/// WAL that starts over never drops a transaction that only it held.
+///
+/// A failed fsync fails the whole group with [`StoreError::Unavailable`],
+/// and every group after it: once an fsync failed, the kernel may have
+/// dropped the pages it could not write and a later fsync would succeed
+/// without them, so nothing this process wrote can be confirmed any more
+/// (PostgreSQL stops for the same reason). The writes may still be visible;
+/// after a restart SQLite recovers what is really on disk, and a resend
+/// finds what was kept by its client id.
 struct Syncer {
     /// The WAL file, opened at the first sync (it exists by then).
     wal: Option<File>,
@@ -352,6 +358,8 @@ struct Syncer {
     path: PathBuf,
     /// Where answered operations stop counting against the queue.
     shared: Arc<Shared>,
+    /// Set by the first failed fsync; every answer after it fails so.
+    failed: Option<StoreError>,
 }
 
 impl Syncer {
@@ -365,8 +373,9 @@ impl Syncer {
                     wal: None,
                     path,
                     shared,
+                    failed: None,
                 }
-                .run(&receiver)
+                .run(&receiver);
             })?;
         Ok((sender, thread))
     }
@@ -376,13 +385,21 @@ impl Syncer {
         while let Ok(first) = batches.recv() {
             group.push(first);
             group.extend(batches.try_iter());
-            let error = if group.iter().any(|settled| settled.wrote) {
-                self.sync().err()
-            } else {
-                None
+            let error = match &self.failed {
+                Some(failed) => Some(failed.clone()),
+                None if group.iter().any(|settled| settled.wrote) => self.sync().err(),
+                None => None,
             };
-            if let Some(error) = &error {
-                tracing::error!(%error, "cannot make committed writes durable; their requests fail");
+            if let Some(error) = &error
+                && self.failed.is_none()
+            {
+                tracing::error!(
+                    %error,
+                    "cannot make committed writes durable; from now on every request that uses the store fails until parleyd restarts"
+                );
+                self.failed = Some(StoreError::Unavailable(format!(
+                    "an fsync of the database's WAL failed ({error}); restart parleyd"
+                )));
             }
             let release: usize = group.iter().map(|settled| settled.release).sum();
             group.drain(..).for_each(|settled| settled.deliver(error.as_ref()));
@@ -558,6 +575,52 @@ mod tests {
         for (_, error) in answered {
             let error = error.expect("no answer may stand without its fsync");
             assert!(error.contains("could not be flushed"), "{error}");
+        }
+    }
+
+    #[test]
+    fn after_a_failed_sync_nothing_is_confirmed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("db-wal");
+        let log = Log::default();
+        let (sender, thread) = Syncer::start(wal.clone(), Arc::new(Shared::new("sqlite"))).unwrap();
+        let answers = Answers::AfterSync {
+            sender,
+            taken: Cell::new(0),
+        };
+        // No WAL yet: this fsync fails.
+        answers.settle(settled(&[1], &log, true));
+        wait_for_answers(&log, 1);
+        // The file now exists and could be synced; nothing is confirmed
+        // anyway, reads included.
+        std::fs::write(&wal, b"frames").unwrap();
+        answers.settle(settled(&[2], &log, true));
+        answers.settle(settled(&[3], &log, false));
+        drop(answers);
+        thread.join().unwrap();
+        let answered = parley_core::sync::lock(&log).clone();
+        assert_eq!(answered.len(), 3);
+        assert!(
+            answered[0]
+                .1
+                .as_deref()
+                .is_some_and(|e| e.contains("could not be flushed"))
+        );
+        for (_, error) in &answered[1..] {
+            assert!(
+                error.as_deref().is_some_and(|e| e.contains("restart parleyd")),
+                "{error:?}"
+            );
+        }
+    }
+
+    /// Waits until `log` holds `count` answers (the syncer answers on its
+    /// own thread).
+    fn wait_for_answers(log: &Log, count: usize) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while parley_core::sync::lock(log).len() < count {
+            assert!(Instant::now() < deadline, "no answer within 10 s");
+            std::thread::yield_now();
         }
     }
 
