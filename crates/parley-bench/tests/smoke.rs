@@ -18,6 +18,15 @@ fn server(store: Store) -> TestServer {
     TestServer::start(store)
 }
 
+/// Runs the bench against `server`, watching its CPU and memory
+/// (`--server-pid`), with `args` after those options.
+async fn bench_watching(server: &TestServer, args: &[&str]) -> Value {
+    let pid = server.pid().to_string();
+    let mut all = vec!["--server", server.addr.as_str(), "--server-pid", &pid];
+    all.extend_from_slice(args);
+    bench(&all).await
+}
+
 /// Runs the bench with `args` and returns its JSON output.
 async fn bench(args: &[&str]) -> Value {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-bench"));
@@ -60,26 +69,24 @@ fn assert_clean_relay(run: &Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_memory_with_runs_server_usage_and_plot() {
     let server = server(Store::Memory);
-    let pid = server.pid().to_string();
     let dir = tempfile_dir();
     let plot = dir.join("relay.svg");
-    let report = bench(&[
-        "--server",
-        &server.addr,
-        "--server-pid",
-        &pid,
-        "--duration",
-        "1",
-        "--runs",
-        "2",
-        "--plot",
-        plot.to_str().expect("utf-8 path"),
-        "relay",
-        "--pairs",
-        "2",
-        "--size",
-        "64",
-    ])
+    let report = bench_watching(
+        &server,
+        &[
+            "--duration",
+            "1",
+            "--runs",
+            "2",
+            "--plot",
+            plot.to_str().expect("utf-8 path"),
+            "relay",
+            "--pairs",
+            "2",
+            "--size",
+            "64",
+        ],
+    )
     .await;
     assert_eq!(report["scenario"], "relay");
     let runs = report["results"][0]["runs"].as_array().expect("runs");
@@ -222,20 +229,10 @@ async fn jetstream_or_skip() -> Option<async_nats::jetstream::Context> {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_reports_memory_per_connection() {
     let server = server(Store::Memory);
-    let pid = server.pid().to_string();
-    let report = bench(&[
-        "--server",
-        &server.addr,
-        "--server-pid",
-        &pid,
-        "idle",
-        "--connections",
-        "30",
-        "--per-account",
-        "10",
-        "--hold",
-        "0.5",
-    ])
+    let report = bench_watching(
+        &server,
+        &["idle", "--connections", "30", "--per-account", "10", "--hold", "0.5"],
+    )
     .await;
     let run = first_run(&report);
     assert_eq!(number(run, "opened"), 30.0, "{run}");
@@ -278,21 +275,11 @@ async fn idle_splits_into_processes_and_source_addresses() {
 #[tokio::test(flavor = "multi_thread")]
 async fn login_storm_measures_both_kinds() {
     let server = server(Store::Memory);
-    let pid = server.pid().to_string();
     for close in ["reset", "fin"] {
-        let report = bench(&[
-            "--server",
-            &server.addr,
-            "--server-pid",
-            &pid,
-            "--duration",
-            "1",
-            "login",
-            "--clients",
-            "2",
-            "--resume-close",
-            close,
-        ])
+        let report = bench_watching(
+            &server,
+            &["--duration", "1", "login", "--clients", "2", "--resume-close", close],
+        )
         .await;
         let run = first_run(&report);
         assert!(number(run, "scram_logins_per_sec") > 0.0, "{close}: {run}");
@@ -325,20 +312,10 @@ async fn offline_drains_everything_stored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn overload_reports_admitted_and_busy() {
     let server = server(Store::Memory);
-    let pid = server.pid().to_string();
-    let report = bench(&[
-        "--server",
-        &server.addr,
-        "--server-pid",
-        &pid,
-        "--duration",
-        "1",
-        "overload",
-        "--probe",
-        "1",
-        "--pairs",
-        "3",
-    ])
+    let report = bench_watching(
+        &server,
+        &["--duration", "1", "overload", "--probe", "1", "--pairs", "3"],
+    )
     .await;
     let run = first_run(&report);
     assert!(number(run, "capacity_per_sec") > 0.0, "{run}");

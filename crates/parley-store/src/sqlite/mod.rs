@@ -170,24 +170,16 @@ pub enum StoreOpenError {
     Spawn(#[source] std::io::Error),
 }
 
-/// The WAL file of the database `conn` has open, after switching `conn` to
-/// `synchronous = normal`: its commits no longer fsync, the writer's syncer
-/// thread does.
-fn wal_path(conn: &rusqlite::Connection, path: &Path) -> Result<PathBuf, StoreOpenError> {
-    let sqlite = |source| StoreOpenError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
-    conn.pragma_update(None, "synchronous", Synchronous::Normal.name())
-        .map_err(sqlite)?;
-    // SQLite names the WAL after the database's full path.
+/// The WAL file of the database `conn` has open (at `path`): SQLite names
+/// it after the database's full path.
+fn wal_path(conn: &rusqlite::Connection, path: &Path) -> PathBuf {
     let main = conn
         .path()
         .filter(|main| !main.is_empty())
         .map_or_else(|| path.to_owned(), PathBuf::from);
     let mut wal = main.into_os_string();
     wal.push("-wal");
-    Ok(PathBuf::from(wal))
+    PathBuf::from(wal)
 }
 
 /// A [`Store`] backed by one SQLite database file.
@@ -218,10 +210,17 @@ impl SqliteStore {
             })?;
         }
         let conn = schema::open(path, options.synchronous)?;
-        // At `full`, the commit writes the WAL and the writer's syncer
-        // thread fsyncs it before answering (see `writer`).
+        // At `full`, the writer's commits only write the WAL (`normal`) and
+        // its syncer thread fsyncs it before answering (see `writer`).
         let wal = match options.synchronous {
-            Synchronous::Full => Some(wal_path(&conn, path)?),
+            Synchronous::Full => {
+                conn.pragma_update(None, "synchronous", Synchronous::Normal.name())
+                    .map_err(|source| StoreOpenError::Sqlite {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                Some(wal_path(&conn, path))
+            }
             Synchronous::Normal | Synchronous::Off => None,
         };
         // Checkpoints run on their own thread; the writer's own automatic

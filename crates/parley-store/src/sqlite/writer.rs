@@ -19,7 +19,6 @@
 //! each, so that a failing write fails nothing but itself and reads go on;
 //! the first commit that writes again ends that.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,13 +63,7 @@ pub(super) fn run(
     let shared = &guard.0;
     let started = wal.map(|wal| Syncer::start(wal, Arc::clone(shared))).transpose();
     let (answers, syncer) = match started {
-        Ok(Some((sender, thread))) => (
-            Answers::AfterSync {
-                sender,
-                taken: Cell::new(0),
-            },
-            Some(thread),
-        ),
+        Ok(Some((sender, thread))) => (Answers::AfterSync(sender), Some(thread)),
         Ok(None) => (Answers::Now, None),
         Err(error) => {
             tracing::error!(%error, "cannot start the SQLite syncer thread; the store stops");
@@ -87,6 +80,7 @@ pub(super) fn run(
         }
     };
     let mut batch = Vec::new();
+    let mut ran = Vec::new();
     // `recv` fails only once the queue is empty and every sender is gone.
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -103,10 +97,18 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        answers.taken(batch.len(), shared);
+        // An op leaves the queue's count as the writer takes it, or at
+        // `full` once answered (see `Answers::answer`).
+        let release = match answers {
+            Answers::Now => {
+                shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                0
+            }
+            Answers::AfterSync(_) => batch.len(),
+        };
         let commits = shared.counters.commits.load(Ordering::Relaxed);
-        run_batch(&conn, &mut batch, shared, &mut statements, &answers);
-        answers.release_unsettled(shared);
+        run_batch(&conn, &mut batch, shared, &mut statements, &mut ran);
+        answers.answer(&mut ran, release, shared);
         if shared.counters.commits.load(Ordering::Relaxed) != commits {
             checkpointer.committed();
         }
@@ -134,13 +136,14 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Runs `batch` (leaving it empty) in one transaction, then answers every op.
+/// Runs `batch` (leaving it empty) in one transaction and adds its outcomes
+/// to `ran`, to be answered; ops that could not run are answered at once.
 fn run_batch(
     conn: &Connection,
     batch: &mut Vec<Op>,
     shared: &Shared,
     statements: &mut AppendStatements<'_>,
-    answers: &Answers,
+    ran: &mut Vec<Settled>,
 ) {
     let size = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let started = Instant::now();
@@ -157,7 +160,7 @@ fn run_batch(
             // Nothing ran: each op gets its own chance, reads succeed.
             shared.set_write_failure(Some(why.clone()));
             for op in std::mem::take(batch) {
-                run_batch(conn, &mut vec![op], shared, statements, answers);
+                run_batch(conn, &mut vec![op], shared, statements, ran);
             }
             return;
         }
@@ -237,15 +240,15 @@ fn run_batch(
         Some(_) => before_writes.unwrap_or(outcomes.len()),
         None => outcomes.len(),
     };
-    answers.settle(Settled {
-        release: 0,
+    ran.push(Settled {
         wrote: failure.is_none() && before_writes.is_some(),
         outcomes,
         stand,
         failure,
+        release: 0,
     });
     for op in rest {
-        run_batch(conn, &mut vec![op], shared, statements, answers);
+        run_batch(conn, &mut vec![op], shared, statements, ran);
     }
 }
 
@@ -260,7 +263,7 @@ struct Settled {
     /// The batch committed writes, which the WAL's fsync must cover.
     wrote: bool,
     /// Operations taken off the queue that stop counting against it once
-    /// this batch is answered (see [`Answers::taken`]).
+    /// this batch is answered (see [`Answers::answer`]).
     release: usize,
 }
 
@@ -276,53 +279,40 @@ impl Settled {
     }
 }
 
-/// Where the writer hands a batch that ran.
+/// Where the writer hands the batches that ran.
 enum Answers {
     /// Answer at once: the commit itself waited for the disk as far as
     /// the configured `synchronous` asks.
     Now,
     /// Answer after the syncer's fsync of the WAL.
-    AfterSync {
-        /// The syncer's queue.
-        sender: SyncSender<Settled>,
-        /// Operations taken off the queue whose count the next batch sent
-        /// to the syncer carries.
-        taken: Cell<usize>,
-    },
+    AfterSync(SyncSender<Settled>),
 }
 
 impl Answers {
-    /// The writer took `count` operations off its queue. They count against
-    /// `write_queue` until answered, so that what waits for the fsync is
-    /// bounded by the same limit as what waits for the writer.
-    fn taken(&self, count: usize, shared: &Shared) {
-        match self {
-            Answers::Now => {
-                shared.queued.fetch_sub(count, Ordering::Relaxed);
+    /// Answers (or passes on to be answered) what ran of one batch, then
+    /// takes `release` ops off the queue's count. At `full` a batch's ops
+    /// count against `write_queue` until answered, so that what waits for
+    /// the fsync is bounded by the same limit as what waits for the writer:
+    /// the last part of the batch carries the count to the syncer.
+    fn answer(&self, ran: &mut Vec<Settled>, release: usize, shared: &Shared) {
+        let sender = match self {
+            Answers::AfterSync(sender) if !ran.is_empty() => sender,
+            _ => {
+                ran.drain(..).for_each(|settled| settled.deliver(None));
+                shared.queued.fetch_sub(release, Ordering::Relaxed);
+                return;
             }
-            Answers::AfterSync { taken, .. } => taken.set(taken.get() + count),
+        };
+        if let Some(last) = ran.last_mut() {
+            last.release = release;
         }
-    }
-
-    /// Releases what no batch carried to the syncer (the batch failed
-    /// before it ran, and its operations were answered at once).
-    fn release_unsettled(&self, shared: &Shared) {
-        if let Answers::AfterSync { taken, .. } = self {
-            shared.queued.fetch_sub(taken.replace(0), Ordering::Relaxed);
-        }
-    }
-
-    fn settle(&self, mut settled: Settled) {
-        match self {
-            Answers::Now => settled.deliver(None),
-            Answers::AfterSync { sender, taken } => {
-                settled.release = taken.replace(0);
-                if let Err(std::sync::mpsc::SendError(settled)) = sender.send(settled) {
-                    // The syncer is gone (it panicked): nothing can be made
-                    // durable any more, so nothing is confirmed.
-                    let error = StoreError::Backend("the SQLite syncer thread stopped".into());
-                    settled.deliver(Some(&error));
-                }
+        for settled in ran.drain(..) {
+            if let Err(std::sync::mpsc::SendError(settled)) = sender.send(settled) {
+                // The syncer is gone (it panicked): nothing can be made
+                // durable any more, so nothing is confirmed.
+                let error = StoreError::Backend("the SQLite syncer thread stopped".into());
+                shared.queued.fetch_sub(settled.release, Ordering::Relaxed);
+                settled.deliver(Some(&error));
             }
         }
     }
@@ -531,13 +521,11 @@ mod tests {
 
     /// Runs a syncer on `path` over `batches`, to the end.
     fn sync_all(path: PathBuf, batches: Vec<Settled>) {
-        let (sender, thread) = Syncer::start(path, Arc::new(Shared::new("sqlite"))).unwrap();
-        let answers = Answers::AfterSync {
-            sender,
-            taken: Cell::new(0),
-        };
+        let shared = Arc::new(Shared::new("sqlite"));
+        let (sender, thread) = Syncer::start(path, Arc::clone(&shared)).unwrap();
+        let answers = Answers::AfterSync(sender);
         for batch in batches {
-            answers.settle(batch);
+            answers.answer(&mut vec![batch], 0, &shared);
         }
         drop(answers);
         thread.join().unwrap();
@@ -583,19 +571,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("db-wal");
         let log = Log::default();
-        let (sender, thread) = Syncer::start(wal.clone(), Arc::new(Shared::new("sqlite"))).unwrap();
-        let answers = Answers::AfterSync {
-            sender,
-            taken: Cell::new(0),
-        };
+        let shared = Arc::new(Shared::new("sqlite"));
+        let (sender, thread) = Syncer::start(wal.clone(), Arc::clone(&shared)).unwrap();
+        let answers = Answers::AfterSync(sender);
         // No WAL yet: this fsync fails.
-        answers.settle(settled(&[1], &log, true));
+        answers.answer(&mut vec![settled(&[1], &log, true)], 0, &shared);
         wait_for_answers(&log, 1);
         // The file now exists and could be synced; nothing is confirmed
         // anyway, reads included.
         std::fs::write(&wal, b"frames").unwrap();
-        answers.settle(settled(&[2], &log, true));
-        answers.settle(settled(&[3], &log, false));
+        answers.answer(
+            &mut vec![settled(&[2], &log, true), settled(&[3], &log, false)],
+            0,
+            &shared,
+        );
         drop(answers);
         thread.join().unwrap();
         let answered = parley_core::sync::lock(&log).clone();
