@@ -92,7 +92,7 @@ impl Target {
         let trust = if !address.tls {
             if from_flags {
                 return Err(Failure::usage(format!(
-                    "--ca, --tofu and --fingerprint are for TLS servers; write the server as tls://{}",
+                    "--ca, --tofu and --fingerprint are for TLS servers; write the server as tls://{} (or quic://)",
                     address.authority
                 )));
             }
@@ -223,23 +223,35 @@ pub async fn connect(target: &Target) -> anyhow::Result<Client> {
             Trust::Roots(certs)
         }
         TrustMode::Fingerprint(expected) => Trust::Pinned(Some(*expected)),
-        TrustMode::FirstUse(file) => return connect_first_use(authority, file).await,
+        TrustMode::FirstUse(file) => return connect_first_use(&target.address, file).await,
     };
-    Ok(Client::connect_tls(authority, &trust).await?)
+    Ok(dial(&target.address, &trust).await?)
 }
 
-/// Trust on first use against `file`.
-async fn connect_first_use(authority: &str, file: &Path) -> anyhow::Result<Client> {
+/// Connects over TLS, or over QUIC for a `quic://` address (TLS 1.3 inside,
+/// trusted the same way).
+async fn dial(address: &ServerAddress, trust: &Trust) -> Result<Client, ClientError> {
+    if address.quic {
+        Client::connect_quic(&address.authority, trust).await
+    } else {
+        Client::connect_tls(&address.authority, trust).await
+    }
+}
+
+/// Trust on first use against `file`. A server's certificate is pinned by
+/// `host:port`, whether it was reached over TLS or QUIC.
+async fn connect_first_use(address: &ServerAddress, file: &Path) -> anyhow::Result<Client> {
+    let authority = address.authority.as_str();
     let known = KnownServers::load(file)?;
     match known.find(authority) {
-        Some((line, pinned)) => match Client::connect_tls(authority, &Trust::Pinned(Some(pinned))).await {
+        Some((line, pinned)) => match dial(address, &Trust::Pinned(Some(pinned))).await {
             Err(ClientError::CertificateChanged { expected, presented }) => {
                 Err(certificate_changed(authority, file, line, expected, presented).into())
             }
             other => Ok(other?),
         },
         None => {
-            let client = Client::connect_tls(authority, &Trust::Pinned(None)).await?;
+            let client = dial(address, &Trust::Pinned(None)).await?;
             let Some(presented) = client.server_fingerprint() else {
                 anyhow::bail!("the server presented no certificate");
             };

@@ -124,3 +124,40 @@ async fn trust_on_first_use_pins_and_then_refuses_a_changed_certificate() {
         "the new certificate is pinned"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_quic_with_the_same_trust_choices() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let pair = gen_cert(&certs.path().join("quic"));
+    let mut flags = pair.tls_flags();
+    flags.extend(["--quic-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let h = Harness::start_with(Store::Sqlite, &flags);
+    let quic = format!("quic://{}", h.server.quic_addr.as_deref().expect("QUIC is on"));
+    let ca = pair.cert.display().to_string();
+    for user in ["alice", "bob"] {
+        h.run_at(&quic, user, &["--ca", &ca, "register"]).await.expect_code(0);
+    }
+    h.run_at(&quic, "bob", &["--ca", &ca, "send", "alice", "over", "QUIC"])
+        .await
+        .expect_code(0);
+    // What was sent over QUIC reads the same over TLS.
+    let out = h
+        .run_at(&tls_url(&h), "alice", &["--ca", &ca, "read"])
+        .await
+        .expect_code(0);
+    assert!(
+        out.stdout.contains("bob") && out.stdout.contains("over QUIC"),
+        "{out:#?}"
+    );
+    // Trust on first use pins the certificate seen over QUIC.
+    let out = h.run_at(&quic, "alice", &["--tofu", "login"]).await.expect_code(0);
+    assert!(out.stderr.contains(&pair.fingerprint), "{out:#?}");
+    // A wrong fingerprint is refused over QUIC as over TLS.
+    let wrong = format!("SHA256:{}", "00:".repeat(31) + "00");
+    let out = h
+        .run_at(&quic, "alice", &["--fingerprint", &wrong, "--json", "login"])
+        .await
+        .expect_code(8);
+    assert_eq!(out.json()["error"]["code"], "CERTIFICATE_CHANGED");
+}

@@ -12,9 +12,11 @@
 //!
 //! [`Client::connect`] speaks plaintext; [`Client::connect_tls`] speaks TLS
 //! and trusts the server as [`tls::Trust`] says (system roots, a CA, or a
-//! pinned certificate fingerprint).
+//! pinned certificate fingerprint); [`Client::connect_quic`] speaks the same
+//! protocol over QUIC, trusted the same way.
 #![forbid(unsafe_code)]
 
+pub mod quic;
 pub mod tls;
 
 use parley_core::sync::lock;
@@ -230,6 +232,8 @@ pub struct Client {
     welcome: Welcome,
     /// Fingerprint of the server's certificate, over TLS.
     server_fingerprint: Option<Fingerprint>,
+    /// The QUIC endpoint and connection, over QUIC.
+    quic: Option<quic::QuicLink>,
 }
 
 /// A random idempotency key for a send.
@@ -285,10 +289,42 @@ impl Client {
         Client::start(reader, writer, fingerprint, false).await
     }
 
-    /// Connects as `server` says: plaintext or TLS (`tls://`), with `trust`
-    /// for TLS (system roots when None).
+    /// Connects over QUIC to `addr` (`host:port`, UDP), trusting the server
+    /// as `trust` says, and reads the server's Welcome.
+    pub async fn connect_quic(addr: &str, trust: &Trust) -> Result<Client> {
+        let address = ServerAddress::parse(addr).map_err(ClientError::Tls)?;
+        let connected = quic::connect(&address, trust).await?;
+        let mut client = Client::start(connected.reader, connected.writer, connected.fingerprint, false).await?;
+        client.quic = Some(quic::QuicLink {
+            endpoint: connected.endpoint,
+        });
+        Ok(client)
+    }
+
+    /// Moves a QUIC connection to a new local socket, as a client whose
+    /// address changed would: the session goes on over the new path (the
+    /// server validates it) without a new connection or login. An error
+    /// over TCP or TLS, which cannot move.
+    pub fn rebind_quic(&self, socket: std::net::UdpSocket) -> Result<()> {
+        let link = self
+            .quic
+            .as_ref()
+            .ok_or_else(|| ClientError::Protocol("only a QUIC connection can move to a new socket".into()))?;
+        link.endpoint.rebind(socket)?;
+        Ok(())
+    }
+
+    /// The local address of a QUIC connection's socket; None over TCP.
+    pub fn quic_local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.quic.as_ref().and_then(|link| link.endpoint.local_addr().ok())
+    }
+
+    /// Connects as `server` says: plaintext, TLS (`tls://`) or QUIC
+    /// (`quic://`), with `trust` for TLS and QUIC (system roots when None).
     pub async fn connect_to(server: &ServerAddress, trust: Option<&Trust>) -> Result<Client> {
-        if server.tls {
+        if server.quic {
+            Client::connect_quic(&server.authority, trust.unwrap_or(&Trust::SystemRoots)).await
+        } else if server.tls {
             Client::connect_tls(&server.authority, trust.unwrap_or(&Trust::SystemRoots)).await
         } else {
             Client::connect(&server.authority).await
@@ -379,6 +415,7 @@ impl Client {
             events: tokio::sync::Mutex::new(events),
             welcome,
             server_fingerprint,
+            quic: None,
         })
     }
 

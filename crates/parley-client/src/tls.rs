@@ -36,6 +36,8 @@ pub const ALPN: &[u8] = b"parley";
 pub const TLS_SCHEME: &str = "tls://";
 /// Scheme of a plaintext server address (the default without a scheme).
 pub const TCP_SCHEME: &str = "tcp://";
+/// Scheme of a server address reached over QUIC (UDP, TLS 1.3): `quic://host:port`.
+pub const QUIC_SCHEME: &str = "quic://";
 /// The native protocol's port, plaintext or TLS, when an address has none.
 pub const DEFAULT_PORT: u16 = 7878;
 
@@ -121,8 +123,10 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 /// `tls://chat.example`, `[::1]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerAddress {
-    /// Whether the connection speaks TLS.
+    /// Whether the connection speaks TLS (over TCP, or within QUIC).
     pub tls: bool,
+    /// Whether the connection is QUIC (UDP); `tls` is then true as well.
+    pub quic: bool,
     /// `host:port`, as given, for connecting and for remembering the server.
     pub authority: String,
     /// The host alone (no brackets), the name the certificate must carry.
@@ -133,16 +137,18 @@ impl ServerAddress {
     /// Parses an address; the error says what is wrong.
     pub fn parse(text: &str) -> Result<ServerAddress, String> {
         let text = text.trim();
-        let (tls, rest) = if let Some(rest) = strip_prefix_ignore_case(text, TLS_SCHEME) {
-            (true, rest)
+        let (tls, quic, rest) = if let Some(rest) = strip_prefix_ignore_case(text, TLS_SCHEME) {
+            (true, false, rest)
+        } else if let Some(rest) = strip_prefix_ignore_case(text, QUIC_SCHEME) {
+            (true, true, rest)
         } else if let Some(rest) = strip_prefix_ignore_case(text, TCP_SCHEME) {
-            (false, rest)
+            (false, false, rest)
         } else if text.contains("://") {
             return Err(format!(
-                "{text:?}: unknown scheme; use tls://HOST:PORT, or HOST:PORT for plaintext"
+                "{text:?}: unknown scheme; use tls://HOST:PORT, quic://HOST:PORT, or HOST:PORT for plaintext"
             ));
         } else {
-            (false, text)
+            (false, false, text)
         };
         let bad = || format!("{text:?} is not HOST:PORT (an IPv6 host in brackets: [::1]:7878)");
         // A port follows the last colon, unless that colon is inside an
@@ -163,6 +169,7 @@ impl ServerAddress {
         };
         Ok(ServerAddress {
             tls,
+            quic,
             authority: rest.to_owned(),
             host: host.to_owned(),
         })
@@ -315,6 +322,13 @@ mod tests {
             (tls.tls, tls.authority.as_str(), tls.host.as_str()),
             (true, "chat.example:7878", "chat.example")
         );
+        let quic = ServerAddress::parse("QUIC://chat.example:7443").unwrap();
+        assert!(quic.quic && quic.tls, "{quic:?}");
+        assert_eq!(
+            (quic.authority.as_str(), quic.host.as_str()),
+            ("chat.example:7443", "chat.example")
+        );
+        assert!(!tls.quic);
         let plain = ServerAddress::parse("127.0.0.1:7878").unwrap();
         assert!(!plain.tls && plain.host == "127.0.0.1");
         assert!(!ServerAddress::parse("TCP://h:1").unwrap().tls);

@@ -123,6 +123,12 @@ pub const DEFAULT_MAILBOX_MAX_BYTES: u64 = parley_core::limits::DEFAULT_MAILBOX_
 pub const DEFAULT_RESUME_TTL_SECS: u64 = 7 * 24 * 3600;
 /// HTTP listener (JSON API, WebSocket, pager, web UI); "off" disables it.
 pub const DEFAULT_HTTP_LISTEN: &str = parley_http::DEFAULT_HTTP_LISTEN;
+/// QUIC (UDP) listener for the native protocol; off unless set, since it
+/// needs a certificate.
+pub const DEFAULT_QUIC_LISTEN: &str = "off";
+/// QUIC handshakes in progress above which a new client must first prove
+/// its address with a Retry round trip; 0: always.
+pub const DEFAULT_QUIC_RETRY_ABOVE: usize = crate::quic::DEFAULT_RETRY_ABOVE;
 /// Whether the web pager takes messages.
 pub const DEFAULT_PAGER: bool = parley_http::DEFAULT_PAGER;
 /// Pager posts per source address per minute.
@@ -280,6 +286,10 @@ pub struct Settings {
     pub mailbox_max_bytes: u64,
     /// None when the HTTP listener is off.
     pub http_listen: Option<SocketAddr>,
+    /// None when the QUIC listener is off (the default).
+    pub quic_listen: Option<SocketAddr>,
+    /// Handshakes in progress above which QUIC clients get a Retry first.
+    pub quic_retry_above: usize,
     pub pager: bool,
     pub pager_per_ip_per_minute: u32,
     pub http_session_idle: Duration,
@@ -474,6 +484,10 @@ settings! {
     mailbox_max_bytes: "PARLEY_MAILBOX_MAX_BYTES", "BYTES";
     /// HTTP listen address (JSON API, WebSocket, pager, web UI), or "off" [default: 127.0.0.1:7880]
     http_listen: "PARLEY_HTTP_LISTEN", "ADDR";
+    /// QUIC (UDP) listen address for the native protocol (needs tls_cert and tls_key), or "off" [default: off]
+    quic_listen: "PARLEY_QUIC_LISTEN", "ADDR";
+    /// QUIC handshakes in progress above which a new client must first prove its address with a Retry; 0: always [default: 64]
+    quic_retry_above: "PARLEY_QUIC_RETRY_ABOVE", "N";
     /// Whether the web pager (POST /v1/pager/USER) takes messages: true or false [default: true]
     pager: "PARLEY_PAGER", "BOOL";
     /// Pager posts per source address per minute [default: 10]
@@ -1117,6 +1131,25 @@ impl SettingArgs {
         {
             errors.push(format!("http_listen: {http} is also the native listen address"));
         }
+        let quic_listen = match get("quic_listen", DEFAULT_QUIC_LISTEN).trim() {
+            "off" | "" => None,
+            raw => match raw.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(format!(
+                        "quic_listen: {raw:?} is not an address like 127.0.0.1:7878 (UDP), or \"off\""
+                    ));
+                    None
+                }
+            },
+        };
+        let quic_retry_above: usize = num(
+            &mut errors,
+            "quic_retry_above",
+            &get("quic_retry_above", &DEFAULT_QUIC_RETRY_ABOVE.to_string()),
+            0..=1_000_000,
+            DEFAULT_QUIC_RETRY_ABOVE,
+        );
         let pager = boolean(
             &mut errors,
             "pager",
@@ -1282,6 +1315,15 @@ impl SettingArgs {
                      reaches the sessions the others hold; set bus, or workers = 1"
                 ));
             }
+            if quic_listen.is_some() {
+                // One UDP socket read by several processes would hand a
+                // connection's datagrams to whichever reads first.
+                errors.push(format!(
+                    "quic_listen works with one worker only (workers: {workers}): QUIC's datagrams cannot yet be \
+                     routed to the worker that holds their connection; run QUIC on a node of its own, or set \
+                     quic_listen = \"off\""
+                ));
+            }
         }
         let worker_heartbeat_timeout_secs: u64 = num(
             &mut errors,
@@ -1312,8 +1354,11 @@ impl SettingArgs {
             &mut errors,
             tls_cert.trim(),
             tls_key.trim(),
-            native_tls,
-            http_tls && http_listen.is_some(),
+            Wanted {
+                native: native_tls,
+                http: http_tls && http_listen.is_some(),
+                quic: quic_listen.is_some(),
+            },
         );
         if ack_timeout_ms > max_ack_backoff_ms {
             errors.push(format!(
@@ -1380,6 +1425,8 @@ impl SettingArgs {
             mailbox_max_messages,
             mailbox_max_bytes,
             http_listen,
+            quic_listen,
+            quic_retry_above,
             pager,
             pager_per_ip_per_minute,
             http_session_idle: Duration::from_secs(http_session_idle_secs),
@@ -1450,24 +1497,32 @@ fn perf_dir_from(raw: Option<String>, data_dir: &std::path::Path) -> PathBuf {
 
 /// Checks that the TLS settings agree and loads the certificate and key
 /// when a listener uses them. Every problem goes to `errors`.
-fn resolve_tls(
-    errors: &mut Vec<String>,
-    cert: &str,
-    key: &str,
-    native_tls: bool,
-    http_tls: bool,
-) -> Option<crate::tls::TlsIdentity> {
+/// Which listeners need the certificate.
+struct Wanted {
+    native: bool,
+    http: bool,
+    quic: bool,
+}
+
+fn resolve_tls(errors: &mut Vec<String>, cert: &str, key: &str, by: Wanted) -> Option<crate::tls::TlsIdentity> {
     let before = errors.len();
-    let wanted = native_tls || http_tls;
+    let wanted = by.native || by.http || by.quic;
     match (cert.is_empty(), key.is_empty()) {
         (true, false) => errors.push("tls_key is set but tls_cert is not".into()),
         (false, true) => errors.push("tls_cert is set but tls_key is not".into()),
         (true, true) if wanted => {
-            let on = if native_tls { "native_tls" } else { "http_tls" };
-            errors.push(format!("{on} is on but tls_cert and tls_key are not set"));
+            let on = if by.native {
+                "native_tls is on"
+            } else if by.http {
+                "http_tls is on"
+            } else {
+                "quic_listen is set (QUIC always speaks TLS 1.3)"
+            };
+            errors.push(format!("{on} but tls_cert and tls_key are not set"));
         }
         (false, false) if !wanted => errors.push(
-            "tls_cert and tls_key are set but no listener uses them: set native_tls and/or http_tls to true".into(),
+            "tls_cert and tls_key are set but no listener uses them: set native_tls and/or http_tls to true, or quic_listen"
+                .into(),
         ),
         _ => {}
     }
@@ -1739,6 +1794,56 @@ mod tests {
         assert!(native_only.native_tls_acceptor().is_some() && native_only.http_tls_acceptor().is_none());
         let defaults = SettingArgs::default().resolve().unwrap();
         assert!(defaults.tls.is_none() && !defaults.native_tls && !defaults.http_tls);
+    }
+
+    #[test]
+    fn quic_is_off_by_default_and_needs_a_certificate_and_one_worker() {
+        let defaults = SettingArgs::default().resolve().unwrap();
+        assert_eq!((defaults.quic_listen, defaults.quic_retry_above), (None, 64));
+        let errors_of = |args: SettingArgs| args.resolve().unwrap_err().0;
+        let errors = errors_of(SettingArgs {
+            quic_listen: Some("127.0.0.1:7878".into()),
+            ..Default::default()
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .starts_with("quic_listen is set (QUIC always speaks TLS 1.3) but tls_cert and tls_key are not set"),
+            "{errors:?}"
+        );
+        let errors = errors_of(SettingArgs {
+            quic_listen: Some("nowhere".into()),
+            ..Default::default()
+        });
+        assert!(
+            errors[0].starts_with("quic_listen: \"nowhere\" is not an address"),
+            "{errors:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let made = pair(dir.path(), "q");
+        // QUIC alone may use the certificate: no TCP listener needs TLS.
+        let quic_only = SettingArgs {
+            quic_listen: Some("127.0.0.1:0".into()),
+            native_tls: Some("false".into()),
+            http_tls: Some("false".into()),
+            ..tls_args(&made.cert_path, &made.key_path)
+        }
+        .resolve()
+        .unwrap();
+        assert!(quic_only.tls.is_some() && quic_only.native_tls_acceptor().is_none());
+        let errors = errors_of(SettingArgs {
+            quic_listen: Some("127.0.0.1:0".into()),
+            workers: Some("2".into()),
+            store: Some("postgres".into()),
+            postgres_url: Some("postgres://localhost/x".into()),
+            bus: Some("nats://127.0.0.1:4222".into()),
+            ..tls_args(&made.cert_path, &made.key_path)
+        });
+        assert!(
+            errors.len() == 1 && errors[0].starts_with("quic_listen works with one worker only"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct Status {
     pub native: String,
     #[serde(default)]
     pub http: Option<String>,
+    /// The QUIC listener's address (UDP), when it is on.
+    #[serde(default)]
+    pub quic: Option<String>,
     pub store: String,
     pub data_dir: String,
     /// Workers started since the master started, the first one included.
@@ -303,8 +306,9 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
 }
 
 fn render_status(s: &Status) -> String {
+    let quic = s.quic.as_deref().map(|q| format!("  quic {q}")).unwrap_or_default();
     let mut out = format!(
-        "parleyd {} master {} up {}s\n  native {}  http {}\n  store {} in {}\n",
+        "parleyd {} master {} up {}s\n  native {}  http {}{quic}\n  store {} in {}\n",
         s.version,
         s.master_pid,
         s.uptime_secs,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod native;
 pub mod perf;
 pub mod private_files;
+pub mod quic;
 pub mod server;
 pub mod supervisor;
 pub mod tls;

@@ -360,6 +360,26 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
         s.bus_nodes,
     );
     e.counter(
+        "parley_quic_attempts_total",
+        "QUIC connection attempts (new connections' first packets).",
+        s.quic_attempts,
+    );
+    e.counter(
+        "parley_quic_retries_total",
+        "QUIC attempts answered with a Retry, so that the client proves its address first (quic_retry_above).",
+        s.quic_retries,
+    );
+    e.counter(
+        "parley_quic_refused_total",
+        "QUIC attempts refused before the handshake: max_unauthenticated handshakes were in progress.",
+        s.quic_refused,
+    );
+    e.counter(
+        "parley_quic_handshakes_failed_total",
+        "QUIC handshakes that failed or timed out.",
+        s.quic_handshakes_failed,
+    );
+    e.counter(
         "parley_worker_restarts_total",
         "Worker restarts by the supervising process before this worker started.",
         process.worker_restarts,

@@ -254,6 +254,8 @@ pub struct Server {
     http: Arc<OnceLock<Arc<parley_http::HttpContext>>>,
     /// The bus, once `run_with_http` has joined it (None: no bus).
     bus: Arc<OnceLock<Option<Arc<parley_bus::NatsBus>>>>,
+    /// The QUIC listener's counters (zero while it is off).
+    quic_counters: Arc<crate::quic::QuicCounters>,
 }
 
 /// A snapshot of every counter, for metrics, status and the shutdown log.
@@ -311,6 +313,16 @@ pub struct Stats {
     pub bus_frames_dropped: u64,
     pub bus_frames_malformed: u64,
     pub bus_nodes: u64,
+    /// QUIC connection attempts, Retries sent, attempts refused before the
+    /// handshake, and handshakes that failed (all 0 while QUIC is off).
+    #[serde(default)]
+    pub quic_attempts: u64,
+    #[serde(default)]
+    pub quic_retries: u64,
+    #[serde(default)]
+    pub quic_refused: u64,
+    #[serde(default)]
+    pub quic_handshakes_failed: u64,
 }
 
 impl Server {
@@ -377,6 +389,7 @@ impl Server {
             counters: Arc::new(ServerCounters::default()),
             http: Arc::new(OnceLock::new()),
             bus: Arc::new(OnceLock::new()),
+            quic_counters: Arc::new(crate::quic::QuicCounters::default()),
         }
     }
 
@@ -404,6 +417,7 @@ impl Server {
             counters: Arc::clone(&self.counters),
             http: Arc::clone(&self.http),
             bus: Arc::clone(&self.bus),
+            quic: Arc::clone(&self.quic_counters),
         }
     }
 }
@@ -421,6 +435,8 @@ pub struct StatsHandle {
     http: Arc<OnceLock<Arc<parley_http::HttpContext>>>,
     /// Bus counters, when there is a bus.
     bus: Arc<OnceLock<Option<Arc<parley_bus::NatsBus>>>>,
+    /// QUIC listener counters.
+    quic: Arc<crate::quic::QuicCounters>,
 }
 
 impl StatsHandle {
@@ -474,6 +490,10 @@ impl StatsHandle {
             bus_frames_dropped: bus.map_or(0, |b| get(&b.dropped)),
             bus_frames_malformed: bus.map_or(0, |b| get(&b.malformed)),
             bus_nodes: bus.map_or(0, |b| get(&b.nodes)),
+            quic_attempts: get(&self.quic.attempts),
+            quic_retries: get(&self.quic.retries),
+            quic_refused: get(&self.quic.refused),
+            quic_handshakes_failed: get(&self.quic.handshakes_failed),
         }
     }
 
@@ -510,6 +530,18 @@ impl Server {
         http: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        self.run_listeners(listener, http, None, shutdown).await
+    }
+
+    /// Like [`Server::run_with_http`], with the QUIC front door on `quic`
+    /// (a bound UDP socket) as well, when given.
+    pub async fn run_listeners(
+        self,
+        listener: TcpListener,
+        http: Option<TcpListener>,
+        quic: Option<std::net::UdpSocket>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let Server {
             settings,
             store,
@@ -518,6 +550,7 @@ impl Server {
             counters,
             http: http_slot,
             bus: bus_slot,
+            quic_counters,
         } = &self;
         let permits = Arc::new(Semaphore::new(settings.max_connections));
         let per_ip = Arc::new(PerIp {
@@ -550,18 +583,40 @@ impl Server {
         let _ = bus_slot.set(bus.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         // Fires when the grace period is over, for connections that are
-        // not tasks of this loop (WebSockets, spawned by the HTTP server).
+        // not tasks of this loop (WebSockets, spawned by the HTTP server;
+        // QUIC connections, spawned by the QUIC loop).
         let (cut_tx, cut_rx) = watch::channel(false);
+        let gate = ConnectionGate {
+            ctx: Arc::clone(ctx),
+            permits: Arc::clone(&permits),
+            per_ip: Arc::clone(&per_ip),
+            counters: Arc::clone(counters),
+            shutdown: shutdown_rx.clone(),
+            cut: cut_rx.clone(),
+            max_frame_bytes: settings.max_frame_bytes as usize,
+        };
+        let mut quic_task = match quic {
+            Some(socket) => {
+                let endpoint = crate::quic::endpoint(socket, settings)?;
+                if let Ok(addr) = endpoint.local_addr() {
+                    tracing::info!(%addr, "QUIC on");
+                }
+                let admission = crate::quic::Admission {
+                    retry_above: settings.quic_retry_above,
+                    max_handshaking: settings.max_unauthenticated,
+                };
+                Some(tokio::spawn(crate::quic::serve(
+                    endpoint,
+                    gate.clone(),
+                    admission,
+                    Arc::clone(quic_counters),
+                    shutdown_rx.clone(),
+                )))
+            }
+            None => None,
+        };
         let http = http.map(|listener| {
-            let gate = ConnectionGate {
-                ctx: Arc::clone(ctx),
-                permits: Arc::clone(&permits),
-                per_ip: Arc::clone(&per_ip),
-                counters: Arc::clone(counters),
-                shutdown: shutdown_rx.clone(),
-                cut: cut_rx.clone(),
-                max_frame_bytes: settings.max_frame_bytes as usize,
-            };
+            let gate = gate.clone();
             let http_ctx = parley_http::HttpContext::with_hooks(
                 Arc::clone(service),
                 http_settings(settings),
@@ -691,6 +746,12 @@ impl Server {
                 c.websockets().close();
                 c.websockets().wait().await;
             }
+            if let Some(task) = quic_task.as_mut() {
+                if let Err(e) = task.await {
+                    tracing::warn!(error = %e, "QUIC listener task failed");
+                }
+                quic_task = None;
+            }
         })
         .await;
         if drained.is_err() {
@@ -707,6 +768,11 @@ impl Server {
             }
             if let Some(c) = &http_ctx {
                 let _ = tokio::time::timeout(CUT_WAIT, c.websockets().wait()).await;
+            }
+            if let Some(task) = quic_task.take()
+                && tokio::time::timeout(CUT_WAIT, task).await.is_err()
+            {
+                tracing::warn!("QUIC connections did not end in time after the grace period");
             }
         }
         if let Some(c) = &http_ctx {
@@ -738,6 +804,7 @@ impl Server {
             );
             let http = Arc::downgrade(&self.http);
             let bus = Arc::clone(&self.bus);
+            let quic = Arc::clone(&self.quic_counters);
             Arc::new(move || match http.upgrade() {
                 Some(http) => StatsHandle {
                     service: Arc::clone(&service),
@@ -745,6 +812,7 @@ impl Server {
                     counters: Arc::clone(&counters),
                     http,
                     bus: Arc::clone(&bus),
+                    quic: Arc::clone(&quic),
                 }
                 .metrics_text(),
                 None => String::new(),
@@ -814,22 +882,38 @@ impl ConnectionGate {
     }
 
     async fn serve(self, stream: tokio::io::DuplexStream, peer: SocketAddr) {
+        let (reader, writer) = tokio::io::split(stream);
+        self.serve_stream(reader, writer, peer, "ws").await;
+    }
+
+    /// Admits a connection past the caps (or answers BUSY) and serves the
+    /// native protocol on it until it ends or the grace period is over.
+    async fn serve_stream<R, W>(self, reader: R, mut writer: W, peer: SocketAddr, transport: &'static str)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
         self.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let slot = PerIp::acquire(&self.per_ip, peer.ip());
         let (Ok(permit), Some(slot)) = (Arc::clone(&self.permits).try_acquire_owned(), slot) else {
-            log_refused(peer, "ws");
+            log_refused(peer, transport);
             self.counters.connections_refused_busy.fetch_add(1, Ordering::Relaxed);
-            refuse_busy(stream, self.max_frame_bytes).await;
+            refuse_busy(&mut writer, self.max_frame_bytes).await;
             return;
         };
         let _permit = (permit, slot);
-        let open = OpenConnection::new(&self.counters, peer, "ws");
-        let (reader, writer) = tokio::io::split(stream);
+        let open = OpenConnection::new(&self.counters, peer, transport);
         let mut cut = self.cut;
         tokio::select! {
             summary = native::serve(reader, writer, self.ctx, self.shutdown, peer) => open.closed(summary),
             _ = cut.wait_for(|cut| *cut) => {}
         }
+    }
+}
+
+impl crate::quic::ServeStream for ConnectionGate {
+    async fn serve(&self, reader: quinn::RecvStream, writer: quinn::SendStream, peer: SocketAddr) {
+        self.clone().serve_stream(reader, writer, peer, "quic").await;
     }
 }
 

@@ -92,6 +92,8 @@ pub struct Launch {
 struct Listeners {
     native: std::net::TcpListener,
     http: Option<std::net::TcpListener>,
+    /// The QUIC listener's UDP socket.
+    quic: Option<std::net::UdpSocket>,
 }
 
 impl Listeners {
@@ -104,7 +106,19 @@ impl Listeners {
             }
             None => None,
         };
-        Ok(Listeners { native, http })
+        let quic = match settings.quic_listen {
+            Some(addr) => Some(
+                std::net::UdpSocket::bind(addr).with_context(|| format!("binding the QUIC listener {addr} (UDP)"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { native, http, quic })
+    }
+
+    fn quic_addr(&self) -> Option<String> {
+        self.quic
+            .as_ref()
+            .map(|s| s.local_addr().map(|a| a.to_string()).unwrap_or_default())
     }
 
     fn native_addr(&self) -> String {
@@ -254,6 +268,9 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
     if let Some(http) = master.listeners.http_addr() {
         line.push_str(&format!(" http={http}"));
     }
+    if let Some(quic) = master.listeners.quic_addr() {
+        line.push_str(&format!(" quic={quic}"));
+    }
     if let Some(tls) = &tls {
         line.push_str(&format!(" tls={tls}"));
     }
@@ -267,6 +284,7 @@ pub async fn run(launch: Launch, settings: Settings) -> anyhow::Result<()> {
     tracing::info!(
         native = %master.listeners.native_addr(),
         http = master.listeners.http_addr().map(tracing::field::display),
+        quic = master.listeners.quic_addr().map(tracing::field::display),
         tls = tls.map(tracing::field::display),
         store = %crate::server::describe_store(&master.settings),
         ctl = master.ctl_path.as_ref().map(|p| tracing::field::display(p.display())),
@@ -491,6 +509,7 @@ impl Master {
                     .to_string(),
             )
             .env_remove(worker::ENV_HTTP_FD)
+            .env_remove(worker::ENV_QUIC_FD)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(false);
@@ -500,6 +519,13 @@ impl Master {
                 child_fd: worker::HTTP_FD,
             });
             command.env(worker::ENV_HTTP_FD, worker::HTTP_FD.to_string());
+        }
+        if let Some(quic) = &self.listeners.quic {
+            mappings.push(FdMapping {
+                parent_fd: OwnedFd::from(quic.try_clone()?),
+                child_fd: worker::QUIC_FD,
+            });
+            command.env(worker::ENV_QUIC_FD, worker::QUIC_FD.to_string());
         }
         command
             .fd_mappings(mappings)
@@ -581,8 +607,9 @@ impl Master {
         }
         let rebind_native = settings.listen != self.settings.listen;
         let rebind_http = settings.http_listen != self.settings.http_listen;
+        let rebind_quic = settings.quic_listen != self.settings.quic_listen;
         let mut fresh = None;
-        if rebind_native || rebind_http {
+        if rebind_native || rebind_http || rebind_quic {
             let native = if rebind_native {
                 match std::net::TcpListener::bind(settings.listen) {
                     Ok(l) => l,
@@ -605,7 +632,18 @@ impl Master {
                 },
                 (_, None, _) => None,
             };
-            fresh = Some(Listeners { native, http });
+            let quic = match (rebind_quic, settings.quic_listen, &self.listeners.quic) {
+                (false, _, Some(s)) => match s.try_clone() {
+                    Ok(s) => Some(s),
+                    Err(e) => return refuse(format!("sharing the QUIC socket: {e}")),
+                },
+                (_, Some(addr), _) => match std::net::UdpSocket::bind(addr) {
+                    Ok(s) => Some(s),
+                    Err(e) => return refuse(format!("binding the QUIC listener {addr} (UDP): {e}")),
+                },
+                (_, None, _) => None,
+            };
+            fresh = Some(Listeners { native, http, quic });
         }
         crate::tls::warn_plaintext_exposure(&settings);
         let previous_settings = std::mem::replace(&mut self.settings, settings);
@@ -689,6 +727,7 @@ impl Master {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             native: self.listeners.native_addr(),
             http: self.listeners.http_addr(),
+            quic: self.listeners.quic_addr(),
             store: self.settings.store.name().to_owned(),
             data_dir: self.settings.data_dir.display().to_string(),
             generation: self.generation,

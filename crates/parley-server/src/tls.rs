@@ -48,6 +48,8 @@ pub struct TlsIdentity {
     native: Arc<ServerConfig>,
     /// For the HTTP listener (ALPN `http/1.1`).
     http: Arc<ServerConfig>,
+    /// For the QUIC listener: TLS 1.3 only, ALPN `parley`.
+    quic: Arc<quinn::crypto::rustls::QuicServerConfig>,
 }
 
 impl std::fmt::Debug for TlsIdentity {
@@ -69,6 +71,11 @@ impl TlsIdentity {
     /// The acceptor for HTTP connections.
     pub fn http_acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::clone(&self.http))
+    }
+
+    /// The handshake configuration of the QUIC listener.
+    pub fn quic_crypto(&self) -> Arc<quinn::crypto::rustls::QuicServerConfig> {
+        Arc::clone(&self.quic)
     }
 }
 
@@ -128,7 +135,11 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<TlsIdentity, V
         return Err(errors);
     };
     let fingerprint = fingerprint(certs[0].as_ref());
-    let native = server_config(certs, key, cert_path, key_path)?;
+    let files = (cert_path, key_path);
+    let mut quic = server_config(certs.clone(), key.clone_key(), files, &[&rustls::version::TLS13])?;
+    quic.alpn_protocols = vec![ALPN_NATIVE.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(quic).map_err(|e| vec![format!("QUIC: {e}")])?;
+    let native = server_config(certs, key, files, rustls::DEFAULT_VERSIONS)?;
     let mut http = native.clone();
     let mut native = native;
     native.alpn_protocols = vec![ALPN_NATIVE.to_vec()];
@@ -139,20 +150,21 @@ pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<TlsIdentity, V
         fingerprint,
         native: Arc::new(native),
         http: Arc::new(http),
+        quic: Arc::new(quic),
     })
 }
 
 /// A server configuration with ring as the crypto provider (the only one
-/// built in), TLS 1.2 and 1.3, no client certificates.
+/// built in), the given TLS versions, no client certificates.
 fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    cert_path: &Path,
-    key_path: &Path,
+    (cert_path, key_path): (&Path, &Path),
+    versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<ServerConfig, Vec<String>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| vec![format!("TLS: {e}")])?;
     builder.with_no_client_auth().with_single_cert(certs, key).map_err(|e| {
         let why = match e {

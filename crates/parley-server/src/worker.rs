@@ -34,6 +34,8 @@ use crate::{Server, Settings, open_store};
 pub const ENV_NATIVE_FD: &str = "PARLEYD_NATIVE_FD";
 /// Environment variable naming the inherited HTTP listener's descriptor (absent: HTTP off).
 pub const ENV_HTTP_FD: &str = "PARLEYD_HTTP_FD";
+/// Environment variable naming the inherited QUIC socket's descriptor (absent: QUIC off).
+pub const ENV_QUIC_FD: &str = "PARLEYD_QUIC_FD";
 /// Environment variable naming the control channel's descriptor; its
 /// presence is what makes a process a worker.
 pub const ENV_CONTROL_FD: &str = "PARLEYD_CONTROL_FD";
@@ -53,6 +55,7 @@ pub const ENV_HEARTBEAT_MS: &str = "PARLEYD_HEARTBEAT_MS";
 pub const NATIVE_FD: RawFd = 3;
 pub const HTTP_FD: RawFd = 4;
 pub const CONTROL_FD: RawFd = 5;
+pub const QUIC_FD: RawFd = 6;
 
 /// A line from the master to a worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -132,6 +135,7 @@ impl From<anyhow::Error> for WorkerError {
 struct Prepared {
     native: tokio::net::TcpListener,
     http: Option<tokio::net::TcpListener>,
+    quic: Option<std::net::UdpSocket>,
     server: Server,
     admin: Admin,
 }
@@ -148,6 +152,7 @@ async fn serve(settings: Settings) -> Result<(), WorkerError> {
     let Prepared {
         native,
         http,
+        quic,
         server,
         admin,
     } = match prepare(settings, started) {
@@ -217,7 +222,7 @@ async fn serve(settings: Settings) -> Result<(), WorkerError> {
             }
         }
     };
-    Ok(server.run_with_http(native, http, shutdown).await?)
+    Ok(server.run_listeners(native, http, quic, shutdown).await?)
 }
 
 /// Adopts the inherited listeners and opens the store: everything that can
@@ -235,6 +240,7 @@ fn prepare(settings: Settings, started: Instant) -> anyhow::Result<Prepared> {
         }
         None => None,
     };
+    let quic = inherited(ENV_QUIC_FD)?.map(std::net::UdpSocket::from);
     let (store, secret) = open_store(&settings)?;
     let server = Server::new(settings, store, secret);
     let admin = Admin {
@@ -245,6 +251,7 @@ fn prepare(settings: Settings, started: Instant) -> anyhow::Result<Prepared> {
     Ok(Prepared {
         native,
         http,
+        quic,
         server,
         admin,
     })

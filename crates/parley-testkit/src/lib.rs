@@ -34,6 +34,7 @@ use parley_client::Client;
 pub mod cluster;
 pub mod postgres;
 pub mod proxy;
+pub mod udp_proxy;
 pub mod wait;
 
 pub use wait::{
@@ -144,6 +145,9 @@ pub struct TestServer {
     /// `host:port` of the HTTP listener (None when a test turned it off
     /// with `--http-listen off`).
     pub http_addr: Option<String>,
+    /// `host:port` of the QUIC listener (UDP), when a test turned it on
+    /// with `--quic-listen`.
+    pub quic_addr: Option<String>,
     /// Data directory (kept across restarts).
     pub data_dir: PathBuf,
     /// Owns the temporary data directory, when the kit made it.
@@ -212,6 +216,7 @@ impl TestServer {
             child: None,
             addr: String::new(),
             http_addr: None,
+            quic_addr: None,
             log_path: data_dir.join("parleyd.log"),
             data_dir,
             _temp: Some(temp),
@@ -302,7 +307,7 @@ impl TestServer {
                 std::fs::read_to_string(&self.log_path).unwrap_or_default()
             )
         });
-        // "parleyd listening native=ADDR [http=ADDR] [tls=LISTENERS] master=PID worker=PID"
+        // "parleyd listening native=ADDR [http=ADDR] [quic=ADDR] [tls=LISTENERS] master=PID worker=PID"
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(name))
@@ -310,6 +315,7 @@ impl TestServer {
         };
         self.addr = field("native=").unwrap_or_default();
         self.http_addr = field("http=");
+        self.quic_addr = field("quic=");
         self.first_worker = field("worker=").and_then(|p| p.parse().ok()).unwrap_or(0);
         self.child = Some(child);
         self.start_line = line;
