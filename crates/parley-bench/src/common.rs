@@ -77,7 +77,7 @@ pub async fn register_all(server: &str, names: &[String], password: &str) -> any
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
         clients.push(
-            Client::connect(server)
+            connect(server)
                 .await
                 .with_context(|| format!("connecting to {server}"))?,
         );
@@ -99,9 +99,17 @@ pub async fn register_all(server: &str, names: &[String], password: &str) -> any
     results.into_iter().collect()
 }
 
+/// Connects to `server` as the `parley` client would: `HOST:PORT` in
+/// plaintext, `tls://HOST:PORT` or `quic://HOST:PORT`. Any certificate is
+/// accepted: the bench trusts the server it was pointed at (on loopback).
+pub async fn connect(server: &str) -> anyhow::Result<Client> {
+    let address = parley_client::ServerAddress::parse(server).map_err(anyhow::Error::msg)?;
+    Ok(Client::connect_to(&address, Some(&parley_client::Trust::Pinned(None))).await?)
+}
+
 /// A connected client logged in as `name`.
 pub async fn login_client(server: &str, name: &str, password: &str) -> anyhow::Result<Client> {
-    let client = Client::connect(server)
+    let client = connect(server)
         .await
         .with_context(|| format!("connecting to {server}"))?;
     client

@@ -43,6 +43,10 @@ const SETTLE: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
     pub server: SocketAddr,
+    /// Over QUIC: the server as given (`quic://HOST:PORT`). Each process
+    /// holds its connections on one UDP socket.
+    #[serde(default)]
+    pub quic: Option<String>,
     pub prefix: String,
     pub password: String,
     /// Global index of this share's first connection (source address and
@@ -87,10 +91,49 @@ fn account_name(prefix: &str, account: usize) -> String {
     format!("{prefix}-{account}")
 }
 
-async fn open_one(job: &Job, index: usize) -> anyhow::Result<(TcpStream, Duration)> {
+/// One held connection.
+pub enum Held {
+    Tcp(TcpStream),
+    Quic {
+        connection: quinn::Connection,
+        stream: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
+        /// Shared by the process's connections; kept while any is held.
+        _endpoint: quinn::Endpoint,
+    },
+}
+
+/// A process's QUIC endpoint and the server's address, for `quic://`.
+type QuicTarget = (quinn::Endpoint, parley_client::ServerAddress);
+
+async fn open_one(job: &Job, index: usize, quic: Option<&QuicTarget>) -> anyhow::Result<(Held, Duration)> {
     let started = Instant::now();
-    let stream = wire::connect_from(job.server, source_for(index, job.source_addrs)).await?;
-    let mut handshake = Handshake::start(stream).await?;
+    match quic {
+        Some((endpoint, address)) => {
+            let trust = parley_client::Trust::Pinned(None);
+            let quic = parley_client::quic::connect_on(endpoint, job.server, address, &trust).await?;
+            let mut handshake = Handshake::start(tokio::io::join(quic.reader, quic.writer)).await?;
+            log_in(job, index, &mut handshake).await?;
+            let held = Held::Quic {
+                connection: quic.connection,
+                stream: handshake.into_stream(),
+                _endpoint: quic.endpoint,
+            };
+            Ok((held, started.elapsed()))
+        }
+        None => {
+            let stream = wire::connect_from(job.server, source_for(index, job.source_addrs)).await?;
+            let mut handshake = Handshake::start(stream).await?;
+            log_in(job, index, &mut handshake).await?;
+            Ok((Held::Tcp(handshake.into_stream()), started.elapsed()))
+        }
+    }
+}
+
+/// Logs connection `index` in as its job says (SCRAM or a resume token).
+async fn log_in<S>(job: &Job, index: usize, handshake: &mut Handshake<S>) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let account = index / job.per_account;
     match job.auth {
         AuthMode::Scram => {
@@ -107,19 +150,40 @@ async fn open_one(job: &Job, index: usize) -> anyhow::Result<(TcpStream, Duratio
             handshake.resume(&token).await?;
         }
     }
-    Ok((handshake.into_stream(), started.elapsed()))
+    Ok(())
+}
+
+/// The endpoint this process's QUIC connections share, and the address.
+fn quic_target(server: &str, remote: SocketAddr) -> anyhow::Result<QuicTarget> {
+    let address = parley_client::ServerAddress::parse(server).map_err(anyhow::Error::msg)?;
+    let endpoint = parley_client::quic::endpoint_for(remote).context("opening the QUIC endpoint")?;
+    Ok((endpoint, address))
 }
 
 /// Opens and logs in this share's connections.
-pub async fn open_share(job: &Job) -> (Vec<TcpStream>, OpenReport) {
-    let results: Vec<anyhow::Result<(TcpStream, Duration)>> =
+pub async fn open_share(job: &Job) -> (Vec<Held>, OpenReport) {
+    let mut report = OpenReport::default();
+    let quic = match job
+        .quic
+        .as_deref()
+        .map(|server| quic_target(server, job.server))
+        .transpose()
+    {
+        Ok(quic) => quic,
+        Err(e) => {
+            report.failed = job.count;
+            report.first_error = Some(format!("{e:#}"));
+            return (Vec::new(), report);
+        }
+    };
+    let quic = quic.as_ref();
+    let results: Vec<anyhow::Result<(Held, Duration)>> =
         futures::stream::iter(job.first_index..job.first_index + job.count)
-            .map(|index| open_one(job, index))
+            .map(|index| open_one(job, index, quic))
             .buffer_unordered(job.concurrency.max(1))
             .collect()
             .await;
     let mut streams = Vec::with_capacity(job.count);
-    let mut report = OpenReport::default();
     for result in results {
         match result {
             Ok((stream, latency)) => {
@@ -142,24 +206,38 @@ pub async fn open_share(job: &Job) -> (Vec<TcpStream>, OpenReport) {
 
 /// Holds the connections, pinging each every [`PING_EVERY`], until
 /// `release`; then counts those the server has not closed.
-pub async fn hold(streams: Vec<TcpStream>, mut release: oneshot::Receiver<()>) -> anyhow::Result<usize> {
+pub async fn hold(mut streams: Vec<Held>, mut release: oneshot::Receiver<()>) -> anyhow::Result<usize> {
     let ping = wire::ping_frame()?;
     let mut ticker = tokio::time::interval(PING_EVERY);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                for stream in &streams {
-                    // A ping is a dozen bytes; a socket too full to take it
-                    // has sent something recently enough anyway.
-                    let _ = stream.try_write(&ping);
+                for held in &mut streams {
+                    match held {
+                        // A ping is a dozen bytes; a socket too full to take
+                        // it has sent something recently enough anyway.
+                        Held::Tcp(stream) => {
+                            let _ = stream.try_write(&ping);
+                        }
+                        // Buffered by quinn within the stream's window.
+                        Held::Quic { stream, .. } => {
+                            let _ = stream.write_all(&ping).await;
+                        }
+                    }
                 }
             }
             _ = &mut release => break,
         }
     }
     let mut buf = vec![0u8; 4096];
-    Ok(streams.iter().filter(|s| still_open(s, &mut buf)).count())
+    Ok(streams
+        .iter()
+        .filter(|held| match held {
+            Held::Tcp(stream) => still_open(stream, &mut buf),
+            Held::Quic { connection, .. } => connection.close_reason().is_none(),
+        })
+        .count())
 }
 
 /// Whether the server has left this connection open: read whatever is
@@ -284,7 +362,9 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &IdleArgs) -> anyh
         "--source-addrs must be 1 to 254"
     );
     let hold_for = common::secs(args.hold, "--hold")?;
-    let server_addr = wire::resolve(server).await?;
+    let address = parley_client::ServerAddress::parse(server).map_err(anyhow::Error::msg)?;
+    let server_addr = wire::resolve(&address.authority).await?;
+    let quic = address.quic.then(|| server.to_owned());
     let needed = args.connections.div_ceil(MAX_CONNECTIONS_PER_PROCESS);
     let processes = args.processes.unwrap_or(1).max(needed).min(args.connections);
     let prefix = common::run_prefix();
@@ -300,7 +380,7 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &IdleArgs) -> anyh
     if args.auth == AuthMode::Resume {
         for index in 0..args.connections {
             let name = &names[index / args.per_account];
-            let client = parley_client::Client::connect(server).await?;
+            let client = common::connect(server).await?;
             let info = client.login(name, &password).await?;
             tokens.push(encode_hex(&info.resume_token));
             anchors.push(client);
@@ -314,6 +394,7 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &IdleArgs) -> anyh
             let first_index = p * share;
             Job {
                 server: server_addr,
+                quic: quic.clone(),
                 prefix: prefix.clone(),
                 password: password.clone(),
                 first_index,

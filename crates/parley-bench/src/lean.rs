@@ -22,8 +22,7 @@ use bytes::BytesMut;
 use parley_client::ErrorCode;
 use parley_proto::v1::{self, client_frame, server_frame};
 use parley_proto::{ClientFrame, ServerFrame, decode_frame, encode_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::common::{self, PerSecond};
@@ -114,30 +113,69 @@ pub struct SenderPlan {
     pub lateness: bool,
 }
 
-/// A sender logged in on its own socket.
+/// The reading half of a sender's connection (TCP or a QUIC stream).
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+/// The writing half.
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A sender logged in on its own socket (or QUIC connection).
 pub struct LeanConnection {
-    stream: TcpStream,
+    reader: Reader,
+    writer: Writer,
     /// Bytes read past the login.
     input: BytesMut,
     /// The server's frame limit.
     max_frame: usize,
+    /// What must live as long as the connection (a QUIC endpoint).
+    _keep: Option<Box<dyn std::any::Any + Send>>,
 }
 
-/// Logs each of `names` in on its own socket, a few at a time.
+/// Logs each of `names` in on its own socket, a few at a time; over QUIC
+/// for a `quic://` server (any certificate accepted, as in
+/// [`common::connect`]).
 pub async fn login_all(server: &str, names: &[String], password: &str) -> anyhow::Result<Vec<LeanConnection>> {
     use futures::StreamExt;
-    let address = wire::resolve(server).await?;
+    let parsed = parley_client::ServerAddress::parse(server).map_err(anyhow::Error::msg)?;
+    let address = if parsed.quic {
+        None
+    } else {
+        Some(wire::resolve(&parsed.authority).await?)
+    };
+    let parsed = &parsed;
     let connections: Vec<anyhow::Result<LeanConnection>> = futures::stream::iter(names)
         .map(|name| async move {
-            let stream = wire::connect_from(address, None).await?;
-            let mut handshake = wire::Handshake::start(stream).await?;
-            handshake.login(name, password).await?;
-            let (stream, input, max_frame) = handshake.into_parts();
-            Ok(LeanConnection {
-                stream,
-                input,
-                max_frame,
-            })
+            match address {
+                Some(address) => {
+                    let stream = wire::connect_from(address, None).await?;
+                    let mut handshake = wire::Handshake::start(stream).await?;
+                    handshake.login(name, password).await?;
+                    let (stream, input, max_frame) = handshake.into_parts();
+                    let (reader, writer) = stream.into_split();
+                    Ok(LeanConnection {
+                        reader: Box::new(reader),
+                        writer: Box::new(writer),
+                        input,
+                        max_frame,
+                        _keep: None,
+                    })
+                }
+                None => {
+                    let trust = parley_client::Trust::Pinned(None);
+                    let quic = parley_client::quic::connect(parsed, &trust).await?;
+                    let stream = tokio::io::join(quic.reader, quic.writer);
+                    let mut handshake = wire::Handshake::start(stream).await?;
+                    handshake.login(name, password).await?;
+                    let (stream, input, max_frame) = handshake.into_parts();
+                    let (reader, writer) = stream.into_inner();
+                    Ok(LeanConnection {
+                        reader: Box::new(reader),
+                        writer: Box::new(writer),
+                        input,
+                        max_frame,
+                        _keep: Some(Box::new(quic.endpoint)),
+                    })
+                }
+            }
         })
         .buffered(common::LOGIN_CONCURRENCY)
         .collect()
@@ -159,11 +197,12 @@ pub async fn sender(
     admitted_per_second: Option<Arc<PerSecond>>,
 ) -> anyhow::Result<SenderLatency> {
     let LeanConnection {
-        stream,
+        mut reader,
+        mut writer,
         mut input,
         max_frame,
+        _keep,
     } = connection;
-    let (mut reader, mut writer) = stream.into_split();
     let schedule = plan.schedule;
     let paced = schedule.rate.is_some();
     // Shared by the writing and the reading halves of this one task

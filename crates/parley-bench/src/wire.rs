@@ -20,7 +20,7 @@ use parley_core::Mechanism;
 use parley_core::scram::ClientExchange;
 use parley_proto::v1::{self, client_frame, server_frame};
 use parley_proto::{ClientFrame, ErrorCode, ServerFrame, decode_frame, encode_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Largest frame accepted before the server has said its own limit.
@@ -67,9 +67,10 @@ pub fn abort_on_close(stream: &TcpStream) -> anyhow::Result<()> {
     stream.set_zero_linger().context("setting SO_LINGER 0")
 }
 
-/// A connection during its handshake: the socket and unread input.
-pub struct Handshake {
-    pub stream: TcpStream,
+/// A connection during its handshake: the socket (or any byte stream: a
+/// QUIC stream for `quic://` servers) and unread input.
+pub struct Handshake<S = TcpStream> {
+    pub stream: S,
     /// Bytes read but not yet decoded.
     input: BytesMut,
     /// The server's frame limit, from Welcome.
@@ -77,9 +78,9 @@ pub struct Handshake {
     next_request_id: u64,
 }
 
-impl Handshake {
+impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// Reads the server's Welcome.
-    pub async fn start(stream: TcpStream) -> anyhow::Result<Handshake> {
+    pub async fn start(stream: S) -> anyhow::Result<Handshake<S>> {
         let mut handshake = Handshake {
             stream,
             input: BytesMut::with_capacity(512),
@@ -215,13 +216,13 @@ impl Handshake {
 
     /// The socket alone, once logged in; the input buffer is dropped so an
     /// idle connection costs the bench only the socket.
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> S {
         self.stream
     }
 
     /// The logged-in connection with what was read past the login and the
     /// server's frame limit, for a sender that speaks the rest itself.
-    pub fn into_parts(self) -> (TcpStream, BytesMut, usize) {
+    pub fn into_parts(self) -> (S, BytesMut, usize) {
         (self.stream, self.input, self.max_frame)
     }
 }

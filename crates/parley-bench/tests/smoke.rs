@@ -124,6 +124,45 @@ async fn relay_sqlite_paced() {
     assert!(number(run, "sent") <= 420.0, "{run}");
 }
 
+/// QUIC and TCP to the same server in one invocation: the senders' lean
+/// sockets, the receivers and the registrations all go over QUIC for the
+/// `quic://` target.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_over_quic_against_tcp() {
+    let (server, quic, dir) = quic_server();
+    let report = bench(&[
+        "--server",
+        &quic,
+        "--duration",
+        "1",
+        "relay",
+        "--pairs",
+        "2",
+        "--peer-server",
+        &server.addr,
+    ])
+    .await;
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{report}");
+    for result in results {
+        assert_clean_relay(&result["runs"][0]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A memory-store server with QUIC on (TLS for QUIC only: its TCP
+/// listener stays plaintext), its `quic://` address, and the directory
+/// holding its certificate.
+fn quic_server() -> (TestServer, String, std::path::PathBuf) {
+    let dir = tempfile_dir();
+    let pair = parley_testkit::gen_cert(&dir.join("certs"));
+    let (cert, key) = (pair.cert.display().to_string(), pair.key.display().to_string());
+    let flags = ["--tls-cert", &cert, "--tls-key", &key, "--quic-listen", "127.0.0.1:0"];
+    let server = TestServer::start_with(Store::Memory, &flags);
+    let quic = format!("quic://{}", server.quic_addr.as_deref().expect("QUIC is on"));
+    (server, quic, dir)
+}
+
 /// The bench talks to parleyd only, so a parleyd on PostgreSQL is measured
 /// like any other.
 #[tokio::test(flavor = "multi_thread")]
@@ -241,6 +280,33 @@ async fn idle_reports_memory_per_connection() {
     assert_eq!(number(run, "accounts"), 3.0, "{run}");
     number(run, "rss_per_connection_kib");
     assert!(number(run, "login_p99_ms") > 0.0, "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_over_quic_in_two_processes() {
+    let (server, quic, dir) = quic_server();
+    let pid = server.pid().to_string();
+    let report = bench(&[
+        "--server",
+        &quic,
+        "--server-pid",
+        &pid,
+        "idle",
+        "--connections",
+        "30",
+        "--per-account",
+        "10",
+        "--processes",
+        "2",
+        "--hold",
+        "0.5",
+    ])
+    .await;
+    let run = first_run(&report);
+    assert_eq!(number(run, "opened"), 30.0, "{run}");
+    assert_eq!(number(run, "alive_at_end"), 30.0, "{run}");
+    number(run, "rss_per_connection_kib");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -38,6 +38,8 @@ pub(crate) struct QuicLink {
 pub struct Connected {
     /// The endpoint; keep it as long as the stream is used.
     pub endpoint: quinn::Endpoint,
+    /// The connection, for its state (`close_reason`) and statistics.
+    pub connection: quinn::Connection,
     pub reader: quinn::RecvStream,
     pub writer: quinn::SendStream,
     pub fingerprint: Option<Fingerprint>,
@@ -49,6 +51,29 @@ pub struct Connected {
 /// [`crate::Client::connect_quic`].
 pub async fn connect(address: &ServerAddress, trust: &Trust) -> Result<Connected> {
     let remote = resolve(&address.authority).await?;
+    let endpoint = endpoint_for(remote)?;
+    connect_on(&endpoint, remote, address, trust).await
+}
+
+/// A client endpoint (one UDP socket on an ephemeral port) that can reach
+/// `remote`; many connections may share it.
+pub fn endpoint_for(remote: SocketAddr) -> Result<quinn::Endpoint> {
+    let local: SocketAddr = if remote.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    Ok(quinn::Endpoint::client(local)?)
+}
+
+/// Like [`connect`], on an endpoint the caller made (and may share between
+/// connections), to `remote`, the address `address` resolved to.
+pub async fn connect_on(
+    endpoint: &quinn::Endpoint,
+    remote: SocketAddr,
+    address: &ServerAddress,
+    trust: &Trust,
+) -> Result<Connected> {
     let name = tls::server_name(&address.host)?;
     let seen = Seen::default();
     let crypto = tls::client_config(trust, &seen)?;
@@ -58,19 +83,12 @@ pub async fn connect(address: &ServerAddress, trust: &Trust) -> Result<Connected
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
-    let local: SocketAddr = if remote.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let mut endpoint = quinn::Endpoint::client(local)?;
-    endpoint.set_default_client_config(config);
     let server_name = match &name {
         rustls::pki_types::ServerName::DnsName(dns) => dns.as_ref().to_owned(),
         _ => address.host.clone(),
     };
     let connecting = endpoint
-        .connect(remote, &server_name)
+        .connect_with(config, remote, &server_name)
         .map_err(|e| ClientError::Tls(format!("QUIC: {e}")))?;
     let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => connection,
@@ -114,7 +132,8 @@ pub async fn connect(address: &ServerAddress, trust: &Trust) -> Result<Connected
         }
     };
     Ok(Connected {
-        endpoint,
+        endpoint: endpoint.clone(),
+        connection,
         reader,
         writer,
         fingerprint,
