@@ -173,10 +173,13 @@ pub async fn serve<S: ServeStream>(
                         }
                     }
                     Verdict::Accept => {
+                        // Counted here, not in the task: a burst of attempts
+                        // taken before any task runs must see each other.
+                        let handshaking = Handshaking::start(&counters);
                         let gate = gate.clone();
                         let counters = Arc::clone(&counters);
                         let shutdown = for_connections.clone();
-                        tasks.spawn(connection(incoming, gate, counters, shutdown));
+                        tasks.spawn(connection(incoming, handshaking, gate, counters, shutdown));
                     }
                 }
             }
@@ -211,12 +214,12 @@ impl Drop for Handshaking {
 /// the native protocol over it, and the close.
 async fn connection<S: ServeStream>(
     incoming: quinn::Incoming,
+    handshaking: Handshaking,
     gate: S,
     counters: Arc<QuicCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = incoming.remote_address();
-    let handshaking = Handshaking::start(&counters);
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(e) => {

@@ -186,6 +186,79 @@ async fn new_clients_prove_their_address_with_a_retry_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_handshakes_that_never_finish_turns_on_address_validation() {
+    // Clients behind a path that drops everything towards them act like
+    // spoofed sources: their Initials arrive, the server's answers go
+    // nowhere, and their handshakes stay in progress.
+    let (server, pair, _certs) = start_quic(&["--quic-retry-above", "4"]);
+    let trust = ca(&pair);
+    let quic_addr = server.quic_addr.clone().unwrap();
+    let blackhole = LossyUdpProxy::start_with(quic_addr.parse().unwrap(), 0.0, 1.0);
+    let through = blackhole.addr.to_string();
+    let mut attempts = Vec::new();
+    for _ in 0..6 {
+        let (through, trust) = (through.clone(), trust.clone());
+        attempts.push(tokio::spawn(async move {
+            Client::connect_quic(&through, &trust).await.is_ok()
+        }));
+    }
+    let stats = || {
+        let (code, out, err) = server.ctl(&["status", "--json"]);
+        assert!(code.success(), "{err}");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        status["worker"]["stats"].clone()
+    };
+    parley_testkit::wait::wait_until_blocking("the flood's Retries", std::time::Duration::from_secs(10), || {
+        stats()["quic_retries"].as_u64() >= Some(1)
+    });
+    // A real client still gets in: it answers the Retry and is served.
+    let alice = quic_user(&quic_addr, &trust, "alice").await;
+    alice.ping().await.expect("served during the flood");
+    let after = stats();
+    assert!(after["quic_attempts"].as_u64() >= Some(7), "{after}");
+    for attempt in &attempts {
+        assert!(!attempt.is_finished(), "a client that hears nothing is still waiting");
+        attempt.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_connection_that_never_logs_in_times_out_as_over_tcp() {
+    let (server, pair, _certs) = start_quic(&["--auth-timeout-secs", "1"]);
+    let quic_addr = server.quic_addr.clone().unwrap();
+    let idle = Client::connect_quic(&quic_addr, &ca(&pair)).await.unwrap();
+    match tokio::time::timeout(common::WAIT, idle.next_event()).await.unwrap() {
+        Some(parley_client::Event::Goodbye { code, .. }) => assert_eq!(code, ErrorCode::NotAuthenticated),
+        other => panic!("expected goodbye, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_hands_the_quic_socket_to_the_new_worker() {
+    let (server, pair, _certs) = start_quic(&[]);
+    let trust = ca(&pair);
+    let quic_addr = server.quic_addr.clone().unwrap();
+    let alice = quic_user(&quic_addr, &trust, "alice").await;
+    let old = server.pid();
+    let (code, _, err) = server.ctl(&["reload"]);
+    assert!(code.success(), "{err}");
+    parley_testkit::wait_until("the worker to be replaced", common::WAIT, async || server.pid() != old).await;
+    // The old worker's QUIC client is told, as TCP clients are.
+    match tokio::time::timeout(common::WAIT, alice.next_event()).await.unwrap() {
+        Some(parley_client::Event::Goodbye { code, .. }) => assert_eq!(code, ErrorCode::ShuttingDown),
+        Some(parley_client::Event::Disconnected) | None => {}
+        other => panic!("expected goodbye, got {other:?}"),
+    }
+    // The same address serves new QUIC connections from the new worker.
+    let again = parley_testkit::poll_until("QUIC to serve again", common::WAIT, async || {
+        Client::connect_quic(&quic_addr, &trust).await.ok()
+    })
+    .await;
+    let again = logged_in(again, "alice").await;
+    again.ping().await.expect("served by the new worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_connections_count_against_the_per_address_cap() {
     let (server, pair, _certs) = start_quic(&["--max-connections-per-ip", "1"]);
     let trust = ca(&pair);

@@ -64,6 +64,13 @@ impl LossyUdpProxy {
     /// Relays between a free loopback port and `target`, dropping `share`
     /// (0.0 to 1.0) of the datagrams in each direction.
     pub fn start(target: SocketAddr, share: f64) -> LossyUdpProxy {
+        LossyUdpProxy::start_with(target, share, share)
+    }
+
+    /// Like [`LossyUdpProxy::start`], with a share for each direction: 1.0
+    /// towards the clients makes every client a spoofed source, whose
+    /// server never hears back from it after its first packets.
+    pub fn start_with(target: SocketAddr, to_server: f64, to_clients: f64) -> LossyUdpProxy {
         let front = UdpSocket::bind("127.0.0.1:0").expect("bind the proxy's port");
         front.set_read_timeout(Some(POLL)).expect("read timeout");
         let addr = front.local_addr().expect("proxy address");
@@ -82,7 +89,7 @@ impl LossyUdpProxy {
                 Arc::clone(&replies),
             );
             std::thread::spawn(move || {
-                let mut loss = Loss::new(share, 0x5eed_0001);
+                let mut loss = Loss::new(to_server, 0x5eed_0001);
                 let mut buf = vec![0u8; MAX_DATAGRAM];
                 while !stop.load(Ordering::Relaxed) {
                     let Ok((n, client)) = front.recv_from(&mut buf) else {
@@ -98,7 +105,7 @@ impl LossyUdpProxy {
                                 Arc::clone(&socket),
                                 Arc::clone(&front),
                                 client,
-                                share,
+                                to_clients,
                                 Arc::clone(&counts),
                                 Arc::clone(&stop),
                             );
