@@ -266,18 +266,7 @@ impl Client {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let stream = match connector.connect(name, stream).await {
             Ok(stream) => stream,
-            Err(e) => {
-                let presented = *lock(&seen);
-                return Err(match (trust, presented) {
-                    (Trust::Pinned(Some(expected)), Some(presented)) if *expected != presented => {
-                        ClientError::CertificateChanged {
-                            expected: *expected,
-                            presented,
-                        }
-                    }
-                    _ => handshake_error(e),
-                });
-            }
+            Err(e) => return Err(tls::refused(trust, &seen).unwrap_or_else(|| handshake_error(e))),
         };
         let fingerprint = stream
             .get_ref()

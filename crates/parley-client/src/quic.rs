@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use crate::tls::{self, Fingerprint, Seen, ServerAddress, Trust};
 use crate::{ClientError, Result};
-use parley_core::sync::lock;
 
 /// How long the QUIC handshake may take before the connection attempt
 /// fails (a server without QUIC, or UDP blocked on the way, never answers).
@@ -92,18 +91,7 @@ pub async fn connect_on(
         .map_err(|e| ClientError::Tls(format!("QUIC: {e}")))?;
     let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(e)) => {
-            let presented = *lock(&seen);
-            return Err(match (trust, presented) {
-                (Trust::Pinned(Some(expected)), Some(presented)) if *expected != presented => {
-                    ClientError::CertificateChanged {
-                        expected: *expected,
-                        presented,
-                    }
-                }
-                _ => handshake_error(e),
-            });
-        }
+        Ok(Err(e)) => return Err(tls::refused(trust, &seen).unwrap_or_else(|| handshake_error(e))),
         Err(_) => {
             return Err(ClientError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

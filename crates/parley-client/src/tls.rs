@@ -235,6 +235,19 @@ pub(crate) fn client_config(trust: &Trust, seen: &Seen) -> Result<ClientConfig, 
     Ok(config)
 }
 
+/// After a failed handshake: the certificate changed, when a pinned one was
+/// expected and another was presented; None for any other failure.
+pub(crate) fn refused(trust: &Trust, seen: &Seen) -> Option<ClientError> {
+    let presented = (*parley_core::sync::lock(seen))?;
+    match trust {
+        Trust::Pinned(Some(expected)) if *expected != presented => Some(ClientError::CertificateChanged {
+            expected: *expected,
+            presented,
+        }),
+        _ => None,
+    }
+}
+
 /// The name to check the certificate against (an IP address or a DNS name).
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, ClientError> {
     ServerName::try_from(host.to_owned()).map_err(|_| ClientError::Tls(format!("{host:?} is not a valid server name")))

@@ -135,6 +135,13 @@ impl ClientAddr {
         if trusted.is_empty() || !trusted.contains(peer.ip()) {
             return ClientAddr(peer);
         }
+        ClientAddr::behind_proxy(peer, headers, trusted)
+    }
+
+    /// The client behind `peer`, a proxy trusted whatever its address (the
+    /// unix socket's peer): the nearest hop of its forwarding headers that
+    /// is not itself a trusted proxy, or `peer` when they name none.
+    pub fn behind_proxy(peer: SocketAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> ClientAddr {
         let hops = forwarded_hops(headers);
         // From the right: skip our own proxies; the first other address is
         // the client. An entry that is not an address (`unknown`, an
@@ -204,11 +211,7 @@ impl FromRequestParts<Arc<HttpContext>> for ClientAddr {
             return Ok(*client);
         }
         match parts.extensions.get::<ConnectInfo<Peer>>() {
-            Some(ConnectInfo(Peer(peer))) => Ok(ClientAddr::resolve(
-                *peer,
-                &parts.headers,
-                &ctx.settings.trusted_proxies,
-            )),
+            Some(ConnectInfo(peer)) => Ok(peer.client(&parts.headers, &ctx.settings.trusted_proxies)),
             None => Err(Problem::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 "INTERNAL",

@@ -36,7 +36,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use parley_core::Service;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -371,10 +370,10 @@ async fn admission(State(ctx): State<Arc<HttpContext>>, request: Request, next: 
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     // Who the client is, once per request, for the log and every handler.
     let mut request = request;
-    let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| {
-        let client = ClientAddr::resolve(c.0.0, request.headers(), &ctx.settings.trusted_proxies);
-        client.0
-    });
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.client(request.headers(), &ctx.settings.trusted_proxies).0);
     if let Some(peer) = peer {
         request.extensions_mut().insert(ClientAddr(peer));
     }
@@ -520,7 +519,7 @@ async fn websocket(
 /// session. Bridged WebSockets end through the native handler's own
 /// shutdown signal; wait for them with [`HttpContext::websockets`].
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<listener::HttpListener>,
     ctx: Arc<HttpContext>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -529,7 +528,7 @@ pub async fn serve(
 
 /// Like [`serve`], with TLS on every accepted connection when `tls` is Some.
 pub async fn serve_with_tls(
-    listener: TcpListener,
+    listener: impl Into<listener::HttpListener>,
     ctx: Arc<HttpContext>,
     tls: Option<listener::HttpTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -550,7 +549,7 @@ pub async fn serve_with_tls(
     if tls.is_some() {
         app = app.layer(axum::middleware::from_fn(strict_transport_security));
     }
-    let served = listener::run(listener, Arc::clone(&ctx), app, tls, shutdown).await;
+    let served = listener::run(listener.into(), Arc::clone(&ctx), app, tls, shutdown).await;
     sweeper.abort();
     ctx.sessions.clear();
     ctx.websockets.close();

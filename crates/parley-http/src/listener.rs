@@ -16,6 +16,13 @@
 //!   The body's deadline is the admission middleware's (`lib.rs`), which
 //!   reads it before a request takes an in-flight slot.
 //!
+//! The listener is TCP or a unix-domain socket ([`HttpListener`]). A peer
+//! on the unix socket is a process of this machine allowed by the socket
+//! file's mode (a reverse proxy such as nginx): it is trusted as a proxy
+//! ([`Peer::local`]), so its forwarding headers name the client and it is
+//! exempt from the per-address cap; without those headers the client is
+//! `127.0.0.1`.
+//!
 //! An upgraded WebSocket keeps its connection's slots: they live in the
 //! stream that the upgrade hands over. With TLS, the handshake runs in the
 //! connection's own task under its deadline, so a slow or hostile client
@@ -40,7 +47,7 @@ use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,17 +81,79 @@ pub struct HttpTls {
     pub handshake_timeout: Duration,
 }
 
-/// The client's TCP peer, as handlers see it (`ConnectInfo<Peer>`). Rules
+/// What the HTTP front door listens on.
+pub enum HttpListener {
+    Tcp(TcpListener),
+    /// A unix-domain socket (its file's mode decides who may connect).
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for HttpListener {
+    fn from(listener: TcpListener) -> HttpListener {
+        HttpListener::Tcp(listener)
+    }
+}
+
+impl From<UnixListener> for HttpListener {
+    fn from(listener: UnixListener) -> HttpListener {
+        HttpListener::Unix(listener)
+    }
+}
+
+/// The address a peer on the unix socket is known by when its proxy names
+/// no client.
+pub const UNIX_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl HttpListener {
+    async fn accept(&self) -> io::Result<(Io, Peer)> {
+        match self {
+            HttpListener::Tcp(listener) => {
+                let (stream, addr) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok((Io::Plain(stream), Peer { addr, local: false }))
+            }
+            HttpListener::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                Ok((
+                    Io::Unix(stream),
+                    Peer {
+                        addr: UNIX_PEER,
+                        local: true,
+                    },
+                ))
+            }
+        }
+    }
+}
+
+/// The client's peer, as handlers see it (`ConnectInfo<Peer>`). Rules
 /// that count clients use [`crate::client_addr::ClientAddr`] instead,
 /// which sees through trusted proxies.
 #[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+pub struct Peer {
+    /// The TCP peer's address ([`UNIX_PEER`] on the unix socket).
+    pub addr: SocketAddr,
+    /// On the unix socket: a local process, trusted as a proxy.
+    pub local: bool,
+}
+
+impl Peer {
+    /// The client this connection speaks for: the peer itself, or, behind
+    /// a trusted proxy (or the unix socket), whom its forwarding headers name.
+    pub fn client(&self, headers: &axum::http::HeaderMap, trusted: &crate::TrustedProxies) -> crate::ClientAddr {
+        if self.local {
+            crate::ClientAddr::behind_proxy(self.addr, headers, trusted)
+        } else {
+            crate::ClientAddr::resolve(self.addr, headers, trusted)
+        }
+    }
+}
 
 /// Accepts connections on `listener` and serves `app` on each until
 /// `shutdown` resolves; then stops accepting, asks every connection to
 /// close once its request in progress is answered, and waits for them.
 pub(crate) async fn run(
-    listener: TcpListener,
+    listener: HttpListener,
     ctx: Arc<HttpContext>,
     app: Router,
     tls: Option<HttpTls>,
@@ -104,7 +173,7 @@ pub(crate) async fn run(
                 Err(_) => break,
             },
         };
-        let (stream, peer) = tokio::select! {
+        let (io, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -115,32 +184,31 @@ pub(crate) async fn run(
                 }
             },
         };
-        let address_slot = if ctx.settings.trusted_proxies.contains(peer.ip()) {
+        let address_slot = if peer.local || ctx.settings.trusted_proxies.contains(peer.addr.ip()) {
             None
         } else {
-            match PerAddress::take(&per_address, peer.ip(), ctx.settings.max_connections_per_ip) {
+            match PerAddress::take(&per_address, peer.addr.ip(), ctx.settings.max_connections_per_ip) {
                 Some(slot) => Some(slot),
                 None => {
                     ctx.counters.refused_per_address.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "HTTP connection refused: too many from this address");
+                    tracing::debug!(peer = %peer.addr, "HTTP connection refused: too many from this address");
                     // Over TLS a plaintext answer would be noise: just close.
-                    if tls.is_none() {
+                    if let (None, Io::Plain(stream)) = (&tls, &io) {
                         // The socket is new, its send buffer empty: the
                         // answer fits, and a full buffer only loses it.
                         let _ = stream.try_write(PER_ADDRESS_REFUSAL);
                     }
-                    drop(stream);
+                    drop(io);
                     continue;
                 }
             }
         };
-        let _ = stream.set_nodelay(true);
         let slots = Slots {
             _connection: permit,
             _address: address_slot,
         };
         connections.spawn(serve_connection(
-            stream,
+            io,
             peer,
             slots,
             app.clone(),
@@ -159,17 +227,19 @@ pub(crate) async fn run(
 /// One connection: the TLS handshake if any, then HTTP/1.1 until the
 /// client leaves, a timeout passes, or the server shuts down.
 async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    io: Io,
+    peer: Peer,
     slots: Slots,
     app: Router,
     tls: Option<HttpTls>,
     ctx: Arc<HttpContext>,
     stop: CancellationToken,
 ) {
-    let io = match tls {
-        None => Io::Plain(stream),
-        Some(tls) => {
+    let addr = peer.addr;
+    let io = match (tls, io) {
+        // TLS is for TCP; the unix socket's peer is the local proxy.
+        (None, io) | (Some(_), io @ (Io::Unix(_) | Io::Tls(_))) => io,
+        (Some(tls), Io::Plain(stream)) => {
             let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
             let outcome = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -178,12 +248,12 @@ async fn serve_connection(
             match outcome {
                 Ok(Ok(stream)) => Io::Tls(Box::new(stream)),
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "HTTP TLS handshake failed");
+                    tracing::debug!(peer = %addr, error = %e, "HTTP TLS handshake failed");
                     ctx.counters.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "HTTP TLS handshake timed out");
+                    tracing::debug!(peer = %addr, "HTTP TLS handshake timed out");
                     ctx.counters.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -199,7 +269,7 @@ async fn serve_connection(
     let service = {
         let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(Peer(peer)));
+            request.extensions_mut().insert(ConnectInfo(peer));
             let busy = Activity::request_started(&activity);
             let app = app.clone();
             async move {
@@ -232,7 +302,7 @@ async fn serve_connection(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                    tracing::debug!(peer = %addr, error = %e, "HTTP connection ended with an error");
                 }
                 return;
             }
@@ -244,11 +314,11 @@ async fn serve_connection(
             _ = sleep => match deadline {
                 Some((_, Expiry::Headers)) => {
                     ctx.counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "HTTP request headers did not arrive in time; closing");
+                    tracing::debug!(peer = %addr, "HTTP request headers did not arrive in time; closing");
                     return;
                 }
                 Some((_, Expiry::Idle)) => {
-                    tracing::debug!(%peer, "HTTP connection idle past keep-alive; closing");
+                    tracing::debug!(peer = %addr, "HTTP connection idle past keep-alive; closing");
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
@@ -405,6 +475,8 @@ impl Drop for RequestInProgress {
 enum Io {
     /// Plaintext.
     Plain(TcpStream),
+    /// Plaintext on the unix socket.
+    Unix(UnixStream),
     /// TLS, established (boxed: it holds the whole TLS state, and
     /// plaintext connections should not pay for it).
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
@@ -427,6 +499,7 @@ impl AsyncRead for CountedStream {
         let before = buf.filled().len();
         let polled = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         };
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -440,6 +513,7 @@ impl AsyncWrite for CountedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -447,6 +521,7 @@ impl AsyncWrite for CountedStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Unix(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -454,6 +529,7 @@ impl AsyncWrite for CountedStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -465,6 +541,7 @@ impl AsyncWrite for CountedStream {
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
@@ -472,6 +549,7 @@ impl AsyncWrite for CountedStream {
     fn is_write_vectored(&self) -> bool {
         match &self.io {
             Io::Plain(s) => s.is_write_vectored(),
+            Io::Unix(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
         }
     }

@@ -267,8 +267,33 @@ async fn behind_nginx_each_client_is_rate_limited_alone() {
     // nginx listens on 127.0.0.1, which accepts connections from any
     // loopback source address.
     let nginx = Nginx::start(&binary, dir.path(), server.http_addr.as_deref().unwrap(), port, &cert);
-    let mallory = client_from(port, &cert, [127, 0, 0, 2]);
-    let alice = client_from(port, &cert, [127, 0, 0, 3]);
+    each_client_is_limited_alone(&nginx, port, &cert).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_over_a_unix_socket_each_client_is_rate_limited_alone() {
+    let Some(binary) = nginx() else {
+        require_or_skip("nginx (Debian package nginx-light)", false);
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path());
+    // The snippet's unix-socket variant: no TCP port, and no
+    // trusted_proxies to set (the socket's peer is the proxy).
+    let socket = dir.path().join("parleyd-http.sock");
+    let listen = format!("unix:{}", socket.display());
+    let server = TestServer::start_with(Store::Memory, &["--http-listen", &listen]);
+    assert_eq!(server.http_addr.as_deref(), Some(listen.as_str()));
+    let port = free_port();
+    let nginx = Nginx::start(&binary, dir.path(), &listen, port, &cert);
+    each_client_is_limited_alone(&nginx, port, &cert).await;
+}
+
+/// Two clients of `nginx` from different addresses: one guessing resume
+/// tokens until it is throttled, the other logging in meanwhile.
+async fn each_client_is_limited_alone(nginx: &Nginx, port: u16, cert: &GeneratedCert) {
+    let mallory = client_from(port, cert, [127, 0, 0, 2]);
+    let alice = client_from(port, cert, [127, 0, 0, 3]);
     let r = alice.register("alice", "pw-alice").await;
     assert_eq!(r.status, 201, "{r:?} {}", nginx.error_log());
 
@@ -301,6 +326,4 @@ async fn behind_nginx_each_client_is_rate_limited_alone() {
         )
         .await;
     r.problem(429, "RATE_LIMITED");
-    drop((mallory, alice));
-    drop(nginx);
 }

@@ -284,8 +284,11 @@ pub struct Settings {
     pub send_rate_per_account: u32,
     pub mailbox_max_messages: u64,
     pub mailbox_max_bytes: u64,
-    /// None when the HTTP listener is off.
+    /// The HTTP listener's TCP address; None when it is off or on a unix
+    /// socket.
     pub http_listen: Option<SocketAddr>,
+    /// The HTTP listener's unix-domain socket (`http_listen = "unix:PATH"`).
+    pub http_socket: Option<PathBuf>,
     /// None when the QUIC listener is off (the default).
     pub quic_listen: Option<SocketAddr>,
     /// Handshakes in progress above which QUIC clients get a Retry first.
@@ -482,7 +485,7 @@ settings! {
     mailbox_max_messages: "PARLEY_MAILBOX_MAX_MESSAGES", "N";
     /// Bytes of message bodies one mailbox may hold; a send past it gets MAILBOX_FULL; 0 for no limit [default: 104857600]
     mailbox_max_bytes: "PARLEY_MAILBOX_MAX_BYTES", "BYTES";
-    /// HTTP listen address (JSON API, WebSocket, pager, web UI), or "off" [default: 127.0.0.1:7880]
+    /// HTTP listen address (JSON API, WebSocket, pager, web UI), a unix socket as unix:PATH (mode 0660, for a proxy on this machine), or "off" [default: 127.0.0.1:7880]
     http_listen: "PARLEY_HTTP_LISTEN", "ADDR";
     /// QUIC (UDP) listen address for the native protocol (needs tls_cert and tls_key), or "off" [default: off]
     quic_listen: "PARLEY_QUIC_LISTEN", "ADDR";
@@ -1113,13 +1116,31 @@ impl SettingArgs {
             DEFAULT_MAILBOX_MAX_BYTES,
         );
         let http_raw = get("http_listen", DEFAULT_HTTP_LISTEN);
+        let mut http_socket = None;
         let http_listen = match http_raw.trim() {
             "off" | "" => None,
+            raw if raw.starts_with("unix:") => {
+                let path = PathBuf::from(&raw["unix:".len()..]);
+                if path.as_os_str().is_empty() {
+                    errors.push("http_listen: \"unix:\" needs a path, like unix:/run/parley/http.sock".into());
+                } else if path
+                    .parent()
+                    .is_some_and(|dir| !dir.as_os_str().is_empty() && !dir.is_dir())
+                {
+                    errors.push(format!(
+                        "http_listen: the directory of {} does not exist (parleyd does not create it: its mode decides who reaches the socket)",
+                        path.display()
+                    ));
+                } else {
+                    http_socket = Some(path);
+                }
+                None
+            }
             raw => match raw.parse::<SocketAddr>() {
                 Ok(addr) => Some(addr),
                 Err(_) => {
                     errors.push(format!(
-                        "http_listen: {raw:?} is not an address like 127.0.0.1:7880, or \"off\""
+                        "http_listen: {raw:?} is not an address like 127.0.0.1:7880, unix:/path/to/socket, or \"off\""
                     ));
                     None
                 }
@@ -1350,6 +1371,12 @@ impl SettingArgs {
             &get("http_tls", &DEFAULT_HTTP_TLS.to_string()),
             DEFAULT_HTTP_TLS,
         );
+        if http_tls && http_socket.is_some() {
+            errors.push(
+                "http_tls is for a TCP listener; on a unix socket (http_listen = \"unix:...\") the proxy in front terminates TLS: set http_tls = false"
+                    .into(),
+            );
+        }
         let tls = resolve_tls(
             &mut errors,
             tls_cert.trim(),
@@ -1425,6 +1452,7 @@ impl SettingArgs {
             mailbox_max_messages,
             mailbox_max_bytes,
             http_listen,
+            http_socket,
             quic_listen,
             quic_retry_above,
             pager,
@@ -1794,6 +1822,30 @@ mod tests {
         assert!(native_only.native_tls_acceptor().is_some() && native_only.http_tls_acceptor().is_none());
         let defaults = SettingArgs::default().resolve().unwrap();
         assert!(defaults.tls.is_none() && !defaults.native_tls && !defaults.http_tls);
+    }
+
+    #[test]
+    fn the_http_listener_may_be_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("http.sock");
+        let s = SettingArgs {
+            http_listen: Some(format!("unix:{}", path.display())),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((s.http_listen, s.http_socket.as_deref()), (None, Some(path.as_path())));
+        let errors_of = |args: SettingArgs| args.resolve().unwrap_err().0;
+        let errors = errors_of(SettingArgs {
+            http_listen: Some("unix:".into()),
+            ..Default::default()
+        });
+        assert!(errors[0].contains("needs a path"), "{errors:?}");
+        let errors = errors_of(SettingArgs {
+            http_listen: Some(format!("unix:{}", dir.path().join("none/http.sock").display())),
+            ..Default::default()
+        });
+        assert!(errors[0].contains("does not exist"), "{errors:?}");
     }
 
     #[test]

@@ -530,7 +530,7 @@ impl Server {
         http: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        self.run_listeners(listener, http, None, shutdown).await
+        self.run_listeners(listener, http.map(Into::into), None, shutdown).await
     }
 
     /// Like [`Server::run_with_http`], with the QUIC front door on `quic`
@@ -538,7 +538,7 @@ impl Server {
     pub async fn run_listeners(
         self,
         listener: TcpListener,
-        http: Option<TcpListener>,
+        http: Option<parley_http::listener::HttpListener>,
         quic: Option<std::net::UdpSocket>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {

@@ -88,10 +88,56 @@ pub struct Launch {
     pub setting_args: SettingArgs,
 }
 
+/// The HTTP listener's socket: TCP, or a unix-domain socket with its path.
+enum HttpSocket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+impl HttpSocket {
+    /// Binds what `settings` asks for, if anything.
+    fn bind(settings: &Settings) -> anyhow::Result<Option<HttpSocket>> {
+        if let Some(path) = &settings.http_socket {
+            let listener = bind_unix(path, "HTTP socket", "http_listen", 0o660)?;
+            return Ok(Some(HttpSocket::Unix(listener, path.clone())));
+        }
+        match settings.http_listen {
+            Some(addr) => Ok(Some(HttpSocket::Tcp(
+                std::net::TcpListener::bind(addr).with_context(|| format!("binding the HTTP listener {addr}"))?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// A descriptor of the same socket, for a worker.
+    fn share(&self) -> std::io::Result<OwnedFd> {
+        Ok(match self {
+            HttpSocket::Tcp(l) => OwnedFd::from(l.try_clone()?),
+            HttpSocket::Unix(l, _) => OwnedFd::from(l.try_clone()?),
+        })
+    }
+
+    /// As the start line and `ctl status` show it.
+    fn describe(&self) -> String {
+        match self {
+            HttpSocket::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            HttpSocket::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+
+    /// Removes the socket file of a unix socket (at stop, or when a reload
+    /// moved it).
+    fn remove_file(&self) {
+        if let HttpSocket::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// The sockets the master holds for its workers.
 struct Listeners {
     native: std::net::TcpListener,
-    http: Option<std::net::TcpListener>,
+    http: Option<HttpSocket>,
     /// The QUIC listener's UDP socket.
     quic: Option<std::net::UdpSocket>,
 }
@@ -100,12 +146,7 @@ impl Listeners {
     fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
         let native = std::net::TcpListener::bind(settings.listen)
             .with_context(|| format!("binding the native listener {}", settings.listen))?;
-        let http = match settings.http_listen {
-            Some(addr) => {
-                Some(std::net::TcpListener::bind(addr).with_context(|| format!("binding the HTTP listener {addr}"))?)
-            }
-            None => None,
-        };
+        let http = HttpSocket::bind(settings)?;
         let quic = match settings.quic_listen {
             Some(addr) => Some(
                 std::net::UdpSocket::bind(addr).with_context(|| format!("binding the QUIC listener {addr} (UDP)"))?,
@@ -126,9 +167,7 @@ impl Listeners {
     }
 
     fn http_addr(&self) -> Option<String> {
-        self.http
-            .as_ref()
-            .map(|l| l.local_addr().map(|a| a.to_string()).unwrap_or_default())
+        self.http.as_ref().map(HttpSocket::describe)
     }
 }
 
@@ -472,7 +511,7 @@ impl Master {
         if self.settings.native_tls {
             tls.push("native");
         }
-        if self.settings.http_tls && self.listeners.http.is_some() {
+        if self.settings.http_tls && matches!(self.listeners.http, Some(HttpSocket::Tcp(_))) {
             tls.push("http");
         }
         (!tls.is_empty()).then(|| tls.join(","))
@@ -515,7 +554,7 @@ impl Master {
             .kill_on_drop(false);
         if let Some(http) = &self.listeners.http {
             mappings.push(FdMapping {
-                parent_fd: OwnedFd::from(http.try_clone()?),
+                parent_fd: http.share()?,
                 child_fd: worker::HTTP_FD,
             });
             command.env(worker::ENV_HTTP_FD, worker::HTTP_FD.to_string());
@@ -606,7 +645,8 @@ impl Master {
             tracing::warn!("ctl_socket changed; the control socket moves only on a restart of parleyd");
         }
         let rebind_native = settings.listen != self.settings.listen;
-        let rebind_http = settings.http_listen != self.settings.http_listen;
+        let rebind_http =
+            settings.http_listen != self.settings.http_listen || settings.http_socket != self.settings.http_socket;
         let rebind_quic = settings.quic_listen != self.settings.quic_listen;
         let mut fresh = None;
         if rebind_native || rebind_http || rebind_quic {
@@ -621,16 +661,20 @@ impl Master {
                     Err(e) => return refuse(format!("sharing the native listener: {e}")),
                 }
             };
-            let http = match (rebind_http, settings.http_listen, &self.listeners.http) {
-                (false, _, Some(l)) => match l.try_clone() {
-                    Ok(l) => Some(l),
+            let http = match (rebind_http, &self.listeners.http) {
+                (false, Some(HttpSocket::Tcp(l))) => match l.try_clone() {
+                    Ok(l) => Some(HttpSocket::Tcp(l)),
                     Err(e) => return refuse(format!("sharing the HTTP listener: {e}")),
                 },
-                (_, Some(addr), _) => match std::net::TcpListener::bind(addr) {
-                    Ok(l) => Some(l),
-                    Err(e) => return refuse(format!("binding the HTTP listener {addr}: {e}")),
+                (false, Some(HttpSocket::Unix(l, path))) => match l.try_clone() {
+                    Ok(l) => Some(HttpSocket::Unix(l, path.clone())),
+                    Err(e) => return refuse(format!("sharing the HTTP socket: {e}")),
                 },
-                (_, None, _) => None,
+                (false, None) => None,
+                (true, _) => match HttpSocket::bind(&settings) {
+                    Ok(http) => http,
+                    Err(e) => return refuse(format!("{e:#}")),
+                },
             };
             let quic = match (rebind_quic, settings.quic_listen, &self.listeners.quic) {
                 (false, _, Some(s)) => match s.try_clone() {
@@ -790,6 +834,9 @@ impl Master {
             let _ = task.await;
         }
         self.remove_ctl_socket();
+        if let Some(http) = &self.listeners.http {
+            http.remove_file();
+        }
         tracing::info!("parleyd stopped");
     }
 
@@ -869,21 +916,29 @@ fn bind_ctl(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::private_files::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let listener = bind_unix(path, "control socket", "ctl_socket", 0o600)?;
+    listener.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(listener)?)
+}
+
+/// Binds a unix-domain socket at `path` with `mode`, removing a stale one
+/// (a socket nobody answers on) but never a live one or another file.
+fn bind_unix(path: &Path, what: &str, setting: &str, mode: u32) -> anyhow::Result<std::os::unix::net::UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            bail!("control socket {}: exists and is not a socket", path.display());
+            bail!("{what} {}: exists and is not a socket", path.display());
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
-                "control socket {}: another parleyd is running with it (stop it, or set ctl_socket)",
+                "{what} {}: another parleyd is running with it (stop it, or set {setting})",
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale control socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("removing the stale {what} {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the {what} {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok(listener)
 }

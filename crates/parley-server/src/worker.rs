@@ -134,7 +134,7 @@ impl From<anyhow::Error> for WorkerError {
 /// What a worker needs to serve, made before it says `ready`.
 struct Prepared {
     native: tokio::net::TcpListener,
-    http: Option<tokio::net::TcpListener>,
+    http: Option<parley_http::listener::HttpListener>,
     quic: Option<std::net::UdpSocket>,
     server: Server,
     admin: Admin,
@@ -232,11 +232,26 @@ fn prepare(settings: Settings, started: Instant) -> anyhow::Result<Prepared> {
     let native = std::net::TcpListener::from(native);
     native.set_nonblocking(true)?;
     let native = tokio::net::TcpListener::from_std(native).context("adopting the native listener")?;
+    // The settings say which kind the master bound (they are the same
+    // file and flags the master read).
     let http = match inherited(ENV_HTTP_FD)? {
+        Some(fd) if settings.http_socket.is_some() => {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            Some(
+                tokio::net::UnixListener::from_std(l)
+                    .context("adopting the HTTP socket")?
+                    .into(),
+            )
+        }
         Some(fd) => {
             let l = std::net::TcpListener::from(fd);
             l.set_nonblocking(true)?;
-            Some(tokio::net::TcpListener::from_std(l).context("adopting the HTTP listener")?)
+            Some(
+                tokio::net::TcpListener::from_std(l)
+                    .context("adopting the HTTP listener")?
+                    .into(),
+            )
         }
         None => None,
     };
