@@ -40,6 +40,11 @@ const MAX_INCOMING: usize = 4_096;
 const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
 /// Bytes buffered for every connection attempt together.
 const INCOMING_BUFFER_TOTAL_BYTES: u64 = 16 * 1024 * 1024;
+/// Receive and send buffer asked of the kernel for the QUIC socket: every
+/// connection's datagrams queue in this one socket, and a storm of
+/// handshakes overflows the usual 208 KiB default (the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`).
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Application close code: the native protocol ended the connection.
 pub const CLOSE_DONE: u32 = 0;
 /// Application close code: the server is stopping or reloading.
@@ -127,9 +132,32 @@ pub fn endpoint(socket: std::net::UdpSocket, settings: &Settings) -> anyhow::Res
         .incoming_buffer_size(INCOMING_BUFFER_BYTES)
         .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
     socket.set_nonblocking(true).context("the QUIC socket")?;
+    grow_buffers(&socket);
     let runtime = Arc::new(quinn::TokioRuntime);
     quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
         .context("starting the QUIC endpoint")
+}
+
+/// Asks for [`SOCKET_BUFFER_BYTES`] each way; what the kernel grants (at
+/// most its `rmem_max` and `wmem_max`) is logged, and a refusal only means
+/// the default buffers stay.
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    let asked = SOCKET_BUFFER_BYTES;
+    if let Err(e) = setsockopt(socket, sockopt::RcvBuf, &asked) {
+        tracing::debug!(error = %e, "the QUIC socket's receive buffer stays at the default");
+    }
+    if let Err(e) = setsockopt(socket, sockopt::SndBuf, &asked) {
+        tracing::debug!(error = %e, "the QUIC socket's send buffer stays at the default");
+    }
+    let receive = getsockopt(socket, sockopt::RcvBuf).unwrap_or(0);
+    let send = getsockopt(socket, sockopt::SndBuf).unwrap_or(0);
+    tracing::debug!(
+        receive,
+        send,
+        asked,
+        "QUIC socket buffers (the kernel counts double what it grants)"
+    );
 }
 
 /// Serves one native-protocol stream; given the stream's halves and the
