@@ -144,38 +144,32 @@ pub async fn login_all(server: &str, names: &[String], password: &str) -> anyhow
     let parsed = &parsed;
     let connections: Vec<anyhow::Result<LeanConnection>> = futures::stream::iter(names)
         .map(|name| async move {
-            match address {
+            let (reader, writer, keep): (Reader, Writer, Option<Box<dyn std::any::Any + Send>>) = match address {
                 Some(address) => {
-                    let stream = wire::connect_from(address, None).await?;
-                    let mut handshake = wire::Handshake::start(stream).await?;
-                    handshake.login(name, password).await?;
-                    let (stream, input, max_frame) = handshake.into_parts();
-                    let (reader, writer) = stream.into_split();
-                    Ok(LeanConnection {
-                        reader: Box::new(reader),
-                        writer: Box::new(writer),
-                        input,
-                        max_frame,
-                        _keep: None,
-                    })
+                    let (reader, writer) = wire::connect_from(address, None).await?.into_split();
+                    (Box::new(reader), Box::new(writer), None)
                 }
                 None => {
                     let trust = parley_client::Trust::Pinned(None);
                     let quic = parley_client::quic::connect(parsed, &trust).await?;
-                    let stream = tokio::io::join(quic.reader, quic.writer);
-                    let mut handshake = wire::Handshake::start(stream).await?;
-                    handshake.login(name, password).await?;
-                    let (stream, input, max_frame) = handshake.into_parts();
-                    let (reader, writer) = stream.into_inner();
-                    Ok(LeanConnection {
-                        reader: Box::new(reader),
-                        writer: Box::new(writer),
-                        input,
-                        max_frame,
-                        _keep: Some(Box::new(quic.endpoint)),
-                    })
+                    (
+                        Box::new(quic.reader),
+                        Box::new(quic.writer),
+                        Some(Box::new(quic.endpoint)),
+                    )
                 }
-            }
+            };
+            let mut handshake = wire::Handshake::start(tokio::io::join(reader, writer)).await?;
+            handshake.login(name, password).await?;
+            let (stream, input, max_frame) = handshake.into_parts();
+            let (reader, writer) = stream.into_inner();
+            Ok(LeanConnection {
+                reader,
+                writer,
+                input,
+                max_frame,
+                _keep: keep,
+            })
         })
         .buffered(common::LOGIN_CONCURRENCY)
         .collect()

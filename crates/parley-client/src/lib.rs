@@ -232,8 +232,10 @@ pub struct Client {
     welcome: Welcome,
     /// Fingerprint of the server's certificate, over TLS.
     server_fingerprint: Option<Fingerprint>,
-    /// The QUIC endpoint and connection, over QUIC.
-    quic: Option<quic::QuicLink>,
+    /// The QUIC endpoint, over QUIC. The connection itself lives as long as
+    /// its stream's halves, held by the reader and writer tasks, so it ends
+    /// as a TCP connection would.
+    quic: Option<quinn::Endpoint>,
 }
 
 /// A random idempotency key for a send.
@@ -284,9 +286,7 @@ impl Client {
         let address = ServerAddress::parse(addr).map_err(ClientError::Tls)?;
         let connected = quic::connect(&address, trust).await?;
         let mut client = Client::start(connected.reader, connected.writer, connected.fingerprint, false).await?;
-        client.quic = Some(quic::QuicLink {
-            endpoint: connected.endpoint,
-        });
+        client.quic = Some(connected.endpoint);
         Ok(client)
     }
 
@@ -295,17 +295,17 @@ impl Client {
     /// server validates it) without a new connection or login. An error
     /// over TCP or TLS, which cannot move.
     pub fn rebind_quic(&self, socket: std::net::UdpSocket) -> Result<()> {
-        let link = self
+        let endpoint = self
             .quic
             .as_ref()
             .ok_or_else(|| ClientError::Protocol("only a QUIC connection can move to a new socket".into()))?;
-        link.endpoint.rebind(socket)?;
+        endpoint.rebind(socket)?;
         Ok(())
     }
 
     /// The local address of a QUIC connection's socket; None over TCP.
     pub fn quic_local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.quic.as_ref().and_then(|link| link.endpoint.local_addr().ok())
+        self.quic.as_ref().and_then(|endpoint| endpoint.local_addr().ok())
     }
 
     /// Connects as `server` says: plaintext, TLS (`tls://`) or QUIC

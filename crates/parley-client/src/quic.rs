@@ -24,13 +24,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// even when the native protocol is quiet.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// The QUIC endpoint under a [`crate::Client`]. The connection itself lives
-/// as long as its stream's halves, held by the client's reader and writer
-/// tasks, so it ends as a TCP connection would.
-pub(crate) struct QuicLink {
-    pub(crate) endpoint: quinn::Endpoint,
-}
-
 /// A connected QUIC link with the server's stream, ready for the native
 /// protocol (the server's Welcome is the first frame to read), and the
 /// fingerprint of the certificate the server presented.

@@ -19,7 +19,7 @@
 //! The listener is TCP or a unix-domain socket ([`HttpListener`]). A peer
 //! on the unix socket is a process of this machine allowed by the socket
 //! file's mode (a reverse proxy such as nginx): it is trusted as a proxy
-//! ([`Peer::local`]), so its forwarding headers name the client and it is
+//! ([`Peer::proxy`]), so its forwarding headers name the client and it is
 //! exempt from the per-address cap; without those headers the client is
 //! `127.0.0.1`.
 //!
@@ -105,22 +105,23 @@ impl From<UnixListener> for HttpListener {
 pub const UNIX_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 impl HttpListener {
-    async fn accept(&self) -> io::Result<(Io, Peer)> {
+    /// The next connection and its peer; a TCP peer is a proxy when it is
+    /// in `proxies`, a unix one always.
+    async fn accept(&self, proxies: &crate::TrustedProxies) -> io::Result<(Io, Peer)> {
         match self {
             HttpListener::Tcp(listener) => {
                 let (stream, addr) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);
-                Ok((Io::Plain(stream), Peer { addr, local: false }))
+                let proxy = proxies.contains(addr.ip());
+                Ok((Io::Plain(stream), Peer { addr, proxy }))
             }
             HttpListener::Unix(listener) => {
                 let (stream, _) = listener.accept().await?;
-                Ok((
-                    Io::Unix(stream),
-                    Peer {
-                        addr: UNIX_PEER,
-                        local: true,
-                    },
-                ))
+                let peer = Peer {
+                    addr: UNIX_PEER,
+                    proxy: true,
+                };
+                Ok((Io::Unix(stream), peer))
             }
         }
     }
@@ -133,18 +134,18 @@ impl HttpListener {
 pub struct Peer {
     /// The TCP peer's address ([`UNIX_PEER`] on the unix socket).
     pub addr: SocketAddr,
-    /// On the unix socket: a local process, trusted as a proxy.
-    pub local: bool,
+    /// A trusted proxy: in `trusted_proxies`, or on the unix socket.
+    pub proxy: bool,
 }
 
 impl Peer {
     /// The client this connection speaks for: the peer itself, or, behind
-    /// a trusted proxy (or the unix socket), whom its forwarding headers name.
+    /// a trusted proxy, whom its forwarding headers name.
     pub fn client(&self, headers: &axum::http::HeaderMap, trusted: &crate::TrustedProxies) -> crate::ClientAddr {
-        if self.local {
+        if self.proxy {
             crate::ClientAddr::behind_proxy(self.addr, headers, trusted)
         } else {
-            crate::ClientAddr::resolve(self.addr, headers, trusted)
+            crate::ClientAddr(self.addr)
         }
     }
 }
@@ -175,7 +176,7 @@ pub(crate) async fn run(
         };
         let (io, peer) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(&ctx.settings.trusted_proxies) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "HTTP accept failed");
@@ -184,7 +185,7 @@ pub(crate) async fn run(
                 }
             },
         };
-        let address_slot = if peer.local || ctx.settings.trusted_proxies.contains(peer.addr.ip()) {
+        let address_slot = if peer.proxy {
             None
         } else {
             match PerAddress::take(&per_address, peer.addr.ip(), ctx.settings.max_connections_per_ip) {
@@ -237,8 +238,6 @@ async fn serve_connection(
 ) {
     let addr = peer.addr;
     let io = match (tls, io) {
-        // TLS is for TCP; the unix socket's peer is the local proxy.
-        (None, io) | (Some(_), io @ (Io::Unix(_) | Io::Tls(_))) => io,
         (Some(tls), Io::Plain(stream)) => {
             let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
             let outcome = tokio::select! {
@@ -259,6 +258,8 @@ async fn serve_connection(
                 }
             }
         }
+        // Plaintext; TLS is for TCP, and the unix socket's peer is the local proxy.
+        (_, io) => io,
     };
     let activity = Arc::new(Activity::new());
     let stream = CountedStream {

@@ -1136,15 +1136,7 @@ impl SettingArgs {
                 }
                 None
             }
-            raw => match raw.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    errors.push(format!(
-                        "http_listen: {raw:?} is not an address like 127.0.0.1:7880, unix:/path/to/socket, or \"off\""
-                    ));
-                    None
-                }
-            },
+            raw => address(&mut errors, "http_listen", raw, "127.0.0.1:7880, unix:/path/to/socket"),
         };
         if let Some(http) = http_listen
             && http == listen
@@ -1154,15 +1146,7 @@ impl SettingArgs {
         }
         let quic_listen = match get("quic_listen", DEFAULT_QUIC_LISTEN).trim() {
             "off" | "" => None,
-            raw => match raw.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    errors.push(format!(
-                        "quic_listen: {raw:?} is not an address like 127.0.0.1:7878 (UDP), or \"off\""
-                    ));
-                    None
-                }
-            },
+            raw => address(&mut errors, "quic_listen", raw, "127.0.0.1:7878 (UDP)"),
         };
         let quic_retry_above: usize = num(
             &mut errors,
@@ -1525,6 +1509,18 @@ fn perf_dir_from(raw: Option<String>, data_dir: &std::path::Path) -> PathBuf {
 
 /// Checks that the TLS settings agree and loads the certificate and key
 /// when a listener uses them. Every problem goes to `errors`.
+/// A listener's address, or None with an error saying what was expected
+/// (`like`: examples of what the setting takes besides "off").
+fn address(errors: &mut Vec<String>, key: &str, raw: &str, like: &str) -> Option<SocketAddr> {
+    match raw.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(format!("{key}: {raw:?} is not an address like {like}, or \"off\""));
+            None
+        }
+    }
+}
+
 /// Which listeners need the certificate.
 struct Wanted {
     native: bool,

@@ -20,7 +20,6 @@
 //! A client that completes the handshake then passes the same connection
 //! caps as a TCP client (the server's gate).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -30,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Settings;
+use crate::server::ConnectionGate;
 
 /// Handshakes in progress above which an unvalidated client gets a Retry.
 pub const DEFAULT_RETRY_ABOVE: usize = 64;
@@ -160,22 +160,11 @@ fn grow_buffers(socket: &std::net::UdpSocket) {
     );
 }
 
-/// Serves one native-protocol stream; given the stream's halves and the
-/// client's address. The server's connection gate implements it.
-pub trait ServeStream: Clone + Send + Sync + 'static {
-    fn serve(
-        &self,
-        reader: quinn::RecvStream,
-        writer: quinn::SendStream,
-        peer: SocketAddr,
-    ) -> impl std::future::Future<Output = ()> + Send;
-}
-
 /// Accepts QUIC connections until `shutdown`, then waits for the
 /// connections it started (each ends on the same signal, as TCP ones do).
-pub async fn serve<S: ServeStream>(
+pub(crate) async fn serve(
     endpoint: quinn::Endpoint,
-    gate: S,
+    gate: ConnectionGate,
     admission: Admission,
     counters: Arc<QuicCounters>,
     mut shutdown: watch::Receiver<bool>,
@@ -240,34 +229,27 @@ impl Drop for Handshaking {
 
 /// One connection: the handshake (bounded in time), the server's stream,
 /// the native protocol over it, and the close.
-async fn connection<S: ServeStream>(
+async fn connection(
     incoming: quinn::Incoming,
     handshaking: Handshaking,
-    gate: S,
+    gate: ConnectionGate,
     counters: Arc<QuicCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = incoming.remote_address();
-    let connecting = match incoming.accept() {
-        Ok(connecting) => connecting,
-        Err(e) => {
-            counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, error = %e, "QUIC attempt failed");
-            return;
+    let handshake = async {
+        let connecting = incoming.accept().map_err(|e| e.to_string())?;
+        match tokio::time::timeout(crate::tls::TLS_HANDSHAKE_TIMEOUT, connecting).await {
+            Ok(done) => done.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
         }
     };
-    let handshake = tokio::time::timeout(crate::tls::TLS_HANDSHAKE_TIMEOUT, connecting);
     let connection = tokio::select! {
         done = handshake => match done {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => {
+            Ok(connection) => connection,
+            Err(why) => {
                 counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-                return;
-            }
-            Err(_) => {
-                counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, "QUIC handshake timed out");
+                tracing::debug!(%peer, %why, "QUIC handshake failed");
                 return;
             }
         },
@@ -282,7 +264,8 @@ async fn connection<S: ServeStream>(
             return;
         }
     };
-    gate.serve(reader, writer, connection.remote_address()).await;
+    gate.serve_stream(reader, writer, connection.remote_address(), "quic")
+        .await;
     // The native protocol finished the stream; give the client a moment to
     // read its last bytes and close first, then close from this side.
     let _ = tokio::time::timeout(LINGER, connection.closed()).await;

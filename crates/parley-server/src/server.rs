@@ -856,7 +856,7 @@ fn http_settings(settings: &Settings) -> parley_http::HttpSettings {
 /// Admits WebSocket connections under the same caps as TCP ones and serves
 /// them with the native handler.
 #[derive(Clone)]
-struct ConnectionGate {
+pub(crate) struct ConnectionGate {
     /// What every native connection shares.
     ctx: Arc<NativeContext>,
     /// `max_connections`, shared with the TCP listener.
@@ -888,7 +888,7 @@ impl ConnectionGate {
 
     /// Admits a connection past the caps (or answers BUSY) and serves the
     /// native protocol on it until it ends or the grace period is over.
-    async fn serve_stream<R, W>(self, reader: R, mut writer: W, peer: SocketAddr, transport: &'static str)
+    pub(crate) async fn serve_stream<R, W>(self, reader: R, mut writer: W, peer: SocketAddr, transport: &'static str)
     where
         R: tokio::io::AsyncRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin,
@@ -908,12 +908,6 @@ impl ConnectionGate {
             summary = native::serve(reader, writer, self.ctx, self.shutdown, peer) => open.closed(summary),
             _ = cut.wait_for(|cut| *cut) => {}
         }
-    }
-}
-
-impl crate::quic::ServeStream for ConnectionGate {
-    async fn serve(&self, reader: quinn::RecvStream, writer: quinn::SendStream, peer: SocketAddr) {
-        self.clone().serve_stream(reader, writer, peer, "quic").await;
     }
 }
 

@@ -109,12 +109,28 @@ impl HttpSocket {
         }
     }
 
+    /// Another handle on the same socket.
+    fn try_clone(&self) -> std::io::Result<HttpSocket> {
+        Ok(match self {
+            HttpSocket::Tcp(l) => HttpSocket::Tcp(l.try_clone()?),
+            HttpSocket::Unix(l, path) => HttpSocket::Unix(l.try_clone()?, path.clone()),
+        })
+    }
+
     /// A descriptor of the same socket, for a worker.
     fn share(&self) -> std::io::Result<OwnedFd> {
-        Ok(match self {
-            HttpSocket::Tcp(l) => OwnedFd::from(l.try_clone()?),
-            HttpSocket::Unix(l, _) => OwnedFd::from(l.try_clone()?),
+        Ok(match self.try_clone()? {
+            HttpSocket::Tcp(l) => OwnedFd::from(l),
+            HttpSocket::Unix(l, _) => OwnedFd::from(l),
         })
+    }
+
+    /// The path of a unix socket.
+    fn path(&self) -> Option<&Path> {
+        match self {
+            HttpSocket::Unix(_, path) => Some(path),
+            HttpSocket::Tcp(_) => None,
+        }
     }
 
     /// As the start line and `ctl status` show it.
@@ -126,9 +142,11 @@ impl HttpSocket {
     }
 
     /// Removes the socket file of a unix socket (at stop, or when a reload
-    /// moved it).
-    fn remove_file(&self) {
-        if let HttpSocket::Unix(_, path) = self {
+    /// moved it away from `kept`, the path still in use if any).
+    fn remove_file_unless(&self, kept: Option<&Path>) {
+        if let Some(path) = self.path()
+            && Some(path) != kept
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -144,14 +162,45 @@ struct Listeners {
 
 impl Listeners {
     fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
-        let native = std::net::TcpListener::bind(settings.listen)
-            .with_context(|| format!("binding the native listener {}", settings.listen))?;
-        let http = HttpSocket::bind(settings)?;
-        let quic = match settings.quic_listen {
-            Some(addr) => Some(
+        Listeners::bind_reusing(None, settings)
+    }
+
+    /// The listeners `settings` asks for. With `running` (the listeners and
+    /// the settings they were bound for), each one whose setting did not
+    /// change is another handle on the running socket, so that a reload
+    /// refuses no connection; the others are bound anew.
+    fn bind_reusing(running: Option<(&Listeners, &Settings)>, settings: &Settings) -> anyhow::Result<Listeners> {
+        let native = match running {
+            Some((current, before)) if before.listen == settings.listen => {
+                current.native.try_clone().context("sharing the native listener")?
+            }
+            _ => std::net::TcpListener::bind(settings.listen)
+                .with_context(|| format!("binding the native listener {}", settings.listen))?,
+        };
+        let http = match running {
+            Some((current, before))
+                if (&before.http_listen, &before.http_socket) == (&settings.http_listen, &settings.http_socket) =>
+            {
+                current
+                    .http
+                    .as_ref()
+                    .map(HttpSocket::try_clone)
+                    .transpose()
+                    .context("sharing the HTTP listener")?
+            }
+            _ => HttpSocket::bind(settings)?,
+        };
+        let quic = match (running, settings.quic_listen) {
+            (Some((current, before)), _) if before.quic_listen == settings.quic_listen => current
+                .quic
+                .as_ref()
+                .map(std::net::UdpSocket::try_clone)
+                .transpose()
+                .context("sharing the QUIC socket")?,
+            (_, Some(addr)) => Some(
                 std::net::UdpSocket::bind(addr).with_context(|| format!("binding the QUIC listener {addr} (UDP)"))?,
             ),
-            None => None,
+            (_, None) => None,
         };
         Ok(Listeners { native, http, quic })
     }
@@ -644,50 +693,16 @@ impl Master {
         if settings.ctl_socket != self.settings.ctl_socket {
             tracing::warn!("ctl_socket changed; the control socket moves only on a restart of parleyd");
         }
-        let rebind_native = settings.listen != self.settings.listen;
-        let rebind_http =
-            settings.http_listen != self.settings.http_listen || settings.http_socket != self.settings.http_socket;
-        let rebind_quic = settings.quic_listen != self.settings.quic_listen;
+        let moved = settings.listen != self.settings.listen
+            || (&settings.http_listen, &settings.http_socket)
+                != (&self.settings.http_listen, &self.settings.http_socket)
+            || settings.quic_listen != self.settings.quic_listen;
         let mut fresh = None;
-        if rebind_native || rebind_http || rebind_quic {
-            let native = if rebind_native {
-                match std::net::TcpListener::bind(settings.listen) {
-                    Ok(l) => l,
-                    Err(e) => return refuse(format!("binding the native listener {}: {e}", settings.listen)),
-                }
-            } else {
-                match self.listeners.native.try_clone() {
-                    Ok(l) => l,
-                    Err(e) => return refuse(format!("sharing the native listener: {e}")),
-                }
-            };
-            let http = match (rebind_http, &self.listeners.http) {
-                (false, Some(HttpSocket::Tcp(l))) => match l.try_clone() {
-                    Ok(l) => Some(HttpSocket::Tcp(l)),
-                    Err(e) => return refuse(format!("sharing the HTTP listener: {e}")),
-                },
-                (false, Some(HttpSocket::Unix(l, path))) => match l.try_clone() {
-                    Ok(l) => Some(HttpSocket::Unix(l, path.clone())),
-                    Err(e) => return refuse(format!("sharing the HTTP socket: {e}")),
-                },
-                (false, None) => None,
-                (true, _) => match HttpSocket::bind(&settings) {
-                    Ok(http) => http,
-                    Err(e) => return refuse(format!("{e:#}")),
-                },
-            };
-            let quic = match (rebind_quic, settings.quic_listen, &self.listeners.quic) {
-                (false, _, Some(s)) => match s.try_clone() {
-                    Ok(s) => Some(s),
-                    Err(e) => return refuse(format!("sharing the QUIC socket: {e}")),
-                },
-                (_, Some(addr), _) => match std::net::UdpSocket::bind(addr) {
-                    Ok(s) => Some(s),
-                    Err(e) => return refuse(format!("binding the QUIC listener {addr} (UDP): {e}")),
-                },
-                (_, None, _) => None,
-            };
-            fresh = Some(Listeners { native, http, quic });
+        if moved {
+            match Listeners::bind_reusing(Some((&self.listeners, &self.settings)), &settings) {
+                Ok(listeners) => fresh = Some(listeners),
+                Err(e) => return refuse(format!("{e:#}")),
+            }
         }
         crate::tls::warn_plaintext_exposure(&settings);
         let previous_settings = std::mem::replace(&mut self.settings, settings);
@@ -705,7 +720,10 @@ impl Master {
                 Err(e) if index == 0 => {
                     self.settings = previous_settings;
                     if let Some(previous) = previous_listeners {
-                        self.listeners = previous;
+                        let refused = std::mem::replace(&mut self.listeners, previous);
+                        if let Some(http) = &refused.http {
+                            http.remove_file_unless(self.listeners.http.as_ref().and_then(HttpSocket::path));
+                        }
                     }
                     return refuse(format!("{e:#}; the old workers keep serving"));
                 }
@@ -728,6 +746,9 @@ impl Master {
                 generation,
                 old_worker_pid: old_pid,
             });
+        }
+        if let Some(http) = previous_listeners.as_ref().and_then(|l| l.http.as_ref()) {
+            http.remove_file_unless(self.listeners.http.as_ref().and_then(HttpSocket::path));
         }
         match reloaded {
             Some(reloaded) => Reply::ok(reloaded),
@@ -835,7 +856,7 @@ impl Master {
         }
         self.remove_ctl_socket();
         if let Some(http) = &self.listeners.http {
-            http.remove_file();
+            http.remove_file_unless(None);
         }
         tracing::info!("parleyd stopped");
     }
@@ -1031,6 +1052,44 @@ mod tests {
             // A stale socket file (nobody listening) is replaced.
             bind_ctl(&path).unwrap();
         });
+    }
+
+    #[test]
+    fn a_reload_shares_the_sockets_it_keeps_and_binds_those_that_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |socket: &str| {
+            crate::config::SettingArgs {
+                listen: Some("127.0.0.1:0".into()),
+                http_listen: Some(format!("unix:{}", dir.path().join(socket).display())),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap()
+        };
+        let (first, second) = (settings("a.sock"), settings("b.sock"));
+        let running = Listeners::bind(&first).unwrap();
+        let mode = std::fs::metadata(dir.path().join("a.sock"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o660);
+        // The same settings: the very same sockets (port 0 is not bound again).
+        let kept = Listeners::bind_reusing(Some((&running, &first)), &first).unwrap();
+        assert_eq!(kept.native_addr(), running.native_addr());
+        assert_eq!(kept.http_addr(), running.http_addr());
+        // The HTTP socket moved: bound at its new path; the native one kept.
+        let moved = Listeners::bind_reusing(Some((&running, &first)), &second).unwrap();
+        assert_eq!(moved.native_addr(), running.native_addr());
+        assert_eq!(
+            moved.http_addr(),
+            Some(format!("unix:{}", dir.path().join("b.sock").display()))
+        );
+        // The old file goes once the new socket serves; the one in use stays.
+        let in_use = moved.http.as_ref().and_then(HttpSocket::path);
+        running.http.as_ref().unwrap().remove_file_unless(in_use);
+        moved.http.as_ref().unwrap().remove_file_unless(in_use);
+        assert!(!dir.path().join("a.sock").exists() && dir.path().join("b.sock").exists());
     }
 
     #[test]
