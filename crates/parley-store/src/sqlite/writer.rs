@@ -289,8 +289,10 @@ enum Answers {
 }
 
 impl Answers {
-    /// Answers (or passes on to be answered) what ran of one batch, then
-    /// takes `release` ops off the queue's count. At `full` a batch's ops
+    /// Takes `release` ops off the queue's count and answers (or passes on
+    /// to be answered) what ran of one batch. The count drops before the
+    /// answers go out, so that a caller who has its answer never finds its
+    /// own op still holding a place in the queue. At `full` a batch's ops
     /// count against `write_queue` until answered, so that what waits for
     /// the fsync is bounded by the same limit as what waits for the writer:
     /// the last part of the batch carries the count to the syncer.
@@ -298,8 +300,8 @@ impl Answers {
         let sender = match self {
             Answers::AfterSync(sender) if !ran.is_empty() => sender,
             _ => {
-                ran.drain(..).for_each(|settled| settled.deliver(None));
                 shared.queued.fetch_sub(release, Ordering::Relaxed);
+                ran.drain(..).for_each(|settled| settled.deliver(None));
                 return;
             }
         };
@@ -391,9 +393,10 @@ impl Syncer {
                     "an fsync of the database's WAL failed ({error}); restart parleyd"
                 )));
             }
+            // The count first, as in `Answers::answer`.
             let release: usize = group.iter().map(|settled| settled.release).sum();
-            group.drain(..).for_each(|settled| settled.deliver(error.as_ref()));
             self.shared.queued.fetch_sub(release, Ordering::Relaxed);
+            group.drain(..).for_each(|settled| settled.deliver(error.as_ref()));
         }
     }
 
