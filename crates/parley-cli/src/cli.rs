@@ -167,6 +167,55 @@ pub enum Command {
     },
     /// List the accounts you block
     Blocked,
+    /// Send a file: offer it, wait until the recipient accepts, then send it
+    /// peer to peer where the network allows, else through the server. The
+    /// bytes are never stored on the server; running the same command again
+    /// after an interruption resumes the same offer
+    SendFile(SendFileArgs),
+    /// List the file offers in your mailbox
+    Files,
+    /// Accept a file offer (its number from `parley files`) and receive the
+    /// file; bytes left by an interrupted run are kept and the transfer
+    /// resumes after them
+    AcceptFile(AcceptFileArgs),
+    /// Refuse a file offer; its sender is told
+    RefuseFile {
+        /// The offer's number (seq) from `parley files`
+        seq: u64,
+    },
+}
+
+/// How a file transfer reaches the other side.
+#[derive(Args, Debug)]
+pub struct RouteArgs {
+    /// Do not try a direct path; send through the server's relay
+    #[arg(long)]
+    pub relay_only: bool,
+    /// Seconds the sender tries a direct path before the relay
+    #[arg(long, value_name = "SECS", default_value_t = 3)]
+    pub direct_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct SendFileArgs {
+    /// Recipient account name
+    pub to: String,
+    /// The file to send
+    pub path: std::path::PathBuf,
+    #[command(flatten)]
+    pub route: RouteArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AcceptFileArgs {
+    /// The offer's number (seq) from `parley files`
+    pub seq: u64,
+    /// Where to put the file: a directory, or a file name [default: the
+    /// offered name in the current directory]
+    #[arg(long, short)]
+    pub out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub route: RouteArgs,
 }
 
 #[derive(Args, Debug)]

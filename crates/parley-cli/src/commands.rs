@@ -47,7 +47,7 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    async fn open(&mut self) -> anyhow::Result<(Arc<Client>, LoginInfo)> {
+    pub async fn open(&mut self) -> anyhow::Result<(Arc<Client>, LoginInfo)> {
         let credentials = Credentials::obtain(&mut self.settings)?;
         self.open_with(&credentials).await
     }

@@ -38,6 +38,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod files;
 mod format;
 mod reconnect;
 mod session;
@@ -117,6 +118,16 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
             Command::Block { name } => commands::block(&mut ctx, Some(name), true).await,
             Command::Unblock { name } => commands::block(&mut ctx, Some(name), false).await,
             Command::Blocked => commands::block(&mut ctx, None, false).await,
+            Command::SendFile(a) => {
+                let options = files::options(a.route.relay_only, a.route.direct_timeout);
+                files::send_file(&mut ctx, &a.to, &a.path, &options).await
+            }
+            Command::Files => files::list(&mut ctx).await,
+            Command::AcceptFile(a) => {
+                let options = files::options(a.route.relay_only, a.route.direct_timeout);
+                files::accept_file(&mut ctx, a.seq, a.out.as_deref(), &options).await
+            }
+            Command::RefuseFile { seq } => files::refuse_file(&mut ctx, *seq).await,
         };
         ctx.finish().await;
         result

@@ -16,6 +16,8 @@
 //! protocol over QUIC, trusted the same way.
 #![forbid(unsafe_code)]
 
+pub mod files;
+pub mod p2p;
 pub mod quic;
 pub mod tls;
 
@@ -228,6 +230,8 @@ pub struct Client {
     next_id: AtomicU64,
     /// Pushes and notices from the server.
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    /// File-transfer frames from the server (see [`files`]).
+    file_events: tokio::sync::Mutex<mpsc::Receiver<files::FileEvent>>,
     /// What the server said when we connected.
     welcome: Welcome,
     /// Fingerprint of the server's certificate, over TLS.
@@ -393,15 +397,17 @@ impl Client {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (file_tx, file_events) = mpsc::channel(files::EVENT_QUEUE);
         let ping_every = (welcome.keepalive_secs > 0)
             .then(|| std::time::Duration::from_secs(u64::from(welcome.keepalive_secs)) / PINGS_PER_KEEPALIVE);
         tokio::spawn(write_loop(writer, request_rx, ping_every));
-        tokio::spawn(read_loop(reader, input, Arc::clone(&pending), event_tx));
+        tokio::spawn(read_loop(reader, input, Arc::clone(&pending), event_tx, file_tx));
         Ok(Client {
             requests,
             pending,
             next_id: AtomicU64::new(1),
             events: tokio::sync::Mutex::new(events),
+            file_events: tokio::sync::Mutex::new(file_events),
             welcome,
             server_fingerprint,
             quic: None,
@@ -414,6 +420,14 @@ impl Client {
 
     /// Sends one request and waits for its reply frame, whatever it is.
     pub async fn request(&self, body: client_frame::Body) -> Result<ServerFrame> {
+        let reply = self.begin(body).await?;
+        reply.await.map_err(|_| ClientError::Disconnected(None))
+    }
+
+    /// Sends one request; its reply frame arrives on the receiver. Requests
+    /// begun one after the other reach the server in that order, so a
+    /// caller can keep several in flight (pipelining).
+    pub async fn begin(&self, body: client_frame::Body) -> Result<oneshot::Receiver<ServerFrame>> {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         match lock(&self.pending).as_mut() {
@@ -431,7 +445,7 @@ impl Client {
         )
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.send_raw(buf).await?;
-        rx.await.map_err(|_| ClientError::Disconnected(None))
+        Ok(rx)
     }
 
     /// Writes bytes to the server as they are (for tests of bad input).
@@ -967,6 +981,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut input: BytesMut,
     pending: Pending,
     events: mpsc::Sender<Event>,
+    file_events: mpsc::Sender<files::FileEvent>,
 ) {
     'outer: loop {
         loop {
@@ -980,6 +995,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         continue;
                     }
                     let event = match frame.body {
+                        Some(server_frame::Body::TransferReady(r)) => {
+                            let _ = file_events.send(files::FileEvent::Ready(r)).await;
+                            continue;
+                        }
+                        Some(server_frame::Body::RelayedChunk(c)) => {
+                            let _ = file_events.send(files::FileEvent::Chunk(c)).await;
+                            continue;
+                        }
+                        Some(server_frame::Body::TransferEnded(e)) => {
+                            let _ = file_events.send(files::FileEvent::Ended(e)).await;
+                            continue;
+                        }
                         Some(server_frame::Body::Push(p)) => Event::Messages(p.messages),
                         Some(server_frame::Body::Presence(p)) => Event::Presence {
                             name: p.name,

@@ -16,6 +16,7 @@ pub mod addr;
 pub mod bus;
 pub mod delivery;
 pub mod error;
+pub mod files;
 pub mod histogram;
 pub mod hub;
 pub mod ids;

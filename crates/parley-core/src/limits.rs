@@ -95,7 +95,25 @@ pub struct Limits {
     pub mailbox_max_messages: u64,
     /// Bytes of bodies one mailbox may hold; 0: no limit.
     pub mailbox_max_bytes: u64,
+    /// Largest file one offer may offer.
+    pub max_file_bytes: u64,
+    /// Largest file the server relays when no direct path works; 0: no relay.
+    pub relay_max_file_bytes: u64,
+    /// Bytes a second one account may send through the relay; 0: no limit.
+    pub relay_bytes_per_sec_per_user: u64,
 }
+
+/// Largest file an offer may offer: the bytes go from peer to peer (or
+/// through the relay, see below) and are never stored, so this bounds only
+/// what a recipient is asked to take.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+/// Largest file the server relays when the two sides find no direct path:
+/// every relayed byte crosses the server's network twice.
+pub const DEFAULT_RELAY_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Relay pace per account, bytes a second (16 Mbit/s): a photo in a
+/// moment, and a hundred accounts relaying at once still fit a 2 Gbit/s
+/// link.
+pub const DEFAULT_RELAY_BYTES_PER_SEC_PER_USER: u64 = 2 * 1024 * 1024;
 
 impl Limits {
     /// The quota every append carries.
@@ -121,6 +139,9 @@ impl Default for Limits {
             send_rate_per_account: DEFAULT_SEND_RATE_PER_ACCOUNT,
             mailbox_max_messages: DEFAULT_MAILBOX_MAX_MESSAGES,
             mailbox_max_bytes: DEFAULT_MAILBOX_MAX_BYTES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            relay_max_file_bytes: DEFAULT_RELAY_MAX_FILE_BYTES,
+            relay_bytes_per_sec_per_user: DEFAULT_RELAY_BYTES_PER_SEC_PER_USER,
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::bus::Spent;
 use crate::delivery::{Offer, PushWindow};
 use crate::error::{CoreError, ErrorKind};
+use crate::files::{FileOffer, TransferSettings, Transfers};
 use crate::hub::{CloseReason, Hub, SessionEvent, SessionFlags};
 use crate::ids::{MessageId, Seq, SessionId, UserId};
 use crate::limits::*;
@@ -170,6 +171,8 @@ pub struct Service {
     registrations: WindowLimiter<IpAddr>,
     /// Each account's send bucket, shared by its sessions.
     send_rate: TokenBuckets<UserId>,
+    /// File transfers waiting for their other side, or under way.
+    transfers: Arc<Transfers>,
 }
 
 /// A login between its two SCRAM messages.
@@ -295,6 +298,11 @@ impl Service {
             limits.send_rate_per_account.saturating_mul(SEND_BURST_SECONDS),
             MAX_TRACKED_SENDERS,
         );
+        let transfers = Arc::new(Transfers::new(TransferSettings {
+            max_file_bytes: limits.max_file_bytes,
+            relay_max_file_bytes: limits.relay_max_file_bytes,
+            relay_bytes_per_sec: limits.relay_bytes_per_sec_per_user,
+        }));
         let hub = Arc::new(Hub::default());
         let deliver = Arc::clone(&hub);
         store.on_stored(OnStored::new(move |message| deliver.deliver(message)));
@@ -314,6 +322,7 @@ impl Service {
                 throttle,
                 registrations,
                 send_rate,
+                transfers,
             }
         })
     }
@@ -339,6 +348,11 @@ impl Service {
                 let _ = self.send_rate.take(&user, now);
             }
         }
+    }
+
+    /// The file transfers' rendezvous.
+    pub fn transfers(&self) -> &Arc<Transfers> {
+        &self.transfers
     }
 
     pub fn hub(&self) -> &Hub {
@@ -1122,6 +1136,73 @@ impl Session {
         }
         self.service.hub.spent(Spent::Send { user: self.user });
         self.service.send_from(self.user, &self.name, to, client_msg_id, body)
+    }
+
+    /// Offers a file to `to`: the offer is checked, then sent as a message
+    /// whose body carries it, under every rule of [`Session::send`].
+    pub fn offer_file(
+        &self,
+        to: &str,
+        client_msg_id: &str,
+        name: &str,
+        size: u64,
+        sha256: &[u8],
+    ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
+        let offer = FileOffer::new(name, size, sha256, self.service.config.limits.max_file_bytes)?;
+        self.send(to, client_msg_id, offer.body())
+    }
+
+    /// The file offer at `seq` of this session's mailbox.
+    pub fn find_offer(
+        &self,
+        seq: Seq,
+    ) -> impl Future<Output = Result<(StoredMessage, FileOffer), CoreError>> + Send + 'static {
+        let reply = self
+            .service
+            .store
+            .fetch(self.user, Seq(seq.0.saturating_sub(1)), 1, true);
+        async move {
+            let message = reply
+                .await?
+                .into_iter()
+                .next()
+                .filter(|m| m.seq == seq)
+                .ok_or_else(|| CoreError::invalid(format!("there is no message {} in your mailbox", seq.0)))?;
+            let offer = FileOffer::parse(&message.body)
+                .ok_or_else(|| CoreError::invalid(format!("message {} is not a file offer", seq.0)))?;
+            Ok((message, offer))
+        }
+    }
+
+    /// The account `name` names: its id and its name as registered.
+    pub fn find_user(&self, name: &str) -> impl Future<Output = Result<(UserId, String), CoreError>> + Send + 'static {
+        let reply = self.service.store.find_account(&name_key(name));
+        let name = name.to_owned();
+        async move {
+            let account = reply.await?.ok_or_else(|| no_such_user(&name))?;
+            Ok((account.id, account.name))
+        }
+    }
+
+    /// Refuses the offer at `seq`: a sender waiting for it is told, the
+    /// offer leaves the mailbox, and the sender finds a message saying so
+    /// (it may be offline now).
+    pub fn refuse_offer(&self, seq: Seq) -> impl Future<Output = Result<MessageId, CoreError>> + Send + 'static {
+        let found = self.find_offer(seq);
+        let service = Arc::clone(&self.service);
+        let (user, name) = (self.user, self.name.clone());
+        async move {
+            let (message, offer) = found.await?;
+            service.transfers.refuse(message.id);
+            service.store.delete_messages(user, vec![message.id]).await?;
+            let notice = format!("refused your file {} (offer {})", offer.name, message.id.0);
+            let client_msg_id = format!("refused-{}", message.id.0);
+            if let Ok(sent) = service.send_from(user, &name, &message.sender_name, &client_msg_id, notice) {
+                // Best effort: the sender may have gone, or block us.
+                let _ = sent.await;
+            }
+            Ok(message.id)
+        }
     }
 
     /// Messages in this session's mailbox with seq > `after`.

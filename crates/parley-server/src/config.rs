@@ -119,6 +119,9 @@ pub const DEFAULT_SEND_RATE_PER_ACCOUNT: u32 = parley_core::limits::DEFAULT_SEND
 pub const DEFAULT_MAILBOX_MAX_MESSAGES: u64 = parley_core::limits::DEFAULT_MAILBOX_MAX_MESSAGES;
 /// Bytes of message bodies one mailbox may hold (100 MiB).
 pub const DEFAULT_MAILBOX_MAX_BYTES: u64 = parley_core::limits::DEFAULT_MAILBOX_MAX_BYTES;
+pub const DEFAULT_MAX_FILE_BYTES: u64 = parley_core::limits::DEFAULT_MAX_FILE_BYTES;
+pub const DEFAULT_RELAY_MAX_FILE_BYTES: u64 = parley_core::limits::DEFAULT_RELAY_MAX_FILE_BYTES;
+pub const DEFAULT_RELAY_BYTES_PER_SEC_PER_USER: u64 = parley_core::limits::DEFAULT_RELAY_BYTES_PER_SEC_PER_USER;
 /// Lifetime of a resume token, in seconds.
 pub const DEFAULT_RESUME_TTL_SECS: u64 = 7 * 24 * 3600;
 /// HTTP listener (JSON API, WebSocket, pager, web UI); "off" disables it.
@@ -284,6 +287,12 @@ pub struct Settings {
     pub send_rate_per_account: u32,
     pub mailbox_max_messages: u64,
     pub mailbox_max_bytes: u64,
+    /// Largest file an offer may offer.
+    pub max_file_bytes: u64,
+    /// Largest file relayed when no direct path works; 0: no relay.
+    pub relay_max_file_bytes: u64,
+    /// Relay pace per account, bytes a second; 0: no limit.
+    pub relay_bytes_per_sec_per_user: u64,
     /// The HTTP listener's TCP address; None when it is off or on a unix
     /// socket.
     pub http_listen: Option<SocketAddr>,
@@ -485,6 +494,12 @@ settings! {
     mailbox_max_messages: "PARLEY_MAILBOX_MAX_MESSAGES", "N";
     /// Bytes of message bodies one mailbox may hold; a send past it gets MAILBOX_FULL; 0 for no limit [default: 104857600]
     mailbox_max_bytes: "PARLEY_MAILBOX_MAX_BYTES", "BYTES";
+    /// Largest file one file offer may offer (the bytes go peer to peer or through the relay, never to storage) [default: 17179869184]
+    max_file_bytes: "PARLEY_MAX_FILE_BYTES", "BYTES";
+    /// Largest file the server relays between two online clients when they find no direct path; 0 for no relay [default: 268435456]
+    relay_max_file_bytes: "PARLEY_RELAY_MAX_FILE_BYTES", "BYTES";
+    /// Bytes a second one account may send through the file relay, over all its transfers; 0 for no limit [default: 2097152]
+    relay_bytes_per_sec_per_user: "PARLEY_RELAY_BYTES_PER_SEC_PER_USER", "BYTES";
     /// HTTP listen address (JSON API, WebSocket, pager, web UI), a unix socket as unix:PATH (mode 0660, for a proxy on this machine), or "off" [default: 127.0.0.1:7880]
     http_listen: "PARLEY_HTTP_LISTEN", "ADDR";
     /// QUIC (UDP) listen address for the native protocol (needs tls_cert and tls_key), or "off" [default: off]
@@ -1115,6 +1130,30 @@ impl SettingArgs {
             0..=1 << 50,
             DEFAULT_MAILBOX_MAX_BYTES,
         );
+        let max_file_bytes: u64 = num(
+            &mut errors,
+            "max_file_bytes",
+            &get("max_file_bytes", &DEFAULT_MAX_FILE_BYTES.to_string()),
+            1..=1 << 50,
+            DEFAULT_MAX_FILE_BYTES,
+        );
+        let relay_max_file_bytes: u64 = num(
+            &mut errors,
+            "relay_max_file_bytes",
+            &get("relay_max_file_bytes", &DEFAULT_RELAY_MAX_FILE_BYTES.to_string()),
+            0..=1 << 50,
+            DEFAULT_RELAY_MAX_FILE_BYTES,
+        );
+        let relay_bytes_per_sec_per_user: u64 = num(
+            &mut errors,
+            "relay_bytes_per_sec_per_user",
+            &get(
+                "relay_bytes_per_sec_per_user",
+                &DEFAULT_RELAY_BYTES_PER_SEC_PER_USER.to_string(),
+            ),
+            0..=1 << 40,
+            DEFAULT_RELAY_BYTES_PER_SEC_PER_USER,
+        );
         let http_raw = get("http_listen", DEFAULT_HTTP_LISTEN);
         let mut http_socket = None;
         let http_listen = match http_raw.trim() {
@@ -1435,6 +1474,9 @@ impl SettingArgs {
             send_rate_per_account,
             mailbox_max_messages,
             mailbox_max_bytes,
+            max_file_bytes,
+            relay_max_file_bytes,
+            relay_bytes_per_sec_per_user,
             http_listen,
             http_socket,
             quic_listen,

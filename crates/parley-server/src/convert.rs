@@ -104,3 +104,15 @@ pub fn subscription(state: Subscription) -> v1::Subscription {
         Subscription::Approved => v1::Subscription::Approved,
     }
 }
+
+/// The reply to a stored send (a message or a file offer).
+pub fn sent(appended: &parley_core::store::Appended) -> Body {
+    let m = &appended.message;
+    Body::Sent(v1::Sent {
+        client_msg_id: m.client_msg_id.clone(),
+        message_id: m.id.0,
+        seq: m.seq.0,
+        timestamp_ms: m.timestamp_ms,
+        duplicate: appended.duplicate,
+    })
+}

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod ctl;
+pub mod files;
 pub mod gen_cert;
 pub mod log_limit;
 pub mod logging;

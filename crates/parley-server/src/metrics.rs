@@ -360,6 +360,26 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
         s.bus_nodes,
     );
     e.counter(
+        "parley_file_transfers_started_total",
+        "File transfers whose two sides met (TransferReady sent to both).",
+        s.file_transfers_started,
+    );
+    e.counter(
+        "parley_file_transfers_completed_total",
+        "File transfers the recipient reported COMPLETE (size and SHA-256 checked).",
+        s.file_transfers_completed,
+    );
+    e.counter(
+        "parley_file_relayed_bytes_total",
+        "File bytes passed through this process's relay (0 for direct transfers).",
+        s.file_relayed_bytes,
+    );
+    e.gauge(
+        "parley_file_rendezvous_open",
+        "File transfers with a side waiting or under way.",
+        s.file_rendezvous_open,
+    );
+    e.counter(
         "parley_quic_attempts_total",
         "QUIC connection attempts (new connections' first packets).",
         s.quic_attempts,

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::convert::{self, FRAME_ENVELOPE_BYTES, core_error_frame, error_frame, frame, goodbye};
+use crate::files::{self, FileSide};
 use crate::perf::PerfLog;
 
 /// Smallest space reserved for a socket read: what an idle connection
@@ -261,6 +262,9 @@ struct Connection {
     summary: ConnectionSummary,
     /// Its place among the connections not logged in, while it is not.
     unauthenticated: Option<Unauthenticated>,
+    /// Its file transfers, once it has taken part in one (boxed: most
+    /// connections never do).
+    files: Option<Box<FileSide>>,
 }
 
 /// Serves one accepted connection until it closes; returns what it did.
@@ -301,6 +305,7 @@ where
         perf_op: None,
         summary: ConnectionSummary::default(),
         unauthenticated,
+        files: None,
     };
     let welcome = conn.ctx.welcome.clone();
     conn.encode(&welcome);
@@ -354,7 +359,8 @@ where
             && !conn.input_closed
             && !congested
             && conn.read_paused_until.is_none()
-            && conn.in_flight.len() < conn.ctx.pipeline_window;
+            && conn.in_flight.len() < conn.ctx.pipeline_window
+            && FileSide::may_read(&conn.files);
         if congested && !conn.was_congested {
             conn.ctx.counters.slow_consumer_pauses.fetch_add(1, Ordering::Relaxed);
         }
@@ -389,6 +395,10 @@ where
             },
             Some(done) = conn.in_flight.next(), if !conn.in_flight.is_empty() => conn.encode(&done),
             event = next_push(&mut conn.session), if can_push => conn.on_push(event),
+            event = FileSide::next_event(&mut conn.files), if !congested && conn.files.is_some() => {
+                let frame = FileSide::event_frame(&conn.files, event);
+                conn.encode(&frame);
+            }
             written = writer.write_buf(&mut conn.output), if !conn.output.is_empty() => match written {
                 Ok(0) | Err(_) => {
                     tracing::debug!(peer = %conn.peer, "write failed; closing");
@@ -683,6 +693,7 @@ impl Connection {
             }
             Ok(PushEvent::Closed(reason)) => {
                 self.session = None;
+                self.files = None;
                 self.close_with(goodbye(convert::error_code(reason.kind), reason.message));
             }
             Err(e) if e.kind == ErrorKind::Busy => {
@@ -921,19 +932,14 @@ impl Connection {
         if overloaded && !matches!(body, B::Ack(_) | B::Logout(_) | B::LogoutAll(_)) {
             return self.start(id, Err(busy()));
         }
+        if files::is_file_request(&body) {
+            let started = FileSide::start(&mut self.files, &self.ctx.service, session, self.peer, id, body);
+            return self.start(id, started);
+        }
         let started: Result<Reply, CoreError> = match body {
-            B::Send(s) => session.send(&s.to, &s.client_msg_id, s.body).map(|f| {
-                reply(id, f, |a| {
-                    let m = &a.message;
-                    Body::Sent(v1::Sent {
-                        client_msg_id: m.client_msg_id.clone(),
-                        message_id: m.id.0,
-                        seq: m.seq.0,
-                        timestamp_ms: m.timestamp_ms,
-                        duplicate: a.duplicate,
-                    })
-                })
-            }),
+            B::Send(s) => session
+                .send(&s.to, &s.client_msg_id, s.body)
+                .map(|f| reply(id, f, |a| convert::sent(&a))),
             B::Fetch(f) => session.fetch(Seq(f.after_seq), f.limit, f.include_acked).map(|fut| {
                 reply(id, fut, move |(messages, more)| {
                     let (messages, trimmed) = fit_messages(messages.iter().map(convert::message), max_frame);
@@ -1044,6 +1050,7 @@ impl Connection {
             })),
             B::LogoutAll(_) => {
                 let ended = session.logout_all();
+                self.files = None;
                 tracing::info!(peer = %self.peer, user = %session.name(), "logged out everywhere");
                 self.session = None;
                 self.unauthenticated = Unauthenticated::take(&self.ctx, true);
@@ -1054,6 +1061,7 @@ impl Connection {
             }
             B::Logout(_) => {
                 let revoked = session.logout();
+                self.files = None;
                 self.session = None;
                 self.unauthenticated = Unauthenticated::take(&self.ctx, true);
                 self.pending_auth = None;
@@ -1072,6 +1080,13 @@ impl Connection {
             | B::ChangePassword(_) => {
                 return;
             }
+            // Answered above, by `FileSide::start`.
+            B::OfferFile(_)
+            | B::ServeFile(_)
+            | B::AcceptFile(_)
+            | B::RefuseFile(_)
+            | B::RelayChunk(_)
+            | B::TransferDone(_) => return,
         };
         self.start(id, started);
     }
@@ -1113,6 +1128,12 @@ fn op_name(body: &client_frame::Body) -> &'static str {
         B::DeleteAccount(_) => "delete_account",
         B::Reauth(_) => "reauth",
         B::ChangePassword(_) => "change_password",
+        B::OfferFile(_) => "offer_file",
+        B::ServeFile(_) => "serve_file",
+        B::AcceptFile(_) => "accept_file",
+        B::RefuseFile(_) => "refuse_file",
+        B::RelayChunk(_) => "relay_chunk",
+        B::TransferDone(_) => "transfer_done",
     }
 }
 

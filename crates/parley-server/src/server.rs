@@ -323,6 +323,16 @@ pub struct Stats {
     pub quic_refused: u64,
     #[serde(default)]
     pub quic_handshakes_failed: u64,
+    /// File transfers that started (both sides met), that completed, the
+    /// bytes relayed through this process, and rendezvous open now.
+    #[serde(default)]
+    pub file_transfers_started: u64,
+    #[serde(default)]
+    pub file_transfers_completed: u64,
+    #[serde(default)]
+    pub file_relayed_bytes: u64,
+    #[serde(default)]
+    pub file_rendezvous_open: u64,
 }
 
 impl Server {
@@ -341,6 +351,9 @@ impl Server {
                     send_rate_per_account: settings.send_rate_per_account,
                     mailbox_max_messages: settings.mailbox_max_messages,
                     mailbox_max_bytes: settings.mailbox_max_bytes,
+                    max_file_bytes: settings.max_file_bytes,
+                    relay_max_file_bytes: settings.relay_max_file_bytes,
+                    relay_bytes_per_sec_per_user: settings.relay_bytes_per_sec_per_user,
                 },
                 auth: AuthSettings {
                     mechanisms: settings.scram_mechanisms.clone(),
@@ -447,6 +460,7 @@ impl StatsHandle {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let http = self.http.get();
         let bus = self.bus.get().and_then(Option::as_ref).map(|b| b.counters());
+        let transfers = self.service.transfers();
         Stats {
             connections_accepted: get(&self.counters.connections_accepted),
             connections_refused_busy: get(&self.counters.connections_refused_busy),
@@ -494,6 +508,10 @@ impl StatsHandle {
             quic_retries: get(&self.quic.retries),
             quic_refused: get(&self.quic.refused),
             quic_handshakes_failed: get(&self.quic.handshakes_failed),
+            file_transfers_started: get(&transfers.started),
+            file_transfers_completed: get(&transfers.completed),
+            file_relayed_bytes: get(&transfers.relayed_bytes),
+            file_rendezvous_open: transfers.pending() as u64,
         }
     }
 
