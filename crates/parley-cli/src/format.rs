@@ -51,7 +51,19 @@ fn times() -> Times {
 /// `#SEQ TIME FROM: BODY`, a multi-line body as indented lines.
 pub fn message_line(m: &Message) -> String {
     let header = format!("#{} {} {}:", m.seq, timestamp(m.timestamp_ms), printable(&m.from));
-    with_body(header, &m.body)
+    match parley_core::files::FileOffer::parse(&m.body) {
+        Some(offer) => with_body(header, &offer_text(&offer, m.seq)),
+        None => with_body(header, &m.body),
+    }
+}
+
+/// A file offer, as a line that says how to take it.
+fn offer_text(offer: &parley_core::files::FileOffer, seq: u64) -> String {
+    format!(
+        "offers you the file {} ({}): accept-file {seq} or refuse-file {seq}",
+        offer.name,
+        parley_core::files::human_size(offer.size)
+    )
 }
 
 /// `TIME FROM → TO: BODY`, for a message this user sent (it has no number

@@ -94,6 +94,11 @@ commands:
   /block NAME       block NAME: no messages, no presence either way
   /unblock NAME     end a block
   /blocked          the accounts you block
+  /files            the file offers in your mailbox
+  /send-file USER PATH   offer a file; sent peer to peer, or through the server
+                    when no direct path works, once USER accepts (in the background)
+  /accept-file SEQ [DIR] accept a file offer and receive it (in the background)
+  /refuse-file SEQ  refuse a file offer; its sender is told
   /help             this text
   /quit             leave (also Ctrl-D)
 incoming messages are printed as they arrive and marked read.
@@ -230,6 +235,8 @@ struct Shared {
     queue: Arc<Mutex<VecDeque<Outgoing>>>,
     /// The account's name, for the lines of messages sent.
     me: Arc<str>,
+    /// Lines printed above the prompt, from background work.
+    printer: SyncSender<String>,
 }
 
 impl Shared {
@@ -273,11 +280,13 @@ pub fn run(runtime: &Runtime, mut settings: Settings, reconnect: bool) -> anyhow
             result => break result?,
         }
     };
+    let printer = ExternalPrinter::new(PRINTER_QUEUE);
     let shared = Shared {
         current: Current::default(),
         delivery: Arc::new(Mutex::new(Delivery::new(info.last_seq))),
         queue: Arc::default(),
         me: Arc::from(info.name.as_str()),
+        printer: printer.sender(),
     };
     let shown = if info.unread > 0 { ":" } else { "" };
     out(&format!(
@@ -292,7 +301,6 @@ pub fn run(runtime: &Runtime, mut settings: Settings, reconnect: bool) -> anyhow
     out("/help lists the commands")?;
 
     shared.current.set(Some(Connection::new(client)));
-    let printer = ExternalPrinter::new(PRINTER_QUEUE);
     let closed = Closed::default();
     runtime.spawn(supervise(
         link,
@@ -552,7 +560,12 @@ const CONNECTED_COMMANDS: &[&str] = &[
     "/block",
     "/unblock",
     "/blocked",
+    "/files",
+    "/refuse-file",
 ];
+
+/// Commands that start a file transfer in the background.
+const FILE_COMMANDS: &[&str] = &["/send-file", "/accept-file"];
 
 /// Runs one input line; errors are printed and the shell goes on.
 async fn execute(shared: &Shared, line: &str) -> Flow {
@@ -581,6 +594,13 @@ async fn execute(shared: &Shared, line: &str) -> Flow {
                 result => result,
             }
         }
+        _ if FILE_COMMANDS.contains(&command) => match shared.current.get() {
+            Some(connection) => start_transfer(shared, &connection.client, command, rest),
+            None => {
+                eprintln!("{NOT_CONNECTED}");
+                return Flow::Continue;
+            }
+        },
         _ if command.starts_with('/') => Err(anyhow::anyhow!("unknown command {command}; /help lists the commands")),
         _ => Err(anyhow::anyhow!(
             "to send, type @USER TEXT or /send USER TEXT; /help lists the commands"
@@ -636,6 +656,12 @@ async fn execute_connected(
             show_blocked(&timed(&format!("unblocking {name}"), client.unblock(name)).await?)
         }
         "/blocked" => show_blocked(&timed("listing blocked accounts", client.list_blocked()).await?),
+        "/files" => show_offers(client).await,
+        "/refuse-file" => {
+            let seq = one_seq(rest, "/refuse-file SEQ")?;
+            timed("refusing the file", client.refuse_file(seq)).await?;
+            out(&format!("refused offer {seq}; its sender is told"))
+        }
         "/who" => {
             let online = online_contacts(client).await?;
             if online.is_empty() {
@@ -645,6 +671,111 @@ async fn execute_connected(
         }
         _ => Err(anyhow::anyhow!("unknown command {command}; /help lists the commands")),
     }
+}
+
+/// The offers in the mailbox, one line each.
+async fn show_offers(client: &Client) -> anyhow::Result<()> {
+    let batch = timed("reading the mailbox", client.fetch(0, 1000, false)).await?;
+    let offers: Vec<_> = batch
+        .messages
+        .iter()
+        .filter_map(|m| parley_core::files::FileOffer::parse(&m.body).map(|o| (m, o)))
+        .collect();
+    if offers.is_empty() {
+        return out("no file offers");
+    }
+    for (m, o) in offers {
+        out(&format!(
+            "  #{} {} from {} ({})",
+            m.seq,
+            printable(&o.name),
+            printable(&m.from),
+            parley_core::files::human_size(o.size)
+        ))?;
+    }
+    Ok(())
+}
+
+/// Starts `/send-file USER PATH` or `/accept-file SEQ [DIR]` in the
+/// background: the shell goes on while it waits and runs, and it prints
+/// where it stands (at each quarter) and how it ended.
+fn start_transfer(shared: &Shared, client: &Arc<Client>, command: &str, rest: &str) -> anyhow::Result<()> {
+    let printer = shared.printer.clone();
+    let client = Arc::clone(client);
+    let options = parley_client::files::Options::default();
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let what: String;
+    let job: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match (command, &words[..]) {
+        ("/send-file", [to, ..]) if words.len() >= 2 => {
+            let (to, path) = ((*to).to_owned(), std::path::PathBuf::from(rest[to.len()..].trim()));
+            what = format!("{} to {to}", path.display());
+            Box::pin(async move {
+                let progress = quarters(printer.clone());
+                parley_client::files::send_file(&client, &to, &path, &options, &progress).await
+            })
+        }
+        ("/accept-file", [seq] | [seq, _]) => {
+            let seq: u64 = seq
+                .parse()
+                .map_err(|_| anyhow::anyhow!("usage: /accept-file SEQ [DIR]"))?;
+            let out = words.get(1).map(std::path::PathBuf::from);
+            what = format!("offer #{seq}");
+            Box::pin(async move {
+                let progress = quarters(printer.clone());
+                parley_client::files::receive_file(&client, seq, out.as_deref(), &options, &progress).await
+            })
+        }
+        ("/send-file", _) => anyhow::bail!("usage: /send-file USER PATH"),
+        _ => anyhow::bail!("usage: /accept-file SEQ [DIR]"),
+    };
+    let printer = shared.printer.clone();
+    let started = format!("file: {what} started; it goes on in the background");
+    tokio::spawn(async move {
+        let line = match job.await {
+            Ok(done) => format!(
+                "file: {} done: {} ({}, {}; SHA-256 checked)",
+                what,
+                done.path.display(),
+                parley_core::files::human_size(done.size),
+                done.route
+            ),
+            Err(e) => format!("file: {what} failed: {e}"),
+        };
+        let _ = printer.send(line);
+    });
+    out(&started)
+}
+
+/// Progress for the shell: a line when waiting, when started, and at each
+/// quarter of the bytes.
+fn quarters(printer: SyncSender<String>) -> impl Fn(parley_client::files::Progress) + Send + Sync {
+    use parley_client::files::Progress;
+    let shown = std::sync::atomic::AtomicU64::new(0);
+    move |p| {
+        let line = match p {
+            Progress::Waiting { peer, .. } => format!("file: waiting for {}", printable(&peer)),
+            Progress::Started { route, from, size } => format!(
+                "file: {} {route}{}",
+                parley_core::files::human_size(size),
+                if from > 0 { " (resuming)" } else { "" }
+            ),
+            Progress::Bytes { done, size } => {
+                let quarter = done.saturating_mul(4) / size.max(1);
+                if quarter == 0 || quarter >= 4 || shown.swap(quarter, Ordering::Relaxed) >= quarter {
+                    return;
+                }
+                format!("file: {}%", quarter * 25)
+            }
+        };
+        let _ = printer.send(line);
+    }
+}
+
+/// The single seq a command takes.
+fn one_seq(rest: &str, usage: &str) -> anyhow::Result<u64> {
+    one_name(rest, usage)?
+        .parse()
+        .map_err(|_| anyhow::anyhow!("usage: {usage}"))
 }
 
 /// The single account name a command takes.

@@ -494,3 +494,43 @@ async fn shell_queues_what_is_typed_while_disconnected() {
     tmux.press("Enter");
     tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_shows_a_file_offer_and_receives_it_in_the_background() {
+    if !tmux_available("shell_shows_a_file_offer_and_receives_it_in_the_background") {
+        return;
+    }
+    let h = Harness::start_with(Store::Memory, &["--relay-bytes-per-sec-per-user", "0"]);
+    let alice = std::sync::Arc::new(h.user("alice").await);
+    h.user("bob").await;
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let source = dir.path().join("report.pdf");
+    std::fs::write(&source, vec![42u8; 300_000]).unwrap();
+
+    let tmux = Tmux::start("files", &shell_command(&h, "bob"));
+    tmux.wait_for("the prompt", |s| last_line(s) == "bob>").await;
+    let sending = {
+        let (alice, source) = (std::sync::Arc::clone(&alice), source.clone());
+        tokio::spawn(async move {
+            let options = parley_client::files::Options::default();
+            parley_client::files::send_file(&alice, "bob", &source, &options, &|_| {}).await
+        })
+    };
+    // The offer is shown as one line that says how to take it.
+    tmux.wait_for("the offer", |s| {
+        s.contains("alice: offers you the file report.pdf (300.0 kB): accept-file 1 or refuse-file 1")
+    })
+    .await;
+    tmux.type_text(&format!("/accept-file 1 {}", inbox.path().display()));
+    tmux.press("Enter");
+    tmux.wait_for("the transfer's end", |s| {
+        s.contains("file: offer #1 done:") && s.contains("SHA-256 checked")
+    })
+    .await;
+    assert!(sending.await.unwrap().is_ok());
+    assert_eq!(
+        std::fs::read(inbox.path().join("report.pdf")).unwrap(),
+        vec![42u8; 300_000]
+    );
+}
