@@ -28,6 +28,9 @@ const READ_BYTES: usize = 256 * 1024;
 /// How long a side that has sent or received everything waits for the
 /// other's verdict.
 const VERDICT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the recipient waits for the next relayed chunk before it
+/// gives up (the sender stalled without its connection ending).
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the recipient keeps accepting a direct path: past the sender's
 /// own direct timeout, the sender has moved to the relay.
 const RECIPIENT_DIRECT_GRACE: Duration = Duration::from_secs(30);
@@ -372,43 +375,18 @@ pub async fn send_file(
     });
     let ready = wait_ready(client, offer_id, size).await?;
     let from = ready.resume_from.min(size);
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(from)).await?;
-    let direct = match (&ep, rendezvous(&ready)) {
-        (Some(ep), Some(rv)) => p2p::connect_as_sender(ep, &rv, options.direct_timeout).await.ok(),
-        _ => None,
-    };
-    let route = if let Some(mut path) = direct {
-        progress(Progress::Started {
-            route: Route::Direct,
-            from,
-            size,
-        });
-        let sent = copy_to_stream(&mut file, &mut path.send, from, size, progress).await;
-        if let Err(e) = sent {
-            let _ = client
-                .transfer_done(offer_id, v1::TransferResult::Failed, &e.to_string())
-                .await;
+    let sent = send_bytes(client, &ready, ep.as_ref(), path, size, options.direct_timeout, progress).await;
+    let (route, direct) = match sent {
+        Ok(sent) => sent,
+        Err(e) => {
+            report(client, offer_id, &e).await;
             return Err(e);
         }
-        // The connection stays open (held by `path`) until the verdict.
-        wait_verdict(client, offer_id, size).await?;
-        drop(path);
-        Route::Direct
-    } else if ready.relay {
-        progress(Progress::Started {
-            route: Route::Relayed,
-            from,
-            size,
-        });
-        relay(client, offer_id, &mut file, from, size, progress).await?;
-        wait_verdict(client, offer_id, size).await?;
-        Route::Relayed
-    } else {
-        let why = "no direct path worked and the server does not relay a file this large";
-        let _ = client.transfer_done(offer_id, v1::TransferResult::Failed, why).await;
-        return Err(FileError::Failed(why.into()));
     };
+    // A direct connection stays open until the verdict: the recipient may
+    // still be reading.
+    wait_verdict(client, offer_id, size).await?;
+    drop(direct);
     if let Some(ep) = ep {
         ep.close().await;
     }
@@ -419,6 +397,58 @@ pub async fn send_file(
         size,
         path: path.to_owned(),
     })
+}
+
+/// Tells the server (and so the other side) why this side stopped: an
+/// interruption can be resumed, anything else failed.
+async fn report(client: &Client, offer_id: u64, e: &FileError) {
+    let result = match e {
+        FileError::Interrupted { .. } => v1::TransferResult::Cancelled,
+        _ => v1::TransferResult::Failed,
+    };
+    let _ = client.transfer_done(offer_id, result, &e.to_string()).await;
+}
+
+/// Sends the bytes from `ready.resume_from`: directly if a path is found
+/// within `direct_timeout`, else through the relay. Returns the route and
+/// the direct path, to be held until the verdict.
+async fn send_bytes(
+    client: &Client,
+    ready: &v1::TransferReady,
+    ep: Option<&PeerEndpoint>,
+    path: &Path,
+    size: u64,
+    direct_timeout: Duration,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<(Route, Option<p2p::DirectPath>), FileError> {
+    let from = ready.resume_from.min(size);
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(from)).await?;
+    let direct = match (ep, rendezvous(ready)) {
+        (Some(ep), Some(rv)) => p2p::connect_as_sender(ep, &rv, direct_timeout).await.ok(),
+        _ => None,
+    };
+    if let Some(mut path) = direct {
+        progress(Progress::Started {
+            route: Route::Direct,
+            from,
+            size,
+        });
+        copy_to_stream(&mut file, &mut path.send, from, size, progress).await?;
+        return Ok((Route::Direct, Some(path)));
+    }
+    if !ready.relay {
+        return Err(FileError::Failed(
+            "no direct path worked and the server does not relay a file this large".into(),
+        ));
+    }
+    progress(Progress::Started {
+        route: Route::Relayed,
+        from,
+        size,
+    });
+    relay(client, ready.offer_id, &mut file, from, size, progress).await?;
+    Ok((Route::Relayed, None))
 }
 
 /// Writes the file from `from` to its end on a direct stream.
@@ -566,12 +596,7 @@ pub async fn receive_file(
     let route = match received {
         Ok(route) => route,
         Err(e) => {
-            let result = if matches!(e, FileError::Interrupted { .. }) {
-                v1::TransferResult::Cancelled
-            } else {
-                v1::TransferResult::Failed
-            };
-            let _ = client.transfer_done(offer_id, result, &e.to_string()).await;
+            report(client, offer_id, &e).await;
             return Err(e);
         }
     };
@@ -678,11 +703,20 @@ async fn take_bytes(
             while done < size {
                 let chunk = match next.take() {
                     Some(c) => c,
-                    None => match client.next_file_event().await {
-                        Some(FileEvent::Chunk(c)) if c.offer_id == offer_id => c,
-                        Some(FileEvent::Ended(e)) if e.offer_id == offer_id => return Err(ended_early(&e, done, size)),
-                        Some(_) => continue,
-                        None => return Err(ClientError::Disconnected(None).into()),
+                    None => match tokio::time::timeout(CHUNK_TIMEOUT, client.next_file_event()).await {
+                        Ok(Some(FileEvent::Chunk(c))) if c.offer_id == offer_id => c,
+                        Ok(Some(FileEvent::Ended(e))) if e.offer_id == offer_id => {
+                            return Err(ended_early(&e, done, size));
+                        }
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return Err(ClientError::Disconnected(None).into()),
+                        Err(_) => {
+                            return Err(FileError::Interrupted {
+                                have: done,
+                                size,
+                                why: format!("nothing came through the relay for {CHUNK_TIMEOUT:?}"),
+                            });
+                        }
                     },
                 };
                 if chunk.offset != done {
