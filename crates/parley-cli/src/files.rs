@@ -72,9 +72,9 @@ pub async fn refuse_file(ctx: &mut Invocation, seq: u64) -> anyhow::Result<Exit>
     Ok(Exit::Ok)
 }
 
-/// `parley files`: the offers in the mailbox not yet taken.
-pub async fn list(ctx: &mut Invocation) -> anyhow::Result<Exit> {
-    let (client, _) = ctx.open().await?;
+/// The file offers in the mailbox not yet taken (unread), oldest first:
+/// seq, sender, offer.
+pub async fn offers(client: &parley_client::Client) -> anyhow::Result<Vec<(u64, String, FileOffer)>> {
     let mut after = 0;
     let mut offers = Vec::new();
     loop {
@@ -86,9 +86,15 @@ pub async fn list(ctx: &mut Invocation) -> anyhow::Result<Exit> {
         }
         match batch.messages.last() {
             Some(last) if batch.more => after = last.seq,
-            _ => break,
+            _ => return Ok(offers),
         }
     }
+}
+
+/// `parley files`.
+pub async fn list(ctx: &mut Invocation) -> anyhow::Result<Exit> {
+    let (client, _) = ctx.open().await?;
+    let offers = offers(&client).await?;
     if ctx.json {
         let list: Vec<_> = offers
             .iter()

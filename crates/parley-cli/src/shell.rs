@@ -675,25 +675,18 @@ async fn execute_connected(
 
 /// The offers in the mailbox, one line each.
 async fn show_offers(client: &Client) -> anyhow::Result<()> {
-    let batch = timed("reading the mailbox", client.fetch(0, 1000, false)).await?;
-    let offers: Vec<_> = batch
-        .messages
-        .iter()
-        .filter_map(|m| parley_core::files::FileOffer::parse(&m.body).map(|o| (m, o)))
-        .collect();
+    let offers = crate::files::offers(client).await?;
     if offers.is_empty() {
         return out("no file offers");
     }
-    for (m, o) in offers {
+    offers.iter().try_for_each(|(seq, from, o)| {
         out(&format!(
-            "  #{} {} from {} ({})",
-            m.seq,
+            "  #{seq} {} from {} ({})",
             printable(&o.name),
-            printable(&m.from),
+            printable(from),
             parley_core::files::human_size(o.size)
-        ))?;
-    }
-    Ok(())
+        ))
+    })
 }
 
 /// Starts `/send-file USER PATH` or `/accept-file SEQ [DIR]` in the

@@ -147,17 +147,7 @@ impl Client {
             size,
             sha256: sha256.to_vec(),
         });
-        self.call(body, |b| match b {
-            server_frame::Body::Sent(s) => Ok(SendReceipt {
-                client_msg_id: s.client_msg_id,
-                message_id: s.message_id,
-                seq: s.seq,
-                timestamp_ms: s.timestamp_ms,
-                duplicate: s.duplicate,
-            }),
-            other => Err(other),
-        })
-        .await
+        self.call(body, crate::receipt).await
     }
 
     /// Joins the rendezvous of the offer `offer_id` to `to`, as its sender.
@@ -375,7 +365,16 @@ pub async fn send_file(
     });
     let ready = wait_ready(client, offer_id, size).await?;
     let from = ready.resume_from.min(size);
-    let sent = send_bytes(client, &ready, ep.as_ref(), path, size, options.direct_timeout, progress).await;
+    let sent = send_bytes(
+        client,
+        &ready,
+        ep.as_ref(),
+        path,
+        size,
+        options.direct_timeout,
+        progress,
+    )
+    .await;
     let (route, direct) = match sent {
         Ok(sent) => sent,
         Err(e) => {

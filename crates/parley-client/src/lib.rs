@@ -218,6 +218,20 @@ pub struct SendReceipt {
     pub duplicate: bool,
 }
 
+/// The receipt a `Sent` reply carries (for a message or a file offer).
+fn receipt(b: server_frame::Body) -> std::result::Result<SendReceipt, server_frame::Body> {
+    match b {
+        server_frame::Body::Sent(s) => Ok(SendReceipt {
+            client_msg_id: s.client_msg_id,
+            message_id: s.message_id,
+            seq: s.seq,
+            timestamp_ms: s.timestamp_ms,
+            duplicate: s.duplicate,
+        }),
+        other => Err(other),
+    }
+}
+
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ServerFrame>>>>>;
 
 /// One connection to a Parley server.
@@ -731,16 +745,7 @@ impl Client {
                 client_msg_id: client_msg_id.to_owned(),
                 body: body.to_owned(),
             }),
-            |b| match b {
-                server_frame::Body::Sent(s) => Ok(SendReceipt {
-                    client_msg_id: s.client_msg_id,
-                    message_id: s.message_id,
-                    seq: s.seq,
-                    timestamp_ms: s.timestamp_ms,
-                    duplicate: s.duplicate,
-                }),
-                other => Err(other),
-            },
+            receipt,
         )
         .await
     }
