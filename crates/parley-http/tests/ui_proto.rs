@@ -124,6 +124,7 @@ fn every_number_the_web_ui_uses_is_the_schemas() {
         "str(f, ",
         "bool(f, ",
         "all(f, ",
+        "bytes(f, ",
         "f.has(",
         "f.get(",
         ".uint(",

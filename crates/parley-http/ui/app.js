@@ -16,6 +16,21 @@
   const HISTORY_PAGE = 500;
   const HISTORY_PAGES = 20;
   const RETRY_MS = 3000;
+  // File transfer (docs/PROTOCOL.md, "File transfer"). A browser cannot
+  // take the direct QUIC path, so its files always go through the relay.
+  const OFFER_LINE = "parley-file/1 ";
+  // Bytes in one relayed chunk, and chunks sent before their ChunkRelayed
+  // (the server's MAX_RELAY_CHUNK_BYTES and RELAY_WINDOW).
+  const CHUNK_BYTES = 128 * 1024;
+  const CHUNK_WINDOW = 8;
+  // Largest file the page sends or receives: it holds the whole file in
+  // memory to hash it (the server's default relay_max_file_bytes).
+  const MAX_BROWSER_FILE_MIB = 256;
+  const MAX_BROWSER_FILE_BYTES = MAX_BROWSER_FILE_MIB * 1024 * 1024;
+  // How long the sender waits for the recipient's verdict after the last chunk.
+  const VERDICT_MS = 60000;
+  // Where a transfer's status line names the other side.
+  const PEER = Symbol("peer");
 
   const state = {
     session: null, // { name, token, resume_token }
@@ -34,6 +49,8 @@
     reconnectTimer: null,
     pingTimer: null,
     closing: false,
+    calls: new Map(), // request_id → { resolve, reject } of a request awaiting its answer
+    files: new Map(), // key → file transfer ("out:RANDOM" sent from here, "in:MESSAGE_ID" an offer received)
   };
 
   // ------------------------------------------------------------ storage
@@ -390,6 +407,7 @@
     ws.onclose = () => {
       if (state.ws !== ws) return;
       state.wsReady = false;
+      socketGone();
       clearInterval(state.pingTimer);
       if (state.closing) return;
       setConnection("reconnecting", "Reconnecting…");
@@ -406,6 +424,13 @@
 
   function onFrame(frame) {
     const b = frame.body;
+    const awaited = frame.request_id ? state.calls.get(frame.request_id) : null;
+    if (awaited) {
+      state.calls.delete(frame.request_id);
+      if (frame.kind === "error") awaited.reject(callError(b.code, b.message));
+      else awaited.resolve(frame);
+      return;
+    }
     switch (frame.kind) {
       case "welcome": {
         const every = Math.max(1, (b.keepalive_secs || 60) / 3) * 1000;
@@ -459,6 +484,11 @@
       case "goodbye":
         if (b.code === Proto.codes.ACCOUNT_DELETED) endSession("This account was deleted.");
         break;
+      case "transfer_ready":
+      case "transfer_ended":
+      case "relayed_chunk":
+        onTransferEvent(frame.kind, b);
+        break;
       default:
         break;
     }
@@ -470,7 +500,8 @@
     if (!state.current || document.visibilityState !== "visible") return;
     const seqs = [];
     for (const m of state.received.values()) {
-      if (!m.acked && keyOf(m.from) === state.current) {
+      // A file offer stays unacknowledged until the file is here (see acceptFile).
+      if (!m.acked && keyOf(m.from) === state.current && !offerIn(m)) {
         seqs.push(m.seq);
         m.acked = true;
       }
@@ -549,6 +580,355 @@
     }
     render();
     $("composer-input").focus();
+  }
+
+  // ------------------------------------------------------------ files
+
+  // A request over the socket whose answer the caller awaits: resolves
+  // with the answering frame, rejects with the Error frame's code and text.
+  function call(build) {
+    if (!state.wsReady) return Promise.reject(callError(0, "not connected to the server"));
+    const id = state.nextRequest++;
+    return new Promise((resolve, reject) => {
+      state.calls.set(id, { resolve, reject });
+      sendFrame(build(id));
+    });
+  }
+
+  function callError(code, message) {
+    return Object.assign(new Error(message || "refused"), { code });
+  }
+
+  // The socket closed: no answer will come, and the server has ended every
+  // transfer of this connection.
+  function socketGone() {
+    for (const c of state.calls.values()) c.reject(callError(0, "the connection to the server was lost"));
+    state.calls.clear();
+    for (const t of state.files.values()) {
+      if (t.live) stop(t, "failed", ["the connection to the server was lost; ", t.mine ? "send it again." : "accept it again."]);
+    }
+  }
+
+  // `1234567` → "1.2 MB", as the server writes sizes in offers.
+  function humanSize(bytes) {
+    const units = ["bytes", "kB", "MB", "GB", "TB"];
+    let value = bytes;
+    let unit = 0;
+    while (value >= 1000 && unit + 1 < units.length) {
+      value /= 1000;
+      unit++;
+    }
+    return unit === 0 ? `${bytes} bytes` : `${value.toFixed(1)} ${units[unit]}`;
+  }
+
+  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+
+  // The offer a message body carries, from its line
+  // "parley-file/1 size=SIZE sha256=HEX name=NAME" (the name is the rest of
+  // the line), or null. The first line, "[file] …", is for clients that do
+  // not know files.
+  function parseOffer(body) {
+    const line = body.split(/\r?\n/).find((l) => l.startsWith(OFFER_LINE));
+    const parts = line && /^size=(\d+) sha256=([0-9a-f]{64}) name=(.+)$/.exec(line.slice(OFFER_LINE.length));
+    if (!parts) return null;
+    const size = Number(parts[1]);
+    if (!Number.isSafeInteger(size) || size < 1) return null;
+    return { size, sha256: parts[2], name: parts[3] };
+  }
+
+  // A received message's offer, parsed once. Only accounts offer files: a
+  // visitor's or the server's text is shown as text, whatever it holds.
+  function offerIn(m) {
+    if (m.offer === undefined) m.offer = kindOf(m.from) === "account" ? parseOffer(m.body) : null;
+    return m.offer;
+  }
+
+  // The transfer shown for an offer received, made on first sight.
+  function incoming(m, offer) {
+    const key = "in:" + m.message_id;
+    let t = state.files.get(key);
+    if (!t) {
+      t = { key, mine: false, peer: m.from, name: offer.name, size: offer.size, sha256: offer.sha256, ts: m.timestamp_ms };
+      Object.assign(t, { seq: m.seq, offer_id: m.message_id, phase: "offered", done: 0 });
+      t.note =
+        offer.size > MAX_BROWSER_FILE_BYTES
+          ? [`too large to receive in a browser (at most ${MAX_BROWSER_FILE_MIB} MiB); use the parley command-line client: parley accept-file ${m.seq}`]
+          : [];
+      state.files.set(key, t);
+    }
+    return t;
+  }
+
+  // From here until it ends, the transfer takes the server's events for
+  // its offer: `ready` and `ended` settle with TransferReady and
+  // TransferEnded (or {stopped} when this side ended it).
+  function goLive(t) {
+    t.live = true;
+    t.ready = new Promise((resolve) => (t.onReady = resolve));
+    t.ended = new Promise((resolve) => (t.onEnded = resolve));
+    t.received = new Promise((resolve) => (t.onReceived = resolve));
+  }
+
+  // Both sides of a file sent to oneself are on this page: each takes the
+  // events of its offer.
+  function onTransferEvent(kind, b) {
+    for (const t of [...state.files.values()]) {
+      if (!t.live || t.offer_id !== b.offer_id) continue;
+      if (kind === "transfer_ready") t.onReady(b);
+      else if (kind === "transfer_ended") t.onEnded(b);
+      else if (!t.mine) takeChunk(t, b);
+    }
+  }
+
+  // Waits for `promise` unless the transfer ends first: {value} or {ended}.
+  function unlessEnded(t, promise) {
+    return Promise.race([promise.then((value) => ({ value })), t.ended.then((ended) => ({ ended }))]);
+  }
+
+  // Tells the server (and so the other side) how the transfer ended here.
+  function report(t, result, detail) {
+    return call((id) => Proto.client.transferDone(id, t.offer_id, result, detail)).catch(() => null);
+  }
+
+  // Shows a new phase and status line; the card is redrawn in place.
+  function update(t, phase, note) {
+    if (t.over) return;
+    t.phase = phase;
+    if (note) t.note = note;
+    showTransfer(t);
+  }
+
+  // The transfer is over for this page; later events are not its own.
+  function stop(t, phase, note) {
+    if (t.over) return;
+    t.over = true;
+    t.live = false;
+    t.phase = phase;
+    t.note = note;
+    t.chunks = null;
+    if (t.onEnded) t.onEnded({ stopped: true });
+    showTransfer(t);
+  }
+
+  // The end the server reported, in words.
+  function ended(t, e) {
+    if (e.stopped) return;
+    const R = Proto.results;
+    const detail = e.detail ? ": " + e.detail : "";
+    if (e.result === R.COMPLETE) stop(t, "done", [t.mine ? "sent ✓" : "received ✓"]);
+    else if (e.result === R.REFUSED) stop(t, "refused", t.mine ? [PEER, " refused the file."] : ["you refused this file."]);
+    else if (e.result === R.HASH_MISMATCH) {
+      stop(t, "failed", t.mine ? ["the file did not arrive intact (its SHA-256 did not match at ", PEER, "'s end); send it again."] : mismatch());
+    } else if (e.result === R.PEER_GONE) {
+      stop(t, "failed", [PEER, " went away before the file was across; ", t.mine ? "send it again." : "accept it again when they are back."]);
+    } else if (e.result === R.CANCELLED) stop(t, "failed", [PEER, " cancelled the transfer" + detail + "."]);
+    else stop(t, "failed", ["the transfer failed" + detail + "."]);
+  }
+
+  const mismatch = () => ["the bytes received do not match the offer's SHA-256, so the file was dropped; ask ", PEER, " to send it again."];
+
+  const tooLargeForRelay = (t) =>
+    t.mine
+      ? ["too large for the relay; use the parley command-line client, which can send directly."]
+      : [`too large for the relay; use the parley command-line client, which can receive directly: parley accept-file ${t.seq}`];
+
+  // What went wrong with a request, in words.
+  function failure(t, e) {
+    if (e.code === Proto.codes.MESSAGE_TOO_LARGE) return ["too large for this server: " + e.message];
+    return [`could not ${t.mine ? "send" : "receive"} the file: ${e.message}`];
+  }
+
+  // A request failed: the server's TransferEnded, if one follows at once,
+  // says better why.
+  async function failed(t, e) {
+    if (t.over) return;
+    const late = t.ended ? await Promise.race([t.ended, new Promise((resolve) => setTimeout(() => resolve(null), 1000))]) : null;
+    if (late && !late.stopped) return ended(t, late);
+    if (t.live) report(t, Proto.results.FAILED, e.message);
+    stop(t, "failed", failure(t, e));
+  }
+
+  function onPickFile(event) {
+    const file = event.target.files[0];
+    event.target.value = "";
+    if (file && state.current && kindOf(state.current) === "account") sendFile(file, state.peers.get(state.current));
+  }
+
+  // Sends `file` to `p` through the relay: hash, offer, serve, wait for the
+  // recipient, chunks, then the recipient's verdict.
+  async function sendFile(file, p) {
+    const t = { key: "out:" + randomId(), mine: true, peer: p.name, name: file.name, size: file.size, ts: Date.now() };
+    Object.assign(t, { phase: "hashing", done: 0, note: ["reading the file…"] });
+    state.files.set(t.key, t);
+    p.lastTs = t.ts;
+    render();
+    if (file.size === 0) return stop(t, "failed", ["an empty file cannot be sent."]);
+    if (file.size > MAX_BROWSER_FILE_BYTES) {
+      return stop(t, "failed", [`too large to send from a browser (at most ${MAX_BROWSER_FILE_MIB} MiB); use the parley command-line client, which can send directly.`]);
+    }
+    try {
+      const data = new Uint8Array(await file.arrayBuffer());
+      const sha256 = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+      update(t, "offering", ["offering…"]);
+      const sent = await call((id) => Proto.client.offerFile(id, p.name, randomId(), file.name, data.length, sha256));
+      if (t.over) return;
+      t.offer_id = sent.body.message_id;
+      goLive(t);
+      update(t, "waiting", ["waiting for ", PEER, " to accept… (keep this page open)"]);
+      await call((id) => Proto.client.serveFile(id, p.name, t.offer_id));
+      const ready = await unlessEnded(t, t.ready);
+      if (ready.ended) return ended(t, ready.ended);
+      if (!ready.value.relay) {
+        report(t, Proto.results.FAILED, "the web UI sends only through the relay, and this file is too large for it");
+        return stop(t, "failed", tooLargeForRelay(t));
+      }
+      t.done = ready.value.resume_from;
+      update(t, "moving", ["sending…"]);
+      const end = await relay(t, data);
+      if (end) return ended(t, end);
+      update(t, "checking", ["waiting for ", PEER, " to check it…"]);
+      const verdict = await unlessEnded(t, new Promise((resolve) => setTimeout(resolve, VERDICT_MS)));
+      if (verdict.ended) return ended(t, verdict.ended);
+      report(t, Proto.results.FAILED, "the recipient did not confirm the file in time");
+      stop(t, "failed", [PEER, " did not confirm the file in time."]);
+    } catch (e) {
+      await failed(t, e);
+    }
+  }
+
+  // Sends the chunks from `t.done` on, CHUNK_WINDOW of them at a time
+  // awaiting ChunkRelayed; the transfer's end if it ended meanwhile.
+  async function relay(t, data) {
+    const inFlight = [];
+    let offset = t.done;
+    while (offset < data.length || inFlight.length > 0) {
+      if (offset < data.length && inFlight.length < CHUNK_WINDOW) {
+        const at = offset;
+        const chunk = data.subarray(at, Math.min(at + CHUNK_BYTES, data.length));
+        const answer = call((id) => Proto.client.relayChunk(id, t.offer_id, at, chunk));
+        // Answers not awaited because the transfer ended are dropped quietly.
+        answer.catch(() => {});
+        inFlight.push(answer);
+        offset += chunk.length;
+        continue;
+      }
+      const next = await unlessEnded(t, inFlight.shift());
+      if (next.ended) return next.ended;
+      t.done = next.value.body.next_offset;
+      update(t, "moving", [`sending… ${Math.floor((100 * t.done) / t.size)}%`]);
+    }
+    return null;
+  }
+
+  // Accepts the offer `m`: the chunks arrive as frames (takeChunk), then
+  // the size and SHA-256 are checked and the file offered for download.
+  async function acceptFile(m, offer) {
+    const old = state.files.get("in:" + m.message_id);
+    if (old && old.url) URL.revokeObjectURL(old.url);
+    const t = { key: "in:" + m.message_id, mine: false, peer: m.from, name: offer.name, size: offer.size, sha256: offer.sha256, ts: m.timestamp_ms };
+    Object.assign(t, { seq: m.seq, offer_id: m.message_id, phase: "waiting", done: 0, chunks: [], note: ["waiting for ", PEER, " to send it…"] });
+    state.files.set(t.key, t);
+    goLive(t);
+    showTransfer(t);
+    try {
+      await call((id) => Proto.client.acceptFile(id, m.seq, 0));
+      const ready = await unlessEnded(t, t.ready);
+      if (ready.ended) return ended(t, ready.ended);
+      if (!ready.value.relay) {
+        report(t, Proto.results.FAILED, "the web UI receives only through the relay, and this file is too large for it");
+        return stop(t, "failed", tooLargeForRelay(t));
+      }
+      update(t, "moving", [`receiving… ${Math.floor((100 * t.done) / t.size)}%`]);
+      const received = await unlessEnded(t, t.received);
+      if (received.ended) return ended(t, received.ended);
+      update(t, "checking", ["checking the file…"]);
+      const blob = new Blob(t.chunks, { type: "application/octet-stream" });
+      t.chunks = [];
+      const sha256 = hex(new Uint8Array(await crypto.subtle.digest("SHA-256", await blob.arrayBuffer())));
+      if (t.over) return;
+      if (blob.size !== t.size || sha256 !== t.sha256) {
+        report(t, Proto.results.HASH_MISMATCH, "the SHA-256 did not match");
+        return stop(t, "failed", mismatch());
+      }
+      await call((id) => Proto.client.transferDone(id, t.offer_id, Proto.results.COMPLETE, ""));
+      t.url = URL.createObjectURL(blob);
+      // The file is here: the offer is read, like any message shown.
+      m.acked = true;
+      sendFrame(Proto.client.ack(state.nextRequest++, 0, [m.seq]));
+      stop(t, "done", ["received ✓"]);
+      render();
+    } catch (e) {
+      await failed(t, e);
+    }
+  }
+
+  // One relayed chunk for `t`: each starts where the last ended.
+  function takeChunk(t, b) {
+    if (b.offset !== t.done || t.done + b.data.length > t.size) {
+      const why = `the relay skipped from ${t.done} to ${b.offset}`;
+      report(t, Proto.results.FAILED, why);
+      return stop(t, "failed", [`the transfer failed: ${why}; accept it again.`]);
+    }
+    t.chunks.push(b.data);
+    t.done += b.data.length;
+    if (t.done === t.size) t.onReceived();
+    update(t, "moving", [`receiving… ${Math.floor((100 * t.done) / t.size)}%`]);
+  }
+
+  async function refuseFile(m) {
+    try {
+      await call((id) => Proto.client.refuseFile(id, m.seq));
+    } catch (e) {
+      alert("Could not refuse the file: " + e.message);
+      return;
+    }
+    // The server deleted the offer; this page shows what became of it.
+    m.acked = true;
+    const t = state.files.get("in:" + m.message_id);
+    if (t) stop(t, "refused", ["you refused this file."]);
+    render();
+  }
+
+  function cancelTransfer(t) {
+    if (t.live) report(t, Proto.results.CANCELLED, t.mine ? "the sender cancelled" : "the recipient cancelled");
+    stop(t, "failed", ["cancelled."]);
+  }
+
+  // A transfer's card: what, to or from whom, progress, status, actions.
+  function fileView(t, m) {
+    const note = (t.note || []).flatMap((part) => (part === PEER ? senderLabel(t.peer) : [part]));
+    const moving = t.phase === "moving" || t.phase === "checking";
+    const offered = !t.mine && m && (t.phase === "offered" || t.phase === "failed") && t.size <= MAX_BROWSER_FILE_BYTES;
+    return el(
+      "div",
+      { class: "file", "data-transfer": t.key, "data-phase": t.phase },
+      el("div", { class: "file-title" }, "📎 ", el("bdi", { class: "file-name" }, t.name), ` (${humanSize(t.size)}) ${t.mine ? "to" : "from"} `, ...senderLabel(t.peer)),
+      moving ? el("progress", { max: t.size, value: t.done, "aria-label": "bytes across" }) : null,
+      note.length ? el("div", { class: "file-status" }, ...note) : null,
+      el(
+        "div",
+        { class: "file-actions" },
+        offered
+          ? el("button", { type: "button", class: "primary", "data-accept": t.key, onclick: () => acceptFile(m, offerIn(m)) }, t.phase === "failed" ? "Accept again" : "Accept")
+          : null,
+        offered && !m.acked ? el("button", { type: "button", "data-refuse": t.key, onclick: () => refuseFile(m) }, "Refuse") : null,
+        t.live ? el("button", { type: "button", "data-cancel": t.key, onclick: () => cancelTransfer(t) }, "Cancel") : null,
+        t.url ? el("a", { href: t.url, download: t.name, "data-download": t.key }, "Save ", el("bdi", {}, t.name)) : null,
+      ),
+    );
+  }
+
+  // Redraws one transfer's card where it is shown, if it is.
+  function showTransfer(t) {
+    if (state.files.get(t.key) !== t) return;
+    const node = document.querySelector(`[data-transfer="${CSS.escape(t.key)}"]`);
+    if (!node) return;
+    node.replaceWith(fileView(t, t.mine ? null : state.received.get(t.offer_id)));
+  }
+
+  function forgetFiles() {
+    for (const t of state.files.values()) if (t.url) URL.revokeObjectURL(t.url);
+    state.files.clear();
   }
 
   // ------------------------------------------------------------ rendering
@@ -667,11 +1047,16 @@
     const items = [];
     for (const m of state.received.values()) if (keyOf(m.from) === key) items.push({ mine: false, ts: m.timestamp_ms, m });
     for (const s of state.sent) if (keyOf(s.to) === key) items.push({ mine: true, ts: s.timestamp_ms, m: s });
+    for (const t of state.files.values()) if (t.mine && keyOf(t.peer) === key) items.push({ mine: true, ts: t.ts, t });
     items.sort((a, b) => a.ts - b.ts);
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     list.replaceChildren(
-      ...items.map(({ mine, m }) => {
+      ...items.map(({ mine, m, t }) => {
+        if (t) {
+          return el("li", { class: "msg mine", "data-file": t.key, "data-mine": "true" }, fileView(t, null), el("div", { class: "meta" }, el("span", {}, time(t.ts))));
+        }
         const id = mine ? m.client_msg_id : m.message_id;
+        const offer = mine ? null : offerIn(m);
         const status = mine ? (m.failed ? "not sent: " + m.failed : m.pending ? "sending…" : "sent") : null;
         return el(
           "li",
@@ -680,7 +1065,7 @@
             "data-message": String(id),
             "data-mine": mine ? "true" : "false",
           },
-          el("div", { class: "body", dir: "auto" }, m.body),
+          offer ? fileView(incoming(m, offer), m) : el("div", { class: "body", dir: "auto" }, m.body),
           el(
             "div",
             { class: "meta" },
@@ -783,6 +1168,7 @@
     state.closing = false;
     state.peers.clear();
     state.received.clear();
+    forgetFiles();
     state.lastSeq = 0;
     state.current = null;
     $("chat-view").classList.remove("has-current", "show-sidebar");
@@ -811,6 +1197,7 @@
     if (state.ws) state.ws.close();
     state.ws = null;
     state.wsReady = false;
+    socketGone();
   }
 
   // Leaves the chat for the login form, with nothing of the account left
@@ -825,6 +1212,7 @@
     state.peers.clear();
     state.received.clear();
     state.sent = [];
+    forgetFiles();
     state.lastSeq = 0;
     state.current = null;
     render();
@@ -922,6 +1310,8 @@
     });
     $("register-button").addEventListener("click", () => onAuth("register"));
     $("composer").addEventListener("submit", onSend);
+    $("file-button").addEventListener("click", () => $("file-input").click());
+    $("file-input").addEventListener("change", onPickFile);
     $("composer-input").addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) onSend(e);
     });

@@ -8,12 +8,33 @@ const Proto = (() => {
   // proto/parley.proto. No number is written anywhere else in this file:
   // crates/parley-http/tests/ui_proto.rs checks both against the schema.
   const S = {
-    ClientFrame: { request_id: 1, resume: 13, send: 20, ack: 22, subscribe: 24, logout: 32, ping: 40 },
+    ClientFrame: {
+      request_id: 1,
+      resume: 13,
+      send: 20,
+      ack: 22,
+      subscribe: 24,
+      logout: 32,
+      ping: 40,
+      offer_file: 60,
+      serve_file: 61,
+      accept_file: 62,
+      refuse_file: 63,
+      relay_chunk: 64,
+      transfer_done: 65,
+    },
     Resume: { token: 1 },
     SendMessage: { to: 1, client_msg_id: 2, body: 3 },
     Ack: { up_to_seq: 1, seqs: 2 },
     Subscribe: { after_seq: 1 },
     Ping: { nonce: 1 },
+    OfferFile: { to: 1, client_msg_id: 2, name: 3, size: 4, sha256: 5 },
+    PeerInfo: { candidates: 1, fingerprint: 2 },
+    ServeFile: { to: 1, offer_id: 2, peer: 3 },
+    AcceptFile: { seq: 1, peer: 2, resume_from: 3 },
+    RefuseFile: { seq: 1 },
+    RelayChunk: { offer_id: 1, offset: 2, data: 3 },
+    TransferDone: { offer_id: 1, result: 2, detail: 3 },
     ServerFrame: {
       request_id: 1,
       welcome: 2,
@@ -30,6 +51,11 @@ const Proto = (() => {
       pong: 40,
       presence_request: 50,
       presence_approved: 51,
+      transfer_joined: 60,
+      transfer_ready: 61,
+      relayed_chunk: 62,
+      chunk_relayed: 63,
+      transfer_ended: 64,
     },
     Welcome: {
       protocol_version: 1,
@@ -55,15 +81,34 @@ const Proto = (() => {
     PresenceRequest: { from: 1 },
     PresenceApproved: { name: 1 },
     Pong: { nonce: 1 },
+    ChunkRelayed: { offer_id: 1, next_offset: 2 },
+    TransferJoined: { offer_id: 1, peer: 2, name: 3, size: 4, sha256: 5, peer_online: 6 },
+    TransferReady: { offer_id: 1, peer: 2, peer_info: 3, token: 4, resume_from: 5, relay: 6, relay_bytes_per_sec: 7 },
+    TransferEnded: { offer_id: 1, result: 2, detail: 3 },
+    TransferResult: { COMPLETE: 1, REFUSED: 2, HASH_MISMATCH: 3, PEER_GONE: 4, CANCELLED: 5, FAILED: 6 },
     // The ErrorCode values the UI reacts to.
-    ErrorCode: { NOT_AUTHENTICATED: 11, AUTH_FAILED: 13, BUSY: 30, SHUTTING_DOWN: 31, ACCOUNT_DELETED: 32, TIMEOUT: 34 },
+    ErrorCode: {
+      INVALID_REQUEST: 10,
+      NOT_AUTHENTICATED: 11,
+      AUTH_FAILED: 13,
+      MESSAGE_TOO_LARGE: 17,
+      BUSY: 30,
+      SHUTTING_DOWN: 31,
+      ACCOUNT_DELETED: 32,
+      TIMEOUT: 34,
+    },
   };
 
   const enc = new TextEncoder();
   const dec = new TextDecoder();
 
+  // Bytes of a bytes field at or above which the field's data is kept as
+  // it is instead of copied byte by byte (relayed file chunks).
+  const LARGE_FIELD = 1024;
+
   class Writer {
     constructor() {
+      this.parts = [];
       this.bytes = [];
     }
     varint(n) {
@@ -84,7 +129,12 @@ const Proto = (() => {
     }
     bytesField(field, data) {
       this.tag(field, 2).varint(data.length);
-      for (const b of data) this.bytes.push(b);
+      if (data.length >= LARGE_FIELD) {
+        this.flush();
+        this.parts.push(data);
+      } else {
+        for (const b of data) this.bytes.push(b);
+      }
       return this;
     }
     string(field, s) {
@@ -99,8 +149,20 @@ const Proto = (() => {
       for (const n of numbers) inner.varint(n);
       return this.bytesField(field, inner.finish());
     }
+    flush() {
+      if (this.bytes.length === 0) return;
+      this.parts.push(Uint8Array.from(this.bytes));
+      this.bytes = [];
+    }
     finish() {
-      return Uint8Array.from(this.bytes);
+      this.flush();
+      const out = new Uint8Array(this.parts.reduce((n, p) => n + p.length, 0));
+      let at = 0;
+      for (const p of this.parts) {
+        out.set(p, at);
+        at += p.length;
+      }
+      return out;
     }
   }
 
@@ -147,6 +209,8 @@ const Proto = (() => {
   const str = (f, n) => (f.has(n) ? dec.decode(f.get(n)[0]) : "");
   const bool = (f, n) => num(f, n) !== 0;
   const all = (f, n) => f.get(n) || [];
+  // A bytes field, copied out of the frame.
+  const bytes = (f, n) => (f.has(n) ? f.get(n)[0].slice() : new Uint8Array(0));
 
   function message(bytes) {
     const f = fields(bytes);
@@ -160,6 +224,11 @@ const Proto = (() => {
       client_msg_id: str(f, M.client_msg_id),
       acked: bool(f, M.acked),
     };
+  }
+
+  function peerInfo(raw) {
+    const f = fields(raw);
+    return { candidates: all(f, S.PeerInfo.candidates).map((c) => dec.decode(c)), fingerprint: bytes(f, S.PeerInfo.fingerprint) };
   }
 
   const F = S.ServerFrame;
@@ -197,7 +266,7 @@ const Proto = (() => {
           last_seq: num(f, S.AuthOk.last_seq),
           // Every login and resume hands out a new resume token; the one
           // used to resume stops working.
-          resume_token: f.has(S.AuthOk.resume_token) ? f.get(S.AuthOk.resume_token)[0].slice() : new Uint8Array(0),
+          resume_token: bytes(f, S.AuthOk.resume_token),
         }),
       ],
     ],
@@ -222,6 +291,61 @@ const Proto = (() => {
     [F.account_deleted, ["account_deleted", () => ({})]],
     [F.logged_out, ["logged_out", () => ({})]],
     [F.pong, ["pong", (f) => ({ nonce: num(f, S.Pong.nonce) })]],
+    [
+      F.transfer_joined,
+      [
+        "transfer_joined",
+        (f) => {
+          const J = S.TransferJoined;
+          return {
+            offer_id: num(f, J.offer_id),
+            peer: str(f, J.peer),
+            name: str(f, J.name),
+            size: num(f, J.size),
+            sha256: bytes(f, J.sha256),
+            peer_online: bool(f, J.peer_online),
+          };
+        },
+      ],
+    ],
+    [
+      F.transfer_ready,
+      [
+        "transfer_ready",
+        (f) => {
+          const R = S.TransferReady;
+          return {
+            offer_id: num(f, R.offer_id),
+            peer: str(f, R.peer),
+            peer_info: f.has(R.peer_info) ? peerInfo(f.get(R.peer_info)[0]) : { candidates: [], fingerprint: new Uint8Array(0) },
+            token: bytes(f, R.token),
+            resume_from: num(f, R.resume_from),
+            relay: bool(f, R.relay),
+            relay_bytes_per_sec: num(f, R.relay_bytes_per_sec),
+          };
+        },
+      ],
+    ],
+    [
+      F.relayed_chunk,
+      [
+        "relayed_chunk",
+        // `data` is a view into the frame (one frame per chunk), not a copy.
+        (f) => ({
+          offer_id: num(f, S.RelayChunk.offer_id),
+          offset: num(f, S.RelayChunk.offset),
+          data: f.has(S.RelayChunk.data) ? f.get(S.RelayChunk.data)[0] : new Uint8Array(0),
+        }),
+      ],
+    ],
+    [F.chunk_relayed, ["chunk_relayed", (f) => ({ offer_id: num(f, S.ChunkRelayed.offer_id), next_offset: num(f, S.ChunkRelayed.next_offset) })]],
+    [
+      F.transfer_ended,
+      [
+        "transfer_ended",
+        (f) => ({ offer_id: num(f, S.TransferEnded.offer_id), result: num(f, S.TransferEnded.result), detail: str(f, S.TransferEnded.detail) }),
+      ],
+    ],
   ]);
 
   // A ServerFrame as { request_id, kind, body }; kind is null for replies
@@ -242,6 +366,9 @@ const Proto = (() => {
   function frame(requestId, field, inner) {
     return new Writer().uint(C.request_id, requestId).message(field, inner).finish();
   }
+  // The browser takes no direct path: no candidates, and a fingerprint of
+  // 32 zero bytes where a native client names its QUIC certificate.
+  const noDirectPath = () => new Writer().bytesField(S.PeerInfo.fingerprint, new Uint8Array(32));
   const client = {
     resume: (id, token) => frame(id, C.resume, new Writer().bytesField(S.Resume.token, token)),
     subscribe: (id, afterSeq) => frame(id, C.subscribe, new Writer().uint(S.Subscribe.after_seq, afterSeq)),
@@ -254,9 +381,42 @@ const Proto = (() => {
         C.send,
         new Writer().string(S.SendMessage.to, to).string(S.SendMessage.client_msg_id, clientMsgId).string(S.SendMessage.body, body),
       ),
+    offerFile: (id, to, clientMsgId, name, size, sha256) =>
+      frame(
+        id,
+        C.offer_file,
+        new Writer()
+          .string(S.OfferFile.to, to)
+          .string(S.OfferFile.client_msg_id, clientMsgId)
+          .string(S.OfferFile.name, name)
+          .uint(S.OfferFile.size, size)
+          .bytesField(S.OfferFile.sha256, sha256),
+      ),
+    serveFile: (id, to, offerId) =>
+      frame(id, C.serve_file, new Writer().string(S.ServeFile.to, to).uint(S.ServeFile.offer_id, offerId).message(S.ServeFile.peer, noDirectPath())),
+    acceptFile: (id, seq, resumeFrom) =>
+      frame(
+        id,
+        C.accept_file,
+        new Writer().uint(S.AcceptFile.seq, seq).message(S.AcceptFile.peer, noDirectPath()).uint(S.AcceptFile.resume_from, resumeFrom),
+      ),
+    refuseFile: (id, seq) => frame(id, C.refuse_file, new Writer().uint(S.RefuseFile.seq, seq)),
+    relayChunk: (id, offerId, offset, data) =>
+      frame(
+        id,
+        C.relay_chunk,
+        new Writer().uint(S.RelayChunk.offer_id, offerId).uint(S.RelayChunk.offset, offset).bytesField(S.RelayChunk.data, data),
+      ),
+    transferDone: (id, offerId, result, detail) =>
+      frame(
+        id,
+        C.transfer_done,
+        new Writer().uint(S.TransferDone.offer_id, offerId).uint(S.TransferDone.result, result).string(S.TransferDone.detail, detail),
+      ),
   };
 
   const codes = S.ErrorCode;
+  const results = S.TransferResult;
 
-  return { Writer, fields, decodeServerFrame, client, codes };
+  return { Writer, fields, decodeServerFrame, client, codes, results };
 })();

@@ -222,7 +222,10 @@ async fn an_interrupted_transfer_keeps_its_bytes_and_resumes_after_them() {
             // The pace held: one second's worth saved up, then 1 MB/s, for
             // 1.5 s, and a window of chunks in flight. (Only an upper bound:
             // a slow machine moves fewer bytes, never more.)
-            assert!(have <= 2_500_000 + 8 * 131_072, "{have} bytes passed a 1 MB/s relay in 1.5 s");
+            assert!(
+                have <= 2_500_000 + 8 * 131_072,
+                "{have} bytes passed a 1 MB/s relay in 1.5 s"
+            );
             assert_eq!(s, size as u64);
             assert!(why.contains("connection ended"), "{why}");
         }
