@@ -110,6 +110,44 @@ pub enum Scenario {
     Overload(OverloadArgs),
     /// Kill parleyd's worker (SIGKILL) again and again: time from each kill to the first accepted send
     Failover(FailoverArgs),
+    /// Send a file peer to peer and through the server's relay, alternating: bytes and CPU through the server
+    File(FileArgs),
+}
+
+/// Size of the file sent (parsed by `common::parse_size`): 64 MiB.
+pub const DEFAULT_FILE_SIZE: &str = "64MiB";
+/// Longest one transfer may take, seconds. At the relay's default pace
+/// (2 MiB/s per account) 64 MiB alone take 32 s; unpaced, on loopback, a
+/// second or two.
+pub const DEFAULT_TRANSFER_TIMEOUT_SECS: f64 = 120.0;
+
+#[derive(Args, Debug, Clone)]
+pub struct FileArgs {
+    /// Size of the file of random bytes sent: bytes, or with K/M/G (1024s) or KB/MB/GB (1000s)
+    #[arg(long, default_value = DEFAULT_FILE_SIZE, value_parser = crate::common::parse_size, value_name = "SIZE")]
+    pub size: u64,
+    /// parleyd's HTTP listener (`HOST:PORT`): read its relayed-bytes
+    /// counter (`parley_file_relayed_bytes_total` at /metrics) around each
+    /// transfer [default: not read]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Longest one transfer may take, seconds
+    #[arg(long, default_value_t = DEFAULT_TRANSFER_TIMEOUT_SECS, value_name = "SECS")]
+    pub timeout: f64,
+    /// How the relayed transfer avoids the direct path
+    #[arg(long, value_enum, default_value_t = RelayedBy::Blocked, value_name = "HOW")]
+    pub relayed_by: RelayedBy,
+}
+
+/// How the file scenario makes a transfer go through the server.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayedBy {
+    /// Each side announces a UDP socket that never answers: the sender
+    /// tries the direct path, gives up after its timeout and falls back to
+    /// the relay, as behind a NAT that lets nothing in.
+    Blocked,
+    /// Neither side tries a direct path (the library's `direct: false`).
+    NoDirect,
 }
 
 /// Kills in a failover run.

@@ -224,6 +224,45 @@ pub fn secs(value: f64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// A size from the command line: a whole number of bytes, optionally with
+/// a binary suffix (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`: powers of 1024) or a
+/// decimal one (`KB`, `MB`, `GB`: powers of 1000); `64M` is 64 MiB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let multiplier: u64 = match suffix.trim() {
+        "" | "B" | "b" => 1,
+        "K" | "k" | "KiB" => 1 << 10,
+        "M" | "m" | "MiB" => 1 << 20,
+        "G" | "g" | "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use bytes, K/KiB, M/MiB, G/GiB (1024s) or KB, MB, GB (1000s)"
+            ));
+        }
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (a whole number, e.g. 64M or 1000000)"))?;
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A size for people: whole KiB, MiB or GiB when it is one, else bytes.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +281,47 @@ mod tests {
             assert_eq!(parse_payload(body.as_bytes()), Some((7, 8)));
         }
         assert_eq!(parse_payload(b"short"), None);
+    }
+
+    #[test]
+    fn sizes_from_the_command_line() {
+        for (text, bytes) in [
+            ("1000", 1000),
+            ("64M", 64 << 20),
+            ("64MiB", 64 << 20),
+            ("64m", 64 << 20),
+            ("512K", 512 << 10),
+            ("2G", 2 << 30),
+            ("5MB", 5_000_000),
+            ("3kB", 3_000),
+            (" 7 B ", 7),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in [
+            "",
+            "M",
+            "1.5M",
+            "-1",
+            "64 furlongs",
+            "99999999999999999999",
+            "18446744073709551615G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        assert_eq!(format_size(3 << 30), "3 GiB");
+        assert_eq!(format_size(1536 << 10), "1536 KiB");
+        assert_eq!(format_size(1000), "1000 bytes");
+        assert_eq!(format_size(0), "0 bytes");
+        for size in ["64M", "1G", "12345", "7K"] {
+            let bytes = parse_size(size).unwrap_or(0);
+            assert_eq!(parse_size(&format_size(bytes).replace(" bytes", "")), Ok(bytes));
+        }
     }
 
     #[test]

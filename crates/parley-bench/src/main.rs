@@ -1,20 +1,23 @@
 //! `parley-bench`: the load generator that measures a running `parleyd`.
 //!
-//! It owns the scenarios (relay, idle, login, offline, overload), the
-//! accounts it creates for them (a random prefix per run), and the ways of
-//! showing results: a table, one JSON object, an SVG picture. It talks to
-//! parleyd through `parley-client`, except where a scenario needs sockets
-//! the library cannot give it (see `wire`), and to NATS core and JetStream
-//! through `async-nats`, so that all are measured by the same generator.
+//! It owns the scenarios (relay, idle, login, offline, overload, failover,
+//! file), the accounts it creates for them (a random prefix per run), and
+//! the ways of showing results: a table, one JSON object, an SVG picture.
+//! It talks to parleyd through `parley-client`, except where a scenario
+//! needs sockets the library cannot give it (see `wire`), and to NATS core
+//! and JetStream through `async-nats`, so that all are measured by the
+//! same generator.
 //!
 //! It must never touch parleyd's data directory or configuration, never
-//! send traffic anywhere but the addresses it is given, and every run ends
-//! by itself: phases are bounded in time and every wait has a limit.
+//! send traffic anywhere but the addresses it is given (and, in `file`,
+//! between its own two endpoints on loopback), and every run ends by
+//! itself: phases are bounded in time and every wait has a limit.
 #![forbid(unsafe_code)]
 
 mod cli;
 mod common;
 mod failover;
+mod file;
 mod idle;
 mod jetstream;
 mod lean;
@@ -83,7 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let scenario = cli
         .scenario
         .clone()
-        .context("name a scenario: relay, idle, login, offline, overload or failover (see --help)")?;
+        .context("name a scenario: relay, idle, login, offline, overload, failover or file (see --help)")?;
     anyhow::ensure!(cli.runs >= 1, "--runs must be at least 1");
     let duration = common::secs(cli.duration, "--duration")?;
     let report = match &scenario {
@@ -149,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             single("failover", &cli, params, runs)
         }
+        Scenario::File(args) => file::run(&cli.server, cli.server_pid, cli.runs, args).await?,
     };
     if let Some(path) = &cli.plot {
         write_plot(path, &report)?;

@@ -277,8 +277,12 @@ pub fn fmt_num(v: f64) -> String {
         format!("{v:.1}")
     } else if a >= 1.0 {
         format!("{v:.2}")
-    } else {
+    } else if a >= 0.001 {
         format!("{v:.3}")
+    } else {
+        // Rounded to three decimals a small ratio would read as nothing
+        // (the server's bytes for a direct transfer against a relayed one).
+        format!("{v:.2e}")
     }
 }
 
@@ -305,6 +309,8 @@ mod tests {
         assert_eq!(fmt_num(12.345), "12.35");
         assert_eq!(fmt_num(0.1234), "0.123");
         assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(0.00001362), "1.36e-5");
+        assert_eq!(fmt_num(0.001), "0.001");
     }
 
     #[test]

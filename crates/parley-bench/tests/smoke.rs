@@ -391,6 +391,122 @@ async fn overload_reports_admitted_and_busy() {
     number(run, "admitted_p99_ms");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn file_goes_directly_and_through_the_relay_and_only_the_relay_costs_the_server() {
+    let size = 1 << 20;
+    let server = TestServer::start_with(Store::Memory, &["--relay-bytes-per-sec-per-user", "0"]);
+    let http = server.http_url();
+    // The default way of relaying: the direct path blocked, so the sender
+    // gives up on it before the relay.
+    let report = bench_watching(&server, &["--runs", "2", "file", "--size", "1M", "--http", &http]).await;
+    assert_eq!(report["scenario"], "file");
+    let (direct, relayed) = (&report["results"][0], &report["results"][1]);
+    assert_eq!(
+        (direct["target"].as_str(), relayed["target"].as_str()),
+        (Some("direct"), Some("relayed"))
+    );
+    for (target, route, relayed_bytes) in [(direct, "direct", 0.0), (relayed, "relayed", size as f64)] {
+        let runs = target["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 2);
+        for run in runs {
+            assert_eq!(run["sender_route"], route, "{run}");
+            assert_eq!(run["recipient_route"], route, "{run}");
+            assert_eq!(number(run, "server_relayed_bytes"), relayed_bytes, "{run}");
+            assert!(number(run, "mb_per_sec") > 0.0, "{run}");
+            assert!(number(run, "server_cpu_ms") >= 0.0, "{run}");
+            // The relay writes every byte once more on the recipient's connection.
+            assert!(number(run, "server_wchar_bytes") >= relayed_bytes, "{run}");
+        }
+    }
+    assert_eq!(
+        report["comparison"]["relayed_bytes_ratio"].as_f64(),
+        Some(0.0),
+        "{report}"
+    );
+    let io_ratio = report["comparison"]["io_bytes_ratio"].as_f64().expect("io ratio");
+    assert!(
+        io_ratio < 0.1,
+        "direct cost the server {io_ratio}× of the relay's bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_without_the_servers_numbers_still_checks_the_bytes() {
+    let server = TestServer::start_with(Store::Memory, &["--relay-bytes-per-sec-per-user", "0"]);
+    let report = bench(&[
+        "--server",
+        &server.addr,
+        "file",
+        "--size",
+        "100000",
+        "--relayed-by",
+        "no-direct",
+    ])
+    .await;
+    let relayed = &report["results"][1]["runs"][0];
+    assert_eq!(relayed["recipient_route"], "relayed", "{relayed}");
+    assert!(relayed.get("server_relayed_bytes").is_none(), "{relayed}");
+    assert!(relayed.get("server_io_bytes").is_none(), "{relayed}");
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("no --http") && notes.contains("no --server-pid"),
+        "{notes}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_fails_loudly_when_a_transfer_fails_or_outlasts_its_timeout() {
+    // The relay refuses a file this large and no direct path is tried.
+    let server = TestServer::start_with(Store::Memory, &["--relay-max-file-bytes", "1000"]);
+    let stderr = bench_failing(&[
+        "--server",
+        &server.addr,
+        "file",
+        "--size",
+        "100000",
+        "--relayed-by",
+        "no-direct",
+    ])
+    .await;
+    assert!(
+        stderr.contains("relayed transfer") && stderr.contains("does not relay a file this large"),
+        "{stderr}"
+    );
+    // A relay paced at 100 kB/s cannot move 1 MiB within a second.
+    let server = TestServer::start_with(Store::Memory, &["--relay-bytes-per-sec-per-user", "100000"]);
+    let stderr = bench_failing(&[
+        "--server",
+        &server.addr,
+        "file",
+        "--size",
+        "1M",
+        "--relayed-by",
+        "no-direct",
+        "--timeout",
+        "1",
+    ])
+    .await;
+    assert!(stderr.contains("did not finish within 1 s"), "{stderr}");
+}
+
+/// Runs the bench with `args`, expecting it to fail; its stderr.
+async fn bench_failing(args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        RUN_TIMEOUT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-bench"))
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("parley-bench {args:?} did not finish within {RUN_TIMEOUT:?}"))
+    .expect("run parley-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "parley-bench {args:?} succeeded: {stderr}");
+    stderr
+}
+
 /// A fresh directory for files a test writes.
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("parley-bench-test-{}", std::process::id()));
