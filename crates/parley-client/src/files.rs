@@ -386,9 +386,7 @@ pub async fn send_file(
     // still be reading.
     wait_verdict(client, offer_id, size).await?;
     drop(direct);
-    if let Some(ep) = ep {
-        ep.close().await;
-    }
+    close_later(ep);
     Ok(Done {
         offer_id,
         route,
@@ -396,6 +394,15 @@ pub async fn send_file(
         size,
         path: path.to_owned(),
     })
+}
+
+/// Closes the direct path's endpoint without making the caller wait for
+/// the close to drain (attempts that never got an answer take a second):
+/// the transfer is over and its verdict known.
+fn close_later(ep: Option<PeerEndpoint>) {
+    if let Some(ep) = ep {
+        tokio::spawn(async move { ep.close().await });
+    }
 }
 
 /// Tells the server (and so the other side) why this side stopped: an
@@ -610,9 +617,7 @@ pub async fn receive_file(
     tokio::fs::rename(&part, &target).await?;
     client.transfer_done(offer_id, v1::TransferResult::Complete, "").await?;
     client.ack(0, vec![seq]).await?;
-    if let Some(ep) = ep {
-        ep.close().await;
-    }
+    close_later(ep);
     Ok(Done {
         offer_id,
         route,
