@@ -469,7 +469,7 @@ async fn file_fails_loudly_when_a_transfer_fails_or_outlasts_its_timeout() {
     ])
     .await;
     assert!(
-        stderr.contains("relayed transfer") && stderr.contains("does not relay a file this large"),
+        stderr.contains("relayed transfer") && stderr.contains("cannot relay this transfer"),
         "{stderr}"
     );
     // A relay paced at 100 kB/s cannot move 1 MiB within a second.

@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parley_core::bus::{Holding, NodeId, Notice, Remote, Spent};
+use parley_core::files::{Outcome, PeerInfo, Role, Wire, WireKind};
 use parley_core::hub::CloseReason;
 use parley_core::store::StoredMessage;
 use parley_core::{ErrorKind, MessageId, Seq, UserId};
 
 /// The encoding's version; a frame of another version is refused (every
 /// process of a cluster runs the same one). 2: holdings carry a session
-/// count, and `Trim` exists.
-pub const VERSION: u8 = 2;
+/// count, and `Trim` exists. 3: `Transfer` exists.
+pub const VERSION: u8 = 3;
 
 /// One frame on the bus, with the node that sent it.
 #[derive(Clone, Debug)]
@@ -72,6 +73,13 @@ mod kind {
     pub const WATCH: u8 = 10;
     pub const SPENT: u8 = 11;
     pub const TRIM: u8 = 12;
+    pub const TRANSFER: u8 = 13;
+}
+
+mod transfer {
+    pub const JOIN: u8 = 1;
+    pub const READY: u8 = 2;
+    pub const ENDED: u8 = 3;
 }
 
 mod spent {
@@ -111,6 +119,7 @@ impl Frame {
             Body::Remote(Remote::Watch { .. }) => kind::WATCH,
             Body::Remote(Remote::Spent(_)) => kind::SPENT,
             Body::Remote(Remote::Trim { .. }) => kind::TRIM,
+            Body::Remote(Remote::Transfer(_)) => kind::TRANSFER,
             Body::Lag => kind::LAG,
         };
         out.put_u8(kind);
@@ -209,6 +218,7 @@ impl Frame {
                 out.put_u8(u8::from(*follow));
                 put_str(&mut out, contact_name);
             }
+            Body::Remote(Remote::Transfer(w)) => put_transfer(&mut out, w),
         }
         out.freeze()
     }
@@ -319,6 +329,7 @@ impl Frame {
                 },
                 other => return Err(DecodeError::Kind(other)),
             })),
+            kind::TRANSFER => Body::Remote(Remote::Transfer(Box::new(transfer_of(r)?))),
             kind::WATCH => {
                 let follower = UserId(u64_of(r)?);
                 let contact = UserId(u64_of(r)?);
@@ -408,6 +419,95 @@ fn str_of(r: &mut &[u8]) -> Result<String, DecodeError> {
     Ok(text)
 }
 
+fn put_transfer(out: &mut BytesMut, w: &Wire) {
+    out.put_u8(match w.kind {
+        WireKind::Join => transfer::JOIN,
+        WireKind::Ready => transfer::READY,
+        WireKind::Ended => transfer::ENDED,
+    });
+    out.put_u64_le(w.offer.0);
+    out.put_u64_le(w.node);
+    out.put_u8(u8::from(w.role == Role::Recipient));
+    out.put_u64_le(w.sender.0);
+    put_str(out, &w.sender_name);
+    out.put_u64_le(w.recipient.0);
+    put_str(out, &w.recipient_name);
+    out.put_u8(u8::try_from(w.info.candidates.len()).unwrap_or(u8::MAX));
+    for candidate in w.info.candidates.iter().take(usize::from(u8::MAX)) {
+        put_str(out, &candidate.to_string());
+    }
+    out.put_slice(&w.info.fingerprint);
+    out.put_slice(&w.token);
+    out.put_u64_le(w.resume_from);
+    out.put_u8(outcome_code(w.outcome));
+    put_str(out, &w.detail);
+}
+
+fn outcome_code(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Complete => 1,
+        Outcome::Refused => 2,
+        Outcome::HashMismatch => 3,
+        Outcome::PeerGone => 4,
+        Outcome::Cancelled => 5,
+        Outcome::Failed => 6,
+    }
+}
+
+fn transfer_of(r: &mut &[u8]) -> Result<Wire, DecodeError> {
+    let kind = match u8_of(r)? {
+        transfer::JOIN => WireKind::Join,
+        transfer::READY => WireKind::Ready,
+        transfer::ENDED => WireKind::Ended,
+        other => return Err(DecodeError::Kind(other)),
+    };
+    let offer = MessageId(u64_of(r)?);
+    let node = u64_of(r)?;
+    let role = if u8_of(r)? != 0 { Role::Recipient } else { Role::Sender };
+    let sender = UserId(u64_of(r)?);
+    let sender_name = str_of(r)?;
+    let recipient = UserId(u64_of(r)?);
+    let recipient_name = str_of(r)?;
+    let count = u8_of(r)?;
+    let mut candidates = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        candidates.push(str_of(r)?.parse().map_err(|_| DecodeError::Kind(0))?);
+    }
+    let mut fingerprint = [0u8; 32];
+    r.try_copy_to_slice(&mut fingerprint).map_err(|_| DecodeError::Short)?;
+    let mut token = [0u8; 32];
+    r.try_copy_to_slice(&mut token).map_err(|_| DecodeError::Short)?;
+    let resume_from = u64_of(r)?;
+    let outcome = match u8_of(r)? {
+        1 => Outcome::Complete,
+        2 => Outcome::Refused,
+        3 => Outcome::HashMismatch,
+        4 => Outcome::PeerGone,
+        5 => Outcome::Cancelled,
+        6 => Outcome::Failed,
+        other => return Err(DecodeError::Kind(other)),
+    };
+    let detail = str_of(r)?;
+    Ok(Wire {
+        kind,
+        offer,
+        node,
+        role,
+        sender,
+        sender_name,
+        recipient,
+        recipient_name,
+        info: PeerInfo {
+            candidates,
+            fingerprint,
+        },
+        token,
+        resume_from,
+        outcome,
+        detail,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +517,41 @@ mod tests {
         let decoded = Frame::decode(&frame.encode()).expect("decodes");
         assert_eq!(decoded.from, 42);
         decoded
+    }
+
+    #[test]
+    fn a_transfer_round_trips() {
+        let wire = Wire {
+            kind: WireKind::Ready,
+            offer: MessageId(77),
+            node: 9,
+            role: Role::Sender,
+            sender: UserId(1),
+            sender_name: "alice".into(),
+            recipient: UserId(2),
+            recipient_name: "bö".into(),
+            info: PeerInfo {
+                candidates: vec!["10.0.0.2:4000".parse().unwrap(), "[2001:db8::1]:4000".parse().unwrap()],
+                fingerprint: [5; 32],
+            },
+            token: [6; 32],
+            resume_from: 12_345,
+            outcome: Outcome::PeerGone,
+            detail: "gone".into(),
+        };
+        match round_trip(Body::Remote(Remote::Transfer(Box::new(wire.clone())))).body {
+            Body::Remote(Remote::Transfer(got)) => assert_eq!(*got, wire),
+            other => panic!("{other:?}"),
+        }
+        // Cut anywhere, it is an error, not a panic.
+        let bytes = Frame {
+            from: 1,
+            body: Body::Remote(Remote::Transfer(Box::new(wire))),
+        }
+        .encode();
+        for end in 0..bytes.len() {
+            assert!(Frame::decode(&bytes[..end]).is_err(), "cut at {end}");
+        }
     }
 
     #[test]

@@ -238,7 +238,7 @@ pub async fn hash_file(path: &Path) -> std::io::Result<(u64, [u8; 32])> {
 /// The idempotency key of an offer: the same file offered to the same
 /// account again is the same offer (so running `send-file` again after an
 /// interruption resumes it instead of offering it twice).
-fn offer_key(to: &str, name: &str, size: u64, sha256: &[u8; 32]) -> String {
+pub fn offer_key(to: &str, name: &str, size: u64, sha256: &[u8; 32]) -> String {
     let mut h = Sha256::new();
     h.update(parley_core::name::name_key(to).as_bytes());
     h.update([0]);
@@ -445,7 +445,9 @@ async fn send_bytes(
     }
     if !ready.relay {
         return Err(FileError::Failed(
-            "no direct path worked and the server does not relay a file this large".into(),
+            "no direct path worked, and the server cannot relay this transfer (the file is larger than its \
+             relay allows, or the other side is connected to another server process)"
+                .into(),
         ));
     }
     progress(Progress::Started {

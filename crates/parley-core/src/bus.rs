@@ -110,6 +110,9 @@ pub enum Remote {
         contact_name: Arc<str>,
         follow: bool,
     },
+    /// A file transfer whose sides are in different processes (sent to
+    /// the processes holding the other side's account).
+    Transfer(Box<crate::files::Wire>),
 }
 
 /// One use of a limit that holds across the cluster. Each process counts

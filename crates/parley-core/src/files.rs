@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use tokio::sync::mpsc;
 
+use crate::bus::{NodeId, Remote};
 use crate::error::CoreError;
+use crate::hub::Hub;
 use crate::ids::{MessageId, UserId};
 use crate::sync::lock;
 
@@ -297,6 +299,9 @@ struct Pair {
     resume_from: u64,
     /// The offset the next relayed chunk must start at.
     relay_next: u64,
+    /// The process holding the other side, when the meeting was made
+    /// across the bus (no relay then: it needs both sides here).
+    remote_peer: Option<NodeId>,
 }
 
 /// Who joins.
@@ -304,6 +309,44 @@ struct Pair {
 pub enum Role {
     Sender,
     Recipient,
+}
+
+/// What crosses the bus for a transfer whose two sides are connected to
+/// different server processes (see [`Transfers::from_bus`]). One shape for
+/// the three kinds; each uses the fields it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wire {
+    pub kind: WireKind,
+    pub offer: MessageId,
+    /// The process that sent it, for the answer.
+    pub node: NodeId,
+    /// Join: the joining side's role. Ready: the role of the side it is for.
+    pub role: Role,
+    pub sender: UserId,
+    pub sender_name: String,
+    pub recipient: UserId,
+    pub recipient_name: String,
+    /// Join: the joining side's reach. Ready: the other side's.
+    pub info: PeerInfo,
+    /// Ready: the meeting's token.
+    pub token: [u8; 32],
+    /// Ready: where the bytes start.
+    pub resume_from: u64,
+    /// Ended: how.
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+/// What a [`Wire`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireKind {
+    /// A side joined there: the process holding the other side answers
+    /// (the recipient's process makes the meeting).
+    Join,
+    /// The meeting is made: for the waiting side there.
+    Ready,
+    /// The transfer ended (or the offer was refused) on the sender's end.
+    Ended,
 }
 
 /// A join: who the caller is, what the offer is.
@@ -336,6 +379,8 @@ pub struct Transfers {
     /// in debt) and when that was computed.
     budgets: Mutex<HashMap<UserId, (f64, Instant)>>,
     next_side: AtomicU64,
+    /// Where the other processes are, for meetings across them.
+    hub: Arc<Hub>,
     /// Counters for metrics.
     pub relayed_bytes: AtomicU64,
     pub completed: AtomicU64,
@@ -343,12 +388,13 @@ pub struct Transfers {
 }
 
 impl Transfers {
-    pub fn new(settings: TransferSettings) -> Transfers {
+    pub fn new(settings: TransferSettings, hub: Arc<Hub>) -> Transfers {
         Transfers {
             settings,
             pairs: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             next_side: AtomicU64::new(1),
+            hub,
             relayed_bytes: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             started: AtomicU64::new(0),
@@ -413,6 +459,7 @@ impl Transfers {
             started: false,
             resume_from: 0,
             relay_next: 0,
+            remote_peer: None,
         });
         let matches = pair.sender == join.sender && pair.recipient == join.recipient;
         match join.role {
@@ -465,8 +512,133 @@ impl Transfers {
             pair.started = true;
             pair.relay_next = pair.resume_from;
             self.started.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(node) = self.node() {
+            // The other side may be waiting in another process: tell the
+            // processes holding its account.
+            let peer = match join.role {
+                Role::Sender => pair.recipient,
+                Role::Recipient => pair.sender,
+            };
+            let wire = Wire {
+                kind: WireKind::Join,
+                node,
+                resume_from: pair.resume_from,
+                ..wire_of(join.offer_id, join.role, pair, &join.info)
+            };
+            self.send_to_holders(peer, &wire);
         }
         Ok(offer)
+    }
+
+    /// This process's id on the bus, when there is a bus.
+    fn node(&self) -> Option<NodeId> {
+        self.hub.bus().map(|b| b.node())
+    }
+
+    fn send_to(&self, node: NodeId, wire: Wire) {
+        if let Some(bus) = self.hub.bus() {
+            bus.send(node, Remote::Transfer(Box::new(wire)));
+        }
+    }
+
+    fn send_to_holders(&self, user: UserId, wire: &Wire) {
+        for node in self.hub.nodes_with_sessions(user) {
+            self.send_to(node, wire.clone());
+        }
+    }
+
+    /// What another process said about a transfer. The meeting is made by
+    /// the process holding the recipient's side (it has the offer from the
+    /// mailbox): a sender's join reaching it makes the meeting; a
+    /// recipient's join reaching the sender's process is answered with the
+    /// sender's own join. Anything that finds no waiting side here is
+    /// dropped (a `Ready` for a side that left is answered `Ended`).
+    pub fn from_bus(&self, wire: Wire) {
+        let Some(me) = self.node() else { return };
+        let mut pairs = lock(&self.pairs);
+        let Some(pair) = pairs.get_mut(&wire.offer) else {
+            return;
+        };
+        let same = pair.sender == wire.sender && pair.recipient == wire.recipient;
+        match (wire.kind, wire.role) {
+            (WireKind::Join, Role::Sender) if same && !pair.started => {
+                let (Some(r), Some(_)) = (&pair.recipient_side, &pair.offer) else {
+                    return;
+                };
+                let mut token = [0u8; 32];
+                rand::rng().fill_bytes(&mut token);
+                let _ = r.senders.control.send(TransferEvent::Ready {
+                    offer: wire.offer,
+                    peer: wire.sender_name.clone(),
+                    info: wire.info.clone(),
+                    token,
+                    resume_from: pair.resume_from,
+                    relay: false,
+                    relay_bytes_per_sec: self.settings.relay_bytes_per_sec,
+                });
+                let answer = Wire {
+                    kind: WireKind::Ready,
+                    node: me,
+                    token,
+                    resume_from: pair.resume_from,
+                    ..wire_of(wire.offer, Role::Sender, pair, &r.info)
+                };
+                pair.started = true;
+                pair.remote_peer = Some(wire.node);
+                self.started.fetch_add(1, Ordering::Relaxed);
+                drop(pairs);
+                self.send_to(wire.node, answer);
+            }
+            (WireKind::Join, Role::Recipient) if same && !pair.started => {
+                if let Some(s) = &pair.sender_side {
+                    let answer = Wire {
+                        kind: WireKind::Join,
+                        node: me,
+                        ..wire_of(wire.offer, Role::Sender, pair, &s.info)
+                    };
+                    drop(pairs);
+                    self.send_to(wire.node, answer);
+                }
+            }
+            (WireKind::Ready, Role::Sender) if same && !pair.started => match &pair.sender_side {
+                Some(s) => {
+                    let _ = s.senders.control.send(TransferEvent::Ready {
+                        offer: wire.offer,
+                        peer: wire.recipient_name.clone(),
+                        info: wire.info.clone(),
+                        token: wire.token,
+                        resume_from: wire.resume_from,
+                        relay: false,
+                        relay_bytes_per_sec: self.settings.relay_bytes_per_sec,
+                    });
+                    pair.started = true;
+                    pair.remote_peer = Some(wire.node);
+                }
+                None => {
+                    let gone = Wire {
+                        kind: WireKind::Ended,
+                        node: me,
+                        outcome: Outcome::PeerGone,
+                        detail: "the sender left before the meeting".into(),
+                        ..wire
+                    };
+                    drop(pairs);
+                    self.send_to(gone.node, gone);
+                }
+            },
+            (WireKind::Ended, _) if same && (!pair.started || pair.remote_peer == Some(wire.node)) => {
+                if let Some(pair) = pairs.remove(&wire.offer) {
+                    for side in [pair.sender_side, pair.recipient_side].into_iter().flatten() {
+                        let _ = side.senders.control.send(TransferEvent::Ended {
+                            offer: wire.offer,
+                            outcome: wire.outcome,
+                            detail: wire.detail.clone(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Ends `offer` from `side`'s end (its report, or its connection
@@ -491,6 +663,15 @@ impl Transfers {
                     outcome,
                     detail: detail.to_owned(),
                 });
+            } else if let (Some(node), Some(me)) = (pair.remote_peer, self.node()) {
+                let wire = Wire {
+                    kind: WireKind::Ended,
+                    node: me,
+                    outcome,
+                    detail: detail.to_owned(),
+                    ..wire_of(offer, Role::Sender, pair, &PeerInfo::default())
+                };
+                self.send_to(node, wire);
             }
             if outcome == Outcome::Complete {
                 self.completed.fetch_add(1, Ordering::Relaxed);
@@ -502,16 +683,36 @@ impl Transfers {
         Ok(())
     }
 
-    /// The recipient refused `offer`: a waiting sender is told.
-    pub fn refuse(&self, offer: MessageId) {
+    /// `recipient` refused `offer` from `sender`: a waiting sender is
+    /// told, here or in another process.
+    pub fn refuse(&self, offer: MessageId, sender: (UserId, &str), recipient: (UserId, &str)) {
+        let detail = format!("{} refused the file", recipient.1);
         if let Some(pair) = lock(&self.pairs).remove(&offer)
-            && let Some(sender) = pair.sender_side
+            && let Some(side) = pair.sender_side
         {
-            let _ = sender.senders.control.send(TransferEvent::Ended {
+            let _ = side.senders.control.send(TransferEvent::Ended {
                 offer,
                 outcome: Outcome::Refused,
-                detail: format!("{} refused the file", pair.recipient_name),
+                detail: detail.clone(),
             });
+        }
+        if let Some(node) = self.node() {
+            let wire = Wire {
+                kind: WireKind::Ended,
+                offer,
+                node,
+                role: Role::Recipient,
+                sender: sender.0,
+                sender_name: sender.1.to_owned(),
+                recipient: recipient.0,
+                recipient_name: recipient.1.to_owned(),
+                info: PeerInfo::default(),
+                token: [0; 32],
+                resume_from: 0,
+                outcome: Outcome::Refused,
+                detail,
+            };
+            self.send_to_holders(sender.0, &wire);
         }
     }
 
@@ -535,6 +736,11 @@ impl Transfers {
             .get_mut(&offer)
             .filter(|p| p.started && p.sender_side.as_ref().is_some_and(|s| s.id == side))
             .ok_or_else(no_such_offer)?;
+        if pair.remote_peer.is_some() {
+            return Err(CoreError::invalid(
+                "the other side is connected to another server process; the relay needs both on one",
+            ));
+        }
         let (Some(recipient), Some(file)) = (&pair.recipient_side, &pair.offer) else {
             return Err(no_such_offer());
         };
@@ -588,6 +794,26 @@ impl Transfers {
         } else {
             now + Duration::from_secs_f64(-left / rate)
         }
+    }
+}
+
+/// A [`Wire`] about `pair` for the side of `role`, with `info`; the caller
+/// sets the kind, the node and what the kind needs.
+fn wire_of(offer: MessageId, role: Role, pair: &Pair, info: &PeerInfo) -> Wire {
+    Wire {
+        kind: WireKind::Join,
+        offer,
+        node: 0,
+        role,
+        sender: pair.sender,
+        sender_name: pair.sender_name.clone(),
+        recipient: pair.recipient,
+        recipient_name: pair.recipient_name.clone(),
+        info: info.clone(),
+        token: [0; 32],
+        resume_from: 0,
+        outcome: Outcome::Failed,
+        detail: String::new(),
     }
 }
 
@@ -657,7 +883,7 @@ mod tests {
 
     #[test]
     fn both_sides_get_each_others_details_once_both_joined() {
-        let t = Arc::new(Transfers::new(settings()));
+        let t = Arc::new(Transfers::new(settings(), Arc::new(Hub::default())));
         let (mut alice, mut bob) = (t.inbox(), t.inbox());
         t.join(side(&alice), join(Role::Sender, 1, None)).expect("sender joins");
         assert!(ready(&mut alice).is_none());
@@ -673,7 +899,7 @@ mod tests {
 
     #[test]
     fn a_stranger_claiming_the_offer_is_thrown_out_and_never_hears_ready() {
-        let t = Arc::new(Transfers::new(settings()));
+        let t = Arc::new(Transfers::new(settings(), Arc::new(Hub::default())));
         let (mut mallory, bob, mut alice) = (t.inbox(), t.inbox(), t.inbox());
         t.join(side(&mallory), join(Role::Sender, 3, None))
             .expect("a claim is taken");
@@ -695,7 +921,7 @@ mod tests {
 
     #[test]
     fn relayed_chunks_must_follow_each_other_and_stay_in_the_file() {
-        let t = Arc::new(Transfers::new(settings()));
+        let t = Arc::new(Transfers::new(settings(), Arc::new(Hub::default())));
         let (alice, bob) = (t.inbox(), t.inbox());
         t.join(side(&alice), join(Role::Sender, 1, None)).expect("sender");
         t.join(side(&bob), join(Role::Recipient, 1, Some(offer(10))))
@@ -717,7 +943,7 @@ mod tests {
 
     #[test]
     fn a_side_leaving_a_started_transfer_tells_the_other() {
-        let t = Arc::new(Transfers::new(settings()));
+        let t = Arc::new(Transfers::new(settings(), Arc::new(Hub::default())));
         let (alice, mut bob) = (t.inbox(), t.inbox());
         t.join(side(&alice), join(Role::Sender, 1, None)).expect("sender");
         t.join(side(&bob), join(Role::Recipient, 1, Some(offer(10))))
@@ -736,10 +962,13 @@ mod tests {
 
     #[test]
     fn the_relay_pace_is_a_debt_waited_out() {
-        let t = Arc::new(Transfers::new(TransferSettings {
-            relay_bytes_per_sec: 1000,
-            ..settings()
-        }));
+        let t = Arc::new(Transfers::new(
+            TransferSettings {
+                relay_bytes_per_sec: 1000,
+                ..settings()
+            },
+            Arc::new(Hub::default()),
+        ));
         let now = Instant::now();
         assert_eq!(t.spend(UserId(1), 1000, now), now, "one second's worth is free");
         let at = t.spend(UserId(1), 500, now);

@@ -192,7 +192,13 @@ pub struct Hub {
     /// Where uses of cluster-wide limits told by other processes are
     /// counted (the service's limiters).
     spent_here: OnceLock<SpentSink>,
+    /// Where file transfers told by other processes go (the service's
+    /// rendezvous).
+    transfers_here: OnceLock<TransferSink>,
 }
+
+/// Takes a file transfer's news from another process.
+pub type TransferSink = Box<dyn Fn(crate::files::Wire) + Send + Sync>;
 
 /// Counts a use of a limit that another process told of.
 pub type SpentSink = Box<dyn Fn(Spent) + Send + Sync>;
@@ -209,6 +215,7 @@ impl Default for Hub {
             directory: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             bus: OnceLock::new(),
             spent_here: OnceLock::new(),
+            transfers_here: OnceLock::new(),
         }
     }
 }
@@ -365,7 +372,7 @@ impl Hub {
     }
 
     /// The other processes holding sessions of `user`.
-    fn nodes_with_sessions(&self, user: UserId) -> Vec<NodeId> {
+    pub fn nodes_with_sessions(&self, user: UserId) -> Vec<NodeId> {
         if self.bus.get().is_none() {
             return Vec::new();
         }
@@ -380,6 +387,11 @@ impl Hub {
         for node in self.nodes_with_sessions(user) {
             bus.send(node, event());
         }
+    }
+
+    /// Where file-transfer news from other processes goes (once).
+    pub fn receive_transfers_with(&self, sink: TransferSink) {
+        let _ = self.transfers_here.set(sink);
     }
 
     /// Sets where uses of limits told by other processes are counted (once).
@@ -400,6 +412,11 @@ impl Hub {
     /// What the bus brought from another process.
     pub fn from_bus(&self, event: Remote) {
         match event {
+            Remote::Transfer(wire) => {
+                if let Some(sink) = self.transfers_here.get() {
+                    sink(*wire);
+                }
+            }
             Remote::Spent(spent) => {
                 if let Some(sink) = self.spent_here.get() {
                     sink(spent);

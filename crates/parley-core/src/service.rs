@@ -298,12 +298,21 @@ impl Service {
             limits.send_rate_per_account.saturating_mul(SEND_BURST_SECONDS),
             MAX_TRACKED_SENDERS,
         );
-        let transfers = Arc::new(Transfers::new(TransferSettings {
-            max_file_bytes: limits.max_file_bytes,
-            relay_max_file_bytes: limits.relay_max_file_bytes,
-            relay_bytes_per_sec: limits.relay_bytes_per_sec_per_user,
-        }));
         let hub = Arc::new(Hub::default());
+        let transfers = Arc::new(Transfers::new(
+            TransferSettings {
+                max_file_bytes: limits.max_file_bytes,
+                relay_max_file_bytes: limits.relay_max_file_bytes,
+                relay_bytes_per_sec: limits.relay_bytes_per_sec_per_user,
+            },
+            Arc::clone(&hub),
+        ));
+        let rendezvous = Arc::downgrade(&transfers);
+        hub.receive_transfers_with(Box::new(move |wire| {
+            if let Some(transfers) = rendezvous.upgrade() {
+                transfers.from_bus(wire);
+            }
+        }));
         let deliver = Arc::clone(&hub);
         store.on_stored(OnStored::new(move |message| deliver.deliver(message)));
         Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
@@ -1193,7 +1202,9 @@ impl Session {
         let (user, name) = (self.user, self.name.clone());
         async move {
             let (message, offer) = found.await?;
-            service.transfers.refuse(message.id);
+            service
+                .transfers
+                .refuse(message.id, (message.sender, &message.sender_name), (user, &name));
             service.store.delete_messages(user, vec![message.id]).await?;
             let notice = format!("refused your file {} (offer {})", offer.name, message.id.0);
             let client_msg_id = format!("refused-{}", message.id.0);

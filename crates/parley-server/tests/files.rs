@@ -425,3 +425,82 @@ async fn bad_offers_and_chunks_are_refused_and_store_nothing() {
     // The server is still serving.
     alice.send("bob", "still here").await.unwrap();
 }
+
+/// Two nodes of one service (PostgreSQL and NATS): skipped, saying why,
+/// when the services are absent (failing under PARLEY_REQUIRE_SERVICES=1).
+fn two_nodes() -> Option<(parley_testkit::cluster::Cluster, TestServer, TestServer)> {
+    let cluster = parley_testkit::cluster::Cluster::create()?;
+    let a = cluster.node(&["--relay-bytes-per-sec-per-user", "0"]);
+    let b = cluster.node(&["--relay-bytes-per-sec-per-user", "0"]);
+    Some((cluster, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_nodes_meet_through_the_bus_and_go_directly() {
+    let Some((_cluster, a, b)) = two_nodes() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let source = random_file(dir.path(), "across.bin", 1 << 20);
+    let alice = Arc::new(a.user("alice").await);
+    let bob = b.user("bob").await;
+
+    let sending = send_in_background(&alice, "bob", &source, loopback());
+    let seq = offer_seq(&bob).await;
+    let got = receive(&bob, seq, inbox.path(), &loopback()).await.expect("received");
+    let sent = sending.await.unwrap().expect("sent");
+    assert_eq!((got.route, sent.route), (Route::Direct, Route::Direct));
+    same_bytes(&source, &got.path);
+
+    // The recipient first this time, the sender after: the meeting is made
+    // either way round.
+    let second = random_file(dir.path(), "second.bin", 100_000);
+    let (size, sha) = files::hash_file(&second).await.unwrap();
+    // The offer as `send_file` makes it (its key), so that the sender's
+    // command below serves this same offer.
+    let key = files::offer_key("bob", "second.bin", size, &sha);
+    let offer = alice.offer_file("bob", &key, "second.bin", size, &sha).await.unwrap();
+    let receiving = {
+        let out = inbox.path().to_owned();
+        tokio::spawn(async move { receive(&bob, offer.seq, &out, &loopback()).await })
+    };
+    // deliberate: the recipient's join goes first and waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = send_in_background(&alice, "bob", &second, loopback()).await.unwrap();
+    let got = receiving.await.unwrap().expect("received second");
+    assert_eq!(sent.expect("sent second").offer_id, offer.message_id);
+    same_bytes(&second, &got.path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_nodes_a_refusal_reaches_the_sender_and_a_blocked_path_fails_with_a_reason() {
+    let Some((_cluster, a, b)) = two_nodes() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let alice = Arc::new(a.user("alice").await);
+    let bob = b.user("bob").await;
+
+    let refused = random_file(dir.path(), "refused.bin", 1000);
+    let sending = send_in_background(&alice, "bob", &refused, loopback());
+    let seq = offer_seq(&bob).await;
+    // deliberate: alice's join reaches the bus before bob refuses.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bob.refuse_file(seq).await.unwrap();
+    assert!(matches!(sending.await.unwrap(), Err(FileError::Refused)));
+
+    // No direct path, and the relay needs both sides on one process.
+    let blocked_file = random_file(dir.path(), "blocked.bin", 1000);
+    let (hole_a, hole_b) = (
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    let sending = send_in_background(&alice, "bob", &blocked_file, blocked(&hole_a));
+    let seq = offer_seq(&bob).await;
+    let got = receive(&bob, seq, inbox.path(), &blocked(&hole_b)).await;
+    let sent = sending.await.unwrap();
+    match sent {
+        Err(FileError::Failed(why)) => assert!(why.contains("another server process"), "{why}"),
+        other => panic!("expected a failure with its reason, got {other:?}"),
+    }
+    assert!(got.is_err(), "{got:?}");
+    assert!(!inbox.path().join("blocked.bin").exists());
+}
