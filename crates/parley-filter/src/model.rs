@@ -1,0 +1,352 @@
+//! The model file: its binary format, loading it, and scoring with it.
+//!
+//! The format (all integers and floats little-endian):
+//!
+//! ```text
+//! magic        8 bytes  "PLYFLT01"
+//! hash_bits    u32      must equal features::HASH_BITS
+//! bias         f32
+//! quarantine   f32      recommended quarantine threshold, in [0, 1]
+//! reject       f32      recommended reject threshold, in [quarantine, 1]
+//! label_len    u16      then label_len bytes of UTF-8 (corpus, date, seed)
+//! count        u32      then count entries of (index u32, weight f32),
+//!                       indices strictly increasing and < FEATURE_SPACE
+//! checksum     u64      FNV-1a 64 of every byte before it
+//! ```
+//!
+//! Only non-zero weights are stored, so the file stays small; loading
+//! expands them into a dense table so that scoring is one lookup per
+//! feature.
+
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+use crate::features::{FEATURE_SPACE, Family, HASH_BITS, HASH_BUCKETS, for_each_feature};
+
+/// The first bytes of every model file.
+pub const MAGIC: &[u8; 8] = b"PLYFLT01";
+
+/// The longest label a model file may carry.
+pub const MAX_LABEL_BYTES: usize = 1024;
+
+/// The model trained and committed with this crate (see docs/MODEL.md).
+static BUILTIN_BYTES: &[u8] = include_bytes!("../model/spam.bin");
+
+/// Why model bytes could not be loaded.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    /// The bytes end before the format says they should.
+    #[error("model file is truncated (needed {needed} more bytes at offset {offset})")]
+    Truncated { offset: usize, needed: usize },
+    /// The bytes do not start with [`MAGIC`].
+    #[error("not a parley-filter model file (bad magic)")]
+    BadMagic,
+    /// The model was trained with another number of hash buckets.
+    #[error("model uses {found} hash bits, this build uses {expected}")]
+    HashBits { found: u32, expected: u32 },
+    /// The trailing checksum does not match the contents.
+    #[error("model file checksum mismatch: the file is corrupt")]
+    Checksum,
+    /// Bytes follow the checksum.
+    #[error("model file has {0} unexpected trailing bytes")]
+    TrailingBytes(usize),
+    /// A threshold, the bias or a weight is not a finite number in range.
+    #[error("model file has an invalid value: {0}")]
+    InvalidValue(&'static str),
+    /// A weight's index is out of range or not strictly increasing.
+    #[error("model file has a bad feature index {index} in entry {entry}")]
+    BadIndex { entry: u32, index: u32 },
+    /// The label is longer than [`MAX_LABEL_BYTES`] or not UTF-8.
+    #[error("model file has an invalid label")]
+    BadLabel,
+}
+
+/// A loaded spam model. Scoring is pure and deterministic: the same text
+/// and model always give the same score.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// One weight per feature index; zero where the file stores none.
+    weights: Vec<f32>,
+    /// The intercept of the logistic regression.
+    bias: f32,
+    /// The recommended threshold above which a message is quarantined.
+    quarantine_threshold: f32,
+    /// The recommended, stricter threshold above which it is rejected.
+    reject_threshold: f32,
+    /// What the training command wrote: corpus, training date, seed.
+    label: String,
+    /// `<label date>-<12 hex digits of the file's SHA-256>`; names the
+    /// model in logs, metrics and `parleyd ctl status`.
+    version: String,
+    /// How many non-zero weights the file stores.
+    non_zero: usize,
+}
+
+impl Model {
+    /// Loads a model from the bytes of a model file, checking everything:
+    /// a truncated or corrupt file is an error, never a panic.
+    pub fn load(bytes: &[u8]) -> Result<Model, ModelError> {
+        let mut reader = Reader { bytes, offset: 0 };
+        if reader.take(MAGIC.len())? != MAGIC {
+            return Err(ModelError::BadMagic);
+        }
+        let hash_bits = reader.u32()?;
+        if hash_bits != HASH_BITS {
+            return Err(ModelError::HashBits {
+                found: hash_bits,
+                expected: HASH_BITS,
+            });
+        }
+        let bias = finite(reader.f32()?, "bias")?;
+        let quarantine_threshold = reader.f32()?;
+        let reject_threshold = reader.f32()?;
+        if !(0.0..=1.0).contains(&quarantine_threshold) {
+            return Err(ModelError::InvalidValue("quarantine threshold"));
+        }
+        if !(quarantine_threshold..=1.0).contains(&reject_threshold) {
+            return Err(ModelError::InvalidValue("reject threshold"));
+        }
+        let label_len = usize::from(reader.u16()?);
+        if label_len > MAX_LABEL_BYTES {
+            return Err(ModelError::BadLabel);
+        }
+        let label = std::str::from_utf8(reader.take(label_len)?)
+            .map_err(|_| ModelError::BadLabel)?
+            .to_owned();
+        let count = reader.u32()?;
+        // Check the whole length before allocating, so a corrupt count
+        // cannot ask for gigabytes.
+        let entries_len = (count as usize).saturating_mul(8);
+        reader.ensure(entries_len.saturating_add(8))?;
+        let mut weights = vec![0.0f32; FEATURE_SPACE as usize];
+        let mut previous: Option<u32> = None;
+        for entry in 0..count {
+            let index = reader.u32()?;
+            let weight = finite(reader.f32()?, "weight")?;
+            if index >= FEATURE_SPACE || previous.is_some_and(|p| index <= p) {
+                return Err(ModelError::BadIndex { entry, index });
+            }
+            previous = Some(index);
+            if let Some(slot) = weights.get_mut(index as usize) {
+                *slot = weight;
+            }
+        }
+        let body_len = reader.offset;
+        let checksum = reader.u64()?;
+        if checksum != fnv1a64(&bytes[..body_len]) {
+            return Err(ModelError::Checksum);
+        }
+        if reader.offset != bytes.len() {
+            return Err(ModelError::TrailingBytes(bytes.len() - reader.offset));
+        }
+        let digest = Sha256::digest(bytes);
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let date = label
+            .split_whitespace()
+            .find(|word| looks_like_date(word))
+            .unwrap_or("undated");
+        let version = format!("{date}-{hex}");
+        Ok(Model {
+            weights,
+            bias,
+            quarantine_threshold,
+            reject_threshold,
+            label,
+            version,
+            non_zero: count as usize,
+        })
+    }
+
+    /// The model committed with this crate, loaded once. The crate's tests
+    /// load it, so an error here means a broken build, but it is still
+    /// returned rather than panicking.
+    pub fn builtin() -> Result<&'static Model, ModelError> {
+        static BUILTIN: OnceLock<Result<Model, ModelError>> = OnceLock::new();
+        BUILTIN
+            .get_or_init(|| Model::load(BUILTIN_BYTES))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The probability, in [0, 1], that `text` is spam. Only the first
+    /// [`crate::MAX_SCORED_BYTES`] bytes are read; no allocation.
+    pub fn score(&self, text: &str) -> f32 {
+        let mut word_sum = 0.0f32;
+        let mut char_sum = 0.0f32;
+        let counts = for_each_feature(text, |family, bucket| {
+            let weight = self.weights.get(bucket as usize).copied().unwrap_or(0.0);
+            match family {
+                Family::Word => word_sum += weight,
+                Family::Char => char_sum += weight,
+            }
+        });
+        let mut z = self.bias + word_sum * counts.scale(Family::Word) + char_sum * counts.scale(Family::Char);
+        for (k, value) in counts.dense.iter().enumerate() {
+            let index = HASH_BUCKETS as usize + k;
+            z += value * self.weights.get(index).copied().unwrap_or(0.0);
+        }
+        sigmoid(z)
+    }
+
+    /// Names this model: the training date from its label and the start of
+    /// the file's SHA-256, e.g. `2026-12-04-3fa2c1d09e7b`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The training command's description of the model (corpus, date, seed).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The recommended threshold for quarantining (chosen on a validation
+    /// split at training time; see docs/MODEL.md).
+    pub fn quarantine_threshold(&self) -> f32 {
+        self.quarantine_threshold
+    }
+
+    /// The recommended, stricter threshold for rejecting outright.
+    pub fn reject_threshold(&self) -> f32 {
+        self.reject_threshold
+    }
+
+    /// How many non-zero weights the model has.
+    pub fn non_zero_weights(&self) -> usize {
+        self.non_zero
+    }
+}
+
+/// What the training command needs to write a model file.
+#[derive(Clone, Debug)]
+pub struct ModelParts<'a> {
+    /// The intercept.
+    pub bias: f32,
+    /// The recommended quarantine threshold.
+    pub quarantine_threshold: f32,
+    /// The recommended reject threshold.
+    pub reject_threshold: f32,
+    /// Corpus, training date and seed, in words.
+    pub label: &'a str,
+    /// `(feature index, weight)`; zero weights are dropped, order does not matter.
+    pub weights: &'a [(u32, f32)],
+}
+
+/// Writes a model file. The result loads with [`Model::load`] when the
+/// parts are in range (thresholds in [0, 1], indices < FEATURE_SPACE).
+pub fn encode(parts: &ModelParts<'_>) -> Vec<u8> {
+    let mut weights: Vec<(u32, f32)> = parts.weights.iter().copied().filter(|(_, w)| *w != 0.0).collect();
+    weights.sort_by_key(|(index, _)| *index);
+    weights.dedup_by_key(|(index, _)| *index);
+    let label = parts.label.as_bytes();
+    let label = &label[..label.len().min(MAX_LABEL_BYTES)];
+    let mut out = Vec::with_capacity(64 + label.len() + weights.len() * 8);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&HASH_BITS.to_le_bytes());
+    out.extend_from_slice(&parts.bias.to_le_bytes());
+    out.extend_from_slice(&parts.quarantine_threshold.to_le_bytes());
+    out.extend_from_slice(&parts.reject_threshold.to_le_bytes());
+    out.extend_from_slice(&(label.len() as u16).to_le_bytes());
+    out.extend_from_slice(label);
+    out.extend_from_slice(&(weights.len() as u32).to_le_bytes());
+    for (index, weight) in &weights {
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(&weight.to_le_bytes());
+    }
+    let checksum = fnv1a64(&out);
+    out.extend_from_slice(&checksum.to_le_bytes());
+    out
+}
+
+fn sigmoid(z: f32) -> f32 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn finite(value: f32, what: &'static str) -> Result<f32, ModelError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(ModelError::InvalidValue(what))
+    }
+}
+
+fn looks_like_date(word: &str) -> bool {
+    let bytes = word.as_bytes();
+    bytes.len() == 10
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit())
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// A bounds-checked cursor over the model bytes.
+struct Reader<'a> {
+    /// The whole file.
+    bytes: &'a [u8],
+    /// How far it has been read.
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn ensure(&self, len: usize) -> Result<(), ModelError> {
+        let available = self.bytes.len().saturating_sub(self.offset);
+        if available < len {
+            return Err(ModelError::Truncated {
+                offset: self.offset,
+                needed: len - available,
+            });
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], ModelError> {
+        self.ensure(len)?;
+        let slice = self
+            .bytes
+            .get(self.offset..self.offset + len)
+            .ok_or(ModelError::Truncated {
+                offset: self.offset,
+                needed: len,
+            })?;
+        self.offset += len;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ModelError> {
+        let mut array = [0u8; N];
+        array.copy_from_slice(self.take(N)?);
+        Ok(array)
+    }
+
+    fn u16(&mut self) -> Result<u16, ModelError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, ModelError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, ModelError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn f32(&mut self) -> Result<f32, ModelError> {
+        Ok(f32::from_le_bytes(self.array()?))
+    }
+}
