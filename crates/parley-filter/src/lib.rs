@@ -21,4 +21,4 @@ pub mod features;
 mod model;
 
 pub use features::MAX_SCORED_BYTES;
-pub use model::{MAGIC, Model, ModelError, ModelParts, encode};
+pub use model::{MAGIC, Model, ModelError, ModelParts, encode, looks_like_date};

@@ -275,7 +275,9 @@ fn finite(value: f32, what: &'static str) -> Result<f32, ModelError> {
     }
 }
 
-fn looks_like_date(word: &str) -> bool {
+/// Whether `word` is written as a `YYYY-MM-DD` date, as a model's
+/// training date is (in its label, and on the trainer's command line).
+pub fn looks_like_date(word: &str) -> bool {
     let bytes = word.as_bytes();
     bytes.len() == 10
         && bytes[4] == b'-'

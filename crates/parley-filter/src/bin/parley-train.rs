@@ -13,7 +13,7 @@ use linfa::traits::Fit;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2};
 use parley_filter::features::{FEATURE_SPACE, Family, HASH_BUCKETS, for_each_feature};
-use parley_filter::{Model, ModelParts, encode};
+use parley_filter::{Model, ModelParts, encode, looks_like_date};
 
 /// The corpus folders and whether each holds spam.
 const GROUPS: [(&str, bool); 5] = [
@@ -522,17 +522,6 @@ fn chat_ham_lines(path: &Path, seed: u64, count: usize) -> Result<Vec<String>> {
         lines.push(line);
     }
     Ok(lines)
-}
-
-fn looks_like_date(word: &str) -> bool {
-    let bytes = word.as_bytes();
-    bytes.len() == 10
-        && bytes[4] == b'-'
-        && bytes[7] == b'-'
-        && bytes
-            .iter()
-            .enumerate()
-            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit())
 }
 
 /// A small seeded generator (splitmix64): its output is fixed by its
