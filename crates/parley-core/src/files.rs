@@ -14,10 +14,10 @@
 //! it ([`Transfers::relay`]).
 //!
 //! Who may join: the recipient's side is checked against its own mailbox
-//! (the offer must be there, from the sender it names); the sender's side is
-//! only as good as its claim until the recipient joins, and a claim that
-//! does not match the offer the recipient holds is thrown out then. So a
-//! stranger can neither accept someone else's offer nor serve it.
+//! (the offer must be there, from the sender it names), and a rendezvous is
+//! keyed by the offer and the account serving it. So a stranger can neither
+//! accept someone else's offer nor serve it: serving it, it waits alone and
+//! learns nothing, not even whether the offer is pending.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -53,6 +53,11 @@ pub const MAX_DETAIL_BYTES: usize = 256;
 pub const RELAY_QUEUE: usize = 8;
 /// Candidate addresses one side may announce.
 pub const MAX_CANDIDATES: usize = 16;
+
+/// A rendezvous is named by its offer and the account that made it, so an
+/// account serving someone else's offer id only ever waits alone: it never
+/// meets that offer's recipient, nor learns that the offer is pending.
+type Key = (MessageId, UserId);
 
 /// What an offer offers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,11 +237,11 @@ impl Inbox {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        let joined: Vec<MessageId> = lock(&self.side.joined).drain().collect();
-        for offer in joined {
-            let _ = self.side.registry.end(
+        let joined: Vec<Key> = lock(&self.side.joined).drain().collect();
+        for key in joined {
+            let _ = self.side.registry.end_key(
                 self.side.id,
-                offer,
+                key,
                 Outcome::PeerGone,
                 "the other side's connection ended",
             );
@@ -250,7 +255,7 @@ pub struct SideHandle {
     id: u64,
     senders: SideSenders,
     /// The transfers this connection has joined and not seen end.
-    joined: Arc<Mutex<HashSet<MessageId>>>,
+    joined: Arc<Mutex<HashSet<Key>>>,
     registry: Arc<Transfers>,
 }
 
@@ -265,7 +270,7 @@ impl SideHandle {
 
     /// The connection saw `offer` end.
     pub fn forget(&self, offer: MessageId) {
-        lock(&self.joined).remove(&offer);
+        lock(&self.joined).retain(|key| key.0 != offer);
     }
 }
 
@@ -374,7 +379,7 @@ pub struct RelayTicket {
 /// Every rendezvous of this server process.
 pub struct Transfers {
     settings: TransferSettings,
-    pairs: Mutex<HashMap<MessageId, Pair>>,
+    pairs: Mutex<HashMap<Key, Pair>>,
     /// Each account's relay budget: bytes it may still send now (negative:
     /// in debt) and when that was computed.
     budgets: Mutex<HashMap<UserId, (f64, Instant)>>,
@@ -432,8 +437,9 @@ impl Transfers {
     /// Joins `inbox`'s connection to a rendezvous. Returns the offer (when
     /// known) and whether the transfer started (Ready went to both).
     pub fn join(&self, me: &SideHandle, join: Join) -> Result<Option<FileOffer>, CoreError> {
+        let key = (join.offer_id, join.sender);
         let mut joined = lock(&me.joined);
-        if !joined.contains(&join.offer_id) && joined.len() >= MAX_TRANSFERS_PER_CONNECTION {
+        if !joined.contains(&key) && joined.len() >= MAX_TRANSFERS_PER_CONNECTION {
             return Err(CoreError::new(
                 crate::ErrorKind::LimitReached,
                 format!("a connection may take part in {MAX_TRANSFERS_PER_CONNECTION} transfers at once"),
@@ -448,7 +454,7 @@ impl Transfers {
             info: join.info.clone(),
         };
         let mut pairs = lock(&self.pairs);
-        let pair = pairs.entry(join.offer_id).or_insert_with(|| Pair {
+        let pair = pairs.entry(key).or_insert_with(|| Pair {
             sender: join.sender,
             sender_name: join.sender_name.clone(),
             recipient: join.recipient,
@@ -461,25 +467,24 @@ impl Transfers {
             relay_next: 0,
             remote_peer: None,
         });
-        let matches = pair.sender == join.sender && pair.recipient == join.recipient;
-        match join.role {
-            Role::Sender if !matches => return Err(no_such_offer()),
-            Role::Recipient if !matches => {
-                // The recipient's view is the checked one: a sender side
-                // that claimed another pairing was a stranger's.
-                if let Some(squatter) = pair.sender_side.take() {
-                    let _ = squatter.senders.control.send(TransferEvent::Ended {
-                        offer: join.offer_id,
-                        outcome: Outcome::Failed,
-                        detail: "no such offer".into(),
-                    });
+        if pair.recipient != join.recipient {
+            match join.role {
+                // The same account serving one offer to two recipients.
+                Role::Sender => return Err(no_such_offer()),
+                Role::Recipient => {
+                    // The recipient's view is the checked one: a sender
+                    // side that named someone else was not serving this.
+                    if let Some(stray) = pair.sender_side.take() {
+                        let _ = stray.senders.control.send(TransferEvent::Ended {
+                            offer: join.offer_id,
+                            outcome: Outcome::Failed,
+                            detail: "no such offer".into(),
+                        });
+                    }
+                    pair.recipient = join.recipient;
+                    pair.recipient_name = join.recipient_name.clone();
                 }
-                pair.sender = join.sender;
-                pair.sender_name = join.sender_name.clone();
-                pair.recipient = join.recipient;
-                pair.recipient_name = join.recipient_name.clone();
             }
-            _ => {}
         }
         if pair.started {
             return Err(CoreError::invalid("this transfer is already under way"));
@@ -492,7 +497,7 @@ impl Transfers {
                 pair.resume_from = join.resume_from;
             }
         }
-        joined.insert(join.offer_id);
+        joined.insert(key);
         let offer = pair.offer.clone();
         if let (Some(s), Some(r), Some(offer)) = (&pair.sender_side, &pair.recipient_side, &pair.offer) {
             let mut token = [0u8; 32];
@@ -555,11 +560,12 @@ impl Transfers {
     /// dropped (a `Ready` for a side that left is answered `Ended`).
     pub fn from_bus(&self, wire: Wire) {
         let Some(me) = self.node() else { return };
+        let key = (wire.offer, wire.sender);
         let mut pairs = lock(&self.pairs);
-        let Some(pair) = pairs.get_mut(&wire.offer) else {
+        let Some(pair) = pairs.get_mut(&key) else {
             return;
         };
-        let same = pair.sender == wire.sender && pair.recipient == wire.recipient;
+        let same = pair.recipient == wire.recipient;
         match (wire.kind, wire.role) {
             (WireKind::Join, Role::Sender) if same && !pair.started => {
                 let (Some(r), Some(_)) = (&pair.recipient_side, &pair.offer) else {
@@ -627,7 +633,7 @@ impl Transfers {
                 }
             },
             (WireKind::Ended, _) if same && (!pair.started || pair.remote_peer == Some(wire.node)) => {
-                if let Some(pair) = pairs.remove(&wire.offer) {
+                if let Some(pair) = pairs.remove(&key) {
                     for side in [pair.sender_side, pair.recipient_side].into_iter().flatten() {
                         let _ = side.senders.control.send(TransferEvent::Ended {
                             offer: wire.offer,
@@ -643,9 +649,16 @@ impl Transfers {
 
     /// Ends `offer` from `side`'s end (its report, or its connection
     /// closing): the other side is told, the rendezvous forgotten.
-    pub fn end(&self, side: u64, offer: MessageId, outcome: Outcome, detail: &str) -> Result<(), CoreError> {
+    pub fn end(&self, side: &SideHandle, offer: MessageId, outcome: Outcome, detail: &str) -> Result<(), CoreError> {
+        let key = lock(&side.joined).iter().find(|key| key.0 == offer).copied();
+        let key = key.ok_or_else(no_such_offer)?;
+        self.end_key(side.id, key, outcome, detail)
+    }
+
+    fn end_key(&self, side: u64, key: Key, outcome: Outcome, detail: &str) -> Result<(), CoreError> {
+        let offer = key.0;
         let mut pairs = lock(&self.pairs);
-        let Some(pair) = pairs.get_mut(&offer) else {
+        let Some(pair) = pairs.get_mut(&key) else {
             return Err(no_such_offer());
         };
         let (mine, other) = if pair.sender_side.as_ref().is_some_and(|s| s.id == side) {
@@ -676,9 +689,9 @@ impl Transfers {
             if outcome == Outcome::Complete {
                 self.completed.fetch_add(1, Ordering::Relaxed);
             }
-            pairs.remove(&offer);
+            pairs.remove(&key);
         } else if pair.sender_side.is_none() && pair.recipient_side.is_none() {
-            pairs.remove(&offer);
+            pairs.remove(&key);
         }
         Ok(())
     }
@@ -687,7 +700,7 @@ impl Transfers {
     /// told, here or in another process.
     pub fn refuse(&self, offer: MessageId, sender: (UserId, &str), recipient: (UserId, &str)) {
         let detail = format!("{} refused the file", recipient.1);
-        if let Some(pair) = lock(&self.pairs).remove(&offer)
+        if let Some(pair) = lock(&self.pairs).remove(&(offer, sender.0))
             && let Some(side) = pair.sender_side
         {
             let _ = side.senders.control.send(TransferEvent::Ended {
@@ -733,7 +746,7 @@ impl Transfers {
         }
         let mut pairs = lock(&self.pairs);
         let pair = pairs
-            .get_mut(&offer)
+            .get_mut(&(offer, user))
             .filter(|p| p.started && p.sender_side.as_ref().is_some_and(|s| s.id == side))
             .ok_or_else(no_such_offer)?;
         if pair.remote_peer.is_some() {
@@ -898,25 +911,24 @@ mod tests {
     }
 
     #[test]
-    fn a_stranger_claiming_the_offer_is_thrown_out_and_never_hears_ready() {
+    fn a_stranger_serving_someone_elses_offer_waits_alone_and_learns_nothing() {
         let t = Arc::new(Transfers::new(settings(), Arc::new(Hub::default())));
-        let (mut mallory, bob, mut alice) = (t.inbox(), t.inbox(), t.inbox());
+        let (mut mallory, mut bob, mut alice) = (t.inbox(), t.inbox(), t.inbox());
+        // mallory serves offer 9 (alice's): taken, as any join of her own.
         t.join(side(&mallory), join(Role::Sender, 3, None))
-            .expect("a claim is taken");
+            .expect("a join of her own");
         t.join(side(&bob), join(Role::Recipient, 1, Some(offer(10))))
             .expect("bob joins");
-        assert!(matches!(
-            mallory.control.try_recv(),
-            Ok(TransferEvent::Ended {
-                outcome: Outcome::Failed,
-                ..
-            })
-        ));
-        // And once the pair is the real one, the stranger is refused.
+        assert!(mallory.control.try_recv().is_err(), "mallory hears nothing");
+        assert!(bob.control.try_recv().is_err(), "bob does not meet mallory");
+        // A second join of hers is no different from the first.
         let again = t.inbox();
-        assert!(t.join(side(&again), join(Role::Sender, 3, None)).is_err());
+        t.join(side(&again), join(Role::Sender, 3, None))
+            .expect("still her own");
         t.join(side(&alice), join(Role::Sender, 1, None)).expect("alice joins");
         assert!(ready(&mut alice).is_some());
+        assert!(ready(&mut bob).is_some());
+        assert!(mallory.control.try_recv().is_err());
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl FileSide {
                 let mut detail = d.detail;
                 truncate(&mut detail, parley_core::files::MAX_DETAIL_BYTES);
                 let offer = MessageId(d.offer_id);
-                handle.registry().end(handle.id(), offer, outcome, &detail)?;
+                handle.registry().end(&handle, offer, outcome, &detail)?;
                 handle.forget(offer);
                 Ok(Box::pin(async move { frame(id, ended_body(offer, outcome, detail)) }))
             }
@@ -243,7 +243,7 @@ impl FileSide {
                 ),
                 _ => {
                     let detail = "the recipient stopped reading; the relay gave up";
-                    let _ = handle.registry().end(handle.id(), offer, Outcome::Failed, detail);
+                    let _ = handle.registry().end(&handle, offer, Outcome::Failed, detail);
                     handle.forget(offer);
                     core_error_frame(id, &CoreError::invalid(detail))
                 }
