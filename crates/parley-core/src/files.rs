@@ -288,6 +288,39 @@ struct Side {
     info: PeerInfo,
 }
 
+/// What both sides of one meeting are told alike.
+struct Meeting {
+    offer: MessageId,
+    token: [u8; 32],
+    resume_from: u64,
+    relay: bool,
+    relay_bytes_per_sec: u64,
+}
+
+impl Side {
+    /// Tells this side the meeting is made, with `peer` reachable at `info`.
+    fn ready(&self, meeting: &Meeting, peer: &str, info: &PeerInfo) {
+        let _ = self.senders.control.send(TransferEvent::Ready {
+            offer: meeting.offer,
+            peer: peer.to_owned(),
+            info: info.clone(),
+            token: meeting.token,
+            resume_from: meeting.resume_from,
+            relay: meeting.relay,
+            relay_bytes_per_sec: meeting.relay_bytes_per_sec,
+        });
+    }
+
+    /// Tells this side the transfer is over for it.
+    fn ended(&self, offer: MessageId, outcome: Outcome, detail: &str) {
+        let _ = self.senders.control.send(TransferEvent::Ended {
+            offer,
+            outcome,
+            detail: detail.to_owned(),
+        });
+    }
+}
+
 /// One offer's rendezvous.
 #[derive(Debug)]
 struct Pair {
@@ -475,11 +508,7 @@ impl Transfers {
                     // The recipient's view is the checked one: a sender
                     // side that named someone else was not serving this.
                     if let Some(stray) = pair.sender_side.take() {
-                        let _ = stray.senders.control.send(TransferEvent::Ended {
-                            offer: join.offer_id,
-                            outcome: Outcome::Failed,
-                            detail: "no such offer".into(),
-                        });
+                        stray.ended(join.offer_id, Outcome::Failed, "no such offer");
                     }
                     pair.recipient = join.recipient;
                     pair.recipient_name = join.recipient_name.clone();
@@ -500,23 +529,11 @@ impl Transfers {
         joined.insert(key);
         let offer = pair.offer.clone();
         if let (Some(s), Some(r), Some(offer)) = (&pair.sender_side, &pair.recipient_side, &pair.offer) {
-            let mut token = [0u8; 32];
-            rand::rng().fill_bytes(&mut token);
             let relay = self.settings.relay_max_file_bytes >= offer.size;
-            let ready = |peer: &str, info: &PeerInfo| TransferEvent::Ready {
-                offer: join.offer_id,
-                peer: peer.to_owned(),
-                info: info.clone(),
-                token,
-                resume_from: pair.resume_from,
-                relay,
-                relay_bytes_per_sec: self.settings.relay_bytes_per_sec,
-            };
-            let _ = s.senders.control.send(ready(&pair.recipient_name, &r.info));
-            let _ = r.senders.control.send(ready(&pair.sender_name, &s.info));
-            pair.started = true;
-            pair.relay_next = pair.resume_from;
-            self.started.fetch_add(1, Ordering::Relaxed);
+            let meeting = self.meeting(join.offer_id, pair.resume_from, relay);
+            s.ready(&meeting, &pair.recipient_name, &r.info);
+            r.ready(&meeting, &pair.sender_name, &s.info);
+            self.start(pair, None);
         } else if let Some(node) = self.node() {
             // The other side may be waiting in another process: tell the
             // processes holding its account.
@@ -533,6 +550,28 @@ impl Transfers {
             self.send_to_holders(peer, &wire);
         }
         Ok(offer)
+    }
+
+    /// A new meeting for `offer`, with its one token.
+    fn meeting(&self, offer: MessageId, resume_from: u64, relay: bool) -> Meeting {
+        let mut token = [0u8; 32];
+        rand::rng().fill_bytes(&mut token);
+        Meeting {
+            offer,
+            token,
+            resume_from,
+            relay,
+            relay_bytes_per_sec: self.settings.relay_bytes_per_sec,
+        }
+    }
+
+    /// Marks `pair` met (here, or with the other side in process
+    /// `remote`): from now on either side leaving ends it.
+    fn start(&self, pair: &mut Pair, remote: Option<NodeId>) {
+        pair.started = true;
+        pair.relay_next = pair.resume_from;
+        pair.remote_peer = remote;
+        self.started.fetch_add(1, Ordering::Relaxed);
     }
 
     /// This process's id on the bus, when there is a bus.
@@ -571,27 +610,16 @@ impl Transfers {
                 let (Some(r), Some(_)) = (&pair.recipient_side, &pair.offer) else {
                     return;
                 };
-                let mut token = [0u8; 32];
-                rand::rng().fill_bytes(&mut token);
-                let _ = r.senders.control.send(TransferEvent::Ready {
-                    offer: wire.offer,
-                    peer: wire.sender_name.clone(),
-                    info: wire.info.clone(),
-                    token,
-                    resume_from: pair.resume_from,
-                    relay: false,
-                    relay_bytes_per_sec: self.settings.relay_bytes_per_sec,
-                });
+                let meeting = self.meeting(wire.offer, pair.resume_from, false);
+                r.ready(&meeting, &wire.sender_name, &wire.info);
                 let answer = Wire {
                     kind: WireKind::Ready,
                     node: me,
-                    token,
-                    resume_from: pair.resume_from,
+                    token: meeting.token,
+                    resume_from: meeting.resume_from,
                     ..wire_of(wire.offer, Role::Sender, pair, &r.info)
                 };
-                pair.started = true;
-                pair.remote_peer = Some(wire.node);
-                self.started.fetch_add(1, Ordering::Relaxed);
+                self.start(pair, Some(wire.node));
                 drop(pairs);
                 self.send_to(wire.node, answer);
             }
@@ -608,15 +636,14 @@ impl Transfers {
             }
             (WireKind::Ready, Role::Sender) if same && !pair.started => match &pair.sender_side {
                 Some(s) => {
-                    let _ = s.senders.control.send(TransferEvent::Ready {
+                    let meeting = Meeting {
                         offer: wire.offer,
-                        peer: wire.recipient_name.clone(),
-                        info: wire.info.clone(),
                         token: wire.token,
                         resume_from: wire.resume_from,
                         relay: false,
                         relay_bytes_per_sec: self.settings.relay_bytes_per_sec,
-                    });
+                    };
+                    s.ready(&meeting, &wire.recipient_name, &wire.info);
                     pair.started = true;
                     pair.remote_peer = Some(wire.node);
                 }
@@ -635,11 +662,7 @@ impl Transfers {
             (WireKind::Ended, _) if same && (!pair.started || pair.remote_peer == Some(wire.node)) => {
                 if let Some(pair) = pairs.remove(&key) {
                     for side in [pair.sender_side, pair.recipient_side].into_iter().flatten() {
-                        let _ = side.senders.control.send(TransferEvent::Ended {
-                            offer: wire.offer,
-                            outcome: wire.outcome,
-                            detail: wire.detail.clone(),
-                        });
+                        side.ended(wire.offer, wire.outcome, &wire.detail);
                     }
                 }
             }
@@ -671,11 +694,7 @@ impl Transfers {
         *mine = None;
         if pair.started {
             if let Some(other) = other.take() {
-                let _ = other.senders.control.send(TransferEvent::Ended {
-                    offer,
-                    outcome,
-                    detail: detail.to_owned(),
-                });
+                other.ended(offer, outcome, detail);
             } else if let (Some(node), Some(me)) = (pair.remote_peer, self.node()) {
                 let wire = Wire {
                     kind: WireKind::Ended,
@@ -703,11 +722,7 @@ impl Transfers {
         if let Some(pair) = lock(&self.pairs).remove(&(offer, sender.0))
             && let Some(side) = pair.sender_side
         {
-            let _ = side.senders.control.send(TransferEvent::Ended {
-                offer,
-                outcome: Outcome::Refused,
-                detail: detail.clone(),
-            });
+            side.ended(offer, Outcome::Refused, &detail);
         }
         if let Some(node) = self.node() {
             let wire = Wire {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parley_core::files::{Inbox, Join, Outcome, PeerInfo, RELAY_WINDOW, Role, SideHandle, TransferEvent};
+use parley_core::files::{Inbox, Join, Outcome, PeerInfo, RELAY_WINDOW, Role, TransferEvent};
 use parley_core::{CoreError, MessageId, Seq, Service, Session};
 use parley_proto::ServerFrame;
 use parley_proto::v1::{self, client_frame, server_frame::Body};
@@ -117,15 +117,15 @@ impl FileSide {
                 })
             })
             .as_mut();
-        let handle = me.inbox.side().clone();
         let user = session.user();
-        let my_name = session.name().to_owned();
-        // Only what the caller's presence rights show: an offer must not
-        // reveal whether someone who never shared presence is online.
-        let online = {
-            let service = Arc::clone(service);
-            move |peer| service.hub().sees(user, peer) && service.hub().is_online(peer)
+        // The relay's chunks, the one frequent request, need nothing else.
+        let body = match body {
+            B::RelayChunk(c) => return me.relay(user, id, c),
+            other => other,
         };
+        let handle = me.inbox.side().clone();
+        let my_name = session.name().to_owned();
+        let online = seen_online(service, user);
         match body {
             B::OfferFile(o) => {
                 let sent = session.offer_file(&o.to, &o.client_msg_id, &o.name, o.size, &o.sha256)?;
@@ -196,21 +196,15 @@ impl FileSide {
                 handle.forget(offer);
                 Ok(Box::pin(async move { frame(id, ended_body(offer, outcome, detail)) }))
             }
-            B::RelayChunk(c) => me.relay(&handle, user, id, c),
             _ => Err(CoreError::invalid("not a file request")),
         }
     }
 
     /// Checks a relayed chunk and passes it on after the one before it, at
     /// the account's relay pace.
-    fn relay(
-        &mut self,
-        handle: &SideHandle,
-        user: parley_core::UserId,
-        id: u64,
-        c: v1::RelayChunk,
-    ) -> Result<Reply, CoreError> {
+    fn relay(&mut self, user: parley_core::UserId, id: u64, c: v1::RelayChunk) -> Result<Reply, CoreError> {
         let offer = MessageId(c.offer_id);
+        let handle = self.inbox.side();
         let ticket = handle
             .registry()
             .relay(handle.id(), user, offer, c.offset, c.data.len())?;
@@ -250,6 +244,13 @@ impl FileSide {
             }
         }))
     }
+}
+
+/// Whether `peer` is online as `user` may know it: only what presence by
+/// consent shows, so an offer reveals nobody's presence.
+fn seen_online(service: &Arc<Service>, user: parley_core::UserId) -> impl Fn(parley_core::UserId) -> bool + use<> {
+    let service = Arc::clone(service);
+    move |peer| service.hub().sees(user, peer) && service.hub().is_online(peer)
 }
 
 /// Whether a request is a file request (answered by [`FileSide::start`]).

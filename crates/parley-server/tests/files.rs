@@ -101,6 +101,28 @@ async fn receive(bob: &Client, seq: u64, out: &Path, options: &Options) -> Resul
         .expect("the recipient finishes in time")
 }
 
+/// alice sends `source` to bob (options `send`), bob takes the offer into
+/// `inbox` (options `take`); both must finish, on the same route, with the
+/// same bytes. Returns the route.
+async fn transfer(
+    alice: &Arc<Client>,
+    bob: &Client,
+    source: &Path,
+    inbox: &Path,
+    send: Options,
+    take: Options,
+) -> Route {
+    let sending = send_in_background(alice, "bob", source, send);
+    let seq = offer_seq(bob).await;
+    let got = receive(bob, seq, inbox, &take).await.expect("received");
+    let sent = sending.await.unwrap().expect("sent");
+    assert_eq!(got.route, sent.route, "both sides saw the same route");
+    assert_eq!(got.offer_id, sent.offer_id);
+    assert_eq!(got.path, inbox.join(source.file_name().unwrap()));
+    same_bytes(source, &got.path);
+    got.route
+}
+
 fn same_bytes(a: &Path, b: &Path) {
     assert!(
         std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
@@ -132,14 +154,8 @@ async fn a_file_goes_directly_between_two_clients_and_arrives_whole() {
     let alice = Arc::new(server.user("alice").await);
     let bob = server.user("bob").await;
 
-    let sending = send_in_background(&alice, "bob", &source, loopback());
-    let seq = offer_seq(&bob).await;
-    let got = receive(&bob, seq, inbox.path(), &loopback()).await.expect("received");
-    let sent = sending.await.unwrap().expect("sent");
-
-    assert_eq!((got.route, sent.route), (Route::Direct, Route::Direct));
-    assert_eq!(got.path, inbox.path().join("photo.jpg"));
-    same_bytes(&source, &got.path);
+    let route = transfer(&alice, &bob, &source, inbox.path(), loopback(), loopback()).await;
+    assert_eq!(route, Route::Direct);
     assert!(!inbox.path().join("photo.jpg.part").exists());
     assert_eq!(relayed_bytes(&server).await, 0, "nothing went through the server");
     // The offer is read once the file is in.
@@ -159,15 +175,8 @@ async fn with_the_direct_path_blocked_the_server_relays_the_bytes() {
     let alice = Arc::new(server.user("alice").await);
     let bob = server.user("bob").await;
 
-    let sending = send_in_background(&alice, "bob", &source, blocked(&hole_a));
-    let seq = offer_seq(&bob).await;
-    let got = receive(&bob, seq, inbox.path(), &blocked(&hole_b))
-        .await
-        .expect("received");
-    let sent = sending.await.unwrap().expect("sent");
-
-    assert_eq!((got.route, sent.route), (Route::Relayed, Route::Relayed));
-    same_bytes(&source, &got.path);
+    let route = transfer(&alice, &bob, &source, inbox.path(), blocked(&hole_a), blocked(&hole_b)).await;
+    assert_eq!(route, Route::Relayed);
     assert_eq!(relayed_bytes(&server).await, (1 << 20) + 12_345);
 }
 
@@ -452,12 +461,8 @@ async fn clients_on_two_nodes_meet_through_the_bus_and_go_directly() {
     let alice = Arc::new(a.user("alice").await);
     let bob = b.user("bob").await;
 
-    let sending = send_in_background(&alice, "bob", &source, loopback());
-    let seq = offer_seq(&bob).await;
-    let got = receive(&bob, seq, inbox.path(), &loopback()).await.expect("received");
-    let sent = sending.await.unwrap().expect("sent");
-    assert_eq!((got.route, sent.route), (Route::Direct, Route::Direct));
-    same_bytes(&source, &got.path);
+    let route = transfer(&alice, &bob, &source, inbox.path(), loopback(), loopback()).await;
+    assert_eq!(route, Route::Direct);
 
     // The recipient first this time, the sender after: the meeting is made
     // either way round.
