@@ -126,12 +126,21 @@ pub enum Command {
     /// Send a message
     Send(SendArgs),
     /// Show unread messages, oldest first, and mark them read; `read 5`
-    /// shows at most 5, `read --last 5` the 5 newest, read or not
+    /// shows at most 5, `read --last 5` the 5 newest, read or not, `read
+    /// --spam` the spam folder
     Read(ReadArgs),
     /// List accounts matching a wildcard pattern (* any run, ? one character)
     List(ListArgs),
-    /// Delete messages from your own mailbox
+    /// Delete messages from your own mailbox, or with --spam from your spam
+    /// folder
     Delete(DeleteArgs),
+    /// "Not spam": move messages from your spam folder (the spam ids that
+    /// `read --spam` shows) into your mailbox, where each gets a new number
+    /// and is delivered as usual; the server's filter learns from it
+    Release(ReleaseArgs),
+    /// Move messages from your mailbox (the #SEQ that `read` shows) to your
+    /// spam folder; the server's filter learns from it
+    ReportSpam(ReportSpamArgs),
     /// Delete your account and its mailbox, for good (proves the password again)
     DeleteAccount(DeleteAccountArgs),
     /// Change your password: proves the current one, sends credentials made
@@ -268,12 +277,19 @@ pub struct ReadArgs {
     /// How many messages to show [default: 10]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE))]
     pub limit: Option<u32>,
-    /// Only messages numbered (#SEQ) above this
+    /// Only messages numbered (#SEQ) above this; with --spam, spam ids above
+    /// this
     #[arg(long, default_value_t = 0, value_name = "SEQ")]
     pub after: u64,
     /// Include messages already read (and mark nothing read)
     #[arg(long)]
     pub all: bool,
+    /// Show the spam folder instead of the mailbox: the messages the
+    /// server's filter held (or you reported), oldest first, with their
+    /// spam ids, the filter and its score; marks nothing read. `release ID`
+    /// moves one into the mailbox, `delete --spam ID` deletes it
+    #[arg(long, conflicts_with_all = ["last", "all", "no_ack"])]
+    pub spam: bool,
     /// The N newest messages, read or not, oldest first; those unread are
     /// marked read
     #[arg(long, value_name = "N", conflicts_with_all = ["count", "limit", "after", "all"],
@@ -299,18 +315,54 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
+    /// Message numbers: the `#SEQ` that `read` and `watch` show; with
+    /// --spam, the spam ids that `read --spam` shows
+    #[arg(required = true, num_args = 1.., value_name = "SEQ|ID", value_parser = parse_number)]
+    pub seqs: Vec<u64>,
+    /// Delete from the spam folder: the numbers are spam ids
+    #[arg(long)]
+    pub spam: bool,
+    /// With --spam: report the messages as spam before deleting them, so
+    /// the server's filter learns from them
+    #[arg(long, requires = "spam")]
+    pub report: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    /// Spam ids: the `spam #ID` that `read --spam` shows
+    #[arg(required = true, num_args = 1.., value_name = "ID", value_parser = parse_spam_id)]
+    pub ids: Vec<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportSpamArgs {
     /// Message numbers: the `#SEQ` that `read` and `watch` show
     #[arg(required = true, num_args = 1.., value_name = "SEQ", value_parser = parse_seq)]
     pub seqs: Vec<u64>,
 }
 
+/// A positive number, copied with or without its `#`.
+fn parse_hash_number(text: &str) -> Option<u64> {
+    let digits = text.strip_prefix('#').unwrap_or(text);
+    digits.parse::<u64>().ok().filter(|n| *n > 0)
+}
+
 /// `5` or `#5`: the number `read` shows, copied with or without its `#`.
 pub fn parse_seq(text: &str) -> Result<u64, String> {
-    let digits = text.strip_prefix('#').unwrap_or(text);
-    match digits.parse::<u64>() {
-        Ok(seq) if seq > 0 => Ok(seq),
-        _ => Err(format!("{text:?} is not a message number (the #SEQ that `read` shows)")),
-    }
+    parse_hash_number(text).ok_or_else(|| format!("{text:?} is not a message number (the #SEQ that `read` shows)"))
+}
+
+/// `3` or `#3`: the spam id `read --spam` shows (`spam #3`).
+pub fn parse_spam_id(text: &str) -> Result<u64, String> {
+    parse_hash_number(text).ok_or_else(|| format!("{text:?} is not a spam id (the spam #ID that `read --spam` shows)"))
+}
+
+/// A message number or, for `delete --spam`, a spam id.
+fn parse_number(text: &str) -> Result<u64, String> {
+    parse_hash_number(text).ok_or_else(|| {
+        format!("{text:?} is not a message number (the #SEQ that `read` shows, or with --spam the spam #ID)")
+    })
 }
 
 impl ReadArgs {
@@ -424,6 +476,34 @@ mod tests {
         let cli = Cli::try_parse_from(["parley", "delete", "#6", "7"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Delete(d)) if d.seqs == [6, 7]));
         assert!(Cli::try_parse_from(["parley", "delete", "x"]).is_err());
+    }
+
+    #[test]
+    fn spam_folder_commands_parse() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["parley"], args].concat()).map(|cli| cli.command);
+        assert!(matches!(
+            parse(&["read", "--spam", "3", "--after", "2"]),
+            Ok(Some(Command::Read(r))) if r.spam && r.limit() == 3 && r.after == 2
+        ));
+        for conflicting in ["--all", "--no-ack"] {
+            assert!(parse(&["read", "--spam", conflicting]).is_err(), "{conflicting}");
+        }
+        assert!(parse(&["read", "--spam", "--last", "2"]).is_err());
+        assert!(matches!(
+            parse(&["release", "#3", "4"]),
+            Ok(Some(Command::Release(r))) if r.ids == [3, 4]
+        ));
+        assert!(parse(&["release"]).is_err());
+        assert!(matches!(
+            parse(&["report-spam", "5"]),
+            Ok(Some(Command::ReportSpam(r))) if r.seqs == [5]
+        ));
+        assert!(matches!(
+            parse(&["delete", "--spam", "--report", "#2"]),
+            Ok(Some(Command::Delete(d))) if d.spam && d.report && d.seqs == [2]
+        ));
+        assert!(parse(&["delete", "--report", "2"]).is_err());
+        assert!(parse(&["release", "spam"]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! Output contract: human text on stdout, or with `--json` exactly one JSON
 //! document on stdout (`watch`: one JSON object per line). Errors go to
 //! stderr and are printed by `main`. A command that partly succeeded
-//! (`delete` with unknown ids) prints its result and returns a non-zero
+//! (`delete`, `release`, `report-spam` with unknown ids) prints its result and returns a non-zero
 //! [`Exit`] instead of an error.
 
 use std::io::Read;
@@ -22,8 +22,9 @@ use crate::cli::{
 };
 use crate::exit::{Exit, Failure, server_code};
 use crate::format::{
-    account_line, contact_line, count, message_json, message_line, out, out_json, presence_approved_line,
-    presence_json, presence_line, presence_request_line, printable, sent_line, subscription_name,
+    account_line, contact_line, count, held_sent_line, message_json, message_line, out, out_json,
+    presence_approved_line, presence_json, presence_line, presence_request_line, printable, sent_line,
+    subscription_name,
 };
 use crate::reconnect::{Delivery, End, Link, is_disconnect};
 use crate::session::{self, Credentials, timed};
@@ -161,10 +162,15 @@ pub async fn send(ctx: &mut Invocation, args: &SendArgs) -> anyhow::Result<Exit>
             "timestamp_ms": receipt.timestamp_ms,
             "client_msg_id": receipt.client_msg_id,
             "duplicate": receipt.duplicate,
+            "held": receipt.held,
             "body": body,
         }))?;
     } else {
-        out(&sent_line(&info.name, &args.to, receipt.timestamp_ms, &body))?;
+        if receipt.held {
+            out(&held_sent_line(&args.to))?;
+        } else {
+            out(&sent_line(&info.name, &args.to, receipt.timestamp_ms, &body))?;
+        }
         if receipt.duplicate {
             out("(already sent earlier with this --id; not stored again)")?;
         }
@@ -271,6 +277,9 @@ async fn read_last(
 
 /// `parley read`
 pub async fn read(ctx: &mut Invocation, args: &ReadArgs) -> anyhow::Result<Exit> {
+    if args.spam {
+        return crate::spam::read(ctx, args).await;
+    }
     let (client, info) = ctx.open().await?;
     if let Some(n) = args.last {
         return read_last(ctx, &client, &info, args, n).await;
@@ -424,6 +433,9 @@ pub fn numbers(seqs: &[u64]) -> String {
 
 /// `parley delete SEQ...`
 pub async fn delete(ctx: &mut Invocation, args: &DeleteArgs) -> anyhow::Result<Exit> {
+    if args.spam {
+        return crate::spam::delete(ctx, args).await;
+    }
     let (client, _info) = ctx.open().await?;
     let result = delete_by_seq(&client, &args.seqs).await?;
     if ctx.json {

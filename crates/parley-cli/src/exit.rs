@@ -9,9 +9,9 @@
 //! | 1 | any other error (protocol error, internal server error, local I/O) |
 //! | 2 | usage error or missing input (bad flags, no user/password, refused without `--yes`) |
 //! | 3 | authentication failed (wrong password or no such account; account deleted, also while connected) |
-//! | 4 | not found (`NO_SUCH_USER`, `NOT_A_CONTACT`, or message ids not in the mailbox) |
+//! | 4 | not found (`NO_SUCH_USER`, `NOT_A_CONTACT`, or message ids not in the mailbox or the spam folder) |
 //! | 5 | name taken (`NAME_TAKEN`) |
-//! | 6 | input refused by the server (`INVALID_NAME`, `INVALID_REQUEST`, `MESSAGE_TOO_LARGE`, `INVALID_PATTERN`, `LIMIT_REACHED`) |
+//! | 6 | input refused by the server (`INVALID_NAME`, `INVALID_REQUEST`, `MESSAGE_TOO_LARGE`, `INVALID_PATTERN`, `LIMIT_REACHED`, `REJECTED` by the server's filter) |
 //! | 7 | server unavailable (connect failed, an HTTP port given for the native one, disconnected with `--no-reconnect`, `BUSY`, `SHUTTING_DOWN`, `TIMEOUT`, `RATE_LIMITED`) |
 //! | 8 | the server's certificate is not the pinned one (`--tofu`'s known_servers, or `--fingerprint`) |
 //! | 9 | TLS failed: the certificate is not trusted (system roots, `--ca`), the server does not speak TLS, or it speaks TLS and the address said plaintext |
@@ -27,10 +27,12 @@ Exit codes:
   1  any other error
   2  usage error or missing input (no user or password, delete-account without --yes)
   3  authentication failed (wrong password, or no such account; account deleted)
-  4  not found (no such user; not a contact; message ids not in the mailbox)
+  4  not found (no such user; not a contact; message ids not in the mailbox
+     or the spam folder)
   5  name taken
   6  input refused by the server (invalid name, request, pattern; message too large;
-     a limit such as the number of contacts reached)
+     a limit such as the number of contacts reached; a message the server's
+     filter rejected as spam or for a blocked phrase)
   7  server unavailable (cannot connect, busy, shutting down, rate limited;
      an HTTP port given for the native one; disconnected, with --no-reconnect)
   8  the server's certificate changed: it is not the one pinned in known_servers
@@ -72,6 +74,7 @@ pub fn exit_for_server_code(code: ErrorCode) -> Exit {
         | ErrorCode::UnsupportedMechanism
         | ErrorCode::LimitReached
         | ErrorCode::MailboxFull
+        | ErrorCode::Rejected
         | ErrorCode::RegistrationClosed
         | ErrorCode::InviteInvalid => Exit::Refused,
         ErrorCode::Busy
@@ -219,6 +222,7 @@ mod tests {
             (ErrorCode::Busy, Exit::Unavailable, "BUSY"),
             (ErrorCode::ShuttingDown, Exit::Unavailable, "SHUTTING_DOWN"),
             (ErrorCode::LimitReached, Exit::Refused, "LIMIT_REACHED"),
+            (ErrorCode::Rejected, Exit::Refused, "REJECTED"),
             (ErrorCode::RateLimited, Exit::Unavailable, "RATE_LIMITED"),
             (ErrorCode::AccountDeleted, Exit::Auth, "ACCOUNT_DELETED"),
             (ErrorCode::Internal, Exit::Other, "INTERNAL"),

@@ -78,6 +78,68 @@ pub fn sent_line(from: &str, to: &str, timestamp_ms: u64, body: &str) -> String 
     with_body(header, body)
 }
 
+/// What `send` prints when the server's filter held the message instead of
+/// delivering it: no number, since it is not in the recipient's mailbox.
+pub fn held_sent_line(to: &str) -> String {
+    let to = printable(to);
+    format!(
+        "held: the server's spam filter put your message to {to} in {to}'s spam folder; \
+         it is stored but not delivered until {to} releases it"
+    )
+}
+
+/// A message in the spam folder, as shown. parley-client hands out the
+/// wire type, which this crate cannot name; this is the part it shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeldMessage {
+    /// The spam id (`spam #ID`), the folder's own numbering.
+    pub id: u64,
+    pub from: String,
+    pub timestamp_ms: u64,
+    pub body: String,
+    /// Which filter put it there: `spam` (the classifier) or `reported`.
+    pub filter: String,
+    /// That filter's score, 0 to 1.
+    pub score: f32,
+}
+
+/// `spam #ID TIME FROM [FILTER SCORE]: BODY`, a multi-line body as
+/// indented lines (as [`message_line`]).
+pub fn held_line(m: &HeldMessage) -> String {
+    let header = format!(
+        "spam #{} {} {} [{} {:.2}]:",
+        m.id,
+        timestamp(m.timestamp_ms),
+        printable(&m.from),
+        printable(&m.filter),
+        m.score
+    );
+    with_body(header, &m.body)
+}
+
+/// The JSON object for one message of the spam folder.
+pub fn held_json(m: &HeldMessage) -> Value {
+    // Through its shortest decimal text, so 0.97 stays 0.97 and does not
+    // become 0.9700000286102295.
+    let score = m.score.to_string().parse::<f64>().unwrap_or(f64::from(m.score));
+    json!({
+        "id": m.id,
+        "from": m.from,
+        "timestamp_ms": m.timestamp_ms,
+        "body": m.body,
+        "filter": m.filter,
+        "score": score,
+    })
+}
+
+/// `spam #3, spam #4`
+pub fn spam_numbers(ids: &[u64]) -> String {
+    ids.iter()
+        .map(|id| format!("spam #{id}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The header, then the body's first line after a space and every other
 /// line indented below it.
 fn with_body(header: String, body: &str) -> String {
@@ -322,6 +384,26 @@ mod tests {
             sent_line("alice", "bob", 0, "one\ntwo"),
             "1970-01-01 00:00:00Z alice \u{2192} bob: one\n    two"
         );
+    }
+
+    #[test]
+    fn held_messages() {
+        set_times(Times::Utc);
+        let m = HeldMessage {
+            id: 3,
+            from: "mallory".into(),
+            timestamp_ms: 0,
+            body: "win\nnow".into(),
+            filter: "spam".into(),
+            score: 0.971,
+        };
+        assert_eq!(
+            held_line(&m),
+            "spam #3 1970-01-01 00:00:00Z mallory [spam 0.97]: win\n    now"
+        );
+        assert_eq!(held_json(&m)["score"], 0.971);
+        assert_eq!(spam_numbers(&[3, 4]), "spam #3, spam #4");
+        assert!(held_sent_line("bob").contains("in bob's spam folder"));
     }
 
     #[test]

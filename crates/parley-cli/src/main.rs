@@ -29,8 +29,9 @@
 //!
 //! Codemap: `cli` (flags), `settings` (config file and precedence),
 //! `session` (connect and log in), `reconnect` (backoff, resume, what was
-//! shown), `commands` (one-shot commands and `watch`), `shell`
-//! (interactive), `format` (how things look), `exit` (exit codes),
+//! shown), `commands` (one-shot commands and `watch`), `spam` (the spam
+//! folder: `read --spam`, `release`, `report-spam`, `delete --spam`),
+//! `shell` (interactive), `format` (how things look), `exit` (exit codes),
 //! `terminal` (questions on the terminal), `trust` (TLS: server addresses,
 //! CA files, pinned certificates and known_servers).
 #![forbid(unsafe_code)]
@@ -44,6 +45,7 @@ mod reconnect;
 mod session;
 mod settings;
 mod shell;
+mod spam;
 mod terminal;
 mod trust;
 
@@ -108,6 +110,8 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Exit> {
             Command::Read(args) => commands::read(&mut ctx, args).await,
             Command::List(args) => commands::list(&mut ctx, args).await,
             Command::Delete(args) => commands::delete(&mut ctx, args).await,
+            Command::Release(args) => spam::release_command(&mut ctx, args).await,
+            Command::ReportSpam(args) => spam::report_command(&mut ctx, args).await,
             Command::DeleteAccount(args) => commands::delete_account(&mut ctx, args).await,
             Command::Passwd => commands::passwd(&mut ctx).await,
             Command::Logout(args) => commands::logout(&mut ctx, args).await,

@@ -50,8 +50,8 @@ use crate::commands::{
 };
 use crate::exit::{Exit, Failure, classify, describe};
 use crate::format::{
-    account_line, contact_line, count, message_line, out, presence_approved_line, presence_line, presence_request_line,
-    printable, sent_line,
+    account_line, contact_line, count, held_line, held_sent_line, message_line, out, presence_approved_line,
+    presence_line, presence_request_line, printable, sent_line,
 };
 use crate::reconnect::{Delivery, End, Link, is_disconnect};
 use crate::session::{self, Credentials, timed};
@@ -82,6 +82,11 @@ commands:
   /last [N]         show the N newest messages (default 10), read or not
   /list [PATTERN]   list accounts (* marks who is online); * and ? are wildcards
   /delete SEQ...    delete messages from your mailbox (the #SEQ shown)
+  /spam [N]         show up to N messages of your spam folder (default 10):
+                    what the server's filter held, or you reported
+  /release ID...    not spam: move messages from the spam folder (the spam #ID
+                    shown) to your mailbox, where they are delivered
+  /report SEQ...    report messages as spam: they move to your spam folder
   /unread           how many messages are unread
   /contacts         list your contacts (* marks who is online)
   /add NAME         add a contact: its coming and going is shown
@@ -548,6 +553,9 @@ const CONNECTED_COMMANDS: &[&str] = &[
     "/last",
     "/list",
     "/delete",
+    "/spam",
+    "/release",
+    "/report",
     "/unread",
     "/contacts",
     "/add",
@@ -624,6 +632,9 @@ async fn execute_connected(
         "/last" => last(client, delivery, rest).await,
         "/list" => list(client, rest).await,
         "/delete" => delete(client, rest).await,
+        "/spam" => spam(client, rest).await,
+        "/release" => release(client, rest).await,
+        "/report" => report(client, rest).await,
         "/unread" => out(&count(unread(client).await?, "unread message")),
         "/contacts" => show_contacts(&timed("listing contacts", client.list_contacts()).await?),
         "/add" => show_contacts(&add_contact(client, one_name(rest, "/add NAME")?).await?),
@@ -851,6 +862,9 @@ async fn send_one(client: &Client, me: &str, outgoing: &Outgoing) -> anyhow::Res
         client.send_with_id(&outgoing.to, &outgoing.client_msg_id, &outgoing.body),
     )
     .await?;
+    if receipt.held {
+        return Ok(held_sent_line(&outgoing.to));
+    }
     Ok(sent_line(me, &outgoing.to, receipt.timestamp_ms, &outgoing.body))
 }
 
@@ -929,13 +943,7 @@ async fn list(client: &Client, pattern: &str) -> anyhow::Result<()> {
 
 /// `/delete SEQ...`
 async fn delete(client: &Client, rest: &str) -> anyhow::Result<()> {
-    let seqs = rest
-        .split_whitespace()
-        .map(crate::cli::parse_seq)
-        .collect::<Result<Vec<_>, _>>()
-        .ok()
-        .filter(|seqs| !seqs.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("usage: /delete SEQ... (the #SEQ of a message)"))?;
+    let seqs = numbers_of(rest, crate::cli::parse_seq, "/delete SEQ... (the #SEQ of a message)")?;
     let result = delete_by_seq(client, &seqs).await?;
     if !result.deleted.is_empty() {
         out(&format!("deleted {}", numbers(&result.deleted)))?;
@@ -944,4 +952,55 @@ async fn delete(client: &Client, rest: &str) -> anyhow::Result<()> {
         out(&format!("no message {} in your mailbox", numbers(&result.not_found)))?;
     }
     Ok(())
+}
+
+/// The numbers a command takes, parsed by `parse`; the usage when there
+/// are none or one does not parse.
+fn numbers_of(rest: &str, parse: fn(&str) -> Result<u64, String>, usage: &str) -> anyhow::Result<Vec<u64>> {
+    rest.split_whitespace()
+        .map(parse)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|numbers| !numbers.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("usage: {usage}"))
+}
+
+/// `/spam [N]`: the oldest N messages of the spam folder; acknowledges
+/// nothing.
+async fn spam(client: &Client, rest: &str) -> anyhow::Result<()> {
+    let limit = read_count(rest, "/spam [N]")?;
+    let (held, more) = crate::spam::held_page(client, 0, limit).await?;
+    for m in &held {
+        out(&held_line(m))?;
+    }
+    match held.last() {
+        None => out("no messages in your spam folder"),
+        Some(last) if more => out(&format!(
+            "(more after spam #{0}: parley read --spam --after {0})",
+            last.id
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Prints what a spam-folder command did; what was not found on stdout
+/// too, as `/delete` does.
+fn show_outcome((lines, missing): (Vec<String>, Option<String>)) -> anyhow::Result<()> {
+    lines.iter().chain(missing.iter()).try_for_each(|line| out(line))
+}
+
+/// `/release ID...`: the released messages are then pushed as new ones.
+async fn release(client: &Client, rest: &str) -> anyhow::Result<()> {
+    let ids = numbers_of(
+        rest,
+        crate::cli::parse_spam_id,
+        "/release ID... (the spam #ID that /spam shows)",
+    )?;
+    show_outcome(crate::spam::released_lines(&crate::spam::release(client, &ids).await?))
+}
+
+/// `/report SEQ...`
+async fn report(client: &Client, rest: &str) -> anyhow::Result<()> {
+    let seqs = numbers_of(rest, crate::cli::parse_seq, "/report SEQ... (the #SEQ of a message)")?;
+    show_outcome(crate::spam::reported_lines(&crate::spam::report(client, &seqs).await?))
 }

@@ -534,3 +534,98 @@ async fn shell_shows_a_file_offer_and_receives_it_in_the_background() {
         vec![42u8; 300_000]
     );
 }
+
+/// `/spam` lists the spam folder, `/release` delivers a held message (it is
+/// then pushed like any other), `/report` moves it back, and a message the
+/// shell sends that the filter holds says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_lists_releases_and_reports_spam() {
+    if !tmux_available("shell_lists_releases_and_reports_spam") {
+        return;
+    }
+    // The classifier on, holding every message and rejecting none.
+    let h = Harness::start_with(
+        Store::Memory,
+        &[
+            "--filter-model",
+            "builtin",
+            "--filter-hold-at",
+            "0",
+            "--filter-reject-at",
+            "2",
+        ],
+    );
+    h.user("alice").await;
+    let bob = h.user("bob").await;
+    let held = bob.send("alice", "not spam at all").await.expect("send");
+    assert!(held.held, "{held:?}");
+    let id = held.message_id;
+
+    let tmux = Tmux::start("spam", &shell_command(&h, "alice"));
+    tmux.wait_for("the prompt", |s| {
+        s.contains("logged in as alice; 0 unread messages") && last_line(s) == "alice>"
+    })
+    .await;
+
+    tmux.type_text("/help");
+    tmux.press("Enter");
+    tmux.wait_for("the help", |s| {
+        s.contains("/spam [N]") && s.contains("/release ID...") && s.contains("/report SEQ...")
+    })
+    .await;
+
+    tmux.type_text("/spam");
+    tmux.press("Enter");
+    let screen = tmux
+        .wait_for("the spam folder", |s| {
+            s.contains(&format!("spam #{id} ")) && last_line(s) == "alice>"
+        })
+        .await;
+    let line = screen
+        .lines()
+        .find(|l| l.starts_with(&format!("spam #{id} ")))
+        .unwrap_or_default()
+        .trim_end();
+    assert!(
+        line.contains(" bob [spam 0.") && line.ends_with("]: not spam at all"),
+        "{screen}"
+    );
+
+    // Released: the answer, then the message itself, pushed with its number.
+    tmux.type_text(&format!("/release {id}"));
+    tmux.press("Enter");
+    tmux.wait_for("the release and the push", |s| {
+        s.contains(&format!("released spam #{id}: it is #1 in your mailbox"))
+            && s.lines()
+                .any(|l| l.starts_with("#1 ") && l.trim_end().ends_with(" bob: not spam at all"))
+    })
+    .await;
+
+    tmux.type_text("/report 1");
+    tmux.press("Enter");
+    tmux.wait_for("the report", |s| {
+        s.contains("reported #1 as spam: it is spam #") && s.contains("in your spam folder")
+    })
+    .await;
+    tmux.type_text("/release 999");
+    tmux.press("Enter");
+    tmux.wait_for("an unknown id", |s| {
+        s.contains("no message spam #999 in your spam folder")
+    })
+    .await;
+
+    // A message alice sends is held too, and the shell says so.
+    tmux.type_text("@bob hello");
+    tmux.press("Enter");
+    tmux.wait_for("the held line", |s| {
+        s.contains("held: the server's spam filter put your message to bob in bob's spam folder")
+    })
+    .await;
+    let folder = bob.list_held(0, 10).await.expect("bob's spam folder");
+    assert_eq!(folder.messages.len(), 1);
+    assert_eq!(folder.messages[0].body, "hello");
+
+    tmux.type_text("/quit");
+    tmux.press("Enter");
+    tmux.wait_for("the exit", |s| s.contains("PARLEY-EXIT=0")).await;
+}

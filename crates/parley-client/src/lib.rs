@@ -216,6 +216,9 @@ pub struct SendReceipt {
     pub seq: u64,
     pub timestamp_ms: u64,
     pub duplicate: bool,
+    /// The server's filter held the message in the recipient's spam
+    /// folder: stored, not delivered (`message_id` is its spam-folder id).
+    pub held: bool,
 }
 
 /// The receipt a `Sent` reply carries (for a message or a file offer).
@@ -227,6 +230,7 @@ fn receipt(b: server_frame::Body) -> std::result::Result<SendReceipt, server_fra
             seq: s.seq,
             timestamp_ms: s.timestamp_ms,
             duplicate: s.duplicate,
+            held: s.held,
         }),
         other => Err(other),
     }
@@ -788,6 +792,45 @@ impl Client {
         .await
     }
 
+    /// Held messages of the spam folder with id > `after_id`, oldest first.
+    pub async fn list_held(&self, after_id: u64, limit: u32) -> Result<v1::HeldBatch> {
+        self.call(
+            client_frame::Body::ListHeld(v1::ListHeld { after_id, limit }),
+            |b| match b {
+                server_frame::Body::Held(h) => Ok(h),
+                other => Err(other),
+            },
+        )
+        .await
+    }
+
+    /// "Not spam": moves held messages into the mailbox.
+    pub async fn release_held(&self, ids: Vec<u64>) -> Result<v1::Released> {
+        self.call(client_frame::Body::ReleaseHeld(v1::ReleaseHeld { ids }), |b| match b {
+            server_frame::Body::Released(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Deletes held messages; with `spam`, reports them as spam first.
+    pub async fn drop_held(&self, ids: Vec<u64>, spam: bool) -> Result<v1::HeldDropped> {
+        self.call(client_frame::Body::DropHeld(v1::DropHeld { ids, spam }), |b| match b {
+            server_frame::Body::HeldDropped(d) => Ok(d),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Reports mailbox messages as spam: they move to the spam folder.
+    pub async fn report_spam(&self, seqs: Vec<u64>) -> Result<v1::SpamReported> {
+        self.call(client_frame::Body::ReportSpam(v1::ReportSpam { seqs }), |b| match b {
+            server_frame::Body::SpamReported(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
+    }
+
     /// One page of accounts matching `pattern`.
     pub async fn list_accounts(&self, pattern: &str, after: &str, limit: u32) -> Result<AccountPage> {
         self.call(
@@ -931,7 +974,10 @@ fn ping_frame() -> BytesMut {
 fn server_error(e: v1::Error) -> ClientError {
     ClientError::Server {
         code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
-        message: e.message,
+        message: match e.reason.as_str() {
+            "" => e.message,
+            reason => format!("{} [reason: {reason}]", e.message),
+        },
         retry_after_ms: e.retry_after_ms,
     }
 }

@@ -29,11 +29,12 @@ pub enum ErrorKind {
     RegistrationClosed,
     InviteInvalid,
     StorageUnavailable,
+    Rejected,
 }
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 22] = [
+    pub const ALL: [ErrorKind; 23] = [
         ErrorKind::InvalidRequest,
         ErrorKind::NotAuthenticated,
         ErrorKind::AlreadyAuthenticated,
@@ -56,6 +57,7 @@ impl ErrorKind {
         ErrorKind::RegistrationClosed,
         ErrorKind::InviteInvalid,
         ErrorKind::StorageUnavailable,
+        ErrorKind::Rejected,
     ];
 
     /// The kind with this stable name ([`ErrorKind::as_str`]).
@@ -88,6 +90,7 @@ impl ErrorKind {
             ErrorKind::RegistrationClosed => "REGISTRATION_CLOSED",
             ErrorKind::InviteInvalid => "INVITE_INVALID",
             ErrorKind::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            ErrorKind::Rejected => "REJECTED",
         }
     }
 }
@@ -116,6 +119,9 @@ pub struct CoreError {
     pub retry_after_ms: Option<u32>,
     /// Whether the request or the state it met is at fault.
     pub cause: Cause,
+    /// With [`ErrorKind::Rejected`]: the stable reason code (which filter
+    /// refused the message, [`crate::filter`]).
+    pub reason: Option<&'static str>,
 }
 
 impl CoreError {
@@ -125,6 +131,15 @@ impl CoreError {
             message: message.into(),
             retry_after_ms: None,
             cause: Cause::Request,
+            reason: None,
+        }
+    }
+
+    /// `REJECTED`: a filter refused the message; nothing was stored.
+    pub fn rejected(reason: &'static str, message: impl Into<String>) -> Self {
+        CoreError {
+            reason: Some(reason),
+            ..CoreError::new(ErrorKind::Rejected, message)
         }
     }
 

@@ -17,6 +17,7 @@ pub mod bus;
 pub mod delivery;
 pub mod error;
 pub mod files;
+pub mod filter;
 pub mod histogram;
 pub mod hub;
 pub mod ids;

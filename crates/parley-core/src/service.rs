@@ -23,6 +23,7 @@ use crate::bus::Spent;
 use crate::delivery::{Offer, PushWindow};
 use crate::error::{CoreError, ErrorKind};
 use crate::files::{FileOffer, TransferSettings, Transfers};
+use crate::filter::{FilterSettings, Filters, Judged, Verdict};
 use crate::hub::{CloseReason, Hub, SessionEvent, SessionFlags};
 use crate::ids::{MessageId, Seq, SessionId, UserId};
 use crate::limits::*;
@@ -31,8 +32,8 @@ use crate::presence::Subscription;
 use crate::rate::{TokenBuckets, WindowLimiter, retry_hint};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
-    AckRange, Appended, FetchPage, MailboxState, NewAccount, NewMessage, NewResumeToken, OnStored, Store, StoreError,
-    StoreReply, StoredMessage,
+    AckRange, Appended, FetchPage, FilterLabel, Held, HeldMessage, MailboxQuota, MailboxState, NewAccount, NewHeld,
+    NewMessage, NewResumeToken, OnStored, Store, StoreError, StoreReply, StoredMessage,
 };
 use crate::sync::lock;
 use crate::throttle::{Attempt, Throttle, ThrottleSettings};
@@ -120,6 +121,31 @@ pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest lifetime an invite may be given.
 pub const MAX_INVITE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How long a sender refused BUSY by a fail-closed filter is asked to wait.
+pub const FILTER_RETRY_AFTER_MS: u32 = 1_000;
+
+/// What a send came to: stored in the recipient's mailbox, or held in its
+/// spam folder by the filter pipeline.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The message as stored; when held, its id is the spam-folder id, its
+    /// seq is 0 and its body is left out.
+    pub message: Arc<StoredMessage>,
+    /// True when this client_msg_id had been stored (or held) before.
+    pub duplicate: bool,
+    /// True when the message went to the recipient's spam folder.
+    pub held: bool,
+}
+
+/// A send's store operation: submitted, waiting for a remote verdict, or
+/// refused by the pipeline.
+enum Step {
+    Append(StoreReply<Appended>),
+    Hold(StoreReply<Held>, StoredMessage),
+    Later(tokio::sync::oneshot::Receiver<Step>),
+    Refused(CoreError),
+}
+
 /// Everything the service needs besides its store.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -129,6 +155,8 @@ pub struct ServiceConfig {
     pub throttle: ThrottleSettings,
     /// Who may register.
     pub registration: RegistrationMode,
+    /// The filter pipeline on the send path ([`crate::filter`]).
+    pub filters: FilterSettings,
 }
 
 /// Monotonic counters, read by metrics and the shutdown log line.
@@ -173,6 +201,8 @@ pub struct Service {
     send_rate: TokenBuckets<UserId>,
     /// File transfers waiting for their other side, or under way.
     transfers: Arc<Transfers>,
+    /// The filter pipeline every sent message goes through.
+    filters: Arc<Filters>,
 }
 
 /// A login between its two SCRAM messages.
@@ -325,13 +355,14 @@ impl Service {
             Service {
                 store,
                 hub,
-                config,
                 next_session: AtomicU64::new(1),
                 counters: Counters::default(),
                 throttle,
                 registrations,
                 send_rate,
                 transfers,
+                filters: Arc::new(Filters::new(config.filters.clone())),
+                config,
             }
         })
     }
@@ -380,6 +411,11 @@ impl Service {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.config
+    }
+
+    /// The filter pipeline and its counters.
+    pub fn filters(&self) -> &Arc<Filters> {
+        &self.filters
     }
 
     pub fn counters(&self) -> &Counters {
@@ -492,10 +528,11 @@ impl Service {
 
     /// Stores a message from `sender` (named `sender_name`) for `to`, with
     /// every rule of [`Session::send`], which calls it: validation first,
-    /// admission before the append is built, the recipient's sessions
-    /// notified once it is durable. Front doors call it directly only for
-    /// messages from outside any account (the web pager), with a sender id
-    /// no account has and a name no account can have.
+    /// admission before the append is built, the filter pipeline, the
+    /// recipient's sessions notified once it is durable. Front doors call
+    /// it directly only for messages from outside any account (the web
+    /// pager), with a sender id no account has and a name no account can
+    /// have.
     pub fn send_from(
         self: &Arc<Self>,
         sender: UserId,
@@ -503,7 +540,32 @@ impl Service {
         to: &str,
         client_msg_id: &str,
         body: String,
-    ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
+    ) -> Result<impl Future<Output = Result<Accepted, CoreError>> + Send + 'static, CoreError> {
+        self.send_with(sender, sender_name, to, client_msg_id, body, true)
+    }
+
+    /// [`Service::send_from`] without the filter pipeline: for what the
+    /// operator sends (broadcasts), which no filter should hold back.
+    pub fn send_unfiltered(
+        self: &Arc<Self>,
+        sender: UserId,
+        sender_name: &str,
+        to: &str,
+        client_msg_id: &str,
+        body: String,
+    ) -> Result<impl Future<Output = Result<Accepted, CoreError>> + Send + 'static, CoreError> {
+        self.send_with(sender, sender_name, to, client_msg_id, body, false)
+    }
+
+    fn send_with(
+        self: &Arc<Self>,
+        sender: UserId,
+        sender_name: &str,
+        to: &str,
+        client_msg_id: &str,
+        body: String,
+        filtered: bool,
+    ) -> Result<impl Future<Output = Result<Accepted, CoreError>> + Send + 'static, CoreError> {
         // The message is checked before its recipient, so that a sender
         // who is not told whether the recipient exists (the pager) still
         // gets every error about what it sent.
@@ -527,41 +589,128 @@ impl Service {
         // Under a flood most sends are refused: refuse before building the
         // append (after validation, so bad input still gets its own error).
         self.store.check_new_work()?;
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let reply = self.store.append(NewMessage {
+        let message = NewMessage {
             sender,
             sender_name: sender_name.to_owned(),
             recipient_key: recipient.key().to_owned(),
             client_msg_id: client_msg_id.to_owned(),
             body,
-            timestamp_ms,
+            timestamp_ms: now_ms(),
             quota: self.config.limits.mailbox_quota(),
-        });
+        };
+        let step = if !filtered || !self.filters.active() {
+            Step::Append(self.store.append(message))
+        } else {
+            match self.filters.judge(&message.body) {
+                Judged::Now(verdict) => self.store_as(verdict, message),
+                Judged::Later => {
+                    // The store operation is submitted from the remote
+                    // scorer's answer, in the order messages were sent.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let service = Arc::clone(self);
+                    let body = message.body.clone();
+                    self.filters.judge_remote(
+                        body,
+                        Box::new(move |verdict| {
+                            let _ = tx.send(service.store_as(verdict, message));
+                        }),
+                    );
+                    Step::Later(rx)
+                }
+            }
+        };
         let service = Arc::clone(self);
         let to = to.to_owned();
         Ok(async move {
-            let appended = reply.await.map_err(|e| match e {
-                crate::store::StoreError::NoSuchUser => {
-                    CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}"))
-                }
-                crate::store::StoreError::MailboxFull => CoreError::new(
+            let step = match step {
+                Step::Later(rx) => rx
+                    .await
+                    .map_err(|_| CoreError::new(ErrorKind::ShuttingDown, "server is shutting down"))?,
+                step => step,
+            };
+            let not_stored = |e: StoreError| match e {
+                StoreError::NoSuchUser => CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")),
+                StoreError::MailboxFull => CoreError::new(
                     ErrorKind::MailboxFull,
                     format!("the mailbox of {to:?} is full; the message was not stored"),
                 ),
                 other => other.into(),
-            })?;
-            if appended.duplicate {
-                service.counters.messages_duplicate.fetch_add(1, Ordering::Relaxed);
-            } else {
-                service.counters.messages_stored.fetch_add(1, Ordering::Relaxed);
-                // Delivered by the store's hook (`on_stored`), in the order
-                // the store made messages durable.
+            };
+            match step {
+                Step::Append(reply) => {
+                    let appended = reply.await.map_err(not_stored)?;
+                    let counter = match appended.duplicate {
+                        true => &service.counters.messages_duplicate,
+                        // Delivered by the store's hook (`on_stored`), in
+                        // the order the store made messages durable.
+                        false => &service.counters.messages_stored,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    Ok(Accepted {
+                        message: appended.message,
+                        duplicate: appended.duplicate,
+                        held: false,
+                    })
+                }
+                Step::Hold(reply, mut message) => {
+                    let held = reply.await.map_err(not_stored)?;
+                    message.id = MessageId(held.id);
+                    message.recipient = held.recipient;
+                    message.timestamp_ms = held.timestamp_ms;
+                    Ok(Accepted {
+                        message: Arc::new(message),
+                        duplicate: held.duplicate,
+                        held: true,
+                    })
+                }
+                Step::Refused(error) => Err(error),
+                Step::Later(_) => Err(CoreError::new(ErrorKind::Internal, "message judged twice")),
             }
-            Ok(appended)
         })
+    }
+
+    /// Submits the store operation a verdict asks for.
+    fn store_as(&self, verdict: Verdict, message: NewMessage) -> Step {
+        match verdict {
+            Verdict::Accept => Step::Append(self.store.append(message)),
+            Verdict::Hold { filter, score } => {
+                // What the sender is answered with: the message as held.
+                let answer = StoredMessage {
+                    id: MessageId(0),
+                    recipient: UserId(0),
+                    seq: Seq(0),
+                    sender: message.sender,
+                    sender_name: message.sender_name.clone(),
+                    client_msg_id: message.client_msg_id.clone(),
+                    body: String::new(),
+                    timestamp_ms: message.timestamp_ms,
+                    acked: false,
+                };
+                let reply = self.store.hold(NewHeld {
+                    message,
+                    filter: filter.to_owned(),
+                    score,
+                    max_held: self.filters.settings().max_held,
+                });
+                Step::Hold(reply, answer)
+            }
+            Verdict::Reject { reason, score, .. } => Step::Refused(CoreError::rejected(
+                reason,
+                match score {
+                    Some(score) => {
+                        format!("the message looks like spam (score {score:.2}) and was refused; nothing was stored")
+                    }
+                    None => "the message contains a phrase this server does not accept; nothing was stored".to_owned(),
+                },
+            )),
+            Verdict::Unavailable => Step::Refused(
+                CoreError::new(
+                    ErrorKind::Busy,
+                    "the spam filter cannot score messages now; nothing was stored, try again later",
+                )
+                .with_retry_after(FILTER_RETRY_AFTER_MS),
+            ),
+        }
     }
 
     /// Takes a client-first-message and answers with a challenge. Unknown
@@ -985,6 +1134,44 @@ impl Drop for Session {
 }
 
 /// The answer for a name no account has (or an invalid one).
+/// The filter name of messages a recipient moved to its spam folder.
+pub const REPORTED: &str = "reported";
+
+/// Most ids one spam-folder request names.
+pub const MAX_SPAM_IDS: usize = 1_000;
+
+/// The ids of a spam-folder request, sorted and without repeats; refused
+/// when there are none or too many.
+fn check_ids(mut ids: Vec<u64>) -> Result<Vec<u64>, CoreError> {
+    if ids.is_empty() || ids.len() > MAX_SPAM_IDS {
+        return Err(CoreError::invalid(format!("name 1 to {MAX_SPAM_IDS} messages")));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The held message `id` of `user`'s spam folder, if it is there.
+async fn find_held(service: &Service, user: UserId, id: u64) -> Result<Option<HeldMessage>, CoreError> {
+    let found = service.store.held(user, id.saturating_sub(1), 1).await?;
+    Ok(found.into_iter().next().filter(|h| h.id == id))
+}
+
+/// Keeps a recipient's judgement of `body` as labelled data.
+async fn label(service: &Service, body: String, spam: bool, score: Option<f32>) -> Result<(), CoreError> {
+    service
+        .store
+        .add_label(FilterLabel {
+            id: 0,
+            body,
+            spam,
+            score,
+            marked_ms: now_ms(),
+        })
+        .await?;
+    Ok(())
+}
+
 fn no_such_user(name: &str) -> CoreError {
     CoreError::new(ErrorKind::NoSuchUser, format!("no such user {name:?}"))
 }
@@ -1131,7 +1318,7 @@ impl Session {
         to: &str,
         client_msg_id: &str,
         body: String,
-    ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
+    ) -> Result<impl Future<Output = Result<Accepted, CoreError>> + Send + 'static, CoreError> {
         if let Err(wait) = self.service.send_rate.take(&self.user, Instant::now()) {
             self.service.counters.sends_rate_limited.fetch_add(1, Ordering::Relaxed);
             return Err(CoreError::new(
@@ -1156,7 +1343,7 @@ impl Session {
         name: &str,
         size: u64,
         sha256: &[u8],
-    ) -> Result<impl Future<Output = Result<Appended, CoreError>> + Send + 'static, CoreError> {
+    ) -> Result<impl Future<Output = Result<Accepted, CoreError>> + Send + 'static, CoreError> {
         let offer = FileOffer::new(name, size, sha256, self.service.config.limits.max_file_bytes)?;
         self.send(to, client_msg_id, offer.body())
     }
@@ -1214,6 +1401,135 @@ impl Session {
             }
             Ok(message.id)
         }
+    }
+
+    /// Messages in this session's spam folder with id > `after`, oldest
+    /// first, at most `limit` (0: the default), and whether more follow.
+    pub fn held(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<impl Future<Output = Result<(Vec<HeldMessage>, bool), CoreError>> + Send + 'static, CoreError> {
+        let limit = check_limit(limit, DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT, "spam folder read")?;
+        let reply = self.service.store.held(self.user, after, limit.saturating_add(1));
+        Ok(async move {
+            let mut held = reply.await?;
+            let more = held.len() > limit as usize;
+            held.truncate(limit as usize);
+            Ok((held, more))
+        })
+    }
+
+    /// Moves held messages into the mailbox ("not spam"): each is stored
+    /// as sent, keeping its time, then leaves the spam folder, and its text
+    /// is kept as labelled data. Returns, per id released, its new seq;
+    /// ids not in the folder are left out. A release interrupted half way
+    /// is finished by releasing again (the store is idempotent on the
+    /// sender's client_msg_id).
+    pub fn release(
+        &self,
+        ids: Vec<u64>,
+    ) -> Result<impl Future<Output = Result<Vec<(u64, Seq)>, CoreError>> + Send + 'static, CoreError> {
+        let ids = check_ids(ids)?;
+        let service = Arc::clone(&self.service);
+        let (user, name) = (self.user, self.name.clone());
+        Ok(async move {
+            let mut released = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(held) = find_held(&service, user, id).await? else {
+                    continue;
+                };
+                let appended = service
+                    .store
+                    .append(NewMessage {
+                        sender: held.sender,
+                        sender_name: held.sender_name.clone(),
+                        recipient_key: name_key(&name),
+                        client_msg_id: held.client_msg_id.clone(),
+                        body: held.body.clone(),
+                        timestamp_ms: held.timestamp_ms,
+                        quota: service.config.limits.mailbox_quota(),
+                    })
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NoSuchUser => CoreError::refused_by_state(format!(
+                            "spam message {id} is from {:?}, whom you block; unblock them to release it",
+                            held.sender_name
+                        )),
+                        other => other.into(),
+                    })?;
+                service.store.drop_held(user, vec![id]).await?;
+                label(&service, held.body, false, Some(held.score)).await?;
+                released.push((id, appended.message.seq));
+            }
+            Ok(released)
+        })
+    }
+
+    /// Drops held messages from the spam folder; with `spam`, their texts
+    /// are kept as labelled spam first ("report spam"). Returns the ids
+    /// dropped.
+    pub fn drop_held(
+        &self,
+        ids: Vec<u64>,
+        spam: bool,
+    ) -> Result<impl Future<Output = Result<Vec<u64>, CoreError>> + Send + 'static, CoreError> {
+        let ids = check_ids(ids)?;
+        let service = Arc::clone(&self.service);
+        let user = self.user;
+        Ok(async move {
+            if spam {
+                for &id in &ids {
+                    if let Some(held) = find_held(&service, user, id).await? {
+                        label(&service, held.body, true, Some(held.score)).await?;
+                    }
+                }
+            }
+            Ok(service.store.drop_held(user, ids).await?)
+        })
+    }
+
+    /// Reports mailbox messages as spam: each is kept as labelled spam,
+    /// moved to the spam folder (filter `reported`) and deleted from the
+    /// mailbox. Returns, per seq reported, its spam-folder id; seqs not in
+    /// the mailbox are left out.
+    pub fn report_spam(
+        &self,
+        seqs: Vec<Seq>,
+    ) -> Result<impl Future<Output = Result<Vec<(Seq, u64)>, CoreError>> + Send + 'static, CoreError> {
+        let seqs = check_ids(seqs.into_iter().map(|s| s.0).collect())?;
+        let service = Arc::clone(&self.service);
+        let (user, name) = (self.user, self.name.clone());
+        Ok(async move {
+            let mut reported = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                let found = service.store.fetch(user, Seq(seq.saturating_sub(1)), 1, true).await?;
+                let Some(message) = found.into_iter().next().filter(|m| m.seq.0 == seq) else {
+                    continue;
+                };
+                label(&service, message.body.clone(), true, None).await?;
+                let held = service
+                    .store
+                    .hold(NewHeld {
+                        message: NewMessage {
+                            sender: message.sender,
+                            sender_name: message.sender_name,
+                            recipient_key: name_key(&name),
+                            client_msg_id: message.client_msg_id,
+                            body: message.body,
+                            timestamp_ms: message.timestamp_ms,
+                            quota: MailboxQuota::UNLIMITED,
+                        },
+                        filter: REPORTED.to_owned(),
+                        score: 1.0,
+                        max_held: service.filters.settings().max_held,
+                    })
+                    .await?;
+                service.store.delete_messages(user, vec![message.id]).await?;
+                reported.push((Seq(seq), held.id));
+            }
+            Ok(reported)
+        })
     }
 
     /// Messages in this session's mailbox with seq > `after`.

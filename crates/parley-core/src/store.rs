@@ -321,6 +321,68 @@ pub struct AckRange {
     pub seqs: Vec<Seq>,
 }
 
+/// A message the filter pipeline held in its recipient's spam folder
+/// instead of the mailbox: never pushed, never counted as unread, read
+/// only on request. Held messages have ids of their own, apart from
+/// mailbox message ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeldMessage {
+    /// The spam-folder id (its own sequence, never reused).
+    pub id: u64,
+    pub recipient: UserId,
+    pub sender: UserId,
+    pub sender_name: String,
+    pub client_msg_id: String,
+    pub body: String,
+    /// When it was sent, ms since the Unix epoch; a release keeps it.
+    pub timestamp_ms: u64,
+    /// The filter that held it (`spam` for the classifier).
+    pub filter: String,
+    /// That filter's score, 0 to 1.
+    pub score: f32,
+}
+
+/// A message to hold ([`Store::hold`]).
+#[derive(Clone, Debug)]
+pub struct NewHeld {
+    /// The message, as it would have been appended; its quota is ignored
+    /// (the spam folder has its own bound, `max_held`).
+    pub message: NewMessage,
+    pub filter: String,
+    pub score: f32,
+    /// The most messages one spam folder keeps: holding one more drops
+    /// the oldest (spam is expendable; the mailbox quota is not spent on it).
+    pub max_held: u32,
+}
+
+/// The answer to [`Store::hold`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The spam-folder id.
+    pub id: u64,
+    pub recipient: UserId,
+    pub timestamp_ms: u64,
+    /// True when the folder already held this (sender, client_msg_id) for
+    /// this recipient: nothing new was written and `id` is the original's.
+    pub duplicate: bool,
+}
+
+/// A judgement a recipient made of a message ("spam" or "not spam"),
+/// kept as labelled data for the next training run. Only the text and
+/// the label are kept: not who sent it, not who judged it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilterLabel {
+    /// Its number in the labels' own sequence (0 in [`Store::add_label`]).
+    pub id: u64,
+    pub body: String,
+    /// True: spam; false: not spam.
+    pub spam: bool,
+    /// The score the filter gave it when it was sent (or judged), if any.
+    pub score: Option<f32>,
+    /// When it was judged, ms since the Unix epoch.
+    pub marked_ms: u64,
+}
+
 /// A resume token to remember. Only its hash is stored.
 #[derive(Clone, Debug)]
 pub struct NewResumeToken {
@@ -349,7 +411,7 @@ pub trait Store: Send + Sync + 'static {
     fn create_invite(&self, invite: NewInvite) -> StoreReply<()>;
     /// Looks an account up by name key.
     fn find_account(&self, name_key: &str) -> StoreReply<Option<Account>>;
-    /// Deletes an account, its mailbox, its idempotency keys, its resume
+    /// Deletes an account, its mailbox, its spam folder, its idempotency keys, its resume
     /// tokens, its contacts and its place in others' contact lists, its
     /// presence subscriptions both ways and its blocks both ways. Messages
     /// it sent that sit in other mailboxes stay there (and a store may keep
@@ -459,6 +521,23 @@ pub trait Store: Send + Sync + 'static {
     /// limit and is not listed by [`Store::list_blocked`]. An unknown user
     /// refuses nothing (and setting is [`StoreError::NoSuchUser`]).
     fn refuse_sender(&self, user: UserId, sender: UserId, refuse: Option<bool>) -> StoreReply<bool>;
+    /// Holds a message in its recipient's spam folder ([`HeldMessage`]):
+    /// resolved and refused as [`Store::append`] resolves and refuses
+    /// (unknown or blocking recipient: [`StoreError::NoSuchUser`]), but
+    /// never announced to [`OnStored`] and never counted in the mailbox.
+    /// Idempotent on (recipient, sender, client_msg_id) among held
+    /// messages. Past `max_held`, the folder's oldest messages are dropped.
+    fn hold(&self, held: NewHeld) -> StoreReply<Held>;
+    /// `user`'s held messages with id > `after`, oldest first, at most
+    /// `limit` (empty for an unknown user).
+    fn held(&self, user: UserId, after: u64, limit: u32) -> StoreReply<Vec<HeldMessage>>;
+    /// Drops held messages of `user`; returns the ids dropped (others'
+    /// ids and unknown ids are left out).
+    fn drop_held(&self, user: UserId, ids: Vec<u64>) -> StoreReply<Vec<u64>>;
+    /// Keeps a recipient's judgement as labelled data; returns its id.
+    fn add_label(&self, label: FilterLabel) -> StoreReply<u64>;
+    /// Labels with id > `after`, oldest first, at most `limit`.
+    fn labels(&self, after: u64, limit: u32) -> StoreReply<Vec<FilterLabel>>;
     /// Finishes queued work, makes it durable and stops accepting more.
     fn close(&self) -> StoreReply<()>;
     /// The store's own counters, for metrics; None for a store that has

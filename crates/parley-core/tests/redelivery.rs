@@ -71,6 +71,21 @@ impl Store for OneMailbox {
     fn create_invite(&self, _: NewInvite) -> StoreReply<()> {
         closed()
     }
+    fn hold(&self, _: parley_core::store::NewHeld) -> StoreReply<parley_core::store::Held> {
+        closed()
+    }
+    fn held(&self, _: UserId, _: u64, _: u32) -> StoreReply<Vec<parley_core::store::HeldMessage>> {
+        closed()
+    }
+    fn drop_held(&self, _: UserId, _: Vec<u64>) -> StoreReply<Vec<u64>> {
+        closed()
+    }
+    fn add_label(&self, _: parley_core::store::FilterLabel) -> StoreReply<u64> {
+        closed()
+    }
+    fn labels(&self, _: u64, _: u32) -> StoreReply<Vec<parley_core::store::FilterLabel>> {
+        closed()
+    }
     fn find_account(&self, _: &str) -> StoreReply<Option<Account>> {
         closed()
     }
@@ -190,6 +205,7 @@ async fn ann_subscribed(messages: u64) -> (Arc<Service>, Session) {
             resume: ResumeSettings::default(),
             throttle: ThrottleSettings::default(),
             registration: Default::default(),
+            filters: Default::default(),
         },
     );
     let (mut session, _) = service.resume(&[9; 32], None).await.expect("resumed");

@@ -633,6 +633,9 @@ pub struct Sent {
     seq: u64,
     timestamp_ms: u64,
     duplicate: bool,
+    /// Held in the recipient's spam folder by the filter pipeline: stored,
+    /// not delivered; `message_id` is its spam-folder id, `seq` 0.
+    held: bool,
 }
 
 pub async fn send(auth: Authed, JsonBody(r): JsonBody<SendRequest>) -> ApiResult<axum::Json<Sent>> {
@@ -644,6 +647,7 @@ pub async fn send(auth: Authed, JsonBody(r): JsonBody<SendRequest>) -> ApiResult
         seq: m.seq.0,
         timestamp_ms: m.timestamp_ms,
         duplicate: appended.duplicate,
+        held: appended.held,
     }))
 }
 
@@ -741,6 +745,117 @@ pub async fn delete_messages(auth: Authed, JsonBody(r): JsonBody<DeleteRequest>)
     Ok(axum::Json(Deleted {
         deleted: outcome.deleted.into_iter().map(|m| m.0).collect(),
         not_found: outcome.not_found.into_iter().map(|m| m.0).collect(),
+    }))
+}
+
+// ------------------------------------------------------------ spam folder
+
+#[derive(Deserialize)]
+pub struct HeldQuery {
+    #[serde(default)]
+    after_id: u64,
+    #[serde(default)]
+    limit: u32,
+}
+
+#[derive(Serialize)]
+pub struct HeldEntry {
+    id: u64,
+    from: String,
+    timestamp_ms: u64,
+    body: String,
+    client_msg_id: String,
+    filter: String,
+    score: f32,
+}
+
+#[derive(Serialize)]
+pub struct HeldPage {
+    messages: Vec<HeldEntry>,
+    more: bool,
+}
+
+pub async fn list_held(auth: Authed, QueryParams(q): QueryParams<HeldQuery>) -> ApiResult<axum::Json<HeldPage>> {
+    let (held, more) = start!(auth, |s| s.held(q.after_id, q.limit))??.await?;
+    Ok(axum::Json(HeldPage {
+        messages: held
+            .into_iter()
+            .map(|h| HeldEntry {
+                id: h.id,
+                from: h.sender_name,
+                timestamp_ms: h.timestamp_ms,
+                body: h.body,
+                client_msg_id: h.client_msg_id,
+                filter: h.filter,
+                score: h.score,
+            })
+            .collect(),
+        more,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct HeldIds {
+    ids: Vec<u64>,
+    #[serde(default)]
+    spam: bool,
+}
+
+#[derive(Serialize)]
+pub struct ReleasedEntry {
+    id: u64,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+pub struct ReleasedList {
+    released: Vec<ReleasedEntry>,
+}
+
+pub async fn release_held(auth: Authed, JsonBody(r): JsonBody<HeldIds>) -> ApiResult<axum::Json<ReleasedList>> {
+    let released = start!(auth, |s| s.release(r.ids))??.await?;
+    Ok(axum::Json(ReleasedList {
+        released: released
+            .into_iter()
+            .map(|(id, seq)| ReleasedEntry { id, seq: seq.0 })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize)]
+pub struct DroppedList {
+    deleted: Vec<u64>,
+}
+
+pub async fn drop_held(auth: Authed, JsonBody(r): JsonBody<HeldIds>) -> ApiResult<axum::Json<DroppedList>> {
+    let deleted = start!(auth, |s| s.drop_held(r.ids, r.spam))??.await?;
+    Ok(axum::Json(DroppedList { deleted }))
+}
+
+#[derive(Deserialize)]
+pub struct ReportRequest {
+    seqs: Vec<u64>,
+}
+
+#[derive(Serialize)]
+pub struct ReportedEntry {
+    seq: u64,
+    id: u64,
+}
+
+#[derive(Serialize)]
+pub struct ReportedList {
+    reported: Vec<ReportedEntry>,
+}
+
+pub async fn report_spam(auth: Authed, JsonBody(r): JsonBody<ReportRequest>) -> ApiResult<axum::Json<ReportedList>> {
+    let seqs = r.seqs.into_iter().map(Seq).collect();
+    let reported = start!(auth, |s| s.report_spam(seqs))??.await?;
+    Ok(axum::Json(ReportedList {
+        reported: reported
+            .into_iter()
+            .map(|(seq, id)| ReportedEntry { seq: seq.0, id })
+            .collect(),
     }))
 }
 

@@ -35,6 +35,10 @@ pub struct Problem {
     /// (also sent as a `Retry-After` header, rounded up to seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u32>,
+    /// With REJECTED: which filter refused the message (`spam`,
+    /// `blocked_words`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 impl Problem {
@@ -46,6 +50,7 @@ impl Problem {
             detail: detail.into(),
             code,
             retry_after_ms: None,
+            reason: None,
         }
     }
 
@@ -92,6 +97,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::AccountDeleted => StatusCode::GONE,
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // Understood, and refused for what it says.
+        ErrorKind::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
@@ -119,6 +126,7 @@ fn title(code: &str) -> &'static str {
         "REGISTRATION_CLOSED" => "Registration closed",
         "INVITE_INVALID" => "Invite code not valid",
         "STORAGE_UNAVAILABLE" => "Storage unavailable",
+        "REJECTED" => "Message refused by a filter",
         "NOT_FOUND" => "Not found",
         "METHOD_NOT_ALLOWED" => "Method not allowed",
         "UNSUPPORTED_MEDIA_TYPE" => "Unsupported media type",
@@ -136,6 +144,7 @@ impl From<CoreError> for Problem {
         };
         let mut p = Problem::new(status, e.kind.as_str(), e.message);
         p.retry_after_ms = e.retry_after_ms;
+        p.reason = e.reason;
         if p.retry_after_ms.is_none() && e.kind == ErrorKind::ShuttingDown {
             p.retry_after_ms = Some(1000);
         }

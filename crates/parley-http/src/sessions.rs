@@ -442,6 +442,7 @@ mod tests {
                 resume: ResumeSettings::default(),
                 throttle: parley_core::throttle::ThrottleSettings::default(),
                 registration: Default::default(),
+                filters: Default::default(),
             },
         );
         let credentials = StoredCredentials::derive(Mechanism::Sha256, "pw", &[1; 16], 4096);

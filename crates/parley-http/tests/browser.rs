@@ -1,7 +1,7 @@
 //! The web UI in a real browser: headless Chromium driven by playwright-core
-//! (`e2e/chat.mjs`, `e2e/hardening.mjs`, `e2e/files.mjs`) against the real
-//! `parleyd`, and for files also against the real `parley` command-line
-//! client. Screenshots are saved under the test output directory (printed).
+//! (`e2e/chat.mjs`, `e2e/hardening.mjs`, `e2e/files.mjs`, `e2e/spam.mjs`)
+//! against the real `parleyd`, and for files also against the real `parley`
+//! command-line client. Screenshots are saved under the test output directory (printed).
 //! Also `ui/scram.js` on its own in Node (`e2e/scram.test.mjs`), fed hostile
 //! server-first-messages. Skips with a reason when node, Chromium or the e2e
 //! packages are missing, unless PARLEY_REQUIRE_SERVICES=1.
@@ -162,6 +162,52 @@ fn the_web_ui_warns_without_webcrypto_forgets_on_logout_and_marks_visitors() {
         "browser hardening scenario failed ({status:?}); server log:\n{}",
         s.log()
     );
+}
+
+/// The phrase the server of `e2e/spam.mjs` refuses (its blocked-words file),
+/// also handed to the scenario.
+const BLOCKED_PHRASE: &str = "cheap watches";
+
+#[test]
+fn the_spam_folder_holds_releases_reports_and_deletes_and_filter_refusals_are_said() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e");
+    if !browser_ready(&e2e) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let words = dir.path().join("blocked-words.txt");
+    std::fs::write(&words, format!("# refused by the spam scenario\n{BLOCKED_PHRASE}\n")).expect("write the phrases");
+    // Every message is held (every score is at least 0) and none is refused
+    // as spam (no score reaches 2): holds do not depend on the model.
+    let mut s = TestServer::start_with(
+        Store::Memory,
+        &[
+            "--filter-model",
+            "builtin",
+            "--filter-hold-at",
+            "0",
+            "--filter-reject-at",
+            "2",
+            "--filter-blocked-words-file",
+            words.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-spam");
+    println!("screenshots: {}", out.display());
+    let status = run_scenario(
+        &e2e,
+        "spam.mjs",
+        &mut s,
+        &out,
+        &[("PARLEY_BLOCKED_PHRASE", BLOCKED_PHRASE)],
+    );
+    let passed = status.is_some_and(|s| s.success());
+    assert!(
+        passed,
+        "browser spam scenario failed ({status:?}); server log:\n{}",
+        s.log()
+    );
+    assert!(out.join("ann-spam.png").exists() && out.join("visitor-refused.png").exists());
 }
 
 /// The relay limit `e2e/files.mjs` expects (a file above it is refused by

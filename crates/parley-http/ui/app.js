@@ -1,6 +1,7 @@
 // The Parley web UI. JSON over /v1 for login, accounts, contacts, history
-// and sending; native frames over /v1/ws for live delivery, presence and
-// acks. No framework, no build step, nothing loaded from elsewhere.
+// and sending; native frames over /v1/ws for live delivery, presence, acks,
+// files and the spam folder. No framework, no build step, nothing loaded
+// from elsewhere.
 "use strict";
 
 (() => {
@@ -13,8 +14,15 @@
   const ACCOUNT_STORES = ["sent"];
   const PAGER_PREFIX = "pager:";
   const SYSTEM_PREFIX = "system:";
+  // What `state.current` is while the spam folder is open: no sender's key
+  // (account names cannot hold ":").
+  const SPAM_FOLDER = "folder:spam";
   const HISTORY_PAGE = 500;
   const HISTORY_PAGES = 20;
+  // The spam folder is read in pages of HELD_PAGE, at most HELD_PAGES of
+  // them (the server keeps 1000 by default).
+  const HELD_PAGE = 100;
+  const HELD_PAGES = 10;
   const RETRY_MS = 3000;
   // File transfer (docs/PROTOCOL.md, "File transfer"). A browser cannot
   // take the direct QUIC path, so its files always go through the relay.
@@ -38,7 +46,10 @@
     requests: [], // names asking to see this account's presence
     blocked: new Set(), // keys of the accounts this account blocks
     received: new Map(), // message_id → message from the mailbox
-    sent: [], // what this browser sent: { client_msg_id, to, body, timestamp_ms, message_id, pending, failed }
+    sent: [], // what this browser sent: { client_msg_id, to, body, timestamp_ms, message_id, pending, failed, held }
+    held: [], // the spam folder, oldest first: { id, from, timestamp_ms, body, client_msg_id, filter, score }
+    heldMore: false, // the folder holds more than was read
+    heldLoads: 0, // readings of the folder started; only the latest is shown
     lastSeq: 0,
     current: null,
     ws: null,
@@ -86,10 +97,12 @@
   // ------------------------------------------------------------ HTTP
 
   class ApiError extends Error {
-    constructor(status, code, detail) {
+    constructor(status, code, detail, reason) {
       super(detail || code || "request failed");
       this.status = status;
       this.code = code;
+      // With REJECTED: the filter that refused ("spam", "blocked_words").
+      this.reason = reason;
     }
   }
 
@@ -110,7 +123,7 @@
     } catch {
       data = null;
     }
-    if (!response.ok) throw new ApiError(response.status, data && data.code, data && data.detail);
+    if (!response.ok) throw new ApiError(response.status, data && data.code, data && data.detail, data && data.reason);
     return data;
   }
 
@@ -239,6 +252,7 @@
   function kindOf(name) {
     if (name.startsWith(PAGER_PREFIX)) return "pager";
     if (name.startsWith(SYSTEM_PREFIX)) return "system";
+    if (name === SPAM_FOLDER) return "folder";
     return "account";
   }
 
@@ -427,7 +441,7 @@
     const awaited = frame.request_id ? state.calls.get(frame.request_id) : null;
     if (awaited) {
       state.calls.delete(frame.request_id);
-      if (frame.kind === "error") awaited.reject(callError(b.code, b.message));
+      if (frame.kind === "error") awaited.reject(callError(b.code, b.message, b.reason));
       else awaited.resolve(frame);
       return;
     }
@@ -454,6 +468,7 @@
         setConnection("online", "Online");
         ackVisible();
         retryOutbox();
+        loadHeld();
         break;
       case "push": {
         let fresh = false;
@@ -526,6 +541,8 @@
       item.failed = null;
       item.message_id = r.message_id;
       item.timestamp_ms = r.timestamp_ms;
+      // Stored in the recipient's spam folder, not delivered.
+      item.held = r.held === true;
     } catch (e) {
       // Logged out meanwhile: what was sent is forgotten, not stored again.
       if (state.session !== session) return;
@@ -535,12 +552,19 @@
         setTimeout(retryOutbox, RETRY_MS);
       } else {
         item.pending = false;
-        item.failed = e.message;
+        item.failed = e.code === "REJECTED" ? refusal(e.reason) : e.message;
       }
     }
     if (state.session !== session) return;
     saveSent();
     render();
+  }
+
+  // Why a filter refused a message (REJECTED), in words.
+  function refusal(reason) {
+    if (reason === "spam") return "the server's filter refused it as spam";
+    if (reason === "blocked_words") return "the server's filter refused it: it contains a phrase this server blocks";
+    return "the server's filter refused it";
   }
 
   function retryOutbox() {
@@ -595,8 +619,8 @@
     });
   }
 
-  function callError(code, message) {
-    return Object.assign(new Error(message || "refused"), { code });
+  function callError(code, message, reason) {
+    return Object.assign(new Error(message || "refused"), { code, reason });
   }
 
   // The socket closed: no answer will come, and the server has ended every
@@ -735,6 +759,7 @@
   // What went wrong with a request, in words.
   function failure(t, e) {
     if (e.code === Proto.codes.MESSAGE_TOO_LARGE) return ["too large for this server: " + e.message];
+    if (e.code === Proto.codes.REJECTED) return ["not sent: " + refusal(e.reason) + "."];
     return [`could not ${t.mine ? "send" : "receive"} the file: ${e.message}`];
   }
 
@@ -772,6 +797,9 @@
       update(t, "offering", ["offering…"]);
       const sent = await call((id) => Proto.client.offerFile(id, p.name, randomId(), file.name, data.length, sha256));
       if (t.over) return;
+      if (sent.body.held) {
+        return stop(t, "failed", ["held by ", PEER, "'s spam filter: they see the offer only in their Spam folder; send it again once they have marked it as not spam."]);
+      }
       t.offer_id = sent.body.message_id;
       goLive(t);
       update(t, "waiting", ["waiting for ", PEER, " to accept… (keep this page open)"]);
@@ -931,6 +959,169 @@
     state.files.clear();
   }
 
+  // ------------------------------------------------------------ spam folder
+
+  // Reads the spam folder over the socket (read again on every connect and
+  // whenever the folder is opened: the server pushes nothing when it holds
+  // a message). Without a connection, what was read last stays shown.
+  async function loadHeld() {
+    if (!state.wsReady) return;
+    const session = state.session;
+    const mine = ++state.heldLoads;
+    const held = [];
+    let more = false;
+    try {
+      let after = 0;
+      for (let page = 0; page < HELD_PAGES; page++) {
+        const answer = await call((id) => Proto.client.listHeld(id, after, HELD_PAGE));
+        held.push(...answer.body.messages);
+        more = answer.body.more;
+        if (!more || answer.body.messages.length === 0) break;
+        after = answer.body.messages[answer.body.messages.length - 1].id;
+      }
+    } catch {
+      return;
+    }
+    if (state.session !== session || mine !== state.heldLoads) return;
+    state.held = held;
+    state.heldMore = more;
+    render();
+  }
+
+  // Runs one spam-folder request on `ids`; the ids leave the list once the
+  // server answered (those it leaves out of its answer were not in the
+  // folder any more either).
+  async function heldAction(ids, build, failed) {
+    const session = state.session;
+    try {
+      await call(build);
+    } catch (e) {
+      alert(failed + e.message);
+      return;
+    }
+    if (state.session !== session) return;
+    const gone = new Set(ids);
+    const at = state.held.findIndex((h) => gone.has(h.id));
+    state.held = state.held.filter((h) => !gone.has(h.id));
+    render();
+    focusHeld(at);
+  }
+
+  // After an item left the folder, the keyboard goes on at the one that
+  // took its place (or the folder's entry when it is empty).
+  function focusHeld(at) {
+    if (state.current !== SPAM_FOLDER) return;
+    const items = document.querySelectorAll("#messages li[data-held]");
+    const next = items[Math.min(at, items.length - 1)];
+    (next ? next.querySelector("button") : $("spam-folder")).focus();
+  }
+
+  // "Not spam": into the mailbox, pushed here like a new message.
+  const releaseHeld = (h) => heldAction([h.id], (id) => Proto.client.releaseHeld(id, [h.id]), "Could not move it to your conversations: ");
+
+  // Deletes a held message; with `spam`, reports it as spam first.
+  const dropHeld = (h, spam) => heldAction([h.id], (id) => Proto.client.dropHeld(id, [h.id], spam), "Could not delete it: ");
+
+  // Moves a received message out of its conversation into the spam folder.
+  async function reportSpam(m) {
+    const session = state.session;
+    try {
+      await call((id) => Proto.client.reportSpam(id, [m.seq]));
+    } catch (e) {
+      alert("Could not report it: " + e.message);
+      return;
+    }
+    if (state.session !== session) return;
+    // Gone from the mailbox either way: moved, or deleted meanwhile.
+    state.received.delete(m.message_id);
+    const t = state.files.get("in:" + m.message_id);
+    if (t) {
+      if (t.live) cancelTransfer(t);
+      if (t.url) URL.revokeObjectURL(t.url);
+      state.files.delete(t.key);
+    }
+    render();
+    $("composer-input").focus();
+    loadHeld();
+  }
+
+  // A classifier's score, 0 to 1, as a percentage.
+  const percent = (score) => `${Math.round(Math.min(1, Math.max(0, score)) * 100)}%`;
+
+  function stamp(ms) {
+    return new Date(ms).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  function heldView(h) {
+    const who = senderText(h.from);
+    const reported = h.filter === "reported";
+    return el(
+      "li",
+      { class: "msg held" + (kindOf(h.from) === "pager" ? " pager" : ""), "data-held": String(h.id), "data-filter": h.filter },
+      el("div", { class: "held-from" }, "from ", ...senderLabel(h.from)),
+      el("div", { class: "body", dir: "auto" }, h.body),
+      el(
+        "div",
+        { class: "meta" },
+        el("span", {}, stamp(h.timestamp_ms)),
+        el(
+          "span",
+          { class: "score", title: reported ? "You moved it here from a conversation." : "The spam filter's score: how likely it thinks this is spam." },
+          reported ? "reported by you" : "spam score " + percent(h.score),
+        ),
+      ),
+      el(
+        "div",
+        { class: "held-actions" },
+        el(
+          "button",
+          { type: "button", "data-release": String(h.id), "aria-label": `Not spam: move the message from ${who} to your conversations`, onclick: () => releaseHeld(h) },
+          "Not spam",
+        ),
+        el(
+          "button",
+          { type: "button", class: "danger", "data-drop": String(h.id), "aria-label": `Delete the message from ${who}`, onclick: () => dropHeld(h, false) },
+          "Delete",
+        ),
+        // A reported message was reported when it was moved here.
+        reported
+          ? null
+          : el(
+              "button",
+              { type: "button", "data-report-held": String(h.id), "aria-label": `Report spam: delete the message from ${who} and report it`, onclick: () => dropHeld(h, true) },
+              "Report spam",
+            ),
+      ),
+    );
+  }
+
+  function renderSpamFolder() {
+    $("peer-name").textContent = "Spam";
+    $("peer-name").dataset.kind = "folder";
+    $("peer-presence").textContent = "messages the server's spam filter held back, and those you reported; they are not in your conversations";
+    $("composer").hidden = true;
+    $("add-contact-button").hidden = true;
+    $("block-button").hidden = true;
+    $("spam-refresh-button").hidden = false;
+    const list = $("messages");
+    if (state.held.length === 0) {
+      list.replaceChildren(el("li", { class: "hint" }, state.wsReady ? "Nothing here." : "Not connected: the Spam folder is read when the connection is back."));
+      return;
+    }
+    list.replaceChildren(...state.held.map(heldView));
+    if (state.heldMore) list.append(el("li", { class: "hint" }, `Only the oldest ${state.held.length} are shown: delete some to see the rest.`));
+  }
+
+  function renderFolders() {
+    const n = state.held.length;
+    const count = $("spam-count");
+    count.hidden = n === 0;
+    count.textContent = String(n) + (state.heldMore ? "+" : "");
+    const folder = $("spam-folder");
+    folder.setAttribute("aria-selected", state.current === SPAM_FOLDER ? "true" : "false");
+    folder.setAttribute("aria-label", n ? `Spam folder, ${n}${state.heldMore ? " or more" : ""} held` : "Spam folder, empty");
+  }
+
   // ------------------------------------------------------------ rendering
 
   function el(tag, attrs, ...children) {
@@ -951,6 +1142,7 @@
 
   function render() {
     renderRequests();
+    renderFolders();
     renderPeers();
     renderConversation();
     let unread = 0;
@@ -1014,6 +1206,8 @@
   function renderConversation() {
     const key = state.current;
     const list = $("messages");
+    $("spam-refresh-button").hidden = true;
+    if (key === SPAM_FOLDER) return renderSpamFolder();
     if (!key) {
       $("peer-name").textContent = "Pick a conversation";
       delete $("peer-name").dataset.kind;
@@ -1058,6 +1252,7 @@
         const id = mine ? m.client_msg_id : m.message_id;
         const offer = mine ? null : offerIn(m);
         const status = mine ? (m.failed ? "not sent: " + m.failed : m.pending ? "sending…" : "sent") : null;
+        const reportable = !mine && kind !== "system";
         return el(
           "li",
           {
@@ -1070,7 +1265,17 @@
             "div",
             { class: "meta" },
             el("span", {}, time(m.timestamp_ms)),
-            status ? el("span", { class: "status" }, status) : null,
+            status ? el("span", { class: "status" + (m.failed ? " failed" : "") }, status) : null,
+            mine && m.held && !m.failed
+              ? el("span", { class: "held-note", title: "Stored in the recipient's Spam folder: they see it only if they look there." }, "held by the recipient's spam filter")
+              : null,
+            reportable
+              ? el(
+                  "button",
+                  { class: "report", type: "button", "aria-label": "Report spam", title: "Report spam: move it to your Spam folder", onclick: () => reportSpam(m) },
+                  "⚑",
+                )
+              : null,
             el(
               "button",
               {
@@ -1093,6 +1298,7 @@
     state.current = key;
     $("chat-view").classList.remove("show-sidebar");
     $("chat-view").classList.add("has-current");
+    if (key === SPAM_FOLDER) loadHeld();
     render();
     ackVisible();
     const list = $("messages");
@@ -1168,6 +1374,8 @@
     state.closing = false;
     state.peers.clear();
     state.received.clear();
+    state.held = [];
+    state.heldMore = false;
     forgetFiles();
     state.lastSeq = 0;
     state.current = null;
@@ -1212,6 +1420,8 @@
     state.peers.clear();
     state.received.clear();
     state.sent = [];
+    state.held = [];
+    state.heldMore = false;
     forgetFiles();
     state.lastSeq = 0;
     state.current = null;
@@ -1335,6 +1545,9 @@
     });
     $("add-contact-button").addEventListener("click", addContact);
     $("block-button").addEventListener("click", toggleBlock);
+    $("spam-folder").addEventListener("click", () => openConversation(SPAM_FOLDER));
+    $("spam-folder").addEventListener("keydown", listKeys(() => openConversation(SPAM_FOLDER)));
+    $("spam-refresh-button").addEventListener("click", loadHeld);
     $("logout-button").addEventListener("click", () => logOut(false));
     $("logout-all-button").addEventListener("click", () => logOut(true));
     $("delete-account-button").addEventListener("click", deleteAccount);

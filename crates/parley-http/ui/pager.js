@@ -13,6 +13,13 @@
     status.className = ok ? "hint" : "error";
   }
 
+  // Why the server's filter refused the message (REJECTED); nothing was left.
+  function refusal(reason) {
+    if (reason === "spam") return "Not sent: this server's filter refused the message as spam.";
+    if (reason === "blocked_words") return "Not sent: this server's filter refused the message because it contains a phrase the server blocks.";
+    return "Not sent: this server's filter refused the message.";
+  }
+
   $("pager-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const user = $("pager-to").value.trim();
@@ -38,6 +45,7 @@
           RATE_LIMITED: "Too many messages from here; try again in a minute.",
           NOT_FOUND: "The pager is switched off on this server.",
           MESSAGE_TOO_LARGE: "That message is too long.",
+          REJECTED: refusal(problem.reason),
         };
         say(reasons[problem.code] || problem.detail || "The message could not be left.");
       }

@@ -22,6 +22,10 @@ const Proto = (() => {
       refuse_file: 63,
       relay_chunk: 64,
       transfer_done: 65,
+      list_held: 70,
+      release_held: 71,
+      drop_held: 72,
+      report_spam: 73,
     },
     Resume: { token: 1 },
     SendMessage: { to: 1, client_msg_id: 2, body: 3 },
@@ -35,6 +39,10 @@ const Proto = (() => {
     RefuseFile: { seq: 1 },
     RelayChunk: { offer_id: 1, offset: 2, data: 3 },
     TransferDone: { offer_id: 1, result: 2, detail: 3 },
+    ListHeld: { after_id: 1, limit: 2 },
+    ReleaseHeld: { ids: 1 },
+    DropHeld: { ids: 1, spam: 2 },
+    ReportSpam: { seqs: 1 },
     ServerFrame: {
       request_id: 1,
       welcome: 2,
@@ -56,6 +64,10 @@ const Proto = (() => {
       relayed_chunk: 62,
       chunk_relayed: 63,
       transfer_ended: 64,
+      held: 70,
+      released: 71,
+      held_dropped: 72,
+      spam_reported: 73,
     },
     Welcome: {
       protocol_version: 1,
@@ -69,10 +81,10 @@ const Proto = (() => {
       max_contacts: 12,
       send_rate_per_account: 15,
     },
-    Error: { code: 1, message: 2, retry_after_ms: 3 },
+    Error: { code: 1, message: 2, retry_after_ms: 3, reason: 4 },
     Goodbye: { code: 1, message: 2 },
     AuthOk: { name: 2, unread: 5, last_seq: 6, resume_token: 7 },
-    Sent: { client_msg_id: 1, message_id: 2, seq: 3, duplicate: 5 },
+    Sent: { client_msg_id: 1, message_id: 2, seq: 3, duplicate: 5, held: 6 },
     Acked: { acked: 1, unread: 2 },
     Subscribed: { last_seq: 1, unread: 2 },
     Push: { messages: 1 },
@@ -85,6 +97,13 @@ const Proto = (() => {
     TransferJoined: { offer_id: 1, peer: 2, name: 3, size: 4, sha256: 5, peer_online: 6 },
     TransferReady: { offer_id: 1, peer: 2, peer_info: 3, token: 4, resume_from: 5, relay: 6, relay_bytes_per_sec: 7 },
     TransferEnded: { offer_id: 1, result: 2, detail: 3 },
+    HeldMessage: { id: 1, from: 2, timestamp_ms: 3, body: 4, client_msg_id: 5, filter: 6, score: 7 },
+    HeldBatch: { messages: 1, more: 2 },
+    Released: { released: 1 },
+    ReleasedMessage: { id: 1, seq: 2 },
+    HeldDropped: { ids: 1 },
+    SpamReported: { reported: 1 },
+    ReportedMessage: { seq: 1, id: 2 },
     TransferResult: { COMPLETE: 1, REFUSED: 2, HASH_MISMATCH: 3, PEER_GONE: 4, CANCELLED: 5, FAILED: 6 },
     // The ErrorCode values the UI reacts to.
     ErrorCode: {
@@ -96,6 +115,7 @@ const Proto = (() => {
       SHUTTING_DOWN: 31,
       ACCOUNT_DELETED: 32,
       TIMEOUT: 34,
+      REJECTED: 42,
     },
   };
 
@@ -126,6 +146,9 @@ const Proto = (() => {
     uint(field, n) {
       if (n) this.tag(field, 0).varint(n);
       return this;
+    }
+    bool(field, b) {
+      return this.uint(field, b ? 1 : 0);
     }
     bytesField(field, data) {
       this.tag(field, 2).varint(data.length);
@@ -166,38 +189,43 @@ const Proto = (() => {
     }
   }
 
-  // Field number → list of values (numbers for varints, byte arrays for
-  // length-delimited fields). Other wire types are skipped.
+  // The varint at buf[at]: [its value, the index after it].
+  function readVarint(buf, at) {
+    let result = 0;
+    let scale = 1;
+    let i = at;
+    for (;;) {
+      if (i >= buf.length) throw new Error("truncated varint");
+      const b = buf[i++];
+      result += (b & 0x7f) * scale;
+      if (b < 0x80) return [result, i];
+      scale *= 0x80;
+    }
+  }
+
+  // Field number → list of values: numbers for varints, byte arrays for
+  // length-delimited fields and for the 8 and 4 bytes of fixed-width ones
+  // (read with `float`).
   function fields(buf) {
     const out = new Map();
     let i = 0;
     const varint = () => {
-      let result = 0;
-      let scale = 1;
-      for (;;) {
-        if (i >= buf.length) throw new Error("truncated varint");
-        const b = buf[i++];
-        result += (b & 0x7f) * scale;
-        if (b < 0x80) return result;
-        scale *= 0x80;
-      }
+      const [value, next] = readVarint(buf, i);
+      i = next;
+      return value;
     };
     while (i < buf.length) {
       const key = varint();
       const field = Math.floor(key / 8);
       const wire = key % 8;
       let value;
+      let len;
       if (wire === 0) value = varint();
-      else if (wire === 2) {
-        const len = varint();
+      else if (wire === 2 || wire === 1 || wire === 5) {
+        len = wire === 2 ? varint() : wire === 1 ? 8 : 4;
+        if (i + len > buf.length) throw new Error("truncated field");
         value = buf.subarray(i, i + len);
         i += len;
-      } else if (wire === 1) {
-        i += 8;
-        continue;
-      } else if (wire === 5) {
-        i += 4;
-        continue;
       } else throw new Error("unsupported wire type " + wire);
       if (!out.has(field)) out.set(field, []);
       out.get(field).push(value);
@@ -211,6 +239,28 @@ const Proto = (() => {
   const all = (f, n) => f.get(n) || [];
   // A bytes field, copied out of the frame.
   const bytes = (f, n) => (f.has(n) ? f.get(n)[0].slice() : new Uint8Array(0));
+  // A `float` field (4 bytes, little-endian).
+  function float(f, n) {
+    const raw = f.has(n) ? f.get(n)[0] : null;
+    if (!(raw instanceof Uint8Array) || raw.length !== 4) return 0;
+    return new DataView(raw.buffer, raw.byteOffset, 4).getFloat32(0, true);
+  }
+  // A repeated integer field, packed (as proto3 writes it) or not.
+  function uints(f, n) {
+    const out = [];
+    for (const v of all(f, n)) {
+      if (typeof v === "number") {
+        out.push(v);
+        continue;
+      }
+      for (let i = 0; i < v.length; ) {
+        const [value, next] = readVarint(v, i);
+        out.push(value);
+        i = next;
+      }
+    }
+    return out;
+  }
 
   function message(bytes) {
     const f = fields(bytes);
@@ -223,6 +273,20 @@ const Proto = (() => {
       body: str(f, M.body),
       client_msg_id: str(f, M.client_msg_id),
       acked: bool(f, M.acked),
+    };
+  }
+
+  function heldMessage(raw) {
+    const f = fields(raw);
+    const H = S.HeldMessage;
+    return {
+      id: num(f, H.id),
+      from: str(f, H.from),
+      timestamp_ms: num(f, H.timestamp_ms),
+      body: str(f, H.body),
+      client_msg_id: str(f, H.client_msg_id),
+      filter: str(f, H.filter),
+      score: float(f, H.score),
     };
   }
 
@@ -254,7 +318,19 @@ const Proto = (() => {
         },
       ],
     ],
-    [F.error, ["error", (f) => ({ code: num(f, S.Error.code), message: str(f, S.Error.message), retry_after_ms: num(f, S.Error.retry_after_ms) })]],
+    [
+      F.error,
+      [
+        "error",
+        (f) => ({
+          code: num(f, S.Error.code),
+          message: str(f, S.Error.message),
+          retry_after_ms: num(f, S.Error.retry_after_ms),
+          // With REJECTED: the filter that refused ("spam", "blocked_words").
+          reason: str(f, S.Error.reason),
+        }),
+      ],
+    ],
     [F.goodbye, ["goodbye", (f) => ({ code: num(f, S.Goodbye.code), message: str(f, S.Goodbye.message) })]],
     [
       F.auth_ok,
@@ -279,6 +355,9 @@ const Proto = (() => {
           message_id: num(f, S.Sent.message_id),
           seq: num(f, S.Sent.seq),
           duplicate: bool(f, S.Sent.duplicate),
+          // Held in the recipient's spam folder: message_id is its
+          // spam-folder id, seq is 0.
+          held: bool(f, S.Sent.held),
         }),
       ],
     ],
@@ -344,6 +423,32 @@ const Proto = (() => {
       [
         "transfer_ended",
         (f) => ({ offer_id: num(f, S.TransferEnded.offer_id), result: num(f, S.TransferEnded.result), detail: str(f, S.TransferEnded.detail) }),
+      ],
+    ],
+    [F.held, ["held", (f) => ({ messages: all(f, S.HeldBatch.messages).map(heldMessage), more: bool(f, S.HeldBatch.more) })]],
+    [
+      F.released,
+      [
+        "released",
+        (f) => ({
+          released: all(f, S.Released.released).map((raw) => {
+            const r = fields(raw);
+            return { id: num(r, S.ReleasedMessage.id), seq: num(r, S.ReleasedMessage.seq) };
+          }),
+        }),
+      ],
+    ],
+    [F.held_dropped, ["held_dropped", (f) => ({ ids: uints(f, S.HeldDropped.ids) })]],
+    [
+      F.spam_reported,
+      [
+        "spam_reported",
+        (f) => ({
+          reported: all(f, S.SpamReported.reported).map((raw) => {
+            const r = fields(raw);
+            return { seq: num(r, S.ReportedMessage.seq), id: num(r, S.ReportedMessage.id) };
+          }),
+        }),
       ],
     ],
   ]);
@@ -413,6 +518,12 @@ const Proto = (() => {
         C.transfer_done,
         new Writer().uint(S.TransferDone.offer_id, offerId).uint(S.TransferDone.result, result).string(S.TransferDone.detail, detail),
       ),
+    // The spam folder: read it (ids after `afterId`), "not spam", delete
+    // (with `spam`: reported as spam first), and move mailbox messages in.
+    listHeld: (id, afterId, limit) => frame(id, C.list_held, new Writer().uint(S.ListHeld.after_id, afterId).uint(S.ListHeld.limit, limit)),
+    releaseHeld: (id, ids) => frame(id, C.release_held, new Writer().packed(S.ReleaseHeld.ids, ids)),
+    dropHeld: (id, ids, spam) => frame(id, C.drop_held, new Writer().packed(S.DropHeld.ids, ids).bool(S.DropHeld.spam, spam)),
+    reportSpam: (id, seqs) => frame(id, C.report_spam, new Writer().packed(S.ReportSpam.seqs, seqs)),
   };
 
   const codes = S.ErrorCode;

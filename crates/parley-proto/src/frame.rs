@@ -142,6 +142,7 @@ mod tests {
                 code: v1::ErrorCode::Internal as i32,
                 message: "x".repeat(100),
                 retry_after_ms: 0,
+                reason: String::new(),
             })),
         };
         let mut buf = BytesMut::new();

@@ -150,13 +150,14 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
                     })
                 }
             ),
-        (0i32..40, ".{0,80}", any::<u32>()).prop_map(|(code, message, retry_after_ms)| server_frame::Body::Error(
-            v1::Error {
+        (0i32..50, ".{0,80}", any::<u32>(), ".{0,16}").prop_map(|(code, message, retry_after_ms, reason)| {
+            server_frame::Body::Error(v1::Error {
                 code,
                 message,
-                retry_after_ms
-            }
-        )),
+                retry_after_ms,
+                reason,
+            })
+        }),
         (".{0,20}", prop::collection::vec(any::<u8>(), 0..128)).prop_map(|(mechanism, server_first)| {
             server_frame::Body::AuthChallenge(v1::AuthChallenge {
                 mechanism,
@@ -183,15 +184,24 @@ fn arb_server_body() -> impl Strategy<Value = server_frame::Body> {
                     server_final,
                 })
             ),
-        (".{0,64}", any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
-            |(client_msg_id, message_id, seq, timestamp_ms, duplicate)| server_frame::Body::Sent(v1::Sent {
-                client_msg_id,
-                message_id,
-                seq,
-                timestamp_ms,
-                duplicate
-            })
-        ),
+        (
+            ".{0,64}",
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(client_msg_id, message_id, seq, timestamp_ms, duplicate, held)| {
+                server_frame::Body::Sent(v1::Sent {
+                    client_msg_id,
+                    message_id,
+                    seq,
+                    timestamp_ms,
+                    duplicate,
+                    held,
+                })
+            }),
         (prop::collection::vec(arb_message(), 0..8), any::<bool>())
             .prop_map(|(messages, more)| server_frame::Body::Messages(v1::MessageBatch { messages, more })),
         prop::collection::vec(arb_message(), 0..8).prop_map(|messages| server_frame::Body::Push(v1::Push { messages })),

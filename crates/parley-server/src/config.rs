@@ -213,6 +213,51 @@ impl StoreKind {
     }
 }
 
+/// Where the spam classifier's model comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FilterModel {
+    /// No classifier.
+    Off,
+    /// The model built into the binary.
+    Builtin,
+    /// A model file written by `parley-train`.
+    File(PathBuf),
+}
+
+/// The filter pipeline's settings (see `parley_core::filter`).
+#[derive(Clone, Debug)]
+pub struct FilterConfig {
+    pub model: FilterModel,
+    /// The inference server (`http://HOST:PORT`), when scoring is offloaded.
+    pub url: Option<String>,
+    /// Thresholds; None: the model's recommendation.
+    pub hold_at: Option<f32>,
+    pub reject_at: Option<f32>,
+    pub fail: parley_core::filter::FailPolicy,
+    pub timeout: Duration,
+    pub batch: usize,
+    pub queue: usize,
+    /// Blocked phrases, lowercase, read from `filter_blocked_words_file`.
+    pub blocked_words: Vec<String>,
+    pub spam_folder_max: u32,
+}
+
+/// The model `model` names, loaded and checked.
+pub fn load_model(model: &FilterModel) -> Result<Option<parley_filter::Model>, String> {
+    match model {
+        FilterModel::Off => Ok(None),
+        FilterModel::Builtin => parley_filter::Model::builtin()
+            .map(|m| Some(m.clone()))
+            .map_err(|e| format!("the built-in model does not load: {e}")),
+        FilterModel::File(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            parley_filter::Model::load(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{}: not a model file: {e}", path.display()))
+        }
+    }
+}
+
 /// How log lines are formatted (see `logging`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -293,6 +338,9 @@ pub struct Settings {
     pub relay_max_file_bytes: u64,
     /// Relay pace per account, bytes a second; 0: no limit.
     pub relay_bytes_per_sec_per_user: u64,
+    /// The filter pipeline (the classifier's model is loaded by the
+    /// worker, from [`FilterConfig::model`]).
+    pub filter: FilterConfig,
     /// The HTTP listener's TCP address; None when it is off or on a unix
     /// socket.
     pub http_listen: Option<SocketAddr>,
@@ -500,6 +548,26 @@ settings! {
     relay_max_file_bytes: "PARLEY_RELAY_MAX_FILE_BYTES", "BYTES";
     /// Bytes a second one account may send through the file relay, over all its transfers; 0 for no limit [default: 2097152]
     relay_bytes_per_sec_per_user: "PARLEY_RELAY_BYTES_PER_SEC_PER_USER", "BYTES";
+    /// The spam classifier on the send path: "off", "builtin" (the model shipped in the binary) or the path of a model file from parley-train; scored in the worker [default: off]
+    filter_model: "PARLEY_FILTER_MODEL", "MODEL";
+    /// Score on an inference server (parleyd filter-serve) at this http://HOST:PORT instead of in the worker; unset: in the worker [default: unset]
+    filter_url: "PARLEY_FILTER_URL", "URL";
+    /// Classifier score (0 to 1) at or above which a message is held in the recipient's spam folder, unpushed [default: the model's recommendation]
+    filter_hold_at: "PARLEY_FILTER_HOLD_AT", "SCORE";
+    /// Classifier score (0 to 1) at or above which a message is refused with REJECTED (reason spam); above 1: never [default: the model's recommendation]
+    filter_reject_at: "PARLEY_FILTER_REJECT_AT", "SCORE";
+    /// When the inference server does not answer in time: open (the message goes through unscored, counted) or closed (the sender gets BUSY) [default: open]
+    filter_fail: "PARLEY_FILTER_FAIL", "POLICY";
+    /// Milliseconds the inference server has to score a batch before the failure policy decides [default: 200]
+    filter_timeout_ms: "PARLEY_FILTER_TIMEOUT_MS", "MS";
+    /// Most messages sent to the inference server in one request [default: 256]
+    filter_batch: "PARLEY_FILTER_BATCH", "N";
+    /// Most messages waiting for the inference server; past it senders get BUSY [default: 4096]
+    filter_queue: "PARLEY_FILTER_QUEUE", "N";
+    /// A file of phrases, one per line, that get a message refused with REJECTED (reason blocked_words), matched ignoring case; unset: none [default: unset]
+    filter_blocked_words_file: "PARLEY_FILTER_BLOCKED_WORDS_FILE", "FILE";
+    /// Most messages one account's spam folder keeps; holding one more drops its oldest [default: 1000]
+    spam_folder_max: "PARLEY_SPAM_FOLDER_MAX", "N";
     /// HTTP listen address (JSON API, WebSocket, pager, web UI), a unix socket as unix:PATH (mode 0660, for a proxy on this machine), or "off" [default: 127.0.0.1:7880]
     http_listen: "PARLEY_HTTP_LISTEN", "ADDR";
     /// QUIC (UDP) listen address for the native protocol (needs tls_cert and tls_key), or "off" [default: off]
@@ -1154,6 +1222,93 @@ impl SettingArgs {
             0..=1 << 40,
             DEFAULT_RELAY_BYTES_PER_SEC_PER_USER,
         );
+        let filter = {
+            let model = match get("filter_model", "off").trim() {
+                "off" | "" => FilterModel::Off,
+                "builtin" => FilterModel::Builtin,
+                path => FilterModel::File(PathBuf::from(path)),
+            };
+            let url = raw("filter_url")
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .filter(|u| !u.is_empty());
+            if let Some(url) = &url {
+                let rest = url.strip_prefix("http://").unwrap_or("");
+                if rest.is_empty() || rest.contains('/') {
+                    errors.push(format!("filter_url: {url:?} is not like http://127.0.0.1:7890"));
+                }
+                if model != FilterModel::Off {
+                    errors.push(
+                        "filter_url and filter_model: choose one (filter_url scores on the inference server, with its model)"
+                            .into(),
+                    );
+                }
+            } else if let Err(e) = load_model(&model) {
+                errors.push(format!("filter_model: {e}"));
+            }
+            let score = |errors: &mut Vec<String>, key: &str| -> Option<f32> {
+                raw(key)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| num(errors, key, &v, 0.0f32..=2.0, 2.0))
+            };
+            let hold_at = score(&mut errors, "filter_hold_at");
+            let reject_at = score(&mut errors, "filter_reject_at");
+            let fail = match get("filter_fail", "open").trim() {
+                "open" => parley_core::filter::FailPolicy::Open,
+                "closed" => parley_core::filter::FailPolicy::Closed,
+                other => {
+                    errors.push(format!("filter_fail: {other:?} is not open or closed"));
+                    parley_core::filter::FailPolicy::Open
+                }
+            };
+            let timeout_ms: u64 = num(
+                &mut errors,
+                "filter_timeout_ms",
+                &get("filter_timeout_ms", "200"),
+                1..=60_000,
+                200,
+            );
+            let batch: usize = num(&mut errors, "filter_batch", &get("filter_batch", "256"), 1..=1024, 256);
+            let queue: usize = num(
+                &mut errors,
+                "filter_queue",
+                &get("filter_queue", "4096"),
+                1..=1_000_000,
+                4096,
+            );
+            let blocked_words = match raw("filter_blocked_words_file").filter(|p| !p.trim().is_empty()) {
+                None => Vec::new(),
+                Some(path) => match std::fs::read_to_string(path.trim()) {
+                    Ok(text) => text
+                        .lines()
+                        .map(|l| l.trim().to_lowercase())
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .collect(),
+                    Err(e) => {
+                        errors.push(format!("filter_blocked_words_file: {}: {e}", path.trim()));
+                        Vec::new()
+                    }
+                },
+            };
+            let spam_folder_max: u32 = num(
+                &mut errors,
+                "spam_folder_max",
+                &get("spam_folder_max", "1000"),
+                0..=1_000_000,
+                1000,
+            );
+            FilterConfig {
+                model,
+                url,
+                hold_at,
+                reject_at,
+                fail,
+                timeout: Duration::from_millis(timeout_ms),
+                batch,
+                queue,
+                blocked_words,
+                spam_folder_max,
+            }
+        };
         let http_raw = get("http_listen", DEFAULT_HTTP_LISTEN);
         let mut http_socket = None;
         let http_listen = match http_raw.trim() {
@@ -1477,6 +1632,7 @@ impl SettingArgs {
             max_file_bytes,
             relay_max_file_bytes,
             relay_bytes_per_sec_per_user,
+            filter,
             http_listen,
             http_socket,
             quic_listen,

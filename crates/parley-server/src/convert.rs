@@ -31,6 +31,7 @@ pub fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::RegistrationClosed => ErrorCode::RegistrationClosed,
         ErrorKind::InviteInvalid => ErrorCode::InviteInvalid,
         ErrorKind::StorageUnavailable => ErrorCode::StorageUnavailable,
+        ErrorKind::Rejected => ErrorCode::Rejected,
     }
 }
 
@@ -48,6 +49,7 @@ pub fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>)
             code: code as i32,
             message: message.into(),
             retry_after_ms: 0,
+            reason: String::new(),
         }),
     )
 }
@@ -59,6 +61,7 @@ pub fn core_error_frame(request_id: u64, error: &CoreError) -> ServerFrame {
             code: error_code(error.kind) as i32,
             message: error.message.clone(),
             retry_after_ms: error.retry_after_ms.unwrap_or(0),
+            reason: error.reason.unwrap_or_default().to_owned(),
         }),
     )
 }
@@ -87,8 +90,7 @@ pub fn message(m: &StoredMessage) -> v1::Message {
 
 /// Bytes a message adds to a frame that carries a repeated `Message` field:
 /// the message, its field tag and its length prefix.
-pub fn message_frame_cost(m: &v1::Message) -> usize {
-    use prost::Message as _;
+pub fn message_frame_cost(m: &impl prost::Message) -> usize {
     let len = m.encoded_len();
     len + 1 + prost::length_delimiter_len(len)
 }
@@ -106,13 +108,27 @@ pub fn subscription(state: Subscription) -> v1::Subscription {
 }
 
 /// The reply to a stored send (a message or a file offer).
-pub fn sent(appended: &parley_core::store::Appended) -> Body {
-    let m = &appended.message;
+pub fn sent(accepted: &parley_core::service::Accepted) -> Body {
+    let m = &accepted.message;
     Body::Sent(v1::Sent {
         client_msg_id: m.client_msg_id.clone(),
         message_id: m.id.0,
         seq: m.seq.0,
         timestamp_ms: m.timestamp_ms,
-        duplicate: appended.duplicate,
+        duplicate: accepted.duplicate,
+        held: accepted.held,
     })
+}
+
+/// A held message as the protocol carries it.
+pub fn held(h: &parley_core::store::HeldMessage) -> v1::HeldMessage {
+    v1::HeldMessage {
+        id: h.id,
+        from: h.sender_name.clone(),
+        timestamp_ms: h.timestamp_ms,
+        body: h.body.clone(),
+        client_msg_id: h.client_msg_id.clone(),
+        filter: h.filter.clone(),
+        score: h.score,
+    }
 }

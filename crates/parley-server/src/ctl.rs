@@ -40,6 +40,12 @@ pub enum Request {
         #[serde(default = "default_invite_hours")]
         expires_hours: u64,
     },
+    /// Recipients' spam / not-spam judgements with id > `after`, oldest
+    /// first: the labelled data for the next training run.
+    Labels {
+        #[serde(default)]
+        after: u64,
+    },
     /// Re-read the configuration and replace the worker without downtime.
     Reload,
     /// Graceful shutdown of master and workers.
@@ -59,6 +65,27 @@ pub struct Invite {
     pub code: String,
     /// When it stops working, ms since the Unix epoch.
     pub expires_ms: u64,
+}
+
+/// Labels one `labels` request answers at most; fewer when their texts
+/// pass [`MAX_LABEL_PAGE_BYTES`].
+pub const MAX_LABEL_PAGE: u32 = 500;
+/// Text one `labels` answer carries at most (a reply line is at most
+/// [`MAX_LINE_BYTES`]); the first label always goes, whatever its size.
+pub const MAX_LABEL_PAGE_BYTES: usize = 256 * 1024;
+
+/// One judgement, as `labels` answers it and `parley-train --labels`
+/// reads it (one JSON object per line).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Label {
+    pub id: u64,
+    /// true: spam; false: not spam.
+    pub spam: bool,
+    /// The filter's score when it was judged, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    pub marked_ms: u64,
+    pub text: String,
 }
 
 /// The answer: `ok` with a result, or an error text.
@@ -296,6 +323,14 @@ pub fn render(request: &Request, result: &serde_json::Value) -> String {
             },
             Err(_) => result.to_string(),
         },
+        Request::Labels { .. } => match serde_json::from_value::<Vec<Label>>(result.clone()) {
+            Ok(labels) => labels
+                .iter()
+                .filter_map(|l| serde_json::to_string(l).ok())
+                .map(|line| line + "\n")
+                .collect(),
+            Err(_) => result.to_string(),
+        },
         Request::Stop => "stopping\n".into(),
     }
 }
@@ -340,6 +375,18 @@ fn render_status(s: &Status) -> String {
                 st.messages_acked,
                 st.messages_resent,
                 st.busy_replies
+            ));
+            let filter = match st.filter_model.as_str() {
+                "" => "  spam filter off".to_owned(),
+                model => format!(
+                    "  spam filter model {model}: scored {} held {} rejected {} unscored {} busy {}",
+                    st.filter_scored, st.filter_held, st.filter_rejected, st.filter_fail_open, st.filter_fail_closed
+                ),
+            };
+            out.push_str(&format!(
+                "{filter}  blocked phrases rejected {}
+",
+                st.filter_words_rejected
             ));
         }
         None => out.push_str(&format!(

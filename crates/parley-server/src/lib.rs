@@ -11,6 +11,7 @@ pub mod config;
 pub mod convert;
 pub mod ctl;
 pub mod files;
+pub mod filter;
 pub mod gen_cert;
 pub mod log_limit;
 pub mod logging;

@@ -50,6 +50,10 @@ enum Command {
     GenCert(GenCertArgs),
     /// Read perf logs (see the perf_log setting).
     Perf(parley_server::perf::PerfArgs),
+    /// Serve the spam model over HTTP/JSON for servers with filter_url
+    /// (an inference server; it prints its address, then serves until
+    /// SIGTERM or SIGINT).
+    FilterServe(parley_server::filter::ServeArgs),
 }
 
 /// The flags of `parleyd ctl`, accepted before or after the action
@@ -91,10 +95,66 @@ enum CtlAction {
         #[arg(long, default_value_t = ctl::DEFAULT_INVITE_EXPIRES_HOURS)]
         expires_hours: u64,
     },
+    /// Print the spam / not-spam judgements recipients made, one JSON
+    /// object per line (id, spam, score, marked_ms, text): the labelled
+    /// data `parley-train --labels FILE` adds to its corpus
+    Labels {
+        /// Only labels numbered above this (to fetch only new ones)
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
     /// Re-read the configuration and replace the worker without dropping connections' data.
     Reload,
     /// Stop gracefully.
     Stop,
+}
+
+/// `parleyd ctl labels`: every page from `after` on, as JSON lines.
+fn print_labels(path: &std::path::Path, mut after: u64) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let page = match ctl::call(path, &Request::Labels { after }) {
+            Ok(result) => serde_json::from_value::<Vec<ctl::Label>>(result).unwrap_or_default(),
+            Err(e) => {
+                eprintln!("parleyd ctl: {e}");
+                return match e {
+                    ctl::ClientError::Unreachable { .. } => ExitCode::from(3),
+                    _ => ExitCode::FAILURE,
+                };
+            }
+        };
+        let Some(last) = page.last().map(|l| l.id) else {
+            return ExitCode::SUCCESS;
+        };
+        for label in &page {
+            if let Ok(line) = serde_json::to_string(label)
+                && writeln!(out, "{line}").is_err()
+            {
+                return ExitCode::FAILURE;
+            }
+        }
+        after = last;
+    }
+}
+
+/// `parleyd filter-serve`, on a runtime of its own.
+fn filter_serve(args: parley_server::filter::ServeArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("parleyd filter-serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(parley_server::filter::serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("parleyd filter-serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -121,6 +181,7 @@ fn main() -> ExitCode {
         None => {}
         Some(Command::Ctl(args)) => return control(args),
         Some(Command::Perf(args)) => return parley_server::perf::run_command(args),
+        Some(Command::FilterServe(args)) => return filter_serve(args),
         Some(Command::GenCert(args)) => {
             return match parley_server::gen_cert::run(&args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -217,6 +278,7 @@ fn control(args: CtlArgs) -> ExitCode {
         CtlAction::Kick { user } => Request::Kick { user },
         CtlAction::Broadcast { text } => Request::Broadcast { text: text.join(" ") },
         CtlAction::Invite { expires_hours } => Request::Invite { expires_hours },
+        CtlAction::Labels { after } => return print_labels(&path, after),
         CtlAction::Reload => Request::Reload,
         CtlAction::Stop => Request::Stop,
     };

@@ -136,6 +136,28 @@ impl Exposition {
     }
 }
 
+/// The filters' latency histograms (one family, a `filter` label each),
+/// appended to an exposition: time from a message reaching a filter to
+/// its verdict, the inference server's round trip included.
+pub fn render_filter_latency(out: &mut String, filters: &[(&str, HistogramSnapshot)]) {
+    let name = "parley_filter_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from a message reaching a filter to its verdict (an inference server's round trip included)."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (filter, h) in filters {
+        let mut count = 0;
+        for (bound, cumulative) in h.cumulative() {
+            let le = bound.map_or_else(|| "+Inf".to_owned(), |b| (b as f64 / 1e6).to_string());
+            let _ = writeln!(out, "{name}_bucket{{filter=\"{filter}\",le=\"{le}\"}} {cumulative}");
+            count = cumulative;
+        }
+        let _ = writeln!(out, "{name}_sum{{filter=\"{filter}\"}} {}", h.sum as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{filter=\"{filter}\"}} {count}");
+    }
+}
+
 /// Everything `/metrics` shows.
 pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, resources: &Resources) -> String {
     let mut e = Exposition { out: String::new() };
@@ -378,6 +400,19 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
         "parley_file_rendezvous_open",
         "File transfers with a side waiting or under way.",
         s.file_rendezvous_open,
+    );
+    e.labelled_counter(
+        "parley_filter_messages_total",
+        "Messages through the filter pipeline, by outcome: scored by the classifier, held in a spam folder, rejected as spam, rejected for a blocked phrase, let through unscored (filter_fail = open), refused BUSY (filter_fail = closed or a full inference queue).",
+        "outcome",
+        &[
+            ("scored", s.filter_scored),
+            ("held", s.filter_held),
+            ("rejected_spam", s.filter_rejected),
+            ("rejected_words", s.filter_words_rejected),
+            ("fail_open", s.filter_fail_open),
+            ("fail_closed", s.filter_fail_closed),
+        ],
     );
     e.counter(
         "parley_quic_attempts_total",

@@ -1048,6 +1048,38 @@ impl Connection {
             B::Pager(p) => Ok(reply(id, session.pager(p.accept), |accept| {
                 Body::Pager(v1::PagerSetting { accept })
             })),
+            B::ListHeld(l) => session.held(l.after_id, l.limit).map(|fut| {
+                reply(id, fut, move |(held, more)| {
+                    let (messages, trimmed) = fit_messages(held.iter().map(convert::held), max_frame);
+                    Body::Held(v1::HeldBatch {
+                        messages,
+                        more: more || trimmed,
+                    })
+                })
+            }),
+            B::ReleaseHeld(r) => session.release(r.ids).map(|fut| {
+                reply(id, fut, |released| {
+                    Body::Released(v1::Released {
+                        released: released
+                            .into_iter()
+                            .map(|(id, seq)| v1::ReleasedMessage { id, seq: seq.0 })
+                            .collect(),
+                    })
+                })
+            }),
+            B::DropHeld(d) => session
+                .drop_held(d.ids, d.spam)
+                .map(|fut| reply(id, fut, |ids| Body::HeldDropped(v1::HeldDropped { ids }))),
+            B::ReportSpam(r) => session.report_spam(r.seqs.into_iter().map(Seq).collect()).map(|fut| {
+                reply(id, fut, |reported| {
+                    Body::SpamReported(v1::SpamReported {
+                        reported: reported
+                            .into_iter()
+                            .map(|(seq, id)| v1::ReportedMessage { seq: seq.0, id })
+                            .collect(),
+                    })
+                })
+            }),
             B::LogoutAll(_) => {
                 let ended = session.logout_all();
                 self.files = None;
@@ -1134,6 +1166,10 @@ fn op_name(body: &client_frame::Body) -> &'static str {
         B::RefuseFile(_) => "refuse_file",
         B::RelayChunk(_) => "relay_chunk",
         B::TransferDone(_) => "transfer_done",
+        B::ListHeld(_) => "list_held",
+        B::ReleaseHeld(_) => "release_held",
+        B::DropHeld(_) => "drop_held",
+        B::ReportSpam(_) => "report_spam",
     }
 }
 
@@ -1200,7 +1236,7 @@ async fn then<A, T>(
 }
 
 /// Keeps as many messages as fit in one frame; says whether any were cut.
-fn fit_messages(messages: impl Iterator<Item = v1::Message>, max_frame_bytes: usize) -> (Vec<v1::Message>, bool) {
+fn fit_messages<M: prost::Message>(messages: impl Iterator<Item = M>, max_frame_bytes: usize) -> (Vec<M>, bool) {
     let budget = max_frame_bytes - FRAME_ENVELOPE_BYTES;
     let mut kept = Vec::new();
     let mut size = 0;

@@ -333,6 +333,24 @@ pub struct Stats {
     pub file_relayed_bytes: u64,
     #[serde(default)]
     pub file_rendezvous_open: u64,
+    /// The spam classifier's model version ("" when it is off).
+    #[serde(default)]
+    pub filter_model: String,
+    /// Messages the classifier scored, held and rejected; rejected by the
+    /// blocked phrases; let through unscored (fail_open); refused BUSY by
+    /// fail_closed or a full inference queue.
+    #[serde(default)]
+    pub filter_scored: u64,
+    #[serde(default)]
+    pub filter_held: u64,
+    #[serde(default)]
+    pub filter_rejected: u64,
+    #[serde(default)]
+    pub filter_words_rejected: u64,
+    #[serde(default)]
+    pub filter_fail_open: u64,
+    #[serde(default)]
+    pub filter_fail_closed: u64,
 }
 
 impl Server {
@@ -373,6 +391,12 @@ impl Server {
                     max_tracked: parley_core::throttle::MAX_TRACKED,
                 },
                 registration: settings.registration,
+                filters: crate::filter::pipeline(&settings.filter).unwrap_or_else(|e| {
+                    // The settings were checked when read; a model file
+                    // changed since is the one way here.
+                    tracing::error!(error = %e, "the spam filter cannot start; messages go unfiltered");
+                    parley_core::filter::FilterSettings::default()
+                }),
             },
         );
         let ctx = Arc::new(NativeContext {
@@ -461,6 +485,7 @@ impl StatsHandle {
         let http = self.http.get();
         let bus = self.bus.get().and_then(Option::as_ref).map(|b| b.counters());
         let transfers = self.service.transfers();
+        let filters = self.service.filters();
         Stats {
             connections_accepted: get(&self.counters.connections_accepted),
             connections_refused_busy: get(&self.counters.connections_refused_busy),
@@ -512,6 +537,13 @@ impl StatsHandle {
             file_transfers_completed: get(&transfers.completed),
             file_relayed_bytes: get(&transfers.relayed_bytes),
             file_rendezvous_open: transfers.pending() as u64,
+            filter_model: filters.model_version().unwrap_or_default(),
+            filter_scored: get(&filters.spam.judged),
+            filter_held: get(&filters.spam.held),
+            filter_rejected: get(&filters.spam.rejected),
+            filter_words_rejected: get(&filters.words.rejected),
+            filter_fail_open: get(&filters.spam.fail_open),
+            filter_fail_closed: get(&filters.spam.fail_closed) + get(&filters.spam.overloaded),
         }
     }
 
@@ -522,12 +554,21 @@ impl StatsHandle {
 
     /// The Prometheus exposition of everything now (`GET /metrics`).
     pub fn metrics_text(&self) -> String {
-        crate::metrics::render(
+        let mut text = crate::metrics::render(
             &self.snapshot(),
             self.store_stats().as_ref(),
             crate::metrics::process(),
             &crate::metrics::Resources::read(),
-        )
+        );
+        let filters = self.service.filters();
+        crate::metrics::render_filter_latency(
+            &mut text,
+            &[
+                (filters.spam.name, filters.spam.latency_us.snapshot()),
+                (filters.words.name, filters.words.latency_us.snapshot()),
+            ],
+        );
+        text
     }
 }
 

@@ -22,3 +22,10 @@ pub(crate) fn saturating_sql(value: u64) -> i64 {
 pub(crate) fn exact_sql(value: u64) -> Option<i64> {
     i64::try_from(value).ok()
 }
+
+/// A filter's score as every store writes it: NaN, which SQLite cannot
+/// store (it binds a NaN as NULL), is written as 0; every other value,
+/// the infinities included, as it is.
+pub(crate) fn stored_score(score: f32) -> f32 {
+    if score.is_nan() { 0.0 } else { score }
+}

@@ -1,5 +1,6 @@
 //! Implementations of `parley-core`'s [`Store`](parley_core::Store): accounts,
-//! mailboxes, idempotency keys, contact lists and resume tokens, kept in
+//! mailboxes, idempotency keys, contact lists, resume tokens, spam folders
+//! and the spam filter's labelled data, kept in
 //! memory ([`MemoryStore`]), in SQLite ([`SqliteStore`]) or in PostgreSQL
 //! ([`PgStore`], which several processes may share).
 //!
@@ -21,8 +22,9 @@
 //! - **find_account**: the account with that `name_key`, or `None`.
 //! - **delete_account**: removes the account, every message in its mailbox,
 //!   the idempotency keys it holds as a sender, its resume tokens, its contact
-//!   list and its place in every other account's contact list. Messages it
-//!   sent that sit in other mailboxes stay. `NoSuchUser` if there is no such
+//!   list and its place in every other account's contact list, and its spam
+//!   folder. Messages it sent that sit in other mailboxes or spam folders
+//!   stay; labels, tied to no account, stay. `NoSuchUser` if there is no such
 //!   account. The name can then be registered again: the new account gets a
 //!   new id, an empty mailbox whose seqs start at 1, no contacts, and appears
 //!   in nobody's contact list; no token of the old account resumes it.
@@ -78,6 +80,29 @@
 //!   is `None`, as for an unknown hash.
 //! - **revoke_resume_token**: deletes the token; an unknown hash is not an
 //!   error.
+//! - **hold**: the recipient is resolved by `recipient_key` (`NoSuchUser` if
+//!   absent). If its spam folder holds a message with the same `(sender,
+//!   client_msg_id)`, nothing is written and the answer is that message's
+//!   id and timestamp with `duplicate = true`, even if the recipient has
+//!   blocked the sender since (as for an append). Otherwise `NoSuchUser` if
+//!   the recipient blocks the sender or refuses it (`refuse_sender`), else
+//!   the message is stored with the next held-message id (one sequence for
+//!   every folder, apart from message ids, never reused; strictly
+//!   increasing), its clamped timestamp, the filter's name and score (a
+//!   NaN score is stored as 0), and then the folder's oldest messages
+//!   (lowest ids) are dropped until at most `max_held` remain (with
+//!   `max_held = 0` the new one goes at once, and is still answered with
+//!   its id). Holding touches no mailbox: no seq, no unread or quota count,
+//!   no idempotency key of appends, and the `OnStored` hook is not told.
+//! - **held**: the folder's messages with id > `after`, ascending, at most
+//!   `limit`; empty for an unknown user.
+//! - **drop_held**: deletes the listed ids that are in the user's own folder
+//!   and returns them ascending, each once (others' and unknown ids are left
+//!   out).
+//! - **add_label**: stores the label with the next label id (its own
+//!   sequence, never reused; the given `id` is ignored), its clamped
+//!   `marked_ms` and its score (NaN stored as 0), and returns the id.
+//! - **labels**: labels with id > `after`, ascending, at most `limit`.
 //! - **close**: finishes queued work, makes it durable and stops; every later
 //!   operation answers `Closed`. Calling it again answers `Ok(())` once the
 //!   store has stopped.

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
-    NewResumeToken, OnStored, StoreResult, StoredHook, StoredMessage, announce_stored, body_bytes, message_cost,
+    Account, AccountSummary, AckRange, Appended, FetchPage, FilterLabel, Held, HeldMessage, MailboxState, NewAccount,
+    NewHeld, NewInvite, NewMessage, NewResumeToken, OnStored, StoreResult, StoredHook, StoredMessage, announce_stored,
+    body_bytes, message_cost,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, StoreReply, UserId};
 
@@ -23,6 +24,7 @@ use crate::clock;
 use crate::convert::clamp;
 use crate::rules::{contact_limit_message, other_tokens_kept};
 
+mod held;
 mod relations;
 
 /// The hash of a resume token, as the trait passes it.
@@ -68,6 +70,11 @@ struct State {
     invites: HashMap<[u8; 32], u64>,
     /// Presence subscriptions and blocks.
     relations: relations::Relations,
+    /// The highest held-message id ever handed out: spam folders share
+    /// one sequence, apart from message ids, and never reuse an id.
+    last_held_id: u64,
+    /// The filter's labelled data.
+    labels: held::Labels,
 }
 
 /// One live account and its mailbox.
@@ -100,6 +107,8 @@ struct AccountEntry {
     listed_by: HashSet<UserId>,
     /// The hashes of this account's resume tokens.
     tokens: HashSet<TokenHash>,
+    /// Its spam folder: goes with the account.
+    held: held::Folder,
 }
 
 /// A message in a mailbox. The message itself is shared with the append's
@@ -204,6 +213,7 @@ impl State {
                 contacts: HashSet::new(),
                 listed_by: HashSet::new(),
                 tokens: HashSet::new(),
+                held: held::Folder::default(),
             },
         );
         Ok(account)
@@ -215,6 +225,7 @@ impl State {
     }
 
     fn delete_account(&mut self, user: UserId) -> StoreResult<()> {
+        // Its mailbox and its spam folder go with its entry.
         let entry = self.accounts.remove(&user).ok_or(StoreError::NoSuchUser)?;
         self.by_key.remove(&entry.name_key);
         self.sent_ids.remove(&user);
@@ -685,6 +696,26 @@ impl Store for MemoryStore {
 
     fn refuse_sender(&self, user: UserId, sender: UserId, refuse: Option<bool>) -> StoreReply<bool> {
         self.run(|state| state.refuse_sender(user, sender, refuse))
+    }
+
+    fn hold(&self, held: NewHeld) -> StoreReply<Held> {
+        self.run(|state| state.hold(held))
+    }
+
+    fn held(&self, user: UserId, after: u64, limit: u32) -> StoreReply<Vec<HeldMessage>> {
+        self.run(|state| Ok(state.held(user, after, limit)))
+    }
+
+    fn drop_held(&self, user: UserId, ids: Vec<u64>) -> StoreReply<Vec<u64>> {
+        self.run(|state| Ok(state.drop_held(user, ids)))
+    }
+
+    fn add_label(&self, label: FilterLabel) -> StoreReply<u64> {
+        self.run(|state| state.add_label(label))
+    }
+
+    fn labels(&self, after: u64, limit: u32) -> StoreReply<Vec<FilterLabel>> {
+        self.run(|state| Ok(state.labels(after, limit)))
     }
 
     fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {

@@ -6,12 +6,18 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use parley_core::presence::{Contact, Subscription};
-use parley_core::store::{AckRange, InviteUse, MailboxQuota, MailboxState, NewAccount, NewInvite, NewMessage};
+use parley_core::store::{
+    AckRange, FilterLabel, Held, HeldMessage, InviteUse, MailboxQuota, MailboxState, NewAccount, NewHeld, NewInvite,
+    NewMessage, OnStored,
+};
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreError, UserId};
 
 use common::{
-    HOUR_MS, Harness, create_token, credentials, hash, live_tokens, message, new_account, now_ms, register, send, token,
+    HOUR_MS, Harness, ROOMY_FOLDER, create_token, credentials, hash, held_ids, held_message, hold, label, live_tokens,
+    message, new_account, now_ms, register, send, token,
 };
 
 fn seqs(messages: &[parley_core::store::StoredMessage]) -> Vec<u64> {
@@ -536,6 +542,23 @@ async fn ordering_follows_calls(store: &dyn Store) {
     assert_eq!(removed.await, Ok(true));
     assert_eq!(keys(&listed_with.await.unwrap()), vec!["bob"]);
     assert_eq!(added.await.unwrap().id, bob.id);
+
+    // And the spam folder and labels.
+    let held = store.hold(held_message(&alice, "bob", "h1", "spam", ROOMY_FOLDER));
+    let folder_with = store.held(bob.id, 0, 10);
+    let labelled = store.add_label(label("spam", true, Some(0.5), 1));
+    let labels = store.labels(0, 10);
+    assert_eq!(labels.await.unwrap().len(), 1);
+    let labelled = labelled.await.unwrap();
+    let folder_with = folder_with.await.unwrap();
+    let held = held.await.unwrap();
+    assert_eq!(folder_with.iter().map(|m| m.id).collect::<Vec<_>>(), [held.id]);
+    let dropped = store.drop_held(bob.id, vec![held.id]);
+    let folder_without = store.held(bob.id, 0, 10);
+    let labels_after = store.labels(labelled, 10);
+    assert_eq!(labels_after.await, Ok(vec![]));
+    assert_eq!(folder_without.await, Ok(vec![]));
+    assert_eq!(dropped.await, Ok(vec![held.id]));
 }
 
 async fn closed_store_refuses_everything(store: &dyn Store) {
@@ -565,6 +588,17 @@ async fn closed_store_refuses_everything(store: &dyn Store) {
     );
     assert_eq!(store.resume(hash(1), 0).await.map(drop), closed);
     assert_eq!(store.revoke_resume_token(hash(1)).await.map(drop), closed);
+    assert_eq!(
+        store
+            .hold(held_message(&alice, "alice", "h1", "x", ROOMY_FOLDER))
+            .await
+            .map(drop),
+        closed
+    );
+    assert_eq!(store.held(alice.id, 0, 10).await.map(drop), closed);
+    assert_eq!(store.drop_held(alice.id, vec![1]).await.map(drop), closed);
+    assert_eq!(store.add_label(label("x", true, None, 0)).await.map(drop), closed);
+    assert_eq!(store.labels(0, 10).await.map(drop), closed);
     assert_eq!(store.close().await, Ok(()), "closing again is fine");
 }
 
@@ -1394,6 +1428,343 @@ async fn delete_account_removes_relations(store: &dyn Store) {
     assert_eq!(store.contacts_with_presence(bob.id).await, Ok(vec![]));
 }
 
+/// What `held_message` holds, as the folder lists it.
+fn as_listed(held: &Held, new: &NewHeld) -> HeldMessage {
+    HeldMessage {
+        id: held.id,
+        recipient: held.recipient,
+        sender: new.message.sender,
+        sender_name: new.message.sender_name.clone(),
+        client_msg_id: new.message.client_msg_id.clone(),
+        body: new.message.body.clone(),
+        timestamp_ms: new.message.timestamp_ms,
+        filter: new.filter.clone(),
+        score: new.score,
+    }
+}
+
+async fn held_messages_stay_out_of_the_mailbox(store: &dyn Store) {
+    let announced = Arc::new(Mutex::new(Vec::new()));
+    let told = Arc::clone(&announced);
+    store.on_stored(OnStored::new(move |stored| {
+        parley_core::sync::lock(&told).push(stored.client_msg_id.clone());
+    }));
+    let alice = register(store, "alice").await;
+    let bob = register(store, "Bob").await;
+    let carol = register(store, "carol").await;
+    let first = send(store, &alice, "bob", "m1", "hello").await.message;
+
+    let new = held_message(&alice, "BOB", "s1", "buy now", ROOMY_FOLDER);
+    let held = store.hold(new.clone()).await.unwrap();
+    assert_eq!(
+        (held.recipient, held.timestamp_ms, held.duplicate),
+        (bob.id, new.message.timestamp_ms, false)
+    );
+    // The mailbox's quota is not the folder's.
+    let mut over_quota = held_message(&carol, "bob", "s2", "cheap pills\0inside", ROOMY_FOLDER);
+    over_quota.message.quota = MailboxQuota {
+        max_messages: 0,
+        max_bytes: 0,
+    };
+    over_quota.filter = "links".to_owned();
+    let second = store.hold(over_quota.clone()).await.unwrap();
+    assert!(second.id > held.id, "held ids increase");
+    let third = hold(store, &alice, "bob", "s3", "more").await;
+    let listed = store.held(bob.id, 0, 10).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0], as_listed(&held, &new));
+    assert_eq!(listed[1], as_listed(&second, &over_quota));
+    assert_eq!(listed[2].id, third.id);
+
+    // The mailbox knows nothing of them: no message, no seq, no unread
+    // count, and nothing told to live delivery.
+    assert_eq!(
+        store.fetch(bob.id, Seq(0), 10, true).await.unwrap(),
+        vec![(*first).clone()]
+    );
+    assert_eq!(
+        store.mailbox_state(bob.id).await,
+        Ok(MailboxState {
+            last_seq: Seq(1),
+            unread: 1
+        })
+    );
+    assert_eq!(send(store, &alice, "bob", "m2", "again").await.message.seq, Seq(2));
+    assert_eq!(*parley_core::sync::lock(&announced), ["m1", "m2"]);
+
+    // Paging, and folders apart.
+    let page = store.held(bob.id, 0, 2).await.unwrap();
+    assert_eq!(page, listed[..2]);
+    assert_eq!(store.held(bob.id, second.id, 10).await.unwrap(), listed[2..]);
+    assert_eq!(store.held(bob.id, third.id, 10).await, Ok(vec![]));
+    assert_eq!(store.held(bob.id, 0, 0).await, Ok(vec![]));
+    assert_eq!(store.held(bob.id, u64::MAX, 10).await, Ok(vec![]));
+    assert_eq!(store.held(alice.id, 0, 10).await, Ok(vec![]));
+    assert_eq!(store.held(UserId(carol.id.0 + 100), 0, 10).await, Ok(vec![]));
+}
+
+async fn hold_is_idempotent(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let carol = register(store, "carol").await;
+    let original = hold(store, &alice, "bob", "same", "first body").await;
+
+    // A retry, even with another body, time and score, answers the
+    // original and writes nothing.
+    let mut retry = held_message(&alice, "bob", "same", "second body", ROOMY_FOLDER);
+    retry.message.timestamp_ms += 5000;
+    retry.score = 0.1;
+    assert_eq!(
+        store.hold(retry).await,
+        Ok(Held {
+            duplicate: true,
+            ..original
+        })
+    );
+    let folder = store.held(bob.id, 0, 10).await.unwrap();
+    assert_eq!(folder.len(), 1);
+    assert_eq!((folder[0].id, folder[0].body.as_str()), (original.id, "first body"));
+
+    // The key is (recipient, sender, client id).
+    let from_carol = hold(store, &carol, "bob", "same", "from carol").await;
+    let to_carol = hold(store, &alice, "carol", "same", "to carol").await;
+    assert!(original.id < from_carol.id && from_carol.id < to_carol.id);
+    assert_eq!(held_ids(store, &bob).await, [original.id, from_carol.id]);
+
+    // Apart from appends' idempotency, both ways.
+    send(store, &alice, "bob", "same", "appended").await;
+    let retry = store
+        .hold(held_message(&alice, "bob", "same", "x", ROOMY_FOLDER))
+        .await
+        .unwrap();
+    assert_eq!((retry.id, retry.duplicate), (original.id, true));
+    send(store, &alice, "bob", "sent-first", "appended").await;
+    hold(store, &alice, "bob", "sent-first", "held after").await;
+
+    // Once dropped, it may be held again, under a new id.
+    assert_eq!(store.drop_held(bob.id, vec![original.id]).await, Ok(vec![original.id]));
+    let anew = hold(store, &alice, "bob", "same", "first body").await;
+    assert!(anew.id > to_carol.id);
+}
+
+async fn hold_is_refused_as_an_append_is(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let carol = register(store, "carol").await;
+    assert_eq!(
+        store
+            .hold(held_message(&alice, "nobody", "s0", "x", ROOMY_FOLDER))
+            .await,
+        Err(StoreError::NoSuchUser)
+    );
+    let before = hold(store, &alice, "bob", "s1", "before").await;
+    store.block(bob.id, "alice", ROOMY).await.unwrap();
+    assert_eq!(
+        store
+            .hold(held_message(&alice, "bob", "s2", "after", ROOMY_FOLDER))
+            .await,
+        Err(StoreError::NoSuchUser)
+    );
+    // A retry of what was held before the block gets its original answer.
+    assert_eq!(
+        store
+            .hold(held_message(&alice, "bob", "s1", "before", ROOMY_FOLDER))
+            .await,
+        Ok(Held {
+            duplicate: true,
+            ..before
+        })
+    );
+    let from_carol = hold(store, &carol, "bob", "c1", "hi").await;
+    // A refused sender outside accounts is refused the same way.
+    let pager = UserId(i64::MAX as u64);
+    store.refuse_sender(bob.id, pager, Some(true)).await.unwrap();
+    let from_pager = NewHeld {
+        message: NewMessage {
+            sender: pager,
+            sender_name: "pager:visitor".to_owned(),
+            recipient_key: "bob".to_owned(),
+            client_msg_id: "p1".to_owned(),
+            body: "hi".to_owned(),
+            timestamp_ms: 1_700_000_000_000,
+            quota: MailboxQuota::UNLIMITED,
+        },
+        filter: "spam".to_owned(),
+        score: 0.99,
+        max_held: ROOMY_FOLDER,
+    };
+    assert_eq!(store.hold(from_pager.clone()).await, Err(StoreError::NoSuchUser));
+    // Unblocked, unrefused: held again.
+    store.unblock(bob.id, "alice").await.unwrap();
+    store.refuse_sender(bob.id, pager, Some(false)).await.unwrap();
+    let after = hold(store, &alice, "bob", "s2", "after").await;
+    let paged = store.hold(from_pager).await.unwrap();
+    assert_eq!(
+        held_ids(store, &bob).await,
+        [before.id, from_carol.id, after.id, paged.id]
+    );
+    assert_eq!(store.held(bob.id, after.id, 10).await.unwrap()[0].sender, pager);
+}
+
+async fn max_held_drops_the_oldest(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let carol = register(store, "carol").await;
+    let to_carol = hold(store, &alice, "carol", "c1", "x").await;
+    let mut ids = Vec::new();
+    for n in 1..=5 {
+        let held = store
+            .hold(held_message(&alice, "bob", &format!("s{n}"), "x", 3))
+            .await
+            .unwrap();
+        assert!(!held.duplicate);
+        ids.push(held.id);
+    }
+    assert_eq!(held_ids(store, &bob).await, ids[2..]);
+    assert_eq!(held_ids(store, &carol).await, [to_carol.id], "other folders stay");
+    // A lower bound drops more at once.
+    let one = store.hold(held_message(&alice, "bob", "s6", "x", 1)).await.unwrap();
+    assert_eq!(held_ids(store, &bob).await, [one.id]);
+    // 0 keeps none: the new one is answered, and gone.
+    let gone = store.hold(held_message(&alice, "bob", "s7", "x", 0)).await.unwrap();
+    assert!(!gone.duplicate && gone.id > one.id);
+    assert_eq!(held_ids(store, &bob).await, Vec::<u64>::new());
+    // Dropped ones are no duplicates, and no id is handed out again.
+    let again = hold(store, &alice, "bob", "s7", "x").await;
+    assert!(again.id > gone.id);
+    let first_again = hold(store, &alice, "bob", "s1", "x").await;
+    assert_eq!(held_ids(store, &bob).await, [again.id, first_again.id]);
+}
+
+async fn drop_held_drops_only_own(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let carol = register(store, "carol").await;
+    let b1 = hold(store, &alice, "bob", "b1", "x").await;
+    let b2 = hold(store, &alice, "bob", "b2", "x").await;
+    let b3 = hold(store, &alice, "bob", "b3", "x").await;
+    let c1 = hold(store, &alice, "carol", "c1", "x").await;
+    // Ascending, each once; others' and unknown ids left out.
+    assert_eq!(
+        store
+            .drop_held(bob.id, vec![b3.id, c1.id, b1.id, b3.id, u64::MAX, c1.id + 1000])
+            .await,
+        Ok(vec![b1.id, b3.id])
+    );
+    assert_eq!(held_ids(store, &bob).await, [b2.id]);
+    assert_eq!(held_ids(store, &carol).await, [c1.id]);
+    assert_eq!(store.drop_held(bob.id, vec![b1.id]).await, Ok(vec![]), "once");
+    assert_eq!(store.drop_held(bob.id, vec![]).await, Ok(vec![]));
+    assert_eq!(store.drop_held(UserId(u64::MAX), vec![c1.id]).await, Ok(vec![]));
+    assert_eq!(store.drop_held(UserId(carol.id.0 + 100), vec![c1.id]).await, Ok(vec![]));
+    assert_eq!(held_ids(store, &carol).await, [c1.id]);
+    // Dropping touches no mailbox.
+    assert_eq!(store.mailbox_state(bob.id).await, Ok(MailboxState::default()));
+}
+
+async fn delete_account_removes_the_spam_folder(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let carol = register(store, "carol").await;
+    hold(store, &alice, "bob", "s1", "x").await;
+    hold(store, &carol, "bob", "s2", "x").await;
+    let sent = hold(store, &bob, "carol", "b1", "x").await;
+    store.add_label(label("x", true, Some(0.9), 1)).await.unwrap();
+    store.delete_account(bob.id).await.unwrap();
+    assert_eq!(store.held(bob.id, 0, 10).await, Ok(vec![]));
+    // What it held for others stays, and so do the labels.
+    assert_eq!(held_ids(store, &carol).await, [sent.id]);
+    assert_eq!(store.labels(0, 10).await.unwrap().len(), 1);
+    // A new account with the name starts with an empty folder; the old
+    // ids are not handed out again.
+    let again = register(store, "bob").await;
+    assert_eq!(held_ids(store, &again).await, Vec::<u64>::new());
+    let anew = hold(store, &alice, "bob", "s1", "x").await;
+    assert_eq!(anew.recipient, again.id);
+    assert!(anew.id > sent.id);
+}
+
+async fn labels_are_kept_in_order_and_paged(store: &dyn Store) {
+    assert_eq!(store.labels(0, 10).await, Ok(vec![]));
+    let made = [
+        label("buy now", true, Some(0.9), 1_700_000_000_000),
+        label("lunch?", false, None, 1_700_000_000_001),
+        label("nul\0inside", true, Some(0.5), 0),
+        label("see you", false, Some(0.0), 1_700_000_000_003),
+    ];
+    let mut expected = Vec::new();
+    for made in made {
+        // The given id is ignored.
+        let id = store
+            .add_label(FilterLabel {
+                id: 999,
+                ..made.clone()
+            })
+            .await
+            .unwrap();
+        expected.push(FilterLabel { id, ..made });
+    }
+    assert!(expected.windows(2).all(|pair| pair[0].id < pair[1].id));
+    let all = store.labels(0, 10).await.unwrap();
+    assert_eq!(all, expected);
+    assert_eq!(store.labels(0, 2).await.unwrap(), all[..2]);
+    assert_eq!(store.labels(all[1].id, 10).await.unwrap(), all[2..]);
+    assert_eq!(store.labels(all[3].id, 10).await, Ok(vec![]));
+    assert_eq!(store.labels(0, 0).await, Ok(vec![]));
+    assert_eq!(store.labels(u64::MAX, 10).await, Ok(vec![]));
+    // Clamped like every written value; a NaN score is stored as 0.
+    let odd = store
+        .add_label(label("odd", false, Some(f32::NAN), u64::MAX))
+        .await
+        .unwrap();
+    let infinite = store
+        .add_label(label("sure", true, Some(f32::INFINITY), 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.labels(all[3].id, 10).await.unwrap(),
+        [
+            FilterLabel {
+                id: odd,
+                score: Some(0.0),
+                marked_ms: i64::MAX as u64,
+                ..label("odd", false, None, 0)
+            },
+            FilterLabel {
+                id: infinite,
+                ..label("sure", true, Some(f32::INFINITY), 5)
+            },
+        ]
+    );
+}
+
+async fn huge_held_values_do_not_panic(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let mut huge = held_message(&alice, "alice", "huge", "x", u32::MAX);
+    huge.message.timestamp_ms = u64::MAX;
+    huge.message.sender = UserId(u64::MAX);
+    huge.score = f32::NAN;
+    let held = store.hold(huge).await.unwrap();
+    assert_eq!(held.timestamp_ms, i64::MAX as u64, "timestamps are clamped");
+    let listed = store.held(alice.id, 0, u32::MAX).await.unwrap();
+    assert_eq!(
+        (listed[0].sender, listed[0].timestamp_ms, listed[0].score),
+        (UserId(i64::MAX as u64), i64::MAX as u64, 0.0)
+    );
+    let long_key = "k".repeat(10_000);
+    for key in [long_key.as_str(), "ali\0ce"] {
+        let mut odd = held_message(&alice, "alice", "odd", "x", 1);
+        odd.message.recipient_key = key.to_owned();
+        assert_eq!(store.hold(odd).await, Err(StoreError::NoSuchUser));
+    }
+    assert_eq!(store.held(UserId(u64::MAX), 0, u32::MAX).await, Ok(vec![]));
+    assert_eq!(
+        store.drop_held(alice.id, vec![u64::MAX, i64::MAX as u64]).await,
+        Ok(vec![])
+    );
+    assert_eq!(store.drop_held(alice.id, vec![held.id]).await, Ok(vec![held.id]));
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1467,4 +1838,12 @@ conformance!(
     blocks_refuse_appends_and_hide_requests,
     delete_account_removes_relations,
     an_account_can_refuse_a_sender_outside_accounts,
+    held_messages_stay_out_of_the_mailbox,
+    hold_is_idempotent,
+    hold_is_refused_as_an_append_is,
+    max_held_drops_the_oldest,
+    drop_held_drops_only_own,
+    delete_account_removes_the_spam_folder,
+    labels_are_kept_in_order_and_paged,
+    huge_held_values_do_not_panic,
 );

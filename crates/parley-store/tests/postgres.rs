@@ -15,7 +15,7 @@ use parley_store::{PgOpenError, PgOptions, PgStore, PgUrl};
 use parley_testkit::postgres::Scratch;
 use parley_testkit::proxy::TcpProxy;
 
-use common::{message, new_account, pg_options, register, send};
+use common::{held_ids, held_message, hold, label, message, new_account, pg_options, register, send};
 
 /// The longest a test waits for something to happen.
 const WAIT: Duration = Duration::from_secs(20);
@@ -391,7 +391,7 @@ async fn stores_opened_together_migrate_once() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2", "3"]);
+    assert_eq!(versions, ["1", "2", "3", "4"]);
     register(&stores[0], "alice").await;
     assert!(stores[3].find_account("alice").await.unwrap().is_some());
     for store in &stores {
@@ -402,7 +402,7 @@ async fn stores_opened_together_migrate_once() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2", "3"]);
+    assert_eq!(versions, ["1", "2", "3", "4"]);
 }
 
 #[tokio::test]
@@ -422,7 +422,7 @@ async fn a_newer_schema_is_refused_untouched() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2", "3", "999"]);
+    assert_eq!(versions, ["1", "2", "3", "4", "999"]);
 }
 
 #[tokio::test]
@@ -741,4 +741,61 @@ async fn writers_keep_each_tasks_order_and_every_mailbox_gap_free() {
     }
     assert_eq!(total, SENDERS * EACH, "each message stored once");
     store.close().await.unwrap();
+}
+
+/// Spam folders and labels persist in the database, and their ids carry
+/// on past the highest ever handed out, even when its row is gone.
+#[tokio::test]
+async fn held_messages_and_labels_survive_close_and_reopen() {
+    let Some(scratch) = Scratch::create() else { return };
+    let store = open(&scratch);
+    let alice = register(&store, "alice").await;
+    let bob = register(&store, "bob").await;
+    let s1 = hold(&store, &alice, "bob", "s1", "one").await;
+    let s2 = hold(&store, &alice, "bob", "s2", "two").await;
+    assert_eq!(store.drop_held(bob.id, vec![s2.id]).await, Ok(vec![s2.id]));
+    let folder = store.held(bob.id, 0, 10).await.unwrap();
+    let l1 = store.add_label(label("buy now", true, Some(0.875), 7)).await.unwrap();
+    let labels = store.labels(0, 10).await.unwrap();
+    store.close().await.unwrap();
+
+    let store = open(&scratch);
+    assert_eq!(store.held(bob.id, 0, 10).await.unwrap(), folder);
+    assert_eq!(store.labels(0, 10).await.unwrap(), labels);
+    let retry = store.hold(held_message(&alice, "bob", "s1", "one", 10)).await.unwrap();
+    assert_eq!((retry.id, retry.duplicate), (s1.id, true));
+    assert!(hold(&store, &alice, "bob", "s3", "three").await.id > s2.id);
+    assert!(store.add_label(label("x", false, None, 8)).await.unwrap() > l1);
+    store.close().await.unwrap();
+}
+
+/// Two stores on one database (two processes) holding the same message at
+/// once: one holds it, the other finds it, and a folder bounded by
+/// `max_held` keeps its bound whoever holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_through_two_stores_keep_one_copy_and_the_bound() {
+    const ROUNDS: usize = 20;
+    const MAX_HELD: u32 = 5;
+    let Some(scratch) = Scratch::create() else { return };
+    let a = Arc::new(open(&scratch));
+    let b = Arc::new(open(&scratch));
+    let alice = register(&*a, "alice").await;
+    let bob = register(&*a, "bob").await;
+    for n in 0..ROUNDS {
+        let id = format!("same-{n}");
+        let first = a.hold(held_message(&alice, "bob", &id, "spam", MAX_HELD));
+        let second = b.hold(held_message(&alice, "bob", &id, "spam", MAX_HELD));
+        let (first, second) = tokio::join!(first, second);
+        let (first, second) = (first.expect("first"), second.expect("second"));
+        assert_eq!(first.id, second.id, "round {n}");
+        assert!(
+            first.duplicate != second.duplicate,
+            "round {n}: one held it, one found it"
+        );
+    }
+    let ids = held_ids(&*a, &bob).await;
+    assert_eq!(ids.len(), MAX_HELD as usize);
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }

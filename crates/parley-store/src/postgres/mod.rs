@@ -29,6 +29,7 @@
 //! private network (docs/OPERATING.md).
 
 mod append;
+mod held;
 mod ops;
 mod relations;
 mod schema;
@@ -41,8 +42,8 @@ use std::time::Duration;
 use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceRequested};
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
-    NewResumeToken, OnStored, StoreResult, StoreStats, StoredHook, StoredMessage,
+    Account, AccountSummary, AckRange, Appended, FetchPage, FilterLabel, Held, HeldMessage, MailboxState, NewAccount,
+    NewHeld, NewInvite, NewMessage, NewResumeToken, OnStored, StoreResult, StoreStats, StoredHook, StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreReply, UserId};
 use tokio::sync::{mpsc, oneshot};
@@ -591,6 +592,37 @@ impl Store for PgStore {
         };
         self.call((user, sender, refuse), access, locks, |db, &(u, s, r)| {
             Box::pin(relations::refuse_sender(db, u, s, r))
+        })
+    }
+
+    fn hold(&self, held: NewHeld) -> StoreReply<Held> {
+        // A send the filter diverted: new work, admitted as an append is,
+        // locking its recipient's account row as an append does.
+        let locks = Locks::key(&held.message.recipient_key);
+        self.submit_new(|reply| ops::call(held, reply, Access::Write, locks, |db, h| Box::pin(held::hold(db, h))))
+    }
+
+    fn held(&self, user: UserId, after: u64, limit: u32) -> StoreReply<Vec<HeldMessage>> {
+        self.call((user, after, limit), Access::Read, Locks::NONE, |db, &(u, a, l)| {
+            Box::pin(held::held(db, u, a, l))
+        })
+    }
+
+    fn drop_held(&self, user: UserId, ids: Vec<u64>) -> StoreReply<Vec<u64>> {
+        self.call((user, ids), Access::Write, Locks::user(user), |db, (u, ids)| {
+            Box::pin(held::drop_held(db, *u, ids))
+        })
+    }
+
+    fn add_label(&self, label: FilterLabel) -> StoreReply<u64> {
+        self.call(label, Access::Write, Locks::NONE, |db, l| {
+            Box::pin(held::add_label(db, l))
+        })
+    }
+
+    fn labels(&self, after: u64, limit: u32) -> StoreReply<Vec<FilterLabel>> {
+        self.call((after, limit), Access::Read, Locks::NONE, |db, &(a, l)| {
+            Box::pin(held::labels(db, a, l))
         })
     }
 

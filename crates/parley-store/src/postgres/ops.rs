@@ -1,5 +1,6 @@
 //! The operations the writer runs, and their SQL (appends are in
-//! `append.rs`, presence and blocks in `relations.rs`).
+//! `append.rs`, presence and blocks in `relations.rs`, spam folders and
+//! labels in `held.rs`).
 //!
 //! Every function here runs inside the writer's open transaction and assumes
 //! nothing about what else is in it. Each makes all its domain checks (name
@@ -133,6 +134,15 @@ impl Locks {
             user: Some(user),
             key: None,
             marks: Some(user),
+        }
+    }
+
+    /// The account with this name key (the recipient of a hold).
+    pub(super) fn key(key: &str) -> Locks {
+        Locks {
+            user: None,
+            key: Some(key.to_owned()),
+            marks: None,
         }
     }
 
@@ -368,7 +378,7 @@ pub(super) fn lookup_key(key: &str) -> Option<&str> {
 
 /// Bytes stored as `bytea` (bodies and client ids may hold any character,
 /// NUL included, as in SQLite) read back as text.
-fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
+pub(super) fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(|_| StoreError::Backend("stored text is not UTF-8".into()))
 }
 
@@ -612,6 +622,8 @@ pub(super) async fn delete_account(db: &Db, user: UserId) -> OpResult<()> {
         // that a resend of one is still answered with the original.
         execute(db, DELETE_MAILBOX, id),
         execute(db, "DELETE FROM sent_ids WHERE sender = $1", id),
+        // Its spam folder; what it sent to others' folders stays, as messages do.
+        execute(db, "DELETE FROM held_messages WHERE recipient = $1", id),
         execute(db, "DELETE FROM resume_tokens WHERE owner = $1", id),
         execute(db, "DELETE FROM contacts WHERE owner = $1 OR contact = $1", id),
         execute(
@@ -1204,12 +1216,19 @@ pub(super) fn appended(message: StoredMessage, duplicate: bool) -> Appended {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{append, schema};
+    use super::super::{append, held, schema};
     use super::*;
 
     /// Tables that grow with use: a plan that scans one of them whole costs
     /// more with every message or account.
-    const GROWING: [&str; 5] = ["messages", "sent_ids", "accounts", "mailbox_marks", "blocks"];
+    const GROWING: [&str; 6] = [
+        "messages",
+        "sent_ids",
+        "accounts",
+        "mailbox_marks",
+        "blocks",
+        "held_messages",
+    ];
 
     /// Where a plan line's node starts (its `->`; the first line's node
     /// starts at 0).
@@ -1306,6 +1325,8 @@ mod tests {
             ("append::BLOCKS", append::BLOCKS),
             ("append::RECORDS", append::RECORDS),
             ("append::COUNTERS", append::COUNTERS),
+            ("held::HELD_PAGE", held::HELD_PAGE),
+            ("held::EVICT", held::EVICT),
         ];
         let mut problems = Vec::new();
         for (at, (name, sql)) in statements.iter().enumerate() {

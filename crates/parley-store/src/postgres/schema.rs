@@ -13,7 +13,7 @@
 //! one of its `search_path`), so several installations, or tests, can share
 //! one database in schemas of their own.
 //!
-//! The layout follows SQLite's version 6 (`sqlite/schema.rs` explains each
+//! The layout follows SQLite's version 7 (`sqlite/schema.rs` explains each
 //! choice), with these differences:
 //! - account and message ids come from sequences (`GENERATED ALWAYS AS
 //!   IDENTITY` and `message_ids`): never reused, and handed out without a
@@ -41,7 +41,10 @@
 //!   row and appends only the account row, so the two never wait for each
 //!   other, in one process with several writers or across processes. The
 //!   unread count is `accounts.unread` (raised by appends, lowered by
-//!   deletions) minus `read_count`.
+//!   deletions) minus `read_count`;
+//! - held messages' and labels' ids come from identity columns, and their
+//!   bodies and client ids are `bytea` like messages'; scores are `real`
+//!   (an `f32`, as the store's types hold them).
 
 use std::time::Duration;
 
@@ -149,6 +152,35 @@ const MIGRATIONS: &[&str] = &[
     "CREATE UNIQUE INDEX messages_sent ON messages (sender, client_msg_id);
     DELETE FROM sent_ids s USING messages m
         WHERE m.recipient = s.recipient AND m.seq = s.seq AND m.id = s.message_id",
+    // Version 4: spam folders and the filter's labelled data, as SQLite's
+    // version 7. `held_messages`: what the filter kept out of mailboxes,
+    // touching no mailbox counter, seq or idempotency record of appends;
+    // unique on (recipient, sender, client id), so that a resent hold (from
+    // any process) finds its original; the index on (recipient, id) serves
+    // listing a folder, dropping its oldest past `max_held` and deleting an
+    // account. A hold locks its recipient's account row, so holds to one
+    // folder from several processes take turns. `filter_labels`: labelled
+    // texts, tied to no account, read in id order.
+    "CREATE TABLE held_messages (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        recipient bigint NOT NULL,
+        sender bigint NOT NULL,
+        sender_name text NOT NULL,
+        client_msg_id bytea NOT NULL,
+        body bytea NOT NULL,
+        timestamp_ms bigint NOT NULL,
+        filter text NOT NULL,
+        score real NOT NULL,
+        CONSTRAINT held_messages_sent UNIQUE (recipient, sender, client_msg_id)
+    );
+    CREATE INDEX held_messages_recipient ON held_messages (recipient, id);
+    CREATE TABLE filter_labels (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        body bytea NOT NULL,
+        spam boolean NOT NULL,
+        score real,
+        marked_ms bigint NOT NULL
+    )",
 ];
 
 /// The schema version this build creates and understands.

@@ -15,6 +15,7 @@
 //! nobody waits for it.
 
 mod checkpoint;
+mod held;
 mod ops;
 mod relations;
 mod schema;
@@ -28,8 +29,8 @@ use parley_core::presence::{BlockOutcome, Contact, PresenceChange, PresenceReque
 use parley_core::scram::StoredCredentials;
 use parley_core::store::StoreStats;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
-    NewResumeToken, OnStored, StoreResult, StoredHook, StoredMessage,
+    Account, AccountSummary, AckRange, Appended, FetchPage, FilterLabel, Held, HeldMessage, MailboxState, NewAccount,
+    NewHeld, NewInvite, NewMessage, NewResumeToken, OnStored, StoreResult, StoredHook, StoredMessage,
 };
 use parley_core::{MessageId, NamePattern, Seq, Store, StoreReply, UserId};
 use tokio::sync::oneshot;
@@ -441,6 +442,32 @@ impl Store for SqliteStore {
                 relations::refuse_sender(c, u, s, r)
             })
         })
+    }
+
+    fn hold(&self, held: NewHeld) -> StoreReply<Held> {
+        // A send the filter diverted: new work, admitted as an append is.
+        self.submit_new(|reply| Op::Hold { held, reply })
+    }
+
+    fn held(&self, user: UserId, after: u64, limit: u32) -> StoreReply<Vec<HeldMessage>> {
+        self.submit(|reply| Op::Held {
+            user,
+            after,
+            limit,
+            reply,
+        })
+    }
+
+    fn drop_held(&self, user: UserId, ids: Vec<u64>) -> StoreReply<Vec<u64>> {
+        self.submit(|reply| Op::DropHeld { user, ids, reply })
+    }
+
+    fn add_label(&self, label: FilterLabel) -> StoreReply<u64> {
+        self.submit(|reply| Op::AddLabel { label, reply })
+    }
+
+    fn labels(&self, after: u64, limit: u32) -> StoreReply<Vec<FilterLabel>> {
+        self.submit(|reply| Op::Labels { after, limit, reply })
     }
 
     fn create_resume_token(&self, token: NewResumeToken) -> StoreReply<()> {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use parley_core::scram::StoredCredentials;
 use parley_core::store::{
-    Account, AccountSummary, AckRange, Appended, FetchPage, MailboxState, NewAccount, NewInvite, NewMessage,
-    NewResumeToken, OnStored, StoreResult, StoredMessage, announce_stored, body_bytes, message_cost,
+    Account, AccountSummary, AckRange, Appended, FetchPage, FilterLabel, Held, HeldMessage, MailboxState, NewAccount,
+    NewHeld, NewInvite, NewMessage, NewResumeToken, OnStored, StoreResult, StoredMessage, announce_stored, body_bytes,
+    message_cost,
 };
 use parley_core::{Mechanism, MessageId, NamePattern, Seq, StoreError, UserId};
 use rusqlite::types::Type;
@@ -124,6 +125,32 @@ pub(super) enum Op {
         user: UserId,
         credentials: StoredCredentials,
         reply: Reply<()>,
+    },
+    /// Holds a message in its recipient's spam folder (`held.rs`); never
+    /// announced to the `OnStored` hook.
+    Hold {
+        held: NewHeld,
+        reply: Reply<Held>,
+    },
+    Held {
+        user: UserId,
+        after: u64,
+        limit: u32,
+        reply: Reply<Vec<HeldMessage>>,
+    },
+    DropHeld {
+        user: UserId,
+        ids: Vec<u64>,
+        reply: Reply<Vec<u64>>,
+    },
+    AddLabel {
+        label: FilterLabel,
+        reply: Reply<u64>,
+    },
+    Labels {
+        after: u64,
+        limit: u32,
+        reply: Reply<Vec<FilterLabel>>,
     },
     /// A presence subscription or block operation (`relations.rs`).
     Relation(Box<dyn super::relations::RelationCall>),
@@ -240,14 +267,19 @@ impl Op {
             | Op::Resume { .. }
             | Op::RevokeResumeToken { .. }
             | Op::RevokeAllResumeTokens { .. }
-            | Op::SetCredentials { .. } => true,
+            | Op::SetCredentials { .. }
+            | Op::Hold { .. }
+            | Op::DropHeld { .. }
+            | Op::AddLabel { .. } => true,
             Op::Relation(call) => call.writes(),
             Op::FindAccount { .. }
             | Op::ListAccounts { .. }
             | Op::Fetch { .. }
             | Op::FetchPage { .. }
             | Op::MailboxState { .. }
-            | Op::ListContacts { .. } => false,
+            | Op::ListContacts { .. }
+            | Op::Held { .. }
+            | Op::Labels { .. } => false,
         }
     }
 
@@ -338,6 +370,16 @@ impl Op {
                 credentials,
                 reply,
             } => answer(reply, set_credentials(conn, user, &credentials)),
+            Op::Hold { held, reply } => answer(reply, super::held::hold(conn, held)),
+            Op::Held {
+                user,
+                after,
+                limit,
+                reply,
+            } => answer(reply, super::held::held(conn, user, after, limit)),
+            Op::DropHeld { user, ids, reply } => answer(reply, super::held::drop_held(conn, user, ids)),
+            Op::AddLabel { label, reply } => answer(reply, super::held::add_label(conn, label)),
+            Op::Labels { after, limit, reply } => answer(reply, super::held::labels(conn, after, limit)),
             Op::Relation(call) => call.execute(conn),
         }
     }
@@ -364,6 +406,11 @@ impl Op {
             Op::RevokeResumeToken { reply, .. } => refuse(reply, error),
             Op::RevokeAllResumeTokens { reply, .. } => refuse(reply, error),
             Op::SetCredentials { reply, .. } => refuse(reply, error),
+            Op::Hold { reply, .. } => refuse(reply, error),
+            Op::Held { reply, .. } => refuse(reply, error),
+            Op::DropHeld { reply, .. } => refuse(reply, error),
+            Op::AddLabel { reply, .. } => refuse(reply, error),
+            Op::Labels { reply, .. } => refuse(reply, error),
             Op::Relation(call) => call.fail(error),
         }
     }
@@ -496,6 +543,9 @@ fn delete_account(conn: &Connection, user: UserId) -> OpResult<()> {
         return Err(StoreError::NoSuchUser.into());
     }
     conn.prepare_cached("DELETE FROM messages WHERE recipient = ?1")?
+        .execute([id])?;
+    // Its spam folder; what it sent to others' folders stays, as messages do.
+    conn.prepare_cached("DELETE FROM held_messages WHERE recipient = ?1")?
         .execute([id])?;
     conn.prepare_cached("DELETE FROM sent_ids WHERE sender = ?1")?
         .execute([id])?;

@@ -187,6 +187,40 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX blocks_blocked ON blocks (blocked);
     INSERT INTO presence_subscriptions (watcher, target, approved)
         SELECT owner, contact, owner = contact FROM contacts;",
+    // Version 7: spam folders and the filter's labelled data.
+    //
+    // `held_messages`: the messages the filter kept out of their
+    // recipients' mailboxes, with the filter's name and score. They touch
+    // no mailbox counter, no seq and no `sent_ids` row. AUTOINCREMENT: a
+    // held message's id is never reused (holds are rare, so the read and
+    // rewrite of `sqlite_sequence` costs nothing that matters). The unique
+    // key (recipient, sender, client_msg_id) makes a resent hold find its
+    // original; the index on (recipient, id) serves listing a folder,
+    // dropping its oldest past `max_held`, and deleting an account.
+    // `filter_labels`: recipients' judgements (spam or not) of message
+    // texts, for the next training run: only the text, the label, the
+    // score the filter gave and when, tied to no account (they outlive
+    // deleted ones). AUTOINCREMENT for the same reason; read in id order.
+    "CREATE TABLE held_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        recipient INTEGER NOT NULL,
+        sender INTEGER NOT NULL,
+        sender_name TEXT NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        filter TEXT NOT NULL,
+        score REAL NOT NULL,
+        UNIQUE (recipient, sender, client_msg_id)
+    );
+    CREATE INDEX held_messages_recipient ON held_messages (recipient, id);
+    CREATE TABLE filter_labels (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        body TEXT NOT NULL,
+        spam INTEGER NOT NULL,
+        score REAL,
+        marked_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build creates and understands.

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parley_core::scram::StoredCredentials;
-use parley_core::store::{Account, Appended, MailboxQuota, NewAccount, NewMessage, NewResumeToken};
+use parley_core::store::{
+    Account, Appended, FilterLabel, Held, MailboxQuota, NewAccount, NewHeld, NewMessage, NewResumeToken,
+};
 use parley_core::{Mechanism, Store};
 use parley_store::{MemoryStore, PgOptions, PgStore, PgUrl, SqliteOptions, SqliteStore};
 use parley_testkit::postgres::Scratch;
@@ -170,4 +172,44 @@ pub async fn live_tokens(store: &dyn Store, ns: impl IntoIterator<Item = u8>, no
         }
     }
     live
+}
+
+/// A spam-folder bound no test reaches unless it means to.
+pub const ROOMY_FOLDER: u32 = 100;
+
+/// `message` as the filter holds it, with a score of its own.
+pub fn held_message(sender: &Account, to: &str, client_msg_id: &str, body: &str, max_held: u32) -> NewHeld {
+    NewHeld {
+        message: message(sender, to, client_msg_id, body),
+        filter: "spam".to_owned(),
+        score: 0.75 + body.len() as f32 / 1024.0,
+        max_held,
+    }
+}
+
+/// Holds a message that must be held as new.
+pub async fn hold(store: &dyn Store, sender: &Account, to: &str, client_msg_id: &str, body: &str) -> Held {
+    let held = store
+        .hold(held_message(sender, to, client_msg_id, body, ROOMY_FOLDER))
+        .await
+        .expect("hold");
+    assert!(!held.duplicate, "{client_msg_id} held as new");
+    held
+}
+
+/// The ids of `user`'s spam folder, oldest first.
+pub async fn held_ids(store: &dyn Store, user: &Account) -> Vec<u64> {
+    let held = store.held(user.id, 0, u32::MAX).await.expect("held");
+    held.iter().map(|m| m.id).collect()
+}
+
+/// A label of `body`; its id is ignored by the stores.
+pub fn label(body: &str, spam: bool, score: Option<f32>, marked_ms: u64) -> FilterLabel {
+    FilterLabel {
+        id: 0,
+        body: body.to_owned(),
+        spam,
+        score,
+        marked_ms,
+    }
 }
