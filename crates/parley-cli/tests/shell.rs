@@ -555,11 +555,12 @@ async fn shell_lists_releases_and_reports_spam() {
             "2",
         ],
     );
-    h.user("alice").await;
+    let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     let held = bob.send("alice", "not spam at all").await.expect("send");
     assert!(held.held, "{held:?}");
-    let id = held.message_id;
+    let id = alice.list_held(0, 10).await.expect("list").messages[0].id;
+    drop(alice);
 
     let tmux = Tmux::start("spam", &shell_command(&h, "alice"));
     tmux.wait_for("the prompt", |s| {

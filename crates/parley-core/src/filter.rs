@@ -94,6 +94,20 @@ pub trait RemoteScoring: Send + Sync {
     fn submit(&self, text: String, done: ScoreDone) -> Result<(), ScoreDone>;
     /// The model version the inference server last reported.
     fn version(&self) -> Option<String>;
+    /// What the client has sent so far, for metrics.
+    fn report(&self) -> RemoteReport;
+}
+
+/// A remote classifier's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteReport {
+    /// Requests sent to the inference server.
+    pub batches: u64,
+    /// Messages in them (divided by `batches`: the mean batch size).
+    pub texts: u64,
+    /// Requests that timed out, and those that failed otherwise.
+    pub timeouts: u64,
+    pub failures: u64,
 }
 
 /// Where the spam classifier runs.
@@ -125,15 +139,29 @@ pub struct SpamFilter {
     pub fail: FailPolicy,
 }
 
+/// The most messages one spam folder keeps, by default.
+pub const DEFAULT_MAX_HELD: u32 = 1_000;
+
 /// The operator's choice of filters.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FilterSettings {
     /// Phrases that get a message rejected, lowercase; empty: no such filter.
     pub blocked_words: Vec<String>,
     /// The classifier; None: messages are not scored.
     pub spam: Option<SpamFilter>,
-    /// The most messages one spam folder keeps (the oldest go first).
+    /// The most messages one spam folder keeps (the oldest go first); at
+    /// least 1.
     pub max_held: u32,
+}
+
+impl Default for FilterSettings {
+    fn default() -> Self {
+        FilterSettings {
+            blocked_words: Vec::new(),
+            spam: None,
+            max_held: DEFAULT_MAX_HELD,
+        }
+    }
 }
 
 /// Buckets of scoring latency, in microseconds.
@@ -243,6 +271,14 @@ impl Filters {
         }
     }
 
+    /// The remote classifier's counters, when there is one.
+    pub fn remote_report(&self) -> Option<RemoteReport> {
+        match &self.settings.spam.as_ref()?.scorer {
+            Scorer::Remote(remote) => Some(remote.report()),
+            Scorer::Local(_) => None,
+        }
+    }
+
     /// Judges `body` with every filter that answers at once.
     pub fn judge(&self, body: &str) -> Judged {
         if !self.settings.blocked_words.is_empty() {
@@ -290,6 +326,17 @@ impl Filters {
             then(Verdict::Accept);
             return;
         };
+        // The model reads no further: what it would not read is not sent
+        // (a batch of whole bodies could pass the inference server's
+        // request limit, and every failure pauses scoring).
+        let mut body = body;
+        if body.len() > parley_filter::MAX_SCORED_BYTES {
+            let mut end = parley_filter::MAX_SCORED_BYTES;
+            while !body.is_char_boundary(end) {
+                end -= 1;
+            }
+            body.truncate(end);
+        }
         let started = Instant::now();
         let filters = Arc::clone(self);
         let done: ScoreDone = Box::new(move |score| {

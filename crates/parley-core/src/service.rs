@@ -32,8 +32,8 @@ use crate::presence::Subscription;
 use crate::rate::{TokenBuckets, WindowLimiter, retry_hint};
 use crate::scram::{ClientFirst, Mechanism, ServerExchange, StoredCredentials, decoy_credentials};
 use crate::store::{
-    AckRange, Appended, FetchPage, FilterLabel, Held, HeldMessage, MailboxQuota, MailboxState, NewAccount, NewHeld,
-    NewMessage, NewResumeToken, OnStored, Store, StoreError, StoreReply, StoredMessage,
+    AckRange, Appended, FetchPage, FilterLabel, Held, HeldMessage, MESSAGE_OVERHEAD_BYTES, MailboxQuota, MailboxState,
+    NewAccount, NewHeld, NewMessage, NewResumeToken, OnStored, Store, StoreError, StoreReply, StoredMessage,
 };
 use crate::sync::lock;
 use crate::throttle::{Attempt, Throttle, ThrottleSettings};
@@ -128,8 +128,8 @@ pub const FILTER_RETRY_AFTER_MS: u32 = 1_000;
 /// spam folder by the filter pipeline.
 #[derive(Clone, Debug)]
 pub struct Accepted {
-    /// The message as stored; when held, its id is the spam-folder id, its
-    /// seq is 0 and its body is left out.
+    /// The message as stored; when held, its id and seq are 0 and its
+    /// body is left out.
     pub message: Arc<StoredMessage>,
     /// True when this client_msg_id had been stored (or held) before.
     pub duplicate: bool,
@@ -654,7 +654,9 @@ impl Service {
                 }
                 Step::Hold(reply, mut message) => {
                     let held = reply.await.map_err(not_stored)?;
-                    message.id = MessageId(held.id);
+                    // Not the spam-folder id: the sender has no use for
+                    // it, and consecutive ones would tell how many
+                    // messages the server held in between.
                     message.recipient = held.recipient;
                     message.timestamp_ms = held.timestamp_ms;
                     Ok(Accepted {
@@ -690,7 +692,7 @@ impl Service {
                     message,
                     filter: filter.to_owned(),
                     score,
-                    max_held: self.filters.settings().max_held,
+                    max_held: self.filters.settings().max_held.max(1),
                 });
                 Step::Hold(reply, answer)
             }
@@ -1133,12 +1135,26 @@ impl Drop for Session {
     }
 }
 
-/// The answer for a name no account has (or an invalid one).
 /// The filter name of messages a recipient moved to its spam folder.
 pub const REPORTED: &str = "reported";
 
 /// Most ids one spam-folder request names.
 pub const MAX_SPAM_IDS: usize = 1_000;
+
+/// Most held messages one spam-folder read returns (each may be as large
+/// as `max_body_bytes`, and the page is cut to one reply's bytes after it
+/// is read); 100 by default, as a mailbox read.
+pub const MAX_HELD_PAGE: u32 = 100;
+
+/// The client_msg_id a released message is stored under, with its
+/// sender: one per held message (held ids are never reused), so that a
+/// release interrupted half way and done again finds the message it
+/// stored, and never the sender's own record for the original id (which
+/// may name a message the recipient reported and deleted, or one sent to
+/// someone else).
+fn released_id(held: u64) -> String {
+    format!("released-{held}")
+}
 
 /// The ids of a spam-folder request, sorted and without repeats; refused
 /// when there are none or too many.
@@ -1172,6 +1188,7 @@ async fn label(service: &Service, body: String, spam: bool, score: Option<f32>) 
     Ok(())
 }
 
+/// The answer for a name no account has (or an invalid one).
 fn no_such_user(name: &str) -> CoreError {
     CoreError::new(ErrorKind::NoSuchUser, format!("no such user {name:?}"))
 }
@@ -1410,12 +1427,23 @@ impl Session {
         after: u64,
         limit: u32,
     ) -> Result<impl Future<Output = Result<(Vec<HeldMessage>, bool), CoreError>> + Send + 'static, CoreError> {
-        let limit = check_limit(limit, DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT, "spam folder read")?;
+        let limit = check_limit(limit, MAX_HELD_PAGE, MAX_HELD_PAGE, "spam folder read")?;
+        let budget = self.service.config.limits.max_reply_bytes;
         let reply = self.service.store.held(self.user, after, limit.saturating_add(1));
         Ok(async move {
             let mut held = reply.await?;
-            let more = held.len() > limit as usize;
+            let mut more = held.len() > limit as usize;
             held.truncate(limit as usize);
+            // Cut to one reply's bytes, as a mailbox read is (the first
+            // message goes whatever its size).
+            let mut spent = 0;
+            if let Some(fits) = held.iter().position(|h| {
+                spent += h.body.len() + h.sender_name.len() + h.client_msg_id.len() + MESSAGE_OVERHEAD_BYTES;
+                spent > budget
+            }) {
+                held.truncate(fits.max(1));
+                more = true;
+            }
             Ok((held, more))
         })
     }
@@ -1445,7 +1473,7 @@ impl Session {
                         sender: held.sender,
                         sender_name: held.sender_name.clone(),
                         recipient_key: name_key(&name),
-                        client_msg_id: held.client_msg_id.clone(),
+                        client_msg_id: released_id(held.id),
                         body: held.body.clone(),
                         timestamp_ms: held.timestamp_ms,
                         quota: service.config.limits.mailbox_quota(),
@@ -1478,14 +1506,20 @@ impl Session {
         let service = Arc::clone(&self.service);
         let user = self.user;
         Ok(async move {
+            let mut judged = Vec::new();
             if spam {
                 for &id in &ids {
                     if let Some(held) = find_held(&service, user, id).await? {
-                        label(&service, held.body, true, Some(held.score)).await?;
+                        judged.push(held);
                     }
                 }
             }
-            Ok(service.store.drop_held(user, ids).await?)
+            let dropped = service.store.drop_held(user, ids).await?;
+            // Labelled once each: only what this request dropped.
+            for held in judged.into_iter().filter(|h| dropped.contains(&h.id)) {
+                label(&service, held.body, true, Some(held.score)).await?;
+            }
+            Ok(dropped)
         })
     }
 
@@ -1507,7 +1541,7 @@ impl Session {
                 let Some(message) = found.into_iter().next().filter(|m| m.seq.0 == seq) else {
                     continue;
                 };
-                label(&service, message.body.clone(), true, None).await?;
+                let body = message.body.clone();
                 let held = service
                     .store
                     .hold(NewHeld {
@@ -1522,11 +1556,22 @@ impl Session {
                         },
                         filter: REPORTED.to_owned(),
                         score: 1.0,
-                        max_held: service.filters.settings().max_held,
+                        max_held: service.filters.settings().max_held.max(1),
                     })
-                    .await?;
-                service.store.delete_messages(user, vec![message.id]).await?;
-                reported.push((Seq(seq), held.id));
+                    .await;
+                // A message from an account the recipient blocks cannot
+                // be held (a block refuses it, as it refuses a send): it is
+                // deleted, and the report still counts (spam folder id 0).
+                let held_id = match held {
+                    Ok(held) => held.id,
+                    Err(StoreError::NoSuchUser) => 0,
+                    Err(e) => return Err(e.into()),
+                };
+                let deleted = service.store.delete_messages(user, vec![message.id]).await?;
+                if !deleted.is_empty() {
+                    label(&service, body, true, None).await?;
+                }
+                reported.push((Seq(seq), held_id));
             }
             Ok(reported)
         })

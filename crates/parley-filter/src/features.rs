@@ -88,8 +88,7 @@ pub fn for_each_feature(text: &str, mut emit: impl FnMut(Family, u32)) -> Featur
     let mut counts = FeatureCounts::default();
 
     // The last CHAR_GRAM_MAX characters of the normalised stream.
-    let mut window = [0u32; CHAR_GRAM_MAX];
-    let mut window_len = 0usize;
+    let mut grams = Grams::default();
     // The hash of the word being read, and of the previous word.
     let mut word_hash = FNV_OFFSET;
     let mut in_word = false;
@@ -97,32 +96,6 @@ pub fn for_each_feature(text: &str, mut emit: impl FnMut(Family, u32)) -> Featur
     // Whether the last character pushed to the window was a space, so runs
     // of separators collapse into one.
     let mut last_was_space = true;
-
-    let mut push_char = |c: u32, counts: &mut FeatureCounts, emit: &mut dyn FnMut(Family, u32)| {
-        window.copy_within(1.., 0);
-        window[CHAR_GRAM_MAX - 1] = c;
-        window_len = (window_len + 1).min(CHAR_GRAM_MAX);
-        for n in CHAR_GRAM_MIN..=window_len {
-            let mut hash = FNV_OFFSET ^ (n as u64);
-            for &gram_char in &window[CHAR_GRAM_MAX - n..] {
-                hash = fnv_step(hash, gram_char);
-            }
-            emit(Family::Char, bucket(hash, SEED_CHAR));
-            counts.chars += 1;
-        }
-    };
-    let end_word = |word_hash: u64,
-                    previous_word: &mut Option<u64>,
-                    counts: &mut FeatureCounts,
-                    emit: &mut dyn FnMut(Family, u32)| {
-        emit(Family::Word, bucket(word_hash, SEED_UNIGRAM));
-        counts.words += 1;
-        if let Some(previous) = *previous_word {
-            emit(Family::Word, bucket(previous.rotate_left(17) ^ word_hash, SEED_BIGRAM));
-            counts.words += 1;
-        }
-        *previous_word = Some(word_hash);
-    };
 
     let mut letters = 0u32;
     let mut uppercase = 0u32;
@@ -132,7 +105,7 @@ pub fn for_each_feature(text: &str, mut emit: impl FnMut(Family, u32)) -> Featur
     let mut exclamations = 0u32;
 
     // A leading space marks the start of the first word for char grams.
-    push_char(u32::from(b' '), &mut counts, &mut emit);
+    grams.push(u32::from(b' '), &mut counts, &mut emit);
     for raw in text.chars() {
         if !raw.is_whitespace() {
             visible += 1;
@@ -161,7 +134,7 @@ pub fn for_each_feature(text: &str, mut emit: impl FnMut(Family, u32)) -> Featur
                 };
                 word_hash = fnv_step(word_hash, c);
                 in_word = true;
-                push_char(c, &mut counts, &mut emit);
+                grams.push(c, &mut counts, &mut emit);
             }
             last_was_space = false;
         } else {
@@ -171,7 +144,7 @@ pub fn for_each_feature(text: &str, mut emit: impl FnMut(Family, u32)) -> Featur
                 in_word = false;
             }
             if !last_was_space {
-                push_char(u32::from(b' '), &mut counts, &mut emit);
+                grams.push(u32::from(b' '), &mut counts, &mut emit);
                 last_was_space = true;
             }
         }
@@ -180,7 +153,7 @@ pub fn for_each_feature(text: &str, mut emit: impl FnMut(Family, u32)) -> Featur
         end_word(word_hash, &mut previous_word, &mut counts, &mut emit);
     }
     if !last_was_space {
-        push_char(u32::from(b' '), &mut counts, &mut emit);
+        grams.push(u32::from(b' '), &mut counts, &mut emit);
     }
 
     let links = count_links(text);
@@ -192,6 +165,53 @@ pub fn for_each_feature(text: &str, mut emit: impl FnMut(Family, u32)) -> Featur
         (1.0 + exclamations as f32).ln(),
     ];
     counts
+}
+
+/// The character window the grams are read from. Its methods, like
+/// [`end_word`], take `emit` by its own type rather than as a trait object,
+/// so that a caller's closure (the model's sums) is inlined into the loop
+/// and its sums stay in registers: one indirect call and one round trip
+/// through memory per gram were most of a character's cost.
+#[derive(Default)]
+struct Grams {
+    window: [u32; CHAR_GRAM_MAX],
+    len: usize,
+}
+
+impl Grams {
+    #[inline(always)]
+    fn push<E: FnMut(Family, u32)>(&mut self, c: u32, counts: &mut FeatureCounts, emit: &mut E) {
+        // Shifted by value (registers), not with a memmove.
+        let [_, a, b, d, e] = self.window;
+        self.window = [a, b, d, e, c];
+        self.len = (self.len + 1).min(CHAR_GRAM_MAX);
+        for n in CHAR_GRAM_MIN..=self.len {
+            let mut hash = FNV_OFFSET ^ (n as u64);
+            for &gram_char in &self.window[CHAR_GRAM_MAX - n..] {
+                hash = fnv_step(hash, gram_char);
+            }
+            emit(Family::Char, bucket(hash, SEED_CHAR));
+            counts.chars += 1;
+        }
+    }
+}
+
+/// Emits the word that ends here, and the bigram it makes with the one
+/// before.
+#[inline(always)]
+fn end_word<E: FnMut(Family, u32)>(
+    word_hash: u64,
+    previous_word: &mut Option<u64>,
+    counts: &mut FeatureCounts,
+    emit: &mut E,
+) {
+    emit(Family::Word, bucket(word_hash, SEED_UNIGRAM));
+    counts.words += 1;
+    if let Some(previous) = *previous_word {
+        emit(Family::Word, bucket(previous.rotate_left(17) ^ word_hash, SEED_BIGRAM));
+        counts.words += 1;
+    }
+    *previous_word = Some(word_hash);
 }
 
 /// Counts `http://`, `https://` and `www.` occurrences, case-insensitively.
@@ -230,7 +250,14 @@ const SEED_UNIGRAM: u64 = 0x9e37_79b9_7f4a_7c15;
 const SEED_BIGRAM: u64 = 0xc2b2_ae3d_27d4_eb4f;
 const SEED_CHAR: u64 = 0x1656_67b1_9e37_79f9;
 
+/// FNV-1a over the four little-endian bytes of `c`. A zero byte only
+/// multiplies, so a character below 256 (nearly every one of a chat line)
+/// takes one multiply by the prime's fourth power instead of four: the
+/// same hash, a quarter of the work on the scorer's hottest line.
 fn fnv_step(hash: u64, c: u32) -> u64 {
+    if c <= 0xff {
+        return (hash ^ u64::from(c)).wrapping_mul(FNV_PRIME_4);
+    }
     let mut hash = hash;
     for byte in c.to_le_bytes() {
         hash ^= u64::from(byte);
@@ -238,6 +265,12 @@ fn fnv_step(hash: u64, c: u32) -> u64 {
     }
     hash
 }
+
+/// `FNV_PRIME` to the fourth power, modulo 2^64.
+const FNV_PRIME_4: u64 = FNV_PRIME
+    .wrapping_mul(FNV_PRIME)
+    .wrapping_mul(FNV_PRIME)
+    .wrapping_mul(FNV_PRIME);
 
 /// Mixes a hash with a family seed (the splitmix64 finaliser) and keeps
 /// [`HASH_BITS`] bits.
@@ -252,6 +285,23 @@ fn bucket(hash: u64, seed: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-multiply step is FNV-1a over the four bytes, exactly.
+    #[test]
+    fn the_short_step_is_the_byte_wise_hash() {
+        fn reference(mut hash: u64, c: u32) -> u64 {
+            for byte in c.to_le_bytes() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(FNV_PRIME);
+            }
+            hash
+        }
+        for start in [FNV_OFFSET, FNV_OFFSET ^ 3, 0, u64::MAX, 0x1234_5678_9abc_def0] {
+            for c in (0..0x300).chain([0xffff, 0x1_0000, 0x10_ffff]) {
+                assert_eq!(fnv_step(start, c), reference(start, c), "{start:x} {c:x}");
+            }
+        }
+    }
 
     fn collect(text: &str) -> (Vec<(Family, u32)>, FeatureCounts) {
         let mut features = Vec::new();

@@ -25,7 +25,7 @@ pub const HEALTH_PATH: &str = "/healthz";
 pub const MAX_BATCH_TEXTS: usize = 1024;
 
 /// The largest request body, in bytes; more is answered 413.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
 /// The body of `POST /v1/score`. Texts borrow from the request body when
 /// they hold no escapes, so the server copies nothing to score them.

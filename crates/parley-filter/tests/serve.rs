@@ -180,7 +180,7 @@ async fn every_refusal_is_a_json_error_with_its_status() {
 fn the_default_limits_are_the_protocols() {
     let limits = ServeLimits::default();
     assert_eq!(limits.max_texts, 1024);
-    assert_eq!(limits.max_body_bytes, 16 * 1024 * 1024);
+    assert_eq!(limits.max_body_bytes, 32 * 1024 * 1024);
     assert_eq!(limits.max_connections, 1024);
 }
 

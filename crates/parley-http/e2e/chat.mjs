@@ -4,14 +4,13 @@
 // offline. Screenshots go to PARLEY_E2E_OUT.
 //
 //   PARLEY_URL=http://127.0.0.1:PORT PARLEY_E2E_OUT=DIR node chat.mjs
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 
 const base = process.env.PARLEY_URL;
 const out = process.env.PARLEY_E2E_OUT || ".";
-const executablePath = process.env.PARLEY_CHROMIUM || "/usr/bin/chromium";
 if (!base) throw new Error("set PARLEY_URL");
 mkdirSync(out, { recursive: true });
 
@@ -20,21 +19,7 @@ const suffix = Date.now().toString(36).slice(-5);
 const ann = "ann" + suffix;
 const ben = "ben" + suffix;
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  // A fresh temporary profile is made for every launch.
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 
 const outside = [];
 async function open(name) {

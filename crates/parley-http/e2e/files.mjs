@@ -10,14 +10,13 @@
 //
 // The server runs with --relay-max-file-bytes RELAY_MAX and
 // --max-file-bytes FILE_MAX (below).
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 import { mkdirSync, readFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 
 const base = process.env.PARLEY_URL;
 const out = process.env.PARLEY_E2E_OUT || ".";
-const executablePath = process.env.PARLEY_CHROMIUM || "/usr/bin/chromium";
 if (!base) throw new Error("set PARLEY_URL");
 mkdirSync(out, { recursive: true });
 
@@ -30,20 +29,7 @@ const suffix = Date.now().toString(36).slice(-5);
 const fay = "fay" + suffix;
 const gus = "gus" + suffix;
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 
 const pageErrors = [];
 async function open(name) {

@@ -5,13 +5,12 @@
 // body cannot reorder the text around it.
 //
 //   PARLEY_URL=http://127.0.0.1:PORT PARLEY_E2E_OUT=DIR node hardening.mjs
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
 const base = process.env.PARLEY_URL;
 const out = process.env.PARLEY_E2E_OUT || ".";
-const executablePath = process.env.PARLEY_CHROMIUM || "/usr/bin/chromium";
 if (!base) throw new Error("set PARLEY_URL");
 mkdirSync(out, { recursive: true });
 
@@ -21,20 +20,7 @@ const cal = "cal" + suffix;
 const dan = "dan" + suffix;
 const RLO = "\u202E";
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 
 const pageErrors = [];
 async function open(name, init) {

@@ -8,13 +8,12 @@
 // Screenshots go to PARLEY_E2E_OUT.
 //
 //   PARLEY_URL=http://127.0.0.1:PORT PARLEY_E2E_OUT=DIR PARLEY_BLOCKED_PHRASE=PHRASE node spam.mjs
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
 const base = process.env.PARLEY_URL;
 const out = process.env.PARLEY_E2E_OUT || ".";
-const executablePath = process.env.PARLEY_CHROMIUM || "/usr/bin/chromium";
 const blocked = process.env.PARLEY_BLOCKED_PHRASE;
 if (!base || !blocked) throw new Error("set PARLEY_URL and PARLEY_BLOCKED_PHRASE");
 mkdirSync(out, { recursive: true });
@@ -26,20 +25,7 @@ const ben = "ben" + suffix;
 // A body that would run script if it were ever taken as HTML.
 const hostile = '<img src=x onerror="window.parleyInjected=1"> <b>not bold</b>';
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 
 // Every alert the UI shows is an error here (a refused request).
 const alerts = [];

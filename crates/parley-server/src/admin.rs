@@ -75,17 +75,19 @@ impl Admin {
         let mut bytes = 0;
         let mut page = Vec::with_capacity(found.len());
         for label in found {
-            bytes += label.body.len();
-            if !page.is_empty() && bytes > crate::ctl::MAX_LABEL_PAGE_BYTES {
-                break;
-            }
-            page.push(crate::ctl::Label {
+            let label = crate::ctl::Label {
                 id: label.id,
                 spam: label.spam,
                 score: label.score,
                 marked_ms: label.marked_ms,
                 text: label.body,
-            });
+            };
+            // Counted as sent: JSON escapes a control character in six.
+            bytes += serde_json::to_string(&label).map_or(usize::MAX, |json| json.len());
+            if !page.is_empty() && bytes > crate::ctl::MAX_LABEL_PAGE_BYTES {
+                break;
+            }
+            page.push(label);
         }
         Ok(page)
     }

@@ -1232,8 +1232,14 @@ impl SettingArgs {
                 .map(|u| u.trim().trim_end_matches('/').to_owned())
                 .filter(|u| !u.is_empty());
             if let Some(url) = &url {
+                // HOST:PORT after http://, the port a number the client can
+                // dial: checked here, so that a worker never starts with a
+                // filter it cannot build.
                 let rest = url.strip_prefix("http://").unwrap_or("");
-                if rest.is_empty() || rest.contains('/') {
+                let port = rest.rsplit_once(':').and_then(|(host, port)| {
+                    (!host.is_empty() && !host.contains('/')).then(|| port.parse::<u16>().ok().filter(|p| *p > 0))?
+                });
+                if port.is_none() {
                     errors.push(format!("filter_url: {url:?} is not like http://127.0.0.1:7890"));
                 }
                 if model != FilterModel::Off {
@@ -1252,6 +1258,13 @@ impl SettingArgs {
             };
             let hold_at = score(&mut errors, "filter_hold_at");
             let reject_at = score(&mut errors, "filter_reject_at");
+            if let (Some(hold), Some(reject)) = (hold_at, reject_at)
+                && hold > reject
+            {
+                errors.push(format!(
+                    "filter_hold_at {hold} is above filter_reject_at {reject}: nothing would ever be held"
+                ));
+            }
             let fail = match get("filter_fail", "open").trim() {
                 "open" => parley_core::filter::FailPolicy::Open,
                 "closed" => parley_core::filter::FailPolicy::Closed,
@@ -1267,7 +1280,7 @@ impl SettingArgs {
                 1..=60_000,
                 200,
             );
-            let batch: usize = num(&mut errors, "filter_batch", &get("filter_batch", "256"), 1..=1024, 256);
+            let batch: usize = num(&mut errors, "filter_batch", &get("filter_batch", "256"), 1..=256, 256);
             let queue: usize = num(
                 &mut errors,
                 "filter_queue",
@@ -1293,7 +1306,7 @@ impl SettingArgs {
                 &mut errors,
                 "spam_folder_max",
                 &get("spam_folder_max", "1000"),
-                0..=1_000_000,
+                1..=1_000_000,
                 1000,
             );
             FilterConfig {

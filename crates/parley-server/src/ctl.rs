@@ -69,10 +69,11 @@ pub struct Invite {
 
 /// Labels one `labels` request answers at most; fewer when their texts
 /// pass [`MAX_LABEL_PAGE_BYTES`].
-pub const MAX_LABEL_PAGE: u32 = 500;
-/// Text one `labels` answer carries at most (a reply line is at most
-/// [`MAX_LINE_BYTES`]); the first label always goes, whatever its size.
-pub const MAX_LABEL_PAGE_BYTES: usize = 256 * 1024;
+pub const MAX_LABEL_PAGE: u32 = 100;
+/// JSON one `labels` answer carries at most (a reply line is at most
+/// [`MAX_LINE_BYTES`], and one label, a body of at most `max_body_bytes`
+/// escaped, fits); the first label always goes, whatever its size.
+pub const MAX_LABEL_PAGE_BYTES: usize = 512 * 1024;
 
 /// One judgement, as `labels` answers it and `parley-train --labels`
 /// reads it (one JSON object per line).

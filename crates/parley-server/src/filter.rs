@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use parley_core::filter::{FilterSettings, RemoteScoring, ScoreDone, Scorer, SpamFilter, Unscored};
+use parley_core::filter::{FilterSettings, RemoteReport, RemoteScoring, ScoreDone, Scorer, SpamFilter, Unscored};
 use parley_filter::remote::{RemoteConfig, RemoteScorer, Unscored as RemoteUnscored};
 
 use crate::config::{FilterConfig, load_model};
@@ -82,6 +82,16 @@ impl RemoteScoring for Remote {
 
     fn version(&self) -> Option<String> {
         self.0.model_version()
+    }
+
+    fn report(&self) -> RemoteReport {
+        let stats = self.0.stats();
+        RemoteReport {
+            batches: stats.batches_sent,
+            texts: stats.texts_sent,
+            timeouts: stats.timeouts,
+            failures: stats.unreachable + stats.bad_answers,
+        }
     }
 }
 

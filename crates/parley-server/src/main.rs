@@ -115,7 +115,13 @@ fn print_labels(path: &std::path::Path, mut after: u64) -> ExitCode {
     let mut out = std::io::stdout().lock();
     loop {
         let page = match ctl::call(path, &Request::Labels { after }) {
-            Ok(result) => serde_json::from_value::<Vec<ctl::Label>>(result).unwrap_or_default(),
+            Ok(result) => match serde_json::from_value::<Vec<ctl::Label>>(result) {
+                Ok(page) => page,
+                Err(e) => {
+                    eprintln!("parleyd ctl: the server's labels after {after} are not readable: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
             Err(e) => {
                 eprintln!("parleyd ctl: {e}");
                 return match e {

@@ -414,6 +414,25 @@ pub fn render(stats: &Stats, store: Option<&StoreStats>, process: &ProcessInfo, 
             ("fail_closed", s.filter_fail_closed),
         ],
     );
+    e.labelled_counter(
+        "parley_filter_remote_requests_total",
+        "Requests to the inference server (filter_url), by outcome; messages_total over ok+timeout+failed is the mean batch size.",
+        "outcome",
+        &[
+            (
+                "ok",
+                s.filter_remote_batches
+                    .saturating_sub(s.filter_remote_timeouts + s.filter_remote_failures),
+            ),
+            ("timeout", s.filter_remote_timeouts),
+            ("failed", s.filter_remote_failures),
+        ],
+    );
+    e.counter(
+        "parley_filter_remote_messages_total",
+        "Messages sent to the inference server for scoring.",
+        s.filter_remote_texts,
+    );
     e.counter(
         "parley_quic_attempts_total",
         "QUIC connection attempts (new connections' first packets).",

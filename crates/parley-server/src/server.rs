@@ -351,6 +351,16 @@ pub struct Stats {
     pub filter_fail_open: u64,
     #[serde(default)]
     pub filter_fail_closed: u64,
+    /// With an inference server: requests sent, messages in them, and
+    /// requests that timed out or failed otherwise.
+    #[serde(default)]
+    pub filter_remote_batches: u64,
+    #[serde(default)]
+    pub filter_remote_texts: u64,
+    #[serde(default)]
+    pub filter_remote_timeouts: u64,
+    #[serde(default)]
+    pub filter_remote_failures: u64,
 }
 
 impl Server {
@@ -486,6 +496,7 @@ impl StatsHandle {
         let bus = self.bus.get().and_then(Option::as_ref).map(|b| b.counters());
         let transfers = self.service.transfers();
         let filters = self.service.filters();
+        let remote = filters.remote_report().unwrap_or_default();
         Stats {
             connections_accepted: get(&self.counters.connections_accepted),
             connections_refused_busy: get(&self.counters.connections_refused_busy),
@@ -544,6 +555,10 @@ impl StatsHandle {
             filter_words_rejected: get(&filters.words.rejected),
             filter_fail_open: get(&filters.spam.fail_open),
             filter_fail_closed: get(&filters.spam.fail_closed) + get(&filters.spam.overloaded),
+            filter_remote_batches: remote.batches,
+            filter_remote_texts: remote.texts,
+            filter_remote_timeouts: remote.timeouts,
+            filter_remote_failures: remote.failures,
         }
     }
 

@@ -256,6 +256,9 @@ fn prepare(settings: Settings, started: Instant) -> anyhow::Result<Prepared> {
         None => None,
     };
     let quic = inherited(ENV_QUIC_FD)?.map(std::net::UdpSocket::from);
+    // The settings were checked when read; a model file changed since
+    // stops the worker with the reason, rather than serving unfiltered.
+    crate::config::load_model(&settings.filter.model).map_err(|e| anyhow::anyhow!("filter_model: {e}"))?;
     let (store, secret) = open_store(&settings)?;
     let server = Server::new(settings, store, secret);
     let admin = Admin {
