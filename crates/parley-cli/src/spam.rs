@@ -21,23 +21,38 @@ use crate::session::timed;
 /// Most ids one spam-folder request may carry (parley-core's limit).
 const MAX_IDS_PER_REQUEST: usize = 1000;
 
-/// One page of the spam folder: held messages with a spam id above
-/// `after`, oldest first, and whether more follow.
+/// Most held messages the server returns in one read (parley-core's
+/// `MAX_HELD_PAGE`).
+const SERVER_PAGE: u32 = 100;
+
+/// Up to `limit` held messages with a spam id above `after`, oldest first,
+/// and whether more follow: read in as many server pages as that takes
+/// (a page is at most 100, and the server may cut one shorter to fit).
 pub async fn held_page(client: &Client, after: u64, limit: u32) -> anyhow::Result<(Vec<HeldMessage>, bool)> {
-    let batch = timed("reading the spam folder", client.list_held(after, limit)).await?;
-    let held = batch
-        .messages
-        .into_iter()
-        .map(|m| HeldMessage {
+    let mut held: Vec<HeldMessage> = Vec::new();
+    let mut after = after;
+    loop {
+        let want = limit
+            .saturating_sub(u32::try_from(held.len()).unwrap_or(u32::MAX))
+            .min(SERVER_PAGE);
+        let batch = timed("reading the spam folder", client.list_held(after, want)).await?;
+        let got = batch.messages.len();
+        held.extend(batch.messages.into_iter().map(|m| HeldMessage {
             id: m.id,
             from: m.from,
             timestamp_ms: m.timestamp_ms,
             body: m.body,
             filter: m.filter,
             score: m.score,
-        })
-        .collect();
-    Ok((held, batch.more))
+        }));
+        let Some(last) = held.last().map(|h| h.id) else {
+            return Ok((held, batch.more));
+        };
+        if !batch.more || got == 0 || held.len() >= limit as usize {
+            return Ok((held, batch.more));
+        }
+        after = last;
+    }
 }
 
 /// What became of the numbers a spam-folder command was given, in the

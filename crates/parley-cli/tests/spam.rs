@@ -253,3 +253,24 @@ async fn rejected_send_is_refused_with_its_reason() {
     let out = h.run("alice", &["read"]).await.expect_code(0);
     assert_eq!(out.stdout.lines().count(), 1, "{out:#?}");
 }
+
+/// More than the server's page of 100: `read --spam N` reads as many pages
+/// as N takes, and says more follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_spam_pages_past_the_servers_page() {
+    let h = Harness::start_with(Store::Memory, HOLD_EVERYTHING);
+    h.user("alice").await;
+    let bob = h.user("bob").await;
+    for i in 0..130 {
+        assert!(bob.send("alice", &format!("offer {i}")).await.expect("send").held);
+    }
+    let json = h
+        .run("alice", &["--json", "read", "--spam", "120"])
+        .await
+        .expect_code(0)
+        .json();
+    let messages = json["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 120);
+    assert_eq!(messages[119]["body"], "offer 119");
+    assert_eq!(json["more"], true);
+}

@@ -84,11 +84,11 @@ impl Weights {
         let mut present = vec![0u64; words];
         let mut before = Vec::with_capacity(words);
         let mut values = Vec::new();
-        for (word, chunk) in dense.chunks(64).enumerate() {
+        for (chunk, bits) in dense.chunks(64).zip(present.iter_mut()) {
             before.push(u32::try_from(values.len()).unwrap_or(u32::MAX));
             for (bit, weight) in chunk.iter().enumerate() {
                 if *weight != 0.0 {
-                    present[word] |= 1 << bit;
+                    *bits |= 1 << bit;
                     values.push(*weight);
                 }
             }
