@@ -544,17 +544,7 @@ async fn shell_lists_releases_and_reports_spam() {
         return;
     }
     // The classifier on, holding every message and rejecting none.
-    let h = Harness::start_with(
-        Store::Memory,
-        &[
-            "--filter-model",
-            "builtin",
-            "--filter-hold-at",
-            "0",
-            "--filter-reject-at",
-            "2",
-        ],
-    );
+    let h = Harness::start_with(Store::Memory, parley_testkit::HOLD_EVERY_MESSAGE);
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     let held = bob.send("alice", "not spam at all").await.expect("send");

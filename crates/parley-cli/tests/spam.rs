@@ -6,16 +6,7 @@ mod common;
 use common::Harness;
 use parley_testkit::Store;
 
-/// The classifier on, holding every message (scores are at least 0) and
-/// rejecting none (scores are at most 1): holds without guessing a score.
-const HOLD_EVERYTHING: &[&str] = &[
-    "--filter-model",
-    "builtin",
-    "--filter-hold-at",
-    "0",
-    "--filter-reject-at",
-    "2",
-];
+use parley_testkit::HOLD_EVERY_MESSAGE as HOLD_EVERYTHING;
 
 /// Whether `line` shows a held message: `spam #ID TIME FROM [FILTER D.DD]: BODY`.
 fn is_held_line(line: &str, id: u64, from: &str, filter: &str, body: &str) -> bool {

@@ -68,22 +68,8 @@ pub enum FailPolicy {
 }
 
 /// Called with a remote score, or with why there is none.
-pub type ScoreDone = Box<dyn FnOnce(Result<f32, Unscored>) + Send>;
-
-/// Why a remote classifier gave no score.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unscored {
-    /// No answer within the timeout.
-    Timeout,
-    /// The inference server refused the connection or answered nonsense.
-    Failed,
-    /// The client is pausing after a failure and did not ask.
-    Paused,
-    /// The client's queue is full.
-    Overloaded,
-    /// The client is closing.
-    Closed,
-}
+pub use parley_filter::Done as ScoreDone;
+pub use parley_filter::Unscored;
 
 /// A classifier on another process: the server's adapter over the
 /// inference-server client.

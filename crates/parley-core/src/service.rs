@@ -137,13 +137,18 @@ pub struct Accepted {
     pub held: bool,
 }
 
-/// A send's store operation: submitted, waiting for a remote verdict, or
-/// refused by the pipeline.
+/// A send's store operation, submitted, or the pipeline's refusal.
 enum Step {
     Append(StoreReply<Appended>),
     Hold(StoreReply<Held>, StoredMessage),
-    Later(tokio::sync::oneshot::Receiver<Step>),
     Refused(CoreError),
+}
+
+/// A send's [`Step`], or the channel it comes through once a remote
+/// classifier has answered.
+enum Judging {
+    Done(Step),
+    Waiting(tokio::sync::oneshot::Receiver<Step>),
 }
 
 /// Everything the service needs besides its store.
@@ -598,11 +603,11 @@ impl Service {
             timestamp_ms: now_ms(),
             quota: self.config.limits.mailbox_quota(),
         };
-        let step = if !filtered || !self.filters.active() {
-            Step::Append(self.store.append(message))
+        let judging = if !filtered || !self.filters.active() {
+            Judging::Done(Step::Append(self.store.append(message)))
         } else {
             match self.filters.judge(&message.body) {
-                Judged::Now(verdict) => self.store_as(verdict, message),
+                Judged::Now(verdict) => Judging::Done(self.store_as(verdict, message)),
                 Judged::Later => {
                     // The store operation is submitted from the remote
                     // scorer's answer, in the order messages were sent.
@@ -615,18 +620,18 @@ impl Service {
                             let _ = tx.send(service.store_as(verdict, message));
                         }),
                     );
-                    Step::Later(rx)
+                    Judging::Waiting(rx)
                 }
             }
         };
         let service = Arc::clone(self);
         let to = to.to_owned();
         Ok(async move {
-            let step = match step {
-                Step::Later(rx) => rx
+            let step = match judging {
+                Judging::Done(step) => step,
+                Judging::Waiting(rx) => rx
                     .await
                     .map_err(|_| CoreError::new(ErrorKind::ShuttingDown, "server is shutting down"))?,
-                step => step,
             };
             let not_stored = |e: StoreError| match e {
                 StoreError::NoSuchUser => CoreError::new(ErrorKind::NoSuchUser, format!("no such user {to:?}")),
@@ -666,7 +671,6 @@ impl Service {
                     })
                 }
                 Step::Refused(error) => Err(error),
-                Step::Later(_) => Err(CoreError::new(ErrorKind::Internal, "message judged twice")),
             }
         })
     }

@@ -29,6 +29,7 @@
 
 pub mod features;
 mod model;
+pub mod outcome;
 #[cfg(feature = "remote")]
 pub mod remote;
 #[cfg(feature = "serve")]
@@ -38,3 +39,4 @@ pub mod wire;
 
 pub use features::MAX_SCORED_BYTES;
 pub use model::{MAGIC, Model, ModelError, ModelParts, encode, looks_like_date};
+pub use outcome::{Done, Unscored};

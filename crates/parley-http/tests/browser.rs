@@ -179,19 +179,9 @@ fn the_spam_folder_holds_releases_reports_and_deletes_and_filter_refusals_are_sa
     std::fs::write(&words, format!("# refused by the spam scenario\n{BLOCKED_PHRASE}\n")).expect("write the phrases");
     // Every message is held (every score is at least 0) and none is refused
     // as spam (no score reaches 2): holds do not depend on the model.
-    let mut s = TestServer::start_with(
-        Store::Memory,
-        &[
-            "--filter-model",
-            "builtin",
-            "--filter-hold-at",
-            "0",
-            "--filter-reject-at",
-            "2",
-            "--filter-blocked-words-file",
-            words.to_str().expect("a UTF-8 path"),
-        ],
-    );
+    let mut flags = parley_testkit::HOLD_EVERY_MESSAGE.to_vec();
+    flags.extend(["--filter-blocked-words-file", words.to_str().expect("a UTF-8 path")]);
+    let mut s = TestServer::start_with(Store::Memory, &flags);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-spam");
     println!("screenshots: {}", out.display());
     let status = run_scenario(

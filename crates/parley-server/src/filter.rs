@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use parley_core::filter::{FilterSettings, RemoteReport, RemoteScoring, ScoreDone, Scorer, SpamFilter, Unscored};
-use parley_filter::remote::{RemoteConfig, RemoteScorer, Unscored as RemoteUnscored};
+use parley_core::filter::{FilterSettings, RemoteReport, RemoteScoring, ScoreDone, Scorer, SpamFilter};
+use parley_filter::remote::{RemoteConfig, RemoteScorer};
 
 use crate::config::{FilterConfig, load_model};
 
@@ -60,24 +60,7 @@ struct Remote(Arc<RemoteScorer>);
 
 impl RemoteScoring for Remote {
     fn submit(&self, text: String, done: ScoreDone) -> Result<(), ScoreDone> {
-        // The caller's callback waits in a slot, so that a full queue can
-        // give it back as it is (the remote client gives back its own).
-        let slot = Arc::new(std::sync::Mutex::new(Some(done)));
-        let waiting = Arc::clone(&slot);
-        let inner: parley_filter::remote::Done = Box::new(move |score| {
-            if let Some(done) = take(&waiting) {
-                done(score.map_err(|why| match why {
-                    RemoteUnscored::Timeout => Unscored::Timeout,
-                    RemoteUnscored::Unreachable(_) | RemoteUnscored::BadAnswer(_) => Unscored::Failed,
-                    RemoteUnscored::Paused => Unscored::Paused,
-                    RemoteUnscored::Closed => Unscored::Closed,
-                }));
-            }
-        });
-        match self.0.submit(text, inner) {
-            Ok(()) => Ok(()),
-            Err(_full) => take(&slot).map_or(Ok(()), Err),
-        }
+        self.0.submit(text, done)
     }
 
     fn version(&self) -> Option<String> {
@@ -93,11 +76,6 @@ impl RemoteScoring for Remote {
             failures: stats.unreachable + stats.bad_answers,
         }
     }
-}
-
-/// The callback in `slot`, once.
-fn take(slot: &std::sync::Mutex<Option<ScoreDone>>) -> Option<ScoreDone> {
-    slot.lock().ok().and_then(|mut done| done.take())
 }
 
 /// `parleyd filter-serve`: the inference server for `filter_url`.

@@ -118,21 +118,41 @@ impl Exposition {
     /// turn microseconds into seconds, 1 for plain counts).
     fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot, scale: f64) {
         self.header(name, "histogram", help);
+        self.series(name, "", h, scale);
+    }
+
+    /// One histogram family with a label taking each of `values`.
+    fn labelled_histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[(&str, HistogramSnapshot)],
+        scale: f64,
+    ) {
+        self.header(name, "histogram", help);
+        for (value, h) in values {
+            self.series(name, &format!("{label}=\"{value}\","), h, scale);
+        }
+    }
+
+    /// The bucket, sum and count lines of one histogram; `labels` is empty
+    /// or `name="value",` pairs, written before `le`.
+    fn series(&mut self, name: &str, labels: &str, h: &HistogramSnapshot, scale: f64) {
         let mut count = 0;
         for (bound, cumulative) in h.cumulative() {
-            match bound {
-                Some(bound) => {
-                    let le = bound as f64 / scale;
-                    let _ = writeln!(self.out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
+            let le = bound.map_or_else(|| "+Inf".to_owned(), |b| (b as f64 / scale).to_string());
+            let _ = writeln!(self.out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
             count = cumulative;
         }
-        let _ = writeln!(self.out, "{name}_sum {}", h.sum as f64 / scale);
-        let _ = writeln!(self.out, "{name}_count {count}");
+        let own = labels.trim_end_matches(',');
+        let braces = if own.is_empty() {
+            String::new()
+        } else {
+            format!("{{{own}}}")
+        };
+        let _ = writeln!(self.out, "{name}_sum{braces} {}", h.sum as f64 / scale);
+        let _ = writeln!(self.out, "{name}_count{braces} {count}");
     }
 }
 
@@ -140,22 +160,17 @@ impl Exposition {
 /// appended to an exposition: time from a message reaching a filter to
 /// its verdict, the inference server's round trip included.
 pub fn render_filter_latency(out: &mut String, filters: &[(&str, HistogramSnapshot)]) {
-    let name = "parley_filter_latency_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time from a message reaching a filter to its verdict (an inference server's round trip included)."
+    let mut e = Exposition {
+        out: std::mem::take(out),
+    };
+    e.labelled_histogram(
+        "parley_filter_latency_seconds",
+        "Time from a message reaching a filter to its verdict (an inference server's round trip included).",
+        "filter",
+        filters,
+        1e6,
     );
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    for (filter, h) in filters {
-        let mut count = 0;
-        for (bound, cumulative) in h.cumulative() {
-            let le = bound.map_or_else(|| "+Inf".to_owned(), |b| (b as f64 / 1e6).to_string());
-            let _ = writeln!(out, "{name}_bucket{{filter=\"{filter}\",le=\"{le}\"}} {cumulative}");
-            count = cumulative;
-        }
-        let _ = writeln!(out, "{name}_sum{{filter=\"{filter}\"}} {}", h.sum as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count{{filter=\"{filter}\"}} {count}");
-    }
+    *out = e.out;
 }
 
 /// Everything `/metrics` shows.
@@ -509,6 +524,41 @@ mod tests {
     }
 
     const BOUNDS: &[u64] = &[100, 1000];
+
+    #[test]
+    fn filter_latency_is_one_family_with_a_label_per_filter() {
+        const BOUNDS: &[u64] = &[10, 1_000];
+        let spam = Histogram::new(BOUNDS);
+        spam.record(5);
+        spam.record(2_000);
+        let words = Histogram::new(BOUNDS);
+        let mut text = String::from("before\n");
+        render_filter_latency(&mut text, &[("spam", spam.snapshot()), ("words", words.snapshot())]);
+        assert!(
+            text.starts_with("before\n# HELP parley_filter_latency_seconds "),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE parley_filter_latency_seconds histogram").count(),
+            1
+        );
+        assert!(
+            text.contains("parley_filter_latency_seconds_bucket{filter=\"spam\",le=\"0.00001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("parley_filter_latency_seconds_bucket{filter=\"spam\",le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("parley_filter_latency_seconds_sum{filter=\"spam\"} 0.002005\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("parley_filter_latency_seconds_count{filter=\"words\"} 0\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn counters_gauges_and_histograms_are_rendered() {

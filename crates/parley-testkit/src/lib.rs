@@ -87,6 +87,18 @@ impl Store {
 /// tests running side by side stay far below the server's connection limit.
 pub const TEST_POSTGRES_POOL_SIZE: &str = "2";
 
+/// Flags that turn the spam classifier on so that it holds every message
+/// (every score is at least 0) and rejects none (no score reaches 2):
+/// tests of the spam folder then do not depend on what the model thinks.
+pub const HOLD_EVERY_MESSAGE: &[&str] = &[
+    "--filter-model",
+    "builtin",
+    "--filter-hold-at",
+    "0",
+    "--filter-reject-at",
+    "2",
+];
+
 /// Path of a binary built from this workspace (`parleyd`, `parley`), found
 /// next to the running test executable's `deps` directory.
 pub fn binary(name: &str) -> PathBuf {
