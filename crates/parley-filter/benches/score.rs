@@ -15,6 +15,11 @@ fn score(c: &mut Criterion) {
     c.bench_function("score 1 KB message", |b| {
         b.iter(|| model.score(std::hint::black_box(&long)))
     });
+    // What `parley-bench relay` sends: 32 hex digits, then padding.
+    let relay = format!("{:016x}{:016x}{}", 12345u64, 987_654_321_000u64, "x".repeat(224));
+    c.bench_function("score 256-byte relay body", |b| {
+        b.iter(|| model.score(std::hint::black_box(&relay)))
+    });
 }
 
 criterion_group!(benches, score);

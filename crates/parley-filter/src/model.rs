@@ -3,8 +3,9 @@
 //! The format (all integers and floats little-endian):
 //!
 //! ```text
-//! magic        8 bytes  "PLYFLT01"
+//! magic        8 bytes  "PLYFLT02"
 //! hash_bits    u32      must equal features::HASH_BITS
+//! features     u32      the feature families (features::FeatureSet::bits)
 //! bias         f32
 //! quarantine   f32      recommended quarantine threshold, in [0, 1]
 //! reject       f32      recommended reject threshold, in [quarantine, 1]
@@ -15,17 +16,22 @@
 //! ```
 //!
 //! Only non-zero weights are stored, so the file stays small; loading
-//! expands them into a dense table so that scoring is one lookup per
+//! packs them (see `Weights`) so that scoring is one cached lookup per
 //! feature.
 
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
-use crate::features::{FEATURE_SPACE, Family, HASH_BITS, HASH_BUCKETS, for_each_feature};
+use crate::features::{FEATURE_SPACE, Family, FeatureSet, HASH_BITS, HASH_BUCKETS, Sink, walk};
 
 /// The first bytes of every model file.
-pub const MAGIC: &[u8; 8] = b"PLYFLT01";
+pub const MAGIC: &[u8; 8] = b"PLYFLT02";
+
+/// The first bytes of the first format, whose character 3- to 5-grams this
+/// build no longer computes: such a file is refused with
+/// [`ModelError::OldFormat`], not scored wrongly.
+const MAGIC_V1: &[u8; 8] = b"PLYFLT01";
 
 /// The longest label a model file may carry.
 pub const MAX_LABEL_BYTES: usize = 1024;
@@ -42,6 +48,14 @@ pub enum ModelError {
     /// The bytes do not start with [`MAGIC`].
     #[error("not a parley-filter model file (bad magic)")]
     BadMagic,
+    /// A model file of the first format, made before the features changed.
+    #[error(
+        "model file is of an older format (PLYFLT01) that this build cannot score: train it again with parley-train"
+    )]
+    OldFormat,
+    /// The file names feature families this build does not know.
+    #[error("model uses unknown feature families (bits {0:#x})")]
+    UnknownFeatures(u32),
     /// The model was trained with another number of hash buckets.
     #[error("model uses {found} hash bits, this build uses {expected}")]
     HashBits { found: u32, expected: u32 },
@@ -66,11 +80,9 @@ pub enum ModelError {
 /// per feature index says whether its weight is non-zero (32 KiB), a count
 /// per 64 indices says how many non-zero ones come before (16 KiB), and
 /// only the non-zero weights are kept, in index order (about 128 KiB for
-/// the built-in model). A dense array of every index took 1 MiB, which
-/// left a core's 1 MiB L2 cache at every one of the three character grams
-/// a byte of text looks up: three quarters of a relay's throughput went to
-/// those misses (docs/BENCHMARKS.md, "Spam filter"). The same weights,
-/// the same scores, to the bit.
+/// the built-in model). A dense array of every index takes 1 MiB, a
+/// core's whole L2 cache, for lookups made at every character of a
+/// message. The same weights, the same scores, to the bit.
 #[derive(Clone, Debug)]
 struct Weights {
     present: Vec<u64>,
@@ -121,6 +133,8 @@ impl Weights {
 /// and model always give the same score.
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The feature families it was trained on.
+    features: FeatureSet,
     /// The weights by feature index; zero where the file stores none.
     weights: Weights,
     /// The intercept of the logistic regression.
@@ -143,7 +157,11 @@ impl Model {
     /// a truncated or corrupt file is an error, never a panic.
     pub fn load(bytes: &[u8]) -> Result<Model, ModelError> {
         let mut reader = Reader { bytes, offset: 0 };
-        if reader.take(MAGIC.len())? != MAGIC {
+        let magic = reader.take(MAGIC.len())?;
+        if magic == MAGIC_V1 {
+            return Err(ModelError::OldFormat);
+        }
+        if magic != MAGIC {
             return Err(ModelError::BadMagic);
         }
         let hash_bits = reader.u32()?;
@@ -153,6 +171,8 @@ impl Model {
                 expected: HASH_BITS,
             });
         }
+        let feature_bits = reader.u32()?;
+        let features = FeatureSet::from_bits(feature_bits).ok_or(ModelError::UnknownFeatures(feature_bits))?;
         let bias = finite(reader.f32()?, "bias")?;
         let quarantine_threshold = reader.f32()?;
         let reject_threshold = reader.f32()?;
@@ -203,6 +223,7 @@ impl Model {
             .unwrap_or("undated");
         let version = format!("{date}-{hex}");
         Ok(Model {
+            features,
             weights: Weights::from_dense(&weights),
             bias,
             quarantine_threshold,
@@ -227,16 +248,13 @@ impl Model {
     /// The probability, in [0, 1], that `text` is spam. Only the first
     /// [`crate::MAX_SCORED_BYTES`] bytes are read; no allocation.
     pub fn score(&self, text: &str) -> f32 {
-        let mut word_sum = 0.0f32;
-        let mut char_sum = 0.0f32;
-        let counts = for_each_feature(text, |family, bucket| {
-            let weight = self.weights.get(bucket);
-            match family {
-                Family::Word => word_sum += weight,
-                Family::Char => char_sum += weight,
-            }
-        });
-        let mut z = self.bias + word_sum * counts.scale(Family::Word) + char_sum * counts.scale(Family::Char);
+        let sums = Sums {
+            weights: &self.weights,
+            words: 0.0,
+            chars: 0.0,
+        };
+        let (counts, sums) = walk(text, self.features, sums);
+        let mut z = self.bias + sums.words * counts.scale(Family::Word) + sums.chars * counts.scale(Family::Char);
         for (k, value) in counts.dense.iter().enumerate() {
             let index = HASH_BUCKETS as usize + k;
             z += value * self.weights.get(index as u32);
@@ -253,6 +271,11 @@ impl Model {
     /// The training command's description of the model (corpus, date, seed).
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The feature families the model was trained on.
+    pub fn features(&self) -> FeatureSet {
+        self.features
     }
 
     /// The recommended threshold for quarantining (chosen on a validation
@@ -275,6 +298,8 @@ impl Model {
 /// What the training command needs to write a model file.
 #[derive(Clone, Debug)]
 pub struct ModelParts<'a> {
+    /// The feature families the weights are for.
+    pub features: FeatureSet,
     /// The intercept.
     pub bias: f32,
     /// The recommended quarantine threshold.
@@ -298,6 +323,7 @@ pub fn encode(parts: &ModelParts<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + label.len() + weights.len() * 8);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&HASH_BITS.to_le_bytes());
+    out.extend_from_slice(&parts.features.bits().to_le_bytes());
     out.extend_from_slice(&parts.bias.to_le_bytes());
     out.extend_from_slice(&parts.quarantine_threshold.to_le_bytes());
     out.extend_from_slice(&parts.reject_threshold.to_le_bytes());
@@ -311,6 +337,24 @@ pub fn encode(parts: &ModelParts<'_>) -> Vec<u8> {
     let checksum = fnv1a64(&out);
     out.extend_from_slice(&checksum.to_le_bytes());
     out
+}
+
+/// The weights of a text's features, summed per family.
+struct Sums<'w> {
+    weights: &'w Weights,
+    words: f32,
+    chars: f32,
+}
+
+impl Sink for Sums<'_> {
+    #[inline(always)]
+    fn feature(&mut self, family: Family, bucket: u32) {
+        let weight = self.weights.get(bucket);
+        match family {
+            Family::Word => self.words += weight,
+            Family::Char => self.chars += weight,
+        }
+    }
 }
 
 fn sigmoid(z: f32) -> f32 {

@@ -1,15 +1,18 @@
 //! The committed model's behaviour on fixed examples, and loading bad bytes.
 //! A retrain that calls obvious spam ham (or everyday chat spam) fails here.
 
+use parley_filter::features::FeatureSet;
 use parley_filter::{MAX_SCORED_BYTES, Model, ModelError, ModelParts, encode};
 
 /// Spam that any retrained model must quarantine. (Modern phishing such as
 /// "your account has been suspended, verify your card at <link>" scores
-/// about 0.48 today, and a pharmacy advert about 0.15, both below quarantine:
+/// about 0.5 today, and a pharmacy advert about 0.15, both below quarantine:
 /// the 2002 corpus has little of either in chat-sized form.
 /// docs/MODEL.md lists this weakness.)
 const SPAM: &[&str] = &[
     "WINNER!! You have won a £1000 prize, call 09061701461 to claim now",
+    // Spelled to dodge a word list: the character grams still read it.
+    "W1NNER!! Y0u h4ve w0n a £1000 pr1ze, c4ll 09061701461 to cla1m n0w",
     "Congratulations! You have been selected to receive a FREE $500 gift card. Click here http://bit.ly/claim-now",
     "Make money fast!!! Earn $5000 a week from home, no experience needed. Reply now to get started",
 ];
@@ -94,6 +97,7 @@ fn empty_odd_and_huge_inputs_are_scored() {
 
 fn small_model_bytes() -> Vec<u8> {
     encode(&ModelParts {
+        features: FeatureSet::WORDS,
         bias: -1.0,
         quarantine_threshold: 0.6,
         reject_threshold: 0.9,
@@ -153,6 +157,7 @@ fn specific_load_errors_are_named() {
     trailing.push(0);
     assert_eq!(Model::load(&trailing).err(), Some(ModelError::TrailingBytes(1)));
     let out_of_range = encode(&ModelParts {
+        features: FeatureSet::WORDS,
         bias: 0.0,
         quarantine_threshold: 0.5,
         reject_threshold: 0.9,
@@ -161,6 +166,7 @@ fn specific_load_errors_are_named() {
     });
     assert!(matches!(Model::load(&out_of_range), Err(ModelError::BadIndex { .. })));
     let bad_threshold = encode(&ModelParts {
+        features: FeatureSet::WORDS,
         bias: 0.0,
         quarantine_threshold: 0.9,
         reject_threshold: 0.5,
@@ -173,7 +179,22 @@ fn specific_load_errors_are_named() {
     );
     // A huge entry count must fail on length, not try to allocate.
     let mut huge_count = small_model_bytes();
-    let count_offset = 8 + 4 + 4 + 4 + 4 + 2 + "test model 2026-01-02".len();
+    let count_offset = 8 + 4 + 4 + 4 + 4 + 4 + 2 + "test model 2026-01-02".len();
     huge_count[count_offset..count_offset + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(Model::load(&huge_count), Err(ModelError::Truncated { .. })));
+    // Feature families this build does not know.
+    let mut unknown = small_model_bytes();
+    unknown[12..16].copy_from_slice(&0x80u32.to_le_bytes());
+    assert_eq!(Model::load(&unknown).err(), Some(ModelError::UnknownFeatures(0x80)));
+    // A file of the first format: refused by name, not scored with other features.
+    let mut first_format = small_model_bytes();
+    first_format[..8].copy_from_slice(b"PLYFLT01");
+    assert_eq!(Model::load(&first_format).err(), Some(ModelError::OldFormat));
+}
+
+#[test]
+fn the_builtin_model_reads_character_grams() {
+    // The committed model is trained with character 4-grams (docs/MODEL.md):
+    // a word spelled to dodge a word list still reads as what it is.
+    assert_eq!(Model::builtin().unwrap().features(), FeatureSet::WORDS_AND_CHARS);
 }

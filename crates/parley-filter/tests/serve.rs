@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parley_filter::features::FeatureSet;
 use parley_filter::serve::ServeLimits;
 use parley_filter::{MAX_SCORED_BYTES, Model, ModelParts, encode};
 use support::{RawClient, Server, TEST_BOUND, builtin, chat_line, request, request_bytes};
@@ -83,6 +84,7 @@ async fn a_loaded_model_is_served_and_described() {
     bounded(async {
         let weights: Vec<(u32, f32)> = (0..64).map(|i| (i * 7, 0.25)).collect();
         let bytes = encode(&ModelParts {
+            features: FeatureSet::WORDS,
             bias: -1.0,
             quarantine_threshold: 0.5,
             reject_threshold: 0.75,
