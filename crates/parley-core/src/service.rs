@@ -659,6 +659,15 @@ impl Service {
                 }
                 Step::Hold(reply, mut message) => {
                     let held = reply.await.map_err(not_stored)?;
+                    // A resend of a message stored before: its answer.
+                    if let Some(stored) = held.stored {
+                        service.counters.messages_duplicate.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Accepted {
+                            message: stored,
+                            duplicate: true,
+                            held: false,
+                        });
+                    }
                     // Not the spam-folder id: the sender has no use for
                     // it, and consecutive ones would tell how many
                     // messages the server held in between.
@@ -697,6 +706,7 @@ impl Service {
                     filter: filter.to_owned(),
                     score,
                     max_held: self.filters.settings().max_held.max(1),
+                    send: true,
                 });
                 Step::Hold(reply, answer)
             }
@@ -1172,6 +1182,14 @@ fn check_ids(mut ids: Vec<u64>) -> Result<Vec<u64>, CoreError> {
 }
 
 /// The held message `id` of `user`'s spam folder, if it is there.
+/// Why a held message from an account the recipient blocks is not released.
+fn blocked_sender(held: &HeldMessage) -> CoreError {
+    CoreError::refused_by_state(format!(
+        "spam message {} is from {:?}, whom you block; unblock them to release it (nothing was released)",
+        held.id, held.sender_name
+    ))
+}
+
 async fn find_held(service: &Service, user: UserId, id: u64) -> Result<Option<HeldMessage>, CoreError> {
     let found = service.store.held(user, id.saturating_sub(1), 1).await?;
     Ok(found.into_iter().next().filter(|h| h.id == id))
@@ -1466,11 +1484,26 @@ impl Session {
         let service = Arc::clone(&self.service);
         let (user, name) = (self.user, self.name.clone());
         Ok(async move {
-            let mut released = Vec::with_capacity(ids.len());
+            let mut found = Vec::with_capacity(ids.len());
             for id in ids {
-                let Some(held) = find_held(&service, user, id).await? else {
-                    continue;
-                };
+                if let Some(held) = find_held(&service, user, id).await? {
+                    found.push(held);
+                }
+            }
+            // A message from an account the recipient blocks cannot be
+            // stored (a block refuses it, as it refuses a send): say so
+            // before releasing any, so that a refused request changes
+            // nothing. (A block made between this check and an append
+            // below is still refused, by the append.)
+            if !found.is_empty() {
+                let blocked = service.store.list_blocked(user).await?;
+                if let Some(held) = found.iter().find(|h| blocked.iter().any(|b| b.id == h.sender)) {
+                    return Err(blocked_sender(held));
+                }
+            }
+            let mut released = Vec::with_capacity(found.len());
+            for held in found {
+                let id = held.id;
                 let appended = service
                     .store
                     .append(NewMessage {
@@ -1484,10 +1517,7 @@ impl Session {
                     })
                     .await
                     .map_err(|e| match e {
-                        StoreError::NoSuchUser => CoreError::refused_by_state(format!(
-                            "spam message {id} is from {:?}, whom you block; unblock them to release it",
-                            held.sender_name
-                        )),
+                        StoreError::NoSuchUser => blocked_sender(&held),
                         other => other.into(),
                     })?;
                 service.store.drop_held(user, vec![id]).await?;
@@ -1561,6 +1591,7 @@ impl Session {
                         filter: REPORTED.to_owned(),
                         score: 1.0,
                         max_held: service.filters.settings().max_held.max(1),
+                        send: false,
                     })
                     .await;
                 // A message from an account the recipient blocks cannot

@@ -353,18 +353,41 @@ pub struct NewHeld {
     /// The most messages one spam folder keeps: holding one more drops
     /// the oldest (spam is expendable; the mailbox quota is not spent on it).
     pub max_held: u32,
+    /// A send being held, rather than a stored message being reported: when
+    /// the sender's client_msg_id already names a stored message (its
+    /// first send was accepted, this resend judged otherwise), that message
+    /// is the answer, as a duplicate append's, and nothing is held.
+    pub send: bool,
 }
 
 /// The answer to [`Store::hold`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
-    /// The spam-folder id.
+    /// The spam-folder id (0 with `stored`).
     pub id: u64,
     pub recipient: UserId,
     pub timestamp_ms: u64,
     /// True when the folder already held this (sender, client_msg_id) for
-    /// this recipient: nothing new was written and `id` is the original's.
+    /// this recipient, or the message was stored (`stored`): nothing new
+    /// was written and `id` is the original's.
     pub duplicate: bool,
+    /// The message a send's client_msg_id already names ([`NewHeld::send`]):
+    /// the sender's answer, nothing held.
+    pub stored: Option<Arc<StoredMessage>>,
+}
+
+impl Held {
+    /// The answer to a held send whose client_msg_id names `message`, a
+    /// stored one ([`NewHeld::send`]).
+    pub fn already_stored(message: Arc<StoredMessage>) -> Held {
+        Held {
+            id: 0,
+            recipient: message.recipient,
+            timestamp_ms: message.timestamp_ms,
+            duplicate: true,
+            stored: Some(message),
+        }
+    }
 }
 
 /// A judgement a recipient made of a message ("spam" or "not spam"),
@@ -526,7 +549,9 @@ pub trait Store: Send + Sync + 'static {
     /// (unknown or blocking recipient: [`StoreError::NoSuchUser`]), but
     /// never announced to [`OnStored`] and never counted in the mailbox.
     /// Idempotent on (recipient, sender, client_msg_id) among held
-    /// messages. Past `max_held`, the folder's oldest messages are dropped.
+    /// messages; a send ([`NewHeld::send`]) whose client_msg_id already
+    /// names a stored message is answered with it and holds nothing. Past
+    /// `max_held`, the folder's oldest messages are dropped.
     fn hold(&self, held: NewHeld) -> StoreReply<Held>;
     /// `user`'s held messages with id > `after`, oldest first, at most
     /// `limit` (empty for an unknown user).

@@ -159,6 +159,65 @@ async fn verdicts_and_the_spam_folder(store: Store) {
 }
 every_store!(verdicts_and_the_spam_folder, verdicts_and_the_spam_folder);
 
+/// Releasing several held messages when one is from an account the
+/// recipient blocks releases none of them: the answer names the blocked
+/// sender, the folder and the mailbox are as they were, and the rest can
+/// be released on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_includes_a_blocked_sender_releases_nothing() {
+    let server = TestServer::start_with(Store::Memory, parley_testkit::HOLD_EVERY_MESSAGE);
+    let alice = server.user("alice").await;
+    let carol = server.user("carol").await;
+    let bob = server.user("bob").await;
+    alice.send("bob", CHAT).await.unwrap();
+    carol.send("bob", SPAM).await.unwrap();
+    let folder = bob.list_held(0, 10).await.unwrap().messages;
+    let ids: Vec<u64> = folder.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 2);
+    bob.block("carol").await.unwrap();
+
+    let refused = bob.release_held(ids.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::InvalidRequest), "{refused}");
+    assert!(refused.to_string().contains("carol"), "{refused}");
+    assert_eq!(
+        bob.list_held(0, 10).await.unwrap().messages.len(),
+        2,
+        "nothing left the folder"
+    );
+    assert!(
+        bob.fetch(0, 10, false).await.unwrap().messages.is_empty(),
+        "nothing was stored"
+    );
+
+    let alone = bob.release_held(vec![ids[0]]).await.unwrap();
+    assert_eq!(alone.released.len(), 1);
+    assert_eq!(bodies(&bob.fetch(0, 10, false).await.unwrap().messages), [CHAT]);
+}
+
+/// A resend judged otherwise than its first try (stored with the filter
+/// off, then held once the operator turned it on) is the stored message's
+/// duplicate: the sender gets its id and seq, and the spam folder stays
+/// empty, so the recipient never sees it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_held_after_it_was_stored_is_a_duplicate() {
+    let mut server = TestServer::start_with(Store::Sqlite, &[]);
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let first = alice.send_with_id("bob", "c-1", SPAM).await.unwrap();
+    assert!(!first.held && first.seq == 1);
+    drop((alice, bob));
+    server.stop();
+    server.restart_with(parley_testkit::HOLD_EVERY_MESSAGE);
+
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let again = alice.send_with_id("bob", "c-1", SPAM).await.unwrap();
+    assert!(again.duplicate && !again.held, "{again:?}");
+    assert_eq!((again.message_id, again.seq), (first.message_id, first.seq));
+    assert!(bob.list_held(0, 10).await.unwrap().messages.is_empty(), "nothing held");
+    // A new message is held as the settings now say.
+    assert!(alice.send_with_id("bob", "c-2", CHAT).await.unwrap().held);
+}
+
 /// At the reject threshold the sender gets REJECTED (reason spam); the
 /// filter is off unless configured, and operators' broadcasts skip it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

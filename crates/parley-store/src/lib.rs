@@ -80,8 +80,12 @@
 //!   is `None`, as for an unknown hash.
 //! - **revoke_resume_token**: deletes the token; an unknown hash is not an
 //!   error.
-//! - **hold**: the recipient is resolved by `recipient_key` (`NoSuchUser` if
-//!   absent). If its spam folder holds a message with the same `(sender,
+//! - **hold**: for a send (`NewHeld::send`), if the sender's `client_msg_id`
+//!   already names a stored message (the idempotency key of appends, its
+//!   message kept or deleted), nothing is written and the answer is that
+//!   message (`stored`, as a duplicate append answers), `duplicate = true`
+//!   and id 0. Then the recipient is resolved by `recipient_key`
+//!   (`NoSuchUser` if absent). If its spam folder holds a message with the same `(sender,
 //!   client_msg_id)`, nothing is written and the answer is that message's
 //!   id and timestamp with `duplicate = true`, even if the recipient has
 //!   blocked the sender since (as for an append). Otherwise `NoSuchUser` if

@@ -273,26 +273,35 @@ impl State {
             .collect()
     }
 
+    /// The message the sender's client_msg_id already names, if it was
+    /// stored: as it is now, or rebuilt from the record when the recipient
+    /// deleted it.
+    fn original(&self, new: &NewMessage) -> Option<StoredMessage> {
+        let sender = UserId(clamp(new.sender.0));
+        let record = self.sent_ids.get(&sender)?.get(&new.client_msg_id)?;
+        let original = self
+            .accounts
+            .get(&record.recipient)
+            .and_then(|entry| entry.messages.get(&record.seq))
+            .filter(|slot| slot.message.id == record.message_id)
+            .map(Slot::to_message)
+            .unwrap_or_else(|| StoredMessage {
+                id: record.message_id,
+                recipient: record.recipient,
+                seq: record.seq,
+                sender,
+                sender_name: new.sender_name.clone(),
+                client_msg_id: new.client_msg_id.clone(),
+                body: new.body.clone(),
+                timestamp_ms: record.timestamp_ms,
+                acked: false,
+            });
+        Some(original)
+    }
+
     fn append(&mut self, new: NewMessage) -> StoreResult<Appended> {
         let sender = UserId(clamp(new.sender.0));
-        if let Some(record) = self.sent_ids.get(&sender).and_then(|ids| ids.get(&new.client_msg_id)) {
-            let original = self
-                .accounts
-                .get(&record.recipient)
-                .and_then(|entry| entry.messages.get(&record.seq))
-                .filter(|slot| slot.message.id == record.message_id)
-                .map(Slot::to_message)
-                .unwrap_or_else(|| StoredMessage {
-                    id: record.message_id,
-                    recipient: record.recipient,
-                    seq: record.seq,
-                    sender,
-                    sender_name: new.sender_name.clone(),
-                    client_msg_id: new.client_msg_id.clone(),
-                    body: new.body.clone(),
-                    timestamp_ms: record.timestamp_ms,
-                    acked: false,
-                });
+        if let Some(original) = self.original(&new) {
             return Ok(Appended {
                 message: Arc::new(original),
                 duplicate: true,

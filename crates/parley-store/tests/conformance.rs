@@ -1443,6 +1443,42 @@ fn as_listed(held: &Held, new: &NewHeld) -> HeldMessage {
     }
 }
 
+/// A send held after its first try was stored (the filter judged the two
+/// otherwise) is answered with the stored message and holds nothing; a
+/// report, which holds a stored message on purpose, still holds it.
+async fn a_held_resend_of_a_stored_message_is_its_duplicate(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    let stored = send(store, &alice, "bob", "m1", "hello").await.message;
+
+    let resend = held_message(&alice, "bob", "m1", "hello", ROOMY_FOLDER);
+    let held = store.hold(resend.clone()).await.unwrap();
+    assert!(held.duplicate, "{held:?}");
+    assert_eq!(held.stored.as_deref(), Some(&*stored));
+    assert_eq!((held.id, held.recipient), (0, bob.id));
+    assert_eq!(store.held(bob.id, 0, 10).await.unwrap(), vec![], "nothing held");
+
+    // Deleted by its recipient, it is still the answer (from the record).
+    store.delete_messages(bob.id, vec![stored.id]).await.unwrap();
+    let again = store.hold(resend.clone()).await.unwrap();
+    assert_eq!(again.stored.map(|m| (m.id, m.seq)), Some((stored.id, stored.seq)));
+    assert_eq!(store.held(bob.id, 0, 10).await.unwrap(), vec![]);
+
+    // A report holds the message it names.
+    let kept = send(store, &alice, "bob", "m2", "report me").await.message;
+    let report = NewHeld {
+        send: false,
+        ..held_message(&alice, "bob", "m2", "report me", ROOMY_FOLDER)
+    };
+    let reported = store.hold(report).await.unwrap();
+    assert!(!reported.duplicate && reported.stored.is_none(), "{reported:?}");
+    let folder = store.held(bob.id, 0, 10).await.unwrap();
+    assert_eq!(
+        folder.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        [kept.body.as_str()]
+    );
+}
+
 async fn held_messages_stay_out_of_the_mailbox(store: &dyn Store) {
     let announced = Arc::new(Mutex::new(Vec::new()));
     let told = Arc::clone(&announced);
@@ -1531,20 +1567,33 @@ async fn hold_is_idempotent(store: &dyn Store) {
     assert!(original.id < from_carol.id && from_carol.id < to_carol.id);
     assert_eq!(held_ids(store, &bob).await, [original.id, from_carol.id]);
 
-    // Apart from appends' idempotency, both ways.
-    send(store, &alice, "bob", "same", "appended").await;
+    // Appends' idempotency is apart from the folder's: a held message's
+    // client id does not stop an append...
+    let appended = send(store, &alice, "bob", "same", "appended").await.message;
+    // ...but a held send whose client id names a stored message is that
+    // message's duplicate (a_held_resend_of_a_stored_message_is_its_duplicate),
+    // while a report holds it all the same.
     let retry = store
         .hold(held_message(&alice, "bob", "same", "x", ROOMY_FOLDER))
         .await
         .unwrap();
-    assert_eq!((retry.id, retry.duplicate), (original.id, true));
+    assert_eq!((retry.id, retry.duplicate, retry.stored), (0, true, Some(appended)));
     send(store, &alice, "bob", "sent-first", "appended").await;
-    hold(store, &alice, "bob", "sent-first", "held after").await;
+    let report = NewHeld {
+        send: false,
+        ..held_message(&alice, "bob", "sent-first", "held after", ROOMY_FOLDER)
+    };
+    assert!(!store.hold(report).await.unwrap().duplicate);
 
-    // Once dropped, it may be held again, under a new id.
+    // Once dropped, it may be held again, under a new id (by a report: a
+    // send of "same" is now the appended message's duplicate).
     assert_eq!(store.drop_held(bob.id, vec![original.id]).await, Ok(vec![original.id]));
-    let anew = hold(store, &alice, "bob", "same", "first body").await;
-    assert!(anew.id > to_carol.id);
+    let again = NewHeld {
+        send: false,
+        ..held_message(&alice, "bob", "same", "first body", ROOMY_FOLDER)
+    };
+    let anew = store.hold(again).await.unwrap();
+    assert!(!anew.duplicate && anew.id > to_carol.id, "{anew:?}");
 }
 
 async fn hold_is_refused_as_an_append_is(store: &dyn Store) {
@@ -1592,6 +1641,7 @@ async fn hold_is_refused_as_an_append_is(store: &dyn Store) {
         filter: "spam".to_owned(),
         score: 0.99,
         max_held: ROOMY_FOLDER,
+        send: true,
     };
     assert_eq!(store.hold(from_pager.clone()).await, Err(StoreError::NoSuchUser));
     // Unblocked, unrefused: held again.
@@ -1839,6 +1889,7 @@ conformance!(
     delete_account_removes_relations,
     an_account_can_refuse_a_sender_outside_accounts,
     held_messages_stay_out_of_the_mailbox,
+    a_held_resend_of_a_stored_message_is_its_duplicate,
     hold_is_idempotent,
     hold_is_refused_as_an_append_is,
     max_held_drops_the_oldest,

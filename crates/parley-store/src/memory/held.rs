@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use parley_core::UserId;
 use parley_core::store::{FilterLabel, Held, HeldMessage, NewHeld, StoreError, StoreResult};
@@ -51,7 +52,11 @@ impl State {
             filter,
             score,
             max_held,
+            send,
         } = new;
+        if send && let Some(original) = self.original(&message) {
+            return Ok(Held::already_stored(Arc::new(original)));
+        }
         let sender = UserId(clamp(message.sender.0));
         let recipient = *self.by_key.get(&message.recipient_key).ok_or(StoreError::NoSuchUser)?;
         let entry = self.accounts.get(&recipient).ok_or(StoreError::NoSuchUser)?;
@@ -68,6 +73,7 @@ impl State {
                 recipient,
                 timestamp_ms: original.timestamp_ms,
                 duplicate: true,
+                stored: None,
             });
         }
         // A blocked (or refused) sender is answered as if the account did not exist.
@@ -108,6 +114,7 @@ impl State {
             recipient,
             timestamp_ms,
             duplicate: false,
+            stored: None,
         })
     }
 

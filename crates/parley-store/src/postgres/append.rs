@@ -31,7 +31,8 @@
 use std::collections::{HashMap, HashSet};
 
 use parley_core::StoreError;
-use parley_core::store::{StoredMessage, body_bytes};
+use parley_core::store::{NewMessage, StoredMessage, body_bytes};
+use tokio_postgres::Row;
 
 use super::ops::{
     AppendOp, Db, Op, OpError, Params, appended, execute, lookup_key, message_columns, message_from_row, query, signed,
@@ -113,6 +114,53 @@ struct Record {
     stored: Option<StoredMessage>,
 }
 
+impl Record {
+    /// A row of [`RECORDS`].
+    fn from_row(row: &Row) -> Result<Record, tokio_postgres::Error> {
+        let stored = match row.try_get::<_, Option<i64>>(6)? {
+            Some(_) => match message_from_row(row, 6) {
+                Ok(message) => Some(message),
+                Err(OpError::Db(error)) => return Err(error),
+                // Unreadable text: rebuilt from the record instead.
+                Err(OpError::Store(_)) => None,
+            },
+            None => None,
+        };
+        Ok(Record {
+            message_id: unsigned(row.try_get(2)?),
+            recipient: unsigned(row.try_get(3)?),
+            seq: unsigned(row.try_get(4)?),
+            timestamp_ms: unsigned(row.try_get(5)?),
+            stored,
+        })
+    }
+
+    /// The message the record names: as stored, or rebuilt from the record
+    /// and the resend `new` when the recipient deleted it.
+    fn message(&self, new: &NewMessage) -> StoredMessage {
+        self.stored
+            .clone()
+            .unwrap_or_else(|| unacked(new, self.message_id, self.recipient, self.seq, self.timestamp_ms))
+    }
+}
+
+/// The message `new`'s (sender, client id) already names, if one was
+/// stored: what a held send answers with ([`NewHeld::send`]).
+///
+/// [`NewHeld::send`]: parley_core::store::NewHeld
+pub(super) async fn original_of_send(
+    db: &Db,
+    new: &NewMessage,
+) -> Result<Option<StoredMessage>, tokio_postgres::Error> {
+    let senders = [signed(new.sender.0)];
+    let client_ids = [new.client_msg_id.as_bytes()];
+    let rows = query(db, RECORDS, &[&senders.as_slice(), &client_ids.as_slice()]).await?;
+    match rows.first() {
+        Some(row) => Ok(Some(Record::from_row(row)?.message(new))),
+        None => Ok(None),
+    }
+}
+
 /// The rows the run inserts, column by column.
 #[derive(Default)]
 struct NewRows<'a> {
@@ -184,25 +232,7 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
     }
     let mut records: HashMap<(i64, Vec<u8>), Record> = HashMap::with_capacity(record_rows.len());
     for row in &record_rows {
-        let stored = match row.try_get::<_, Option<i64>>(6)? {
-            Some(_) => match message_from_row(row, 6) {
-                Ok(message) => Some(message),
-                Err(OpError::Db(error)) => return Err(error),
-                // Unreadable text: rebuilt from the record instead.
-                Err(OpError::Store(_)) => None,
-            },
-            None => None,
-        };
-        records.insert(
-            (row.try_get(0)?, row.try_get(1)?),
-            Record {
-                message_id: unsigned(row.try_get(2)?),
-                recipient: unsigned(row.try_get(3)?),
-                seq: unsigned(row.try_get(4)?),
-                timestamp_ms: unsigned(row.try_get(5)?),
-                stored,
-            },
-        );
+        records.insert((row.try_get(0)?, row.try_get(1)?), Record::from_row(row)?);
     }
     let mut ids = Vec::with_capacity(id_rows.len());
     for row in &id_rows {
@@ -219,16 +249,7 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
         let new = &append.message;
         let sender = signed(new.sender.0);
         let result = if let Some(record) = records.get(&(sender, new.client_msg_id.as_bytes().to_vec())) {
-            let message = record.stored.clone().unwrap_or_else(|| {
-                unacked(
-                    new,
-                    record.message_id,
-                    record.recipient,
-                    record.seq,
-                    record.timestamp_ms,
-                )
-            });
-            Ok(appended(message, true))
+            Ok(appended(record.message(new), true))
         } else if let Some(first) = this_run.get(&(sender, new.client_msg_id.as_str())) {
             Ok(appended(first.clone(), true))
         } else {

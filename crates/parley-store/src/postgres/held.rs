@@ -8,10 +8,13 @@
 //! duplicate check and the eviction past `max_held` see every committed
 //! hold, and deleting the account waits for them (or they for it).
 
+use std::sync::Arc;
+
 use parley_core::store::{FilterLabel, Held, HeldMessage, NewHeld};
 use parley_core::{StoreError, UserId};
 use tokio_postgres::Row;
 
+use super::append::original_of_send;
 use super::ops::{
     Db, OpResult, Params, execute, lock_account, lookup_key, query, query_one, query_opt, signed, unsigned, utf8, wide,
 };
@@ -22,13 +25,20 @@ use crate::convert::{clamp, exact_sql, saturating_sql, stored_score};
 pub(super) const EVICT: &str = "DELETE FROM held_messages WHERE id IN (
          SELECT id FROM held_messages WHERE recipient = $1 ORDER BY id DESC OFFSET $2)";
 
-/// Holds a message: the recipient resolved by key and locked; a held
+/// Holds a message: for a send, a stored message its client id already
+/// names is the answer (nothing held); the recipient resolved by key and
+/// locked; a held
 /// message with the same (recipient, sender, client id) is the answer, even
 /// if the recipient has blocked the sender since (as for an append); else a
 /// blocked or refused sender is answered as for an unknown recipient; else
 /// the row, then the folder's oldest rows past `max_held` go.
 pub(super) async fn hold(db: &Db, new: &NewHeld) -> OpResult<Held> {
     let message = &new.message;
+    if new.send
+        && let Some(original) = original_of_send(db, message).await?
+    {
+        return Ok(Held::already_stored(Arc::new(original)));
+    }
     let Some(key) = lookup_key(&message.recipient_key) else {
         return Err(StoreError::NoSuchUser.into());
     };
@@ -56,6 +66,7 @@ pub(super) async fn hold(db: &Db, new: &NewHeld) -> OpResult<Held> {
             recipient: UserId(unsigned(recipient)),
             timestamp_ms: unsigned(original.try_get(1)?),
             duplicate: true,
+            stored: None,
         });
     }
     if blocked.is_some() {
@@ -87,6 +98,7 @@ pub(super) async fn hold(db: &Db, new: &NewHeld) -> OpResult<Held> {
         recipient: UserId(unsigned(recipient)),
         timestamp_ms,
         duplicate: false,
+        stored: None,
     })
 }
 

@@ -12,10 +12,11 @@ use parley_core::store::{FilterLabel, Held, HeldMessage, NewHeld};
 use parley_core::{StoreError, UserId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::ops::OpResult;
+use super::ops::{OpResult, original_of_send};
 use crate::convert::{clamp, exact_sql, saturating_sql, stored_score};
 
-/// Holds a message: the recipient resolved by key; a held message with the
+/// Holds a message: for a send, a stored message its client id already
+/// names is the answer (nothing held); the recipient resolved by key; a held message with the
 /// same (recipient, sender, client id) is the answer, even if the
 /// recipient has blocked the sender since (as for an append); else a
 /// blocked or refused sender is answered as for an unknown recipient; else
@@ -26,7 +27,11 @@ pub(super) fn hold(conn: &Connection, new: NewHeld) -> OpResult<Held> {
         filter,
         score,
         max_held,
+        send,
     } = new;
+    if send && let Some(original) = original_of_send(conn, message.clone())? {
+        return Ok(Held::already_stored(original.message));
+    }
     let sender = clamp(message.sender.0);
     let recipient: Option<u64> = conn
         .prepare_cached("SELECT id FROM accounts WHERE name_key = ?1")?
@@ -50,6 +55,7 @@ pub(super) fn hold(conn: &Connection, new: NewHeld) -> OpResult<Held> {
             recipient: UserId(recipient),
             timestamp_ms,
             duplicate: true,
+            stored: None,
         });
     }
     let blocked = conn
@@ -90,6 +96,7 @@ pub(super) fn hold(conn: &Connection, new: NewHeld) -> OpResult<Held> {
         recipient: UserId(recipient),
         timestamp_ms,
         duplicate: false,
+        stored: None,
     })
 }
 

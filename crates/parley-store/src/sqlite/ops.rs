@@ -773,10 +773,7 @@ pub(super) struct AppendStatements<'c> {
 impl<'c> AppendStatements<'c> {
     pub(super) fn prepare(conn: &'c Connection) -> rusqlite::Result<AppendStatements<'c>> {
         Ok(AppendStatements {
-            sent: conn.prepare(
-                "SELECT message_id, recipient, seq, timestamp_ms FROM sent_ids
-                 WHERE sender = ?1 AND client_msg_id = ?2",
-            )?,
+            sent: conn.prepare(SENT_RECORD)?,
             recipient: conn.prepare(
                 "SELECT id, last_seq, stored_messages, stored_bytes,
                         EXISTS (SELECT 1 FROM blocks WHERE blocker = accounts.id)
@@ -816,7 +813,7 @@ fn append(
     };
     let Some(mailbox) = found else {
         // A retry gets the original answer even if the recipient is gone.
-        return match original(conn, new, statements)? {
+        return match original(conn, new, &mut statements.sent)? {
             Some(appended) => Ok(appended),
             None => Err(StoreError::NoSuchUser.into()),
         };
@@ -826,7 +823,7 @@ fn append(
     if !new.quota.admits(mailbox.stored_messages, mailbox.stored_bytes, bytes) {
         // A retry of a stored message still gets the original answer; only
         // a full mailbox pays for this lookup.
-        return match original(conn, new, statements)? {
+        return match original(conn, new, &mut statements.sent)? {
             Some(appended) => Ok(appended),
             None => Err(StoreError::MailboxFull.into()),
         };
@@ -844,7 +841,7 @@ fn append(
         timestamp_ms
     ])?;
     if recorded == 0 {
-        return original(conn, new, statements)?
+        return original(conn, new, &mut statements.sent)?
             .ok_or_else(|| StoreError::Backend("idempotency record vanished".into()).into());
     }
     statements.insert.execute(params![
@@ -879,13 +876,23 @@ fn unacked(new: NewMessage, id: u64, recipient: u64, seq: u64, timestamp_ms: u64
     }
 }
 
+/// The idempotency record of (sender, client_msg_id).
+const SENT_RECORD: &str = "SELECT message_id, recipient, seq, timestamp_ms FROM sent_ids
+     WHERE sender = ?1 AND client_msg_id = ?2";
+
+/// [`original`] for a hold ([`NewHeld::send`](parley_core::store::NewHeld)),
+/// which has no append statements.
+pub(super) fn original_of_send(conn: &Connection, new: NewMessage) -> OpResult<Option<Appended>> {
+    let mut sent = conn.prepare_cached(SENT_RECORD)?;
+    original(conn, new, &mut sent)
+}
+
 /// The answer to a retried append, if the sender's client_msg_id is
 /// recorded: the message as stored, or rebuilt from the record when the
 /// recipient deleted it.
-fn original(conn: &Connection, new: NewMessage, statements: &mut AppendStatements<'_>) -> OpResult<Option<Appended>> {
+fn original(conn: &Connection, new: NewMessage, sent: &mut Statement<'_>) -> OpResult<Option<Appended>> {
     let sender = clamp(new.sender.0);
-    let record = statements
-        .sent
+    let record = sent
         .query_row(params![sender, new.client_msg_id], |row| {
             Ok((
                 row.get::<_, u64>(0)?,

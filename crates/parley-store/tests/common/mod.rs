@@ -184,6 +184,7 @@ pub fn held_message(sender: &Account, to: &str, client_msg_id: &str, body: &str,
         filter: "spam".to_owned(),
         score: 0.75 + body.len() as f32 / 1024.0,
         max_held,
+        send: true,
     }
 }
 
