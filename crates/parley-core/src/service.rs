@@ -1160,12 +1160,35 @@ pub const MAX_SPAM_IDS: usize = 1_000;
 /// is read); 100 by default, as a mailbox read.
 pub const MAX_HELD_PAGE: u32 = 100;
 
-/// The client_msg_id a released message is stored under, with its
-/// sender: one per held message (held ids are never reused), so that a
-/// release interrupted half way and done again finds the message it
-/// stored, and never the sender's own record for the original id (which
-/// may name a message the recipient reported and deleted, or one sent to
-/// someone else).
+/// Stores a released message in `user`'s mailbox. A message held as it
+/// was sent goes under its own client_msg_id: a release interrupted half
+/// way and done again finds the message it stored, and so does one whose
+/// resend was stored meanwhile (judged otherwise; docs/PROTOCOL.md), so the
+/// recipient never gets it twice. A reported message, whose own id names
+/// the message it was moved from, and one whose id the sender's client has
+/// since used for someone else, go under [`released_id`].
+async fn release_one(service: &Service, user: UserId, name: &str, held: &HeldMessage) -> Result<Appended, StoreError> {
+    let under = |client_msg_id: String| NewMessage {
+        sender: held.sender,
+        sender_name: held.sender_name.clone(),
+        recipient_key: name_key(name),
+        client_msg_id,
+        body: held.body.clone(),
+        timestamp_ms: held.timestamp_ms,
+        quota: service.config.limits.mailbox_quota(),
+    };
+    if held.filter != REPORTED {
+        let appended = service.store.append(under(held.client_msg_id.clone())).await?;
+        if !appended.duplicate || appended.message.recipient == user {
+            return Ok(appended);
+        }
+    }
+    service.store.append(under(released_id(held.id))).await
+}
+
+/// The client_msg_id a released message is stored under when its own
+/// cannot be (see [`release_one`]): one per held message (held ids are
+/// never reused).
 fn released_id(held: u64) -> String {
     format!("released-{held}")
 }
@@ -1504,22 +1527,10 @@ impl Session {
             let mut released = Vec::with_capacity(found.len());
             for held in found {
                 let id = held.id;
-                let appended = service
-                    .store
-                    .append(NewMessage {
-                        sender: held.sender,
-                        sender_name: held.sender_name.clone(),
-                        recipient_key: name_key(&name),
-                        client_msg_id: released_id(held.id),
-                        body: held.body.clone(),
-                        timestamp_ms: held.timestamp_ms,
-                        quota: service.config.limits.mailbox_quota(),
-                    })
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::NoSuchUser => blocked_sender(&held),
-                        other => other.into(),
-                    })?;
+                let appended = release_one(&service, user, &name, &held).await.map_err(|e| match e {
+                    StoreError::NoSuchUser => blocked_sender(&held),
+                    other => other.into(),
+                })?;
                 service.store.drop_held(user, vec![id]).await?;
                 label(&service, held.body, false, Some(held.score)).await?;
                 released.push((id, appended.message.seq));

@@ -218,6 +218,35 @@ async fn a_resend_held_after_it_was_stored_is_a_duplicate() {
     assert!(alice.send_with_id("bob", "c-2", CHAT).await.unwrap().held);
 }
 
+/// The other way round: a resend accepted while its first try is held is
+/// stored, and releasing the held one then finds that message instead of
+/// storing it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_of_a_message_whose_resend_was_stored_stores_it_once() {
+    let mut server = TestServer::start_with(Store::Sqlite, parley_testkit::HOLD_EVERY_MESSAGE);
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    assert!(alice.send_with_id("bob", "c-1", CHAT).await.unwrap().held);
+    drop((alice, bob));
+    server.stop();
+    server.restart_with(&[]);
+
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let stored = alice.send_with_id("bob", "c-1", CHAT).await.unwrap();
+    assert!(!stored.held && !stored.duplicate, "{stored:?}");
+    let held = bob.list_held(0, 10).await.unwrap().messages;
+    assert_eq!(held.len(), 1, "the gap: the first try is still held");
+
+    let released = bob.release_held(vec![held[0].id]).await.unwrap();
+    assert_eq!(released.released[0].seq, stored.seq);
+    assert_eq!(
+        bodies(&bob.fetch(0, 10, true).await.unwrap().messages),
+        [CHAT],
+        "one copy"
+    );
+    assert!(bob.list_held(0, 10).await.unwrap().messages.is_empty());
+}
+
 /// At the reject threshold the sender gets REJECTED (reason spam); the
 /// filter is off unless configured, and operators' broadcasts skip it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

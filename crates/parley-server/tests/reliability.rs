@@ -477,7 +477,21 @@ struct StoreJam {
 impl StoreJam {
     async fn start(server: &TestServer, name: &str, queued: usize) -> StoreJam {
         // Logged in first: a login writes to the store too.
-        let raw = RawSession::login(&server.addr, name, &format!("pw-{name}")).await;
+        let mut raw = RawSession::login(&server.addr, name, &format!("pw-{name}")).await;
+        // The writer idle before the lock is taken: one write answered (so
+        // every write queued before it is done) and nothing left in the
+        // queue. Otherwise a write of someone else's could be the one the
+        // writer holds when the lock is taken, and the test's first request
+        // would wait in the queue instead.
+        raw.send(client_frame::Body::RemoveContact(v1::RemoveContact {
+            name: "nobody".into(),
+        }))
+        .await;
+        while raw.read_frame().await.request_id == 0 {}
+        parley_testkit::wait_until("the store's queue to be empty", WAIT, async || {
+            store_queue_depth(server).await == 0
+        })
+        .await;
         let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
         let mut jam = StoreJam {
