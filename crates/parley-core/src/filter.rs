@@ -316,13 +316,7 @@ impl Filters {
         // (a batch of whole bodies could pass the inference server's
         // request limit, and every failure pauses scoring).
         let mut body = body;
-        if body.len() > parley_filter::MAX_SCORED_BYTES {
-            let mut end = parley_filter::MAX_SCORED_BYTES;
-            while !body.is_char_boundary(end) {
-                end -= 1;
-            }
-            body.truncate(end);
-        }
+        body.truncate(parley_filter::features::scored_part(&body).len());
         let started = Instant::now();
         let filters = Arc::clone(self);
         let done: ScoreDone = Box::new(move |score| {

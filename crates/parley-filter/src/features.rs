@@ -375,11 +375,11 @@ fn count_links(bytes: &[u8]) -> u32 {
     let mut links = 0u32;
     let mut at = 0usize;
     while let Some(&byte) = bytes.get(at) {
+        // Only an `h` or a `w` can start a link: the rest is not compared.
+        let rest = || bytes.get(at..).unwrap_or_default();
         let link = match byte | 0x20 {
-            b'h' => [b"http://".as_slice(), b"https://"]
-                .into_iter()
-                .any(|prefix| starts_with_ignore_case(bytes.get(at..).unwrap_or_default(), prefix)),
-            b'w' => starts_with_ignore_case(bytes.get(at..).unwrap_or_default(), b"www."),
+            b'h' => starts_with_ignore_case(rest(), b"http://") || starts_with_ignore_case(rest(), b"https://"),
+            b'w' => starts_with_ignore_case(rest(), b"www."),
             _ => false,
         };
         if link {

@@ -634,7 +634,7 @@ pub struct Sent {
     timestamp_ms: u64,
     duplicate: bool,
     /// Held in the recipient's spam folder by the filter pipeline: stored,
-    /// not delivered; `message_id` is its spam-folder id, `seq` 0.
+    /// not delivered; `message_id` and `seq` are 0.
     held: bool,
 }
 

@@ -355,8 +355,7 @@ const Proto = (() => {
           message_id: num(f, S.Sent.message_id),
           seq: num(f, S.Sent.seq),
           duplicate: bool(f, S.Sent.duplicate),
-          // Held in the recipient's spam folder: message_id is its
-          // spam-folder id, seq is 0.
+          // Held in the recipient's spam folder: message_id and seq are 0.
           held: bool(f, S.Sent.held),
         }),
       ],

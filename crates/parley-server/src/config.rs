@@ -242,6 +242,18 @@ pub struct FilterConfig {
     pub spam_folder_max: u32,
 }
 
+impl FilterModel {
+    /// What a `filter_model` value (or `filter-serve --model`) names: `off`
+    /// (or nothing), `builtin`, or a model file's path.
+    pub fn parse(value: &str) -> FilterModel {
+        match value.trim() {
+            "off" | "" => FilterModel::Off,
+            "builtin" => FilterModel::Builtin,
+            path => FilterModel::File(PathBuf::from(path)),
+        }
+    }
+}
+
 /// The model `model` names, loaded and checked.
 pub fn load_model(model: &FilterModel) -> Result<Option<parley_filter::Model>, String> {
     match model {
@@ -1223,11 +1235,7 @@ impl SettingArgs {
             DEFAULT_RELAY_BYTES_PER_SEC_PER_USER,
         );
         let filter = {
-            let model = match get("filter_model", "off").trim() {
-                "off" | "" => FilterModel::Off,
-                "builtin" => FilterModel::Builtin,
-                path => FilterModel::File(PathBuf::from(path)),
-            };
+            let model = FilterModel::parse(&get("filter_model", "off"));
             let url = raw("filter_url")
                 .map(|u| u.trim().trim_end_matches('/').to_owned())
                 .filter(|u| !u.is_empty());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parley_core::filter::{FilterSettings, RemoteReport, RemoteScoring, ScoreDone, Scorer, SpamFilter};
 use parley_filter::remote::{RemoteConfig, RemoteScorer};
 
-use crate::config::{FilterConfig, load_model};
+use crate::config::{FilterConfig, FilterModel, load_model};
 
 /// The model's recommendation, when the inference server has not said
 /// what its model recommends: the built-in model's.
@@ -26,7 +26,6 @@ pub fn pipeline(config: &FilterConfig) -> Result<FilterSettings, String> {
     let spam = match (&config.url, load_model(&config.model)?) {
         (Some(url), _) => {
             let scorer = RemoteScorer::start(RemoteConfig {
-                url: url.clone(),
                 timeout: config.timeout,
                 max_batch: config.batch,
                 queue_capacity: config.queue,
@@ -92,11 +91,7 @@ pub struct ServeArgs {
 
 /// Runs the inference server until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
-    let source = match args.model.as_str() {
-        "builtin" => crate::config::FilterModel::Builtin,
-        path => crate::config::FilterModel::File(path.into()),
-    };
-    let model = load_model(&source)?.ok_or("no model")?;
+    let model = load_model(&FilterModel::parse(&args.model))?.ok_or("--model off: filter-serve needs a model")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
