@@ -49,6 +49,8 @@ struct PhaseOutcome {
     counters: Arc<Counters>,
     admitted_latency: Latency,
     busy_latency: Latency,
+    /// How late the senders wrote what fell due (see [`SenderLatency::late`]).
+    late: Latency,
     admitted_per_second: Arc<PerSecond>,
     start: Instant,
     /// Until the last reply.
@@ -111,8 +113,7 @@ async fn run_phase(
                     overflow: Overflow::Shed,
                     resend_busy: false,
                     write_tick: plan.write_tick,
-                    // The overload report has no lateness row.
-                    lateness: false,
+                    lateness: true,
                 },
                 Arc::clone(&tallies),
                 Some(Arc::clone(&admitted_per_second)),
@@ -121,10 +122,12 @@ async fn run_phase(
         .collect();
     let mut admitted_latency = Latency::new()?;
     let mut busy_latency = Latency::new()?;
+    let mut late = Latency::new()?;
     for sender in sender_tasks {
         let latency = sender.await.context("sender task")??;
         admitted_latency.merge(&latency.admitted)?;
         busy_latency.merge(&latency.busy)?;
+        late.merge(&latency.late)?;
     }
     // Replies to sends made in the window may arrive after it; admissions
     // are counted over the time until the last reply, not the window alone.
@@ -143,6 +146,7 @@ async fn run_phase(
         counters,
         admitted_latency,
         busy_latency,
+        late,
         admitted_per_second,
         start,
         replies_elapsed,
@@ -213,6 +217,7 @@ pub async fn run(
         counters,
         admitted_latency,
         busy_latency,
+        late,
         admitted_per_second,
         start,
         replies_elapsed,
@@ -293,6 +298,8 @@ pub async fn run(
     );
     m.push("busy_p50_ms", "BUSY latency p50", "ms", busy_latency.quantile_ms(0.50));
     m.push("busy_p99_ms", "BUSY latency p99", "ms", busy_latency.quantile_ms(0.99));
+    m.push("late_p50_ms", "sender lateness p50", "ms", late.quantile_ms(0.50));
+    m.push("late_p99_ms", "sender lateness p99", "ms", late.quantile_ms(0.99));
     m.push(
         "delivered",
         "delivered to receivers",

@@ -459,6 +459,11 @@ pub trait Store: Send + Sync + 'static {
     fn check_new_work(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// [`Store::check_new_work`] as a plain answer, not counted as a
+    /// refusal: for a caller deciding how to read, not refusing anything.
+    fn takes_new_work(&self) -> bool {
+        true
+    }
     /// Messages of `user` with seq > `after`, oldest first, at most `limit`.
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>>;
     /// Like [`Store::fetch`], but stops before the messages' total

@@ -60,6 +60,55 @@ pub fn split_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<
     Ok(Some(buf.split_to(len)))
 }
 
+/// What [`peek_frame`] reads of a whole frame without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Bytes the frame takes at the front of the buffer, its length prefix
+    /// included.
+    pub len: usize,
+    /// The message's field 1 (`request_id` in both frame types; 0 if absent).
+    pub request_id: u64,
+    /// The field number of the body, the last of the oneof's fields present
+    /// (as decoding takes the last one), if any.
+    pub body_field: Option<u32>,
+}
+
+/// Reads the request id and the body's field number of the whole frame at
+/// the front of `buf`, skipping over the body's bytes: what a server needs
+/// to refuse a request without building it.
+///
+/// `None` when `buf` does not hold a whole frame, or its length is over
+/// `max_frame_bytes`, or its payload is not well-formed protobuf: then
+/// [`decode_frame`] says which. Only field 1 is read as a value; every
+/// length-delimited field numbered 10 or more counts as a body.
+pub fn peek_frame(buf: &[u8], max_frame_bytes: usize) -> Option<FrameHead> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let prefix: [u8; LENGTH_PREFIX_BYTES] = buf.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max_frame_bytes {
+        return None;
+    }
+    let mut payload = buf.get(LENGTH_PREFIX_BYTES..LENGTH_PREFIX_BYTES + len)?;
+    let mut head = FrameHead {
+        len: LENGTH_PREFIX_BYTES + len,
+        request_id: 0,
+        body_field: None,
+    };
+    while payload.has_remaining() {
+        let (field, wire_type) = decode_key(&mut payload).ok()?;
+        match (field, wire_type) {
+            (1, WireType::Varint) => head.request_id = decode_varint(&mut payload).ok()?,
+            (field, wire_type) => {
+                if field >= 10 && wire_type == WireType::LengthDelimited {
+                    head.body_field = Some(field);
+                }
+                skip_field(wire_type, field, &mut payload, DecodeContext::default()).ok()?;
+            }
+        }
+    }
+    Some(head)
+}
+
 /// Appends `message` to `buf` as one frame.
 ///
 /// Fails without touching `buf` when the encoded message would exceed
@@ -112,6 +161,51 @@ mod tests {
         let got: v1::ClientFrame = decode_frame(&mut whole, 1024).unwrap().unwrap();
         assert_eq!(got, ping(5, 9));
         assert!(whole.is_empty());
+    }
+
+    #[test]
+    fn a_peek_reads_the_request_id_and_the_body_field_of_a_whole_frame_only() {
+        let send = v1::ClientFrame {
+            request_id: 300,
+            body: Some(client_frame::Body::Send(v1::SendMessage {
+                to: "bob".into(),
+                client_msg_id: "c1".into(),
+                body: "x".repeat(500),
+            })),
+        };
+        let mut buf = BytesMut::new();
+        encode_frame(&send, &mut buf, 4096).unwrap();
+        let whole = buf.len();
+        encode_frame(&ping(7, 1), &mut buf, 4096).unwrap();
+        let head = peek_frame(&buf, 4096).unwrap();
+        assert_eq!(
+            head,
+            FrameHead {
+                len: whole,
+                request_id: 300,
+                body_field: Some(20)
+            }
+        );
+        let next = peek_frame(&buf[head.len..], 4096).unwrap();
+        assert_eq!((next.request_id, next.body_field), (7, Some(40)));
+        // Incomplete, over the limit, malformed: no head.
+        for cut in 0..whole {
+            assert_eq!(peek_frame(&buf[..cut], 4096), None, "cut at {cut}");
+        }
+        assert_eq!(peek_frame(&buf, 100), None);
+        assert_eq!(peek_frame(&[0, 0, 0, 3, 0xff, 0xff, 0xff], 1024), None);
+        // A frame without a body has none.
+        let mut empty = BytesMut::new();
+        encode_frame(
+            &v1::ClientFrame {
+                request_id: 2,
+                body: None,
+            },
+            &mut empty,
+            64,
+        )
+        .unwrap();
+        assert_eq!(peek_frame(&empty, 64).map(|h| h.body_field), Some(None));
     }
 
     #[test]

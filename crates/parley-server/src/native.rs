@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use parley_core::delivery::{AckFired, AckTimer};
@@ -29,7 +29,7 @@ use parley_core::store::AckRange;
 use parley_core::{AuthPending, CoreError, ErrorKind, LoginOutcome, MessageId, PushEvent, Seq, Service, Session};
 use parley_http::access;
 use parley_proto::v1::{self, client_frame, server_frame::Body};
-use parley_proto::{ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame};
+use parley_proto::{ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame, peek_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -155,6 +155,14 @@ const REFUSED_READ_PAUSE: Duration = Duration::from_millis(15);
 const UNAUTHENTICATED_RETRY_MS: u32 = 1000;
 /// Retry hint sent with BUSY when the backlog is over its high-water mark.
 const BACKLOG_RETRY_MS: u32 = 100;
+/// `ClientFrame.send`'s field number (see `proto/parley.proto`).
+const SEND_FIELD: u32 = 20;
+
+thread_local! {
+    /// The BUSY answer to a send refused before it was decoded, built once
+    /// per thread: each refusal only sets its request id.
+    static BUSY_REPLY: std::cell::RefCell<ServerFrame> = std::cell::RefCell::new(core_error_frame(0, &busy()));
+}
 /// Retry hint when live delivery finds the store busy and no hint was given.
 const PUSH_RETRY_MS: u64 = 50;
 
@@ -241,6 +249,9 @@ struct Connection {
     /// No reading before this: a request was just refused with BUSY (see
     /// [`REFUSED_READ_PAUSE`]).
     read_paused_until: Option<Instant>,
+    /// The last read filled the space reserved for it: more may be waiting
+    /// in the socket.
+    more_to_read: bool,
     /// When the oldest unacknowledged push on this session is pushed again,
     /// and the current wait for acks, which doubles with each re-push.
     ack_timer: AckTimer,
@@ -297,6 +308,7 @@ where
         auth_deadline,
         push_paused_until: None,
         read_paused_until: None,
+        more_to_read: false,
         ack_timer,
         last_heard: now,
         keepalive_check,
@@ -359,7 +371,7 @@ where
             && !conn.input_closed
             && !congested
             && conn.read_paused_until.is_none()
-            && conn.in_flight.len() < conn.ctx.pipeline_window
+            && (conn.in_flight.len() < conn.ctx.pipeline_window || conn.reads_past_window())
             && FileSide::may_read(&conn.files);
         if congested && !conn.was_congested {
             conn.ctx.counters.slow_consumer_pauses.fetch_add(1, Ordering::Relaxed);
@@ -382,6 +394,7 @@ where
                 Ok(n) => {
                     conn.summary.bytes_in += n as u64;
                     conn.last_heard = Instant::now();
+                    conn.more_to_read = n >= spare;
                     conn.read_size = if n >= spare {
                         (conn.read_size * 2).min(MAX_READ)
                     } else {
@@ -588,23 +601,89 @@ impl Connection {
     }
 
     /// Stops reading for [`REFUSED_READ_PAUSE`] after a request was
-    /// refused with BUSY (unless a pause already runs).
+    /// refused with BUSY (unless a pause already runs), once the socket
+    /// was read dry: what is already waiting there is refused now, not
+    /// after the pause, when it would have waited for nothing.
     fn pause_reading(&mut self) {
+        if self.more_to_read {
+            return;
+        }
         self.read_paused_until
             .get_or_insert_with(|| Instant::now() + REFUSED_READ_PAUSE);
     }
 
+    /// The retry hint of a send refused now, if sends are refused: the
+    /// backlog is over its high-water mark or the store takes no new work.
+    /// Only for a logged-in session (without one a send is answered "not
+    /// logged in").
+    fn send_refusal(&self) -> Option<u32> {
+        self.session.as_ref()?;
+        if self.overloaded() {
+            return Some(BACKLOG_RETRY_MS);
+        }
+        let refused = self.ctx.service.store().check_new_work().err()?;
+        Some(CoreError::from(refused).retry_after_ms.unwrap_or(BACKLOG_RETRY_MS))
+    }
+
+    /// Refuses the send at the front of the input with BUSY without
+    /// decoding it, when sends are refused now: its request id is all the
+    /// answer needs, so under a flood a refusal costs a fraction of an
+    /// admission and takes no place in the pipeline window. Anything else
+    /// (or a frame not yet whole, or malformed) is left to the decoder.
+    fn refused_at_once(&mut self) -> bool {
+        let Some(head) = peek_frame(&self.input, self.ctx.max_frame_bytes) else {
+            return false;
+        };
+        if head.body_field != Some(SEND_FIELD) {
+            return false;
+        }
+        let Some(retry_after_ms) = self.send_refusal() else {
+            return false;
+        };
+        self.input.advance(head.len);
+        if let Some(perf) = self.ctx.perf.get() {
+            perf.record("send", Duration::ZERO, ErrorCode::Busy.as_str_name());
+        }
+        self.ctx.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
+        self.pause_reading();
+        BUSY_REPLY.with_borrow_mut(|reply| {
+            reply.request_id = head.request_id;
+            if let Some(Body::Error(e)) = &mut reply.body {
+                e.retry_after_ms = retry_after_ms;
+            }
+            // A few dozen bytes: it always fits in a frame.
+            let _ = encode_frame(reply, &mut self.output, self.ctx.max_frame_bytes);
+        });
+        true
+    }
+
+    /// Whether reading may go on while the pipeline window is full: sends
+    /// are refused now and every whole frame buffered was taken, so what comes next is
+    /// refused as it arrives instead of waiting in the socket behind
+    /// admitted work. Once a send is admitted again, or a request other
+    /// than a send waits at the front, the window holds reading back as
+    /// before.
+    fn reads_past_window(&self) -> bool {
+        let refusing = self.session.is_some() && (self.overloaded() || !self.ctx.service.store().takes_new_work());
+        refusing && peek_frame(&self.input, self.ctx.max_frame_bytes).is_none()
+    }
+
     /// Decodes and starts every complete request already buffered, as far
-    /// as the window and the output buffer allow.
+    /// as the window and the output buffer allow; sends are refused past
+    /// the window while the server refuses them (see
+    /// [`Connection::refused_at_once`]).
     ///
     /// Once the client has closed its side, the connection drains when no
     /// complete request is left: requests it sent before closing are all
     /// answered, however many the window held back.
     async fn decode_buffered(&mut self) {
-        while matches!(self.phase, Phase::Open)
-            && self.in_flight.len() < self.ctx.pipeline_window
-            && self.output.len() < self.ctx.outbound_buffer_bytes
-        {
+        while matches!(self.phase, Phase::Open) && self.output.len() < self.ctx.outbound_buffer_bytes {
+            if self.refused_at_once() {
+                continue;
+            }
+            if self.in_flight.len() >= self.ctx.pipeline_window {
+                break;
+            }
             match decode_frame::<ClientFrame>(&mut self.input, self.ctx.max_frame_bytes) {
                 // Requests that wait for the store before answering run
                 // boxed: they come once or twice per connection, and their

@@ -445,11 +445,13 @@ async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serv
         }
         other => panic!("expected BUSY, got {other:?}"),
     }
-    // Sent during the read pause: answered after it, in order.
+    // Sent during the read pause: answered after it, in order. A send is
+    // refused before it is read, so one to a bad name gets BUSY too (it
+    // changed nothing); other requests are served.
     let (bad, ping) = tokio::join!(alice.request(send("no such name!")), alice.ping());
     match bad.unwrap().body {
-        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::NoSuchUser as i32, "{e:?}"),
-        other => panic!("expected NO_SUCH_USER, got {other:?}"),
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::Busy as i32, "{e:?}"),
+        other => panic!("expected BUSY, got {other:?}"),
     }
     ping.unwrap();
 
@@ -457,6 +459,68 @@ async fn sends_are_refused_while_the_store_is_full_and_the_connection_keeps_serv
     match alice.request(send("bob")).await.unwrap().body {
         Some(server_frame::Body::Sent(sent)) => assert!(!sent.duplicate),
         other => panic!("expected Sent, got {other:?}"),
+    }
+    // Sent again once the store has room, the bad send gets its own error.
+    match alice.request(send("no such name!")).await.unwrap().body {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::NoSuchUser as i32, "{e:?}"),
+        other => panic!("expected NO_SUCH_USER, got {other:?}"),
+    }
+}
+
+/// A connection whose pipeline window is full of work the store holds up
+/// still has its sends answered, BUSY, as they come: a refusal takes no
+/// place in the window, so it does not wait in the socket until the
+/// admitted work is done (under a flood that wait was most of a BUSY's
+/// latency).
+#[tokio::test]
+async fn a_send_past_a_full_window_is_refused_at_once_while_the_store_is_full() {
+    let server = TestServer::start_with(Store::Sqlite, &["--write-queue", "4", "--pipeline-window", "4"]);
+    server.user("alice").await;
+    server.user("bob").await;
+    let mut raw = RawSession::login(&server.addr, "alice", "pw-alice").await;
+    let write = || client_frame::Body::RemoveContact(v1::RemoveContact { name: "nobody".into() });
+    // The writer idle, then held by the database's lock: of four writes on
+    // this connection (its whole window) it holds one and three fill the
+    // queue's share for new work.
+    raw.send(write()).await;
+    while raw.read_frame().await.request_id == 0 {}
+    parley_testkit::wait_until("the store's queue to be empty", WAIT, async || {
+        store_queue_depth(&server).await == 0
+    })
+    .await;
+    let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut writes = Vec::new();
+    for _ in 0..4 {
+        writes.push(raw.send(write()).await);
+    }
+    parley_testkit::wait_until("three writes to wait in the store's queue", WAIT, async || {
+        store_queue_depth(&server).await >= 3
+    })
+    .await;
+
+    let send = raw
+        .send(client_frame::Body::Send(v1::SendMessage {
+            to: "bob".into(),
+            client_msg_id: "past-the-window".into(),
+            body: "hello".into(),
+        }))
+        .await;
+    let answer = tokio::time::timeout(WAIT, raw.read_until(|f| (f.request_id == send).then(|| f.clone())))
+        .await
+        .expect("the send answered while the writes wait");
+    match answer.body {
+        Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::Busy as i32, "{e:?}"),
+        other => panic!("expected BUSY, got {other:?}"),
+    }
+
+    blocker.execute_batch("COMMIT").unwrap();
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < writes.len() {
+        let frame = raw.read_frame().await;
+        if writes.contains(&frame.request_id) {
+            answered.insert(frame.request_id);
+        }
     }
 }
 

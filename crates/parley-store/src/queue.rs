@@ -233,10 +233,15 @@ impl<S> OpQueue<S> {
 
     /// Whether the queue has room for new work; a refusal is counted.
     pub(crate) fn new_work_room(&self) -> StoreResult<()> {
-        if self.shared.queued.load(Ordering::Relaxed) >= self.new_work_limit {
+        if !self.has_new_work_room() {
             return Err(self.busy_error());
         }
         Ok(())
+    }
+
+    /// Whether the queue has room for new work, not counted.
+    pub(crate) fn has_new_work_room(&self) -> bool {
+        self.shared.queued.load(Ordering::Relaxed) < self.new_work_limit
     }
 
     fn busy_error(&self) -> StoreError {

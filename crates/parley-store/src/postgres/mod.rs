@@ -462,6 +462,10 @@ impl Store for PgStore {
         self.queue.new_work_room()
     }
 
+    fn takes_new_work(&self) -> bool {
+        self.queue.has_new_work_room()
+    }
+
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {
         let args = (user, after, limit, include_acked);
         self.call(args, Access::Read, Locks::NONE, |db, &(u, a, l, i)| {

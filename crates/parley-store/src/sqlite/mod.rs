@@ -323,6 +323,10 @@ impl Store for SqliteStore {
         self.queue.new_work_room()
     }
 
+    fn takes_new_work(&self) -> bool {
+        self.queue.has_new_work_room()
+    }
+
     fn fetch(&self, user: UserId, after: Seq, limit: u32, include_acked: bool) -> StoreReply<Vec<StoredMessage>> {
         self.submit(|reply| Op::Fetch {
             user,
