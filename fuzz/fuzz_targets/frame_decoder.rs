@@ -5,14 +5,20 @@
 //! `ClientFrame`s and once as `ServerFrame`s, the way a connection would
 //! decode what it has buffered. Besides "never panics", every call is checked
 //! against the contract written in `frame.rs`, and every decoded frame must
-//! survive a round trip through `encode_frame`.
+//! survive a round trip through `encode_frame`. Before each client frame is
+//! decoded, `peek_send` and `whole_frame_len` are asked about it: a frame
+//! `peek_send` answers for must decode to a send with its request id and
+//! length, and `whole_frame_len` must agree with what decoding consumed.
 #![no_main]
 
 use std::fmt::Debug;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use parley_proto::{ClientFrame, FrameError, LENGTH_PREFIX_BYTES, ServerFrame, decode_frame, encode_frame};
+use parley_proto::v1::client_frame;
+use parley_proto::{
+    ClientFrame, FrameError, LENGTH_PREFIX_BYTES, ServerFrame, decode_frame, encode_frame, peek_send, whole_frame_len,
+};
 use prost::Message;
 
 /// Step between the frame limits the first input byte selects.
@@ -25,7 +31,52 @@ fuzz_target!(|data: &[u8]| {
     let max_frame_bytes = selector as usize * MAX_FRAME_STEP;
     decode_stream::<ClientFrame>(stream, max_frame_bytes);
     decode_stream::<ServerFrame>(stream, max_frame_bytes);
+    check_peeks(stream, max_frame_bytes);
 });
+
+/// Walks `stream`'s client frames as a connection does, checking what
+/// `peek_send` and `whole_frame_len` say of each against the decoder.
+fn check_peeks(stream: &[u8], max_frame_bytes: usize) {
+    let mut buf = BytesMut::from(stream);
+    loop {
+        let peeked = peek_send(&buf, max_frame_bytes);
+        let whole = whole_frame_len(&buf, max_frame_bytes);
+        let before = buf.len();
+        match decode_frame::<ClientFrame>(&mut buf, max_frame_bytes) {
+            Ok(Some(frame)) => {
+                assert_eq!(
+                    whole,
+                    Some(before - buf.len()),
+                    "whole_frame_len disagrees with the decoder"
+                );
+                if let Some(peeked) = peeked {
+                    assert_eq!(peeked.len, before - buf.len(), "peek_send's length");
+                    assert_eq!(peeked.request_id, frame.request_id, "peek_send's request id");
+                    assert!(
+                        matches!(frame.body, Some(client_frame::Body::Send(_))),
+                        "peek_send took {frame:?} for a send"
+                    );
+                }
+            }
+            Ok(None) | Err(FrameError::TooLarge { .. }) => {
+                assert_eq!(peeked, None, "peek_send answered for an incomplete or oversized frame");
+                assert_eq!(
+                    whole, None,
+                    "whole_frame_len answered for an incomplete or oversized frame"
+                );
+                return;
+            }
+            Err(FrameError::Malformed(e)) => {
+                assert_eq!(peeked, None, "peek_send took a frame that does not decode ({e})");
+                assert_eq!(
+                    whole,
+                    Some(before - buf.len()),
+                    "whole_frame_len disagrees with the decoder"
+                );
+            }
+        }
+    }
+}
 
 /// Decodes frames from `stream` until it runs out or announces a frame over
 /// the limit, checking what each call consumed.

@@ -218,6 +218,11 @@ pub struct RelayArgs {
     /// Where the peer's receivers log in [default: --peer-server]
     #[arg(long, value_name = "ADDR", requires = "peer_server")]
     pub peer_receivers_on: Option<String>,
+    /// A shell command run before every run of every target (`sh -c`),
+    /// e.g. a database checkpoint so that each run starts from the same
+    /// state; the bench stops if it fails
+    #[arg(long, value_name = "COMMAND")]
+    pub before_run: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

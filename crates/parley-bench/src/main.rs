@@ -165,6 +165,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `--before-run`'s command and waits for it; a failure stops the
+/// bench, since the runs would not start from the state it makes.
+async fn before_run(command: &str) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .status()
+        .await
+        .with_context(|| format!("running --before-run {command:?}"))?;
+    anyhow::ensure!(status.success(), "--before-run {command:?} failed: {status}");
+    Ok(())
+}
+
 fn single(scenario: &'static str, cli: &Cli, params: serde_json::Value, runs: Vec<RunReport>) -> ScenarioReport {
     ScenarioReport {
         scenario,
@@ -270,6 +283,9 @@ async fn relay_scenario(
     // machine (other load, thermal) affect both alike.
     for _ in 0..cli.runs {
         for (target, report) in &mut targets {
+            if let Some(command) = &args.before_run {
+                before_run(command).await?;
+            }
             let run = match target {
                 Target::Parley(server, receivers) => {
                     // The process id is --server's: no CPU figures for a peer.
@@ -284,7 +300,7 @@ async fn relay_scenario(
     }
     let targets: Vec<TargetReport> = targets.into_iter().map(|(_, report)| report).collect();
     // First among the notes, so that it stands right under the figures.
-    let notes = if with_jetstream {
+    let mut notes = if with_jetstream {
         vec![format!(
             "jetstream sync to disk: {} (from --jetstream-sync; the bench cannot see the server's configuration)",
             args.jetstream_sync
@@ -292,6 +308,9 @@ async fn relay_scenario(
     } else {
         Vec::new()
     };
+    if let Some(command) = &args.before_run {
+        notes.push(format!("before every run: {command}"));
+    }
     let mut comparison = Metrics::default();
     if let [first, second] = targets.as_slice() {
         let ratio = |key: &str| {

@@ -60,53 +60,83 @@ pub fn split_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<
     Ok(Some(buf.split_to(len)))
 }
 
-/// What [`peek_frame`] reads of a whole frame without decoding it.
+/// Bytes the whole frame at the front of `buf` takes, its length prefix
+/// included: `None` while it is incomplete or when its length is over
+/// `max_frame_bytes` (then [`decode_frame`] says so).
+pub fn whole_frame_len(buf: &[u8], max_frame_bytes: usize) -> Option<usize> {
+    let prefix: [u8; LENGTH_PREFIX_BYTES] = buf.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    (len <= max_frame_bytes && buf.len() >= LENGTH_PREFIX_BYTES + len).then_some(LENGTH_PREFIX_BYTES + len)
+}
+
+/// A send read by [`peek_send`] without being decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameHead {
+pub struct PeekedSend {
     /// Bytes the frame takes at the front of the buffer, its length prefix
     /// included.
     pub len: usize,
-    /// The message's field 1 (`request_id` in both frame types; 0 if absent).
+    /// The frame's `request_id`.
     pub request_id: u64,
-    /// The field number of the body, the last of the oneof's fields present
-    /// (as decoding takes the last one), if any.
-    pub body_field: Option<u32>,
 }
 
-/// Reads the request id and the body's field number of the whole frame at
-/// the front of `buf`, skipping over the body's bytes: what a server needs
-/// to refuse a request without building it.
+/// `ClientFrame.send`'s field number (see `proto/parley.proto`).
+const SEND_FIELD: u32 = 20;
+
+/// Whether the whole frame at the front of `buf` is a `ClientFrame` that
+/// decodes to a send, read without building it: its request id and its
+/// length, what a server needs to refuse it. The message's fields are
+/// walked, their strings checked for UTF-8 and nothing is copied.
 ///
-/// `None` when `buf` does not hold a whole frame, or its length is over
-/// `max_frame_bytes`, or its payload is not well-formed protobuf: then
-/// [`decode_frame`] says which. Only field 1 is read as a value; every
-/// length-delimited field numbered 10 or more counts as a body.
-pub fn peek_frame(buf: &[u8], max_frame_bytes: usize) -> Option<FrameHead> {
-    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
-    let prefix: [u8; LENGTH_PREFIX_BYTES] = buf.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > max_frame_bytes {
-        return None;
-    }
-    let mut payload = buf.get(LENGTH_PREFIX_BYTES..LENGTH_PREFIX_BYTES + len)?;
-    let mut head = FrameHead {
-        len: LENGTH_PREFIX_BYTES + len,
-        request_id: 0,
-        body_field: None,
-    };
+/// Only the shape a client writes is recognised: `request_id` and `send`
+/// fields and nothing else. `None` for anything else (another request, a
+/// frame not yet whole or over the limit, one that would not decode): the
+/// caller decodes it as usual, and [`decode_frame`] says what is wrong.
+/// Whenever this answers, [`decode_frame`] would decode the same frame to
+/// a send with the same request id.
+pub fn peek_send(buf: &[u8], max_frame_bytes: usize) -> Option<PeekedSend> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let len = whole_frame_len(buf, max_frame_bytes)?;
+    let mut payload = buf.get(LENGTH_PREFIX_BYTES..len)?;
+    let mut request_id = 0;
+    let mut is_send = false;
     while payload.has_remaining() {
-        let (field, wire_type) = decode_key(&mut payload).ok()?;
-        match (field, wire_type) {
-            (1, WireType::Varint) => head.request_id = decode_varint(&mut payload).ok()?,
-            (field, wire_type) => {
-                if field >= 10 && wire_type == WireType::LengthDelimited {
-                    head.body_field = Some(field);
-                }
-                skip_field(wire_type, field, &mut payload, DecodeContext::default()).ok()?;
+        match decode_key(&mut payload).ok()? {
+            (1, WireType::Varint) => request_id = decode_varint(&mut payload).ok()?,
+            (SEND_FIELD, WireType::LengthDelimited) => {
+                let message = length_delimited(&mut payload)?;
+                send_message_decodes(message)?;
+                is_send = true;
             }
+            _ => return None,
         }
     }
-    Some(head)
+    is_send.then_some(PeekedSend { len, request_id })
+}
+
+/// Takes a length-delimited field's bytes off the front of `buf` (its key
+/// already read).
+fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(prost::encoding::decode_varint(buf).ok()?).ok()?;
+    let bytes = buf.get(..len)?;
+    buf.advance(len);
+    Some(bytes)
+}
+
+/// `Some` when `message` decodes as a `SendMessage`: its three fields are
+/// strings (valid UTF-8), any other field is skipped as the decoder skips
+/// an unknown one.
+fn send_message_decodes(mut message: &[u8]) -> Option<()> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
+    while message.has_remaining() {
+        match decode_key(&mut message).ok()? {
+            (1..=3, WireType::LengthDelimited) => {
+                std::str::from_utf8(length_delimited(&mut message)?).ok()?;
+            }
+            (1..=3, _) => return None,
+            (field, wire_type) => skip_field(wire_type, field, &mut message, DecodeContext::default()).ok()?,
+        }
+    }
+    Some(())
 }
 
 /// Appends `message` to `buf` as one frame.
@@ -163,49 +193,93 @@ mod tests {
         assert!(whole.is_empty());
     }
 
-    #[test]
-    fn a_peek_reads_the_request_id_and_the_body_field_of_a_whole_frame_only() {
-        let send = v1::ClientFrame {
-            request_id: 300,
+    fn send(request_id: u64, body: &str) -> v1::ClientFrame {
+        v1::ClientFrame {
+            request_id,
             body: Some(client_frame::Body::Send(v1::SendMessage {
                 to: "bob".into(),
                 client_msg_id: "c1".into(),
-                body: "x".repeat(500),
+                body: body.into(),
             })),
-        };
+        }
+    }
+
+    #[test]
+    fn a_peek_finds_a_whole_send_and_nothing_else() {
         let mut buf = BytesMut::new();
-        encode_frame(&send, &mut buf, 4096).unwrap();
+        encode_frame(&send(300, &"x".repeat(500)), &mut buf, 4096).unwrap();
         let whole = buf.len();
         encode_frame(&ping(7, 1), &mut buf, 4096).unwrap();
-        let head = peek_frame(&buf, 4096).unwrap();
         assert_eq!(
-            head,
-            FrameHead {
+            peek_send(&buf, 4096),
+            Some(PeekedSend {
                 len: whole,
-                request_id: 300,
-                body_field: Some(20)
-            }
+                request_id: 300
+            })
         );
-        let next = peek_frame(&buf[head.len..], 4096).unwrap();
-        assert_eq!((next.request_id, next.body_field), (7, Some(40)));
-        // Incomplete, over the limit, malformed: no head.
+        assert_eq!(whole_frame_len(&buf, 4096), Some(whole));
+        // Another request, an incomplete frame, one over the limit: none.
+        assert_eq!(peek_send(&buf[whole..], 4096), None);
+        assert_eq!(whole_frame_len(&buf[whole..], 4096), Some(buf.len() - whole));
         for cut in 0..whole {
-            assert_eq!(peek_frame(&buf[..cut], 4096), None, "cut at {cut}");
+            assert_eq!(peek_send(&buf[..cut], 4096), None, "cut at {cut}");
+            assert_eq!(whole_frame_len(&buf[..cut], 4096), None, "cut at {cut}");
         }
-        assert_eq!(peek_frame(&buf, 100), None);
-        assert_eq!(peek_frame(&[0, 0, 0, 3, 0xff, 0xff, 0xff], 1024), None);
-        // A frame without a body has none.
-        let mut empty = BytesMut::new();
-        encode_frame(
-            &v1::ClientFrame {
-                request_id: 2,
-                body: None,
-            },
-            &mut empty,
-            64,
-        )
-        .unwrap();
-        assert_eq!(peek_frame(&empty, 64).map(|h| h.body_field), Some(None));
+        assert_eq!(peek_send(&buf, 100), None);
+        assert_eq!(whole_frame_len(&buf, 100), None);
+    }
+
+    /// A frame that would not decode is never taken for a send: the
+    /// decoder must see it and say what is wrong.
+    #[test]
+    fn a_peek_never_takes_what_would_not_decode() {
+        let frame = |payload: &[u8]| {
+            let mut buf = (payload.len() as u32).to_be_bytes().to_vec();
+            buf.extend_from_slice(payload);
+            buf
+        };
+        // request_id 12, then a send whose bytes hold field 0.
+        let field_zero = frame(&[8, 12, 162, 1, 6, 10, 3, b'b', b'o', b'b', 0]);
+        // A body that is not UTF-8.
+        let not_utf8 = frame(&[8, 12, 162, 1, 4, 26, 2, 0xff, 0xfe]);
+        // request_id with the wrong wire type.
+        let id_as_bytes = frame(&[10, 1, 1, 162, 1, 0]);
+        // A ping's field before the send.
+        let ping_then_send = frame(&[194, 2, 0, 162, 1, 0]);
+        for (name, bytes) in [
+            ("field 0", &field_zero),
+            ("not UTF-8", &not_utf8),
+            ("id as bytes", &id_as_bytes),
+            ("ping then send", &ping_then_send),
+        ] {
+            assert_eq!(peek_send(bytes, 1024), None, "{name}");
+        }
+        // An empty send decodes: it is a send.
+        let empty = frame(&[8, 3, 162, 1, 0]);
+        assert_eq!(peek_send(&empty, 1024).map(|p| p.request_id), Some(3));
+
+        // Every one-byte change of a send: whenever the peek answers, the
+        // decoder agrees.
+        let mut valid = BytesMut::new();
+        encode_frame(&send(77, "héllo"), &mut valid, 1024).unwrap();
+        let mut agreed = 0;
+        for at in 0..valid.len() {
+            for value in [0u8, 1, 2, 7, 8, 10, 0x7f, 0x80, 0xc3, 0xff] {
+                let mut changed = valid.to_vec();
+                changed[at] = value;
+                if let Some(peeked) = peek_send(&changed, 1024) {
+                    let mut copy = BytesMut::from(&changed[..]);
+                    let decoded: v1::ClientFrame = decode_frame(&mut copy, 1024)
+                        .unwrap_or_else(|e| panic!("byte {at} = {value}: peeked, but {e}"))
+                        .unwrap();
+                    assert_eq!(decoded.request_id, peeked.request_id);
+                    assert!(matches!(decoded.body, Some(client_frame::Body::Send(_))));
+                    assert_eq!(copy.len(), changed.len() - peeked.len);
+                    agreed += 1;
+                }
+            }
+        }
+        assert!(agreed > 0);
     }
 
     #[test]

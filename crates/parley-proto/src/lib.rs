@@ -15,7 +15,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/parley.v1.rs"));
 }
 
-pub use frame::{FrameError, FrameHead, LENGTH_PREFIX_BYTES, decode_frame, encode_frame, peek_frame, split_frame};
+pub use frame::{
+    FrameError, LENGTH_PREFIX_BYTES, PeekedSend, decode_frame, encode_frame, peek_send, split_frame, whole_frame_len,
+};
 pub use v1::{ClientFrame, ErrorCode, ServerFrame};
 
 /// Version of the protocol described by `docs/PROTOCOL.md`, sent in `Welcome`.

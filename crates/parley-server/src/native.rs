@@ -29,7 +29,9 @@ use parley_core::store::AckRange;
 use parley_core::{AuthPending, CoreError, ErrorKind, LoginOutcome, MessageId, PushEvent, Seq, Service, Session};
 use parley_http::access;
 use parley_proto::v1::{self, client_frame, server_frame::Body};
-use parley_proto::{ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame, peek_frame};
+use parley_proto::{
+    ClientFrame, ErrorCode, FrameError, ServerFrame, decode_frame, encode_frame, peek_send, whole_frame_len,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -155,9 +157,6 @@ const REFUSED_READ_PAUSE: Duration = Duration::from_millis(15);
 const UNAUTHENTICATED_RETRY_MS: u32 = 1000;
 /// Retry hint sent with BUSY when the backlog is over its high-water mark.
 const BACKLOG_RETRY_MS: u32 = 100;
-/// `ClientFrame.send`'s field number (see `proto/parley.proto`).
-const SEND_FIELD: u32 = 20;
-
 thread_local! {
     /// The BUSY answer to a send refused before it was decoded, built once
     /// per thread: each refusal only sets its request id.
@@ -629,14 +628,12 @@ impl Connection {
     /// decoding it, when sends are refused now: its request id is all the
     /// answer needs, so under a flood a refusal costs a fraction of an
     /// admission and takes no place in the pipeline window. Anything else
-    /// (or a frame not yet whole, or malformed) is left to the decoder.
+    /// (another request, a frame not yet whole, one that would not decode)
+    /// is left to the decoder.
     fn refused_at_once(&mut self) -> bool {
-        let Some(head) = peek_frame(&self.input, self.ctx.max_frame_bytes) else {
+        let Some(head) = peek_send(&self.input, self.ctx.max_frame_bytes) else {
             return false;
         };
-        if head.body_field != Some(SEND_FIELD) {
-            return false;
-        }
         let Some(retry_after_ms) = self.send_refusal() else {
             return false;
         };
@@ -658,14 +655,14 @@ impl Connection {
     }
 
     /// Whether reading may go on while the pipeline window is full: sends
-    /// are refused now and every whole frame buffered was taken, so what comes next is
-    /// refused as it arrives instead of waiting in the socket behind
-    /// admitted work. Once a send is admitted again, or a request other
-    /// than a send waits at the front, the window holds reading back as
-    /// before.
+    /// are refused now and every whole frame buffered was taken, so what
+    /// comes next is refused as it arrives instead of waiting in the
+    /// socket behind admitted work. Once a send is admitted again, or a
+    /// request other than a send waits at the front, the window holds
+    /// reading back as before.
     fn reads_past_window(&self) -> bool {
         let refusing = self.session.is_some() && (self.overloaded() || !self.ctx.service.store().takes_new_work());
-        refusing && peek_frame(&self.input, self.ctx.max_frame_bytes).is_none()
+        refusing && whole_frame_len(&self.input, self.ctx.max_frame_bytes).is_none()
     }
 
     /// Decodes and starts every complete request already buffered, as far

@@ -514,14 +514,30 @@ async fn a_send_past_a_full_window_is_refused_at_once_while_the_store_is_full() 
         other => panic!("expected BUSY, got {other:?}"),
     }
 
+    // A send that would not decode (its message holds field 0) is not
+    // refused like one that would: the connection closes with BAD_FRAME,
+    // once the writes in flight are answered.
+    let malformed: &[u8] = &[0, 0, 0, 11, 8, 99, 162, 1, 6, 10, 3, b'b', b'o', b'b', 0];
+    tokio::io::AsyncWriteExt::write_all(&mut raw.stream, malformed)
+        .await
+        .unwrap();
+
     blocker.execute_batch("COMMIT").unwrap();
     let mut answered = std::collections::HashSet::new();
-    while answered.len() < writes.len() {
+    loop {
         let frame = raw.read_frame().await;
+        assert_ne!(frame.request_id, 99, "the malformed send was answered: {frame:?}");
         if writes.contains(&frame.request_id) {
             answered.insert(frame.request_id);
         }
+        if let Some(server_frame::Body::Error(e)) = &frame.body
+            && frame.request_id == 0
+        {
+            assert_eq!(e.code, ErrorCode::BadFrame as i32, "{e:?}");
+            break;
+        }
     }
+    assert_eq!(answered.len(), writes.len(), "every write answered before the close");
 }
 
 /// The SQLite writer held up: another connection to the database holds its
