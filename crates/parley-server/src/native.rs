@@ -631,6 +631,10 @@ impl Connection {
     /// (another request, a frame not yet whole, one that would not decode)
     /// is left to the decoder.
     fn refused_at_once(&mut self) -> bool {
+        // Two loads first, so that an admitted send is not walked twice.
+        if !self.sends_refused() {
+            return false;
+        }
         let Some(head) = peek_send(&self.input, self.ctx.max_frame_bytes) else {
             return false;
         };
@@ -661,8 +665,13 @@ impl Connection {
     /// request other than a send waits at the front, the window holds
     /// reading back as before.
     fn reads_past_window(&self) -> bool {
-        let refusing = self.session.is_some() && (self.overloaded() || !self.ctx.service.store().takes_new_work());
-        refusing && whole_frame_len(&self.input, self.ctx.max_frame_bytes).is_none()
+        self.sends_refused() && whole_frame_len(&self.input, self.ctx.max_frame_bytes).is_none()
+    }
+
+    /// Whether sends are refused now, as [`Connection::send_refusal`]
+    /// decides, without counting a refusal.
+    fn sends_refused(&self) -> bool {
+        self.session.is_some() && (self.overloaded() || !self.ctx.service.store().takes_new_work())
     }
 
     /// Decodes and starts every complete request already buffered, as far
