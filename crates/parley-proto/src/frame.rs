@@ -42,10 +42,9 @@ pub fn decode_frame<M: Message + Default>(buf: &mut BytesMut, max_frame_bytes: u
 ///
 /// `Ok(None)` and reservation as for [`decode_frame`].
 pub fn split_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<BytesMut>, FrameError> {
-    if buf.len() < LENGTH_PREFIX_BYTES {
+    let Some(len) = announced_len(buf) else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    };
     if len > max_frame_bytes {
         return Err(FrameError::TooLarge {
             len,
@@ -64,9 +63,15 @@ pub fn split_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<
 /// included: `None` while it is incomplete or when its length is over
 /// `max_frame_bytes` (then [`decode_frame`] says so).
 pub fn whole_frame_len(buf: &[u8], max_frame_bytes: usize) -> Option<usize> {
-    let prefix: [u8; LENGTH_PREFIX_BYTES] = buf.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
-    let len = u32::from_be_bytes(prefix) as usize;
+    let len = announced_len(buf)?;
     (len <= max_frame_bytes && buf.len() >= LENGTH_PREFIX_BYTES + len).then_some(LENGTH_PREFIX_BYTES + len)
+}
+
+/// The payload length the prefix at the front of `buf` announces, once the
+/// prefix is whole.
+fn announced_len(buf: &[u8]) -> Option<usize> {
+    let prefix: [u8; LENGTH_PREFIX_BYTES] = buf.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
+    Some(u32::from_be_bytes(prefix) as usize)
 }
 
 /// A send read by [`peek_send`] without being decoded.

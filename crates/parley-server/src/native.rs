@@ -26,7 +26,9 @@ use parley_core::delivery::{AckFired, AckTimer};
 use parley_core::scram::StoredCredentials;
 use parley_core::service::ContactView;
 use parley_core::store::AckRange;
-use parley_core::{AuthPending, CoreError, ErrorKind, LoginOutcome, MessageId, PushEvent, Seq, Service, Session};
+use parley_core::{
+    AuthPending, CoreError, ErrorKind, LoginOutcome, MessageId, PushEvent, Seq, Service, Session, StoreError,
+};
 use parley_http::access;
 use parley_proto::v1::{self, client_frame, server_frame::Body};
 use parley_proto::{
@@ -611,17 +613,17 @@ impl Connection {
             .get_or_insert_with(|| Instant::now() + REFUSED_READ_PAUSE);
     }
 
-    /// The retry hint of a send refused now, if sends are refused: the
-    /// backlog is over its high-water mark or the store takes no new work.
-    /// Only for a logged-in session (without one a send is answered "not
-    /// logged in").
-    fn send_refusal(&self) -> Option<u32> {
-        self.session.as_ref()?;
+    /// The retry hint of a send refused now (see
+    /// [`Connection::sends_refused`], which the caller asked first): the
+    /// backlog's, or the store's, counted as one of its refusals.
+    fn refusal_retry_ms(&self) -> u32 {
         if self.overloaded() {
-            return Some(BACKLOG_RETRY_MS);
+            return BACKLOG_RETRY_MS;
         }
-        let refused = self.ctx.service.store().check_new_work().err()?;
-        Some(CoreError::from(refused).retry_after_ms.unwrap_or(BACKLOG_RETRY_MS))
+        match self.ctx.service.store().check_new_work() {
+            Err(StoreError::Busy { retry_after_ms }) => retry_after_ms,
+            _ => BACKLOG_RETRY_MS,
+        }
     }
 
     /// Refuses the send at the front of the input with BUSY without
@@ -638,9 +640,7 @@ impl Connection {
         let Some(head) = peek_send(&self.input, self.ctx.max_frame_bytes) else {
             return false;
         };
-        let Some(retry_after_ms) = self.send_refusal() else {
-            return false;
-        };
+        let retry_after_ms = self.refusal_retry_ms();
         self.input.advance(head.len);
         if let Some(perf) = self.ctx.perf.get() {
             perf.record("send", Duration::ZERO, ErrorCode::Busy.as_str_name());
@@ -668,8 +668,10 @@ impl Connection {
         self.sends_refused() && whole_frame_len(&self.input, self.ctx.max_frame_bytes).is_none()
     }
 
-    /// Whether sends are refused now, as [`Connection::send_refusal`]
-    /// decides, without counting a refusal.
+    /// Whether sends are refused now: the backlog is over its high-water
+    /// mark or the store takes no new work (not counted as a refusal). Only
+    /// for a logged-in session: without one a send is answered "not logged
+    /// in".
     fn sends_refused(&self) -> bool {
         self.session.is_some() && (self.overloaded() || !self.ctx.service.store().takes_new_work())
     }

@@ -482,14 +482,7 @@ async fn a_send_past_a_full_window_is_refused_at_once_while_the_store_is_full() 
     // The writer idle, then held by the database's lock: of four writes on
     // this connection (its whole window) it holds one and three fill the
     // queue's share for new work.
-    raw.send(write()).await;
-    while raw.read_frame().await.request_id == 0 {}
-    parley_testkit::wait_until("the store's queue to be empty", WAIT, async || {
-        store_queue_depth(&server).await == 0
-    })
-    .await;
-    let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let blocker = lock_idle_writer(&server, &mut raw).await;
     let mut writes = Vec::new();
     for _ in 0..4 {
         writes.push(raw.send(write()).await);
@@ -558,22 +551,7 @@ impl StoreJam {
     async fn start(server: &TestServer, name: &str, queued: usize) -> StoreJam {
         // Logged in first: a login writes to the store too.
         let mut raw = RawSession::login(&server.addr, name, &format!("pw-{name}")).await;
-        // The writer idle before the lock is taken: one write answered (so
-        // every write queued before it is done) and nothing left in the
-        // queue. Otherwise a write of someone else's could be the one the
-        // writer holds when the lock is taken, and the test's first request
-        // would wait in the queue instead.
-        raw.send(client_frame::Body::RemoveContact(v1::RemoveContact {
-            name: "nobody".into(),
-        }))
-        .await;
-        while raw.read_frame().await.request_id == 0 {}
-        parley_testkit::wait_until("the store's queue to be empty", WAIT, async || {
-            store_queue_depth(server).await == 0
-        })
-        .await;
-        let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
-        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let blocker = lock_idle_writer(server, &mut raw).await;
         let mut jam = StoreJam {
             blocker,
             raw,
@@ -629,6 +607,27 @@ impl StoreJam {
             }
         }
     }
+}
+
+/// Takes the database's write lock once the SQLite writer is idle: one
+/// write of `raw`'s answered (so every write queued before it is done) and
+/// nothing left in the queue. Otherwise a write of someone else's could be
+/// the one the writer holds when the lock is taken, and the test's first
+/// request would wait in the queue instead. The lock holds until the
+/// connection returned commits.
+async fn lock_idle_writer(server: &TestServer, raw: &mut RawSession) -> rusqlite::Connection {
+    raw.send(client_frame::Body::RemoveContact(v1::RemoveContact {
+        name: "nobody".into(),
+    }))
+    .await;
+    while raw.read_frame().await.request_id == 0 {}
+    parley_testkit::wait_until("the store's queue to be empty", WAIT, async || {
+        store_queue_depth(server).await == 0
+    })
+    .await;
+    let blocker = rusqlite::Connection::open(server.data_dir.join("parley.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    blocker
 }
 
 /// The store's queue depth now, from the server's `/metrics`.
