@@ -117,6 +117,64 @@ async fn queued_appends_share_commits_and_keep_call_order() {
     store.close().await.unwrap();
 }
 
+/// A batch first looks only for deleted messages' idempotency records; a
+/// resend of a stored message is found by its insert, and the batch runs
+/// again. Resends queued among new messages are answered with their
+/// originals, the new ones are stored once each, in call order, with no
+/// seq lost to the first try, and nothing counts as a failed batch.
+#[tokio::test]
+async fn resends_among_new_messages_get_their_originals_and_lose_no_seq() {
+    let Some(scratch) = Scratch::create() else { return };
+    let store = open(&scratch);
+    let alice = register(&store, "alice").await;
+    let bob = register(&store, "bob").await;
+    let mut originals = Vec::new();
+    for n in 0..50 {
+        originals.push(send(&store, &alice, "bob", &format!("old-{n}"), &format!("old {n}")).await);
+    }
+    // Deleted ones are answered from the records their deletion kept.
+    let gone: Vec<_> = originals[..10].iter().map(|a| a.message.id).collect();
+    assert_eq!(store.delete_messages(bob.id, gone.clone()).await.unwrap(), gone);
+    let before = store.stats().expect("stats");
+    let replies: Vec<_> = (0..100)
+        .map(|n| {
+            if n % 2 == 0 {
+                store.append(message(&alice, "bob", &format!("new-{n}"), &format!("new {n}")))
+            } else {
+                let k = n / 2;
+                store.append(message(&alice, "bob", &format!("old-{k}"), &format!("old {k}")))
+            }
+        })
+        .collect();
+    let mut next_seq = 51;
+    for (n, reply) in replies.into_iter().enumerate() {
+        let appended = reply.await.expect("append");
+        if n % 2 == 0 {
+            assert!(!appended.duplicate, "new-{n} is new");
+            assert_eq!(appended.message.seq, Seq(next_seq), "new-{n} takes the next seq");
+            next_seq += 1;
+        } else {
+            let original = &originals[n / 2].message;
+            assert!(appended.duplicate, "old-{} is a resend", n / 2);
+            assert_eq!(
+                (appended.message.id, appended.message.seq),
+                (original.id, original.seq),
+                "old-{} is answered with its original",
+                n / 2
+            );
+        }
+    }
+    let after = store.stats().expect("stats");
+    assert_eq!(after.failed_batches, before.failed_batches);
+    assert_eq!(
+        store.mailbox_state(bob.id).await.map(|state| state.last_seq),
+        Ok(Seq(100))
+    );
+    let stored = store.fetch(bob.id, Seq(0), u32::MAX, true).await.unwrap();
+    assert_eq!(stored.len(), 90, "40 kept, 50 new, no resend stored again");
+    store.close().await.unwrap();
+}
+
 /// Appends, acks, reads and account changes queued together, so that they
 /// share batches: each sees exactly what was called before it.
 #[tokio::test]
@@ -391,7 +449,7 @@ async fn stores_opened_together_migrate_once() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2", "3", "4"]);
+    assert_eq!(versions, ["1", "2", "3", "4", "5"]);
     register(&stores[0], "alice").await;
     assert!(stores[3].find_account("alice").await.unwrap().is_some());
     for store in &stores {
@@ -402,7 +460,7 @@ async fn stores_opened_together_migrate_once() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2", "3", "4"]);
+    assert_eq!(versions, ["1", "2", "3", "4", "5"]);
 }
 
 #[tokio::test]
@@ -422,7 +480,7 @@ async fn a_newer_schema_is_refused_untouched() {
     let versions = scratch
         .column("SELECT version FROM parley_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, ["1", "2", "3", "4", "999"]);
+    assert_eq!(versions, ["1", "2", "3", "4", "5", "999"]);
 }
 
 #[tokio::test]

@@ -6,9 +6,9 @@
 //!    locked (`FOR UPDATE`, in id order) — the lock that keeps each
 //!    mailbox's seqs gap-free while other processes append to it; the
 //!    blocks between those recipients and the run's senders; the
-//!    idempotency records of the run's (sender, client id) pairs, with the
-//!    original messages where they still exist; and one fresh message id per
-//!    append from the `message_ids` sequence.
+//!    idempotency records of the run's (sender, client id) pairs (see
+//!    [`Lookup`]); and one fresh message id per append from the
+//!    `message_ids` sequence.
 //! 2. The writer decides each append in call order, as SQLite's does one by
 //!    one: a recorded client id is a duplicate (answered with the original),
 //!    then an unknown or blocking recipient, then a full mailbox; otherwise
@@ -16,6 +16,22 @@
 //! 3. One round trip writes the message rows (each its own idempotency
 //!    record: see `schema.rs`) and each recipient's counters (`last_seq`,
 //!    unread, quota counts) once.
+//!
+//! A run first looks only for the records of deleted messages
+//! ([`Lookup::Deleted`]): a stored message is its own record, which the
+//! insert of step 3 finds anyway, in the unique index `messages_sent`. A
+//! resend of a stored message then fails that insert like the race below,
+//! and the batch runs again looking for every record ([`Lookup::All`]), so
+//! that the common case, a message never sent before, reads that index
+//! once instead of twice. An append refused without an insert (unknown or
+//! blocking recipient, full mailbox) has its record read after step 2, in
+//! a round trip taken only then, since a resend is answered with its
+//! original before any refusal. A deletion that moves a record from the one
+//! place to the other cannot fall between the two reads: it locks the
+//! account row of its mailbox, which the run holds from step 1. (Unless the
+//! sender's client broke the protocol and used the id for another
+//! recipient: then a deletion committed between the two reads lets the
+//! resend be stored as a new message.)
 //!
 //! Another process may store the same (sender, client id) between steps 1
 //! and 3 (a resend through another node). Its message then conflicts: the
@@ -31,7 +47,7 @@
 use std::collections::{HashMap, HashSet};
 
 use parley_core::StoreError;
-use parley_core::store::{NewMessage, StoredMessage, body_bytes};
+use parley_core::store::{Appended, NewMessage, StoreResult, StoredMessage, body_bytes};
 use tokio_postgres::Row;
 
 use super::ops::{
@@ -71,6 +87,27 @@ pub(super) const RECORDS: &str = concat!(
      WHERE m.id IS NOT NULL OR s.message_id IS NOT NULL"
 );
 
+/// The idempotency records of deleted messages among the run's (sender,
+/// client id) pairs, in the columns of [`RECORDS`] with no stored message.
+pub(super) const RECORDS_OF_DELETED: &str =
+    "SELECT s.sender, s.client_msg_id, s.message_id, s.recipient, s.seq, s.timestamp_ms,
+            NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bytea, NULL::bytea,
+            NULL::bigint, NULL::boolean
+     FROM unnest($1::bigint[], $2::bytea[]) AS w(sender, client_msg_id)
+     JOIN LATERAL (
+         SELECT * FROM sent_ids s WHERE s.sender = w.sender AND s.client_msg_id = w.client_msg_id LIMIT 1
+     ) s ON true";
+
+/// Which idempotency records a run reads before it decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// Only those of deleted messages ([`RECORDS_OF_DELETED`]): a resend of
+    /// a stored message makes the run end [`RunEnd::Raced`].
+    Deleted,
+    /// Every one, with the stored originals ([`RECORDS`]).
+    All,
+}
+
 /// Each recipient's counters, once per run (`a.id = ANY($1)` lets the plan
 /// find the rows by index rather than join the whole table).
 pub(super) const COUNTERS: &str = "UPDATE accounts a SET last_seq = u.last_seq, unread = a.unread + u.added,
@@ -83,7 +120,8 @@ pub(super) const COUNTERS: &str = "UPDATE accounts a SET last_seq = u.last_seq, 
 pub(super) enum RunEnd {
     /// Every append has its answer; `wrote` when any was stored.
     Done { wrote: bool },
-    /// Another process recorded one of the run's client ids meanwhile: the
+    /// Another process recorded one of the run's client ids meanwhile, or
+    /// (with [`Lookup::Deleted`]) a stored message has one of them: the
     /// transaction must be rolled back and the batch run again.
     Raced,
 }
@@ -175,8 +213,9 @@ struct NewRows<'a> {
 }
 
 /// Runs the appends `ops` (every one an [`Op::Append`]) in the current
-/// transaction and keeps each one's answer in it.
-pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgres::Error> {
+/// transaction, reading the records `lookup` names, and keeps each one's
+/// answer in it.
+pub(super) async fn run(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<RunEnd, tokio_postgres::Error> {
     let appends: Vec<&mut AppendOp> = ops
         .iter_mut()
         .filter_map(|op| match op {
@@ -203,7 +242,14 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
     let (recipient_rows, block_rows, record_rows, id_rows) = tokio::try_join!(
         query(db, RECIPIENTS, by_key,),
         query(db, BLOCKS, pairs,),
-        query(db, RECORDS, sent,),
+        query(
+            db,
+            match lookup {
+                Lookup::Deleted => RECORDS_OF_DELETED,
+                Lookup::All => RECORDS,
+            },
+            sent,
+        ),
         query(
             db,
             "SELECT nextval('message_ids') FROM generate_series(1, $1::bigint)",
@@ -288,6 +334,9 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
         };
         decided.push(result);
     }
+    if lookup == Lookup::Deleted {
+        find_refused_resends(db, &appends, &mut decided).await?;
+    }
 
     // Step 3, pipelined.
     let wrote = !rows.ids.is_empty();
@@ -335,6 +384,38 @@ pub(super) async fn run(db: &Db, ops: &mut [Op]) -> Result<RunEnd, tokio_postgre
         append.result = Some(result);
     }
     Ok(RunEnd::Done { wrote })
+}
+
+/// A resend is answered with its original even where a new message would
+/// be refused (an unknown or blocking recipient, a full mailbox), and no
+/// insert tells a refused append from a resend: with [`Lookup::Deleted`],
+/// the refused appends' records are read afterwards, in one more round trip
+/// taken only when something was refused.
+async fn find_refused_resends(
+    db: &Db,
+    appends: &[&mut AppendOp],
+    decided: &mut [StoreResult<Appended>],
+) -> Result<(), tokio_postgres::Error> {
+    let refused: Vec<usize> = (0..decided.len()).filter(|&at| decided[at].is_err()).collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let senders: Vec<i64> = refused.iter().map(|&at| signed(appends[at].message.sender.0)).collect();
+    let client_ids: Vec<&[u8]> = refused
+        .iter()
+        .map(|&at| appends[at].message.client_msg_id.as_bytes())
+        .collect();
+    for row in query(db, RECORDS, &[&senders, &client_ids]).await? {
+        let key: (i64, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?);
+        let record = Record::from_row(&row)?;
+        for &at in &refused {
+            let new = &appends[at].message;
+            if (signed(new.sender.0), new.client_msg_id.as_bytes()) == (key.0, key.1.as_slice()) {
+                decided[at] = Ok(appended(record.message(new), true));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `error` says another transaction stored one of the run's

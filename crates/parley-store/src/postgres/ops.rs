@@ -1324,6 +1324,7 @@ mod tests {
             ("append::RECIPIENTS", append::RECIPIENTS),
             ("append::BLOCKS", append::BLOCKS),
             ("append::RECORDS", append::RECORDS),
+            ("append::RECORDS_OF_DELETED", append::RECORDS_OF_DELETED),
             ("append::COUNTERS", append::COUNTERS),
             ("held::HELD_PAGE", held::HELD_PAGE),
             ("held::EVICT", held::EVICT),

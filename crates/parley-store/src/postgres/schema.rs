@@ -181,6 +181,13 @@ const MIGRATIONS: &[&str] = &[
         score real,
         marked_ms bigint NOT NULL
     )",
+    // Version 5: no index on a message's id. Ids come from `message_ids`,
+    // so they are unique without one, and the only statement that looks a
+    // message up by id, a deletion, names its mailbox too: it reads that
+    // mailbox's range of the primary key (at most `mailbox_max_messages`
+    // rows, 10,000 by default). Keeping a third index up to date cost every
+    // append more than a deletion now costs (docs/BENCHMARKS.md, Scale-out).
+    "ALTER TABLE messages DROP CONSTRAINT messages_id_key",
 ];
 
 /// The schema version this build creates and understands.

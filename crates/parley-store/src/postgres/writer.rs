@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::append::{self, RunEnd};
+use super::append::{self, Lookup, RunEnd};
 use super::ops::{self, Db, Op};
 use super::schema::{self, describe};
 use super::{BUSY_RETRY_AFTER_MS, PgOpenError, PgOptions};
@@ -55,6 +55,12 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How many times a batch runs when PostgreSQL asks for a retry (deadlock,
 /// serialization failure, a client id stored by another process meanwhile).
 const MAX_TRIES: u32 = 5;
+
+/// How long a writer reads every idempotency record before its appends
+/// ([`Lookup::All`]) after a batch of its ran into a stored message's: a
+/// client that resends after a reconnect resends its whole unanswered
+/// window, so one resend is soon followed by others.
+const RESENDS_WINDOW: Duration = Duration::from_secs(1);
 
 /// What every connection sets before its first use: the durability and
 /// isolation the store's reasoning relies on, whatever the server's or the
@@ -189,6 +195,9 @@ pub(super) struct Writer {
     /// writer still inside its interval would report the failure again
     /// after another's probe had cleared it).
     unreachable: Arc<std::sync::Mutex<Option<(Instant, String)>>>,
+    /// Until when this writer's batches read every idempotency record
+    /// (see [`RESENDS_WINDOW`]).
+    resends_until: Option<Instant>,
 }
 
 /// Answers waiting `close` callers even if the writer ends abnormally, so
@@ -252,6 +261,7 @@ pub(super) async fn start(options: &PgOptions) -> Result<(Writer, [u8; 32]), PgO
             batch_timeout: options.batch_timeout,
             max_batch: options.max_batch,
             unreachable: Arc::default(),
+            resends_until: None,
         },
         secret,
     ))
@@ -372,7 +382,14 @@ impl Writer {
                 }
             };
             let started = Instant::now();
-            let outcome = tokio::time::timeout(self.batch_timeout, transaction(&connection, &mut ops)).await;
+            // The first try looks only for deleted messages' records (see
+            // `append.rs`), unless resends are expected.
+            let lookup = if tries > 1 || self.resends_until.is_some_and(|until| started < until) {
+                Lookup::All
+            } else {
+                Lookup::Deleted
+            };
+            let outcome = tokio::time::timeout(self.batch_timeout, transaction(&connection, &mut ops, lookup)).await;
             let failure = match outcome {
                 Ok(Ok(wrote)) => {
                     drop(connection);
@@ -400,7 +417,13 @@ impl Writer {
                     return None;
                 }
             };
-            counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            if lookup == Lookup::Deleted && matches!(failure, Failure::Raced) {
+                // A resend of a stored message, found by its insert: not a
+                // failure, and likely not the last.
+                self.resends_until = Some(Instant::now() + RESENDS_WINDOW);
+            } else {
+                counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            }
             let (error, unknown) = match failure {
                 Failure::Raced => {
                     roll_back(connection).await;
@@ -500,9 +523,10 @@ impl Writer {
     }
 }
 
-/// Runs the batch in one transaction (none for a batch of reads only);
-/// whether it may have written.
-async fn transaction(db: &Db, ops: &mut [Op]) -> Result<bool, Failure> {
+/// Runs the batch in one transaction (none for a batch of reads only), its
+/// appends reading the idempotency records `lookup` names; whether it may
+/// have written.
+async fn transaction(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<bool, Failure> {
     let writes = ops.iter().any(Op::writes);
     if writes {
         if ops.len() > 1 {
@@ -533,7 +557,7 @@ async fn transaction(db: &Db, ops: &mut [Op]) -> Result<bool, Failure> {
                 wrote = true;
             }
             if acks < stretch {
-                match append::run(db, &mut part[acks..]).await.map_err(Failure::Db)? {
+                match append::run(db, &mut part[acks..], lookup).await.map_err(Failure::Db)? {
                     RunEnd::Done { wrote: stored } => wrote |= stored,
                     RunEnd::Raced => return Err(Failure::Raced),
                 }
