@@ -45,6 +45,10 @@ use crate::wire::{Body, Frame};
 /// of this many, well under NATS's default 1 MiB payload).
 const HOLDINGS_PER_FRAME: usize = 8_192;
 
+/// Most bytes of frames one bundle gathers (a frame larger than this goes
+/// alone); well under NATS's default 1 MiB payload.
+const BUNDLE_BYTES: usize = 256 * 1024;
+
 /// How the bus connects and how it judges other processes.
 #[derive(Clone, Debug)]
 pub struct BusSettings {
@@ -267,25 +271,56 @@ impl Peers {
     }
 }
 
-/// Hands queued frames to NATS, in order.
+/// Hands queued frames to NATS, in order. Frames already queued behind one
+/// for the same subject go with it as one bundle (`wire::bundle`), up to
+/// [`BUNDLE_BYTES`]: a commit of hundreds of messages to the users of
+/// another process is a few NATS messages, not hundreds.
 async fn publish(bus: Arc<NatsBus>, client: async_nats::Client, mut frames: mpsc::Receiver<(String, Bytes)>) {
+    // A frame taken from the queue that could not join the bundle before it.
+    let mut held_over: Option<(String, Bytes)> = None;
     loop {
-        let next = tokio::select! {
-            next = frames.recv() => next,
-            () = bus.stop.cancelled() => None,
+        let next = match held_over.take() {
+            Some(frame) => Some(frame),
+            None => tokio::select! {
+                next = frames.recv() => next,
+                () = bus.stop.cancelled() => None,
+            },
         };
-        let Some((subject, payload)) = next else { return };
+        let Some((subject, first)) = next else { return };
+        // Let the task that queued this frame queue the rest of its burst
+        // (a commit's messages are handed over one after the other).
+        tokio::task::yield_now().await;
+        let mut size = first.len();
+        let mut parts = vec![first];
+        while size < BUNDLE_BYTES {
+            match frames.try_recv() {
+                Ok((to, frame)) if to == subject && size + frame.len() <= BUNDLE_BYTES => {
+                    size += frame.len() + 4;
+                    parts.push(frame);
+                }
+                Ok(other) => {
+                    held_over = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let count = parts.len() as u64;
+        let payload = match parts.as_slice() {
+            [only] => only.clone(),
+            _ => wire::bundle(&parts),
+        };
         match client.publish(subject, payload).await {
             Ok(()) => {
-                bus.counters.sent.fetch_add(1, Ordering::Relaxed);
+                bus.counters.sent.fetch_add(count, Ordering::Relaxed);
             }
             Err(e) => {
-                tracing::debug!(error = %e, "a bus frame was not published");
-                bus.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, frames = count, "bus frames were not published");
+                bus.counters.dropped.fetch_add(count, Ordering::Relaxed);
                 bus.dropped_some.store(true, Ordering::Release);
             }
         }
-        if frames.is_empty() && bus.dropped_some.swap(false, Ordering::AcqRel) {
+        if held_over.is_none() && frames.is_empty() && bus.dropped_some.swap(false, Ordering::AcqRel) {
             // What was dropped cannot be told apart: every process reads
             // the store for every session.
             tracing::warn!("bus frames were dropped; every process's sessions read the store");
@@ -311,45 +346,60 @@ async fn receive(
             () = bus.stop.cancelled() => None,
         };
         let Some(message) = message else { return };
-        let frame = match Frame::decode(&message.payload) {
-            Ok(frame) => frame,
+        let parts = match wire::frames_of(&message.payload) {
+            Ok(parts) => parts,
             Err(e) => {
                 bus.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, subject = %message.subject, "a bus frame did not decode");
+                tracing::debug!(error = %e, subject = %message.subject, "a bus bundle did not decode");
                 continue;
             }
         };
-        bus.counters.received.fetch_add(1, Ordering::Relaxed);
-        let from = frame.from;
-        if from == bus.node {
-            continue;
+        for part in parts {
+            apply(&bus, &hub, &peers, part, &message.subject);
         }
-        let hello = matches!(frame.body, Body::Hello);
-        let new = !matches!(frame.body, Body::Bye) && peers.heard(from);
-        match frame.body {
-            // Its hello: tell it what this process holds.
-            Body::Hello => bus.send_holdings(&hub, from),
-            Body::Heartbeat => {}
-            Body::Bye => {
-                peers.forget(from);
-                hub.node_gone(from);
-            }
-            Body::Holdings(entries) => {
-                for (user, name, holding) in entries {
-                    hub.node_update(from, user, &name, holding);
-                }
-            }
-            Body::Remote(event) => hub.from_bus(event),
-            Body::Lag => hub.lag_all(),
-        }
-        if new && !hello {
-            // A process heard from for the first time without its hello
-            // (it started before this one subscribed, or is back after a
-            // silence): ask it what it holds.
-            bus.queue(bus.direct(from), Body::Hello);
-        }
-        bus.counters.nodes.store(peers.count() as u64, Ordering::Relaxed);
     }
+}
+
+/// Applies one frame another process sent.
+fn apply(bus: &NatsBus, hub: &Hub, peers: &Peers, part: &[u8], subject: &str) {
+    let frame = match Frame::decode(part) {
+        Ok(frame) => frame,
+        Err(e) => {
+            bus.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, subject = %subject, "a bus frame did not decode");
+            return;
+        }
+    };
+    bus.counters.received.fetch_add(1, Ordering::Relaxed);
+    let from = frame.from;
+    if from == bus.node {
+        return;
+    }
+    let hello = matches!(frame.body, Body::Hello);
+    let new = !matches!(frame.body, Body::Bye) && peers.heard(from);
+    match frame.body {
+        // Its hello: tell it what this process holds.
+        Body::Hello => bus.send_holdings(hub, from),
+        Body::Heartbeat => {}
+        Body::Bye => {
+            peers.forget(from);
+            hub.node_gone(from);
+        }
+        Body::Holdings(entries) => {
+            for (user, name, holding) in entries {
+                hub.node_update(from, user, &name, holding);
+            }
+        }
+        Body::Remote(event) => hub.from_bus(event),
+        Body::Lag => hub.lag_all(),
+    }
+    if new && !hello {
+        // A process heard from for the first time without its hello
+        // (it started before this one subscribed, or is back after a
+        // silence): ask it what it holds.
+        bus.queue(bus.direct(from), Body::Hello);
+    }
+    bus.counters.nodes.store(peers.count() as u64, Ordering::Relaxed);
 }
 
 /// Heartbeats, silent processes, and the hub's memory of recent seqs.

@@ -2,6 +2,11 @@
 //! sending node, then the kind's fields — integers little-endian, strings
 //! as a `u32` length and UTF-8. Decoding never panics: a frame that does not
 //! parse is an error, dropped and counted by the caller.
+//!
+//! One NATS message holds one frame, or a bundle of frames published to
+//! one subject one after the other ([`bundle`]): the byte [`BUNDLE`], then
+//! each frame as a `u32` length and its bytes. A bundle's frames are
+//! applied in order, as if each had come alone.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -17,6 +22,42 @@ use parley_core::{ErrorKind, MessageId, Seq, UserId};
 /// process of a cluster runs the same one). 2: holdings carry a session
 /// count, and `Trim` exists. 3: `Transfer` exists.
 pub const VERSION: u8 = 3;
+
+/// The first byte of a bundle of frames; never a frame's version.
+pub const BUNDLE: u8 = 0xB0;
+
+/// Several encoded frames as one NATS payload, in order.
+pub fn bundle(frames: &[Bytes]) -> Bytes {
+    let size = frames.iter().map(|frame| 4 + frame.len()).sum::<usize>();
+    let mut out = BytesMut::with_capacity(1 + size);
+    out.put_u8(BUNDLE);
+    for frame in frames {
+        out.put_u32_le(u32::try_from(frame.len()).unwrap_or(u32::MAX));
+        out.put_slice(frame);
+    }
+    out.freeze()
+}
+
+/// The encoded frames of a NATS payload: the payload itself, or each frame
+/// of a bundle. A bundle cut short is an error as a whole (its frames
+/// before the cut are not applied either: a lost doorbell, as a dropped
+/// frame is, never a message lost).
+pub fn frames_of(payload: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let Some((&BUNDLE, mut rest)) = payload.split_first() else {
+        return Ok(vec![payload]);
+    };
+    let mut frames = Vec::new();
+    while !rest.is_empty() {
+        let len = u32_of(&mut rest)? as usize;
+        if rest.len() < len {
+            return Err(DecodeError::Short);
+        }
+        let (frame, after) = rest.split_at(len);
+        frames.push(frame);
+        rest = after;
+    }
+    Ok(frames)
+}
 
 /// One frame on the bus, with the node that sent it.
 #[derive(Clone, Debug)]
@@ -727,5 +768,52 @@ mod tests {
         huge.extend_from_slice(&[0; 8]);
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Frame::decode(&huge).unwrap_err(), DecodeError::Short);
+    }
+
+    #[test]
+    fn a_bundle_gives_back_its_frames_in_order() {
+        let frames: Vec<Bytes> = [Body::Hello, Body::Heartbeat, Body::Lag, Body::Bye]
+            .into_iter()
+            .map(|body| Frame { from: 9, body }.encode())
+            .collect();
+        let payload = bundle(&frames);
+        let parts = frames_of(&payload).unwrap();
+        assert_eq!(parts, frames.iter().map(|f| &f[..]).collect::<Vec<_>>());
+        let kinds: Vec<_> = parts
+            .iter()
+            .map(|part| format!("{:?}", Frame::decode(part).unwrap().body))
+            .collect();
+        assert_eq!(kinds, ["Hello", "Heartbeat", "Lag", "Bye"]);
+        // A lone frame is its own payload.
+        assert_eq!(frames_of(&frames[0]).unwrap(), [&frames[0][..]]);
+        // An empty bundle holds nothing.
+        assert!(frames_of(&[BUNDLE]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bundle_cut_anywhere_is_refused_whole() {
+        let frames: Vec<Bytes> = (0..3)
+            .map(|_| {
+                Frame {
+                    from: 1,
+                    body: Body::Hello,
+                }
+                .encode()
+            })
+            .collect();
+        let payload = bundle(&frames);
+        for cut in 1..payload.len() {
+            let shorter = &payload[..cut];
+            match frames_of(shorter) {
+                Err(DecodeError::Short) => {}
+                // Cut between two frames: a shorter, whole bundle.
+                Ok(parts) => assert!(parts.iter().all(|part| Frame::decode(part).is_ok()), "cut at {cut}"),
+                Err(other) => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+        // A length past the end reserves nothing and is refused.
+        let mut huge = vec![BUNDLE];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(frames_of(&huge).unwrap_err(), DecodeError::Short);
     }
 }
