@@ -146,13 +146,18 @@ async fn resends_among_new_messages_get_their_originals_and_lose_no_seq() {
             }
         })
         .collect();
+    // A resend of one of them queued in the same burst: found in the run
+    // that stores it, or by the next one.
+    let again = store.append(message(&alice, "bob", "new-0", "new 0"));
     let mut next_seq = 51;
+    let mut first_new = None;
     for (n, reply) in replies.into_iter().enumerate() {
         let appended = reply.await.expect("append");
         if n % 2 == 0 {
             assert!(!appended.duplicate, "new-{n} is new");
             assert_eq!(appended.message.seq, Seq(next_seq), "new-{n} takes the next seq");
             next_seq += 1;
+            first_new.get_or_insert(appended.message);
         } else {
             let original = &originals[n / 2].message;
             assert!(appended.duplicate, "old-{} is a resend", n / 2);
@@ -164,6 +169,9 @@ async fn resends_among_new_messages_get_their_originals_and_lose_no_seq() {
             );
         }
     }
+    let again = again.await.expect("append");
+    assert!(again.duplicate);
+    assert_eq!(Some(again.message), first_new, "new-0's resend gets new-0");
     let after = store.stats().expect("stats");
     assert_eq!(after.failed_batches, before.failed_batches);
     assert_eq!(

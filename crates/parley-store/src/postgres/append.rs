@@ -45,6 +45,7 @@
 //! never happens.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use parley_core::StoreError;
 use parley_core::store::{Appended, NewMessage, StoreResult, StoredMessage, body_bytes};
@@ -289,15 +290,26 @@ pub(super) async fn run(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<RunEn
 
     // Step 2: each append in call order.
     let mut rows = NewRows::default();
-    let mut this_run: HashMap<(i64, &str), StoredMessage> = HashMap::new();
-    let mut decided = Vec::with_capacity(appends.len());
+    // What this run stored, by (sender, client id): where in `decided`.
+    let mut this_run: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut decided: Vec<StoreResult<Appended>> = Vec::with_capacity(appends.len());
     for append in &appends {
         let new = &append.message;
         let sender = signed(new.sender.0);
-        let result = if let Some(record) = records.get(&(sender, new.client_msg_id.as_bytes().to_vec())) {
+        let earlier = this_run
+            .get(&(sender, new.client_msg_id.as_str()))
+            .and_then(|&at| decided.get(at))
+            .and_then(|first| first.as_ref().ok())
+            .map(|first| Arc::clone(&first.message));
+        let result = if !records.is_empty()
+            && let Some(record) = records.get(&(sender, new.client_msg_id.as_bytes().to_vec()))
+        {
             Ok(appended(record.message(new), true))
-        } else if let Some(first) = this_run.get(&(sender, new.client_msg_id.as_str())) {
-            Ok(appended(first.clone(), true))
+        } else if let Some(message) = earlier {
+            Ok(Appended {
+                message,
+                duplicate: true,
+            })
         } else {
             let bytes = body_bytes(&new.body);
             match lookup_key(&new.recipient_key).and_then(|key| mailboxes.get_mut(key)) {
@@ -323,9 +335,11 @@ pub(super) async fn run(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<RunEn
                         rows.client_msg_ids.push(new.client_msg_id.as_bytes());
                         rows.bodies.push(new.body.as_bytes());
                         rows.timestamps.push(signed(timestamp_ms));
-                        let message = unacked(new, id, unsigned(mailbox.id), seq, timestamp_ms);
-                        this_run.insert((sender, new.client_msg_id.as_str()), message.clone());
-                        Ok(appended(message, false))
+                        this_run.insert((sender, new.client_msg_id.as_str()), decided.len());
+                        Ok(appended(
+                            unacked(new, id, unsigned(mailbox.id), seq, timestamp_ms),
+                            false,
+                        ))
                     }
                     (None, _) => Err(StoreError::Backend("mailbox seq overflow".into())),
                     (_, None) => Err(StoreError::Backend("no message id left for the append".into())),
@@ -405,14 +419,15 @@ async fn find_refused_resends(
         .iter()
         .map(|&at| appends[at].message.client_msg_id.as_bytes())
         .collect();
-    for row in query(db, RECORDS, &[&senders, &client_ids]).await? {
-        let key: (i64, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?);
-        let record = Record::from_row(&row)?;
-        for &at in &refused {
-            let new = &appends[at].message;
-            if (signed(new.sender.0), new.client_msg_id.as_bytes()) == (key.0, key.1.as_slice()) {
-                decided[at] = Ok(appended(record.message(new), true));
-            }
+    let rows = query(db, RECORDS, &[&senders, &client_ids]).await?;
+    let mut records: HashMap<(i64, Vec<u8>), Record> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        records.insert((row.try_get(0)?, row.try_get(1)?), Record::from_row(row)?);
+    }
+    for at in refused {
+        let new = &appends[at].message;
+        if let Some(record) = records.get(&(signed(new.sender.0), new.client_msg_id.as_bytes().to_vec())) {
+            decided[at] = Ok(appended(record.message(new), true));
         }
     }
     Ok(())
