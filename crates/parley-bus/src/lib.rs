@@ -290,12 +290,13 @@ async fn publish(bus: Arc<NatsBus>, client: async_nats::Client, mut frames: mpsc
         // Let the task that queued this frame queue the rest of its burst
         // (a commit's messages are handed over one after the other).
         tokio::task::yield_now().await;
-        let mut size = first.len();
+        // Each frame takes its length prefix in a bundle.
+        let mut size = 4 + first.len();
         let mut parts = vec![first];
         while size < BUNDLE_BYTES {
             match frames.try_recv() {
-                Ok((to, frame)) if to == subject && size + frame.len() <= BUNDLE_BYTES => {
-                    size += frame.len() + 4;
+                Ok((to, frame)) if to == subject && size + 4 + frame.len() <= BUNDLE_BYTES => {
+                    size += 4 + frame.len();
                     parts.push(frame);
                 }
                 Ok(other) => {
