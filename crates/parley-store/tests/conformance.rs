@@ -313,6 +313,43 @@ async fn ack_is_cumulative_and_listed(store: &dyn Store) {
     );
 }
 
+/// Each acknowledged message counts once, however it is acked: a single
+/// named twice, a single at or below the watermark, a seq past the last
+/// one, and singles the watermark later passes.
+async fn acks_count_each_message_once(store: &dyn Store) {
+    let alice = register(store, "alice").await;
+    let bob = register(store, "bob").await;
+    for n in 1..=8 {
+        send(store, &alice, "bob", &format!("m{n}"), "x").await;
+    }
+    let ack = |up_to: u64, seqs: &[u64]| AckRange {
+        up_to: Seq(up_to),
+        seqs: seqs.iter().copied().map(Seq).collect(),
+    };
+    let state = |unread: u64| MailboxState {
+        last_seq: Seq(8),
+        unread,
+    };
+    // 1 and 2 by the watermark; 4 once though named twice; 2 again and 9
+    // (never stored) not at all.
+    assert_eq!(store.ack(bob.id, ack(2, &[4, 2, 4, 9])).await, Ok((3, state(5))));
+    // Named again, alone: nothing new.
+    assert_eq!(store.ack(bob.id, ack(0, &[4, 1])).await, Ok((0, state(5))));
+    // The watermark passes 4: 3, 5 and 6 are new, 4 is not counted again;
+    // 7 as a single.
+    assert_eq!(store.ack(bob.id, ack(6, &[7])).await, Ok((4, state(1))));
+    assert_eq!(store.ack(bob.id, ack(100, &[8, 8])).await, Ok((1, state(0))));
+    assert_eq!(store.mailbox_state(bob.id).await, Ok(state(0)));
+    let acked: Vec<bool> = store
+        .fetch(bob.id, Seq(0), 100, true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.acked)
+        .collect();
+    assert_eq!(acked, vec![true; 8]);
+}
+
 async fn unread_counts(store: &dyn Store) {
     let alice = register(store, "alice").await;
     let bob = register(store, "bob").await;
@@ -1862,6 +1899,7 @@ conformance!(
     fetch_pages_and_filters,
     ack_is_cumulative_and_listed,
     unread_counts,
+    acks_count_each_message_once,
     delete_only_own_messages,
     delete_account_effects,
     list_matches_patterns,
