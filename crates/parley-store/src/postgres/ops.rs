@@ -1325,8 +1325,12 @@ mod tests {
             return;
         };
         schema::prepare(&client, &url, [7; 32]).await.expect("migrate");
+        // The store's own session settings, then generic plans at once.
         client
-            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .batch_execute(&format!(
+                "{} SET plan_cache_mode = force_generic_plan",
+                super::super::writer::SESSION_SETUP
+            ))
             .await
             .expect("set");
         let statements = [
@@ -1345,11 +1349,17 @@ mod tests {
             ("held::HELD_PAGE", held::HELD_PAGE),
             ("held::EVICT", held::EVICT),
         ];
-        // Messages to four mailboxes, with as many idempotency records of
-        // deleted messages and held messages.
+        // As many accounts (with their marks and a block each), and messages
+        // to four mailboxes, idempotency records of deleted messages and
+        // held messages.
         let fill = |rows: u32| {
             format!(
-                "TRUNCATE messages, sent_ids, held_messages;
+                "TRUNCATE accounts, mailbox_marks, blocks, messages, sent_ids, held_messages;
+                 INSERT INTO accounts (name, name_key, mechanism, salt, iterations, stored_key, server_key, created_ms)
+                     SELECT 'user' || g, 'user' || g, 'SCRAM-SHA-256', '\\x00', 4096, '\\x00', '\\x00', 0
+                     FROM generate_series(1, {rows}) g;
+                 INSERT INTO mailbox_marks (account) SELECT id FROM accounts;
+                 INSERT INTO blocks (blocker, blocked) SELECT id, id + 1 FROM accounts;
                  INSERT INTO messages (recipient, seq, id, sender, sender_name, client_msg_id, body, timestamp_ms)
                      SELECT 1 + g % 4, g, g, 5, 'sender', decode(md5(g::text), 'hex'), '\\x00', 0
                      FROM generate_series(1, {rows}) g;

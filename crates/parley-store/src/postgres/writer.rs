@@ -76,8 +76,15 @@ const RESENDS_WINDOW: Duration = Duration::from_secs(1);
 /// autovacuum next analyzes them, so every statement of the hot path is
 /// written so that its only plans are index lookups and bounded index
 /// ranges (`ops::tests::generic_plans_of_the_hot_statements_use_indexes`).
-const SESSION_SETUP: &str = "SET synchronous_commit = on;
-     SET default_transaction_isolation = 'read committed'; SET plan_cache_mode = auto;";
+/// `enable_seqscan = off`: a table of a few hundred rows, not yet analyzed,
+/// is cheaper to scan whole than to look up in an index several times, and
+/// a generic plan made then (for the account rows a batch locks or counts)
+/// keeps scanning the whole table, dead row versions and all, after it grew;
+/// every statement of the store has an index to use, and one that has none
+/// is still planned as a scan.
+pub(super) const SESSION_SETUP: &str = "SET synchronous_commit = on;
+     SET default_transaction_isolation = 'read committed'; SET plan_cache_mode = auto;
+     SET enable_seqscan = off;";
 
 /// Opens connections for the pool: plain TCP or unix socket (no TLS), and
 /// the session settings above, with the server ending a session that stays
