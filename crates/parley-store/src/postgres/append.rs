@@ -13,7 +13,7 @@
 //!    one: a recorded client id is a duplicate (answered with the original),
 //!    then an unknown or blocking recipient, then a full mailbox; otherwise
 //!    the next seq of its mailbox and the next id.
-//! 3. One round trip writes the message rows (each its own idempotency
+//! 3. One statement writes the message rows (each its own idempotency
 //!    record: see `schema.rs`) and each recipient's counters (`last_seq`,
 //!    unread, quota counts) once.
 //!
@@ -109,12 +109,20 @@ pub(super) enum Lookup {
     All,
 }
 
-/// Each recipient's counters, once per run (`a.id = ANY($1)` lets the plan
-/// find the rows by index rather than join the whole table).
-pub(super) const COUNTERS: &str = "UPDATE accounts a SET last_seq = u.last_seq, unread = a.unread + u.added,
+/// The run's message rows, and each recipient's counters once, in one
+/// statement (`a.id = ANY($9)` lets the plan find the account rows by index
+/// rather than join the whole table). A message whose (sender, client id)
+/// another transaction stored fails the whole statement on the unique index
+/// `messages_sent`.
+pub(super) const STORE: &str = "WITH stored AS (
+         INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                              $6::bytea[], $7::bytea[], $8::bigint[])
+     )
+     UPDATE accounts a SET last_seq = u.last_seq, unread = a.unread + u.added,
          stored_messages = a.stored_messages + u.added, stored_bytes = a.stored_bytes + u.bytes
-     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, last_seq, added, bytes)
-     WHERE a.id = u.id AND a.id = ANY($1)";
+     FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[]) AS u(id, last_seq, added, bytes)
+     WHERE a.id = u.id AND a.id = ANY($9)";
 
 /// How a run of appends ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -352,7 +360,7 @@ pub(super) async fn run(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<RunEn
         find_refused_resends(db, &appends, &mut decided).await?;
     }
 
-    // Step 3, pipelined.
+    // Step 3, one statement.
     let wrote = !rows.ids.is_empty();
     if wrote {
         let (mut counted, mut last_seqs, mut added, mut added_bytes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -362,7 +370,7 @@ pub(super) async fn run(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<RunEn
             added.push(signed(mailbox.added));
             added_bytes.push(signed(mailbox.added_bytes));
         }
-        let messages: Params = &[
+        let params: Params = &[
             &rows.ids,
             &rows.recipients,
             &rows.seqs,
@@ -371,26 +379,18 @@ pub(super) async fn run(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<RunEn
             &rows.client_msg_ids,
             &rows.bodies,
             &rows.timestamps,
+            &counted,
+            &last_seqs,
+            &added,
+            &added_bytes,
         ];
-        let counts: Params = &[&counted, &last_seqs, &added, &added_bytes];
-        let (inserted, counted) = tokio::join!(
-            execute(
-                db,
-                "INSERT INTO messages (id, recipient, seq, sender, sender_name, client_msg_id, body, timestamp_ms)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
-                                      $6::bytea[], $7::bytea[], $8::bigint[])",
-                messages,
-            ),
-            execute(db, COUNTERS, counts,),
-        );
-        if let Err(error) = inserted {
+        if let Err(error) = execute(db, STORE, params).await {
             return if is_recorded_meanwhile(&error) {
                 Ok(RunEnd::Raced)
             } else {
                 Err(error)
             };
         }
-        counted?;
     }
     drop(this_run);
     drop(rows);
