@@ -591,6 +591,107 @@ async fn stores_sharing_a_database_keep_every_mailbox_gap_free() {
     }
 }
 
+/// Acks of one mailbox through several stores (a user's sessions on
+/// several nodes) while its messages are still arriving through another:
+/// each ack takes effect on the watermark and counts as it stood when the
+/// ack's lock was granted, so every message is counted read exactly once
+/// and the watermark never moves back. Acks go out pipelined (several in
+/// one batch) and alone, cumulative and with single seqs above the
+/// watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_through_several_stores_count_each_message_once() {
+    const TOTAL: u64 = 400;
+    let Some(scratch) = Scratch::create() else { return };
+    let stores: Vec<Arc<PgStore>> = (0..3).map(|_| Arc::new(open(&scratch))).collect();
+    let reader = register(&*stores[0], "reader").await;
+    let writer = register(&*stores[0], "writer").await;
+    let appender = {
+        let store = Arc::clone(&stores[0]);
+        tokio::spawn(async move {
+            for chunk in 0..TOTAL / 20 {
+                let replies: Vec<_> = (0..20)
+                    .map(|n| store.append(message(&writer, "reader", &format!("m{}", chunk * 20 + n), "x")))
+                    .collect();
+                for reply in replies {
+                    reply.await.expect("append");
+                }
+            }
+        })
+    };
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut ackers = Vec::new();
+    for (a, store) in stores[1..].iter().enumerate() {
+        let (store, counted, reader) = (Arc::clone(store), Arc::clone(&counted), reader.id);
+        ackers.push(tokio::spawn(async move {
+            let mut round = 0u64;
+            loop {
+                round += 1;
+                let last = store.mailbox_state(reader).await.expect("state").last_seq.0;
+                // Several acks in flight at once, behind and at the last
+                // seq, with singles above the watermark; every other round
+                // one ack alone.
+                let ranges: Vec<AckRange> = if round.is_multiple_of(2) {
+                    vec![AckRange {
+                        up_to: Seq(last),
+                        seqs: Vec::new(),
+                    }]
+                } else {
+                    (0..4u64)
+                        .map(|k| AckRange {
+                            up_to: Seq(last.saturating_sub(8 * (3 - k) + a as u64)),
+                            seqs: vec![Seq(last.saturating_sub(2)), Seq(last)],
+                        })
+                        .collect()
+                };
+                let replies: Vec<_> = ranges.into_iter().map(|range| store.ack(reader, range)).collect();
+                for reply in replies {
+                    let (newly, state) = reply.await.expect("ack");
+                    counted.fetch_add(newly, std::sync::atomic::Ordering::Relaxed);
+                    assert!(state.last_seq.0 >= last, "the last seq went back");
+                }
+                if last == TOTAL {
+                    break;
+                }
+            }
+        }));
+    }
+    appender.await.unwrap();
+    for acker in ackers {
+        acker.await.unwrap();
+    }
+    let (newly, state) = stores[1]
+        .ack(
+            reader.id,
+            AckRange {
+                up_to: Seq(TOTAL),
+                seqs: Vec::new(),
+            },
+        )
+        .await
+        .expect("final ack");
+    counted.fetch_add(newly, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        state,
+        MailboxState {
+            last_seq: Seq(TOTAL),
+            unread: 0
+        }
+    );
+    assert_eq!(
+        counted.load(std::sync::atomic::Ordering::Relaxed),
+        TOTAL,
+        "every message counted read once"
+    );
+    let unacked = stores[2]
+        .fetch(reader.id, Seq(0), u32::MAX, false)
+        .await
+        .expect("fetch");
+    assert!(unacked.is_empty(), "{} messages left unacked", unacked.len());
+    for store in stores {
+        store.close().await.unwrap();
+    }
+}
+
 /// The same (sender, client id) sent through two stores at once, as a
 /// client resending through another node: both are answered with the one
 /// stored message, never an error. Half the rounds name another recipient

@@ -437,19 +437,24 @@ pub(super) async fn lock_for_batch(db: &Db, wanted: &BatchLocks) -> Result<(), t
     let keys: Vec<&str> = wanted.keys.iter().filter_map(|k| lookup_key(k)).collect();
     let accounts: Params = &[&wanted.ids, &keys];
     let marks: Params = &[&wanted.marks];
+    // Prepared first (once per connection): on a connection's first batch,
+    // a statement still being prepared would be sent after one that was
+    // not, and the marks locked before the accounts.
+    let (accounts_statement, marks_statement) =
+        tokio::try_join!(db.prepare_cached(LOCK_ACCOUNTS), db.prepare_cached(LOCK_MARKS))?;
     // Pipelined, in this order: one round trip.
     tokio::try_join!(
         async {
             if wanted.ids.is_empty() && keys.is_empty() {
                 return Ok(Vec::new());
             }
-            query(db, LOCK_ACCOUNTS, accounts).await
+            db.query(&accounts_statement, accounts).await
         },
         async {
             if wanted.marks.is_empty() {
                 return Ok(Vec::new());
             }
-            query(db, LOCK_MARKS, marks).await
+            db.query(&marks_statement, marks).await
         },
     )?;
     Ok(())
@@ -906,12 +911,15 @@ pub(super) async fn fetch(
 /// Acks up to a seq by moving the mailbox's watermark, counting the unread
 /// messages it passes (no row is rewritten), then single seqs above it by
 /// their `acked` column: every statement sent together, one round trip.
-/// The first locks the mailbox's marks (not its account row, which appends
-/// lock); the watermark's ([`ACK`]), which PostgreSQL starts only after the
-/// first finished, so that it sees every message committed before the lock
-/// was granted, reads the last seq as committed: an append still in flight
-/// has seqs above it, which the ack does not cover. Each single
-/// ([`ACK_SINGLE`]) runs after it, so it sees the new watermark.
+/// The mailbox's marks (not its account row, which appends lock) are
+/// already locked by the batch, in a statement of its own before this one
+/// (`writer::transaction` locks the marks of every batch with an ack, a
+/// batch of one ack included): so the watermark's statement ([`ACK`]),
+/// which takes its snapshot when it starts, sees every message committed
+/// before the lock was granted, and reads the last seq as committed (an
+/// append still in flight has seqs above it, which the ack does not
+/// cover). Each single ([`ACK_SINGLE`]) runs after it, so it sees the new
+/// watermark.
 pub(super) async fn ack(db: &Db, user: UserId, range: &AckRange) -> OpResult<(u64, MailboxState)> {
     let Some(id) = exact_sql(user.0) else {
         return Err(StoreError::NoSuchUser.into());
@@ -928,25 +936,16 @@ pub(super) async fn ack(db: &Db, user: UserId, range: &AckRange) -> OpResult<(u6
         .collect();
     singles.sort_unstable();
     singles.dedup();
-    let lock: Params = &[&id];
     let acked: Params = &[&id, &up_to];
     let each_single: Vec<[&(dyn ToSql + Sync); 2]> = singles.iter().map(|seq| [&id as _, seq as _]).collect();
     // Prepared first (on a connection's first ack, a statement not yet
     // prepared would be sent after the ones that are, out of order); then
     // every statement goes out on the first poll, in this order.
-    let (lock_statement, ack_statement, single_statement) = tokio::try_join!(
-        db.prepare_cached("SELECT 1 FROM mailbox_marks WHERE account = $1 FOR UPDATE"),
-        db.prepare_cached(ACK),
-        db.prepare_cached(ACK_SINGLE),
-    )?;
-    let (_, rows, marked) = tokio::try_join!(
-        db.query(&lock_statement, lock),
-        db.query(&ack_statement, acked),
-        async {
-            let each = join_in_order(each_single.iter().map(|params| db.execute(&single_statement, params))).await;
-            each.into_iter().sum::<Result<u64, _>>()
-        },
-    )?;
+    let (ack_statement, single_statement) = tokio::try_join!(db.prepare_cached(ACK), db.prepare_cached(ACK_SINGLE))?;
+    let (rows, marked) = tokio::try_join!(db.query(&ack_statement, acked), async {
+        let each = join_in_order(each_single.iter().map(|params| db.execute(&single_statement, params))).await;
+        each.into_iter().sum::<Result<u64, _>>()
+    },)?;
     let Some(row) = rows.first() else {
         return Err(StoreError::NoSuchUser.into());
     };

@@ -536,7 +536,12 @@ impl Writer {
 async fn transaction(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<bool, Failure> {
     let writes = ops.iter().any(Op::writes);
     if writes {
-        if ops.len() > 1 {
+        // A batch of appends only is locked by its one run's first
+        // statement (`append::RECIPIENTS`, in id order too); a lone call
+        // locks what it needs itself, but for an ack, which counts on the
+        // batch to have locked its marks (`ops::ack`).
+        let acks = ops.iter().any(Op::is_ack);
+        if acks || (ops.len() > 1 && !ops.iter().all(Op::is_append)) {
             let mut wanted = ops::BatchLocks::default();
             for op in ops.iter() {
                 op.locks(&mut wanted);
