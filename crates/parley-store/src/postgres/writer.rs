@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use parley_core::StoreError;
 use parley_core::sync::{join_in_order, lock};
 use tokio::sync::mpsc;
@@ -70,8 +70,10 @@ const RESENDS_WINDOW: Duration = Duration::from_secs(1);
 /// of the machine. READ COMMITTED: each statement sees what committed before
 /// it, which the append runs rely on after taking their locks.
 /// `plan_cache_mode = auto`: statements are planned afresh a few times, then
-/// run on a cached generic plan, which saves the planning that otherwise
-/// costs about a quarter of the relay's rate. A generic plan may have been
+/// run on a cached generic plan where it costs no more than theirs, which
+/// saves the planning that otherwise costs about a quarter of the relay's
+/// rate (a batch of appends and acks only takes generic plans at once:
+/// [`BEGIN_HOT`]). A generic plan may have been
 /// made while the tables were nearly empty, and outlives their growth until
 /// autovacuum next analyzes them, so every statement of the hot path is
 /// written so that its only plans are index lookups and bounded index
@@ -223,6 +225,43 @@ impl Drop for FinishOnExit {
     }
 }
 
+/// The statements of every batch's path, prepared when a connection opens
+/// (in one round trip): a statement a batch sends must be prepared before
+/// the batch sends anything, for a statement still being prepared would be
+/// sent after those that were not (on a connection's first use, an append
+/// run's reads before its locks, an ack before its batch's lock).
+const HOT_STATEMENTS: [&str; 10] = [
+    ops::LOCK_ACCOUNTS,
+    ops::LOCK_MARKS,
+    ops::ACK,
+    ops::ACK_SINGLE,
+    append::RECIPIENTS,
+    append::BLOCKS,
+    append::RECORDS,
+    append::RECORDS_OF_DELETED,
+    append::NEW_IDS,
+    append::STORE,
+];
+
+/// How a batch of appends and acks only begins: its statements
+/// ([`HOT_STATEMENTS`]) run on their generic plans from the first use.
+/// Under `plan_cache_mode = auto`, PostgreSQL compares a generic plan's
+/// estimated cost with the custom plans' it made for the first five uses,
+/// and a generic plan for `= ANY($1)` is costed for an array of several
+/// elements: against custom plans made for arrays of one, the statements
+/// of small batches were planned afresh on every use, a sixth of
+/// PostgreSQL's CPU at 2,000 msg/s. Their generic plans read only bounded
+/// index ranges whatever the tables hold
+/// (`ops::tests::generic_plans_of_the_hot_statements_use_indexes`); other
+/// statements (an account listing's pattern, say) keep `auto`.
+const BEGIN_HOT: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// Prepares [`HOT_STATEMENTS`] into the connection's statement cache.
+async fn prepare_hot_statements(db: &Db) -> Result<(), tokio_postgres::Error> {
+    let prepared = join_in_order(HOT_STATEMENTS.iter().map(|sql| db.prepare_cached(sql))).await;
+    prepared.into_iter().try_for_each(|statement| statement.map(drop))
+}
+
 /// Connects, migrates, reads the server secret and builds the pool.
 pub(super) async fn start(options: &PgOptions) -> Result<(Writer, [u8; 32]), PgOpenError> {
     let mut config = options.url.config.clone();
@@ -253,6 +292,12 @@ pub(super) async fn start(options: &PgOptions) -> Result<(Writer, [u8; 32]), PgO
         },
     );
     let pool = Pool::builder(manager)
+        .post_create(Hook::async_fn(|db: &mut Db, _| {
+            Box::pin(async move {
+                prepare_hot_statements(db).await.map_err(HookError::Backend)?;
+                Ok(())
+            })
+        }))
         .max_size(options.pool_size.max(options.writers + 1))
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(options.connect_timeout))
@@ -532,57 +577,40 @@ impl Writer {
 
 /// Runs the batch in one transaction (none for a batch of reads only), its
 /// appends reading the idempotency records `lookup` names; whether it may
-/// have written.
+/// have written. BEGIN, the batch's lock and the first of its operations'
+/// statements go out together, in this order (every statement of that path
+/// is prepared when the connection opens, so each is sent on its future's
+/// first poll); PostgreSQL runs them one after the other, so the
+/// operations still run inside the transaction, after the lock.
 async fn transaction(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<bool, Failure> {
     let writes = ops.iter().any(Op::writes);
-    if writes {
-        // A batch of appends only is locked by its one run's first
-        // statement (`append::RECIPIENTS`, in id order too); a lone call
-        // locks what it needs itself, but for an ack, which counts on the
-        // batch to have locked its marks (`ops::ack`).
-        let acks = ops.iter().any(Op::is_ack);
-        if acks || (ops.len() > 1 && !ops.iter().all(Op::is_append)) {
-            let mut wanted = ops::BatchLocks::default();
-            for op in ops.iter() {
-                op.locks(&mut wanted);
-            }
-            wanted.tidy();
+    // A batch of appends only is locked by its one run's first statement
+    // (`append::RECIPIENTS`, in id order too); a lone call locks what it
+    // needs itself, but for an ack, which counts on the batch to have
+    // locked its marks (`ops::ack`).
+    let locked = writes && (ops.iter().any(Op::is_ack) || (ops.len() > 1 && !ops.iter().all(Op::is_append)));
+    let mut wanted = ops::BatchLocks::default();
+    if locked {
+        for op in ops.iter() {
+            op.locks(&mut wanted);
+        }
+        wanted.tidy();
+    }
+    // A batch of appends and acks only runs only the statements whose
+    // generic plans are tested (`HOT_STATEMENTS`): it takes them at once.
+    let begin_sql = if ops.iter().all(|op| op.is_append() || op.is_ack()) {
+        BEGIN_HOT
+    } else {
+        "BEGIN"
+    };
+    let begin = async {
+        if writes {
             // Pipelined: one round trip.
-            tokio::try_join!(db.batch_execute("BEGIN"), ops::lock_for_batch(db, &wanted)).map_err(Failure::Db)?;
-        } else {
-            db.batch_execute("BEGIN").await.map_err(Failure::Db)?;
+            tokio::try_join!(db.batch_execute(begin_sql), ops::lock_for_batch(db, &wanted)).map_err(Failure::Db)?;
         }
-    }
-    let mut wrote = false;
-    let mut at = 0;
-    while at < ops.len() {
-        // A stretch of appends and acks: the acks first, pipelined, then the
-        // appends as one run (see `Access::Acknowledge`).
-        let stretch = ops[at..].iter().take_while(|op| op.is_append() || op.is_ack()).count();
-        if stretch > 0 {
-            let part = &mut ops[at..at + stretch];
-            // Stable: the acks keep their order, and so do the appends.
-            part.sort_by_key(Op::is_append);
-            let acks = part.iter().take_while(|op| op.is_ack()).count();
-            if acks > 0 {
-                pipelined(db, &mut part[..acks]).await.map_err(Failure::Db)?;
-                wrote = true;
-            }
-            if acks < stretch {
-                match append::run(db, &mut part[acks..], lookup).await.map_err(Failure::Db)? {
-                    RunEnd::Done { wrote: stored } => wrote |= stored,
-                    RunEnd::Raced => return Err(Failure::Raced),
-                }
-            }
-            at += stretch;
-            continue;
-        }
-        if let Op::Call(call) = &mut ops[at] {
-            call.run(db).await.map_err(Failure::Db)?;
-            wrote |= call.access().writes();
-        }
-        at += 1;
-    }
+        Ok(())
+    };
+    let ((), wrote) = tokio::try_join!(begin, run_ops(db, ops, lookup))?;
     if writes {
         db.batch_execute("COMMIT").await.map_err(|error| {
             if connection_lost(&error) {
@@ -591,6 +619,43 @@ async fn transaction(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<bool, Fa
                 Failure::Db(error)
             }
         })?;
+    }
+    Ok(wrote)
+}
+
+/// Runs the batch's operations in call order, but for the acks of a
+/// stretch of appends and acks, which go first (see
+/// `Access::Acknowledge`), sent together with the run's first statements.
+async fn run_ops(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<bool, Failure> {
+    let mut wrote = false;
+    let mut at = 0;
+    while at < ops.len() {
+        let stretch = ops[at..].iter().take_while(|op| op.is_append() || op.is_ack()).count();
+        if stretch > 0 {
+            let part = &mut ops[at..at + stretch];
+            // Stable: the acks keep their order, and so do the appends.
+            part.sort_by_key(Op::is_append);
+            let acks = part.iter().take_while(|op| op.is_ack()).count();
+            let (acked, appended) = part.split_at_mut(acks);
+            let appends = async {
+                if appended.is_empty() {
+                    return Ok(false);
+                }
+                match append::run(db, appended, lookup).await.map_err(Failure::Db)? {
+                    RunEnd::Done { wrote } => Ok(wrote),
+                    RunEnd::Raced => Err(Failure::Raced),
+                }
+            };
+            let ((), stored) = tokio::try_join!(async { pipelined(db, acked).await.map_err(Failure::Db) }, appends)?;
+            wrote |= acks > 0 || stored;
+            at += stretch;
+            continue;
+        }
+        if let Op::Call(call) = &mut ops[at] {
+            call.run(db).await.map_err(Failure::Db)?;
+            wrote |= call.access().writes();
+        }
+        at += 1;
     }
     Ok(wrote)
 }
@@ -664,5 +729,79 @@ mod tests {
         assert_eq!(show("idle_in_transaction_session_timeout").await, "7s");
         drop(client);
         let _ = task.await;
+    }
+
+    /// Batches of one append and of one ack, the smallest there are, run
+    /// their statements on generic plans from the first use: with `auto`,
+    /// PostgreSQL kept planning them afresh on every use (their custom plans,
+    /// made for arrays of one, looked cheaper than the generic ones).
+    #[tokio::test]
+    async fn small_hot_batches_run_on_generic_plans() {
+        let Some(scratch) = parley_testkit::postgres::Scratch::create() else {
+            return;
+        };
+        let url = super::super::PgUrl::parse(scratch.url()).expect("the scratch URL");
+        let (writer, _) = start(&super::super::PgOptions::new(url)).await.expect("start");
+        let db = writer.pool.get().await.expect("a connection");
+        db.batch_execute(
+            "INSERT INTO accounts (name, name_key, mechanism, salt, iterations, stored_key, server_key, created_ms)
+                 VALUES ('ann', 'ann', 'SCRAM-SHA-256', '\\x00', 4096, '\\x00', '\\x00', 0);
+             INSERT INTO mailbox_marks (account) SELECT id FROM accounts;",
+        )
+        .await
+        .expect("an account");
+        let ann = parley_core::UserId(ops::unsigned(
+            db.query_one("SELECT id FROM accounts", &[]).await.expect("id").get(0),
+        ));
+        for n in 1..=8u64 {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let message = parley_core::store::NewMessage {
+                sender: ann,
+                sender_name: "ann".into(),
+                recipient_key: "ann".into(),
+                client_msg_id: format!("m{n}"),
+                body: "hi".into(),
+                timestamp_ms: 1,
+                quota: parley_core::store::MailboxQuota::UNLIMITED,
+            };
+            let mut batch = vec![Op::append(message, reply, None)];
+            assert!(transaction(&db, &mut batch, Lookup::Deleted).await.is_ok(), "append");
+            batch.into_iter().for_each(|op| op.deliver(None));
+            answer.await.expect("answered").expect("stored");
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let range = parley_core::store::AckRange {
+                up_to: parley_core::Seq(n),
+                seqs: vec![parley_core::Seq(n + 1)],
+            };
+            let mut batch = vec![ops::call(
+                (ann, range),
+                reply,
+                ops::Access::Acknowledge,
+                ops::Locks::marks(ann),
+                |db, (user, range)| Box::pin(ops::ack(db, *user, range)),
+            )];
+            assert!(transaction(&db, &mut batch, Lookup::Deleted).await.is_ok(), "ack");
+            batch.into_iter().for_each(|op| op.deliver(None));
+            answer.await.expect("answered").expect("acked");
+        }
+        let mut custom = Vec::new();
+        for row in db
+            .query(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements",
+                &[],
+            )
+            .await
+            .expect("prepared statements")
+        {
+            let (sql, generic, planned): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            let hot = HOT_STATEMENTS.iter().find(|hot| **hot == sql);
+            if hot.is_some() && planned > 0 {
+                custom.push(format!("{planned} custom, {generic} generic: {sql}"));
+            }
+            if [append::RECIPIENTS, append::STORE, ops::ACK, ops::ACK_SINGLE].contains(&sql.as_str()) {
+                assert!(generic >= 8, "{generic} generic plans of {sql}");
+            }
+        }
+        assert!(custom.is_empty(), "{custom:#?}");
     }
 }
