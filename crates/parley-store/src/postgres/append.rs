@@ -246,27 +246,24 @@ pub(super) async fn run(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<RunEn
     let count = i64::try_from(appends.len()).unwrap_or(i64::MAX);
 
     // Step 1, pipelined: the statements run in this order, so the blocks and
-    // records are read after the recipients' locks are held. Prepared first
-    // (once per connection): a statement still being prepared would be sent
-    // after those that were not.
-    let (recipients_statement, blocks_statement, records_statement, ids_statement) = tokio::try_join!(
-        db.prepare_cached(RECIPIENTS),
-        db.prepare_cached(BLOCKS),
-        db.prepare_cached(match lookup {
-            Lookup::Deleted => RECORDS_OF_DELETED,
-            Lookup::All => RECORDS,
-        }),
-        db.prepare_cached(NEW_IDS),
-    )?;
+    // records are read after the recipients' locks are held (every one was
+    // prepared when the connection opened: `writer::HOT_STATEMENTS`).
     let by_key: Params = &[&keys];
     let pairs: Params = &[&keys, &senders];
     let sent: Params = &[&senders, &client_ids];
     let wanted: Params = &[&count];
     let (recipient_rows, block_rows, record_rows, id_rows) = tokio::try_join!(
-        db.query(&recipients_statement, by_key),
-        db.query(&blocks_statement, pairs),
-        db.query(&records_statement, sent),
-        db.query(&ids_statement, wanted),
+        query(db, RECIPIENTS, by_key),
+        query(db, BLOCKS, pairs),
+        query(
+            db,
+            match lookup {
+                Lookup::Deleted => RECORDS_OF_DELETED,
+                Lookup::All => RECORDS,
+            },
+            sent,
+        ),
+        query(db, NEW_IDS, wanted),
     )?;
 
     let mut mailboxes: HashMap<String, Mailbox> = HashMap::with_capacity(recipient_rows.len());

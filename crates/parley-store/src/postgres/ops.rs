@@ -437,24 +437,20 @@ pub(super) async fn lock_for_batch(db: &Db, wanted: &BatchLocks) -> Result<(), t
     let keys: Vec<&str> = wanted.keys.iter().filter_map(|k| lookup_key(k)).collect();
     let accounts: Params = &[&wanted.ids, &keys];
     let marks: Params = &[&wanted.marks];
-    // Prepared first (once per connection): on a connection's first batch,
-    // a statement still being prepared would be sent after one that was
-    // not, and the marks locked before the accounts.
-    let (accounts_statement, marks_statement) =
-        tokio::try_join!(db.prepare_cached(LOCK_ACCOUNTS), db.prepare_cached(LOCK_MARKS))?;
-    // Pipelined, in this order: one round trip.
+    // Pipelined, in this order: one round trip (both statements were
+    // prepared when the connection opened: `writer::HOT_STATEMENTS`).
     tokio::try_join!(
         async {
             if wanted.ids.is_empty() && keys.is_empty() {
                 return Ok(Vec::new());
             }
-            db.query(&accounts_statement, accounts).await
+            query(db, LOCK_ACCOUNTS, accounts).await
         },
         async {
             if wanted.marks.is_empty() {
                 return Ok(Vec::new());
             }
-            db.query(&marks_statement, marks).await
+            query(db, LOCK_MARKS, marks).await
         },
     )?;
     Ok(())
@@ -938,14 +934,12 @@ pub(super) async fn ack(db: &Db, user: UserId, range: &AckRange) -> OpResult<(u6
     singles.dedup();
     let acked: Params = &[&id, &up_to];
     let each_single: Vec<[&(dyn ToSql + Sync); 2]> = singles.iter().map(|seq| [&id as _, seq as _]).collect();
-    // Prepared first (on a connection's first ack, a statement not yet
-    // prepared would be sent after the ones that are, out of order); then
-    // every statement goes out on the first poll, in this order.
-    let (ack_statement, single_statement) = tokio::try_join!(db.prepare_cached(ACK), db.prepare_cached(ACK_SINGLE))?;
-    let (rows, marked) = tokio::try_join!(db.query(&ack_statement, acked), async {
-        let each = join_in_order(each_single.iter().map(|params| db.execute(&single_statement, params))).await;
+    // Every statement goes out on the first poll, in this order (both were
+    // prepared when the connection opened: `writer::HOT_STATEMENTS`).
+    let (rows, marked) = tokio::try_join!(query(db, ACK, acked), async {
+        let each = join_in_order(each_single.iter().map(|params| execute(db, ACK_SINGLE, params))).await;
         each.into_iter().sum::<Result<u64, _>>()
-    },)?;
+    })?;
     let Some(row) = rows.first() else {
         return Err(StoreError::NoSuchUser.into());
     };
