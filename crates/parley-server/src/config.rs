@@ -66,6 +66,8 @@ pub const DEFAULT_POSTGRES_URL: &str = "";
 pub const DEFAULT_POSTGRES_POOL_SIZE: usize = parley_store::postgres::DEFAULT_POOL_SIZE;
 /// Writers of the PostgreSQL store, each committing on its own connection.
 pub const DEFAULT_POSTGRES_WRITERS: usize = parley_store::postgres::DEFAULT_WRITERS;
+/// Default `postgres_ack_linger_ms`.
+pub const DEFAULT_POSTGRES_ACK_LINGER_MS: u64 = 5;
 /// Seconds to open a PostgreSQL connection before the database counts as unreachable.
 pub const DEFAULT_POSTGRES_CONNECT_TIMEOUT_SECS: u64 = parley_store::postgres::DEFAULT_CONNECT_TIMEOUT.as_secs();
 /// Seconds one batch may take in PostgreSQL before its operations get STORAGE_UNAVAILABLE.
@@ -317,6 +319,7 @@ pub struct Settings {
     pub postgres_url: Option<PgUrl>,
     pub postgres_pool_size: usize,
     pub postgres_writers: usize,
+    pub postgres_ack_linger: Duration,
     pub postgres_connect_timeout: Duration,
     pub postgres_batch_timeout: Duration,
     pub session_queue: usize,
@@ -506,6 +509,8 @@ settings! {
     postgres_pool_size: "PARLEY_POSTGRES_POOL_SIZE", "N";
     /// Writers of the PostgreSQL store per process, each committing its own batches on its own connection; a connection's operations always go to the same one, in order [default: 4]
     postgres_writers: "PARLEY_POSTGRES_WRITERS", "N";
+    /// Milliseconds a PostgreSQL writer holding only acks waits for more before it commits them; any other request ends the wait, 0 for none (0-1000) [default: 5]
+    postgres_ack_linger_ms: "PARLEY_POSTGRES_ACK_LINGER_MS", "MS";
     /// Seconds to open a PostgreSQL connection before the database counts as unreachable and requests get STORAGE_UNAVAILABLE [default: 5]
     postgres_connect_timeout_secs: "PARLEY_POSTGRES_CONNECT_TIMEOUT_SECS", "SECS";
     /// Seconds one batch may take in PostgreSQL before its requests get STORAGE_UNAVAILABLE and its connection is dropped [default: 30]
@@ -1019,6 +1024,13 @@ impl SettingArgs {
             &get("postgres_writers", &DEFAULT_POSTGRES_WRITERS.to_string()),
             1..=parley_store::postgres::MAX_WRITERS,
             DEFAULT_POSTGRES_WRITERS,
+        );
+        let postgres_ack_linger_ms: u64 = num(
+            &mut errors,
+            "postgres_ack_linger_ms",
+            &get("postgres_ack_linger_ms", &DEFAULT_POSTGRES_ACK_LINGER_MS.to_string()),
+            0..=1000,
+            DEFAULT_POSTGRES_ACK_LINGER_MS,
         );
         let postgres_connect_timeout_secs: u64 = num(
             &mut errors,
@@ -1626,6 +1638,7 @@ impl SettingArgs {
             postgres_url,
             postgres_pool_size,
             postgres_writers,
+            postgres_ack_linger: Duration::from_millis(postgres_ack_linger_ms),
             postgres_connect_timeout: Duration::from_secs(postgres_connect_timeout_secs),
             postgres_batch_timeout: Duration::from_secs(postgres_batch_timeout_secs),
             session_queue,
@@ -1933,6 +1946,7 @@ mod tests {
         assert_eq!(s.store, StoreKind::Postgres);
         assert_eq!(s.postgres_pool_size, 3);
         assert_eq!(s.postgres_writers, DEFAULT_POSTGRES_WRITERS);
+        assert_eq!(s.postgres_ack_linger, parley_store::postgres::DEFAULT_ACK_LINGER);
         assert_eq!(s.postgres_connect_timeout, Duration::from_secs(5));
         let parsed = s.postgres_url.as_ref().expect("the URL");
         assert_eq!(parsed.redacted(), "postgres://parley@127.0.0.1:5432/parley");

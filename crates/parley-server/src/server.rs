@@ -70,6 +70,7 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, [u8; 3
             let options = PgOptions {
                 pool_size: settings.postgres_pool_size,
                 writers: settings.postgres_writers,
+                ack_linger: settings.postgres_ack_linger,
                 connect_timeout: settings.postgres_connect_timeout,
                 batch_timeout: settings.postgres_batch_timeout,
                 queue_capacity: settings.write_queue,

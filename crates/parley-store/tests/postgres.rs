@@ -966,3 +966,87 @@ async fn holds_through_two_stores_keep_one_copy_and_the_bound() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A writer holding only acks waits `ack_linger` for more: acks of two
+/// users, the second arriving while the first waits, are answered together
+/// once the linger is over (not the first at once, nor the second a linger
+/// after it); a send arriving while an ack waits ends the wait at once, and
+/// both are answered without waiting it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_alone_linger_and_share_a_commit_while_other_work_ends_the_wait() {
+    const LINGER: Duration = Duration::from_secs(1);
+    let Some(scratch) = Scratch::create() else { return };
+    let store = Arc::new(
+        PgStore::open(PgOptions {
+            writers: 1,
+            ack_linger: LINGER,
+            ..pg_options(&scratch)
+        })
+        .expect("open"),
+    );
+    let ann = register(&*store, "ann").await;
+    let ben = register(&*store, "ben").await;
+    for n in 0..3 {
+        send(&*store, &ben, "ann", &format!("b{n}"), "to ann").await;
+        send(&*store, &ann, "ben", &format!("a{n}"), "to ben").await;
+    }
+    let ack = |user: parley_core::UserId, up_to: u64| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let reply = store
+                .ack(
+                    user,
+                    AckRange {
+                        up_to: Seq(up_to),
+                        seqs: vec![],
+                    },
+                )
+                .await;
+            (reply.expect("ack"), Instant::now())
+        })
+    };
+
+    let start = Instant::now();
+    let first = ack(ann.id, 2);
+    // deliberate: the second ack must reach the writer while the first waits.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = ack(ben.id, 3);
+    let ((acked_ann, ann_at), (acked_ben, ben_at)) = (first.await.expect("task"), second.await.expect("task"));
+    assert_eq!((acked_ann.0, acked_ann.1.unread), (2, 1), "ann's ack took effect");
+    assert_eq!((acked_ben.0, acked_ben.1.unread), (3, 0), "ben's ack took effect");
+    assert!(
+        ann_at - start >= LINGER - Duration::from_millis(100),
+        "an ack alone waits out the linger: answered after {:?}",
+        ann_at - start
+    );
+    let apart = ben_at.max(ann_at) - ben_at.min(ann_at);
+    assert!(
+        apart < LINGER / 2,
+        "the second ack joined the first's batch: answered {apart:?} apart"
+    );
+
+    let start = Instant::now();
+    let third = ack(ann.id, 3);
+    // deliberate: the send must reach the writer while the ack waits.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&*store, &ben, "ann", "b-late", "ends the wait").await;
+    let sent_at = Instant::now();
+    let (acked, acked_at) = third.await.expect("task");
+    assert_eq!(
+        (acked.0, acked.1.unread),
+        (1, 0),
+        "the third ack took effect, before the send"
+    );
+    assert_eq!(
+        store.mailbox_state(ann.id).await.expect("state").unread,
+        1,
+        "the send came after it"
+    );
+    assert!(
+        sent_at - start < LINGER - Duration::from_millis(200) && acked_at - start < LINGER - Duration::from_millis(200),
+        "a send ends an ack's wait: sent after {:?}, acked after {:?}",
+        sent_at - start,
+        acked_at - start
+    );
+    store.close().await.expect("close");
+}

@@ -61,6 +61,11 @@ pub const DEFAULT_POOL_SIZE: usize = 4;
 pub const DEFAULT_WRITERS: usize = 4;
 /// Most writers per process.
 pub const MAX_WRITERS: usize = 64;
+/// How long a writer holding nothing but acks waits for more before it
+/// commits them (see [`PgOptions::ack_linger`]).
+pub const DEFAULT_ACK_LINGER: Duration = Duration::from_millis(5);
+/// The longest [`PgOptions::ack_linger`].
+pub const MAX_ACK_LINGER: Duration = Duration::from_secs(1);
 /// Default time to open a connection (TCP connect and start-up) before the
 /// database counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -190,6 +195,14 @@ pub struct PgOptions {
     /// queue of `queue_capacity`; new work is admitted against the sum. A
     /// task's operations all go to one writer (see `Lanes`).
     pub writers: usize,
+    /// How long a writer whose batch holds only acks waits for more
+    /// operations before it commits; default [`DEFAULT_ACK_LINGER`], at
+    /// most [`MAX_ACK_LINGER`], zero for none. Any other operation ends the
+    /// wait at once, so only acks (which nobody's delivery waits for: a
+    /// session pushes up to its unacked limit ahead of them) are delayed.
+    /// Acks then share commits: a node whose users only receive commits a
+    /// few times per linger per writer instead of once per ack.
+    pub ack_linger: Duration,
 }
 
 impl PgOptions {
@@ -203,6 +216,7 @@ impl PgOptions {
             queue_capacity: DEFAULT_WRITE_QUEUE,
             max_batch: DEFAULT_MAX_BATCH,
             writers: DEFAULT_WRITERS,
+            ack_linger: DEFAULT_ACK_LINGER,
         }
     }
 }
@@ -342,6 +356,9 @@ impl PgStore {
         }
         if options.writers > MAX_WRITERS {
             return Err(PgOpenError::InvalidOptions("writers must be at most 64"));
+        }
+        if options.ack_linger > MAX_ACK_LINGER {
+            return Err(PgOpenError::InvalidOptions("ack_linger must be at most one second"));
         }
         if options.connect_timeout.is_zero() || options.batch_timeout.is_zero() {
             return Err(PgOpenError::InvalidOptions("timeouts must not be zero"));

@@ -197,6 +197,8 @@ pub(super) struct Writer {
     batch_timeout: Duration,
     /// Most operations per batch.
     max_batch: usize,
+    /// See [`PgOptions::ack_linger`].
+    ack_linger: Duration,
     /// When a connection last could not be opened, and why, while the
     /// database is unreachable: new operations are answered at once until
     /// [`PROBE_INTERVAL`] has passed. Shared by the writers, so that one
@@ -312,6 +314,7 @@ pub(super) async fn start(options: &PgOptions) -> Result<(Writer, [u8; 32]), PgO
             pool,
             batch_timeout: options.batch_timeout,
             max_batch: options.max_batch,
+            ack_linger: options.ack_linger,
             unreachable: Arc::default(),
             resends_until: None,
         },
@@ -368,8 +371,31 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if !failing {
+                self.linger(&mut batch, &mut queue).await;
+            }
             shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.run_batch(std::mem::take(&mut batch), shared).await;
+        }
+    }
+
+    /// Holds a batch of acks alone for up to [`PgOptions::ack_linger`],
+    /// taking what arrives meanwhile, until the batch is full or an
+    /// operation other than an ack joins it (that one is not delayed).
+    async fn linger(&self, batch: &mut Vec<Op>, queue: &mut mpsc::Receiver<Op>) {
+        if self.ack_linger.is_zero() || !batch.iter().all(Op::is_ack) {
+            return;
+        }
+        let until = tokio::time::Instant::now() + self.ack_linger;
+        while batch.len() < self.max_batch {
+            let Ok(Some(op)) = tokio::time::timeout_at(until, queue.recv()).await else {
+                return;
+            };
+            let ack = op.is_ack();
+            batch.push(op);
+            if !ack {
+                return;
+            }
         }
     }
 
