@@ -66,8 +66,15 @@ pub const DEFAULT_POSTGRES_URL: &str = "";
 pub const DEFAULT_POSTGRES_POOL_SIZE: usize = parley_store::postgres::DEFAULT_POOL_SIZE;
 /// Writers of the PostgreSQL store, each committing on its own connection.
 pub const DEFAULT_POSTGRES_WRITERS: usize = parley_store::postgres::DEFAULT_WRITERS;
-/// Default `postgres_ack_linger_ms`.
-pub const DEFAULT_POSTGRES_ACK_LINGER_MS: u64 = 5;
+/// Milliseconds a PostgreSQL writer holding only acks waits for more.
+pub const DEFAULT_POSTGRES_ACK_LINGER_MS: u64 = duration_ms(parley_store::postgres::DEFAULT_ACK_LINGER);
+/// The longest `postgres_ack_linger_ms`.
+const MAX_POSTGRES_ACK_LINGER_MS: u64 = duration_ms(parley_store::postgres::MAX_ACK_LINGER);
+
+/// A duration's whole milliseconds, for the defaults taken from the store.
+const fn duration_ms(duration: Duration) -> u64 {
+    duration.as_secs() * 1000 + duration.subsec_millis() as u64
+}
 /// Seconds to open a PostgreSQL connection before the database counts as unreachable.
 pub const DEFAULT_POSTGRES_CONNECT_TIMEOUT_SECS: u64 = parley_store::postgres::DEFAULT_CONNECT_TIMEOUT.as_secs();
 /// Seconds one batch may take in PostgreSQL before its operations get STORAGE_UNAVAILABLE.
@@ -1029,7 +1036,7 @@ impl SettingArgs {
             &mut errors,
             "postgres_ack_linger_ms",
             &get("postgres_ack_linger_ms", &DEFAULT_POSTGRES_ACK_LINGER_MS.to_string()),
-            0..=1000,
+            0..=MAX_POSTGRES_ACK_LINGER_MS,
             DEFAULT_POSTGRES_ACK_LINGER_MS,
         );
         let postgres_connect_timeout_secs: u64 = num(

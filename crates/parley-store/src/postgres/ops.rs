@@ -207,6 +207,13 @@ impl Op {
         matches!(self, Op::Call(call) if call.access() == Access::Acknowledge)
     }
 
+    /// Whether the operation is an append or an ack: the kinds a batch
+    /// runs together in stretches, on the statements prepared with every
+    /// connection (`writer::HOT_STATEMENTS`) only.
+    pub(super) fn is_append_or_ack(&self) -> bool {
+        self.is_append() || self.is_ack()
+    }
+
     /// Whether the operation may write.
     pub(super) fn writes(&self) -> bool {
         match self {

@@ -295,10 +295,7 @@ pub(super) async fn start(options: &PgOptions) -> Result<(Writer, [u8; 32]), PgO
     );
     let pool = Pool::builder(manager)
         .post_create(Hook::async_fn(|db: &mut Db, _| {
-            Box::pin(async move {
-                prepare_hot_statements(db).await.map_err(HookError::Backend)?;
-                Ok(())
-            })
+            Box::pin(async move { prepare_hot_statements(db).await.map_err(HookError::Backend) })
         }))
         .max_size(options.pool_size.max(options.writers + 1))
         .runtime(Runtime::Tokio1)
@@ -624,7 +621,7 @@ async fn transaction(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<bool, Fa
     }
     // A batch of appends and acks only runs only the statements whose
     // generic plans are tested (`HOT_STATEMENTS`): it takes them at once.
-    let begin_sql = if ops.iter().all(|op| op.is_append() || op.is_ack()) {
+    let begin_sql = if ops.iter().all(Op::is_append_or_ack) {
         BEGIN_HOT
     } else {
         "BEGIN"
@@ -656,7 +653,7 @@ async fn run_ops(db: &Db, ops: &mut [Op], lookup: Lookup) -> Result<bool, Failur
     let mut wrote = false;
     let mut at = 0;
     while at < ops.len() {
-        let stretch = ops[at..].iter().take_while(|op| op.is_append() || op.is_ack()).count();
+        let stretch = ops[at..].iter().take_while(|op| op.is_append_or_ack()).count();
         if stretch > 0 {
             let part = &mut ops[at..at + stretch];
             // Stable: the acks keep their order, and so do the appends.
