@@ -53,6 +53,9 @@ pub const DEFAULT_OVERLOAD_PAIRS: usize = 100;
 /// Overload: multiple of capacity offered, and the capacity probe's length.
 pub const DEFAULT_MULTIPLE: f64 = 2.0;
 pub const DEFAULT_PROBE_SECS: f64 = 3.0;
+/// Sends in flight per sender in overload's capacity probe: parleyd's
+/// default pipeline window.
+pub const DEFAULT_PROBE_WINDOW: usize = 256;
 /// Overload: requests a sender connection may have outstanding before the
 /// generator itself sheds load (counted, never hidden).
 pub const DEFAULT_MAX_OUTSTANDING: usize = 8192;
@@ -139,6 +142,20 @@ pub struct FileArgs {
     pub relayed_by: RelayedBy,
 }
 
+/// The `client_msg_id`s a lean sender gives its sends.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientIds {
+    /// The send's sequence number in decimal: free to make
+    #[default]
+    Counter,
+    /// What the client library and the web UI make: the time in
+    /// milliseconds then random bits, increasing per sender
+    Library,
+    /// 128 random bits in hex, as the library made before: each lands
+    /// anywhere in the server's per-sender index
+    Random,
+}
+
 /// How the file scenario makes a transfer go through the server.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayedBy {
@@ -218,6 +235,9 @@ pub struct RelayArgs {
     /// Where the peer's receivers log in [default: --peer-server]
     #[arg(long, value_name = "ADDR", requires = "peer_server")]
     pub peer_receivers_on: Option<String>,
+    /// The idempotency keys parleyd's senders give their messages
+    #[arg(long, value_enum, default_value_t = ClientIds::Counter, value_name = "KIND")]
+    pub client_ids: ClientIds,
     /// A shell command run before every run of every target (`sh -c`),
     /// e.g. a database checkpoint so that each run starts from the same
     /// state; the bench stops if it fails
@@ -316,6 +336,9 @@ pub struct OverloadArgs {
     /// Seconds of the capacity probe
     #[arg(long, default_value_t = DEFAULT_PROBE_SECS, value_name = "SECS")]
     pub probe: f64,
+    /// Sends in flight per sender during the capacity probe
+    #[arg(long, default_value_t = DEFAULT_PROBE_WINDOW, value_name = "W")]
+    pub probe_window: usize,
     /// Sender→receiver connection pairs
     #[arg(long, default_value_t = DEFAULT_OVERLOAD_PAIRS)]
     pub pairs: usize,

@@ -25,6 +25,7 @@ use parley_proto::{ClientFrame, ServerFrame, decode_frame, encode_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::cli::ClientIds;
 use crate::common::{self, PerSecond};
 use crate::relay::Schedule;
 use crate::stats::Latency;
@@ -111,6 +112,24 @@ pub struct SenderPlan {
     /// Paced, record each send's lateness (`SenderLatency::late`); off
     /// where nobody reports it, since it is a histogram entry per send.
     pub lateness: bool,
+    /// The idempotency keys of the sends.
+    pub client_ids: ClientIds,
+}
+
+/// The idempotency key of send `seq`, made as it is encoded. Sends are
+/// only resent after BUSY, which stored nothing, so a resend under a new
+/// key (all but the counter) stores the message once all the same.
+fn client_msg_id(kind: ClientIds, seq: u64) -> String {
+    match kind {
+        ClientIds::Counter => seq.to_string(),
+        ClientIds::Library => parley_client::new_client_msg_id(),
+        ClientIds::Random => {
+            use rand::RngCore;
+            let mut bytes = [0u8; 16];
+            rand::rng().fill_bytes(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
 }
 
 /// The reading half of a sender's connection (TCP or a QUIC stream).
@@ -227,7 +246,7 @@ pub async fn sender(
                 request_id: seq + 1,
                 body: Some(client_frame::Body::Send(v1::SendMessage {
                     to: to.clone(),
-                    client_msg_id: seq.to_string(),
+                    client_msg_id: client_msg_id(plan.client_ids, seq),
                     body: common::payload(seq, schedule.stamp(seq), plan.size),
                 })),
             };

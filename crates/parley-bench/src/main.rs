@@ -204,6 +204,7 @@ async fn relay_scenario(
         window: args.window,
         duration,
         drain: common::secs(args.drain, "--drain")?,
+        client_ids: args.client_ids,
     };
     params.check()?;
     let receivers_on = args.receivers_on.clone().unwrap_or_else(|| cli.server.clone());

@@ -17,7 +17,7 @@ use anyhow::Context;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::cli::OverloadArgs;
+use crate::cli::{ClientIds, OverloadArgs};
 use crate::common::{self, PerSecond};
 use crate::lean::{self, Overflow, SenderLatency, SenderPlan, Tallies};
 use crate::procmon::{self, Monitor};
@@ -27,9 +27,6 @@ use crate::report::{Metrics, RunReport};
 use crate::stats::{self, Latency};
 use parley_core::sync::lock;
 
-/// Sends in flight per connection during the capacity probe: parleyd's
-/// default pipeline window; more would only wait in the socket.
-const PROBE_WINDOW: usize = 256;
 /// Longest wait for admitted messages to reach their receivers.
 const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 
@@ -114,6 +111,7 @@ async fn run_phase(
                     resend_busy: false,
                     write_tick: plan.write_tick,
                     lateness: true,
+                    client_ids: ClientIds::Counter,
                 },
                 Arc::clone(&tallies),
                 Some(Arc::clone(&admitted_per_second)),
@@ -168,6 +166,9 @@ pub async fn run(
         "--multiple must be positive"
     );
     let mut notes = Vec::new();
+    // The probe's BUSY rate: a closed loop whose window the server cannot
+    // queue is refused too, and its capacity is then that of a bursty load.
+    let mut probe_busy_per_sec = None;
     let capacity = match args.capacity {
         Some(capacity) => {
             anyhow::ensure!(capacity.is_finite() && capacity > 0.0, "--capacity must be positive");
@@ -182,7 +183,7 @@ pub async fn run(
                 PhasePlan {
                     rate: None,
                     duration: probe_secs,
-                    max_outstanding: PROBE_WINDOW,
+                    max_outstanding: args.probe_window,
                     write_tick: Duration::ZERO,
                 },
                 None,
@@ -191,8 +192,12 @@ pub async fn run(
             .await
             .context("measuring capacity")?;
             notes.push(format!(
-                "capacity measured by a {probe_secs:?} closed loop of the same senders ({} pairs, window {PROBE_WINDOW}, waiting out BUSY's retry-after): admitted msg/s",
-                args.pairs
+                "capacity measured by a {probe_secs:?} closed loop of the same senders ({} pairs, window {}, waiting out BUSY's retry-after): admitted msg/s",
+                args.pairs, args.probe_window
+            ));
+            probe_busy_per_sec = Some(stats::rate(
+                probe.tallies.busy.load(Ordering::Relaxed),
+                probe.replies_elapsed,
             ));
             probe.admitted_rate()
         }
@@ -234,6 +239,9 @@ pub async fn run(
     let mut m = Metrics::default();
     m.push("pairs", "pairs", "", args.pairs as f64);
     m.push("capacity_per_sec", "capacity", "msg/s", capacity);
+    if let Some(busy) = probe_busy_per_sec {
+        m.push("probe_busy_per_sec", "BUSY during the probe", "1/s", busy);
+    }
     m.push("multiple", "offered multiple", "×", args.multiple);
     m.push("offered_per_sec", "offered", "msg/s", offered);
     m.push(

@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cli::ClientIds;
 use crate::common::{self, PerSecond};
 use crate::lean::{self, LeanConnection, Overflow, SenderLatency, SenderPlan, Tallies};
 use crate::procmon::{self, Monitor};
@@ -44,6 +45,8 @@ pub struct RelayParams {
     pub window: usize,
     pub duration: Duration,
     pub drain: Duration,
+    /// The idempotency keys of parleyd's senders.
+    pub client_ids: ClientIds,
 }
 
 impl RelayParams {
@@ -369,6 +372,7 @@ pub async fn run_parley(
                     resend_busy: true,
                     write_tick: Duration::ZERO,
                     lateness: true,
+                    client_ids: params.client_ids,
                 },
                 Arc::clone(&tallies),
                 // Relay counts deliveries per second, not Sent replies.
@@ -418,6 +422,15 @@ pub async fn run_parley(
         usage_prefix: "server",
         bench_cpu_secs: procmon::own_cpu_secs() - cpu_before,
     });
+    match params.client_ids {
+        ClientIds::Counter => {}
+        ClientIds::Library => run
+            .notes
+            .push("client ids as the library makes them: the time, then random bits".into()),
+        ClientIds::Random => run
+            .notes
+            .push("client ids of 128 random bits: each lands anywhere in the server's per-sender index".into()),
+    }
     if params.rate.is_some() {
         // Where a late delivery lost its time: leaving the generator, or
         // before the server's Sent reply (stored), or after it.

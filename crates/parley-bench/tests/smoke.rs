@@ -392,6 +392,52 @@ async fn overload_reports_admitted_and_busy() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn relay_sends_with_the_client_ids_asked_for_and_says_so() {
+    let server = server(Store::Sqlite);
+    for (kind, note) in [("library", "the time, then random bits"), ("random", "128 random bits")] {
+        let report = bench_watching(
+            &server,
+            &["--duration", "1", "relay", "--pairs", "2", "--client-ids", kind],
+        )
+        .await;
+        let run = first_run(&report);
+        assert!(number(run, "delivered_per_sec") > 0.0, "{run}");
+        assert_eq!(number(run, "duplicates"), 0.0, "{run}");
+        assert!(run["notes"].to_string().contains(note), "{run}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_probes_with_the_window_asked_for_and_reports_the_probes_busy_rate() {
+    let server = server(Store::Memory);
+    let report = bench_watching(
+        &server,
+        &[
+            "--duration",
+            "1",
+            "overload",
+            "--probe",
+            "1",
+            "--pairs",
+            "2",
+            "--probe-window",
+            "3",
+        ],
+    )
+    .await;
+    let run = first_run(&report);
+    assert!(number(run, "capacity_per_sec") > 0.0, "{run}");
+    assert!(number(run, "probe_busy_per_sec") >= 0.0, "{run}");
+    let notes = run["notes"].as_array().expect("notes");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("2 pairs, window 3,"))),
+        "{run}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn file_goes_directly_and_through_the_relay_and_only_the_relay_costs_the_server() {
     let size = 1 << 20;
     let server = TestServer::start_with(Store::Memory, &["--relay-bytes-per-sec-per-user", "0"]);

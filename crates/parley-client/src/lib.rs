@@ -260,12 +260,24 @@ pub struct Client {
     quic: Option<quinn::Endpoint>,
 }
 
-/// A random idempotency key for a send.
+/// An idempotency key for a send: 32 hex digits, the milliseconds since the
+/// Unix epoch (48 bits) then 80 random bits, so that the keys one sender
+/// makes increase with time. The server indexes them per sender: keys that
+/// increase land on the last page of the sender's index, where purely
+/// random keys would each dirty a page of their own, a page write per
+/// message (SQLite relayed 3.5 times slower with them: docs/BENCHMARKS.md, "Client ids").
 pub fn new_client_msg_id() -> String {
     use rand::RngCore;
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut random = [0u8; 10];
+    rand::rng().fill_bytes(&mut random);
+    let mut id = format!("{:012x}", millis & 0xffff_ffff_ffff);
+    for b in random {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
 }
 
 impl Client {
@@ -1095,4 +1107,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // Fail every waiting request and refuse new ones.
     lock(&pending).take();
     let _ = events.send(Event::Disconnected).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_client_msg_id;
+
+    #[test]
+    fn client_msg_ids_increase_with_time_and_do_not_repeat() {
+        let first = new_client_msg_id();
+        // deliberate: the next millisecond, so that the time prefix moves.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let ids: Vec<String> = (0..1000).map(|_| new_client_msg_id()).collect();
+        for id in std::iter::once(&first).chain(&ids) {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        assert!(ids.iter().all(|id| id > &first), "{first} {ids:?}");
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 }

@@ -22,6 +22,8 @@ const ben = "ben" + suffix;
 const browser = await launchChromium();
 
 const outside = [];
+// Each page's send keys (client_msg_id), in the order they went out.
+const sendKeys = {};
 async function open(name) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const page = await context.newPage();
@@ -30,6 +32,11 @@ async function open(name) {
   page.on("request", (r) => {
     if (!r.url().startsWith(base) && !r.url().startsWith("ws://" + new URL(base).host) && !r.url().startsWith("data:")) {
       outside.push(r.url());
+    }
+  });
+  page.on("request", (r) => {
+    if (r.method() === "POST" && r.url().endsWith("/v1/messages")) {
+      (sendKeys[name] ||= []).push(JSON.parse(r.postData()).client_msg_id);
     }
   });
   page.on("dialog", (d) => d.accept());
@@ -194,6 +201,22 @@ try {
   await a.waitForSelector('#auth-error >> text="Wrong name or password."');
 
   if (outside.length) throw new Error("requests left parleyd: " + outside.join(", "));
+  // Send keys start with the time in milliseconds (12 hex digits) so that
+  // one sender's keys increase, then 80 random bits.
+  const keys = Object.values(sendKeys).flat();
+  if (keys.length === 0) throw new Error("no sends seen");
+  for (const key of keys) {
+    const millis = parseInt(key.slice(0, 12), 16);
+    if (!/^[0-9a-f]{32}$/.test(key) || Math.abs(Date.now() - millis) > 600000) {
+      throw new Error("send key not a time then random bits: " + key);
+    }
+  }
+  for (const sent of Object.values(sendKeys)) {
+    const list = [...new Set(sent)]; // a resend keeps its key
+    for (let i = 1; i < list.length; i++) {
+      if (list[i].slice(0, 12) < list[i - 1].slice(0, 12)) throw new Error("send keys went back: " + list.join(" "));
+    }
+  }
   console.log("browser chat scenario passed; screenshots in " + out);
 } catch (e) {
   failed = true;

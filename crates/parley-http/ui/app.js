@@ -529,8 +529,12 @@
 
   // ------------------------------------------------------------ sending
 
-  function randomId() {
-    return Array.from(Scram.randomBytes(16), (b) => b.toString(16).padStart(2, "0")).join("");
+  // A send's idempotency key: the milliseconds since the epoch, then 80
+  // random bits (32 hex digits), so that one sender's keys increase with
+  // time and land on the last page of the server's index of them.
+  function newId() {
+    const random = Array.from(Scram.randomBytes(10), (b) => b.toString(16).padStart(2, "0")).join("");
+    return Date.now().toString(16).padStart(12, "0") + random;
   }
 
   async function deliver(item) {
@@ -580,7 +584,7 @@
     const body = input.value;
     if (!body.trim() || !state.current || kindOf(state.current) !== "account") return;
     const p = state.peers.get(state.current);
-    const item = { client_msg_id: randomId(), to: p.name, body, timestamp_ms: Date.now(), pending: true };
+    const item = { client_msg_id: newId(), to: p.name, body, timestamp_ms: Date.now(), pending: true };
     state.sent.push(item);
     p.lastTs = item.timestamp_ms;
     input.value = "";
@@ -782,7 +786,7 @@
   // Sends `file` to `p` through the relay: hash, offer, serve, wait for the
   // recipient, chunks, then the recipient's verdict.
   async function sendFile(file, p) {
-    const t = { key: "out:" + randomId(), mine: true, peer: p.name, name: file.name, size: file.size, ts: Date.now() };
+    const t = { key: "out:" + newId(), mine: true, peer: p.name, name: file.name, size: file.size, ts: Date.now() };
     Object.assign(t, { phase: "hashing", done: 0, note: ["reading the file…"] });
     state.files.set(t.key, t);
     p.lastTs = t.ts;
@@ -795,7 +799,7 @@
       const data = new Uint8Array(await file.arrayBuffer());
       const sha256 = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
       update(t, "offering", ["offering…"]);
-      const sent = await call((id) => Proto.client.offerFile(id, p.name, randomId(), file.name, data.length, sha256));
+      const sent = await call((id) => Proto.client.offerFile(id, p.name, newId(), file.name, data.length, sha256));
       if (t.over) return;
       if (sent.body.held) {
         return stop(t, "failed", ["held by ", PEER, "'s spam filter: they see the offer only in their Spam folder; send it again once they have marked it as not spam."]);
