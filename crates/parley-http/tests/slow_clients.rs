@@ -72,8 +72,21 @@ const SLOW_BODY: &[u8] =
 async fn one_address_cannot_stall_the_http_listener() {
     let started = Instant::now();
     // Small global caps, so that the flood below would exhaust them if one
-    // address could take them all.
-    let server = common::server(&["--http-max-connections", "2000", "--http-max-in-flight", "16"]);
+    // address could take them all. Header and body deadlines past the
+    // test's length: on a slow machine opening the flood takes longer than
+    // the default 10 s, and the attacker's first connections, closed by
+    // them, would free the address's slots for its last ones, which are
+    // checked for a refusal below.
+    let server = common::server(&[
+        "--http-max-connections",
+        "2000",
+        "--http-max-in-flight",
+        "16",
+        "--http-header-timeout-secs",
+        "120",
+        "--http-body-timeout-secs",
+        "120",
+    ]);
     let addr = http_addr(&server);
     let api = Api::new(&server);
     assert_eq!(api.get("/healthz", None).await.status, 200);
