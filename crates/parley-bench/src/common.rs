@@ -154,6 +154,11 @@ pub fn payload(seq: u64, sent_ns: u64, size: usize) -> String {
     body
 }
 
+/// `bytes` in lowercase hex, two digits each.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Appends `value` as 16 lowercase hex digits.
 fn push_hex(out: &mut String, value: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -426,9 +426,9 @@ async fn measure(setup: Setup<'_>, way: Way) -> anyhow::Result<Measured> {
     anyhow::ensure!(
         got_size == setup.size && received.size == setup.size && &got_sha == setup.sha256,
         "the received file differs from the one sent: {got_size} bytes with SHA-256 {}, sent {} bytes with {}",
-        hex(&got_sha),
+        common::hex(&got_sha),
         setup.size,
-        hex(setup.sha256)
+        common::hex(setup.sha256)
     );
     std::fs::remove_file(&received.path).with_context(|| format!("removing {}", received.path.display()))?;
 
@@ -681,10 +681,6 @@ async fn write_random_file(path: &Path, size: u64) -> anyhow::Result<()> {
 fn mb_per_sec(size: u64, took: Duration) -> f64 {
     let secs = took.as_secs_f64();
     if secs > 0.0 { size as f64 / 1e6 / secs } else { f64::NAN }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A directory of the bench's own under the system's temporary

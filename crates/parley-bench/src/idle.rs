@@ -260,10 +260,6 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Worker mode: job from stdin, reports to stdout.
 pub async fn worker_main() -> anyhow::Result<()> {
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
@@ -382,7 +378,7 @@ pub async fn run(server: &str, server_pid: Option<u32>, args: &IdleArgs) -> anyh
             let name = &names[index / args.per_account];
             let client = common::connect(server).await?;
             let info = client.login(name, &password).await?;
-            tokens.push(encode_hex(&info.resume_token));
+            tokens.push(common::hex(&info.resume_token));
             anchors.push(client);
         }
     }
@@ -542,7 +538,7 @@ mod tests {
 
     #[test]
     fn hex_round_trip() {
-        assert_eq!(decode_hex(&encode_hex(&[0, 255, 16])), Some(vec![0, 255, 16]));
+        assert_eq!(decode_hex(&common::hex(&[0, 255, 16])), Some(vec![0, 255, 16]));
         assert_eq!(decode_hex("zz"), None);
     }
 }

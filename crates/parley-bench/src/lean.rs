@@ -123,12 +123,7 @@ fn client_msg_id(kind: ClientIds, seq: u64) -> String {
     match kind {
         ClientIds::Counter => seq.to_string(),
         ClientIds::Library => parley_client::new_client_msg_id(),
-        ClientIds::Random => {
-            use rand::RngCore;
-            let mut bytes = [0u8; 16];
-            rand::rng().fill_bytes(&mut bytes);
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        }
+        ClientIds::Random => common::hex(&rand::random::<[u8; 16]>()),
     }
 }
 

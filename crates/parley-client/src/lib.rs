@@ -273,11 +273,8 @@ pub fn new_client_msg_id() -> String {
         .map_or(0, |d| d.as_millis());
     let mut random = [0u8; 10];
     rand::rng().fill_bytes(&mut random);
-    let mut id = format!("{:012x}", millis & 0xffff_ffff_ffff);
-    for b in random {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{:012x}{random}", millis & 0xffff_ffff_ffff)
 }
 
 impl Client {

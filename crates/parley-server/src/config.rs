@@ -67,14 +67,9 @@ pub const DEFAULT_POSTGRES_POOL_SIZE: usize = parley_store::postgres::DEFAULT_PO
 /// Writers of the PostgreSQL store, each committing on its own connection.
 pub const DEFAULT_POSTGRES_WRITERS: usize = parley_store::postgres::DEFAULT_WRITERS;
 /// Milliseconds a PostgreSQL writer holding only acks waits for more.
-pub const DEFAULT_POSTGRES_ACK_LINGER_MS: u64 = duration_ms(parley_store::postgres::DEFAULT_ACK_LINGER);
+pub const DEFAULT_POSTGRES_ACK_LINGER_MS: u64 = parley_store::postgres::DEFAULT_ACK_LINGER.as_millis() as u64;
 /// The longest `postgres_ack_linger_ms`.
-const MAX_POSTGRES_ACK_LINGER_MS: u64 = duration_ms(parley_store::postgres::MAX_ACK_LINGER);
-
-/// A duration's whole milliseconds, for the defaults taken from the store.
-const fn duration_ms(duration: Duration) -> u64 {
-    duration.as_secs() * 1000 + duration.subsec_millis() as u64
-}
+const MAX_POSTGRES_ACK_LINGER_MS: u64 = parley_store::postgres::MAX_ACK_LINGER.as_millis() as u64;
 /// Seconds to open a PostgreSQL connection before the database counts as unreachable.
 pub const DEFAULT_POSTGRES_CONNECT_TIMEOUT_SECS: u64 = parley_store::postgres::DEFAULT_CONNECT_TIMEOUT.as_secs();
 /// Seconds one batch may take in PostgreSQL before its operations get STORAGE_UNAVAILABLE.
